@@ -1,0 +1,1 @@
+//! detwasm-hasher: UnixFS import, CIDs and CAR export exactly as IPFS computes them.

@@ -1,0 +1,1 @@
+//! detwasm-runtime: the deterministic WASI host, jobs, results and module specs.
