@@ -1,0 +1,1 @@
+//! Lilypad-style module specs: template rendering and Bacalhau job specs.

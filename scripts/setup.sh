@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: everything the tests and example modules need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "==> rustup target add wasm32-wasip1"
+rustup target add wasm32-wasip1
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "==> cargo install cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
+npm ci --prefix conformance --no-audit --no-fund
+echo "==> cargo build"
+cargo build --workspace --all-targets
+echo "set-up done"
