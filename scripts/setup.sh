@@ -10,6 +10,6 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
 npm ci --prefix conformance --no-audit --no-fund
-echo "==> cargo build"
-cargo build --workspace --all-targets
+echo "==> cargo build (dev profile, shared with the tests)"
+cargo build --workspace
 echo "set-up done"
