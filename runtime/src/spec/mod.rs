@@ -1,1 +1,4 @@
 //! Lilypad-style module specs: template rendering and Bacalhau job specs.
+
+pub mod gofmt;
+pub mod template;
