@@ -1,0 +1,88 @@
+//! Fixed-size chunking (`size-N`, kubo's default chunker) over a bounded read window.
+//!
+//! A file is read a window at a time (a whole number of chunks); each window is cut
+//! into chunks of exactly `chunk_size` bytes except the file's last, which may be
+//! shorter. An empty file is one empty chunk. Memory is bounded by the window, never
+//! the file.
+
+use std::io::{self, Read};
+
+/// Bytes read per window (rounded to whole chunks, at least one chunk): enough chunks to
+/// keep both cores busy hashing, small enough that two windows in flight stay far below
+/// the 64 MiB budget.
+pub const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads a file window by window.
+pub struct Windows<R> {
+    reader: R,
+    window: usize,
+    eof: bool,
+    first: bool,
+}
+
+impl<R: Read> Windows<R> {
+    /// Windows of `reader` holding whole `chunk_size` chunks.
+    pub fn new(reader: R, chunk_size: usize) -> Self {
+        let chunks = (WINDOW_BYTES / chunk_size).max(1);
+        Windows {
+            reader,
+            window: chunks * chunk_size,
+            eof: false,
+            first: true,
+        }
+    }
+
+    /// Fill `buf` (cleared first) with the next window. Returns false when the file is
+    /// exhausted and `buf` holds nothing more to chunk; the first call always returns
+    /// true (an empty file still has one, empty, chunk).
+    pub fn next_window(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        buf.clear();
+        if self.eof {
+            return Ok(false);
+        }
+        let want = self.window as u64;
+        let got = (&mut self.reader).take(want).read_to_end(buf)?;
+        if (got as u64) < want {
+            self.eof = true;
+        }
+        let first = std::mem::replace(&mut self.first, false);
+        Ok(got > 0 || first)
+    }
+}
+
+/// The chunks of a window: `chunk_size` pieces, the last possibly shorter; one empty
+/// chunk for an empty window.
+pub fn chunks(window: &[u8], chunk_size: usize) -> impl Iterator<Item = &[u8]> {
+    let empty: &[u8] = &[];
+    let single_empty = window.is_empty().then_some(empty);
+    window.chunks(chunk_size).chain(single_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_chunks(len: usize, chunk: usize) -> Vec<usize> {
+        let data = vec![1u8; len];
+        let mut w = Windows::new(&data[..], chunk);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while w.next_window(&mut buf).unwrap() {
+            out.extend(chunks(&buf, chunk).map(<[u8]>::len));
+        }
+        out
+    }
+
+    #[test]
+    fn boundaries() {
+        assert_eq!(all_chunks(0, 4), [0]);
+        assert_eq!(all_chunks(3, 4), [3]);
+        assert_eq!(all_chunks(4, 4), [4]);
+        assert_eq!(all_chunks(5, 4), [4, 1]);
+        let big = WINDOW_BYTES + 1;
+        let c = all_chunks(big, 1 << 20);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.iter().sum::<usize>(), big);
+        assert_eq!(all_chunks(WINDOW_BYTES, 1 << 20), [1 << 20; 4]);
+    }
+}

@@ -1,0 +1,163 @@
+//! dag-pb encoding (the `PBNode` protobuf of the IPLD dag-pb spec), byte-exact with
+//! go-merkledag and `@ipld/dag-pb`:
+//!
+//! ```text
+//! message PBLink { optional bytes Hash = 1; optional string Name = 2; optional uint64 Tsize = 3; }
+//! message PBNode { repeated PBLink Links = 2; optional bytes Data = 1; }
+//! ```
+//!
+//! Links are written *before* Data although Data has the lower field number (the
+//! canonical dag-pb form). Every link carries Name (even when empty) and Tsize, as the
+//! UnixFS importers write them. Links must already be in their final order (sorted by
+//! name bytes for directories, by position for files and HAMT shards).
+
+use crate::cid::Cid;
+use crate::pb;
+
+/// `PBNode.Data` field number.
+const NODE_DATA: u64 = 1;
+/// `PBNode.Links` field number.
+const NODE_LINKS: u64 = 2;
+/// `PBLink.Hash` field number.
+const LINK_HASH: u64 = 1;
+/// `PBLink.Name` field number.
+const LINK_NAME: u64 = 2;
+/// `PBLink.Tsize` field number.
+const LINK_TSIZE: u64 = 3;
+
+/// One link of a dag-pb node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PbLink {
+    /// The CID of the target block.
+    pub cid: Cid,
+    /// The link name (UTF-8); empty for file chunks.
+    pub name: String,
+    /// The cumulative size: the target block's length plus the Tsize of all its links.
+    pub tsize: u64,
+}
+
+/// Encoded length of one `PBLink` message body (without the enclosing field key/length).
+fn link_body_len(name_len: usize, cid_len: usize, tsize: u64) -> usize {
+    pb::bytes_field_len(cid_len) + pb::bytes_field_len(name_len) + 1 + pb::varint_len(tsize)
+}
+
+/// Bytes one link adds to an encoded `PBNode` (key, length and body).
+pub fn link_encoded_len(name_len: usize, cid_len: usize, tsize: u64) -> usize {
+    pb::bytes_field_len(link_body_len(name_len, cid_len, tsize))
+}
+
+/// Bytes the Data field adds to an encoded `PBNode`.
+pub fn data_encoded_len(data_len: usize) -> usize {
+    pb::bytes_field_len(data_len)
+}
+
+/// Encode a `PBNode`: the links (in the given order), then the data.
+pub fn encode_node(links: &[PbLink], data: &[u8]) -> Vec<u8> {
+    let size = links
+        .iter()
+        .map(|l| link_encoded_len(l.name.len(), l.cid.encoded_len(), l.tsize))
+        .sum::<usize>()
+        + data_encoded_len(data.len());
+    let mut out = Vec::with_capacity(size);
+    for link in links {
+        let cid = link.cid.to_bytes();
+        pb::put_key(&mut out, NODE_LINKS, pb::WIRE_LEN);
+        pb::put_varint(
+            &mut out,
+            link_body_len(link.name.len(), cid.len(), link.tsize) as u64,
+        );
+        pb::put_bytes_field(&mut out, LINK_HASH, &cid);
+        pb::put_bytes_field(&mut out, LINK_NAME, link.name.as_bytes());
+        pb::put_uint_field(&mut out, LINK_TSIZE, link.tsize);
+    }
+    pb::put_bytes_field(&mut out, NODE_DATA, data);
+    debug_assert_eq!(out.len(), size);
+    out
+}
+
+/// The targets of a dag-pb block's links, in order. Used to walk our own blocks when
+/// writing a CAR; only understands what [`encode_node`] writes.
+pub fn decode_link_cids(block: &[u8]) -> Vec<Vec<u8>> {
+    let mut links = Vec::new();
+    let mut pos = 0;
+    while pos < block.len() {
+        let key = read_varint(block, &mut pos);
+        let len = read_varint(block, &mut pos) as usize;
+        let body = &block[pos..pos + len];
+        pos += len;
+        if key == (NODE_LINKS << 3) | pb::WIRE_LEN {
+            let mut p = 0;
+            let hkey = read_varint(body, &mut p);
+            debug_assert_eq!(hkey, (LINK_HASH << 3) | pb::WIRE_LEN);
+            let hlen = read_varint(body, &mut p) as usize;
+            links.push(body[p..p + hlen].to_vec());
+        }
+    }
+    links
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = buf[*pos];
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cid::{CidVersion, DAG_PB, RAW};
+
+    #[test]
+    fn links_come_before_data_and_always_carry_name_and_tsize() {
+        let child = Cid::of_block(CidVersion::V1, RAW, b"abc");
+        let links = [PbLink {
+            cid: child,
+            name: String::new(),
+            tsize: 3,
+        }];
+        let block = encode_node(&links, &[0x08, 0x02]);
+        let cid = child.to_bytes();
+        let mut want = vec![0x12, 2 + 36 + 2 + 2, 0x0a, 36];
+        want.extend_from_slice(&cid);
+        want.extend_from_slice(&[0x12, 0x00, 0x18, 0x03, 0x0a, 0x02, 0x08, 0x02]);
+        assert_eq!(block, want);
+        assert_eq!(decode_link_cids(&block), vec![cid]);
+    }
+
+    #[test]
+    fn the_empty_directory_is_the_well_known_cid() {
+        let block = encode_node(&[], &[0x08, 0x01]);
+        assert_eq!(block, [0x0a, 0x02, 0x08, 0x01]);
+        assert_eq!(
+            Cid::of_block(CidVersion::V0, DAG_PB, &block).to_string(),
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+        );
+        assert_eq!(
+            Cid::of_block(CidVersion::V1, DAG_PB, &block).to_string(),
+            "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+        );
+    }
+
+    #[test]
+    fn link_length_formula_matches_the_encoder() {
+        let cid = Cid::of_block(CidVersion::V0, DAG_PB, b"x");
+        for (name, tsize) in [("", 0u64), ("a", 127), ("ümlaut", 128), ("x", 1 << 40)] {
+            let link = PbLink {
+                cid,
+                name: name.to_string(),
+                tsize,
+            };
+            let with = encode_node(std::slice::from_ref(&link), &[]).len();
+            let without = encode_node(&[], &[]).len();
+            assert_eq!(with - without, link_encoded_len(name.len(), 34, tsize));
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The importer: flatten the input, hash every file in parallel, then build symlinks and
+//! directories bottom-up, and optionally write a CAR.
+
+use crate::car::{BlockSink, CarBuilder};
+use crate::cid::Cid;
+use crate::dagpb::PbLink;
+use crate::dir;
+use crate::error::{HashError, Result};
+use crate::file::{import_file, FileError};
+use crate::options::{Options, Profile};
+use crate::tree::{Arena, Kind, Node, Source};
+use rayon::prelude::*;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What kind of entry an [`Entry`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A plain (not sharded) directory.
+    Directory,
+    /// A HAMT-sharded directory.
+    HamtDirectory,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl EntryKind {
+    /// Lower-case name, as in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Directory => "directory",
+            EntryKind::HamtDirectory => "hamt-directory",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+}
+
+/// The CID of one entry of the imported tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the root, `/`-separated; `""` is the root itself.
+    pub path: String,
+    /// The entry's CID.
+    pub cid: Cid,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Content bytes: the file's length, or the sum over a directory's files.
+    pub size: u64,
+}
+
+/// The result of an import.
+#[derive(Clone, Debug)]
+pub struct Hashed {
+    /// The root CID, what `ipfs add -Q` prints.
+    pub root: Cid,
+    /// Bytes of file content in the tree.
+    pub size: u64,
+    /// The profile the options came from.
+    pub profile: Profile,
+    /// Every entry (pre-order, children by name bytes) when asked for, else empty.
+    pub entries: Vec<Entry>,
+}
+
+/// Progress of an import, reported after every window of file bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// File bytes hashed so far.
+    pub done: u64,
+    /// File bytes in the tree (readers of unknown length count as 0).
+    pub total: u64,
+}
+
+/// Hashes trees. Build one with [`Hasher::new`], adjust it, then call
+/// [`Hasher::hash_path`] or [`Hasher::hash_tree`].
+pub struct Hasher<'a> {
+    opts: Options,
+    entries: bool,
+    car: Option<&'a mut (dyn Write + Send)>,
+    progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+}
+
+impl<'a> Hasher<'a> {
+    /// A hasher with these options.
+    pub fn new(opts: Options) -> Self {
+        Hasher {
+            opts,
+            entries: false,
+            car: None,
+            progress: None,
+        }
+    }
+
+    /// Also report the CID of every entry.
+    pub fn entries(mut self, yes: bool) -> Self {
+        self.entries = yes;
+        self
+    }
+
+    /// Also write a CARv1 of the whole DAG to `out`.
+    pub fn car(mut self, out: &'a mut (dyn Write + Send)) -> Self {
+        self.car = Some(out);
+        self
+    }
+
+    /// Call `f` as file bytes are hashed.
+    pub fn progress(mut self, f: &'a (dyn Fn(Progress) + Sync)) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Hash a file, directory or symlink on disk (symlinks are stored, not followed).
+    pub fn hash_path(self, path: &Path) -> Result<Hashed> {
+        self.opts.validate()?;
+        let arena = Arena::from_disk(path, self.opts.hidden)?;
+        self.run(arena)
+    }
+
+    /// Hash a tree held in memory.
+    pub fn hash_tree(self, root: &Node) -> Result<Hashed> {
+        self.opts.validate()?;
+        let arena = Arena::from_node(root, self.opts.hidden)?;
+        self.run(arena)
+    }
+
+    fn run(self, arena: Arena<'_>) -> Result<Hashed> {
+        let Hasher {
+            opts,
+            entries: want_entries,
+            car,
+            progress,
+        } = self;
+        let builder = match car {
+            Some(_) => Some(CarBuilder::new().map_err(HashError::Car)?),
+            None => None,
+        };
+        let sink: Option<&dyn BlockSink> = builder.as_ref().map(|b| b as &dyn BlockSink);
+        let total = arena.total_bytes();
+        let done = AtomicU64::new(0);
+        let report = |n: u64| {
+            let d = done.fetch_add(n, Ordering::Relaxed) + n;
+            if let Some(p) = progress {
+                p(Progress { done: d, total });
+            }
+        };
+
+        // 1. Every file, in parallel; results keep arena order.
+        let files: Vec<usize> = (0..arena.items.len())
+            .filter(|&i| matches!(arena.items[i].kind, Kind::File { .. }))
+            .collect();
+        let hashed: Vec<(usize, crate::balanced::Subtree)> = files
+            .par_iter()
+            .map(|&i| {
+                let item = &arena.items[i];
+                let Kind::File { source, .. } = &item.kind else {
+                    unreachable!("filtered to files")
+                };
+                let read_err = |source| HashError::Read {
+                    path: item.shown.clone(),
+                    source,
+                };
+                let sub = match source {
+                    Source::Disk(p) => {
+                        let f = File::open(p).map_err(read_err)?;
+                        import_file(f, &opts, sink, &report)
+                    }
+                    Source::Bytes(b) => import_file(*b, &opts, sink, &report),
+                    Source::Open(open) => {
+                        let r = open().map_err(read_err)?;
+                        import_file(r, &opts, sink, &report)
+                    }
+                }
+                .map_err(|e| match e {
+                    FileError::Read(e) => read_err(e),
+                    FileError::Sink(e) => HashError::Car(e),
+                })?;
+                Ok((i, sub))
+            })
+            .collect::<Result<_>>()?;
+
+        // 2. Symlinks and directories, children before parents (reverse pre-order).
+        let n = arena.items.len();
+        let mut cids: Vec<Option<(Cid, u64, u64, EntryKind)>> = vec![None; n];
+        for (i, sub) in hashed {
+            cids[i] = Some((sub.cid, sub.tsize, sub.filesize, EntryKind::File));
+        }
+        for i in (0..n).rev() {
+            let item = &arena.items[i];
+            match &item.kind {
+                Kind::File { .. } => {}
+                Kind::Symlink { target } => {
+                    let (cid, tsize) = dir::symlink(target, opts.cid_version, sink)?;
+                    cids[i] = Some((cid, tsize, 0, EntryKind::Symlink));
+                }
+                Kind::Dir { children } => {
+                    let mut size = 0;
+                    let links: Vec<PbLink> = children
+                        .iter()
+                        .map(|(name, c)| {
+                            let (cid, tsize, csize, _) =
+                                cids[*c].expect("children are built before parents");
+                            size += csize;
+                            PbLink {
+                                cid,
+                                name: name.clone(),
+                                tsize,
+                            }
+                        })
+                        .collect();
+                    let node = dir::build(links, &opts, sink, &item.shown)?;
+                    let kind = if node.sharded {
+                        EntryKind::HamtDirectory
+                    } else {
+                        EntryKind::Directory
+                    };
+                    cids[i] = Some((node.cid, node.tsize, size, kind));
+                }
+            }
+        }
+        let (root, _, size, _) = cids[0].expect("the root is built");
+        let entries = if want_entries {
+            arena
+                .items
+                .iter()
+                .zip(&cids)
+                .map(|(item, c)| {
+                    let (cid, _, size, kind) = c.expect("every entry is built");
+                    Entry {
+                        path: item.rel.clone(),
+                        cid,
+                        kind,
+                        size,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(builder), Some(out)) = (builder, car) {
+            builder.finish(&root, out).map_err(HashError::Car)?;
+        }
+        Ok(Hashed {
+            root,
+            size,
+            profile: opts.profile,
+            entries,
+        })
+    }
+}
+
+/// Hash a file or directory on disk with `opts`: the root CID and content size.
+pub fn hash_path(path: &Path, opts: &Options) -> Result<Hashed> {
+    Hasher::new(opts.clone()).hash_path(path)
+}
+
+/// Hash an in-memory tree with `opts`.
+pub fn hash_tree(root: &Node, opts: &Options) -> Result<Hashed> {
+    Hasher::new(opts.clone()).hash_tree(root)
+}
