@@ -24,7 +24,8 @@
 //!
 //! let tree = Node::dir_from([("hello.txt", Node::bytes("hello\n"))]);
 //! let out = Hasher::new(Options::profile(Profile::UnixfsV0_2015)).hash_tree(&tree)?;
-//! assert_eq!(out.root.to_string(), "QmUK6Q1LBHFUNbFpBxGcLNk4hpeYJ4Yc9nTKfzQP4MPMTs");
+//! // The same CID `ipfs add -r` prints for a folder holding hello.txt.
+//! assert_eq!(out.root.to_string(), "QmU5PLEGqjetW4RAmXgHpEFL7nVCL3vFnEyrCKUfRk4MSq");
 //! # Ok::<(), detwasm_hasher::HashError>(())
 //! ```
 //!
