@@ -1,10 +1,229 @@
-//! `detwasm run` (being built; see the open issue).
+//! `detwasm run MODULE.wasm`: argument parsing and output only; the work is
+//! `detwasm_runtime::Runtime::run`.
 
+use anyhow::{bail, Context};
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
+use detwasm_runtime::job::{Epoch, Job, Limits, Output, ResultsOptions, DEFAULT_INPUT_PATH};
+use detwasm_runtime::{Destination, Profile, Runtime};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(clap::Args)]
-pub struct Args {}
+/// Run a WebAssembly module (wasm32-wasip1) deterministically and print its results CID.
+///
+/// The results directory has the Bacalhau layout: stdout, stderr, exitCode and one
+/// folder per output volume (default `outputs`, the guest's /outputs). The same job gives
+/// the same results CID and instruction count on every host.
+///
+/// Compiled modules are cached in $DETWASM_CACHE_DIR, else $XDG_CACHE_HOME/detwasm, else
+/// ~/.cache/detwasm; delete that folder to clear it.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The module: a .wasm file (or WebAssembly text).
+    pub module: PathBuf,
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`detwasm run` is not built yet")
+    /// Arguments passed to the module (argv[1..]); argv[0] is always `module.wasm`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+
+    /// Mount host directory HOST read-only at GUEST (default /inputs). Repeatable.
+    #[arg(long = "input", short = 'i', value_name = "HOST[:GUEST]")]
+    pub inputs: Vec<String>,
+
+    /// Results directory (must not exist, or be empty). Default: a new folder in the
+    /// current directory named after the job id.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Environment variable for the module (the module sees nothing else). Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// File whose bytes are the module's stdin (default: empty).
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
+
+    /// Seed of the module's random stream.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// What the module's first wall-clock read returns: seconds since 1970 or RFC 3339.
+    #[arg(
+        long,
+        value_name = "SECONDS|RFC3339",
+        default_value = "2022-01-01T00:00:00Z"
+    )]
+    pub epoch: String,
+
+    /// Instruction budget (fuel). Running out ends the run, the same way every time.
+    #[arg(long, value_name = "N", default_value_t = detwasm_runtime::job::DEFAULT_FUEL)]
+    pub fuel: u64,
+
+    /// Linear memory limit, e.g. 256MiB. memory.grow beyond it fails.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub memory: String,
+
+    /// Bytes the module may write to stdout, stderr and output volumes together.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    pub max_output: String,
+
+    /// Wall-clock safety net in seconds. A run it stops is marked unverifiable.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// Exported function to call.
+    #[arg(long, default_value = "_start")]
+    pub entry: String,
+
+    /// CID profile of the results (and module and input) CIDs.
+    #[arg(long, default_value = "unixfs-v0-2015", value_parser = ["unixfs-v0-2015", "unixfs-v1-2025"])]
+    pub profile: String,
+
+    /// Leave hidden files out of the results CID, as Lilypad's `ipfs add -Qrn` does.
+    #[arg(long)]
+    pub skip_hidden: bool,
+
+    /// Print the receipt as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the receipt (JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
+
+    /// Compile without reading or writing the module cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Parses `256MiB`, `1GiB`, `64KiB`, `1MB`, `1000` (bytes).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size `{s}`: expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => bail!("size `{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("size `{s}` is too large"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("reading module {}", args.module.display()))?;
+    let mut job = Job::new(bytes)
+        .with_source(args.module.display().to_string())
+        .with_entry(args.entry.clone())
+        .with_seed(args.seed)
+        .with_epoch(Epoch::parse(&args.epoch)?);
+    job.args = args.args.clone();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env `{kv}`: expected K=V"))?;
+        job.env.push((k.to_string(), v.to_string()));
+    }
+    for spec in &args.inputs {
+        let (host, guest) = match spec.rsplit_once(':') {
+            Some((h, g)) if g.starts_with('/') => (h, g),
+            _ => (spec.as_str(), DEFAULT_INPUT_PATH),
+        };
+        job = job.push_input(host, guest);
+    }
+    if let Some(f) = &args.stdin {
+        job.stdin =
+            std::fs::read(f).with_context(|| format!("reading stdin file {}", f.display()))?;
+    }
+    job.outputs = vec![Output {
+        name: detwasm_runtime::job::DEFAULT_OUTPUT_NAME.into(),
+        guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),
+    }];
+    let timeout = match args.timeout {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            bail!("--timeout must be a positive number of seconds")
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    job.limits = Limits {
+        fuel: args.fuel,
+        memory: parse_size(&args.memory).context("--memory")?,
+        max_output: parse_size(&args.max_output).context("--max-output")?,
+        timeout,
+    };
+    let profile: Profile = args
+        .profile
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
+    job.results = ResultsOptions {
+        profile,
+        skip_hidden: args.skip_hidden,
+    };
+
+    let runtime = Runtime::new(EngineOptions {
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            default_cache_dir()
+        },
+        parallel_compilation: true,
+    })?;
+    let dest = match &args.output {
+        Some(p) => Destination::At(p.clone()),
+        None => Destination::Under(std::env::current_dir().context("current directory")?),
+    };
+    let receipt = runtime
+        .run(&job, &dest)
+        .with_context(|| format!("running {}", args.module.display()))?;
+
+    let json = serde_json::to_string_pretty(&receipt)?;
+    if let Some(path) = &args.receipt {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing receipt {}", path.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{}", receipt.cid);
+        eprintln!("exit code:    {}", receipt.exit_code);
+        if let Some(t) = &receipt.trap {
+            eprintln!("ended by:     {t}");
+        }
+        eprintln!("instructions: {}", receipt.instructions);
+        eprintln!("results:      {}", receipt.results_dir);
+        eprintln!("job id:       {}", receipt.job_id);
+        if !receipt.verifiable {
+            eprintln!("warning: the wall-clock timeout stopped this run; it is not verifiable");
+        }
+    }
+    Ok(if receipt.exit_code == 0 && receipt.verifiable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("10kb").unwrap(), 10_000);
+        assert_eq!(parse_size("42").unwrap(), 42);
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
 }

@@ -1,0 +1,73 @@
+//! Errors of the runtime crate. A job that runs and traps is not an error (it has an
+//! [`crate::Outcome`]); these are the reasons a job could not be run at all.
+
+use std::path::PathBuf;
+
+/// What is wrong with a [`crate::Job`] before it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("guest path `{0}` must be absolute and normal (no `.`, `..`, `//` or trailing `/`)")]
+    BadGuestPath(String),
+    #[error("output name `{0}` must be a plain folder name other than stdout, stderr and exitCode, and unique")]
+    BadOutputName(String),
+    #[error("mounts `{0}` and `{1}` overlap: guest paths may not be nested")]
+    OverlappingMounts(String, String),
+    #[error("input `{}` does not exist or cannot be read", .0.display())]
+    InputMissing(PathBuf),
+    #[error("environment variable name `{0}` is invalid (empty, or contains `=` or NUL)")]
+    BadEnv(String),
+    #[error("argument `{0}` contains NUL")]
+    BadArg(String),
+    #[error("the entry point name is empty")]
+    BadEntry,
+    #[error("epoch `{0}` is neither seconds since 1970 nor an RFC 3339 time (e.g. 2022-01-01T00:00:00Z)")]
+    BadEpoch(String),
+}
+
+/// Why a job could not be run or its results not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("not a WebAssembly module: {0}")]
+    NotWasm(String),
+    #[error("invalid WebAssembly module: {0}")]
+    InvalidModule(String),
+    #[error("the module imports `{module}`.`{name}`, which detwasm does not provide (only wasi_snapshot_preview1 functions are available)")]
+    UnknownImport { module: String, name: String },
+    #[error("the module imports `{module}`.`{name}` with the wrong type: {detail}")]
+    BadImportType {
+        module: String,
+        name: String,
+        detail: String,
+    },
+    #[error("the module has no exported function `{0}` to call (a WASI command exports `_start`)")]
+    MissingEntry(String),
+    #[error("the module's entry `{0}` must take no parameters and return nothing")]
+    BadEntryType(String),
+    #[error("the module could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("input `{}`: {reason}", path.display())]
+    Input { path: PathBuf, reason: String },
+    #[error("results directory `{}` already exists and is not empty", .0.display())]
+    OutputExists(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hashing {what}: {reason}")]
+    Hash { what: String, reason: String },
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+impl RunError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RunError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! A job: everything that can change a run's result, and nothing else.
+//!
+//! A [`Job`] is module bytes, an entry point, args, env, stdin, input trees, output
+//! volumes, the seed, the clock epoch, the limits and the results options (CID profile,
+//! hidden files). The engine fingerprint is added by the runtime that runs it
+//! ([`crate::Runtime::fingerprint`]). All of it is hashed into the job id
+//! ([`JobIdentity::job_id`]); inputs and the module enter the id by their CIDs, never by
+//! host paths, so the same job prepared on two hosts has the same id.
+//!
+//! Build one with [`Job::new`] and the `with_*`/`push_*` methods (or set the public
+//! fields), then hand it to [`crate::Runtime::run`]. [`Job::validate`] says what is wrong
+//! with a job before anything runs; `run` calls it too.
+//!
+//! Mapping from a Bacalhau `Wasm` job spec: `EntryPoint` → [`Job::entry`], `Parameters`
+//! → [`Job::args`], `EnvironmentVariables` → [`Job::env`] (sorted by key, so that a JSON
+//! object's order does not matter), `Inputs` → [`Job::inputs`], `Outputs[{Name, Path}]`
+//! → [`Job::outputs`], `Resources.Memory` → [`Limits::memory`], `Timeout` →
+//! [`Limits::timeout`].
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::JobError;
+use crate::results::Profile;
+
+/// 2022-01-01T00:00:00Z, the fake epoch wazero uses: the default start of the guest's
+/// wall clock.
+pub const DEFAULT_EPOCH_SECS: u64 = 1_640_995_200;
+/// argv[0] the guest sees unless the job names another. Never derived from the host path
+/// of the module: moving a module file must not change its result.
+pub const DEFAULT_ARGV0: &str = "module.wasm";
+/// Entry point of a WASI command.
+pub const DEFAULT_ENTRY: &str = "_start";
+/// Guest path of an input when none is given.
+pub const DEFAULT_INPUT_PATH: &str = "/inputs";
+/// Name (results folder) and guest path of the default output volume (Bacalhau layout).
+pub const DEFAULT_OUTPUT_NAME: &str = "outputs";
+pub const DEFAULT_OUTPUT_PATH: &str = "/outputs";
+/// Default instruction budget (fuel). About a minute of straight-line code; raise it with
+/// `--fuel` for long jobs. Fuel, not time, is the deterministic limit.
+pub const DEFAULT_FUEL: u64 = 100_000_000_000;
+/// Default linear-memory limit (all memories of the instance together).
+pub const DEFAULT_MEMORY: u64 = 1 << 30;
+/// Default quota on bytes the guest may write to stdout, stderr and output volumes.
+pub const DEFAULT_MAX_OUTPUT: u64 = 256 << 20;
+
+/// A WebAssembly module: its bytes, and where it came from (for the receipt only; the
+/// source never enters the job id).
+#[derive(Clone, Debug)]
+pub struct Module {
+    pub bytes: Arc<Vec<u8>>,
+    /// Where the bytes were read from, recorded in the receipt so that a job can be re-run.
+    pub source: Option<String>,
+}
+
+/// A host directory (or file) mounted read-only in the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// Host path. Read, never written; only its content (by CID) enters the job id.
+    pub host: PathBuf,
+    /// Absolute guest path, e.g. `/inputs`.
+    pub guest: String,
+}
+
+/// A read-write volume, empty at start, delivered as results folder `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// Folder name in the results directory (Bacalhau `Outputs[].Name`).
+    pub name: String,
+    /// Absolute guest path (Bacalhau `Outputs[].Path`).
+    pub guest: String,
+}
+
+/// The guest's clock epoch: what the first wall-clock read returns, in nanoseconds since
+/// 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoch {
+    pub unix_nanos: u64,
+}
+
+impl Epoch {
+    pub fn from_unix_secs(secs: u64) -> Self {
+        Epoch {
+            unix_nanos: secs.saturating_mul(1_000_000_000),
+        }
+    }
+
+    /// Parses seconds since the Unix epoch (`1640995200`) or an RFC 3339 UTC time
+    /// (`2022-01-01T00:00:00Z`, optional fraction, `Z` or `±HH:MM` offset).
+    pub fn parse(text: &str) -> Result<Self, JobError> {
+        let t = text.trim();
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            let secs: u64 = t
+                .parse()
+                .map_err(|_| JobError::BadEpoch(text.to_string()))?;
+            return Ok(Epoch::from_unix_secs(secs));
+        }
+        parse_rfc3339(t)
+            .map(|unix_nanos| Epoch { unix_nanos })
+            .ok_or_else(|| JobError::BadEpoch(text.to_string()))
+    }
+}
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch::from_unix_secs(DEFAULT_EPOCH_SECS)
+    }
+}
+
+/// Limits of a run. Fuel, memory and output are deterministic: hitting them ends the run
+/// the same way on every host. The timeout is a wall-clock safety net only: a run it
+/// stops is marked unverifiable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Instruction budget (wasmtime fuel).
+    pub fuel: u64,
+    /// Bytes of linear memory the instance may have; `memory.grow` beyond it returns -1.
+    pub memory: u64,
+    /// Bytes the guest may write to stdout + stderr + output volumes together.
+    pub max_output: u64,
+    /// Wall-clock safety net.
+    #[serde(with = "opt_secs")]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: DEFAULT_FUEL,
+            memory: DEFAULT_MEMORY,
+            max_output: DEFAULT_MAX_OUTPUT,
+            timeout: None,
+        }
+    }
+}
+
+/// How the results directory is hashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsOptions {
+    #[serde(with = "crate::results::profile_serde")]
+    pub profile: Profile,
+    /// Leave hidden files (names starting with `.`) out of the results CID. Off by
+    /// default: a verifier must see everything delivered. On reproduces Lilypad's
+    /// `ipfs add -Qrn`.
+    pub skip_hidden: bool,
+}
+
+impl Default for ResultsOptions {
+    fn default() -> Self {
+        ResultsOptions {
+            profile: Profile::UnixfsV0_2015,
+            skip_hidden: false,
+        }
+    }
+}
+
+/// A job. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub module: Module,
+    /// argv[0] as the guest sees it (default [`DEFAULT_ARGV0`]).
+    pub argv0: String,
+    /// Exported function to call (default `_start`).
+    pub entry: String,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// The guest's whole environment, in this order. Nothing of the host's is passed.
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub inputs: Vec<Input>,
+    pub outputs: Vec<Output>,
+    /// Seed of the guest's `random_get` stream.
+    pub seed: u64,
+    pub epoch: Epoch,
+    pub limits: Limits,
+    pub results: ResultsOptions,
+}
+
+impl Job {
+    /// A job with the defaults: entry `_start`, no args/env/stdin/inputs, one output
+    /// volume `outputs` at `/outputs`, seed 0, epoch 2022-01-01T00:00:00Z, default limits.
+    pub fn new(module_bytes: Vec<u8>) -> Self {
+        Job {
+            module: Module {
+                bytes: Arc::new(module_bytes),
+                source: None,
+            },
+            argv0: DEFAULT_ARGV0.to_string(),
+            entry: DEFAULT_ENTRY.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            inputs: Vec::new(),
+            outputs: vec![Output {
+                name: DEFAULT_OUTPUT_NAME.to_string(),
+                guest: DEFAULT_OUTPUT_PATH.to_string(),
+            }],
+            seed: 0,
+            epoch: Epoch::default(),
+            limits: Limits::default(),
+            results: ResultsOptions::default(),
+        }
+    }
+
+    /// Records where the module was read from (receipt only).
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.module.source = Some(source.into());
+        self
+    }
+    pub fn with_entry(mut self, entry: impl Into<String>) -> Self {
+        self.entry = entry.into();
+        self
+    }
+    pub fn with_argv0(mut self, argv0: impl Into<String>) -> Self {
+        self.argv0 = argv0.into();
+        self
+    }
+    pub fn push_arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+    pub fn push_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    pub fn with_stdin(mut self, stdin: Vec<u8>) -> Self {
+        self.stdin = stdin;
+        self
+    }
+    /// Mounts host path `host` read-only at guest path `guest`.
+    pub fn push_input(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.inputs.push(Input {
+            host: host.into(),
+            guest: guest.into(),
+        });
+        self
+    }
+    /// Replaces the output volumes.
+    pub fn with_outputs(mut self, outputs: Vec<Output>) -> Self {
+        self.outputs = outputs;
+        self
+    }
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    pub fn with_epoch(mut self, epoch: Epoch) -> Self {
+        self.epoch = epoch;
+        self
+    }
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    pub fn with_results(mut self, results: ResultsOptions) -> Self {
+        self.results = results;
+        self
+    }
+
+    /// Checks what can be checked without running: guest paths absolute, normal and not
+    /// nested in one another; output names plain folder names that do not collide with
+    /// `stdout`, `stderr`, `exitCode` or each other; inputs exist; no NUL or `=` in env
+    /// keys.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let mut mounts: Vec<&str> = Vec::new();
+        for input in &self.inputs {
+            check_guest_path(&input.guest)?;
+            if std::fs::symlink_metadata(&input.host).is_err() {
+                return Err(JobError::InputMissing(input.host.clone()));
+            }
+            mounts.push(&input.guest);
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for output in &self.outputs {
+            check_guest_path(&output.guest)?;
+            let n = output.name.as_str();
+            if n.is_empty()
+                || n == "."
+                || n == ".."
+                || n.contains('/')
+                || n.contains('\0')
+                || ["stdout", "stderr", "exitCode"].contains(&n)
+                || names.contains(&n)
+            {
+                return Err(JobError::BadOutputName(output.name.clone()));
+            }
+            names.push(n);
+            mounts.push(&output.guest);
+        }
+        for (i, a) in mounts.iter().enumerate() {
+            for b in &mounts[i + 1..] {
+                let nested = |x: &str, y: &str| {
+                    x == y || x == "/" || y.strip_prefix(x).is_some_and(|r| r.starts_with('/'))
+                };
+                if nested(a, b) || nested(b, a) {
+                    return Err(JobError::OverlappingMounts(a.to_string(), b.to_string()));
+                }
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(JobError::BadEnv(k.clone()));
+            }
+        }
+        for a in self.args.iter().chain(std::iter::once(&self.argv0)) {
+            if a.contains('\0') {
+                return Err(JobError::BadArg(a.clone()));
+            }
+        }
+        if self.entry.is_empty() {
+            return Err(JobError::BadEntry);
+        }
+        Ok(())
+    }
+}
+
+fn check_guest_path(p: &str) -> Result<(), JobError> {
+    let ok = p.starts_with('/')
+        && p.len() > 1
+        && !p.ends_with('/')
+        && !p.contains('\0')
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(JobError::BadGuestPath(p.to_string()))
+    }
+}
+
+/// What the job id is computed from: the job with its module and inputs replaced by their
+/// CIDs, plus the engine fingerprint. Serialized as JSON (field order fixed by this
+/// struct) and hashed with blake3.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobIdentity {
+    /// Version of this encoding; bump it when a field is added.
+    pub format: u32,
+    pub module_cid: String,
+    pub argv0: String,
+    pub entry: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// blake3 of stdin, hex.
+    pub stdin_blake3: String,
+    pub inputs: Vec<InputIdentity>,
+    pub outputs: Vec<Output>,
+    pub seed: u64,
+    pub epoch_unix_nanos: u64,
+    pub limits: Limits,
+    pub results: ResultsOptions,
+    pub engine: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputIdentity {
+    pub guest: String,
+    pub cid: String,
+}
+
+impl JobIdentity {
+    pub const FORMAT: u32 = 1;
+
+    /// blake3 (hex) of the identity's JSON.
+    pub fn job_id(&self) -> String {
+        let json = serde_json::to_vec(self).expect("identity serializes");
+        blake3::hash(&json).to_hex().to_string()
+    }
+}
+
+/// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) to Unix nanoseconds. Times
+/// before 1970 are refused (the guest clock is unsigned).
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !(1..=12).contains(&mo) || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: i64 = 0;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        if frac.is_empty() {
+            return None;
+        }
+        let mut digits: String = frac.chars().take(9).collect();
+        while digits.len() < 9 {
+            digits.push('0');
+        }
+        nanos = digits.parse().ok()?;
+    }
+    let offset_secs: i64 = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
+            if rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    if secs < 0 {
+        return None;
+    }
+    Some(secs as u64 * 1_000_000_000 + nanos as u64)
+}
+
+mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v: Option<f64> = Option::deserialize(d)?;
+        Ok(v.filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_parses_seconds_and_rfc3339() {
+        assert_eq!(Epoch::parse("1640995200").unwrap(), Epoch::default());
+        assert_eq!(
+            Epoch::parse("2022-01-01T00:00:00Z").unwrap(),
+            Epoch::default()
+        );
+        assert_eq!(
+            Epoch::parse("2022-01-01T01:00:00+01:00").unwrap(),
+            Epoch::default()
+        );
+        assert_eq!(
+            Epoch::parse("1970-01-01T00:00:00.5Z").unwrap().unix_nanos,
+            500_000_000
+        );
+        assert!(Epoch::parse("2022-13-01T00:00:00Z").is_err());
+        assert!(Epoch::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_bad_paths_and_names() {
+        let j = Job::new(vec![]);
+        assert!(j.validate().is_ok());
+        let bad = Job::new(vec![]).with_outputs(vec![Output {
+            name: "stdout".into(),
+            guest: "/o".into(),
+        }]);
+        assert!(matches!(bad.validate(), Err(JobError::BadOutputName(_))));
+        let nested = Job::new(vec![]).with_outputs(vec![
+            Output {
+                name: "a".into(),
+                guest: "/out".into(),
+            },
+            Output {
+                name: "b".into(),
+                guest: "/out/b".into(),
+            },
+        ]);
+        assert!(matches!(
+            nested.validate(),
+            Err(JobError::OverlappingMounts(..))
+        ));
+        let rel = Job::new(vec![]).with_outputs(vec![Output {
+            name: "a".into(),
+            guest: "out/../x".into(),
+        }]);
+        assert!(matches!(rel.validate(), Err(JobError::BadGuestPath(_))));
+    }
+}
