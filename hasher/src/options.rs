@@ -200,8 +200,10 @@ mod tests {
         assert_eq!(parse_chunker("size-262144").unwrap(), 262_144);
         assert!(parse_chunker("rabin").is_err());
         assert!(parse_chunker("size-0").is_err());
-        let mut o = Options::default();
-        o.max_links = 1;
+        let o = Options {
+            max_links: 1,
+            ..Options::default()
+        };
         assert!(o.validate().is_err());
     }
 }
