@@ -1,0 +1,232 @@
+//! Reading a UnixFS file out of a CARv1 (what `ipfs dag export` writes), so that an
+//! entry module named by CID can be shipped as a `.car` beside the template.
+//!
+//! Every block used is verified against its CID (sha2-256) before it is trusted, so the
+//! bytes returned are exactly the file that CID names, whatever import settings made it.
+//! Supported: CIDv0/v1, dag-pb UnixFS `File`/`Raw` nodes and raw leaves. Not supported
+//! (an error): identity hashes, other hash functions, HAMT or directory roots.
+
+use std::collections::HashMap;
+
+use detwasm_hasher::{Cid as HCid, CidVersion};
+
+const DAG_PB: u64 = 0x70;
+const RAW: u64 = 0x55;
+const SHA2_256: u64 = 0x12;
+
+fn varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *data.get(*pos).ok_or("truncated varint")?;
+        *pos += 1;
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("varint too long".into())
+}
+
+/// Reads a binary CID at `pos`, returning it and advancing.
+fn read_cid(data: &[u8], pos: &mut usize) -> Result<cid::Cid, String> {
+    let start = *pos;
+    if data.get(start) == Some(&0x12) && data.get(start + 1) == Some(&0x20) {
+        *pos += 34;
+    } else {
+        let _version = varint(data, pos)?;
+        let _codec = varint(data, pos)?;
+        let _hash = varint(data, pos)?;
+        let len = varint(data, pos)? as usize;
+        *pos += len;
+    }
+    let bytes = data.get(start..*pos).ok_or("truncated CID")?;
+    cid::Cid::try_from(bytes).map_err(|e| e.to_string())
+}
+
+/// Blocks by CID bytes: the CID and the block's bytes.
+type Blocks<'a> = HashMap<Vec<u8>, (cid::Cid, &'a [u8])>;
+
+/// All blocks of a CARv1, keyed by CID bytes. The header is skipped (its roots are not
+/// needed: the CID wanted comes from the template).
+fn blocks(car: &[u8]) -> Result<Blocks<'_>, String> {
+    let mut pos = 0;
+    let header_len = varint(car, &mut pos)? as usize;
+    pos += header_len;
+    let mut out = HashMap::new();
+    while pos < car.len() {
+        let len = varint(car, &mut pos)? as usize;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= car.len())
+            .ok_or("truncated block section")?;
+        let mut p = pos;
+        let cid = read_cid(&car[..end], &mut p)?;
+        out.insert(cid.to_bytes(), (cid, &car[p..end]));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Checks a block against its CID.
+fn verify(cid: &cid::Cid, block: &[u8]) -> Result<(), String> {
+    if cid.hash().code() != SHA2_256 {
+        return Err(format!("block {cid}: only sha2-256 is supported"));
+    }
+    let version = match cid.version() {
+        cid::Version::V0 => CidVersion::V0,
+        cid::Version::V1 => CidVersion::V1,
+    };
+    let computed = HCid::of_block(version, cid.codec(), block).to_cid();
+    if computed != *cid {
+        return Err(format!("block {cid} does not match its CID (corrupt CAR)"));
+    }
+    Ok(())
+}
+
+/// Protobuf fields of one message: (field number, wire type, value or bytes).
+fn pb_fields(data: &[u8]) -> Result<Vec<(u64, PbValue<'_>)>, String> {
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < data.len() {
+        let key = varint(data, &mut pos)?;
+        let (field, wire) = (key >> 3, key & 7);
+        let value = match wire {
+            0 => PbValue::Int(varint(data, &mut pos)?),
+            2 => {
+                let len = varint(data, &mut pos)? as usize;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|&e| e <= data.len())
+                    .ok_or("truncated protobuf field")?;
+                let v = &data[pos..end];
+                pos = end;
+                PbValue::Bytes(v)
+            }
+            other => return Err(format!("unexpected protobuf wire type {other}")),
+        };
+        out.push((field, value));
+    }
+    Ok(out)
+}
+
+enum PbValue<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+fn assemble(
+    cid: &cid::Cid,
+    blocks: &Blocks<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > 64 {
+        return Err("DAG too deep".into());
+    }
+    let (_, block) = blocks
+        .get(&cid.to_bytes())
+        .ok_or_else(|| format!("block {cid} is missing from the CAR"))?;
+    verify(cid, block)?;
+    match cid.codec() {
+        RAW => out.extend_from_slice(block),
+        DAG_PB => {
+            let mut links = Vec::new();
+            let mut data = None;
+            for (field, value) in pb_fields(block)? {
+                match (field, value) {
+                    (2, PbValue::Bytes(link)) => {
+                        for (f, v) in pb_fields(link)? {
+                            if let (1, PbValue::Bytes(hash)) = (f, v) {
+                                links.push(cid::Cid::try_from(hash).map_err(|e| e.to_string())?);
+                            }
+                        }
+                    }
+                    (1, PbValue::Bytes(d)) => data = Some(d),
+                    _ => {}
+                }
+            }
+            let data = data.ok_or_else(|| format!("block {cid} has no UnixFS data"))?;
+            let mut kind = None;
+            let mut content: &[u8] = &[];
+            for (field, value) in pb_fields(data)? {
+                match (field, value) {
+                    (1, PbValue::Int(t)) => kind = Some(t),
+                    (2, PbValue::Bytes(b)) => content = b,
+                    _ => {}
+                }
+            }
+            // UnixFS Data.Type: 0 Raw, 2 File.
+            match kind {
+                Some(0) | Some(2) => {}
+                Some(t) => return Err(format!("block {cid} is UnixFS type {t}, not a file")),
+                None => return Err(format!("block {cid} has no UnixFS type")),
+            }
+            out.extend_from_slice(content);
+            for link in &links {
+                assemble(link, blocks, out, depth + 1)?;
+            }
+        }
+        other => {
+            return Err(format!(
+                "block {cid} has codec {other:#x}, not dag-pb or raw"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The file named `want` in this CAR, with every block verified; `None` when the CAR
+/// does not hold that root.
+pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
+    let blocks = blocks(car)?;
+    if !blocks.contains_key(&want.to_bytes()) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    assemble(want, &blocks, &mut out, 0)?;
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detwasm_hasher::{Hasher, Node, Options, Profile};
+
+    fn car_of(bytes: &[u8], profile: Profile) -> (cid::Cid, Vec<u8>) {
+        let mut car = Vec::new();
+        let root = {
+            let mut hasher = Hasher::new(Options::profile(profile));
+            hasher = hasher.car(&mut car);
+            hasher
+                .hash_tree(&Node::bytes(bytes.to_vec()))
+                .unwrap()
+                .root
+                .to_cid()
+        };
+        (root, car)
+    }
+
+    #[test]
+    fn multi_block_files_come_back_whole_under_both_profiles() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for profile in [Profile::UnixfsV0_2015, Profile::UnixfsV1_2025] {
+            let (root, car) = car_of(&data, profile);
+            assert_eq!(
+                extract_file(&car, &root).unwrap().as_deref(),
+                Some(&data[..]),
+                "{profile}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_block_is_detected_and_an_absent_root_is_none() {
+        let (root, mut car) = car_of(b"hello\n", Profile::UnixfsV0_2015);
+        let other = cid::Cid::try_from("QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH").unwrap();
+        assert_eq!(extract_file(&car, &other).unwrap(), None);
+        let last = car.len() - 2;
+        car[last] ^= 0xff;
+        let e = extract_file(&car, &root).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+    }
+}

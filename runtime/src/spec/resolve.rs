@@ -1,0 +1,466 @@
+//! Finding a module and its entry module.
+//!
+//! A module reference is one of:
+//! - a folder (any path that names an existing directory, or contains `/`, or starts
+//!   with `.`) holding `lilypad_module.json.tmpl`;
+//! - a bare name, `cowsay` or `cowsay:v0.1.0`, looked up on the module path: each entry
+//!   of `DETWASM_MODULE_PATH` (a `:`-separated list, searched first), then this
+//!   project's `modules/` folder. A folder `NAME` or `lilypad-module-NAME` matches. With
+//!   a tag, a versioned sub-folder `NAME/TAG` is used when there is one; otherwise the
+//!   folder's `VERSION` file must hold the tag, so that `cowsay:v9` never silently runs
+//!   another version;
+//! - a git repository (`github.com/owner/repo:tag`, `https://...`): detwasm has no
+//!   network and never clones, so this is an error that says how to clone it first.
+//!
+//! The entry module (`Wasm.EntryModule`) is found by `Path` (a file inside the module
+//! folder) or by `CID`: every `.wasm` file in the folder, and every file stored in a
+//! `.car` file there, is hashed the way `ipfs add` would hash it for that CID — a CIDv0
+//! can only come from the unixfs-v0-2015 profile; a CIDv1 is tried under
+//! unixfs-v1-2025 and under `ipfs add --cid-version=1` (kubo's v0 layout with raw
+//! leaves). With both, the file at `Path` must have that CID. A mismatch is refused.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use detwasm_hasher::{CidVersion, Hasher, Node, Options, Profile};
+
+use super::{car, SpecError};
+
+/// The template file every module folder holds.
+pub const TEMPLATE_FILE: &str = "lilypad_module.json.tmpl";
+/// Environment variable: extra folders to search for modules by name (`:`-separated).
+pub const MODULE_PATH_ENV: &str = "DETWASM_MODULE_PATH";
+
+/// A parsed module reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleRef {
+    Folder(PathBuf),
+    Named { name: String, tag: Option<String> },
+    Remote { repo: String, tag: Option<String> },
+}
+
+impl ModuleRef {
+    pub fn parse(reference: &str) -> ModuleRef {
+        let (base, tag) = match reference.rsplit_once(':') {
+            // `https://host/...` has a colon that is not a tag separator.
+            Some((b, t)) if !t.contains('/') && !t.is_empty() => (b, Some(t.to_string())),
+            _ => (reference, None),
+        };
+        let lower = base.to_ascii_lowercase();
+        let remote_prefixes = [
+            "github.com/",
+            "gitlab.com/",
+            "http://",
+            "https://",
+            "git@",
+            "ssh://",
+        ];
+        if remote_prefixes.iter().any(|p| lower.starts_with(p)) {
+            return ModuleRef::Remote {
+                repo: base.to_string(),
+                tag,
+            };
+        }
+        let path = Path::new(reference);
+        if path.is_dir()
+            || reference.contains('/')
+            || reference.starts_with('.')
+            || tag.is_none() && path.is_absolute()
+        {
+            return ModuleRef::Folder(path.to_path_buf());
+        }
+        ModuleRef::Named {
+            name: base.to_string(),
+            tag,
+        }
+    }
+}
+
+/// The folders searched for modules by name: `DETWASM_MODULE_PATH`, then this project's
+/// `modules/` folder (known at build time, used when it still exists).
+pub fn module_path() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os(MODULE_PATH_ENV)
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let project_modules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("modules");
+    if project_modules.is_dir() {
+        dirs.push(project_modules.canonicalize().unwrap_or(project_modules));
+    }
+    dirs
+}
+
+/// Resolves a reference to a module folder holding a template.
+pub fn find_module(reference: &str, search: &[PathBuf]) -> Result<PathBuf, SpecError> {
+    match ModuleRef::parse(reference) {
+        ModuleRef::Remote { repo, tag } => {
+            let url = if repo.starts_with("http")
+                || repo.starts_with("git@")
+                || repo.starts_with("ssh://")
+            {
+                repo.clone()
+            } else {
+                format!("https://{repo}")
+            };
+            let folder = repo
+                .trim_end_matches('/')
+                .trim_end_matches(".git")
+                .rsplit('/')
+                .next()
+                .unwrap_or("module")
+                .to_string();
+            let branch = tag
+                .as_ref()
+                .map(|t| format!(" --branch {t}"))
+                .unwrap_or_default();
+            Err(SpecError::NeedsClone {
+                reference: reference.to_string(),
+                hint: format!("git clone{branch} {url} && detwasm run ./{folder}"),
+            })
+        }
+        ModuleRef::Folder(dir) => {
+            if !dir.is_dir() {
+                return Err(SpecError::NotFound {
+                    reference: reference.to_string(),
+                    searched: vec![dir],
+                });
+            }
+            if !dir.join(TEMPLATE_FILE).is_file() {
+                return Err(SpecError::NoTemplate { dir });
+            }
+            Ok(dir)
+        }
+        ModuleRef::Named { name, tag } => {
+            let mut searched = Vec::new();
+            for base in search {
+                for candidate in [
+                    base.join(&name),
+                    base.join(format!("lilypad-module-{name}")),
+                ] {
+                    searched.push(candidate.clone());
+                    if !candidate.join(TEMPLATE_FILE).is_file() && !candidate.is_dir() {
+                        continue;
+                    }
+                    let Some(tag) = &tag else {
+                        if candidate.join(TEMPLATE_FILE).is_file() {
+                            return Ok(candidate);
+                        }
+                        continue;
+                    };
+                    let versioned = candidate.join(tag);
+                    if versioned.join(TEMPLATE_FILE).is_file() {
+                        return Ok(versioned);
+                    }
+                    if candidate.join(TEMPLATE_FILE).is_file() {
+                        let version = fs::read_to_string(candidate.join("VERSION"))
+                            .ok()
+                            .map(|v| v.trim().to_string());
+                        if version.as_deref() == Some(tag.as_str()) {
+                            return Ok(candidate);
+                        }
+                        return Err(SpecError::WrongVersion {
+                            reference: reference.to_string(),
+                            dir: candidate,
+                            found: version,
+                        });
+                    }
+                }
+            }
+            Err(SpecError::NotFound {
+                reference: reference.to_string(),
+                searched,
+            })
+        }
+    }
+}
+
+/// How an entry module was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryModule {
+    pub bytes: Vec<u8>,
+    /// The file it was read from (a `.car` file for a module stored in one).
+    pub file: PathBuf,
+    /// The CID it was checked against and the import settings that gave it.
+    pub matched: Option<(String, &'static str)>,
+}
+
+/// The import settings under which `ipfs add` could have produced a CID of this version.
+fn candidate_options(version: cid::Version) -> Vec<(&'static str, Options)> {
+    match version {
+        cid::Version::V0 => vec![("unixfs-v0-2015", Options::profile(Profile::UnixfsV0_2015))],
+        cid::Version::V1 => {
+            let mut kubo_v1 = Options::profile(Profile::UnixfsV0_2015);
+            kubo_v1.cid_version = CidVersion::V1;
+            kubo_v1.raw_leaves = true;
+            vec![
+                ("unixfs-v1-2025", Options::profile(Profile::UnixfsV1_2025)),
+                ("ipfs add --cid-version=1", kubo_v1),
+            ]
+        }
+    }
+}
+
+/// Parses a CID as written in a template.
+pub fn parse_cid(text: &str) -> Result<cid::Cid, SpecError> {
+    cid::Cid::try_from(text.trim()).map_err(|e| SpecError::BadValue {
+        path: "job.Spec.Wasm.EntryModule.CID".into(),
+        value: text.to_string(),
+        hint: format!("a CID as `ipfs add` prints it ({e})"),
+    })
+}
+
+/// The CIDs `bytes` gets as a file under each setting that could give `want`'s version.
+pub fn file_cids(
+    bytes: &[u8],
+    want: &cid::Cid,
+) -> Result<Vec<(&'static str, cid::Cid)>, SpecError> {
+    let node = Node::bytes(bytes.to_vec());
+    candidate_options(want.version())
+        .into_iter()
+        .map(|(label, opts)| {
+            let hashed = Hasher::new(opts)
+                .hash_tree(&node)
+                .map_err(|e| SpecError::Hash(e.to_string()))?;
+            Ok((label, hashed.root.to_cid()))
+        })
+        .collect()
+}
+
+fn matches(
+    bytes: &[u8],
+    want: &cid::Cid,
+) -> Result<(Option<&'static str>, Vec<String>), SpecError> {
+    let cids = file_cids(bytes, want)?;
+    let hit = cids.iter().find(|(_, c)| c == want).map(|(l, _)| *l);
+    Ok((
+        hit,
+        cids.iter().map(|(l, c)| format!("{c} ({l})")).collect(),
+    ))
+}
+
+/// Refuses paths that leave the module folder.
+fn inside(dir: &Path, rel: &str) -> Result<PathBuf, SpecError> {
+    let p = Path::new(rel);
+    let escapes = p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)));
+    if escapes || rel.is_empty() {
+        return Err(SpecError::Refused {
+            what: format!("job.Spec.Wasm.EntryModule.Path = \"{rel}\""),
+            why: "the entry module's Path must name a file inside the module folder".into(),
+        });
+    }
+    Ok(dir.join(p))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, SpecError> {
+    fs::read(path).map_err(|e| SpecError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Finds the entry module of a spec in `dir` (see the module docs).
+pub fn entry_module(dir: &Path, cid_text: &str, path: &str) -> Result<EntryModule, SpecError> {
+    let want = if cid_text.trim().is_empty() {
+        None
+    } else {
+        Some(parse_cid(cid_text)?)
+    };
+    if !path.is_empty() {
+        let file = inside(dir, path)?;
+        let bytes = read(&file)?;
+        let Some(want) = want else {
+            return Ok(EntryModule {
+                bytes,
+                file,
+                matched: None,
+            });
+        };
+        let (hit, got) = matches(&bytes, &want)?;
+        return match hit {
+            Some(label) => Ok(EntryModule {
+                bytes,
+                file,
+                matched: Some((want.to_string(), label)),
+            }),
+            None => Err(SpecError::CidMismatch {
+                file,
+                expected: want.to_string(),
+                got,
+            }),
+        };
+    }
+    let want = want.expect("the spec parser requires a CID or a Path");
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| SpecError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let mut tried = BTreeMap::new();
+    for file in &entries {
+        let ext = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ext == "wasm" && file.is_file() {
+            let bytes = read(file)?;
+            let (hit, got) = matches(&bytes, &want)?;
+            if let Some(label) = hit {
+                return Ok(EntryModule {
+                    bytes,
+                    file: file.clone(),
+                    matched: Some((want.to_string(), label)),
+                });
+            }
+            tried.insert(file.clone(), got.join(", "));
+        } else if ext == "car" && file.is_file() {
+            let data = read(file)?;
+            match car::extract_file(&data, &want) {
+                Ok(Some(bytes)) => {
+                    return Ok(EntryModule {
+                        bytes,
+                        file: file.clone(),
+                        matched: Some((want.to_string(), "blocks verified in CAR")),
+                    })
+                }
+                Ok(None) => {
+                    tried.insert(file.clone(), "does not hold that CID".into());
+                }
+                Err(e) => {
+                    tried.insert(file.clone(), format!("unreadable CAR: {e}"));
+                }
+            }
+        }
+    }
+    Err(SpecError::EntryModuleNotFound {
+        dir: dir.to_path_buf(),
+        cid: want.to_string(),
+        tried: tried
+            .into_iter()
+            .map(|(f, why)| format!("{}: {why}", f.display()))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse() {
+        assert_eq!(
+            ModuleRef::parse("cowsay"),
+            ModuleRef::Named {
+                name: "cowsay".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ModuleRef::parse("cowsay:v0.1.0"),
+            ModuleRef::Named {
+                name: "cowsay".into(),
+                tag: Some("v0.1.0".into())
+            }
+        );
+        assert_eq!(
+            ModuleRef::parse("github.com/lilypad-tech/lilypad-module-cowsay:v0.0.4"),
+            ModuleRef::Remote {
+                repo: "github.com/lilypad-tech/lilypad-module-cowsay".into(),
+                tag: Some("v0.0.4".into())
+            }
+        );
+        assert_eq!(
+            ModuleRef::parse("https://github.com/o/r"),
+            ModuleRef::Remote {
+                repo: "https://github.com/o/r".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ModuleRef::parse("./here"),
+            ModuleRef::Folder("./here".into())
+        );
+        assert_eq!(ModuleRef::parse("a/b"), ModuleRef::Folder("a/b".into()));
+    }
+
+    #[test]
+    fn remote_modules_need_a_clone_first() {
+        let e =
+            find_module("github.com/lilypad-tech/lilypad-module-cowsay:v0.0.4", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "git clone --branch v0.0.4 https://github.com/lilypad-tech/lilypad-module-cowsay"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("./lilypad-module-cowsay"), "{text}");
+    }
+
+    #[test]
+    fn named_modules_are_found_on_the_path_with_versions_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("hello");
+        fs::create_dir_all(m.join("v2")).unwrap();
+        fs::write(m.join(TEMPLATE_FILE), "{}").unwrap();
+        fs::write(m.join("VERSION"), "v1\n").unwrap();
+        fs::write(m.join("v2").join(TEMPLATE_FILE), "{}").unwrap();
+        let search = vec![tmp.path().to_path_buf()];
+        assert_eq!(find_module("hello", &search).unwrap(), m);
+        assert_eq!(find_module("hello:v1", &search).unwrap(), m);
+        assert_eq!(find_module("hello:v2", &search).unwrap(), m.join("v2"));
+        let e = find_module("hello:v3", &search).unwrap_err();
+        assert!(matches!(e, SpecError::WrongVersion { .. }), "{e}");
+        let e = find_module("nope", &search).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        fs::create_dir_all(tmp.path().join("empty")).unwrap();
+        let e = find_module(tmp.path().join("empty").to_str().unwrap(), &search).unwrap_err();
+        assert!(matches!(e, SpecError::NoTemplate { .. }), "{e}");
+    }
+
+    #[test]
+    fn entry_modules_are_found_by_cid_and_checked_by_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.wasm"), b"not this one").unwrap();
+        fs::write(tmp.path().join("b.wasm"), b"hello\n").unwrap();
+        // "hello\n" as `ipfs add` prints it (CIDv0), and as raw-leaf CIDv1.
+        let v0 = "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN";
+        let found = entry_module(tmp.path(), v0, "").unwrap();
+        assert_eq!(found.file, tmp.path().join("b.wasm"));
+        assert_eq!(found.matched.unwrap().1, "unixfs-v0-2015");
+        let v1 = file_cids(
+            b"hello\n",
+            &parse_cid("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku").unwrap(),
+        )
+        .unwrap()[0]
+            .1
+            .to_string();
+        let found = entry_module(tmp.path(), &v1, "").unwrap();
+        assert_eq!(found.matched.unwrap().1, "unixfs-v1-2025");
+        assert!(entry_module(tmp.path(), v0, "b.wasm").is_ok());
+        let e = entry_module(tmp.path(), v0, "a.wasm").unwrap_err();
+        assert!(matches!(e, SpecError::CidMismatch { .. }), "{e}");
+        assert!(e.to_string().contains(v0), "{e}");
+        let e = entry_module(
+            tmp.path(),
+            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH",
+            "",
+        )
+        .unwrap_err();
+        assert!(matches!(e, SpecError::EntryModuleNotFound { .. }), "{e}");
+        let e = entry_module(tmp.path(), "", "../etc/passwd").unwrap_err();
+        assert!(matches!(e, SpecError::Refused { .. }), "{e}");
+        assert!(entry_module(tmp.path(), "not-a-cid", "").is_err());
+    }
+}
