@@ -323,7 +323,7 @@ fn classify(e: &wasmtime::Error) -> Outcome {
             Trap::OutOfFuel => Outcome::OutOfFuel,
             Trap::Interrupt => Outcome::Timeout,
             // The trap code's text only: deterministic (no host addresses or backtrace).
-            other => Outcome::Trap(format!("wasm trap: {other}")),
+            other => Outcome::Trap(other.to_string()),
         };
     }
     Outcome::Trap(format!("{e}"))
