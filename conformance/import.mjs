@@ -7,46 +7,13 @@
 //           "maxLinks"?: int, "shardSplitThresholdBytes"?: int } ] }
 // Prints one JSON array: [ { "id", "root", "entries": { relPath: cid } } ].
 //
-// The tree is walked like `ipfs add -r`: names sorted by bytes, names starting with `.`
-// skipped unless `hidden`, symlinks stored (never followed), every directory given
-// explicitly (so empty ones are kept).
+// The tree is walked like `ipfs add -r` (see walk.mjs).
 import { importer } from 'ipfs-unixfs-importer'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { balanced } from 'ipfs-unixfs-importer/layout'
 import { BlackHoleBlockstore } from 'blockstore-core/black-hole'
 import * as fs from 'node:fs'
-import * as path from 'node:path'
-
-const ROOT = 'root'
-
-function * candidates (dir, rel, hidden) {
-  const names = fs.readdirSync(dir, { encoding: 'buffer' })
-    .filter(n => hidden || n[0] !== 0x2e)
-    .sort(Buffer.compare)
-  for (const nb of names) {
-    const name = nb.toString('utf8')
-    const full = path.join(dir, name)
-    const r = `${rel}/${name}`
-    const st = fs.lstatSync(full)
-    if (st.isSymbolicLink()) {
-      yield { path: r, link: fs.readlinkSync(full) }
-    } else if (st.isDirectory()) {
-      yield { path: r }
-      yield * candidates(full, r, hidden)
-    } else if (st.isFile()) {
-      yield { path: r, content: fs.createReadStream(full) }
-    } else {
-      throw new Error(`unsupported file type: ${full}`)
-    }
-  }
-}
-
-function rootCandidates (p, hidden) {
-  const st = fs.lstatSync(p)
-  if (st.isSymbolicLink()) return [{ path: ROOT, link: fs.readlinkSync(p) }]
-  if (st.isFile()) return [{ path: ROOT, content: fs.createReadStream(p) }]
-  return [{ path: ROOT }, ...candidates(p, ROOT, hidden)]
-}
+import { ROOT, rootCandidates } from './walk.mjs'
 
 async function runCase (c) {
   const options = { profile: c.profile }

@@ -48,6 +48,10 @@ pub enum Node {
     Dir(BTreeMap<String, Node>),
     /// A symbolic link, stored as a UnixFS symlink node with this target.
     Symlink(String),
+    /// A file, directory or symlink on disk, taken as [`crate::Hasher::hash_path`] takes
+    /// it (walked, symlinks stored, hidden names per the options), e.g. an output folder
+    /// inside a results tree that is otherwise in memory.
+    Disk(PathBuf),
 }
 
 impl Node {
@@ -122,7 +126,7 @@ fn join(rel: &str, name: &str) -> String {
 impl<'a> Arena<'a> {
     /// Walk a path on disk. Symlinks are stored, never followed; hidden names are
     /// skipped unless `hidden` (the root itself is always taken).
-    pub fn from_disk(root: &Path, hidden: bool) -> Result<Arena<'static>> {
+    pub fn from_disk(root: &Path, hidden: bool) -> Result<Arena<'a>> {
         let mut arena = Arena { items: Vec::new() };
         arena.walk_disk(root, String::new(), hidden)?;
         Ok(arena)
@@ -229,6 +233,7 @@ impl<'a> Arena<'a> {
             Node::Dir(_) => Kind::Dir {
                 children: Vec::new(),
             },
+            Node::Disk(path) => return self.walk_disk(path, rel, hidden),
         };
         self.items.push(Item {
             rel: rel.clone(),
