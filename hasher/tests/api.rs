@@ -135,8 +135,10 @@ fn errors_name_the_path() {
     )]);
     let err = hash_tree(&failing, &Options::default()).unwrap_err();
     assert_eq!(err.to_string(), "cannot read f: boom");
-    let mut bad = Options::default();
-    bad.chunk_size = 0;
+    let bad = Options {
+        chunk_size: 0,
+        ..Options::default()
+    };
     assert!(matches!(
         hash_tree(&Node::dir(), &bad),
         Err(HashError::Options(_))
