@@ -98,6 +98,12 @@ fn file_name_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
+impl Default for Vfs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Vfs {
     pub fn new() -> Self {
         Vfs {
@@ -478,11 +484,8 @@ impl Vfs {
         }
         let child = self.lookup(parent, name).ok_or(Errno::NOENT)?;
         match (&self.node(child).kind, dir) {
-            (Kind::Dir(entries), true) => {
-                if !entries.is_empty() {
-                    return Err(Errno::NOTEMPTY);
-                }
-            }
+            (Kind::Dir(entries), true) if !entries.is_empty() => return Err(Errno::NOTEMPTY),
+            (Kind::Dir(_), true) => {}
             (Kind::Dir(_), false) => return Err(Errno::ISDIR),
             (_, true) => return Err(Errno::NOTDIR),
             _ => {}

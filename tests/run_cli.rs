@@ -1,0 +1,262 @@
+//! `detwasm run` end to end, as a user runs it: the same job run by two detwasm processes
+//! that differ in everything but the job (environment, TZ, locale, cwd, cache, input
+//! location and filesystem) prints the same results CID and instruction count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The CLI, with its module cache in the build's temp dir (not the user's ~/.cache).
+fn detwasm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    c.env(
+        "DETWASM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-cli-cache"),
+    );
+    c
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/probes")
+        .join(name)
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "detwasm failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+fn make_inputs(root: &Path, reverse: bool) {
+    let mut files = vec![
+        ("b.txt", "bee"),
+        ("a.txt", "ay"),
+        ("sub/c.txt", "see"),
+        (".dot", "dot"),
+    ];
+    if reverse {
+        files.reverse();
+    }
+    for (n, d) in files {
+        let p = root.join(n);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, d).unwrap();
+    }
+}
+
+#[test]
+fn same_cid_from_processes_with_different_environments() {
+    let a = tempfile::tempdir().unwrap();
+    let in_a = a.path().join("in");
+    make_inputs(&in_a, false);
+    let cache_a = a.path().join("cache");
+    let out_a = detwasm()
+        .current_dir(a.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TZ", "UTC")
+        .env("LANG", "C")
+        .env("DETWASM_CACHE_DIR", &cache_a)
+        .args(["run", "--json", "-e", "GREETING=hi", "-i"])
+        .arg(format!("{}:/inputs", in_a.display()))
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    let ja = json(&out_a);
+
+    let shm = Path::new("/dev/shm");
+    let b = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let in_b = b.path().join("elsewhere/in");
+    make_inputs(&in_b, true);
+    let out_b = detwasm()
+        .current_dir(b.path())
+        .env("TZ", "Asia/Kathmandu")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("HOME", b.path())
+        .env("SOME_NOISE", "x".repeat(1000))
+        .args(["run", "--json", "--no-cache", "-e", "GREETING=hi", "-i"])
+        .arg(&in_b) // default guest path /inputs
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    let jb = json(&out_b);
+
+    for key in [
+        "cid",
+        "instructions",
+        "job_id",
+        "module_cid",
+        "engine",
+        "exit_code",
+    ] {
+        assert_eq!(ja[key], jb[key], "{key} differs");
+    }
+    assert_eq!(ja["trap"], serde_json::Value::Null);
+    assert_eq!(ja["verifiable"], true);
+    // Default results folder: named after the job id, in the current directory.
+    let job_id = ja["job_id"].as_str().unwrap();
+    let res = a.path().join(job_id);
+    for f in ["stdout", "stderr", "exitCode", "outputs/report.txt"] {
+        assert!(res.join(f).exists(), "missing {f}");
+    }
+    let report = std::fs::read_to_string(res.join("stdout")).unwrap();
+    assert!(report.contains(r#"env=[("GREETING", "hi")]"#), "{report}");
+    assert!(report.contains(r#"args=["module.wasm", "report"]"#));
+    // The cache was used by the first process only.
+    assert!(std::fs::read_dir(&cache_a).unwrap().next().is_some());
+}
+
+#[test]
+fn human_output_receipt_and_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let receipt = t.path().join("receipt.json");
+    let out = detwasm()
+        .args(["run", "--no-cache", "-o"])
+        .arg(t.path().join("r"))
+        .arg("--receipt")
+        .arg(&receipt)
+        .args(["--seed", "7", "--epoch", "2024-02-29T12:00:00Z"])
+        .arg(fixture("probe.wasm"))
+        .args(["--", "exit", "3"])
+        .output()
+        .unwrap();
+    // The module exited 3: the results exist, and the CLI says it did not succeed.
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let cid = stdout.lines().next().unwrap();
+    assert!(cid.starts_with("Qm"), "{stdout}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("exit code:    3"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("r/exitCode")).unwrap(),
+        "3"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    assert_eq!(r["cid"], cid);
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["job"]["seed"], 7);
+    assert_eq!(r["job"]["epoch_unix_nanos"], 1_709_208_000_000_000_000u64);
+    assert_eq!(r["job"]["args"], serde_json::json!(["exit", "3"]));
+    assert_eq!(r["detwasm_version"], env!("CARGO_PKG_VERSION"));
+    assert!(r["job"]["module"].as_str().unwrap().ends_with("probe.wasm"));
+}
+
+#[test]
+fn bad_modules_get_an_error_that_says_what_is_wrong() {
+    let t = tempfile::tempdir().unwrap();
+    let not_wasm = t.path().join("x.wasm");
+    std::fs::write(&not_wasm, b"#!/bin/sh\necho hi\n").unwrap();
+    let cases = [
+        (not_wasm, "not a WebAssembly module"),
+        (fixture("bad_import.wat"), "`env`.`host_time`"),
+        (fixture("no_start.wat"), "no exported function `_start`"),
+    ];
+    for (module, want) in cases {
+        let dest = t.path().join("res");
+        let out = detwasm()
+            .args(["run", "--no-cache", "-o"])
+            .arg(&dest)
+            .arg(&module)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!dest.exists(), "a failed run left a results directory");
+    }
+    // --entry picks another export.
+    let out = detwasm()
+        .args(["run", "--no-cache", "--json", "--entry", "main", "-o"])
+        .arg(t.path().join("main"))
+        .arg(fixture("no_start.wat"))
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["exit_code"], 0);
+}
+
+#[test]
+fn limits_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let run = |name: &str, flags: &[&str], args: &[&str]| {
+        let out = detwasm()
+            .args(["run", "--json", "-o"])
+            .arg(t.path().join(name))
+            .args(flags)
+            .arg(fixture("probe.wasm"))
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let fuel = run("fuel", &["--fuel", "1000000"], &["spin"]);
+    assert_eq!(fuel["instructions"], 1_000_000);
+    assert!(fuel["trap"].as_str().unwrap().contains("out of fuel"));
+    let quota = run("quota", &["--max-output", "8KiB"], &["write", "100000"]);
+    assert!(quota["trap"].as_str().unwrap().contains("output quota"));
+    let mem = run("mem", &["--memory", "2MiB"], &["grow", "64"]);
+    assert_eq!(mem["exit_code"], 0);
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("mem/stdout")).unwrap(),
+        "grow=-1\n"
+    );
+    let stdin = t.path().join("in.txt");
+    std::fs::write(&stdin, "piped").unwrap();
+    let s = run(
+        "stdin",
+        &["--stdin", stdin.to_str().unwrap(), "--env", "A=1"],
+        &["report"],
+    );
+    assert_eq!(s["exit_code"], 0);
+    let report = std::fs::read_to_string(t.path().join("stdin/stdout")).unwrap();
+    assert!(report.contains(r#"stdin="piped""#) && report.contains(r#"("A", "1")"#));
+}
+
+#[test]
+fn skip_hidden_matches_detwasm_hash() {
+    let t = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = detwasm()
+            .args(["run", "--json", "-o"])
+            .arg(t.path().join(name))
+            .args(extra)
+            .arg(fixture("probe.wasm"))
+            .args(["--", "report"])
+            .output()
+            .unwrap();
+        json(&out)["cid"].as_str().unwrap().to_string()
+    };
+    let hash = |dir: &str, extra: &[&str]| {
+        let out = detwasm()
+            .arg("hash")
+            .args(extra)
+            .arg(t.path().join(dir))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let all = run("all", &[]);
+    let visible = run("visible", &["--skip-hidden"]);
+    assert_ne!(all, visible, "the probe writes /outputs/.hidden");
+    assert_eq!(
+        visible,
+        hash("visible", &[]),
+        "as `ipfs add -Qrn` (no hidden files)"
+    );
+    assert_eq!(all, hash("all", &["--hidden"]));
+}
