@@ -1,10 +1,106 @@
-//! `detwasm module` (being built; see the open issue).
+//! `detwasm module`: render and check Lilypad-style module specs. Argument parsing and
+//! output only; the work is `detwasm_runtime::spec`.
 
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
+use detwasm_runtime::spec::{self, check, ModuleDir};
+use detwasm_runtime::Runtime;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`detwasm module` is not built yet")
+/// Work with module specs (`lilypad_module.json.tmpl`).
+///
+/// MODULE is a module folder, a name found on the module path ($DETWASM_MODULE_PATH, then
+/// this project's modules/ folder), optionally with a tag (`cowsay:v0.1.0`).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the rendered spec exactly as Lilypad renders it (inputs JSON-encoded).
+    Render {
+        /// Module folder or name.
+        module: String,
+        /// Template input, Lilypad style (`-i Message=moo`). Repeatable.
+        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+    },
+    /// Validate a module: template renders, spec can be honoured, entry module matches
+    /// its CID, wasm loads with only wasi_snapshot_preview1 imports, and a test run (with
+    /// the given inputs, default none) is reproducible.
+    Check {
+        /// Module folder or name.
+        module: String,
+        /// Template input for the test run. Repeatable.
+        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+        /// Print the steps as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Render { module, inputs } => {
+            let dir = ModuleDir::open(&module)?;
+            let rendered = dir.render(&spec::parse_inputs(&inputs)?)?;
+            print!("{rendered}");
+            if !rendered.ends_with('\n') {
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            module,
+            inputs,
+            json,
+        } => {
+            let dir = ModuleDir::open(&module)?;
+            let inputs = spec::parse_inputs(&inputs)?;
+            let runtime = Runtime::new(EngineOptions {
+                cache_dir: default_cache_dir(),
+                parallel_compilation: true,
+            })?;
+            let cwd = std::env::current_dir().context("current directory")?;
+            let steps = check::check(&dir, &inputs, &cwd, &runtime);
+            let ok = steps.len() == 5 && steps.iter().all(|s| s.ok);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "module": dir.dir.display().to_string(),
+                        "ok": ok,
+                        "steps": steps,
+                    }))?
+                );
+            } else {
+                println!("module {}", dir.dir.display());
+                for s in &steps {
+                    println!(
+                        "  {} {}: {}",
+                        if s.ok { "ok  " } else { "FAIL" },
+                        s.step,
+                        s.detail
+                    );
+                }
+                println!(
+                    "{}",
+                    if ok {
+                        "module ok"
+                    } else {
+                        "module check failed"
+                    }
+                );
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
 }

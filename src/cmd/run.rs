@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::job::{Epoch, Job, Limits, Output, ResultsOptions, DEFAULT_INPUT_PATH};
-use detwasm_runtime::{Destination, Profile, Runtime};
+use detwasm_runtime::{spec, Destination, Profile, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,15 +19,29 @@ use std::time::Duration;
 /// ~/.cache/detwasm; delete that folder to clear it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The module: a .wasm file (or WebAssembly text).
+    /// The module: a .wasm file (or WebAssembly text), or a module folder or name
+    /// (`cowsay`, `cowsay:v0.1.0`, `./my-module`) whose lilypad_module.json.tmpl gives the
+    /// job; names are looked up in $DETWASM_MODULE_PATH, then this project's modules/.
     pub module: PathBuf,
+
+    /// Template input of a module folder or name, Lilypad style (`-i Message=moo`).
+    /// Repeatable.
+    #[arg(long = "input-value", short = 'i', value_name = "KEY=VALUE")]
+    pub input_values: Vec<String>,
 
     /// Arguments passed to the module (argv[1..]); argv[0] is always `module.wasm`.
     #[arg(last = true)]
     pub args: Vec<String>,
 
+    #[command(flatten)]
+    pub opts: Box<Options>,
+}
+
+/// The options of `detwasm run` (boxed: they are large next to the other commands').
+#[derive(clap::Args, Debug)]
+pub struct Options {
     /// Mount host directory HOST read-only at GUEST (default /inputs). Repeatable.
-    #[arg(long = "input", short = 'i', value_name = "HOST[:GUEST]")]
+    #[arg(long = "input", value_name = "HOST[:GUEST]")]
     pub inputs: Vec<String>,
 
     /// Results directory (must not exist, or be empty). Default: a new folder in the
@@ -119,14 +133,35 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("reading module {}", args.module.display()))?;
-    let mut job = Job::new(bytes)
-        .with_source(args.module.display().to_string())
-        .with_entry(args.entry.clone())
-        .with_seed(args.seed)
-        .with_epoch(Epoch::parse(&args.epoch)?);
-    job.args = args.args.clone();
+    // A module folder or name: the job comes from its spec (detwasm_runtime::spec); the
+    // flags below add to it (args, env, inputs) or tighten it (memory, timeout).
+    let from_spec = if spec::is_module_reference(&module) {
+        let module = spec::ModuleDir::open(&module.to_string_lossy())?;
+        let cwd = std::env::current_dir().context("current directory")?;
+        Some(
+            module
+                .job(&spec::parse_inputs(&args.input_values)?, &cwd)?
+                .job,
+        )
+    } else if !args.input_values.is_empty() {
+        bail!("-i/--input-value KEY=VALUE is for module folders and names; to mount a folder use --input HOST[:GUEST]")
+    } else {
+        None
+    };
+    let is_module = from_spec.is_some();
+    let mut job = match from_spec {
+        Some(job) => job,
+        None => {
+            let bytes = std::fs::read(&module)
+                .with_context(|| format!("reading module {}", module.display()))?;
+            Job::new(bytes)
+                .with_source(module.display().to_string())
+                .with_entry(args.entry.clone())
+        }
+    }
+    .with_seed(args.seed)
+    .with_epoch(Epoch::parse(&args.epoch)?);
+    job.args.extend(args.args.iter().cloned());
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
@@ -144,10 +179,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         job.stdin =
             std::fs::read(f).with_context(|| format!("reading stdin file {}", f.display()))?;
     }
-    job.outputs = vec![Output {
-        name: detwasm_runtime::job::DEFAULT_OUTPUT_NAME.into(),
-        guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),
-    }];
+    if !is_module {
+        job.outputs = vec![Output {
+            name: detwasm_runtime::job::DEFAULT_OUTPUT_NAME.into(),
+            guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),
+        }];
+    }
     let timeout = match args.timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
             bail!("--timeout must be a positive number of seconds")
@@ -155,11 +192,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(t) => Some(Duration::from_secs_f64(t)),
         None => None,
     };
+    let memory = parse_size(&args.memory).context("--memory")?;
     job.limits = Limits {
         fuel: args.fuel,
-        memory: parse_size(&args.memory).context("--memory")?,
+        memory: if is_module {
+            memory.min(job.limits.memory)
+        } else {
+            memory
+        },
         max_output: parse_size(&args.max_output).context("--max-output")?,
-        timeout,
+        timeout: if is_module {
+            timeout.or(job.limits.timeout)
+        } else {
+            timeout
+        },
     };
     let profile: Profile = args
         .profile
@@ -184,7 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let receipt = runtime
         .run(&job, &dest)
-        .with_context(|| format!("running {}", args.module.display()))?;
+        .with_context(|| format!("running {}", module.display()))?;
 
     let json = serde_json::to_string_pretty(&receipt)?;
     if let Some(path) = &args.receipt {

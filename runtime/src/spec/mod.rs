@@ -26,6 +26,7 @@
 
 pub mod bacalhau;
 pub mod car;
+pub mod check;
 pub mod gofmt;
 pub mod json;
 pub mod resolve;
@@ -36,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 pub use bacalhau::{parse_rendered, WasmSpec};
 pub use resolve::{
-    find_module, module_path, EntryModule, ModuleRef, MODULE_PATH_ENV, TEMPLATE_FILE,
+    find_module, is_module_reference, module_path, EntryModule, ModuleRef, MODULE_PATH_ENV,
+    TEMPLATE_FILE,
 };
 pub use template::{render_module_template, TemplateError};
 

@@ -77,6 +77,24 @@ impl ModuleRef {
     }
 }
 
+/// Is a `detwasm run` argument a module reference (a folder or a name) rather than a
+/// `.wasm`/`.wat` file? A directory is; an existing file is not; otherwise anything not
+/// ending in `.wasm` or `.wat` is taken as a module name.
+pub fn is_module_reference(arg: &Path) -> bool {
+    if arg.is_dir() {
+        return true;
+    }
+    if arg.is_file() {
+        return false;
+    }
+    let ext = arg
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    !(ext == "wasm" || ext == "wat")
+}
+
 /// The folders searched for modules by name: `DETWASM_MODULE_PATH`, then this project's
 /// `modules/` folder (known at build time, used when it still exists).
 pub fn module_path() -> Vec<PathBuf> {
@@ -392,6 +410,19 @@ mod tests {
             ModuleRef::Folder("./here".into())
         );
         assert_eq!(ModuleRef::parse("a/b"), ModuleRef::Folder("a/b".into()));
+    }
+
+    #[test]
+    fn run_arguments_are_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("m.bin");
+        fs::write(&file, b"x").unwrap();
+        assert!(is_module_reference(tmp.path()));
+        assert!(!is_module_reference(&file));
+        assert!(!is_module_reference(Path::new("missing.wasm")));
+        assert!(!is_module_reference(Path::new("missing.WAT")));
+        assert!(is_module_reference(Path::new("cowsay")));
+        assert!(is_module_reference(Path::new("cowsay:v0.1.0")));
     }
 
     #[test]

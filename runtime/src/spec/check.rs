@@ -1,0 +1,139 @@
+//! `detwasm module check`: what a module author wants to know before publishing.
+//!
+//! Five steps, each reported with its evidence; a failed step stops the ones that need
+//! it: the template renders; the rendered spec is a WASM job detwasm can honour; the
+//! entry module is found and matches its CID; the wasm loads and imports only
+//! `wasi_snapshot_preview1` (with the types detwasm provides) and exports its entry
+//! point; a test run with the given (default: no) inputs, done twice into different
+//! folders, gives the same results CID, instruction count and exit code, and exits 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::ModuleDir;
+use crate::run::{Destination, Runtime};
+
+/// One step of a check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckStep {
+    pub step: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Runs the check; the steps done, in order (it stops at the first failure).
+pub fn check(
+    module: &ModuleDir,
+    inputs: &BTreeMap<String, String>,
+    cwd: &Path,
+    runtime: &Runtime,
+) -> Vec<CheckStep> {
+    let mut steps = Vec::new();
+    let mut record = |step: &'static str, result: Result<String, String>| {
+        let ok = result.is_ok();
+        steps.push(CheckStep {
+            step,
+            ok,
+            detail: result.unwrap_or_else(|e| e),
+        });
+        ok
+    };
+
+    let rendered = module.render(inputs);
+    if !record(
+        "template renders",
+        rendered
+            .as_ref()
+            .map(|r| format!("{} bytes of JSON text", r.len()))
+            .map_err(|e| e.to_string()),
+    ) {
+        return steps;
+    }
+    let spec = super::parse_rendered(rendered.as_ref().expect("checked above"));
+    if !record(
+        "spec is a WASM job detwasm can honour",
+        spec.as_ref()
+            .map(|s| {
+                format!(
+                    "entry point {}, {} parameters, {} inputs",
+                    s.entry_point,
+                    s.parameters.len(),
+                    s.inputs.len()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    ) {
+        return steps;
+    }
+    let prepared = module.job(inputs, cwd);
+    let detail = prepared.as_ref().map(|p| match &p.entry.matched {
+        Some((cid, how)) => format!("{} is {cid} ({how})", p.entry.file.display()),
+        None => format!(
+            "{} (named by Path, no CID to check)",
+            p.entry.file.display()
+        ),
+    });
+    if !record(
+        "entry module found and matches its CID",
+        detail.map_err(|e| e.to_string()),
+    ) {
+        return steps;
+    }
+    let prepared = prepared.expect("checked above");
+    let loaded = runtime
+        .load(&prepared.job.module.bytes, &prepared.job.entry)
+        .map(|m| {
+            let namespaces: BTreeSet<String> =
+                m.imports().map(|i| i.module().to_string()).collect();
+            let names: Vec<String> = m.imports().map(|i| i.name().to_string()).collect();
+            format!(
+                "{} imports, all from {}: {}",
+                names.len(),
+                namespaces.into_iter().collect::<Vec<_>>().join(", "),
+                names.join(" ")
+            )
+        });
+    if !record(
+        "wasm loads, imports only wasi_snapshot_preview1",
+        loaded.map_err(|e| e.to_string()),
+    ) {
+        return steps;
+    }
+    let runs = (|| -> Result<String, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let first = runtime
+            .run(&prepared.job, &Destination::At(tmp.path().join("first")))
+            .map_err(|e| e.to_string())?;
+        let second = runtime
+            .run(
+                &prepared.job,
+                &Destination::At(tmp.path().join("second-run")),
+            )
+            .map_err(|e| e.to_string())?;
+        let a = (&first.cid, first.instructions, first.exit_code);
+        let b = (&second.cid, second.instructions, second.exit_code);
+        if a != b {
+            return Err(format!(
+                "NOT reproducible: first run {} ({} instructions, exit {}), second run {} ({} instructions, exit {})",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            ));
+        }
+        if first.exit_code != 0 {
+            let why = first
+                .trap
+                .clone()
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "reproducible, but the test run exited {}{why} (results {})",
+                first.exit_code, first.cid
+            ));
+        }
+        Ok(format!(
+            "twice {} ({} instructions, exit 0)",
+            first.cid, first.instructions
+        ))
+    })();
+    record("test run is reproducible", runs);
+    steps
+}
