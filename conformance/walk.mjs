@@ -7,6 +7,12 @@ import * as path from 'node:path'
 
 export const ROOT = 'root'
 
+// Opens the file only when the importer starts reading it (so a big folder does not
+// open every file at once).
+async function * lazyRead (file) {
+  yield * fs.createReadStream(file)
+}
+
 function * candidates (dir, rel, hidden) {
   const names = fs.readdirSync(dir, { encoding: 'buffer' })
     .filter(n => hidden || n[0] !== 0x2e)
@@ -22,7 +28,7 @@ function * candidates (dir, rel, hidden) {
       yield { path: r }
       yield * candidates(full, r, hidden)
     } else if (st.isFile()) {
-      yield { path: r, content: fs.createReadStream(full) }
+      yield { path: r, content: lazyRead(full) }
     } else {
       throw new Error(`unsupported file type: ${full}`)
     }
@@ -32,6 +38,6 @@ function * candidates (dir, rel, hidden) {
 export function rootCandidates (p, hidden) {
   const st = fs.lstatSync(p)
   if (st.isSymbolicLink()) return [{ path: ROOT, link: fs.readlinkSync(p) }]
-  if (st.isFile()) return [{ path: ROOT, content: fs.createReadStream(p) }]
+  if (st.isFile()) return [{ path: ROOT, content: lazyRead(p) }]
   return [{ path: ROOT }, ...candidates(p, ROOT, hidden)]
 }
