@@ -61,7 +61,7 @@ fn same_cid_from_processes_with_different_environments() {
         .env("TZ", "UTC")
         .env("LANG", "C")
         .env("DETWASM_CACHE_DIR", &cache_a)
-        .args(["run", "--json", "-e", "GREETING=hi", "-i"])
+        .args(["run", "--json", "-e", "GREETING=hi", "--input"])
         .arg(format!("{}:/inputs", in_a.display()))
         .arg(fixture("probe.wasm"))
         .args(["--", "report"])
@@ -83,7 +83,7 @@ fn same_cid_from_processes_with_different_environments() {
         .env("LC_ALL", "de_DE.UTF-8")
         .env("HOME", b.path())
         .env("SOME_NOISE", "x".repeat(1000))
-        .args(["run", "--json", "--no-cache", "-e", "GREETING=hi", "-i"])
+        .args(["run", "--json", "--no-cache", "-e", "GREETING=hi", "--input"])
         .arg(&in_b) // default guest path /inputs
         .arg(fixture("probe.wasm"))
         .args(["--", "report"])

@@ -133,17 +133,20 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        module,
+        input_values,
+        args: guest_args,
+        opts,
+    } = args;
+    let args = *opts;
     // A module folder or name: the job comes from its spec (detwasm_runtime::spec); the
     // flags below add to it (args, env, inputs) or tighten it (memory, timeout).
     let from_spec = if spec::is_module_reference(&module) {
         let module = spec::ModuleDir::open(&module.to_string_lossy())?;
         let cwd = std::env::current_dir().context("current directory")?;
-        Some(
-            module
-                .job(&spec::parse_inputs(&args.input_values)?, &cwd)?
-                .job,
-        )
-    } else if !args.input_values.is_empty() {
+        Some(module.job(&spec::parse_inputs(&input_values)?, &cwd)?.job)
+    } else if !input_values.is_empty() {
         bail!("-i/--input-value KEY=VALUE is for module folders and names; to mount a folder use --input HOST[:GUEST]")
     } else {
         None
@@ -161,7 +164,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     .with_seed(args.seed)
     .with_epoch(Epoch::parse(&args.epoch)?);
-    job.args.extend(args.args.iter().cloned());
+    job.args.extend(guest_args);
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
