@@ -1,0 +1,445 @@
+//! End-to-end tests of Lilypad-style modules through the CLI, as a user runs them:
+//! `detwasm module render`, `detwasm module check`, and `detwasm run MODULE -i K=V`
+//! twice under host perturbation (other working folder, temp folder, cache folder, TZ,
+//! locale and unrelated environment), which must give the same results CID.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn detwasm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    c.env_remove("DETWASM_MODULE_PATH");
+    c
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "detwasm failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure, got stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn render_cowsay_is_byte_for_byte_the_template_with_the_json_encoded_input() {
+    let template =
+        fs::read_to_string(root().join("modules/cowsay/lilypad_module.json.tmpl")).unwrap();
+    let action = r#"{{if .Message}}{{.Message}}{{else}}"Hello, Lilypad!"{{end}}"#;
+    assert!(
+        template.contains(action),
+        "the cowsay template changed: update this test"
+    );
+
+    let out = ok(&detwasm()
+        .args(["module", "render", "cowsay", "-i", "Message=moo"])
+        .output()
+        .unwrap());
+    assert_eq!(out, template.replace(action, r#""moo""#));
+
+    // Go's json.Marshal: quotes and backslashes escaped, and <, >, & as \u003c, \u003e, \u0026.
+    let out = ok(&detwasm()
+        .args([
+            "module",
+            "render",
+            "cowsay",
+            "-i",
+            r#"Message=say "hi" <b> & \o/"#,
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(
+        out,
+        template.replace(action, r#""say \"hi\" \u003cb\u003e \u0026 \\o/""#)
+    );
+
+    // No input: the template's {{else}} default.
+    let out = ok(&detwasm()
+        .args(["module", "render", "cowsay"])
+        .output()
+        .unwrap());
+    assert_eq!(out, template.replace(action, r#""Hello, Lilypad!""#));
+}
+
+#[test]
+fn render_uses_subst_and_trimming_as_lilypad_does() {
+    let out = ok(&detwasm()
+        .args([
+            "module",
+            "render",
+            "artgen",
+            "-i",
+            "Seed=7",
+            "-i",
+            "Prompt=a lake at dawn",
+        ])
+        .output()
+        .unwrap());
+    assert!(out.contains(r#""--seed=7","#), "{out}");
+    assert!(out.contains(r#""--width=768","#), "{out}");
+    assert!(out.contains(r#""a lake at dawn""#), "{out}");
+    // digits starts with a trimmed comment: the output starts at the JSON.
+    let out = ok(&detwasm()
+        .args(["module", "render", "digits"])
+        .output()
+        .unwrap());
+    assert!(out.starts_with("{\n"), "{out}");
+    // `[{{- with .Images}}...{{- end}}` trims the text inside and before, not after.
+    assert!(out.contains("\"Inputs\": [\n      ],"), "{out}");
+    let out = ok(&detwasm()
+        .args(["module", "render", "digits", "-i", "Images=pics"])
+        .output()
+        .unwrap());
+    assert!(
+        out.contains(
+            r#""Inputs": [
+        {"StorageSource": "localDirectory", "SourcePath": "pics", "Path": "/inputs"}
+      ],"#
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn names_tags_module_path_and_remote_references() {
+    // A tag must match the module's VERSION.
+    ok(&detwasm()
+        .args(["module", "render", "cowsay:v0.1.0"])
+        .output()
+        .unwrap());
+    let err = failed(
+        &detwasm()
+            .args(["module", "render", "cowsay:v9"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("v0.1.0") && err.contains("not the tag"),
+        "{err}"
+    );
+    // A git repository is not fetched: the error says how to clone it.
+    let err = failed(
+        &detwasm()
+            .args([
+                "run",
+                "github.com/lilypad-tech/lilypad-module-cowsay:v0.0.4",
+                "-i",
+                "Message=moo",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("clone it first"), "{err}");
+    assert!(
+        err.contains(
+            "git clone --branch v0.0.4 https://github.com/lilypad-tech/lilypad-module-cowsay"
+        ),
+        "{err}"
+    );
+    let err = failed(
+        &detwasm()
+            .args(["module", "render", "no-such-module"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("no-such-module") && err.contains("not found"),
+        "{err}"
+    );
+
+    // DETWASM_MODULE_PATH: a module folder elsewhere, found by name.
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("moo");
+    fs::create_dir_all(&m).unwrap();
+    fs::copy(
+        root().join("modules/cowsay/lilypad_module.json.tmpl"),
+        m.join("lilypad_module.json.tmpl"),
+    )
+    .unwrap();
+    fs::copy(
+        root().join("fixtures/modules/cowsay.wasm"),
+        m.join("the-cow.wasm"),
+    )
+    .unwrap();
+    let out = ok(&detwasm()
+        .env("DETWASM_MODULE_PATH", tmp.path())
+        .args(["module", "render", "moo", "-i", "Message=hi"])
+        .output()
+        .unwrap());
+    assert!(out.contains(r#""Parameters": ["hi"]"#), "{out}");
+}
+
+fn check(module: &str) -> String {
+    let out = detwasm()
+        .args(["module", "check", module])
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(text.trim_end().ends_with("module ok"), "{text}");
+    text
+}
+
+#[test]
+fn module_check_passes_for_every_example_module() {
+    for m in ["cowsay", "wordstats", "digits"] {
+        let text = check(m);
+        assert!(
+            text.contains("imports, all from wasi_snapshot_preview1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("test run is reproducible: twice Qm"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn module_check_of_artgen() {
+    check("artgen");
+}
+
+#[test]
+fn module_check_fails_on_a_cid_mismatch_and_on_docker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("bad");
+    fs::create_dir_all(&m).unwrap();
+    let template =
+        fs::read_to_string(root().join("modules/cowsay/lilypad_module.json.tmpl")).unwrap();
+    fs::write(m.join("lilypad_module.json.tmpl"), &template).unwrap();
+    // Another module's bytes under the cowsay CID.
+    fs::copy(
+        root().join("fixtures/modules/digits.wasm"),
+        m.join("cowsay.wasm"),
+    )
+    .unwrap();
+    let out = detwasm()
+        .args(["module", "check", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("FAIL entry module found and matches its CID: no entry module with CID Qm"),
+        "{text}"
+    );
+
+    let docker = r#"{"machine":{"gpu":0},"job":{"APIVersion":"V1beta1","Spec":{"Engine":"Docker","Docker":{"Image":"grycap/cowsay:latest","Entrypoint":["/usr/games/cowsay",{{.Message}}]}}}}"#;
+    fs::write(m.join("lilypad_module.json.tmpl"), docker).unwrap();
+    let err = failed(
+        &detwasm()
+            .args(["run", m.to_str().unwrap(), "-i", "Message=moo"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("Docker module") && err.contains("only WebAssembly"),
+        "{err}"
+    );
+    let network = template.replace(r#""Type": "None""#, r#""Type": "Full""#);
+    fs::write(m.join("lilypad_module.json.tmpl"), network).unwrap();
+    let err = failed(
+        &detwasm()
+            .args(["run", m.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("Network.Type = \"Full\"") && err.contains("no network"),
+        "{err}"
+    );
+}
+
+/// Runs `detwasm run ARGS... -o DIR` from `cwd` with a perturbed environment, returns
+/// (CID, results dir).
+fn run_perturbed(args: &[&str], variant: usize, scratch: &Path) -> (String, PathBuf) {
+    let cwd = scratch.join(format!("cwd-{variant}/deeper/still"));
+    let tmp = scratch.join(format!("tmp-{variant}"));
+    let cache = scratch.join(format!("cache-{variant}"));
+    for d in [&cwd, &tmp, &cache] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let results = scratch.join(format!("results-{variant}"));
+    let mut cmd = detwasm();
+    cmd.current_dir(&cwd)
+        .env("TMPDIR", &tmp)
+        .env("DETWASM_CACHE_DIR", &cache)
+        .env(
+            "TZ",
+            ["UTC", "Asia/Kolkata", "America/St_Johns"][variant % 3],
+        )
+        .env("LANG", ["C", "de_DE.UTF-8", "ja_JP.UTF-8"][variant % 3])
+        .env("HOME", &tmp)
+        .env(format!("UNRELATED_{variant}"), "x".repeat(variant * 50 + 1))
+        .args(args)
+        .arg("-o")
+        .arg(&results);
+    let out = ok(&cmd.output().unwrap());
+    let cid = out.lines().next().unwrap().trim().to_string();
+    assert!(cid.starts_with("Qm"), "{out}");
+    (cid, results)
+}
+
+fn run_twice(args: &[&str]) -> (String, PathBuf, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, dir) = run_perturbed(args, 1, scratch.path());
+    let (b, _) = run_perturbed(args, 2, scratch.path());
+    assert_eq!(
+        a, b,
+        "the same module job gave two results CIDs under host perturbation: {args:?}"
+    );
+    (a, dir, scratch)
+}
+
+const COW_MOO: &str = r" _____
+< moo >
+ -----
+        \   ^__^
+         \  (oo)\_______
+            (__)\       )\/\
+                ||----w |
+                ||     ||
+";
+
+#[test]
+fn run_cowsay_twice_under_perturbation_gives_one_cid_and_the_cow() {
+    let (cid, results, _scratch) = run_twice(&["run", "cowsay", "-i", "Message=moo"]);
+    assert_eq!(fs::read_to_string(results.join("stdout")).unwrap(), COW_MOO);
+    assert_eq!(
+        fs::read_to_string(results.join("outputs/cowsay.txt")).unwrap(),
+        COW_MOO
+    );
+    assert_eq!(fs::read_to_string(results.join("exitCode")).unwrap(), "0");
+    // The folder form of the same module is the same job, so the same CID.
+    let folder = root().join("modules/cowsay");
+    let (cid2, _, _s) = run_twice(&["run", folder.to_str().unwrap(), "-i", "Message=moo"]);
+    assert_eq!(cid, cid2);
+    // Another message is another result.
+    let (other, results, _s) = run_twice(&["run", "cowsay", "-i", "Message=baa"]);
+    assert_ne!(cid, other);
+    assert!(fs::read_to_string(results.join("stdout"))
+        .unwrap()
+        .contains("< baa >"));
+}
+
+#[test]
+fn run_wordstats_over_an_input_tree() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("corpus");
+    fs::create_dir_all(data.join("b/deeper")).unwrap();
+    fs::create_dir_all(data.join("a")).unwrap();
+    fs::write(data.join("b/deeper/z.txt"), "the cat sat on the mat\n").unwrap();
+    fs::write(data.join("a/y.txt"), "The dog. The end.\n").unwrap();
+    fs::write(data.join("cities.csv"), "city,pop\nParis,2.1\nOslo,0.7\n").unwrap();
+    let input = format!("Input={}", data.display());
+    let (_, results, _s) = run_twice(&["run", "wordstats", "-i", &input, "-i", "Top=3"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(results.join("outputs/wordstats.json")).unwrap())
+            .unwrap();
+    let paths: Vec<&str> = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    // The guest walks the tree in listing order: detwasm lists sorted by name bytes.
+    assert_eq!(paths, ["a/y.txt", "b/deeper/z.txt", "cities.csv"]);
+    assert_eq!(json["top_words"][0], serde_json::json!(["the", 4]));
+    assert_eq!(json["top_words"].as_array().unwrap().len(), 3);
+    assert_eq!(json["csv"][0]["columns"][1]["mean"], serde_json::json!(1.4));
+}
+
+#[test]
+fn run_digits_classifies_the_bundled_samples_and_input_images() {
+    let (_, results, _s) = run_twice(&["run", "digits"]);
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(results.join("outputs/predictions.json")).unwrap(),
+    )
+    .unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(root().join("modules/digits/samples/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let predictions = json["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 10);
+    for p in predictions {
+        let name = p["file"].as_str().unwrap().trim_start_matches("samples/");
+        assert_eq!(p["digit"], expected["samples"][name]["predicted"], "{name}");
+    }
+    // An input folder: one image, scaled up 4x (32x32) and as dark ink on white.
+    let scratch = tempfile::tempdir().unwrap();
+    let pics = scratch.path().join("pics");
+    fs::create_dir_all(&pics).unwrap();
+    let sample = fs::read_to_string(root().join("modules/digits/samples/digit-7.pgm")).unwrap();
+    let values: Vec<u32> = sample
+        .lines()
+        .skip(4)
+        .flat_map(|l| l.split_whitespace().map(|v| v.parse::<u32>().unwrap()))
+        .collect();
+    let mut big = String::from("P2\n32 32\n255\n");
+    for y in 0..32 {
+        let row: Vec<String> = (0..32)
+            .map(|x| (values[(y / 4) * 8 + x / 4] * 255 / 16).to_string())
+            .collect();
+        big.push_str(&row.join(" "));
+        big.push('\n');
+    }
+    fs::write(pics.join("mine.pgm"), big).unwrap();
+    let input = format!("Images={}", pics.display());
+    let (_, results, _s2) = run_twice(&["run", "digits", "-i", &input]);
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(results.join("outputs/predictions.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["predictions"][0]["file"], "mine.pgm");
+    assert_eq!(json["predictions"][0]["digit"], 7);
+}
+
+#[test]
+fn run_artgen_makes_a_png_reproducibly() {
+    let (cid, results, _s) = run_twice(&[
+        "run",
+        "artgen",
+        "-i",
+        "Prompt=a lake at night",
+        "-i",
+        "Seed=3",
+        "-i",
+        "Width=128",
+        "-i",
+        "Height=96",
+    ]);
+    let png = fs::read(results.join("outputs/image.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: width and height as asked.
+    assert_eq!(&png[16..24], &[0, 0, 0, 128, 0, 0, 0, 96]);
+    let (other, _, _s2) = run_twice(&[
+        "run",
+        "artgen",
+        "-i",
+        "Prompt=a lake at night",
+        "-i",
+        "Seed=4",
+        "-i",
+        "Width=128",
+        "-i",
+        "Height=96",
+    ]);
+    assert_ne!(cid, other, "the seed must change the picture");
+}
