@@ -19,7 +19,9 @@ use std::hint::black_box;
 // Randomness and noise: all derived from (prompt, seed), nothing from the host.
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -41,7 +43,9 @@ impl Rng {
 }
 
 fn hash2(x: i64, y: i64, salt: u64) -> f64 {
-    let mut s = (x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (y as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ salt;
+    let mut s = (x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (y as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ salt;
     (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -78,7 +82,11 @@ fn fbm(x: f64, y: f64, octaves: u32, salt: u64) -> f64 {
 fn ridged(x: f64, octaves: u32, salt: u64) -> f64 {
     let (mut sum, mut amp, mut freq, mut norm) = (0.0, 0.5, 1.0, 0.0);
     for o in 0..octaves {
-        let n = noise2(x * freq, 0.5 + o as f64 * 3.1, salt.wrapping_add(o as u64 * 104_729));
+        let n = noise2(
+            x * freq,
+            0.5 + o as f64 * 3.1,
+            salt.wrapping_add(o as u64 * 104_729),
+        );
         let r = 1.0 - (2.0 * n - 1.0).abs();
         sum += amp * r * r;
         norm += amp;
@@ -97,7 +105,11 @@ struct Rgb(f64, f64, f64);
 impl Rgb {
     fn lerp(self, o: Rgb, t: f64) -> Rgb {
         let t = t.clamp(0.0, 1.0);
-        Rgb(self.0 + (o.0 - self.0) * t, self.1 + (o.1 - self.1) * t, self.2 + (o.2 - self.2) * t)
+        Rgb(
+            self.0 + (o.0 - self.0) * t,
+            self.1 + (o.1 - self.1) * t,
+            self.2 + (o.2 - self.2) * t,
+        )
     }
     fn scale(self, k: f64) -> Rgb {
         Rgb(self.0 * k, self.1 * k, self.2 * k)
@@ -187,16 +199,43 @@ fn plan(prompt: &str, seed: u64) -> Scene {
         .map(|(_, h)| *h + rng.range(-0.02, 0.02))
         .unwrap_or_else(|| rng.f());
     let (sky_top, sky_horizon, sun, sun_y) = match time {
-        Time::Day => (hsv(0.58 + (hue - 0.58) * 0.1, 0.65, 0.75), hsv(0.55, 0.25, 1.0), Rgb(1.0, 0.98, 0.9), rng.range(0.12, 0.3)),
-        Time::Sunset => (hsv(0.7 + (hue - 0.7) * 0.2, 0.6, 0.35), hsv(0.06 + (hue - 0.06) * 0.15, 0.75, 1.0), Rgb(1.0, 0.75, 0.45), rng.range(0.16, 0.24)),
-        Time::Dawn => (hsv(0.6, 0.45, 0.55), hsv(0.95 + (hue - 0.95) * 0.15, 0.35, 1.0), Rgb(1.0, 0.88, 0.7), rng.range(0.24, 0.36)),
-        Time::Night => (hsv(0.66, 0.8, 0.06), hsv(0.62 + (hue - 0.62) * 0.2, 0.6, 0.22), Rgb(0.92, 0.94, 1.0), rng.range(0.12, 0.3)),
+        Time::Day => (
+            hsv(0.58 + (hue - 0.58) * 0.1, 0.65, 0.75),
+            hsv(0.55, 0.25, 1.0),
+            Rgb(1.0, 0.98, 0.9),
+            rng.range(0.12, 0.3),
+        ),
+        Time::Sunset => (
+            hsv(0.7 + (hue - 0.7) * 0.2, 0.6, 0.35),
+            hsv(0.07 + (hue - 0.07) * 0.05, 0.7, 1.0),
+            Rgb(1.0, 0.75, 0.45),
+            rng.range(0.16, 0.24),
+        ),
+        Time::Dawn => (
+            hsv(0.6, 0.45, 0.55),
+            hsv(0.95 + (hue - 0.95) * 0.08, 0.35, 1.0),
+            Rgb(1.0, 0.88, 0.7),
+            rng.range(0.24, 0.36),
+        ),
+        Time::Night => (
+            hsv(0.66, 0.8, 0.06),
+            hsv(0.62 + (hue - 0.62) * 0.2, 0.6, 0.22),
+            Rgb(0.92, 0.94, 1.0),
+            rng.range(0.12, 0.3),
+        ),
     };
     let land_near = hsv(hue, 0.5, if time == Time::Night { 0.05 } else { 0.12 });
     Scene {
         time,
-        water: has(&words, &["lake", "sea", "ocean", "water", "river", "reflect", "bay"]),
-        clouds: if has(&words, &["cloud", "storm", "fog", "mist"]) { 0.85 } else { rng.range(0.2, 0.55) },
+        water: has(
+            &words,
+            &["lake", "sea", "ocean", "water", "river", "reflect", "bay"],
+        ),
+        clouds: if has(&words, &["cloud", "storm", "fog", "mist"]) {
+            0.85
+        } else {
+            rng.range(0.2, 0.55)
+        },
         hue,
         sky_top,
         sky_horizon,
@@ -231,7 +270,12 @@ fn render(scene: &Scene, width: usize, height: usize) -> Vec<u8> {
         .map(|i| {
             let t = i as f64 / (scene.layers - 1) as f64;
             let base = 0.42 + t * (horizon - 0.46);
-            (base, 0.28 - t * 0.16, 1.2 + t * 2.2 + rng.range(0.0, 0.8), rng.range(0.0, 1000.0))
+            (
+                base,
+                0.28 - t * 0.16,
+                1.2 + t * 2.2 + rng.range(0.0, 0.8),
+                rng.range(0.0, 1000.0),
+            )
         })
         .collect();
     let profile: Vec<Vec<f64>> = layers
@@ -255,13 +299,40 @@ fn render(scene: &Scene, width: usize, height: usize) -> Vec<u8> {
             if scene.water && v > horizon {
                 // Reflection with ripples: mirror about the horizon, distort, darken.
                 let depth = (v - horizon) / (1.0 - horizon);
-                let ripple = (fbm(u * 40.0, depth * 60.0 / (0.2 + depth), 4, scene.salt ^ 0xa11) - 0.5) * 0.06 * (0.3 + depth);
+                let ripple = (fbm(
+                    u * 40.0,
+                    depth * 60.0 / (0.2 + depth),
+                    4,
+                    scene.salt ^ 0xa11,
+                ) - 0.5)
+                    * 0.06
+                    * (0.3 + depth);
                 let mv = (2.0 * horizon - v + ripple * 0.3).clamp(0.0, horizon);
                 let mu = (u + ripple).clamp(0.0, 0.9999);
                 let mpx = (mu * w) as usize;
-                let reflected = shade(scene, &layers, &profile, mpx, mu, mv, aspect, horizon, Some(()));
+                let reflected = shade(
+                    scene,
+                    &layers,
+                    &profile,
+                    mpx,
+                    mu,
+                    mv,
+                    aspect,
+                    horizon,
+                    Some(()),
+                );
                 let water_tint = scene.sky_top.scale(0.35);
-                color = reflected.scale(0.62 - 0.25 * depth).add(water_tint.scale(0.4 + 0.3 * depth));
+                color = reflected
+                    .scale(0.62 - 0.25 * depth)
+                    .add(water_tint.scale(0.4 + 0.3 * depth));
+                // The sun's (or moon's) glitter path: a column under it, broken into
+                // horizontal sparkles by stretched noise.
+                let (sx, _) = scene.sun_pos;
+                let column = (-((u - sx) * aspect).abs() * (9.0 - 5.0 * depth)).exp();
+                let sparkle = fbm(u * aspect * 12.0, v * 220.0, 3, scene.salt ^ 0x9117);
+                let glitter =
+                    column * ((sparkle - 0.45) * 3.0).clamp(0.0, 1.0) * (0.9 - 0.5 * depth);
+                color = color.add(scene.sun.scale(glitter));
             }
             // Vignette.
             let (dx, dy) = (u - 0.5, v - 0.5);
@@ -291,7 +362,9 @@ fn shade(
 ) -> Rgb {
     // Nearest layer covering this pixel, nearest first.
     for (i, layer) in profile.iter().enumerate().rev() {
-        if v >= layer[px] && v <= horizon + 0.001 || (reflected.is_none() && v >= layer[px] && !scene.water) {
+        if v >= layer[px] && v <= horizon + 0.001
+            || (reflected.is_none() && v >= layer[px] && !scene.water)
+        {
             let t = i as f64 / (layers.len() - 1) as f64;
             // Atmospheric perspective: far ridges fade into the sky near the horizon.
             let haze = scene.sky_horizon.lerp(scene.sky_top, 0.4);
@@ -327,7 +400,10 @@ fn sky(scene: &Scene, u: f64, v: f64, aspect: f64, horizon: f64) -> Rgb {
     }
     if scene.time == Time::Night {
         let cell = 0.004;
-        let (cx, cy) = ((u * aspect / cell).floor() as i64, (v / cell).floor() as i64);
+        let (cx, cy) = (
+            (u * aspect / cell).floor() as i64,
+            (v / cell).floor() as i64,
+        );
         let r = hash2(cx, cy, scene.salt ^ 0x57a2);
         if r > 0.996 {
             let twinkle = (r - 0.996) / 0.004;
@@ -336,9 +412,17 @@ fn sky(scene: &Scene, u: f64, v: f64, aspect: f64, horizon: f64) -> Rgb {
     }
     // Clouds: domain-warped fbm, lit by the sun's colour.
     let warp = fbm(u * aspect * 2.0, v * 4.0, 4, scene.salt ^ 0xc10d);
-    let n = fbm(u * aspect * 3.0 + warp * 1.5, v * 9.0 + warp, 5, scene.salt ^ 0xc1d);
+    let n = fbm(
+        u * aspect * 3.0 + warp * 1.5,
+        v * 9.0 + warp,
+        5,
+        scene.salt ^ 0xc1d,
+    );
     let density = ((n - (1.0 - scene.clouds * 0.6)) * 3.0).clamp(0.0, 1.0) * (1.0 - t * 0.6);
-    let cloud_color = scene.sky_horizon.lerp(scene.sun, 0.5).scale(if scene.time == Time::Night { 0.35 } else { 1.0 });
+    let cloud_color = scene
+        .sky_horizon
+        .lerp(scene.sun, 0.5)
+        .scale(if scene.time == Time::Night { 0.35 } else { 1.0 });
     color.lerp(cloud_color, density * 0.8)
 }
 
@@ -371,16 +455,28 @@ fn main() {
             }
         }
     }
-    let prompt = if words.is_empty() { "a quiet valley at sunset".to_string() } else { words.join(" ") };
+    let prompt = if words.is_empty() {
+        "a quiet valley at sunset".to_string()
+    } else {
+        words.join(" ")
+    };
     let scene = plan(&prompt, seed);
     let rgb = render(&scene, width, height);
     let png = png::encode_rgb(
         width as u32,
         height as u32,
         &rgb,
-        &[("Software", "detwasm artgen"), ("Description", &prompt), ("Comment", &format!("seed={seed}"))],
+        &[
+            ("Software", "detwasm artgen"),
+            ("Description", &prompt),
+            ("Comment", &format!("seed={seed}")),
+        ],
     );
-    let out = if std::path::Path::new("/outputs").is_dir() { "/outputs/image.png" } else { "image.png" };
+    let out = if std::path::Path::new("/outputs").is_dir() {
+        "/outputs/image.png"
+    } else {
+        "image.png"
+    };
     std::fs::write(out, &png).expect("write the image");
     println!(
         "artgen: {width}x{height} PNG ({} bytes) for {prompt:?}, seed {seed}: {:?}{}, {} ridges, hue {:.2}",

@@ -72,7 +72,9 @@ fn main() {
         args.join(" ")
     };
     let cow = cowsay(&message);
-    std::io::stdout().write_all(cow.as_bytes()).expect("write stdout");
+    std::io::stdout()
+        .write_all(cow.as_bytes())
+        .expect("write stdout");
     if std::path::Path::new("/outputs").is_dir() {
         std::fs::write("/outputs/cowsay.txt", &cow).expect("write /outputs/cowsay.txt");
     }
@@ -84,17 +86,18 @@ mod tests {
 
     #[test]
     fn one_line() {
-        assert_eq!(
-            cowsay("moo"),
-            " _____\n< moo >\n -----\n".to_string() + COW
-        );
+        assert_eq!(cowsay("moo"), " _____\n< moo >\n -----\n".to_string() + COW);
     }
 
     #[test]
     fn several_lines() {
-        let text = cowsay("the quick brown fox jumps over the lazy dog and keeps on running far away");
+        let text =
+            cowsay("the quick brown fox jumps over the lazy dog and keeps on running far away");
         assert!(text.starts_with(" ___"));
-        assert!(text.contains("\n/ the quick brown fox jumps over the lazy \\\n"), "{text}");
+        assert!(
+            text.contains("\n/ the quick brown fox jumps over the lazy \\\n"),
+            "{text}"
+        );
         assert!(text.contains("\n\\ "), "{text}");
     }
 }

@@ -118,7 +118,10 @@ fn parse_pgm(bytes: &[u8]) -> Result<Grey, String> {
         }
         header.push(String::from_utf8_lossy(&bytes[start..pos]).into_owned());
     }
-    let num = |s: &str| s.parse::<usize>().map_err(|_| format!("bad PGM header value {s:?}"));
+    let num = |s: &str| {
+        s.parse::<usize>()
+            .map_err(|_| format!("bad PGM header value {s:?}"))
+    };
     let (width, height, maxval) = (num(&header[1])?, num(&header[2])?, num(&header[3])?);
     if width == 0 || height == 0 || maxval == 0 || maxval > 65535 {
         return Err("bad PGM dimensions".into());
@@ -139,7 +142,10 @@ fn parse_pgm(bytes: &[u8]) -> Result<Grey, String> {
             if maxval < 256 {
                 data.iter().take(count).map(|&b| b as f32).collect()
             } else {
-                data.chunks_exact(2).take(count).map(|c| u16::from_be_bytes([c[0], c[1]]) as f32).collect()
+                data.chunks_exact(2)
+                    .take(count)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]) as f32)
+                    .collect()
             }
         }
         other => return Err(format!("not a greymap PGM (magic {other:?})")),
@@ -147,7 +153,12 @@ fn parse_pgm(bytes: &[u8]) -> Result<Grey, String> {
     if pixels.len() != count {
         return Err(format!("PGM has {} of {count} pixels", pixels.len()));
     }
-    Ok(Grey { width, height, maxval: maxval as f32, pixels })
+    Ok(Grey {
+        width,
+        height,
+        maxval: maxval as f32,
+        pixels,
+    })
 }
 
 /// Down-samples to 8x8 ink intensities in 0..1 (the training data's convention: 1 is
@@ -158,7 +169,10 @@ fn to_features(img: &Grey) -> [f32; INPUTS] {
     let mut out = [0f32; INPUTS];
     for (cell, value) in out.iter_mut().enumerate() {
         let (cy, cx) = (cell / SIDE, cell % SIDE);
-        let (y0, y1) = (cy * img.height / SIDE, ((cy + 1) * img.height).div_ceil(SIDE));
+        let (y0, y1) = (
+            cy * img.height / SIDE,
+            ((cy + 1) * img.height).div_ceil(SIDE),
+        );
         let (x0, x1) = (cx * img.width / SIDE, ((cx + 1) * img.width).div_ceil(SIDE));
         let mut sum = 0.0;
         let mut n = 0.0;
@@ -182,7 +196,10 @@ fn parse_csv(text: &str) -> Result<[f32; INPUTS], String> {
         .collect();
     let values = values.map_err(|_| "CSV holds a value that is not a number".to_string())?;
     if values.len() != INPUTS {
-        return Err(format!("CSV holds {} values, expected {INPUTS} (8x8, 0..16)", values.len()));
+        return Err(format!(
+            "CSV holds {} values, expected {INPUTS} (8x8, 0..16)",
+            values.len()
+        ));
     }
     let mut out = [0f32; INPUTS];
     for (o, v) in out.iter_mut().zip(values) {
@@ -192,13 +209,19 @@ fn parse_csv(text: &str) -> Result<[f32; INPUTS], String> {
 }
 
 fn collect(dir: &Path, rel: &str, found: &mut Vec<(String, Vec<u8>)>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
         }
-        let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let rel_path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
             collect(&entry.path(), &rel_path, found);
@@ -219,12 +242,18 @@ fn main() {
     let mut images = Vec::new();
     collect(Path::new(&dir), "", &mut images);
     let source = if images.is_empty() {
-        images = SAMPLES.iter().map(|(n, t)| (format!("samples/{n}"), t.as_bytes().to_vec())).collect();
+        images = SAMPLES
+            .iter()
+            .map(|(n, t)| (format!("samples/{n}"), t.as_bytes().to_vec()))
+            .collect();
         "bundled samples"
     } else {
         "inputs"
     };
-    let mut json = format!("{{\n  \"model\": \"mlp-64-{}-{}\",\n  \"source\": \"{source}\",\n  \"predictions\": [", mlp.hidden, mlp.outputs);
+    let mut json = format!(
+        "{{\n  \"model\": \"mlp-64-{}-{}\",\n  \"source\": \"{source}\",\n  \"predictions\": [",
+        mlp.hidden, mlp.outputs
+    );
     let mut failures = 0;
     for (i, (path, bytes)) in images.iter().enumerate() {
         let features = if path.to_ascii_lowercase().ends_with(".csv") {
@@ -236,10 +265,14 @@ fn main() {
         match features {
             Ok(x) => {
                 let p = mlp.predict(&x);
-                let (digit, confidence) = p
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |best, (d, &v)| if v > best.1 { (d, v) } else { best });
+                let (digit, confidence) =
+                    p.iter().enumerate().fold((0, f32::MIN), |best, (d, &v)| {
+                        if v > best.1 {
+                            (d, v)
+                        } else {
+                            best
+                        }
+                    });
                 println!("{path}: {digit} ({:.1}%)", confidence * 100.0);
                 let probs: Vec<String> = p.iter().map(|v| format!("{v:.4}")).collect();
                 let _ = write!(
@@ -251,7 +284,11 @@ fn main() {
             Err(e) => {
                 failures += 1;
                 eprintln!("{path}: {e}");
-                let _ = write!(json, "{sep}\n    {{\"file\": \"{path}\", \"error\": \"{}\"}}", e.replace('"', "'"));
+                let _ = write!(
+                    json,
+                    "{sep}\n    {{\"file\": \"{path}\", \"error\": \"{}\"}}",
+                    e.replace('"', "'")
+                );
             }
         }
     }

@@ -58,9 +58,15 @@ fn walk(dir: &Path, rel: &str, stats: &mut Stats) {
         if name.starts_with('.') {
             continue;
         }
-        let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let rel_path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         let path = entry.path();
-        let Ok(file_type) = entry.file_type() else { continue };
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
         if file_type.is_dir() {
             walk(&path, &rel_path, stats);
         } else if file_type.is_file() {
@@ -146,7 +152,11 @@ fn csv_stats(path: &str, text: &str) -> CsvStats {
             }
         }
     }
-    CsvStats { path: path.to_string(), rows, columns }
+    CsvStats {
+        path: path.to_string(),
+        rows,
+        columns,
+    }
 }
 
 fn json_str(s: &str) -> String {
@@ -172,7 +182,11 @@ fn json_str(s: &str) -> String {
 fn json_num(v: f64) -> String {
     let s = format!("{v:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 fn report(stats: &Stats, top: usize) -> String {
@@ -182,10 +196,17 @@ fn report(stats: &Stats, top: usize) -> String {
         let _ = write!(
             o,
             "{sep}\n    {{\"path\": {}, \"bytes\": {}, \"lines\": {}, \"words\": {}}}",
-            json_str(&f.path), f.bytes, f.lines, f.words
+            json_str(&f.path),
+            f.bytes,
+            f.lines,
+            f.words
         );
     }
-    o.push_str(if stats.files.is_empty() { "],\n" } else { "\n  ],\n" });
+    o.push_str(if stats.files.is_empty() {
+        "],\n"
+    } else {
+        "\n  ],\n"
+    });
     let total_words: u64 = stats.words.values().sum();
     let _ = writeln!(
         o,
@@ -206,10 +227,21 @@ fn report(stats: &Stats, top: usize) -> String {
     o.push_str("],\n  \"csv\": [");
     for (i, c) in stats.csv.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
-        let _ = write!(o, "{sep}\n    {{\"path\": {}, \"rows\": {}, \"columns\": [", json_str(&c.path), c.rows);
+        let _ = write!(
+            o,
+            "{sep}\n    {{\"path\": {}, \"rows\": {}, \"columns\": [",
+            json_str(&c.path),
+            c.rows
+        );
         for (j, col) in c.columns.iter().enumerate() {
             let sep = if j == 0 { "" } else { "," };
-            let _ = write!(o, "{sep}\n      {{\"name\": {}, \"values\": {}, \"numeric\": {}", json_str(&col.name), col.values, col.numeric);
+            let _ = write!(
+                o,
+                "{sep}\n      {{\"name\": {}, \"values\": {}, \"numeric\": {}",
+                json_str(&col.name),
+                col.values,
+                col.numeric
+            );
             if col.numeric > 0 {
                 let _ = write!(
                     o,
@@ -221,9 +253,17 @@ fn report(stats: &Stats, top: usize) -> String {
             }
             o.push('}');
         }
-        o.push_str(if c.columns.is_empty() { "]}" } else { "\n    ]}" });
+        o.push_str(if c.columns.is_empty() {
+            "]}"
+        } else {
+            "\n    ]}"
+        });
     }
-    o.push_str(if stats.csv.is_empty() { "],\n" } else { "\n  ],\n" });
+    o.push_str(if stats.csv.is_empty() {
+        "],\n"
+    } else {
+        "\n  ],\n"
+    });
     o.push_str("  \"skipped\": [");
     for (i, s) in stats.skipped.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
