@@ -2,8 +2,10 @@
 //! instantiate, call the entry with fuel, memory and output limits, deliver the results
 //! directory atomically and hash it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
@@ -17,6 +19,13 @@ use crate::job::{InputIdentity, Job, JobIdentity};
 use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
+
+/// Native stack of the thread that runs a guest: the pinned wasm stack plus ample room
+/// for host frames.
+pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
+
+/// Modules kept loaded per runtime (see `Runtime::loaded`).
+const MAX_LOADED_MODULES: usize = 64;
 
 /// Most table elements an instance may have; `table.grow` beyond fails (returns -1).
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 22;
@@ -37,6 +46,10 @@ pub struct Runtime {
     linker: Linker<Ctx>,
     cache: Option<ModuleCache>,
     fingerprint: String,
+    /// Modules this runtime already compiled or loaded, by blake3 of their bytes, so a
+    /// process that runs many jobs of one module loads it once. Results never depend on
+    /// it (compiled code is a function of the bytes and the engine).
+    loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
 }
 
 /// A job whose module and inputs have been hashed.
@@ -55,6 +68,7 @@ impl Runtime {
             linker,
             cache: opts.cache_dir.map(ModuleCache::new),
             fingerprint: engine::fingerprint(),
+            loaded: Mutex::new(HashMap::new()),
         })
     }
 
@@ -101,9 +115,12 @@ impl Runtime {
     /// run with `entry`: only preview1 imports with the right types, the entry exported
     /// with type `() -> ()`.
     pub fn load(&self, bytes: &[u8], entry: &str) -> Result<wasmtime::Module, RunError> {
-        let module = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, bytes)?.0,
-            None => engine::compile(&self.engine, bytes)?,
+        let key = *blake3::hash(bytes).as_bytes();
+        let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
+        let module = match (known, &self.cache) {
+            (Some(m), _) => m,
+            (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes)?.0,
+            (None, None) => engine::compile(&self.engine, bytes)?,
         };
         let mut store = Store::new(&self.engine, dummy_ctx());
         for import in module.imports() {
@@ -139,6 +156,12 @@ impl Runtime {
             }
             _ => return Err(RunError::MissingEntry(entry.to_string())),
         }
+        if let Ok(mut m) = self.loaded.lock() {
+            if m.len() >= MAX_LOADED_MODULES {
+                m.clear();
+            }
+            m.insert(key, module.clone());
+        }
         Ok(module)
     }
 
@@ -155,7 +178,18 @@ impl Runtime {
         check_destination(&dest)?;
 
         let host = capabilities::grant(job)?;
-        let (outcome, instructions, host) = self.execute(job, &module, host)?;
+        // The guest runs on a thread of its own with a fixed native stack, so the depth at
+        // which it overflows ([`crate::engine::MAX_WASM_STACK`]) never depends on the
+        // caller's thread.
+        let (outcome, instructions, host) = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("detwasm-guest".into())
+                .stack_size(GUEST_THREAD_STACK)
+                .spawn_scoped(s, || self.execute(job, &module, host))
+                .map_err(|e| RunError::io("starting the guest thread", e))?
+                .join()
+                .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
+        })?;
 
         let parent = dest
             .parent()

@@ -61,8 +61,9 @@ fn make_inputs(root: &Path, order: Order, mtime: SystemTime) {
         ("m/10", b"10"),
         ("m/2", b"2"),
     ];
-    for i in 0..40 {
-        files.push((Box::leak(format!("many/f{i:02}").into_boxed_str()), b"n"));
+    // Enough entries that listing `many` takes several fd_readdir calls (cookies).
+    for i in 0..600 {
+        files.push((Box::leak(format!("many/f{i:03}").into_boxed_str()), b"n"));
     }
     if let Order::Reverse = order {
         files.reverse();
@@ -307,6 +308,13 @@ fn the_guest_sees_the_values_the_contract_promises() {
             "\u{e4}.txt"
         ]
     );
+    let many: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("entry /inputs/many/"))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let want: Vec<String> = (0..600).map(|i| format!("f{i:03}")).collect();
+    assert_eq!(many, want);
     let m_dir: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("entry /inputs/m/"))

@@ -1,0 +1,135 @@
+//! Criterion benchmarks of detwasm's runtime (not run in CI: `cargo bench -p detwasm-runtime`).
+//!
+//! - `job/*`: the per-job overhead of `Runtime::run` with a warm module cache (hash the
+//!   module, grant capabilities, instantiate, run, write the results directory, hash it),
+//!   for the probe module's `exit 0` (no work) and `report` (every channel) modes.
+//! - `cost/*`: what the determinism settings cost on compute-heavy code. The same probe
+//!   loops (`int`, `float`) run on four engines that differ only in fuel metering and NaN
+//!   canonicalization (and epoch checks for the last one); everything else is detwasm's
+//!   pinned configuration and its WASI host. `detwasm` is what `detwasm run` uses;
+//!   `plain` is close to wasmtime's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use detwasm_runtime::engine::{deterministic_config, EngineOptions};
+use detwasm_runtime::wasi::{add_to_linker, Ctx};
+use detwasm_runtime::{capabilities, Destination, Job, Runtime};
+use wasmtime::{Engine, Linker, Module, Store, StoreLimitsBuilder};
+
+fn probe() -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/probes/probe.wasm");
+    std::fs::read(p).unwrap()
+}
+
+fn job_overhead(c: &mut Criterion) {
+    let cache = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(EngineOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        parallel_compilation: true,
+    })
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("job");
+    g.sample_size(30).measurement_time(Duration::from_secs(5));
+    for mode in [vec!["exit", "0"], vec!["report"]] {
+        let mut job = Job::new(probe());
+        job.args = mode.iter().map(|s| s.to_string()).collect();
+        // Warm the cache.
+        rt.run(&job, &Destination::At(out.path().join("warm")))
+            .unwrap();
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("warm_cache", &name), |b| {
+            b.iter(|| {
+                i += 1;
+                let dest = out.path().join(format!("{name}-{i}"));
+                rt.run(&job, &Destination::At(dest)).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+struct Variant {
+    name: &'static str,
+    fuel: bool,
+    nan: bool,
+    epoch: bool,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        name: "detwasm",
+        fuel: true,
+        nan: true,
+        epoch: true,
+    },
+    Variant {
+        name: "no_fuel",
+        fuel: false,
+        nan: true,
+        epoch: true,
+    },
+    Variant {
+        name: "no_nan_canon",
+        fuel: true,
+        nan: false,
+        epoch: true,
+    },
+    Variant {
+        name: "plain",
+        fuel: false,
+        nan: false,
+        epoch: false,
+    },
+];
+
+fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, v: &Variant, args: &[&str]) {
+    let mut job = Job::new(Vec::new());
+    job.args = args.iter().map(|s| s.to_string()).collect();
+    let host = capabilities::grant(&job).unwrap();
+    let mut store = Store::new(
+        engine,
+        Ctx {
+            host,
+            limits: StoreLimitsBuilder::new().build(),
+            memory: None,
+        },
+    );
+    if v.fuel {
+        store.set_fuel(u64::MAX).unwrap();
+    }
+    if v.epoch {
+        store.set_epoch_deadline(u64::MAX / 2);
+    }
+    let inst = linker.instantiate(&mut store, module).unwrap();
+    let start = inst.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
+    start.call(&mut store, ()).unwrap();
+    assert!(!store.data().host.stdout.is_empty());
+}
+
+fn determinism_costs(c: &mut Criterion) {
+    let bytes = probe();
+    let mut g = c.benchmark_group("cost");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    for v in &VARIANTS {
+        let mut cfg = deterministic_config(true);
+        cfg.consume_fuel(v.fuel)
+            .cranelift_nan_canonicalization(v.nan)
+            .epoch_interruption(v.epoch);
+        let engine = Engine::new(&cfg).unwrap();
+        let module = Module::from_binary(&engine, &bytes).unwrap();
+        let mut linker = Linker::new(&engine);
+        add_to_linker(&mut linker).unwrap();
+        for (work, n) in [("int", "20000000"), ("float", "2000000")] {
+            g.bench_function(BenchmarkId::new(work, v.name), |b| {
+                b.iter(|| run_variant(&engine, &linker, &module, v, &[work, n]))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, job_overhead, determinism_costs);
+criterion_main!(benches);
