@@ -37,8 +37,9 @@ fn job_overhead(c: &mut Criterion) {
         let mut job = Job::new(probe());
         job.args = mode.iter().map(|s| s.to_string()).collect();
         // Warm the cache.
-        rt.run(&job, &Destination::At(out.path().join("warm")))
-            .unwrap();
+        let name = mode.join("_");
+        let warm = out.path().join(format!("warm-{name}"));
+        rt.run(&job, &Destination::At(warm)).unwrap();
         let mut i = 0u64;
         g.bench_function(BenchmarkId::new("warm_cache", &name), |b| {
             b.iter(|| {
