@@ -443,3 +443,51 @@ fn run_artgen_makes_a_png_reproducibly() {
     ]);
     assert_ne!(cid, other, "the seed must change the picture");
 }
+
+/// The results CIDs printed in modules/README.md are what these runs give: a regression
+/// in any module, template or the runtime's determinism shows up here.
+#[test]
+fn readme_results_cids_are_reproduced() {
+    let readme = fs::read_to_string(root().join("modules/README.md")).unwrap();
+    let runs: [(&[&str], &str); 4] = [
+        (
+            &["run", "cowsay", "-i", "Message=moo"],
+            "QmV6Z6fNowvJPuuiJ5yiG7wNW9M9vbSNrRkmkdatT7PmhT",
+        ),
+        (
+            &[
+                "run",
+                "artgen",
+                "-i",
+                "Prompt=a quiet lake at sunset",
+                "-i",
+                "Seed=7",
+            ],
+            "QmY8YbkJeumxpmGaqb8DvNF5Kr5YLhSjNQhxd6GhbBMEar",
+        ),
+        (
+            &["run", "wordstats", "-i", "Input=modules/wordstats/samples"],
+            "QmQ8B53PMxFEmkgsco4W5tXgzoMrusH39WyJz3Q9ySTnUq",
+        ),
+        (
+            &["run", "digits"],
+            "QmPTvWYRYuz95wtj1CpbqhPmtx13gaiSD2wgxCNmMhpLJF",
+        ),
+    ];
+    let scratch = tempfile::tempdir().unwrap();
+    for (i, (args, want)) in runs.iter().enumerate() {
+        assert!(
+            readme.contains(want),
+            "modules/README.md no longer shows {want}"
+        );
+        let out = ok(&detwasm()
+            .current_dir(root())
+            .env("DETWASM_CACHE_DIR", scratch.path().join("cache"))
+            .args(*args)
+            .arg("-o")
+            .arg(scratch.path().join(format!("r{i}")))
+            .output()
+            .unwrap());
+        assert_eq!(out.lines().next().unwrap().trim(), *want, "{args:?}");
+    }
+}
