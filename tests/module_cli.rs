@@ -491,3 +491,41 @@ fn readme_results_cids_are_reproduced() {
         assert_eq!(out.lines().next().unwrap().trim(), *want, "{args:?}");
     }
 }
+
+/// An entry module named by CID can be shipped as a CAR (what `ipfs dag export` or
+/// `detwasm hash --car` writes) instead of a .wasm: it is found, its blocks verified,
+/// and the job is the same job.
+#[test]
+fn an_entry_module_in_a_car_file_runs_as_the_same_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("cow-from-car");
+    fs::create_dir_all(&m).unwrap();
+    fs::copy(
+        root().join("modules/cowsay/lilypad_module.json.tmpl"),
+        m.join("lilypad_module.json.tmpl"),
+    )
+    .unwrap();
+    let car = m.join("cowsay.car");
+    let printed = ok(&detwasm()
+        .args(["hash", "--car"])
+        .arg(&car)
+        .arg(root().join("fixtures/modules/cowsay.wasm"))
+        .output()
+        .unwrap());
+    let template = fs::read_to_string(m.join("lilypad_module.json.tmpl")).unwrap();
+    assert!(
+        template.contains(printed.trim()),
+        "the CAR's root is the template's CID"
+    );
+    let check = ok(&detwasm()
+        .args(["module", "check", m.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        check.contains("cowsay.car is Qm") && check.contains("blocks verified in CAR"),
+        "{check}"
+    );
+    let (from_car, _, _s) = run_twice(&["run", m.to_str().unwrap(), "-i", "Message=moo"]);
+    let (from_wasm, _, _s2) = run_twice(&["run", "cowsay", "-i", "Message=moo"]);
+    assert_eq!(from_car, from_wasm);
+}
