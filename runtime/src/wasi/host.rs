@@ -416,7 +416,10 @@ impl WasiHost {
                 } else {
                     RIGHTS_ALL & !RIGHTS_WRITE
                 };
-                (FILETYPE_DIRECTORY, 0, r, r)
+                // Inheriting rights stay complete even on read-only mounts: wasi-libc masks
+                // the rights it asks `path_open` for with them, and an open for writing
+                // must reach `path_open` to fail there with EROFS (not later with EBADF).
+                (FILETYPE_DIRECTORY, 0, r, RIGHTS_ALL)
             }
             Fd::File { append, rights, .. } => (
                 FILETYPE_REGULAR_FILE,
