@@ -18,17 +18,27 @@ pub struct Windows<R> {
     window: usize,
     eof: bool,
     first: bool,
+    /// Bytes the reader is expected to still hold, when known (sizes buffers so a small
+    /// file is read with one `read` plus the one that sees the end).
+    expect: Option<u64>,
 }
 
 impl<R: Read> Windows<R> {
     /// Windows of `reader` holding whole `chunk_size` chunks.
     pub fn new(reader: R, chunk_size: usize) -> Self {
+        Self::with_size_hint(reader, chunk_size, None)
+    }
+
+    /// Like [`Windows::new`], for a reader expected to hold `size` bytes. The hint only
+    /// sizes buffers: the bytes actually read decide the chunks.
+    pub fn with_size_hint(reader: R, chunk_size: usize, size: Option<u64>) -> Self {
         let chunks = (WINDOW_BYTES / chunk_size).max(1);
         Windows {
             reader,
             window: chunks * chunk_size,
             eof: false,
             first: true,
+            expect: size,
         }
     }
 
@@ -41,7 +51,13 @@ impl<R: Read> Windows<R> {
             return Ok(false);
         }
         let want = self.window as u64;
+        if let Some(left) = self.expect {
+            // Room for what is left plus one byte, so the read that meets the end of
+            // the file needs no reallocation.
+            buf.reserve(left.saturating_add(1).min(want) as usize);
+        }
         let got = (&mut self.reader).take(want).read_to_end(buf)?;
+        self.expect = self.expect.map(|left| left.saturating_sub(got as u64));
         if (got as u64) < want {
             self.eof = true;
         }
@@ -71,6 +87,20 @@ mod tests {
             out.extend(chunks(&buf, chunk).map(<[u8]>::len));
         }
         out
+    }
+
+    #[test]
+    fn a_wrong_size_hint_changes_nothing() {
+        let data = vec![3u8; 10_000];
+        for hint in [None, Some(0), Some(9_999), Some(10_000), Some(1 << 40)] {
+            let mut w = Windows::with_size_hint(&data[..], 4096, hint);
+            let mut buf = Vec::new();
+            let mut lens = Vec::new();
+            while w.next_window(&mut buf).unwrap() {
+                lens.extend(chunks(&buf, 4096).map(<[u8]>::len));
+            }
+            assert_eq!(lens, [4096, 4096, 1808], "{hint:?}");
+        }
     }
 
     #[test]

@@ -74,15 +74,17 @@ pub enum FileError {
     Sink(io::Error),
 }
 
-/// Import the bytes of `reader` as a UnixFS file. `progress` is called with the number
-/// of bytes consumed after each window.
+/// Import the bytes of `reader` as a UnixFS file. `size_hint` (the expected length, if
+/// known) only sizes buffers. `progress` is called with the number of bytes consumed
+/// after each window.
 pub fn import_file(
     reader: impl Read + Send,
+    size_hint: Option<u64>,
     opts: &Options,
     sink: Option<&dyn BlockSink>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Subtree, FileError> {
-    let mut windows = Windows::new(reader, opts.chunk_size);
+    let mut windows = Windows::with_size_hint(reader, opts.chunk_size, size_hint);
     let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
     let mut cur = Vec::new();
     let mut next = Vec::new();
@@ -115,7 +117,7 @@ mod tests {
     use crate::options::Profile;
 
     fn cid_of(data: &[u8], profile: Profile) -> String {
-        import_file(data, &Options::profile(profile), None, &|_| {})
+        import_file(data, None, &Options::profile(profile), None, &|_| {})
             .unwrap()
             .cid
             .to_string()
@@ -151,8 +153,8 @@ mod tests {
         }
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let opts = Options::default();
-        let a = import_file(&data[..], &opts, None, &|_| {}).unwrap();
-        let b = import_file(Trickle(&data), &opts, None, &|_| {}).unwrap();
+        let a = import_file(&data[..], Some(3_000_000), &opts, None, &|_| {}).unwrap();
+        let b = import_file(Trickle(&data), None, &opts, None, &|_| {}).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.filesize, 3_000_000);
     }

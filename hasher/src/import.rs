@@ -156,7 +156,7 @@ impl<'a> Hasher<'a> {
             .par_iter()
             .map(|&i| {
                 let item = &arena.items[i];
-                let Kind::File { source, .. } = &item.kind else {
+                let Kind::File { source, size } = &item.kind else {
                     unreachable!("filtered to files")
                 };
                 let read_err = |source| HashError::Read {
@@ -166,12 +166,12 @@ impl<'a> Hasher<'a> {
                 let sub = match source {
                     Source::Disk(p) => {
                         let f = File::open(p).map_err(read_err)?;
-                        import_file(f, &opts, sink, &report)
+                        import_file(f, Some(*size), &opts, sink, &report)
                     }
-                    Source::Bytes(b) => import_file(*b, &opts, sink, &report),
+                    Source::Bytes(b) => import_file(*b, Some(*size), &opts, sink, &report),
                     Source::Open(open) => {
                         let r = open().map_err(read_err)?;
-                        import_file(r, &opts, sink, &report)
+                        import_file(r, None, &opts, sink, &report)
                     }
                 }
                 .map_err(|e| match e {
