@@ -20,7 +20,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
-    /// Print the rendered spec exactly as Lilypad renders it (inputs JSON-encoded).
+    /// Print the rendered spec exactly as Lilypad renders it (inputs JSON-encoded), byte
+    /// for byte.
     Render {
         /// Module folder or name.
         module: String,
@@ -48,10 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Render { module, inputs } => {
             let dir = ModuleDir::open(&module)?;
             let rendered = dir.render(&spec::parse_inputs(&inputs)?)?;
+            // Exactly the rendered bytes, nothing added: they are what Lilypad would parse.
             print!("{rendered}");
-            if !rendered.ends_with('\n') {
-                println!();
-            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
