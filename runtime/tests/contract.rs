@@ -74,6 +74,9 @@ fn make_inputs(root: &Path, order: Order, mtime: SystemTime) {
         std::fs::write(&p, data).unwrap();
     }
     std::os::unix::fs::symlink("../b.txt", root.join("sub/link")).unwrap();
+    // Links that point out of the mount: never followed on the host.
+    std::os::unix::fs::symlink("/etc/passwd", root.join("sub/abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", root.join("sub/up")).unwrap();
     std::fs::create_dir_all(root.join("empty")).unwrap();
     for (name, _) in &files {
         let f = std::fs::File::options()
@@ -361,6 +364,33 @@ fn the_guest_sees_the_values_the_contract_promises() {
     assert_eq!(m["escape.dotdot.ok"], "false");
     assert_eq!(m["escape.abs.ok"], "false");
     assert!(line("readlink /inputs/sub/link").contains("follow=ok len=4"));
+    for escaping in ["readlink /inputs/sub/abs", "readlink /inputs/sub/up"] {
+        let l = line(escaping);
+        assert!(
+            l.contains("follow=error") && l.contains("os error 76"),
+            "{l}"
+        );
+    }
+
+    // Setting times: explicit values kept, "now" is the virtual clock (after the 10 s
+    // sleep), inputs refuse (read-only file system, errno 69).
+    assert!(line("settimes.explicit ").contains("errno=0 atim=1000 mtim=2000"));
+    let now = line("settimes.now ");
+    let field = |l: &str, k: &str| -> u64 {
+        l.split(' ')
+            .find_map(|p| p.strip_prefix(k))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for k in ["atim=", "mtim=", "ctim="] {
+        let v = field(&now, k);
+        assert!(
+            v > epoch + 10_000_000_000 && v < epoch + 11_000_000_000,
+            "{now}"
+        );
+    }
+    assert_eq!(line("settimes.input "), "settimes.input errno=69");
 
     // The outputs folder holds what the guest wrote, hidden file included.
     let res = t.path().join("res");

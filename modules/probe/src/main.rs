@@ -24,6 +24,26 @@ extern "C" {
     fn sock_shutdown(fd: u32, how: u8) -> u16;
     fn clock_time_get(id: u32, precision: u64, out: *mut u64) -> u16;
     fn path_filestat_get(fd: u32, flags: u32, path: *const u8, len: usize, out: *mut u64) -> u16;
+    fn path_filestat_set_times(
+        fd: u32,
+        flags: u32,
+        path: *const u8,
+        len: usize,
+        atim: u64,
+        mtim: u64,
+        fst_flags: u16,
+    ) -> u16;
+}
+
+/// Sets the times of `name` in directory `dir` with the raw preview1 call (std never
+/// passes the `*_NOW` flags), then returns its (atim, mtim, ctim).
+fn set_times(dir: &str, name: &str, atim: u64, mtim: u64, flags: u16) -> (u16, u64, u64, u64) {
+    let d = std::fs::File::open(dir).unwrap();
+    let fd = d.as_raw_fd() as u32;
+    let e = unsafe { path_filestat_set_times(fd, 0, name.as_ptr(), name.len(), atim, mtim, flags) };
+    let mut st = [0u64; 8];
+    unsafe { path_filestat_get(fd, 0, name.as_ptr(), name.len(), st.as_mut_ptr()) };
+    (e, st[5], st[6], st[7])
 }
 
 /// (dev, ino, nlink, size) of `path` without following a final symlink, through the raw
@@ -232,6 +252,15 @@ fn report() -> String {
     f.write_all(b"-appended").unwrap();
     drop(f);
     std::fs::rename("/outputs/sub/b.txt", "/outputs/sub/c.txt").unwrap();
+    // Set times: explicit values are kept; "now" is the virtual clock, never the host's.
+    let (e, a, m, c) = set_times("/outputs/sub", "c.txt", 1_000, 2_000, 1 | 4);
+    let _ = writeln!(o, "settimes.explicit errno={e} atim={a} mtim={m} ctim={c}");
+    let (e, a, m, c) = set_times("/outputs/sub", "c.txt", 0, 0, 2 | 8);
+    let _ = writeln!(o, "settimes.now errno={e} atim={a} mtim={m} ctim={c}");
+    if std::fs::metadata("/inputs/a.txt").is_ok() {
+        let (e, _, _, _) = set_times("/inputs", "a.txt", 0, 0, 2 | 8);
+        let _ = writeln!(o, "settimes.input errno={e}");
+    }
     let _ = writeln!(o, "outputs:");
     list(o, "/outputs");
     let now = wall_ns();
