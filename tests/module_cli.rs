@@ -529,3 +529,43 @@ fn an_entry_module_in_a_car_file_runs_as_the_same_job() {
     let (from_wasm, _, _s2) = run_twice(&["run", "cowsay", "-i", "Message=moo"]);
     assert_eq!(from_car, from_wasm);
 }
+
+#[test]
+fn template_errors_name_the_file_line_and_construct_and_check_speaks_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("broken");
+    fs::create_dir_all(&m).unwrap();
+    fs::write(
+        m.join("lilypad_module.json.tmpl"),
+        "{\n  \"job\": {\n    {{range .Items}}x{{end}}\n  }\n}\n",
+    )
+    .unwrap();
+    let err = failed(
+        &detwasm()
+            .args(["module", "render", m.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("lilypad_module.json.tmpl:3: unsupported construct `range`"),
+        "{err}"
+    );
+
+    let out = detwasm()
+        .args(["module", "check", "--json", m.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["steps"][0]["step"], "template renders");
+    assert_eq!(report["steps"][0]["ok"], false);
+
+    let out = ok(&detwasm()
+        .args(["module", "check", "--json", "cowsay", "-i", "Message=moo"])
+        .output()
+        .unwrap());
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["steps"].as_array().unwrap().len(), 5);
+}
