@@ -275,3 +275,33 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprint is part of every job id: changing the engine settings must be a
+    /// deliberate act that updates this value (and so every job id).
+    #[test]
+    fn fingerprint_is_pinned() {
+        assert_eq!(
+            fingerprint(),
+            "blake3:bc154b81215eaf11020f1174ed7d6f0648ff509347a5c92cee81e5309e0fba31"
+        );
+        assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
+        assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
+    }
+
+    #[test]
+    fn the_cache_only_loads_files_with_our_magic_and_checksum() {
+        let payload = b"compiled";
+        let mut file = CACHE_MAGIC.to_vec();
+        file.extend_from_slice(blake3::hash(payload).as_bytes());
+        file.extend_from_slice(payload);
+        assert_eq!(verify(&file), Some(&payload[..]));
+        let mut tampered = file.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(verify(&tampered), None);
+        assert_eq!(verify(b"\x7fELF..."), None);
+    }
+}

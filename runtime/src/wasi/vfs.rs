@@ -687,3 +687,80 @@ impl Vfs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input_tree() -> (tempfile::TempDir, Vfs) {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("d/e")).unwrap();
+        std::fs::write(r.join("d/e/f"), b"f").unwrap();
+        std::os::unix::fs::symlink("b", r.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", r.join("b")).unwrap();
+        std::os::unix::fs::symlink("d/e", r.join("to_e")).unwrap();
+        std::os::unix::fs::symlink("../..", r.join("d/up2")).unwrap();
+        let mut vfs = Vfs::new();
+        vfs.mount_input(r, "/in", 7).unwrap();
+        vfs.mount_output("/out", 7);
+        (t, vfs)
+    }
+
+    #[test]
+    fn resolution_stays_inside_the_mount() {
+        let (_t, vfs) = input_tree();
+        let root = vfs.mounts[0].root;
+        let f = vfs.resolve(root, b"d/e/f", true).unwrap();
+        assert_eq!(vfs.size(f), 1);
+        assert_eq!(vfs.resolve(root, b"to_e/f", true).unwrap(), f);
+        assert_eq!(vfs.resolve(root, b"d/./e/../e/f", true).unwrap(), f);
+        assert_eq!(vfs.resolve(root, b"..", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(vfs.resolve(root, b"d/../..", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(vfs.resolve(root, b"d/up2/x", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(vfs.resolve(root, b"/etc", true), Err(Errno::NOTCAPABLE));
+        assert_eq!(vfs.resolve(root, b"a", true), Err(Errno::LOOP));
+        assert!(vfs.resolve(root, b"a", false).is_ok());
+        assert_eq!(vfs.resolve(root, b"d/e/f/", true), Err(Errno::NOTDIR));
+        assert_eq!(vfs.resolve(root, b"nope", true), Err(Errno::NOENT));
+    }
+
+    #[test]
+    fn listing_is_sorted_with_dot_entries_first_and_constant_metadata() {
+        let (_t, vfs) = input_tree();
+        let root = vfs.mounts[0].root;
+        let names: Vec<Vec<u8>> = vfs.list(root).into_iter().map(|e| e.0).collect();
+        let want: Vec<&[u8]> = vec![b".", b"..", b"a", b"b", b"d", b"to_e"];
+        assert_eq!(names, want);
+        let d = vfs.resolve(root, b"d", true).unwrap();
+        let st = vfs.filestat(d);
+        assert_eq!((st.nlink, st.size, st.mtim), (NLINK, DIR_SIZE, 7));
+        // Inodes in first-seen order of the sorted scan: root 1, a 2, b 3, d 4, d/e 5, ...
+        assert_eq!(vfs.filestat(root).ino, 1);
+        assert_eq!(st.ino, 4);
+    }
+
+    #[test]
+    fn inputs_are_read_only_and_outputs_are_charged_to_the_quota() {
+        let (_t, mut vfs) = input_tree();
+        let (input, out) = (vfs.mounts[0].root, vfs.mounts[1].root);
+        assert!(matches!(
+            vfs.create(input, b"x".to_vec(), false, 9, 100),
+            Err(WriteError::Errno(Errno::ROFS))
+        ));
+        let f = match vfs.create(out, b"file".to_vec(), false, 9, 100) {
+            Ok(f) => f,
+            Err(_) => panic!("create failed"),
+        };
+        assert_eq!(vfs.used, 4);
+        assert!(vfs.write_at(f, 0, &[1; 50], 9, 96).is_ok());
+        assert_eq!(vfs.used, 54);
+        assert!(matches!(
+            vfs.write_at(f, 50, &[1; 47], 9, 46),
+            Err(WriteError::Quota(_))
+        ));
+        assert_eq!(vfs.size(f), 50);
+        vfs.remove(out, b"file", false, 10).unwrap();
+        assert_eq!(vfs.used, 0);
+    }
+}
