@@ -968,12 +968,10 @@ impl Template {
                 let mut any_equal = false;
                 for other in &args[1..] {
                     let equal = match (first, other) {
-                        (Value::Missing, _) | (_, Value::Missing) => {
-                            return Err(self.exec_error(
-                                pipe,
-                                format!("error calling {name}: invalid type for comparison"),
-                            ))
-                        }
+                        // Go's eq: a missing value (invalid kind) equals only another
+                        // missing value, and comparing it is not an error.
+                        (Value::Missing, b) => *b == Value::Missing,
+                        (_, Value::Missing) => false,
                         (Value::Str(a), Value::Str(b)) => a == b,
                         (Value::Int(a), Value::Int(b)) => a == b,
                         (Value::Float(a), Value::Float(b)) => a == b,
