@@ -12,6 +12,9 @@ use std::io::{self, Read};
 /// the 64 MiB budget.
 pub const WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
+/// First buffer size for a reader of unknown length (doubled as needed).
+const UNKNOWN_SIZE_START: usize = 64 * 1024;
+
 /// Reads a file window by window.
 pub struct Windows<R> {
     reader: R,
@@ -42,27 +45,46 @@ impl<R: Read> Windows<R> {
         }
     }
 
-    /// Fill `buf` (cleared first) with the next window. Returns false when the file is
-    /// exhausted and `buf` holds nothing more to chunk; the first call always returns
-    /// true (an empty file still has one, empty, chunk).
-    pub fn next_window(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
-        buf.clear();
+    /// Read the next window into the front of `buf` and return its length, or `None`
+    /// when the file is exhausted. The first call always returns a window (an empty file
+    /// still has one, empty, chunk). `buf` only grows (to at most one window) and is
+    /// reused as is, so its bytes are zeroed once, not per window; each `read` asks for
+    /// all the room left in the window.
+    pub fn next_window(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         if self.eof {
-            return Ok(false);
+            return Ok(None);
         }
-        let want = self.window as u64;
-        if let Some(left) = self.expect {
-            // Room for what is left plus one byte, so the read that meets the end of
-            // the file needs no reallocation.
-            buf.reserve(left.saturating_add(1).min(want) as usize);
+        let target = match self.expect {
+            // Room for what is left plus one byte, so the read that meets the end of the
+            // file needs no growth.
+            Some(left) => left.saturating_add(1).min(self.window as u64) as usize,
+            None => self.window.min(UNKNOWN_SIZE_START),
+        };
+        if buf.len() < target {
+            buf.resize(target, 0);
         }
-        let got = (&mut self.reader).take(want).read_to_end(buf)?;
-        self.expect = self.expect.map(|left| left.saturating_sub(got as u64));
-        if (got as u64) < want {
-            self.eof = true;
+        let mut filled = 0;
+        loop {
+            if filled == buf.len() {
+                if filled >= self.window {
+                    break;
+                }
+                let grown = (buf.len() * 2).clamp(1, self.window);
+                buf.resize(grown, 0);
+            }
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        self.expect = self.expect.map(|left| left.saturating_sub(filled as u64));
         let first = std::mem::replace(&mut self.first, false);
-        Ok(got > 0 || first)
+        Ok((filled > 0 || first).then_some(filled))
     }
 }
 
@@ -83,8 +105,8 @@ mod tests {
         let mut w = Windows::new(&data[..], chunk);
         let mut buf = Vec::new();
         let mut out = Vec::new();
-        while w.next_window(&mut buf).unwrap() {
-            out.extend(chunks(&buf, chunk).map(<[u8]>::len));
+        while let Some(n) = w.next_window(&mut buf).unwrap() {
+            out.extend(chunks(&buf[..n], chunk).map(<[u8]>::len));
         }
         out
     }
@@ -96,8 +118,8 @@ mod tests {
             let mut w = Windows::with_size_hint(&data[..], 4096, hint);
             let mut buf = Vec::new();
             let mut lens = Vec::new();
-            while w.next_window(&mut buf).unwrap() {
-                lens.extend(chunks(&buf, 4096).map(<[u8]>::len));
+            while let Some(n) = w.next_window(&mut buf).unwrap() {
+                lens.extend(chunks(&buf[..n], 4096).map(<[u8]>::len));
             }
             assert_eq!(lens, [4096, 4096, 1808], "{hint:?}");
         }

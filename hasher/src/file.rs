@@ -88,24 +88,25 @@ pub fn import_file(
     let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
     let mut cur = Vec::new();
     let mut next = Vec::new();
-    let mut more = windows.next_window(&mut cur).map_err(FileError::Read)?;
-    while more {
-        let (leaves, read) = if cur.len() < PARALLEL_MIN_BYTES {
+    let mut cur_len = windows.next_window(&mut cur).map_err(FileError::Read)?;
+    while let Some(len) = cur_len {
+        let window = &cur[..len];
+        let (leaves, read) = if len < PARALLEL_MIN_BYTES {
             (
-                hash_window(&cur, opts, sink),
+                hash_window(window, opts, sink),
                 windows.next_window(&mut next),
             )
         } else {
             rayon::join(
-                || hash_window(&cur, opts, sink),
+                || hash_window(window, opts, sink),
                 || windows.next_window(&mut next),
             )
         };
         for l in leaves.map_err(FileError::Sink)? {
             layout.push_leaf(l).map_err(FileError::Sink)?;
         }
-        progress(cur.len() as u64);
-        more = read.map_err(FileError::Read)?;
+        progress(len as u64);
+        cur_len = read.map_err(FileError::Read)?;
         std::mem::swap(&mut cur, &mut next);
     }
     layout.finish().map_err(FileError::Sink)
