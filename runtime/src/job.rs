@@ -481,6 +481,68 @@ mod tests {
         assert!(Epoch::parse("yesterday").is_err());
     }
 
+    fn identity() -> JobIdentity {
+        JobIdentity {
+            format: JobIdentity::FORMAT,
+            module_cid: "QmModule".into(),
+            argv0: DEFAULT_ARGV0.into(),
+            entry: DEFAULT_ENTRY.into(),
+            args: vec!["a".into()],
+            env: vec![("K".into(), "V".into())],
+            stdin_blake3: blake3::hash(b"").to_hex().to_string(),
+            inputs: vec![InputIdentity {
+                guest: "/inputs".into(),
+                cid: "QmInput".into(),
+            }],
+            outputs: Job::new(vec![]).outputs,
+            seed: 0,
+            epoch_unix_nanos: Epoch::default().unix_nanos,
+            limits: Limits::default(),
+            results: ResultsOptions::default(),
+            engine: "blake3:engine".into(),
+        }
+    }
+
+    /// The job id encoding is part of every job's identity: pinned, so that changing it
+    /// is deliberate (bump `JobIdentity::FORMAT`).
+    #[test]
+    fn job_id_encoding_is_pinned_and_covers_every_field() {
+        let base = identity();
+        assert_eq!(
+            serde_json::to_string(&base).unwrap(),
+            concat!(
+                r#"{"format":1,"module_cid":"QmModule","argv0":"module.wasm","entry":"_start","#,
+                r#""args":["a"],"env":[["K","V"]],"#,
+                r#""stdin_blake3":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262","#,
+                r#""inputs":[{"guest":"/inputs","cid":"QmInput"}],"#,
+                r#""outputs":[{"name":"outputs","guest":"/outputs"}],"seed":0,"#,
+                r#""epoch_unix_nanos":1640995200000000000,"#,
+                r#""limits":{"fuel":100000000000,"memory":1073741824,"max_output":268435456,"timeout":null},"#,
+                r#""results":{"profile":"unixfs-v0-2015","skip_hidden":false},"engine":"blake3:engine"}"#
+            )
+        );
+        let id = base.job_id();
+        let mut changed = Vec::new();
+        let mut v = identity();
+        v.seed = 1;
+        changed.push(v);
+        let mut v = identity();
+        v.limits.fuel += 1;
+        changed.push(v);
+        let mut v = identity();
+        v.results.skip_hidden = true;
+        changed.push(v);
+        let mut v = identity();
+        v.inputs[0].cid = "QmOther".into();
+        changed.push(v);
+        let mut v = identity();
+        v.engine = "blake3:other".into();
+        changed.push(v);
+        for v in changed {
+            assert_ne!(v.job_id(), id);
+        }
+    }
+
     #[test]
     fn validate_rejects_bad_paths_and_names() {
         let j = Job::new(vec![]);

@@ -110,7 +110,10 @@ pub struct Receipt {
     pub outcome: String,
     /// Null after a normal exit; otherwise what ended the run.
     pub trap: Option<String>,
-    /// Fuel consumed: the instruction count a verifier compares.
+    /// Fuel consumed: the instruction count a verifier compares. wasmtime charges one
+    /// unit per WebAssembly operator, except a few that compile to nothing (`nop`,
+    /// `drop`, `block`, `loop`, `end`, …); host calls cost their call instruction only.
+    /// A run that exhausts its budget reports exactly the budget.
     pub instructions: u64,
     /// False after a wall-clock timeout.
     pub verifiable: bool,
