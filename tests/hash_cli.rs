@@ -218,6 +218,13 @@ fn every_knob_matches_the_importer_with_the_same_settings() {
     o.hamt_compare = HamtCompare::GreaterOrEqual;
     let js = js_import(&[Case::new("k", root, o)]);
     assert_eq!(out.trim(), js["k"].root);
+    // As in kubo, --cid-version 1 alone brings raw leaves.
+    let v1 = ok_stdout(&["--cid-version".as_ref(), "1".as_ref(), root.as_os_str()]);
+    let mut o = Options::profile(V0);
+    o.cid_version = CidVersion::V1;
+    o.raw_leaves = true;
+    let js = js_import(&[Case::new("v1", root, o)]);
+    assert_eq!(v1.trim(), js["v1"].root);
     let raw = ok_stdout(&[
         "--raw-leaves".as_ref(),
         "--chunker".as_ref(),

@@ -25,9 +25,8 @@ pub struct Args {
     #[arg(long, default_value = "unixfs-v0-2015", value_parser = ["unixfs-v0-2015", "unixfs-v1-2025"])]
     pub profile: String,
 
-    /// CID version of dag-pb nodes (0 or 1), like `ipfs add --cid-version`. Setting 1
-    /// alone does not change leaves (unlike kubo, which then also turns on raw leaves:
-    /// pass --raw-leaves too to match it).
+    /// CID version of dag-pb nodes (0 or 1), like `ipfs add --cid-version`. As in kubo,
+    /// `--cid-version 1` also turns raw leaves on unless --raw-leaves says otherwise.
     #[arg(long, value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
     pub cid_version: Option<u8>,
 
@@ -82,6 +81,10 @@ impl Args {
             } else {
                 CidVersion::V1
             };
+            // kubo's `ipfs add`: a CIDv1 import uses raw leaves unless told otherwise.
+            if v == 1 && self.raw_leaves.is_none() {
+                opts.raw_leaves = true;
+            }
         }
         if let Some(raw) = self.raw_leaves {
             opts.raw_leaves = raw;
