@@ -80,6 +80,13 @@ fn detwasm_renders_exactly_as_lilypads_go_code() {
     fs::create_dir_all(&stress).unwrap();
     fs::write(stress.join("lilypad_module.json.tmpl"), EVERY_CONSTRUCT).unwrap();
     let stress = stress.to_str().unwrap().to_string();
+    let mut broken = Vec::new();
+    for (name, text) in [("unclosed", "{\n{{if .A}}\n}"), ("nofunc", "{{nosuch .A}}")] {
+        let dir = tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("lilypad_module.json.tmpl"), text).unwrap();
+        broken.push(dir.to_str().unwrap().to_string());
+    }
 
     let tricky = r#"quotes " and \ back, <tags> & amps, tab	é ü 日本 🐄, line
 break, U+2028 [ ] and control "#;
@@ -106,6 +113,8 @@ break, U+2028 [ ] and control "#;
         (stress.clone(), vec!["A=x".into(), "B=why".into()]),
         (stress.clone(), vec![format!("A={tricky}"), "B=".into()]),
         (stress.clone(), vec!["A=".into()]),
+        (broken[0].clone(), vec!["A=x".into()]),
+        (broken[1].clone(), vec!["A=x".into()]),
     ];
     let mut checked_errors = 0;
     for (module, inputs) in cases {
@@ -128,7 +137,7 @@ break, U+2028 [ ] and control "#;
         if !expected.status.success() {
             // Go refuses to render: so must detwasm, for the same reason.
             let go_err = String::from_utf8_lossy(&expected.stderr);
-            let reason = go_err.trim().rsplit(">: ").next().unwrap();
+            let reason = go_err.trim().rsplit(": ").next().unwrap();
             let our_err = String::from_utf8_lossy(&ours.stderr);
             assert!(
                 !ours.status.success(),
@@ -150,7 +159,7 @@ break, U+2028 [ ] and control "#;
         );
     }
     assert_eq!(
-        checked_errors, 1,
-        "the case with a missing subst argument fails in both"
+        checked_errors, 3,
+        "a missing subst argument, an unclosed if and an unknown function fail in both"
     );
 }
