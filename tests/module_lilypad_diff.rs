@@ -3,9 +3,10 @@
 //! The reference is Go itself: `tests/module_lilypad_render/main.go` is Lilypad's
 //! LoadModule rendering (text/template + `subst`, inputs `json.Marshal`-ed, executed on
 //! a `map[string]string`). The test builds it when `go` is on PATH (Debian's golang-go
-//! is enough) and compares `detwasm module render` with it on every example template
-//! and on a template that uses every construct detwasm supports; without Go it says it
-//! was skipped.
+//! is enough; `scripts/setup.sh` installs it) and compares `detwasm module render` with
+//! it on every example template and on a template that uses every construct detwasm
+//! supports. Without Go the test fails: a conformance check that silently passes proves
+//! nothing.
 //!
 //! Inputs avoid `\b` and `\f`: Go before 1.22 escapes them as `\u0008`/`\u000c`, Lilypad
 //! builds with a newer Go (short forms, as detwasm writes them).
@@ -18,15 +19,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn go_renderer(dir: &Path) -> Option<PathBuf> {
+fn go_renderer(dir: &Path) -> PathBuf {
     let ok = Command::new("go")
         .arg("version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !ok {
-        return None;
-    }
+    assert!(
+        ok,
+        "`go` is not installed: run scripts/setup.sh (it installs Debian's golang-go), \
+         the reference renderer of this test is Go's text/template"
+    );
     let bin = dir.join("lilypad-render");
     let status = Command::new("go")
         .args(["build", "-o"])
@@ -41,7 +44,7 @@ fn go_renderer(dir: &Path) -> Option<PathBuf> {
         status.success(),
         "building the Go reference renderer failed"
     );
-    Some(bin)
+    bin
 }
 
 /// The stress template: every construct of the supported subset, Go 1.19-compatible.
@@ -72,10 +75,7 @@ const EVERY_CONSTRUCT: &str = r#"{{- /* every construct */ -}}
 #[test]
 fn detwasm_renders_exactly_as_lilypads_go_code() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(go) = go_renderer(tmp.path()) else {
-        eprintln!("SKIPPED: `go` is not installed (apt-get install golang-go) — no Go reference to compare with");
-        return;
-    };
+    let go = go_renderer(tmp.path());
     let stress = tmp.path().join("every");
     fs::create_dir_all(&stress).unwrap();
     fs::write(stress.join("lilypad_module.json.tmpl"), EVERY_CONSTRUCT).unwrap();
