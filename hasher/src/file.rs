@@ -1,8 +1,16 @@
 //! Importing one file: chunk, make leaves, hash them on all cores, lay them out.
 //!
-//! While one window of chunks is hashed in parallel (rayon, order-preserving), the next
-//! window is read: two windows are in memory at most. Leaves are fed to the balanced
-//! builder in file order, so the result does not depend on thread timing.
+//! Three sources, one result (the chunks are the same whatever the source):
+//! - a file on disk of known size ([`import_disk_file`]): every chunk is a task that
+//!   reads its own bytes with `pread` in cache-sized pieces and hashes each piece while
+//!   it is still in the core's cache, so memory traffic is one pass over the file and
+//!   memory use is a piece per thread (unless a CAR needs the block bytes);
+//! - bytes in memory ([`import_bytes`]): chunks are hashed in place;
+//! - any reader ([`import_file`]): read a window at a time; while one window is hashed
+//!   the next is read, so two windows are in memory at most.
+//!
+//! Chunks are hashed in parallel batches (rayon, order-preserving) and the leaves are fed
+//! to the balanced builder in file order, so the result does not depend on timing.
 
 use crate::balanced::{Balanced, Subtree};
 use crate::car::BlockSink;
@@ -13,10 +21,26 @@ use crate::options::Options;
 use crate::unixfs;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 /// Windows smaller than this are hashed on the calling thread (not worth a fork).
 const PARALLEL_MIN_BYTES: usize = 512 * 1024;
+
+/// Bytes per `pread` when hashing a chunk of a file on disk: small enough to stay in a
+/// core's L2 cache between being copied and being hashed.
+const PIECE_BYTES: usize = 128 * 1024;
+
+/// Chunks hashed per parallel batch from disk or memory (bounds the leaves held before
+/// layout; the bytes themselves are not held).
+const BATCH_CHUNKS: usize = 64;
+
+thread_local! {
+    /// Each hashing thread's piece buffer, reused across chunks and files.
+    static PIECE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Hash one leaf block for `chunk`, store it in `sink`, and describe it.
 fn leaf(chunk: &[u8], opts: &Options, sink: Option<&dyn BlockSink>) -> io::Result<Subtree> {
@@ -112,6 +136,135 @@ pub fn import_file(
     layout.finish().map_err(FileError::Sink)
 }
 
+/// The leaf of the chunk `[offset, offset + len)` of `file`, read in pieces.
+fn disk_leaf(
+    file: &File,
+    offset: u64,
+    len: usize,
+    opts: &Options,
+    sink: Option<&dyn BlockSink>,
+) -> Result<Subtree, FileError> {
+    if sink.is_some() {
+        // A CAR needs the block's bytes: read the whole chunk.
+        let mut chunk = vec![0u8; len];
+        file.read_exact_at(&mut chunk, offset).map_err(changed)?;
+        return leaf(&chunk, opts, sink).map_err(FileError::Sink);
+    }
+    PIECE.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < PIECE_BYTES {
+            buf.resize(PIECE_BYTES, 0);
+        }
+        let (prefix, suffix) = if opts.raw_leaves {
+            (Vec::new(), Vec::new())
+        } else {
+            unixfs::file_leaf_parts(len)
+        };
+        let mut h = Sha256::new();
+        h.update(&prefix);
+        let mut done = 0;
+        while done < len {
+            let n = PIECE_BYTES.min(len - done);
+            file.read_exact_at(&mut buf[..n], offset + done as u64)
+                .map_err(changed)?;
+            h.update(&buf[..n]);
+            done += n;
+        }
+        h.update(&suffix);
+        let digest: [u8; SHA2_256_LEN] = h.finalize().into();
+        let (codec, tsize) = if opts.raw_leaves {
+            (RAW, len)
+        } else {
+            (DAG_PB, prefix.len() + len + suffix.len())
+        };
+        Ok(Subtree {
+            cid: Cid::from_digest(opts.cid_version, codec, digest),
+            tsize: tsize as u64,
+            filesize: len as u64,
+        })
+    })
+}
+
+/// A read error; a file that ended early has changed since its size was taken.
+fn changed(e: io::Error) -> FileError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FileError::Read(io::Error::other("the file shrank while it was hashed"))
+    } else {
+        FileError::Read(e)
+    }
+}
+
+/// Hash the chunks of a `size`-byte input in parallel batches, in order, with
+/// `leaf_at(offset, len)`, and lay them out.
+fn import_chunks(
+    size: u64,
+    opts: &Options,
+    sink: Option<&dyn BlockSink>,
+    progress: &(dyn Fn(u64) + Sync),
+    leaf_at: impl Fn(u64, usize) -> Result<Subtree, FileError> + Sync,
+) -> Result<Subtree, FileError> {
+    let chunk = opts.chunk_size as u64;
+    let chunks = size.div_ceil(chunk).max(1);
+    let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
+    let mut first = 0u64;
+    while first < chunks {
+        let last = (first + BATCH_CHUNKS as u64).min(chunks);
+        let span = |i: u64| (i * chunk, (size - i * chunk).min(chunk) as usize);
+        let leaves: Vec<Subtree> = if last - first == 1 {
+            let (off, len) = span(first);
+            vec![leaf_at(off, len)?]
+        } else {
+            (first..last)
+                .into_par_iter()
+                .map(|i| {
+                    let (off, len) = span(i);
+                    leaf_at(off, len)
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for l in leaves {
+            layout.push_leaf(l).map_err(FileError::Sink)?;
+        }
+        progress((last * chunk).min(size) - (first * chunk).min(size));
+        first = last;
+    }
+    layout.finish().map_err(FileError::Sink)
+}
+
+/// Import a file on disk whose size is `size` (non-zero: files that report size 0, as
+/// in /proc, go through [`import_file`]). Fails if the file changes size meanwhile.
+pub fn import_disk_file(
+    file: &File,
+    size: u64,
+    opts: &Options,
+    sink: Option<&dyn BlockSink>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Subtree, FileError> {
+    let root = import_chunks(size, opts, sink, progress, |off, len| {
+        disk_leaf(file, off, len, opts, sink)
+    })?;
+    let mut probe = [0u8; 1];
+    if file.read_at(&mut probe, size).map_err(FileError::Read)? != 0 {
+        return Err(FileError::Read(io::Error::other(
+            "the file grew while it was hashed",
+        )));
+    }
+    Ok(root)
+}
+
+/// Import bytes held in memory (hashed in place, never copied).
+pub fn import_bytes(
+    data: &[u8],
+    opts: &Options,
+    sink: Option<&dyn BlockSink>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Subtree, FileError> {
+    import_chunks(data.len() as u64, opts, sink, progress, |off, len| {
+        let off = off as usize;
+        leaf(&data[off..off + len], opts, sink).map_err(FileError::Sink)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +291,31 @@ mod tests {
             cid_of(b"", Profile::UnixfsV1_2025),
             "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
         );
+    }
+
+    #[test]
+    fn disk_memory_and_reader_sources_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        for (profile, len) in [
+            (Profile::UnixfsV0_2015, 1usize),
+            (Profile::UnixfsV0_2015, 262_144),
+            (Profile::UnixfsV0_2015, 262_145 + 64 * 262_144),
+            (Profile::UnixfsV1_2025, 3 * 1_048_576 + 5),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
+            let path = dir.path().join("f");
+            std::fs::write(&path, &data).unwrap();
+            let opts = Options::profile(profile);
+            let f = File::open(&path).unwrap();
+            let disk = import_disk_file(&f, len as u64, &opts, None, &|_| {}).unwrap();
+            let mem = import_bytes(&data, &opts, None, &|_| {}).unwrap();
+            let stream = import_file(&data[..], None, &opts, None, &|_| {}).unwrap();
+            assert_eq!(disk, mem, "{profile} {len}");
+            assert_eq!(disk, stream, "{profile} {len}");
+            // A size that no longer matches the file is an error, not a wrong CID.
+            assert!(import_disk_file(&f, len as u64 - 1, &opts, None, &|_| {}).is_err());
+            assert!(import_disk_file(&f, len as u64 + 1, &opts, None, &|_| {}).is_err());
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::cid::Cid;
 use crate::dagpb::PbLink;
 use crate::dir;
 use crate::error::{HashError, Result};
-use crate::file::{import_file, FileError};
+use crate::file::{import_bytes, import_disk_file, import_file, FileError};
 use crate::options::{Options, Profile};
 use crate::tree::{Arena, Kind, Node, Source};
 use rayon::prelude::*;
@@ -156,7 +156,7 @@ impl<'a> Hasher<'a> {
             .par_iter()
             .map(|&i| {
                 let item = &arena.items[i];
-                let Kind::File { source, size } = &item.kind else {
+                let Kind::File { source, .. } = &item.kind else {
                     unreachable!("filtered to files")
                 };
                 let read_err = |source| HashError::Read {
@@ -166,9 +166,16 @@ impl<'a> Hasher<'a> {
                 let sub = match source {
                     Source::Disk(p) => {
                         let f = File::open(p).map_err(read_err)?;
-                        import_file(f, Some(*size), &opts, sink, &report)
+                        // The size now, not at the walk: the file is hashed as it is.
+                        let size = f.metadata().map_err(read_err)?.len();
+                        if size > 0 {
+                            import_disk_file(&f, size, &opts, sink, &report)
+                        } else {
+                            // Empty, or a file that does not report its size (procfs).
+                            import_file(f, None, &opts, sink, &report)
+                        }
                     }
-                    Source::Bytes(b) => import_file(*b, Some(*size), &opts, sink, &report),
+                    Source::Bytes(b) => import_bytes(b, &opts, sink, &report),
                     Source::Open(open) => {
                         let r = open().map_err(read_err)?;
                         import_file(r, None, &opts, sink, &report)
