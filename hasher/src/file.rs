@@ -1,10 +1,11 @@
 //! Importing one file: chunk, make leaves, hash them on all cores, lay them out.
 //!
 //! Three sources, one result (the chunks are the same whatever the source):
-//! - a file on disk of known size ([`import_disk_file`]): every chunk is a task that
-//!   reads its own bytes with `pread` in cache-sized pieces and hashes each piece while
-//!   it is still in the core's cache, so memory traffic is one pass over the file and
-//!   memory use is a piece per thread (unless a CAR needs the block bytes);
+//! - a file on disk of known size ([`import_disk_file`]): a large file is memory-mapped
+//!   one window at a time and its chunks hashed straight from the page cache (no copy:
+//!   copying out of the page cache cost as much CPU as SHA-NI hashing itself); a small
+//!   file, or one that cannot be mapped, is read with one `pread` per cache-sized piece
+//!   per chunk task. Either way memory is bounded by a window, never the file;
 //! - bytes in memory ([`import_bytes`]): chunks are hashed in place;
 //! - any reader ([`import_file`]): read a window at a time; while one window is hashed
 //!   the next is read, so two windows are in memory at most.
@@ -36,6 +37,13 @@ const PIECE_BYTES: usize = 128 * 1024;
 /// Chunks hashed per parallel batch from disk or memory (bounds the leaves held before
 /// layout; the bytes themselves are not held).
 const BATCH_CHUNKS: usize = 64;
+
+/// Files at least this large are memory-mapped (below it, `mmap` + `munmap` cost more
+/// than the copy they save).
+const MAP_MIN_BYTES: u64 = 1024 * 1024;
+
+/// Bytes mapped at a time (whole chunks, at least one): bounds the resident set.
+const MAP_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 
 thread_local! {
     /// Each hashing thread's piece buffer, reused across chunks and files.
@@ -96,6 +104,8 @@ pub enum FileError {
     Read(io::Error),
     /// Storing a block (the CAR spool) failed.
     Sink(io::Error),
+    /// The file could not be memory-mapped (it is then read instead).
+    Map(io::Error),
 }
 
 /// Import the bytes of `reader` as a UnixFS file. `size_hint` (the expected length, if
@@ -233,6 +243,10 @@ fn import_chunks(
 
 /// Import a file on disk whose size is `size` (non-zero: files that report size 0, as
 /// in /proc, go through [`import_file`]). Fails if the file changes size meanwhile.
+///
+/// Large files are memory-mapped a window at a time. As with any reader that maps
+/// files, a file truncated by another process while it is mapped raises SIGBUS; inputs
+/// being hashed must not be modified meanwhile (the CID would be meaningless anyway).
 pub fn import_disk_file(
     file: &File,
     size: u64,
@@ -240,9 +254,20 @@ pub fn import_disk_file(
     sink: Option<&dyn BlockSink>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Subtree, FileError> {
-    let root = import_chunks(size, opts, sink, progress, |off, len| {
-        disk_leaf(file, off, len, opts, sink)
-    })?;
+    let root = if size >= MAP_MIN_BYTES {
+        match import_mapped(file, size, opts, sink, progress) {
+            Err(FileError::Map(_)) => None,
+            other => Some(other?),
+        }
+    } else {
+        None
+    };
+    let root = match root {
+        Some(root) => root,
+        None => import_chunks(size, opts, sink, progress, |off, len| {
+            disk_leaf(file, off, len, opts, sink)
+        })?,
+    };
     let mut probe = [0u8; 1];
     if file.read_at(&mut probe, size).map_err(FileError::Read)? != 0 {
         return Err(FileError::Read(io::Error::other(
@@ -250,6 +275,61 @@ pub fn import_disk_file(
         )));
     }
     Ok(root)
+}
+
+/// The mapped path of [`import_disk_file`]: `FileError::Map` when the file cannot be
+/// mapped (the caller then reads it instead).
+fn import_mapped(
+    file: &File,
+    size: u64,
+    opts: &Options,
+    sink: Option<&dyn BlockSink>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Subtree, FileError> {
+    // Never map past the end of the file (touching such pages raises SIGBUS).
+    if file.metadata().map_err(FileError::Read)?.len() != size {
+        return Err(changed(io::ErrorKind::UnexpectedEof.into()));
+    }
+    let chunk = opts.chunk_size as u64;
+    let window = (MAP_WINDOW_BYTES / chunk).max(1) * chunk;
+    let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
+    let mut offset = 0u64;
+    while offset < size {
+        let len = window.min(size - offset);
+        // SAFETY: the mapping is read-only and private to this function; the file must
+        // not be truncated while mapped (see `import_disk_file`).
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len as usize)
+                .populate()
+                .map(file)
+        };
+        let map = match map {
+            Ok(map) => map,
+            Err(e) if offset == 0 => return Err(FileError::Map(e)),
+            Err(e) => return Err(FileError::Read(e)),
+        };
+        if map.len() as u64 != len {
+            return Err(changed(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let leaves: Vec<Subtree> = map
+            .par_chunks(opts.chunk_size)
+            .map(|c| leaf(c, opts, sink))
+            .collect::<io::Result<_>>()
+            .map_err(FileError::Sink)?;
+        drop(map);
+        for l in leaves {
+            layout.push_leaf(l).map_err(FileError::Sink)?;
+        }
+        progress(len);
+        offset += len;
+    }
+    // The size may have changed between the caller's fstat and the mapping.
+    if file.metadata().map_err(FileError::Read)?.len() != size {
+        return Err(changed(io::ErrorKind::UnexpectedEof.into()));
+    }
+    layout.finish().map_err(FileError::Sink)
 }
 
 /// Import bytes held in memory (hashed in place, never copied).
@@ -299,6 +379,7 @@ mod tests {
         for (profile, len) in [
             (Profile::UnixfsV0_2015, 1usize),
             (Profile::UnixfsV0_2015, 262_144),
+            (Profile::UnixfsV0_2015, 4 * 1_048_576),
             (Profile::UnixfsV0_2015, 262_145 + 64 * 262_144),
             (Profile::UnixfsV1_2025, 3 * 1_048_576 + 5),
         ] {

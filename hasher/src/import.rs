@@ -182,7 +182,7 @@ impl<'a> Hasher<'a> {
                     }
                 }
                 .map_err(|e| match e {
-                    FileError::Read(e) => read_err(e),
+                    FileError::Read(e) | FileError::Map(e) => read_err(e),
                     FileError::Sink(e) => HashError::Car(e),
                 })?;
                 Ok((i, sub))
