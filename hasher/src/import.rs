@@ -156,7 +156,7 @@ impl<'a> Hasher<'a> {
             .par_iter()
             .map(|&i| {
                 let item = &arena.items[i];
-                let Kind::File { source, .. } = &item.kind else {
+                let Kind::File { source, size } = &item.kind else {
                     unreachable!("filtered to files")
                 };
                 let read_err = |source| HashError::Read {
@@ -166,10 +166,10 @@ impl<'a> Hasher<'a> {
                 let sub = match source {
                     Source::Disk(p) => {
                         let f = File::open(p).map_err(read_err)?;
-                        // The size now, not at the walk: the file is hashed as it is.
-                        let size = f.metadata().map_err(read_err)?.len();
-                        if size > 0 {
-                            import_disk_file(&f, size, &opts, sink, &report)
+                        // The size seen by the walk: a file that changed since then fails
+                        // (import_disk_file checks it ends exactly there).
+                        if *size > 0 {
+                            import_disk_file(&f, *size, &opts, sink, &report)
                         } else {
                             // Empty, or a file that does not report its size (procfs).
                             import_file(f, None, &opts, sink, &report)
