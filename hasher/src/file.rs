@@ -42,7 +42,8 @@ const BATCH_CHUNKS: usize = 64;
 /// than the copy they save).
 const MAP_MIN_BYTES: u64 = 1024 * 1024;
 
-/// Bytes mapped at a time (whole chunks, at least one): bounds the resident set.
+/// Bytes mapped at a time (whole chunks, at least one); two windows are mapped at most
+/// (the one being hashed and the next), which bounds the resident set.
 const MAP_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 
 thread_local! {
@@ -292,9 +293,10 @@ fn import_mapped(
     }
     let chunk = opts.chunk_size as u64;
     let window = (MAP_WINDOW_BYTES / chunk).max(1) * chunk;
-    let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
-    let mut offset = 0u64;
-    while offset < size {
+    let map_at = |offset: u64| -> Result<Option<memmap2::Mmap>, FileError> {
+        if offset >= size {
+            return Ok(None);
+        }
         let len = window.min(size - offset);
         // SAFETY: the mapping is read-only and private to this function; the file must
         // not be truncated while mapped (see `import_disk_file`).
@@ -305,25 +307,34 @@ fn import_mapped(
                 .populate()
                 .map(file)
         };
-        let map = match map {
-            Ok(map) => map,
-            Err(e) if offset == 0 => return Err(FileError::Map(e)),
-            Err(e) => return Err(FileError::Read(e)),
-        };
-        if map.len() as u64 != len {
-            return Err(changed(io::ErrorKind::UnexpectedEof.into()));
+        match map {
+            Ok(map) if map.len() as u64 == len => Ok(Some(map)),
+            Ok(_) => Err(changed(io::ErrorKind::UnexpectedEof.into())),
+            Err(e) if offset == 0 => Err(FileError::Map(e)),
+            Err(e) => Err(FileError::Read(e)),
         }
-        let leaves: Vec<Subtree> = map
-            .par_chunks(opts.chunk_size)
-            .map(|c| leaf(c, opts, sink))
-            .collect::<io::Result<_>>()
-            .map_err(FileError::Sink)?;
+    };
+    let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
+    let mut offset = 0u64;
+    let mut current = map_at(0)?;
+    while let Some(map) = current {
+        let len = map.len() as u64;
+        // Map (and fault in) the next window while this one is hashed.
+        let (leaves, next) = rayon::join(
+            || {
+                map.par_chunks(opts.chunk_size)
+                    .map(|c| leaf(c, opts, sink))
+                    .collect::<io::Result<Vec<Subtree>>>()
+            },
+            || map_at(offset + len),
+        );
         drop(map);
-        for l in leaves {
+        for l in leaves.map_err(FileError::Sink)? {
             layout.push_leaf(l).map_err(FileError::Sink)?;
         }
         progress(len);
         offset += len;
+        current = next?;
     }
     // The size may have changed between the caller's fstat and the mapping.
     if file.metadata().map_err(FileError::Read)?.len() != size {
