@@ -83,7 +83,14 @@ fn same_cid_from_processes_with_different_environments() {
         .env("LC_ALL", "de_DE.UTF-8")
         .env("HOME", b.path())
         .env("SOME_NOISE", "x".repeat(1000))
-        .args(["run", "--json", "--no-cache", "-e", "GREETING=hi", "--input"])
+        .args([
+            "run",
+            "--json",
+            "--no-cache",
+            "-e",
+            "GREETING=hi",
+            "--input",
+        ])
         .arg(&in_b) // default guest path /inputs
         .arg(fixture("probe.wasm"))
         .args(["--", "report"])

@@ -44,6 +44,10 @@ pub struct Options {
     #[arg(long = "input", value_name = "HOST[:GUEST]")]
     pub inputs: Vec<String>,
 
+    /// wasmtime-style spelling of --input: HOST::GUEST (still read-only). Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    pub dirs: Vec<String>,
+
     /// Results directory (must not exist, or be empty). Default: a new folder in the
     /// current directory named after the job id.
     #[arg(long, short = 'o', value_name = "DIR")]
@@ -176,6 +180,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some((h, g)) if g.starts_with('/') => (h, g),
             _ => (spec.as_str(), DEFAULT_INPUT_PATH),
         };
+        job = job.push_input(host, guest);
+    }
+    for spec in &args.dirs {
+        let (host, guest) = spec
+            .split_once("::")
+            .unwrap_or((spec.as_str(), DEFAULT_INPUT_PATH));
         job = job.push_input(host, guest);
     }
     if let Some(f) = &args.stdin {
