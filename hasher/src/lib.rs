@@ -14,6 +14,10 @@
 //!   deterministic result;
 //! - CAR export in `ipfs dag export` order ([`Hasher::car`]).
 //!
+//! Large files are memory-mapped a window at a time: inputs must not be truncated while
+//! they are hashed (a file that changes size is reported as an error where it can be
+//! seen, but truncation under a live mapping raises SIGBUS, as for any mmap reader).
+//!
 //! What it is not: an IPFS node or blockstore (nothing is kept once hashed), a UnixFS
 //! reader/exporter, or an implementation of other chunkers (rabin, buzhash), the trickle
 //! layout, UnixFS mode/mtime metadata, or hashes other than sha2-256. It does not depend
@@ -30,7 +34,7 @@
 //! ```
 //!
 //! Module map (one concern each): [`cid`], [`pb`] (protobuf primitives), [`dagpb`],
-//! [`unixfs`], [`chunker`], [`balanced`] (file layout), [`file`], [`murmur3`], [`hamt`],
+//! [`unixfs`], [`chunker`], [`balanced`] (file layout), [`file`](mod@file), [`murmur3`], [`hamt`],
 //! [`dir`], [`car`], [`options`], [`tree`] (inputs), [`import`] (orchestration).
 //!
 //! The reference for every byte is the npm package `ipfs-unixfs-importer` 17 and kubo;
