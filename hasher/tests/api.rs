@@ -144,3 +144,64 @@ fn errors_name_the_path() {
         Err(HashError::Options(_))
     ));
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Random small trees: files of up to 3 chunks (chunk size forced small below), folders,
+    /// symlinks; names from a small alphabet so that they collide and sort interestingly.
+    fn tree() -> impl Strategy<Value = Node> {
+        let name = "[a-cA-C0-9._é]{1,4}".prop_filter("not . or ..", |n| n != "." && n != "..");
+        let leaf = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..700).prop_map(Node::bytes),
+            "[a-z./]{1,8}".prop_map(Node::Symlink),
+        ];
+        leaf.prop_recursive(3, 24, 6, move |inner| {
+            proptest::collection::btree_map(name.clone(), inner, 0..6).prop_map(Node::Dir)
+        })
+        .prop_map(|n| match n {
+            Node::Dir(_) => n,
+            other => Node::Dir(BTreeMap::from([("only".to_string(), other)])),
+        })
+    }
+
+    fn write(node: &Node, path: &std::path::Path) {
+        match node {
+            Node::File(FileContent::Bytes(b)) => std::fs::write(path, b).unwrap(),
+            Node::Symlink(t) => std::os::unix::fs::symlink(t, path).unwrap(),
+            Node::Dir(entries) => {
+                std::fs::create_dir(path).unwrap();
+                for (name, child) in entries {
+                    write(child, &path.join(name));
+                }
+            }
+            other => unreachable!("not generated: {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn a_tree_in_memory_and_on_disk_hash_the_same(t in tree(), hidden: bool, v1: bool) {
+            let dir = tempfile::TempDir::new().unwrap();
+            let root = dir.path().join("t");
+            write(&t, &root);
+            let profile = if v1 { Profile::UnixfsV1_2025 } else { Profile::UnixfsV0_2015 };
+            let mut opts = Options::profile(profile).with_hidden(hidden);
+            opts.chunk_size = 256;
+            opts.max_links = 2;
+            opts.hamt_threshold = 200;
+            let disk = Hasher::new(opts.clone()).entries(true).hash_path(&root).unwrap();
+            let mem = Hasher::new(opts).entries(true).hash_tree(&t).unwrap();
+            prop_assert_eq!(disk.root, mem.root);
+            prop_assert_eq!(disk.size, mem.size);
+            prop_assert_eq!(disk.entries, mem.entries);
+        }
+    }
+}
