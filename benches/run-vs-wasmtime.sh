@@ -37,13 +37,17 @@ n=0
 
 detwasm_run() { # args...
   n=$((n + 1))
-  "$DETWASM" run --fuel 100000000000000 -o "$work/out-$n" "$PROBE" -- "$@" >/dev/null 2>&1
+  # $BASHPID: timing loops run in subshells, each with its own copy of $n.
+  last_out="$work/out-$BASHPID-$n"
+  "$DETWASM" run --fuel 100000000000000 -o "$last_out" "$PROBE" -- "$@" >/dev/null 2>"$work/detwasm-stderr" \
+    || { echo "detwasm run $* failed:" >&2; cat "$work/detwasm-stderr" >&2; exit 1; }
 }
 wasmtime_run() { # flags... -- args...
   local flags=()
   while [[ $1 != -- ]]; do flags+=("$1"); shift; done
   shift
-  "$WASMTIME" run "${flags[@]}" "$PROBE" "$@" >"$work/wasmtime-stdout" 2>/dev/null
+  "$WASMTIME" run "${flags[@]}" "$PROBE" "$@" >"$work/wasmtime-stdout" \
+    || { echo "wasmtime run $* failed" >&2; exit 1; }
 }
 # ms per run of "$@", repeated $1 times.
 per_run_ms() {
@@ -66,7 +70,10 @@ detwasm_run exit 0
 wasmtime_run -C cache=y -- exit 0
 detwasm_run int 1000
 wasmtime_run -- int 1000
-[[ $(cat "$work/out-$n/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "int results differ" >&2; exit 1; }
+[[ $(cat "$last_out/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "int results differ" >&2; exit 1; }
+detwasm_run float 1000
+wasmtime_run -- float 1000
+[[ $(cat "$last_out/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "float results differ" >&2; exit 1; }
 
 printf '%-8s %12s %12s %8s\n' case "detwasm ms" "wasmtime ms" ratio
 d=$(per_run_ms "$RUNS" detwasm_run exit 0)
