@@ -696,3 +696,37 @@ fn skip_hidden_reproduces_ipfs_add_without_hidden_files() {
     assert!(v1.cid.starts_with("bafy"), "{}", v1.cid);
     let _ = Outcome::Exited(0);
 }
+
+#[test]
+fn concurrent_jobs_agree_and_one_jobs_timeout_does_not_stop_another() {
+    let t = tempfile::tempdir().unwrap();
+    let rt = cached_runtime();
+    let work = Job::new(probe()).push_arg("int").push_arg("20000000");
+    let solo = run(&rt, &work, &t.path().join("solo"));
+    let spin = Job::new(probe()).push_arg("spin").with_limits(Limits {
+        fuel: u64::MAX,
+        timeout: Some(Duration::from_millis(300)),
+        ..Limits::default()
+    });
+    // While one job spins into its wall-clock timeout (its ticker advancing the shared
+    // engine epoch), the same runtime runs other jobs: they must neither be interrupted
+    // nor see a different instruction count.
+    let (timed_out, others) = std::thread::scope(|s| {
+        let spinner = s.spawn(|| run(&rt, &spin, &t.path().join("spin")));
+        let worker = s.spawn(|| {
+            (0..4)
+                .map(|i| run(&rt, &work, &t.path().join(format!("w{i}"))))
+                .collect::<Vec<_>>()
+        });
+        (spinner.join().unwrap(), worker.join().unwrap())
+    });
+    assert_eq!(timed_out.outcome, "timeout");
+    for r in others {
+        assert_eq!(r.outcome, "exited");
+        assert!(r.verifiable);
+        assert_eq!(
+            (r.cid.as_str(), r.instructions),
+            (solo.cid.as_str(), solo.instructions)
+        );
+    }
+}
