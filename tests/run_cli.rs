@@ -267,3 +267,33 @@ fn skip_hidden_matches_detwasm_hash() {
     );
     assert_eq!(all, hash("all", &["--hidden"]));
 }
+
+#[test]
+fn rerunning_a_job_in_the_same_folder_keeps_both_results() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = detwasm()
+            .current_dir(cwd.path())
+            .args(["run", "--json"])
+            .arg(fixture("probe.wasm"))
+            .args(["--", "report"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&out)
+    };
+    let (first, second) = (run(), run());
+    let id = first["job_id"].as_str().unwrap();
+    assert_eq!(first["job_id"], second["job_id"]);
+    assert_eq!(first["cid"], second["cid"]);
+    assert_eq!(first["instructions"], second["instructions"]);
+    // The earlier result is left as it was; the re-run gets a folder of its own.
+    assert!(first["results_dir"].as_str().unwrap().ends_with(id));
+    let second_dir = PathBuf::from(second["results_dir"].as_str().unwrap());
+    assert_eq!(second_dir, cwd.path().join(format!("{id}-2")));
+    assert!(second_dir.join("exitCode").is_file());
+}

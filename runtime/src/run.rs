@@ -35,7 +35,9 @@ pub const MAX_TABLE_ELEMENTS: usize = 1 << 22;
 pub enum Destination {
     /// Exactly this path (must not exist, or be an empty directory).
     At(PathBuf),
-    /// A new folder named after the job id inside this directory.
+    /// A new folder named after the job id inside this directory; when the job has run
+    /// there before, `<job id>-2`, `<job id>-3`, … so that re-running a job (the way a
+    /// verifier does) never fails and never touches an earlier result.
     Under(PathBuf),
 }
 
@@ -173,7 +175,7 @@ impl Runtime {
         let module = self.load(&job.module.bytes, &job.entry)?;
         let dest = match dest {
             Destination::At(p) => p.clone(),
-            Destination::Under(d) => d.join(&prepared.job_id),
+            Destination::Under(d) => unused_folder(d, &prepared.job_id)?,
         };
         check_destination(&dest)?;
 
@@ -377,6 +379,22 @@ fn dummy_ctx() -> Ctx {
         host: capabilities::grant(&job).expect("an empty job grants nothing that can fail"),
         limits: StoreLimitsBuilder::new().build(),
         memory: None,
+    }
+}
+
+/// The first of `dir/name`, `dir/name-2`, `dir/name-3`, … that does not exist yet.
+fn unused_folder(dir: &Path, name: &str) -> Result<PathBuf, RunError> {
+    let mut n = 1u32;
+    loop {
+        let candidate = match n {
+            1 => dir.join(name),
+            _ => dir.join(format!("{name}-{n}")),
+        };
+        match std::fs::symlink_metadata(&candidate) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(candidate),
+            Err(e) => return Err(RunError::io(format!("checking {}", candidate.display()), e)),
+            Ok(_) => n += 1,
+        }
     }
 }
 

@@ -49,7 +49,8 @@ pub struct Options {
     pub dirs: Vec<String>,
 
     /// Results directory (must not exist, or be empty). Default: a new folder in the
-    /// current directory named after the job id.
+    /// current directory named after the job id (`<job id>-2`, … when the job ran there
+    /// before; earlier results are never touched).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
 
