@@ -13,11 +13,9 @@
 # - `--locked` against the committed modules/Cargo.lock;
 # - the release profile in modules/Cargo.toml (opt-level s, lto, codegen-units 1,
 #   panic abort, no debug info, stripped);
-# - RUSTFLAGS set here and only here (any RUSTFLAGS/CARGO_ENCODED_RUSTFLAGS/
-#   CARGO_BUILD_RUSTFLAGS from the environment is dropped), with every host path that
-#   can reach the binary remapped: this checkout, $CARGO_HOME (registry sources and git
-#   checkouts) and the toolchain's sysroot;
-# - SOURCE_DATE_EPOCH fixed, the target dir outside the crate sources.
+# - the flags and environment of scripts/reproducible-wasm-env.sh (host paths remapped,
+#   RUSTFLAGS from the environment dropped, SOURCE_DATE_EPOCH fixed);
+# - the target dir outside the crate sources.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd -P)
@@ -32,21 +30,8 @@ while [ $# -gt 0 ]; do
 done
 
 modules=(cowsay artgen wordstats digits)
-cargo_home=$(cd "${CARGO_HOME:-$HOME/.cargo}" && pwd -P)
-sysroot=$(rustc --print sysroot)
-
-unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER
-unset CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS
-export SOURCE_DATE_EPOCH=0
-export CARGO_INCREMENTAL=0
-flags=(
-  "--remap-path-prefix=$root=/detwasm"
-  "--remap-path-prefix=$cargo_home=/cargo"
-  "--remap-path-prefix=$sysroot=/rustc-sysroot"
-  "-Cdebuginfo=0"
-  "-Cstrip=symbols"
-)
-export CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${flags[*]}")
+# shellcheck source=scripts/reproducible-wasm-env.sh
+. "$root/scripts/reproducible-wasm-env.sh"
 
 packages=()
 for m in "${modules[@]}"; do packages+=(-p "$m"); done
