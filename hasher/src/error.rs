@@ -7,13 +7,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// Reading an input (file, directory listing, symlink target) failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The input path that could not be read.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
+        /// The cause. It is part of the message and deliberately not `source()`, so that
+        /// a chain printer (anyhow's `{:#}`) shows it once.
+        cause: io::Error,
     },
     /// The input is of a kind UnixFS cannot store (FIFO, socket, device).
     #[error("cannot hash {path}: it is a {kind}, and UnixFS stores only files, directories and symlinks")]
@@ -56,7 +56,7 @@ pub enum HashError {
     Options(String),
     /// Writing the CAR (or its spool file) failed.
     #[error("cannot write the CAR: {0}")]
-    Car(#[source] io::Error),
+    Car(io::Error),
 }
 
 /// Result alias of this crate.

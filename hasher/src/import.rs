@@ -159,9 +159,9 @@ impl<'a> Hasher<'a> {
                 let Kind::File { source, size } = &item.kind else {
                     unreachable!("filtered to files")
                 };
-                let read_err = |source| HashError::Read {
+                let read_err = |cause| HashError::Read {
                     path: item.shown.clone(),
-                    source,
+                    cause,
                 };
                 let sub = match source {
                     Source::Disk(p) => {

@@ -133,9 +133,9 @@ impl<'a> Arena<'a> {
     }
 
     fn walk_disk(&mut self, path: &Path, rel: String, hidden: bool) -> Result<usize> {
-        let read_err = |source| HashError::Read {
+        let read_err = |cause| HashError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let meta = fs::symlink_metadata(path).map_err(read_err)?;
         let ft = meta.file_type();
@@ -217,9 +217,9 @@ impl<'a> Arena<'a> {
                 let (source, size) = match content {
                     FileContent::Bytes(b) => (Source::Bytes(b), b.len() as u64),
                     FileContent::Path(p) => {
-                        let meta = fs::metadata(p).map_err(|source| HashError::Read {
+                        let meta = fs::metadata(p).map_err(|cause| HashError::Read {
                             path: p.clone(),
-                            source,
+                            cause,
                         })?;
                         (Source::Disk(p.clone()), meta.len())
                     }

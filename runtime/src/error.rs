@@ -51,11 +51,12 @@ pub enum RunError {
     Input { path: PathBuf, reason: String },
     #[error("results directory `{}` already exists and is not empty", .0.display())]
     OutputExists(PathBuf),
-    #[error("{context}: {source}")]
+    /// The cause is part of the message and deliberately not `source()`, so that a chain
+    /// printer (anyhow's `{:#}`) shows it once.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("hashing {what}: {reason}")]
     Hash { what: String, reason: String },
@@ -64,10 +65,10 @@ pub enum RunError {
 }
 
 impl RunError {
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         RunError::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }

@@ -232,6 +232,39 @@ impl WasiHost {
         Ok(p)
     }
 
+    /// The directory `fd` names and the path at `ptr`, checked in that order.
+    fn dir_and_path(
+        &self,
+        m: &Mem,
+        fd: u32,
+        ptr: u32,
+        len: u32,
+    ) -> Result<(NodeId, Vec<u8>), Errno> {
+        let dir = self.dir_node(fd)?;
+        let p = Self::path(m, ptr, len)?.to_vec();
+        Ok((dir, p))
+    }
+
+    /// The node the path at `ptr` names, looked up from the directory `fd`.
+    fn resolve_at(
+        &self,
+        m: &Mem,
+        fd: u32,
+        ptr: u32,
+        len: u32,
+        follow: bool,
+    ) -> Result<NodeId, Errno> {
+        let (dir, p) = self.dir_and_path(m, fd, ptr, len)?;
+        self.vfs.resolve(dir, &p, follow)
+    }
+
+    /// The parent directory of the path at `ptr`, looked up from the directory `fd`, and
+    /// the path's last component.
+    fn parent_at(&self, m: &Mem, fd: u32, ptr: u32, len: u32) -> Result<(NodeId, Vec<u8>), Errno> {
+        let (dir, p) = self.dir_and_path(m, fd, ptr, len)?;
+        self.vfs.resolve_parent(dir, &p)
+    }
+
     // ---- args, env ----
 
     fn sizes(list: &[Vec<u8>]) -> (u32, u32) {
@@ -787,8 +820,7 @@ impl WasiHost {
         fdflags: u32,
         out: u32,
     ) -> R {
-        let dir = self.dir_node(dirfd)?;
-        let p = Self::path(m, path, path_len)?.to_vec();
+        let (dir, p) = self.dir_and_path(m, dirfd, path, path_len)?;
         let oflags = oflags as u16;
         let follow = dirflags & LOOKUP_SYMLINK_FOLLOW != 0;
         let node = match self.vfs.resolve(dir, &p, follow) {
@@ -861,11 +893,7 @@ impl WasiHost {
         len: u32,
         out: u32,
     ) -> R {
-        let dir = self.dir_node(fd)?;
-        let p = Self::path(m, path, len)?.to_vec();
-        let node = self
-            .vfs
-            .resolve(dir, &p, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
+        let node = self.resolve_at(m, fd, path, len, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
         m.write(out, &self.vfs.filestat(node).encode())?;
         Ok(())
     }
@@ -882,18 +910,12 @@ impl WasiHost {
         mtim: u64,
         fst: u32,
     ) -> R {
-        let dir = self.dir_node(fd)?;
-        let p = Self::path(m, path, len)?.to_vec();
-        let node = self
-            .vfs
-            .resolve(dir, &p, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
+        let node = self.resolve_at(m, fd, path, len, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
         self.set_times(node, atim, mtim, fst)
     }
 
     pub fn path_create_directory(&mut self, m: &mut Mem, fd: u32, path: u32, len: u32) -> R {
-        let dir = self.dir_node(fd)?;
-        let p = Self::path(m, path, len)?.to_vec();
-        let (parent, name) = self.vfs.resolve_parent(dir, &p)?;
+        let (parent, name) = self.parent_at(m, fd, path, len)?;
         let (now, left) = (self.now(), self.quota_left());
         self.vfs.create(parent, name, true, now, left)?;
         Ok(())
@@ -905,9 +927,7 @@ impl WasiHost {
         self.remove(m, fd, path, len, false)
     }
     fn remove(&mut self, m: &mut Mem, fd: u32, path: u32, len: u32, dir: bool) -> R {
-        let d = self.dir_node(fd)?;
-        let p = Self::path(m, path, len)?.to_vec();
-        let (parent, name) = self.vfs.resolve_parent(d, &p)?;
+        let (parent, name) = self.parent_at(m, fd, path, len)?;
         let now = self.now();
         self.vfs.remove(parent, &name, dir, now)?;
         Ok(())
@@ -946,9 +966,7 @@ impl WasiHost {
         buf_len: u32,
         used: u32,
     ) -> R {
-        let d = self.dir_node(fd)?;
-        let p = Self::path(m, path, len)?.to_vec();
-        let node = self.vfs.resolve(d, &p, false)?;
+        let node = self.resolve_at(m, fd, path, len, false)?;
         let target = self.vfs.readlink(node)?.to_vec();
         let n = target.len().min(buf_len as usize);
         m.write(buf, &target[..n])?;
