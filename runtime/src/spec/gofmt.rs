@@ -42,7 +42,7 @@ pub fn json_marshal_string(s: &str) -> String {
 }
 
 /// Go's name of a value's dynamic type, as `fmt` prints it in `%!v(TYPE=...)` diagnostics.
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Str(_) => "string",
         Value::Int(_) => "int",

@@ -779,7 +779,10 @@ impl Template {
                         other => {
                             return Err(self.exec_error(
                                 pipe,
-                                format!("can't evaluate field {field} in type {}", type_of(&other)),
+                                format!(
+                                    "can't evaluate field {field} in type {}",
+                                    gofmt::type_name(&other)
+                                ),
                             ))
                         }
                     };
@@ -879,7 +882,7 @@ impl Template {
                         pipe,
                         format!(
                             "wrong type for value; expected string; got {}",
-                            type_of(format)
+                            gofmt::type_name(format)
                         ),
                     ));
                 };
@@ -893,7 +896,7 @@ impl Template {
                             Err(_) => return Err(self.exec_error(pipe, format!("error calling subst: subst: invalid input ({s:?} is not a JSON-encoded string)"))),
                         },
                         Value::Missing => return Err(self.exec_error(pipe, "invalid value; expected string")),
-                        other => return Err(self.exec_error(pipe, format!("wrong type for value; expected string; got {}", type_of(other)))),
+                        other => return Err(self.exec_error(pipe, format!("wrong type for value; expected string; got {}", gofmt::type_name(other)))),
                     }
                 }
                 Ok(Value::Str(gofmt::sprintf(format, &decoded)))
@@ -910,7 +913,7 @@ impl Template {
                         pipe,
                         format!(
                             "wrong type for value; expected string; got {}",
-                            type_of(format)
+                            gofmt::type_name(format)
                         ),
                     ));
                 };
@@ -946,7 +949,7 @@ impl Template {
                     Value::Data(m) => Ok(Value::Int(m.len() as i64)),
                     other => Err(self.exec_error(
                         pipe,
-                        format!("error calling len: len of type {}", type_of(other)),
+                        format!("error calling len: len of type {}", gofmt::type_name(other)),
                     )),
                 }
             }
@@ -997,17 +1000,6 @@ impl Template {
             }
             other => Err(self.exec_error(pipe, format!("function {other:?} not defined"))),
         }
-    }
-}
-
-fn type_of(v: &Value) -> &'static str {
-    match v {
-        Value::Str(_) => "string",
-        Value::Int(_) => "int",
-        Value::Float(_) => "float64",
-        Value::Bool(_) => "bool",
-        Value::Data(_) => "map[string]string",
-        Value::Missing | Value::Nil => "<nil>",
     }
 }
 
