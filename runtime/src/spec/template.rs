@@ -847,6 +847,32 @@ impl Template {
         }
     }
 
+    /// The format string and the operands of `subst` or `printf` (`name`): the first
+    /// argument must be present and a string.
+    fn format_and_operands<'v>(
+        &self,
+        pipe: &Pipeline,
+        name: &str,
+        args: &'v [Value],
+    ) -> Result<(&'v str, &'v [Value]), TemplateError> {
+        let Some((format, rest)) = args.split_first() else {
+            return Err(self.exec_error(
+                pipe,
+                format!("wrong number of args for {name}: want at least 1 got 0"),
+            ));
+        };
+        let Value::Str(format) = format else {
+            return Err(self.exec_error(
+                pipe,
+                format!(
+                    "wrong type for value; expected string; got {}",
+                    gofmt::type_name(format)
+                ),
+            ));
+        };
+        Ok((format, rest))
+    }
+
     fn call(&self, pipe: &Pipeline, name: &str, args: &[Value]) -> Result<Value, TemplateError> {
         let want = |n: usize| -> Result<(), TemplateError> {
             if args.len() != n {
@@ -871,21 +897,7 @@ impl Template {
         };
         match name {
             "subst" => {
-                let Some((format, rest)) = args.split_first() else {
-                    return Err(self.exec_error(
-                        pipe,
-                        "wrong number of args for subst: want at least 1 got 0",
-                    ));
-                };
-                let Value::Str(format) = format else {
-                    return Err(self.exec_error(
-                        pipe,
-                        format!(
-                            "wrong type for value; expected string; got {}",
-                            gofmt::type_name(format)
-                        ),
-                    ));
-                };
+                let (format, rest) = self.format_and_operands(pipe, name, args)?;
                 let mut decoded = Vec::with_capacity(rest.len());
                 for arg in rest {
                     match arg {
@@ -902,21 +914,7 @@ impl Template {
                 Ok(Value::Str(gofmt::sprintf(format, &decoded)))
             }
             "printf" => {
-                let Some((format, rest)) = args.split_first() else {
-                    return Err(self.exec_error(
-                        pipe,
-                        "wrong number of args for printf: want at least 1 got 0",
-                    ));
-                };
-                let Value::Str(format) = format else {
-                    return Err(self.exec_error(
-                        pipe,
-                        format!(
-                            "wrong type for value; expected string; got {}",
-                            gofmt::type_name(format)
-                        ),
-                    ));
-                };
+                let (format, rest) = self.format_and_operands(pipe, name, args)?;
                 let rest: Vec<Value> = rest.iter().map(as_any).collect();
                 Ok(Value::Str(gofmt::sprintf(format, &rest)))
             }
