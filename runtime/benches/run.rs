@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use detwasm_runtime::engine::{deterministic_config, EngineOptions};
 use detwasm_runtime::wasi::{add_to_linker, Ctx};
 use detwasm_runtime::{capabilities, Destination, Job, Runtime};
-use wasmtime::{Engine, Linker, Module, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Linker, Module, Store};
 
 fn probe() -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/probes/probe.wasm");
@@ -94,7 +94,7 @@ fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, v: &Varia
         engine,
         Ctx {
             host,
-            limits: StoreLimitsBuilder::new().build(),
+            limits: detwasm_runtime::limiter::JobLimiter::new(u64::MAX),
             memory: None,
         },
     );

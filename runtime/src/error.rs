@@ -62,6 +62,11 @@ pub enum RunError {
     Hash { what: String, reason: String },
     #[error("engine: {0}")]
     Engine(String),
+    /// The host failed while the job ran (an input unreadable or changed, memory the
+    /// host could not provide): nothing is delivered, since the guest's outcome would
+    /// depend on this host.
+    #[error("host failure during the run (not a result of the job; nothing was delivered): {0}")]
+    HostFailure(String),
 }
 
 impl RunError {

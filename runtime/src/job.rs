@@ -45,6 +45,15 @@ pub const DEFAULT_FUEL: u64 = 100_000_000_000;
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// Default quota on bytes the guest may write to stdout, stderr and output volumes.
 pub const DEFAULT_MAX_OUTPUT: u64 = 256 << 20;
+/// The wall-clock safety net when a job names none: one hour. Fuel is what bounds a
+/// job's work; this only ends a run that fuel cannot (a host stall), so that every run
+/// ends in bounded time. Such a run is marked unverifiable. Rejected: no default (a run
+/// could hold a provider's slot forever), and a short default (a slow or emulated host,
+/// e.g. a verifier under qemu, would end honest jobs).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest wall-clock timeout a job may ask for: 30 days. Larger values (which would
+/// overflow the host's clock arithmetic) are refused.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A WebAssembly module: its bytes, and where it came from (for the receipt only; the
 /// source never enters the job id).
@@ -120,9 +129,17 @@ pub struct Limits {
     pub memory: u64,
     /// Bytes the guest may write to stdout + stderr + output volumes together.
     pub max_output: u64,
-    /// Wall-clock safety net.
+    /// Wall-clock safety net; `None` is [`DEFAULT_TIMEOUT`] (see
+    /// [`Limits::safety_timeout`]).
     #[serde(with = "opt_secs")]
     pub timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// The wall-clock safety net in force: the job's, else [`DEFAULT_TIMEOUT`].
+    pub fn safety_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT)
+    }
 }
 
 impl Default for Limits {

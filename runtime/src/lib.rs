@@ -26,6 +26,7 @@ pub mod capabilities;
 pub mod engine;
 pub mod error;
 pub mod job;
+pub mod limiter;
 pub mod receipt;
 pub mod results;
 pub mod run;

@@ -8,14 +8,13 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use wasmtime::{
-    Engine, ExternType, FuncType, Linker, Store, StoreLimitsBuilder, Trap, UpdateDeadline, ValType,
-};
+use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, UpdateDeadline, ValType};
 
 use crate::capabilities;
 use crate::engine::{self, EngineOptions, ModuleCache};
 use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
+use crate::limiter::JobLimiter;
 use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
@@ -26,9 +25,6 @@ pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
 
 /// Modules kept loaded per runtime (see `Runtime::loaded`).
 const MAX_LOADED_MODULES: usize = 64;
-
-/// Most table elements an instance may have; `table.grow` beyond fails (returns -1).
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 22;
 
 /// Where the results directory goes.
 #[derive(Clone, Debug)]
@@ -79,6 +75,16 @@ impl Runtime {
         &self.fingerprint
     }
 
+    /// Warnings for the caller to show (the runtime never prints), each once: e.g. a
+    /// module cache folder other users can write, which is ignored (see
+    /// [`ModuleCache`]).
+    pub fn warnings(&self) -> Vec<String> {
+        self.cache
+            .as_ref()
+            .map(|c| c.warnings())
+            .unwrap_or_default()
+    }
+
     /// Hashes the module and inputs and computes the job id.
     pub fn prepare(&self, job: &Job) -> Result<Prepared, RunError> {
         job.validate()?;
@@ -86,8 +92,12 @@ impl Runtime {
         let module_cid = results::cid_of_bytes(&job.module.bytes, profile)?;
         let mut inputs = Vec::new();
         for input in &job.inputs {
-            // The guest sees hidden files, so they are part of the input's identity.
-            let cid = results::cid_of_dir(&input.host, profile, true)?;
+            // The guest sees hidden files, so they are part of the input's identity. The
+            // tree hashed is the one the guest sees: a symlinked input root is followed
+            // (as the mount follows it), never hashed as a symlink node.
+            let root = std::fs::canonicalize(&input.host)
+                .map_err(|e| RunError::io(format!("input {}", input.host.display()), e))?;
+            let cid = results::cid_of_dir(&root, profile, true)?;
             inputs.push(InputIdentity {
                 guest: input.guest.clone(),
                 cid,
@@ -113,51 +123,24 @@ impl Runtime {
         Ok(Prepared { identity, job_id })
     }
 
-    /// Compiles `bytes` (or loads them from the cache) and checks that the module can be
-    /// run with `entry`: only preview1 imports with the right types, the entry exported
-    /// with type `() -> ()`.
+    /// Checks that the module can be run with `entry` — only preview1 imports with the
+    /// right types, the entry exported with type `() -> ()` — and then compiles it (or
+    /// loads it from the cache).
+    ///
+    /// The check reads the module's import and export sections before compiling
+    /// ([`engine::read_interface`]): a large module with an unknown import fails in
+    /// milliseconds instead of after minutes of compiling. Rejected: checking the compiled
+    /// `Module`'s imports (what this did before; correct, but only after the full cost).
     pub fn load(&self, bytes: &[u8], entry: &str) -> Result<wasmtime::Module, RunError> {
         let key = *blake3::hash(bytes).as_bytes();
+        let binary = engine::to_binary(bytes)?;
+        self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
         let module = match (known, &self.cache) {
             (Some(m), _) => m,
             (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes)?.0,
-            (None, None) => engine::compile(&self.engine, bytes)?,
+            (None, None) => engine::compile(&self.engine, &binary)?,
         };
-        let mut store = Store::new(&self.engine, dummy_ctx());
-        for import in module.imports() {
-            let missing = || RunError::UnknownImport {
-                module: import.module().to_string(),
-                name: import.name().to_string(),
-            };
-            if import.module() != wasi::MODULE {
-                return Err(missing());
-            }
-            let ours = self
-                .linker
-                .get(&mut store, import.module(), import.name())
-                .map_err(|_| missing())?;
-            match (import.ty(), ours.ty(&store)) {
-                (ExternType::Func(want), ExternType::Func(have)) => {
-                    if !same_func_type(&want, &have) {
-                        return Err(RunError::BadImportType {
-                            module: import.module().to_string(),
-                            name: import.name().to_string(),
-                            detail: format!("the module expects {want}, detwasm provides {have}"),
-                        });
-                    }
-                }
-                _ => return Err(missing()),
-            }
-        }
-        match module.get_export(entry) {
-            Some(ExternType::Func(f)) => {
-                if f.params().len() != 0 || f.results().len() != 0 {
-                    return Err(RunError::BadEntryType(entry.to_string()));
-                }
-            }
-            _ => return Err(RunError::MissingEntry(entry.to_string())),
-        }
         if let Ok(mut m) = self.loaded.lock() {
             if m.len() >= MAX_LOADED_MODULES {
                 m.clear();
@@ -167,10 +150,57 @@ impl Runtime {
         Ok(module)
     }
 
+    fn check_interface(&self, interface: &engine::Interface, entry: &str) -> Result<(), RunError> {
+        let mut store = Store::new(&self.engine, dummy_ctx());
+        for (module, name, sig) in &interface.imports {
+            let missing = || RunError::UnknownImport {
+                module: module.clone(),
+                name: name.clone(),
+            };
+            if module != wasi::MODULE {
+                return Err(missing());
+            }
+            let Ok(ours) = self.linker.get(&mut store, module, name) else {
+                return Err(missing());
+            };
+            let ExternType::Func(have) = ours.ty(&store) else {
+                return Err(missing());
+            };
+            let Some(sig) = sig else {
+                // A memory, table or global import: detwasm provides only functions.
+                return Err(missing());
+            };
+            if !sig
+                .numeric
+                .as_ref()
+                .is_some_and(|(p, r)| same_func_type(p, r, &have))
+            {
+                return Err(RunError::BadImportType {
+                    module: module.clone(),
+                    name: name.clone(),
+                    detail: format!("the module expects {}, detwasm provides {have}", sig.text),
+                });
+            }
+        }
+        match &interface.entry {
+            Some(Some(sig)) => match &sig.numeric {
+                Some((p, r)) if p.is_empty() && r.is_empty() => Ok(()),
+                _ => Err(RunError::BadEntryType(entry.to_string())),
+            },
+            // An export of that name that is not a function, or none at all.
+            _ => Err(RunError::MissingEntry(entry.to_string())),
+        }
+    }
+
     /// Runs `job` and delivers its results directory to `dest`. Traps, running out of
     /// fuel, the memory limit and the output quota are outcomes (recorded, results still
     /// delivered); an `Err` means nothing was delivered.
     pub fn run(&self, job: &Job, dest: &Destination) -> Result<Receipt, RunError> {
+        job.validate()?;
+        // Inputs are scanned (and their host identities stamped) before they are hashed,
+        // and checked against the stamps after the run: a change at any point in between
+        // is caught, so the receipt's input CIDs are those of what the guest read.
+        let host = capabilities::grant(job)?;
         let prepared = self.prepare(job)?;
         let module = self.load(&job.module.bytes, &job.entry)?;
         let dest = match dest {
@@ -179,7 +209,6 @@ impl Runtime {
         };
         check_destination(&dest)?;
 
-        let host = capabilities::grant(job)?;
         // The guest runs on a thread of its own with a fixed native stack, so the depth at
         // which it overflows ([`crate::engine::MAX_WASM_STACK`]) never depends on the
         // caller's thread.
@@ -275,12 +304,7 @@ impl Runtime {
         module: &wasmtime::Module,
         host: wasi::host::WasiHost,
     ) -> Result<(Outcome, u64, wasi::host::WasiHost), RunError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(job.limits.memory).unwrap_or(usize::MAX))
-            .table_elements(MAX_TABLE_ELEMENTS)
-            .instances(1)
-            .trap_on_grow_failure(false)
-            .build();
+        let limits = JobLimiter::new(job.limits.memory);
         let mut store = Store::new(
             &self.engine,
             Ctx {
@@ -296,13 +320,14 @@ impl Runtime {
 
         // Wall-clock safety net: a ticker advances the engine epoch; at each tick this
         // store checks its own deadline, so concurrent jobs do not stop each other.
-        let deadline = job.limits.timeout.map(|t| Instant::now() + t);
+        let timeout = job.limits.safety_timeout();
+        let deadline = Instant::now().checked_add(timeout);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| match deadline {
             Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
             _ => Ok(UpdateDeadline::Continue(1)),
         });
-        let (stop, ticker) = match job.limits.timeout {
+        let (stop, ticker) = match deadline {
             Some(_) => {
                 let (tx, rx) = mpsc::channel::<()>();
                 let engine = self.engine.clone();
@@ -338,11 +363,23 @@ impl Runtime {
 
         let remaining = store.get_fuel().unwrap_or(0);
         let instructions = job.limits.fuel.saturating_sub(remaining);
-        let outcome = match result {
+        let outcome = match &result {
             Ok(()) => Outcome::Exited(0),
-            Err(e) => classify(&e),
+            Err(e) => classify(e),
         };
         let ctx = store.into_data();
+        if let Some(failure) = ctx.limits.host_failure {
+            return Err(RunError::HostFailure(failure));
+        }
+        if let Err(e) = &result {
+            if let Some(Fatal::Host(failure)) = e.downcast_ref::<Fatal>() {
+                return Err(RunError::HostFailure(failure.clone()));
+            }
+        }
+        ctx.host
+            .vfs
+            .inputs_unchanged()
+            .map_err(RunError::HostFailure)?;
         Ok((outcome, instructions, ctx.host))
     }
 }
@@ -352,6 +389,9 @@ fn classify(e: &wasmtime::Error) -> Outcome {
         return match f {
             Fatal::Exit(c) => Outcome::Exited(*c),
             Fatal::OutputQuota => Outcome::OutputQuota,
+            Fatal::OutOfFuel => Outcome::OutOfFuel,
+            // Turned into a run error by `execute` before an outcome is recorded.
+            Fatal::Host(m) => Outcome::Trap(m.clone()),
         };
     }
     if let Some(t) = e.downcast_ref::<Trap>() {
@@ -365,19 +405,18 @@ fn classify(e: &wasmtime::Error) -> Outcome {
     Outcome::Trap(format!("{e}"))
 }
 
-fn same_func_type(a: &FuncType, b: &FuncType) -> bool {
-    let eq = |x: &mut dyn ExactSizeIterator<Item = ValType>,
-              y: &mut dyn ExactSizeIterator<Item = ValType>| {
-        x.len() == y.len() && x.zip(y).all(|(p, q)| ValType::eq(&p, &q))
+fn same_func_type(params: &[ValType], results: &[ValType], have: &FuncType) -> bool {
+    let eq = |x: &[ValType], y: &mut dyn ExactSizeIterator<Item = ValType>| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| ValType::eq(p, &q))
     };
-    eq(&mut a.params(), &mut b.params()) && eq(&mut a.results(), &mut b.results())
+    eq(params, &mut have.params()) && eq(results, &mut have.results())
 }
 
 fn dummy_ctx() -> Ctx {
     let job = Job::new(Vec::new()).with_outputs(Vec::new());
     Ctx {
         host: capabilities::grant(&job).expect("an empty job grants nothing that can fail"),
-        limits: StoreLimitsBuilder::new().build(),
+        limits: JobLimiter::new(0),
         memory: None,
     }
 }

@@ -13,11 +13,13 @@ impl Errno {
     pub const FBIG: Errno = Errno(22);
     pub const ILSEQ: Errno = Errno(25);
     pub const INVAL: Errno = Errno(28);
+    pub const IO: Errno = Errno(29);
     pub const ISDIR: Errno = Errno(31);
     pub const LOOP: Errno = Errno(32);
     pub const MFILE: Errno = Errno(33);
     pub const NAMETOOLONG: Errno = Errno(37);
     pub const NOENT: Errno = Errno(44);
+    pub const NOSPC: Errno = Errno(51);
     pub const NOSYS: Errno = Errno(52);
     pub const NOTDIR: Errno = Errno(54);
     pub const NOTEMPTY: Errno = Errno(55);
@@ -134,40 +136,39 @@ impl Mem<'_> {
     pub fn write_u64(&mut self, ptr: u32, v: u64) -> Result<(), Errno> {
         self.write(ptr, &v.to_le_bytes())
     }
-    /// The (ptr, len) pairs of an iovec/ciovec array.
-    pub fn iovecs(&self, iovs: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
-        let mut out = Vec::with_capacity(count.min(1024) as usize);
+    /// Checks that an array of `count` elements of `size` bytes at `ptr` lies inside
+    /// memory (`EFAULT` otherwise), so that a loop over it is bounded by memory's size.
+    pub fn check_array(&self, ptr: u32, count: u32, size: u32) -> Result<(), Errno> {
+        let bytes = u64::from(count) * u64::from(size);
+        let len = u32::try_from(bytes).map_err(|_| Errno::FAULT)?;
+        self.slice(ptr, len).map(|_| ())
+    }
+    /// The `i`th (ptr, len) pair of the iovec/ciovec array at `iovs`, its buffer checked
+    /// to lie inside memory. Read one at a time, never copied out as a whole: the array
+    /// is guest-sized, and a host copy of it would be host memory the guest controls.
+    pub fn iovec(&self, iovs: u32, i: u32) -> Result<(u32, u32), Errno> {
+        let at = offset(iovs, i.checked_mul(8).ok_or(Errno::FAULT)?)?;
+        let buf = self.read_u32(at)?;
+        let len = self.read_u32(offset(at, 4)?)?;
+        self.slice(buf, len)?;
+        Ok((buf, len))
+    }
+    /// Total bytes of an iovec array (its buffers may overlap, so this can exceed the
+    /// memory's size; it cannot overflow a u64: at most 2^29 entries of < 2^32 bytes).
+    pub fn iovecs_total(&self, iovs: u32, count: u32) -> Result<u64, Errno> {
+        let mut total = 0u64;
         for i in 0..count {
-            let at = iovs.checked_add(i.checked_mul(8).ok_or(Errno::FAULT)?);
-            let at = at.ok_or(Errno::FAULT)?;
-            let buf = self.read_u32(at)?;
-            let len = self.read_u32(at + 4)?;
-            self.slice(buf, len)?;
-            out.push((buf, len));
+            total += u64::from(self.iovec(iovs, i)?.1);
         }
-        Ok(out)
+        Ok(total)
     }
-    /// Gathers a ciovec array into one buffer.
-    pub fn gather(&self, iovs: u32, count: u32) -> Result<Vec<u8>, Errno> {
-        let mut data = Vec::new();
-        for (buf, len) in self.iovecs(iovs, count)? {
-            data.extend_from_slice(self.slice(buf, len)?);
-        }
-        Ok(data)
-    }
-    /// Scatters `data` into an iovec array; returns how many bytes were placed.
-    pub fn scatter(&mut self, iovs: &[(u32, u32)], data: &[u8]) -> Result<usize, Errno> {
-        let mut done = 0;
-        for &(buf, len) in iovs {
-            if done == data.len() {
-                break;
-            }
-            let n = (len as usize).min(data.len() - done);
-            self.write(buf, &data[done..done + n])?;
-            done += n;
-        }
-        Ok(done)
-    }
+}
+
+/// `ptr + off` as a guest address, `EFAULT` when it overflows: guest pointer arithmetic is
+/// always checked, so debug and release builds behave the same (rejected: `wrapping_add`,
+/// which would silently read another address).
+pub fn offset(ptr: u32, off: u32) -> Result<u32, Errno> {
+    ptr.checked_add(off).ok_or(Errno::FAULT)
 }
 
 /// A `filestat` record.

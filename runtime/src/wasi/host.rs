@@ -9,11 +9,21 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::abi::*;
-use super::vfs::{NodeId, QuotaExceeded, Vfs, WriteError};
+use super::vfs::{self, NodeId, QuotaExceeded, ReadError, Vfs, WriteError};
 
 /// Nanoseconds the virtual clocks advance on each read: 1 ms, so a guest that spins on
 /// the clock until a deadline terminates, after a number of reads fixed by the job.
 pub const CLOCK_TICK_NS: u64 = 1_000_000;
+
+/// Host work inside WASI calls is charged as fuel, the guest's own instruction currency,
+/// so that the instruction budget bounds wall time and the charge is part of the
+/// instruction count a verifier compares: one unit per item of work a guest controls the
+/// number of (an iovec, a directory entry, a poll subscription, a node walked), and one
+/// unit per this many bytes copied or looked at (data, paths, names, random bytes).
+/// Rejected: no charge (a single `fd_write` over a million aliased iovecs, or a listing
+/// of a huge directory a byte at a time, would cost one instruction), and charging by
+/// measured host time (not deterministic).
+pub const HOST_BYTES_PER_FUEL: u64 = 64;
 
 /// What ends a run from inside a host function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +32,11 @@ pub enum Fatal {
     Exit(i32),
     /// A write would have taken stdout + stderr + output volumes over the job's quota.
     OutputQuota,
+    /// The host work of a call was charged as fuel and the budget ran out.
+    OutOfFuel,
+    /// The host failed (an input could not be read, changed under the guest, …): the run
+    /// is an error, never a verifiable guest outcome.
+    Host(String),
 }
 
 impl std::fmt::Display for Fatal {
@@ -29,6 +44,8 @@ impl std::fmt::Display for Fatal {
         match self {
             Fatal::Exit(c) => write!(f, "exit with code {c}"),
             Fatal::OutputQuota => f.write_str("output quota exceeded"),
+            Fatal::OutOfFuel => f.write_str("out of fuel"),
+            Fatal::Host(m) => f.write_str(m),
         }
     }
 }
@@ -47,6 +64,14 @@ impl From<Errno> for HostError {
 impl From<QuotaExceeded> for HostError {
     fn from(_: QuotaExceeded) -> Self {
         HostError::Fatal(Fatal::OutputQuota)
+    }
+}
+impl From<ReadError> for HostError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Errno(e) => HostError::Errno(e),
+            ReadError::Host(m) => HostError::Fatal(Fatal::Host(m)),
+        }
     }
 }
 impl From<WriteError> for HostError {
@@ -101,6 +126,10 @@ enum Fd {
     Dir {
         node: NodeId,
         preopen: Option<usize>,
+        /// Where the last `fd_readdir` stopped: the cookie of the next entry and its
+        /// name, so that the next call resumes there without stepping over the entries
+        /// before it.
+        cursor: Option<(u64, Vec<u8>)>,
     },
     File {
         node: NodeId,
@@ -111,6 +140,9 @@ enum Fd {
         rights: u64,
     },
 }
+
+/// Most fds a guest may have open at once (`EMFILE` beyond).
+pub const MAX_FDS: u32 = 1 << 16;
 
 /// Everything the guest can reach. Built only by [`crate::capabilities`].
 pub struct WasiHost {
@@ -125,6 +157,9 @@ pub struct WasiHost {
     pub clock: VirtualClock,
     rng: ChaCha20Rng,
     max_output: u64,
+    /// Fuel left in the store, set by the dispatcher around every call; host work is
+    /// charged against it ([`HOST_BYTES_PER_FUEL`]).
+    pub fuel: u64,
 }
 
 /// The ChaCha20 key for seed `seed`: the seed's 8 little-endian bytes, then zeros.
@@ -158,6 +193,7 @@ impl WasiHost {
                 Fd::Dir {
                     node: m.root,
                     preopen: Some(i),
+                    cursor: None,
                 },
             );
         }
@@ -176,6 +212,7 @@ impl WasiHost {
             },
             rng: ChaCha20Rng::from_seed(chacha_key(seed)),
             max_output,
+            fuel: u64::MAX,
         }
     }
 
@@ -183,6 +220,26 @@ impl WasiHost {
     pub fn quota_left(&self) -> u64 {
         let used = self.vfs.used + self.stdout.len() as u64 + self.stderr.len() as u64;
         self.max_output.saturating_sub(used)
+    }
+
+    /// Charges `units` of fuel for host work; running out ends the run as running out of
+    /// fuel does in the guest's own code.
+    pub fn charge(&mut self, units: u64) -> Result<(), HostError> {
+        match self.fuel.checked_sub(units) {
+            Some(left) => {
+                self.fuel = left;
+                Ok(())
+            }
+            None => {
+                self.fuel = 0;
+                Err(HostError::Fatal(Fatal::OutOfFuel))
+            }
+        }
+    }
+
+    /// Charges the work of looking at or copying `bytes` bytes.
+    pub fn charge_bytes(&mut self, bytes: u64) -> Result<(), HostError> {
+        self.charge(bytes.div_ceil(HOST_BYTES_PER_FUEL))
     }
 
     fn now(&self) -> u64 {
@@ -208,8 +265,9 @@ impl WasiHost {
         }
     }
 
-    fn alloc_fd(&mut self, f: Fd) -> Result<u32, Errno> {
+    fn alloc_fd(&mut self, f: Fd) -> Result<u32, HostError> {
         // Lowest free number, as POSIX: the guest's fd numbers are a function of its calls.
+        // The scan is host work in proportion to the open fds: charged.
         let mut n = 0u32;
         for &k in self.fds.keys() {
             if k != n {
@@ -217,52 +275,79 @@ impl WasiHost {
             }
             n += 1;
         }
-        if n >= 1 << 16 {
-            return Err(Errno::MFILE);
+        self.charge(u64::from(n) / HOST_BYTES_PER_FUEL)?;
+        if n >= MAX_FDS {
+            return Err(Errno::MFILE.into());
+        }
+        if let Fd::Dir { node, .. } | Fd::File { node, .. } = &f {
+            self.vfs.opened(*node);
         }
         self.fds.insert(n, f);
         Ok(n)
     }
 
-    fn path<'m>(m: &'m Mem, ptr: u32, len: u32) -> Result<&'m [u8], Errno> {
+    /// Forgets fd `fd`'s entry (closing it).
+    fn release_fd(&mut self, f: Fd) {
+        if let Fd::Dir { node, .. } | Fd::File { node, .. } = f {
+            self.vfs.closed(node);
+        }
+    }
+
+    /// The path at `ptr`: at most [`vfs::MAX_PATH`] bytes (`ENAMETOOLONG`, checked before
+    /// it is read), UTF-8 (`EILSEQ`), no NUL (`EINVAL`, as wasmtime answers: no host can
+    /// store such a name). Charged as host work by its length.
+    fn path<'m>(&mut self, m: &'m Mem, ptr: u32, len: u32) -> Result<&'m [u8], HostError> {
+        if len as usize > vfs::MAX_PATH {
+            return Err(Errno::NAMETOOLONG.into());
+        }
         let p = m.slice(ptr, len)?;
+        self.charge_bytes(u64::from(len) + HOST_BYTES_PER_FUEL)?;
         if std::str::from_utf8(p).is_err() {
-            return Err(Errno::ILSEQ);
+            return Err(Errno::ILSEQ.into());
+        }
+        if p.contains(&0) {
+            return Err(Errno::INVAL.into());
         }
         Ok(p)
     }
 
     /// The directory `fd` names and the path at `ptr`, checked in that order.
-    fn dir_and_path(
-        &self,
-        m: &Mem,
+    fn dir_and_path<'m>(
+        &mut self,
+        m: &'m Mem,
         fd: u32,
         ptr: u32,
         len: u32,
-    ) -> Result<(NodeId, Vec<u8>), Errno> {
+    ) -> Result<(NodeId, &'m [u8]), HostError> {
         let dir = self.dir_node(fd)?;
-        let p = Self::path(m, ptr, len)?.to_vec();
+        let p = self.path(m, ptr, len)?;
         Ok((dir, p))
     }
 
     /// The node the path at `ptr` names, looked up from the directory `fd`.
     fn resolve_at(
-        &self,
+        &mut self,
         m: &Mem,
         fd: u32,
         ptr: u32,
         len: u32,
         follow: bool,
-    ) -> Result<NodeId, Errno> {
+    ) -> Result<NodeId, HostError> {
         let (dir, p) = self.dir_and_path(m, fd, ptr, len)?;
-        self.vfs.resolve(dir, &p, follow)
+        Ok(self.vfs.resolve(dir, p, follow)?)
     }
 
     /// The parent directory of the path at `ptr`, looked up from the directory `fd`, and
     /// the path's last component.
-    fn parent_at(&self, m: &Mem, fd: u32, ptr: u32, len: u32) -> Result<(NodeId, Vec<u8>), Errno> {
+    fn parent_at(
+        &mut self,
+        m: &Mem,
+        fd: u32,
+        ptr: u32,
+        len: u32,
+    ) -> Result<(NodeId, Vec<u8>), HostError> {
         let (dir, p) = self.dir_and_path(m, fd, ptr, len)?;
-        self.vfs.resolve_parent(dir, &p)
+        Ok(self.vfs.resolve_parent(dir, p)?)
     }
 
     // ---- args, env ----
@@ -275,10 +360,15 @@ impl WasiHost {
     fn put_list(list: &[Vec<u8>], m: &mut Mem, ptrs: u32, buf: u32) -> R {
         let mut at = buf;
         for (i, a) in list.iter().enumerate() {
-            m.write_u32(ptrs + 4 * i as u32, at)?;
+            let len = u32::try_from(a.len()).map_err(|_| Errno::FAULT)?;
+            m.write_u32(
+                offset(ptrs, 4u32.checked_mul(i as u32).ok_or(Errno::FAULT)?)?,
+                at,
+            )?;
             m.write(at, a)?;
-            m.write_u8(at + a.len() as u32, 0)?;
-            at += a.len() as u32 + 1;
+            m.write_u8(offset(at, len)?, 0)?;
+            at = offset(at, len)?;
+            at = offset(at, 1)?;
         }
         Ok(())
     }
@@ -315,6 +405,8 @@ impl WasiHost {
         Ok(())
     }
     pub fn random_get(&mut self, m: &mut Mem, buf: u32, len: u32) -> R {
+        m.slice(buf, len)?;
+        self.charge_bytes(u64::from(len))?;
         let out = m.slice_mut(buf, len)?;
         self.rng.fill_bytes(out);
         Ok(())
@@ -331,24 +423,24 @@ impl WasiHost {
         if n == 0 {
             return Err(Errno::INVAL.into());
         }
+        // Both arrays are checked to lie in memory before any work, so the loop and the
+        // host's event list are bounded by the guest's memory; the work is charged.
+        m.check_array(inp, n, SIZE_SUBSCRIPTION as u32)?;
+        m.check_array(out, n, SIZE_EVENT as u32)?;
+        self.charge(u64::from(n))?;
         let mut events: Vec<[u8; SIZE_EVENT]> = Vec::new();
         let mut clocks: Vec<(u64, u64, u16)> = Vec::new(); // (userdata, delta, error)
         for i in 0..n {
-            let s = inp
-                .checked_add(
-                    i.checked_mul(SIZE_SUBSCRIPTION as u32)
-                        .ok_or(Errno::FAULT)?,
-                )
-                .ok_or(Errno::FAULT)?;
+            let s = offset(inp, i * SIZE_SUBSCRIPTION as u32)?;
             let userdata = m.read_u64(s)?;
-            let tag = m.slice(s + 8, 1)?[0];
+            let tag = m.slice(offset(s, 8)?, 1)?[0];
             let mut ev = [0u8; SIZE_EVENT];
             ev[0..8].copy_from_slice(&userdata.to_le_bytes());
             match tag {
                 EVENTTYPE_CLOCK => {
-                    let id = m.read_u32(s + 16)?;
-                    let timeout = m.read_u64(s + 24)?;
-                    let flags = m.read_u16(s + 40)?;
+                    let id = m.read_u32(offset(s, 16)?)?;
+                    let timeout = m.read_u64(offset(s, 24)?)?;
+                    let flags = m.read_u16(offset(s, 40)?)?;
                     match self.clock.peek(id) {
                         Ok(now) => {
                             let delta = if flags & SUBCLOCKFLAGS_ABSTIME != 0 {
@@ -362,7 +454,7 @@ impl WasiHost {
                     }
                 }
                 EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE => {
-                    let fd = m.read_u32(s + 16)?;
+                    let fd = m.read_u32(offset(s, 16)?)?;
                     ev[10] = tag;
                     let nbytes: Result<u64, Errno> = match (self.fds.get(&fd), tag) {
                         (None, _) => Err(Errno::BADF),
@@ -400,7 +492,7 @@ impl WasiHost {
             }
         }
         for (i, ev) in events.iter().enumerate() {
-            m.write(out + (i * SIZE_EVENT) as u32, ev)?;
+            m.write(offset(out, (i * SIZE_EVENT) as u32)?, ev)?;
         }
         m.write_u32(nevents, events.len() as u32)?;
         Ok(())
@@ -413,7 +505,8 @@ impl WasiHost {
     // ---- fds ----
 
     pub fn fd_close(&mut self, _m: &mut Mem, fd: u32) -> R {
-        self.fds.remove(&fd).ok_or(Errno::BADF)?;
+        let f = self.fds.remove(&fd).ok_or(Errno::BADF)?;
+        self.release_fd(f);
         Ok(())
     }
     pub fn fd_renumber(&mut self, _m: &mut Mem, from: u32, to: u32) -> R {
@@ -421,8 +514,10 @@ impl WasiHost {
             return Err(Errno::BADF.into());
         }
         if from != to {
-            let f = self.fds.remove(&from).expect("checked");
-            self.fds.insert(to, f);
+            let f = self.fds.remove(&from).ok_or(Errno::BADF)?;
+            if let Some(old) = self.fds.insert(to, f) {
+                self.release_fd(old);
+            }
         }
         Ok(())
     }
@@ -504,7 +599,7 @@ impl WasiHost {
             } => {
                 let len = self.vfs.mounts[*i].guest.len() as u32;
                 m.write(out, &[0, 0, 0, 0])?;
-                m.write_u32(out + 4, len)?;
+                m.write_u32(offset(out, 4)?, len)?;
                 Ok(())
             }
             _ => Err(Errno::BADF.into()),
@@ -610,75 +705,116 @@ impl WasiHost {
         self.set_times(node, atim, mtim, flags)
     }
 
-    fn read_into(
+    /// Reads into the guest's iovecs one after another, straight from the source into
+    /// guest memory (no host buffer), stopping at the end of the data. `at` is the offset
+    /// for `fd_pread`; `None` reads at (and advances) the fd's position. Each iovec costs
+    /// a unit of fuel and each [`HOST_BYTES_PER_FUEL`] bytes read another.
+    fn read_iovecs(
         &mut self,
+        m: &mut Mem,
         fd: u32,
-        iovs: &[(u32, u32)],
+        iovs: u32,
+        n: u32,
         at: Option<u64>,
-    ) -> Result<Vec<u8>, Errno> {
-        let want: usize = iovs.iter().map(|v| v.1 as usize).sum();
-        match self.fds.get(&fd).ok_or(Errno::BADF)? {
+    ) -> Result<u64, HostError> {
+        m.check_array(iovs, n, 8)?;
+        self.charge(u64::from(n))?;
+        let (node, start) = match self.fds.get(&fd).ok_or(Errno::BADF)? {
             Fd::Stdin => {
                 if at.is_some() {
-                    return Err(Errno::SPIPE);
+                    return Err(Errno::SPIPE.into());
                 }
-                let n = want.min(self.stdin.len() - self.stdin_pos);
-                let data = self.stdin[self.stdin_pos..self.stdin_pos + n].to_vec();
-                self.stdin_pos += n;
-                Ok(data)
+                (None, self.stdin_pos as u64)
             }
-            Fd::Stdout | Fd::Stderr => Err(Errno::BADF),
-            Fd::Dir { .. } => Err(Errno::ISDIR),
+            Fd::Stdout | Fd::Stderr => return Err(Errno::BADF.into()),
+            Fd::Dir { .. } => return Err(Errno::ISDIR.into()),
             &Fd::File {
                 node, pos, read, ..
             } => {
                 if !read {
-                    return Err(Errno::BADF);
+                    return Err(Errno::BADF.into());
                 }
-                let data = self.vfs.read_at(node, at.unwrap_or(pos), want)?;
-                if at.is_none() {
-                    if let Some(Fd::File { pos, .. }) = self.fds.get_mut(&fd) {
-                        *pos += data.len() as u64;
-                    }
+                (Some(node), at.unwrap_or(pos))
+            }
+        };
+        let mut done = 0u64;
+        for i in 0..n {
+            let (buf, len) = m.iovec(iovs, i)?;
+            let dst = m.slice_mut(buf, len)?;
+            let got = match node {
+                None => {
+                    let from = (start + done) as usize;
+                    let k = dst.len().min(self.stdin.len() - from);
+                    dst[..k].copy_from_slice(&self.stdin[from..from + k]);
+                    k
                 }
-                Ok(data)
+                Some(node) => self.vfs.read_at(node, start + done, dst)?,
+            };
+            done += got as u64;
+            self.charge_bytes(got as u64)?;
+            if got < len as usize {
+                break;
             }
         }
+        if at.is_none() {
+            match self.fds.get_mut(&fd) {
+                Some(Fd::File { pos, .. }) => *pos = start + done,
+                _ => self.stdin_pos = (start + done) as usize,
+            }
+        }
+        Ok(done)
     }
 
     pub fn fd_read(&mut self, m: &mut Mem, fd: u32, iovs: u32, n: u32, nread: u32) -> R {
-        let vecs = m.iovecs(iovs, n)?;
-        let data = self.read_into(fd, &vecs, None)?;
-        let k = m.scatter(&vecs, &data)?;
+        let k = self.read_iovecs(m, fd, iovs, n, None)?;
         m.write_u32(nread, k as u32)?;
         Ok(())
     }
     pub fn fd_pread(&mut self, m: &mut Mem, fd: u32, iovs: u32, n: u32, off: u64, nread: u32) -> R {
-        let vecs = m.iovecs(iovs, n)?;
-        let data = self.read_into(fd, &vecs, Some(off))?;
-        let k = m.scatter(&vecs, &data)?;
+        let k = self.read_iovecs(m, fd, iovs, n, Some(off))?;
         m.write_u32(nread, k as u32)?;
         Ok(())
     }
 
-    fn write_from(&mut self, fd: u32, data: &[u8], at: Option<u64>) -> R {
+    /// Writes the guest's ciovecs, in order, to `fd`. The total (iovecs may overlap, so
+    /// it can exceed memory's size) is checked against the output quota before a byte is
+    /// copied, and the copy goes straight from guest memory to its destination: host
+    /// memory grows by what is kept, never by a gathered copy. Charged like reads.
+    fn write_iovecs(
+        &mut self,
+        m: &Mem,
+        fd: u32,
+        iovs: u32,
+        n: u32,
+        at: Option<u64>,
+    ) -> Result<u64, HostError> {
+        m.check_array(iovs, n, 8)?;
+        self.charge(u64::from(n))?;
+        let total = m.iovecs_total(iovs, n)?;
         let left = self.quota_left();
         let now = self.now();
+        let parts = (0..n).map(|i| {
+            let (buf, len) = m.iovec(iovs, i).expect("checked by iovecs_total");
+            m.slice(buf, len).expect("checked by iovec")
+        });
         match self.fds.get(&fd).ok_or(Errno::BADF)? {
             Fd::Stdout | Fd::Stderr if at.is_some() => Err(Errno::SPIPE.into()),
-            Fd::Stdout => {
-                if data.len() as u64 > left {
+            f @ (Fd::Stdout | Fd::Stderr) => {
+                if total > left {
                     return Err(QuotaExceeded.into());
                 }
-                self.stdout.extend_from_slice(data);
-                Ok(())
-            }
-            Fd::Stderr => {
-                if data.len() as u64 > left {
-                    return Err(QuotaExceeded.into());
+                let to_stdout = matches!(f, Fd::Stdout);
+                self.charge_bytes(total)?;
+                let out = if to_stdout {
+                    &mut self.stdout
+                } else {
+                    &mut self.stderr
+                };
+                vfs::grow(out, out.len() + total as usize);
+                for part in parts {
+                    out.extend_from_slice(part);
                 }
-                self.stderr.extend_from_slice(data);
-                Ok(())
+                Ok(total)
             }
             Fd::Stdin => Err(Errno::BADF.into()),
             Fd::Dir { .. } => Err(Errno::ISDIR.into()),
@@ -700,21 +836,27 @@ impl WasiHost {
                     None if append => self.vfs.size(node),
                     None => pos,
                 };
-                self.vfs.write_at(node, offset, data, now, left)?;
+                // The quota decides before the copy is charged: a write that would grow
+                // the file past it ends the run whatever its cost.
+                let end = offset.checked_add(total).ok_or(Errno::FBIG)?;
+                if end.saturating_sub(self.vfs.size(node)) > left {
+                    return Err(QuotaExceeded.into());
+                }
+                self.charge_bytes(total)?;
+                self.vfs.write_at(node, offset, total, parts, now, left)?;
                 if at.is_none() {
                     if let Some(Fd::File { pos, .. }) = self.fds.get_mut(&fd) {
-                        *pos = offset + data.len() as u64;
+                        *pos = offset + total;
                     }
                 }
-                Ok(())
+                Ok(total)
             }
         }
     }
 
     pub fn fd_write(&mut self, m: &mut Mem, fd: u32, iovs: u32, n: u32, nwritten: u32) -> R {
-        let data = m.gather(iovs, n)?;
-        self.write_from(fd, &data, None)?;
-        m.write_u32(nwritten, data.len() as u32)?;
+        let k = self.write_iovecs(m, fd, iovs, n, None)?;
+        m.write_u32(nwritten, k as u32)?;
         Ok(())
     }
     pub fn fd_pwrite(
@@ -726,9 +868,8 @@ impl WasiHost {
         off: u64,
         nwritten: u32,
     ) -> R {
-        let data = m.gather(iovs, n)?;
-        self.write_from(fd, &data, Some(off))?;
-        m.write_u32(nwritten, data.len() as u32)?;
+        let k = self.write_iovecs(m, fd, iovs, n, Some(off))?;
+        m.write_u32(nwritten, k as u32)?;
         Ok(())
     }
 
@@ -768,7 +909,9 @@ impl WasiHost {
     }
 
     /// Entries in listing order (`.`, `..`, then by name bytes); the cookie of an entry is
-    /// its index and `d_next` is the index of the one after it, so cookies are stable.
+    /// its position and `d_next` the position after it, so cookies are stable. Served
+    /// incrementally: each call writes only what fits in the guest's buffer, resumes where
+    /// the previous call stopped, and is charged per entry and per name byte.
     pub fn fd_readdir(
         &mut self,
         m: &mut Mem,
@@ -778,29 +921,53 @@ impl WasiHost {
         cookie: u64,
         used: u32,
     ) -> R {
-        let node = match self.fd(fd)? {
-            Fd::Dir { node, .. } => *node,
+        let (node, hint) = match self.fds.get_mut(&fd).ok_or(Errno::BADF)? {
+            Fd::Dir { node, cursor, .. } => {
+                let hint = cursor.take().filter(|c| c.0 == cookie).map(|c| c.1);
+                (*node, hint)
+            }
             _ => return Err(Errno::NOTDIR.into()),
         };
-        let mut out: Vec<u8> = Vec::new();
-        for (i, (name, ino, ty)) in self.vfs.list(node).into_iter().enumerate() {
-            if (i as u64) < cookie {
-                continue;
-            }
-            if out.len() >= len as usize {
-                break;
-            }
-            let mut d = [0u8; SIZE_DIRENT];
-            d[0..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            d[8..16].copy_from_slice(&ino.to_le_bytes());
-            d[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
-            d[20] = ty;
-            out.extend_from_slice(&d);
-            out.extend_from_slice(&name);
+        m.slice(buf, len)?;
+        let mut written = 0usize;
+        let mut units = 0u64;
+        let mut next: Option<(u64, Vec<u8>)> = None;
+        // Without a resume point the listing steps over the entries before `cookie`:
+        // charged as host work too.
+        if hint.is_none() {
+            units += cookie.saturating_sub(2);
         }
-        out.truncate(len as usize);
-        m.write(buf, &out)?;
-        m.write_u32(used, out.len() as u32)?;
+        {
+            let out = m.slice_mut(buf, len)?;
+            for (pos, name, ino, ty) in self.vfs.list_from(node, cookie, hint.as_deref()) {
+                units += 1 + name.len() as u64 / HOST_BYTES_PER_FUEL;
+                if written >= out.len() {
+                    next = Some((pos, name.to_vec()));
+                    break;
+                }
+                let mut d = [0u8; SIZE_DIRENT];
+                d[0..8].copy_from_slice(&(pos + 1).to_le_bytes());
+                d[8..16].copy_from_slice(&ino.to_le_bytes());
+                d[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+                d[20] = ty;
+                for chunk in [&d[..], name] {
+                    let k = chunk.len().min(out.len() - written);
+                    out[written..written + k].copy_from_slice(&chunk[..k]);
+                    written += k;
+                }
+                if written >= out.len() {
+                    // This entry may be cut short: the guest asks for it again by its
+                    // cookie (its position), so resume there.
+                    next = Some((pos, name.to_vec()));
+                    break;
+                }
+            }
+        }
+        self.charge(units)?;
+        if let Some(Fd::Dir { cursor, .. }) = self.fds.get_mut(&fd) {
+            *cursor = next;
+        }
+        m.write_u32(used, written as u32)?;
         Ok(())
     }
 
@@ -855,6 +1022,7 @@ impl WasiHost {
             let fd = self.alloc_fd(Fd::Dir {
                 node,
                 preopen: None,
+                cursor: None,
             })?;
             m.write_u32(out, fd)?;
             return Ok(());
@@ -946,12 +1114,13 @@ impl WasiHost {
     ) -> R {
         let d1 = self.dir_node(fd)?;
         let d2 = self.dir_node(new_fd)?;
-        let p1 = Self::path(m, old, old_len)?.to_vec();
-        let p2 = Self::path(m, new, new_len)?.to_vec();
-        let (from_dir, from) = self.vfs.resolve_parent(d1, &p1)?;
-        let (to_dir, to) = self.vfs.resolve_parent(d2, &p2)?;
+        let p1 = self.path(m, old, old_len)?;
+        let p2 = self.path(m, new, new_len)?;
+        let (from_dir, from) = self.vfs.resolve_parent(d1, p1)?;
+        let (to_dir, to) = self.vfs.resolve_parent(d2, p2)?;
         let (now, left) = (self.now(), self.quota_left());
-        self.vfs.rename(from_dir, &from, to_dir, to, now, left)?;
+        let walked = self.vfs.rename(from_dir, &from, to_dir, to, now, left)?;
+        self.charge(walked)?;
         Ok(())
     }
 

@@ -17,10 +17,13 @@
 //! (`sock_*`) `ENOTSUP`, `proc_raise` `ENOSYS`, `fd_allocate` / link creation `ENOTSUP`.
 
 pub mod abi;
+pub mod fuzz;
 pub mod host;
 pub mod vfs;
 
-use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
+use wasmtime::{Caller, Extern, Linker, Memory};
+
+use crate::limiter::JobLimiter;
 
 use abi::{Errno, Mem};
 use host::{HostError, WasiHost};
@@ -31,7 +34,7 @@ pub const MODULE: &str = "wasi_snapshot_preview1";
 /// What a `Store` carries.
 pub struct Ctx {
     pub host: WasiHost,
-    pub limits: StoreLimits,
+    pub limits: JobLimiter,
     pub memory: Option<Memory>,
 }
 
@@ -53,8 +56,17 @@ fn dispatch(
             }
         },
     };
-    let (data, ctx) = memory.data_and_store_mut(caller);
-    match f(&mut ctx.host, &mut Mem(data)) {
+    // Host work is charged against the store's fuel (see `host::HOST_BYTES_PER_FUEL`).
+    // An engine without fuel (the benchmarks' baseline) charges nothing.
+    let fuel = caller.get_fuel().ok();
+    let (data, ctx) = memory.data_and_store_mut(&mut *caller);
+    ctx.host.fuel = fuel.unwrap_or(u64::MAX);
+    let result = f(&mut ctx.host, &mut Mem(data));
+    let left = ctx.host.fuel;
+    if fuel.is_some() {
+        caller.set_fuel(left)?;
+    }
+    match result {
         Ok(()) => Ok(0),
         Err(HostError::Errno(Errno(e))) => Ok(e as i32),
         Err(HostError::Fatal(fatal)) => Err(wasmtime::Error::new(fatal)),

@@ -23,7 +23,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::abi::{
@@ -39,6 +41,35 @@ pub const MAX_SYMLINKS: u32 = 40;
 pub const DIR_SIZE: u64 = 4096;
 /// `st_nlink` of every node: a constant (hosts count subdirectories, or not).
 pub const NLINK: u64 = 1;
+/// Longest name of one entry, in bytes (`ENAMETOOLONG` beyond): every host filesystem
+/// the results are written to accepts it.
+pub const MAX_NAME: usize = 255;
+/// Longest path a guest may pass to a path function, in bytes (`ENAMETOOLONG` beyond):
+/// Linux's `PATH_MAX`. Resolution work and memory are proportional to the path, so the
+/// cap bounds both before anything is looked at.
+pub const MAX_PATH: usize = 4096;
+/// Longest path of an entry inside an output volume, from the volume's root (`a/b` is 3
+/// bytes). Results are written to and hashed on the host by path; with this cap a results
+/// folder whose own host path is shorter than `PATH_MAX - MAX_VOLUME_PATH - 64` (about
+/// 2000 bytes) can always be written, so a deep tree is a deterministic `ENAMETOOLONG` in
+/// the guest, never a host failure at delivery. Rejected: no cap (a guest could make its
+/// own results undeliverable, and whether it did would depend on the operator's folder).
+pub const MAX_VOLUME_PATH: usize = 2048;
+/// Deepest entry inside an output volume (`ENAMETOOLONG` beyond, as Linux answers for a
+/// path it cannot hold): keeps every recursive walk of a results tree (export, hashing)
+/// far from the host's stack limit.
+pub const MAX_DEPTH: u32 = 256;
+/// Entries the guest may create and keep at once across all output volumes (`ENOSPC`
+/// beyond).
+pub const MAX_ENTRIES: u64 = 1 << 20;
+/// Bytes of output quota every entry of an output volume costs on top of its name and
+/// content: the host memory behind it (its node, its slot in the directory's map, the
+/// name's allocation) rounded up, so that a million empty files are charged, not free.
+pub const ENTRY_OVERHEAD: u64 = 256;
+/// Input files kept open at once (on the host). Reads reopen a file through the mount's
+/// handle when it is not among them: a job may read thousands of input files under the
+/// usual `ulimit -n 1024`, and the host's fd table does not grow with the guest's calls.
+pub const HOST_FILES_OPEN: usize = 64;
 
 pub enum Kind {
     Dir(BTreeMap<Vec<u8>, NodeId>),
@@ -48,9 +79,36 @@ pub enum Kind {
 
 pub enum Content {
     /// A file of an input, read through the mount's `cap_std` handle.
-    Host { rel: PathBuf, size: u64 },
+    Host { size: u64 },
     /// A file in an output volume.
     Mem(Vec<u8>),
+}
+
+/// What identifies an input entry on the host at the time it was scanned. Compared again
+/// at the end of the run: an input that changed under the guest (content, size, or the
+/// entry replaced) is detected, so a receipt never names input CIDs the guest did not
+/// read. The change time moves with every write and cannot be set by a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mode: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl HostStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        HostStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mode: m.mode(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 pub struct Node {
@@ -61,19 +119,34 @@ pub struct Node {
     pub atim: u64,
     pub mtim: u64,
     pub ctim: u64,
+    /// Components below the mount root (the root is 0).
+    depth: u32,
+    /// Bytes of the path from the mount root (`a/b` is 3; the root 0).
+    path_len: u32,
+    /// Guest fds that refer to this node.
+    open: u32,
+    /// Removed from its directory while still open: alive (and charged) until closed.
+    orphan: bool,
+    /// Quota bytes this node's entry holds ([`ENTRY_OVERHEAD`] + name); 0 for inputs and
+    /// mount roots.
+    entry_charge: u64,
+    /// For input nodes: the path below the mount's host root and the stamp seen at scan.
+    host: Option<(PathBuf, HostStamp)>,
 }
 
 pub struct Mount {
     pub guest: String,
     pub root: NodeId,
     pub writable: bool,
-    host: Option<cap_std::fs::Dir>,
+    host: Option<(cap_std::fs::Dir, PathBuf)>,
 }
 
 /// Raised when a write would take the output volumes plus stdout/stderr over the quota.
 #[derive(Debug)]
 pub struct QuotaExceeded;
 
+/// Why a write did not happen: an errno for the guest, the quota (ends the run), or a
+/// failure of the host (ends the run, never a verifiable result).
 pub enum WriteError {
     Errno(Errno),
     Quota(QuotaExceeded),
@@ -85,17 +158,48 @@ impl From<Errno> for WriteError {
     }
 }
 
+/// Why a read did not happen: an errno for the guest, or a failure of the host (I/O
+/// error, no file descriptor left, an input changed under us), which ends the run as a
+/// run error: it must never reach the guest as an errno it could act on.
+pub enum ReadError {
+    Errno(Errno),
+    Host(String),
+}
+
+impl From<Errno> for ReadError {
+    fn from(e: Errno) -> Self {
+        ReadError::Errno(e)
+    }
+}
+
 pub struct Vfs {
     nodes: Vec<Option<Node>>,
+    /// Slots of freed nodes, reused first, so a create/remove loop does not grow the
+    /// table.
+    free: Vec<NodeId>,
     pub mounts: Vec<Mount>,
     next_ino: u64,
-    /// Bytes charged to the output quota by the volumes: file contents plus entry names.
+    /// Bytes charged to the output quota by the volumes: entries and file contents.
     pub used: u64,
+    /// Entries created by the guest and still alive.
+    entries: u64,
     host_files: HashMap<NodeId, std::fs::File>,
 }
 
 fn file_name_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
+}
+
+/// Grows `buf` to hold `needed` bytes with bounded slack: exactly for small buffers,
+/// then by at most an eighth (and at most 1 MiB) more than needed. Host memory behind a
+/// buffer is then at most 9/8 of its length + 64 bytes, where `Vec`'s doubling could
+/// hold twice the length. The slack is invisible to the guest (the quota charges the
+/// length only), so results do not depend on this policy.
+pub fn grow(buf: &mut Vec<u8>, needed: usize) {
+    if needed > buf.capacity() {
+        let slack = (buf.len() / 8).clamp(64, 1 << 20);
+        buf.reserve_exact(needed - buf.len() + slack);
+    }
 }
 
 impl Default for Vfs {
@@ -108,18 +212,20 @@ impl Vfs {
     pub fn new() -> Self {
         Vfs {
             nodes: Vec::new(),
+            free: Vec::new(),
             mounts: Vec::new(),
             next_ino: 1,
             used: 0,
+            entries: 0,
             host_files: HashMap::new(),
         }
     }
 
     fn alloc(&mut self, kind: Kind, parent: Option<NodeId>, mount: usize, time: u64) -> NodeId {
-        let id = self.nodes.len();
+        let id = self.free.pop().unwrap_or(self.nodes.len());
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.push(Some(Node {
+        let node = Node {
             kind,
             parent: parent.unwrap_or(id),
             mount,
@@ -127,8 +233,35 @@ impl Vfs {
             atim: time,
             mtim: time,
             ctim: time,
-        }));
+            depth: 0,
+            path_len: 0,
+            open: 0,
+            orphan: false,
+            entry_charge: 0,
+            host: None,
+        };
+        if id == self.nodes.len() {
+            self.nodes.push(Some(node));
+        } else {
+            self.nodes[id] = Some(node);
+        }
         id
+    }
+
+    /// Frees a node nothing refers to any more: its content's memory is released and its
+    /// charge returned to the quota.
+    fn release(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes[id].take() {
+            let content = match &n.kind {
+                Kind::File(Content::Mem(d)) => d.len() as u64,
+                _ => 0,
+            };
+            self.used -= n.entry_charge + content;
+            if n.entry_charge > 0 {
+                self.entries -= 1;
+            }
+            self.free.push(id);
+        }
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -138,24 +271,42 @@ impl Vfs {
         self.nodes[id].as_mut().expect("live node")
     }
 
+    /// A guest fd now refers to `id`.
+    pub fn opened(&mut self, id: NodeId) {
+        self.node_mut(id).open += 1;
+    }
+
+    /// A guest fd referring to `id` was closed: an unlinked node with no fd left is freed.
+    pub fn closed(&mut self, id: NodeId) {
+        let n = self.node_mut(id);
+        n.open = n.open.saturating_sub(1);
+        if n.open == 0 && n.orphan {
+            self.release(id);
+        }
+    }
+
     /// Mounts a host directory read-only at `guest`: scans its names in sorted order.
-    /// Every node's times are `time` (the job epoch).
+    /// Every node's times are `time` (the job epoch). The host path is canonicalized
+    /// first, so an input given as a symlink mounts (and is hashed as) the tree it
+    /// points to.
     pub fn mount_input(&mut self, host: &Path, guest: &str, time: u64) -> Result<(), String> {
-        let meta = std::fs::metadata(host).map_err(|e| e.to_string())?;
+        let host = std::fs::canonicalize(host).map_err(|e| e.to_string())?;
+        let meta = std::fs::symlink_metadata(&host).map_err(|e| e.to_string())?;
         if !meta.is_dir() {
             return Err("an input must be a directory".into());
         }
-        let dir = cap_std::fs::Dir::open_ambient_dir(host, cap_std::ambient_authority())
+        let dir = cap_std::fs::Dir::open_ambient_dir(&host, cap_std::ambient_authority())
             .map_err(|e| e.to_string())?;
         let mount = self.mounts.len();
         let root = self.alloc(Kind::Dir(BTreeMap::new()), None, mount, time);
+        self.node_mut(root).host = Some((PathBuf::new(), HostStamp::of(&meta)));
         self.mounts.push(Mount {
             guest: guest.to_string(),
             root,
             writable: false,
-            host: Some(dir),
+            host: Some((dir, host.clone())),
         });
-        self.scan(host, Path::new(""), root, mount, time)
+        self.scan(&host, Path::new(""), root, mount, time)
     }
 
     fn scan(
@@ -178,44 +329,52 @@ impl Vfs {
         for (name, entry) in entries {
             let child_rel = rel.join(entry.file_name());
             let path = base.join(&child_rel);
-            // DirEntry::file_type does not follow symlinks.
-            let ft = entry
-                .file_type()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let id = if ft.is_dir() {
-                let id = self.alloc(Kind::Dir(BTreeMap::new()), Some(at), mount, time);
-                self.insert(at, name, id);
-                self.scan(base, &child_rel, id, mount, time)?;
-                continue;
+            // symlink_metadata does not follow symlinks.
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir(BTreeMap::new())
             } else if ft.is_file() {
-                let size = std::fs::symlink_metadata(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .len();
-                self.alloc(
-                    Kind::File(Content::Host {
-                        rel: child_rel,
-                        size,
-                    }),
-                    Some(at),
-                    mount,
-                    time,
-                )
+                Kind::File(Content::Host { size: meta.len() })
             } else if ft.is_symlink() {
                 let target =
                     std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                self.alloc(
-                    Kind::Symlink(file_name_bytes(&target).to_vec()),
-                    Some(at),
-                    mount,
-                    time,
-                )
+                Kind::Symlink(file_name_bytes(&target).to_vec())
             } else {
                 return Err(format!(
                     "{} is a special file (only files, directories and symlinks can be inputs)",
                     path.display()
                 ));
             };
+            let is_dir = ft.is_dir();
+            let id = self.alloc(kind, Some(at), mount, time);
+            self.node_mut(id).host = Some((child_rel.clone(), HostStamp::of(&meta)));
             self.insert(at, name, id);
+            if is_dir {
+                self.scan(base, &child_rel, id, mount, time)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that no input changed since it was scanned (every entry's device, inode,
+    /// size, mode and times as then). Called after the guest has run; an `Err` names the
+    /// first changed path.
+    pub fn inputs_unchanged(&self) -> Result<(), String> {
+        for n in self.nodes.iter().flatten() {
+            let (Some((rel, stamp)), Some((_, base))) = (&n.host, &self.mounts[n.mount].host)
+            else {
+                continue;
+            };
+            let path = base.join(rel);
+            let now = std::fs::symlink_metadata(&path).map(|m| HostStamp::of(&m));
+            if now.as_ref().ok() != Some(stamp) {
+                return Err(format!(
+                    "input {} changed while the job ran (inputs must not change during a run)",
+                    path.display()
+                ));
+            }
         }
         Ok(())
     }
@@ -252,26 +411,33 @@ impl Vfs {
 
     /// Resolves `path` relative to directory `start`. Absolute paths and `..` above the
     /// mount root are `ENOTCAPABLE`; symlinks are followed inside the tree (the last
-    /// component only if `follow_last`).
+    /// component only if `follow_last`). Paths longer than [`MAX_PATH`] are
+    /// `ENAMETOOLONG` before anything is looked at; lookups inside a removed directory are
+    /// `ENOENT`.
     pub fn resolve(&self, start: NodeId, path: &[u8], follow_last: bool) -> Result<NodeId, Errno> {
         if path.is_empty() {
             return Err(Errno::NOENT);
+        }
+        if path.len() > MAX_PATH {
+            return Err(Errno::NAMETOOLONG);
         }
         if path[0] == b'/' {
             return Err(Errno::NOTCAPABLE);
         }
         let must_dir = path.ends_with(b"/");
-        let mut pending: Vec<Vec<u8>> = path
+        let mut pending: Vec<&[u8]> = path
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty())
             .rev()
-            .map(<[u8]>::to_vec)
             .collect();
         let mut cur = start;
         let mut hops = 0;
         while let Some(c) = pending.pop() {
             if !self.is_dir(cur) {
                 return Err(Errno::NOTDIR);
+            }
+            if self.node(cur).orphan {
+                return Err(Errno::NOENT);
             }
             if c == b"." {
                 continue;
@@ -286,7 +452,7 @@ impl Vfs {
             let Kind::Dir(entries) = &self.node(cur).kind else {
                 return Err(Errno::NOTDIR);
             };
-            let child = *entries.get(&c).ok_or(Errno::NOENT)?;
+            let child = *entries.get(c).ok_or(Errno::NOENT)?;
             if let Kind::Symlink(target) = &self.node(child).kind {
                 if !pending.is_empty() || follow_last || must_dir {
                     hops += 1;
@@ -299,13 +465,7 @@ impl Vfs {
                     if target.is_empty() {
                         return Err(Errno::NOENT);
                     }
-                    pending.extend(
-                        target
-                            .split(|&b| b == b'/')
-                            .filter(|c| !c.is_empty())
-                            .rev()
-                            .map(<[u8]>::to_vec),
-                    );
+                    pending.extend(target.split(|&b| b == b'/').filter(|c| !c.is_empty()).rev());
                     continue;
                 }
             }
@@ -320,6 +480,9 @@ impl Vfs {
     /// Resolves all but the last component; returns the parent directory and the last
     /// name (never empty, `.` or `..`).
     pub fn resolve_parent(&self, start: NodeId, path: &[u8]) -> Result<(NodeId, Vec<u8>), Errno> {
+        if path.len() > MAX_PATH {
+            return Err(Errno::NAMETOOLONG);
+        }
         let trimmed = {
             let mut p = path;
             while p.len() > 1 && p.ends_with(b"/") {
@@ -348,7 +511,7 @@ impl Vfs {
         if name == b"." || name == b".." {
             return Err(Errno::INVAL);
         }
-        if name.len() > 255 {
+        if name.len() > MAX_NAME {
             return Err(Errno::NAMETOOLONG);
         }
         Ok((parent, name.to_vec()))
@@ -372,7 +535,7 @@ impl Vfs {
     pub fn size(&self, id: NodeId) -> u64 {
         match &self.node(id).kind {
             Kind::Dir(_) => DIR_SIZE,
-            Kind::File(Content::Host { size, .. }) => *size,
+            Kind::File(Content::Host { size }) => *size,
             Kind::File(Content::Mem(data)) => data.len() as u64,
             Kind::Symlink(t) => t.len() as u64,
         }
@@ -403,25 +566,49 @@ impl Vfs {
         n.ctim = now;
     }
 
-    /// Directory entries in listing order: `.`, `..`, then names sorted by bytes.
-    /// Each is (name, inode, filetype).
-    pub fn list(&self, dir: NodeId) -> Vec<(Vec<u8>, u64, u8)> {
+    /// Entries of directory `dir` in listing order (`.`, `..`, then names sorted by bytes)
+    /// from position `from` on, as (position, name, inode, filetype). `hint` is the name
+    /// at position `from` if the caller knows it (from an earlier call): then the listing
+    /// resumes there at once instead of stepping over the first entries, so a guest that
+    /// reads a large directory in many calls costs the host work in proportion to what it
+    /// reads. Lazy: nothing is collected.
+    pub fn list_from<'a>(
+        &'a self,
+        dir: NodeId,
+        from: u64,
+        hint: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (u64, &'a [u8], u64, u8)> + 'a {
         let n = self.node(dir);
-        let parent = if self.is_mount_root(dir) {
+        let parent = if self.is_mount_root(dir) || n.orphan {
             dir
         } else {
             n.parent
         };
-        let mut out = vec![
-            (b".".to_vec(), n.ino, FILETYPE_DIRECTORY),
-            (b"..".to_vec(), self.node(parent).ino, FILETYPE_DIRECTORY),
+        let dots = [
+            (0u64, &b"."[..], n.ino, FILETYPE_DIRECTORY),
+            (1, &b".."[..], self.node(parent).ino, FILETYPE_DIRECTORY),
         ];
-        if let Kind::Dir(entries) = &n.kind {
-            for (name, &child) in entries {
-                out.push((name.clone(), self.node(child).ino, self.filetype(child)));
+        let named: Box<dyn Iterator<Item = (&'a Vec<u8>, &'a NodeId)> + 'a> = match (&n.kind, hint)
+        {
+            (Kind::Dir(entries), Some(h)) if from >= 2 => {
+                Box::new(entries.range::<[u8], _>((Bound::Included(h), Bound::Unbounded)))
             }
-        }
-        out
+            (Kind::Dir(entries), _) => {
+                Box::new(entries.iter().skip(from.saturating_sub(2) as usize))
+            }
+            _ => Box::new(std::iter::empty()),
+        };
+        let start = from.max(2);
+        dots.into_iter()
+            .filter(move |d| d.0 >= from)
+            .chain(named.enumerate().map(move |(i, (name, &child))| {
+                (
+                    start + i as u64,
+                    name.as_slice(),
+                    self.node(child).ino,
+                    self.filetype(child),
+                )
+            }))
     }
 
     pub fn readlink(&self, id: NodeId) -> Result<&[u8], Errno> {
@@ -431,16 +618,44 @@ impl Vfs {
         }
     }
 
-    fn charge(&mut self, delta: i64, quota_left: u64) -> Result<(), QuotaExceeded> {
-        if delta > 0 && delta as u64 > quota_left {
+    /// Charges `delta` bytes (negative: returns them) to the quota, of which `quota_left`
+    /// remain. Signed arithmetic in i128: no size a guest can name overflows it.
+    fn charge(&mut self, delta: i128, quota_left: u64) -> Result<(), QuotaExceeded> {
+        if delta > i128::from(quota_left) {
             return Err(QuotaExceeded);
         }
-        self.used = (self.used as i64 + delta) as u64;
+        self.used = (i128::from(self.used) + delta) as u64;
+        Ok(())
+    }
+
+    /// Whether an entry `name` may be placed in `parent` at all: a name the host can
+    /// store (no NUL: `EINVAL`, as cap-std answers wasmtime), depth and path length
+    /// within [`MAX_DEPTH`] and [`MAX_VOLUME_PATH`] (`ENAMETOOLONG`).
+    fn check_placement(
+        &self,
+        parent: NodeId,
+        name: &[u8],
+        subtree: (u32, u32),
+    ) -> Result<(), Errno> {
+        if name.contains(&0) {
+            return Err(Errno::INVAL);
+        }
+        if name.len() > MAX_NAME {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let p = self.node(parent);
+        let sep = u32::from(p.path_len > 0);
+        let path_len = u64::from(p.path_len) + u64::from(sep) + name.len() as u64;
+        if u64::from(p.depth) + 1 + u64::from(subtree.0) > u64::from(MAX_DEPTH)
+            || path_len + u64::from(subtree.1) > MAX_VOLUME_PATH as u64
+        {
+            return Err(Errno::NAMETOOLONG);
+        }
         Ok(())
     }
 
     /// Creates an entry in writable directory `parent`. `quota_left` is what remains of
-    /// the output quota; the name's bytes are charged to it.
+    /// the output quota; the entry costs [`ENTRY_OVERHEAD`] plus its name's bytes.
     pub fn create(
         &mut self,
         parent: NodeId,
@@ -452,18 +667,36 @@ impl Vfs {
         if !self.writable(parent) {
             return Err(Errno::ROFS.into());
         }
+        if self.node(parent).orphan {
+            return Err(Errno::NOENT.into());
+        }
         if self.lookup(parent, &name).is_some() {
             return Err(Errno::EXIST.into());
         }
-        self.charge(name.len() as i64, quota_left)
+        self.check_placement(parent, &name, (0, 0))?;
+        if self.entries >= MAX_ENTRIES {
+            return Err(Errno::NOSPC.into());
+        }
+        let entry_charge = ENTRY_OVERHEAD + name.len() as u64;
+        self.charge(i128::from(entry_charge), quota_left)
             .map_err(WriteError::Quota)?;
+        self.entries += 1;
         let mount = self.node(parent).mount;
         let kind = if dir {
             Kind::Dir(BTreeMap::new())
         } else {
             Kind::File(Content::Mem(Vec::new()))
         };
+        let (depth, path_len) = {
+            let p = self.node(parent);
+            let sep = u32::from(p.path_len > 0);
+            (p.depth + 1, p.path_len + sep + name.len() as u32)
+        };
         let id = self.alloc(kind, Some(parent), mount, now);
+        let n = self.node_mut(id);
+        n.entry_charge = entry_charge;
+        n.depth = depth;
+        n.path_len = path_len;
         self.insert(parent, name, id);
         let p = self.node_mut(parent);
         p.mtim = now;
@@ -471,7 +704,10 @@ impl Vfs {
         Ok(id)
     }
 
-    /// Removes `name` from `parent` (a file, or an empty directory if `dir`).
+    /// Removes `name` from `parent` (a file, or an empty directory if `dir`). The node is
+    /// freed at once unless a guest fd still refers to it; then it stays alive, and
+    /// charged to the quota, until the last such fd is closed (as an unlinked open file
+    /// on POSIX keeps its blocks).
     pub fn remove(
         &mut self,
         parent: NodeId,
@@ -490,27 +726,61 @@ impl Vfs {
             (_, true) => return Err(Errno::NOTDIR),
             _ => {}
         }
-        let freed = self.size_charged(child) + name.len() as u64;
         if let Kind::Dir(entries) = &mut self.node_mut(parent).kind {
             entries.remove(name);
         }
-        self.used -= freed;
         let p = self.node_mut(parent);
         p.mtim = now;
         p.ctim = now;
-        // The node stays allocated while an fd may still refer to it; it is simply no
-        // longer reachable (as an unlinked open file on POSIX).
+        if self.node(child).open == 0 {
+            self.release(child);
+        } else {
+            self.node_mut(child).orphan = true;
+        }
         Ok(())
     }
 
-    fn size_charged(&self, id: NodeId) -> u64 {
-        match &self.node(id).kind {
-            Kind::File(Content::Mem(d)) => d.len() as u64,
-            _ => 0,
+    /// The deepest depth and longest path below `id`, relative to it, walking its subtree.
+    /// Returns the nodes visited as well (the caller charges them as host work).
+    fn subtree_extent(&self, id: NodeId) -> ((u32, u32), u64) {
+        let base = self.node(id);
+        let (mut depth, mut len, mut visited) = (0u32, 0u32, 0u64);
+        let mut stack = vec![id];
+        while let Some(d) = stack.pop() {
+            visited += 1;
+            let n = self.node(d);
+            depth = depth.max(n.depth - base.depth);
+            len = len.max(n.path_len - base.path_len);
+            if let Kind::Dir(entries) = &n.kind {
+                stack.extend(entries.values().copied());
+            }
+        }
+        ((depth, len), visited)
+    }
+
+    /// Sets depth and path length of `id` (now named `name` in `parent`) and of its
+    /// subtree.
+    fn place_subtree(&mut self, id: NodeId, parent: NodeId) {
+        let mut stack = vec![(id, parent)];
+        while let Some((d, p)) = stack.pop() {
+            let (pd, pl) = {
+                let p = self.node(p);
+                (p.depth, p.path_len)
+            };
+            let name_len = self.node(d).entry_charge - ENTRY_OVERHEAD;
+            let sep = u32::from(pl > 0);
+            let n = self.node_mut(d);
+            n.depth = pd + 1;
+            n.path_len = pl + sep + name_len as u32;
+            if let Kind::Dir(entries) = &n.kind {
+                stack.extend(entries.values().map(|&c| (c, d)));
+            }
         }
     }
 
-    /// Renames within one writable mount, POSIX semantics for replacing a target.
+    /// Renames within one writable mount, POSIX semantics for replacing a target. Returns
+    /// the number of nodes walked to check a moved directory's subtree (host work the
+    /// caller charges).
     pub fn rename(
         &mut self,
         from_dir: NodeId,
@@ -519,7 +789,7 @@ impl Vfs {
         to: Vec<u8>,
         now: u64,
         quota_left: u64,
-    ) -> Result<(), WriteError> {
+    ) -> Result<u64, WriteError> {
         if !self.writable(from_dir) || !self.writable(to_dir) {
             return Err(Errno::ROFS.into());
         }
@@ -527,6 +797,9 @@ impl Vfs {
             return Err(Errno::XDEV.into());
         }
         let child = self.lookup(from_dir, from).ok_or(Errno::NOENT)?;
+        if self.node(to_dir).orphan {
+            return Err(Errno::NOENT.into());
+        }
         // A directory may not be moved into itself.
         let mut p = to_dir;
         loop {
@@ -540,7 +813,7 @@ impl Vfs {
         }
         if let Some(existing) = self.lookup(to_dir, &to) {
             if existing == child {
-                return Ok(());
+                return Ok(0);
             }
             match (self.is_dir(child), &self.node(existing).kind) {
                 (true, Kind::Dir(e)) if !e.is_empty() => return Err(Errno::NOTEMPTY.into()),
@@ -549,95 +822,166 @@ impl Vfs {
                 (false, Kind::Dir(_)) => return Err(Errno::ISDIR.into()),
                 _ => {}
             }
+        }
+        let (extent, visited) = self.subtree_extent(child);
+        self.check_placement(to_dir, &to, extent)?;
+        let delta = to.len() as i128 - from.len() as i128;
+        self.charge(delta, quota_left).map_err(WriteError::Quota)?;
+        if let Some(existing) = self.lookup(to_dir, &to) {
             let is_dir = self.is_dir(existing);
             self.remove(to_dir, &to, is_dir, now)?;
         }
-        let delta = to.len() as i64 - from.len() as i64;
-        self.charge(delta, quota_left).map_err(WriteError::Quota)?;
         if let Kind::Dir(entries) = &mut self.node_mut(from_dir).kind {
             entries.remove(from);
         }
+        let n = self.node_mut(child);
+        n.entry_charge = (n.entry_charge as i128 + delta) as u64;
+        n.parent = to_dir;
+        n.ctim = now;
         self.insert(to_dir, to, child);
-        self.node_mut(child).parent = to_dir;
-        self.node_mut(child).ctim = now;
+        self.place_subtree(child, to_dir);
         for d in [from_dir, to_dir] {
             let n = self.node_mut(d);
             n.mtim = now;
             n.ctim = now;
         }
-        Ok(())
+        Ok(visited)
     }
 
-    /// Reads up to `len` bytes at `offset` of a file.
-    pub fn read_at(&mut self, id: NodeId, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
+    /// Reads into `dst` from `offset` of a file; returns the bytes read (fewer than
+    /// `dst.len()` only at the end of the file). Input files are read straight into
+    /// `dst` (the guest's memory): the host allocates nothing in proportion to the read.
+    pub fn read_at(&mut self, id: NodeId, offset: u64, dst: &mut [u8]) -> Result<usize, ReadError> {
         let size = self.size(id);
-        if offset >= size {
-            return Ok(Vec::new());
+        if offset >= size || dst.is_empty() {
+            return match self.node(id).kind {
+                Kind::Dir(_) => Err(Errno::ISDIR.into()),
+                _ => Ok(0),
+            };
         }
-        let n = (len as u64).min(size - offset) as usize;
+        let n = (dst.len() as u64).min(size - offset) as usize;
+        let dst = &mut dst[..n];
         match &self.node(id).kind {
             Kind::File(Content::Mem(data)) => {
-                Ok(data[offset as usize..offset as usize + n].to_vec())
+                dst.copy_from_slice(&data[offset as usize..offset as usize + n]);
+                Ok(n)
             }
-            Kind::File(Content::Host { rel, .. }) => {
+            Kind::File(Content::Host { .. }) => {
                 use std::os::unix::fs::FileExt;
-                if !self.host_files.contains_key(&id) {
-                    let mount = &self.mounts[self.node(id).mount];
-                    let dir = mount.host.as_ref().ok_or(Errno::BADF)?;
-                    let f = dir.open(rel).map_err(|_| Errno::ACCES)?.into_std();
-                    self.host_files.insert(id, f);
-                }
-                let f = &self.host_files[&id];
-                let mut buf = vec![0u8; n];
+                let f = self.host_file(id)?;
                 let mut got = 0;
                 while got < n {
-                    match f.read_at(&mut buf[got..], offset + got as u64) {
-                        Ok(0) => break,
+                    match f.read_at(&mut dst[got..], offset + got as u64) {
+                        Ok(0) => {
+                            return Err(ReadError::Host(format!(
+                                "input {} shrank while the job ran",
+                                self.host_path(id).display()
+                            )))
+                        }
                         Ok(k) => got += k,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return Err(Errno(29)), // EIO
+                        Err(e) => {
+                            return Err(ReadError::Host(format!(
+                                "reading input {}: {e}",
+                                self.host_path(id).display()
+                            )))
+                        }
                     }
                 }
-                // The size the guest was told is the size it gets: a host file that shrank
-                // during the run reads as zeros rather than as a short file.
-                Ok(buf)
+                Ok(n)
             }
-            Kind::Dir(_) => Err(Errno::ISDIR),
-            Kind::Symlink(_) => Err(Errno::INVAL),
+            Kind::Dir(_) => Err(Errno::ISDIR.into()),
+            Kind::Symlink(_) => Err(Errno::INVAL.into()),
         }
     }
 
-    /// Writes `data` at `offset` of an in-memory file, zero-filling any gap.
-    pub fn write_at(
+    fn host_path(&self, id: NodeId) -> PathBuf {
+        let n = self.node(id);
+        match (&n.host, &self.mounts[n.mount].host) {
+            (Some((rel, _)), Some((_, base))) => base.join(rel),
+            _ => PathBuf::new(),
+        }
+    }
+
+    /// The open host file of input node `id`: from the small set kept open, or opened
+    /// through the mount's `cap_std` handle (which cannot leave the mount) and checked to
+    /// be the very file that was scanned.
+    fn host_file(&mut self, id: NodeId) -> Result<&std::fs::File, ReadError> {
+        if !self.host_files.contains_key(&id) {
+            let n = self.node(id);
+            let (Some((rel, stamp)), Some((dir, _))) = (&n.host, &self.mounts[n.mount].host) else {
+                return Err(Errno::BADF.into());
+            };
+            let f = dir
+                .open(rel)
+                .map_err(|e| {
+                    ReadError::Host(format!(
+                        "opening input {}: {e}",
+                        self.host_path(id).display()
+                    ))
+                })?
+                .into_std();
+            let meta = f.metadata().map_err(|e| ReadError::Host(e.to_string()))?;
+            if (meta.dev(), meta.ino()) != (stamp.dev, stamp.ino) {
+                return Err(ReadError::Host(format!(
+                    "input {} was replaced while the job ran",
+                    self.host_path(id).display()
+                )));
+            }
+            if self.host_files.len() >= HOST_FILES_OPEN {
+                self.host_files.clear();
+            }
+            self.host_files.insert(id, f);
+        }
+        Ok(&self.host_files[&id])
+    }
+
+    /// Writes the concatenation of `parts` at `offset` of an in-memory file, zero-filling
+    /// any gap. The quota is checked against the file's new end before any memory is
+    /// touched; sizes past `i64::MAX` are `EFBIG`.
+    pub fn write_at<'d>(
         &mut self,
         id: NodeId,
         offset: u64,
-        data: &[u8],
+        total: u64,
+        parts: impl Iterator<Item = &'d [u8]>,
         now: u64,
         quota_left: u64,
     ) -> Result<(), WriteError> {
         if !self.writable(id) {
             return Err(Errno::ROFS.into());
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(Errno::FBIG)?;
+        let end = offset.checked_add(total).ok_or(Errno::FBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::FBIG.into());
+        }
         let old = self.size(id);
         if end > old {
-            self.charge((end - old) as i64, quota_left)
+            self.charge(i128::from(end - old), quota_left)
                 .map_err(WriteError::Quota)?;
         }
         let n = self.node_mut(id);
         let Kind::File(Content::Mem(buf)) = &mut n.kind else {
             return Err(Errno::BADF.into());
         };
-        if end as usize > buf.len() {
-            buf.resize(end as usize, 0);
+        // `end` fits the quota, which is far below usize::MAX.
+        let end = end as usize;
+        if end > buf.len() {
+            grow(buf, end);
+            buf.resize(end, 0);
         }
-        buf[offset as usize..end as usize].copy_from_slice(data);
+        let mut at = offset as usize;
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
         n.mtim = now;
         n.ctim = now;
         Ok(())
     }
 
+    /// Sets a file's size: growing zero-fills (charged to the quota first), shrinking
+    /// returns the memory to the host at once (and the bytes to the quota).
     pub fn set_size(
         &mut self,
         id: NodeId,
@@ -648,21 +992,38 @@ impl Vfs {
         if !self.writable(id) {
             return Err(Errno::ROFS.into());
         }
+        if size > i64::MAX as u64 {
+            return Err(Errno::FBIG.into());
+        }
+        if !matches!(self.node(id).kind, Kind::File(Content::Mem(_))) {
+            return Err(Errno::BADF.into());
+        }
         let old = self.size(id);
-        self.charge(size as i64 - old as i64, quota_left)
+        self.charge(i128::from(size) - i128::from(old), quota_left)
             .map_err(WriteError::Quota)?;
         let n = self.node_mut(id);
         let Kind::File(Content::Mem(buf)) = &mut n.kind else {
             return Err(Errno::BADF.into());
         };
-        buf.resize(size as usize, 0);
+        let size = size as usize;
+        if size > buf.len() {
+            grow(buf, size);
+            buf.resize(size, 0);
+        } else {
+            buf.truncate(size);
+            if buf.capacity() > size + size / 8 + 64 {
+                buf.shrink_to(size);
+            }
+        }
         n.mtim = now;
         n.ctim = now;
         Ok(())
     }
 
     /// Writes mount `mount`'s tree under host directory `dest` (which exists and is
-    /// empty).
+    /// empty). Entries are created with `create_new`/`create_dir`, never over an existing
+    /// one: two names that one host filesystem takes for the same (`A` and `a` on a
+    /// case-insensitive one) are an error, not a silent overwrite.
     pub fn export(&self, mount: usize, dest: &Path) -> io::Result<()> {
         self.export_dir(self.mounts[mount].root, dest)
     }
@@ -673,12 +1034,33 @@ impl Vfs {
         };
         for (name, &child) in entries {
             let path = dest.join(std::ffi::OsStr::from_bytes(name));
+            let exists = |e: io::Error| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} already exists: the results folder's filesystem takes two output names for one (case-insensitive?)",
+                            path.display()
+                        ),
+                    )
+                } else {
+                    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                }
+            };
             match &self.node(child).kind {
                 Kind::Dir(_) => {
-                    std::fs::create_dir(&path)?;
+                    std::fs::create_dir(&path).map_err(exists)?;
                     self.export_dir(child, &path)?;
                 }
-                Kind::File(Content::Mem(data)) => std::fs::write(&path, data)?,
+                Kind::File(Content::Mem(data)) => {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(exists)?;
+                    f.write_all(data)?;
+                }
                 Kind::File(Content::Host { .. }) | Kind::Symlink(_) => {
                     // Output volumes only ever hold in-memory files and directories.
                 }
@@ -729,7 +1111,7 @@ mod tests {
     fn listing_is_sorted_with_dot_entries_first_and_constant_metadata() {
         let (_t, vfs) = input_tree();
         let root = vfs.mounts[0].root;
-        let names: Vec<Vec<u8>> = vfs.list(root).into_iter().map(|e| e.0).collect();
+        let names: Vec<Vec<u8>> = vfs.list_from(root, 0, None).map(|e| e.1.to_vec()).collect();
         let want: Vec<&[u8]> = vec![b".", b"..", b"a", b"b", b"d", b"to_e"];
         assert_eq!(names, want);
         let d = vfs.resolve(root, b"d", true).unwrap();
@@ -740,27 +1122,153 @@ mod tests {
         assert_eq!(st.ino, 4);
     }
 
+    fn write(vfs: &mut Vfs, f: NodeId, at: u64, data: &[u8], left: u64) -> Result<(), WriteError> {
+        vfs.write_at(f, at, data.len() as u64, std::iter::once(data), 9, left)
+    }
+
+    fn create(vfs: &mut Vfs, dir: NodeId, name: &[u8], is_dir: bool) -> NodeId {
+        match vfs.create(dir, name.to_vec(), is_dir, 9, u64::MAX) {
+            Ok(id) => id,
+            Err(_) => panic!("create {:?} failed", String::from_utf8_lossy(name)),
+        }
+    }
+
     #[test]
     fn inputs_are_read_only_and_outputs_are_charged_to_the_quota() {
         let (_t, mut vfs) = input_tree();
         let (input, out) = (vfs.mounts[0].root, vfs.mounts[1].root);
         assert!(matches!(
-            vfs.create(input, b"x".to_vec(), false, 9, 100),
+            vfs.create(input, b"x".to_vec(), false, 9, 1000),
             Err(WriteError::Errno(Errno::ROFS))
         ));
-        let f = match vfs.create(out, b"file".to_vec(), false, 9, 100) {
+        let f = match vfs.create(out, b"file".to_vec(), false, 9, 1000) {
             Ok(f) => f,
             Err(_) => panic!("create failed"),
         };
-        assert_eq!(vfs.used, 4);
-        assert!(vfs.write_at(f, 0, &[1; 50], 9, 96).is_ok());
-        assert_eq!(vfs.used, 54);
+        assert_eq!(vfs.used, ENTRY_OVERHEAD + 4);
+        assert!(write(&mut vfs, f, 0, &[1; 50], 500).is_ok());
+        assert_eq!(vfs.used, ENTRY_OVERHEAD + 54);
         assert!(matches!(
-            vfs.write_at(f, 50, &[1; 47], 9, 46),
+            write(&mut vfs, f, 50, &[1; 47], 46),
             Err(WriteError::Quota(_))
         ));
         assert_eq!(vfs.size(f), 50);
         vfs.remove(out, b"file", false, 10).unwrap();
         assert_eq!(vfs.used, 0);
+    }
+
+    #[test]
+    fn removed_files_free_their_memory_unless_open_and_slots_are_reused() {
+        let (_t, mut vfs) = input_tree();
+        let out = vfs.mounts[1].root;
+        let before = vfs.nodes.len();
+        for _ in 0..1000 {
+            let f = create(&mut vfs, out, b"f", false);
+            assert!(write(&mut vfs, f, 0, &[7; 4096], u64::MAX).is_ok());
+            vfs.remove(out, b"f", false, 10).unwrap();
+        }
+        assert_eq!(vfs.used, 0);
+        assert_eq!(vfs.nodes.len(), before + 1, "one slot, reused 1000 times");
+        // An unlinked file that is still open stays alive and charged until closed.
+        let f = create(&mut vfs, out, b"g", false);
+        assert!(write(&mut vfs, f, 0, &[7; 100], u64::MAX).is_ok());
+        vfs.opened(f);
+        vfs.remove(out, b"g", false, 10).unwrap();
+        assert_eq!(vfs.used, ENTRY_OVERHEAD + 1 + 100);
+        let mut back = [0u8; 100];
+        assert!(matches!(vfs.read_at(f, 0, &mut back), Ok(100)));
+        vfs.closed(f);
+        assert_eq!(vfs.used, 0);
+        // Truncation returns the bytes to the quota and the memory to the host.
+        let h = create(&mut vfs, out, b"h", false);
+        assert!(write(&mut vfs, h, 0, &vec![1; 1 << 20], u64::MAX).is_ok());
+        assert!(vfs.set_size(h, 10, 11, u64::MAX).is_ok());
+        assert_eq!(vfs.used, ENTRY_OVERHEAD + 1 + 10);
+        match &vfs.node(h).kind {
+            Kind::File(Content::Mem(d)) => assert!(d.capacity() < 4096),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn names_depth_and_sizes_are_bounded() {
+        let (_t, mut vfs) = input_tree();
+        let out = vfs.mounts[1].root;
+        assert!(matches!(
+            vfs.create(out, b"a\0b".to_vec(), false, 9, u64::MAX),
+            Err(WriteError::Errno(Errno::INVAL))
+        ));
+        assert!(matches!(
+            vfs.create(out, vec![b'n'; MAX_NAME + 1], false, 9, u64::MAX),
+            Err(WriteError::Errno(Errno::NAMETOOLONG))
+        ));
+        let mut d = out;
+        for _ in 0..MAX_DEPTH {
+            d = create(&mut vfs, d, b"d", true);
+        }
+        assert!(matches!(
+            vfs.create(d, b"d".to_vec(), true, 9, u64::MAX),
+            Err(WriteError::Errno(Errno::NAMETOOLONG))
+        ));
+        // Long names reach the volume path cap before the depth cap.
+        let mut d = out;
+        let name = vec![b'x'; MAX_NAME];
+        let mut made = 0;
+        while let Ok(next) = vfs.create(d, name.clone(), true, 9, u64::MAX) {
+            d = next;
+            made += 1;
+        }
+        assert_eq!(made, (MAX_VOLUME_PATH + 1) / (MAX_NAME + 1));
+        // Moving a deep tree under another deep one is refused the same way.
+        let top = vfs.lookup(out, b"d").unwrap();
+        assert!(matches!(
+            vfs.rename(out, b"d", d, b"d".to_vec(), 9, u64::MAX),
+            Err(WriteError::Errno(Errno::NAMETOOLONG))
+        ));
+        assert_eq!(vfs.lookup(out, b"d"), Some(top));
+        let f = create(&mut vfs, out, b"big", false);
+        assert!(matches!(
+            vfs.set_size(f, u64::MAX, 9, u64::MAX),
+            Err(WriteError::Errno(Errno::FBIG))
+        ));
+        assert!(matches!(
+            vfs.set_size(f, i64::MAX as u64, 9, 1 << 20),
+            Err(WriteError::Quota(_))
+        ));
+        assert!(matches!(
+            write(&mut vfs, f, u64::MAX - 1, b"xy", u64::MAX),
+            Err(WriteError::Errno(Errno::FBIG))
+        ));
+        assert!(matches!(
+            write(&mut vfs, f, i64::MAX as u64, b"x", u64::MAX),
+            Err(WriteError::Errno(Errno::FBIG))
+        ));
+        assert_eq!(vfs.size(f), 0);
+    }
+
+    #[test]
+    fn listing_resumes_from_a_hint_with_the_same_positions() {
+        let (_t, mut vfs) = input_tree();
+        let out = vfs.mounts[1].root;
+        for i in 0..50u32 {
+            create(&mut vfs, out, format!("e{i:03}").as_bytes(), false);
+        }
+        let all: Vec<(u64, Vec<u8>)> = vfs
+            .list_from(out, 0, None)
+            .map(|e| (e.0, e.1.to_vec()))
+            .collect();
+        assert_eq!(all.len(), 52);
+        assert_eq!(all[2].1, b"e000");
+        let (pos, name) = all[30].clone();
+        let resumed: Vec<(u64, Vec<u8>)> = vfs
+            .list_from(out, pos, Some(&name))
+            .map(|e| (e.0, e.1.to_vec()))
+            .collect();
+        assert_eq!(resumed, all[30..].to_vec());
+        let skipped: Vec<(u64, Vec<u8>)> = vfs
+            .list_from(out, pos, None)
+            .map(|e| (e.0, e.1.to_vec()))
+            .collect();
+        assert_eq!(skipped, resumed);
     }
 }

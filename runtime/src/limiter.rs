@@ -1,0 +1,118 @@
+//! The memory limit of a job, over everything the guest can grow.
+//!
+//! Decision: one budget, [`crate::Limits::memory`], for all linear memories and all tables
+//! of the instance together. Tables are charged [`TABLE_ELEMENT_BYTES`] per element (the
+//! host size of a table slot on a 64-bit host, a constant so the limit is the same on
+//! every host). Rejected: wasmtime's `StoreLimits`, whose memory limit applies to each
+//! memory on its own: a module with 100 memories (multi-memory is on) could hold 100
+//! times the limit, and tables were only limited by element count.
+//!
+//! A growth the limiter allowed but the host could not provide (`mmap` refused, the host
+//! out of memory) is a host failure: it is recorded here and the run ends as a run error,
+//! never as a `memory.grow` returning -1 that the guest would observe and a verifier on a
+//! roomier host would not.
+
+use wasmtime::ResourceLimiter;
+
+/// Bytes one table element is charged against the memory limit.
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+/// Most linear memories of one instance.
+pub const MAX_MEMORIES: usize = 100;
+/// Most tables of one instance.
+pub const MAX_TABLES: usize = 100;
+
+/// A `ResourceLimiter` that sums every memory and table of the store.
+#[derive(Debug)]
+pub struct JobLimiter {
+    limit: u64,
+    /// Bytes of memories and tables currently allowed.
+    used: u64,
+    /// Set when the host failed to provide a growth the limit allowed.
+    pub host_failure: Option<String>,
+}
+
+impl JobLimiter {
+    pub fn new(limit: u64) -> Self {
+        JobLimiter {
+            limit,
+            used: 0,
+            host_failure: None,
+        }
+    }
+
+    /// Allows growing a resource from `current` to `desired` bytes if the total stays
+    /// within the limit (and within the resource's own `maximum`).
+    fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {
+        if maximum.is_some_and(|m| desired > m) || desired < current {
+            return false;
+        }
+        let total = self.used.saturating_add(desired - current);
+        if total > self.limit {
+            return false;
+        }
+        self.used = total;
+        true
+    }
+}
+
+impl ResourceLimiter for JobLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.grow(current as u64, desired as u64, maximum.map(|m| m as u64)))
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.host_failure = Some(format!("the host could not grow a linear memory: {error}"));
+        Err(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let bytes = |n: usize| (n as u64).saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.grow(bytes(current), bytes(desired), maximum.map(bytes)))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.host_failure = Some(format!("the host could not grow a table: {error}"));
+        Err(error)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_budget() {
+        let mut l = JobLimiter::new(1000);
+        assert!(l.memory_growing(0, 600, None).unwrap());
+        // A second memory: only what is left of the same budget.
+        assert!(!l.memory_growing(0, 500, None).unwrap());
+        assert!(l.memory_growing(0, 400, None).unwrap());
+        // Tables are charged per element.
+        assert!(!l.table_growing(0, 1, None).unwrap());
+        let mut l = JobLimiter::new(100);
+        assert!(l.table_growing(0, 12, None).unwrap());
+        assert!(!l.table_growing(12, 13, None).unwrap());
+        assert!(!l.memory_growing(0, 10, Some(5)).unwrap());
+        assert!(!l.memory_growing(0, usize::MAX, None).unwrap());
+    }
+}
