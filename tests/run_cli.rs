@@ -292,3 +292,31 @@ fn rerunning_a_job_in_the_same_folder_keeps_both_results() {
     assert_eq!(second_dir, cwd.path().join(format!("{id}-2")));
     assert!(second_dir.join("exitCode").is_file());
 }
+
+#[test]
+fn a_module_cache_other_users_can_write_is_ignored_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = detwasm()
+        .env("DETWASM_CACHE_DIR", &cache)
+        .args(["run", "--json", "-o"])
+        .arg(t.path().join("r"))
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["exit_code"], 0, "the run itself is unaffected");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "detwasm: warning: not using module cache {}: it is writable by other users (mode 0777)",
+        cache.display()
+    );
+    assert_eq!(err.matches(&want).count(), 1, "warned once: {err}");
+    assert!(
+        std::fs::read_dir(&cache).unwrap().next().is_none(),
+        "nothing was written to the untrusted cache"
+    );
+}

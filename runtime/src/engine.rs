@@ -161,35 +161,104 @@ impl Hasher for Blake3Hasher {
     }
 }
 
-/// Magic at the start of every cache file.
-const CACHE_MAGIC: &[u8; 8] = b"DTWCACH1";
+/// Magic at the start of every cache file (version 2: the key is inside the file).
+const CACHE_MAGIC: &[u8; 8] = b"DTWCACH2";
+
+/// Bytes of a cache key (a blake3 hash).
+const KEY_LEN: usize = 32;
 
 /// Compiled modules, serialized by wasmtime, keyed by
 /// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
-/// host's engine). Only files whose name is such a key and whose content carries our
-/// magic and a matching blake3 checksum are handed to `Module::deserialize` (which is
-/// unsafe on untrusted bytes): the cache only loads artefacts detwasm wrote.
+/// host's engine).
+///
+/// `Module::deserialize` is unsafe on untrusted bytes (it maps them as executable code),
+/// so a cache file is only handed to it when all of these hold:
+/// - the file is `MAGIC ‖ key ‖ blake3(key ‖ payload) ‖ payload` and `key` is the key of
+///   the module being loaded. The key is inside the checked content, not only in the file
+///   name: a cache file of module A copied (or renamed) under module B's name is not
+///   B's, and is ignored (B is compiled again and the file replaced). Rejected: trusting
+///   the file name (anyone who can rename files in the folder could swap modules).
+/// - the folder and the file belong to the current user (effective uid) and are not
+///   writable by group or others. Someone else who can write there could plant a file
+///   with a valid checksum (the checksum proves integrity, not origin), so such a folder
+///   is ignored with a warning (see [`ModuleCache::warnings`]) and every module is
+///   compiled. Rejected: `chmod`ing the folder back to private (files already planted
+///   would stay, and silently changing a user's folder surprises them); failing the run
+///   (the cache never changes a result, so a run need not depend on it).
+///
+/// The folder's ancestors are not checked: the default location is under the user's
+/// home (`~/.cache`), and a folder in a sticky directory such as `/tmp` cannot be renamed
+/// by others. Cache failures never fail a run: they fall back to compiling.
 pub struct ModuleCache {
     dir: PathBuf,
+    /// Why the cache was not used, once per reason, for the caller to show.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl ModuleCache {
     pub fn new(dir: PathBuf) -> Self {
-        ModuleCache { dir }
+        let cache = ModuleCache {
+            dir,
+            warnings: std::sync::Mutex::new(Vec::new()),
+        };
+        // Checked now too, so a caller can show the warning before the first run.
+        let _ = cache.dir_is_trusted();
+        cache
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn key(engine: &Engine, bytes: &[u8]) -> String {
+    /// Why the cache (or one of its files) was ignored so far, each reason once, e.g.
+    /// `not using module cache DIR: it is writable by other users (mode 0777)`. The
+    /// runtime never prints: the caller decides how to show these.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    fn warn(&self, message: String) {
+        if let Ok(mut w) = self.warnings.lock() {
+            if !w.contains(&message) {
+                w.push(message);
+            }
+        }
+    }
+
+    /// Whether the folder may be used: it does not exist yet (it will be created private),
+    /// or it is a folder of ours that nobody else can write.
+    fn dir_is_trusted(&self) -> bool {
+        match std::fs::metadata(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(_) => false,
+            Ok(m) if !m.is_dir() => {
+                self.warn(format!(
+                    "not using module cache {}: it is not a folder",
+                    self.dir.display()
+                ));
+                false
+            }
+            Ok(m) => match untrusted_because(&m) {
+                Some(why) => {
+                    self.warn(format!(
+                        "not using module cache {}: {why}",
+                        self.dir.display()
+                    ));
+                    false
+                }
+                None => true,
+            },
+        }
+    }
+
+    fn key(engine: &Engine, bytes: &[u8]) -> [u8; KEY_LEN] {
         let mut h = Blake3Hasher(blake3::Hasher::new());
         h.0.update(b"detwasm-module-cache-1\0");
         h.0.update(blake3::hash(bytes).as_bytes());
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
-        h.0.finalize().to_hex().to_string()
+        *h.0.finalize().as_bytes()
     }
 
     /// The module, from the cache or compiled (and then stored). Returns whether it was
@@ -199,12 +268,19 @@ impl ModuleCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Module, bool), RunError> {
-        let path = self.dir.join(format!("{}.cwasm", Self::key(engine, bytes)));
-        if let Ok(file) = std::fs::read(&path) {
-            if let Some(payload) = verify(&file) {
-                // SAFETY: the payload was written by `store` below (our magic, checksum and
-                // a file name derived from this module and this engine), i.e. it is the
-                // output of `Module::serialize` for this engine configuration.
+        if !self.dir_is_trusted() {
+            return Ok((compile(engine, bytes)?, false));
+        }
+        let key = Self::key(engine, bytes);
+        let path = self
+            .dir
+            .join(format!("{}.cwasm", blake3::Hash::from(key).to_hex()));
+        if let Some(file) = self.read_trusted(&path) {
+            if let Some(payload) = verify(&file, &key) {
+                // SAFETY: the payload was written by `store` below for exactly this key
+                // (module bytes and engine), in a folder and file only this user can
+                // write, and its checksum over key and payload matches: it is the output
+                // of `Module::serialize` for this module and this engine configuration.
                 if let Ok(m) = unsafe { Module::deserialize(engine, payload) } {
                     return Ok((m, true));
                 }
@@ -212,20 +288,69 @@ impl ModuleCache {
         }
         let module = compile(engine, bytes)?;
         if let Ok(ser) = module.serialize() {
-            let _ = self.store(&path, &ser);
+            let _ = self.store(&path, &key, &ser);
         }
         Ok((module, false))
     }
 
-    fn store(&self, path: &Path, payload: &[u8]) -> std::io::Result<()> {
+    /// The file's bytes if it is a regular file of ours that nobody else can write (opened
+    /// without following a symlink, and checked on the open handle, so it cannot be
+    /// swapped between the check and the read).
+    fn read_trusted(&self, path: &Path) -> Option<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        let m = f.metadata().ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        if let Some(why) = untrusted_because(&m) {
+            self.warn(format!(
+                "not using module cache file {}: {why}",
+                path.display()
+            ));
+            return None;
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
+        f.read_to_end(&mut buf).ok()?;
+        Some(buf)
+    }
+
+    fn store(&self, path: &Path, key: &[u8; KEY_LEN], payload: &[u8]) -> std::io::Result<()> {
         create_private_dir(&self.dir)?;
+        if !self.dir_is_trusted() {
+            return Ok(());
+        }
+        // NamedTempFile creates the file with mode 0600, and persist renames it into place.
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         use std::io::Write;
-        tmp.write_all(CACHE_MAGIC)?;
-        tmp.write_all(blake3::hash(payload).as_bytes())?;
+        tmp.write_all(&encode_header(key, payload))?;
         tmp.write_all(payload)?;
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
+    }
+}
+
+/// Why a cache folder or file with this metadata must not be trusted, if it must not:
+/// owned by someone other than the effective user, or writable by group or others.
+fn untrusted_because(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let mode = m.mode() & 0o7777;
+    if m.uid() != euid {
+        Some(format!(
+            "it is owned by another user (uid {}, not {euid})",
+            m.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!("it is writable by other users (mode {mode:04o})"))
+    } else {
+        None
     }
 }
 
@@ -237,43 +362,200 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-fn verify(file: &[u8]) -> Option<&[u8]> {
+/// `MAGIC ‖ key ‖ blake3(key ‖ payload)`: what precedes the payload in a cache file.
+fn encode_header(key: &[u8; KEY_LEN], payload: &[u8]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(key);
+    h.update(payload);
+    let mut out = CACHE_MAGIC.to_vec();
+    out.extend_from_slice(key);
+    out.extend_from_slice(h.finalize().as_bytes());
+    out
+}
+
+/// The payload of a cache file, if the file has our magic, carries `key` and its
+/// checksum over key and payload matches.
+fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
     let rest = file.strip_prefix(CACHE_MAGIC.as_slice())?;
+    let rest = rest.strip_prefix(key.as_slice())?;
     if rest.len() < 32 {
         return None;
     }
     let (sum, payload) = rest.split_at(32);
-    (blake3::hash(payload).as_bytes() == sum).then_some(payload)
+    let mut h = blake3::Hasher::new();
+    h.update(key);
+    h.update(payload);
+    (h.finalize().as_bytes() == sum).then_some(payload)
 }
 
-/// Compiles a module, with errors that say what is wrong with it.
-pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
+/// The WebAssembly binary of `bytes`: the bytes themselves for a core module, the
+/// translation of WebAssembly text, or an error that says what the bytes are instead (not
+/// WebAssembly, a component).
+pub fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, RunError> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.starts_with(MAGIC) {
-        if bytes.len() >= 8 && bytes[4..8] != [1, 0, 0, 0] {
+        if bytes.len() < 8 {
+            return Err(RunError::InvalidModule(format!(
+                "the file is truncated: {} bytes, shorter than the 8-byte header",
+                bytes.len()
+            )));
+        }
+        if bytes[4..8] != [1, 0, 0, 0] {
             return Err(RunError::NotWasm(
                 "this is a WebAssembly component (or an unknown version); detwasm runs core \
                  modules built for wasm32-wasip1"
                     .into(),
             ));
         }
-        return Module::from_binary(engine, bytes)
-            .map_err(|e| RunError::InvalidModule(format!("{e:#}")));
+        return Ok(std::borrow::Cow::Borrowed(bytes));
     }
     let text = std::str::from_utf8(bytes).ok().filter(|t| {
         let t = t.trim_start();
         t.starts_with('(') || t.starts_with(";;")
     });
     match text {
-        Some(_) => {
-            Module::new(engine, bytes).map_err(|e| RunError::InvalidModule(format!("{e:#}")))
-        }
+        Some(_) => wat::parse_bytes(bytes).map_err(|e| RunError::InvalidModule(format!("{e}"))),
         None => Err(RunError::NotWasm(
             "the file does not start with the WebAssembly magic bytes `\\0asm` (nor is it \
              WebAssembly text)"
                 .into(),
         )),
     }
+}
+
+/// A function signature read from a module's sections.
+#[derive(Clone, Debug)]
+pub struct Signature {
+    /// Parameter and result types, or `None` when one of them is not a number type (a
+    /// reference: never what a WASI import or a `() -> ()` entry has).
+    pub numeric: Option<(Vec<wasmtime::ValType>, Vec<wasmtime::ValType>)>,
+    /// The module's own text of the type, for error messages.
+    pub text: String,
+}
+
+/// What a module imports, and the signature of one of its exports.
+#[derive(Debug)]
+pub struct Interface {
+    /// (module, name, the function's signature or `None` for a non-function import).
+    pub imports: Vec<(String, String, Option<Signature>)>,
+    /// The entry export asked for: `None` when there is no such export; `Some(None)`
+    /// when it is not a function.
+    pub entry: Option<Option<Signature>>,
+}
+
+/// Reads the import and export sections of a core module without compiling it, so that
+/// a module that cannot run (an unknown import, a missing entry point) is refused in
+/// milliseconds even when compiling it would take minutes. Parsing stops at the code
+/// section: everything needed comes before it. `binary` is the output of [`to_binary`].
+///
+/// Only the sections' structure is read here, not validated: compiling validates the
+/// whole module afterwards, with wasmtime's own wasmparser (the same version).
+pub fn read_interface(binary: &[u8], entry: &str) -> Result<Interface, RunError> {
+    use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef};
+    let invalid = |e: wasmparser::BinaryReaderError| {
+        let msg = e.to_string();
+        RunError::InvalidModule(if msg.contains("unexpected end") {
+            format!("the file is truncated: {msg}")
+        } else {
+            msg
+        })
+    };
+    // Type index -> signature (`None`: not a function type).
+    let mut types: Vec<Option<Signature>> = Vec::new();
+    // Function index -> type index (imports first, then the function section).
+    let mut funcs: Vec<u32> = Vec::new();
+    let mut imports = Vec::new();
+    let mut export = None;
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(invalid)? {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => {
+                return Err(RunError::NotWasm(
+                    "this is a WebAssembly component; detwasm runs core modules built for \
+                     wasm32-wasip1"
+                        .into(),
+                ))
+            }
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group.map_err(invalid)?.into_types() {
+                        types.push(match &sub.composite_type.inner {
+                            CompositeInnerType::Func(f) => signature(f),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    let import = import.map_err(invalid)?;
+                    let sig = match import.ty {
+                        TypeRef::Func(t) | TypeRef::FuncExact(t) => {
+                            funcs.push(t);
+                            types.get(t as usize).cloned().flatten()
+                        }
+                        _ => None,
+                    };
+                    imports.push((import.module.to_string(), import.name.to_string(), sig));
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for t in r {
+                    funcs.push(t.map_err(invalid)?);
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.map_err(invalid)?;
+                    if e.name == entry {
+                        export = Some((e.kind, e.index));
+                    }
+                }
+            }
+            // Everything needed has been read; compiling reads (and checks) the rest.
+            Payload::CodeSectionStart { .. } | Payload::End(_) => break,
+            _ => {}
+        }
+    }
+    let entry = export.map(|(kind, index)| match kind {
+        ExternalKind::Func | ExternalKind::FuncExact => funcs
+            .get(index as usize)
+            .and_then(|t| types.get(*t as usize).cloned().flatten()),
+        _ => None,
+    });
+    Ok(Interface { imports, entry })
+}
+
+fn signature(f: &wasmparser::FuncType) -> Option<Signature> {
+    let conv = |v: &wasmparser::ValType| match v {
+        wasmparser::ValType::I32 => Some(wasmtime::ValType::I32),
+        wasmparser::ValType::I64 => Some(wasmtime::ValType::I64),
+        wasmparser::ValType::F32 => Some(wasmtime::ValType::F32),
+        wasmparser::ValType::F64 => Some(wasmtime::ValType::F64),
+        wasmparser::ValType::V128 => Some(wasmtime::ValType::V128),
+        wasmparser::ValType::Ref(_) => None,
+    };
+    let params: Option<Vec<_>> = f.params().iter().map(conv).collect();
+    let results: Option<Vec<_>> = f.results().iter().map(conv).collect();
+    Some(Signature {
+        numeric: params.zip(results),
+        text: f.to_string(),
+    })
+}
+
+/// Compiles a module, with errors that say what is wrong with it.
+pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
+    let binary = to_binary(bytes)?;
+    Module::from_binary(engine, &binary).map_err(|e| {
+        let msg = format!("{e:#}");
+        RunError::InvalidModule(if msg.contains("unexpected end") {
+            format!("the file is truncated: {msg}")
+        } else {
+            msg
+        })
+    })
 }
 
 #[cfg(test)]
@@ -293,15 +575,126 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_only_loads_files_with_our_magic_and_checksum() {
+    fn the_cache_only_loads_files_with_our_magic_key_and_checksum() {
         let payload = b"compiled";
-        let mut file = CACHE_MAGIC.to_vec();
-        file.extend_from_slice(blake3::hash(payload).as_bytes());
+        let key = [7u8; KEY_LEN];
+        let mut file = encode_header(&key, payload);
         file.extend_from_slice(payload);
-        assert_eq!(verify(&file), Some(&payload[..]));
+        assert_eq!(verify(&file, &key), Some(&payload[..]));
+        assert_eq!(verify(&file, &[8u8; KEY_LEN]), None, "another module's key");
         let mut tampered = file.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(verify(&tampered), None);
-        assert_eq!(verify(b"\x7fELF..."), None);
+        assert_eq!(verify(&tampered, &key), None);
+        let mut rekeyed = file.clone();
+        rekeyed[CACHE_MAGIC.len()] ^= 1;
+        assert_eq!(
+            verify(&rekeyed, &[6u8; KEY_LEN]),
+            None,
+            "key edited in place"
+        );
+        assert_eq!(verify(b"\x7fELF...", &key), None);
+    }
+
+    fn engine() -> Engine {
+        new_engine(&EngineOptions {
+            cache_dir: None,
+            parallel_compilation: false,
+        })
+        .unwrap()
+    }
+
+    /// A module whose export `f` returns `n`.
+    fn returns(n: i32) -> Vec<u8> {
+        format!("(module (func (export \"f\") (result i32) i32.const {n}))").into_bytes()
+    }
+
+    fn call_f(engine: &Engine, m: &Module) -> i32 {
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_fuel(1_000).unwrap();
+        store.set_epoch_deadline(1);
+        let i = wasmtime::Instance::new(&mut store, m, &[]).unwrap();
+        let f = i.get_typed_func::<(), i32>(&mut store, "f").unwrap();
+        f.call(&mut store, ()).unwrap()
+    }
+
+    fn cwasm_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_cache_file_copied_under_another_modules_key_is_not_loaded() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("cache");
+        let engine = engine();
+        let cache = ModuleCache::new(dir.clone());
+        let (a, b) = (returns(1), returns(2));
+        assert!(!cache.load_or_compile(&engine, &a).unwrap().1);
+        let a_file = cwasm_files(&dir).pop().unwrap();
+        let (m, hit) = cache.load_or_compile(&engine, &a).unwrap();
+        assert!(hit, "a file of our own is loaded");
+        assert_eq!(call_f(&engine, &m), 1);
+        assert!(!cache.load_or_compile(&engine, &b).unwrap().1);
+        let b_file = cwasm_files(&dir)
+            .into_iter()
+            .find(|p| *p != a_file)
+            .unwrap();
+        // The attack: A's (valid, checksummed) artefact under B's name.
+        std::fs::copy(&a_file, &b_file).unwrap();
+        let (m, hit) = cache.load_or_compile(&engine, &b).unwrap();
+        assert!(!hit, "A's artefact was loaded for B");
+        assert_eq!(call_f(&engine, &m), 2, "B recompiled gives B's result");
+        // ... and B's entry was written again, so the next load is a hit.
+        let (m, hit) = cache.load_or_compile(&engine, &b).unwrap();
+        assert!(hit);
+        assert_eq!(call_f(&engine, &m), 2);
+        assert!(cache.warnings().is_empty());
+    }
+
+    #[test]
+    fn a_cache_folder_other_users_can_write_is_ignored_with_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let engine = engine();
+        let cache = ModuleCache::new(dir.clone());
+        let want = format!(
+            "not using module cache {}: it is writable by other users (mode 0777)",
+            dir.display()
+        );
+        assert_eq!(cache.warnings(), vec![want.clone()], "known before any run");
+        for _ in 0..2 {
+            let (m, hit) = cache.load_or_compile(&engine, &returns(3)).unwrap();
+            assert!(!hit);
+            assert_eq!(call_f(&engine, &m), 3);
+        }
+        assert!(cwasm_files(&dir).is_empty(), "nothing stored there");
+        assert_eq!(cache.warnings(), vec![want], "each reason once");
+    }
+
+    #[test]
+    fn a_cache_file_other_users_can_write_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("cache");
+        let engine = engine();
+        let cache = ModuleCache::new(dir.clone());
+        let m = returns(4);
+        cache.load_or_compile(&engine, &m).unwrap();
+        let file = cwasm_files(&dir).pop().unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(!cache.load_or_compile(&engine, &m).unwrap().1);
+        assert!(cache.warnings()[0].contains("writable by other users (mode 0666)"));
+        // Replaced by a private file of ours: used again.
+        assert!(cache.load_or_compile(&engine, &m).unwrap().1);
+        // A symlink in place of a cache file is never followed.
+        std::fs::rename(&file, t.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), &file).unwrap();
+        assert!(!cache.load_or_compile(&engine, &m).unwrap().1);
     }
 }

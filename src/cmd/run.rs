@@ -242,9 +242,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),
     };
-    let receipt = runtime
-        .run(&job, &dest)
-        .with_context(|| format!("running {}", module.display()))?;
+    let result = runtime.run(&job, &dest);
+    // The runtime never prints; its warnings (e.g. a module cache other users can write,
+    // which it ignored) are shown here, each once, whether the run succeeded or not.
+    for w in runtime.warnings() {
+        eprintln!("detwasm: warning: {w}");
+    }
+    let receipt = result.with_context(|| format!("running {}", module.display()))?;
 
     let json = serde_json::to_string_pretty(&receipt)?;
     if let Some(path) = &args.receipt {
