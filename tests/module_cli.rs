@@ -14,6 +14,7 @@ fn root() -> PathBuf {
 fn detwasm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
     c.env_remove("DETWASM_MODULE_PATH");
+    c.env_remove("DETWASM_ALLOW_INPUTS");
     c
 }
 
@@ -348,7 +349,17 @@ fn run_wordstats_over_an_input_tree() {
     fs::write(data.join("a/y.txt"), "The dog. The end.\n").unwrap();
     fs::write(data.join("cities.csv"), "city,pop\nParis,2.1\nOslo,0.7\n").unwrap();
     let input = format!("Input={}", data.display());
-    let (_, results, _s) = run_twice(&["run", "wordstats", "-i", &input, "-i", "Top=3"]);
+    // A folder outside the module: the operator opts it in.
+    let (_, results, _s) = run_twice(&[
+        "run",
+        "wordstats",
+        "-i",
+        &input,
+        "-i",
+        "Top=3",
+        "--allow-input",
+        data.to_str().unwrap(),
+    ]);
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(results.join("outputs/wordstats.json")).unwrap())
             .unwrap();
@@ -402,7 +413,15 @@ fn run_digits_classifies_the_bundled_samples_and_input_images() {
     }
     fs::write(pics.join("mine.pgm"), big).unwrap();
     let input = format!("Images={}", pics.display());
-    let (_, results, _s2) = run_twice(&["run", "digits", "-i", &input]);
+    let err = failed(
+        &detwasm()
+            .args(["run", "digits", "-i", &input])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("--allow-input"), "{err}");
+    let allow = scratch.path().to_str().unwrap();
+    let (_, results, _s2) = run_twice(&["run", "digits", "-i", &input, "--allow-input", allow]);
     let json: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(results.join("outputs/predictions.json")).unwrap(),
     )
@@ -568,4 +587,113 @@ fn template_errors_name_the_file_line_and_construct_and_check_speaks_json() {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["steps"].as_array().unwrap().len(), 5);
+}
+
+/// A hostile template: `Inputs` naming `/etc`, `../` (the folder around the module), or
+/// whatever `-i` says. Each run fails with exit code 2 before anything runs, naming the
+/// SourcePath, where it leads and how to allow it; `module check` fails the spec step.
+#[test]
+fn a_spec_cannot_mount_host_folders_outside_the_module_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("hostile");
+    fs::create_dir_all(&m).unwrap();
+    fs::copy(
+        root().join("fixtures/modules/cowsay.wasm"),
+        m.join("cowsay.wasm"),
+    )
+    .unwrap();
+    let template = |source: &str| {
+        format!(
+            r#"{{"job":{{"Spec":{{"Engine":"Wasm","Wasm":{{"EntryModule":{{"Path":"cowsay.wasm"}}}},"Inputs":[{{"StorageSource":"localDirectory","SourcePath":{source},"Path":"/inputs"}}],"Outputs":[{{"Name":"outputs","Path":"/outputs"}}]}}}}}}"#
+        )
+    };
+    let around = tmp.path().canonicalize().unwrap();
+    for (source, resolved) in [
+        ("\"/etc\"", PathBuf::from("/etc").canonicalize().unwrap()),
+        ("\"../\"", around.clone()),
+        ("{{.Dir}}", around.clone()),
+    ] {
+        fs::write(m.join("lilypad_module.json.tmpl"), template(source)).unwrap();
+        let out = detwasm()
+            .current_dir(&m)
+            .args([
+                "run",
+                m.to_str().unwrap(),
+                "-i",
+                &format!("Dir={}", around.display()),
+            ])
+            .arg("-o")
+            .arg(tmp.path().join("results"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{source}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&format!("resolves to {}", resolved.display()))
+                && err.contains("--allow-input DIR")
+                && err.contains("DETWASM_ALLOW_INPUTS"),
+            "{source}: {err}"
+        );
+        assert!(!tmp.path().join("results").exists(), "nothing ran");
+
+        let out = detwasm()
+            .current_dir(&m)
+            .args([
+                "module",
+                "check",
+                m.to_str().unwrap(),
+                "-i",
+                &format!("Dir={}", around.display()),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("FAIL spec is a WASM job detwasm can honour: input SourcePath")
+                && text.contains("--allow-input"),
+            "{text}"
+        );
+    }
+
+    // Opted in, by flag or by the environment, the same spec runs.
+    fs::write(m.join("lilypad_module.json.tmpl"), template("\"../\"")).unwrap();
+    let out = detwasm()
+        .current_dir(&m)
+        .args(["run", m.to_str().unwrap(), "--allow-input"])
+        .arg(tmp.path())
+        .arg("-o")
+        .arg(tmp.path().join("r1"))
+        .output()
+        .unwrap();
+    ok(&out);
+    let out = detwasm()
+        .current_dir(&m)
+        .env(
+            "DETWASM_ALLOW_INPUTS",
+            format!(
+                "/nowhere-else-{}:{}",
+                std::process::id(),
+                tmp.path().display()
+            ),
+        )
+        .args(["run", m.to_str().unwrap()])
+        .arg("-o")
+        .arg(tmp.path().join("r2"))
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(
+        err.contains("nowhere-else") && err.contains("cannot be resolved"),
+        "{err}"
+    );
+    let out = detwasm()
+        .current_dir(&m)
+        .env("DETWASM_ALLOW_INPUTS", tmp.path())
+        .args(["run", m.to_str().unwrap()])
+        .arg("-o")
+        .arg(tmp.path().join("r3"))
+        .output()
+        .unwrap();
+    ok(&out);
 }

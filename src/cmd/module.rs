@@ -38,6 +38,10 @@ enum Command {
         /// Template input for the test run. Repeatable.
         #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
         inputs: Vec<String>,
+        /// Also allow inputs (a spec's `SourcePath`) from DIR; by default only the module
+        /// folder is allowed. Repeatable; adds to $DETWASM_ALLOW_INPUTS (`:`-separated).
+        #[arg(long = "allow-input", value_name = "DIR")]
+        allow_inputs: Vec<std::path::PathBuf>,
         /// Print the steps as JSON.
         #[arg(long)]
         json: bool,
@@ -56,6 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Check {
             module,
             inputs,
+            allow_inputs,
             json,
         } => {
             let dir = ModuleDir::open(&module)?;
@@ -65,7 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 parallel_compilation: true,
             })?;
             let cwd = std::env::current_dir().context("current directory")?;
-            let steps = check::check(&dir, &inputs, &cwd, &runtime);
+            let policy = spec::InputPolicy::from_env_and(&allow_inputs);
+            let steps = check::check(&dir, &inputs, &cwd, &policy, &runtime);
             let ok = steps.len() == 5 && steps.iter().all(|s| s.ok);
             if json {
                 println!(

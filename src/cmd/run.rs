@@ -29,6 +29,12 @@ pub struct Args {
     #[arg(long = "input-value", short = 'i', value_name = "KEY=VALUE")]
     pub input_values: Vec<String>,
 
+    /// Let a module's spec take inputs (`SourcePath`, often from `-i`) from DIR. By
+    /// default only the module folder is allowed. Repeatable; adds to
+    /// $DETWASM_ALLOW_INPUTS (a `:`-separated list of folders).
+    #[arg(long = "allow-input", value_name = "DIR")]
+    pub allow_inputs: Vec<PathBuf>,
+
     /// Arguments passed to the module (argv[1..]); argv[0] is always `module.wasm`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -141,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Args {
         module,
         input_values,
+        allow_inputs,
         args: guest_args,
         opts,
     } = args;
@@ -150,9 +157,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let from_spec = if spec::is_module_reference(&module) {
         let module = spec::ModuleDir::open(&module.to_string_lossy())?;
         let cwd = std::env::current_dir().context("current directory")?;
-        Some(module.job(&spec::parse_inputs(&input_values)?, &cwd)?.job)
+        let policy = spec::InputPolicy::from_env_and(&allow_inputs);
+        Some(
+            module
+                .job(&spec::parse_inputs(&input_values)?, &cwd, &policy)?
+                .job,
+        )
     } else if !input_values.is_empty() {
         bail!("-i/--input-value KEY=VALUE is for module folders and names; to mount a folder use --input HOST[:GUEST]")
+    } else if !allow_inputs.is_empty() {
+        bail!("--allow-input DIR is for module folders and names (it limits what their spec may mount); for a .wasm, mount folders with --input HOST[:GUEST]")
     } else {
         None
     };

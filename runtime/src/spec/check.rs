@@ -1,7 +1,8 @@
 //! `detwasm module check`: what a module author wants to know before publishing.
 //!
 //! Five steps, each reported with its evidence; a failed step stops the ones that need
-//! it: the template renders; the rendered spec is a WASM job detwasm can honour; the
+//! it: the template renders; the rendered spec is a WASM job detwasm can honour (its
+//! inputs inside the allowed folders: [`super::InputPolicy`]); the
 //! entry module is found and matches its CID; the wasm loads and imports only
 //! `wasi_snapshot_preview1` (with the types detwasm provides) and exports its entry
 //! point; a test run with the given (default: no) inputs, done twice into different
@@ -10,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::ModuleDir;
+use super::{InputPolicy, ModuleDir};
 use crate::run::{Destination, Runtime};
 
 /// One step of a check.
@@ -26,6 +27,7 @@ pub fn check(
     module: &ModuleDir,
     inputs: &BTreeMap<String, String>,
     cwd: &Path,
+    policy: &InputPolicy,
     runtime: &Runtime,
 ) -> Vec<CheckStep> {
     let mut steps = Vec::new();
@@ -49,7 +51,12 @@ pub fn check(
     ) {
         return steps;
     }
-    let spec = super::parse_rendered(rendered.as_ref().expect("checked above"));
+    // Inputs are part of "can honour": a SourcePath outside the allowed folders is a
+    // spec detwasm refuses to run, so it fails this step with the refusal's message.
+    let spec = super::parse_rendered(rendered.as_ref().expect("checked above")).and_then(|s| {
+        policy.resolve_inputs(&module.dir, cwd, &s)?;
+        Ok(s)
+    });
     if !record(
         "spec is a WASM job detwasm can honour",
         spec.as_ref()
@@ -65,7 +72,7 @@ pub fn check(
     ) {
         return steps;
     }
-    let prepared = module.job(inputs, cwd);
+    let prepared = module.job(inputs, cwd, policy);
     let detail = prepared.as_ref().map(|p| match &p.entry.matched {
         Some((cid, how)) => format!("{} is {cid} ({how})", p.entry.file.display()),
         None => format!(

@@ -11,8 +11,9 @@
 //! 3. [`bacalhau`]: read the rendered JSON as Go's `encoding/json` would ([`json`]:
 //!    keys case-insensitive, later keys win) and refuse what detwasm cannot honour
 //!    (Docker, a network, a GPU, downloads) with an error saying why;
-//! 4. [`ModuleDir::job`]: find the entry module (by `Path`, or by `CID`, hashing each
-//!    candidate as `ipfs add` would) and build the runtime's [`Job`].
+//! 4. [`ModuleDir::job`]: confine every input `SourcePath` to the folders the operator
+//!    allowed ([`InputPolicy`]), find the entry module (by `Path`, or by `CID`, hashing
+//!    each candidate as `ipfs add` would) and build the runtime's [`Job`].
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -20,7 +21,8 @@
 //! let module = ModuleDir::open("cowsay")?;
 //! let inputs = BTreeMap::from([("Message".to_string(), "moo".to_string())]);
 //! println!("{}", module.render(&inputs)?);
-//! let prepared = module.job(&inputs, &std::env::current_dir().unwrap())?;
+//! let policy = detwasm_runtime::spec::InputPolicy::from_env_and(&[]);
+//! let prepared = module.job(&inputs, &std::env::current_dir().unwrap(), &policy)?;
 //! # Ok::<(), detwasm_runtime::spec::SpecError>(())
 //! ```
 
@@ -121,6 +123,13 @@ pub enum SpecError {
 
     #[error("hashing the entry module: {0}")]
     Hash(String),
+
+    #[error("input SourcePath {source_path:?} resolves to {}, which is outside the folders module inputs may come from ({}); to allow it, pass `--allow-input DIR` or add the folder to {ALLOW_INPUTS_ENV} (a :-separated list)", resolved.display(), display_paths(allowed))]
+    InputNotAllowed {
+        source_path: String,
+        resolved: PathBuf,
+        allowed: Vec<PathBuf>,
+    },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -147,6 +156,151 @@ pub fn parse_input(kv: &str) -> Result<(String, String), SpecError> {
 /// one, as with Lilypad's map).
 pub fn parse_inputs<S: AsRef<str>>(values: &[S]) -> Result<BTreeMap<String, String>, SpecError> {
     values.iter().map(|kv| parse_input(kv.as_ref())).collect()
+}
+
+/// The environment variable that lists extra folders module inputs may come from: a
+/// `:`-separated list of folders, like `PATH` (empty entries are ignored; they do not
+/// mean the current folder as they would in `PATH`).
+pub const ALLOW_INPUTS_ENV: &str = "DETWASM_ALLOW_INPUTS";
+
+/// Where a module spec may take its inputs from.
+///
+/// A module template is written by whoever published the module, not by the operator
+/// who runs it, and its `Inputs[].SourcePath` (often an `-i` value substituted into the
+/// template) names a host folder that is mounted into the guest. Left unchecked, a
+/// template could mount `/etc`, `~/.ssh` or `../..` and the module would publish them in
+/// its results. So a spec may name inputs only inside these roots:
+///
+/// - the module folder itself (always: a module may ship sample data, as `digits` and
+///   `wordstats` do);
+/// - the folders the operator opts in explicitly, with `--allow-input DIR` (repeatable)
+///   or [`ALLOW_INPUTS_ENV`].
+///
+/// A `SourcePath` is resolved as before (a relative one against the current folder) and
+/// then canonicalized, following every symlink; the canonical path must lie inside the
+/// canonical form of one of the roots, compared component by component. Absolute paths,
+/// `..` and symlinks are not refused by their spelling but by where they lead, so
+/// `modules/wordstats/samples` run from the repository root is fine while a symlink in
+/// the module folder pointing at `/home` is not. The job mounts the canonical path, so
+/// the runtime serves exactly the folder that was checked.
+///
+/// Rejected alternative: allowing the current folder by default, which is what a CLI
+/// user might expect from `-i Input=data`. A template naming `.` (or an `-i` default of
+/// `.`) would then mount the operator's whole working folder, and for a provider that is
+/// wherever the daemon was started. Opting in one flag per folder is a small cost for
+/// the person who knows which folder they meant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputPolicy {
+    /// Folders allowed besides the module folder, as the operator gave them (relative
+    /// ones are taken against the current folder when checking).
+    pub roots: Vec<PathBuf>,
+}
+
+impl InputPolicy {
+    /// Only the module folder.
+    pub fn module_only() -> InputPolicy {
+        InputPolicy::default()
+    }
+
+    /// The module folder, the folders of [`ALLOW_INPUTS_ENV`], and `extra` (the
+    /// `--allow-input` flags).
+    pub fn from_env_and(extra: &[PathBuf]) -> InputPolicy {
+        let mut roots = Self::env_roots(std::env::var_os(ALLOW_INPUTS_ENV).as_deref());
+        roots.extend(extra.iter().cloned());
+        InputPolicy { roots }
+    }
+
+    /// The folders of a `DETWASM_ALLOW_INPUTS` value.
+    pub fn env_roots(value: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+        value
+            .map(|v| {
+                std::env::split_paths(v)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The canonical allowed roots: the module folder first. A root that cannot be
+    /// resolved (it does not exist) is an error naming it, not silently skipped: the
+    /// operator meant to allow something.
+    fn canonical_roots(&self, module_dir: &Path, cwd: &Path) -> Result<Vec<PathBuf>, SpecError> {
+        let mut out = Vec::with_capacity(self.roots.len() + 1);
+        let module = module_dir.canonicalize().map_err(|e| SpecError::Io {
+            path: module_dir.to_path_buf(),
+            message: format!("resolving the module folder: {e}"),
+        })?;
+        out.push(module);
+        for root in &self.roots {
+            let canonical = cwd.join(root).canonicalize().map_err(|e| SpecError::Io {
+                path: root.clone(),
+                message: format!(
+                    "this folder is allowed for inputs (--allow-input or {ALLOW_INPUTS_ENV}) but cannot be resolved: {e}"
+                ),
+            })?;
+            out.push(canonical);
+        }
+        Ok(out)
+    }
+
+    /// Resolves one `SourcePath` (relative to `cwd`) to the canonical host folder to
+    /// mount, or refuses it (see the type's docs).
+    pub fn resolve(
+        &self,
+        module_dir: &Path,
+        cwd: &Path,
+        source_path: &str,
+    ) -> Result<PathBuf, SpecError> {
+        let roots = self.canonical_roots(module_dir, cwd)?;
+        self.resolve_in(&roots, cwd, source_path)
+    }
+
+    fn resolve_in(
+        &self,
+        roots: &[PathBuf],
+        cwd: &Path,
+        source_path: &str,
+    ) -> Result<PathBuf, SpecError> {
+        let joined = cwd.join(source_path);
+        let canonical = joined.canonicalize().map_err(|e| SpecError::Io {
+            path: joined.clone(),
+            message: format!("input SourcePath {source_path:?} cannot be used: {e}"),
+        })?;
+        if roots.iter().any(|root| canonical.starts_with(root)) {
+            Ok(canonical)
+        } else {
+            Err(SpecError::InputNotAllowed {
+                source_path: source_path.to_string(),
+                resolved: canonical,
+                allowed: roots.to_vec(),
+            })
+        }
+    }
+
+    /// Resolves every input of a spec: (canonical host folder, guest path) pairs.
+    pub fn resolve_inputs(
+        &self,
+        module_dir: &Path,
+        cwd: &Path,
+        spec: &WasmSpec,
+    ) -> Result<Vec<(PathBuf, String)>, SpecError> {
+        if spec.inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let roots = self.canonical_roots(module_dir, cwd)?;
+        spec.inputs
+            .iter()
+            .map(|input| {
+                let host = self.resolve_in(&roots, cwd, &input.source_path)?;
+                let guest = if input.path.is_empty() {
+                    DEFAULT_INPUT_PATH.to_string()
+                } else {
+                    input.path.clone()
+                };
+                Ok((host, guest))
+            })
+            .collect()
+    }
 }
 
 /// A module folder and its template.
@@ -201,15 +355,19 @@ impl ModuleDir {
     }
 
     /// Builds the job: the entry module found and checked, args, env, inputs (relative
-    /// `SourcePath`s resolved against `cwd`, as a CLI user expects), outputs, memory
-    /// limit and timeout from the spec. Seed, epoch, fuel and results options keep the
-    /// job's defaults: the caller (the CLI) sets them.
+    /// `SourcePath`s resolved against `cwd`, as a CLI user expects, and each confined by
+    /// `policy`: see [`InputPolicy`]), outputs, memory limit and timeout from the spec.
+    /// Seed, epoch, fuel and results options keep the job's defaults: the caller (the
+    /// CLI) sets them.
     pub fn job(
         &self,
         inputs: &BTreeMap<String, String>,
         cwd: &Path,
+        policy: &InputPolicy,
     ) -> Result<PreparedModule, SpecError> {
         let (rendered, spec) = self.spec(inputs)?;
+        // Inputs first: a refused SourcePath is reported before any module is hashed.
+        let mounts = policy.resolve_inputs(&self.dir, cwd, &spec)?;
         let entry =
             resolve::entry_module(&self.dir, &spec.entry_module.cid, &spec.entry_module.path)?;
         let mut job = Job::new(entry.bytes.clone())
@@ -217,19 +375,7 @@ impl ModuleDir {
             .with_entry(spec.entry_point.clone());
         job.args = spec.parameters.clone();
         job.env = spec.env.clone();
-        for input in &spec.inputs {
-            let host = cwd.join(&input.source_path);
-            if !host.exists() {
-                return Err(SpecError::Io {
-                    path: host,
-                    message: "input SourcePath does not exist".into(),
-                });
-            }
-            let guest = if input.path.is_empty() {
-                DEFAULT_INPUT_PATH.to_string()
-            } else {
-                input.path.clone()
-            };
+        for (host, guest) in mounts {
             job = job.push_input(host, guest);
         }
         if let Some(outputs) = &spec.outputs {
@@ -287,12 +433,17 @@ mod tests {
         .unwrap();
         let module = ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
         let inputs = parse_inputs(&["Msg=hi \"you\""]).unwrap();
-        let p = module.job(&inputs, &dir).unwrap();
+        let p = module
+            .job(&inputs, &dir, &InputPolicy::module_only())
+            .unwrap();
         assert_eq!(p.job.args, vec!["hi \"you\""]);
         assert_eq!(p.job.env, vec![("K".to_string(), "hi \"you\"".to_string())]);
         assert_eq!(p.job.entry, "_start");
         assert_eq!(p.job.inputs[0].guest, "/in");
-        assert_eq!(p.job.inputs[0].host, dir.join("data"));
+        assert_eq!(
+            p.job.inputs[0].host,
+            dir.join("data").canonicalize().unwrap()
+        );
         assert_eq!(
             (
                 p.job.outputs[0].name.as_str(),
@@ -308,5 +459,155 @@ mod tests {
         assert_eq!(&p.job.module.bytes[..], b"hello\n");
         let defaults = module.spec(&BTreeMap::new()).unwrap().1;
         assert_eq!(defaults.parameters, vec!["dflt"]);
+    }
+
+    /// A module folder whose template mounts `SOURCE` at /in, with a `data` folder.
+    fn module_with_input(source: &str) -> (tempfile::TempDir, ModuleDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("m.wasm"), b"hello\n").unwrap();
+        let template = format!(
+            r#"{{"job":{{"Spec":{{"Engine":"Wasm","Wasm":{{"EntryModule":{{"Path":"m.wasm"}}}},"Inputs":[{{"SourcePath":{},"Path":"/in"}}]}}}}}}"#,
+            gofmt::json_marshal_string(source)
+        );
+        std::fs::write(dir.join(TEMPLATE_FILE), template).unwrap();
+        let module = ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
+        (tmp, module)
+    }
+
+    fn refused_input(module: &ModuleDir, cwd: &Path, policy: &InputPolicy) -> String {
+        match module.job(&BTreeMap::new(), cwd, policy) {
+            Err(e @ SpecError::InputNotAllowed { .. }) => e.to_string(),
+            other => panic!("expected the input to be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_absolute_source_path_outside_the_module_is_refused() {
+        let (_tmp, module) = module_with_input("/etc");
+        let e = refused_input(&module, &module.dir, &InputPolicy::module_only());
+        assert!(
+            e.contains("\"/etc\"")
+                && e.contains("resolves to /etc")
+                && e.contains("--allow-input DIR")
+                && e.contains(ALLOW_INPUTS_ENV),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dot_dot_out_of_the_module_is_refused_and_inside_it_is_fine() {
+        let (tmp, module) = module_with_input("../");
+        let e = refused_input(&module, &module.dir, &InputPolicy::module_only());
+        let parent = tmp.path().canonicalize().unwrap();
+        assert!(
+            e.contains(&format!("resolves to {}", parent.display())),
+            "{e}"
+        );
+        // `..` that stays inside the module folder leads somewhere allowed.
+        let (_tmp, module) = module_with_input("data/../data");
+        let p = module
+            .job(&BTreeMap::new(), &module.dir, &InputPolicy::module_only())
+            .unwrap();
+        assert_eq!(
+            p.job.inputs[0].host,
+            module.dir.join("data").canonicalize().unwrap()
+        );
+        // The current folder is not allowed by default, even when the spec names `.`.
+        let (tmp, module) = module_with_input(".");
+        refused_input(&module, tmp.path(), &InputPolicy::module_only());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_in_the_module_folder_leading_outside_is_refused() {
+        let (tmp, module) = module_with_input("link");
+        let outside = tmp.path().join("secret");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, module.dir.join("link")).unwrap();
+        let e = refused_input(&module, &module.dir, &InputPolicy::module_only());
+        assert!(
+            e.contains(&format!(
+                "resolves to {}",
+                outside.canonicalize().unwrap().display()
+            )),
+            "{e}"
+        );
+        // A symlink inside the folder to a subfolder of it is fine, and the job mounts
+        // the folder it leads to, not the link.
+        std::fs::remove_file(module.dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(module.dir.join("data"), module.dir.join("link")).unwrap();
+        let p = module
+            .job(&BTreeMap::new(), &module.dir, &InputPolicy::module_only())
+            .unwrap();
+        assert_eq!(
+            p.job.inputs[0].host,
+            module.dir.join("data").canonicalize().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_opted_in_folder_is_accepted_by_flag_or_environment() {
+        let (tmp, module) = module_with_input("../shared/x");
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(shared.join("x")).unwrap();
+        refused_input(&module, &module.dir, &InputPolicy::module_only());
+        let by_flag = InputPolicy {
+            roots: vec![shared.clone()],
+        };
+        let p = module.job(&BTreeMap::new(), &module.dir, &by_flag).unwrap();
+        assert_eq!(
+            p.job.inputs[0].host,
+            shared.join("x").canonicalize().unwrap()
+        );
+        // DETWASM_ALLOW_INPUTS: a PATH-like list; empty entries allow nothing (in PATH
+        // they would mean the current folder).
+        let value = std::env::join_paths([Path::new("/nonexistent-a"), &shared]).unwrap();
+        let value = format!(":{}:", value.to_str().unwrap());
+        let roots = InputPolicy::env_roots(Some(std::ffi::OsStr::new(&value)));
+        assert_eq!(roots, vec![PathBuf::from("/nonexistent-a"), shared.clone()]);
+        assert!(InputPolicy::env_roots(Some(std::ffi::OsStr::new("::"))).is_empty());
+        // An allowed root that does not exist is an error naming it.
+        let by_env = InputPolicy { roots };
+        let e = module
+            .job(&BTreeMap::new(), &module.dir, &by_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent-a") && e.contains(ALLOW_INPUTS_ENV),
+            "{e}"
+        );
+        let by_env = InputPolicy {
+            roots: InputPolicy::env_roots(Some(shared.as_os_str())),
+        };
+        let p = module.job(&BTreeMap::new(), &module.dir, &by_env).unwrap();
+        assert_eq!(
+            p.job.inputs[0].host,
+            shared.join("x").canonicalize().unwrap()
+        );
+        // A sibling whose name starts with the root's name is not inside it.
+        std::fs::create_dir_all(tmp.path().join("shared-not")).unwrap();
+        let (_t, other) = module_with_input(tmp.path().join("shared-not").to_str().unwrap());
+        refused_input(&other, &other.dir, &by_flag);
+    }
+
+    #[test]
+    fn input_values_are_checked_after_rendering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("m.wasm"), b"x").unwrap();
+        std::fs::write(
+            dir.join(TEMPLATE_FILE),
+            r#"{"job":{"Spec":{"Engine":"Wasm","Wasm":{"EntryModule":{"Path":"m.wasm"}},"Inputs":[{"SourcePath":{{.Input}},"Path":"/in"}]}}}"#,
+        )
+        .unwrap();
+        let module = ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
+        let inputs = parse_inputs(&["Input=/"]).unwrap();
+        let e = module
+            .job(&inputs, &dir, &InputPolicy::module_only())
+            .unwrap_err();
+        assert!(matches!(e, SpecError::InputNotAllowed { .. }), "{e}");
     }
 }
