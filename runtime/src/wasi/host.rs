@@ -839,6 +839,9 @@ impl WasiHost {
                 // The quota decides before the copy is charged: a write that would grow
                 // the file past it ends the run whatever its cost.
                 let end = offset.checked_add(total).ok_or(Errno::FBIG)?;
+                if end > i64::MAX as u64 {
+                    return Err(Errno::FBIG.into());
+                }
                 if end.saturating_sub(self.vfs.size(node)) > left {
                     return Err(QuotaExceeded.into());
                 }
