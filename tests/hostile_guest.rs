@@ -439,3 +439,159 @@ fn an_input_changed_during_the_run_is_refused() {
 fn module_text(body: &str) -> String {
     module(1, "", body)
 }
+
+/// Runs `detwasm run` with `args` in `dir` under resource limits set in the child
+/// (`RLIMIT_NOFILE`, `RLIMIT_AS`), and returns its exit code and stderr.
+fn run_limited(
+    dir: &Path,
+    args: &[&str],
+    limits: &[(libc::__rlimit_resource_t, u64)],
+) -> (i32, String, Vec<u8>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    cmd.env(
+        "DETWASM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
+    )
+    .current_dir(dir)
+    .args(args);
+    let limits = limits.to_vec();
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(resource, value) in &limits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
+}
+
+/// Opens every file of an input folder of 2000 files, keeping them all open, then reads
+/// each: the guest holds 2000 fds, the host at most `HOST_FILES_OPEN` (64), so the job
+/// runs under `ulimit -n 256` and reads every byte (exit code: files read).
+#[test]
+fn thousands_of_open_input_files_need_few_host_fds() {
+    let body = r#"
+    (call $iov (i32.const 0) (i32.const 100) (i32.const 8))
+    (loop $l
+      ;; name: four decimal digits of $i
+      (i32.store8 (i32.const 64000) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $i) (i32.const 1000)) (i32.const 10))))
+      (i32.store8 (i32.const 64001) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $i) (i32.const 100)) (i32.const 10))))
+      (i32.store8 (i32.const 64002) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $i) (i32.const 10)) (i32.const 10))))
+      (i32.store8 (i32.const 64003) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+      (drop (call $open (i32.const 3) (i32.const 64000) (i32.const 4)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))
+    ;; fds 5.. are the files, in order; read each one's 4 bytes
+    (local.set $i (i32.const 0))
+    (loop $r
+      (local.set $e (call $fd_read (i32.add (i32.const 5) (local.get $i)) (i32.const 0) (i32.const 1) (i32.const 40)))
+      (if (local.get $e) (then (call $exit (i32.add (i32.const 3000) (local.get $e)))))
+      (if (i32.eq (i32.load (i32.const 40)) (i32.const 4)) (then (local.set $f (i32.add (local.get $f) (i32.const 1)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $r (i32.lt_u (local.get $i) (i32.const 2000))))
+    (call $exit (local.get $f))"#;
+    let wat = module(1, "", body).replace(
+        "(i32.const 9) (i64.const 0x42)",
+        "(i32.const 0) (i64.const 0x2)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    for i in 0..2000 {
+        std::fs::write(dir.path().join(format!("in/{i:04}")), format!("{i:04}")).unwrap();
+    }
+    std::fs::write(dir.path().join("m.wat"), wat).unwrap();
+    let (code, stderr, stdout) = run_limited(
+        dir.path(),
+        &["run", "m.wat", "--input", "in", "--json", "-o", "results"],
+        &[(libc::RLIMIT_NOFILE, 256)],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let receipt: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(receipt["exit_code"], 2000, "{receipt}");
+}
+
+/// The host out of file descriptors while the guest reads an input: a host failure
+/// (exit 2, "host failure", nothing delivered), never an errno the guest could turn
+/// into a verifiable result.
+#[test]
+fn running_out_of_host_fds_is_a_host_failure() {
+    let body = r#"
+    (call $iov (i32.const 0) (i32.const 100) (i32.const 8))
+    (local.set $f (call $open (i32.const 3) (i32.const 64000) (i32.const 1)))
+    (drop (call $fd_read (local.get $f) (i32.const 0) (i32.const 1) (i32.const 40)))
+    (call $exit (i32.const 0))"#;
+    let wat = module(1, r#"(data (i32.const 64000) "a")"#, body).replace(
+        "(i32.const 9) (i64.const 0x42)",
+        "(i32.const 0) (i64.const 0x2)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a"), b"data").unwrap();
+    std::fs::write(dir.path().join("m.wat"), wat).unwrap();
+    // Find the lowest fd limit at which detwasm gets as far as the guest's read: below it
+    // the run fails earlier (also exit 2); at it, opening the input file is what fails.
+    let mut saw_host_failure = false;
+    for nofile in 3..40 {
+        let (code, stderr, _) = run_limited(
+            dir.path(),
+            &[
+                "run",
+                "m.wat",
+                "--input",
+                "in",
+                "--no-cache",
+                "-o",
+                "results",
+            ],
+            &[(libc::RLIMIT_NOFILE, nofile)],
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if code == 0 {
+            break;
+        }
+        if code == 127 {
+            // Too few fds for the dynamic loader to start the process at all.
+            continue;
+        }
+        assert_eq!(code, 2, "ulimit -n {nofile}: {stderr}");
+        assert!(!dir.path().join("results").exists());
+        saw_host_failure |= stderr.contains("host failure") && stderr.contains("opening input");
+    }
+    assert!(saw_host_failure, "no fd limit made the guest's read fail");
+}
+
+/// The host refusing to map a linear memory (`ulimit -v` below what wasmtime reserves)
+/// is a host failure, not a trap recorded in a verifiable receipt.
+#[test]
+fn a_memory_the_host_cannot_map_is_a_host_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.wat"),
+        module(1, "", "    (call $exit (i32.const 0))"),
+    )
+    .unwrap();
+    // Enough address space for the process, not for wasmtime's reservation of a 4 GiB
+    // memory and its guard region.
+    let (code, stderr, stdout) = run_limited(
+        dir.path(),
+        &["run", "m.wat", "--json", "-o", "results"],
+        &[(libc::RLIMIT_AS, 3 << 30)],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("host failure"), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(!dir.path().join("results").exists());
+}

@@ -29,6 +29,9 @@ pub struct JobLimiter {
     used: u64,
     /// Set when the host failed to provide a growth the limit allowed.
     pub host_failure: Option<String>,
+    /// Set when the limit refused a growth (a deterministic event: the same job is refused
+    /// the same way everywhere).
+    pub denied: bool,
 }
 
 impl JobLimiter {
@@ -37,6 +40,7 @@ impl JobLimiter {
             limit,
             used: 0,
             host_failure: None,
+            denied: false,
         }
     }
 
@@ -44,10 +48,12 @@ impl JobLimiter {
     /// within the limit (and within the resource's own `maximum`).
     fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {
         if maximum.is_some_and(|m| desired > m) || desired < current {
+            self.denied = true;
             return false;
         }
         let total = self.used.saturating_add(desired - current);
         if total > self.limit {
+            self.denied = true;
             return false;
         }
         self.used = total;

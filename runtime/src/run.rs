@@ -3,7 +3,7 @@
 //! directory atomically and hash it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, UpdateDeadline, ValType};
 
 use crate::capabilities;
+use crate::deliver;
 use crate::engine::{self, EngineOptions, ModuleCache};
 use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
@@ -203,11 +204,7 @@ impl Runtime {
         let host = capabilities::grant(job)?;
         let prepared = self.prepare(job)?;
         let module = self.load(&job.module.bytes, &job.entry)?;
-        let dest = match dest {
-            Destination::At(p) => p.clone(),
-            Destination::Under(d) => unused_folder(d, &prepared.job_id)?,
-        };
-        check_destination(&dest)?;
+        deliver::check(dest)?;
 
         // The guest runs on a thread of its own with a fixed native stack, so the depth at
         // which it overflows ([`crate::engine::MAX_WASM_STACK`]) never depends on the
@@ -222,37 +219,16 @@ impl Runtime {
                 .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
         })?;
 
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(|e| RunError::io(format!("creating {}", parent.display()), e))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".detwasm-staging-")
-            .tempdir_in(parent)
-            .map_err(|e| {
-                RunError::io(
-                    format!("creating a staging folder in {}", parent.display()),
-                    e,
-                )
-            })?;
+        // Staged, fsynced and renamed into place (see [`crate::deliver`]).
         let trap = outcome.message(&job.limits);
-        write_results(staging.path(), job, &host, &outcome, trap.as_deref())?;
-        let cid = results::cid_of_dir(
-            staging.path(),
-            job.results.profile,
-            !job.results.skip_hidden,
-        )?;
-        // Deliver: rename the complete folder into place (replacing an empty directory).
-        let staged = staging.keep();
-        if let Err(e) = std::fs::rename(&staged, &dest) {
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(RunError::io(
-                format!("moving results into {}", dest.display()),
-                e,
-            ));
-        }
+        let (dest, cid) = deliver::deliver(dest, &prepared.job_id, |staging| {
+            let named = match dest {
+                Destination::At(p) => p.clone(),
+                Destination::Under(d) => d.join(&prepared.job_id),
+            };
+            deliver::write_results(staging, &named, job, &host, &outcome, trap.as_deref())?;
+            results::cid_of_dir(staging, job.results.profile, !job.results.skip_hidden)
+        })?;
 
         let id = &prepared.identity;
         Ok(Receipt {
@@ -363,19 +339,14 @@ impl Runtime {
 
         let remaining = store.get_fuel().unwrap_or(0);
         let instructions = job.limits.fuel.saturating_sub(remaining);
-        let outcome = match &result {
-            Ok(()) => Outcome::Exited(0),
-            Err(e) => classify(e),
-        };
         let ctx = store.into_data();
         if let Some(failure) = ctx.limits.host_failure {
             return Err(RunError::HostFailure(failure));
         }
-        if let Err(e) = &result {
-            if let Some(Fatal::Host(failure)) = e.downcast_ref::<Fatal>() {
-                return Err(RunError::HostFailure(failure.clone()));
-            }
-        }
+        let outcome = match &result {
+            Ok(()) => Outcome::Exited(0),
+            Err(e) => classify(e, ctx.limits.denied).map_err(RunError::HostFailure)?,
+        };
         ctx.host
             .vfs
             .inputs_unchanged()
@@ -384,25 +355,35 @@ impl Runtime {
     }
 }
 
-fn classify(e: &wasmtime::Error) -> Outcome {
+/// How a run that did not return ended, or `Err` with the reason when the end was the
+/// host's doing and so is no outcome of the job: a host function's [`Fatal::Host`], or
+/// an error that is neither a trap nor one of our own ends while the limiter refused
+/// nothing (at instantiation: the host could not map the module's memories or tables).
+/// An instantiation the limiter refused (`denied`: initial memories above the job's
+/// limit) is a deterministic outcome, recorded as a trap. Rejected: recording every
+/// error as a trap, which made an `mmap` refused by this host a verifiable result.
+fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
     if let Some(f) = e.downcast_ref::<Fatal>() {
         return match f {
-            Fatal::Exit(c) => Outcome::Exited(*c),
-            Fatal::OutputQuota => Outcome::OutputQuota,
-            Fatal::OutOfFuel => Outcome::OutOfFuel,
-            // Turned into a run error by `execute` before an outcome is recorded.
-            Fatal::Host(m) => Outcome::Trap(m.clone()),
+            Fatal::Exit(c) => Ok(Outcome::Exited(*c)),
+            Fatal::OutputQuota => Ok(Outcome::OutputQuota),
+            Fatal::OutOfFuel => Ok(Outcome::OutOfFuel),
+            Fatal::Guest(m) => Ok(Outcome::Trap(m.clone())),
+            Fatal::Host(m) => Err(m.clone()),
         };
     }
     if let Some(t) = e.downcast_ref::<Trap>() {
-        return match t {
+        return Ok(match t {
             Trap::OutOfFuel => Outcome::OutOfFuel,
             Trap::Interrupt => Outcome::Timeout,
             // The trap code's text only: deterministic (no host addresses or backtrace).
             other => Outcome::Trap(other.to_string()),
-        };
+        });
     }
-    Outcome::Trap(format!("{e}"))
+    if denied {
+        return Ok(Outcome::Trap(format!("{e}")));
+    }
+    Err(format!("{e:#}"))
 }
 
 fn same_func_type(params: &[ValType], results: &[ValType], have: &FuncType) -> bool {
@@ -419,70 +400,4 @@ fn dummy_ctx() -> Ctx {
         limits: JobLimiter::new(0),
         memory: None,
     }
-}
-
-/// The first of `dir/name`, `dir/name-2`, `dir/name-3`, … that does not exist yet.
-fn unused_folder(dir: &Path, name: &str) -> Result<PathBuf, RunError> {
-    let mut n = 1u32;
-    loop {
-        let candidate = match n {
-            1 => dir.join(name),
-            _ => dir.join(format!("{name}-{n}")),
-        };
-        match std::fs::symlink_metadata(&candidate) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(candidate),
-            Err(e) => return Err(RunError::io(format!("checking {}", candidate.display()), e)),
-            Ok(_) => n += 1,
-        }
-    }
-}
-
-fn check_destination(dest: &Path) -> Result<(), RunError> {
-    match std::fs::symlink_metadata(dest) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RunError::io(format!("checking {}", dest.display()), e)),
-        Ok(m) if m.is_dir() => {
-            let mut it = std::fs::read_dir(dest)
-                .map_err(|e| RunError::io(format!("reading {}", dest.display()), e))?;
-            if it.next().is_none() {
-                Ok(())
-            } else {
-                Err(RunError::OutputExists(dest.to_path_buf()))
-            }
-        }
-        Ok(_) => Err(RunError::OutputExists(dest.to_path_buf())),
-    }
-}
-
-fn write_results(
-    dir: &Path,
-    job: &Job,
-    host: &wasi::host::WasiHost,
-    outcome: &Outcome,
-    trap: Option<&str>,
-) -> Result<(), RunError> {
-    let io = |what: &str| {
-        let what = format!("writing {what} of the results");
-        move |e| RunError::io(what, e)
-    };
-    std::fs::write(dir.join("stdout"), &host.stdout).map_err(io("stdout"))?;
-    let mut stderr = host.stderr.clone();
-    if let Some(t) = trap {
-        if !stderr.is_empty() && !stderr.ends_with(b"\n") {
-            stderr.push(b'\n');
-        }
-        stderr.extend_from_slice(format!("detwasm: {t}\n").as_bytes());
-    }
-    std::fs::write(dir.join("stderr"), &stderr).map_err(io("stderr"))?;
-    std::fs::write(dir.join("exitCode"), outcome.exit_code().to_string())
-        .map_err(io("exitCode"))?;
-    let first_output = job.inputs.len();
-    for (i, out) in job.outputs.iter().enumerate() {
-        let d = dir.join(&out.name);
-        std::fs::create_dir(&d).map_err(io(&out.name))?;
-        host.vfs
-            .export(first_output + i, &d)
-            .map_err(io(&out.name))?;
-    }
-    Ok(())
 }

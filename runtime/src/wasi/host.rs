@@ -34,6 +34,9 @@ pub enum Fatal {
     OutputQuota,
     /// The host work of a call was charged as fuel and the budget ran out.
     OutOfFuel,
+    /// The guest broke a rule of the ABI that leaves no errno to return (it calls WASI
+    /// but exports no memory): ends the run like a trap, deterministically.
+    Guest(String),
     /// The host failed (an input could not be read, changed under the guest, …): the run
     /// is an error, never a verifiable guest outcome.
     Host(String),
@@ -45,7 +48,7 @@ impl std::fmt::Display for Fatal {
             Fatal::Exit(c) => write!(f, "exit with code {c}"),
             Fatal::OutputQuota => f.write_str("output quota exceeded"),
             Fatal::OutOfFuel => f.write_str("out of fuel"),
-            Fatal::Host(m) => f.write_str(m),
+            Fatal::Guest(m) | Fatal::Host(m) => f.write_str(m),
         }
     }
 }

@@ -50,9 +50,9 @@ fn dispatch(
                 m
             }
             _ => {
-                return Err(wasmtime::Error::msg(
-                    "the module calls WASI but exports no memory named `memory`",
-                ))
+                return Err(wasmtime::Error::new(host::Fatal::Guest(
+                    "the module calls WASI but exports no memory named `memory`".into(),
+                )))
             }
         },
     };
