@@ -45,6 +45,14 @@ pub const MAX_WASM_STACK: usize = 1 << 20;
 /// - `max_wasm_stack`: pinned (see [`MAX_WASM_STACK`]).
 /// - wasm features pinned one by one, so a wasmtime default changing cannot change which
 ///   modules validate.
+/// - the rules of the runtime's own host that decide outcomes and instruction counts:
+///   `wasi_host` names the version of detwasm's preview1 semantics (bumped when an errno
+///   or a limit a guest can observe changes), `host_fuel_bytes` the fuel charged for host
+///   work ([`crate::wasi::host::HOST_BYTES_PER_FUEL`]), `table_element_bytes` what a table
+///   element costs against the memory limit ([`crate::limiter::TABLE_ELEMENT_BYTES`]),
+///   `output_entry_overhead` what an output entry costs against the output quota
+///   ([`crate::wasi::vfs::ENTRY_OVERHEAD`]). Two detwasm builds that disagree on any of
+///   them disagree on the job id, never silently on the instruction count.
 pub const ENGINE_SETTINGS: &str = "\
 format=detwasm-engine-1
 wasmtime=48.0.8
@@ -71,6 +79,10 @@ component_model=false
 fuel=true
 epoch_interruption=true
 max_wasm_stack=1048576
+wasi_host=detwasm-preview1-2
+host_fuel_bytes=64
+table_element_bytes=8
+output_entry_overhead=256
 ";
 
 /// Options that do not change results (and so are not in the fingerprint).
@@ -568,10 +580,15 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:bc154b81215eaf11020f1174ed7d6f0648ff509347a5c92cee81e5309e0fba31"
+            "blake3:86b3d2a1b94675df738085e31616b1bf6f371cc11e56ee5b23ee9b0c7d5807a8"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
+        use crate::{limiter::TABLE_ELEMENT_BYTES, wasi::host::HOST_BYTES_PER_FUEL};
+        assert!(ENGINE_SETTINGS.contains(&format!("host_fuel_bytes={HOST_BYTES_PER_FUEL}\n")));
+        assert!(ENGINE_SETTINGS.contains(&format!("table_element_bytes={TABLE_ELEMENT_BYTES}\n")));
+        let overhead = crate::wasi::vfs::ENTRY_OVERHEAD;
+        assert!(ENGINE_SETTINGS.contains(&format!("output_entry_overhead={overhead}\n")));
     }
 
     #[test]
