@@ -112,7 +112,8 @@ pub struct Receipt {
     pub trap: Option<String>,
     /// Fuel consumed: the instruction count a verifier compares. wasmtime charges one
     /// unit per WebAssembly operator, except a few that compile to nothing (`nop`,
-    /// `drop`, `block`, `loop`, `end`, …); host calls cost their call instruction only.
+    /// `drop`, `block`, `loop`, `end`, …); host calls cost their call instruction plus the
+    /// host work they do (see `wasi::host::HOST_BYTES_PER_FUEL`).
     /// A run that exhausts its budget reports exactly the budget.
     pub instructions: u64,
     /// False after a wall-clock timeout.
