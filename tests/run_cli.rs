@@ -320,3 +320,69 @@ fn a_module_cache_other_users_can_write_is_ignored_with_a_warning() {
         "nothing was written to the untrusted cache"
     );
 }
+
+/// `detwasm` with writes to files limited to `bytes` (RLIMIT_FSIZE): a write beyond fails
+/// with EFBIG (SIGXFSZ ignored), as a full disk fails with ENOSPC — without root or a
+/// real full filesystem.
+fn with_file_size_limit(mut cmd: Command, bytes: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn staging_folders(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".detwasm-staging-"))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_while_writing_results_leaves_nothing_and_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("res");
+    // The guest writes 4 MB to /outputs/big.bin (in memory, within its quota); the host
+    // can then write only 1 MiB per file. (Not much less: wasmtime sizes memfd-backed
+    // memory images with ftruncate, which the same limit applies to.)
+    for explicit in [true, false] {
+        let mut cmd = detwasm();
+        cmd.current_dir(t.path()).args(["run", "--no-cache"]);
+        if explicit {
+            cmd.arg("-o").arg(&dest);
+        }
+        cmd.arg(fixture("probe.wasm"))
+            .args(["--", "write", "4000000"]);
+        let out = with_file_size_limit(cmd, 1 << 20).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("writing results into "), "{err}");
+        assert!(err.contains("File too large (os error 27)"), "{err}");
+        assert!(err.contains("nothing was delivered"), "{err}");
+        if explicit {
+            assert!(err.contains(&dest.display().to_string()), "{err}");
+        }
+        assert!(out.stdout.is_empty(), "no CID is printed");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dest.exists(), "no results folder");
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "nothing at all remains, no staging folder: {:?}",
+            staging_folders(t.path())
+        );
+    }
+}

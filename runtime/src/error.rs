@@ -51,6 +51,14 @@ pub enum RunError {
     Input { path: PathBuf, reason: String },
     #[error("results directory `{}` already exists and is not empty", .0.display())]
     OutputExists(PathBuf),
+    /// Writing the results failed (a full disk, a file size limit, two output names the
+    /// filesystem takes for one): a host failure, never a guest outcome. The partial
+    /// staging folder was removed.
+    #[error("writing results into {}: {cause} (nothing was delivered)", dest.display())]
+    WriteResults {
+        dest: PathBuf,
+        cause: std::io::Error,
+    },
     /// The cause is part of the message and deliberately not `source()`, so that a chain
     /// printer (anyhow's `{:#}`) shows it once.
     #[error("{context}: {cause}")]

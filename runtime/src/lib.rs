@@ -23,6 +23,7 @@
 //! [`capabilities`]; limits in [`job::Limits`].
 
 pub mod capabilities;
+pub mod deliver;
 pub mod engine;
 pub mod error;
 pub mod job;

@@ -1,0 +1,532 @@
+//! Delivering a results directory: staging it, syncing it to disk and publishing it under
+//! its final name in one atomic step.
+//!
+//! What it is for: whoever looks at a results folder (a user, a verifier, a mediator
+//! hashing it) sees either nothing or the complete results of one run — never a
+//! half-written folder, never two runs mixed, never an earlier result overwritten — even
+//! when the disk fills up, the process is killed, the machine loses power, or several
+//! runs of the same job deliver into one folder at once. What it is not: the results'
+//! contents (stdout, stderr, exitCode and the output volumes are decided by the run; the
+//! volumes' files are written by [`crate::wasi::vfs::Vfs::export`]) nor their CID
+//! ([`crate::results`]).
+//!
+//! The steps, each with its reason:
+//! 1. Staging folders that killed runs left behind in the destination's parent are
+//!    removed ([`remove_stale_staging`]).
+//! 2. The results are written into a fresh staging folder
+//!    `.detwasm-staging-<pid>-<random>` in the destination's parent (the same filesystem,
+//!    so the final rename is atomic), every file created with `create_new` and every
+//!    folder with `create_dir`, so that two names the filesystem takes for one (`A` and
+//!    `a` on a case-insensitive filesystem) are an error instead of one overwriting the
+//!    other. Any failure (a full disk, a file size limit) removes the staging folder and
+//!    is a run error ([`RunError::WriteResults`]): a host failure, never a guest outcome.
+//! 3. Every file and folder in staging is fsynced, then the staging folder is renamed to
+//!    its final name ([`publish`]), then the parent folder is fsynced: after a crash the
+//!    final name holds the complete results or does not exist. Rejected: syncing only the
+//!    parent (a rename can reach the disk before the data it names).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::RunError;
+use crate::job::Job;
+use crate::receipt::Outcome;
+use crate::run::Destination;
+use crate::wasi;
+
+/// Start of every staging folder's name; the creating process's pid follows.
+pub const STAGING_PREFIX: &str = ".detwasm-staging-";
+
+/// Most `<job id>-<n>` names tried for [`Destination::Under`] before giving up.
+const MAX_SUFFIX: u32 = 100_000;
+
+/// Checks before a run that a results folder can be delivered to `dest`, so that a job
+/// is not run for nothing: [`Destination::At`] must not exist or be an empty folder.
+/// ([`Destination::Under`] always finds a free name at delivery.)
+pub fn check(dest: &Destination) -> Result<(), RunError> {
+    match dest {
+        Destination::At(p) => check_destination(p),
+        Destination::Under(_) => Ok(()),
+    }
+}
+
+/// Writes the results with `write` into a staging folder, syncs and publishes them at
+/// `dest` (for [`Destination::Under`], `<job id>`, else `<job id>-2`, `-3`, …). Returns
+/// the folder the results were delivered to and `write`'s value (computed on the staged,
+/// complete folder, e.g. its CID). On `Err` nothing was delivered and no staging folder
+/// remains.
+pub fn deliver<T>(
+    dest: &Destination,
+    job_id: &str,
+    write: impl FnOnce(&Path) -> Result<T, RunError>,
+) -> Result<(PathBuf, T), RunError> {
+    let (parent, named) = match dest {
+        Destination::At(p) => (
+            p.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            p.clone(),
+        ),
+        Destination::Under(d) => (d.clone(), d.join(job_id)),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| RunError::io(format!("creating {}", parent.display()), e))?;
+    remove_stale_staging(&parent);
+    // Removed on every early return below (the TempDir guard), so a failed delivery
+    // leaves nothing behind.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            RunError::io(
+                format!("creating a staging folder in {}", parent.display()),
+                e,
+            )
+        })?;
+    let value = write(staging.path())?;
+    sync_tree(staging.path()).map_err(|cause| RunError::WriteResults {
+        dest: named.clone(),
+        cause,
+    })?;
+    let delivered = match dest {
+        Destination::At(p) => {
+            publish_at(staging.path(), p)?;
+            p.clone()
+        }
+        Destination::Under(d) => publish_under(staging.path(), d, job_id)?,
+    };
+    // The staging path is now the results folder: only forget the guard.
+    let _ = staging.keep();
+    sync_dir(&parent).map_err(|e| RunError::io(format!("syncing {}", parent.display()), e))?;
+    Ok((delivered, value))
+}
+
+/// Writes the results directory of a run into `dir` (an empty staging folder): `stdout`,
+/// `stderr` (with detwasm's line saying why the run ended, if it did not exit),
+/// `exitCode`, and one folder per output volume. Errors are
+/// [`RunError::WriteResults`] naming `dest`, the folder the results were meant for.
+pub fn write_results(
+    dir: &Path,
+    dest: &Path,
+    job: &Job,
+    host: &wasi::host::WasiHost,
+    outcome: &Outcome,
+    trap: Option<&str>,
+) -> Result<(), RunError> {
+    let failed = |cause| RunError::WriteResults {
+        dest: dest.to_path_buf(),
+        cause,
+    };
+    write_new(&dir.join("stdout"), &host.stdout).map_err(failed)?;
+    let mut stderr = host.stderr.clone();
+    if let Some(t) = trap {
+        if !stderr.is_empty() && !stderr.ends_with(b"\n") {
+            stderr.push(b'\n');
+        }
+        stderr.extend_from_slice(format!("detwasm: {t}\n").as_bytes());
+    }
+    write_new(&dir.join("stderr"), &stderr).map_err(failed)?;
+    write_new(
+        &dir.join("exitCode"),
+        outcome.exit_code().to_string().as_bytes(),
+    )
+    .map_err(failed)?;
+    let first_output = job.inputs.len();
+    for (i, out) in job.outputs.iter().enumerate() {
+        let d = dir.join(&out.name);
+        std::fs::create_dir(&d)
+            .map_err(|e| named(&d, e))
+            .map_err(failed)?;
+        host.vfs.export(first_output + i, &d).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist: `create_new`, i.e. `O_EXCL`) with `data`.
+pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| named(path, e))?;
+    f.write_all(data).map_err(|e| named(path, e))
+}
+
+/// `e` with `path` in its message (and a hint when the name is taken).
+fn named(path: &Path, e: io::Error) -> io::Error {
+    let msg = if e.kind() == io::ErrorKind::AlreadyExists {
+        format!(
+            "{} already exists: the filesystem takes two result names for one \
+             (case-insensitive?)",
+            path.display()
+        )
+    } else {
+        format!("{}: {e}", path.display())
+    };
+    io::Error::new(e.kind(), msg)
+}
+
+/// `dest` must not exist, or be an empty folder.
+fn check_destination(dest: &Path) -> Result<(), RunError> {
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RunError::io(format!("checking {}", dest.display()), e)),
+        Ok(m) if m.is_dir() => {
+            let mut it = std::fs::read_dir(dest)
+                .map_err(|e| RunError::io(format!("reading {}", dest.display()), e))?;
+            if it.next().is_none() {
+                Ok(())
+            } else {
+                Err(RunError::OutputExists(dest.to_path_buf()))
+            }
+        }
+        Ok(_) => Err(RunError::OutputExists(dest.to_path_buf())),
+    }
+}
+
+/// Removes the staging folders in `parent` whose creating process is gone: named
+/// `.detwasm-staging-<pid>-…` with a `pid` for which `kill(pid, 0)` says `ESRCH` (no
+/// such process). A killed run (SIGKILL, a power cut) cannot clean up after itself, and
+/// its staging folder, never renamed into place, is garbage: no one else writes there.
+/// Errors are ignored: cleaning up never fails a run.
+///
+/// Caveats, all of which err on the side of keeping a folder or failing loudly:
+/// - pid reuse: if the dead run's pid now belongs to another process, its folder is kept
+///   until that process is gone too (a leak, never a removal of live work);
+/// - `EPERM` (a process of another user has that pid) counts as alive;
+/// - a parent shared across pid namespaces or hosts (containers, NFS) can make a live
+///   run's pid look dead here; that run's final rename then fails and it reports an
+///   error — its results are lost, but nothing wrong is ever delivered.
+///
+/// Rejected: reusing stale folders (their content is of unknown completeness), and
+/// age-based removal (any age threshold is either too short for a slow delivery or too
+/// long to stop folders piling up).
+pub fn remove_stale_staging(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = staging_pid(name.as_bytes()) else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        // remove_dir_all does not follow symlinks: at worst a symlink is removed.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The pid in a staging folder's name `.detwasm-staging-<pid>-<random>`.
+fn staging_pid(name: &[u8]) -> Option<u32> {
+    let rest = name.strip_prefix(STAGING_PREFIX.as_bytes())?;
+    let end = rest.iter().position(|&b| b == b'-')?;
+    let digits = std::str::from_utf8(&rest[..end]).ok()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&p| p > 0)
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)` does not say `ESRCH`).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    !(r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+}
+
+/// fsyncs every file and folder under `root` (folders after their entries), and `root`.
+fn sync_tree(root: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| named(root, e))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(root).map_err(|e| named(root, e))? {
+            sync_tree(&entry.map_err(|e| named(root, e))?.path())?;
+        }
+        sync_dir(root).map_err(|e| named(root, e))
+    } else if meta.is_file() {
+        File::open(root)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| named(root, e))
+    } else {
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Renames `staging` to `dest`, which must not exist or be an empty folder (the rule of
+/// [`Destination::At`]). An empty folder is replaced atomically by `rename(2)`; one that
+/// became non-empty meanwhile is an error, never overwritten.
+fn publish_at(staging: &Path, dest: &Path) -> Result<(), RunError> {
+    match rename_noreplace(staging, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if taken(&e) => match std::fs::rename(staging, dest) {
+            Ok(()) => Ok(()),
+            Err(e) if taken(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(RunError::OutputExists(dest.to_path_buf()))
+            }
+            Err(e) => Err(RunError::io(
+                format!("moving results into {}", dest.display()),
+                e,
+            )),
+        },
+        Err(e) => Err(RunError::io(
+            format!("moving results into {}", dest.display()),
+            e,
+        )),
+    }
+}
+
+/// Renames `staging` to the first free name of `dir/job_id`, `dir/job_id-2`, … and
+/// returns it. Two runs of one job delivering at once both succeed, with different
+/// names: the rename itself claims the name (no replace), so there is no window between
+/// choosing a name and taking it. Rejected: checking for a free name and then renaming
+/// (two runs pick the same name; plain `rename` even replaces an empty folder).
+fn publish_under(staging: &Path, dir: &Path, job_id: &str) -> Result<PathBuf, RunError> {
+    for n in 1..=MAX_SUFFIX {
+        let candidate = match n {
+            1 => dir.join(job_id),
+            _ => dir.join(format!("{job_id}-{n}")),
+        };
+        match rename_noreplace(staging, &candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if taken(&e) => continue,
+            Err(e) => {
+                return Err(RunError::io(
+                    format!("moving results into {}", candidate.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    Err(RunError::io(
+        format!(
+            "moving results into {}",
+            dir.join(format!("{job_id}-{MAX_SUFFIX}")).display()
+        ),
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "every name up to this one is taken",
+        ),
+    ))
+}
+
+/// The target name is taken (`EEXIST`, or `ENOTEMPTY` for a folder).
+fn taken(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AlreadyExists
+        || e.raw_os_error() == Some(libc::EEXIST)
+        || e.raw_os_error() == Some(libc::ENOTEMPTY)
+}
+
+/// Renames `from` to `to` unless `to` exists (then `EEXIST`), atomically.
+///
+/// On Linux this is `renameat2(RENAME_NOREPLACE)`, called as a raw system call so that
+/// it works with any C library (glibc gained the wrapper only in 2.28). When the
+/// filesystem or kernel does not offer it (`EINVAL`: e.g. some network and FUSE
+/// filesystems; `ENOSYS`: kernels before 3.15), and on other systems, the name is claimed
+/// with `mkdir` (which fails with `EEXIST` if taken, atomically, on every filesystem) and
+/// the staging folder then renamed over that empty folder. The fallback has a window in
+/// which the name is an empty folder, and a writer that is not detwasm could fill it
+/// first (the rename then fails with `ENOTEMPTY`, reported, never an overwrite).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+        };
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+            return Err(e);
+        }
+    }
+    claim_then_rename(from, to)
+}
+
+/// The fallback of [`rename_noreplace`]: claim `to` with `mkdir`, then rename over it.
+fn claim_then_rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir(to)?;
+    std::fs::rename(from, to).inspect_err(|_| {
+        let _ = std::fs::remove_dir(to);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+    use crate::run::Runtime;
+
+    fn runtime() -> Runtime {
+        Runtime::new(EngineOptions {
+            cache_dir: None,
+            parallel_compilation: false,
+        })
+        .unwrap()
+    }
+
+    /// A command that writes "hi\n" to stdout.
+    fn hello() -> Job {
+        Job::new(
+            br#"(module
+              (import "wasi_snapshot_preview1" "fd_write"
+                (func $w (param i32 i32 i32 i32) (result i32)))
+              (memory (export "memory") 1)
+              (data (i32.const 16) "hi\0a")
+              (func (export "_start")
+                (i32.store (i32.const 0) (i32.const 16))
+                (i32.store (i32.const 4) (i32.const 3))
+                (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#
+                .to_vec(),
+        )
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn concurrent_runs_of_one_job_into_one_folder_all_deliver() {
+        let rt = runtime();
+        let t = tempfile::tempdir().unwrap();
+        let job = hello();
+        let receipts: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| rt.run(&job, &Destination::Under(t.path().into()))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let receipts: Vec<_> = receipts.into_iter().map(|r| r.unwrap()).collect();
+        let id = &receipts[0].job_id;
+        let mut dirs: Vec<_> = receipts.iter().map(|r| r.results_dir.clone()).collect();
+        dirs.sort();
+        dirs.dedup();
+        assert_eq!(dirs.len(), 4, "distinct folders: {dirs:?}");
+        assert!(receipts.iter().all(|r| r.cid == receipts[0].cid));
+        let mut want = vec![id.clone()];
+        want.extend((2..=4).map(|n| format!("{id}-{n}")));
+        want.sort();
+        assert_eq!(names(t.path()), want, "no staging folder left");
+        for d in &dirs {
+            assert_eq!(std::fs::read(Path::new(d).join("stdout")).unwrap(), b"hi\n");
+        }
+    }
+
+    #[test]
+    fn staging_folders_of_dead_runs_are_removed_and_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        // A pid that is certainly dead: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = t.path().join(format!("{STAGING_PREFIX}{dead}-abc123"));
+        std::fs::create_dir_all(stale.join("outputs")).unwrap();
+        std::fs::write(stale.join("stdout"), "half").unwrap();
+        // This process is alive (and so is pid 1).
+        let live = t
+            .path()
+            .join(format!("{STAGING_PREFIX}{}-xyz", std::process::id()));
+        std::fs::create_dir(&live).unwrap();
+        let init = t.path().join(format!("{STAGING_PREFIX}1-xyz"));
+        std::fs::create_dir(&init).unwrap();
+        let not_ours = t.path().join(".detwasm-staging-notapid");
+        std::fs::create_dir(&not_ours).unwrap();
+
+        let r = runtime()
+            .run(&hello(), &Destination::Under(t.path().into()))
+            .unwrap();
+        assert!(!stale.exists(), "a dead run's staging folder was removed");
+        assert!(live.exists() && init.exists() && not_ours.exists());
+        assert!(Path::new(&r.results_dir).join("exitCode").is_file());
+    }
+
+    #[test]
+    fn staging_names_carry_the_pid() {
+        assert_eq!(staging_pid(b".detwasm-staging-1234-aBc9"), Some(1234));
+        assert_eq!(staging_pid(b".detwasm-staging-1234"), None);
+        assert_eq!(staging_pid(b".detwasm-staging--x"), None);
+        assert_eq!(staging_pid(b".detwasm-staging-+12-x"), None);
+        assert_eq!(staging_pid(b".detwasm-staging-0-x"), None);
+        assert_eq!(staging_pid(b"results-12-x"), None);
+    }
+
+    #[test]
+    fn delivering_at_a_folder_that_is_not_empty_fails_and_leaves_it_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("r");
+        std::fs::create_dir(&dest).unwrap();
+        let rt = runtime();
+        // An empty folder is replaced.
+        rt.run(&hello(), &Destination::At(dest.clone())).unwrap();
+        assert_eq!(std::fs::read(dest.join("stdout")).unwrap(), b"hi\n");
+        // A full one is refused before the run, and by the publish step itself.
+        let e = rt
+            .run(&hello(), &Destination::At(dest.clone()))
+            .unwrap_err();
+        assert!(matches!(e, RunError::OutputExists(_)), "{e}");
+        let staging = tempfile::tempdir_in(t.path()).unwrap();
+        let e = publish_at(staging.path(), &dest).unwrap_err();
+        assert!(matches!(e, RunError::OutputExists(_)), "{e}");
+        assert_eq!(std::fs::read(dest.join("stdout")).unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn names_a_filesystem_takes_for_one_are_an_error_not_an_overwrite() {
+        let t = tempfile::tempdir().unwrap();
+        // What a case-insensitive filesystem does with `a` after `A`: the name exists.
+        std::fs::write(t.path().join("A"), "first").unwrap();
+        let e = write_new(&t.path().join("A"), b"second").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(e.to_string().contains("case-insensitive"), "{e}");
+        assert_eq!(std::fs::read(t.path().join("A")).unwrap(), b"first");
+    }
+
+    #[test]
+    fn the_fallback_publish_never_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), "x").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let e = claim_then_rename(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(b.exists() && a.join("f").exists());
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert!(taken(&e), "{e}");
+        std::fs::remove_dir(&b).unwrap();
+        claim_then_rename(&a, &b).unwrap();
+        assert!(b.join("f").exists() && !a.exists());
+    }
+}
