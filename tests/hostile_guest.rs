@@ -595,3 +595,38 @@ fn a_memory_the_host_cannot_map_is_a_host_failure() {
     assert!(stdout.is_empty());
     assert!(!dir.path().join("results").exists());
 }
+
+/// An input given as a symlink to a folder: the guest sees the folder's tree, and the
+/// receipt's input CID is that tree's CID (what `detwasm hash --hidden` prints for the
+/// folder), not the CID of a UnixFS symlink node.
+#[test]
+fn a_symlinked_input_root_hashes_the_tree_the_guest_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::fs::write(dir.path().join("real/a"), b"alpha").unwrap();
+    std::fs::write(dir.path().join("real/.hidden"), b"seen too").unwrap();
+    std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+    std::fs::write(
+        dir.path().join("m.wat"),
+        module(1, "", "    (call $exit (i32.const 0))"),
+    )
+    .unwrap();
+    let (code, stderr, stdout) = run_limited(
+        dir.path(),
+        &["run", "m.wat", "--input", "link", "--json", "-o", "results"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let receipt: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    let hashed = Command::new(env!("CARGO_BIN_EXE_detwasm"))
+        .args(["hash", "--hidden"])
+        .arg(dir.path().join("real"))
+        .output()
+        .unwrap();
+    let tree_cid = String::from_utf8(hashed.stdout).unwrap();
+    assert_eq!(
+        receipt["job"]["inputs"][0]["cid"],
+        tree_cid.trim(),
+        "{receipt}"
+    );
+}
