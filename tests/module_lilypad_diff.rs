@@ -68,7 +68,8 @@ const EVERY_CONSTRUCT: &str = r#"{{- /* every construct */ -}}
   "print": "{{print 1 2 "x" 3}}",
   "literals": "{{"s\t"}}{{`raw`}}{{3}}{{-1}}{{1.5}}{{true}}{{0x10}}",
   "trim": "a   {{- .A -}}   b",
-  "nested_with": "{{with .A}}{{with .}}{{len .}}{{end}}{{end}}"
+  "nested_with": "{{with .A}}{{with .}}{{len .}}{{end}}{{end}}",
+  "huge_widths": "{{printf "%999999999999d|gone" 1}} {{printf "%.99999999s" "x"}} {{printf "%*d" 99999999 1}} {{printf "%.*s" -1 "abc"}} {{printf "%*d|" -3 7}} {{printf "%5." 1}} {{printf "%-4z" 3}} {{len (printf "%1000001d" 1)}}"
 }
 "#;
 

@@ -87,6 +87,14 @@ fn storage(o: &Obj) -> Result<Storage, SpecError> {
     })
 }
 
+/// The longest `Timeout` a spec may ask for: one year, in seconds.
+///
+/// `Duration::from_secs_f64` panics on values past `u64::MAX` seconds and the runtime's
+/// `Instant::now() + timeout` panics on overflow long before that, so a number from spec
+/// bytes must be bounded before it becomes a `Duration`. A wall-clock safety net longer
+/// than a year protects nothing, and Lilypad modules ask for minutes.
+pub const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Parses a size as Bacalhau does (`github.com/c2h5oh/datasize`): a number and an
 /// optional unit B, K/KB, M/MB, G/GB, T/TB (case-insensitive, optional trailing `b`/`ib`),
 /// all binary multiples: `"100Mb"` is 100 MiB.
@@ -180,6 +188,8 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
             "detwasm runs WebAssembly on the CPU only",
         ));
     }
+    // parse_datasize refuses what does not fit in u64; a larger limit than the CLI's is
+    // harmless (the CLI keeps the smaller of the two).
     let memory_text = resources.string("Memory").map_err(field_error)?;
     let memory = if memory_text.is_empty() {
         None
@@ -196,12 +206,16 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
     let timeout = match spec.number("Timeout").map_err(field_error)? {
         None => None,
         Some(0.0) => None,
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) if t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS => {
+            Some(Duration::from_secs_f64(t))
+        }
         Some(t) => {
             return Err(SpecError::BadValue {
                 path: "job.Spec.Timeout".into(),
                 value: t.to_string(),
-                hint: "a positive number of seconds".into(),
+                hint: format!(
+                    "a positive number of seconds, at most {MAX_TIMEOUT_SECS} (one year)"
+                ),
             })
         }
     };
@@ -405,5 +419,52 @@ mod tests {
         assert_eq!(parse_datasize("2 GiB"), Some(2 << 30));
         assert_eq!(parse_datasize("1.5k"), Some(1536));
         assert_eq!(parse_datasize("lots"), None);
+    }
+
+    #[test]
+    fn huge_numbers_are_refused_naming_the_field() {
+        for t in ["1e300", "18446744073709551616", "-1", "31536001", "1e19"] {
+            let e =
+                parse_rendered(&COWSAY.replace(r#""Timeout":1800"#, &format!(r#""Timeout":{t}"#)))
+                    .unwrap_err();
+            assert!(e.to_string().contains("job.Spec.Timeout"), "{t}: {e}");
+        }
+        let s =
+            parse_rendered(&COWSAY.replace(r#""Timeout":1800"#, r#""Timeout":31536000"#)).unwrap();
+        assert_eq!(s.timeout, Some(Duration::from_secs(31_536_000)));
+        for m in [
+            "99999999999999999999T",
+            "1e30",
+            "18446744073709551616",
+            "-5Mb",
+            "NaN",
+        ] {
+            let e = parse_rendered(&COWSAY.replace(r#""100Mb""#, &format!("{m:?}"))).unwrap_err();
+            assert!(
+                e.to_string().contains("job.Spec.Resources.Memory"),
+                "{m}: {e}"
+            );
+        }
+        // A number JSON cannot hold as a float is a JSON error, not a panic.
+        let e =
+            parse_rendered(&COWSAY.replace(r#""Timeout":1800"#, r#""Timeout":1e400"#)).unwrap_err();
+        assert!(matches!(e, SpecError::Json { .. }), "{e}");
+    }
+
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+        for depth in [200, 100_000] {
+            let text = format!(r#"{{"job":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            let e = parse_rendered(&text).unwrap_err();
+            assert!(e.to_string().contains("recursion limit"), "{e}");
+            let text = format!(
+                r#"{{"job":{}1{}}}"#,
+                r#"{"a":"#.repeat(depth),
+                "}".repeat(depth)
+            );
+            assert!(matches!(parse_rendered(&text), Err(SpecError::Json { .. })));
+        }
+        let ok = format!(r#"{{"machine":{}{}}}"#, "[".repeat(100), "]".repeat(100));
+        assert!(!matches!(parse_rendered(&ok), Err(SpecError::Json { .. })));
     }
 }

@@ -14,6 +14,16 @@ const DAG_PB: u64 = 0x70;
 const RAW: u64 = 0x55;
 const SHA2_256: u64 = 0x12;
 
+/// The largest file extracted from a CAR: 1 GiB, the size of the largest module file
+/// read ([`super::resolve::MAX_MODULE_FILE`]).
+///
+/// A UnixFS DAG may link one block many times (a file of zeros legitimately does), so a
+/// CAR of a few kilobytes can describe a file of exabytes: the file is refused as soon
+/// as it would pass this size, and the blocks visited (each visit parses the block) may
+/// add up to at most twice this size, so a DAG of empty blocks linked a million times
+/// over is refused too. Each distinct block is hashed once, however often it is linked.
+pub const MAX_FILE: usize = 1 << 30;
+
 fn varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
@@ -31,13 +41,16 @@ fn varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
 fn read_cid(data: &[u8], pos: &mut usize) -> Result<cid::Cid, String> {
     let start = *pos;
     if data.get(start) == Some(&0x12) && data.get(start + 1) == Some(&0x20) {
-        *pos += 34;
+        *pos = start.checked_add(34).ok_or("truncated CID")?;
     } else {
         let _version = varint(data, pos)?;
         let _codec = varint(data, pos)?;
         let _hash = varint(data, pos)?;
-        let len = varint(data, pos)? as usize;
-        *pos += len;
+        let len = varint(data, pos)?;
+        *pos = usize::try_from(len)
+            .ok()
+            .and_then(|len| pos.checked_add(len))
+            .ok_or("truncated CID")?;
     }
     let bytes = data.get(start..*pos).ok_or("truncated CID")?;
     cid::Cid::try_from(bytes).map_err(|e| e.to_string())
@@ -50,11 +63,14 @@ type Blocks<'a> = HashMap<Vec<u8>, (cid::Cid, &'a [u8])>;
 /// needed: the CID wanted comes from the template).
 fn blocks(car: &[u8]) -> Result<Blocks<'_>, String> {
     let mut pos = 0;
-    let header_len = varint(car, &mut pos)? as usize;
-    pos += header_len;
+    let header_len = varint(car, &mut pos)?;
+    pos = usize::try_from(header_len)
+        .ok()
+        .and_then(|len| pos.checked_add(len))
+        .ok_or("truncated CAR header")?;
     let mut out = HashMap::new();
     while pos < car.len() {
-        let len = varint(car, &mut pos)? as usize;
+        let len = usize::try_from(varint(car, &mut pos)?).map_err(|_| "truncated block section")?;
         let end = pos
             .checked_add(len)
             .filter(|&e| e <= car.len())
@@ -93,7 +109,8 @@ fn pb_fields(data: &[u8]) -> Result<Vec<(u64, PbValue<'_>)>, String> {
         let value = match wire {
             0 => PbValue::Int(varint(data, &mut pos)?),
             2 => {
-                let len = varint(data, &mut pos)? as usize;
+                let len = usize::try_from(varint(data, &mut pos)?)
+                    .map_err(|_| "truncated protobuf field")?;
                 let end = pos
                     .checked_add(len)
                     .filter(|&e| e <= data.len())
@@ -114,21 +131,50 @@ enum PbValue<'a> {
     Bytes(&'a [u8]),
 }
 
+/// What one extraction may still do ([`MAX_FILE`]).
+struct Budget {
+    /// Bytes of blocks that may still be visited.
+    visits: usize,
+    /// Blocks already checked against their CID.
+    verified: std::collections::HashSet<Vec<u8>>,
+}
+
 fn assemble(
     cid: &cid::Cid,
     blocks: &Blocks<'_>,
     out: &mut Vec<u8>,
     depth: usize,
+    budget: &mut Budget,
 ) -> Result<(), String> {
     if depth > 64 {
         return Err("DAG too deep".into());
     }
+    let key = cid.to_bytes();
     let (_, block) = blocks
-        .get(&cid.to_bytes())
+        .get(&key)
         .ok_or_else(|| format!("block {cid} is missing from the CAR"))?;
-    verify(cid, block)?;
+    budget.visits = budget.visits.checked_sub(block.len() + 1).ok_or_else(|| {
+        format!(
+            "the DAG links its blocks too many times (over {} GiB of blocks to read)",
+            (2 * MAX_FILE) >> 30
+        )
+    })?;
+    if !budget.verified.contains(&key) {
+        verify(cid, block)?;
+        budget.verified.insert(key);
+    }
+    let extend = |out: &mut Vec<u8>, bytes: &[u8]| {
+        if out.len() + bytes.len() > MAX_FILE {
+            return Err(format!(
+                "the file is larger than {} GiB, detwasm's limit for a module",
+                MAX_FILE >> 30
+            ));
+        }
+        out.extend_from_slice(bytes);
+        Ok(())
+    };
     match cid.codec() {
-        RAW => out.extend_from_slice(block),
+        RAW => extend(out, block)?,
         DAG_PB => {
             let mut links = Vec::new();
             let mut data = None;
@@ -161,9 +207,9 @@ fn assemble(
                 Some(t) => return Err(format!("block {cid} is UnixFS type {t}, not a file")),
                 None => return Err(format!("block {cid} has no UnixFS type")),
             }
-            out.extend_from_slice(content);
+            extend(out, content)?;
             for link in &links {
-                assemble(link, blocks, out, depth + 1)?;
+                assemble(link, blocks, out, depth + 1, budget)?;
             }
         }
         other => {
@@ -183,7 +229,11 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
         return Ok(None);
     }
     let mut out = Vec::new();
-    assemble(want, &blocks, &mut out, 0)?;
+    let mut budget = Budget {
+        visits: 2 * MAX_FILE,
+        verified: Default::default(),
+    };
+    assemble(want, &blocks, &mut out, 0, &mut budget)?;
     Ok(Some(out))
 }
 

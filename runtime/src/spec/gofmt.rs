@@ -212,85 +212,196 @@ impl Directive {
     }
 }
 
-/// `fmt.Sprintf(format, args...)` for the verbs a template is likely to use: `%s %v %q
-/// %d %t %x %X %f %e %g %c %%`, with flags `-+0`, width and precision. Everything Go
-/// reports inline (a wrong type, a missing or an extra argument, a bad verb) is reported
-/// inline here too, in Go's words: `%!d(string=moo)`, `%!s(MISSING)`,
-/// `%!(EXTRA string=x)`, `%!z(int=3)`, `%!(NOVERB)`.
-pub fn sprintf(format: &str, args: &[Value]) -> String {
-    let mut out = String::new();
-    let mut next_arg = 0usize;
-    let mut chars = format.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let mut d = Directive::default();
-        while let Some(&f) = chars.peek() {
-            match f {
-                '-' => d.minus = true,
-                '+' => d.plus = true,
-                '0' => d.zero = !d.minus,
-                ' ' | '#' => {}
-                _ => break,
-            }
-            chars.next();
-        }
-        let mut width = String::new();
-        while let Some(&w) = chars.peek().filter(|w| w.is_ascii_digit()) {
-            width.push(w);
-            chars.next();
-        }
-        if !width.is_empty() {
-            d.width = width.parse().ok();
-        }
-        if chars.peek() == Some(&'.') {
-            chars.next();
-            let mut prec = String::new();
-            while let Some(&p) = chars.peek().filter(|p| p.is_ascii_digit()) {
-                prec.push(p);
-                chars.next();
-            }
-            d.precision = Some(prec.parse().unwrap_or(0));
-        }
-        let Some(verb) = chars.next() else {
-            out.push_str("%!(NOVERB)");
-            break;
-        };
-        if verb == '%' {
-            out.push('%');
-            continue;
-        }
-        let Some(arg) = args.get(next_arg) else {
-            let _ = write!(out, "%!{verb}(MISSING)");
-            continue;
-        };
-        next_arg += 1;
-        out.push_str(&format_one(verb, &d, arg));
-    }
-    if next_arg < args.len() {
-        out.push_str("%!(EXTRA ");
-        for (i, arg) in args[next_arg..].iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            match arg {
-                Value::Missing | Value::Nil => out.push_str("<nil>"),
-                other => {
-                    let _ = write!(out, "{}={}", type_name(other), sprint_value(other));
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
+/// Go's `tooLarge` (fmt/print.go): a width or precision whose magnitude is over 1e6 is
+/// not used. Go checks it before each digit it reads, so a literal width can still reach
+/// 10_000_009 (`%9999999d`, 7 digits) while an eighth digit gives `%!(NOVERB)`; a `*`
+/// argument over 1e6 gives `%!(BADWIDTH)` / `%!(BADPREC)`. This is what bounds the
+/// output of one verb, here as in Go.
+const TOO_LARGE: i64 = 1_000_000;
+
+fn too_large(x: i64) -> bool {
+    !(-TOO_LARGE..=TOO_LARGE).contains(&x)
 }
 
-fn bad_verb(verb: char, arg: &Value) -> String {
+/// Go's `parsenum`: the number at `b[start..]`, whether there was one, and where parsing
+/// stopped; a number that gets too large consumes the rest of the format, as in Go.
+fn parse_num(b: &[u8], start: usize) -> (i64, bool, usize) {
+    let (mut num, mut present, mut i) = (0i64, false, start);
+    while i < b.len() && b[i].is_ascii_digit() {
+        if too_large(num) {
+            return (0, false, b.len());
+        }
+        num = num * 10 + i64::from(b[i] - b'0');
+        present = true;
+        i += 1;
+    }
+    (num, present, i)
+}
+
+/// Go's `intFromArg`: the next argument as a `*` width or precision (an `int` not too
+/// large), consuming it if there is one.
+fn int_from_arg(args: &[Value], arg_num: &mut usize) -> (i64, bool) {
+    let Some(arg) = args.get(*arg_num) else {
+        return (0, false);
+    };
+    *arg_num += 1;
+    match arg {
+        Value::Int(n) if !too_large(*n) => (*n, true),
+        _ => (0, false),
+    }
+}
+
+/// The rendered text would be longer than the limit given to [`sprintf_limited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    pub limit: usize,
+}
+
+/// `fmt.Sprintf(format, args...)` for the verbs a template is likely to use: `%s %v %q
+/// %d %t %x %X %f %e %g %c %%`, with flags `-+0`, width and precision (literal or `*`).
+/// Everything Go reports inline (a wrong type, a missing or an extra argument, a bad
+/// verb, a width or precision too large) is reported inline here too, in Go's words:
+/// `%!d(string=moo)`, `%!s(MISSING)`, `%!(EXTRA string=x)`, `%!z(int=3)`,
+/// `%!(NOVERB)`, `%!(BADWIDTH)`, `%!(BADPREC)`.
+pub fn sprintf(format: &str, args: &[Value]) -> String {
+    // Without a limit the only error cannot happen; the empty string is never returned.
+    sprintf_limited(format, args, usize::MAX).unwrap_or_default()
+}
+
+/// [`sprintf`] that stops, before allocating, as soon as the text would exceed `limit`
+/// bytes (Go has no such limit: the template renderer uses it to bound its output).
+pub fn sprintf_limited(format: &str, args: &[Value], limit: usize) -> Result<String, TooLong> {
+    let b = format.as_bytes();
+    let end = b.len();
+    let mut out = String::new();
+    let push = |out: &mut String, s: &str| {
+        if out.len().saturating_add(s.len()) > limit {
+            return Err(TooLong { limit });
+        }
+        out.push_str(s);
+        Ok(())
+    };
+    let mut arg_num = 0usize;
+    let mut i = 0usize;
+    while i < end {
+        let last = i;
+        while i < end && b[i] != b'%' {
+            i += 1;
+        }
+        push(&mut out, &format[last..i])?;
+        if i >= end {
+            break;
+        }
+        i += 1;
+        let mut d = Directive::default();
+        while i < end {
+            match b[i] {
+                b'-' => {
+                    d.minus = true;
+                    d.zero = false;
+                }
+                b'+' => d.plus = true,
+                b'0' => d.zero = !d.minus,
+                b' ' | b'#' => {}
+                _ => break,
+            }
+            i += 1;
+        }
+        if i < end && b[i] == b'*' {
+            i += 1;
+            let (w, ok) = int_from_arg(args, &mut arg_num);
+            if !ok {
+                push(&mut out, "%!(BADWIDTH)")?;
+            }
+            if w < 0 {
+                d.minus = true;
+                d.zero = false;
+            }
+            d.width = ok.then_some(w.unsigned_abs() as usize);
+        } else {
+            let (w, present, next) = parse_num(b, i);
+            i = next;
+            d.width = present.then_some(w as usize);
+        }
+        // As in Go, a `.` is a precision only when something follows it.
+        if i + 1 < end && b[i] == b'.' {
+            i += 1;
+            if b[i] == b'*' {
+                i += 1;
+                let (p, ok) = int_from_arg(args, &mut arg_num);
+                let ok = ok && p >= 0;
+                if !ok {
+                    push(&mut out, "%!(BADPREC)")?;
+                }
+                d.precision = ok.then_some(p as usize);
+            } else {
+                let (p, present, next) = parse_num(b, i);
+                i = next;
+                d.precision = Some(if present { p as usize } else { 0 });
+            }
+        }
+        // `i` is at a character boundary: only ASCII bytes were skipped.
+        let Some(verb) = format.get(i..).and_then(|rest| rest.chars().next()) else {
+            push(&mut out, "%!(NOVERB)")?;
+            break;
+        };
+        i += verb.len_utf8();
+        if verb == '%' {
+            push(&mut out, "%")?;
+            continue;
+        }
+        let Some(arg) = args.get(arg_num) else {
+            push(&mut out, &format!("%!{verb}(MISSING)"))?;
+            continue;
+        };
+        arg_num += 1;
+        if verb == 'v' {
+            // `%+v` is Go's struct-field syntax, not a sign (Go moves plus to plusV).
+            d.plus = false;
+        }
+        // Padding and float digits are at least width / precision bytes: refuse them
+        // before they are allocated.
+        let room = limit.saturating_sub(out.len());
+        if d.width.unwrap_or(0) > room
+            || (matches!(verb, 'f' | 'e') && d.precision.unwrap_or(0) > room)
+        {
+            return Err(TooLong { limit });
+        }
+        push(&mut out, &format_one(verb, &d, arg))?;
+    }
+    if arg_num < args.len() {
+        let mut extra = String::from("%!(EXTRA ");
+        for (i, arg) in args[arg_num..].iter().enumerate() {
+            if i > 0 {
+                extra.push_str(", ");
+            }
+            match arg {
+                Value::Missing | Value::Nil => extra.push_str("<nil>"),
+                other => {
+                    let _ = write!(extra, "{}={}", type_name(other), sprint_value(other));
+                }
+            }
+            if extra.len() > limit {
+                return Err(TooLong { limit });
+            }
+        }
+        extra.push(')');
+        push(&mut out, &extra)?;
+    }
+    Ok(out)
+}
+
+/// Go's `badVerb`: the value is printed with `%v` under the directive's flags, width and
+/// precision (`%5z` of 3 is `%!z(int=    3)`).
+fn bad_verb(verb: char, d: &Directive, arg: &Value) -> String {
     match arg {
         Value::Missing | Value::Nil => format!("%!{verb}(<nil>)"),
-        other => format!("%!{verb}({}={})", type_name(other), sprint_value(other)),
+        other => {
+            let value = format_body('v', d, other)
+                .map(|body| d.pad(body))
+                .unwrap_or_else(|| sprint_value(other));
+            format!("%!{verb}({}={value})", type_name(other))
+        }
     }
 }
 
@@ -302,9 +413,17 @@ fn truncate(s: &str, precision: Option<usize>) -> String {
 }
 
 fn format_one(verb: char, d: &Directive, arg: &Value) -> String {
+    match format_body(verb, d, arg) {
+        Some(body) => d.pad(body),
+        None => bad_verb(verb, d, arg),
+    }
+}
+
+/// The text of one verb before padding, or `None` for a bad verb.
+fn format_body(verb: char, d: &Directive, arg: &Value) -> Option<String> {
     let body = match (verb, arg) {
         ('v', Value::Missing | Value::Nil) => "<nil>".to_string(),
-        (_, Value::Missing | Value::Nil) => return bad_verb(verb, arg),
+        (_, Value::Missing | Value::Nil) => return None,
         ('s' | 'v', Value::Str(s)) => truncate(s, d.precision),
         ('q', Value::Str(s)) => go_quote(&truncate(s, d.precision)),
         ('x', Value::Str(s)) => s.bytes().map(|b| format!("{b:02x}")).collect(),
@@ -337,7 +456,7 @@ fn format_one(verb: char, d: &Directive, arg: &Value) -> String {
             .to_string(),
         ('v' | 'g', Value::Float(f)) => match d.precision {
             None => format_float_g(*f),
-            Some(_) => return bad_verb(verb, arg),
+            Some(_) => return None,
         },
         ('f', Value::Float(f)) => format!("{:.*}", d.precision.unwrap_or(6), f),
         ('e', Value::Float(f)) => {
@@ -349,9 +468,9 @@ fn format_one(verb: char, d: &Directive, arg: &Value) -> String {
         }
         ('v' | 't', Value::Bool(b)) => b.to_string(),
         ('v' | 's', Value::Data(_)) => sprint_value(arg),
-        _ => return bad_verb(verb, arg),
+        _ => return None,
     };
-    d.pad(body)
+    Some(body)
 }
 
 #[cfg(test)]
@@ -431,5 +550,56 @@ mod tests {
     #[test]
     fn quote_matches_strconv() {
         assert_eq!(go_quote("a\u{0}b\u{7f}é"), "\"a\\x00b\\x7fé\"");
+    }
+
+    #[test]
+    fn widths_and_precisions_are_capped_as_go_caps_them() {
+        let one = [Value::Int(1)];
+        // An eighth digit: Go's parsenum gives up and the rest of the format is gone.
+        assert_eq!(
+            sprintf("%999999999999d|after", &one),
+            "%!(NOVERB)%!(EXTRA int=1)"
+        );
+        assert_eq!(
+            sprintf("%.99999999s", &[s("x")]),
+            "%!(NOVERB)%!(EXTRA string=x)"
+        );
+        // Seven digits are still a width (Go checks before each digit).
+        assert_eq!(sprintf("%9999999d", &one).len(), 9_999_999);
+        assert_eq!(
+            sprintf("%*d", &[Value::Int(1_000_001), Value::Int(1)]),
+            "%!(BADWIDTH)1"
+        );
+        assert_eq!(sprintf("%*d|", &[Value::Int(-3), Value::Int(7)]), "7  |");
+        assert_eq!(sprintf("%*d", &[s("3"), Value::Int(7)]), "%!(BADWIDTH)7");
+        assert_eq!(
+            sprintf("%.*s", &[Value::Int(-1), s("abc")]),
+            "%!(BADPREC)abc"
+        );
+        assert_eq!(sprintf("%.*s", &[Value::Int(2), s("abc")]), "ab");
+        assert_eq!(sprintf("%*d", &[]), "%!(BADWIDTH)%!d(MISSING)");
+        // A `.` with nothing after it is the verb.
+        assert_eq!(sprintf("%5.", &one), "%!.(int=    1)");
+        assert_eq!(
+            sprintf("%-4z|%.2z", &[Value::Int(3), s("abc")]),
+            "%!z(int=3   )|%!z(string=ab)"
+        );
+        assert_eq!(sprintf("%+v %+d", &[Value::Int(1), Value::Int(1)]), "1 +1");
+    }
+
+    #[test]
+    fn a_limited_sprintf_stops_before_allocating() {
+        let one = [Value::Int(1)];
+        assert_eq!(
+            sprintf_limited("%9999999d", &one, 1 << 20),
+            Err(TooLong { limit: 1 << 20 })
+        );
+        assert!(sprintf_limited("%.9999999f", &[Value::Float(1.0)], 1000).is_err());
+        assert!(sprintf_limited("%s%s", &[s("abc"), s("def")], 5).is_err());
+        assert_eq!(
+            sprintf_limited("%s%s", &[s("abc"), s("def")], 6).as_deref(),
+            Ok("abcdef")
+        );
+        assert!(sprintf_limited("%s", &[s("a"), s(&"x".repeat(100))], 50).is_err());
     }
 }

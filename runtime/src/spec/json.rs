@@ -90,7 +90,20 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
-/// Parses JSON text, keeping object order and duplicate keys.
+/// How deep arrays and objects may nest: 128, serde_json's recursion limit, which
+/// [`parse`] keeps.
+///
+/// Parsing, the [`Json`] value and dropping it all recurse once per level, so nesting
+/// must be bounded or a rendered spec of `[[[[...` overflows the stack. Go's
+/// encoding/json allows 10000 levels on goroutine stacks that grow; a fixed Rust stack
+/// does not, and a Lilypad spec nests six levels. So a spec nested deeper than 128 is a
+/// JSON error ("recursion limit exceeded") here where Go would read it: rejected
+/// alternative, matching Go's 10000, would need serde_json's `unbounded_depth` and a
+/// guard of our own, for documents no module writes.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses JSON text, keeping object order and duplicate keys (at most [`MAX_DEPTH`]
+/// levels deep).
 pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
     serde_json::from_str(text)
 }

@@ -330,9 +330,10 @@ impl ModuleDir {
     pub fn open_in(reference: &str, search: &[PathBuf]) -> Result<ModuleDir, SpecError> {
         let dir = find_module(reference, search)?;
         let template_path = dir.join(TEMPLATE_FILE);
-        let template = std::fs::read_to_string(&template_path).map_err(|e| SpecError::Io {
+        let bytes = resolve::read_bounded(&template_path, template::MAX_TEMPLATE as u64)?;
+        let template = String::from_utf8(bytes).map_err(|e| SpecError::Io {
             path: template_path.clone(),
-            message: e.to_string(),
+            message: format!("not UTF-8 text: {e}"),
         })?;
         Ok(ModuleDir {
             dir,

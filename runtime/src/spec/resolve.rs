@@ -277,11 +277,40 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, SpecError> {
     Ok(dir.join(p))
 }
 
+/// The largest `.wasm` or `.car` file read from a module folder: 1 GiB.
+pub const MAX_MODULE_FILE: u64 = 1 << 30;
+
+/// Reads a module file. A module folder comes from whoever published the module, and
+/// its files may be symlinks (the examples link their builds): following them is fine
+/// for bytes that are only hashed and compiled, but a link to `/dev/zero` or a FIFO
+/// would read forever, so only regular files are read, and at most
+/// [`MAX_MODULE_FILE`] bytes of them.
 fn read(path: &Path) -> Result<Vec<u8>, SpecError> {
-    fs::read(path).map_err(|e| SpecError::Io {
+    read_bounded(path, MAX_MODULE_FILE)
+}
+
+/// Reads a regular file of at most `limit` bytes (symlinks followed), or says why not.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
+    use std::io::Read;
+    let io = |message: String| SpecError::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let file = fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(io("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io(e.to_string()))?;
+    if bytes.len() as u64 > limit {
+        return Err(io(format!(
+            "larger than {limit} bytes, the most detwasm reads here"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Finds the entry module of a spec in `dir` (see the module docs).

@@ -28,10 +28,39 @@
 //! `gotmpl` 0.6 renders well but accepts an unterminated `{{if}}` without an error and its
 //! errors carry no line, which are the two things a module author needs most here.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use super::gofmt;
+
+/// How deep `if`/`with` blocks (each `else if`/`else with` counts as one more level, as
+/// it is a nested block) and parenthesised pipelines may nest, all together.
+///
+/// The parser and the evaluator recurse once per level, so without a bound a template of
+/// a few kilobytes of `{{if 1}}` or `((((` overflows the stack and kills the process.
+/// Go's text/template/parse caps parenthesised pipelines at 10000 (`maxStackDepth`,
+/// error "max expression depth exceeded") and leaves `if`/`with` to its growable
+/// goroutine stacks; a Rust thread's stack is fixed (2 MiB for test threads), so one
+/// lower cap covers both. Module templates in the wild nest two or three levels; 100
+/// leaves room for long `else if` chains.
+pub const MAX_NESTING: usize = 100;
+
+/// The most bytes a rendered template, or any string made while rendering it, may have:
+/// 4 MiB. A rendered spec is a few kilobytes of JSON, but `printf` widths reach ten
+/// million (Go's own cap), and `with` can feed a function's result back to it, doubling
+/// a string per level. Go has no such limit: a template that renders to more is refused
+/// here with an error saying so, where Lilypad would render it.
+pub const MAX_OUTPUT: usize = 4 << 20;
+
+/// The most bytes all function calls of one rendering may produce together: 64 MiB.
+/// [`MAX_OUTPUT`] bounds each string; this bounds how many of them a long template may
+/// make (a thousand `{{if printf "%4000000d" 1}}` blocks write nothing, but would still
+/// cost four gigabytes of formatting).
+pub const MAX_WORK: usize = 64 << 20;
+
+/// The largest template file read (1 MiB; module templates are a few kilobytes).
+pub const MAX_TEMPLATE: usize = 1 << 20;
 
 /// A template error: where (the template's name and line) and what, in Go's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +108,10 @@ impl Value {
 pub struct Template {
     name: String,
     root: Vec<Node>,
+    /// Bytes produced by function calls in the current execution ([`MAX_WORK`]).
+    produced: Cell<usize>,
+    /// Line of the last action executed, for an output-limit error in plain text.
+    last_line: Cell<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +492,8 @@ struct Parser<'a> {
     name: &'a str,
     pieces: Vec<Piece>,
     pos: usize,
+    /// Open `if`/`with` blocks ([`MAX_NESTING`]).
+    depth: usize,
 }
 
 /// What ended a list of nodes.
@@ -532,6 +567,24 @@ impl Parser<'_> {
         pipe_src: &str,
         line: usize,
     ) -> Result<Node, TemplateError> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.error(
+                line,
+                format!("max nesting depth exceeded: more than {MAX_NESTING} levels of if/with/else if and parentheses"),
+            ));
+        }
+        self.depth += 1;
+        let node = self.parse_branch_body(kind, pipe_src, line);
+        self.depth -= 1;
+        node
+    }
+
+    fn parse_branch_body(
+        &mut self,
+        kind: BranchKind,
+        pipe_src: &str,
+        line: usize,
+    ) -> Result<Node, TemplateError> {
         let kw = if kind == BranchKind::If { "if" } else { "with" };
         if pipe_src.is_empty() {
             return Err(self.error(line, format!("missing value for {kw}")));
@@ -587,7 +640,7 @@ impl Parser<'_> {
         let fail = |m: String| self.error(line, m);
         let tokens = tokenize(src, &fail)?;
         let mut pos = 0;
-        let pipe = self.pipeline_tokens(&tokens, &mut pos, src, line)?;
+        let pipe = self.pipeline_tokens(&tokens, &mut pos, src, line, self.depth)?;
         if pos != tokens.len() {
             return Err(self.error(line, format!("unexpected {:?} in operand", tokens[pos])));
         }
@@ -600,6 +653,7 @@ impl Parser<'_> {
         pos: &mut usize,
         src: &str,
         line: usize,
+        depth: usize,
     ) -> Result<Pipeline, TemplateError> {
         let mut commands = Vec::new();
         let mut command = Vec::new();
@@ -618,7 +672,13 @@ impl Parser<'_> {
                     commands.push(std::mem::take(&mut command));
                 }
                 Token::Open => {
-                    let sub = self.pipeline_tokens(tokens, pos, src, line)?;
+                    if depth >= MAX_NESTING {
+                        return Err(self.error(
+                            line,
+                            format!("max expression depth exceeded: more than {MAX_NESTING} levels of if/with/else if and parentheses"),
+                        ));
+                    }
+                    let sub = self.pipeline_tokens(tokens, pos, src, line, depth + 1)?;
                     if tokens.get(*pos) != Some(&Token::Close) {
                         return Err(self.error(line, "unclosed left paren"));
                     }
@@ -683,12 +743,15 @@ impl Template {
             name,
             pieces,
             pos: 0,
+            depth: 0,
         };
         let (root, stop) = parser.parse_list()?;
         match stop {
             Stop::Eof => Ok(Template {
                 name: name.to_string(),
                 root,
+                produced: Cell::new(0),
+                last_line: Cell::new(1),
             }),
             Stop::End(line) => Err(parser.error(line, "unexpected {{end}}")),
             Stop::Else { line, .. } => Err(parser.error(line, "unexpected {{else}}")),
@@ -697,6 +760,8 @@ impl Template {
 
     /// Executes the template on `data` (Lilypad passes the JSON-encoded inputs).
     pub fn execute(&self, data: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+        self.produced.set(0);
+        self.last_line.set(1);
         let root = Value::Data(data.clone());
         let mut out = String::new();
         self.exec_list(&self.root, &root, &mut out)?;
@@ -711,10 +776,11 @@ impl Template {
     ) -> Result<(), TemplateError> {
         for node in nodes {
             match node {
-                Node::Text(t) => out.push_str(t),
+                Node::Text(t) => self.write(out, t)?,
                 Node::Action(pipe) => {
                     let v = self.eval_pipeline(pipe, dot)?;
-                    out.push_str(&gofmt::sprint_value(&v));
+                    self.last_line.set(pipe.line);
+                    self.write(out, &gofmt::sprint_value(&v))?;
                 }
                 Node::Branch {
                     kind,
@@ -733,6 +799,50 @@ impl Template {
             }
         }
         Ok(())
+    }
+
+    /// Appends to the output, refusing to grow it past [`MAX_OUTPUT`].
+    fn write(&self, out: &mut String, text: &str) -> Result<(), TemplateError> {
+        if out.len().saturating_add(text.len()) > MAX_OUTPUT {
+            return Err(TemplateError {
+                name: self.name.clone(),
+                line: self.last_line.get(),
+                message: format!(
+                    "the rendered template would exceed {} MiB, detwasm's limit for a module spec",
+                    MAX_OUTPUT >> 20
+                ),
+            });
+        }
+        out.push_str(text);
+        Ok(())
+    }
+
+    /// Counts a string a function made against [`MAX_WORK`].
+    fn charge(&self, pipe: &Pipeline, value: Value) -> Result<Value, TemplateError> {
+        if let Value::Str(s) = &value {
+            let total = self.produced.get().saturating_add(s.len());
+            if total > MAX_WORK {
+                return Err(self.exec_error(
+                    pipe,
+                    format!(
+                        "the template's functions made more than {} MiB of text, detwasm's limit for one rendering",
+                        MAX_WORK >> 20
+                    ),
+                ));
+            }
+            self.produced.set(total);
+        }
+        Ok(value)
+    }
+
+    fn too_long(&self, pipe: &Pipeline, name: &str) -> TemplateError {
+        self.exec_error(
+            pipe,
+            format!(
+                "error calling {name}: its result would exceed {} MiB, detwasm's limit for a string in a module spec",
+                MAX_OUTPUT >> 20
+            ),
+        )
     }
 
     fn exec_error(&self, pipe: &Pipeline, message: impl fmt::Display) -> TemplateError {
@@ -830,7 +940,8 @@ impl Template {
                 if let Some(p) = piped {
                     args.push(p);
                 }
-                self.call(pipe, name, &args)
+                let value = self.call(pipe, name, &args)?;
+                self.charge(pipe, value)
             }
             first => {
                 if command.len() > 1 || piped.is_some() {
@@ -911,12 +1022,16 @@ impl Template {
                         other => return Err(self.exec_error(pipe, format!("wrong type for value; expected string; got {}", gofmt::type_name(other)))),
                     }
                 }
-                Ok(Value::Str(gofmt::sprintf(format, &decoded)))
+                gofmt::sprintf_limited(format, &decoded, MAX_OUTPUT)
+                    .map(Value::Str)
+                    .map_err(|_| self.too_long(pipe, name))
             }
             "printf" => {
                 let (format, rest) = self.format_and_operands(pipe, name, args)?;
                 let rest: Vec<Value> = rest.iter().map(as_any).collect();
-                Ok(Value::Str(gofmt::sprintf(format, &rest)))
+                gofmt::sprintf_limited(format, &rest, MAX_OUTPUT)
+                    .map(Value::Str)
+                    .map_err(|_| self.too_long(pipe, name))
             }
             "print" | "println" => {
                 let args: Vec<Value> = args.iter().map(as_any).collect();
@@ -930,10 +1045,14 @@ impl Template {
                     if i > 0 && (name == "println" || both_non_strings) {
                         out.push(' ');
                     }
-                    out.push_str(&match a {
+                    let text = match a {
                         Value::Nil => "<nil>".to_string(),
                         other => gofmt::sprint_value(other),
-                    });
+                    };
+                    if out.len().saturating_add(text.len()) >= MAX_OUTPUT {
+                        return Err(self.too_long(pipe, name));
+                    }
+                    out.push_str(&text);
                 }
                 if name == "println" {
                     out.push('\n');
@@ -1212,5 +1331,81 @@ mod tests {
             render(src, &[("Message", "Hello, world!")]),
             r#"{"machine":{"gpu":0,"cpu":1000,"ram":100},"job":{"Spec":{"Docker":{"Entrypoint":["cowsay","Hello, world!"]}}}}"#
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_with_a_line_not_a_stack_overflow() {
+        let ok = format!(
+            "{}x{}",
+            "{{if 1}}".repeat(MAX_NESTING),
+            "{{end}}".repeat(MAX_NESTING)
+        );
+        assert_eq!(render(&ok, &[]), "x");
+        let deep = format!(
+            "\n{}x{}",
+            "{{with 1}}".repeat(MAX_NESTING + 1),
+            "{{end}}".repeat(MAX_NESTING + 1)
+        );
+        let e = render_err(&deep, &[]);
+        assert!(e.message.contains("max nesting depth exceeded"), "{e}");
+        assert_eq!(e.line, 2);
+        // A very deep one fails the same way, quickly.
+        let e = render_err(&"{{if 1}}".repeat(1_000_000), &[]);
+        assert!(e.message.contains("max nesting depth exceeded"), "{e}");
+        let chain = format!(
+            "{{{{if 0}}}}{}{{{{end}}}}",
+            "{{else if 0}}".repeat(MAX_NESTING)
+        );
+        assert!(render_err(&chain, &[]).message.contains("max nesting"));
+        let parens = format!(
+            "{{{{print {}1{}}}}}",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        assert_eq!(render(&parens, &[]), "1");
+        let parens = format!(
+            "a\n{{{{print {}1{}}}}}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let e = render_err(&parens, &[]);
+        assert!(e.message.contains("max expression depth exceeded"), "{e}");
+        assert_eq!(e.line, 2);
+        // Blocks and parentheses count together.
+        let both = format!(
+            "{}{{{{print {}1{}}}}}{}",
+            "{{if 1}}".repeat(60),
+            "(".repeat(60),
+            ")".repeat(60),
+            "{{end}}".repeat(60)
+        );
+        assert!(render_err(&both, &[]).message.contains("depth exceeded"));
+    }
+
+    #[test]
+    fn output_and_work_are_bounded() {
+        // Go's own width cap: the rest of the format is dropped, nothing allocated.
+        assert_eq!(
+            render(r#"{{printf "%999999999999d" 1}}"#, &[]),
+            "%!(NOVERB)%!(EXTRA int=1)"
+        );
+        // A width Go accepts (ten million) but over detwasm's output limit.
+        let e = render_err(r#"{{printf "%9999999d" 1}}"#, &[]);
+        assert!(e.message.contains("exceed 4 MiB"), "{e}");
+        let e = render_err(&r#"{{printf "%1000000d" 1}}"#.repeat(5), &[]);
+        assert!(e.message.contains("exceed 4 MiB"), "{e}");
+        // `with` feeding a result back: doubling per level stops at the limit.
+        let doubling = format!(
+            "{{{{with printf \"%1000000d\" 1}}}}{}{}{{{{end}}}}",
+            r#"{{with printf "%s%s" . .}}"#.repeat(10),
+            "{{end}}".repeat(10)
+        );
+        let e = render_err(&doubling, &[]);
+        assert!(e.message.contains("exceed 4 MiB"), "{e}");
+        // Many big strings written nowhere: the work budget.
+        let e = render_err(&r#"{{if printf "%3000000d" 1}}{{end}}"#.repeat(100), &[]);
+        assert!(e.message.contains("64 MiB"), "{e}");
+        let e = render_err(r#"{{with printf "%3000000d" 1}}{{print . .}}{{end}}"#, &[]);
+        assert!(e.message.contains("exceed 4 MiB"), "{e}");
     }
 }
