@@ -22,14 +22,18 @@ enum Command {
     Run(cmd::run::Args),
     /// Work with Lilypad-style module specs.
     Module(cmd::module::Args),
+    /// Re-run the job a receipt describes and say whether its result is reproduced.
+    Verify(cmd::verify::Args),
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Module(args) => cmd::module::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
     };
     match result {
         Ok(code) => code,
@@ -37,5 +41,20 @@ fn main() -> ExitCode {
             eprintln!("detwasm: error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Restores SIGPIPE's default action (the Rust runtime ignores it), so that output into a
+/// closed pipe (`detwasm run --json … | head -c0`, a consumer that went away) ends the
+/// process quietly, the way `cat` or `ls` end, instead of `println!` panicking on
+/// `EPIPE`. By then a run's results and receipt have been delivered (see
+/// `cmd::run`), so nothing is lost. Rejected: handling `BrokenPipe` at every write
+/// (every `println!`/`eprintln!` of every subcommand would need it, and one missed is a
+/// panic).
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; setting a signal's
+    // disposition to SIG_DFL has no other precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -32,6 +32,7 @@ pub mod receipt;
 pub mod results;
 pub mod run;
 pub mod spec;
+pub mod verify;
 pub mod wasi;
 
 pub use engine::EngineOptions;

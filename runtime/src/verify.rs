@@ -1,0 +1,498 @@
+//! Verifying a result: re-run the job a receipt describes and compare.
+//!
+//! What it is for: a verifier (a mediator) holds a provider's receipt — and perhaps the
+//! provider's results folder — and needs a yes or a no with the reason. [`verify`]
+//! rebuilds the [`Job`] from the receipt alone (module and inputs found by the paths it
+//! names, or where the caller points, and checked against the receipt's CIDs), runs it
+//! with this runtime, and compares the results CID, the instruction count and the exit
+//! code with the receipt's claims. Given the provider's folder it also hashes it and
+//! lists the files that differ from the re-run, with their CIDs, the first differing
+//! byte and, for text, the first differing line.
+//!
+//! What it is not: a judge of the provider's folder alone. The re-run decides: a receipt
+//! whose claimed CID differs from the re-run is rejected even when the provider's folder
+//! hashes to the claimed CID (a provider can make a folder match any claim of its own).
+//!
+//! Three answers, as the CLI's exit codes: verified; not verified (a mismatch, with the
+//! reasons); and cannot verify ([`VerifyError`]: the module or an input is missing or is
+//! not what the receipt names, the receipt comes from another engine configuration).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use detwasm_hasher::{EntryKind, Hasher, Options};
+use serde::Serialize;
+
+use crate::error::RunError;
+use crate::job::{Epoch, Input, Job, Module, ResultsOptions};
+use crate::receipt::Receipt;
+use crate::results;
+use crate::run::{Destination, Runtime};
+
+/// Where to find what the receipt names, when not at the receipt's own paths.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// The module file (default: the receipt's `job.module`).
+    pub module: Option<PathBuf>,
+    /// Input folders: `(Some(guest), host)` replaces the input mounted at `guest`;
+    /// `(None, host)` replaces the inputs in the receipt's order.
+    pub inputs: Vec<(Option<String>, PathBuf)>,
+    /// The file whose bytes were the job's stdin (needed when it was not empty).
+    pub stdin: Option<PathBuf>,
+}
+
+/// Why a receipt could not be checked at all (not a mismatch).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the receipt names no module file: pass --module FILE")]
+    NoModule,
+    #[error("module {}: {cause}", path.display())]
+    ModuleUnreadable {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("module {}: its CID is {got}, the receipt's module is {expected}: not the module the job ran", path.display())]
+    ModuleMismatch {
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("input {guest}: {} does not exist or cannot be read (pass --input HOST:{guest})", host.display())]
+    InputMissing { guest: String, host: PathBuf },
+    #[error("input {guest}: {} hashes to {got}, the receipt's input is {expected}: not the input the job read", host.display())]
+    InputMismatch {
+        guest: String,
+        host: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("--input {0}: the receipt mounts no input at that guest path")]
+    UnknownInput(String),
+    #[error("the job read {0} bytes of stdin: pass --stdin FILE")]
+    NoStdin(u64),
+    #[error("stdin {}: its blake3 is {got}, the receipt's is {expected}", path.display())]
+    StdinMismatch {
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("the receipt was made by an engine with fingerprint {receipt} (detwasm {version}); this detwasm's is {ours}: re-run it with that detwasm version")]
+    Engine {
+        receipt: String,
+        ours: String,
+        version: String,
+    },
+    #[error("--results {}: {cause}", path.display())]
+    Results { path: PathBuf, cause: String },
+    #[error("re-running the job: {0}")]
+    Run(#[from] RunError),
+}
+
+/// One path whose content differs between the provider's results and the re-run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// Path inside the results folder, `/`-separated.
+    pub path: String,
+    /// `content`, `kind` (a file here, a folder there), `missing` (in the provider's
+    /// folder, present in the re-run) or `extra` (only in the provider's folder).
+    pub what: &'static str,
+    /// CID of the entry in the re-run (`None` when missing there).
+    pub cid_rerun: Option<String>,
+    /// CID of the entry in the provider's folder (`None` when missing there).
+    pub cid_provider: Option<String>,
+    /// First byte offset at which two files differ (content differences of files).
+    pub first_difference: Option<u64>,
+    /// For text files: the first differing line, as `line N: -rerun / +provider`.
+    pub text: Option<String>,
+}
+
+/// The verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub verified: bool,
+    /// Why not, one line each (empty when verified).
+    pub reasons: Vec<String>,
+    /// The results CID the receipt claims.
+    pub cid_expected: String,
+    /// The results CID of the re-run.
+    pub cid_actual: String,
+    pub instructions_expected: u64,
+    pub instructions_actual: u64,
+    pub exit_code_expected: i32,
+    pub exit_code_actual: i32,
+    pub job_id: String,
+    /// The CID of the provider's results folder, when it was given.
+    pub cid_provider: Option<String>,
+    /// Paths that differ between the provider's folder and the re-run.
+    pub differences: Vec<Difference>,
+    /// Where the re-run's results are, when they were kept.
+    pub rerun_results: Option<String>,
+}
+
+/// Rebuilds the job a receipt describes, checking the module, inputs and stdin against
+/// the receipt's CIDs.
+pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> {
+    let r = &receipt.job;
+    let profile = receipt.profile;
+    let module_path = sources
+        .module
+        .clone()
+        .or_else(|| r.module.as_ref().map(PathBuf::from))
+        .ok_or(VerifyError::NoModule)?;
+    let bytes = std::fs::read(&module_path).map_err(|cause| VerifyError::ModuleUnreadable {
+        path: module_path.clone(),
+        cause,
+    })?;
+    let got = results::cid_of_bytes(&bytes, profile)?;
+    if got != r.module_cid {
+        return Err(VerifyError::ModuleMismatch {
+            path: module_path,
+            expected: r.module_cid.clone(),
+            got,
+        });
+    }
+    let mut hosts: Vec<PathBuf> = r.inputs.iter().map(|i| PathBuf::from(&i.host)).collect();
+    let mut next = 0;
+    for (guest, host) in &sources.inputs {
+        let i = match guest {
+            Some(g) => r
+                .inputs
+                .iter()
+                .position(|i| &i.guest == g)
+                .ok_or_else(|| VerifyError::UnknownInput(g.clone()))?,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        if i >= hosts.len() {
+            return Err(VerifyError::UnknownInput(host.display().to_string()));
+        }
+        hosts[i] = host.clone();
+    }
+    let mut inputs = Vec::new();
+    for (record, host) in r.inputs.iter().zip(hosts) {
+        let canonical = std::fs::canonicalize(&host).map_err(|_| VerifyError::InputMissing {
+            guest: record.guest.clone(),
+            host: host.clone(),
+        })?;
+        let got = results::cid_of_dir(&canonical, profile, true)?;
+        if got != record.cid {
+            return Err(VerifyError::InputMismatch {
+                guest: record.guest.clone(),
+                host,
+                expected: record.cid.clone(),
+                got,
+            });
+        }
+        inputs.push(Input {
+            host,
+            guest: record.guest.clone(),
+        });
+    }
+    let stdin = match (&sources.stdin, r.stdin_bytes) {
+        (None, 0) => Vec::new(),
+        (None, n) => return Err(VerifyError::NoStdin(n)),
+        (Some(p), _) => {
+            let data = std::fs::read(p).map_err(|e| VerifyError::Results {
+                path: p.clone(),
+                cause: e.to_string(),
+            })?;
+            let got = blake3::hash(&data).to_hex().to_string();
+            if got != r.stdin_blake3 {
+                return Err(VerifyError::StdinMismatch {
+                    path: p.clone(),
+                    expected: r.stdin_blake3.clone(),
+                    got,
+                });
+            }
+            data
+        }
+    };
+    Ok(Job {
+        module: Module {
+            bytes: Arc::new(bytes),
+            source: Some(module_path.display().to_string()),
+        },
+        argv0: r.argv0.clone(),
+        entry: r.entry.clone(),
+        args: r.args.clone(),
+        env: r.env.clone(),
+        stdin,
+        inputs,
+        outputs: r.outputs.clone(),
+        seed: r.seed,
+        epoch: Epoch {
+            unix_nanos: r.epoch_unix_nanos,
+        },
+        limits: r.limits,
+        results: ResultsOptions {
+            profile,
+            skip_hidden: receipt.skip_hidden,
+        },
+    })
+}
+
+/// Re-runs the receipt's job and compares; with `provider_results`, also compares the
+/// provider's folder with the re-run, file by file. The re-run's results go to `keep`
+/// when given (kept), else to a temporary folder (removed).
+pub fn verify(
+    runtime: &Runtime,
+    receipt: &Receipt,
+    sources: &Sources,
+    provider_results: Option<&Path>,
+    keep: Option<&Path>,
+) -> Result<Report, VerifyError> {
+    if receipt.engine != runtime.fingerprint() {
+        return Err(VerifyError::Engine {
+            receipt: receipt.engine.clone(),
+            ours: runtime.fingerprint().to_string(),
+            version: receipt.detwasm_version.clone(),
+        });
+    }
+    let job = job_of(receipt, sources)?;
+    let tmp;
+    let dest = match keep {
+        Some(p) => p.to_path_buf(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("detwasm-verify-")
+                .tempdir()
+                .map_err(|e| RunError::io("creating a temporary folder for the re-run", e))?;
+            tmp.path().join("results")
+        }
+    };
+    let rerun = runtime.run(&job, &Destination::At(dest.clone()))?;
+
+    let mut reasons = Vec::new();
+    if rerun.job_id != receipt.job_id {
+        reasons.push(format!(
+            "the receipt's job id {} is not the id of the job it describes ({})",
+            receipt.job_id, rerun.job_id
+        ));
+    }
+    if !receipt.verifiable {
+        reasons.push(
+            "the receipt says its run was stopped by the wall-clock timeout: such a run is not verifiable"
+                .into(),
+        );
+    }
+    if !rerun.verifiable {
+        reasons.push("the re-run was stopped by the wall-clock timeout".into());
+    }
+    if rerun.cid != receipt.cid {
+        reasons.push(format!(
+            "results CID: the receipt claims {}, the re-run gives {}",
+            receipt.cid, rerun.cid
+        ));
+    }
+    if rerun.instructions != receipt.instructions {
+        reasons.push(format!(
+            "instruction count: the receipt claims {}, the re-run counts {}",
+            receipt.instructions, rerun.instructions
+        ));
+    }
+    if rerun.exit_code != receipt.exit_code || rerun.outcome != receipt.outcome {
+        reasons.push(format!(
+            "end: the receipt claims {} (exit code {}), the re-run ends {} (exit code {})",
+            receipt.outcome, receipt.exit_code, rerun.outcome, rerun.exit_code
+        ));
+    }
+    let (cid_provider, differences) = match provider_results {
+        None => (None, Vec::new()),
+        Some(p) => {
+            let include_hidden = !receipt.skip_hidden;
+            let (provider_cid, theirs) = entries(p, receipt, include_hidden)?;
+            let (_, ours) = entries(&dest, receipt, include_hidden)?;
+            let differences = compare(&dest, &ours, p, &theirs);
+            if provider_cid != receipt.cid {
+                reasons.push(format!(
+                    "the provider's results folder hashes to {provider_cid}, not to the receipt's {}",
+                    receipt.cid
+                ));
+            }
+            if !differences.is_empty() {
+                reasons.push(format!(
+                    "{} path(s) of the provider's results differ from the re-run",
+                    differences.len()
+                ));
+            }
+            (Some(provider_cid), differences)
+        }
+    };
+    Ok(Report {
+        verified: reasons.is_empty(),
+        reasons,
+        cid_expected: receipt.cid.clone(),
+        cid_actual: rerun.cid,
+        instructions_expected: receipt.instructions,
+        instructions_actual: rerun.instructions,
+        exit_code_expected: receipt.exit_code,
+        exit_code_actual: rerun.exit_code,
+        job_id: rerun.job_id,
+        cid_provider,
+        differences,
+        rerun_results: keep.map(|p| p.display().to_string()),
+    })
+}
+
+type Entries = BTreeMap<String, (String, EntryKind)>;
+
+/// Every entry of a results folder with its CID, hashed as the receipt's results were.
+fn entries(
+    dir: &Path,
+    receipt: &Receipt,
+    include_hidden: bool,
+) -> Result<(String, Entries), VerifyError> {
+    let opts = Options::profile(receipt.profile).with_hidden(include_hidden);
+    let hashed = Hasher::new(opts)
+        .entries(true)
+        .hash_path(dir)
+        .map_err(|e| VerifyError::Results {
+            path: dir.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+    let map = hashed
+        .entries
+        .into_iter()
+        .filter(|e| !e.path.is_empty())
+        .map(|e| (e.path, (e.cid.to_string(), e.kind)))
+        .collect();
+    Ok((hashed.root.to_string(), map))
+}
+
+/// Paths whose entries differ, leaves only: a folder is listed when it is missing,
+/// extra or of another kind; its changed contents are listed by their own paths.
+fn compare(
+    ours_dir: &Path,
+    ours: &Entries,
+    theirs_dir: &Path,
+    theirs: &Entries,
+) -> Vec<Difference> {
+    let is_dir = |k: EntryKind| matches!(k, EntryKind::Directory | EntryKind::HamtDirectory);
+    let mut out = Vec::new();
+    let covered = |out: &Vec<Difference>, path: &str| {
+        out.iter().any(|d: &Difference| {
+            d.what != "content"
+                && path.starts_with(&d.path)
+                && path[d.path.len()..].starts_with('/')
+        })
+    };
+    let mut paths: Vec<&String> = ours.keys().chain(theirs.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    for path in paths {
+        if covered(&out, path) {
+            continue;
+        }
+        let d = match (ours.get(path), theirs.get(path)) {
+            (Some(a), Some(b)) if a.0 == b.0 => continue,
+            (Some(a), Some(b)) if is_dir(a.1) && is_dir(b.1) => continue,
+            (Some(a), Some(b)) if is_dir(a.1) != is_dir(b.1) || a.1 != b.1 => Difference {
+                path: path.clone(),
+                what: "kind",
+                cid_rerun: Some(a.0.clone()),
+                cid_provider: Some(b.0.clone()),
+                first_difference: None,
+                text: None,
+            },
+            (Some(a), Some(b)) => {
+                let (first, text) = file_difference(&ours_dir.join(path), &theirs_dir.join(path));
+                Difference {
+                    path: path.clone(),
+                    what: "content",
+                    cid_rerun: Some(a.0.clone()),
+                    cid_provider: Some(b.0.clone()),
+                    first_difference: first,
+                    text,
+                }
+            }
+            (Some(a), None) => Difference {
+                path: path.clone(),
+                what: "missing",
+                cid_rerun: Some(a.0.clone()),
+                cid_provider: None,
+                first_difference: None,
+                text: None,
+            },
+            (None, Some(b)) => Difference {
+                path: path.clone(),
+                what: "extra",
+                cid_rerun: None,
+                cid_provider: Some(b.0.clone()),
+                first_difference: None,
+                text: None,
+            },
+            (None, None) => continue,
+        };
+        out.push(d);
+    }
+    out
+}
+
+/// Largest file compared byte by byte for the report (larger ones are reported by CID).
+const MAX_COMPARED: u64 = 64 << 20;
+
+/// The first differing byte of two files and, when both are text, the first differing
+/// line.
+fn file_difference(ours: &Path, theirs: &Path) -> (Option<u64>, Option<String>) {
+    let small = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_COMPARED)
+    };
+    if !small(ours) || !small(theirs) {
+        return (None, None);
+    }
+    let (Ok(a), Ok(b)) = (std::fs::read(ours), std::fs::read(theirs)) else {
+        return (None, None);
+    };
+    let first = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len())) as u64;
+    let text = match (std::str::from_utf8(&a), std::str::from_utf8(&b)) {
+        (Ok(x), Ok(y)) => {
+            let (mut lx, mut ly) = (x.lines(), y.lines());
+            let mut n = 0;
+            loop {
+                n += 1;
+                match (lx.next(), ly.next()) {
+                    (Some(p), Some(q)) if p == q => continue,
+                    (None, None) => break None,
+                    (p, q) => {
+                        let show = |l: Option<&str>| match l {
+                            Some(l) if l.chars().count() > 120 => {
+                                format!("{}…", l.chars().take(120).collect::<String>())
+                            }
+                            Some(l) => l.to_string(),
+                            None => "(end of file)".into(),
+                        };
+                        break Some(format!("line {n}: -{} / +{}", show(p), show(q)));
+                    }
+                }
+            }
+        }
+        _ => None,
+    };
+    (Some(first), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_files_report_the_first_differing_byte_and_line() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), "one\ntwo\nthree\n").unwrap();
+        std::fs::write(t.path().join("b"), "one\ntwo\nTHREE\n").unwrap();
+        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("b"));
+        assert_eq!(first, Some(8));
+        assert_eq!(text.as_deref(), Some("line 3: -three / +THREE"));
+        std::fs::write(t.path().join("c"), "one\ntwo\n").unwrap();
+        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("c"));
+        assert_eq!(first, Some(8));
+        assert_eq!(text.as_deref(), Some("line 3: -three / +(end of file)"));
+    }
+}

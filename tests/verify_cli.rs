@@ -1,0 +1,208 @@
+//! `detwasm verify` end to end, as a mediator uses it: an honest receipt is verified; a
+//! tampered receipt, a tampered or fabricated results folder is not, with the reason and
+//! the files that differ; a job that cannot be re-run (module or input missing or not
+//! the receipt's) exits 2 and says which.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn detwasm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    c.env(
+        "DETWASM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-verify-cache"),
+    );
+    c
+}
+
+fn probe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm")
+}
+
+/// A provider's run: the probe reporting over an input folder, with a receipt.
+/// Returns (workdir, receipt path, results path).
+fn provider_run() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("in")).unwrap();
+    std::fs::write(t.path().join("in/data.txt"), "some input\n").unwrap();
+    std::fs::copy(probe(), t.path().join("probe.wasm")).unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "run",
+            "probe.wasm",
+            "--input",
+            "in",
+            "--seed",
+            "5",
+            "-o",
+            "results",
+            "--receipt",
+            "receipt.json",
+            "--",
+            "report",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = t.path().to_path_buf();
+    (t, dir.join("receipt.json"), dir.join("results"))
+}
+
+fn verify(cwd: &Path, args: &[&str]) -> (Output, serde_json::Value) {
+    let out = detwasm()
+        .current_dir(cwd)
+        .arg("verify")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, report)
+}
+
+fn edit_receipt(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn an_honest_receipt_and_results_are_verified() {
+    let (t, receipt, results) = provider_run();
+    let (out, report) = verify(
+        t.path(),
+        &[
+            receipt.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["cid_expected"], report["cid_actual"]);
+    assert_eq!(
+        report["instructions_expected"],
+        report["instructions_actual"]
+    );
+    assert_eq!(report["differences"], serde_json::json!([]));
+    // The human report says so in one line.
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["verify", "receipt.json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("verified: results CID Qm"));
+}
+
+#[test]
+fn a_receipt_claiming_another_cid_or_count_is_rejected() {
+    let (t, receipt, _) = provider_run();
+    edit_receipt(&receipt, |v| {
+        v["instructions"] = serde_json::json!(v["instructions"].as_u64().unwrap() - 1)
+    });
+    let (out, report) = verify(t.path(), &[receipt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["verified"], false);
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("instruction count"), "{reasons}");
+}
+
+/// The provider edits a file of its results: the folder no longer hashes to the claim,
+/// and the report names the file, the first differing byte and the line.
+#[test]
+fn a_tampered_results_folder_is_rejected_and_the_file_named() {
+    let (t, receipt, results) = provider_run();
+    let stdout = results.join("stdout");
+    let text = std::fs::read_to_string(&stdout).unwrap();
+    std::fs::write(&stdout, text.replacen("mono.first=0", "mono.first=7", 1)).unwrap();
+    std::fs::write(results.join("outputs/extra.txt"), "not from the module").unwrap();
+    let (out, report) = verify(
+        t.path(),
+        &[
+            receipt.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let diffs = report["differences"].as_array().unwrap();
+    let paths: Vec<&str> = diffs.iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["outputs/extra.txt", "stdout"], "{report}");
+    let d = &diffs[1];
+    assert_eq!(d["what"], "content");
+    assert_eq!(d["first_difference"], text.find("mono.first=0").unwrap() + 11);
+    assert!(d["text"].as_str().unwrap().contains("+"), "{d}");
+    assert_eq!(diffs[0]["what"], "extra");
+}
+
+/// A provider that fabricates a folder and a receipt claiming that folder's CID: the
+/// folder matches the claim, but the re-run does not, so it is rejected.
+#[test]
+fn a_fabricated_result_matching_its_own_claim_is_rejected() {
+    let (t, receipt, results) = provider_run();
+    std::fs::write(results.join("stdout"), "whatever the provider likes\n").unwrap();
+    let fake = detwasm()
+        .args(["hash", "--hidden"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let fake_cid = String::from_utf8(fake.stdout).unwrap().trim().to_string();
+    edit_receipt(&receipt, |v| v["cid"] = serde_json::json!(fake_cid));
+    let (out, report) = verify(
+        t.path(),
+        &[
+            receipt.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["cid_provider"], fake_cid.as_str());
+    assert_eq!(report["cid_expected"], fake_cid.as_str());
+    assert_ne!(report["cid_actual"], fake_cid.as_str());
+    assert_eq!(report["differences"][0]["path"], "stdout");
+}
+
+#[test]
+fn a_job_that_cannot_be_rerun_exits_2_and_says_why() {
+    let (t, receipt, _) = provider_run();
+    let r = receipt.to_str().unwrap();
+    // The module moved: say so, then find it with --module.
+    std::fs::rename(t.path().join("probe.wasm"), t.path().join("moved.wasm")).unwrap();
+    let (out, _) = verify(t.path(), &[r]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("probe.wasm"), "{err}");
+    let (out, report) = verify(t.path(), &[r, "--module", "moved.wasm"]);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    // Another module under the receipt's name: its CID differs.
+    std::fs::write(t.path().join("probe.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (out, _) = verify(t.path(), &[r]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the module the job ran"), "{err}");
+    // An input changed since the run: say which.
+    std::fs::write(t.path().join("in/data.txt"), "other input\n").unwrap();
+    let (out, _) = verify(t.path(), &[r, "--module", "moved.wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("input /inputs") && err.contains("not the input the job read"),
+        "{err}"
+    );
+    // The original input elsewhere: --input HOST:GUEST.
+    std::fs::create_dir(t.path().join("copy")).unwrap();
+    std::fs::write(t.path().join("copy/data.txt"), "some input\n").unwrap();
+    let (out, report) = verify(
+        t.path(),
+        &[r, "--module", "moved.wasm", "--input", "copy:/inputs"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{report}");
+}
