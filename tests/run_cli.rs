@@ -386,3 +386,305 @@ fn a_full_disk_while_writing_results_leaves_nothing_and_says_so() {
         );
     }
 }
+
+/// Runs `detwasm run --no-cache -o DIR/res ARGS…` and returns (exit code, stderr).
+fn run_expecting_error(dir: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let dest = dir.join("res");
+    let out = detwasm()
+        .args(["run", "--no-cache", "-o"])
+        .arg(&dest)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !dest.exists(),
+        "a failed run left a results directory: {err}"
+    );
+    (out.status.code(), err)
+}
+
+#[test]
+fn bad_module_bytes_are_named_with_their_cause() {
+    let t = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = t.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let probe = std::fs::read(fixture("probe.wasm")).unwrap();
+    let cases = [
+        (
+            write("truncated.wasm", &probe[..probe.len() / 2]),
+            "invalid WebAssembly module: the file is truncated",
+        ),
+        (
+            write("header.wasm", b"\0asm\x01\0"),
+            "the file is truncated: 6 bytes",
+        ),
+        (
+            write("component.wasm", b"\0asm\x0d\0\x01\0"),
+            "this is a WebAssembly component",
+        ),
+        (write("empty.wasm", b""), "not a WebAssembly module"),
+        (
+            write("bad.wat", b"(module (func (export \"_start\") i32.add))"),
+            "invalid WebAssembly module",
+        ),
+        (
+            fixture("bad_import_type.wat"),
+            "with the wrong type: the module expects (func (param i32) (result i32))",
+        ),
+    ];
+    for (module, want) in cases {
+        let (code, err) = run_expecting_error(t.path(), &[module.as_os_str()]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "{}: {err}", module.display());
+        assert!(
+            err.contains(&*module.to_string_lossy()),
+            "the error names the file: {err}"
+        );
+    }
+    // A missing module file: named, with the OS's reason.
+    let missing = t.path().join("nope.wasm");
+    let (code, err) = run_expecting_error(t.path(), &[missing.as_os_str()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("nope.wasm") && err.contains("No such file or directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_entry_point_is_refused_before_running() {
+    let t = tempfile::tempdir().unwrap();
+    let wat = |name: &str, text: &str| {
+        let p = t.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let typed = wat(
+        "typed.wat",
+        r#"(module (func (export "_start") (param i32)))"#,
+    );
+    let (code, err) = run_expecting_error(t.path(), &[typed.as_os_str()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("entry `_start` must take no parameters and return nothing"),
+        "{err}"
+    );
+    // An export of that name that is not a function.
+    let (code, err) = run_expecting_error(
+        t.path(),
+        &[
+            "--entry".as_ref(),
+            "memory".as_ref(),
+            fixture("no_start.wat").as_os_str(),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no exported function `memory`"), "{err}");
+}
+
+/// A module of `n` functions with long bodies whose only import is one detwasm does not
+/// provide, and whose last function is invalid (`i32.add` on an empty stack): an error
+/// about the import, not about the invalid code, shows that the import was checked
+/// before compiling.
+fn large_module_with_a_bad_import(n: u32) -> Vec<u8> {
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend_from_slice(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut m); // type 0: () -> ()
+    let mut imports = vec![1, 3];
+    imports.extend_from_slice(b"env");
+    imports.push(4);
+    imports.extend_from_slice(b"nope");
+    imports.extend_from_slice(&[0, 0]); // func, type 0
+    section(2, &imports, &mut m);
+    let mut funcs = Vec::new();
+    leb(n, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, n as usize));
+    section(3, &funcs, &mut m);
+    section(7, &[1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 1], &mut m); // export func 1
+                                                                           // Each body: no locals, 2000 × (i32.const 1; drop), end.
+    let mut body = vec![0];
+    for _ in 0..2000 {
+        body.extend_from_slice(&[0x41, 1, 0x1a]);
+    }
+    body.push(0x0b);
+    let mut code = Vec::new();
+    leb(n, &mut code);
+    for _ in 1..n {
+        leb(body.len() as u32, &mut code);
+        code.extend_from_slice(&body);
+    }
+    code.extend_from_slice(&[3, 0, 0x6a, 0x0b]); // (func i32.add): invalid
+    section(10, &code, &mut m);
+    m
+}
+
+#[test]
+fn an_unknown_import_of_a_large_module_is_refused_before_compiling() {
+    let t = tempfile::tempdir().unwrap();
+    // 12 MB of code: seconds to compile (were it valid), milliseconds to refuse.
+    let module = t.path().join("large.wasm");
+    std::fs::write(&module, large_module_with_a_bad_import(2000)).unwrap();
+    let start = std::time::Instant::now();
+    let (code, err) = run_expecting_error(t.path(), &[module.as_os_str()]);
+    let took = start.elapsed();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("imports `env`.`nope`"), "{err}");
+    assert!(
+        !err.contains("invalid WebAssembly"),
+        "compiled first: {err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}: the module was compiled before its imports were checked"
+    );
+}
+
+#[test]
+fn an_unreadable_input_folder_is_named_with_the_os_cause() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for (input, cause) in [
+        (t.path().join("missing"), "No such file or directory"),
+        (file, "Not a directory"),
+    ] {
+        let (code, err) = run_expecting_error(
+            t.path(),
+            &[
+                "--input".as_ref(),
+                input.as_os_str(),
+                fixture("probe.wasm").as_os_str(),
+            ],
+        );
+        assert_eq!(code, Some(2));
+        assert!(err.contains(&*input.to_string_lossy()), "{err}");
+        assert!(err.contains(cause), "{err}");
+    }
+}
+
+#[test]
+fn numbers_out_of_range_on_the_command_line_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = fixture("probe.wasm");
+    let cases: [(&[&str], &str); 9] = [
+        (&["--timeout", "1e300"], "at most 2592000 seconds"),
+        (
+            &["--timeout", "18446744073709551616"],
+            "at most 2592000 seconds",
+        ),
+        (&["--timeout", "inf"], "must be a positive number"),
+        (&["--timeout", "NaN"], "must be a positive number"),
+        (&["--timeout", "-1"], "must be a positive number"),
+        (&["--fuel", "0"], "--fuel must be at least 1"),
+        (&["--memory", "99999999999999999999"], "too large"),
+        (&["--memory", "17179869184GiB"], "too large"),
+        (&["--max-output", "18446744073709551615KiB"], "too large"),
+    ];
+    for (flags, want) in cases {
+        let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(|f| f.as_ref()).collect();
+        args.push(probe.as_os_str());
+        let (code, err) = run_expecting_error(t.path(), &args);
+        assert_eq!(code, Some(2), "{flags:?}: {err}");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+}
+
+#[test]
+fn json_into_a_closed_pipe_exits_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let t = tempfile::tempdir().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read); // the reader went away before detwasm writes
+    let receipt = t.path().join("receipt.json");
+    let out = detwasm()
+        .args(["run", "--no-cache", "--json", "-o"])
+        .arg(t.path().join("r"))
+        .arg("--receipt")
+        .arg(&receipt)
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "quiet: {err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    // What was done before the output stays done.
+    assert!(t.path().join("r/exitCode").is_file());
+    assert!(receipt.is_file());
+}
+
+#[test]
+fn a_receipt_that_cannot_be_written_does_not_fail_a_delivered_run() {
+    let t = tempfile::tempdir().unwrap();
+    let not_a_dir = t.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    // Under a regular file: unwritable even for root.
+    let receipt = not_a_dir.join("receipt.json");
+    let dest = t.path().join("r");
+    let out = detwasm()
+        .args(["run", "--no-cache", "-o"])
+        .arg(&dest)
+        .arg("--receipt")
+        .arg(&receipt)
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the exit code follows the run: {err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("Qm"), "the CID is printed: {stdout}");
+    assert!(
+        err.contains(&format!(
+            "detwasm: warning: the results were delivered at {}, but the receipt could not be written to {}",
+            dest.display(),
+            receipt.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Not a directory"), "{err}");
+    assert!(!err.contains("error:"), "{err}");
+    assert!(dest.join("exitCode").is_file());
+    // A guest that exits 3: still 1, as without --receipt.
+    let out = detwasm()
+        .args(["run", "--no-cache", "-o"])
+        .arg(t.path().join("r3"))
+        .arg("--receipt")
+        .arg(&receipt)
+        .arg(fixture("probe.wasm"))
+        .args(["--", "exit", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

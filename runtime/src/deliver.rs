@@ -156,6 +156,26 @@ pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data).map_err(|e| named(path, e))
 }
 
+/// Writes `data` to `path` atomically: into a temporary file next to it, fsynced, then
+/// renamed over `path`. A reader (or a crash) sees the old file or the complete new one,
+/// never a truncated receipt. Errors name the file.
+pub fn write_file_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".detwasm-tmp-")
+        .tempfile_in(parent)
+        .map_err(|e| named(path, e))?;
+    tmp.write_all(data).map_err(|e| named(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| named(path, e))?;
+    tmp.persist(path).map_err(|e| named(path, e.error))?;
+    let _ = sync_dir(parent);
+    Ok(())
+}
+
 /// `e` with `path` in its message (and a hint when the name is taken).
 fn named(path: &Path, e: io::Error) -> io::Error {
     let msg = if e.kind() == io::ErrorKind::AlreadyExists {
@@ -511,6 +531,24 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(e.to_string().contains("case-insensitive"), "{e}");
         assert_eq!(std::fs::read(t.path().join("A")).unwrap(), b"first");
+    }
+
+    #[test]
+    fn files_are_replaced_atomically() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("receipt.json");
+        write_file_atomically(&p, b"one").unwrap();
+        write_file_atomically(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            names(t.path()),
+            vec!["receipt.json"],
+            "no temporary file left"
+        );
+        // Under a regular file: fails (even as root), naming the file.
+        let bad = p.join("x.json");
+        let e = write_file_atomically(&bad, b"x").unwrap_err();
+        assert!(e.to_string().contains(&*bad.to_string_lossy()), "{e}");
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub struct Options {
     )]
     pub epoch: String,
 
-    /// Instruction budget (fuel). Running out ends the run, the same way every time.
+    /// Instruction budget (fuel), at least 1. Running out ends the run, the same way every
+    /// time.
     #[arg(long, value_name = "N", default_value_t = detwasm_runtime::job::DEFAULT_FUEL)]
     pub fuel: u64,
 
@@ -92,8 +93,10 @@ pub struct Options {
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     pub max_output: String,
 
-    /// Wall-clock safety net in seconds. A run it stops is marked unverifiable.
-    #[arg(long, value_name = "SECS")]
+    /// Wall-clock safety net in seconds (default 3600, at most 2592000 = 30 days; larger,
+    /// zero, negative or non-finite values are refused). A run it stops is marked
+    /// unverifiable.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
 
     /// Exported function to call.
@@ -112,7 +115,10 @@ pub struct Options {
     #[arg(long)]
     pub json: bool,
 
-    /// Also write the receipt (JSON) to FILE.
+    /// Also write the receipt (JSON) to FILE (atomically: a temporary file renamed into
+    /// place). If that fails after the results were delivered, a warning says so and the
+    /// exit code still follows the run (0 or 1, not 2): the results exist and their CID
+    /// is printed, so the run is not reported as failed.
     #[arg(long, value_name = "FILE")]
     pub receipt: Option<PathBuf>,
 
@@ -126,9 +132,13 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("size `{s}`: expected a number with an optional unit"))?;
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            anyhow::anyhow!("size `{s}` is too large (at most {} bytes)", u64::MAX)
+        } else {
+            anyhow::anyhow!("size `{s}`: expected a number with an optional unit")
+        }
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -140,7 +150,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         other => bail!("size `{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"),
     };
     n.checked_mul(mult)
-        .with_context(|| format!("size `{s}` is too large"))
+        .with_context(|| format!("size `{s}` is too large (at most {} bytes)", u64::MAX))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -203,6 +213,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or((spec.as_str(), DEFAULT_INPUT_PATH));
         job = job.push_input(host, guest);
     }
+    // An input folder that cannot be listed is named with the OS's reason (the job's own
+    // check only says that it is missing or unreadable).
+    for input in &job.inputs {
+        if let Err(e) = std::fs::read_dir(&input.host) {
+            bail!("input folder {}: {e}", input.host.display());
+        }
+    }
     if let Some(f) = &args.stdin {
         job.stdin =
             std::fs::read(f).with_context(|| format!("reading stdin file {}", f.display()))?;
@@ -213,13 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),
         }];
     }
-    let timeout = match args.timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            bail!("--timeout must be a positive number of seconds")
-        }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
+    let timeout = args.timeout.map(parse_timeout).transpose()?;
+    if args.fuel == 0 {
+        bail!("--fuel must be at least 1 (the run would end before its first instruction)");
+    }
     let memory = parse_size(&args.memory).context("--memory")?;
     job.limits = Limits {
         fuel: args.fuel,
@@ -265,10 +279,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let receipt = result.with_context(|| format!("running {}", module.display()))?;
 
     let json = serde_json::to_string_pretty(&receipt)?;
-    if let Some(path) = &args.receipt {
-        std::fs::write(path, format!("{json}\n"))
-            .with_context(|| format!("writing receipt {}", path.display()))?;
-    }
+    // The results are delivered: from here on a failure is reported, but does not turn
+    // the run into a failed one. The receipt is written before anything is printed, so a
+    // closed stdout cannot prevent it.
+    let receipt_failure = args.receipt.as_ref().and_then(|path| {
+        detwasm_runtime::deliver::write_file_atomically(path, format!("{json}\n").as_bytes())
+            .err()
+            .map(|e| (path, e))
+    });
     if args.json {
         println!("{json}");
     } else {
@@ -284,6 +302,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("warning: the wall-clock timeout stopped this run; it is not verifiable");
         }
     }
+    if let Some((path, e)) = receipt_failure {
+        eprintln!(
+            "detwasm: warning: the results were delivered at {}, but the receipt could not \
+             be written to {}: {e}",
+            receipt.results_dir,
+            path.display()
+        );
+    }
     Ok(if receipt.exit_code == 0 && receipt.verifiable {
         ExitCode::SUCCESS
     } else {
@@ -291,9 +317,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--timeout SECS` as a duration: positive, finite and at most
+/// [`detwasm_runtime::job::MAX_TIMEOUT`]. Checked before converting, because
+/// `Duration::from_secs_f64` panics on values it cannot represent (negative, NaN,
+/// infinite, above u64::MAX seconds).
+pub fn parse_timeout(secs: f64) -> anyhow::Result<Duration> {
+    let max = detwasm_runtime::job::MAX_TIMEOUT;
+    if !(secs.is_finite() && secs > 0.0) {
+        bail!("--timeout `{secs}`: must be a positive number of seconds");
+    }
+    if secs > max.as_secs_f64() {
+        bail!(
+            "--timeout `{secs}`: at most {} seconds (30 days)",
+            max.as_secs()
+        );
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, parse_timeout};
+
+    #[test]
+    fn timeouts_are_positive_finite_and_capped() {
+        assert_eq!(parse_timeout(1.5).unwrap().as_millis(), 1500);
+        assert_eq!(parse_timeout(2_592_000.0).unwrap().as_secs(), 2_592_000);
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            2_592_000.5,
+            1e300,
+            f64::MAX,
+        ] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_errors() {
+        let e = parse_size("99999999999999999999").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = parse_size("17179869184GiB").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {
