@@ -642,6 +642,65 @@ mod tests {
         v
     }
 
+    fn interface(text: &str, entry: &str) -> Result<Interface, RunError> {
+        read_interface(&to_binary(text.as_bytes())?, entry)
+    }
+
+    #[test]
+    fn imports_and_the_entry_are_read_without_compiling() {
+        let i = interface(
+            r#"(module
+              (type (func (param i32) (result i32)))
+              (import "wasi_snapshot_preview1" "fd_close" (func (type 0)))
+              (import "env" "mem" (memory 1))
+              (import "env" "r" (func (param externref)))
+              (func (export "_start"))
+              (func (export "f") (param i64))
+              (memory (export "memory") 1))"#,
+            "_start",
+        )
+        .unwrap();
+        assert_eq!(i.imports.len(), 3);
+        let (m, n, sig) = &i.imports[0];
+        assert_eq!(
+            (m.as_str(), n.as_str()),
+            ("wasi_snapshot_preview1", "fd_close")
+        );
+        let sig = sig.as_ref().unwrap();
+        assert_eq!(sig.text, "(func (param i32) (result i32))");
+        let (p, r) = sig.numeric.as_ref().unwrap();
+        assert!(p[0].is_i32() && r[0].is_i32() && p.len() == 1 && r.len() == 1);
+        assert!(i.imports[1].2.is_none(), "a memory import has no signature");
+        assert!(
+            i.imports[2].2.as_ref().unwrap().numeric.is_none(),
+            "externref"
+        );
+        // Function indices count the imported function first.
+        let entry = i.entry.unwrap().unwrap().numeric.unwrap();
+        assert!(entry.0.is_empty() && entry.1.is_empty());
+        let f = interface(r#"(module (func (export "f") (param i64)))"#, "f").unwrap();
+        assert_eq!(f.entry.unwrap().unwrap().numeric.unwrap().0.len(), 1);
+        let mem = interface(r#"(module (memory (export "m") 1))"#, "m").unwrap();
+        assert!(matches!(mem.entry, Some(None)), "not a function");
+        let none = interface("(module)", "_start").unwrap();
+        assert!(none.entry.is_none());
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_core_module_say_what_they_are() {
+        let not = |b: &[u8]| match to_binary(b).and_then(|b| read_interface(&b, "_start")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {b:?}"),
+        };
+        assert!(not(b"\x7fELF\x02").contains("does not start with the WebAssembly magic"));
+        assert!(not(b"").contains("not a WebAssembly module"));
+        assert!(not(b"\0asm\x0d\0\x01\0").contains("component"));
+        assert!(not(b"\0asm\x01\0").contains("truncated: 6 bytes"));
+        // A type section that claims more bytes than the file has.
+        assert!(not(b"\0asm\x01\0\0\0\x01\x10\x01").contains("truncated"));
+        assert!(not(b"(module (func").contains("invalid WebAssembly module"));
+    }
+
     #[test]
     fn a_cache_file_copied_under_another_modules_key_is_not_loaded() {
         let t = tempfile::tempdir().unwrap();
