@@ -22,6 +22,7 @@
 //! [`wasi::host`]; the filesystem in [`wasi::vfs`]; what a job may reach in
 //! [`capabilities`]; limits in [`job::Limits`].
 
+pub mod campaign;
 pub mod capabilities;
 pub mod deliver;
 pub mod engine;
@@ -31,6 +32,7 @@ pub mod limiter;
 pub mod receipt;
 pub mod results;
 pub mod run;
+pub mod selffuzz;
 pub mod spec;
 pub mod verify;
 pub mod wasi;

@@ -121,6 +121,9 @@ pub struct Report {
     pub instructions_actual: u64,
     pub exit_code_expected: i32,
     pub exit_code_actual: i32,
+    /// How the run ended (`exited`, `trap`, …), as the receipt claims and as re-run.
+    pub outcome_expected: String,
+    pub outcome_actual: String,
     pub job_id: String,
     /// The CID of the provider's results folder, when it was given.
     pub cid_provider: Option<String>,
@@ -302,10 +305,8 @@ pub fn verify(
     let (cid_provider, differences) = match provider_results {
         None => (None, Vec::new()),
         Some(p) => {
-            let include_hidden = !receipt.skip_hidden;
-            let (provider_cid, theirs) = entries(p, receipt, include_hidden)?;
-            let (_, ours) = entries(&dest, receipt, include_hidden)?;
-            let differences = compare(&dest, &ours, p, &theirs);
+            let (_, provider_cid, differences) =
+                diff_folders(&dest, p, receipt.profile, !receipt.skip_hidden)?;
             if provider_cid != receipt.cid {
                 reasons.push(format!(
                     "the provider's results folder hashes to {provider_cid}, not to the receipt's {}",
@@ -330,6 +331,8 @@ pub fn verify(
         instructions_actual: rerun.instructions,
         exit_code_expected: receipt.exit_code,
         exit_code_actual: rerun.exit_code,
+        outcome_expected: receipt.outcome.clone(),
+        outcome_actual: rerun.outcome,
         job_id: rerun.job_id,
         cid_provider,
         differences,
@@ -339,13 +342,26 @@ pub fn verify(
 
 type Entries = BTreeMap<String, (String, EntryKind)>;
 
-/// Every entry of a results folder with its CID, hashed as the receipt's results were.
+/// Compares two results folders hashed under `profile`: returns the CID of each and the
+/// paths that differ (`cid_rerun` describes `ours`, `cid_provider` `theirs`).
+pub fn diff_folders(
+    ours: &Path,
+    theirs: &Path,
+    profile: crate::Profile,
+    include_hidden: bool,
+) -> Result<(String, String, Vec<Difference>), VerifyError> {
+    let (ours_cid, a) = entries(ours, profile, include_hidden)?;
+    let (theirs_cid, b) = entries(theirs, profile, include_hidden)?;
+    Ok((ours_cid, theirs_cid, compare(ours, &a, theirs, &b)))
+}
+
+/// Every entry of a results folder with its CID.
 fn entries(
     dir: &Path,
-    receipt: &Receipt,
+    profile: crate::Profile,
     include_hidden: bool,
 ) -> Result<(String, Entries), VerifyError> {
-    let opts = Options::profile(receipt.profile).with_hidden(include_hidden);
+    let opts = Options::profile(profile).with_hidden(include_hidden);
     let hashed = Hasher::new(opts)
         .entries(true)
         .hash_path(dir)

@@ -98,8 +98,20 @@ pub struct VirtualClock {
     pub mono: u64,
 }
 
+/// Test-only: lets the host's real time through the wall clock, so that a test can prove
+/// the determinism campaign ([`crate::campaign`]) catches a leaked channel. Compiled into
+/// this crate's unit tests only, never into a build anyone runs jobs with.
+#[cfg(test)]
+pub static LEAK_HOST_TIME: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 impl VirtualClock {
     fn read(&mut self, id: u32) -> Result<u64, Errno> {
+        #[cfg(test)]
+        if id == CLOCK_REALTIME && LEAK_HOST_TIME.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            return Ok(now.map(|d| d.as_nanos() as u64).unwrap_or(0));
+        }
         let c = match id {
             CLOCK_REALTIME => &mut self.wall,
             CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME | CLOCK_THREAD_CPUTIME => &mut self.mono,

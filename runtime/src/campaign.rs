@@ -1,0 +1,617 @@
+//! `detwasm fuzz`: a determinism campaign for one job, and what the job depends on.
+//!
+//! What it is for: a module author, before publishing, runs the same job many times, each
+//! under a different host perturbation that must not matter — inputs copied elsewhere in
+//! another creation order with other mtimes, disk or tmpfs, the compiled-module cache
+//! cold, warm or off, serial compilation, a busy CPU, copies of the job running
+//! concurrently in one process, and another process with another environment, time zone,
+//! locale and working folder — and learns whether the results CID, the instruction count
+//! or the exit status ever differ, and in which files. With [`Param`]s to vary, it also
+//! changes job parameters on purpose (seed, epoch, env, args, inputs) and reports which
+//! the output depends on ("you read random bytes"), before a verifier finds out.
+//!
+//! What it is not: proof. A campaign finds the non-determinism these perturbations reach;
+//! the runtime's contract tests and the self-fuzzer cover the rest. Perturbations that can
+//! legitimately change a result are left out on purpose: Cranelift's optimisation level
+//! changes native frame sizes and so the depth at which a deep recursion overflows.
+//!
+//! The module is compiled once per engine configuration and reused (a `Runtime` keeps
+//! what it loaded); only the cache perturbations compile again, since the cache is what
+//! they perturb.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::engine::EngineOptions;
+use crate::error::RunError;
+use crate::job::{Input, Job};
+use crate::receipt::Receipt;
+use crate::run::{Destination, Runtime};
+use crate::verify::{diff_folders, Difference};
+
+/// A job parameter the campaign can vary on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Param {
+    /// The seed of `random_get` (+1).
+    Seed,
+    /// The clock epoch (+1 year).
+    Epoch,
+    /// The environment: every value changed and one variable added.
+    Env,
+    /// The arguments: one argument appended.
+    Args,
+    /// The inputs: a file added to each input folder (in a copy).
+    Inputs,
+}
+
+impl Param {
+    pub const ALL: [Param; 5] = [
+        Param::Seed,
+        Param::Epoch,
+        Param::Env,
+        Param::Args,
+        Param::Inputs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Param::Seed => "seed",
+            Param::Epoch => "epoch",
+            Param::Env => "env",
+            Param::Args => "args",
+            Param::Inputs => "inputs",
+        }
+    }
+
+    /// Parses `seed,epoch,env,args,inputs` (any subset, any order).
+    pub fn parse_list(s: &str) -> Result<Vec<Param>, String> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                Param::ALL
+                    .into_iter()
+                    .find(|x| x.name() == p.trim())
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown parameter `{p}` (expected seed, epoch, env, args or inputs)"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// How a campaign is run.
+pub struct Campaign<'a> {
+    /// Runs of the job, each under the next perturbation (cycling through them).
+    pub runs: usize,
+    /// Parameters to vary on purpose.
+    pub vary: Vec<Param>,
+    /// The detwasm executable, for the perturbation that needs another process; `None`
+    /// skips it.
+    pub exe: Option<PathBuf>,
+    /// Called after each run with (runs done, runs in all, what was perturbed).
+    pub progress: Option<&'a (dyn Fn(usize, usize, &str) + Sync)>,
+}
+
+/// One run of the campaign.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    /// What was perturbed.
+    pub perturbation: String,
+    pub cid: String,
+    pub instructions: u64,
+    pub exit_code: i32,
+    pub outcome: String,
+    /// Differs from the baseline (CID, instruction count, exit code or outcome).
+    pub divergent: bool,
+    /// Files that differ from the baseline's results.
+    pub files: Vec<Difference>,
+}
+
+/// What varying one parameter did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sensitivity {
+    pub param: Param,
+    /// The output (CID, instruction count or exit) changed.
+    pub sensitive: bool,
+    /// What was changed, in words.
+    pub change: String,
+    /// Files whose content changed.
+    pub files: Vec<String>,
+}
+
+/// The campaign's findings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub runs: usize,
+    pub divergent: bool,
+    /// The first run's result, the reference of all others.
+    pub baseline: RunRecord,
+    /// The runs that diverged from the baseline, with the files that differ.
+    pub differences: Vec<RunRecord>,
+    /// Every run (the baseline first).
+    pub all_runs: Vec<RunRecord>,
+    /// Names of the varied parameters the output depends on.
+    pub sensitive_to: Vec<Param>,
+    pub sensitivity: Vec<Sensitivity>,
+}
+
+/// The host perturbations, in the order runs take them.
+const PERTURBATIONS: &[&str] = &[
+    "baseline",
+    "inputs copied elsewhere on disk, created in reverse order, other mtimes",
+    "inputs and results on tmpfs (/dev/shm)",
+    "compiled-module cache cold (compiled and stored)",
+    "compiled-module cache warm (loaded, not compiled)",
+    "no cache, serial compilation",
+    "busy CPU (spinning threads beside the run)",
+    "4 copies of the job at once in one process",
+    "another process: other environment, TZ, locale, working folder",
+];
+
+/// Runs the campaign for `job` with `runtime` (the baseline engine).
+pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report, RunError> {
+    let work = tempfile::Builder::new()
+        .prefix("detwasm-fuzz-")
+        .tempdir()
+        .map_err(|e| RunError::io("creating the campaign's folder", e))?;
+    let runs = c.runs.max(1);
+    let total = runs + c.vary.len();
+    let mut records: Vec<(RunRecord, PathBuf)> = Vec::new();
+    let mut done = 0;
+    for i in 0..runs {
+        let mut kind = i % PERTURBATIONS.len();
+        if kind == PERTURBATIONS.len() - 1 && c.exe.is_none() {
+            kind = 1;
+        }
+        let here = work.path().join(format!("run-{i}"));
+        std::fs::create_dir_all(&here).map_err(|e| RunError::io("creating a run folder", e))?;
+        let (receipt, results) = perturbed_run(runtime, job, kind, &here, c, records.first())?;
+        // Kept beside the results: the other-process perturbation re-runs the baseline's
+        // receipt.
+        let json = serde_json::to_vec_pretty(&receipt).expect("a receipt serializes");
+        std::fs::write(here.join("receipt.json"), json)
+            .map_err(|e| RunError::io("writing a run's receipt", e))?;
+        let mut record = RunRecord {
+            perturbation: if i < PERTURBATIONS.len() {
+                PERTURBATIONS[kind].to_string()
+            } else {
+                format!("{} (again, run {i})", PERTURBATIONS[kind])
+            },
+            cid: receipt.cid,
+            instructions: receipt.instructions,
+            exit_code: receipt.exit_code,
+            outcome: receipt.outcome,
+            divergent: false,
+            files: Vec::new(),
+        };
+        if let Some((base, base_dir)) = records.first() {
+            record.divergent = record.cid != base.cid
+                || record.instructions != base.instructions
+                || record.exit_code != base.exit_code
+                || record.outcome != base.outcome;
+            if record.cid != base.cid {
+                record.files = differing(base_dir, &results, job)?;
+            }
+        }
+        done += 1;
+        if let Some(p) = c.progress {
+            p(done, total, &record.perturbation);
+        }
+        records.push((record, results));
+    }
+    let (baseline, base_dir) = records[0].clone();
+    let mut sensitivity = Vec::new();
+    for &param in &c.vary {
+        let here = work.path().join(format!("vary-{}", param.name()));
+        std::fs::create_dir_all(&here).map_err(|e| RunError::io("creating a run folder", e))?;
+        let (varied, change) = vary(job, param, &here)?;
+        let results = here.join("results");
+        let r = runtime.run(&varied, &Destination::At(results.clone()))?;
+        let sensitive = r.cid != baseline.cid
+            || r.instructions != baseline.instructions
+            || r.exit_code != baseline.exit_code;
+        let files = if r.cid != baseline.cid {
+            differing(&base_dir, &results, job)?
+                .into_iter()
+                .map(|d| d.path)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        done += 1;
+        if let Some(p) = c.progress {
+            p(done, total, &format!("vary {}", param.name()));
+        }
+        sensitivity.push(Sensitivity {
+            param,
+            sensitive,
+            change,
+            files,
+        });
+    }
+    let all_runs: Vec<RunRecord> = records.into_iter().map(|r| r.0).collect();
+    let differences: Vec<RunRecord> = all_runs.iter().filter(|r| r.divergent).cloned().collect();
+    Ok(Report {
+        runs,
+        divergent: !differences.is_empty(),
+        baseline,
+        differences,
+        all_runs,
+        sensitive_to: sensitivity
+            .iter()
+            .filter(|s| s.sensitive)
+            .map(|s| s.param)
+            .collect(),
+        sensitivity,
+    })
+}
+
+fn differing(a: &Path, b: &Path, job: &Job) -> Result<Vec<Difference>, RunError> {
+    diff_folders(a, b, job.results.profile, !job.results.skip_hidden)
+        .map(|(_, _, d)| d)
+        .map_err(|e| RunError::Hash {
+            what: "results of the campaign".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// Runs `job` under perturbation `kind` in folder `here`; returns its receipt and where
+/// its results are.
+fn perturbed_run(
+    runtime: &Runtime,
+    job: &Job,
+    kind: usize,
+    here: &Path,
+    c: &Campaign,
+    baseline: Option<&(RunRecord, PathBuf)>,
+) -> Result<(Receipt, PathBuf), RunError> {
+    let results = here.join("results");
+    let at = |p: &Path| Destination::At(p.to_path_buf());
+    let engine = |cache_dir: Option<PathBuf>, parallel: bool| {
+        Runtime::new(EngineOptions {
+            cache_dir,
+            parallel_compilation: parallel,
+        })
+    };
+    let receipt = match kind {
+        0 => runtime.run(job, &at(&results))?,
+        1 => {
+            let moved = with_copied_inputs(job, &here.join("inputs"))?;
+            runtime.run(&moved, &at(&results))?
+        }
+        2 => {
+            let shm = Path::new("/dev/shm");
+            let base = if shm.is_dir() {
+                tempfile::Builder::new()
+                    .prefix("detwasm-fuzz-")
+                    .tempdir_in(shm)
+            } else {
+                tempfile::Builder::new().prefix("detwasm-fuzz-").tempdir()
+            }
+            .map_err(|e| RunError::io("creating a tmpfs folder", e))?;
+            let moved = with_copied_inputs(job, &base.path().join("inputs"))?;
+            let r = runtime.run(&moved, &at(&base.path().join("results")))?;
+            copy_tree(&base.path().join("results"), &results, false)
+                .map_err(|e| RunError::io("copying tmpfs results", e))?;
+            r
+        }
+        3 | 4 => {
+            // Cold: a fresh cache folder; warm: the folder the cold run filled (a new
+            // Runtime, so the module comes from the cache file, not from memory).
+            let cache = here.parent().unwrap_or(here).join("module-cache");
+            engine(Some(cache), true)?.run(job, &at(&results))?
+        }
+        5 => engine(None, false)?.run(job, &at(&results))?,
+        6 => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let spinners: Vec<_> = (0..2)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let mut x = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            std::hint::black_box(x);
+                        }
+                    })
+                })
+                .collect();
+            let r = runtime.run(job, &at(&results));
+            stop.store(true, Ordering::Relaxed);
+            for s in spinners {
+                let _ = s.join();
+            }
+            r?
+        }
+        7 => {
+            let outcomes: Vec<Result<Receipt, RunError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|k| {
+                        let dest = at(&here.join(format!("copy-{k}")));
+                        s.spawn(move || runtime.run(job, &dest))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(RunError::Engine("a run panicked".into())))
+                    })
+                    .collect()
+            });
+            let mut first: Option<Receipt> = None;
+            for (k, r) in outcomes.into_iter().enumerate() {
+                let r = r?;
+                match &first {
+                    // A copy that disagrees with the first copy is what is reported.
+                    Some(f) if f.cid != r.cid || f.instructions != r.instructions => {
+                        std::fs::rename(here.join(format!("copy-{k}")), &results)
+                            .map_err(|e| RunError::io("keeping a divergent copy", e))?;
+                        return Ok((r, results));
+                    }
+                    Some(_) => {}
+                    None => first = Some(r),
+                }
+            }
+            std::fs::rename(here.join("copy-0"), &results)
+                .map_err(|e| RunError::io("keeping the first copy", e))?;
+            first.expect("four copies ran")
+        }
+        _ => {
+            let exe = c.exe.as_ref().expect("checked by the caller");
+            let base = baseline.expect("the baseline runs first");
+            other_process(exe, job, here, &base.1, &results)?
+        }
+    };
+    Ok((receipt, results))
+}
+
+/// The job with every input copied under `to`: entries created in reverse name order,
+/// files given old and differing mtimes. What the guest sees must not change.
+fn with_copied_inputs(job: &Job, to: &Path) -> Result<Job, RunError> {
+    let mut moved = job.clone();
+    moved.inputs = job
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let dest = to.join(format!("input-{i}"));
+            let src = std::fs::canonicalize(&input.host)
+                .map_err(|e| RunError::io(format!("input {}", input.host.display()), e))?;
+            copy_tree(&src, &dest, true)
+                .map_err(|e| RunError::io(format!("copying input {}", input.host.display()), e))?;
+            Ok(Input {
+                host: dest,
+                guest: input.guest.clone(),
+            })
+        })
+        .collect::<Result<_, RunError>>()?;
+    Ok(moved)
+}
+
+/// Copies a tree (symlinks as symlinks). With `perturb`, entries are created in reverse
+/// name order and files get mtimes from 1990 on, one hour apart.
+fn copy_tree(from: &Path, to: &Path, perturb: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    if perturb {
+        entries.reverse();
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst, perturb)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+            if perturb {
+                let t = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(631_152_000 + 3600 * i as u64);
+                std::fs::File::options()
+                    .write(true)
+                    .open(&dst)?
+                    .set_modified(t)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-runs the baseline's job in another detwasm process (`detwasm verify` of the
+/// baseline's receipt, which rebuilds the job from it), with a cleared environment, other
+/// TZ and locale, noise variables and another working folder.
+fn other_process(
+    exe: &Path,
+    job: &Job,
+    here: &Path,
+    baseline_results: &Path,
+    results: &Path,
+) -> Result<Receipt, RunError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e| RunError::io(what, e)
+    };
+    let base_receipt = baseline_results
+        .parent()
+        .map(|p| p.join("receipt.json"))
+        .ok_or_else(|| RunError::Engine("no baseline receipt".into()))?;
+    let module = here.join("module.wasm");
+    std::fs::write(&module, job.module.bytes.as_slice()).map_err(io("writing the module"))?;
+    let stdin = here.join("stdin");
+    std::fs::write(&stdin, &job.stdin).map_err(io("writing stdin"))?;
+    let cwd = here.join("elsewhere");
+    std::fs::create_dir_all(&cwd).map_err(io("creating a working folder"))?;
+    let mut cmd = Command::new(exe);
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TZ", "Pacific/Chatham")
+        .env("LANG", "de_DE.UTF-8")
+        .env("LC_ALL", "tr_TR.UTF-8")
+        .env("HOME", &cwd)
+        .env("DETWASM_CACHE_DIR", here.join("cache"))
+        .env("DETWASM_FUZZ_NOISE", "x".repeat(4096))
+        .current_dir(&cwd)
+        .arg("verify")
+        .arg(&base_receipt)
+        .arg("--json")
+        .arg("--keep")
+        .arg(results)
+        .arg("--module")
+        .arg(&module)
+        .arg("--stdin")
+        .arg(&stdin);
+    for input in &job.inputs {
+        let host = std::fs::canonicalize(&input.host).map_err(io("input"))?;
+        cmd.arg("--input")
+            .arg(format!("{}:{}", host.display(), input.guest));
+    }
+    let out = cmd
+        .output()
+        .map_err(io("starting another detwasm process"))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        RunError::Engine(format!(
+            "the other detwasm process failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let mut receipt: Receipt = serde_json::from_slice(
+        &std::fs::read(&base_receipt).map_err(io("reading the baseline receipt"))?,
+    )
+    .map_err(|e| RunError::Engine(e.to_string()))?;
+    let field = |k: &str| report.get(k).cloned().unwrap_or_default();
+    receipt.cid = field("cid_actual").as_str().unwrap_or_default().to_string();
+    receipt.instructions = field("instructions_actual").as_u64().unwrap_or_default();
+    receipt.exit_code = field("exit_code_actual").as_i64().unwrap_or_default() as i32;
+    receipt.outcome = field("outcome_actual")
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or(receipt.outcome);
+    Ok(receipt)
+}
+
+/// The job with `param` changed, and the change in words.
+fn vary(job: &Job, param: Param, here: &Path) -> Result<(Job, String), RunError> {
+    let mut j = job.clone();
+    let change = match param {
+        Param::Seed => {
+            j.seed = j.seed.wrapping_add(1);
+            format!("seed {} -> {}", job.seed, j.seed)
+        }
+        Param::Epoch => {
+            j.epoch.unix_nanos = j
+                .epoch
+                .unix_nanos
+                .saturating_add(365 * 86_400 * 1_000_000_000);
+            "epoch + 365 days".into()
+        }
+        Param::Env => {
+            for (_, v) in &mut j.env {
+                v.push('x');
+            }
+            j.env.push(("DETWASM_FUZZ_EXTRA".into(), "1".into()));
+            "every value + `x`, and DETWASM_FUZZ_EXTRA=1 added".into()
+        }
+        Param::Args => {
+            j.args.push("detwasm-fuzz-extra".into());
+            "argument `detwasm-fuzz-extra` appended".into()
+        }
+        Param::Inputs => {
+            if job.inputs.is_empty() {
+                return Ok((j, "no inputs to vary".into()));
+            }
+            j = with_copied_inputs(job, &here.join("inputs"))?;
+            for input in &j.inputs {
+                std::fs::write(input.host.join("detwasm-fuzz-extra.txt"), b"added\n")
+                    .map_err(|e| RunError::io("adding a file to an input copy", e))?;
+            }
+            "file detwasm-fuzz-extra.txt added to each input".into()
+        }
+    };
+    Ok((j, change))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap()
+    }
+
+    fn runtime() -> Runtime {
+        Runtime::new(EngineOptions {
+            cache_dir: None,
+            parallel_compilation: true,
+        })
+        .unwrap()
+    }
+
+    fn campaign(runs: usize, vary: Vec<Param>) -> Campaign<'static> {
+        Campaign {
+            runs,
+            vary,
+            exe: None,
+            progress: None,
+        }
+    }
+
+    /// The probe over an input folder agrees with itself under every in-process
+    /// perturbation, and its output depends on everything it reports.
+    #[test]
+    fn a_deterministic_job_agrees_under_every_perturbation() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("in/sub")).unwrap();
+        std::fs::write(t.path().join("in/a.txt"), "a").unwrap();
+        std::fs::write(t.path().join("in/sub/b.txt"), "b").unwrap();
+        let job = Job::new(fixture("fixtures/probes/probe.wasm"))
+            .push_input(t.path().join("in"), "/inputs")
+            .push_arg("report")
+            .push_env("K", "V");
+        let report = run_campaign(&runtime(), &job, &campaign(8, Param::ALL.to_vec())).unwrap();
+        assert!(!report.divergent, "{:#?}", report.differences);
+        assert_eq!(report.all_runs.len(), 8);
+        let names: Vec<&str> = report.sensitive_to.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["seed", "epoch", "env", "args", "inputs"]);
+        let seed = &report.sensitivity[0];
+        assert!(seed.files.contains(&"stdout".to_string()), "{seed:?}");
+    }
+
+    /// cowsay of a fixed message reads no randomness, no clock, no env and no inputs:
+    /// the campaign says its output depends on its arguments only.
+    #[test]
+    fn sensitivity_names_only_what_the_output_depends_on() {
+        let job = Job::new(fixture("fixtures/modules/cowsay.wasm")).push_arg("moo");
+        let report = run_campaign(&runtime(), &job, &campaign(2, Param::ALL.to_vec())).unwrap();
+        assert!(!report.divergent);
+        assert_eq!(report.sensitive_to, [Param::Args]);
+    }
+
+    /// With a deliberately leaked channel (this crate's test-only switch that lets the
+    /// host's real time through the wall clock), the campaign reports the divergence and
+    /// names the file it shows in.
+    #[test]
+    fn a_leaked_host_clock_is_caught_and_the_file_named() {
+        crate::wasi::host::LEAK_HOST_TIME.store(true, Ordering::SeqCst);
+        let job = Job::new(fixture("fixtures/probes/probe.wasm")).push_arg("report");
+        let report = run_campaign(&runtime(), &job, &campaign(3, vec![]));
+        crate::wasi::host::LEAK_HOST_TIME.store(false, Ordering::SeqCst);
+        let report = report.unwrap();
+        assert!(report.divergent);
+        let files: Vec<&str> = report.differences[0]
+            .files
+            .iter()
+            .map(|d| d.path.as_str())
+            .collect();
+        assert!(files.contains(&"stdout"), "{files:?}");
+    }
+}
