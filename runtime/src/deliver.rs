@@ -534,6 +534,26 @@ mod tests {
     }
 
     #[test]
+    fn writing_results_over_a_name_that_exists_fails_and_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        let job = hello();
+        let host = crate::capabilities::grant(&job).unwrap();
+        let dest = t.path().join("final");
+        for taken in ["stdout", "exitCode", "outputs"] {
+            let dir = t.path().join(format!("staging-{taken}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(taken), "earlier").unwrap();
+            let e = write_results(&dir, &dest, &job, &host, &Outcome::Exited(0), None).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, RunError::WriteResults { .. }), "{msg}");
+            assert!(msg.contains(&format!("writing results into {}", dest.display())));
+            assert!(msg.contains(&format!("{taken} already exists")), "{msg}");
+            assert!(msg.contains("nothing was delivered"), "{msg}");
+            assert_eq!(std::fs::read(dir.join(taken)).unwrap(), b"earlier");
+        }
+    }
+
+    #[test]
     fn files_are_replaced_atomically() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("receipt.json");
