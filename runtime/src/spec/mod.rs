@@ -29,6 +29,7 @@
 pub mod bacalhau;
 pub mod car;
 pub mod check;
+pub mod fuzz;
 pub mod gofmt;
 pub mod json;
 pub mod resolve;
