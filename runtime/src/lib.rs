@@ -32,6 +32,7 @@ pub mod limiter;
 pub mod receipt;
 pub mod results;
 pub mod run;
+pub mod scaffold;
 pub mod selffuzz;
 pub mod spec;
 pub mod verify;

@@ -1,0 +1,339 @@
+//! `detwasm module new`: a working module folder for an author starting from nothing.
+//!
+//! What it is for: laying out a module that builds reproducibly for `wasm32-wasip1`, runs
+//! under detwasm, and passes `detwasm module check` once built — source, a `build.sh`
+//! that builds it and writes the module's CID into the template, a
+//! `lilypad_module.json.tmpl` naming the entry module by `Path` and by `CID`, a README
+//! and a `.gitignore`. What it is not: a build system; `build.sh` is a plain script the
+//! author owns and edits.
+//!
+//! Reproducible builds, and why each setting: host paths that could reach the binary are
+//! remapped (the folder, cargo's home, the toolchain's sysroot; for C the folder), debug
+//! info and symbols are left out, `SOURCE_DATE_EPOCH` is fixed and flags from the
+//! environment are dropped, so the same source gives the same bytes — and so the same
+//! CID — in any folder, on any machine with the same toolchain. Rejected: building in a
+//! container (no container runtime can be relied on where detwasm runs).
+
+use std::path::{Path, PathBuf};
+
+/// The language of a new module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    /// Rust, built with cargo for `wasm32-wasip1`.
+    Rust,
+    /// C, built with clang for `wasm32-wasi` against wasi-libc.
+    C,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" => Ok(Lang::Rust),
+            "c" => Ok(Lang::C),
+            _ => Err(format!("unknown language `{s}` (expected rust or c)")),
+        }
+    }
+}
+
+/// Why a module folder could not be laid out.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    #[error("module name `{0}` must be 1 to 64 lower-case letters, digits, `-` or `_`, starting with a letter")]
+    BadName(String),
+    #[error("{} already exists and is not empty: choose another folder", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: {cause}", path.display())]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+/// Checks a module name: it becomes a crate name, a file name and a template value.
+pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ScaffoldError::BadName(name.to_string()))
+    }
+}
+
+/// Lays out module `name` in `dir` (created; it must not exist or be empty). Returns the
+/// files written, relative to `dir`. The template's CID is empty until `build.sh` runs.
+pub fn new_module(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, ScaffoldError> {
+    check_name(name)?;
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(ScaffoldError::Exists(dir.to_path_buf()));
+        }
+    }
+    let wasm = format!("{name}.wasm");
+    let mut files: Vec<(&str, String)> = vec![
+        ("lilypad_module.json.tmpl", template(&wasm)),
+        ("README.md", readme(name, lang)),
+        (".gitignore", format!("/target\n/{wasm}.tmp\n")),
+    ];
+    match lang {
+        Lang::Rust => {
+            files.push(("Cargo.toml", cargo_toml(name)));
+            files.push(("src/main.rs", RUST_MAIN.to_string()));
+            files.push(("build.sh", build_rust(name)));
+        }
+        Lang::C => {
+            files.push(("main.c", C_MAIN.to_string()));
+            files.push(("build.sh", build_c(name)));
+        }
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| ScaffoldError::Io { path, cause }
+    };
+    let mut written = Vec::new();
+    for (rel, text) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+        if rel == "build.sh" {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(&path))?;
+        }
+        written.push(PathBuf::from(rel));
+    }
+    Ok(written)
+}
+
+fn template(wasm: &str) -> String {
+    format!(
+        r#"{{
+  "machine": {{"gpu": 0, "cpu": 1000, "ram": 100}},
+  "job": {{
+    "APIVersion": "V1beta1",
+    "Spec": {{
+      "Deal": {{"Concurrency": 1}},
+      "Engine": "Wasm",
+      "Wasm": {{
+        "EntryModule": {{"CID": "", "Path": "{wasm}"}},
+        "EntryPoint": "_start",
+        "Parameters": [{{{{if .Message}}}}{{{{.Message}}}}{{{{else}}}}"hello"{{{{end}}}}],
+        "EnvironmentVariables": {{}}
+      }},
+      "Network": {{"Type": "None"}},
+      "Outputs": [{{"Name": "outputs", "Path": "/outputs"}}],
+      "PublisherSpec": {{"Type": "IPFS"}},
+      "Resources": {{"GPU": "", "Memory": "64Mb"}},
+      "Timeout": 600,
+      "Verifier": "Noop"
+    }}
+  }}
+}}
+"#
+    )
+}
+
+fn cargo_toml(name: &str) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+
+# Small, reproducible wasm (built by build.sh).
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+panic = "abort"
+debug = false
+strip = true
+
+# A workspace of its own, so that a parent folder's workspace never takes it in.
+[workspace]
+"#
+    )
+}
+
+const RUST_MAIN: &str = r#"//! A detwasm module: greets with its first argument (the template's `Message`), lists
+//! the files under /inputs when there are any, and writes the same text to stdout and to
+//! /outputs/result.txt. Replace this with your own work; keep it deterministic (detwasm
+//! makes clocks, randomness and directory order functions of the job, and
+//! `detwasm fuzz` tells you what your output depends on).
+
+use std::fs;
+
+fn main() {
+    let message = std::env::args().nth(1).unwrap_or_else(|| "hello".to_string());
+    let mut report = format!("{message}\n");
+    if let Ok(entries) = fs::read_dir("/inputs") {
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            report.push_str(&format!("input: {name}\n"));
+        }
+    }
+    print!("{report}");
+    fs::write("/outputs/result.txt", &report).expect("writing /outputs/result.txt");
+}
+"#;
+
+const C_MAIN: &str = r#"/* A detwasm module: greets with its first argument (the template's `Message`), lists
+ * the files under /inputs when there are any, and writes the same text to stdout and to
+ * /outputs/result.txt. Replace this with your own work; keep it deterministic. */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int by_name(const struct dirent **a, const struct dirent **b) {
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+int main(int argc, char **argv) {
+    const char *message = argc > 1 ? argv[1] : "hello";
+    FILE *out = fopen("/outputs/result.txt", "w");
+    if (!out) {
+        perror("/outputs/result.txt");
+        return 1;
+    }
+    printf("%s\n", message);
+    fprintf(out, "%s\n", message);
+    struct dirent **names;
+    int n = scandir("/inputs", &names, NULL, by_name);
+    for (int i = 0; i < n; i++) {
+        if (names[i]->d_name[0] != '.') {
+            printf("input: %s\n", names[i]->d_name);
+            fprintf(out, "input: %s\n", names[i]->d_name);
+        }
+        free(names[i]);
+    }
+    if (n >= 0)
+        free(names);
+    return fclose(out) == 0 ? 0 : 1;
+}
+"#;
+
+/// The tail of both build scripts: the CID of the built module (by `detwasm hash`, as
+/// `ipfs add` computes it) written into the template.
+const RECORD_CID: &str = r#"
+cid=$("${DETWASM:-detwasm}" hash "$wasm")
+sed -i -E "s/(\"EntryModule\": \{[^}]*\"CID\": \")[^\"]*/\1$cid/" lilypad_module.json.tmpl
+echo "$wasm: $cid"
+"#;
+
+fn build_rust(name: &str) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+# Builds {name}.wasm for wasm32-wasip1, reproducibly (the same bytes in any folder, on
+# any machine with the same Rust toolchain), and writes its CID into the template.
+# Needs: rustup target add wasm32-wasip1; detwasm on PATH (or DETWASM=/path/to/detwasm).
+set -euo pipefail
+cd "$(dirname "$0")"
+here=$(pwd -P)
+wasm={name}.wasm
+cargo_home=$(cd "${{CARGO_HOME:-$HOME/.cargo}}" && pwd -P)
+sysroot=$(rustc --print sysroot)
+unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTC_WRAPPER CARGO_BUILD_RUSTC_WRAPPER CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS
+export SOURCE_DATE_EPOCH=0 CARGO_INCREMENTAL=0
+flags=("--remap-path-prefix=$here=/module" "--remap-path-prefix=$cargo_home=/cargo"
+  "--remap-path-prefix=$sysroot=/rustc-sysroot" "-Cdebuginfo=0" "-Cstrip=symbols")
+CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${{flags[*]}}")
+export CARGO_ENCODED_RUSTFLAGS
+cargo build --quiet --release --target wasm32-wasip1
+cp target/wasm32-wasip1/release/{name}.wasm "$wasm"
+unset CARGO_ENCODED_RUSTFLAGS SOURCE_DATE_EPOCH
+{RECORD_CID}"#
+    )
+}
+
+fn build_c(name: &str) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+# Builds {name}.wasm for wasm32-wasi with clang and wasi-libc, reproducibly (the same
+# bytes in any folder with the same clang and wasi-libc), and writes its CID into the
+# template. Needs: clang, lld, wasi-libc (Debian: apt-get install clang lld wasi-libc
+# libclang-rt-14-dev-wasm32); detwasm on PATH (or DETWASM=/path/to/detwasm).
+set -euo pipefail
+cd "$(dirname "$0")"
+here=$(pwd -P)
+wasm={name}.wasm
+export SOURCE_DATE_EPOCH=0
+"${{CC:-clang}}" --target=wasm32-wasi -O2 -g0 "-ffile-prefix-map=$here=/module" \
+  -Wl,--strip-all -o "$wasm" main.c
+{RECORD_CID}"#
+    )
+}
+
+fn readme(name: &str, lang: Lang) -> String {
+    let source = match lang {
+        Lang::Rust => "`src/main.rs` (Rust)",
+        Lang::C => "`main.c` (C, with wasi-libc)",
+    };
+    format!(
+        r#"# {name}
+
+A detwasm module: {source}, built for WebAssembly (WASI preview 1) by `./build.sh`.
+
+```sh
+./build.sh                                   # builds {name}.wasm, writes its CID into the template
+detwasm run . -i Message=hi                  # runs the module as its template describes
+detwasm fuzz . -i Message=hi --vary seed,epoch,env,args,inputs   # is it deterministic? what does it read?
+detwasm module check . -i Message=hi         # everything a publisher checks
+detwasm module pack .                        # {name}.car: the wasm as a CAR, to pin on IPFS
+```
+
+`lilypad_module.json.tmpl` is the module's spec (a Go template, as Lilypad renders it): it
+names the entry module by path and by CID, so a runner can fetch it by CID and check what
+it runs. `build.sh` keeps the CID up to date; commit the template with the wasm.
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_folders_never_overwritten() {
+        assert!(check_name("my-module_2").is_ok());
+        for bad in ["", "My", "2nd", "a b", "a/b", "../x", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("keep"), "x").unwrap();
+        assert!(matches!(
+            new_module(t.path(), "m", Lang::Rust),
+            Err(ScaffoldError::Exists(_))
+        ));
+        assert_eq!(std::fs::read_to_string(t.path().join("keep")).unwrap(), "x");
+    }
+
+    #[test]
+    fn the_template_renders_to_a_spec_detwasm_honours() {
+        let t = tempfile::tempdir().unwrap();
+        let files = new_module(&t.path().join("m"), "m", Lang::C).unwrap();
+        assert!(files.contains(&PathBuf::from("main.c")));
+        let dir = crate::spec::ModuleDir::open_in(t.path().join("m").to_str().unwrap(), &[])
+            .unwrap();
+        let inputs = crate::spec::parse_inputs(&["Message=hi"]).unwrap();
+        let (_, spec) = dir.spec(&inputs).unwrap();
+        assert_eq!(spec.parameters, ["hi"]);
+        assert_eq!(spec.entry_module.path, "m.wasm");
+    }
+}
