@@ -24,6 +24,9 @@ enum Command {
     Module(cmd::module::Args),
     /// Re-run the job a receipt describes and say whether its result is reproduced.
     Verify(cmd::verify::Args),
+    /// Run a job many times under host perturbations; report any difference, and what the
+    /// output depends on.
+    Fuzz(cmd::fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Module(args) => cmd::module::run(args),
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Fuzz(args) => cmd::fuzz::run(args),
     };
     match result {
         Ok(code) => code,

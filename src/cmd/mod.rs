@@ -1,3 +1,4 @@
+pub mod fuzz;
 pub mod hash;
 pub mod module;
 pub mod run;

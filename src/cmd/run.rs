@@ -19,6 +19,31 @@ use std::time::Duration;
 /// ~/.cache/detwasm; delete that folder to clear it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// Results directory (must not exist, or be empty). Default: a new folder in the
+    /// current directory named after the job id (`<job id>-2`, … when the job ran there
+    /// before; earlier results are never touched).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Print the receipt as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the receipt (JSON) to FILE (atomically: a temporary file renamed into
+    /// place). If that fails after the results were delivered, a warning says so and the
+    /// exit code still follows the run (0 or 1, not 2): the results exist and their CID
+    /// is printed, so the run is not reported as failed.
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
+}
+
+/// What defines a job on the command line: the module and every option that goes into
+/// the job (shared by `detwasm run` and `detwasm fuzz`).
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
     /// The module: a .wasm file (or WebAssembly text), or a module folder or name
     /// (`cowsay`, `cowsay:v0.1.0`, `./my-module`) whose lilypad_module.json.tmpl gives the
     /// job; names are looked up in $DETWASM_MODULE_PATH, then this project's modules/.
@@ -43,7 +68,8 @@ pub struct Args {
     pub opts: Box<Options>,
 }
 
-/// The options of `detwasm run` (boxed: they are large next to the other commands').
+/// The job options of `detwasm run` and `detwasm fuzz` (boxed: they are large next to the
+/// other commands').
 #[derive(clap::Args, Debug)]
 pub struct Options {
     /// Mount host directory HOST read-only at GUEST (default /inputs). Repeatable.
@@ -53,12 +79,6 @@ pub struct Options {
     /// wasmtime-style spelling of --input: HOST::GUEST (still read-only). Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dirs: Vec<String>,
-
-    /// Results directory (must not exist, or be empty). Default: a new folder in the
-    /// current directory named after the job id (`<job id>-2`, … when the job ran there
-    /// before; earlier results are never touched).
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub output: Option<PathBuf>,
 
     /// Environment variable for the module (the module sees nothing else). Repeatable.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
@@ -111,17 +131,6 @@ pub struct Options {
     #[arg(long)]
     pub skip_hidden: bool,
 
-    /// Print the receipt as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Also write the receipt (JSON) to FILE (atomically: a temporary file renamed into
-    /// place). If that fails after the results were delivered, a warning says so and the
-    /// exit code still follows the run (0 or 1, not 2): the results exist and their CID
-    /// is printed, so the run is not reported as failed.
-    #[arg(long, value_name = "FILE")]
-    pub receipt: Option<PathBuf>,
-
     /// Compile without reading or writing the module cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -153,24 +162,25 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size `{s}` is too large (at most {} bytes)", u64::MAX))
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Args {
+/// The job the command line describes.
+pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
+    let JobArgs {
         module,
         input_values,
         allow_inputs,
         args: guest_args,
         opts,
-    } = args;
-    let args = *opts;
+    } = j;
+    let args = &**opts;
     // A module folder or name: the job comes from its spec (detwasm_runtime::spec); the
     // flags below add to it (args, env, inputs) or tighten it (memory, timeout).
-    let from_spec = if spec::is_module_reference(&module) {
+    let from_spec = if spec::is_module_reference(module) {
         let module = spec::ModuleDir::open(&module.to_string_lossy())?;
         let cwd = std::env::current_dir().context("current directory")?;
-        let policy = spec::InputPolicy::from_env_and(&allow_inputs);
+        let policy = spec::InputPolicy::from_env_and(allow_inputs);
         Some(
             module
-                .job(&spec::parse_inputs(&input_values)?, &cwd, &policy)?
+                .job(&spec::parse_inputs(input_values)?, &cwd, &policy)?
                 .job,
         )
     } else if !input_values.is_empty() {
@@ -184,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut job = match from_spec {
         Some(job) => job,
         None => {
-            let bytes = std::fs::read(&module)
+            let bytes = std::fs::read(module)
                 .with_context(|| format!("reading module {}", module.display()))?;
             Job::new(bytes)
                 .with_source(module.display().to_string())
@@ -193,7 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     .with_seed(args.seed)
     .with_epoch(Epoch::parse(&args.epoch)?);
-    job.args.extend(guest_args);
+    job.args.extend(guest_args.iter().cloned());
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
@@ -257,15 +267,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         profile,
         skip_hidden: args.skip_hidden,
     };
+    Ok(job)
+}
 
-    let runtime = Runtime::new(EngineOptions {
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            default_cache_dir()
-        },
+/// The runtime the command line asks for (the module cache unless `no_cache`).
+pub fn runtime(no_cache: bool) -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(EngineOptions {
+        cache_dir: if no_cache { None } else { default_cache_dir() },
         parallel_compilation: true,
-    })?;
+    })?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = build_job(&args.job)?;
+    let module = &args.job.module;
+    let runtime = runtime(args.job.opts.no_cache)?;
     let dest = match &args.output {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),

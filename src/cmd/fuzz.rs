@@ -1,0 +1,125 @@
+//! `detwasm fuzz MODULE`: argument parsing and output only; the work is
+//! `detwasm_runtime::campaign`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use detwasm_runtime::campaign::{self, Campaign, Param};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::run::{build_job, runtime, JobArgs};
+
+/// Run one job many times under host perturbations and report any difference.
+///
+/// The job is given as to `detwasm run` (a .wasm, a module folder or name, and the same
+/// options). Each run perturbs the host in a way that must not matter: inputs copied
+/// elsewhere, created in another order with other mtimes; disk or tmpfs; the compiled
+/// module cache cold, warm or off; serial compilation; a busy CPU; four copies of the job
+/// at once in one process; another process with another environment, time zone, locale
+/// and working folder. A difference in results CID, instruction count or exit status is
+/// reported with the files that differ (exit 1).
+///
+/// With --vary, job parameters are changed on purpose, and the report says which of them
+/// the output depends on (e.g. `seed`: the module reads random bytes).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// Runs under perturbations (the first is the reference). The default covers each
+    /// perturbation once.
+    #[arg(long, default_value_t = 9)]
+    pub runs: usize,
+
+    /// Job parameters to vary on purpose, comma-separated: seed, epoch, env, args, inputs.
+    #[arg(long, value_name = "LIST")]
+    pub vary: Option<String>,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let job = build_job(&args.job)?;
+    let vary = match &args.vary {
+        Some(v) => Param::parse_list(v).map_err(|e| anyhow::anyhow!("--vary: {e}"))?,
+        None => Vec::new(),
+    };
+    if args.runs == 0 {
+        anyhow::bail!("--runs must be at least 1");
+    }
+    let runtime = runtime(args.job.opts.no_cache)?;
+    let total = (args.runs + vary.len()) as u64;
+    // A bar on a terminal only (indicatif hides it otherwise).
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = |done: usize, _: usize, what: &str| {
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    };
+    let report = campaign::run_campaign(
+        &runtime,
+        &job,
+        &Campaign {
+            runs: args.runs,
+            vary,
+            exe: std::env::current_exe().ok(),
+            progress: Some(&progress),
+        },
+    )
+    .with_context(|| format!("fuzzing {}", args.job.module.display()));
+    bar.finish_and_clear();
+    for w in runtime.warnings() {
+        eprintln!("detwasm: warning: {w}");
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let b = &report.baseline;
+        println!(
+            "{} runs; reference: results CID {}, {} instructions, {} (exit code {})",
+            report.runs, b.cid, b.instructions, b.outcome, b.exit_code
+        );
+        if report.divergent {
+            println!("NOT DETERMINISTIC under these perturbations:");
+            for d in &report.differences {
+                println!(
+                    "  {}: CID {}, {} instructions, exit code {}",
+                    d.perturbation, d.cid, d.instructions, d.exit_code
+                );
+                for f in &d.files {
+                    match f.first_difference {
+                        Some(at) => println!("      {} ({}, from byte {at})", f.path, f.what),
+                        None => println!("      {} ({})", f.path, f.what),
+                    }
+                    if let Some(t) = &f.text {
+                        println!("        {t}");
+                    }
+                }
+            }
+        } else {
+            println!("deterministic: every run gave the same CID, instruction count and exit");
+        }
+        for s in &report.sensitivity {
+            if s.sensitive {
+                let files = if s.files.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (changes {})", s.files.join(", "))
+                };
+                println!("depends on {}: {}{files}", s.param.name(), s.change);
+            } else {
+                println!("does not depend on {}: {}", s.param.name(), s.change);
+            }
+        }
+    }
+    Ok(if report.divergent {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
