@@ -137,7 +137,10 @@ fn a_tampered_results_folder_is_rejected_and_the_file_named() {
     assert_eq!(paths, ["outputs/extra.txt", "stdout"], "{report}");
     let d = &diffs[1];
     assert_eq!(d["what"], "content");
-    assert_eq!(d["first_difference"], text.find("mono.first=0").unwrap() + 11);
+    assert_eq!(
+        d["first_difference"],
+        text.find("mono.first=0").unwrap() + 11
+    );
     assert!(d["text"].as_str().unwrap().contains("+"), "{d}");
     assert_eq!(diffs[0]["what"], "extra");
 }

@@ -329,8 +329,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let files = new_module(&t.path().join("m"), "m", Lang::C).unwrap();
         assert!(files.contains(&PathBuf::from("main.c")));
-        let dir = crate::spec::ModuleDir::open_in(t.path().join("m").to_str().unwrap(), &[])
-            .unwrap();
+        let dir =
+            crate::spec::ModuleDir::open_in(t.path().join("m").to_str().unwrap(), &[]).unwrap();
         let inputs = crate::spec::parse_inputs(&["Message=hi"]).unwrap();
         let (_, spec) = dir.spec(&inputs).unwrap();
         assert_eq!(spec.parameters, ["hi"]);
