@@ -630,3 +630,21 @@ fn a_symlinked_input_root_hashes_the_tree_the_guest_sees() {
         "{receipt}"
     );
 }
+
+/// A guest that calls WASI without exporting its memory: the host cannot answer, so the
+/// run ends as a trap (deterministic, recorded), not as a host failure.
+#[test]
+fn wasi_without_an_exported_memory_is_a_trap() {
+    let wat = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory 1)
+  (func (export "_start") (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)))))"#;
+    let r = run(wat, &[], |_| {});
+    let receipt = r.receipt();
+    assert_eq!(receipt["outcome"], "trap", "{receipt}");
+    assert!(receipt["trap"]
+        .as_str()
+        .unwrap()
+        .contains("exports no memory"));
+    assert_eq!(receipt["verifiable"], true);
+}

@@ -1,4 +1,5 @@
-//! `detwasm module new`: a working module folder for an author starting from nothing.
+//! `detwasm module new` and `detwasm module pack`: an author's path from nothing to a
+//! module that can be published.
 //!
 //! What it is for: laying out a module that builds reproducibly for `wasm32-wasip1`, runs
 //! under detwasm, and passes `detwasm module check` once built — source, a `build.sh`
@@ -305,6 +306,72 @@ it runs. `build.sh` keeps the CID up to date; commit the template with the wasm.
     )
 }
 
+/// A module's entry wasm written as a CAR.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// The CID of the wasm file, as `ipfs add` prints it under the profile used.
+    pub cid: String,
+    /// The CAR file written.
+    pub car: PathBuf,
+    /// The wasm file packed.
+    pub wasm: PathBuf,
+    /// The CID the template names, when it names one (it should equal `cid`).
+    pub template_cid: Option<String>,
+}
+
+/// Why a module could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("{}: the template names the entry module by CID only; pack needs its Path (the .wasm file in the module folder)", .0.display())]
+    NoPath(PathBuf),
+    #[error("{}: {cause}", path.display())]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("hashing {}: {cause}", path.display())]
+    Hash { path: PathBuf, cause: String },
+}
+
+/// Writes the module's entry wasm (the template's `EntryModule.Path`, rendered with
+/// `inputs`) as a CARv1 next to it (`NAME.car`, as `ipfs dag export` writes it), so the
+/// CAR can be imported into any IPFS node (`ipfs dag import`) and the module fetched by
+/// its CID. The CAR is written atomically.
+pub fn pack(
+    module: &crate::spec::ModuleDir,
+    inputs: &std::collections::BTreeMap<String, String>,
+    profile: crate::Profile,
+) -> Result<Packed, PackError> {
+    let (_, spec) = module.spec(inputs)?;
+    let rel = spec.entry_module.path.trim();
+    if rel.is_empty() {
+        return Err(PackError::NoPath(module.template_path.clone()));
+    }
+    let entry = crate::spec::resolve::entry_module(&module.dir, "", rel)?;
+    let mut car = Vec::new();
+    let hashed = detwasm_hasher::Hasher::new(detwasm_hasher::Options::profile(profile))
+        .car(&mut car)
+        .hash_path(&entry.file)
+        .map_err(|e| PackError::Hash {
+            path: entry.file.clone(),
+            cause: e.to_string(),
+        })?;
+    let car_path = entry.file.with_extension("car");
+    crate::deliver::write_file_atomically(&car_path, &car).map_err(|cause| PackError::Io {
+        path: car_path.clone(),
+        cause,
+    })?;
+    let named = spec.entry_module.cid.trim();
+    Ok(Packed {
+        cid: hashed.root.to_string(),
+        car: car_path,
+        wasm: entry.file,
+        template_cid: (!named.is_empty()).then(|| named.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +402,25 @@ mod tests {
         let (_, spec) = dir.spec(&inputs).unwrap();
         assert_eq!(spec.parameters, ["hi"]);
         assert_eq!(spec.entry_module.path, "m.wasm");
+    }
+
+    #[test]
+    fn pack_writes_a_car_that_serves_the_module_by_its_cid() {
+        let t = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/cowsay");
+        let dir = t.path().join("cowsay");
+        std::fs::create_dir(&dir).unwrap();
+        for f in ["lilypad_module.json.tmpl", "cowsay.wasm"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let module = crate::spec::ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
+        let packed = pack(&module, &Default::default(), crate::Profile::UnixfsV0_2015).unwrap();
+        assert_eq!(packed.car, dir.join("cowsay.car"));
+        assert_eq!(packed.template_cid.as_deref(), Some(packed.cid.as_str()));
+        // Without the .wasm, the module is found by its CID inside the CAR.
+        std::fs::remove_file(dir.join("cowsay.wasm")).unwrap();
+        let found = crate::spec::resolve::entry_module(&dir, &packed.cid, "").unwrap();
+        assert_eq!(found.file, dir.join("cowsay.car"));
+        assert_eq!(found.bytes, std::fs::read(src.join("cowsay.wasm")).unwrap());
     }
 }

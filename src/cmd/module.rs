@@ -1,4 +1,4 @@
-//! `detwasm module`: render and check Lilypad-style module specs. Argument parsing and
+//! `detwasm module`: create, render, check and pack Lilypad-style modules. Argument parsing and
 //! output only; the work is `detwasm_runtime::spec`.
 
 use std::process::ExitCode;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::spec::{self, check, ModuleDir};
-use detwasm_runtime::Runtime;
+use detwasm_runtime::{scaffold, Runtime};
 
 /// Work with module specs (`lilypad_module.json.tmpl`).
 ///
@@ -46,10 +46,95 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lay out a new module folder: source, a reproducible build script, a template that
+    /// names the module by path and CID, a README; then build it (unless --no-build), so
+    /// that `detwasm module check` passes on it as generated.
+    New {
+        /// The module's name (lower-case letters, digits, `-`, `_`).
+        name: String,
+        /// Source language: rust (cargo, wasm32-wasip1) or c (clang, wasi-libc).
+        #[arg(long, default_value = "rust", value_parser = ["rust", "c"])]
+        lang: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// Only lay out the files; do not run build.sh.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Write the module's wasm as a CAR (NAME.car beside it) and print its CID, so the
+    /// template can name the module by CID and the CAR can be imported into any IPFS node
+    /// (`ipfs dag import NAME.car`).
+    Pack {
+        /// Module folder or name.
+        module: String,
+        /// Template input, if the template needs one to render. Repeatable.
+        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+        /// CID profile (the template's CID was made with it; `ipfs add` uses v0).
+        #[arg(long, default_value = "unixfs-v0-2015", value_parser = ["unixfs-v0-2015", "unixfs-v1-2025"])]
+        profile: String,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
+        Command::New {
+            name,
+            lang,
+            dir,
+            no_build,
+        } => {
+            let lang: scaffold::Lang = lang.parse().map_err(anyhow::Error::msg)?;
+            let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(&name));
+            let files = scaffold::new_module(&dir, &name, lang)?;
+            println!("created {}:", dir.display());
+            for f in &files {
+                println!("  {}", f.display());
+            }
+            if !no_build {
+                let exe = std::env::current_exe().context("finding the detwasm executable")?;
+                let status = std::process::Command::new("bash")
+                    .arg("build.sh")
+                    .current_dir(&dir)
+                    .env("DETWASM", exe)
+                    .status()
+                    .context("running build.sh")?;
+                if !status.success() {
+                    anyhow::bail!(
+                        "{}/build.sh failed ({status}); the files are in place: fix the build, then run it again",
+                        dir.display()
+                    );
+                }
+            }
+            println!("next: detwasm module check {} -i Message=hi", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pack {
+            module,
+            inputs,
+            profile,
+        } => {
+            let dir = ModuleDir::open(&module)?;
+            let profile: detwasm_runtime::Profile = profile
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
+            let packed = scaffold::pack(&dir, &spec::parse_inputs(&inputs)?, profile)?;
+            println!("{}", packed.cid);
+            eprintln!("wrote {} ({})", packed.car.display(), packed.wasm.display());
+            match &packed.template_cid {
+                Some(c) if *c != packed.cid => eprintln!(
+                    "detwasm: warning: the template names {c}, not {}: rebuild (build.sh) or update its CID",
+                    packed.cid
+                ),
+                Some(_) => {}
+                None => eprintln!(
+                    "the template names the module by Path only: add \"CID\": \"{}\" to its EntryModule",
+                    packed.cid
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render { module, inputs } => {
             let dir = ModuleDir::open(&module)?;
             let rendered = dir.render(&spec::parse_inputs(&inputs)?)?;
