@@ -1,0 +1,1067 @@
+//! Runtime self-fuzzing: runs one core module under several engine setups that must
+//! agree, and says precisely where they do not.
+//!
+//! What it is for: proving, on generated modules (wasm-smith, see `tests/self_fuzz.rs`
+//! and `fuzz/fuzz_targets/runtime.rs`), that the choices detwasm leaves out of the engine
+//! fingerprint ([`crate::engine`]: parallel compilation, the module cache) cannot change
+//! what a module computes, and that NaN bits are exactly those of a module that
+//! canonicalizes after every operation (the NaN row of the determinism contract). What
+//! it is not: a test of WASI or of a job's results directory (`detwasm fuzz` perturbs
+//! those), nor a conformance test of wasmtime against the spec.
+//!
+//! Observed for every setup, with the same fuel budget: the end of instantiation (a start
+//! function may run), then each exported function whose parameters are all numbers, called
+//! in export order with fixed arguments ([`argument`]): its results (floats compared by
+//! bits), its end (returned, the trap's message, out of fuel) and the fuel it consumed;
+//! afterwards the size and blake3 of every exported memory, every exported global's value
+//! and every exported table's size. Each call gets a fresh budget of
+//! [`FUEL_PER_CALL`], so one long loop does not starve the exports after it.
+//!
+//! The setups ([`Setup`]) and what each must match:
+//! - [`Setup::Serial`], the baseline: [`crate::engine::deterministic_config`] with serial
+//!   compilation, compiled fresh.
+//! - [`Setup::Parallel`]: the same with parallel compilation (the CLI's default).
+//! - [`Setup::CacheHit`]: compiled, stored by [`ModuleCache`] in a temporary folder, and
+//!   loaded back (deserialized): the path every run after the first takes.
+//! - [`Setup::OptNone`]: Cranelift without optimisation, an option `detwasm fuzz` perturbs
+//!   on purpose. Fuel is counted per wasm operator, so it must match too. Its frames are
+//!   larger, so the depth of a native stack overflow may differ: the comparison stops at
+//!   the first call that overflowed in either.
+//! - [`Setup::Reference`]: the engine *without* NaN canonicalization, running the module
+//!   rewritten by [`canonicalize_nans`], a wasm-to-wasm pass that replaces every NaN that
+//!   an operation the spec lets produce a nondeterministic NaN returns with the canonical
+//!   NaN. It must match bit for bit except for fuel (the inserted code costs fuel; it gets
+//!   [`REFERENCE_FUEL_FACTOR`] times the budget and the comparison stops at the first call
+//!   that ran out of fuel in the baseline). Rejected: the plain rule "every NaN observed is
+//!   canonical": wasm lets `f32.neg`, `f32.copysign`, `f32.reinterpret_i32`, loads and
+//!   constants carry any NaN bits, so a correct engine shows non-canonical NaNs (counted in
+//!   [`Agreement::noncanonical_nans`], never a failure). Rejected: wasm-smith's own
+//!   `canonicalize_nans` as the reference: it leaves out `promote`/`demote` and relaxed
+//!   `madd`, which Cranelift canonicalizes (so it would report false disagreements), and it
+//!   changes the generated module when it reaches `max_instructions`.
+//! - [`Setup::Uncanonicalized`] is the engine without NaN canonicalization on the module
+//!   as it is. It is never part of [`check_module`]: it exists so tests can show that
+//!   [`compare`] reports a real divergence.
+//!
+//! Termination: engine fuel (the same budget everywhere), plus whatever the generator adds
+//! (wasm-smith's `ensure_termination`). Every setup runs on a thread of its own with
+//! [`GUEST_THREAD_STACK`], as a job does, so a stack overflow is the engine's pinned
+//! `max_wasm_stack`, never the caller's thread.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use wasmtime::{Config, Engine, Extern, Instance, Module, OptLevel, Store, Trap, Val, ValType};
+
+use crate::engine::{self, ModuleCache};
+use crate::limiter::JobLimiter;
+use crate::run::GUEST_THREAD_STACK;
+
+/// Fuel for instantiation and for each call.
+pub const FUEL_PER_CALL: u64 = 200_000;
+/// The reference's budget per call, as a multiple of [`FUEL_PER_CALL`]: the pass adds six
+/// instructions after an operation, so a body made only of such operations costs seven
+/// times as much.
+pub const REFERENCE_FUEL_FACTOR: u64 = 8;
+/// Memory limit of a store (all memories and tables), as a job's limit works.
+pub const MEMORY_LIMIT: u64 = 16 << 20;
+
+/// An exported mutable `i32` global of this name is a loop budget of the module's own
+/// (wasm-smith's `ensure_termination` counter, exported by [`export_global`]): it is set
+/// back to its value after instantiation before every call, so that each export gets the
+/// whole budget. A budget kept in the module ends a call at the same wasm instruction in
+/// the reference as in the baseline (a trap), where engine fuel, which the reference's
+/// inserted code also consumes, cannot; so the comparison with the reference goes on past
+/// long-running calls.
+pub const LOOP_FUEL_EXPORT: &str = "__detwasm_loop_fuel";
+
+/// The canonical NaNs (positive, quiet, no payload).
+pub const CANONICAL_F32_NAN: u32 = 0x7fc0_0000;
+pub const CANONICAL_F64_NAN: u64 = 0x7ff8_0000_0000_0000;
+
+/// An engine setup that a module runs under (see the module docs for each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Setup {
+    Serial,
+    Parallel,
+    CacheHit,
+    OptNone,
+    Reference,
+    Uncanonicalized,
+}
+
+impl Setup {
+    /// The setups [`check_module`] compares with the baseline ([`Setup::Serial`]).
+    pub const CHECKED: [Setup; 4] = [
+        Setup::Parallel,
+        Setup::CacheHit,
+        Setup::OptNone,
+        Setup::Reference,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Serial => "serial",
+            Setup::Parallel => "parallel",
+            Setup::CacheHit => "cache-hit",
+            Setup::OptNone => "opt-none",
+            Setup::Reference => "reference",
+            Setup::Uncanonicalized => "uncanonicalized",
+        }
+    }
+
+    fn config(self) -> Config {
+        let mut c = engine::deterministic_config(matches!(self, Setup::Parallel | Setup::CacheHit));
+        match self {
+            Setup::OptNone => {
+                c.cranelift_opt_level(OptLevel::None);
+            }
+            Setup::Reference | Setup::Uncanonicalized => {
+                c.cranelift_nan_canonicalization(false);
+            }
+            Setup::Serial | Setup::Parallel | Setup::CacheHit => {}
+        }
+        c
+    }
+
+    /// One engine per setup for the whole process (creating one per module would cost more
+    /// than running most modules).
+    fn engine(self) -> Result<&'static Engine, String> {
+        static ENGINES: [OnceLock<Result<Engine, String>>; 6] = [const { OnceLock::new() }; 6];
+        ENGINES[self as usize]
+            .get_or_init(|| Engine::new(&self.config()).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Whether fuel must match the baseline's.
+    fn same_fuel(self) -> bool {
+        self != Setup::Reference
+    }
+}
+
+impl fmt::Display for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value a module returned or holds; floats as their bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    I32(u32),
+    I64(u64),
+    F32(u32),
+    F64(u64),
+    V128(u128),
+    /// A reference: only whether it is null can be compared across stores.
+    Ref {
+        null: bool,
+    },
+}
+
+impl Value {
+    fn of(v: &Val) -> Value {
+        match v {
+            Val::I32(x) => Value::I32(*x as u32),
+            Val::I64(x) => Value::I64(*x as u64),
+            Val::F32(b) => Value::F32(*b),
+            Val::F64(b) => Value::F64(*b),
+            Val::V128(x) => Value::V128(x.as_u128()),
+            other => Value::Ref {
+                null: (*other).ref_().is_none_or(|r| r.is_null()),
+            },
+        }
+    }
+
+    /// `Some(canonical?)` for a scalar float NaN.
+    fn nan(self) -> Option<bool> {
+        match self {
+            Value::F32(b) if f32::from_bits(b).is_nan() => Some(b == CANONICAL_F32_NAN),
+            Value::F64(b) if f64::from_bits(b).is_nan() => Some(b == CANONICAL_F64_NAN),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nan = |canonical: Option<bool>| match canonical {
+            Some(true) => " (canonical NaN)",
+            Some(false) => " (non-canonical NaN)",
+            None => "",
+        };
+        match *self {
+            Value::I32(x) => write!(f, "i32 {x:#010x}"),
+            Value::I64(x) => write!(f, "i64 {x:#018x}"),
+            Value::F32(b) => write!(f, "f32 {b:#010x}{}", nan(self.nan())),
+            Value::F64(b) => write!(f, "f64 {b:#018x}{}", nan(self.nan())),
+            Value::V128(x) => write!(f, "v128 {x:#034x}"),
+            Value::Ref { null: true } => write!(f, "null ref"),
+            Value::Ref { null: false } => write!(f, "non-null ref"),
+        }
+    }
+}
+
+/// How instantiation or a call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    Returned,
+    OutOfFuel,
+    /// The trap's message (deterministic: a trap code's text, no addresses).
+    Trap(String),
+}
+
+impl End {
+    fn of(r: Result<(), &wasmtime::Error>) -> End {
+        match r {
+            Ok(()) => End::Returned,
+            Err(e) => match e.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => End::OutOfFuel,
+                Some(t) => End::Trap(t.to_string()),
+                None => End::Trap(format!("{e}")),
+            },
+        }
+    }
+
+    fn is_stack_overflow(&self) -> bool {
+        *self == End::Trap(Trap::StackOverflow.to_string())
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Returned => f.write_str("returned"),
+            End::OutOfFuel => f.write_str("ran out of fuel"),
+            End::Trap(m) => write!(f, "trapped: {m}"),
+        }
+    }
+}
+
+/// One call of an export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub export: String,
+    pub end: End,
+    pub results: Vec<Value>,
+    pub fuel: u64,
+}
+
+/// Everything a setup observed of one module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub instantiate: End,
+    pub instantiate_fuel: u64,
+    pub calls: Vec<Call>,
+    /// (export, bytes, blake3 hex of the contents).
+    pub memories: Vec<(String, usize, String)>,
+    pub globals: Vec<(String, Value)>,
+    /// (export, elements).
+    pub tables: Vec<(String, u64)>,
+    /// Exported functions not called (a reference parameter).
+    pub skipped: usize,
+}
+
+/// What [`check_module`] found when every setup agreed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Agreement {
+    /// The module did not validate (the same message in every setup); nothing ran.
+    pub invalid: Option<String>,
+    /// Whether instantiation trapped (then nothing was called).
+    pub instantiation_trapped: bool,
+    pub calls: usize,
+    pub returned: usize,
+    pub trapped: usize,
+    pub out_of_fuel: usize,
+    /// Fuel the baseline consumed, instantiation included.
+    pub fuel: u64,
+    /// Scalar float NaNs among the baseline's results and globals.
+    pub nans: usize,
+    /// ... of which not canonical: carried through by an operation wasm defines on bits
+    /// (see the module docs), which the reference reproduces bit for bit.
+    pub noncanonical_nans: usize,
+    /// Calls compared with the reference (fewer than `calls` when the baseline ran out of
+    /// fuel).
+    pub reference_calls: usize,
+    /// Exported functions not called.
+    pub skipped: usize,
+}
+
+/// Two setups that must agree and did not, or a setup that could not run the module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disagreement {
+    /// blake3 of the module bytes.
+    pub module: String,
+    pub baseline: Setup,
+    pub other: Setup,
+    /// What differed, naming the export and both values.
+    pub what: String,
+}
+
+impl fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "module blake3:{}: {} vs {}: {}",
+            self.module, self.baseline, self.other, self.what
+        )
+    }
+}
+
+impl std::error::Error for Disagreement {}
+
+/// Runs `binary` under [`Setup::Serial`] and every setup of [`Setup::CHECKED`] and
+/// compares each with the baseline.
+pub fn check_module(binary: &[u8]) -> Result<Agreement, Disagreement> {
+    check_against(binary, Setup::Serial, &Setup::CHECKED)
+}
+
+/// Runs `binary` under `baseline` and `other` and compares them as [`check_module`]
+/// compares a setup with its baseline.
+pub fn compare(binary: &[u8], baseline: Setup, other: Setup) -> Result<Agreement, Disagreement> {
+    check_against(binary, baseline, &[other])
+}
+
+fn check_against(
+    binary: &[u8],
+    baseline: Setup,
+    others: &[Setup],
+) -> Result<Agreement, Disagreement> {
+    let module = blake3::hash(binary).to_hex().to_string();
+    let fail = |other: Setup, what: String| Disagreement {
+        module: module.clone(),
+        baseline,
+        other,
+        what,
+    };
+    let base = match observe(binary, baseline) {
+        Ok(o) => o,
+        Err(Failure::Invalid(msg)) => {
+            // Every setup must refuse it the same way.
+            for &other in others {
+                match observe(binary, other) {
+                    // The reference's message names offsets in the rewritten module.
+                    Err(Failure::Invalid(m)) if m == msg || other == Setup::Reference => {}
+                    Err(Failure::Invalid(m)) => {
+                        return Err(fail(other, format!("invalid as `{msg}` vs as `{m}`")))
+                    }
+                    Err(Failure::Setup(m)) => return Err(fail(other, m)),
+                    Ok(_) => {
+                        return Err(fail(other, format!("invalid (`{msg}`) vs valid")));
+                    }
+                }
+            }
+            return Ok(Agreement {
+                invalid: Some(msg),
+                ..Agreement::default()
+            });
+        }
+        Err(Failure::Setup(m)) => return Err(fail(baseline, m)),
+    };
+    let mut agreement = summarize(&base);
+    for &other in others {
+        let theirs = match observe(binary, other) {
+            Ok(o) => o,
+            Err(Failure::Invalid(m)) => {
+                return Err(fail(other, format!("valid vs invalid (`{m}`)")));
+            }
+            Err(Failure::Setup(m)) => return Err(fail(other, m)),
+        };
+        let compared = differences(&base, &theirs, other).map_err(|what| fail(other, what))?;
+        if other == Setup::Reference {
+            agreement.reference_calls = compared;
+        }
+    }
+    Ok(agreement)
+}
+
+fn summarize(o: &Observation) -> Agreement {
+    let mut a = Agreement {
+        instantiation_trapped: o.instantiate != End::Returned,
+        calls: o.calls.len(),
+        fuel: o.instantiate_fuel,
+        skipped: o.skipped,
+        ..Agreement::default()
+    };
+    let values = o
+        .calls
+        .iter()
+        .flat_map(|c| &c.results)
+        .chain(o.globals.iter().map(|(_, v)| v));
+    for v in values {
+        if let Some(canonical) = v.nan() {
+            a.nans += 1;
+            a.noncanonical_nans += usize::from(!canonical);
+        }
+    }
+    for c in &o.calls {
+        a.fuel += c.fuel;
+        match c.end {
+            End::Returned => a.returned += 1,
+            End::OutOfFuel => a.out_of_fuel += 1,
+            End::Trap(_) => a.trapped += 1,
+        }
+    }
+    a
+}
+
+/// `Ok(calls compared)` or what differs first. Calls are compared in order up to the
+/// horizon of `other` (see the module docs); the final state only when no call was cut off.
+fn differences(base: &Observation, theirs: &Observation, other: Setup) -> Result<usize, String> {
+    let same_fuel = other.same_fuel();
+    // Where the comparison must stop: the end at which `other` may legitimately differ.
+    let cut = |e: &End| match other {
+        Setup::Reference => *e == End::OutOfFuel,
+        Setup::OptNone => e.is_stack_overflow(),
+        _ => false,
+    };
+    let ends = |a: &End, b: &End| {
+        if a != b {
+            Err(format!("{a} vs {b}"))
+        } else {
+            Ok(())
+        }
+    };
+    if cut(&base.instantiate) || cut(&theirs.instantiate) {
+        return Ok(0);
+    }
+    ends(&base.instantiate, &theirs.instantiate).map_err(|e| format!("instantiation {e}"))?;
+    if same_fuel && base.instantiate_fuel != theirs.instantiate_fuel {
+        return Err(format!(
+            "instantiation consumed {} vs {} fuel",
+            base.instantiate_fuel, theirs.instantiate_fuel
+        ));
+    }
+    if base.calls.len() != theirs.calls.len() || base.skipped != theirs.skipped {
+        return Err(format!(
+            "{} vs {} exports called",
+            base.calls.len(),
+            theirs.calls.len()
+        ));
+    }
+    for (i, (a, b)) in base.calls.iter().zip(&theirs.calls).enumerate() {
+        let at = || format!("call #{i} of export `{}`", a.export);
+        if a.export != b.export {
+            return Err(format!("{}: called `{}` instead", at(), b.export));
+        }
+        if cut(&a.end) || cut(&b.end) {
+            return Ok(i);
+        }
+        ends(&a.end, &b.end).map_err(|e| format!("{}: {e}", at()))?;
+        if a.results != b.results {
+            return Err(format!(
+                "{}: results [{}] vs [{}]",
+                at(),
+                list(&a.results),
+                list(&b.results)
+            ));
+        }
+        if same_fuel && a.fuel != b.fuel {
+            return Err(format!("{}: consumed {} vs {} fuel", at(), a.fuel, b.fuel));
+        }
+    }
+    for (x, y) in base.memories.iter().zip(&theirs.memories) {
+        if x != y {
+            return Err(format!(
+                "final memory `{}`: {} bytes blake3:{} vs {} bytes blake3:{}",
+                x.0, x.1, x.2, y.1, y.2
+            ));
+        }
+    }
+    for (x, y) in base.globals.iter().zip(&theirs.globals) {
+        if x != y {
+            return Err(format!("final global `{}`: {} vs {}", x.0, x.1, y.1));
+        }
+    }
+    if base.memories.len() != theirs.memories.len()
+        || base.globals.len() != theirs.globals.len()
+        || base.tables != theirs.tables
+    {
+        return Err(format!(
+            "exported memories, globals or tables differ: {:?} vs {:?}",
+            base.tables, theirs.tables
+        ));
+    }
+    Ok(base.calls.len())
+}
+
+fn list(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+enum Failure {
+    /// The module did not compile (validation), with the engine's message.
+    Invalid(String),
+    /// The setup itself failed (a cache that did not load back what it stored, a host
+    /// failure): always reported.
+    Setup(String),
+}
+
+/// Loads `binary` the way `setup` does and runs it on a thread with the guest stack.
+fn observe(binary: &[u8], setup: Setup) -> Result<Observation, Failure> {
+    let engine = setup.engine().map_err(Failure::Setup)?;
+    let module = load(engine, binary, setup)?;
+    let fuel = match setup {
+        Setup::Reference => FUEL_PER_CALL * REFERENCE_FUEL_FACTOR,
+        _ => FUEL_PER_CALL,
+    };
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(format!("selffuzz-{setup}"))
+            .stack_size(GUEST_THREAD_STACK)
+            .spawn_scoped(s, || execute(engine, &module, fuel))
+            .map_err(|e| Failure::Setup(format!("starting the guest thread: {e}")))?
+            .join()
+            .map_err(|_| Failure::Setup("the guest thread panicked".into()))?
+    })
+}
+
+fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure> {
+    let invalid = |e: crate::RunError| Failure::Invalid(e.to_string());
+    match setup {
+        Setup::CacheHit => {
+            let dir = tempfile::tempdir()
+                .map_err(|e| Failure::Setup(format!("creating a cache folder: {e}")))?;
+            let cache = ModuleCache::new(dir.path().join("cache"));
+            let (_, hit) = cache.load_or_compile(engine, binary).map_err(invalid)?;
+            let (module, hit_again) = cache.load_or_compile(engine, binary).map_err(invalid)?;
+            if hit || !hit_again {
+                return Err(Failure::Setup(format!(
+                    "the module cache did not load back the module it stored (first load a \
+                     hit: {hit}, second a hit: {hit_again}; warnings: {:?})",
+                    cache.warnings()
+                )));
+            }
+            Ok(module)
+        }
+        Setup::Reference => {
+            let rewritten = canonicalize_nans(binary).map_err(Failure::Invalid)?;
+            engine::compile(engine, &rewritten).map_err(invalid)
+        }
+        _ => engine::compile(engine, binary).map_err(invalid),
+    }
+}
+
+/// The fixed argument for parameter `index` of type `ty`: a cycle of values chosen to
+/// reach edge cases (zero, signs, extremes, and for floats NaNs with a payload and with the
+/// sign set, infinities, a subnormal), or `None` for a reference parameter.
+pub fn argument(ty: &ValType, index: usize) -> Option<Val> {
+    const I32S: [u32; 6] = [0, 1, 0xffff_ffff, 0x8000_0000, 0x7fff_ffff, 0x0001_0000];
+    const I64S: [u64; 6] = [
+        0,
+        1,
+        u64::MAX,
+        1 << 63,
+        0x7fff_ffff_ffff_ffff,
+        0x1_0000_0000,
+    ];
+    const F32S: [u32; 6] = [
+        0x3fc0_0000, // 1.5
+        0x7fa0_0001, // signalling NaN with a payload
+        0x8000_0000, // -0.0
+        0xffc0_0000, // negative quiet NaN
+        0x7f80_0000, // +inf
+        0x0000_0001, // smallest subnormal
+    ];
+    const F64S: [u64; 6] = [
+        0x3ff8_0000_0000_0000,
+        0x7ff4_0000_0000_0001,
+        0x8000_0000_0000_0000,
+        0xfff8_0000_0000_0000,
+        0x7ff0_0000_0000_0000,
+        0x0000_0000_0000_0001,
+    ];
+    let i = index % 6;
+    Some(match ty {
+        ValType::I32 => Val::I32(I32S[i] as i32),
+        ValType::I64 => Val::I64(I64S[i] as i64),
+        ValType::F32 => Val::F32(F32S[i]),
+        ValType::F64 => Val::F64(F64S[i]),
+        ValType::V128 => {
+            let lo = u128::from(F32S[i]) | (u128::from(F32S[(i + 1) % 6]) << 32);
+            let hi = u128::from(F64S[(i + 3) % 6]);
+            Val::V128(((hi << 64) | lo).into())
+        }
+        ValType::Ref(_) => return None,
+    })
+}
+
+fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, Failure> {
+    let mut store = Store::new(engine, JobLimiter::new(MEMORY_LIMIT));
+    store.limiter(|l| l);
+    // The engine has epoch interruption on (the runtime's wall-clock safety net); the
+    // epoch is never advanced here, so this deadline is never reached.
+    store.set_epoch_deadline(1 << 40);
+    let set_fuel = |store: &mut Store<JobLimiter>| {
+        store
+            .set_fuel(fuel)
+            .map_err(|e| Failure::Setup(format!("setting fuel: {e}")))
+    };
+    let consumed = |store: &Store<JobLimiter>| fuel - store.get_fuel().unwrap_or(0);
+    let host_failure = |store: &Store<JobLimiter>| match &store.data().host_failure {
+        Some(f) => Err(Failure::Setup(format!("host failure: {f}"))),
+        None => Ok(()),
+    };
+
+    set_fuel(&mut store)?;
+    let instance = Instance::new(&mut store, module, &[]);
+    host_failure(&store)?;
+    let mut obs = Observation {
+        instantiate: End::of(instance.as_ref().map(|_| ())),
+        instantiate_fuel: consumed(&store),
+        calls: Vec::new(),
+        memories: Vec::new(),
+        globals: Vec::new(),
+        tables: Vec::new(),
+        skipped: 0,
+    };
+    let Ok(instance) = instance else {
+        return Ok(obs);
+    };
+    let exports: Vec<(String, Extern)> = instance
+        .exports(&mut store)
+        .map(|e| (e.name().to_string(), e.into_extern()))
+        .collect();
+    let loop_fuel = exports.iter().find_map(|(name, ext)| match ext {
+        Extern::Global(g) if name == LOOP_FUEL_EXPORT => {
+            let v = g.get(&mut store);
+            Some((*g, v))
+        }
+        _ => None,
+    });
+    for (name, ext) in &exports {
+        let Extern::Func(func) = ext else { continue };
+        let ty = func.ty(&store);
+        let params: Option<Vec<Val>> = ty
+            .params()
+            .enumerate()
+            .map(|(i, t)| argument(&t, i))
+            .collect();
+        let Some(params) = params else {
+            obs.skipped += 1;
+            continue;
+        };
+        let mut results = vec![Val::I32(0); ty.results().len()];
+        if let Some((global, initial)) = &loop_fuel {
+            global
+                .set(&mut store, *initial)
+                .map_err(|e| Failure::Setup(format!("resetting {LOOP_FUEL_EXPORT}: {e}")))?;
+        }
+        set_fuel(&mut store)?;
+        let r = func.call(&mut store, &params, &mut results);
+        host_failure(&store)?;
+        let end = End::of(r.as_ref().copied());
+        obs.calls.push(Call {
+            export: name.clone(),
+            results: if r.is_ok() {
+                results.iter().map(Value::of).collect()
+            } else {
+                Vec::new()
+            },
+            end,
+            fuel: consumed(&store),
+        });
+    }
+    for (name, ext) in &exports {
+        match ext {
+            Extern::Memory(m) => {
+                let data = m.data(&store);
+                obs.memories.push((
+                    name.clone(),
+                    data.len(),
+                    blake3::hash(data).to_hex().to_string(),
+                ));
+            }
+            Extern::Global(g) => {
+                let v = g.get(&mut store);
+                obs.globals.push((name.clone(), Value::of(&v)));
+            }
+            Extern::Table(t) => obs.tables.push((name.clone(), t.size(&store))),
+            _ => {}
+        }
+    }
+    Ok(obs)
+}
+
+/// The wasm-to-wasm NaN canonicalization pass the reference runs: after every operation
+/// whose NaN result the spec leaves nondeterministic (scalar and vector `add`, `sub`,
+/// `mul`, `div`, `sqrt`, `min`, `max`, `ceil`, `floor`, `trunc`, `nearest`, `promote`,
+/// `demote`, relaxed `madd`/`nmadd`/`min`/`max`), the result is replaced by the canonical
+/// NaN if it is a NaN (per lane for vectors), with three scratch locals added to each
+/// function. Operations defined on bits (`neg`, `abs`, `copysign`, `reinterpret`, loads,
+/// constants, `pmin`/`pmax`, which select an operand) are left alone, as Cranelift's own
+/// pass leaves them.
+///
+/// Every section but the code section is copied byte for byte; each operator's bytes are
+/// copied as they are, so the pass only needs to recognise operators, never to re-encode
+/// them. Only wasmparser is used (wasm-encoder is not a dependency of the runtime).
+pub fn canonicalize_nans(binary: &[u8]) -> Result<Vec<u8>, String> {
+    use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
+    let err = |e: wasmparser::BinaryReaderError| e.to_string();
+    // Parameter count per type index (`None`: not a function type).
+    let mut type_params: Vec<Option<u32>> = Vec::new();
+    // Type index per function index (imports first).
+    let mut func_types: Vec<u32> = Vec::new();
+    let mut imported_funcs = 0usize;
+    let mut out = Vec::with_capacity(binary.len() + binary.len() / 2);
+    let mut code: Option<(u32, Vec<u8>)> = None;
+    let mut bodies = 0usize;
+    for payload in Parser::new(0).parse_all(binary) {
+        let payload = payload.map_err(err)?;
+        match &payload {
+            Payload::Version { range, .. } => out.extend_from_slice(&binary[range.clone()]),
+            Payload::TypeSection(r) => {
+                for group in r.clone() {
+                    for sub in group.map_err(err)?.into_types() {
+                        type_params.push(match &sub.composite_type.inner {
+                            CompositeInnerType::Func(f) => Some(f.params().len() as u32),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                for import in r.clone().into_imports() {
+                    if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import.map_err(err)?.ty {
+                        func_types.push(t);
+                        imported_funcs += 1;
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for t in r.clone() {
+                    func_types.push(t.map_err(err)?);
+                }
+            }
+            _ => {}
+        }
+        match payload {
+            Payload::CodeSectionStart { count, .. } => {
+                code = Some((count, Vec::new()));
+                if count == 0 {
+                    finish_code(&mut out, &mut code);
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let t = func_types
+                    .get(imported_funcs + bodies)
+                    .and_then(|t| type_params.get(*t as usize).copied().flatten())
+                    .ok_or("a function body without a function type")?;
+                let (count, section) = code.as_mut().ok_or("a body outside the code section")?;
+                let new = canonicalize_body(binary, &body, t)?;
+                write_u32(section, new.len() as u32);
+                section.extend_from_slice(&new);
+                bodies += 1;
+                if bodies == *count as usize {
+                    finish_code(&mut out, &mut code);
+                }
+            }
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    out.push(id);
+                    write_u32(&mut out, range.len() as u32);
+                    out.extend_from_slice(&binary[range]);
+                }
+            }
+        }
+    }
+    if code.is_some() {
+        return Err("the code section ends early".into());
+    }
+    Ok(out)
+}
+
+/// `binary` with one more export: global `index` as `name` (appended to the export section,
+/// which must exist). For [`LOOP_FUEL_EXPORT`].
+pub fn export_global(binary: &[u8], name: &str, index: u32) -> Result<Vec<u8>, String> {
+    use wasmparser::{Parser, Payload};
+    let mut out = Vec::with_capacity(binary.len() + name.len() + 8);
+    let mut done = false;
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::Version { range, .. } => out.extend_from_slice(&binary[range]),
+            Payload::ExportSection(r) => {
+                let range = r.range();
+                let (_, count_len) = read_u32(&binary[range.clone()])?;
+                let mut section = Vec::new();
+                write_u32(&mut section, r.count() + 1);
+                section.extend_from_slice(&binary[range.start + count_len..range.end]);
+                write_u32(&mut section, name.len() as u32);
+                section.extend_from_slice(name.as_bytes());
+                section.push(0x03); // a global
+                write_u32(&mut section, index);
+                out.push(7);
+                write_u32(&mut out, section.len() as u32);
+                out.extend_from_slice(&section);
+                done = true;
+            }
+            // Bodies are part of the code section's range, copied with it.
+            Payload::CodeSectionEntry(_) => {}
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    out.push(id);
+                    write_u32(&mut out, range.len() as u32);
+                    out.extend_from_slice(&binary[range]);
+                }
+            }
+        }
+    }
+    if done {
+        Ok(out)
+    } else {
+        Err("the module has no export section".into())
+    }
+}
+
+fn finish_code(out: &mut Vec<u8>, code: &mut Option<(u32, Vec<u8>)>) {
+    if let Some((count, bodies)) = code.take() {
+        let mut section = Vec::new();
+        write_u32(&mut section, count);
+        section.extend_from_slice(&bodies);
+        out.push(10);
+        write_u32(out, section.len() as u32);
+        out.extend_from_slice(&section);
+    }
+}
+
+/// What follows an operation whose NaN result must be canonicalized.
+#[derive(Clone, Copy)]
+enum Canon {
+    F32,
+    F64,
+    F32x4,
+    F64x2,
+}
+
+fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
+    use wasmparser::Operator as O;
+    Some(match op {
+        O::F32Add
+        | O::F32Sub
+        | O::F32Mul
+        | O::F32Div
+        | O::F32Sqrt
+        | O::F32Min
+        | O::F32Max
+        | O::F32Ceil
+        | O::F32Floor
+        | O::F32Trunc
+        | O::F32Nearest
+        | O::F32DemoteF64 => Canon::F32,
+        O::F64Add
+        | O::F64Sub
+        | O::F64Mul
+        | O::F64Div
+        | O::F64Sqrt
+        | O::F64Min
+        | O::F64Max
+        | O::F64Ceil
+        | O::F64Floor
+        | O::F64Trunc
+        | O::F64Nearest
+        | O::F64PromoteF32 => Canon::F64,
+        O::F32x4Add
+        | O::F32x4Sub
+        | O::F32x4Mul
+        | O::F32x4Div
+        | O::F32x4Sqrt
+        | O::F32x4Min
+        | O::F32x4Max
+        | O::F32x4Ceil
+        | O::F32x4Floor
+        | O::F32x4Trunc
+        | O::F32x4Nearest
+        | O::F32x4DemoteF64x2Zero
+        | O::F32x4RelaxedMadd
+        | O::F32x4RelaxedNmadd
+        | O::F32x4RelaxedMin
+        | O::F32x4RelaxedMax => Canon::F32x4,
+        O::F64x2Add
+        | O::F64x2Sub
+        | O::F64x2Mul
+        | O::F64x2Div
+        | O::F64x2Sqrt
+        | O::F64x2Min
+        | O::F64x2Max
+        | O::F64x2Ceil
+        | O::F64x2Floor
+        | O::F64x2Trunc
+        | O::F64x2Nearest
+        | O::F64x2PromoteLowF32x4
+        | O::F64x2RelaxedMadd
+        | O::F64x2RelaxedNmadd
+        | O::F64x2RelaxedMin
+        | O::F64x2RelaxedMax => Canon::F64x2,
+        _ => return None,
+    })
+}
+
+fn canonicalize_body(
+    binary: &[u8],
+    body: &wasmparser::FunctionBody,
+    params: u32,
+) -> Result<Vec<u8>, String> {
+    let err = |e: wasmparser::BinaryReaderError| e.to_string();
+    let range = body.range();
+    let mut declared: u64 = 0;
+    let mut locals = body.get_locals_reader().map_err(err)?;
+    let groups = locals.get_count();
+    for _ in 0..groups {
+        declared += u64::from(locals.read().map_err(err)?.0);
+    }
+    let mut ops = body.get_operators_reader().map_err(err)?;
+    let ops_start = ops.original_position();
+    // The local declarations after their count, copied; then the three scratch locals.
+    let (_, count_len) = read_u32(&binary[range.start..ops_start])?;
+    let scratch = u32::try_from(u64::from(params) + declared).map_err(|_| "too many locals")?;
+    let mut out = Vec::new();
+    write_u32(&mut out, groups + 3);
+    out.extend_from_slice(&binary[range.start + count_len..ops_start]);
+    for ty in [0x7d, 0x7c, 0x7b] {
+        out.extend_from_slice(&[1, ty]); // one f32, one f64, one v128
+    }
+    while !ops.eof() {
+        let start = ops.original_position();
+        let op = ops.read().map_err(err)?;
+        out.extend_from_slice(&binary[start..ops.original_position()]);
+        if let Some(kind) = canon_kind(&op) {
+            emit_canonicalization(&mut out, kind, scratch);
+        }
+    }
+    Ok(out)
+}
+
+/// `local.tee s; <canonical NaN>; local.get s; local.get s; eq; select|bitselect`: keeps
+/// the value where it equals itself, the canonical NaN where it does not.
+fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, scratch: u32) {
+    const SIMD: u8 = 0xfd;
+    let local = scratch
+        + match kind {
+            Canon::F32 => 0,
+            Canon::F64 => 1,
+            Canon::F32x4 | Canon::F64x2 => 2,
+        };
+    out.push(0x22); // local.tee
+    write_u32(out, local);
+    match kind {
+        Canon::F32 => {
+            out.push(0x43);
+            out.extend_from_slice(&CANONICAL_F32_NAN.to_le_bytes());
+        }
+        Canon::F64 => {
+            out.push(0x44);
+            out.extend_from_slice(&CANONICAL_F64_NAN.to_le_bytes());
+        }
+        Canon::F32x4 => {
+            out.extend_from_slice(&[SIMD, 12]); // v128.const
+            for _ in 0..4 {
+                out.extend_from_slice(&CANONICAL_F32_NAN.to_le_bytes());
+            }
+        }
+        Canon::F64x2 => {
+            out.extend_from_slice(&[SIMD, 12]);
+            for _ in 0..2 {
+                out.extend_from_slice(&CANONICAL_F64_NAN.to_le_bytes());
+            }
+        }
+    }
+    for _ in 0..2 {
+        out.push(0x20); // local.get
+        write_u32(out, local);
+    }
+    match kind {
+        Canon::F32 => out.extend_from_slice(&[0x5b, 0x1b]), // f32.eq; select
+        Canon::F64 => out.extend_from_slice(&[0x61, 0x1b]), // f64.eq; select
+        Canon::F32x4 => out.extend_from_slice(&[SIMD, 65, SIMD, 82]), // f32x4.eq; v128.bitselect
+        Canon::F64x2 => out.extend_from_slice(&[SIMD, 71, SIMD, 82]), // f64x2.eq; v128.bitselect
+    }
+}
+
+fn write_u32(out: &mut Vec<u8>, mut v: u32) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// An unsigned LEB128 u32 and its length in bytes.
+fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
+    let mut v: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(5) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(v)
+                .map(|v| (v, i + 1))
+                .map_err(|_| "a LEB128 u32 out of range".into());
+        }
+    }
+    Err("a truncated LEB128 u32".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leb128_round_trips() {
+        for v in [0, 1, 127, 128, 300, 16_384, u32::MAX] {
+            let mut b = Vec::new();
+            write_u32(&mut b, v);
+            assert_eq!(read_u32(&b).unwrap(), (v, b.len()));
+        }
+    }
+
+    #[test]
+    fn the_pass_canonicalizes_arithmetic_and_leaves_bit_operations_alone() {
+        let wat = r#"(module
+            (func (export "add") (result f32) f32.const nan:0x200001 f32.const 1 f32.add)
+            (func (export "neg") (result f32) f32.const nan f32.neg)
+            (func (export "promote") (result f64) f32.const -nan:0x1 f64.promote_f32)
+            (func (export "vmul") (result v128)
+                v128.const f32x4 nan:0x200001 1 -nan 2
+                v128.const f32x4 1 1 1 1
+                f32x4.mul))"#;
+        let binary = wat::parse_str(wat).unwrap();
+        let rewritten = canonicalize_nans(&binary).unwrap();
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&rewritten)
+            .unwrap();
+        // An engine that does not canonicalize, running the rewritten module: the pass's
+        // NaNs are canonical, the bit operation's are not.
+        let engine = Setup::Uncanonicalized.engine().unwrap();
+        let module = Module::new(engine, &rewritten).unwrap();
+        let Ok(obs) = execute(engine, &module, FUEL_PER_CALL) else {
+            panic!("execute failed")
+        };
+        let results: Vec<_> = obs.calls.iter().map(|c| c.results.clone()).collect();
+        let f32x4 = |a: u32, b: u32, c: u32, d: u32| {
+            Value::V128(
+                u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96,
+            )
+        };
+        assert_eq!(
+            results,
+            vec![
+                vec![Value::F32(CANONICAL_F32_NAN)],
+                vec![Value::F32(0xffc0_0000)],
+                vec![Value::F64(CANONICAL_F64_NAN)],
+                vec![f32x4(
+                    CANONICAL_F32_NAN,
+                    0x3f80_0000,
+                    CANONICAL_F32_NAN,
+                    0x4000_0000
+                )],
+            ]
+        );
+    }
+}

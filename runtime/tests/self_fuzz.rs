@@ -1,0 +1,285 @@
+//! Runtime self-fuzzing, the short fixed-seed run (see `detwasm_runtime::selffuzz` for
+//! what is compared, and docs/self-fuzzing.md for long campaigns).
+//!
+//! The generator ([`smith_config`], [`generate`]) is shared with the cargo-fuzz target
+//! `fuzz/fuzz_targets/runtime.rs`, which includes this file as a module: there `#[test]`
+//! items and `cfg(test)` helpers are compiled out.
+
+use arbitrary::Unstructured;
+use detwasm_runtime::selffuzz::{export_global, LOOP_FUEL_EXPORT};
+
+/// The loop budget wasm-smith's `ensure_termination` gives each call: a global counter,
+/// decremented at each loop head and function entry, that traps when it reaches zero. It
+/// is exported as [`LOOP_FUEL_EXPORT`], which the harness resets before every call. It is
+/// meant to end long calls before engine fuel
+/// ([`detwasm_runtime::selffuzz::FUEL_PER_CALL`]) does: a loop iteration costs at least
+/// the counter's own 7 instructions, and more often 20 to 40.
+pub const TERMINATION_FUEL: u32 = 5_000;
+
+/// What wasm-smith generates: the features the deterministic engine enables, none it
+/// refuses, and sizes small enough that a module runs in milliseconds.
+///
+/// - floats, SIMD and relaxed SIMD on, and no NaN canonicalization by the generator: NaN
+///   bits are what the engine must make deterministic;
+/// - threads, memory64, exceptions, GC, custom page sizes, wide arithmetic off (the engine
+///   refuses them); reference types off too: wasmtime is built without its `gc` feature,
+///   so the engine refuses every module that uses `externref` ("gc types are
+///   disallowed"), and wasm-smith cannot generate `funcref` operations without also
+///   generating `externref` (with them on, four modules in five were refused);
+/// - no imports (nothing for the harness to provide), every item exported, a start function
+///   allowed, at least two types and four functions (with fewer, most modules have nothing
+///   to call);
+/// - up to 4 memories (multi-memory) of at most 1 MiB declared each, up to 4 tables of at
+///   most 1000 elements; `memory.grow` is then bounded by the harness's memory limit.
+pub fn smith_config(disallow_traps: bool) -> wasm_smith::Config {
+    let mut c = wasm_smith::Config::default();
+    c.disallow_traps = disallow_traps;
+    c.allow_floats = true;
+    c.canonicalize_nans = false;
+    c.simd_enabled = true;
+    c.relaxed_simd_enabled = true;
+    c.threads_enabled = false;
+    c.shared_everything_threads_enabled = false;
+    c.memory64_enabled = false;
+    c.exceptions_enabled = false;
+    c.gc_enabled = false;
+    c.custom_descriptors_enabled = false;
+    c.custom_page_sizes_enabled = false;
+    c.wide_arithmetic_enabled = false;
+    c.reference_types_enabled = false;
+    c.bulk_memory_enabled = true;
+    c.multi_value_enabled = true;
+    c.tail_call_enabled = true;
+    c.extended_const_enabled = true;
+    c.saturating_float_to_int_enabled = true;
+    c.sign_extension_ops_enabled = true;
+    c.min_imports = 0;
+    c.max_imports = 0;
+    c.export_everything = true;
+    c.allow_start_export = true;
+    c.min_types = 2;
+    c.min_funcs = 4;
+    c.max_funcs = 30;
+    c.max_instructions = 200;
+    c.max_memories = 4;
+    c.max_memory32_bytes = 1 << 20;
+    c.max_tables = 4;
+    c.max_table_elements = 1000;
+    c.max_globals = 30;
+    c.max_data_segments = 10;
+    c.max_element_segments = 10;
+    c.generate_custom_sections = false;
+    c
+}
+
+/// The module wasm-smith makes of `data`, with termination ensured, or `None` when the
+/// bytes do not make one. The first byte's low bit sets `disallow_traps`: with traps
+/// allowed most calls trap within a few instructions (an `unreachable`, a division by
+/// zero, an access out of bounds), so half the modules leave them out and run longer;
+/// wasm-smith then generates no relaxed SIMD, so the other half keeps it covered.
+pub fn generate(data: &[u8]) -> Option<Vec<u8>> {
+    let (first, rest) = data.split_first()?;
+    let mut u = Unstructured::new(rest);
+    let mut module = wasm_smith::Module::new(smith_config(first & 1 == 1), &mut u).ok()?;
+    let global = module.ensure_termination(TERMINATION_FUEL).ok()?;
+    export_global(&module.to_bytes(), LOOP_FUEL_EXPORT, global).ok()
+}
+
+#[cfg(test)]
+use detwasm_runtime::selffuzz::{check_module, compare, Agreement, Setup};
+
+/// Totals over a run of [`check_module`].
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Tally {
+    modules: usize,
+    invalid: usize,
+    /// Refused for using `externref` (see [`Tally::add`]).
+    externref: usize,
+    instantiation_traps: usize,
+    calls: usize,
+    returned: usize,
+    trapped: usize,
+    out_of_fuel: usize,
+    nans: usize,
+    noncanonical_nans: usize,
+    reference_calls: usize,
+    fuel: u64,
+}
+
+#[cfg(test)]
+impl Tally {
+    fn add(&mut self, a: &Agreement) {
+        self.modules += 1;
+        self.invalid += usize::from(a.invalid.is_some());
+        // wasmtime is built without its `gc` feature, so the engine refuses modules that
+        // use `externref` ("gc types are disallowed"); wasm-smith has no switch to leave
+        // `externref` out while keeping reference types (tables of `funcref`,
+        // `table.get`/`set`, `ref.func`), which the engine supports. Such modules are
+        // counted, and must be refused the same way by every setup.
+        self.externref += usize::from(
+            a.invalid
+                .as_ref()
+                .is_some_and(|m| m.contains("gc types are disallowed")),
+        );
+        self.instantiation_traps += usize::from(a.instantiation_trapped);
+        self.calls += a.calls;
+        self.returned += a.returned;
+        self.trapped += a.trapped;
+        self.out_of_fuel += a.out_of_fuel;
+        self.nans += a.nans;
+        self.noncanonical_nans += a.noncanonical_nans;
+        self.reference_calls += a.reference_calls;
+        self.fuel += a.fuel;
+    }
+}
+
+/// Modules from a fixed seed: `DETWASM_SELFFUZZ_MODULES` of them (default 300), each
+/// from 256 bytes to 8 KiB of a ChaCha stream keyed by `DETWASM_SELFFUZZ_SEED` (default
+/// 0), so a failure is reproduced by the same two numbers. A disagreement fails with the
+/// module written to the temporary folder.
+#[test]
+fn fixed_seed_modules_agree() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: {v:?}")))
+            .unwrap_or(default)
+    };
+    let count = env("DETWASM_SELFFUZZ_MODULES", 300);
+    let seed = env("DETWASM_SELFFUZZ_SEED", 0);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let started = std::time::Instant::now();
+    let mut tally = Tally::default();
+    let mut unmade = 0;
+    for i in 0..count {
+        let len = 256 + (rng.next_u32() as usize % (8 << 10));
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        let Some(binary) = generate(&data) else {
+            unmade += 1;
+            continue;
+        };
+        match check_module(&binary) {
+            Ok(a) => tally.add(&a),
+            Err(d) => {
+                let path = std::env::temp_dir().join(format!("detwasm-selffuzz-{}.wasm", d.module));
+                std::fs::write(&path, &binary).unwrap();
+                panic!(
+                    "module {i} of seed {seed}: {d}\n(the module is at {})",
+                    path.display()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "self-fuzz: seed {seed}: {count} inputs, {unmade} made no module, {:.1} s: {tally:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        tally.invalid, tally.externref,
+        "the generator and the engine disagree on features"
+    );
+    assert!(tally.externref * 2 < tally.modules, "{tally:?}");
+    assert!(
+        tally.modules as u64 >= count * 9 / 10,
+        "too few modules made: {tally:?}"
+    );
+    // The run exercised what it claims to: calls that return, trap and run out of fuel,
+    // and NaNs compared with the reference.
+    if count >= 100 {
+        assert!(tally.returned > 0 && tally.trapped > 0, "{tally:?}");
+        assert!(tally.nans > 0 && tally.reference_calls > 0, "{tally:?}");
+    }
+}
+
+/// NaN-producing operations whose NaN bits differ by hardware unless canonicalized: an
+/// addition that carries a NaN operand's payload (the same on x86 and ARM), and 0/0 (the
+/// "default NaN": negative on x86, positive and canonical on ARM).
+#[cfg(test)]
+const NAN_MODULE: &str = r#"(module
+    (global (export "g") (mut f32) (f32.const 0))
+    (func (export "payload") (result f32)
+        f32.const nan:0x200001 f32.const 1 f32.add)
+    (func (export "div0") (result f32)
+        f32.const 0 f32.const 0 f32.div
+        global.set 0
+        global.get 0))"#;
+
+#[test]
+fn the_engine_canonicalizes_and_agrees_with_the_reference() {
+    let binary = wat::parse_str(NAN_MODULE).unwrap();
+    let a = check_module(&binary).unwrap();
+    assert_eq!((a.calls, a.returned, a.reference_calls), (2, 2, 2));
+    assert_eq!((a.nans, a.noncanonical_nans), (3, 0), "{a:?}");
+}
+
+/// The check can fail: an engine without NaN canonicalization disagrees with the baseline,
+/// and the report names the export and both bit patterns.
+#[test]
+fn an_engine_without_nan_canonicalization_is_reported() {
+    let binary = wat::parse_str(NAN_MODULE).unwrap();
+    let d = compare(&binary, Setup::Serial, Setup::Uncanonicalized).unwrap_err();
+    let msg = d.to_string();
+    assert_eq!(
+        (d.baseline, d.other),
+        (Setup::Serial, Setup::Uncanonicalized)
+    );
+    assert!(
+        msg.contains("call #0 of export `payload`: results [f32 0x7fc00000 (canonical NaN)] vs [f32 0x7fe00001 (non-canonical NaN)]"),
+        "{msg}"
+    );
+    // ... and the reference (the module rewritten to canonicalize) catches such an engine
+    // too: it is a check of the engine, not a copy of it.
+    let d = compare(&binary, Setup::Uncanonicalized, Setup::Reference).unwrap_err();
+    assert!(d.what.contains("export `payload`"), "{d}");
+}
+
+/// On x86 0/0 is the negative default NaN: the second export and the global then differ.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x86_default_nan_is_reported_in_results_and_globals() {
+    let binary = wat::parse_str(NAN_MODULE.replace(
+        "f32.const nan:0x200001 f32.const 1",
+        "f32.const 1 f32.const 1",
+    ))
+    .unwrap();
+    let d = compare(&binary, Setup::Serial, Setup::Uncanonicalized).unwrap_err();
+    assert!(
+        d.what.contains("call #1 of export `div0`: results [f32 0x7fc00000 (canonical NaN)] vs [f32 0xffc00000 (non-canonical NaN)]"),
+        "{d}"
+    );
+}
+
+/// Operations wasm defines on bits carry any NaN through, in every setup: a non-canonical
+/// NaN observed is no disagreement (why "every NaN is canonical" is not the rule checked).
+#[test]
+fn bit_operations_carry_nan_payloads_and_agree() {
+    let wat = r#"(module
+        (func (export "reinterpret") (result f32) i32.const 0x7fa00001 f32.reinterpret_i32)
+        (func (export "neg") (result f64) f64.const 0 f64.const 0 f64.div f64.neg)
+        (func (export "arg") (param f32) (param f32) (result f32) local.get 1))"#;
+    let binary = wat::parse_str(wat).unwrap();
+    let a = check_module(&binary).unwrap();
+    assert_eq!((a.nans, a.noncanonical_nans), (3, 3), "{a:?}");
+}
+
+/// Traps, fuel and memories are compared too: a disagreement on any of them would be
+/// reported, and equal ones are not.
+#[test]
+fn traps_fuel_and_memory_agree_across_setups() {
+    let wat = r#"(module
+        (memory (export "m") 1)
+        (func (export "store") (memory.fill (i32.const 0) (i32.const 7) (i32.const 100)))
+        (func (export "oob") (result i32) (i32.load (i32.const 70000)))
+        (func (export "spin") (loop (br 0)))
+        (func (export "grow") (result i32) (memory.grow (i32.const 1000))))"#;
+    let binary = wat::parse_str(wat).unwrap();
+    let a = check_module(&binary).unwrap();
+    assert_eq!(
+        (a.calls, a.returned, a.trapped, a.out_of_fuel),
+        (4, 2, 1, 1),
+        "{a:?}"
+    );
+}
