@@ -15,6 +15,15 @@ if ! command -v go >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go >/dev/null
 fi
+if ! command -v clang >/dev/null 2>&1 || [ ! -e /usr/lib/wasm32-wasi/libc.a ] \
+   || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+  # `detwasm module new --lang c` builds C modules with clang and wasi-libc (tested).
+  echo "==> apt-get install clang lld wasi-libc (C modules for wasm32-wasi)"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang lld wasi-libc \
+    libclang-rt-14-dev-wasm32 >/dev/null
+fi
 echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
 npm ci --prefix conformance --no-audit --no-fund
 echo "==> cargo build (dev profile, shared with the tests)"
