@@ -24,6 +24,7 @@ if ! command -v clang >/dev/null 2>&1 || [ ! -e /usr/lib/wasm32-wasi/libc.a ] \
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang lld wasi-libc \
     libclang-rt-14-dev-wasm32 >/dev/null
 fi
+bash scripts/fetch-workloads.sh
 echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
 npm ci --prefix conformance --no-audit --no-fund
 echo "==> cargo build (dev profile, shared with the tests)"
