@@ -26,6 +26,13 @@ struct Run {
 
 impl Run {
     fn receipt(&self) -> serde_json::Value {
+        // 0 or 1: the run ended and was delivered (2 would be a run error).
+        assert!(
+            self.code == 0 || self.code == 1,
+            "exit {}: {}",
+            self.code,
+            self.stderr
+        );
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "not a receipt ({e}): {}\n{}",
@@ -84,6 +91,8 @@ fn run(wat: &str, extra: &[&str], setup: impl FnOnce(&Path)) -> Run {
     cmd.stdin(Stdio::null())
         .stdout(File::create(&out).unwrap())
         .stderr(File::create(&err).unwrap());
+    // Waited for with wait4 below (std's wait would not report the peak RSS).
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap();
     let (code, peak_rss) = wait_with_rusage(child.id() as libc::pid_t);
     Run {

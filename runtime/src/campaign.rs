@@ -86,6 +86,9 @@ impl Param {
     }
 }
 
+/// A progress callback: (runs done, runs in all, what was perturbed).
+pub type Progress<'a> = dyn Fn(usize, usize, &str) + Sync + 'a;
+
 /// How a campaign is run.
 pub struct Campaign<'a> {
     /// Runs of the job, each under the next perturbation (cycling through them).
@@ -96,7 +99,7 @@ pub struct Campaign<'a> {
     /// skips it.
     pub exe: Option<PathBuf>,
     /// Called after each run with (runs done, runs in all, what was perturbed).
-    pub progress: Option<&'a (dyn Fn(usize, usize, &str) + Sync)>,
+    pub progress: Option<&'a Progress<'a>>,
 }
 
 /// One run of the campaign.

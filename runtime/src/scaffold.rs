@@ -324,7 +324,7 @@ pub struct Packed {
 pub enum PackError {
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
-    #[error("{}: the template names the entry module by CID only; pack needs its Path (the .wasm file in the module folder)", .0.display())]
+    #[error("{}: the template names no entry module (EntryModule needs a Path or a CID)", .0.display())]
     NoPath(PathBuf),
     #[error("{}: {cause}", path.display())]
     Io {
@@ -346,14 +346,21 @@ pub fn pack(
 ) -> Result<Packed, PackError> {
     let (_, spec) = module.spec(inputs)?;
     let rel = spec.entry_module.path.trim();
-    if rel.is_empty() {
-        return Err(PackError::NoPath(module.template_path.clone()));
-    }
-    let entry = crate::spec::resolve::entry_module(&module.dir, "", rel)?;
+    let named = spec.entry_module.cid.trim();
+    // By Path when the template names one (the CID may be stale: the author is told);
+    // else by the CID, among the folder's .wasm files.
+    let entry = if rel.is_empty() {
+        if named.is_empty() {
+            return Err(PackError::NoPath(module.template_path.clone()));
+        }
+        crate::spec::resolve::entry_module(&module.dir, named, "")?
+    } else {
+        crate::spec::resolve::entry_module(&module.dir, "", rel)?
+    };
     let mut car = Vec::new();
     let hashed = detwasm_hasher::Hasher::new(detwasm_hasher::Options::profile(profile))
         .car(&mut car)
-        .hash_path(&entry.file)
+        .hash_tree(&detwasm_hasher::Node::bytes(entry.bytes.clone()))
         .map_err(|e| PackError::Hash {
             path: entry.file.clone(),
             cause: e.to_string(),
@@ -363,7 +370,6 @@ pub fn pack(
         path: car_path.clone(),
         cause,
     })?;
-    let named = spec.entry_module.cid.trim();
     Ok(Packed {
         cid: hashed.root.to_string(),
         car: car_path,

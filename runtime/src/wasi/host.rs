@@ -1008,7 +1008,7 @@ impl WasiHost {
         let (dir, p) = self.dir_and_path(m, dirfd, path, path_len)?;
         let oflags = oflags as u16;
         let follow = dirflags & LOOKUP_SYMLINK_FOLLOW != 0;
-        let node = match self.vfs.resolve(dir, &p, follow) {
+        let node = match self.vfs.resolve(dir, p, follow) {
             Ok(n) => {
                 if oflags & OFLAGS_CREAT != 0 && oflags & OFLAGS_EXCL != 0 {
                     return Err(Errno::EXIST.into());
@@ -1019,7 +1019,7 @@ impl WasiHost {
                 if oflags & OFLAGS_DIRECTORY != 0 {
                     return Err(Errno::INVAL.into());
                 }
-                let (parent, name) = self.vfs.resolve_parent(dir, &p)?;
+                let (parent, name) = self.vfs.resolve_parent(dir, p)?;
                 let (now, left) = (self.now(), self.quota_left());
                 self.vfs.create(parent, name, false, now, left)?
             }
