@@ -32,44 +32,45 @@ pub const TERMINATION_FUEL: u32 = 5_000;
 /// - up to 4 memories (multi-memory) of at most 1 MiB declared each, up to 4 tables of at
 ///   most 1000 elements; `memory.grow` is then bounded by the harness's memory limit.
 pub fn smith_config(disallow_traps: bool) -> wasm_smith::Config {
-    let mut c = wasm_smith::Config::default();
-    c.disallow_traps = disallow_traps;
-    c.allow_floats = true;
-    c.canonicalize_nans = false;
-    c.simd_enabled = true;
-    c.relaxed_simd_enabled = true;
-    c.threads_enabled = false;
-    c.shared_everything_threads_enabled = false;
-    c.memory64_enabled = false;
-    c.exceptions_enabled = false;
-    c.gc_enabled = false;
-    c.custom_descriptors_enabled = false;
-    c.custom_page_sizes_enabled = false;
-    c.wide_arithmetic_enabled = false;
-    c.reference_types_enabled = false;
-    c.bulk_memory_enabled = true;
-    c.multi_value_enabled = true;
-    c.tail_call_enabled = true;
-    c.extended_const_enabled = true;
-    c.saturating_float_to_int_enabled = true;
-    c.sign_extension_ops_enabled = true;
-    c.min_imports = 0;
-    c.max_imports = 0;
-    c.export_everything = true;
-    c.allow_start_export = true;
-    c.min_types = 2;
-    c.min_funcs = 4;
-    c.max_funcs = 30;
-    c.max_instructions = 200;
-    c.max_memories = 4;
-    c.max_memory32_bytes = 1 << 20;
-    c.max_tables = 4;
-    c.max_table_elements = 1000;
-    c.max_globals = 30;
-    c.max_data_segments = 10;
-    c.max_element_segments = 10;
-    c.generate_custom_sections = false;
-    c
+    wasm_smith::Config {
+        disallow_traps,
+        allow_floats: true,
+        canonicalize_nans: false,
+        simd_enabled: true,
+        relaxed_simd_enabled: true,
+        threads_enabled: false,
+        shared_everything_threads_enabled: false,
+        memory64_enabled: false,
+        exceptions_enabled: false,
+        gc_enabled: false,
+        custom_descriptors_enabled: false,
+        custom_page_sizes_enabled: false,
+        wide_arithmetic_enabled: false,
+        reference_types_enabled: false,
+        bulk_memory_enabled: true,
+        multi_value_enabled: true,
+        tail_call_enabled: true,
+        extended_const_enabled: true,
+        saturating_float_to_int_enabled: true,
+        sign_extension_ops_enabled: true,
+        min_imports: 0,
+        max_imports: 0,
+        export_everything: true,
+        allow_start_export: true,
+        min_types: 2,
+        min_funcs: 4,
+        max_funcs: 30,
+        max_instructions: 200,
+        max_memories: 4,
+        max_memory32_bytes: 1 << 20,
+        max_tables: 4,
+        max_table_elements: 1000,
+        max_globals: 30,
+        max_data_segments: 10,
+        max_element_segments: 10,
+        generate_custom_sections: false,
+        ..wasm_smith::Config::default()
+    }
 }
 
 /// The module wasm-smith makes of `data`, with termination ensured, or `None` when the
@@ -211,8 +212,8 @@ const NAN_MODULE: &str = r#"(module
 fn the_engine_canonicalizes_and_agrees_with_the_reference() {
     let binary = wat::parse_str(NAN_MODULE).unwrap();
     let a = check_module(&binary).unwrap();
-    assert_eq!((a.calls, a.returned, a.reference_calls), (2, 2, 2));
-    assert_eq!((a.nans, a.noncanonical_nans), (3, 0), "{a:?}");
+    assert_eq!((a.calls, a.returned, a.reference_calls), (4, 4, 4));
+    assert_eq!((a.nans, a.noncanonical_nans), (5, 0), "{a:?}");
 }
 
 /// The check can fail: an engine without NaN canonicalization disagrees with the baseline,
@@ -262,7 +263,9 @@ fn bit_operations_carry_nan_payloads_and_agree() {
         (func (export "arg") (param f32) (param f32) (result f32) local.get 1))"#;
     let binary = wat::parse_str(wat).unwrap();
     let a = check_module(&binary).unwrap();
-    assert_eq!((a.nans, a.noncanonical_nans), (3, 3), "{a:?}");
+    // Each of the three twice ([`detwasm_runtime::selffuzz::ROUNDS`]), except `arg`, whose
+    // second round passes +inf.
+    assert_eq!((a.nans, a.noncanonical_nans), (5, 5), "{a:?}");
 }
 
 /// Traps, fuel and memories are compared too: a disagreement on any of them would be
@@ -279,7 +282,36 @@ fn traps_fuel_and_memory_agree_across_setups() {
     let a = check_module(&binary).unwrap();
     assert_eq!(
         (a.calls, a.returned, a.trapped, a.out_of_fuel),
-        (4, 2, 1, 1),
+        (8, 4, 2, 2),
         "{a:?}"
     );
+}
+
+/// The generated modules, not only hand-written ones, catch an engine that lets hardware
+/// NaNs through: of the first modules of seed 0, some disagree between the baseline and
+/// [`Setup::Uncanonicalized`] (the rate is printed; it was 2 of 100 on x86-64 when this
+/// was written). Results, globals and memories all count: a NaN stored to memory shows up
+/// in the memory's hash.
+#[test]
+fn generated_modules_catch_an_engine_without_nan_canonicalization() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (mut checked, mut caught) = (0, Vec::new());
+    for _ in 0..100 {
+        let len = 256 + (rng.next_u32() as usize % (8 << 10));
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        let Some(binary) = generate(&data) else {
+            continue;
+        };
+        checked += 1;
+        if let Err(d) = compare(&binary, Setup::Serial, Setup::Uncanonicalized) {
+            caught.push(d.what);
+        }
+    }
+    eprintln!(
+        "{} of {checked} modules caught it: {caught:#?}",
+        caught.len()
+    );
+    assert!(!caught.is_empty());
 }
