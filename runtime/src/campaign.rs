@@ -393,6 +393,7 @@ fn with_copied_inputs(job: &Job, to: &Path) -> Result<Job, RunError> {
             Ok(Input {
                 host: dest,
                 guest: input.guest.clone(),
+                writable: input.writable,
             })
         })
         .collect::<Result<_, RunError>>()?;

@@ -2,8 +2,9 @@
 //!
 //! Everything a guest can reach is built here from the [`Job`] alone: argv (argv[0]
 //! fixed by the job, never the module's host path), the environment (the job's, nothing
-//! of the host's), stdin bytes, the input mounts (read-only) then the output volumes
-//! (read-write, empty) as preopened directories in job order (fd 3, 4, …), the clocks
+//! of the host's), stdin bytes, the input mounts (read-only, or writable copy-on-write
+//! copies for `--dir`) then the output volumes (read-write, empty) as preopened
+//! directories in job order (fd 3, 4, …), the clocks
 //! starting at the job's epoch and 0, the random stream keyed by the job's seed, and the
 //! output quota. There is no other constructor of [`WasiHost`].
 
@@ -27,11 +28,15 @@ pub fn grant(job: &Job) -> Result<WasiHost, RunError> {
     let epoch = job.epoch.unix_nanos;
     let mut vfs = Vfs::new();
     for input in &job.inputs {
-        vfs.mount_input(&input.host, &input.guest, epoch)
-            .map_err(|reason| RunError::Input {
-                path: input.host.clone(),
-                reason,
-            })?;
+        let mounted = if input.writable {
+            vfs.mount_writable(&input.host, &input.guest, epoch)
+        } else {
+            vfs.mount_input(&input.host, &input.guest, epoch)
+        };
+        mounted.map_err(|reason| RunError::Input {
+            path: input.host.clone(),
+            reason,
+        })?;
     }
     for output in &job.outputs {
         vfs.mount_output(&output.guest, epoch);

@@ -134,6 +134,14 @@ pub fn write_results(
         outcome.exit_code().to_string().as_bytes(),
     )
     .map_err(failed)?;
+    // Writable folders (`--dir`), each a volume named after its guest path.
+    for (i, input) in job.inputs.iter().enumerate().filter(|(_, i)| i.writable) {
+        let d = dir.join(input.volume_name());
+        std::fs::create_dir(&d)
+            .map_err(|e| named(&d, e))
+            .map_err(failed)?;
+        host.vfs.export(i, &d).map_err(failed)?;
+    }
     let first_output = job.inputs.len();
     for (i, out) in job.outputs.iter().enumerate() {
         let d = dir.join(&out.name);

@@ -10,7 +10,7 @@ pub enum JobError {
     BadGuestPath(String),
     #[error("output name `{0}` must be a plain folder name other than stdout, stderr and exitCode, and unique")]
     BadOutputName(String),
-    #[error("mounts `{0}` and `{1}` overlap: guest paths may not be nested")]
+    #[error("two mounts at guest path `{0}` (`{1}`): each mount needs a guest path of its own")]
     OverlappingMounts(String, String),
     #[error("input `{}` does not exist or cannot be read", .0.display())]
     InputMissing(PathBuf),

@@ -64,13 +64,32 @@ pub struct Module {
     pub source: Option<String>,
 }
 
-/// A host directory (or file) mounted read-only in the guest.
+/// A host directory mounted in the guest: read-only (an input), or writable (`--dir`).
+///
+/// A writable folder starts as the host folder's contents and is copy-on-write: the guest
+/// changes the runtime's copy, never the host folder, and the folder's final state is
+/// delivered as a results volume of its own, named [`Input::volume_name`]. Its initial
+/// content enters the job id by CID, as an input's does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Input {
     /// Host path. Read, never written; only its content (by CID) enters the job id.
     pub host: PathBuf,
     /// Absolute guest path, e.g. `/inputs`.
     pub guest: String,
+    /// Writable (copy-on-write) and delivered as a results volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
+}
+
+impl Input {
+    /// The results folder of a writable folder: its guest path's last component (`root`
+    /// for a mount at `/`).
+    pub fn volume_name(&self) -> String {
+        match self.guest.rsplit('/').next() {
+            Some(last) if !last.is_empty() => last.to_string(),
+            _ => "root".to_string(),
+        }
+    }
 }
 
 /// A read-write volume, empty at start, delivered as results folder `name`.
@@ -251,6 +270,17 @@ impl Job {
         self.inputs.push(Input {
             host: host.into(),
             guest: guest.into(),
+            writable: false,
+        });
+        self
+    }
+    /// Mounts a copy-on-write copy of host folder `host` at guest path `guest`, delivered
+    /// as results volume [`Input::volume_name`].
+    pub fn push_dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.inputs.push(Input {
+            host: host.into(),
+            guest: guest.into(),
+            writable: true,
         });
         self
     }
@@ -276,20 +306,27 @@ impl Job {
         self
     }
 
-    /// Checks what can be checked without running: guest paths absolute, normal and not
-    /// nested in one another; output names plain folder names that do not collide with
+    /// Checks what can be checked without running: guest paths absolute, normal and each
+    /// mount's own; output names (and writable folders' volume names) plain folder names that do not collide with
     /// `stdout`, `stderr`, `exitCode` or each other; inputs exist; no NUL or `=` in env
     /// keys.
     pub fn validate(&self) -> Result<(), JobError> {
         let mut mounts: Vec<&str> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for input in &self.inputs {
             check_guest_path(&input.guest)?;
             if std::fs::symlink_metadata(&input.host).is_err() {
                 return Err(JobError::InputMissing(input.host.clone()));
             }
+            if input.writable {
+                let n = input.volume_name();
+                if ["stdout", "stderr", "exitCode"].contains(&n.as_str()) || names.contains(&n) {
+                    return Err(JobError::BadOutputName(n));
+                }
+                names.push(n);
+            }
             mounts.push(&input.guest);
         }
-        let mut names: Vec<&str> = Vec::new();
         for output in &self.outputs {
             check_guest_path(&output.guest)?;
             let n = output.name.as_str();
@@ -299,21 +336,18 @@ impl Job {
                 || n.contains('/')
                 || n.contains('\0')
                 || ["stdout", "stderr", "exitCode"].contains(&n)
-                || names.contains(&n)
+                || names.iter().any(|x| x == n)
             {
                 return Err(JobError::BadOutputName(output.name.clone()));
             }
-            names.push(n);
+            names.push(n.to_string());
             mounts.push(&output.guest);
         }
+        // Mounts may nest (`/` and `/outputs`, as wasmtime's preopens may: the guest's libc
+        // takes the longest matching prefix), but two at one guest path are ambiguous.
         for (i, a) in mounts.iter().enumerate() {
-            for b in &mounts[i + 1..] {
-                let nested = |x: &str, y: &str| {
-                    x == y || x == "/" || y.strip_prefix(x).is_some_and(|r| r.starts_with('/'))
-                };
-                if nested(a, b) || nested(b, a) {
-                    return Err(JobError::OverlappingMounts(a.to_string(), b.to_string()));
-                }
+            if mounts[i + 1..].contains(a) {
+                return Err(JobError::OverlappingMounts(a.to_string(), a.to_string()));
             }
         }
         for (k, v) in &self.env {
@@ -334,6 +368,9 @@ impl Job {
 }
 
 fn check_guest_path(p: &str) -> Result<(), JobError> {
+    if p == "/" {
+        return Ok(());
+    }
     let ok = p.starts_with('/')
         && p.len() > 1
         && !p.ends_with('/')
@@ -375,6 +412,8 @@ pub struct JobIdentity {
 pub struct InputIdentity {
     pub guest: String,
     pub cid: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
 }
 
 impl JobIdentity {
@@ -510,6 +549,7 @@ mod tests {
             inputs: vec![InputIdentity {
                 guest: "/inputs".into(),
                 cid: "QmInput".into(),
+                writable: false,
             }],
             outputs: Job::new(vec![]).outputs,
             seed: 0,
@@ -569,20 +609,29 @@ mod tests {
             guest: "/o".into(),
         }]);
         assert!(matches!(bad.validate(), Err(JobError::BadOutputName(_))));
-        let nested = Job::new(vec![]).with_outputs(vec![
+        let same = Job::new(vec![]).with_outputs(vec![
             Output {
                 name: "a".into(),
                 guest: "/out".into(),
             },
             Output {
                 name: "b".into(),
-                guest: "/out/b".into(),
+                guest: "/out".into(),
             },
         ]);
         assert!(matches!(
-            nested.validate(),
+            same.validate(),
             Err(JobError::OverlappingMounts(..))
         ));
+        // Nested mounts are fine (`/` writable beside `/outputs`), as wasmtime's preopens.
+        let t = tempfile::tempdir().unwrap();
+        let nested = Job::new(vec![]).push_dir(t.path(), "/");
+        assert!(nested.validate().is_ok());
+        // A writable folder's volume may not take a name the results use already.
+        let clash = Job::new(vec![]).push_dir(t.path(), "/outputs/../stdout");
+        assert!(clash.validate().is_err());
+        let clash = Job::new(vec![]).push_dir(t.path(), "/x/outputs");
+        assert!(matches!(clash.validate(), Err(JobError::BadOutputName(_))));
         let rel = Job::new(vec![]).with_outputs(vec![Output {
             name: "a".into(),
             guest: "out/../x".into(),

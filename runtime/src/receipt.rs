@@ -75,6 +75,9 @@ pub struct InputRecord {
     pub host: String,
     pub guest: String,
     pub cid: String,
+    /// A writable folder (`--dir`), delivered as a results volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
 }
 
 /// The job, as recorded in the receipt: enough to re-run it.

@@ -102,6 +102,7 @@ impl Runtime {
             inputs.push(InputIdentity {
                 guest: input.guest.clone(),
                 cid,
+                writable: input.writable,
             });
         }
         let identity = JobIdentity {
@@ -262,6 +263,7 @@ impl Runtime {
                         host: i.host.display().to_string(),
                         guest: i.guest.clone(),
                         cid: c.cid.clone(),
+                        writable: i.writable,
                     })
                     .collect(),
                 outputs: job.outputs.clone(),

@@ -192,6 +192,7 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
         inputs.push(Input {
             host,
             guest: record.guest.clone(),
+            writable: record.writable,
         });
     }
     let stdin = match (&sources.stdin, r.stdin_bytes) {

@@ -76,7 +76,10 @@ pub struct Options {
     #[arg(long = "input", value_name = "HOST[:GUEST]")]
     pub inputs: Vec<String>,
 
-    /// wasmtime-style spelling of --input: HOST::GUEST (still read-only). Repeatable.
+    /// A writable folder, wasmtime's spelling: the guest sees a copy of HOST at GUEST
+    /// (default /inputs; `/` allowed) that it may change; HOST itself is never written.
+    /// The folder's final state is delivered as a results volume named after GUEST's last
+    /// component (`root` for `/`) and is part of the results CID. Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dirs: Vec<String>,
 
@@ -221,7 +224,7 @@ pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
         let (host, guest) = spec
             .split_once("::")
             .unwrap_or((spec.as_str(), DEFAULT_INPUT_PATH));
-        job = job.push_input(host, guest);
+        job = job.push_dir(host, guest);
     }
     // An input folder that cannot be listed is named with the OS's reason (the job's own
     // check only says that it is missing or unreadable).

@@ -77,6 +77,14 @@ impl From<ReadError> for HostError {
         }
     }
 }
+impl From<vfs::HostOrWrite> for HostError {
+    fn from(e: vfs::HostOrWrite) -> Self {
+        match e {
+            vfs::HostOrWrite::Read(r) => r.into(),
+            vfs::HostOrWrite::Write(w) => w.into(),
+        }
+    }
+}
 impl From<WriteError> for HostError {
     fn from(e: WriteError) -> Self {
         match e {
@@ -669,6 +677,10 @@ impl WasiHost {
         if !write {
             return Err(Errno::BADF.into());
         }
+        if size > 0 && size <= i64::MAX as u64 {
+            let copied = self.vfs.materialize(node, self.quota_left())?;
+            self.charge_bytes(copied)?;
+        }
         let (now, left) = (self.now(), self.quota_left());
         self.vfs.set_size(node, size, now, left)?;
         Ok(())
@@ -861,6 +873,9 @@ impl WasiHost {
                     return Err(QuotaExceeded.into());
                 }
                 self.charge_bytes(total)?;
+                let copied = self.vfs.materialize(node, left)?;
+                self.charge_bytes(copied)?;
+                let left = self.quota_left();
                 self.vfs.write_at(node, offset, total, parts, now, left)?;
                 if at.is_none() {
                     if let Some(Fd::File { pos, .. }) = self.fds.get_mut(&fd) {
@@ -1161,23 +1176,26 @@ impl WasiHost {
         Ok(())
     }
 
-    /// Hard links and symlinks cannot be created: output volumes hold plain files and
-    /// directories only, so a results directory never carries a link to somewhere else.
+    /// Symlinks are created in writable folders and output volumes, stored as given and
+    /// followed only inside the virtual tree ([`Vfs::symlink`] says which targets are
+    /// refused and why).
     pub fn path_symlink(
         &mut self,
         m: &mut Mem,
-        _old: u32,
-        _old_len: u32,
+        old: u32,
+        old_len: u32,
         fd: u32,
-        _new: u32,
-        _new_len: u32,
+        new: u32,
+        new_len: u32,
     ) -> R {
-        let _ = m;
-        let d = self.dir_node(fd)?;
-        if !self.vfs.writable(d) {
+        let target = self.path(m, old, old_len)?.to_vec();
+        let (parent, name) = self.parent_at(m, fd, new, new_len)?;
+        if !self.vfs.writable(parent) {
             return Err(Errno::ROFS.into());
         }
-        Err(Errno::NOTSUP.into())
+        let (now, left) = (self.now(), self.quota_left());
+        self.vfs.symlink(parent, name, target, now, left)?;
+        Ok(())
     }
     #[allow(clippy::too_many_arguments)]
     pub fn path_link(

@@ -127,9 +127,12 @@ pub struct Node {
     open: u32,
     /// Removed from its directory while still open: alive (and charged) until closed.
     orphan: bool,
-    /// Quota bytes this node's entry holds ([`ENTRY_OVERHEAD`] + name); 0 for inputs and
+    /// Quota bytes this node's entry holds ([`ENTRY_OVERHEAD`] + name); 0 for entries
+    /// that came from the host (inputs, the initial content of writable folders) and
     /// mount roots.
     entry_charge: u64,
+    /// Bytes of its name in its directory.
+    name_len: u32,
     /// For input nodes: the path below the mount's host root and the stamp seen at scan.
     host: Option<(PathBuf, HostStamp)>,
 }
@@ -156,6 +159,35 @@ impl From<Errno> for WriteError {
     fn from(e: Errno) -> Self {
         WriteError::Errno(e)
     }
+}
+
+/// Why copying a host file into memory failed: reading it, or placing it.
+pub enum HostOrWrite {
+    Read(ReadError),
+    Write(WriteError),
+}
+
+/// Whether symlink `target`, in a directory `depth` levels below its volume's root, leads
+/// out of the volume: absolute, or a `..` that climbs above the root at any point (the
+/// target is read lexically, as the guest's later lookups through it will be).
+pub fn escapes(target: &[u8], depth: u32) -> bool {
+    if target.first() == Some(&b'/') {
+        return true;
+    }
+    let mut d = i64::from(depth);
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                d -= 1;
+                if d < 0 {
+                    return true;
+                }
+            }
+            _ => d += 1,
+        }
+    }
+    false
 }
 
 /// Why a read did not happen: an errno for the guest, or a failure of the host (I/O
@@ -238,6 +270,7 @@ impl Vfs {
             open: 0,
             orphan: false,
             entry_charge: 0,
+            name_len: 0,
             host: None,
         };
         if id == self.nodes.len() {
@@ -290,6 +323,24 @@ impl Vfs {
     /// first, so an input given as a symlink mounts (and is hashed as) the tree it
     /// points to.
     pub fn mount_input(&mut self, host: &Path, guest: &str, time: u64) -> Result<(), String> {
+        self.mount_host(host, guest, time, false)
+    }
+
+    /// Mounts a host directory writable at `guest`, copy-on-write: the scan is an input's,
+    /// files are read from the host until the guest changes them (then they are copied
+    /// into memory, charged to the quota, [`Vfs::materialize`]); the host folder is never
+    /// written. Delivered by [`Vfs::export`] like an output volume.
+    pub fn mount_writable(&mut self, host: &Path, guest: &str, time: u64) -> Result<(), String> {
+        self.mount_host(host, guest, time, true)
+    }
+
+    fn mount_host(
+        &mut self,
+        host: &Path,
+        guest: &str,
+        time: u64,
+        writable: bool,
+    ) -> Result<(), String> {
         let host = std::fs::canonicalize(host).map_err(|e| e.to_string())?;
         let meta = std::fs::symlink_metadata(&host).map_err(|e| e.to_string())?;
         if !meta.is_dir() {
@@ -303,7 +354,7 @@ impl Vfs {
         self.mounts.push(Mount {
             guest: guest.to_string(),
             root,
-            writable: false,
+            writable,
             host: Some((dir, host.clone())),
         });
         self.scan(&host, Path::new(""), root, mount, time)
@@ -348,8 +399,24 @@ impl Vfs {
                 ));
             };
             let is_dir = ft.is_dir();
+            if let (Kind::Symlink(target), true) = (&kind, self.mounts[mount].writable) {
+                // A writable folder is delivered: a link in it leading out of it would point
+                // out of the results folder.
+                if escapes(target, self.node(at).depth) {
+                    return Err(format!(
+                        "{} is a symlink leading out of the writable folder (to {}): detwasm cannot deliver it",
+                        path.display(),
+                        String::from_utf8_lossy(target)
+                    ));
+                }
+            }
+            let (depth, path_len) = self.child_place(at, name.len());
             let id = self.alloc(kind, Some(at), mount, time);
-            self.node_mut(id).host = Some((child_rel.clone(), HostStamp::of(&meta)));
+            let n = self.node_mut(id);
+            n.host = Some((child_rel.clone(), HostStamp::of(&meta)));
+            n.name_len = name.len() as u32;
+            n.depth = depth;
+            n.path_len = path_len;
             self.insert(at, name, id);
             if is_dir {
                 self.scan(base, &child_rel, id, mount, time)?;
@@ -687,14 +754,11 @@ impl Vfs {
         } else {
             Kind::File(Content::Mem(Vec::new()))
         };
-        let (depth, path_len) = {
-            let p = self.node(parent);
-            let sep = u32::from(p.path_len > 0);
-            (p.depth + 1, p.path_len + sep + name.len() as u32)
-        };
+        let (depth, path_len) = self.child_place(parent, name.len());
         let id = self.alloc(kind, Some(parent), mount, now);
         let n = self.node_mut(id);
         n.entry_charge = entry_charge;
+        n.name_len = name.len() as u32;
         n.depth = depth;
         n.path_len = path_len;
         self.insert(parent, name, id);
@@ -758,6 +822,95 @@ impl Vfs {
         ((depth, len), visited)
     }
 
+    /// Whether a symlink in the subtree of `id` would lead out of its volume if `id` were
+    /// at depth `new_depth`.
+    fn subtree_links_escape(&self, id: NodeId, new_depth: u32) -> bool {
+        let shift = i64::from(new_depth) - i64::from(self.node(id).depth);
+        let mut stack = vec![id];
+        while let Some(d) = stack.pop() {
+            let n = self.node(d);
+            match &n.kind {
+                Kind::Dir(entries) => stack.extend(entries.values().copied()),
+                Kind::Symlink(target) => {
+                    let parent_depth = (i64::from(n.depth) + shift - 1).max(0) as u32;
+                    if escapes(target, parent_depth) {
+                        return true;
+                    }
+                }
+                Kind::File(_) => {}
+            }
+        }
+        false
+    }
+
+    /// Depth and path length of a child named with `name_len` bytes in `parent`.
+    fn child_place(&self, parent: NodeId, name_len: usize) -> (u32, u32) {
+        let p = self.node(parent);
+        let sep = u32::from(p.path_len > 0);
+        (
+            p.depth + 1,
+            p.path_len.saturating_add(sep + name_len as u32),
+        )
+    }
+
+    /// Creates symlink `name` → `target` in writable directory `parent`. The target is
+    /// stored as given and resolved only inside the virtual tree, never by the host.
+    /// Refused (`EPERM`) when it is absolute or leads out of its volume from where the
+    /// link is (`..` above the volume's root): the volume is delivered as a results folder,
+    /// and nothing in it may point outside it. Charged like any entry, plus the target.
+    pub fn symlink(
+        &mut self,
+        parent: NodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        now: u64,
+        quota_left: u64,
+    ) -> Result<NodeId, WriteError> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(Errno::NOENT.into());
+        }
+        if target.len() > MAX_PATH {
+            return Err(Errno::NAMETOOLONG.into());
+        }
+        if escapes(&target, self.node(parent).depth) {
+            return Err(Errno::PERM.into());
+        }
+        let left = quota_left.saturating_sub(target.len() as u64);
+        if target.len() as u64 > quota_left {
+            return Err(WriteError::Quota(QuotaExceeded));
+        }
+        let id = self.create(parent, name, false, now, left)?;
+        self.used += target.len() as u64;
+        let n = self.node_mut(id);
+        n.entry_charge += target.len() as u64;
+        n.kind = Kind::Symlink(target);
+        Ok(id)
+    }
+
+    /// Copies a writable folder's file that still reads from the host into memory, so it
+    /// can be changed (copy-on-write). Charged to the quota like bytes written. Returns
+    /// the bytes copied (host work the caller charges); 0 when already in memory.
+    pub fn materialize(&mut self, id: NodeId, quota_left: u64) -> Result<u64, HostOrWrite> {
+        let size = match self.node(id).kind {
+            Kind::File(Content::Host { size }) => size,
+            _ => return Ok(0),
+        };
+        if !self.writable(id) {
+            return Err(HostOrWrite::Write(Errno::ROFS.into()));
+        }
+        if size > quota_left {
+            return Err(HostOrWrite::Write(WriteError::Quota(QuotaExceeded)));
+        }
+        let mut data = Vec::new();
+        grow(&mut data, size as usize);
+        data.resize(size as usize, 0);
+        let got = self.read_at(id, 0, &mut data).map_err(HostOrWrite::Read)?;
+        data.truncate(got);
+        self.used += data.len() as u64;
+        self.node_mut(id).kind = Kind::File(Content::Mem(data));
+        Ok(size)
+    }
+
     /// Sets depth and path length of `id` (now named `name` in `parent`) and of its
     /// subtree.
     fn place_subtree(&mut self, id: NodeId, parent: NodeId) {
@@ -767,7 +920,7 @@ impl Vfs {
                 let p = self.node(p);
                 (p.depth, p.path_len)
             };
-            let name_len = self.node(d).entry_charge - ENTRY_OVERHEAD;
+            let name_len = self.node(d).name_len;
             let sep = u32::from(pl > 0);
             let n = self.node_mut(d);
             n.depth = pd + 1;
@@ -825,7 +978,16 @@ impl Vfs {
         }
         let (extent, visited) = self.subtree_extent(child);
         self.check_placement(to_dir, &to, extent)?;
-        let delta = to.len() as i128 - from.len() as i128;
+        // A link moved shallower could lead out of its volume.
+        let new_depth = self.node(to_dir).depth + 1;
+        if self.subtree_links_escape(child, new_depth) {
+            return Err(Errno::PERM.into());
+        }
+        let delta = if self.node(child).entry_charge > 0 {
+            to.len() as i128 - from.len() as i128
+        } else {
+            0
+        };
         self.charge(delta, quota_left).map_err(WriteError::Quota)?;
         if let Some(existing) = self.lookup(to_dir, &to) {
             let is_dir = self.is_dir(existing);
@@ -835,7 +997,10 @@ impl Vfs {
             entries.remove(from);
         }
         let n = self.node_mut(child);
-        n.entry_charge = (n.entry_charge as i128 + delta) as u64;
+        if n.entry_charge > 0 {
+            n.entry_charge = (n.entry_charge as i128 + delta) as u64;
+        }
+        n.name_len = to.len() as u32;
         n.parent = to_dir;
         n.ctim = now;
         self.insert(to_dir, to, child);
@@ -995,6 +1160,12 @@ impl Vfs {
         if size > i64::MAX as u64 {
             return Err(Errno::FBIG.into());
         }
+        if size == 0 {
+            if let Kind::File(Content::Host { .. }) = self.node(id).kind {
+                // Truncating a host file of a writable folder: nothing to copy.
+                self.node_mut(id).kind = Kind::File(Content::Mem(Vec::new()));
+            }
+        }
         if !matches!(self.node(id).kind, Kind::File(Content::Mem(_))) {
             return Err(Errno::BADF.into());
         }
@@ -1061,8 +1232,27 @@ impl Vfs {
                         .map_err(exists)?;
                     f.write_all(data)?;
                 }
-                Kind::File(Content::Host { .. }) | Kind::Symlink(_) => {
-                    // Output volumes only ever hold in-memory files and directories.
+                Kind::File(Content::Host { .. }) => {
+                    // A writable folder's file the guest left unchanged: copied from the
+                    // host, through the mount's handle.
+                    let n = self.node(child);
+                    let (Some((rel, _)), Some((dir, _))) = (&n.host, &self.mounts[n.mount].host)
+                    else {
+                        continue;
+                    };
+                    let mut from = dir.open(rel)?.into_std();
+                    let mut to = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(exists)?;
+                    std::io::copy(&mut from, &mut to)?;
+                }
+                Kind::Symlink(target) => {
+                    // Checked when created (or scanned) and when moved: it leads nowhere
+                    // outside the volume.
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                        .map_err(exists)?;
                 }
             }
         }
