@@ -924,7 +924,7 @@ impl Vfs {
             let sep = u32::from(pl > 0);
             let n = self.node_mut(d);
             n.depth = pd + 1;
-            n.path_len = pl + sep + name_len as u32;
+            n.path_len = pl + sep + name_len;
             if let Kind::Dir(entries) = &n.kind {
                 stack.extend(entries.values().map(|&c| (c, d)));
             }
