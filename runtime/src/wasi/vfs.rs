@@ -1461,4 +1461,67 @@ mod tests {
             .collect();
         assert_eq!(skipped, resumed);
     }
+
+    #[test]
+    fn symlinks_stay_inside_their_volume_even_when_moved() {
+        assert!(!escapes(b"a/../b", 0));
+        assert!(escapes(b"../x", 0));
+        assert!(!escapes(b"../x", 1));
+        assert!(!escapes(b"a/../../x", 1));
+        assert!(escapes(b"a/../../../x", 1));
+        assert!(escapes(b"/etc", 3));
+        let (_t, mut vfs) = input_tree();
+        let out = vfs.mounts[1].root;
+        let d = create(&mut vfs, out, b"d", true);
+        let ok = vfs.symlink(d, b"up".to_vec(), b"../f".to_vec(), 9, u64::MAX);
+        assert!(ok.is_ok());
+        assert!(matches!(
+            vfs.symlink(out, b"bad".to_vec(), b"../f".to_vec(), 9, u64::MAX),
+            Err(WriteError::Errno(Errno::PERM))
+        ));
+        assert!(matches!(
+            vfs.symlink(out, b"abs".to_vec(), b"/etc".to_vec(), 9, u64::MAX),
+            Err(WriteError::Errno(Errno::PERM))
+        ));
+        // `d/up -> ../f` moved to the volume root would lead out of it: refused.
+        assert!(matches!(
+            vfs.rename(d, b"up", out, b"up".to_vec(), 9, u64::MAX),
+            Err(WriteError::Errno(Errno::PERM))
+        ));
+        // Moving `d` (with the link inside) deeper is fine.
+        let e = create(&mut vfs, out, b"e", true);
+        assert!(vfs.rename(out, b"d", e, b"d".to_vec(), 9, u64::MAX).is_ok());
+        // Links resolve inside the tree: e/d/up -> e/f.
+        let f = create(&mut vfs, e, b"f", false);
+        assert_eq!(vfs.resolve(out, b"e/d/up", true), Ok(f));
+        // The target counts against the quota.
+        // Names d, up, e, f (5 bytes) and the target "../f" (4).
+        assert_eq!(vfs.used, 4 * ENTRY_OVERHEAD + 5 + 4);
+    }
+
+    #[test]
+    fn writable_folders_copy_host_files_on_write_and_never_touch_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"host bytes").unwrap();
+        let mut vfs = Vfs::new();
+        vfs.mount_writable(t.path(), "/w", 7).unwrap();
+        let root = vfs.mounts[0].root;
+        let f = vfs.resolve(root, b"f", true).unwrap();
+        assert_eq!(vfs.used, 0, "the seed is not charged");
+        assert!(matches!(
+            vfs.materialize(f, 5),
+            Err(HostOrWrite::Write(WriteError::Quota(_)))
+        ));
+        assert!(matches!(vfs.materialize(f, 100), Ok(10)));
+        assert_eq!(vfs.used, 10);
+        assert!(write(&mut vfs, f, 0, b"HOST", u64::MAX).is_ok());
+        let mut back = [0u8; 10];
+        assert!(matches!(vfs.read_at(f, 0, &mut back), Ok(10)));
+        assert_eq!(&back, b"HOST bytes");
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"host bytes");
+        // Removing a seeded entry frees nothing it was not charged for.
+        vfs.remove(root, b"f", false, 8).unwrap();
+        assert_eq!(vfs.used, 0);
+        assert!(vfs.inputs_unchanged().is_ok());
+    }
 }
