@@ -14,7 +14,8 @@
 //! model) out of the build.
 //!
 //! Unsupported functions answer with an errno, the same on every host: sockets
-//! (`sock_*`) `ENOTSUP`, `proc_raise` `ENOSYS`, `fd_allocate` / link creation `ENOTSUP`.
+//! (`sock_*`) `ENOTSOCK` (no fd is a socket) or `EBADF`, `proc_raise` `ENOSYS`, hard links
+//! `ENOTSUP`.
 
 pub mod abi;
 pub mod fuzz;
@@ -143,20 +144,11 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
         },
     )?;
     unsupported!(linker, "proc_raise", Errno::NOSYS, (i32));
-    // No network: sockets are refused the same way on every host.
-    unsupported!(linker, "sock_accept", Errno::NOTSUP, (i32, i32, i32));
-    unsupported!(
-        linker,
-        "sock_recv",
-        Errno::NOTSUP,
-        (i32, i32, i32, i32, i32, i32)
-    );
-    unsupported!(
-        linker,
-        "sock_send",
-        Errno::NOTSUP,
-        (i32, i32, i32, i32, i32)
-    );
-    unsupported!(linker, "sock_shutdown", Errno::NOTSUP, (i32, i32));
+    // No network: no fd is a socket. As wasmtime answers: `EBADF` for an fd that is not
+    // open, `ENOTSOCK` for one that is (a file, a directory, stdio).
+    wasi!(linker, "sock_accept", sock_accept(fd: i32 => u32, f: i32 => u32, out: i32 => u32));
+    wasi!(linker, "sock_recv", sock_recv(fd: i32 => u32, i: i32 => u32, n: i32 => u32, f: i32 => u32, a: i32 => u32, b: i32 => u32));
+    wasi!(linker, "sock_send", sock_send(fd: i32 => u32, i: i32 => u32, n: i32 => u32, f: i32 => u32, a: i32 => u32));
+    wasi!(linker, "sock_shutdown", sock_shutdown(fd: i32 => u32, how: i32 => u32));
     Ok(())
 }

@@ -476,9 +476,11 @@ impl Vfs {
         self.mounts[self.node(id).mount].root == id
     }
 
-    /// Resolves `path` relative to directory `start`. Absolute paths and `..` above the
-    /// mount root are `ENOTCAPABLE`; symlinks are followed inside the tree (the last
-    /// component only if `follow_last`). Paths longer than [`MAX_PATH`] are
+    /// Resolves `path` relative to directory `start`. Absolute paths and `..` above
+    /// `start` are `ENOTCAPABLE`: a directory fd is a capability for what is below it, as
+    /// in wasmtime (cap-std), not for its mount (rejected: stopping only at the mount root,
+    /// which let `open(subdir_fd, "../x")` reach a sibling). Symlinks are followed inside
+    /// the tree, under the same rule (the last component only if `follow_last`). Paths longer than [`MAX_PATH`] are
     /// `ENAMETOOLONG` before anything is looked at; lookups inside a removed directory are
     /// `ENOENT`.
     pub fn resolve(&self, start: NodeId, path: &[u8], follow_last: bool) -> Result<NodeId, Errno> {
@@ -498,6 +500,8 @@ impl Vfs {
             .rev()
             .collect();
         let mut cur = start;
+        // Directories entered below `start`: `..` goes back one, and never above `start`.
+        let mut below: Vec<NodeId> = Vec::new();
         let mut hops = 0;
         while let Some(c) = pending.pop() {
             if !self.is_dir(cur) {
@@ -510,10 +514,7 @@ impl Vfs {
                 continue;
             }
             if c == b".." {
-                if self.is_mount_root(cur) {
-                    return Err(Errno::NOTCAPABLE);
-                }
-                cur = self.node(cur).parent;
+                cur = below.pop().ok_or(Errno::NOTCAPABLE)?;
                 continue;
             }
             let Kind::Dir(entries) = &self.node(cur).kind else {
@@ -536,6 +537,7 @@ impl Vfs {
                     continue;
                 }
             }
+            below.push(cur);
             cur = child;
         }
         if must_dir && !self.is_dir(cur) {
