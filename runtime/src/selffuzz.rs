@@ -66,9 +66,9 @@ pub const FUEL_PER_CALL: u64 = 200_000;
 pub const REFERENCE_FUEL_FACTOR: u64 = 8;
 /// How many times the exports are called, each round with the next arguments of the
 /// cycles of [`argument`] (shifted by 3), so a function with one float parameter gets both
-/// a number and a NaN. Measured on the first 100 modules of seed 0: one round exposed an
-/// engine without NaN canonicalization in 1 module, two rounds in 2 (see
-/// `tests/self_fuzz.rs`), for 1.5 times the time.
+/// a number and a NaN. Measured on the first 100 modules of seed 0, before
+/// [`trace_floats`]: one round exposed an engine without NaN canonicalization in 1 module,
+/// two rounds in 2, for 1.5 times the time.
 pub const ROUNDS: usize = 2;
 /// Memory limit of a store (all memories and tables), as a job's limit works.
 pub const MEMORY_LIMIT: u64 = 16 << 20;
@@ -714,6 +714,129 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
 /// copied as they are, so the pass only needs to recognise operators, never to re-encode
 /// them. Only wasmparser is used (wasm-encoder is not a dependency of the runtime).
 pub fn canonicalize_nans(binary: &[u8]) -> Result<Vec<u8>, String> {
+    rewrite_code(binary, &[0x7d, 0x7c, 0x7b], &mut |op, _, out, scratch| {
+        if let Some(kind) = canon_kind(op) {
+            emit_canonicalization(out, kind, scratch);
+        }
+        false
+    })
+}
+
+/// The name under which [`trace_floats`] exports its trace.
+pub const TRACE_EXPORT: &str = "__detwasm_float_trace";
+
+/// `binary` with every NaN-producing float result (the operations of [`canonicalize_nans`])
+/// folded into an exported `i64` global, [`TRACE_EXPORT`]: `trace = rotl(trace, 5) ^
+/// bits` after each such operation (both halves of a vector). For the generator: a NaN a
+/// module computes is usually consumed (compared, truncated, dropped) before it reaches a
+/// result, a global or memory, so without the trace an engine that let hardware NaNs
+/// through was exposed by 2 of the first 100 modules of seed 0 (3 of 300 of seed 7); the
+/// trace makes every intermediate NaN's bits observable. Applied before the reference's
+/// pass, whose canonicalization then comes between each operation and its trace, as the
+/// engine's own does.
+pub fn trace_floats(binary: &[u8]) -> Result<Vec<u8>, String> {
+    let (with_global, trace) = append_i64_global(binary)?;
+    let traced = rewrite_code(
+        &with_global,
+        &[0x7d, 0x7c, 0x7b],
+        &mut |op, _, out, scratch| {
+            if let Some(kind) = canon_kind(op) {
+                emit_trace(out, kind, scratch, trace);
+            }
+            false
+        },
+    )?;
+    export_global(&traced, TRACE_EXPORT, trace)
+}
+
+/// `local.tee s; global.get t; i64.const 5; i64.rotl; local.get s; <to i64>; i64.xor;
+/// global.set t` (twice for a vector's two halves), leaving the value on the stack.
+fn emit_trace(out: &mut Vec<u8>, kind: Canon, scratch: u32, trace: u32) {
+    let local = scratch
+        + match kind {
+            Canon::F32 => 0,
+            Canon::F64 => 1,
+            Canon::F32x4 | Canon::F64x2 => 2,
+        };
+    out.push(0x22); // local.tee
+    write_u32(out, local);
+    out.push(0x23); // global.get
+    write_u32(out, trace);
+    let halves: &[&[u8]] = match kind {
+        Canon::F32 => &[&[0xbc, 0xad]], // i32.reinterpret_f32; i64.extend_i32_u
+        Canon::F64 => &[&[0xbd]],       // i64.reinterpret_f64
+        // i64x2.extract_lane 0 and 1
+        Canon::F32x4 | Canon::F64x2 => &[&[0xfd, 0x1d, 0], &[0xfd, 0x1d, 1]],
+    };
+    for to_i64 in halves {
+        out.extend_from_slice(&[0x42, 5, 0x89]); // i64.const 5; i64.rotl
+        out.push(0x20); // local.get
+        write_u32(out, local);
+        out.extend_from_slice(to_i64);
+        out.push(0x85); // i64.xor
+    }
+    out.push(0x24); // global.set
+    write_u32(out, trace);
+}
+
+/// `binary` with one more global, a mutable `i64` starting at 0, appended to the global
+/// section (which must exist), and its index.
+fn append_i64_global(binary: &[u8]) -> Result<(Vec<u8>, u32), String> {
+    use wasmparser::{Parser, Payload, TypeRef};
+    let mut out = Vec::with_capacity(binary.len() + 8);
+    let mut imported = 0u32;
+    let mut index = None;
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::Version { range, .. } => out.extend_from_slice(&binary[range]),
+            Payload::ImportSection(r) => {
+                for import in r.clone().into_imports() {
+                    if let TypeRef::Global(_) = import.map_err(|e| e.to_string())?.ty {
+                        imported += 1;
+                    }
+                }
+                copy_section(&mut out, binary, 2, r.range());
+            }
+            Payload::GlobalSection(r) => {
+                let range = r.range();
+                let (_, count_len) = read_u32(&binary[range.clone()])?;
+                let mut section = Vec::new();
+                write_u32(&mut section, r.count() + 1);
+                section.extend_from_slice(&binary[range.start + count_len..range.end]);
+                // i64, mutable, initialised by `i64.const 0 end`
+                section.extend_from_slice(&[0x7e, 0x01, 0x42, 0x00, 0x0b]);
+                out.push(6);
+                write_u32(&mut out, section.len() as u32);
+                out.extend_from_slice(&section);
+                index = Some(imported + r.count());
+            }
+            Payload::CodeSectionEntry(_) => {}
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    copy_section(&mut out, binary, id, range);
+                }
+            }
+        }
+    }
+    let index = index.ok_or("the module has no global section")?;
+    Ok((out, index))
+}
+
+fn copy_section(out: &mut Vec<u8>, binary: &[u8], id: u8, range: std::ops::Range<usize>) {
+    out.push(id);
+    write_u32(out, range.len() as u32);
+    out.extend_from_slice(&binary[range]);
+}
+
+/// A function body edit: sees each operator and its bytes, may append to the body, and
+/// returns whether it wrote a replacement for the operator (otherwise the operator's own
+/// bytes are written before whatever the edit appended). Its last argument is the index of
+/// the first local added by [`rewrite_code`].
+type Edit<'e> = dyn FnMut(&wasmparser::Operator, &[u8], &mut Vec<u8>, u32) -> bool + 'e;
+
+/// `binary` with every function body passed through `edit`, one local of each type in
+/// `add_locals` added to every function. Every other section is copied byte for byte.
+fn rewrite_code(binary: &[u8], add_locals: &[u8], edit: &mut Edit) -> Result<Vec<u8>, String> {
     use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     // Parameter count per type index (`None`: not a function type).
@@ -766,7 +889,7 @@ pub fn canonicalize_nans(binary: &[u8]) -> Result<Vec<u8>, String> {
                     .and_then(|t| type_params.get(*t as usize).copied().flatten())
                     .ok_or("a function body without a function type")?;
                 let (count, section) = code.as_mut().ok_or("a body outside the code section")?;
-                let new = canonicalize_body(binary, &body, t)?;
+                let new = rewrite_body(binary, &body, t, add_locals, edit)?;
                 write_u32(section, new.len() as u32);
                 section.extend_from_slice(&new);
                 bodies += 1;
@@ -914,10 +1037,12 @@ fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
     })
 }
 
-fn canonicalize_body(
+fn rewrite_body(
     binary: &[u8],
     body: &wasmparser::FunctionBody,
     params: u32,
+    add_locals: &[u8],
+    edit: &mut Edit,
 ) -> Result<Vec<u8>, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     let range = body.range();
@@ -929,22 +1054,24 @@ fn canonicalize_body(
     }
     let mut ops = body.get_operators_reader().map_err(err)?;
     let ops_start = ops.original_position();
-    // The local declarations after their count, copied; then the three scratch locals.
+    // The local declarations after their count, copied; then the added locals.
     let (_, count_len) = read_u32(&binary[range.start..ops_start])?;
     let scratch = u32::try_from(u64::from(params) + declared).map_err(|_| "too many locals")?;
     let mut out = Vec::new();
-    write_u32(&mut out, groups + 3);
+    write_u32(&mut out, groups + add_locals.len() as u32);
     out.extend_from_slice(&binary[range.start + count_len..ops_start]);
-    for ty in [0x7d, 0x7c, 0x7b] {
-        out.extend_from_slice(&[1, ty]); // one f32, one f64, one v128
+    for ty in add_locals {
+        out.extend_from_slice(&[1, *ty]);
     }
     while !ops.eof() {
         let start = ops.original_position();
         let op = ops.read().map_err(err)?;
-        out.extend_from_slice(&binary[start..ops.original_position()]);
-        if let Some(kind) = canon_kind(&op) {
-            emit_canonicalization(&mut out, kind, scratch);
+        let bytes = &binary[start..ops.original_position()];
+        let mut tail = Vec::new();
+        if !edit(&op, bytes, &mut tail, scratch) {
+            out.extend_from_slice(bytes);
         }
+        out.extend_from_slice(&tail);
     }
     Ok(out)
 }
