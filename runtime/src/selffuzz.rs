@@ -13,10 +13,11 @@
 //! function may run), then each exported function whose parameters are all numbers, called
 //! in export order with fixed arguments ([`argument`]), [`ROUNDS`] times over: its results
 //! (floats compared by bits), its end (returned, the trap's message, out of fuel) and the
-//! fuel it consumed;
-//! afterwards the size and blake3 of every exported memory, every exported global's value
-//! and every exported table's size. Each call gets a fresh budget of
-//! [`FUEL_PER_CALL`], so one long loop does not starve the exports after it.
+//! fuel it consumed; afterwards the size and blake3 of every exported memory, every
+//! exported global's value and every exported table's size. Each call gets a fresh budget
+//! of [`FUEL_PER_CALL`], so one long loop does not starve the exports after it. Generated
+//! modules also carry a float trace ([`trace_floats`]), an exported global that makes the
+//! bits of every intermediate NaN observable.
 //!
 //! The setups ([`Setup`]) and what each must match:
 //! - [`Setup::Serial`], the baseline: [`crate::engine::deterministic_config`] with serial
