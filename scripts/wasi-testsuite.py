@@ -14,7 +14,7 @@ Every `*.wasm` there is a test; `NAME.json` beside it is its specification
 (args, env, `root`, expected exit code, stdout and stderr, or the newer list of
 operations). Each test runs as
 
-    detwasm run TEST.wasm --dir COPY::/ -e K=V ... -o RESULTS --json -- ARGS...
+    detwasm run TEST.wasm --no-outputs --dir COPY::/ -e K=V ... -o RESULTS --json -- ARGS...
 
 where COPY is a fresh copy of the test's `root` folder: the suite checkout is
 never written (tests create and delete files in their root). The guest's stdout,
@@ -256,7 +256,8 @@ def run_test(test: Test, detwasm: list[str], timeout: float, keep: bool) -> Outc
                     out.failures.append("a second `run` operation is not supported by this runner")
                     break
                 ran = True
-                argv = list(detwasm) + ["run", str(test.wasm)]
+                # No /outputs volume: the guest's preopens are the suite's, as with wasmtime.
+                argv = list(detwasm) + ["run", str(test.wasm), "--no-outputs"]
                 root = op.get("root")
                 if root:
                     base = test.spec_file.parent if test.spec_file else test.wasm.parent

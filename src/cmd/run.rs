@@ -137,6 +137,11 @@ pub struct Options {
     /// Compile without reading or writing the module cache.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Mount no output volume (not even the default /outputs): the guest's preopens are
+    /// then only its --input and --dir folders, as with `wasmtime run`.
+    #[arg(long)]
+    pub no_outputs: bool,
 }
 
 /// Parses `256MiB`, `1GiB`, `64KiB`, `1MB`, `1000` (bytes).
@@ -237,7 +242,9 @@ pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
         job.stdin =
             std::fs::read(f).with_context(|| format!("reading stdin file {}", f.display()))?;
     }
-    if !is_module {
+    if args.no_outputs {
+        job.outputs = Vec::new();
+    } else if !is_module {
         job.outputs = vec![Output {
             name: detwasm_runtime::job::DEFAULT_OUTPUT_NAME.into(),
             guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),

@@ -63,6 +63,40 @@ pub const RIGHTS_WRITE: u64 = (1 << 0) // fd_datasync
     | (1 << 24) // path_symlink
     | (1 << 25) // path_remove_directory
     | (1 << 26); // path_unlink_file
+/// The rights a directory fd reports as its base, exactly the set wasmtime reports: the
+/// `path_*` rights but `path_filestat_set_size`, and `fd_readdir`, `fd_filestat_get`,
+/// `fd_filestat_set_times`. Rejected: every right (a directory then seemed seekable and
+/// truncatable, and reopening it with its own rights asked to write it: EISDIR).
+pub const RIGHTS_DIRECTORY: u64 = (1 << 9) // path_create_directory
+    | (1 << 10) // path_create_file
+    | (1 << 11) // path_link_source
+    | (1 << 12) // path_link_target
+    | (1 << 13) // path_open
+    | (1 << 14) // fd_readdir
+    | (1 << 15) // path_readlink
+    | (1 << 16) // path_rename_source
+    | (1 << 17) // path_rename_target
+    | (1 << 18) // path_filestat_get
+    | (1 << 20) // path_filestat_set_times
+    | (1 << 21) // fd_filestat_get
+    | (1 << 23) // fd_filestat_set_times
+    | (1 << 24) // path_symlink
+    | (1 << 25) // path_remove_directory
+    | (1 << 26); // path_unlink_file
+/// The rights a directory fd reports as inheriting (what files opened through it may
+/// get): the directory's own and the file rights, as wasmtime reports them.
+pub const RIGHTS_DIRECTORY_INHERITING: u64 = RIGHTS_DIRECTORY
+    | (1 << 0) // fd_datasync
+    | RIGHT_FD_READ
+    | RIGHT_FD_SEEK
+    | (1 << 3) // fd_fdstat_set_flags
+    | (1 << 4) // fd_sync
+    | RIGHT_FD_TELL
+    | RIGHT_FD_WRITE
+    | (1 << 7) // fd_advise
+    | (1 << 8) // fd_allocate
+    | (1 << 22) // fd_filestat_set_size
+    | (1 << 27); // poll_fd_readwrite
 pub const RIGHTS_STDIO: u64 = RIGHT_FD_READ | RIGHT_FD_WRITE | (1 << 27); // poll_fd_readwrite
 
 pub const OFLAGS_CREAT: u16 = 1;
@@ -70,6 +104,8 @@ pub const OFLAGS_DIRECTORY: u16 = 2;
 pub const OFLAGS_EXCL: u16 = 4;
 pub const OFLAGS_TRUNC: u16 = 8;
 pub const FDFLAGS_APPEND: u16 = 1;
+/// `FDFLAGS_DSYNC | FDFLAGS_RSYNC | FDFLAGS_SYNC`.
+pub const FDFLAGS_SYNCS: u16 = 2 | 8 | 16;
 pub const LOOKUP_SYMLINK_FOLLOW: u32 = 1;
 
 pub const FSTFLAGS_ATIM: u16 = 1;

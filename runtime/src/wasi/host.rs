@@ -160,6 +160,10 @@ enum Fd {
         read: bool,
         write: bool,
         append: bool,
+        /// `FDFLAGS_DSYNC`/`RSYNC`/`SYNC` as asked at open: reported back by
+        /// `fd_fdstat_get`. Honoured trivially: the guest's files live in memory and are
+        /// written to disk (fsynced) once, when the results are delivered.
+        sync: u16,
         rights: u64,
     },
 }
@@ -552,9 +556,13 @@ impl WasiHost {
         self.fd(fd)?;
         Ok(())
     }
+    /// `EBADF` on anything but a file (as Linux answers for a directory), and `ENOTSUP`
+    /// on files, as wasmtime answers (preview1's `fd_allocate` is deprecated there).
     pub fn fd_allocate(&mut self, _m: &mut Mem, fd: u32, _off: u64, _len: u64) -> R {
-        self.fd(fd)?;
-        Err(Errno::NOTSUP.into())
+        match self.fd(fd)? {
+            Fd::File { .. } => Err(Errno::NOTSUP.into()),
+            _ => Err(Errno::BADF.into()),
+        }
     }
 
     pub fn fd_fdstat_get(&mut self, m: &mut Mem, fd: u32, out: u32) -> R {
@@ -563,18 +571,23 @@ impl WasiHost {
             Fd::Stdin | Fd::Stdout | Fd::Stderr => (FILETYPE_UNKNOWN, 0u16, RIGHTS_STDIO, 0),
             Fd::Dir { node, .. } => {
                 let r = if self.vfs.writable(*node) {
-                    RIGHTS_ALL
+                    RIGHTS_DIRECTORY
                 } else {
-                    RIGHTS_ALL & !RIGHTS_WRITE
+                    RIGHTS_DIRECTORY & !RIGHTS_WRITE
                 };
                 // Inheriting rights stay complete even on read-only mounts: wasi-libc masks
                 // the rights it asks `path_open` for with them, and an open for writing
                 // must reach `path_open` to fail there with EROFS (not later with EBADF).
-                (FILETYPE_DIRECTORY, 0, r, RIGHTS_ALL)
+                (FILETYPE_DIRECTORY, 0, r, RIGHTS_DIRECTORY_INHERITING)
             }
-            Fd::File { append, rights, .. } => (
+            Fd::File {
+                append,
+                sync,
+                rights,
+                ..
+            } => (
                 FILETYPE_REGULAR_FILE,
-                if *append { FDFLAGS_APPEND } else { 0 },
+                if *append { FDFLAGS_APPEND } else { 0 } | *sync,
                 *rights,
                 0,
             ),
@@ -1049,13 +1062,10 @@ impl WasiHost {
         }
         let want_write = rights_base & RIGHT_FD_WRITE != 0 || oflags & OFLAGS_TRUNC != 0;
         if is_dir {
-            // A directory opened as a directory (O_DIRECTORY) with the rights its fd
-            // reports (fd_write among them, as wasmtime reports them) is fine; only an open
-            // that asks to write it as a file is EISDIR.
-            if want_write
-                && (oflags & OFLAGS_TRUNC != 0
-                    || (rights_base & RIGHT_FD_WRITE != 0 && oflags & OFLAGS_DIRECTORY == 0))
-            {
+            // Writing a directory as a file (the fd_write right, or O_TRUNC) is EISDIR; the
+            // rights a directory fd reports ([`RIGHTS_DIRECTORY`]) hold no such right, so
+            // reopening it with them works.
+            if want_write {
                 return Err(Errno::ISDIR.into());
             }
             let fd = self.alloc_fd(Fd::Dir {
@@ -1085,6 +1095,7 @@ impl WasiHost {
             read: rights_base & RIGHT_FD_READ != 0,
             write: rights_base & RIGHT_FD_WRITE != 0,
             append: fdflags as u16 & FDFLAGS_APPEND != 0,
+            sync: fdflags as u16 & FDFLAGS_SYNCS,
             rights,
         })?;
         m.write_u32(out, fd)?;
@@ -1246,6 +1257,16 @@ impl WasiHost {
     ) -> R {
         let target = self.path(m, old, old_len)?.to_vec();
         let (parent, name) = self.parent_at(m, fd, new, new_len)?;
+        if self.path(m, new, new_len)?.ends_with(b"/") {
+            // A link's name ending in `/` (as Linux answers): EEXIST for a directory there,
+            // ENOTDIR for a file, ENOENT for nothing.
+            return Err(match self.vfs.lookup(parent, &name) {
+                Some(n) if self.vfs.is_dir(n) => Errno::EXIST,
+                Some(_) => Errno::NOTDIR,
+                None => Errno::NOENT,
+            }
+            .into());
+        }
         if !self.vfs.writable(parent) {
             return Err(Errno::ROFS.into());
         }
@@ -1258,19 +1279,21 @@ impl WasiHost {
         &mut self,
         m: &mut Mem,
         fd: u32,
-        _f: u32,
-        _old: u32,
-        _ol: u32,
+        flags: u32,
+        old: u32,
+        old_len: u32,
         new_fd: u32,
-        _new: u32,
-        _nl: u32,
+        new: u32,
+        new_len: u32,
     ) -> R {
-        let _ = m;
-        self.dir_node(fd)?;
-        let d = self.dir_node(new_fd)?;
-        if !self.vfs.writable(d) {
-            return Err(Errno::ROFS.into());
+        let node = self.resolve_at(m, fd, old, old_len, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
+        if self.path(m, new, new_len)?.ends_with(b"/") {
+            // A name ending in `/` names a directory, which a link never is.
+            return Err(Errno::NOENT.into());
         }
-        Err(Errno::NOTSUP.into())
+        let (parent, name) = self.parent_at(m, new_fd, new, new_len)?;
+        let (now, left) = (self.now(), self.quota_left());
+        self.vfs.link(node, parent, name, now, left)?;
+        Ok(())
     }
 }

@@ -39,7 +39,8 @@ pub const MAX_SYMLINKS: u32 = 40;
 /// `st_size` of every directory: a constant (hosts report 4096, or an entry count on
 /// tmpfs and btrfs).
 pub const DIR_SIZE: u64 = 4096;
-/// `st_nlink` of every node: a constant (hosts count subdirectories, or not).
+/// `st_nlink` of every directory: a constant (hosts count subdirectories, or not). A
+/// file's is its number of names (hard links made by the guest), 1 unless linked.
 pub const NLINK: u64 = 1;
 /// Longest name of one entry, in bytes (`ENAMETOOLONG` beyond): every host filesystem
 /// the results are written to accepts it.
@@ -125,6 +126,8 @@ pub struct Node {
     path_len: u32,
     /// Guest fds that refer to this node.
     open: u32,
+    /// Directory entries naming this node (hard links; 1 for all but linked files).
+    links: u32,
     /// Removed from its directory while still open: alive (and charged) until closed.
     orphan: bool,
     /// Quota bytes this node's entry holds ([`ENTRY_OVERHEAD`] + name); 0 for entries
@@ -268,6 +271,7 @@ impl Vfs {
             depth: 0,
             path_len: 0,
             open: 0,
+            links: 1,
             orphan: false,
             entry_charge: 0,
             name_len: 0,
@@ -616,7 +620,10 @@ impl Vfs {
             dev: n.mount as u64 + 1,
             ino: n.ino,
             filetype: self.filetype(id),
-            nlink: NLINK,
+            nlink: match n.kind {
+                Kind::Dir(_) => NLINK,
+                _ => u64::from(n.links),
+            },
             size: self.size(id),
             atim: n.atim,
             mtim: n.mtim,
@@ -798,10 +805,21 @@ impl Vfs {
         let p = self.node_mut(parent);
         p.mtim = now;
         p.ctim = now;
-        if self.node(child).open == 0 {
+        let n = self.node_mut(child);
+        n.links = n.links.saturating_sub(1);
+        if n.links > 0 {
+            // Another name (a hard link) remains: this name's charge is returned.
+            let give_back = (ENTRY_OVERHEAD + name.len() as u64).min(n.entry_charge);
+            n.entry_charge -= give_back;
+            n.ctim = now;
+            self.used -= give_back;
+            if give_back > 0 {
+                self.entries -= 1;
+            }
+        } else if n.open == 0 {
             self.release(child);
         } else {
-            self.node_mut(child).orphan = true;
+            n.orphan = true;
         }
         Ok(())
     }
@@ -853,6 +871,52 @@ impl Vfs {
             p.depth + 1,
             p.path_len.saturating_add(sep + name_len as u32),
         )
+    }
+
+    /// Gives file (or symlink) `node` the further name `name` in writable directory
+    /// `parent` of the same volume: a hard link, charged as an entry. Directories cannot
+    /// be linked (`EPERM`), nor can nodes of other mounts (`EXDEV`). In the results each
+    /// name is a file of its own (UnixFS has no hard links), with the same content.
+    pub fn link(
+        &mut self,
+        node: NodeId,
+        parent: NodeId,
+        name: Vec<u8>,
+        now: u64,
+        quota_left: u64,
+    ) -> Result<(), WriteError> {
+        if self.is_dir(node) {
+            return Err(Errno::PERM.into());
+        }
+        if !self.writable(parent) {
+            return Err(Errno::ROFS.into());
+        }
+        if self.node(node).mount != self.node(parent).mount {
+            return Err(Errno::XDEV.into());
+        }
+        if self.node(parent).orphan {
+            return Err(Errno::NOENT.into());
+        }
+        if self.lookup(parent, &name).is_some() {
+            return Err(Errno::EXIST.into());
+        }
+        self.check_placement(parent, &name, (0, 0))?;
+        if self.entries >= MAX_ENTRIES {
+            return Err(Errno::NOSPC.into());
+        }
+        let charge = ENTRY_OVERHEAD + name.len() as u64;
+        self.charge(i128::from(charge), quota_left)
+            .map_err(WriteError::Quota)?;
+        self.entries += 1;
+        self.insert(parent, name, node);
+        let n = self.node_mut(node);
+        n.links += 1;
+        n.entry_charge += charge;
+        n.ctim = now;
+        let p = self.node_mut(parent);
+        p.mtim = now;
+        p.ctim = now;
+        Ok(())
     }
 
     /// Creates symlink `name` → `target` in writable directory `parent`. The target is
