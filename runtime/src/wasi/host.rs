@@ -1287,6 +1287,10 @@ impl WasiHost {
         new_len: u32,
     ) -> R {
         let node = self.resolve_at(m, fd, old, old_len, flags & LOOKUP_SYMLINK_FOLLOW != 0)?;
+        if self.vfs.is_dir(node) {
+            // Directories are never linked (as Linux answers, before looking at the name).
+            return Err(Errno::PERM.into());
+        }
         if self.path(m, new, new_len)?.ends_with(b"/") {
             // A name ending in `/` names a directory, which a link never is.
             return Err(Errno::NOENT.into());
@@ -1295,5 +1299,240 @@ impl WasiHost {
         let (now, left) = (self.now(), self.quota_left());
         self.vfs.link(node, parent, name, now, left)?;
         Ok(())
+    }
+}
+
+/// The preview1 behaviours the official WASI test suite checks, each pinned here with
+/// detwasm's own test (the suite itself is run by `scripts/wasi-testsuite.py`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+
+    /// A host with a writable folder at `/w` (fd 3, holding `file`) and guest memory.
+    fn host() -> (tempfile::TempDir, WasiHost, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("file"), b"data").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        let job = Job::new(Vec::new())
+            .with_outputs(Vec::new())
+            .push_dir(t.path(), "/w");
+        let h = crate::capabilities::grant(&job).unwrap();
+        (t, h, vec![0u8; 1 << 16])
+    }
+
+    /// Puts `s` at 0x100 and returns (ptr, len).
+    fn put(mem: &mut [u8], s: &[u8]) -> (u32, u32) {
+        mem[0x100..0x100 + s.len()].copy_from_slice(s);
+        (0x100, s.len() as u32)
+    }
+    fn put2(mem: &mut [u8], s: &[u8]) -> (u32, u32) {
+        mem[0x200..0x200 + s.len()].copy_from_slice(s);
+        (0x200, s.len() as u32)
+    }
+    fn errno(r: R) -> u16 {
+        match r {
+            Ok(()) => 0,
+            Err(HostError::Errno(e)) => e.0,
+            Err(HostError::Fatal(f)) => panic!("fatal {f}"),
+        }
+    }
+    fn open(
+        h: &mut WasiHost,
+        mem: &mut [u8],
+        dir: u32,
+        path: &[u8],
+        oflags: u16,
+        rights: u64,
+        fdflags: u16,
+    ) -> Result<u32, u16> {
+        let (p, l) = put(mem, path);
+        let e = errno(h.path_open(
+            &mut Mem(mem),
+            dir,
+            0,
+            p,
+            l,
+            u32::from(oflags),
+            rights,
+            0,
+            u32::from(fdflags),
+            0x10,
+        ));
+        if e == 0 {
+            Ok(u32::from_le_bytes(mem[0x10..0x14].try_into().unwrap()))
+        } else {
+            Err(e)
+        }
+    }
+    fn fdstat(h: &mut WasiHost, mem: &mut [u8], fd: u32) -> (u16, u64, u64) {
+        assert_eq!(errno(h.fd_fdstat_get(&mut Mem(mem), fd, 0x20)), 0);
+        let flags = u16::from_le_bytes(mem[0x22..0x24].try_into().unwrap());
+        let base = u64::from_le_bytes(mem[0x28..0x30].try_into().unwrap());
+        let inh = u64::from_le_bytes(mem[0x30..0x38].try_into().unwrap());
+        (flags, base, inh)
+    }
+
+    #[test]
+    fn a_directory_reports_directory_rights_and_reopens_with_them() {
+        let (_t, mut h, mut mem) = host();
+        let (_, base, inh) = fdstat(&mut h, &mut mem, 3);
+        assert_eq!(base, RIGHTS_DIRECTORY);
+        assert_eq!(
+            base & (RIGHT_FD_SEEK | RIGHT_FD_WRITE | (1 << 22) | (1 << 19)),
+            0
+        );
+        assert_eq!(inh, RIGHTS_DIRECTORY_INHERITING);
+        assert!(open(&mut h, &mut mem, 3, b".", OFLAGS_DIRECTORY, base, 0).is_ok());
+        assert!(open(&mut h, &mut mem, 3, b".", 0, base, 0).is_ok());
+        // Asking to write a directory is EISDIR.
+        assert_eq!(
+            open(
+                &mut h,
+                &mut mem,
+                3,
+                b".",
+                OFLAGS_DIRECTORY,
+                RIGHT_FD_READ | RIGHT_FD_WRITE,
+                0
+            ),
+            Err(Errno::ISDIR.0)
+        );
+        assert_eq!(
+            errno(h.fd_allocate(&mut Mem(&mut mem), 3, 0, 1)),
+            Errno::BADF.0
+        );
+        assert_eq!(
+            errno(h.fd_seek(&mut Mem(&mut mem), 3, 0, 1, 0x40)),
+            Errno::BADF.0
+        );
+    }
+
+    #[test]
+    fn dot_dot_never_climbs_above_the_directory_fd() {
+        let (_t, mut h, mut mem) = host();
+        let sub = open(&mut h, &mut mem, 3, b"sub", OFLAGS_DIRECTORY, 0, 0).unwrap();
+        assert_eq!(
+            open(&mut h, &mut mem, sub, b"../file", 0, RIGHT_FD_READ, 0),
+            Err(Errno::NOTCAPABLE.0)
+        );
+        assert_eq!(
+            open(&mut h, &mut mem, sub, b"..", OFLAGS_DIRECTORY, 0, 0),
+            Err(Errno::NOTCAPABLE.0)
+        );
+        // From the folder's own fd, `sub/../file` stays below it: fine.
+        assert!(open(&mut h, &mut mem, 3, b"sub/../file", 0, RIGHT_FD_READ, 0).is_ok());
+    }
+
+    #[test]
+    fn sync_flags_are_kept_and_reported() {
+        let (_t, mut h, mut mem) = host();
+        let fd = open(
+            &mut h,
+            &mut mem,
+            3,
+            b"new",
+            OFLAGS_CREAT,
+            RIGHT_FD_WRITE,
+            FDFLAGS_APPEND | 16,
+        )
+        .unwrap();
+        let (flags, _, _) = fdstat(&mut h, &mut mem, fd);
+        assert_eq!(flags, FDFLAGS_APPEND | 16);
+    }
+
+    #[test]
+    fn trailing_slashes_name_directories() {
+        let (_t, mut h, mut mem) = host();
+        let (p, l) = put(&mut mem, b"file/");
+        assert_eq!(
+            errno(h.path_unlink_file(&mut Mem(&mut mem), 3, p, l)),
+            Errno::NOTDIR.0
+        );
+        let (p, l) = put(&mut mem, b"sub/");
+        assert_eq!(
+            errno(h.path_unlink_file(&mut Mem(&mut mem), 3, p, l)),
+            Errno::ISDIR.0
+        );
+        // A symlink's name ending in `/`.
+        let (t, tl) = put2(&mut mem, b"source");
+        for (name, want) in [
+            (&b"target/"[..], Errno::NOENT),
+            (b"sub/", Errno::EXIST),
+            (b"file/", Errno::NOTDIR),
+        ] {
+            let (p, l) = put(&mut mem, name);
+            assert_eq!(
+                errno(h.path_symlink(&mut Mem(&mut mem), t, tl, 3, p, l)),
+                want.0,
+                "{name:?}"
+            );
+        }
+        let (p, l) = put(&mut mem, b"target");
+        assert_eq!(errno(h.path_symlink(&mut Mem(&mut mem), t, tl, 3, p, l)), 0);
+    }
+
+    #[test]
+    fn sockets_are_not_there() {
+        let (_t, mut h, mut mem) = host();
+        assert_eq!(
+            errno(h.sock_shutdown(&mut Mem(&mut mem), 3, 1)),
+            Errno::NOTSOCK.0
+        );
+        assert_eq!(
+            errno(h.sock_shutdown(&mut Mem(&mut mem), 99, 1)),
+            Errno::BADF.0
+        );
+        assert_eq!(
+            errno(h.sock_accept(&mut Mem(&mut mem), 1, 0, 0)),
+            Errno::NOTSOCK.0
+        );
+    }
+
+    #[test]
+    fn hard_links_share_one_node() {
+        let (_t, mut h, mut mem) = host();
+        let (o, ol) = put(&mut mem, b"file");
+        let (n, nl) = put2(&mut mem, b"sub/link");
+        assert_eq!(
+            errno(h.path_link(&mut Mem(&mut mem), 3, 0, o, ol, 3, n, nl)),
+            0
+        );
+        let stat = |h: &mut WasiHost, mem: &mut Vec<u8>, path: &[u8]| {
+            mem[0x500..0x500 + path.len()].copy_from_slice(path);
+            let (p, l) = (0x500, path.len() as u32);
+            assert_eq!(
+                errno(h.path_filestat_get(&mut Mem(mem), 3, 0, p, l, 0x300)),
+                0
+            );
+            mem[0x300..0x340].to_vec()
+        };
+        let a = stat(&mut h, &mut mem, b"file");
+        assert_eq!(a, stat(&mut h, &mut mem, b"sub/link"));
+        assert_eq!(
+            u64::from_le_bytes(a[24..32].try_into().unwrap()),
+            2,
+            "nlink"
+        );
+        // Existing names, directories and `name/` are refused as the suite expects.
+        assert_eq!(
+            errno(h.path_link(&mut Mem(&mut mem), 3, 0, o, ol, 3, o, ol)),
+            Errno::EXIST.0
+        );
+        let (d, dl) = put2(&mut mem, b"sub");
+        let (x, xl) = (0x400, 2);
+        mem[0x400..0x402].copy_from_slice(b"x/");
+        assert_eq!(
+            errno(h.path_link(&mut Mem(&mut mem), 3, 0, d, dl, 3, x, xl)),
+            Errno::PERM.0
+        );
+        assert_eq!(
+            errno(h.path_link(&mut Mem(&mut mem), 3, 0, o, ol, 3, x, xl)),
+            Errno::NOENT.0
+        );
+        // Removing one name leaves the other, with nlink 1.
+        assert_eq!(errno(h.path_unlink_file(&mut Mem(&mut mem), 3, o, ol)), 0);
+        let b = stat(&mut h, &mut mem, b"sub/link");
+        assert_eq!(u64::from_le_bytes(b[24..32].try_into().unwrap()), 1);
     }
 }
