@@ -730,6 +730,35 @@ impl Vfs {
         Ok(())
     }
 
+    /// Admits a new entry `name` into `parent` (writable, not removed, the name free and
+    /// placeable, below [`MAX_ENTRIES`]) and charges it ([`ENTRY_OVERHEAD`] + the name).
+    /// Returns the charge.
+    fn admit_entry(
+        &mut self,
+        parent: NodeId,
+        name: &[u8],
+        quota_left: u64,
+    ) -> Result<u64, WriteError> {
+        if !self.writable(parent) {
+            return Err(Errno::ROFS.into());
+        }
+        if self.node(parent).orphan {
+            return Err(Errno::NOENT.into());
+        }
+        if self.lookup(parent, name).is_some() {
+            return Err(Errno::EXIST.into());
+        }
+        self.check_placement(parent, name, (0, 0))?;
+        if self.entries >= MAX_ENTRIES {
+            return Err(Errno::NOSPC.into());
+        }
+        let charge = ENTRY_OVERHEAD + name.len() as u64;
+        self.charge(i128::from(charge), quota_left)
+            .map_err(WriteError::Quota)?;
+        self.entries += 1;
+        Ok(charge)
+    }
+
     /// Creates an entry in writable directory `parent`. `quota_left` is what remains of
     /// the output quota; the entry costs [`ENTRY_OVERHEAD`] plus its name's bytes.
     pub fn create(
@@ -740,23 +769,7 @@ impl Vfs {
         now: u64,
         quota_left: u64,
     ) -> Result<NodeId, WriteError> {
-        if !self.writable(parent) {
-            return Err(Errno::ROFS.into());
-        }
-        if self.node(parent).orphan {
-            return Err(Errno::NOENT.into());
-        }
-        if self.lookup(parent, &name).is_some() {
-            return Err(Errno::EXIST.into());
-        }
-        self.check_placement(parent, &name, (0, 0))?;
-        if self.entries >= MAX_ENTRIES {
-            return Err(Errno::NOSPC.into());
-        }
-        let entry_charge = ENTRY_OVERHEAD + name.len() as u64;
-        self.charge(i128::from(entry_charge), quota_left)
-            .map_err(WriteError::Quota)?;
-        self.entries += 1;
+        let entry_charge = self.admit_entry(parent, &name, quota_left)?;
         let mount = self.node(parent).mount;
         let kind = if dir {
             Kind::Dir(BTreeMap::new())
@@ -888,26 +901,10 @@ impl Vfs {
         if self.is_dir(node) {
             return Err(Errno::PERM.into());
         }
-        if !self.writable(parent) {
-            return Err(Errno::ROFS.into());
-        }
         if self.node(node).mount != self.node(parent).mount {
             return Err(Errno::XDEV.into());
         }
-        if self.node(parent).orphan {
-            return Err(Errno::NOENT.into());
-        }
-        if self.lookup(parent, &name).is_some() {
-            return Err(Errno::EXIST.into());
-        }
-        self.check_placement(parent, &name, (0, 0))?;
-        if self.entries >= MAX_ENTRIES {
-            return Err(Errno::NOSPC.into());
-        }
-        let charge = ENTRY_OVERHEAD + name.len() as u64;
-        self.charge(i128::from(charge), quota_left)
-            .map_err(WriteError::Quota)?;
-        self.entries += 1;
+        let charge = self.admit_entry(parent, &name, quota_left)?;
         self.insert(parent, name, node);
         let n = self.node_mut(node);
         n.links += 1;
