@@ -106,11 +106,12 @@ impl Input<'_> {
     }
 }
 
-/// The host of the fuzzed job: one input at `/in`, one output volume at `/out`, some
-/// args and env.
+/// The host of the fuzzed job: one input at `/in`, the same tree writable at `/rw`, the
+/// default output volume, some args and env.
 fn host() -> WasiHost {
     let job = Job::new(Vec::new())
         .push_input(input_tree().clone(), "/in")
+        .push_dir(input_tree().clone(), "/rw")
         .push_arg("arg")
         .push_env("K", "V")
         .with_limits(crate::Limits {
@@ -142,7 +143,7 @@ pub fn fuzz_wasi_calls(data: &[u8]) {
         calls += 1;
         h.fuel = 1 << 40;
         let m = &mut Mem(&mut memory);
-        let op = input.byte() % 30;
+        let op = input.byte() % 32;
         let (a, b, c) = (input.u32(), input.u32(), input.u32());
         let r: Result<(), HostError> = match op {
             0 => h.args_get(m, a, b),
@@ -216,6 +217,16 @@ pub fn fuzz_wasi_calls(data: &[u8]) {
             26 => h.fd_filestat_set_times(m, a % 12, input.u64(), input.u64(), b % 16),
             27 => h.fd_tell(m, a % 12, b),
             28 => h.args_sizes_get(m, a, b),
+            29 => {
+                let (p1, l1) = input.path();
+                let (p2, l2) = input.path();
+                h.path_symlink(m, p1, l1, a % 6, p2, l2)
+            }
+            30 => {
+                let (p1, l1) = input.path();
+                let (p2, l2) = input.path();
+                h.path_link(m, a % 6, b % 2, p1, l1, c % 6, p2, l2)
+            }
             _ => h.fd_prestat_get(m, a % 12, b),
         };
         assert!(
@@ -240,8 +251,15 @@ mod tests {
     /// from a fixed seed (the same inputs every time).
     #[test]
     fn random_call_sequences_never_panic_or_exceed_the_quota() {
-        let mut rng = ChaCha8Rng::seed_from_u64(8);
-        for _ in 0..3000 {
+        // DETWASM_WASI_FUZZ_RUNS / _SEED run a longer campaign of the same kind.
+        let env = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(env("DETWASM_WASI_FUZZ_SEED", 8));
+        for _ in 0..env("DETWASM_WASI_FUZZ_RUNS", 3000) {
             let len = (rng.next_u32() % 600) as usize;
             let mut data = vec![0u8; len];
             rng.fill_bytes(&mut data);

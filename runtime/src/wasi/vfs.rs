@@ -846,8 +846,8 @@ impl Vfs {
         while let Some(d) = stack.pop() {
             visited += 1;
             let n = self.node(d);
-            depth = depth.max(n.depth - base.depth);
-            len = len.max(n.path_len - base.path_len);
+            depth = depth.max(n.depth.saturating_sub(base.depth));
+            len = len.max(n.path_len.saturating_sub(base.path_len));
             if let Kind::Dir(entries) = &n.kind {
                 stack.extend(entries.values().copied());
             }
