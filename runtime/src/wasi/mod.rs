@@ -15,7 +15,7 @@
 //!
 //! Unsupported functions answer with an errno, the same on every host: sockets
 //! (`sock_*`) `ENOTSOCK` (no fd is a socket) or `EBADF`, `proc_raise` `ENOSYS`, hard links
-//! `ENOTSUP`.
+//! `ENOTSUP` (see `WasiHost::path_link` for why).
 
 pub mod abi;
 pub mod fuzz;
@@ -62,7 +62,12 @@ fn dispatch(
     let fuel = caller.get_fuel().ok();
     let (data, ctx) = memory.data_and_store_mut(&mut *caller);
     ctx.host.fuel = fuel.unwrap_or(u64::MAX);
-    let result = f(&mut ctx.host, &mut Mem(data));
+    let mut result = f(&mut ctx.host, &mut Mem(data));
+    if let Err(out_of_fuel) = ctx.host.settle_work() {
+        if !matches!(result, Err(HostError::Fatal(_))) {
+            result = Err(out_of_fuel);
+        }
+    }
     let left = ctx.host.fuel;
     if fuel.is_some() {
         caller.set_fuel(left)?;
