@@ -62,6 +62,16 @@ impl Run {
     }
 }
 
+/// The CLI, with its module cache in the build's temp dir (not the user's ~/.cache).
+fn detwasm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    c.env(
+        "DETWASM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
+    );
+    c
+}
+
 /// Runs `detwasm run MODULE.wat --json` with the tests' limits plus `extra` flags, and
 /// measures the child's peak RSS.
 fn run(wat: &str, extra: &[&str], setup: impl FnOnce(&Path)) -> Run {
@@ -71,16 +81,12 @@ fn run(wat: &str, extra: &[&str], setup: impl FnOnce(&Path)) -> Run {
     std::fs::write(&module, wat).unwrap();
     let out = dir.path().join("stdout");
     let err = dir.path().join("stderr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    cmd.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
-    )
-    .current_dir(dir.path())
-    .arg("run")
-    .arg(&module)
-    .args(["--json", "-o", "results"])
-    .args(extra);
+    let mut cmd = detwasm();
+    cmd.current_dir(dir.path())
+        .arg("run")
+        .arg(&module)
+        .args(["--json", "-o", "results"])
+        .args(extra);
     // The tests' limits unless `extra` names its own.
     if !extra.contains(&"--memory") {
         cmd.args(["--memory", &MEMORY.to_string()]);
@@ -145,6 +151,12 @@ fn module(pages: u32, data: &str, body: &str) -> String {
       (i32.const 9) (i64.const 0x42) (i64.const 0) (i32.const 0) (i32.const 60)))
     (if (local.get $e) (then (call $exit (i32.add (i32.const 1000) (local.get $e)))))
     (i32.load (i32.const 60)))
+  ;; stores `n` iovecs at 0, every one over the same 64 KiB at 65536
+  (func $aliased (param $n i32) (local $i i32)
+    (loop $l
+      (call $iov (i32.mul (local.get $i) (i32.const 8)) (i32.const 65536) (i32.const 65536))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (local.get $n)))))
   ;; stores an iovec {{ptr, len}} at `at`
   (func $iov (param $at i32) (param $ptr i32) (param $len i32)
     (i32.store (local.get $at) (local.get $ptr))
@@ -161,10 +173,7 @@ fn module(pages: u32, data: &str, body: &str) -> String {
 #[test]
 fn aliased_iovecs_to_stdout_end_at_the_quota_without_a_gathered_copy() {
     let body = r#"
-    (loop $l
-      (call $iov (i32.mul (local.get $i) (i32.const 8)) (i32.const 65536) (i32.const 65536))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 8000))))
+    (call $aliased (i32.const 8000))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 8000) (i32.const 64000)))
     (call $exit (i32.const 7))"#;
     let r = run(&module(2, "", body), &[], |_| {});
@@ -180,10 +189,7 @@ fn aliased_iovecs_to_stdout_end_at_the_quota_without_a_gathered_copy() {
 fn aliased_iovecs_to_a_file_are_charged_as_fuel() {
     let body = r#"
     (local.set $f (call $open (i32.const 3) (i32.const 64000) (i32.const 1)))
-    (loop $l
-      (call $iov (i32.mul (local.get $i) (i32.const 8)) (i32.const 65536) (i32.const 65536))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 7000))))
+    (call $aliased (i32.const 7000))
     (drop (call $fd_write (local.get $f) (i32.const 0) (i32.const 7000) (i32.const 64100)))
     (call $exit (i32.const 7))"#;
     let wat = module(2, r#"(data (i32.const 64000) "f")"#, body);
@@ -348,10 +354,7 @@ fn huge_sizes_offsets_and_pointers_are_errnos() {
 fn large_reads_do_not_buffer_the_input_file() {
     let body = r#"
     (local.set $f (call $open (i32.const 3) (i32.const 64000) (i32.const 3)))
-    (loop $l
-      (call $iov (i32.mul (local.get $i) (i32.const 8)) (i32.const 65536) (i32.const 65536))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (i32.const 4096))))
+    (call $aliased (i32.const 4096))
     (local.set $i (i32.const 0))
     (loop $r
       (local.set $e (call $fd_read (local.get $f) (i32.const 0) (i32.const 4096) (i32.const 40000)))
@@ -424,11 +427,7 @@ fn an_input_changed_during_the_run_is_refused() {
     std::fs::write(input.join("data"), b"before").unwrap();
     let module = dir.path().join("spin.wat");
     std::fs::write(&module, module_text(body)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_detwasm"))
-        .env(
-            "DETWASM_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
-        )
+    let child = detwasm()
         .current_dir(dir.path())
         .args(["run", "spin.wat", "--input", "in", "-o", "results"])
         .stdout(Stdio::piped())
@@ -456,13 +455,8 @@ fn run_limited(
     args: &[&str],
     limits: &[(libc::__rlimit_resource_t, u64)],
 ) -> (i32, String, Vec<u8>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    cmd.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
-    )
-    .current_dir(dir)
-    .args(args);
+    let mut cmd = detwasm();
+    cmd.current_dir(dir).args(args);
     let limits = limits.to_vec();
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
