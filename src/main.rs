@@ -27,6 +27,8 @@ enum Command {
     /// Run a job many times under host perturbations; report any difference, and what the
     /// output depends on.
     Fuzz(cmd::fuzz::Args),
+    /// Run many jobs (a JSON Lines file) in one process; print one receipt per job.
+    Batch(cmd::batch::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Module(args) => cmd::module::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Fuzz(args) => cmd::fuzz::run(args),
+        Command::Batch(args) => cmd::batch::run(args),
     };
     match result {
         Ok(code) => code,

@@ -595,7 +595,7 @@ fn numbers_out_of_range_on_the_command_line_are_clear_errors() {
         (&["--timeout", "inf"], "must be a positive number"),
         (&["--timeout", "NaN"], "must be a positive number"),
         (&["--timeout", "-1"], "must be a positive number"),
-        (&["--fuel", "0"], "--fuel must be at least 1"),
+        (&["--fuel", "0"], "--fuel: must be at least 1"),
         (&["--memory", "99999999999999999999"], "too large"),
         (&["--memory", "17179869184GiB"], "too large"),
         (&["--max-output", "18446744073709551615KiB"], "too large"),

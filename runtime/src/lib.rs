@@ -22,6 +22,7 @@
 //! [`wasi::host`]; the filesystem in [`wasi::vfs`]; what a job may reach in
 //! [`capabilities`]; limits in [`job::Limits`].
 
+pub mod batch;
 pub mod campaign;
 pub mod capabilities;
 pub mod deliver;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod job;
 pub mod limiter;
 pub mod receipt;
+pub mod request;
 pub mod results;
 pub mod run;
 pub mod scaffold;
@@ -42,5 +44,6 @@ pub use engine::EngineOptions;
 pub use error::{JobError, RunError};
 pub use job::{Epoch, Input, Job, Limits, Output, ResultsOptions};
 pub use receipt::{Outcome, Receipt};
+pub use request::JobRequest;
 pub use results::Profile;
 pub use run::{Destination, Runtime};

@@ -51,6 +51,31 @@ pub struct Runtime {
     loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
 }
 
+/// A run whose results are written but not yet published (see [`Runtime::run_staged`]).
+pub struct StagedRun {
+    receipt: Receipt,
+    staged: deliver::Staged<String>,
+}
+
+impl StagedRun {
+    /// The folder the results will be published in.
+    pub fn parent(&self) -> &std::path::Path {
+        self.staged.parent()
+    }
+
+    /// Publishes the results (see [`deliver::Staged::publish`]) and returns the receipt.
+    pub fn publish(self, durability: deliver::Durability) -> Result<Receipt, RunError> {
+        let StagedRun {
+            mut receipt,
+            staged,
+        } = self;
+        let (dir, cid) = staged.publish(durability)?;
+        receipt.cid = cid;
+        receipt.results_dir = dir.display().to_string();
+        Ok(receipt)
+    }
+}
+
 /// A job whose module and inputs have been hashed.
 pub struct Prepared {
     pub identity: JobIdentity,
@@ -198,6 +223,14 @@ impl Runtime {
     /// fuel, the memory limit and the output quota are outcomes (recorded, results still
     /// delivered); an `Err` means nothing was delivered.
     pub fn run(&self, job: &Job, dest: &Destination) -> Result<Receipt, RunError> {
+        self.run_staged(job, dest)?
+            .publish(deliver::Durability::PerFile)
+    }
+
+    /// Runs `job` and writes its results into a staging folder beside `dest`, not yet
+    /// published: [`StagedRun::publish`] gives them their final name and completes the
+    /// receipt. Dropping the [`StagedRun`] removes the staging folder.
+    pub fn run_staged(&self, job: &Job, dest: &Destination) -> Result<StagedRun, RunError> {
         job.validate()?;
         // Inputs are scanned (and their host identities stamped) before they are hashed,
         // and checked against the stamps after the run: a change at any point in between
@@ -220,9 +253,9 @@ impl Runtime {
                 .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
         })?;
 
-        // Staged, fsynced and renamed into place (see [`crate::deliver`]).
+        // Staged, then synced and renamed into place by `publish` (see [`crate::deliver`]).
         let trap = outcome.message(&job.limits);
-        let (dest, cid) = deliver::deliver(dest, &prepared.job_id, |staging| {
+        let staged = deliver::stage(dest, &prepared.job_id, |staging| {
             let named = match dest {
                 Destination::At(p) => p.clone(),
                 Destination::Under(d) => d.join(&prepared.job_id),
@@ -232,8 +265,8 @@ impl Runtime {
         })?;
 
         let id = &prepared.identity;
-        Ok(Receipt {
-            cid,
+        let receipt = Receipt {
+            cid: String::new(),
             profile: job.results.profile,
             skip_hidden: job.results.skip_hidden,
             exit_code: outcome.exit_code(),
@@ -245,7 +278,7 @@ impl Runtime {
             module_cid: id.module_cid.clone(),
             engine: self.fingerprint.clone(),
             detwasm_version: env!("CARGO_PKG_VERSION").to_string(),
-            results_dir: dest.display().to_string(),
+            results_dir: String::new(),
             job: JobRecord {
                 module: job.module.source.clone(),
                 module_cid: id.module_cid.clone(),
@@ -271,7 +304,8 @@ impl Runtime {
                 epoch_unix_nanos: job.epoch.unix_nanos,
                 limits: job.limits,
             },
-        })
+        };
+        Ok(StagedRun { receipt, staged })
     }
 
     /// Instantiates and calls the entry. Returns the outcome, the fuel consumed and the

@@ -1,3 +1,4 @@
+pub mod batch;
 pub mod fuzz;
 pub mod hash;
 pub mod module;

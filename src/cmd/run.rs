@@ -1,13 +1,13 @@
 //! `detwasm run MODULE.wasm`: argument parsing and output only; the work is
 //! `detwasm_runtime::Runtime::run`.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::job::{Epoch, Job, Limits, Output, ResultsOptions, DEFAULT_INPUT_PATH};
-use detwasm_runtime::{spec, Destination, Profile, Runtime};
+use detwasm_runtime::job::Job;
+use detwasm_runtime::request::{EpochValue, JobRequest, Size};
+use detwasm_runtime::{spec, Destination, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Run a WebAssembly module (wasm32-wasip1) deterministically and print its results CID.
 ///
@@ -144,140 +144,52 @@ pub struct Options {
     pub no_outputs: bool,
 }
 
-/// Parses `256MiB`, `1GiB`, `64KiB`, `1MB`, `1000` (bytes).
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
-        if *e.kind() == std::num::IntErrorKind::PosOverflow {
-            anyhow::anyhow!("size `{s}` is too large (at most {} bytes)", u64::MAX)
-        } else {
-            anyhow::anyhow!("size `{s}`: expected a number with an optional unit")
-        }
-    })?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => bail!("size `{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size `{s}` is too large (at most {} bytes)", u64::MAX))
+impl JobArgs {
+    /// The options as a [`JobRequest`] (the form `detwasm batch` lines and the Python
+    /// package use too): flags are parsed here, everything else is the runtime's.
+    pub fn request(&self) -> anyhow::Result<JobRequest> {
+        let o = &*self.opts;
+        let pairs = |flag: &str, kvs: &[String]| -> anyhow::Result<Vec<(String, String)>> {
+            kvs.iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("{flag} `{kv}`: expected K=V"))
+                })
+                .collect()
+        };
+        Ok(JobRequest {
+            module: self.module.clone(),
+            args: self.args.clone(),
+            env: pairs("--env", &o.env)?,
+            inputs: o.inputs.clone(),
+            dirs: o.dirs.clone(),
+            input_values: spec::parse_inputs(&self.input_values)?
+                .into_iter()
+                .collect(),
+            stdin: o.stdin.clone(),
+            seed: o.seed,
+            epoch: Some(EpochValue::Text(o.epoch.clone())),
+            fuel: Some(o.fuel),
+            memory: Some(Size::Text(o.memory.clone())),
+            max_output: Some(Size::Text(o.max_output.clone())),
+            timeout: o.timeout,
+            entry: Some(o.entry.clone()),
+            profile: Some(o.profile.clone()),
+            skip_hidden: o.skip_hidden,
+            no_outputs: o.no_outputs,
+            output: None,
+            allow_inputs: self.allow_inputs.clone(),
+        })
+    }
 }
 
 /// The job the command line describes.
 pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
-    let JobArgs {
-        module,
-        input_values,
-        allow_inputs,
-        args: guest_args,
-        opts,
-    } = j;
-    let args = &**opts;
-    // A module folder or name: the job comes from its spec (detwasm_runtime::spec); the
-    // flags below add to it (args, env, inputs) or tighten it (memory, timeout).
-    let from_spec = if spec::is_module_reference(module) {
-        let module = spec::ModuleDir::open(&module.to_string_lossy())?;
-        let cwd = std::env::current_dir().context("current directory")?;
-        let policy = spec::InputPolicy::from_env_and(allow_inputs);
-        Some(
-            module
-                .job(&spec::parse_inputs(input_values)?, &cwd, &policy)?
-                .job,
-        )
-    } else if !input_values.is_empty() {
-        bail!("-i/--input-value KEY=VALUE is for module folders and names; to mount a folder use --input HOST[:GUEST]")
-    } else if !allow_inputs.is_empty() {
-        bail!("--allow-input DIR is for module folders and names (it limits what their spec may mount); for a .wasm, mount folders with --input HOST[:GUEST]")
-    } else {
-        None
-    };
-    let is_module = from_spec.is_some();
-    let mut job = match from_spec {
-        Some(job) => job,
-        None => {
-            let bytes = std::fs::read(module)
-                .with_context(|| format!("reading module {}", module.display()))?;
-            Job::new(bytes)
-                .with_source(module.display().to_string())
-                .with_entry(args.entry.clone())
-        }
-    }
-    .with_seed(args.seed)
-    .with_epoch(Epoch::parse(&args.epoch)?);
-    job.args.extend(guest_args.iter().cloned());
-    for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--env `{kv}`: expected K=V"))?;
-        job.env.push((k.to_string(), v.to_string()));
-    }
-    for spec in &args.inputs {
-        let (host, guest) = match spec.rsplit_once(':') {
-            Some((h, g)) if g.starts_with('/') => (h, g),
-            _ => (spec.as_str(), DEFAULT_INPUT_PATH),
-        };
-        job = job.push_input(host, guest);
-    }
-    for spec in &args.dirs {
-        let (host, guest) = spec
-            .split_once("::")
-            .unwrap_or((spec.as_str(), DEFAULT_INPUT_PATH));
-        job = job.push_dir(host, guest);
-    }
-    // An input folder that cannot be listed is named with the OS's reason (the job's own
-    // check only says that it is missing or unreadable).
-    for input in &job.inputs {
-        if let Err(e) = std::fs::read_dir(&input.host) {
-            bail!("input folder {}: {e}", input.host.display());
-        }
-    }
-    if let Some(f) = &args.stdin {
-        job.stdin =
-            std::fs::read(f).with_context(|| format!("reading stdin file {}", f.display()))?;
-    }
-    if args.no_outputs {
-        job.outputs = Vec::new();
-    } else if !is_module {
-        job.outputs = vec![Output {
-            name: detwasm_runtime::job::DEFAULT_OUTPUT_NAME.into(),
-            guest: detwasm_runtime::job::DEFAULT_OUTPUT_PATH.into(),
-        }];
-    }
-    let timeout = args.timeout.map(parse_timeout).transpose()?;
-    if args.fuel == 0 {
-        bail!("--fuel must be at least 1 (the run would end before its first instruction)");
-    }
-    let memory = parse_size(&args.memory).context("--memory")?;
-    job.limits = Limits {
-        fuel: args.fuel,
-        memory: if is_module {
-            memory.min(job.limits.memory)
-        } else {
-            memory
-        },
-        max_output: parse_size(&args.max_output).context("--max-output")?,
-        timeout: if is_module {
-            timeout.or(job.limits.timeout)
-        } else {
-            timeout
-        },
-    };
-    let profile: Profile = args
-        .profile
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
-    job.results = ResultsOptions {
-        profile,
-        skip_hidden: args.skip_hidden,
-    };
-    Ok(job)
+    let cwd = std::env::current_dir().context("current directory")?;
+    j.request()?
+        .to_job(&cwd)
+        .map_err(|e| anyhow::anyhow!(e.for_cli()))
 }
 
 /// The runtime the command line asks for (the module cache unless `no_cache`).
@@ -341,63 +253,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// `--timeout SECS` as a duration: positive, finite and at most
-/// [`detwasm_runtime::job::MAX_TIMEOUT`]. Checked before converting, because
-/// `Duration::from_secs_f64` panics on values it cannot represent (negative, NaN,
-/// infinite, above u64::MAX seconds).
-pub fn parse_timeout(secs: f64) -> anyhow::Result<Duration> {
-    let max = detwasm_runtime::job::MAX_TIMEOUT;
-    if !(secs.is_finite() && secs > 0.0) {
-        bail!("--timeout `{secs}`: must be a positive number of seconds");
-    }
-    if secs > max.as_secs_f64() {
-        bail!(
-            "--timeout `{secs}`: at most {} seconds (30 days)",
-            max.as_secs()
-        );
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{parse_size, parse_timeout};
-
-    #[test]
-    fn timeouts_are_positive_finite_and_capped() {
-        assert_eq!(parse_timeout(1.5).unwrap().as_millis(), 1500);
-        assert_eq!(parse_timeout(2_592_000.0).unwrap().as_secs(), 2_592_000);
-        for bad in [
-            0.0,
-            -1.0,
-            f64::NAN,
-            f64::INFINITY,
-            2_592_000.5,
-            1e300,
-            f64::MAX,
-        ] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn sizes_that_overflow_are_errors() {
-        let e = parse_size("99999999999999999999").unwrap_err().to_string();
-        assert!(e.contains("too large"), "{e}");
-        let e = parse_size("17179869184GiB").unwrap_err().to_string();
-        assert!(e.contains("too large"), "{e}");
-        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("10kb").unwrap(), 10_000);
-        assert_eq!(parse_size("42").unwrap(), 42);
-        assert!(parse_size("1XB").is_err());
-        assert!(parse_size("MiB").is_err());
-    }
 }

@@ -1,0 +1,261 @@
+//! Many jobs in one process: one engine, each module compiled (or loaded) once, jobs
+//! spread over worker threads, results handed back in input order.
+//!
+//! Each job is run exactly as `detwasm run` runs it ([`Runtime::run`]), so its receipt is
+//! the one `detwasm run` of the same options gives (with the same results folder). Jobs
+//! share nothing but the engine and the loaded modules, neither of which a result can
+//! depend on; the fuzz campaign's "copies of the job at once in one process" run checks
+//! exactly this.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::deliver::{self, Durability};
+use crate::receipt::Receipt;
+use crate::request::JobRequest;
+use crate::run::{Destination, Runtime, StagedRun};
+
+/// One job of a batch: its request, or why its line is not one.
+pub type Line = Result<JobRequest, String>;
+
+/// How a batch runs.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Worker threads (at least 1).
+    pub parallel: usize,
+    /// Where jobs without an `output` deliver: a folder named after the job id.
+    pub output_dir: PathBuf,
+    /// The folder relative paths are taken against.
+    pub cwd: PathBuf,
+    /// Folders module specs may take inputs from (`--allow-input`), for every job.
+    pub allow_inputs: Vec<PathBuf>,
+}
+
+/// The end of one job: its receipt, or the error that stopped it (nothing delivered).
+pub type JobResult = Result<Receipt, String>;
+
+/// Most runs published by one group commit.
+const MAX_GROUP: usize = 256;
+/// How long a group commit waits for more runs to end before it syncs.
+const GROUP_WAIT: Duration = Duration::from_millis(5);
+
+/// Runs `lines` and calls `done(index, result)` for each, in input order, as soon as it
+/// and every job before it have ended. A failing job does not stop the others.
+///
+/// Workers run jobs into staging folders ([`Runtime::run_staged`]); this thread gathers
+/// the runs that ended within [`GROUP_WAIT`] of each other and commits them as a group:
+/// one `syncfs` makes their data durable, then each is renamed into place, then a second
+/// `syncfs` makes the renames durable, and only then are their receipts handed out. The
+/// rule is [`Runtime::run`]'s (no final name before its data is on disk; no receipt
+/// before the final name is), at two syncs per group instead of seven fsyncs per job
+/// (see [`deliver::sync_filesystem`]).
+pub fn run_batch(
+    runtime: &Runtime,
+    lines: Vec<Line>,
+    opts: &BatchOptions,
+    mut done: impl FnMut(usize, JobResult),
+) {
+    let next = AtomicUsize::new(0);
+    let workers = opts.parallel.max(1).min(lines.len().max(1));
+    let (tx, rx) = mpsc::channel::<(usize, Result<StagedRun, String>)>();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, lines) = (&next, &lines);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(line) = lines.get(i) else { break };
+                let result = match line {
+                    Ok(req) => stage_one(runtime, req, opts),
+                    Err(e) => Err(e.clone()),
+                };
+                if tx.send((i, result)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        // Results arrive in completion order and leave in input order.
+        let mut waiting = BTreeMap::new();
+        let mut emitted = 0;
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            let until = Instant::now() + GROUP_WAIT;
+            while group.len() < MAX_GROUP {
+                let left = until.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(m) => group.push(m),
+                    Err(_) => break,
+                }
+            }
+            for (i, result) in commit(group) {
+                waiting.insert(i, result);
+            }
+            while let Some(r) = waiting.remove(&emitted) {
+                done(emitted, r);
+                emitted += 1;
+            }
+        }
+    });
+}
+
+/// Publishes a group of staged runs (see [`run_batch`]).
+fn commit(group: Vec<(usize, Result<StagedRun, String>)>) -> Vec<(usize, JobResult)> {
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for (_, r) in &group {
+        if let Ok(staged) = r {
+            if !parents.iter().any(|p| p == staged.parent()) {
+                parents.push(staged.parent().to_path_buf());
+            }
+        }
+    }
+    let sync = |parents: &[PathBuf]| -> Result<(), String> {
+        for p in parents {
+            deliver::sync_filesystem(p).map_err(|e| format!("syncing the results to disk: {e}"))?;
+        }
+        Ok(())
+    };
+    // Staged runs dropped on an error remove their staging folders: nothing half-synced
+    // is ever published.
+    let data_synced = sync(&parents);
+    let published: Vec<(usize, JobResult)> = group
+        .into_iter()
+        .map(|(i, r)| {
+            let r = r.and_then(|staged| match &data_synced {
+                Ok(()) => staged
+                    .publish(Durability::Grouped)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            });
+            (i, r)
+        })
+        .collect();
+    match sync(&parents) {
+        Ok(()) => published,
+        // The renames may not be on disk: their receipts are not handed out as good.
+        Err(e) => published
+            .into_iter()
+            .map(|(i, r)| (i, r.and_then(|_| Err(e.clone()))))
+            .collect(),
+    }
+}
+
+/// Runs one request as `detwasm run` would, up to its staged results.
+fn stage_one(
+    runtime: &Runtime,
+    req: &JobRequest,
+    opts: &BatchOptions,
+) -> Result<StagedRun, String> {
+    let mut req = req.clone();
+    req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
+    let job = req.to_job(&opts.cwd).map_err(|e| e.to_string())?;
+    let dest = match &req.output {
+        Some(p) => Destination::At(resolve(&opts.cwd, p)),
+        None => Destination::Under(opts.output_dir.clone()),
+    };
+    runtime
+        .run_staged(&job, &dest)
+        .map_err(|e| format!("running {}: {e}", req.module.display()))
+}
+
+fn resolve(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
+}
+
+/// Reads a JSON Lines file of jobs: one [`Line`] per non-blank line, each with its line
+/// number (1-based) for messages. A line that is not a job is an `Err` naming the line
+/// and the cause (an unknown key, a wrong type), and takes its place in the order.
+pub fn parse_lines(text: &str) -> Vec<(usize, Line)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            (
+                n + 1,
+                JobRequest::from_json(l).map_err(|e| format!("line {}: {e}", n + 1)),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+
+    const ECHO: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "args_sizes_get" (func $as (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "args_get" (func $ag (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $as (i32.const 0) (i32.const 4)))
+        (drop (call $ag (i32.const 16) (i32.const 64)))
+        ;; iovec at 8: the second argument (argv[1]) up to its NUL, from the sizes
+        (i32.store (i32.const 8) (i32.load (i32.const 20)))
+        (i32.store (i32.const 12)
+          (i32.sub (i32.sub (i32.add (i32.const 64) (i32.load (i32.const 4)))
+                            (i32.load (i32.const 20))) (i32.const 1)))
+        (drop (call $w (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 0)))))"#;
+
+    #[test]
+    fn results_come_back_in_input_order_and_failures_do_not_stop_the_batch() {
+        let t = tempfile::tempdir().unwrap();
+        let wat = t.path().join("echo.wat");
+        std::fs::write(&wat, ECHO).unwrap();
+        let mut text = String::new();
+        for i in 0..12 {
+            text.push_str(&format!(
+                "{{\"module\":{:?},\"args\":[\"job{i}\"]}}\n",
+                wat.display()
+            ));
+            if i == 5 {
+                text.push_str("{\"module\":\"x.wasm\",\"colour\":1}\n\n");
+            }
+        }
+        let lines = parse_lines(&text);
+        assert_eq!(lines.len(), 13);
+        assert!(lines[6]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .starts_with("line 7: unknown field `colour`"));
+        let rt = Runtime::new(EngineOptions::default()).unwrap();
+        let opts = BatchOptions {
+            parallel: 3,
+            output_dir: t.path().join("out"),
+            cwd: t.path().to_path_buf(),
+            allow_inputs: Vec::new(),
+        };
+        std::fs::create_dir(&opts.output_dir).unwrap();
+        let mut seen = Vec::new();
+        run_batch(
+            &rt,
+            lines.into_iter().map(|(_, l)| l).collect(),
+            &opts,
+            |i, r| seen.push((i, r)),
+        );
+        assert_eq!(
+            seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..13).collect::<Vec<_>>()
+        );
+        for (i, r) in &seen {
+            if *i == 6 {
+                assert!(r.is_err());
+                continue;
+            }
+            let receipt = r.as_ref().unwrap();
+            let n = if *i < 6 { *i } else { i - 1 };
+            let stdout =
+                std::fs::read_to_string(Path::new(&receipt.results_dir).join("stdout")).unwrap();
+            assert_eq!(stdout, format!("job{n}"));
+        }
+    }
+}

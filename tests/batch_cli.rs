@@ -1,0 +1,225 @@
+//! `detwasm batch` end to end: every receipt equals what `detwasm run --json` of the same
+//! options gives, in input order, whatever the parallelism; a line that is not a job, or
+//! a job that cannot run, gets an error line naming it and the others go on.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn detwasm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
+    c.env(
+        "DETWASM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-batch-cache"),
+    );
+    c
+}
+
+fn root(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// The jobs as batch lines and as the `detwasm run` flags that mean the same.
+fn jobs(t: &Path) -> Vec<(String, Vec<String>)> {
+    let probe = root("fixtures/probes/probe.wasm").display().to_string();
+    let cowsay = root("fixtures/modules/cowsay.wasm").display().to_string();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    std::fs::create_dir_all(t.join("data/sub")).unwrap();
+    std::fs::write(t.join("data/a.txt"), "ay").unwrap();
+    std::fs::write(t.join("data/sub/b.txt"), "bee").unwrap();
+    std::fs::write(t.join("stdin.txt"), "from stdin\n").unwrap();
+    let mut out = vec![
+        (
+            // Written out: an `env` object's key order is the job's (json! would sort it).
+            format!(
+                r#"{{"module": {probe:?}, "args": ["report"], "inputs": ["data"],
+                "env": {{"ZED": "1", "ALPHA": "2"}}, "seed": 9, "epoch": "2030-01-01T00:00:00Z"}}"#
+            )
+            .replace('\n', " "),
+            [
+                s(&[
+                    "--input", "data", "-e", "ZED=1", "-e", "ALPHA=2", "--seed", "9",
+                ]),
+                s(&["--epoch", "2030-01-01T00:00:00Z", &probe, "--", "report"]),
+            ]
+            .concat(),
+        ),
+        (
+            serde_json::json!({"module": cowsay, "args": ["batch", "moo"], "memory": "64MiB",
+                "max_output": 100000, "fuel": 5000000, "profile": "unixfs-v1-2025"})
+            .to_string(),
+            s(&[
+                "--memory",
+                "64MiB",
+                "--max-output",
+                "100000",
+                "--fuel",
+                "5000000",
+                "--profile",
+                "unixfs-v1-2025",
+                &cowsay,
+                "--",
+                "batch",
+                "moo",
+            ]),
+        ),
+        (
+            serde_json::json!({"module": probe, "args": ["exit", "3"], "stdin": "stdin.txt",
+                "epoch": 1700000000, "no_outputs": true})
+            .to_string(),
+            s(&[
+                "--stdin",
+                "stdin.txt",
+                "--epoch",
+                "1700000000",
+                "--no-outputs",
+                &probe,
+                "--",
+                "exit",
+                "3",
+            ]),
+        ),
+        (
+            serde_json::json!({"module": "cowsay", "input_values": {"Message": "from a spec"}})
+                .to_string(),
+            s(&["cowsay", "-i", "Message=from a spec"]),
+        ),
+        (
+            serde_json::json!({"module": probe, "args": ["spin"], "fuel": 100000}).to_string(),
+            s(&["--fuel", "100000", &probe, "--", "spin"]),
+        ),
+    ];
+    // More of the same, so that the workers finish out of order.
+    for i in 0..10 {
+        out.push((
+            serde_json::json!({"module": cowsay, "args": [format!("job {i}")]}).to_string(),
+            s(&[&cowsay, "--", &format!("job {i}")]),
+        ));
+    }
+    out
+}
+
+/// The receipt without where its results went (the one field two runs into different
+/// folders may not share).
+fn comparable(mut r: serde_json::Value) -> serde_json::Value {
+    r.as_object_mut().unwrap().remove("results_dir");
+    r
+}
+
+#[test]
+fn receipts_equal_detwasm_run_in_input_order_and_bad_lines_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let jobs = jobs(t.path());
+    let mut text = String::new();
+    for (i, (line, _)) in jobs.iter().enumerate() {
+        text.push_str(&format!("{line}\n"));
+        if i == 1 {
+            text.push_str("\n{\"module\": \"x.wasm\", \"sed\": 1}\n");
+            text.push_str("{\"module\": \"missing.wasm\"}\n");
+        }
+    }
+    std::fs::write(t.path().join("jobs.jsonl"), &text).unwrap();
+    let batch = detwasm()
+        .current_dir(t.path())
+        .env("DETWASM_MODULE_PATH", root("modules"))
+        .args([
+            "batch",
+            "jobs.jsonl",
+            "--parallel",
+            "3",
+            "--output-dir",
+            "out",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        batch.status.code(),
+        Some(2),
+        "some jobs could not run: {}",
+        String::from_utf8_lossy(&batch.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&batch.stderr);
+    assert!(stderr.contains("17 jobs in"), "{stderr}");
+    assert!(stderr.contains("2 could not run"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(batch.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 17);
+    assert_eq!(lines[2]["line"], 4, "blank lines count: {}", lines[2]);
+    let e = lines[2]["error"].as_str().unwrap();
+    assert!(e.starts_with("line 4: unknown field `sed`"), "{e}");
+    assert_eq!(lines[3]["line"], 5);
+    let e = lines[3]["error"].as_str().unwrap();
+    assert!(e.contains("missing.wasm"), "{e}");
+
+    let receipts: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("error").is_none()).collect();
+    assert_eq!(receipts.len(), jobs.len());
+    for ((_, flags), got) in jobs.iter().zip(receipts) {
+        let run = detwasm()
+            .current_dir(t.path())
+            .env("DETWASM_MODULE_PATH", root("modules"))
+            .args(["run", "--json", "-o"])
+            .arg(t.path().join("runs").join(got["job_id"].as_str().unwrap()))
+            .args(flags)
+            .output()
+            .unwrap();
+        let want: serde_json::Value = serde_json::from_slice(&run.stdout)
+            .unwrap_or_else(|_| panic!("{flags:?}: {}", String::from_utf8_lossy(&run.stderr)));
+        assert_eq!(comparable(got.clone()), comparable(want), "{flags:?}");
+        let dir = Path::new(got["results_dir"].as_str().unwrap());
+        assert!(dir.starts_with(t.path().join("out")), "{dir:?}");
+        assert!(dir.join("exitCode").is_file());
+    }
+    // Nothing but results folders is left in the output folder (no staging folders).
+    for entry in std::fs::read_dir(t.path().join("out")).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(
+            !name.to_string_lossy().starts_with('.'),
+            "left behind: {name:?}"
+        );
+    }
+}
+
+#[test]
+fn exit_status_says_whether_every_job_succeeded() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = root("fixtures/probes/probe.wasm");
+    let line = |args: &str| format!("{{\"module\": {:?}, \"args\": [{args}]}}\n", probe);
+    let run = |text: String| {
+        std::fs::write(t.path().join("j.jsonl"), text).unwrap();
+        detwasm()
+            .current_dir(t.path())
+            .args(["batch", "j.jsonl", "--json", "--output-dir", "o"])
+            .output()
+            .unwrap()
+    };
+    let ok = run(line("\"exit\", \"0\"").repeat(3));
+    assert_eq!(ok.status.code(), Some(0));
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&ok.stderr).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["jobs"], 3);
+    assert_eq!(summary["exited_0"], 3);
+    let nonzero = run(line("\"exit\", \"0\"") + &line("\"exit\", \"4\""));
+    assert_eq!(nonzero.status.code(), Some(1));
+    // Output into a folder that exists and is not empty is refused for that job only.
+    std::fs::create_dir_all(t.path().join("taken")).unwrap();
+    std::fs::write(t.path().join("taken/x"), "").unwrap();
+    let taken = run(format!(
+        "{{\"module\": {:?}, \"output\": \"taken\"}}\n{}",
+        probe,
+        line("\"exit\", \"0\"")
+    ));
+    assert_eq!(taken.status.code(), Some(2));
+    let out = String::from_utf8(taken.stdout).unwrap();
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(
+        first["error"].as_str().unwrap().contains("taken"),
+        "{first}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("taken/x")).unwrap(),
+        ""
+    );
+}
