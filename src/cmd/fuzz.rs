@@ -41,7 +41,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let job = build_job(&args.job)?;
+    let (job, _staging) = build_job(&args.job)?;
     let vary = match &args.vary {
         Some(v) => Param::parse_list(v).map_err(|e| anyhow::anyhow!("--vary: {e}"))?,
         None => Vec::new(),

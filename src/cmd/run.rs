@@ -47,6 +47,7 @@ pub struct JobArgs {
     /// The module: a .wasm file (or WebAssembly text), or a module folder or name
     /// (`cowsay`, `cowsay:v0.1.0`, `./my-module`) whose lilypad_module.json.tmpl gives the
     /// job; names are looked up in $DETWASM_MODULE_PATH, then this project's modules/.
+    /// Or a Bacalhau v1 job file (`job.yaml`, `job.yml`, `job.json`) of a wasm task.
     pub module: PathBuf,
 
     /// Template input of a module folder or name, Lilypad style (`-i Message=moo`).
@@ -54,8 +55,8 @@ pub struct JobArgs {
     #[arg(long = "input-value", short = 'i', value_name = "KEY=VALUE")]
     pub input_values: Vec<String>,
 
-    /// Let a module's spec take inputs (`SourcePath`, often from `-i`) from DIR. By
-    /// default only the module folder is allowed. Repeatable; adds to
+    /// Let a module's spec (or a job file) take inputs (`SourcePath`, often from `-i`)
+    /// from DIR. By default only the module folder (the job file's folder) is allowed. Repeatable; adds to
     /// $DETWASM_ALLOW_INPUTS (a `:`-separated list of folders).
     #[arg(long = "allow-input", value_name = "DIR")]
     pub allow_inputs: Vec<PathBuf>,
@@ -170,8 +171,9 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size `{s}` is too large (at most {} bytes)", u64::MAX))
 }
 
-/// The job the command line describes.
-pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
+/// The job the command line describes, and the staged copies of a job file's file inputs
+/// (keep them until the run has ended).
+pub fn build_job(j: &JobArgs) -> anyhow::Result<(Job, Option<spec::v1::Staging>)> {
     let JobArgs {
         module,
         input_values,
@@ -180,9 +182,23 @@ pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
         opts,
     } = j;
     let args = &**opts;
-    // A module folder or name: the job comes from its spec (detwasm_runtime::spec); the
-    // flags below add to it (args, env, inputs) or tighten it (memory, timeout).
-    let from_spec = if spec::is_module_reference(module) {
+    // A module folder or name, or a Bacalhau v1 job file: the job comes from its spec
+    // (detwasm_runtime::spec); the flags below add to it (args, env, inputs) or tighten
+    // it (memory, timeout).
+    let mut staging = None;
+    let from_spec = if spec::v1::is_job_file(module) {
+        if !input_values.is_empty() {
+            bail!("-i/--input-value KEY=VALUE is for module templates; a job file has no template inputs");
+        }
+        let policy = spec::InputPolicy::from_env_and(allow_inputs);
+        let cwd = std::env::current_dir().context("current directory")?;
+        let loaded = spec::v1::load(module, &cwd, &policy)?;
+        for n in &loaded.notes {
+            eprintln!("detwasm: note: {n}");
+        }
+        staging = loaded.staging;
+        Some(loaded.job)
+    } else if spec::is_module_reference(module) {
         let module = spec::ModuleDir::open(&module.to_string_lossy())?;
         let cwd = std::env::current_dir().context("current directory")?;
         let policy = spec::InputPolicy::from_env_and(allow_inputs);
@@ -277,7 +293,7 @@ pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
         profile,
         skip_hidden: args.skip_hidden,
     };
-    Ok(job)
+    Ok((job, staging))
 }
 
 /// The runtime the command line asks for (the module cache unless `no_cache`).
@@ -289,7 +305,7 @@ pub fn runtime(no_cache: bool) -> anyhow::Result<Runtime> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let job = build_job(&args.job)?;
+    let (job, _staging) = build_job(&args.job)?;
     let module = &args.job.module;
     let runtime = runtime(args.job.opts.no_cache)?;
     let dest = match &args.output {
