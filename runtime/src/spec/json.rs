@@ -203,12 +203,13 @@ impl<'a> Obj<'a> {
             .or_else(|| self.first_line())
     }
 
-    /// The line this struct starts on (its first member's), where known.
+    /// The line this struct starts on (its members' first line), where known.
     pub fn first_line(&self) -> Option<usize> {
         self.layers
             .iter()
             .flat_map(|entries| entries.iter())
-            .find_map(|m| m.line)
+            .filter_map(|m| m.line)
+            .min()
     }
 
     /// The members whose key matches none of `known` (case-insensitively, as Go's decoder

@@ -603,8 +603,11 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
     }
 
     // Env.
-    let env = task.string_map("Env").map_err(fe(task, "Env"))?;
     let env_obj = task.obj("Env").map_err(fe(task, "Env"))?;
+    let env = task.string_map("Env").map_err(|e| {
+        let key = e.path.rsplit('.').next().unwrap_or_default().to_string();
+        (env_obj.line(&key), type_error(e))
+    })?;
     for (k, v) in &env {
         let line = env_obj.line(k);
         check_env(k, v).map_err(at(line))?;
@@ -1410,4 +1413,217 @@ fn entry_module(
         file,
         matched: matched.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal job that runs; `{input}`, `{task}` and `{params}` are where tests add or
+    /// change lines.
+    fn job(params: &str, input: &str, task: &str) -> String {
+        format!(
+            "Name: t\nType: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params:\n        EntryModule: /app/m.wasm\n        Entrypoint: _start\n{params}    InputSources:\n      - Target: /app/m.wasm\n        Source:\n          Type: local\n          Params:\n            SourcePath: m.wasm\n{input}    Network:\n      Type: None\n{task}"
+        )
+    }
+
+    fn base() -> String {
+        job("", "", "")
+    }
+
+    /// The error and line of a job that must not parse.
+    fn refused(text: &str) -> (Option<usize>, String) {
+        match parse(text) {
+            Err((line, e)) => (line, e.to_string()),
+            Ok(spec) => panic!("expected an error, parsed {spec:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_job_parses() {
+        let spec = parse(&base()).unwrap();
+        assert_eq!(spec.entry_module, "/app/m.wasm");
+        assert_eq!(spec.parts.entry_point, "_start");
+        assert_eq!(spec.parts.outputs, Some(vec![]));
+        assert_eq!(spec.inputs.len(), 1);
+        assert!(spec.notes.is_empty(), "{:?}", spec.notes);
+    }
+
+    #[test]
+    fn network_default_or_missing_is_refused_naming_the_line() {
+        let text = base().replace("    Network:\n      Type: None\n", "");
+        let (line, e) = refused(&text);
+        assert!(
+            e.contains("Network: {Type: None}") && e.contains("host's network"),
+            "{e}"
+        );
+        assert_eq!(line, Some(4));
+        let (line, e) = refused(&base().replace("Type: None", "Type: Default"));
+        assert_eq!(line, Some(17));
+        assert!(e.contains("Default"), "{e}");
+        for net in ["Host", "Full", "HTTP", "Bridge"] {
+            let (_, e) = refused(&base().replace("Type: None", &format!("Type: {net}")));
+            assert!(e.contains("no network"), "{net}: {e}");
+        }
+        // Bacalhau's network names are case-insensitive.
+        parse(&base().replace("Type: None", "Type: none")).unwrap();
+    }
+
+    #[test]
+    fn every_unsupported_source_is_refused_with_what_to_use_instead() {
+        for (kind, want) in [
+            ("urlDownload", "download the file"),
+            ("s3", "copy the objects"),
+            ("s3PreSigned", "copy the objects"),
+            ("noop", "local (or localDirectory), inline and ipfs"),
+        ] {
+            let text = base().replace("Type: local", &format!("Type: {kind}"));
+            let (line, e) = refused(&text);
+            assert_eq!(line, Some(13), "{kind}");
+            assert!(e.contains(want) && e.contains(kind), "{kind}: {e}");
+        }
+        let gz = base().replace(
+            "Type: local\n          Params:\n            SourcePath: m.wasm",
+            "Type: inline\n          Params:\n            URL: data:application/gzip;base64,H4sI",
+        );
+        let (_, e) = refused(&gz);
+        assert!(e.contains("tar.gz") && e.contains("local"), "{e}");
+    }
+
+    #[test]
+    fn engine_settings_detwasm_cannot_honour_are_refused() {
+        let (line, e) = refused(&base().replace("Type: wasm", "Type: docker"));
+        assert_eq!(line, Some(6));
+        assert!(e.contains("Docker"), "{e}");
+        let (line, e) = refused(&job("        ImportModules: [/lib/a.wasm]\n", "", ""));
+        assert_eq!(line, Some(10));
+        assert!(
+            e.contains("ImportModules") && e.contains("wasi_snapshot_preview1"),
+            "{e}"
+        );
+        let (_, e) = refused(&base().replace("        Entrypoint: _start\n", ""));
+        assert!(e.contains("Entrypoint: _start"), "{e}");
+        let (_, e) = refused(&base().replace("EntryModule: /app/m.wasm", "EntryModule: ''"));
+        assert!(e.contains("EntryModule"), "{e}");
+        let gpu = "    Resources:\n      GPU: \"1\"\n";
+        let (_, e) = refused(&job("", "", gpu));
+        assert!(e.contains("CPU only"), "{e}");
+        let (_, e) = refused(&job("", "", "    Resources:\n      Memory: 5GiB\n"));
+        assert!(e.contains("4GiB"), "{e}");
+        let (_, e) = refused(&base().replace("Type: batch", "Type: service"));
+        assert!(e.contains("Type: batch"), "{e}");
+        let (_, e) = refused(&base().replace("Type: batch", "Type: Batch"));
+        assert!(e.contains("lower case"), "{e}");
+        let (line, e) = refused(&format!("ID: j-1\n{}", base()));
+        assert_eq!(line, Some(1));
+        assert!(e.contains("remove the line"), "{e}");
+        let (line, e) = refused(&format!("{}Sepc: {{}}\n", base()));
+        assert_eq!(line, Some(18));
+        assert!(e.contains("Sepc") && e.contains("unknown fields"), "{e}");
+    }
+
+    #[test]
+    fn env_follows_bacalhau_rules_and_never_reads_the_host() {
+        let env = |k: &str, v: &str| job("", "", &format!("    Env:\n      {k}: {v}\n"));
+        let spec = parse(&env("GREETING", "hello")).unwrap();
+        assert_eq!(spec.parts.env, vec![("GREETING".into(), "hello".into())]);
+        for (k, v, want) in [
+            ("greeting", "hi", "upper-case"),
+            ("BACALHAU_JOB_ID", "x", "BACALHAU_"),
+            ("1X", "x", "starting with a letter"),
+            ("HOME", "env:HOME", "host's environment"),
+            ("DEBUG", "yes", "quote the value"),
+            ("LEVEL", "3", "quote the value"),
+            ("EMPTY", "''", "not empty"),
+        ] {
+            let (line, e) = refused(&env(k, v));
+            assert_eq!(line, Some(19), "{k}");
+            assert!(e.contains(want), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn legacy_entry_modules_and_targets_are_read_as_bacalhau_reads_them() {
+        let legacy = base().replace(
+            "EntryModule: /app/m.wasm",
+            "EntryModule:\n          Source: {Type: local, Params: {SourcePath: e.wasm}}",
+        );
+        let spec = parse(&legacy).unwrap();
+        assert_eq!(spec.entry_module, LEGACY_ENTRY_TARGET);
+        assert_eq!(spec.inputs[0].target, LEGACY_ENTRY_TARGET);
+        // A target without its leading slash names the same path.
+        let spec =
+            parse(&base().replace("EntryModule: /app/m.wasm", "EntryModule: app//m.wasm")).unwrap();
+        assert_eq!(spec.entry_module, "/app/m.wasm");
+        // One input inside another cannot be mounted by Bacalhau either.
+        let nested =
+            "      - Target: /app\n        Source: {Type: local, Params: {SourcePath: d}}\n";
+        let (_, e) = refused(&job("", nested, ""));
+        assert!(e.contains("inside the input mounted at /app"), "{e}");
+        let (_, e) = refused(&job("", &nested.replace("/app", "/app/m.wasm"), ""));
+        assert!(e.contains("this target already"), "{e}");
+    }
+
+    #[test]
+    fn result_paths_are_mounted_at_their_name_and_limits_map() {
+        let task = "    ResultPaths:\n      - {Name: results, Path: /outputs}\n    Resources:\n      Memory: 100MB\n    Timeouts:\n      ExecutionTimeout: 90\n      QueueTimeout: 5\n    Publisher:\n      Type: ipfs\n";
+        let spec = parse(&job("", "", task)).unwrap();
+        assert_eq!(
+            spec.parts.outputs,
+            Some(vec![OutputSpec {
+                name: "results".into(),
+                path: "/results".into()
+            }])
+        );
+        // 100 MB = 10^8 bytes, rounded up to whole pages as Bacalhau's executor does.
+        assert_eq!(spec.parts.memory, Some(1526 * WASM_PAGE));
+        assert_eq!(spec.parts.timeout, Some(Duration::from_secs(90)));
+        let notes: Vec<&str> = spec.notes.iter().map(|n| n.text.as_str()).collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("at /results, not at /outputs")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("QueueTimeout")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.starts_with("Publisher")),
+            "{notes:?}"
+        );
+        let clash = "    ResultPaths:\n      - {Name: app, Path: /app}\n";
+        let (_, e) = refused(&job("", "", clash));
+        assert!(e.contains("rename one"), "{e}");
+    }
+
+    #[test]
+    fn unknown_nested_keys_are_notes_with_their_line() {
+        let spec = parse(&job("        Entrypont: main\n", "", "")).unwrap();
+        assert_eq!(spec.notes.len(), 1);
+        assert_eq!(spec.notes[0].line, Some(10));
+        assert!(spec.notes[0].text.contains("Entrypont"), "{:?}", spec.notes);
+    }
+
+    #[test]
+    fn sizes_data_urls_and_paths_parse_as_in_go() {
+        assert_eq!(parse_bytes("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_bytes("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("512mb"), Some(512_000_000));
+        assert_eq!(parse_bytes("1,000"), Some(1000));
+        assert_eq!(parse_bytes("1.5k"), Some(1500));
+        assert_eq!(parse_bytes("12XB"), None);
+        assert_eq!(parse_bytes("99999999999EB"), None);
+        assert_eq!(
+            decode_data_url("data:text/plain;base64,aGVs\nbG8K").unwrap(),
+            ("text/plain".into(), b"hello\n".to_vec())
+        );
+        assert_eq!(decode_data_url("data:,a%20b").unwrap().1, b"a b");
+        assert!(decode_data_url("data:;base64,aGV").is_err());
+        assert!(decode_data_url("http://x").is_err());
+        assert_eq!(clean_guest("wasm.main"), "/wasm.main");
+        assert_eq!(clean_guest("/a/./b/../c/"), "/a/c");
+        assert_eq!(clean_guest("/../x"), "/x");
+    }
 }

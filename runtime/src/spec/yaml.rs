@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn keys_are_sorted_exact_duplicates_keep_the_last_and_lines_are_kept() {
-        let doc = parse("type: a\nType: b\nName: x\nName: y\n").unwrap();
+        let doc = parse("type: a\nType: b\nName: first\nName: second\n").unwrap();
         let Json::Object(members) = &doc else {
             panic!("{doc:?}")
         };
@@ -452,7 +452,7 @@ mod tests {
         let root = Obj::root(&doc).unwrap();
         // `type` sorts after `Type`: it wins, as in Bacalhau.
         assert_eq!(root.string("Type").unwrap(), "a");
-        assert_eq!(root.string("Name").unwrap(), "y");
+        assert_eq!(root.string("Name").unwrap(), "second");
         assert_eq!(root.line("Type"), Some(1));
     }
 
