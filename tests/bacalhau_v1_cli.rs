@@ -294,7 +294,10 @@ fn unsupported_settings_are_refused_with_file_line_and_remedy() {
             vec!["env:", "write the value itself"],
         ),
         (
-            base.replace("Entrypoint: _start}", "Entrypoint: _start, ImportModules: [/lib.wasm]}"),
+            base.replace(
+                "Entrypoint: _start}",
+                "Entrypoint: _start, ImportModules: [/lib.wasm]}",
+            ),
             "job.yaml:6:",
             vec!["ImportModules", "wasm-merge"],
         ),
@@ -315,5 +318,51 @@ fn unsupported_settings_are_refused_with_file_line_and_remedy() {
         for w in words {
             assert!(err.contains(w), "{w}: {err}");
         }
+    }
+}
+
+/// The README's job-file example is true: the YAML shown is the fixture (less its
+/// comments), and the command prints the notes and the CID shown.
+#[test]
+fn the_readme_job_file_example_runs_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("<!-- bacalhau-example:start -->").unwrap();
+    let end = readme.find("<!-- bacalhau-example:end -->").unwrap();
+    let block = &readme[start..end];
+    let yaml = block
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let fixture_text: String = std::fs::read_to_string(fixture("bacalhau-v1/wordstats.yaml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(yaml, fixture_text);
+    let console = block.split("```console\n").nth(1).unwrap();
+    let mut lines = console.lines();
+    let command = lines.next().unwrap().strip_prefix("$ detwasm ").unwrap();
+    let shown: Vec<&str> = lines.take_while(|l| !l.starts_with("```")).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = detwasm()
+        .current_dir(root())
+        .args(command.split(' '))
+        .arg("-o")
+        .arg(tmp.path().join("results"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (notes, cid) = shown.split_at(shown.len() - 1);
+    assert_eq!(stdout.trim(), cid[0]);
+    for note in notes {
+        assert!(stderr.contains(note), "{note}\n{stderr}");
     }
 }
