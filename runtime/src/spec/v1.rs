@@ -380,7 +380,7 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
         top
     };
 
-    for m in root.unknown(JOB_KEYS) {
+    if let Some(m) = root.unknown(JOB_KEYS).first() {
         let e = if JOB_SYSTEM_KEYS
             .iter()
             .any(|k| k.eq_ignore_ascii_case(&m.key))

@@ -94,42 +94,28 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                 continue;
             }
             Event::SequenceStart(anchor, tag) => {
-                if let Some(tag) = tag {
-                    return Err(err_at(
-                        &span,
-                        format!("the tag {}{} is not supported", tag.handle, tag.suffix),
-                    ));
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(err_at(
-                        &span,
-                        format!("nested deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
-                stack.push(Frame::Seq {
-                    items: Vec::new(),
-                    anchor,
-                });
+                stack.push(open_collection(
+                    &span,
+                    tag.as_deref(),
+                    stack.len(),
+                    Frame::Seq {
+                        items: Vec::new(),
+                        anchor,
+                    },
+                )?);
                 continue;
             }
             Event::MappingStart(anchor, tag) => {
-                if let Some(tag) = tag {
-                    return Err(err_at(
-                        &span,
-                        format!("the tag {}{} is not supported", tag.handle, tag.suffix),
-                    ));
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(err_at(
-                        &span,
-                        format!("nested deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
-                stack.push(Frame::Map {
-                    members: Vec::new(),
-                    key: None,
-                    anchor,
-                });
+                stack.push(open_collection(
+                    &span,
+                    tag.as_deref(),
+                    stack.len(),
+                    Frame::Map {
+                        members: Vec::new(),
+                        key: None,
+                        anchor,
+                    },
+                )?);
                 continue;
             }
             Event::SequenceEnd => match stack.pop() {
@@ -194,6 +180,29 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
         }
     }
     Ok(root.unwrap_or(Json::Null))
+}
+
+/// A sequence or mapping about to open at `depth`: refused if tagged or nested deeper
+/// than [`MAX_DEPTH`].
+fn open_collection(
+    span: &Span,
+    tag: Option<&saphyr_parser::Tag>,
+    depth: usize,
+    frame: Frame,
+) -> Result<Frame, YamlError> {
+    if let Some(tag) = tag {
+        return Err(err_at(
+            span,
+            format!("the tag {}{} is not supported", tag.handle, tag.suffix),
+        ));
+    }
+    if depth >= MAX_DEPTH {
+        return Err(err_at(
+            span,
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    Ok(frame)
 }
 
 /// A mapping key as Go's conversion writes it: strings as they are, numbers and booleans
