@@ -26,10 +26,23 @@
 //! are errors, as in `bacalhau job run`). Everything else that cannot be honoured is an
 //! error naming the file, the line and what to write instead.
 //!
+//! Two choices where Bacalhau leaves room:
+//!
+//! - **No default `Entrypoint`.** Bacalhau has none: its executor looks up the export
+//!   named `""` and fails the job. detwasm refuses such a file, saying to add
+//!   `Entrypoint: _start`. Rejected: defaulting to `_start` (as detwasm's own flags do),
+//!   which would give a results CID for a job that Bacalhau cannot run, so that the same
+//!   file would mean different things to the two.
+//! - **Relative `SourcePath`s are taken from the job file's folder**, which is also the
+//!   folder inputs may come from without `--allow-input`. Rejected: the working folder
+//!   (as a Bacalhau compute node would take it, and as module specs do), which makes one
+//!   file name different inputs depending on where it is run from, and a verifier's run
+//!   differ from the provider's.
+//!
 //! What Bacalhau's wasm executor does that detwasm does not, on purpose: it passes the
 //! guest real clocks, a host network when `Network.Type` is `Default` (its default for
 //! wasm), and `BACALHAU_*` variables (job and execution ids, node id) in the
-//! environment; each would make the results differ from run to run. Its argv[0] is
+//! environment; each would make the results differ from run to run. Its `argv[0]` is
 //! empty; detwasm's is `module.wasm`, as for every detwasm job, so that a job file and
 //! the equivalent `detwasm run` flags give the same results CID.
 
