@@ -88,6 +88,15 @@ fn jobs(t: &Path) -> Vec<(String, Vec<String>)> {
             s(&["--fuel", "100000", &probe, "--", "spin"]),
         ),
     ];
+    // A Bacalhau v1 job file, as `detwasm run JOB.yaml` runs it.
+    let job_file = root("fixtures/bacalhau-v1/wordstats.yaml")
+        .display()
+        .to_string();
+    let allowed = root("fixtures/modules").display().to_string();
+    out.push((
+        serde_json::json!({ "module": job_file }).to_string(),
+        s(&["--allow-input", &allowed, &job_file]),
+    ));
     // More of the same, so that the workers finish out of order.
     for i in 0..10 {
         out.push((
@@ -99,9 +108,19 @@ fn jobs(t: &Path) -> Vec<(String, Vec<String>)> {
 }
 
 /// The receipt without where its results went (the one field two runs into different
-/// folders may not share).
+/// folders may not share), and without the host paths of a job file's staged file
+/// inputs (a fresh temporary folder per run; their CIDs stay).
 fn comparable(mut r: serde_json::Value) -> serde_json::Value {
     r.as_object_mut().unwrap().remove("results_dir");
+    for input in r["job"]["inputs"].as_array_mut().unwrap() {
+        if input["host"]
+            .as_str()
+            .unwrap()
+            .contains("detwasm-job-inputs-")
+        {
+            input["host"] = "(staged)".into();
+        }
+    }
     r
 }
 
@@ -129,6 +148,8 @@ fn receipts_equal_detwasm_run_in_input_order_and_bad_lines_are_named() {
             "--output-dir",
             "out",
         ])
+        .arg("--allow-input")
+        .arg(root("fixtures/modules"))
         .output()
         .unwrap();
     assert_eq!(
@@ -138,14 +159,18 @@ fn receipts_equal_detwasm_run_in_input_order_and_bad_lines_are_named() {
         String::from_utf8_lossy(&batch.stderr)
     );
     let stderr = String::from_utf8_lossy(&batch.stderr);
-    assert!(stderr.contains("17 jobs in"), "{stderr}");
-    assert!(stderr.contains("2 could not run"), "{stderr}");
+    assert!(stderr.contains("18 jobs in"), "{stderr}");
+    assert!(
+        stderr.contains("2 could not run"),
+        "{stderr}{}",
+        String::from_utf8_lossy(&batch.stdout)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(batch.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    assert_eq!(lines.len(), 17);
+    assert_eq!(lines.len(), 18);
     assert_eq!(lines[2]["line"], 4, "blank lines count: {}", lines[2]);
     let e = lines[2]["error"].as_str().unwrap();
     assert!(e.starts_with("line 4: unknown field `sed`"), "{e}");

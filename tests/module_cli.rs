@@ -250,7 +250,7 @@ fn module_check_fails_on_a_cid_mismatch_and_on_docker() {
             .unwrap(),
     );
     assert!(
-        err.contains("Docker module") && err.contains("only WebAssembly"),
+        err.contains("Docker job") && err.contains("only WebAssembly"),
         "{err}"
     );
     let network = template.replace(r#""Type": "None""#, r#""Type": "Full""#);

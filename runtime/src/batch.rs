@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::deliver::{self, Durability};
 use crate::receipt::Receipt;
-use crate::request::JobRequest;
+use crate::request::{BuiltJob, JobRequest};
 use crate::run::{Destination, Runtime, StagedRun};
 
 /// One job of a batch: its request, or why its line is not one.
@@ -150,8 +150,17 @@ fn stage_one(
     opts: &BatchOptions,
 ) -> Result<StagedRun, String> {
     let mut req = req.clone();
-    req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
-    let job = req.to_job(&opts.cwd).map_err(|e| e.to_string())?;
+    // The operator's grant applies to the jobs that have a spec to confine (for a bare
+    // .wasm, `allow_inputs` is refused as a user's mistake).
+    if crate::spec::is_module_reference(&req.module) || crate::spec::v1::is_job_file(&req.module) {
+        req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
+    }
+    // `_staging` (a job file's staged file inputs) lives until the run has ended.
+    let BuiltJob {
+        job,
+        staging: _staging,
+        ..
+    } = req.build(&opts.cwd).map_err(|e| e.to_string())?;
     let dest = match &req.output {
         Some(p) => Destination::At(resolve(&opts.cwd, p)),
         None => Destination::Under(opts.output_dir.clone()),

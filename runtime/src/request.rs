@@ -178,10 +178,41 @@ impl JobRequest {
     /// The job these options describe. `cwd` is the folder relative paths are taken
     /// against for a module folder's `SourcePath`s (the process's current folder).
     pub fn to_job(&self, cwd: &Path) -> Result<Job, RequestError> {
+        let built = self.build(cwd)?;
+        if built.staging.is_some() {
+            return Err(RequestError {
+                key: None,
+                message: format!(
+                    "{}: the job file has file inputs, which are staged for the run; use `build`",
+                    self.module.display()
+                ),
+            });
+        }
+        Ok(built.job)
+    }
+
+    /// The job these options describe, with what must live as long as its run (the
+    /// staged copies of a job file's file inputs) and notes for the user (a job file's
+    /// settings that do not apply, as `FILE:LINE: text`).
+    pub fn build(&self, cwd: &Path) -> Result<BuiltJob, RequestError> {
         let module = &self.module;
-        // A module folder or name: the job comes from its spec; the options add to it
-        // (args, env, inputs) or tighten it (memory, timeout).
-        let from_spec = if spec::is_module_reference(module) {
+        let mut notes = Vec::new();
+        let mut staging = None;
+        // A module folder or name, or a Bacalhau v1 job file: the job comes from its
+        // spec; the options add to it (args, env, inputs) or tighten it (memory, timeout).
+        let from_spec = if spec::v1::is_job_file(module) {
+            if !self.input_values.is_empty() {
+                return Err(RequestError::new(
+                    "input_values",
+                    "template inputs are for module templates; a job file has no template inputs",
+                ));
+            }
+            let policy = InputPolicy::from_env_and(&self.allow_inputs);
+            let loaded = spec::v1::load(module, cwd, &policy)?;
+            notes = loaded.notes;
+            staging = loaded.staging;
+            Some(loaded.job)
+        } else if spec::is_module_reference(module) {
             let dir = spec::ModuleDir::open(&module.to_string_lossy())?;
             let policy = InputPolicy::from_env_and(&self.allow_inputs);
             let values: BTreeMap<String, String> = self.input_values.iter().cloned().collect();
@@ -297,8 +328,22 @@ impl JobRequest {
             profile,
             skip_hidden: self.skip_hidden,
         };
-        Ok(job)
+        Ok(BuiltJob {
+            job,
+            notes,
+            staging,
+        })
     }
+}
+
+/// A job built from a [`JobRequest`] (see [`JobRequest::build`]).
+#[derive(Debug)]
+pub struct BuiltJob {
+    pub job: Job,
+    /// Notes for the user, as `FILE:LINE: text`.
+    pub notes: Vec<String>,
+    /// Keep alive until the run has ended.
+    pub staging: Option<spec::v1::Staging>,
 }
 
 fn size(v: &Option<Size>, key: &'static str, default: u64) -> Result<u64, RequestError> {

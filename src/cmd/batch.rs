@@ -16,7 +16,7 @@ use super::run::runtime;
 /// order.
 ///
 /// Each line of JOBS is one job: a JSON object whose keys are `detwasm run`'s options:
-/// `module` (a .wasm path, module folder or name; required), `args` (list), `env`
+/// `module` (a .wasm path, module folder or name, or a Bacalhau v1 job file; required), `args` (list), `env`
 /// (object; its order is kept), `inputs` (list of `HOST[:GUEST]`), `dirs` (list of
 /// `HOST[::GUEST]`), `input_values` (object, for module folders), `stdin` (a file),
 /// `seed`, `epoch` (seconds or RFC 3339), `fuel`, `memory` and `max_output` (bytes or

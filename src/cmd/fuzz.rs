@@ -8,6 +8,7 @@ use detwasm_runtime::campaign::{self, Campaign, Param};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::run::{build_job, runtime, JobArgs};
+use detwasm_runtime::request::BuiltJob;
 
 /// Run one job many times under host perturbations and report any difference.
 ///
@@ -41,7 +42,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let job = build_job(&args.job)?;
+    let BuiltJob {
+        job, staging: _s, ..
+    } = build_job(&args.job)?;
     let vary = match &args.vary {
         Some(v) => Param::parse_list(v).map_err(|e| anyhow::anyhow!("--vary: {e}"))?,
         None => Vec::new(),

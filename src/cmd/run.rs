@@ -3,8 +3,7 @@
 
 use anyhow::Context;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::job::Job;
-use detwasm_runtime::request::{EpochValue, JobRequest, Size};
+use detwasm_runtime::request::{BuiltJob, EpochValue, JobRequest, Size};
 use detwasm_runtime::{spec, Destination, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +46,7 @@ pub struct JobArgs {
     /// The module: a .wasm file (or WebAssembly text), or a module folder or name
     /// (`cowsay`, `cowsay:v0.1.0`, `./my-module`) whose lilypad_module.json.tmpl gives the
     /// job; names are looked up in $DETWASM_MODULE_PATH, then this project's modules/.
+    /// Or a Bacalhau v1 job file (`job.yaml`, `job.yml`, `job.json`) of a wasm task.
     pub module: PathBuf,
 
     /// Template input of a module folder or name, Lilypad style (`-i Message=moo`).
@@ -54,8 +54,9 @@ pub struct JobArgs {
     #[arg(long = "input-value", short = 'i', value_name = "KEY=VALUE")]
     pub input_values: Vec<String>,
 
-    /// Let a module's spec take inputs (`SourcePath`, often from `-i`) from DIR. By
-    /// default only the module folder is allowed. Repeatable; adds to
+    /// Let a module's spec (or a job file) take inputs (`SourcePath`, often from `-i`)
+    /// from DIR. By default only the module folder (the job file's folder) is allowed.
+    /// Repeatable; adds to
     /// $DETWASM_ALLOW_INPUTS (a `:`-separated list of folders).
     #[arg(long = "allow-input", value_name = "DIR")]
     pub allow_inputs: Vec<PathBuf>,
@@ -184,12 +185,18 @@ impl JobArgs {
     }
 }
 
-/// The job the command line describes.
-pub fn build_job(j: &JobArgs) -> anyhow::Result<Job> {
+/// The job the command line describes (with the staged copies of a job file's file
+/// inputs: keep it until the run has ended). A job file's notes are printed here.
+pub fn build_job(j: &JobArgs) -> anyhow::Result<BuiltJob> {
     let cwd = std::env::current_dir().context("current directory")?;
-    j.request()?
-        .to_job(&cwd)
-        .map_err(|e| anyhow::anyhow!(e.for_cli()))
+    let built = j
+        .request()?
+        .build(&cwd)
+        .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
+    for n in &built.notes {
+        eprintln!("detwasm: note: {n}");
+    }
+    Ok(built)
 }
 
 /// The runtime the command line asks for (the module cache unless `no_cache`).
@@ -201,7 +208,9 @@ pub fn runtime(no_cache: bool) -> anyhow::Result<Runtime> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let job = build_job(&args.job)?;
+    let BuiltJob {
+        job, staging: _s, ..
+    } = build_job(&args.job)?;
     let module = &args.job.module;
     let runtime = runtime(args.job.opts.no_cache)?;
     let dest = match &args.output {

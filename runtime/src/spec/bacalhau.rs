@@ -61,7 +61,21 @@ pub struct WasmSpec {
     pub timeout: Option<Duration>,
 }
 
-fn field_error(e: TypeMismatch) -> SpecError {
+impl WasmSpec {
+    /// The parts every spec format shares ([`super::assemble`]).
+    pub fn parts(&self) -> super::TaskParts {
+        super::TaskParts {
+            entry_point: self.entry_point.clone(),
+            parameters: self.parameters.clone(),
+            env: self.env.clone(),
+            outputs: self.outputs.clone(),
+            memory: self.memory,
+            timeout: self.timeout,
+        }
+    }
+}
+
+pub(crate) fn field_error(e: TypeMismatch) -> SpecError {
     SpecError::FieldType {
         path: e.path,
         expected: e.expected,
@@ -69,7 +83,16 @@ fn field_error(e: TypeMismatch) -> SpecError {
     }
 }
 
-fn refuse(what: impl Into<String>, why: impl Into<String>) -> SpecError {
+/// Why a Docker job is refused (both spec formats).
+pub(crate) const WHY_DOCKER: &str = "this is a Docker job; detwasm runs only WebAssembly jobs (Engine \"Wasm\"): a Docker image cannot be run deterministically here";
+/// Why a network is refused (both spec formats).
+pub(crate) const WHY_NETWORK: &str = "detwasm guests have no network: a result that depends on the network cannot be verified. Use Network.Type \"None\"";
+/// Why a GPU is refused (both spec formats).
+pub(crate) const WHY_GPU: &str = "detwasm runs WebAssembly on the CPU only";
+/// Why import modules are refused (both spec formats).
+pub(crate) const WHY_IMPORTS: &str = "linking extra modules is not supported: a detwasm module may import only wasi_snapshot_preview1; link them into one module first (e.g. with wasm-merge)";
+
+pub(crate) fn refuse(what: impl Into<String>, why: impl Into<String>) -> SpecError {
     SpecError::Refused {
         what: what.into(),
         why: why.into(),
@@ -161,7 +184,7 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
         };
         return Err(refuse(
             format!("job.Spec.Engine = \"{engine}\"{image}"),
-            "this is a Docker module; detwasm runs only WebAssembly jobs (Engine \"Wasm\"): a Docker image cannot be run deterministically here",
+            WHY_DOCKER,
         ));
     }
     if !engine.eq_ignore_ascii_case("wasm") {
@@ -176,7 +199,7 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
     if !(net_type.is_empty() || net_type.eq_ignore_ascii_case("none")) {
         return Err(refuse(
             format!("job.Spec.Network.Type = \"{net_type}\""),
-            "detwasm guests have no network: a result that depends on the network cannot be verified. Use Network.Type \"None\"",
+            WHY_NETWORK,
         ));
     }
 
@@ -185,7 +208,7 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
     if !(gpu.is_empty() || gpu.trim() == "0") {
         return Err(refuse(
             format!("job.Spec.Resources.GPU = \"{gpu}\""),
-            "detwasm runs WebAssembly on the CPU only",
+            WHY_GPU,
         ));
     }
     // parse_datasize refuses what does not fit in u64; a larger limit than the CLI's is
@@ -242,10 +265,7 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
     }
     let imports = wasm.objects("ImportModules").map_err(field_error)?;
     if !imports.is_empty() {
-        return Err(refuse(
-            "job.Spec.Wasm.ImportModules",
-            "linking extra modules is not supported: a detwasm module may import only wasi_snapshot_preview1",
-        ));
+        return Err(refuse("job.Spec.Wasm.ImportModules", WHY_IMPORTS));
     }
     let mut entry_point = wasm.string("EntryPoint").map_err(field_error)?;
     if entry_point.is_empty() {

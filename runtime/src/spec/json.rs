@@ -23,7 +23,27 @@ pub enum Json {
     Number(serde_json::Number),
     String(String),
     Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
+    Object(Vec<Member>),
+}
+
+/// One key of an object, with the line it stands on where the reader knows it (the YAML
+/// reader of job files does, [`super::yaml`]; serde_json's reader of rendered templates
+/// does not: `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub key: String,
+    pub value: Json,
+    pub line: Option<usize>,
+}
+
+impl Member {
+    pub fn new(key: impl Into<String>, value: Json, line: Option<usize>) -> Member {
+        Member {
+            key: key.into(),
+            value,
+            line,
+        }
+    }
 }
 
 impl Json {
@@ -81,7 +101,7 @@ impl<'de> Deserialize<'de> for Json {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
                 let mut entries = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, Json>()? {
-                    entries.push((k, v));
+                    entries.push(Member::new(k, v, None));
                 }
                 Ok(Json::Object(entries))
             }
@@ -121,7 +141,7 @@ pub struct TypeMismatch {
 #[derive(Debug, Clone)]
 pub struct Obj<'a> {
     path: String,
-    layers: Vec<&'a [(String, Json)]>,
+    layers: Vec<&'a [Member]>,
 }
 
 impl<'a> Obj<'a> {
@@ -157,21 +177,68 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// Every non-null value set for `field`, in order. Go matches the exact key first and
+    /// Every non-null member set for `field`, in order. Go matches the exact key first and
     /// falls back to a case-insensitive match; both set the same field, so for a single
-    /// field the two are the same list.
-    fn values(&self, field: &str) -> Vec<&'a Json> {
+    /// field the two are the same list. (Go folds Unicode case too, with special cases
+    /// such as the Kelvin sign; Bacalhau's field names are ASCII, and an ASCII fold is what
+    /// matters for them.)
+    fn members(&self, field: &str) -> Vec<&'a Member> {
         self.layers
             .iter()
             .flat_map(|entries| entries.iter())
-            .filter(|(k, v)| k.eq_ignore_ascii_case(field) && *v != Json::Null)
-            .map(|(_, v)| v)
+            .filter(|m| m.key.eq_ignore_ascii_case(field) && m.value != Json::Null)
+            .collect()
+    }
+
+    fn values(&self, field: &str) -> Vec<&'a Json> {
+        self.members(field).into_iter().map(|m| &m.value).collect()
+    }
+
+    /// The line of the member that sets `field` (the last one), where known; else the
+    /// line of the first member of this struct, where known.
+    pub fn line(&self, field: &str) -> Option<usize> {
+        self.members(field)
+            .last()
+            .and_then(|m| m.line)
+            .or_else(|| self.first_line())
+    }
+
+    /// The line this struct starts on (its members' first line), where known.
+    pub fn first_line(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .flat_map(|entries| entries.iter())
+            .filter_map(|m| m.line)
+            .min()
+    }
+
+    /// The members whose key matches none of `known` (case-insensitively, as Go's decoder
+    /// matches them), null ones included: the keys a Go struct with those fields would
+    /// silently drop.
+    pub fn unknown(&self, known: &[&str]) -> Vec<&'a Member> {
+        self.layers
+            .iter()
+            .flat_map(|entries| entries.iter())
+            .filter(|m| !known.iter().any(|k| k.eq_ignore_ascii_case(&m.key)))
             .collect()
     }
 
     /// The value of a scalar or list field: the last non-null one.
     pub fn get(&self, field: &str) -> Option<&'a Json> {
         self.values(field).pop()
+    }
+
+    /// The value of a field as `mapstructure` reads it from a `map[string]interface{}`
+    /// (Bacalhau's storage `Params`): a key spelled exactly as the field wins over one
+    /// that differs in case.
+    pub fn get_preferring_exact(&self, field: &str) -> Option<&'a Json> {
+        let members = self.members(field);
+        members
+            .iter()
+            .rev()
+            .find(|m| m.key == field)
+            .or(members.last())
+            .map(|m| &m.value)
     }
 
     /// Was the field given at all (other than `null`)?
@@ -289,7 +356,10 @@ impl<'a> Obj<'a> {
             let Json::Object(entries) = v else {
                 return Err(self.mismatch(field, "object of strings", v));
             };
-            for (k, v) in entries {
+            for Member {
+                key: k, value: v, ..
+            } in entries
+            {
                 match v {
                     Json::String(s) => {
                         map.insert(k.clone(), s.clone());

@@ -34,6 +34,8 @@ pub mod gofmt;
 pub mod json;
 pub mod resolve;
 pub mod template;
+pub mod v1;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -125,12 +127,33 @@ pub enum SpecError {
     #[error("hashing the entry module: {0}")]
     Hash(String),
 
+    #[error("{}{}: {source}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    At {
+        file: PathBuf,
+        line: Option<usize>,
+        source: Box<SpecError>,
+    },
+
+    #[error("not a valid job file: {0}")]
+    Syntax(String),
+
     #[error("input SourcePath {source_path:?} resolves to {}, which is outside the folders module inputs may come from ({}); to allow it, pass `--allow-input DIR` or add the folder to {ALLOW_INPUTS_ENV} (a :-separated list)", resolved.display(), display_paths(allowed))]
     InputNotAllowed {
         source_path: String,
         resolved: PathBuf,
         allowed: Vec<PathBuf>,
     },
+}
+
+impl SpecError {
+    /// This error, placed at a file and line.
+    pub fn at(self, file: &Path, line: Option<usize>) -> SpecError {
+        SpecError::At {
+            file: file.to_path_buf(),
+            line,
+            source: Box::new(self),
+        }
+    }
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -222,10 +245,15 @@ impl InputPolicy {
             .unwrap_or_default()
     }
 
-    /// The canonical allowed roots: the module folder first. A root that cannot be
-    /// resolved (it does not exist) is an error naming it, not silently skipped: the
-    /// operator meant to allow something.
-    fn canonical_roots(&self, module_dir: &Path, cwd: &Path) -> Result<Vec<PathBuf>, SpecError> {
+    /// The canonical allowed roots: the module folder (for a Bacalhau v1 job file, the
+    /// job file's folder, [`v1`]) first. A root that cannot be resolved (it does not
+    /// exist) is an error naming it, not silently skipped: the operator meant to allow
+    /// something.
+    pub(crate) fn canonical_roots(
+        &self,
+        module_dir: &Path,
+        cwd: &Path,
+    ) -> Result<Vec<PathBuf>, SpecError> {
         let mut out = Vec::with_capacity(self.roots.len() + 1);
         let module = module_dir.canonicalize().map_err(|e| SpecError::Io {
             path: module_dir.to_path_buf(),
@@ -256,7 +284,7 @@ impl InputPolicy {
         self.resolve_in(&roots, cwd, source_path)
     }
 
-    fn resolve_in(
+    pub(crate) fn resolve_in(
         &self,
         roots: &[PathBuf],
         cwd: &Path,
@@ -302,6 +330,69 @@ impl InputPolicy {
             })
             .collect()
     }
+}
+
+/// What a spec gives a job besides its module and its mounts. Both spec formats, the
+/// Lilypad module's v1beta1 spec ([`bacalhau`]) and a Bacalhau v1 job file ([`v1`]),
+/// fill one in, and [`assemble`] turns it into the runtime's [`Job`], so that the two
+/// formats cannot drift apart in how a field becomes part of a job.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskParts {
+    /// The exported function to call.
+    pub entry_point: String,
+    /// argv[1..].
+    pub parameters: Vec<String>,
+    /// Sorted by key.
+    pub env: Vec<(String, String)>,
+    /// `None`: the job's default `outputs` volume; `Some(vec![])`: no output volume.
+    pub outputs: Option<Vec<bacalhau::OutputSpec>>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// The wall-clock safety net.
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A host path a spec mounts in the guest, after [`InputPolicy`] confined it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Canonical host path (a folder).
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    /// A writable (copy-on-write) folder, delivered as a results volume.
+    pub writable: bool,
+}
+
+/// The job a spec describes: its entry module, its parts and its mounts, in order. Seed,
+/// epoch, fuel and results options keep the job's defaults: the caller (the CLI) sets
+/// them.
+pub fn assemble(entry: &EntryModule, source: String, parts: &TaskParts, mounts: &[Mount]) -> Job {
+    let mut job = Job::new(entry.bytes.clone())
+        .with_source(source)
+        .with_entry(parts.entry_point.clone());
+    job.args = parts.parameters.clone();
+    job.env = parts.env.clone();
+    for m in mounts {
+        job = if m.writable {
+            job.push_dir(&m.host, &m.guest)
+        } else {
+            job.push_input(&m.host, &m.guest)
+        };
+    }
+    if let Some(outputs) = &parts.outputs {
+        job.outputs = outputs
+            .iter()
+            .map(|o| Output {
+                name: o.name.clone(),
+                guest: o.path.clone(),
+            })
+            .collect();
+    }
+    if let Some(memory) = parts.memory {
+        job.limits.memory = memory;
+    }
+    job.limits.timeout = parts.timeout;
+    job
 }
 
 /// A module folder and its template.
@@ -372,27 +463,20 @@ impl ModuleDir {
         let mounts = policy.resolve_inputs(&self.dir, cwd, &spec)?;
         let entry =
             resolve::entry_module(&self.dir, &spec.entry_module.cid, &spec.entry_module.path)?;
-        let mut job = Job::new(entry.bytes.clone())
-            .with_source(entry.file.display().to_string())
-            .with_entry(spec.entry_point.clone());
-        job.args = spec.parameters.clone();
-        job.env = spec.env.clone();
-        for (host, guest) in mounts {
-            job = job.push_input(host, guest);
-        }
-        if let Some(outputs) = &spec.outputs {
-            job.outputs = outputs
-                .iter()
-                .map(|o| Output {
-                    name: o.name.clone(),
-                    guest: o.path.clone(),
-                })
-                .collect();
-        }
-        if let Some(memory) = spec.memory {
-            job.limits.memory = memory;
-        }
-        job.limits.timeout = spec.timeout;
+        let mounts: Vec<Mount> = mounts
+            .into_iter()
+            .map(|(host, guest)| Mount {
+                host,
+                guest,
+                writable: false,
+            })
+            .collect();
+        let job = assemble(
+            &entry,
+            entry.file.display().to_string(),
+            &spec.parts(),
+            &mounts,
+        );
         Ok(PreparedModule {
             job,
             rendered,

@@ -209,7 +209,7 @@ pub struct EntryModule {
 }
 
 /// The import settings under which `ipfs add` could have produced a CID of this version.
-fn candidate_options(version: cid::Version) -> Vec<(&'static str, Options)> {
+pub(crate) fn candidate_options(version: cid::Version) -> Vec<(&'static str, Options)> {
     match version {
         cid::Version::V0 => vec![("unixfs-v0-2015", Options::profile(Profile::UnixfsV0_2015))],
         cid::Version::V1 => {
@@ -226,8 +226,13 @@ fn candidate_options(version: cid::Version) -> Vec<(&'static str, Options)> {
 
 /// Parses a CID as written in a template.
 pub fn parse_cid(text: &str) -> Result<cid::Cid, SpecError> {
+    parse_cid_at(text, "job.Spec.Wasm.EntryModule.CID")
+}
+
+/// Parses a CID found at spec path `path` (for messages).
+pub fn parse_cid_at(text: &str, path: &str) -> Result<cid::Cid, SpecError> {
     cid::Cid::try_from(text.trim()).map_err(|e| SpecError::BadValue {
-        path: "job.Spec.Wasm.EntryModule.CID".into(),
+        path: path.into(),
         value: text.to_string(),
         hint: format!("a CID as `ipfs add` prints it ({e})"),
     })
@@ -245,6 +250,19 @@ pub fn file_cids(
             let hashed = Hasher::new(opts)
                 .hash_tree(&node)
                 .map_err(|e| SpecError::Hash(e.to_string()))?;
+            Ok((label, hashed.root.to_cid()))
+        })
+        .collect()
+}
+
+/// The CIDs a host file or folder gets under each setting that could give `want`'s
+/// version, hidden files included (the guest sees them, so the CID must cover them).
+pub fn path_cids(path: &Path, want: &cid::Cid) -> Result<Vec<(&'static str, cid::Cid)>, SpecError> {
+    candidate_options(want.version())
+        .into_iter()
+        .map(|(label, opts)| {
+            let hashed = detwasm_hasher::hash_path(path, &opts.with_hidden(true))
+                .map_err(|e| SpecError::Hash(format!("{}: {e}", path.display())))?;
             Ok((label, hashed.root.to_cid()))
         })
         .collect()

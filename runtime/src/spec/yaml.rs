@@ -1,0 +1,507 @@
+//! YAML (and JSON) job files read the way Bacalhau's CLI reads them.
+//!
+//! `bacalhau job run FILE` does not decode YAML into the job: it converts the whole file
+//! to JSON with `sigs.k8s.io/yaml` (`YAMLToJSON`, built on the YAML 1.1 library
+//! `go-yaml` v2) and decodes that JSON with Go's `encoding/json`. JSON files take the
+//! same road (JSON is YAML). Three consequences decide what a field receives, and this
+//! reader reproduces each, so that a file means here what it means to Bacalhau:
+//!
+//! - **Plain scalars are resolved by YAML 1.1 rules.** `yes`, `no`, `on`, `off`, `y`,
+//!   `n` (and their capitalised forms) are booleans, `0x1F` and `010` are integers (hex
+//!   and octal), `1_000` is 1000, `1.0` is the number 1. A boolean or a number where Go
+//!   wants a string (`Parameters: [on]`, `Env: {DEBUG: yes}`) is a type error in
+//!   Bacalhau, and so it is here, with a hint to quote the value. YAML 1.2 readers
+//!   (which is what the Rust YAML crates are) would read `on` as the string "on"; that
+//!   is why scalars are resolved here and not by the crate.
+//! - **Timestamps** (`2024-01-02`) would be rewritten by Go to RFC 3339 text
+//!   (`2024-01-02T00:00:00Z`); rather than guess at that, such a plain scalar is an error
+//!   asking to quote it.
+//! - **Keys are sorted.** The converted JSON is a Go map, written with its keys in byte
+//!   order; a key repeated exactly keeps its last value. Go's decoder then matches keys
+//!   to fields case-insensitively, the later one winning ([`super::json`]): so of `Type`
+//!   and `type` in one mapping, `type` wins (it sorts last), wherever they stand.
+//!
+//! What go-yaml v2 accepts and this reader refuses, each with an error saying so: merge
+//! keys (`<<`), tags other than `!!str`, non-scalar keys, `.nan`/`.inf` (which the JSON
+//! step cannot write either), and a second document (Bacalhau would silently read only
+//! the first; a job split in two would lose half of itself). Anchors and aliases are
+//! expanded, to at most [`MAX_NODES`] nodes in all.
+//!
+//! Every object member keeps its line ([`Member::line`]), so errors about a job file name
+//! the line to change.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use super::json::{Json, Member, MAX_DEPTH};
+
+/// The most nodes a document may expand to, aliases included: one million. A few lines of
+/// YAML can alias an alias an alias ("billion laughs"); a job file has hundreds of nodes.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// A YAML syntax error, or a construct detwasm does not read, at a line and column (both
+/// 1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct YamlError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+fn err_at(span: &Span, message: impl Into<String>) -> YamlError {
+    YamlError {
+        line: span.start.line(),
+        column: span.start.col() + 1,
+        message: message.into(),
+    }
+}
+
+enum Frame {
+    Seq {
+        items: Vec<Json>,
+        anchor: usize,
+    },
+    Map {
+        members: Vec<Member>,
+        key: Option<(String, usize)>,
+        anchor: usize,
+    },
+}
+
+/// Parses a job file (YAML or JSON) into a [`Json`] value, as `YAMLToJSON` would convert
+/// it (see the module docs).
+pub fn parse(text: &str) -> Result<Json, YamlError> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Json> = HashMap::new();
+    let mut root: Option<Json> = None;
+    let mut documents = 0usize;
+    let mut nodes = 0usize;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| YamlError {
+            line: e.marker().line(),
+            column: e.marker().col() + 1,
+            message: e.info().to_string(),
+        })?;
+        let (value, anchor) = match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(err_at(&span, "a second YAML document: a job file holds one job (Bacalhau would silently read only the first document)"));
+                }
+                continue;
+            }
+            Event::SequenceStart(anchor, tag) => {
+                stack.push(open_collection(
+                    &span,
+                    tag.as_deref(),
+                    stack.len(),
+                    Frame::Seq {
+                        items: Vec::new(),
+                        anchor,
+                    },
+                )?);
+                continue;
+            }
+            Event::MappingStart(anchor, tag) => {
+                stack.push(open_collection(
+                    &span,
+                    tag.as_deref(),
+                    stack.len(),
+                    Frame::Map {
+                        members: Vec::new(),
+                        key: None,
+                        anchor,
+                    },
+                )?);
+                continue;
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Seq { items, anchor }) => (Json::Array(items), anchor),
+                _ => return Err(err_at(&span, "unbalanced sequence")),
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Map {
+                    members, anchor, ..
+                }) => (Json::Object(go_map_order(members)), anchor),
+                _ => return Err(err_at(&span, "unbalanced mapping")),
+            },
+            Event::Alias(id) => {
+                let value = anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| err_at(&span, "an alias to an unknown anchor"))?;
+                nodes = nodes.saturating_add(count_nodes(&value));
+                (value, 0)
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = match tag {
+                    None => resolve(&text, style).map_err(|m| err_at(&span, m))?,
+                    Some(tag) if tag.is_yaml_core_schema() && tag.suffix == "str" => {
+                        Json::String(text.into_owned())
+                    }
+                    Some(tag) => {
+                        return Err(err_at(
+                            &span,
+                            format!(
+                                "the tag {}{} is not supported (only !!str is)",
+                                tag.handle, tag.suffix
+                            ),
+                        ))
+                    }
+                };
+                (value, anchor)
+            }
+        };
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return Err(err_at(
+                &span,
+                format!("the document expands to more than {MAX_NODES} nodes"),
+            ));
+        }
+        if anchor != 0 {
+            anchors.insert(anchor, value.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { members, key, .. }) => match key.take() {
+                Some((k, line)) => members.push(Member::new(k, value, Some(line))),
+                None => {
+                    *key = Some((
+                        key_text(value).map_err(|m| err_at(&span, m))?,
+                        span.start.line(),
+                    ))
+                }
+            },
+        }
+    }
+    Ok(root.unwrap_or(Json::Null))
+}
+
+/// A sequence or mapping about to open at `depth`: refused if tagged or nested deeper
+/// than [`MAX_DEPTH`].
+fn open_collection(
+    span: &Span,
+    tag: Option<&saphyr_parser::Tag>,
+    depth: usize,
+    frame: Frame,
+) -> Result<Frame, YamlError> {
+    if let Some(tag) = tag {
+        return Err(err_at(
+            span,
+            format!("the tag {}{} is not supported", tag.handle, tag.suffix),
+        ));
+    }
+    if depth >= MAX_DEPTH {
+        return Err(err_at(
+            span,
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    Ok(frame)
+}
+
+/// A mapping key as Go's conversion writes it: strings as they are, numbers and booleans
+/// as their text (`YAMLToJSON` stringifies them); anything else is refused.
+fn key_text(value: Json) -> Result<String, String> {
+    match value {
+        Json::String(s) => {
+            if s == "<<" {
+                Err("merge keys (<<) are not supported: write the keys out".into())
+            } else {
+                Ok(s)
+            }
+        }
+        Json::Bool(b) => Ok(b.to_string()),
+        Json::Number(n) => Ok(n.to_string()),
+        Json::Null => Err("a null mapping key".into()),
+        _ => Err("a mapping key that is not a scalar".into()),
+    }
+}
+
+/// The members of a Go map written as JSON: a key given twice keeps its last value, and
+/// keys come out in byte order.
+fn go_map_order(members: Vec<Member>) -> Vec<Member> {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        last.insert(m.key.clone(), i);
+    }
+    let mut kept: Vec<Member> = members
+        .into_iter()
+        .enumerate()
+        .filter(|(i, m)| last.get(&m.key) == Some(i))
+        .map(|(_, m)| m)
+        .collect();
+    kept.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+    kept
+}
+
+fn count_nodes(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        Json::Object(members) => 1 + members.iter().map(|m| count_nodes(&m.value)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// go-yaml v2's YAML 1.1 booleans.
+const TRUE: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON",
+];
+const FALSE: &[&str] = &[
+    "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF",
+];
+const NULL: &[&str] = &["", "~", "null", "Null", "NULL"];
+const NOT_JSON: &[&str] = &[
+    ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf",
+    "-.INF",
+];
+
+/// Resolves a scalar as go-yaml v2 does: quoted and block scalars are strings; a plain
+/// scalar may be null, a boolean, an integer or a float (see the module docs).
+pub fn resolve(text: &str, style: ScalarStyle) -> Result<Json, String> {
+    if style != ScalarStyle::Plain {
+        return Ok(Json::String(text.to_string()));
+    }
+    if NULL.contains(&text) {
+        return Ok(Json::Null);
+    }
+    if TRUE.contains(&text) {
+        return Ok(Json::Bool(true));
+    }
+    if FALSE.contains(&text) {
+        return Ok(Json::Bool(false));
+    }
+    if NOT_JSON.contains(&text) {
+        return Err(format!(
+            "{text} is not a number JSON can hold (Bacalhau's YAML-to-JSON step fails on it too); quote it if a string is meant"
+        ));
+    }
+    if text == "<<" {
+        return Ok(Json::String(text.to_string()));
+    }
+    let first = text.as_bytes()[0];
+    if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+        return Ok(Json::String(text.to_string()));
+    }
+    if looks_like_timestamp(text) {
+        return Err(format!(
+            "{text} is a timestamp in YAML 1.1, which Bacalhau's YAML reader rewrites to RFC 3339 text; quote it (\"{text}\") to keep it as written"
+        ));
+    }
+    let plain: String = text.chars().filter(|&c| c != '_').collect();
+    if let Some(n) = go_parse_int(&plain) {
+        return Ok(Json::Number(n));
+    }
+    if is_yaml_float(&plain) {
+        if let Ok(f) = plain.parse::<f64>() {
+            // Go's json.Marshal writes an integral float64 below 1e21 without a fraction
+            // (`1.0` becomes `1`), so it then decodes into an integer field.
+            if f.fract() == 0.0 && f.abs() < 1e21 && f.abs() <= i64::MAX as f64 {
+                return Ok(Json::Number((f as i64).into()));
+            }
+            if let Some(n) = serde_json::Number::from_f64(f) {
+                return Ok(Json::Number(n));
+            }
+        }
+    }
+    Ok(Json::String(text.to_string()))
+}
+
+/// `YYYY-M-D`, the start of every timestamp form go-yaml v2 accepts.
+fn looks_like_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.len() < 8 || digits(0) != 4 || b[4] != b'-' {
+        return false;
+    }
+    let m = digits(5);
+    if !(1..=2).contains(&m) || b.get(5 + m) != Some(&b'-') {
+        return false;
+    }
+    let d = digits(6 + m);
+    (1..=2).contains(&d)
+}
+
+/// `strconv.ParseInt(s, 0, 64)`, falling back to `ParseUint`: an optional sign, then a
+/// `0x`, `0o`, `0b` or `0` (octal) prefix or decimal digits.
+fn go_parse_int(s: &str) -> Option<serde_json::Number> {
+    let (negative, rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = rest.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = u64::from_str_radix(digits, radix).ok()?;
+    if negative {
+        if magnitude <= i64::MAX as u64 + 1 {
+            Some(((magnitude as i128).wrapping_neg() as i64).into())
+        } else {
+            None
+        }
+    } else if magnitude <= i64::MAX as u64 {
+        Some((magnitude as i64).into())
+    } else {
+        Some(magnitude.into())
+    }
+}
+
+/// go-yaml v2's float syntax: `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn is_yaml_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if matches!(b.first(), Some(b'-' | b'+')) {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    } else {
+        if digits(&mut i) == 0 {
+            return false;
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            digits(&mut i);
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'-' | b'+')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::json::Obj;
+
+    fn plain(text: &str) -> Json {
+        resolve(text, ScalarStyle::Plain).unwrap()
+    }
+
+    #[test]
+    fn plain_scalars_resolve_as_yaml_1_1() {
+        for t in ["yes", "Y", "on", "ON", "true"] {
+            assert_eq!(plain(t), Json::Bool(true), "{t}");
+        }
+        for t in ["no", "n", "Off", "FALSE"] {
+            assert_eq!(plain(t), Json::Bool(false), "{t}");
+        }
+        for t in ["~", "null", ""] {
+            assert_eq!(plain(t), Json::Null, "{t}");
+        }
+        assert_eq!(plain("0x1F"), Json::Number(31.into()));
+        assert_eq!(plain("010"), Json::Number(8.into()));
+        assert_eq!(plain("0b101"), Json::Number(5.into()));
+        assert_eq!(plain("1_000"), Json::Number(1000.into()));
+        assert_eq!(plain("-7"), Json::Number((-7).into()));
+        assert_eq!(plain("1.0"), Json::Number(1.into()));
+        assert_eq!(plain("18446744073709551615"), Json::Number(u64::MAX.into()));
+        assert!(matches!(plain("1.5"), Json::Number(n) if n.as_f64() == Some(1.5)));
+        for t in ["yess", "0x", "1.2.3", "_start", "/outputs", "-", "1e", "v1"] {
+            assert_eq!(plain(t), Json::String(t.into()), "{t}");
+        }
+        // Quoted and block scalars are strings whatever they spell.
+        assert_eq!(
+            resolve("yes", ScalarStyle::DoubleQuoted).unwrap(),
+            Json::String("yes".into())
+        );
+        assert!(resolve("2024-01-02", ScalarStyle::Plain)
+            .unwrap_err()
+            .contains("quote it"));
+        assert!(resolve(".inf", ScalarStyle::Plain).is_err());
+    }
+
+    #[test]
+    fn keys_are_sorted_exact_duplicates_keep_the_last_and_lines_are_kept() {
+        let doc = parse("type: a\nType: b\nName: first\nName: second\n").unwrap();
+        let Json::Object(members) = &doc else {
+            panic!("{doc:?}")
+        };
+        let keys: Vec<(&str, Option<usize>)> =
+            members.iter().map(|m| (m.key.as_str(), m.line)).collect();
+        assert_eq!(
+            keys,
+            vec![("Name", Some(4)), ("Type", Some(2)), ("type", Some(1))]
+        );
+        let root = Obj::root(&doc).unwrap();
+        // `type` sorts after `Type`: it wins, as in Bacalhau.
+        assert_eq!(root.string("Type").unwrap(), "a");
+        assert_eq!(root.string("Name").unwrap(), "second");
+        assert_eq!(root.line("Type"), Some(1));
+    }
+
+    #[test]
+    fn json_is_read_the_same_way() {
+        let doc =
+            parse("{\"Tasks\": [{\"Name\": \"main\", \"Env\": {\"A\": \"yes\"}}],\n \"Count\": 1}")
+                .unwrap();
+        let root = Obj::root(&doc).unwrap();
+        let task = &root.objects("Tasks").unwrap()[0];
+        assert_eq!(task.string("Name").unwrap(), "main");
+        assert_eq!(task.string_map("Env").unwrap()[0].1, "yes");
+        assert_eq!(root.int("Count").unwrap(), Some(1));
+        assert_eq!(root.line("Count"), Some(2));
+    }
+
+    #[test]
+    fn anchors_expand_within_bounds_and_refusals_name_the_line() {
+        let doc = parse("a: &x [1, 2]\nb: *x\n").unwrap();
+        let root = Obj::root(&doc).unwrap();
+        assert_eq!(root.get("a"), root.get("b"));
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let prev = format!("*a{}", i - 1);
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                std::iter::repeat_n(prev.as_str(), 10)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        assert!(parse(&bomb).unwrap_err().message.contains("nodes"));
+        let e = parse("a: 1\nb: !!int 3\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(e.message.contains("second YAML document"), "{e}");
+        let e = parse("a:\n  <<: {b: 1}\n").unwrap_err();
+        assert!(e.message.contains("merge keys"), "{e}");
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse(&deep).unwrap_err().message.contains("deeper"));
+        assert!(parse("a: [1\n").is_err());
+    }
+}
