@@ -206,6 +206,20 @@ fn ipfs_sources_come_from_a_local_car_or_folder() {
         err.contains("job.yaml:11:") && err.contains("ipfs get") && err.contains("no network"),
         "{err}"
     );
+    // The folder as a CAR (`ipfs dag export`): extracted, every block checked, and the
+    // guest sees exactly the folder the CID names.
+    let out = detwasm()
+        .args(["hash", "--hidden", "--car"])
+        .arg(dir.join("data.car"))
+        .arg(fixture("bacalhau-v1/data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let from_car = run(&[dir.join("job.yaml").as_os_str()]);
+    assert_eq!(from_car["cid"], by_flags["cid"]);
+    let inputs = from_car["job"]["inputs"].as_array().unwrap();
+    let mounted = inputs.iter().find(|i| i["guest"] == "/inputs").unwrap();
+    assert_eq!(mounted["cid"], data_cid.as_str(), "{from_car}");
 }
 
 /// A `ReadWrite` local folder is a writable folder: the guest's changes are delivered as

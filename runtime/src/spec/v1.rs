@@ -185,7 +185,7 @@ pub struct JobSpec {
 /// job, run the job file again, or pass `--input` for the copied folders.
 #[derive(Debug)]
 pub struct Staging {
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 /// A job file turned into a job.
@@ -1072,13 +1072,16 @@ enum Staged {
 enum Found {
     Path(PathBuf, &'static str),
     Bytes(Vec<u8>, PathBuf),
+    /// A folder extracted from a CAR (the path is the CAR) into a private folder.
+    Folder(tempfile::TempDir, PathBuf),
 }
 
 /// Finds an `ipfs` input locally: in each allowed folder (the job file's first), a file
 /// or folder named by the CID, or `CID.car`; then every other `.car` file directly in
 /// those folders. A file or folder must hash to the CID, hidden files included (the guest sees
-/// them); a CAR must hold the CID's blocks, each checked against its hash. A CAR whose
-/// root is a folder is not supported.
+/// them); a CAR must hold the CID's blocks, each checked against its hash. A folder in a
+/// CAR is extracted into a private temporary folder (kept in [`Staging`]), which is
+/// mounted.
 ///
 /// Rejected alternative: hashing every folder in reach to find one with the CID; it
 /// could take minutes over a home folder and would pick a folder the user never named.
@@ -1125,6 +1128,21 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
     }
     for file in cars.iter().filter(|p| p.is_file()) {
         let data = resolve::read_bounded(file, MAX_MODULE_FILE)?;
+        if car::is_dir(&data, &want).unwrap_or(false) {
+            let tmp = tempfile::Builder::new()
+                .prefix("detwasm-job-inputs-")
+                .tempdir()
+                .map_err(|e| SpecError::Io {
+                    path: std::env::temp_dir(),
+                    message: format!("creating a folder for a CAR's folder: {e}"),
+                })?;
+            match car::extract_dir(&data, &want, tmp.path()) {
+                Ok(true) => return Ok(Found::Folder(tmp, file.clone())),
+                Ok(false) => tried.push(format!("{}: does not hold it", file.display())),
+                Err(e) => tried.push(format!("{}: {e}", file.display())),
+            }
+            continue;
+        }
         match car::extract_file(&data, &want) {
             Ok(Some(bytes)) => return Ok(Found::Bytes(bytes, file.clone())),
             Ok(None) => tried.push(format!("{}: does not hold it", file.display())),
@@ -1134,7 +1152,7 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
     Err(refuse(
         format!("ipfs CID {cid_text}"),
         format!(
-            "detwasm has no network and found no local copy of it (looked for {cid_text} and {cid_text}.car in {}{}); put the content beside the job file, as a file or folder named {cid_text} (`ipfs get {cid_text} -o {cid_text}`) or as a CAR file (`ipfs dag export {cid_text} > {cid_text}.car`, files only)",
+            "detwasm has no network and found no local copy of it (looked for {cid_text} and {cid_text}.car in {}{}); put the content beside the job file, as a file or folder named {cid_text} (`ipfs get {cid_text} -o {cid_text}`) or as a CAR file (`ipfs dag export {cid_text} > {cid_text}.car`)",
             roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
             if tried.is_empty() { String::new() } else { format!("; tried {}", tried.join("; ")) }
         ),
@@ -1187,6 +1205,8 @@ pub fn prepare(
     }
     let mut plans: Vec<Plan> = Vec::new();
     let mut staged: BTreeMap<String, Vec<(String, Staged)>> = BTreeMap::new();
+    // Folders extracted from CARs, kept until the run has ended.
+    let mut extracted: Vec<tempfile::TempDir> = Vec::new();
     // Per input: the entry module's origin (for the receipt) and CID match.
     let mut origins: Vec<(String, Option<(String, &'static str)>)> = Vec::new();
     for input in &spec.inputs {
@@ -1262,6 +1282,23 @@ pub fn prepare(
                     car.display().to_string(),
                     Some((cid.clone(), "blocks verified in CAR")),
                 ),
+                Found::Folder(tmp, car) => {
+                    let host = tmp.path().canonicalize().map_err(|e| SpecError::Io {
+                        path: tmp.path().to_path_buf(),
+                        message: e.to_string(),
+                    })?;
+                    extracted.push(tmp);
+                    plans.push(Plan::Folder(Mount {
+                        host,
+                        guest: input.target.clone(),
+                        writable: false,
+                    }));
+                    (
+                        None,
+                        car.display().to_string(),
+                        Some((cid.clone(), "blocks verified in CAR")),
+                    )
+                }
             },
         };
         if let Some(content) = content {
@@ -1304,7 +1341,10 @@ pub fn prepare(
             let folder = folder.canonicalize().map_err(|e| io(&folder, e))?;
             staged_dirs.insert(parent, folder);
         }
-        staging = Some(Staging { _dir: tmp });
+        extracted.push(tmp);
+    }
+    if !extracted.is_empty() {
+        staging = Some(Staging { _dirs: extracted });
     }
     let mounts: Vec<Mount> = plans
         .into_iter()
