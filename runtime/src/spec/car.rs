@@ -244,8 +244,11 @@ pub const MAX_ENTRIES: usize = 1 << 20;
 /// Deepest folder nesting one folder extraction writes.
 const MAX_DIR_DEPTH: usize = 256;
 
-/// UnixFS `Data.Type` of a dag-pb block, and its links as (name, CID).
-fn node(cid: &cid::Cid, block: &[u8]) -> Result<(u64, Vec<(Vec<u8>, cid::Cid)>), String> {
+/// A dag-pb link: its name and CID.
+type Link = (Vec<u8>, cid::Cid);
+
+/// UnixFS `Data.Type` of a dag-pb block, and its links.
+fn node(cid: &cid::Cid, block: &[u8]) -> Result<(u64, Vec<Link>), String> {
     let mut links = Vec::new();
     let mut data = None;
     for (field, value) in pb_fields(block)? {
