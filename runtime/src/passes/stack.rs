@@ -255,16 +255,16 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
         // A module without globals gets a global section (the counter only) before the
         // first section that must follow it.
         if !global_section_written {
-            let after_globals = match &payload {
+            let after_globals = matches!(
+                &payload,
                 Payload::ExportSection(_)
-                | Payload::StartSection { .. }
-                | Payload::ElementSection(_)
-                | Payload::DataCountSection { .. }
-                | Payload::CodeSectionStart { .. }
-                | Payload::DataSection(_)
-                | Payload::End(_) => true,
-                _ => false,
-            };
+                    | Payload::StartSection { .. }
+                    | Payload::ElementSection(_)
+                    | Payload::DataCountSection { .. }
+                    | Payload::CodeSectionStart { .. }
+                    | Payload::DataSection(_)
+                    | Payload::End(_)
+            );
             if after_globals {
                 let mut entries = Vec::new();
                 counter_global(&mut entries);
