@@ -29,4 +29,6 @@ echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-uni
 npm ci --prefix conformance --no-audit --no-fund
 echo "==> cargo build (dev profile, shared with the tests)"
 cargo build --workspace
+# The aarch64 build of detwasm and qemu-user for tests/cross_arch.rs.
+bash scripts/cross-aarch64.sh
 echo "set-up done"

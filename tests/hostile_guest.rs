@@ -651,3 +651,58 @@ fn wasi_without_an_exported_memory_is_a_trap() {
         .contains("exports no memory"));
     assert_eq!(receipt["verifiable"], true);
 }
+
+/// Unbounded recursion with the largest frames per stack unit (100 `v128` values live
+/// across each call): the metered limit ends it (`call stack exhausted`, the same depth
+/// and instruction count on every CPU), and the native stack it touched stays inside the
+/// memory bound.
+#[test]
+fn unbounded_recursion_ends_at_the_metered_stack_limit() {
+    let mut body = String::new();
+    for i in 0..100 {
+        body += &format!("(v128.load offset={} (i32.const 0))\n", 16 * i);
+    }
+    body += "(call $f (local.get 0))\n";
+    body += &"i32x4.add\n".repeat(100);
+    let wat = format!(
+        "(module (memory (export \"memory\") 1)
+           (func $f (param v128) (result v128) {body})
+           (func (export \"_start\") (drop (call $f (v128.const i64x2 1 2)))))"
+    );
+    let r = run(&wat, &[], |_| {});
+    let receipt = r.receipt();
+    assert_eq!(receipt["trap"], "wasm trap: call stack exhausted");
+    r.assert_bounded();
+}
+
+/// Frames that keep many more values natively than the module holds: 1,000
+/// loop-invariant products Cranelift hoists out of the loop around the recursive call,
+/// live across it (runtime/src/passes/stack.rs measures 625 native bytes per stack
+/// unit). The native stack runs out before the metered limit, at a depth that depends on
+/// the CPU: a host failure (exit 2, nothing delivered), never a result.
+#[test]
+fn frames_of_hoisted_values_exhaust_the_native_stack_as_a_host_failure() {
+    let mut body = String::from("(loop $l\n");
+    for i in 0..1000 {
+        body += &format!(
+            "(local.set 1 (i32.add (local.get 1) (i32.mul (local.get 0) (i32.const {}))))\n",
+            2 * i + 3
+        );
+    }
+    body += "(local.set 1 (i32.add (local.get 1) (call $f (local.get 0))))\n";
+    body += "(br_if $l (i32.eqz (local.get 1))))\n(local.get 1)";
+    let wat = format!(
+        "(module (memory (export \"memory\") 1)
+           (func $f (param i32) (result i32) (local i32) {body})
+           (func (export \"_start\") (drop (call $f (i32.const 5)))))"
+    );
+    let r = run(&wat, &[], |_| {});
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("native stack was exhausted"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.results().exists(), "nothing delivered");
+    r.assert_bounded();
+}

@@ -15,14 +15,26 @@ use std::path::{Path, PathBuf};
 use wasmtime::{Config, Engine, Module, OptLevel, Strategy, WasmFeatures};
 
 use crate::error::RunError;
+use crate::passes;
 
 /// wasmtime's version, pinned exactly in Cargo.toml.
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
-/// Maximum native stack for wasm frames. Pinned: the recursion depth at which a guest
-/// traps with a stack overflow depends on it (and on Cranelift's frame layout, fixed by
-/// the wasmtime version and the target architecture).
-pub const MAX_WASM_STACK: usize = 1 << 20;
+/// Maximum native stack for wasm frames: [`passes::stack::NATIVE_BYTES_PER_UNIT`] bytes
+/// for each unit of the metered limit ([`passes::stack::STACK_LIMIT`]), so that the
+/// metered limit, which is the same on every CPU, is always reached before this one,
+/// which is not (Cranelift's frames differ by target). Rejected: keeping the native limit
+/// as the only one (1 MiB before: guests overflowed at another depth on aarch64 than on
+/// x86-64, after another number of instructions). The tests of [`passes::stack`]
+/// recurse to the deepest metered depth with the largest frames per unit and check that
+/// the metered trap comes first.
+pub const MAX_WASM_STACK: usize =
+    passes::stack::STACK_LIMIT as usize * passes::stack::NATIVE_BYTES_PER_UNIT;
+
+/// Frames of a trap's wasm backtrace that wasmtime records: only the innermost is read
+/// (to tell a metered stack exhaustion, [`passes::stack::is_exhaustion`]); pinned because
+/// that reading depends on it.
+pub const WASM_BACKTRACE_FRAMES: usize = 20;
 
 /// The settings that define the engine, as `key=value` lines. The fingerprint hashes
 /// exactly this text.
@@ -42,7 +54,15 @@ pub const MAX_WASM_STACK: usize = 1 << 20;
 /// - `fuel=true`: fuel is the only deterministic limit on work and its consumption is the
 ///   instruction count a verifier compares. `epoch_interruption` is on only as the
 ///   wall-clock safety net; it never decides a verifiable result.
-/// - `max_wasm_stack`: pinned (see [`MAX_WASM_STACK`]).
+/// - `stack_metering`: the depth at which a guest exhausts its call stack is counted in
+///   the module by the [`passes::stack`] pass (version, units a frame costs beyond its
+///   values, limit in units), so it is the same on every CPU. Instruction counts include
+///   the metering code. `max_wasm_stack` (native bytes, see [`MAX_WASM_STACK`]) is large
+///   enough never to be reached first; `wasm_backtrace_max_frames` is pinned because the
+///   metered trap is recognised by its innermost frame.
+/// - The architecture is not named: the cross-architecture test (`tests/cross_arch.rs`,
+///   x86-64 against aarch64 under qemu) shows that jobs give the same results, instruction
+///   counts and traps on both, and nothing in this configuration depends on the target.
 /// - wasm features pinned one by one, so a wasmtime default changing cannot change which
 ///   modules validate.
 /// - the rules of the runtime's own host that decide outcomes and instruction counts:
@@ -78,7 +98,11 @@ custom_page_sizes=false
 component_model=false
 fuel=true
 epoch_interruption=true
-max_wasm_stack=1048576
+stack_metering=detwasm-stack-1
+stack_frame_base=8
+stack_limit=262144
+max_wasm_stack=8388608
+wasm_backtrace_max_frames=20
 wasi_host=detwasm-preview1-2
 host_fuel_bytes=64
 table_element_bytes=8
@@ -138,6 +162,10 @@ pub fn deterministic_config(parallel_compilation: bool) -> Config {
         .consume_fuel(true)
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
+        // Never used (detwasm runs no guest on a fiber), but wasmtime refuses a
+        // `max_wasm_stack` above it.
+        .async_stack_size(crate::run::GUEST_THREAD_STACK)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(WASM_BACKTRACE_FRAMES))
         .parallel_compilation(parallel_compilation);
     // Features whose setters are compiled only with wasmtime's `gc`/`threads` features
     // (which detwasm leaves out) are pinned through the raw feature set.
@@ -182,6 +210,12 @@ const KEY_LEN: usize = 32;
 /// Compiled modules, serialized by wasmtime, keyed by
 /// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
 /// host's engine).
+///
+/// The key hashes the module's own bytes, not the metered bytes that are compiled
+/// ([`compile`]): the fingerprint names every pass and its version
+/// (`stack_metering=...` in [`ENGINE_SETTINGS`]), so a change of a pass changes the key.
+/// Rejected: keying on the metered bytes (a cache hit would then have to run the pass
+/// first, on every run, to find its key).
 ///
 /// `Module::deserialize` is unsafe on untrusted bytes (it maps them as executable code),
 /// so a cache file is only handed to it when all of these hold:
@@ -557,17 +591,31 @@ fn signature(f: &wasmparser::FuncType) -> Option<Signature> {
     })
 }
 
-/// Compiles a module, with errors that say what is wrong with it.
+/// Compiles a module, with errors that say what is wrong with it: the one place where
+/// modules are prepared for the engine. The wasm-to-wasm passes ([`passes`]) run here,
+/// on every path (a job, the module cache, `batch`, self-fuzzing), before Cranelift sees
+/// the module; a module is never compiled without them.
+///
+/// A module the passes cannot rewrite (it is invalid) or the engine refuses after them
+/// is compiled once more as it is, only to report the engine's own message about the
+/// module's own bytes (offsets and all), then refused.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
-    Module::from_binary(engine, &binary).map_err(|e| {
+    let invalid = |e: wasmtime::Error| {
         let msg = format!("{e:#}");
         RunError::InvalidModule(if msg.contains("unexpected end") {
             format!("the file is truncated: {msg}")
         } else {
             msg
         })
-    })
+    };
+    let refused = |why: String| match Module::from_binary(engine, &binary) {
+        Err(e) => invalid(e),
+        Ok(_) => RunError::InvalidModule(why),
+    };
+    let metered = passes::stack::meter(&binary)
+        .map_err(|e| refused(format!("stack metering could not rewrite the module: {e}")))?;
+    Module::from_binary(engine, &metered).map_err(|e| refused(format!("{e:#}")))
 }
 
 #[cfg(test)]
@@ -580,10 +628,16 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:86b3d2a1b94675df738085e31616b1bf6f371cc11e56ee5b23ee9b0c7d5807a8"
+            "blake3:b8444db5e657b8f6fee8675f379a4ba0edc10fd20420294bac2f779e80567fa1"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
+        use crate::passes::stack;
+        assert!(ENGINE_SETTINGS.contains(&format!("stack_metering={}\n", stack::PASS_VERSION)));
+        assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
+        assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
+        let frames = WASM_BACKTRACE_FRAMES;
+        assert!(ENGINE_SETTINGS.contains(&format!("wasm_backtrace_max_frames={frames}\n")));
         use crate::{limiter::TABLE_ELEMENT_BYTES, wasi::host::HOST_BYTES_PER_FUEL};
         assert!(ENGINE_SETTINGS.contains(&format!("host_fuel_bytes={HOST_BYTES_PER_FUEL}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("table_element_bytes={TABLE_ELEMENT_BYTES}\n")));

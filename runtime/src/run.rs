@@ -21,8 +21,13 @@ use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
 
 /// Native stack of the thread that runs a guest: the pinned wasm stack plus ample room
-/// for host frames.
+/// for host frames (WASI calls run on top of the deepest wasm frame).
 pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
+
+/// The host failure of a run whose native stack ran out before its metered stack limit.
+pub const NATIVE_STACK_EXHAUSTED: &str = "the native stack was exhausted before the metered \
+    stack limit (the module's frames keep far more values natively than they hold); the \
+    depth would depend on this CPU, so the run has no result";
 
 /// Modules kept loaded per runtime (see `Runtime::loaded`).
 const MAX_LOADED_MODULES: usize = 64;
@@ -240,9 +245,9 @@ impl Runtime {
         let module = self.load(&job.module.bytes, &job.entry)?;
         deliver::check(dest)?;
 
-        // The guest runs on a thread of its own with a fixed native stack, so the depth at
-        // which it overflows ([`crate::engine::MAX_WASM_STACK`]) never depends on the
-        // caller's thread.
+        // The guest runs on a thread of its own with a fixed native stack, large enough for
+        // the deepest metered stack ([`crate::passes::stack`]) and the host frames above
+        // it, so it never depends on the caller's thread.
         let (outcome, instructions, host) = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
@@ -398,7 +403,21 @@ impl Runtime {
 /// An instantiation the limiter refused (`denied`: initial memories above the job's
 /// limit) is a deterministic outcome, recorded as a trap. Rejected: recording every
 /// error as a trap, which made an `mmap` refused by this host a verifiable result.
+///
+/// A metered stack exhaustion ([`crate::passes::stack::is_exhaustion`]) is reported as
+/// wasmtime's stack overflow, `call stack exhausted`. wasmtime's own stack overflow (the
+/// native limit reached before the metered one, which only frames that keep far more
+/// native values than the module holds can do, see
+/// [`crate::passes::stack::NATIVE_BYTES_PER_UNIT`]) is a host failure: its depth depends
+/// on this CPU's frame layout, so it is no outcome of the job. Rejected: recording it as
+/// a trap (a verifier on another CPU would get another instruction count).
 fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
+    if crate::passes::stack::is_exhaustion(e) {
+        return Ok(Outcome::Trap(Trap::StackOverflow.to_string()));
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) {
+        return Err(NATIVE_STACK_EXHAUSTED.to_string());
+    }
     if let Some(f) = e.downcast_ref::<Fatal>() {
         return match f {
             Fatal::Exit(c) => Ok(Outcome::Exited(*c)),

@@ -26,17 +26,19 @@
 //! - [`Setup::CacheHit`]: compiled, stored by [`ModuleCache`] in a temporary folder, and
 //!   loaded back (deserialized): the path every run after the first takes.
 //! - [`Setup::OptNone`]: Cranelift without optimisation, an option `detwasm fuzz` perturbs
-//!   on purpose. Fuel is counted per wasm operator, so it must match too. Its frames are
-//!   larger, so the depth of a native stack overflow may differ: the comparison stops at
-//!   the first call that overflowed in either.
+//!   on purpose. Fuel is counted per wasm operator, so it must match too. Its native
+//!   frames are larger, but the depth at which a call stack is exhausted is metered in the
+//!   module ([`crate::passes::stack`]), so a stack overflow must happen at the same call
+//!   and the same instruction count: the comparison does not stop there.
 //! - [`Setup::Reference`]: the engine *without* NaN canonicalization, running the module
 //!   rewritten by [`canonicalize_nans`], a wasm-to-wasm pass that replaces every NaN that
 //!   an operation the spec lets produce a nondeterministic NaN returns with the canonical
 //!   NaN. It must match bit for bit except for fuel (the inserted code costs fuel; it gets
 //!   [`REFERENCE_FUEL_FACTOR`] times the budget and the comparison stops at the first call
-//!   that ran out of fuel in the baseline). Rejected: the plain rule "every NaN observed is
-//!   canonical": wasm lets `f32.neg`, `f32.copysign`, `f32.reinterpret_i32`, loads and
-//!   constants carry any NaN bits, so a correct engine shows non-canonical NaNs (counted in
+//!   that ran out of fuel in the baseline, or whose call stack was exhausted in either:
+//!   the pass adds locals and operands, so its frames cost more stack units). Rejected:
+//!   the plain rule "every NaN observed is canonical": wasm lets `f32.neg`,
+//!   `f32.copysign`, `f32.reinterpret_i32`, loads and constants carry any NaN bits, so a correct engine shows non-canonical NaNs (counted in
 //!   [`Agreement::noncanonical_nans`], never a failure). Rejected: wasm-smith's own
 //!   `canonicalize_nans` as the reference: it leaves out `promote`/`demote` and relaxed
 //!   `madd`, which Cranelift canonicalizes (so it would report false disagreements), and it
@@ -47,8 +49,8 @@
 //!
 //! Termination: engine fuel (the same budget everywhere), plus whatever the generator adds
 //! (wasm-smith's `ensure_termination`). Every setup runs on a thread of its own with
-//! [`GUEST_THREAD_STACK`], as a job does, so a stack overflow is the engine's pinned
-//! `max_wasm_stack`, never the caller's thread.
+//! [`GUEST_THREAD_STACK`], as a job does, and every module is compiled through
+//! [`engine::compile`], so with the same stack metering as a job.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -224,6 +226,15 @@ impl End {
     fn of(r: Result<(), &wasmtime::Error>) -> End {
         match r {
             Ok(()) => End::Returned,
+            // Reported as a job reports it (`run::classify`).
+            Err(e) if crate::passes::stack::is_exhaustion(e) => {
+                End::Trap(Trap::StackOverflow.to_string())
+            }
+            // A job makes this a host failure; here it is an end of its own, which the
+            // setups must still agree on.
+            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) => {
+                End::Trap(crate::run::NATIVE_STACK_EXHAUSTED.into())
+            }
             Err(e) => match e.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => End::OutOfFuel,
                 Some(t) => End::Trap(t.to_string()),
@@ -420,8 +431,9 @@ fn differences(base: &Observation, theirs: &Observation, other: Setup) -> Result
     let same_fuel = other.same_fuel();
     // Where the comparison must stop: the end at which `other` may legitimately differ.
     let cut = |e: &End| match other {
-        Setup::Reference => *e == End::OutOfFuel,
-        Setup::OptNone => e.is_stack_overflow(),
+        // The reference's rewriting adds locals and operands to every frame, so its
+        // frames cost more stack units and its stack is exhausted sooner.
+        Setup::Reference => *e == End::OutOfFuel || e.is_stack_overflow(),
         _ => false,
     };
     let ends = |a: &End, b: &End| {

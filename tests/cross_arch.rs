@@ -1,0 +1,250 @@
+//! Proven on two architectures: the same jobs, run by the host's detwasm (x86-64 here)
+//! and by detwasm built for aarch64 and run under `qemu-aarch64`, give the same receipts:
+//! results CID, instruction count, exit code, trap, job id and engine fingerprint.
+//!
+//! Under qemu-user, Cranelift compiles real aarch64 code and qemu executes it instruction
+//! by instruction, with aarch64's NaN rules (positive default NaN, no x86 "indefinite")
+//! and lane semantics; so a NaN bit, a relaxed-SIMD lane or a stack depth that depends on
+//! the CPU shows here as a different CID or instruction count.
+//!
+//! The aarch64 binary is built by `scripts/cross-aarch64.sh` (run by `scripts/setup.sh`,
+//! so CI builds it once before the tests); rerun it after changing the code.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/aarch64-unknown-linux-gnu/<profile>/detwasm`, beside the host binary's profile.
+fn aarch64_binary() -> PathBuf {
+    let host = Path::new(env!("CARGO_BIN_EXE_detwasm"));
+    let profile_dir = host.parent().unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let bin = target_dir
+        .join(TARGET)
+        .join(profile_dir.file_name().unwrap())
+        .join("detwasm");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/cross-aarch64.sh (scripts/setup.sh runs it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A job: `detwasm run` arguments (paths relative to the repository root).
+struct Job {
+    name: &'static str,
+    args: Vec<&'static str>,
+}
+
+fn job(name: &'static str, args: &[&'static str]) -> Job {
+    Job {
+        name,
+        args: args.to_vec(),
+    }
+}
+
+fn jobs() -> Vec<Job> {
+    vec![
+        // Every example module.
+        job("cowsay", &["cowsay", "-i", "Message=moo"]),
+        job(
+            "artgen",
+            &["artgen", "-i", "Prompt=a quiet lake", "-i", "Seed=7"],
+        ),
+        job(
+            "wordstats",
+            &[
+                "fixtures/modules/wordstats.wasm",
+                "--input",
+                "modules/wordstats/samples",
+                "--",
+                "--top",
+                "5",
+                "/inputs",
+            ],
+        ),
+        job(
+            "digits",
+            &[
+                "fixtures/modules/digits.wasm",
+                "--input",
+                "modules/digits/samples",
+                "--",
+                "/inputs",
+            ],
+        ),
+        // The probe: every channel of the determinism contract, integer and float work.
+        job(
+            "probe report",
+            &["fixtures/probes/probe.wasm", "--", "report"],
+        ),
+        job(
+            "probe int",
+            &["fixtures/probes/probe.wasm", "--", "int", "20000"],
+        ),
+        job(
+            "probe float",
+            &["fixtures/probes/probe.wasm", "--", "float", "2000"],
+        ),
+        // NaNs every way, scalar and SIMD, and relaxed SIMD.
+        job("nan", &["fixtures/probes/nan.wat"]),
+        job("nans", &["fixtures/probes/nans.wat"]),
+        job("relaxed", &["fixtures/probes/relaxed.wat"]),
+        // Recursion to the metered stack limit, with frames small and large.
+        job("stack", &["fixtures/probes/stack.wat"]),
+        job(
+            "stack small frames",
+            &["--entry", "small", "fixtures/probes/stack_frames.wat"],
+        ),
+        job(
+            "stack v128 frames",
+            &["--entry", "v128", "fixtures/probes/stack_frames.wat"],
+        ),
+        job(
+            "stack v128 parameters",
+            &["--entry", "params", "fixtures/probes/stack_frames.wat"],
+        ),
+        // Memory growth to the limit, and out of fuel at the same instruction.
+        job(
+            "memory growth",
+            &["--memory", "8MiB", "fixtures/probes/grow.wat"],
+        ),
+        job(
+            "out of fuel",
+            &[
+                "--fuel",
+                "123457",
+                "fixtures/probes/probe.wasm",
+                "--",
+                "int",
+                "100000000",
+            ],
+        ),
+    ]
+}
+
+/// The receipt of `job` run by `program` (the host binary, or qemu with the aarch64 one).
+fn receipt(program: &[PathBuf], cache: &Path, job: &Job, out: &Path) -> serde_json::Value {
+    let mut c = Command::new(&program[0]);
+    c.args(&program[1..])
+        .arg("run")
+        .arg("--json")
+        .arg("-o")
+        .arg(out)
+        .args(&job.args)
+        .current_dir(root())
+        .env("DETWASM_CACHE_DIR", cache);
+    let o = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{} ({:?}): no receipt ({e}): exit {:?}\n{stdout}\n{}",
+            job.name,
+            program,
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+const COMPARED: [&str; 9] = [
+    "cid",
+    "exit_code",
+    "outcome",
+    "trap",
+    "instructions",
+    "verifiable",
+    "job_id",
+    "module_cid",
+    "engine",
+];
+
+#[test]
+fn jobs_give_the_same_receipts_on_x86_64_and_aarch64() {
+    let aarch64 = aarch64_binary();
+    let qemu = PathBuf::from("qemu-aarch64");
+    let host = vec![PathBuf::from(env!("CARGO_BIN_EXE_detwasm"))];
+    let emulated = vec![
+        qemu,
+        PathBuf::from("-L"),
+        PathBuf::from("/usr/aarch64-linux-gnu"),
+        aarch64,
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let caches = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cross-arch-cache");
+    let jobs = jobs();
+    // qemu is the slow side: two jobs at a time, one per core.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<(serde_json::Value, serde_json::Value)>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { break };
+                let x = receipt(
+                    &host,
+                    &caches.join("host"),
+                    job,
+                    &tmp.path().join(format!("host-{i}")),
+                );
+                let a = receipt(
+                    &emulated,
+                    &caches.join(TARGET),
+                    job,
+                    &tmp.path().join(format!("aarch64-{i}")),
+                );
+                *results[i].lock().unwrap() = Some((x, a));
+            });
+        }
+    });
+    let mut differences = Vec::new();
+    for (job, r) in jobs.iter().zip(results) {
+        let (x, a) = r.into_inner().unwrap().unwrap();
+        for key in COMPARED {
+            if x[key] != a[key] {
+                differences.push(format!(
+                    "{}: {key} {} (x86-64) vs {} (aarch64)",
+                    job.name, x[key], a[key]
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the architectures disagree (if `engine` differs, the aarch64 build is stale: run \
+         scripts/cross-aarch64.sh):\n{}",
+        differences.join("\n")
+    );
+}
+
+/// What the jobs above are meant to reach, checked on the host (the comparison alone
+/// would pass if both sides failed the same way).
+#[test]
+fn the_cross_architecture_jobs_reach_what_they_test() {
+    let host = vec![PathBuf::from(env!("CARGO_BIN_EXE_detwasm"))];
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cross-arch-cache/host");
+    for (i, job) in jobs().iter().enumerate() {
+        let r = receipt(&host, &cache, job, &tmp.path().join(i.to_string()));
+        let trap = r["trap"].as_str().unwrap_or("");
+        if job.name.starts_with("stack") {
+            assert_eq!(trap, "wasm trap: call stack exhausted", "{}", job.name);
+        } else if job.name == "out of fuel" {
+            assert_eq!(r["outcome"], "out_of_fuel");
+            assert_eq!(r["instructions"], 123457);
+        } else {
+            assert_eq!(r["exit_code"], 0, "{}: {r}", job.name);
+        }
+        if job.name == "memory growth" {
+            let pages = std::fs::read(tmp.path().join(i.to_string()).join("stdout")).unwrap();
+            assert_eq!(pages, 128u32.to_le_bytes(), "8 MiB is 128 pages");
+        }
+    }
+}
