@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::deliver::{self, Durability};
+use crate::job::Job;
 use crate::receipt::Receipt;
 use crate::request::JobRequest;
 use crate::run::{Destination, Runtime, StagedRun};
@@ -149,6 +150,17 @@ fn stage_one(
     req: &JobRequest,
     opts: &BatchOptions,
 ) -> Result<StagedRun, String> {
+    let (job, dest) = job_of(req, opts)?;
+    runtime
+        .run_staged(&job, &dest)
+        .map_err(|e| run_error(req, e))
+}
+
+/// The job a batch line describes and where its results go, or the message a batch
+/// reports for it (the option at fault, as its JSON key). Shared with the front ends
+/// that take the same lines (the Python package's `run` and its Ray runner), so that
+/// they report exactly what `detwasm batch` reports.
+pub fn job_of(req: &JobRequest, opts: &BatchOptions) -> Result<(Job, Destination), String> {
     let mut req = req.clone();
     req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
     let job = req.to_job(&opts.cwd).map_err(|e| e.to_string())?;
@@ -156,9 +168,12 @@ fn stage_one(
         Some(p) => Destination::At(resolve(&opts.cwd, p)),
         None => Destination::Under(opts.output_dir.clone()),
     };
-    runtime
-        .run_staged(&job, &dest)
-        .map_err(|e| format!("running {}: {e}", req.module.display()))
+    Ok((job, dest))
+}
+
+/// The message a batch reports for a job that could not run.
+pub fn run_error(req: &JobRequest, e: impl std::fmt::Display) -> String {
+    format!("running {}: {e}", req.module.display())
 }
 
 fn resolve(cwd: &Path, p: &Path) -> PathBuf {

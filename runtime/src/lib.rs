@@ -31,6 +31,7 @@ pub mod error;
 pub mod job;
 pub mod limiter;
 pub mod receipt;
+pub mod remote;
 pub mod request;
 pub mod results;
 pub mod run;
