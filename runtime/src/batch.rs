@@ -188,16 +188,23 @@ fn resolve(cwd: &Path, p: &Path) -> PathBuf {
 /// number (1-based) for messages. A line that is not a job is an `Err` naming the line
 /// and the cause (an unknown key, a wrong type), and takes its place in the order.
 pub fn parse_lines(text: &str) -> Vec<(usize, Line)> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+    job_lines(text)
         .map(|(n, l)| {
             (
-                n + 1,
-                JobRequest::from_json(l).map_err(|e| format!("line {}: {e}", n + 1)),
+                n,
+                JobRequest::from_json(l).map_err(|e| format!("line {n}: {e}")),
             )
         })
         .collect()
+}
+
+/// The non-blank lines of a jobs file, each with its number (1-based): the lines
+/// [`parse_lines`] parses.
+pub fn job_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| (n + 1, l))
 }
 
 #[cfg(test)]
