@@ -36,6 +36,11 @@ __all__ = ["Error", "Job", "Receipt", "Report", "hash", "run", "verify", "__vers
 
 __version__: str = _native.__version__
 
+# The extension names its exception `_native.Error`, a module no one can import: named
+# after this package instead, it pickles by reference (a Ray worker raises the same class
+# the driver catches) and shows as `detwasm.Error` in tracebacks.
+Error.__module__ = "detwasm"
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 

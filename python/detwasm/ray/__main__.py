@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, TextIO
 
 from detwasm import Error, _native
 from detwasm.ray import DEFAULT_MAX_RETRIES, run_ordered
@@ -41,8 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _receipts_only_on_stdout() -> TextIO:
+    """The real stdout, for receipts; file descriptor 1 and ``sys.stdout`` go to stderr
+    from here on. Ray prints to the driver's stdout (a task retried, a node lost), from
+    Python and from C++: without this, such lines would land between the receipts."""
+    sys.stdout.flush()
+    receipts = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return receipts
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    out = _receipts_only_on_stdout()
     try:
         lines = _native.read_jobs(args.jobs)
         if args.output_dir is not None:
@@ -69,8 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     nonzero += 1
                 line = result
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            out.write(line + "\n")
+            out.flush()
         secs = time.monotonic() - started
         cpus = int(ray.cluster_resources().get("CPU", 0))
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
