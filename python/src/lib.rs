@@ -177,8 +177,18 @@ struct PackedJob {
     job: PortableJob,
     local: Local,
     dest: Destination,
-    content: Option<(Vec<u8>, Vec<u8>, Vec<Vec<u8>>)>,
+    content: Option<Content>,
 }
+
+/// A packed job's content: the module, stdin, and one CAR per input.
+type Content = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
+/// [`Content`] as Python bytes.
+type PyContent<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Vec<Bound<'py, PyBytes>>,
+);
 
 #[pymethods]
 impl PackedJob {
@@ -214,14 +224,7 @@ impl PackedJob {
 
     /// The content, once: `(module, stdin, [input CAR, ...])`. Later calls raise: the
     /// driver keeps no second copy of what it put in the object store.
-    fn take_content<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<(
-        Bound<'py, PyBytes>,
-        Bound<'py, PyBytes>,
-        Vec<Bound<'py, PyBytes>>,
-    )> {
+    fn take_content<'py>(&mut self, py: Python<'py>) -> PyResult<PyContent<'py>> {
         let (module, stdin, inputs) = self
             .content
             .take()
