@@ -43,6 +43,10 @@ FAST_FAILURE_DETECTION = {
 
 NODE_IP = "127.0.0.2"
 
+#: The `ray` command of this interpreter's Ray (beside it in its bin folder: a shim
+#: folder on PATH may not have learnt of a command installed with `python3 -m pip`).
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -59,7 +63,7 @@ class Node:
         self.name = name
         self.log = log
         self.proc = subprocess.Popen(
-            ["ray", "start", "--block", "--node-ip-address", NODE_IP, "--num-cpus", "1",
+            [RAY, "start", "--block", "--node-ip-address", NODE_IP, "--num-cpus", "1",
              "--disable-usage-stats", "--dashboard-agent-listen-port", str(free_port()), *args],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
