@@ -27,8 +27,16 @@ fi
 bash scripts/fetch-workloads.sh
 echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
 npm ci --prefix conformance --no-audit --no-fund
+echo "==> pip install maturin pytest ray (the Python package, its tests and its Ray cluster test)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  "maturin==1.16.0" "pytest==9.2.0" "ray==2.60.0"
 echo "==> cargo build (dev profile, shared with the tests)"
-cargo build --workspace
+# The Python extension is built by maturin below, with the environment maturin sets for
+# it (built here too, pyo3 would be compiled twice, once for each environment).
+cargo build --workspace --exclude detwasm-python
+echo "==> pip install ./python (maturin, dev profile, the workspace's target/)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  --no-build-isolation ./python
 # The aarch64 build of detwasm and qemu-user for tests/cross_arch.rs.
 bash scripts/cross-aarch64.sh
 echo "set-up done"

@@ -7,7 +7,7 @@
 //! anonymous temporary file as they come, indexed by CID, and the CAR is written in
 //! traversal order from the spool at the end: memory stays bounded by the index.
 
-use crate::cid::{Cid, CidVersion, DAG_PB, SHA2_256, SHA2_256_LEN};
+use crate::cid::{Cid, DAG_PB};
 use crate::dagpb;
 use crate::pb;
 use std::collections::{HashMap, HashSet};
@@ -109,7 +109,7 @@ fn poisoned() -> io::Error {
 
 /// The DAG-CBOR header `{"roots": [root], "version": 1}` (keys in canonical order:
 /// shorter first). A CID is CBOR tag 42 over the bytes `0x00 ‖ binary CID`.
-fn header(root: &Cid) -> Vec<u8> {
+pub(crate) fn header(root: &Cid) -> Vec<u8> {
     let cid = root.to_bytes();
     let mut h = vec![0xa2, 0x65];
     h.extend_from_slice(b"roots");
@@ -123,23 +123,14 @@ fn header(root: &Cid) -> Vec<u8> {
 
 /// Parse the binary CIDs this crate writes (sha2-256, v0 or v1).
 fn parse_cid(bytes: &[u8]) -> io::Result<Cid> {
-    let bad = || io::Error::other("unexpected CID in a link (internal error)");
-    let (version, codec, mh) = match bytes {
-        [0x12, 0x20, ..] => (CidVersion::V0, DAG_PB, bytes),
-        [0x01, codec, rest @ ..] if *codec < 0x80 => (CidVersion::V1, u64::from(*codec), rest),
-        _ => return Err(bad()),
-    };
-    if mh.len() != 2 + SHA2_256_LEN || u64::from(mh[0]) != SHA2_256 || mh[1] != 0x20 {
-        return Err(bad());
-    }
-    let digest: [u8; SHA2_256_LEN] = mh[2..].try_into().map_err(|_| bad())?;
-    Ok(Cid::from_digest(version, codec, digest))
+    Cid::from_bytes(bytes)
+        .ok_or_else(|| io::Error::other("unexpected CID in a link (internal error)"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cid::RAW;
+    use crate::cid::{CidVersion, RAW};
 
     #[test]
     fn cids_parse_back() {

@@ -93,6 +93,31 @@ impl Cid {
         }
     }
 
+    /// Parses the binary form ([`Cid::to_bytes`]) of a CID this crate can make: sha2-256,
+    /// v0, or v1 with a one-byte codec. `None` for anything else (another hash, a longer
+    /// codec, trailing bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Cid> {
+        let (version, codec, mh) = match bytes {
+            [0x12, 0x20, ..] => (CidVersion::V0, DAG_PB, bytes),
+            [0x01, codec, rest @ ..] if *codec < 0x80 => (CidVersion::V1, u64::from(*codec), rest),
+            _ => return None,
+        };
+        if mh.len() != 2 + SHA2_256_LEN || u64::from(mh[0]) != SHA2_256 || mh[1] != 0x20 {
+            return None;
+        }
+        let digest: [u8; SHA2_256_LEN] = mh[2..].try_into().ok()?;
+        let cid = Cid::from_digest(version, codec, digest);
+        // A raw block named by a v0 CID cannot exist: from_digest would have made it v1.
+        (cid.version == version).then_some(cid)
+    }
+
+    /// Parses the text form (`Qm…`, `bafy…`) of a CID this crate can make (see
+    /// [`Cid::from_bytes`]).
+    pub fn parse(text: &str) -> Option<Cid> {
+        let parsed = cid::Cid::try_from(text).ok()?;
+        Cid::from_bytes(&parsed.to_bytes())
+    }
+
     /// The same CID as a `cid::Cid`, for callers that work with the `cid` crate.
     pub fn to_cid(&self) -> cid::Cid {
         let mh = multihash::Multihash::<64>::wrap(SHA2_256, &self.digest)
@@ -121,6 +146,22 @@ impl fmt::Debug for Cid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_and_text_forms_parse_back() {
+        for cid in [
+            Cid::of_block(CidVersion::V0, DAG_PB, b"a"),
+            Cid::of_block(CidVersion::V1, DAG_PB, b"a"),
+            Cid::of_block(CidVersion::V1, RAW, b"a"),
+        ] {
+            assert_eq!(Cid::from_bytes(&cid.to_bytes()), Some(cid));
+            assert_eq!(Cid::parse(&cid.to_string()), Some(cid));
+        }
+        let mut long = Cid::of_block(CidVersion::V0, DAG_PB, b"a").to_bytes();
+        long.push(0);
+        assert_eq!(Cid::from_bytes(&long), None);
+        assert_eq!(Cid::parse("not a cid"), None);
+    }
 
     #[test]
     fn empty_raw_block_is_the_well_known_cid() {

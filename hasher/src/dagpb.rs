@@ -75,6 +75,56 @@ pub fn encode_node(links: &[PbLink], data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One link of a decoded `PBNode` (see [`decode_node`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedLink<'a> {
+    /// The binary CID of the target.
+    pub hash: &'a [u8],
+    /// The name (bytes as stored; UTF-8 in valid UnixFS, but not checked here).
+    pub name: &'a [u8],
+    pub tsize: Option<u64>,
+}
+
+/// A decoded `PBNode`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedNode<'a> {
+    pub links: Vec<DecodedLink<'a>>,
+    pub data: Option<&'a [u8]>,
+}
+
+/// Decodes any well-formed `PBNode` (not only what [`encode_node`] writes): links in
+/// their order, the data if present. Unknown fields are an error, as the dag-pb spec
+/// requires; a link without Hash is one too.
+pub fn decode_node(block: &[u8]) -> Result<DecodedNode<'_>, &'static str> {
+    let mut node = DecodedNode {
+        links: Vec::new(),
+        data: None,
+    };
+    for (field, value) in pb::fields(block)? {
+        match (field, value) {
+            (NODE_LINKS, pb::Value::Bytes(body)) => {
+                let (mut hash, mut name, mut tsize) = (None, None, None);
+                for (f, v) in pb::fields(body)? {
+                    match (f, v) {
+                        (LINK_HASH, pb::Value::Bytes(h)) if hash.is_none() => hash = Some(h),
+                        (LINK_NAME, pb::Value::Bytes(n)) if name.is_none() => name = Some(n),
+                        (LINK_TSIZE, pb::Value::Varint(t)) if tsize.is_none() => tsize = Some(t),
+                        _ => return Err("unexpected field in a PBLink"),
+                    }
+                }
+                node.links.push(DecodedLink {
+                    hash: hash.ok_or("a PBLink without Hash")?,
+                    name: name.unwrap_or_default(),
+                    tsize,
+                });
+            }
+            (NODE_DATA, pb::Value::Bytes(d)) if node.data.is_none() => node.data = Some(d),
+            _ => return Err("unexpected field in a PBNode"),
+        }
+    }
+    Ok(node)
+}
+
 /// The targets of a dag-pb block's links, in order. Used to walk our own blocks when
 /// writing a CAR; only understands what [`encode_node`] writes.
 pub fn decode_link_cids(block: &[u8]) -> Vec<Vec<u8>> {
@@ -97,22 +147,38 @@ pub fn decode_link_cids(block: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> u64 {
-    let mut v = 0u64;
-    let mut shift = 0;
-    loop {
-        let b = buf[*pos];
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return v;
-        }
-        shift += 7;
-    }
+    pb::read_varint(buf, pos).expect("blocks of our own are well formed")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_reads_back_what_encode_writes() {
+        let cid = Cid::of_block(crate::cid::CidVersion::V0, crate::cid::DAG_PB, b"x");
+        let links = vec![
+            PbLink {
+                cid,
+                name: "a".into(),
+                tsize: 7,
+            },
+            PbLink {
+                cid,
+                name: String::new(),
+                tsize: 300,
+            },
+        ];
+        let block = encode_node(&links, b"data");
+        let node = decode_node(&block).unwrap();
+        assert_eq!(node.data, Some(&b"data"[..]));
+        assert_eq!(node.links.len(), 2);
+        assert_eq!(node.links[0].hash, &cid.to_bytes()[..]);
+        assert_eq!(node.links[0].name, b"a");
+        assert_eq!(node.links[1].tsize, Some(300));
+        assert!(decode_node(&block[..block.len() - 1]).is_err());
+        assert!(decode_node(&[0x18, 0x01]).is_err(), "field 3 is not dag-pb");
+    }
     use crate::cid::{CidVersion, DAG_PB, RAW};
 
     #[test]

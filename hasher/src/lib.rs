@@ -12,14 +12,15 @@
 //! - trees on disk ([`Hasher::hash_path`]) and trees in memory ([`Hasher::hash_tree`] over
 //!   a [`Node`]), streamed with bounded memory and hashed on all cores, with a
 //!   deterministic result;
-//! - CAR export in `ipfs dag export` order ([`Hasher::car`]).
+//! - CAR export in `ipfs dag export` order ([`Hasher::car`]), and reading such a CAR
+//!   back into files and folders with every block checked ([`unpack`]).
 //!
 //! Large files are memory-mapped a window at a time: inputs must not be truncated while
 //! they are hashed (a file that changes size is reported as an error where it can be
 //! seen, but truncation under a live mapping raises SIGBUS, as for any mmap reader).
 //!
-//! What it is not: an IPFS node or blockstore (nothing is kept once hashed), a UnixFS
-//! reader/exporter, or an implementation of other chunkers (rabin, buzhash), the trickle
+//! What it is not: an IPFS node or blockstore (nothing is kept once hashed), a general
+//! UnixFS exporter ([`unpack`] reads back only sha2-256 dag-pb/raw trees), or an implementation of other chunkers (rabin, buzhash), the trickle
 //! layout, UnixFS mode/mtime metadata, or hashes other than sha2-256. It does not depend
 //! on the WebAssembly runtime.
 //!
@@ -35,7 +36,8 @@
 //!
 //! Module map (one concern each): [`cid`], [`pb`] (protobuf primitives), [`dagpb`],
 //! [`unixfs`], [`chunker`], [`balanced`] (file layout), [`file`](mod@file), [`murmur3`], [`hamt`],
-//! [`dir`], [`car`], [`options`], [`tree`] (inputs), [`import`] (orchestration).
+//! [`dir`], [`car`], [`options`], [`tree`] (inputs), [`import`] (orchestration),
+//! [`unpack`] (CAR to disk).
 //!
 //! The reference for every byte is the npm package `ipfs-unixfs-importer` 17 and kubo;
 //! the differential suite lives in the workspace's `tests/hash_conformance.rs`.
@@ -55,6 +57,7 @@ pub mod options;
 pub mod pb;
 pub mod tree;
 pub mod unixfs;
+pub mod unpack;
 
 pub use crate::cid::{Cid, CidVersion};
 pub use crate::error::{HashError, Result};

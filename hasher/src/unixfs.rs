@@ -16,6 +16,8 @@
 
 use crate::pb;
 
+/// `DataType.Raw` (an old form of file leaf; read, never written).
+pub const TYPE_RAW: u64 = 0;
 /// `DataType.Directory`.
 pub const TYPE_DIRECTORY: u64 = 1;
 /// `DataType.File`.
@@ -97,9 +99,70 @@ pub fn file_leaf_parts(chunk_len: usize) -> (Vec<u8>, Vec<u8>) {
     (prefix, suffix)
 }
 
+/// A decoded `Data` message: the fields a reader needs (mode and mtime are skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// `Type` (one of the `TYPE_*` constants, or another value for the caller to refuse).
+    pub kind: u64,
+    /// `Data`: file bytes, a symlink's target, a HAMT shard's bitfield (empty if absent).
+    pub data: &'a [u8],
+    pub filesize: Option<u64>,
+    pub hash_type: Option<u64>,
+    pub fanout: Option<u64>,
+}
+
+/// Decodes a UnixFS `Data` message. `Type` is required; fields 7 (mode) and 8 (mtime) are
+/// accepted and ignored, as IPFS readers ignore them unless asked; any other field is an
+/// error.
+pub fn decode(msg: &[u8]) -> Result<Decoded<'_>, &'static str> {
+    let mut kind = None;
+    let mut d = Decoded {
+        kind: 0,
+        data: &[],
+        filesize: None,
+        hash_type: None,
+        fanout: None,
+    };
+    for (field, value) in pb::fields(msg)? {
+        match (field, value) {
+            (F_TYPE, pb::Value::Varint(t)) => kind = Some(t),
+            (F_DATA, pb::Value::Bytes(b)) => d.data = b,
+            (F_FILESIZE, pb::Value::Varint(n)) => d.filesize = Some(n),
+            (F_BLOCKSIZES, pb::Value::Varint(_)) => {}
+            (F_HASH_TYPE, pb::Value::Varint(n)) => d.hash_type = Some(n),
+            (F_FANOUT, pb::Value::Varint(n)) => d.fanout = Some(n),
+            (7, pb::Value::Varint(_)) | (8, pb::Value::Bytes(_)) => {}
+            _ => return Err("unexpected field in a UnixFS Data message"),
+        }
+    }
+    d.kind = kind.ok_or("a UnixFS Data message without Type")?;
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_reads_back_each_kind_written_here() {
+        let (link, file, shard) = (
+            symlink(b"../t"),
+            file_node(10, &[4, 6]),
+            hamt_shard(&[1, 2], 0x22, 256),
+        );
+        let d = decode(&link).unwrap();
+        assert_eq!((d.kind, d.data), (TYPE_SYMLINK, &b"../t"[..]));
+        let d = decode(&file).unwrap();
+        assert_eq!((d.kind, d.filesize), (TYPE_FILE, Some(10)));
+        let d = decode(&shard).unwrap();
+        assert_eq!(d.kind, TYPE_HAMT_SHARD);
+        assert_eq!(
+            (d.data, d.hash_type, d.fanout),
+            (&[1u8, 2][..], Some(0x22), Some(256))
+        );
+        assert_eq!(decode(&directory()).unwrap().kind, TYPE_DIRECTORY);
+        assert!(decode(&[]).is_err(), "Type is required");
+    }
     use crate::cid::{Cid, CidVersion, DAG_PB};
 
     fn leaf(chunk: &[u8]) -> Vec<u8> {

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::deliver::{self, Durability};
+use crate::job::Job;
 use crate::receipt::Receipt;
 use crate::request::{BuiltJob, JobRequest};
 use crate::run::{Destination, Runtime, StagedRun};
@@ -149,25 +150,42 @@ fn stage_one(
     req: &JobRequest,
     opts: &BatchOptions,
 ) -> Result<StagedRun, String> {
+    let planned = job_of(req, opts)?;
+    runtime
+        .run_staged(&planned.job, &planned.dest)
+        .map_err(|e| run_error(req, e))
+}
+
+/// A batch line's job, where its results go, and what must live as long as its run.
+pub struct Planned {
+    pub job: Job,
+    pub dest: Destination,
+    /// A job file's staged file inputs: keep until the run (or packing) has ended.
+    pub staging: Option<crate::spec::v1::Staging>,
+}
+
+/// The job a batch line describes and where its results go, or the message a batch
+/// reports for it (the option at fault, as its JSON key). Shared with the front ends
+/// that take the same lines (the Python package's `run` and its Ray runner), so that
+/// they report exactly what `detwasm batch` reports.
+pub fn job_of(req: &JobRequest, opts: &BatchOptions) -> Result<Planned, String> {
     let mut req = req.clone();
     // The operator's grant applies to the jobs that have a spec to confine (for a bare
     // .wasm, `allow_inputs` is refused as a user's mistake).
     if crate::spec::is_module_reference(&req.module) || crate::spec::v1::is_job_file(&req.module) {
         req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
     }
-    // `_staging` (a job file's staged file inputs) lives until the run has ended.
-    let BuiltJob {
-        job,
-        staging: _staging,
-        ..
-    } = req.build(&opts.cwd).map_err(|e| e.to_string())?;
+    let BuiltJob { job, staging, .. } = req.build(&opts.cwd).map_err(|e| e.to_string())?;
     let dest = match &req.output {
         Some(p) => Destination::At(resolve(&opts.cwd, p)),
         None => Destination::Under(opts.output_dir.clone()),
     };
-    runtime
-        .run_staged(&job, &dest)
-        .map_err(|e| format!("running {}: {e}", req.module.display()))
+    Ok(Planned { job, dest, staging })
+}
+
+/// The message a batch reports for a job that could not run.
+pub fn run_error(req: &JobRequest, e: impl std::fmt::Display) -> String {
+    format!("running {}: {e}", req.module.display())
 }
 
 fn resolve(cwd: &Path, p: &Path) -> PathBuf {
@@ -182,16 +200,23 @@ fn resolve(cwd: &Path, p: &Path) -> PathBuf {
 /// number (1-based) for messages. A line that is not a job is an `Err` naming the line
 /// and the cause (an unknown key, a wrong type), and takes its place in the order.
 pub fn parse_lines(text: &str) -> Vec<(usize, Line)> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+    job_lines(text)
         .map(|(n, l)| {
             (
-                n + 1,
-                JobRequest::from_json(l).map_err(|e| format!("line {}: {e}", n + 1)),
+                n,
+                JobRequest::from_json(l).map_err(|e| format!("line {n}: {e}")),
             )
         })
         .collect()
+}
+
+/// The non-blank lines of a jobs file, each with its number (1-based): the lines
+/// [`parse_lines`] parses.
+pub fn job_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| (n + 1, l))
 }
 
 #[cfg(test)]

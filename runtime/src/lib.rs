@@ -32,6 +32,7 @@ pub mod job;
 pub mod limiter;
 pub mod passes;
 pub mod receipt;
+pub mod remote;
 pub mod request;
 pub mod results;
 pub mod run;

@@ -42,6 +42,18 @@ pub struct Sources {
     pub stdin: Option<PathBuf>,
 }
 
+impl Sources {
+    /// One input replacement as `--input` spells it: `HOST:GUEST` replaces the input
+    /// mounted at GUEST (an absolute path), a plain `HOST` the next input in the
+    /// receipt's order.
+    pub fn parse_input(spec: &str) -> (Option<String>, PathBuf) {
+        match spec.rsplit_once(':') {
+            Some((h, g)) if g.starts_with('/') => (Some(g.to_string()), PathBuf::from(h)),
+            _ => (None, PathBuf::from(spec)),
+        }
+    }
+}
+
 /// Why a receipt could not be checked at all (not a mismatch).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -64,10 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inputs: args
             .inputs
             .iter()
-            .map(|s| match s.rsplit_once(':') {
-                Some((h, g)) if g.starts_with('/') => (Some(g.to_string()), PathBuf::from(h)),
-                _ => (None, PathBuf::from(s)),
-            })
+            .map(|s| Sources::parse_input(s))
             .collect(),
         stdin: args.stdin.clone(),
     };

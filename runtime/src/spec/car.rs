@@ -4,9 +4,10 @@
 //!
 //! Every block used is verified against its CID (sha2-256) before it is trusted, so the
 //! bytes returned are exactly the file that CID names, whatever import settings made it.
-//! Supported: CIDv0/v1, dag-pb UnixFS `File`/`Raw` nodes, raw leaves, `Directory` and
-//! `HAMTShard` folders ([`extract_dir`]). Not supported (an error): identity hashes,
-//! other hash functions, symlinks and metadata nodes.
+//! Supported: CIDv0/v1, dag-pb UnixFS `File`/`Raw` nodes and raw leaves; a whole tree
+//! (folders, HAMT-sharded ones too) when the CAR's root is the CID wanted
+//! ([`unpack_root`], the hasher's reader). Not supported (an error): identity hashes,
+//! other hash functions.
 
 use std::collections::HashMap;
 
@@ -239,183 +240,29 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
     Ok(Some(out))
 }
 
-/// Most entries (files and folders) one folder extraction writes.
-pub const MAX_ENTRIES: usize = 1 << 20;
-/// Deepest folder nesting one folder extraction writes.
-const MAX_DIR_DEPTH: usize = 256;
-
-/// A dag-pb link: its name and CID.
-type Link = (Vec<u8>, cid::Cid);
-
-/// UnixFS `Data.Type` of a dag-pb block, and its links.
-fn node(cid: &cid::Cid, block: &[u8]) -> Result<(u64, Vec<Link>), String> {
-    let mut links = Vec::new();
-    let mut data = None;
-    for (field, value) in pb_fields(block)? {
-        match (field, value) {
-            (2, PbValue::Bytes(link)) => {
-                let (mut hash, mut name) = (None, Vec::new());
-                for (f, v) in pb_fields(link)? {
-                    match (f, v) {
-                        (1, PbValue::Bytes(h)) => hash = Some(h),
-                        (2, PbValue::Bytes(n)) => name = n.to_vec(),
-                        _ => {}
-                    }
-                }
-                let hash = hash.ok_or_else(|| format!("block {cid} has a link without a hash"))?;
-                links.push((name, cid::Cid::try_from(hash).map_err(|e| e.to_string())?));
-            }
-            (1, PbValue::Bytes(d)) => data = Some(d),
-            _ => {}
-        }
+/// Writes the tree of a CAR whose header names `want` as its root at `dest` (which must
+/// not exist), with [`detwasm_hasher::unpack`] (every block checked, names one path
+/// component each, at most twice [`MAX_FILE`] of blocks visited). `Some(true)` for a
+/// folder, `Some(false)` for a file, `None` when the CAR's root is another CID (then
+/// [`extract_file`] may still find a file among its blocks). A symlink root is an error:
+/// an input must be a file or a folder.
+pub fn unpack_root(
+    car: &[u8],
+    want: &cid::Cid,
+    dest: &std::path::Path,
+) -> Result<Option<bool>, String> {
+    let parsed = detwasm_hasher::unpack::Car::parse(car).map_err(|e| e.to_string())?;
+    if parsed.root().to_cid() != *want {
+        return Ok(None);
     }
-    let data = data.ok_or_else(|| format!("block {cid} has no UnixFS data"))?;
-    let kind = pb_fields(data)?
-        .into_iter()
-        .find_map(|(f, v)| match (f, v) {
-            (1, PbValue::Int(t)) => Some(t),
-            _ => None,
-        })
-        .ok_or_else(|| format!("block {cid} has no UnixFS type"))?;
-    Ok((kind, links))
-}
-
-/// A block of the CAR, verified against its CID.
-fn verified<'a>(
-    cid: &cid::Cid,
-    blocks: &Blocks<'a>,
-    budget: &mut Budget,
-) -> Result<&'a [u8], String> {
-    let key = cid.to_bytes();
-    let (_, block) = blocks
-        .get(&key)
-        .ok_or_else(|| format!("block {cid} is missing from the CAR"))?;
-    if !budget.verified.contains(&key) {
-        verify(cid, block)?;
-        budget.verified.insert(key);
+    parsed
+        .unpack(dest, 2 * MAX_FILE as u64)
+        .map_err(|e| e.to_string())?;
+    let meta = std::fs::symlink_metadata(dest).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        return Err(format!("{want} is a symlink, not a file or a folder"));
     }
-    Ok(block)
-}
-
-/// Whether `want` names a folder (a UnixFS `Directory` or `HAMTShard` root) in this CAR.
-pub fn is_dir(car: &[u8], want: &cid::Cid) -> Result<bool, String> {
-    let blocks = blocks(car)?;
-    if want.codec() != DAG_PB {
-        return Ok(false);
-    }
-    let Some((_, block)) = blocks.get(&want.to_bytes()) else {
-        return Ok(false);
-    };
-    verify(want, block)?;
-    Ok(matches!(node(want, block)?.0, 1 | 5))
-}
-
-/// Writes the folder `want` names in this CAR into `dest` (an empty folder), every block
-/// verified; `Ok(false)` when the CAR does not hold that root. Names must be single path
-/// components (no `/`, NUL, `.` or `..`), so nothing is written outside `dest`; files are
-/// created with `create_new`, so a name twice is an error, never an overwrite. The same
-/// bounds as [`extract_file`] hold for the bytes written and the blocks visited in all,
-/// plus [`MAX_ENTRIES`] entries and a nesting depth of 256.
-pub fn extract_dir(car: &[u8], want: &cid::Cid, dest: &std::path::Path) -> Result<bool, String> {
-    let blocks = blocks(car)?;
-    if !blocks.contains_key(&want.to_bytes()) {
-        return Ok(false);
-    }
-    let mut budget = Budget {
-        visits: 2 * MAX_FILE,
-        verified: Default::default(),
-    };
-    let mut written = Written::default();
-    let block = verified(want, &blocks, &mut budget)?;
-    match node(want, block)? {
-        (1 | 5, _) => {}
-        (t, _) => return Err(format!("{want} is UnixFS type {t}, not a folder")),
-    }
-    write_dir(want, &blocks, dest, 0, &mut budget, &mut written)?;
-    Ok(true)
-}
-
-#[derive(Default)]
-struct Written {
-    bytes: usize,
-    entries: usize,
-}
-
-/// Writes the entries of the folder (`Directory`, or a `HAMTShard` and its sub-shards)
-/// `cid` into `dir`.
-fn write_dir(
-    cid: &cid::Cid,
-    blocks: &Blocks<'_>,
-    dir: &std::path::Path,
-    depth: usize,
-    budget: &mut Budget,
-    written: &mut Written,
-) -> Result<(), String> {
-    if depth > MAX_DIR_DEPTH {
-        return Err(format!("folders nested deeper than {MAX_DIR_DEPTH}"));
-    }
-    let block = verified(cid, blocks, budget)?;
-    budget.visits = budget
-        .visits
-        .checked_sub(block.len() + 1)
-        .ok_or("the DAG links its blocks too many times")?;
-    let (kind, links) = node(cid, block)?;
-    for (name, child) in links {
-        let name = match kind {
-            1 => name,
-            // A HAMT link's name is two hex digits of the bucket, then the entry's name;
-            // two digits alone link a sub-shard of the same folder.
-            5 if name.len() == 2 => {
-                write_dir(&child, blocks, dir, depth + 1, budget, written)?;
-                continue;
-            }
-            5 if name.len() > 2 => name[2..].to_vec(),
-            _ => return Err(format!("block {cid}: a folder link with a bad name")),
-        };
-        let text = String::from_utf8(name)
-            .map_err(|_| format!("block {cid}: a name that is not UTF-8"))?;
-        if text.is_empty() || text == "." || text == ".." || text.contains(['/', '\0']) {
-            return Err(format!(
-                "block {cid}: the name {text:?} is not a single path component"
-            ));
-        }
-        written.entries += 1;
-        if written.entries > MAX_ENTRIES {
-            return Err(format!("more than {MAX_ENTRIES} entries"));
-        }
-        let path = dir.join(&text);
-        let is_folder = child.codec() == DAG_PB && {
-            let b = verified(&child, blocks, budget)?;
-            match node(&child, b)?.0 {
-                1 | 5 => true,
-                0 | 2 => false,
-                t => {
-                    return Err(format!(
-                        "{text}: UnixFS type {t} (a symlink or metadata) is not supported"
-                    ))
-                }
-            }
-        };
-        if is_folder {
-            std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            write_dir(&child, blocks, &path, depth + 1, budget, written)?;
-        } else {
-            let mut bytes = Vec::new();
-            assemble(&child, blocks, &mut bytes, 0, budget)?;
-            written.bytes += bytes.len();
-            if written.bytes > MAX_FILE {
-                return Err(format!("the folder holds more than {} GiB", MAX_FILE >> 30));
-            }
-            use std::io::Write;
-            std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(&bytes))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    Ok(())
+    Ok(Some(meta.is_dir()))
 }
 
 #[cfg(test)]
@@ -460,14 +307,11 @@ mod tests {
         std::fs::create_dir(src.join("many")).unwrap();
         for i in 0..3000 {
             // Enough names that the folder is a HAMT under both profiles.
-            std::fs::write(
-                src.join("many").join(format!(
-                    "file-{i:04}-with-a-name-long-enough-that-the-folder-shards-{}",
-                    "x".repeat(40)
-                )),
-                i.to_string(),
-            )
-            .unwrap();
+            let name = format!(
+                "file-{i:04}-long-enough-that-the-folder-shards-{}",
+                "x".repeat(40)
+            );
+            std::fs::write(src.join("many").join(name), i.to_string()).unwrap();
         }
         for profile in [Profile::UnixfsV0_2015, Profile::UnixfsV1_2025] {
             let mut car = Vec::new();
@@ -475,26 +319,15 @@ mod tests {
                 let hasher = Hasher::new(Options::profile(profile).with_hidden(true)).car(&mut car);
                 hasher.hash_path(&src).unwrap().root.to_cid()
             };
-            assert!(is_dir(&car, &root).unwrap());
-            let shards = blocks(&car)
-                .unwrap()
-                .values()
-                .filter(|(c, b)| c.codec() == DAG_PB && node(c, b).unwrap().0 == 5)
-                .count();
-            assert!(
-                shards > 1,
-                "{profile}: the big folder is a HAMT ({shards} shards)"
-            );
             let out = t.path().join(format!("out-{profile}"));
-            std::fs::create_dir(&out).unwrap();
-            assert!(extract_dir(&car, &root, &out).unwrap());
+            assert_eq!(unpack_root(&car, &root, &out).unwrap(), Some(true));
             let again = crate::results::cid_of_dir(&out, profile, true).unwrap();
             assert_eq!(again, root.to_string(), "{profile}");
-            let e = extract_dir(&car, &root, &out).unwrap_err();
-            assert!(
-                e.contains("exists"),
-                "extracting over files is an error: {e}"
-            );
+            let other = t.path().join(format!("other-{profile}"));
+            let elsewhere =
+                cid::Cid::try_from("QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH").unwrap();
+            assert_eq!(unpack_root(&car, &elsewhere, &other).unwrap(), None);
+            assert!(!other.exists());
         }
     }
 

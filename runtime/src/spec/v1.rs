@@ -1072,7 +1072,8 @@ enum Staged {
 enum Found {
     Path(PathBuf, &'static str),
     Bytes(Vec<u8>, PathBuf),
-    /// A folder extracted from a CAR (the path is the CAR) into a private folder.
+    /// A folder extracted from a CAR (the path is the CAR) into `content` in a private
+    /// folder.
     Folder(tempfile::TempDir, PathBuf),
 }
 
@@ -1128,20 +1129,29 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
     }
     for file in cars.iter().filter(|p| p.is_file()) {
         let data = resolve::read_bounded(file, MAX_MODULE_FILE)?;
-        if car::is_dir(&data, &want).unwrap_or(false) {
-            let tmp = tempfile::Builder::new()
-                .prefix("detwasm-job-inputs-")
-                .tempdir()
-                .map_err(|e| SpecError::Io {
-                    path: std::env::temp_dir(),
-                    message: format!("creating a folder for a CAR's folder: {e}"),
+        // A CAR of the CID itself (`ipfs dag export CID`): its tree, file or folder.
+        let tmp = tempfile::Builder::new()
+            .prefix("detwasm-job-inputs-")
+            .tempdir()
+            .map_err(|e| SpecError::Io {
+                path: std::env::temp_dir(),
+                message: format!("creating a folder for a CAR's content: {e}"),
+            })?;
+        let content = tmp.path().join("content");
+        match car::unpack_root(&data, &want, &content) {
+            Ok(Some(true)) => return Ok(Found::Folder(tmp, file.clone())),
+            Ok(Some(false)) => {
+                let bytes = std::fs::read(&content).map_err(|e| SpecError::Io {
+                    path: content.clone(),
+                    message: e.to_string(),
                 })?;
-            match car::extract_dir(&data, &want, tmp.path()) {
-                Ok(true) => return Ok(Found::Folder(tmp, file.clone())),
-                Ok(false) => tried.push(format!("{}: does not hold it", file.display())),
-                Err(e) => tried.push(format!("{}: {e}", file.display())),
+                return Ok(Found::Bytes(bytes, file.clone()));
             }
-            continue;
+            Ok(None) => {}
+            Err(e) => {
+                tried.push(format!("{}: {e}", file.display()));
+                continue;
+            }
         }
         match car::extract_file(&data, &want) {
             Ok(Some(bytes)) => return Ok(Found::Bytes(bytes, file.clone())),
@@ -1283,8 +1293,9 @@ pub fn prepare(
                     Some((cid.clone(), "blocks verified in CAR")),
                 ),
                 Found::Folder(tmp, car) => {
-                    let host = tmp.path().canonicalize().map_err(|e| SpecError::Io {
-                        path: tmp.path().to_path_buf(),
+                    let content = tmp.path().join("content");
+                    let host = content.canonicalize().map_err(|e| SpecError::Io {
+                        path: content.clone(),
                         message: e.to_string(),
                     })?;
                     extracted.push(tmp);

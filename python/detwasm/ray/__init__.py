@@ -1,0 +1,176 @@
+"""detwasm.ray: run many jobs on a Ray cluster, with the results a serial run gives.
+
+>>> from detwasm.ray import run_many
+>>> receipts = run_many(jobs, output_dir="results", address="127.0.0.1:6379")  # doctest: +SKIP
+
+Each job (a dict of ``detwasm batch`` keys) becomes one Ray task that runs wherever Ray
+places it; the receipts come back in input order, each equal to the line ``detwasm
+batch`` prints for the same job in the same folder, and each job's results folder is
+written under ``output_dir`` on this machine (the driver). ``python -m detwasm.ray
+JOBS.jsonl --address ADDRESS --output-dir DIR`` does the same from a jobs file and prints
+one receipt per line.
+
+How it works, and why (the checks themselves are the runtime's: see
+``detwasm_runtime::remote``):
+
+* **Jobs travel by content.** The driver packs each job: the module's bytes, the stdin
+  bytes, and each input folder as a CAR (the tree the guest sees, every block named by
+  its hash). Each distinct module and tree is put in Ray's object store once, however
+  many jobs use it. Workers need no shared filesystem and no path of the driver's: a
+  worker checks every piece against the job's CIDs, unpacks the inputs into a scratch
+  folder and runs. The job id depends only on content, so a worker's run has the
+  driver's job id. Rejected: passing paths (needs one filesystem on every node, and a
+  path names no content).
+* **Results travel back as a CAR, checked before anything is written.** The driver
+  checks that the receipt is for its job, that every block of the CAR matches its CID
+  and that the folder it unpacks hashes to the receipt's CID, in a staging folder that
+  is renamed into place only then (a reader never sees half a result). What the driver
+  does not re-check is the run itself (exit code, instruction count): the workers are
+  the user's own machines; ``detwasm verify`` re-runs a receipt for anyone who must
+  not trust them.
+* **Lost workers and nodes: Ray retries, the driver ends each job once.** A task whose
+  worker process or node dies is retried by Ray on another node (``max_retries``); a
+  result lost with its node is rebuilt by re-running its task. A task writes nothing
+  outside its own scratch folder, so a task that ran twice, or died half-way, leaves no
+  trace; the driver takes one result per job and writes it once. Determinism makes the
+  copies equal, and the CID check makes sure the one written is right. Errors of the
+  job itself (a module that cannot load) are returned, not raised, so Ray does not
+  retry them: they would fail the same way every time. Rejected: workers writing
+  results to a shared folder (two runs of one task would race, and a dead worker could
+  leave a half-written folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import ray
+
+from detwasm import Error, _native, job_json
+from detwasm._types import Job, Receipt
+
+__all__ = ["DEFAULT_MAX_RETRIES", "run_many"]
+
+#: How often Ray re-runs a task whose worker or node died (Ray's own default is 3). A
+#: job is deterministic and idempotent here (a task writes nothing the driver sees), so
+#: a retry costs only time; a few more than Ray's default survive a node lost while a
+#: retry of the same task was already running.
+DEFAULT_MAX_RETRIES = 5
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: What a task returns: the worker's receipt (JSON) and results CAR, or a message.
+_TaskResult = Tuple[Optional[str], Optional[str], Optional[bytes]]
+
+
+@ray.remote(num_cpus=1, max_retries=DEFAULT_MAX_RETRIES, retry_exceptions=False)
+def _run_job(spec: str, module: bytes, stdin: bytes, *inputs: bytes) -> _TaskResult:
+    """One job on a worker: ``(receipt, None, car)``, or ``(None, message, None)`` when
+    the job cannot run (returned, not raised: Ray must not retry a deterministic error).
+    """
+    try:
+        receipt, car = _native.run_portable(spec, module, stdin, list(inputs))
+    except Error as e:
+        return None, str(e), None
+    return receipt, None, car
+
+
+def _connect(address: Optional[str], quiet: bool) -> None:
+    if not ray.is_initialized():
+        # Workers' output would land in the driver's stdout, where receipts go.
+        ray.init(address=address, log_to_driver=not quiet, logging_level="WARNING")
+
+
+def run_ordered(
+    jobs: Iterable[Tuple[Optional[int], str]],
+    output_dir: Optional[PathLike] = None,
+    *,
+    address: Optional[str] = None,
+    allow_inputs: Sequence[PathLike] = (),
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    quiet: bool = False,
+) -> Iterator[Tuple[int, Union[str, Error]]]:
+    """Runs jobs given as ``(line number or None, batch-line JSON)`` on the cluster and
+    yields ``(index, receipt JSON or Error)`` in input order, each as soon as it and every
+    job before it have ended. The receipt JSON is the text ``detwasm batch`` prints.
+    """
+    _connect(address, quiet)
+    out = None if output_dir is None else os.fspath(output_dir)
+    allowed = [os.fspath(p) for p in allow_inputs]
+    task = _run_job.options(max_retries=max_retries)
+    shipped: Dict[Hashable, ray.ObjectRef] = {}
+
+    def put_once(key: Hashable, data: bytes) -> ray.ObjectRef:
+        if key not in shipped:
+            shipped[key] = ray.put(data)
+        return shipped[key]
+
+    ended: Dict[int, Union[str, Error]] = {}
+    packed: Dict[int, Any] = {}
+    running: Dict[ray.ObjectRef, int] = {}
+    count = 0
+    for index, (line, text) in enumerate(jobs):
+        count += 1
+        try:
+            job = _native.pack(text, out, allowed, line)
+        except Error as e:
+            ended[index] = e
+            continue
+        module, stdin, inputs = job.take_content()
+        refs = [put_once(("tree", cid), car) for cid, car in zip(job.input_cids, inputs)]
+        ref = task.remote(job.spec, put_once(("module", job.module_cid), module), stdin, *refs)
+        packed[index] = job
+        running[ref] = index
+
+    emitted = 0
+    while emitted < count:
+        while emitted in ended:
+            yield emitted, ended.pop(emitted)
+            emitted += 1
+        if not running:
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            index = running.pop(ref)
+            job = packed.pop(index)
+            try:
+                receipt, message, car = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                ended[index] = Error(f"running {job.label}: the task failed on the cluster: {e}")
+                continue
+            if message is not None:
+                ended[index] = Error(message)
+                continue
+            try:
+                ended[index] = job.deliver(receipt, car)
+            except Error as e:
+                ended[index] = e
+
+
+def run_many(
+    jobs: Iterable[Union[Job, Mapping[str, Any], str]],
+    output_dir: Optional[PathLike] = None,
+    *,
+    address: Optional[str] = None,
+    allow_inputs: Sequence[PathLike] = (),
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> List[Union[Receipt, Error]]:
+    """Run jobs on a Ray cluster; return one receipt per job, in input order.
+
+    ``jobs`` are dicts of ``detwasm batch`` keys (or their JSON text). Results folders
+    are written on this machine under ``output_dir`` (default: the current folder), named
+    after each job's id, or at the job's ``output``. ``address`` is the cluster's
+    (``ray.init``'s: ``"127.0.0.1:6379"``, ``"auto"``, or None to start or reuse a local
+    one); if Ray is already initialised it is used as it is. A job that cannot run ends
+    as a :class:`detwasm.Error` in its place in the list (as ``detwasm batch`` prints an
+    error line and goes on); other jobs are not affected.
+    """
+    lines = ((None, job_json(job)) for job in jobs)
+    out: List[Union[Receipt, Error]] = []
+    for _, result in run_ordered(
+        lines, output_dir, address=address, allow_inputs=allow_inputs, max_retries=max_retries
+    ):
+        out.append(json.loads(result) if isinstance(result, str) else result)
+    return out
