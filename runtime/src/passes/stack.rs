@@ -560,6 +560,87 @@ mod tests {
             "export indices unchanged"
         );
     }
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+    }
+
+    /// How calling export `f` (after instantiating, which may run a start function) ends,
+    /// on a guest-sized stack with `fuel`.
+    fn call(wat: &'static str, fuel: u64) -> Result<(), wasmtime::Error> {
+        let engine = engine();
+        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        std::thread::Builder::new()
+            .stack_size(crate::run::GUEST_THREAD_STACK)
+            .spawn(move || {
+                let mut store = wasmtime::Store::new(&engine, ());
+                store.set_fuel(fuel).unwrap();
+                store.set_epoch_deadline(1 << 40);
+                let i = wasmtime::Instance::new(&mut store, &module, &[])?;
+                let f = i.get_typed_func::<(), ()>(&mut store, "f")?;
+                f.call(&mut store, ())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn calls_through_tables_and_start_functions_are_charged() {
+        let indirect = r#"(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $g)
+            (func $g (call_indirect (type $t) (i32.const 0)))
+            (func (export "f") (call $g)))"#;
+        assert!(is_exhaustion(&call(indirect, u64::MAX).unwrap_err()));
+        let start = r#"(module (func $g (call $g)) (start $g) (func (export "f")))"#;
+        assert!(is_exhaustion(&call(start, u64::MAX).unwrap_err()));
+        // The guest's own `unreachable` is not a stack exhaustion.
+        let own = r#"(module (func (export "f") unreachable))"#;
+        assert!(!is_exhaustion(&call(own, u64::MAX).unwrap_err()));
+    }
+
+    #[test]
+    fn tail_calls_release_the_frame_they_replace() {
+        // Endless tail recursion, direct and through a table: never exhausts the stack,
+        // runs until the fuel is gone.
+        for wat in [
+            r#"(module (func $g (return_call $g)) (func (export "f") (call $g)))"#,
+            r#"(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $g)
+                (func $g (return_call_indirect (type $t) (i32.const 0)))
+                (func (export "f") (call $g)))"#,
+        ] {
+            let e = call(wat, 10_000_000).unwrap_err();
+            assert_eq!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(&wasmtime::Trap::OutOfFuel),
+                "{wat}: {e:?}"
+            );
+        }
+    }
+
+    /// Metering costs 12 fuel per call of a defined function (8 in the prologue, 4 in the
+    /// epilogue): what the module docs promise and instruction counts include.
+    #[test]
+    fn a_call_costs_twelve_instructions_of_metering() {
+        let fuel = |wat: &str, metered: bool| {
+            let engine = engine();
+            let module = if metered {
+                crate::engine::compile(&engine, wat.as_bytes()).unwrap()
+            } else {
+                wasmtime::Module::new(&engine, wat).unwrap()
+            };
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_fuel(1_000).unwrap();
+            store.set_epoch_deadline(1 << 40);
+            let i = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let f = i.get_typed_func::<(), ()>(&mut store, "f").unwrap();
+            f.call(&mut store, ()).unwrap();
+            1_000 - store.get_fuel().unwrap()
+        };
+        let one = r#"(module (func $g) (func (export "f") (call $g)))"#;
+        let two = r#"(module (func $g) (func (export "f") (call $g) (call $g)))"#;
+        let per_call = |metered| fuel(two, metered) - fuel(one, metered);
+        assert_eq!(per_call(true) - per_call(false), 12);
+    }
 }
 
 /// The native stack is never exhausted before the metered one: recursion to the deepest
