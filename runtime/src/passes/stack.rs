@@ -56,9 +56,10 @@
 //! The prologue costs 8 fuel and the epilogue 4 (wasmtime charges one unit per operator
 //! but `block`, `end`, `return`, `unreachable`, `nop` and `drop`), so every call of a
 //! defined function adds 12 to the instruction count. They cannot be made free: wasmtime's
-//! fuel costs are per kind of operator, and the guest's own `global.get`, `i32.add`, …
-//! must keep costing fuel. Instruction counts therefore include the metering; they are
-//! still the same on every host, which is what a verifier compares.
+//! fuel costs (`Config::operator_cost`) are per kind of operator, not per occurrence, and
+//! the guest's own `global.get`, `i32.add`, … must keep costing fuel. Instruction counts
+//! therefore include the metering; they are still the same on every host, which is what
+//! a verifier compares.
 //!
 //! # The native stack
 //!
