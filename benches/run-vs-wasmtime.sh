@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Side by side: `detwasm run` against `wasmtime run` of the same wasmtime version
-# (48.0.8), on the probe module (fixtures/probes/probe.wasm, modules/probe):
+# (48.0.8), in one run. On the probe module (fixtures/probes/probe.wasm, modules/probe):
 #   small  per-job overhead of a module that does nothing (`exit 0`), warm caches on both
 #          sides (wasmtime with its cache on: -C cache=y);
-#   int    a compute-heavy integer loop (`int N`), wasmtime with its defaults;
-#   float  a float-heavy loop (`float N`: mul, div, sqrt), wasmtime with its defaults.
-# Prints milliseconds per run and the ratio detwasm / wasmtime. Not run in CI.
+#   int    a compute-heavy integer loop (`int N`: xorshift, modulo), wasmtime's defaults;
+#   float  a float-heavy loop (`float N`: a 3-body loop, mul, div, sqrt).
+# On C programs built here with clang for wasm32-wasi (benches/workloads/, skipped with a
+# note when clang or wasi-libc is missing; scripts/setup.sh installs both):
+#   nbody  the Benchmarks Game n-body (5 bodies, float-heavy, a call per pair and step);
+#   fib    naive recursive Fibonacci (integer, nearly all calls: per-call costs show).
+# Prints milliseconds per run and the ratio detwasm / wasmtime (lower is better; a
+# verifiable job may not run faster than its instruction-counted, NaN-canonical form).
+# Both sides must print the same output (checked). Figures go in benches/RESULTS-run.md,
+# never in tests. Not run in CI.
 #
-#   DETWASM   the detwasm binary (default target/release/detwasm, else target/debug/detwasm)
-#   WASMTIME  wasmtime 48.0.8 (default: `wasmtime` on PATH), e.g. from
-#             cargo install --locked wasmtime-cli@48.0.8 --root /some/where
-#   RUNS      runs of the small case (default 50); HEAVY_RUNS for int/float (default 3)
+#   DETWASM   the detwasm binary (default target/release/detwasm, else target/debug/detwasm:
+#             dependencies, Cranelift included, are optimised in the dev profile too, so
+#             guest code is compiled to the same machine code; only the host side differs)
+#   WASMTIME  wasmtime 48.0.8 (default: `wasmtime` on PATH if it is 48.0.8, else
+#             target/wasmtime-cli-48.0.8/bin/wasmtime, installed there on first use with
+#             cargo install --locked wasmtime-cli@48.0.8 --root target/wasmtime-cli-48.0.8,
+#             about 15 minutes on 2 cores; NO_INSTALL=1 to refuse)
+#   RUNS      runs of the small case (default 50); HEAVY_RUNS for the others (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,35 +29,67 @@ DETWASM=${DETWASM:-}
 if [[ -z $DETWASM ]]; then
   if [[ -x target/release/detwasm ]]; then DETWASM=target/release/detwasm; else DETWASM=target/debug/detwasm; fi
 fi
-WASMTIME=${WASMTIME:-$(command -v wasmtime || true)}
+WT_VERSION=48.0.8
+WT_ROOT=target/wasmtime-cli-$WT_VERSION
+if [[ -z ${WASMTIME:-} ]]; then
+  if command -v wasmtime >/dev/null 2>&1 && [[ $(wasmtime --version) == *" $WT_VERSION"* ]]; then
+    WASMTIME=$(command -v wasmtime)
+  else
+    WASMTIME=$WT_ROOT/bin/wasmtime
+    if [[ ! -x $WASMTIME ]]; then
+      [[ -z ${NO_INSTALL:-} ]] || { echo "no wasmtime $WT_VERSION (NO_INSTALL is set)" >&2; exit 1; }
+      echo "==> cargo install --locked wasmtime-cli@$WT_VERSION --root $WT_ROOT" >&2
+      cargo install --locked "wasmtime-cli@$WT_VERSION" --root "$WT_ROOT" >&2
+    fi
+  fi
+fi
 RUNS=${RUNS:-50}
 HEAVY_RUNS=${HEAVY_RUNS:-3}
 INT_N=${INT_N:-300000000}
 FLOAT_N=${FLOAT_N:-20000000}
+NBODY_N=${NBODY_N:-5000000}
+FIB_N=${FIB_N:-36}
 PROBE=fixtures/probes/probe.wasm
 
 [[ -x $DETWASM ]] || { echo "no detwasm binary at $DETWASM (cargo build first)" >&2; exit 1; }
-[[ -n $WASMTIME && -x $WASMTIME ]] || { echo "wasmtime not found: set WASMTIME (wasmtime-cli 48.0.8)" >&2; exit 1; }
+[[ -x $WASMTIME ]] || { echo "wasmtime not found at $WASMTIME" >&2; exit 1; }
 wt_version=$("$WASMTIME" --version)
-[[ $wt_version == *48.0.8* ]] || echo "warning: $wt_version is not wasmtime 48.0.8" >&2
+[[ $wt_version == *$WT_VERSION* ]] || echo "warning: $wt_version is not wasmtime $WT_VERSION" >&2
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export DETWASM_CACHE_DIR=$work/detwasm-cache
 n=0
 
-detwasm_run() { # args...
+# The C workloads, built once per run (their bytes are not committed).
+C_WORKLOADS=
+if command -v clang >/dev/null 2>&1 && [[ -e /usr/lib/wasm32-wasi/libc.a ]]; then
+  for w in nbody fib; do
+    clang --target=wasm32-wasi -O2 -g0 -Wl,--strip-all -o "$work/$w.wasm" "benches/workloads/$w.c"
+  done
+  C_WORKLOADS=1
+else
+  echo "note: clang or wasi-libc missing: nbody and fib skipped (scripts/setup.sh installs them)" >&2
+fi
+
+# `detwasm_run [MODULE] -- args...` / `wasmtime_run [flags...] [MODULE] -- args...`: the
+# module defaults to the probe.
+detwasm_run() {
+  local module=$PROBE
+  if [[ $1 != -- ]]; then module=$1; shift; fi
+  shift
   n=$((n + 1))
   # $BASHPID: timing loops run in subshells, each with its own copy of $n.
   last_out="$work/out-$BASHPID-$n"
-  "$DETWASM" run --fuel 100000000000000 -o "$last_out" "$PROBE" -- "$@" >/dev/null 2>"$work/detwasm-stderr" \
+  "$DETWASM" run --fuel 100000000000000 -o "$last_out" "$module" -- "$@" >/dev/null 2>"$work/detwasm-stderr" \
     || { echo "detwasm run $* failed:" >&2; cat "$work/detwasm-stderr" >&2; exit 1; }
 }
-wasmtime_run() { # flags... -- args...
-  local flags=()
-  while [[ $1 != -- ]]; do flags+=("$1"); shift; done
+wasmtime_run() {
+  local flags=() module=$PROBE
+  while [[ $1 == -* && $1 != -- ]]; do flags+=("$1" "$2"); shift 2; done
+  if [[ $1 != -- ]]; then module=$1; shift; fi
   shift
-  "$WASMTIME" run "${flags[@]}" "$PROBE" "$@" >"$work/wasmtime-stdout" \
+  "$WASMTIME" run "${flags[@]}" "$module" "$@" >"$work/wasmtime-stdout" \
     || { echo "wasmtime run $* failed" >&2; exit 1; }
 }
 # ms per run of "$@", repeated $1 times.
@@ -66,22 +109,42 @@ echo "machine:  $(nproc) cores, $(uname -sm)"
 echo
 
 # Warm both caches, and check both see the same computation.
-detwasm_run exit 0
+same() { # case
+  [[ $(cat "$last_out/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "$1 results differ" >&2; exit 1; }
+}
+detwasm_run -- exit 0
 wasmtime_run -C cache=y -- exit 0
-detwasm_run int 1000
+detwasm_run -- int 1000
 wasmtime_run -- int 1000
-[[ $(cat "$last_out/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "int results differ" >&2; exit 1; }
-detwasm_run float 1000
+same int
+detwasm_run -- float 1000
 wasmtime_run -- float 1000
-[[ $(cat "$last_out/stdout") == $(cat "$work/wasmtime-stdout") ]] || { echo "float results differ" >&2; exit 1; }
+same float
+if [[ -n $C_WORKLOADS ]]; then
+  detwasm_run "$work/nbody.wasm" -- 1000
+  wasmtime_run "$work/nbody.wasm" -- 1000
+  same nbody
+  detwasm_run "$work/fib.wasm" -- 20
+  wasmtime_run "$work/fib.wasm" -- 20
+  same fib
+fi
 
+row() { # case runs detwasm-args... ::: wasmtime-args...
+  local name=$1 runs=$2; shift 2
+  local d_args=() w_args=()
+  while [[ $1 != ::: ]]; do d_args+=("$1"); shift; done
+  shift
+  w_args=("$@")
+  local d w
+  d=$(per_run_ms "$runs" detwasm_run "${d_args[@]}")
+  w=$(per_run_ms "$runs" wasmtime_run "${w_args[@]}")
+  printf '%-8s %12s %12s %8s\n' "$name" "$d" "$w" "$(ratio "$d" "$w")"
+}
 printf '%-8s %12s %12s %8s\n' case "detwasm ms" "wasmtime ms" ratio
-d=$(per_run_ms "$RUNS" detwasm_run exit 0)
-w=$(per_run_ms "$RUNS" wasmtime_run -C cache=y -- exit 0)
-printf '%-8s %12s %12s %8s\n' small "$d" "$w" "$(ratio "$d" "$w")"
-d=$(per_run_ms "$HEAVY_RUNS" detwasm_run int "$INT_N")
-w=$(per_run_ms "$HEAVY_RUNS" wasmtime_run -- int "$INT_N")
-printf '%-8s %12s %12s %8s\n' int "$d" "$w" "$(ratio "$d" "$w")"
-d=$(per_run_ms "$HEAVY_RUNS" detwasm_run float "$FLOAT_N")
-w=$(per_run_ms "$HEAVY_RUNS" wasmtime_run -- float "$FLOAT_N")
-printf '%-8s %12s %12s %8s\n' float "$d" "$w" "$(ratio "$d" "$w")"
+row small "$RUNS" -- exit 0 ::: -C cache=y -- exit 0
+row int "$HEAVY_RUNS" -- int "$INT_N" ::: -- int "$INT_N"
+row float "$HEAVY_RUNS" -- float "$FLOAT_N" ::: -- float "$FLOAT_N"
+if [[ -n $C_WORKLOADS ]]; then
+  row nbody "$HEAVY_RUNS" "$work/nbody.wasm" -- "$NBODY_N" ::: "$work/nbody.wasm" -- "$NBODY_N"
+  row fib "$HEAVY_RUNS" "$work/fib.wasm" -- "$FIB_N" ::: "$work/fib.wasm" -- "$FIB_N"
+fi

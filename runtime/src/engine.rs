@@ -24,8 +24,9 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// for each unit of the metered limit ([`passes::stack::STACK_LIMIT`]), so that the
 /// metered limit, which is the same on every CPU, is always reached before this one,
 /// which is not (Cranelift's frames differ by target). Rejected: keeping the native limit
-/// as the only one (1 MiB before: guests overflowed at another depth on aarch64 than on
-/// x86-64, after another number of instructions). The tests of [`passes::stack`]
+/// as the only one (1 MiB before: a frame whose native size differs between x86-64 and
+/// aarch64 overflowed at another depth, after another number of instructions; measured
+/// in [`passes::stack`]). The tests of [`passes::stack`]
 /// recurse to the deepest metered depth with the largest frames per unit and check that
 /// the metered trap comes first.
 pub const MAX_WASM_STACK: usize =

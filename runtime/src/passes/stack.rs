@@ -4,11 +4,13 @@
 //! # Why
 //!
 //! wasmtime traps with a stack overflow when the *native* stack of wasm frames passes
-//! `max_wasm_stack` bytes. A frame's native size is Cranelift's choice, and differs by
-//! target (aarch64 saves more callee-saved registers and aligns frames to 16 bytes), by
-//! Cranelift version and by optimisation level. A job that recursed until the native
-//! limit therefore trapped at another depth on aarch64 than on x86-64, after another
-//! number of instructions: two honest hosts disagreed on the instruction count. Rejected:
+//! `max_wasm_stack` bytes. A frame's native size is Cranelift's choice: it depends on the
+//! target, the Cranelift version and the optimisation level (measured by the tests below:
+//! the same frame of hoisted values takes 8,128 bytes on x86-64 and 8,168 on aarch64, so
+//! the native limit stops it at depth 1,034 on one and 1,027 on the other; the smallest
+//! frame takes 48 bytes optimised and 32 without). A job that recursed until the native
+//! limit could therefore trap at another depth on another CPU, after another number of
+//! instructions: two honest hosts would disagree on the instruction count. Rejected:
 //! pinning `max_wasm_stack` per architecture (frames differ per function, so no one
 //! ratio fits every module); not metering and forbidding deep recursion (a module cannot
 //! know where the native limit lies).
@@ -56,9 +58,10 @@
 //! The prologue costs 8 fuel and the epilogue 4 (wasmtime charges one unit per operator
 //! but `block`, `end`, `return`, `unreachable`, `nop` and `drop`), so every call of a
 //! defined function adds 12 to the instruction count. They cannot be made free: wasmtime's
-//! fuel costs are per kind of operator, and the guest's own `global.get`, `i32.add`, …
-//! must keep costing fuel. Instruction counts therefore include the metering; they are
-//! still the same on every host, which is what a verifier compares.
+//! fuel costs (`Config::operator_cost`) are per kind of operator, not per occurrence, and
+//! the guest's own `global.get`, `i32.add`, … must keep costing fuel. Instruction counts
+//! therefore include the metering; they are still the same on every host, which is what
+//! a verifier compares.
 //!
 //! # The native stack
 //!
@@ -66,8 +69,10 @@
 //! [`crate::engine::MAX_WASM_STACK`] is [`NATIVE_BYTES_PER_UNIT`] bytes per unit of
 //! [`STACK_LIMIT`]. The tests of this module recurse to the deepest metered depth with
 //! the frames whose native size per unit is largest (`v128` values kept live across the
-//! call as locals, operands or parameters: 16–16.8 bytes per unit; the smallest frames:
-//! about 5) and check that the metered trap comes first, at the depth the rule gives.
+//! call as locals, operands or parameters: 15.9–16.1 bytes per unit, 16.8 for 49,999
+//! locals; the smallest frames: 3–5) and check that the metered trap comes first, at the
+//! depth the rule gives. Run under qemu-aarch64 (built with `cargo test --target
+//! aarch64-unknown-linux-gnu`), they measure the same sizes on aarch64 and pass.
 //!
 //! One kind of frame is not bounded by any rule on the module's values: Cranelift hoists
 //! loop-invariant computations out of loops and merges equal ones, and keeps the results
@@ -559,6 +564,87 @@ mod tests {
             vec![("b".to_string(), 2)],
             "export indices unchanged"
         );
+    }
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+    }
+
+    /// How calling export `f` (after instantiating, which may run a start function) ends,
+    /// on a guest-sized stack with `fuel`.
+    fn call(wat: &'static str, fuel: u64) -> Result<(), wasmtime::Error> {
+        let engine = engine();
+        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        std::thread::Builder::new()
+            .stack_size(crate::run::GUEST_THREAD_STACK)
+            .spawn(move || {
+                let mut store = wasmtime::Store::new(&engine, ());
+                store.set_fuel(fuel).unwrap();
+                store.set_epoch_deadline(1 << 40);
+                let i = wasmtime::Instance::new(&mut store, &module, &[])?;
+                let f = i.get_typed_func::<(), ()>(&mut store, "f")?;
+                f.call(&mut store, ())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn calls_through_tables_and_start_functions_are_charged() {
+        let indirect = r#"(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $g)
+            (func $g (call_indirect (type $t) (i32.const 0)))
+            (func (export "f") (call $g)))"#;
+        assert!(is_exhaustion(&call(indirect, u64::MAX).unwrap_err()));
+        let start = r#"(module (func $g (call $g)) (start $g) (func (export "f")))"#;
+        assert!(is_exhaustion(&call(start, u64::MAX).unwrap_err()));
+        // The guest's own `unreachable` is not a stack exhaustion.
+        let own = r#"(module (func (export "f") unreachable))"#;
+        assert!(!is_exhaustion(&call(own, u64::MAX).unwrap_err()));
+    }
+
+    #[test]
+    fn tail_calls_release_the_frame_they_replace() {
+        // Endless tail recursion, direct and through a table: never exhausts the stack,
+        // runs until the fuel is gone.
+        for wat in [
+            r#"(module (func $g (return_call $g)) (func (export "f") (call $g)))"#,
+            r#"(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $g)
+                (func $g (return_call_indirect (type $t) (i32.const 0)))
+                (func (export "f") (call $g)))"#,
+        ] {
+            let e = call(wat, 10_000_000).unwrap_err();
+            assert_eq!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(&wasmtime::Trap::OutOfFuel),
+                "{wat}: {e:?}"
+            );
+        }
+    }
+
+    /// Metering costs 12 fuel per call of a defined function (8 in the prologue, 4 in the
+    /// epilogue): what the module docs promise and instruction counts include.
+    #[test]
+    fn a_call_costs_twelve_instructions_of_metering() {
+        let fuel = |wat: &str, metered: bool| {
+            let engine = engine();
+            let module = if metered {
+                crate::engine::compile(&engine, wat.as_bytes()).unwrap()
+            } else {
+                wasmtime::Module::new(&engine, wat).unwrap()
+            };
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_fuel(1_000).unwrap();
+            store.set_epoch_deadline(1 << 40);
+            let i = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let f = i.get_typed_func::<(), ()>(&mut store, "f").unwrap();
+            f.call(&mut store, ()).unwrap();
+            1_000 - store.get_fuel().unwrap()
+        };
+        let one = r#"(module (func $g) (func (export "f") (call $g)))"#;
+        let two = r#"(module (func $g) (func (export "f") (call $g) (call $g)))"#;
+        let per_call = |metered| fuel(two, metered) - fuel(one, metered);
+        assert_eq!(per_call(true) - per_call(false), 12);
     }
 }
 
