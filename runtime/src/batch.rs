@@ -7,10 +7,10 @@
 //! depend on; the fuzz campaign's "copies of the job at once in one process" run checks
 //! exactly this.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::deliver::{self, Durability};
@@ -29,7 +29,10 @@ pub struct BatchOptions {
     pub parallel: usize,
     /// Where jobs without an `output` deliver: a folder named after the job id.
     pub output_dir: PathBuf,
-    /// The folder relative paths are taken against.
+    /// The folder a line's `output` and a module spec's `SourcePath`s are taken against.
+    /// Relative `module`, `inputs`, `dirs` and `stdin` paths are kept as written (so the
+    /// receipt matches `detwasm run`'s) and so resolve against the process's current
+    /// folder: pass that folder here.
     pub cwd: PathBuf,
     /// Folders module specs may take inputs from (`--allow-input`), for every job.
     pub allow_inputs: Vec<PathBuf>,
@@ -60,25 +63,52 @@ pub fn run_batch(
     mut done: impl FnMut(usize, JobResult),
 ) {
     let next = AtomicUsize::new(0);
-    let workers = opts.parallel.max(1).min(lines.len().max(1));
-    let (tx, rx) = mpsc::channel::<(usize, Result<StagedRun, String>)>();
+    let parents = Parents::default();
+    let wanted = opts.parallel.max(1).min(lines.len().max(1));
+    let (tx, rx) = mpsc::channel::<(usize, Result<Staged, String>)>();
     std::thread::scope(|s| {
-        for _ in 0..workers {
+        let mut started = 0;
+        for _ in 0..wanted {
             let tx = tx.clone();
-            let (next, lines) = (&next, &lines);
-            s.spawn(move || loop {
+            let (next, lines, parents) = (&next, &lines, &parents);
+            let worker = move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(line) = lines.get(i) else { break };
+                // A panic while running one job is that job's error, not the batch's end
+                // (the jobs behind it would otherwise wait for it forever).
                 let result = match line {
-                    Ok(req) => stage_one(runtime, req, opts),
+                    Ok(req) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        stage_one(runtime, req, opts, parents)
+                    }))
+                    .unwrap_or_else(|_| Err(run_error(req, "detwasm panicked running it"))),
                     Err(e) => Err(e.clone()),
                 };
                 if tx.send((i, result)).is_err() {
                     break;
                 }
-            });
+            };
+            // A thread the OS refuses (e.g. a huge --parallel) is one worker fewer.
+            if std::thread::Builder::new()
+                .name("detwasm-batch".into())
+                .spawn_scoped(s, worker)
+                .is_ok()
+            {
+                started += 1;
+            }
         }
         drop(tx);
+        if started == 0 {
+            for (i, line) in lines.iter().enumerate() {
+                done(
+                    i,
+                    Err(match line {
+                        Ok(req) => run_error(req, "no worker thread could be started"),
+                        Err(e) => e.clone(),
+                    }),
+                );
+            }
+            return;
+        }
         // Results arrive in completion order and leave in input order.
         let mut waiting = BTreeMap::new();
         let mut emitted = 0;
@@ -103,45 +133,102 @@ pub fn run_batch(
     });
 }
 
-/// Publishes a group of staged runs (see [`run_batch`]).
-fn commit(group: Vec<(usize, Result<StagedRun, String>)>) -> Vec<(usize, JobResult)> {
-    let mut parents: Vec<PathBuf> = Vec::new();
+/// The folder a run publishes into, opened before any job wrote there and kept open for
+/// the batch (see [`deliver::sync_filesystem`] for why), and whether a group sync is
+/// reliable on it ([`deliver::group_sync_supported`]).
+struct Parent {
+    path: PathBuf,
+    dir: std::fs::File,
+    grouped: bool,
+}
+
+/// The batch's [`Parent`]s by path.
+#[derive(Default)]
+struct Parents(Mutex<HashMap<PathBuf, Arc<Parent>>>);
+
+impl Parents {
+    /// The parent of `dest` (created if missing), opened once.
+    fn of(&self, dest: &Destination) -> Result<Arc<Parent>, String> {
+        let path = match dest {
+            Destination::At(p) => p
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            Destination::Under(d) => d.clone(),
+        };
+        let mut map = self.0.lock().map_err(|_| "a worker panicked".to_string())?;
+        if let Some(p) = map.get(&path) {
+            return Ok(p.clone());
+        }
+        std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let dir = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let grouped = deliver::group_sync_supported(&dir);
+        let parent = Arc::new(Parent {
+            path: path.clone(),
+            dir,
+            grouped,
+        });
+        map.insert(path, parent.clone());
+        Ok(parent)
+    }
+}
+
+/// A run staged by a worker, and the folder it publishes into.
+type Staged = (StagedRun, Arc<Parent>);
+
+/// Publishes a group of staged runs (see [`run_batch`]). Runs into a folder where a
+/// group sync is not reliable are published one by one, each with its own fsyncs.
+fn commit(group: Vec<(usize, Result<Staged, String>)>) -> Vec<(usize, JobResult)> {
+    let mut parents: Vec<Arc<Parent>> = Vec::new();
     for (_, r) in &group {
-        if let Ok(staged) = r {
-            if !parents.iter().any(|p| p == staged.parent()) {
-                parents.push(staged.parent().to_path_buf());
+        if let Ok((_, parent)) = r {
+            if parent.grouped && !parents.iter().any(|p| p.path == parent.path) {
+                parents.push(parent.clone());
             }
         }
     }
-    let sync = |parents: &[PathBuf]| -> Result<(), String> {
+    let sync = |parents: &[Arc<Parent>]| -> Result<(), String> {
         for p in parents {
-            deliver::sync_filesystem(p).map_err(|e| format!("syncing the results to disk: {e}"))?;
+            deliver::sync_filesystem(&p.dir, &p.path)
+                .map_err(|e| format!("syncing the results to disk: {e}"))?;
         }
         Ok(())
     };
     // Staged runs dropped on an error remove their staging folders: nothing half-synced
     // is ever published.
     let data_synced = sync(&parents);
-    let published: Vec<(usize, JobResult)> = group
+    let published: Vec<(usize, JobResult, bool)> = group
         .into_iter()
-        .map(|(i, r)| {
-            let r = r.and_then(|staged| match &data_synced {
-                Ok(()) => staged
-                    .publish(Durability::Grouped)
+        .map(|(i, r)| match r {
+            Err(e) => (i, Err(e), false),
+            Ok((staged, parent)) if !parent.grouped => (
+                i,
+                staged
+                    .publish(Durability::PerFile)
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e.clone()),
-            });
-            (i, r)
+                false,
+            ),
+            Ok((staged, _)) => {
+                let r = match &data_synced {
+                    Ok(()) => staged
+                        .publish(Durability::Grouped)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.clone()),
+                };
+                (i, r, true)
+            }
         })
         .collect();
-    match sync(&parents) {
-        Ok(()) => published,
-        // The renames may not be on disk: their receipts are not handed out as good.
-        Err(e) => published
-            .into_iter()
-            .map(|(i, r)| (i, r.and_then(|_| Err(e.clone()))))
-            .collect(),
-    }
+    let renames_synced = sync(&parents);
+    published
+        .into_iter()
+        .map(|(i, r, grouped)| match (&renames_synced, grouped) {
+            // The rename may not be on disk: the receipt is not handed out as good.
+            (Err(e), true) => (i, r.and_then(|_| Err(e.clone()))),
+            _ => (i, r),
+        })
+        .collect()
 }
 
 /// Runs one request as `detwasm run` would, up to its staged results.
@@ -149,11 +236,14 @@ fn stage_one(
     runtime: &Runtime,
     req: &JobRequest,
     opts: &BatchOptions,
-) -> Result<StagedRun, String> {
+    parents: &Parents,
+) -> Result<Staged, String> {
     let planned = job_of(req, opts)?;
-    runtime
+    let parent = parents.of(&planned.dest).map_err(|e| run_error(req, e))?;
+    let staged = runtime
         .run_staged(&planned.job, &planned.dest)
-        .map_err(|e| run_error(req, e))
+        .map_err(|e| run_error(req, e))?;
+    Ok((staged, parent))
 }
 
 /// A batch line's job, where its results go, and what must live as long as its run.

@@ -68,6 +68,9 @@ pub enum Durability {
 /// A results folder written into its staging folder, not yet published.
 pub struct Staged<T> {
     staging: tempfile::TempDir,
+    /// The staging folder, open and `flock`ed until it is published (see
+    /// [`remove_stale_staging`]).
+    _lock: File,
     parent: PathBuf,
     dest: Destination,
     job_id: String,
@@ -120,9 +123,16 @@ pub fn stage<T>(
                 e,
             )
         })?;
+    let lock = lock_staging(staging.path()).map_err(|e| {
+        RunError::io(
+            format!("locking the staging folder {}", staging.path().display()),
+            e,
+        )
+    })?;
     let value = write(staging.path())?;
     Ok(Staged {
         staging,
+        _lock: lock,
         parent,
         dest: dest.clone(),
         job_id: job_id.to_string(),
@@ -142,6 +152,7 @@ impl<T> Staged<T> {
     pub fn publish(self, durability: Durability) -> Result<(PathBuf, T), RunError> {
         let Staged {
             staging,
+            _lock,
             parent,
             dest,
             job_id,
@@ -171,20 +182,89 @@ impl<T> Staged<T> {
     }
 }
 
+/// Opens `dir` and takes an exclusive `flock` on it without waiting. The owner of a
+/// staging folder holds it from creation until the rename has published it; a cleaner
+/// that cannot take it leaves the folder alone (see [`remove_stale_staging`]).
+fn lock_staging(dir: &Path) -> io::Result<File> {
+    let f = File::open(dir)?;
+    // SAFETY: flock only reads the descriptor, which `f` keeps open for the call.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if r == 0 {
+        Ok(f)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether one `syncfs` on `dir` (a descriptor kept open since before the group's files
+/// were written) reliably reports a failed write-back of the group, so that
+/// [`Durability::Grouped`] may be used there: Linux 5.8 or later (before, syncfs returned
+/// 0 even when write-back failed) and a local filesystem known to implement it (on FUSE
+/// and network filesystems syncfs need not reach the server). Elsewhere a batch falls
+/// back to [`Durability::PerFile`], which checks each file's own fsync.
+pub fn group_sync_supported(dir: &File) -> bool {
+    const LOCAL: &[i64] = &[
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x794C_7630, // overlayfs
+    ];
+    // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call and `st` is a valid out-pointer.
+    if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(dir), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let local = LOCAL.contains(&(st.f_type as i64));
+    local && kernel_at_least(5, 8)
+}
+
+/// Whether the running Linux kernel is at least `major.minor` (`uname -r`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: an all-zero utsname is a valid value for uname to overwrite.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid out-pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: uname writes a NUL-terminated string into `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 /// `syncfs(2)` of the filesystem holding `dir`: every dirty file, folder and rename on
 /// it reaches the disk. One call makes a whole group of staged deliveries durable.
 /// Rejected for groups: an fsync per file and folder (seven per small job, about 3 ms
 /// of waiting per job on this project's CI disk, which capped a batch at a few hundred
 /// jobs a second), and no sync at all (after a crash, a published name could hold
 /// files whose data never reached the disk).
-pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    let f = File::open(dir).map_err(|e| named(dir, e))?;
-    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
-    let r = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+///
+/// `dir` must have been opened before the files it is to make durable were written:
+/// syncfs reports a write-back error to each open descriptor once, from the moment it
+/// was opened, so a descriptor opened afterwards can miss an error another process's
+/// syncfs already collected. Check [`group_sync_supported`] first.
+pub fn sync_filesystem(dir: &File, name: &Path) -> io::Result<()> {
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+    let r = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) };
     if r == 0 {
         Ok(())
     } else {
-        Err(named(dir, io::Error::last_os_error()))
+        Err(named(name, io::Error::last_os_error()))
     }
 }
 
@@ -310,9 +390,12 @@ fn check_destination(dest: &Path) -> Result<(), RunError> {
 /// - pid reuse: if the dead run's pid now belongs to another process, its folder is kept
 ///   until that process is gone too (a leak, never a removal of live work);
 /// - `EPERM` (a process of another user has that pid) counts as alive;
-/// - a parent shared across pid namespaces or hosts (containers, NFS) can make a live
-///   run's pid look dead here; that run's final rename then fails and it reports an
-///   error — its results are lost, but nothing wrong is ever delivered.
+/// - a parent shared across pid namespaces (containers) can make a live run's pid look
+///   dead here: its owner holds an `flock` on its staging folder from creation until it
+///   is published, and a folder whose lock cannot be taken is never removed (on hosts
+///   sharing a network filesystem without working `flock`, that run's final rename may
+///   fail and it reports an error — its results are lost, but nothing wrong is
+///   delivered).
 ///
 /// Rejected: reusing stale folders (their content is of unknown completeness), and
 /// age-based removal (any age threshold is either too short for a slow delivery or too
@@ -329,9 +412,13 @@ pub fn remove_stale_staging(parent: &Path) {
         if pid == std::process::id() || process_alive(pid) {
             continue;
         }
-        // remove_dir_all does not follow symlinks: at worst a symlink is removed.
+        // remove_dir_all does not follow symlinks: at worst a symlink is removed. A folder
+        // whose owner still holds its lock is live work, whatever its pid says (another
+        // pid namespace): left alone. The lock is held while removing.
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            if let Ok(_held) = lock_staging(&entry.path()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 }
@@ -343,10 +430,17 @@ pub fn remove_stale_staging(parent: &Path) {
 fn remove_stale_staging_once(parent: &Path) {
     static CLEANED: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
         std::sync::Mutex::new(None);
+    // Bounded: a process that delivers into ever new folders (a remote worker's scratch
+    // folders) forgets them now and then, and at worst cleans such a folder again.
+    const MAX_REMEMBERED: usize = 4096;
     let first = match CLEANED.lock() {
-        Ok(mut set) => set
-            .get_or_insert_with(Default::default)
-            .insert(parent.to_path_buf()),
+        Ok(mut set) => {
+            let set = set.get_or_insert_with(Default::default);
+            if set.len() >= MAX_REMEMBERED {
+                set.clear();
+            }
+            set.insert(parent.to_path_buf())
+        }
         Err(_) => true,
     };
     if first {
@@ -600,6 +694,25 @@ mod tests {
         assert!(!stale.exists(), "a dead run's staging folder was removed");
         assert!(live.exists() && init.exists() && not_ours.exists());
         assert!(Path::new(&r.results_dir).join("exitCode").is_file());
+    }
+
+    /// A live run in another pid namespace: its pid looks dead here, but it holds the
+    /// lock on its staging folder, so the folder is kept.
+    #[test]
+    fn a_locked_staging_folder_is_kept_whatever_its_pid_says() {
+        let t = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let busy = t.path().join(format!("{STAGING_PREFIX}{dead}-locked"));
+        std::fs::create_dir(&busy).unwrap();
+        std::fs::write(busy.join("stdout"), "being written").unwrap();
+        let held = lock_staging(&busy).unwrap();
+        remove_stale_staging(t.path());
+        assert!(busy.join("stdout").is_file(), "live work was kept");
+        drop(held);
+        remove_stale_staging(t.path());
+        assert!(!busy.exists(), "once unlocked, a dead pid's folder goes");
     }
 
     #[test]

@@ -90,7 +90,10 @@ pub struct JobRequest {
 
 /// An epoch as JSON: seconds (a number) or text.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "an epoch: seconds since 1970 (a number) or RFC 3339 text"
+)]
 pub enum EpochValue {
     Seconds(u64),
     Text(String),
@@ -98,7 +101,10 @@ pub enum EpochValue {
 
 /// A size as JSON: bytes (a number) or text with a unit (`256MiB`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a size: bytes (a number) or text with a unit such as \"256MiB\""
+)]
 pub enum Size {
     Bytes(u64),
     Text(String),

@@ -25,6 +25,10 @@ use super::run::runtime;
 /// --output-dir). Unknown keys are an error naming the line. Relative paths are taken
 /// against the current folder, as `detwasm run` takes them. Blank lines are skipped.
 ///
+/// A jobs file is the operator's: its paths (inputs, folders, stdin, outputs) are read and
+/// written with the operator's rights, as flags of `detwasm run` would be. Only a module
+/// spec's own inputs are confined (to its folder and --allow-input folders).
+///
 /// Each receipt equals what `detwasm run --json` of the same job prints. A job that
 /// cannot run gets a line `{"line": N, "error": "..."}` and the others go on. Exit
 /// status: 0 when every job ran and exited 0, 1 when every job ran but some exited
@@ -116,10 +120,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 serde_json::to_string(&serde_json::json!({"line": numbers[i], "error": error}))
             }
         };
-        let written = line
-            .map_err(std::io::Error::other)
-            .and_then(|l| writeln!(out, "{l}"))
-            .and_then(|()| if interactive { out.flush() } else { Ok(()) });
+        // On a terminal the bar (stderr) is hidden while a receipt line is written.
+        let written = line.map_err(std::io::Error::other).and_then(|l| {
+            if interactive {
+                bar.suspend(|| writeln!(out, "{l}").and_then(|()| out.flush()))
+            } else {
+                writeln!(out, "{l}")
+            }
+        });
         if let Err(e) = written {
             write_error.get_or_insert(e);
         }
