@@ -30,10 +30,11 @@ npm ci --prefix conformance --no-audit --no-fund
 echo "==> pip install maturin pytest ray (the Python package, its tests and its Ray cluster test)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   "maturin==1.16.0" "pytest==9.2.0" "ray==2.60.0"
-echo "==> cargo build (dev profile, shared with the tests)"
-# The Python extension is built by maturin below, with the environment maturin sets for
-# it (built here too, pyo3 would be compiled twice, once for each environment).
-cargo build --workspace --exclude detwasm-python
+echo "==> cargo nextest run --workspace --no-run (the test build: binaries and tests)"
+# Exactly the build the test command makes (features unified with the dev-dependencies),
+# so the tests compile nothing again, and maturin below reuses it too (see the feature
+# note in python/Cargo.toml). It also builds target/debug/detwasm.
+cargo nextest run --workspace --no-run
 echo "==> pip install ./python (maturin, dev profile, the workspace's target/)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   --no-build-isolation ./python
