@@ -26,6 +26,40 @@ fn detwasm() -> Command {
     c
 }
 
+/// `detwasm run MODULE --input in -o results --receipt receipt.json -- ARG` in `dir`.
+fn run_with_receipt(dir: &Path, module: &Path, arg: &str) -> std::process::Output {
+    detwasm()
+        .current_dir(dir)
+        .arg("run")
+        .arg(module)
+        .args([
+            "--input",
+            "in",
+            "-o",
+            "results",
+            "--receipt",
+            "receipt.json",
+        ])
+        .args(["--", arg])
+        .output()
+        .unwrap()
+}
+
+/// `detwasm verify receipt.json --results results` in `dir` says the result is
+/// reproduced.
+fn assert_verifies(dir: &Path) {
+    let verified = detwasm()
+        .current_dir(dir)
+        .args(["verify", "receipt.json", "--results", "results"])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}
+
 /// A bit-vector problem with one solution family: boolector has to search.
 const SMT: &str = "(set-logic QF_BV)
 (set-option :produce-models true)
@@ -70,22 +104,7 @@ fn boolector_is_deterministic_under_fuzzing_and_verifies() {
         "boolector answers sat with 10: {r}"
     );
 
-    let run = detwasm()
-        .current_dir(t.path())
-        .arg("run")
-        .arg(&solver)
-        .args([
-            "--input",
-            "in",
-            "-o",
-            "results",
-            "--receipt",
-            "receipt.json",
-            "--",
-        ])
-        .arg("/inputs/problem.smt2")
-        .output()
-        .unwrap();
+    let run = run_with_receipt(t.path(), &solver, "/inputs/problem.smt2");
     assert_eq!(
         run.status.code(),
         Some(1),
@@ -93,16 +112,7 @@ fn boolector_is_deterministic_under_fuzzing_and_verifies() {
     );
     let stdout = std::fs::read_to_string(t.path().join("results/stdout")).unwrap();
     assert!(stdout.starts_with("sat\n"), "{stdout}");
-    let verified = detwasm()
-        .current_dir(t.path())
-        .args(["verify", "receipt.json", "--results", "results"])
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stdout)
-    );
+    assert_verifies(t.path());
 }
 
 /// A Python data script: summary statistics of a CSV, written to an output volume, and a
@@ -183,21 +193,7 @@ fn python_interpreter_is_fuzzable_and_its_seed_dependence_is_found() {
     let pinned = fuzz(&["--runs", "1", "--vary", "seed", "-e", "PYTHONHASHSEED=0"]);
     assert_eq!(pinned["sensitive_to"], serde_json::json!([]), "{pinned}");
 
-    let run = detwasm()
-        .current_dir(t.path())
-        .arg("run")
-        .arg(&python)
-        .args([
-            "--input",
-            "in",
-            "-o",
-            "results",
-            "--receipt",
-            "receipt.json",
-        ])
-        .args(["--", "/inputs/stats.py"])
-        .output()
-        .unwrap();
+    let run = run_with_receipt(t.path(), &python, "/inputs/stats.py");
     assert!(
         run.status.success(),
         "{}",
@@ -214,14 +210,5 @@ fn python_interpreter_is_fuzzable_and_its_seed_dependence_is_found() {
         .map(|c| c["n"].as_u64().unwrap())
         .sum();
     assert_eq!(rows, 2000, "{summary}");
-    let verified = detwasm()
-        .current_dir(t.path())
-        .args(["verify", "receipt.json", "--results", "results"])
-        .output()
-        .unwrap();
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stdout)
-    );
+    assert_verifies(t.path());
 }

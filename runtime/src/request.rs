@@ -181,25 +181,10 @@ impl JobRequest {
         serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The job these options describe. `cwd` is the folder relative paths are taken
-    /// against for a module folder's `SourcePath`s (the process's current folder).
-    pub fn to_job(&self, cwd: &Path) -> Result<Job, RequestError> {
-        let built = self.build(cwd)?;
-        if built.staging.is_some() {
-            return Err(RequestError {
-                key: None,
-                message: format!(
-                    "{}: the job file has file inputs, which are staged for the run; use `build`",
-                    self.module.display()
-                ),
-            });
-        }
-        Ok(built.job)
-    }
-
     /// The job these options describe, with what must live as long as its run (the
     /// staged copies of a job file's file inputs) and notes for the user (a job file's
-    /// settings that do not apply, as `FILE:LINE: text`).
+    /// settings that do not apply, as `FILE:LINE: text`). `cwd` is the folder a module
+    /// folder's `SourcePath`s are taken against (the process's current folder).
     pub fn build(&self, cwd: &Path) -> Result<BuiltJob, RequestError> {
         let module = &self.module;
         let mut notes = Vec::new();
@@ -464,19 +449,19 @@ mod tests {
         std::fs::write(&wasm, "(module (func (export \"_start\")))").unwrap();
         let mut r = JobRequest::new(&wasm);
         r.fuel = Some(0);
-        let e = r.to_job(dir.path()).unwrap_err();
+        let e = r.build(dir.path()).unwrap_err();
         assert_eq!(e.key, Some("fuel"));
         assert!(e.for_cli().starts_with("--fuel: must be at least 1"), "{e}");
         r.fuel = None;
         r.max_output = Some(Size::Text("1XB".into()));
-        let e = r.to_job(dir.path()).unwrap_err();
+        let e = r.build(dir.path()).unwrap_err();
         assert!(e.to_string().starts_with("max_output: size `1XB`"), "{e}");
         assert!(e.for_cli().starts_with("--max-output: "), "{e}");
         r.max_output = None;
         r.timeout = Some(f64::NAN);
-        assert!(r.to_job(dir.path()).is_err());
+        assert!(r.build(dir.path()).is_err());
         r.timeout = Some(2.0);
-        let job = r.to_job(dir.path()).unwrap();
+        let job = r.build(dir.path()).unwrap().job;
         assert_eq!(job.limits.timeout, Some(Duration::from_secs(2)));
         assert_eq!(job.outputs.len(), 1, "the default /outputs volume");
     }

@@ -765,12 +765,7 @@ pub fn trace_floats(binary: &[u8]) -> Result<Vec<u8>, String> {
 /// `local.tee s; global.get t; i64.const 5; i64.rotl; local.get s; <to i64>; i64.xor;
 /// global.set t` (twice for a vector's two halves), leaving the value on the stack.
 fn emit_trace(out: &mut Vec<u8>, kind: Canon, scratch: u32, trace: u32) {
-    let local = scratch
-        + match kind {
-            Canon::F32 => 0,
-            Canon::F64 => 1,
-            Canon::F32x4 | Canon::F64x2 => 2,
-        };
+    let local = kind.scratch_local(scratch);
     out.push(0x22); // local.tee
     write_u32(out, local);
     out.push(0x23); // global.get
@@ -987,6 +982,19 @@ enum Canon {
     F64x2,
 }
 
+impl Canon {
+    /// The scratch local (of the three starting at `scratch`: f32, f64, v128) that holds
+    /// a value of this kind.
+    fn scratch_local(self, scratch: u32) -> u32 {
+        scratch
+            + match self {
+                Canon::F32 => 0,
+                Canon::F64 => 1,
+                Canon::F32x4 | Canon::F64x2 => 2,
+            }
+    }
+}
+
 fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
     use wasmparser::Operator as O;
     Some(match op {
@@ -1093,12 +1101,7 @@ fn rewrite_body(
 /// the value where it equals itself, the canonical NaN where it does not.
 fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, scratch: u32) {
     const SIMD: u8 = 0xfd;
-    let local = scratch
-        + match kind {
-            Canon::F32 => 0,
-            Canon::F64 => 1,
-            Canon::F32x4 | Canon::F64x2 => 2,
-        };
+    let local = kind.scratch_local(scratch);
     out.push(0x22); // local.tee
     write_u32(out, local);
     match kind {
