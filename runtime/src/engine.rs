@@ -41,10 +41,14 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 /// exactly this text.
 ///
 /// Decisions, each closing a row of the determinism contract:
-/// - `nan_canonicalization`: Cranelift rewrites every NaN a float operation produces to
-///   the canonical quiet NaN (0x7ff8000000000000 / 0x7fc00000), because hardware NaN
-///   payloads differ (x86 produces a negative "default NaN", ARM a positive one).
-///   Rejected: a wasm-to-wasm rewriting pass (slower to build, same effect).
+/// - `nan_pass`: every NaN a float operation produces is the canonical quiet NaN
+///   (0x7ff8000000000000 / 0x7fc00000) wherever its bits can be observed, because hardware
+///   NaN payloads differ (x86 produces a negative "default NaN", ARM a positive one). The
+///   [`passes::nan`] pass canonicalizes, in the module, exactly the results that can reach
+///   a store, a call, a global, a `reinterpret`, ...; the observable behaviour is that of
+///   canonicalizing after every operation. `nan_canonicalization=false` is Cranelift's own
+///   pass, which canonicalized after every operation and made float-heavy code about 3.5
+///   times slower. Rejected: keeping Cranelift's pass (same behaviour, the cost above).
 /// - `relaxed_simd_deterministic`: relaxed SIMD instructions take their deterministic
 ///   lowering instead of the host's fastest. Rejected: disabling relaxed SIMD (breaks
 ///   modules built with it for no gain).
@@ -79,7 +83,8 @@ format=detwasm-engine-1
 wasmtime=48.0.8
 strategy=cranelift
 cranelift_opt_level=speed
-nan_canonicalization=true
+nan_canonicalization=false
+nan_pass=detwasm-nan-1
 relaxed_simd_deterministic=true
 threads=false
 simd=true
@@ -148,7 +153,7 @@ pub fn deterministic_config(parallel_compilation: bool) -> Config {
     let mut c = Config::new();
     c.strategy(Strategy::Cranelift)
         .cranelift_opt_level(OptLevel::Speed)
-        .cranelift_nan_canonicalization(true)
+        .cranelift_nan_canonicalization(false)
         .relaxed_simd_deterministic(true)
         .wasm_simd(true)
         .wasm_relaxed_simd(true)
@@ -602,21 +607,49 @@ fn signature(f: &wasmparser::FuncType) -> Option<Signature> {
 /// module's own bytes (offsets and all), then refused.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
-    let invalid = |e: wasmtime::Error| {
-        let msg = format!("{e:#}");
-        RunError::InvalidModule(if msg.contains("unexpected end") {
-            format!("the file is truncated: {msg}")
-        } else {
-            msg
-        })
-    };
-    let refused = |why: String| match Module::from_binary(engine, &binary) {
-        Err(e) => invalid(e),
+    let canonical = passes::nan::canonicalize(&binary).map_err(|e| {
+        refused(
+            engine,
+            &binary,
+            format!("NaN canonicalization could not rewrite the module: {e}"),
+        )
+    })?;
+    compile_rewritten(engine, &binary, &canonical)
+}
+
+/// Compiles `rewritten` (a module already through every pass but stack metering) with
+/// stack metering, reporting problems with `original`'s bytes. [`compile`] is the one
+/// path of jobs; this is also the self-fuzzer's, for its setups that compare the engine
+/// with other ways of canonicalizing NaNs ([`crate::selffuzz`]).
+pub fn compile_rewritten(
+    engine: &Engine,
+    original: &[u8],
+    rewritten: &[u8],
+) -> Result<Module, RunError> {
+    let metered = passes::stack::meter(rewritten).map_err(|e| {
+        refused(
+            engine,
+            original,
+            format!("stack metering could not rewrite the module: {e}"),
+        )
+    })?;
+    Module::from_binary(engine, &metered).map_err(|e| refused(engine, original, format!("{e:#}")))
+}
+
+/// The error for a module that could not be prepared or compiled: the engine's own
+/// message about `original` if the engine refuses it, else `why`.
+fn refused(engine: &Engine, original: &[u8], why: String) -> RunError {
+    match Module::from_binary(engine, original) {
+        Err(e) => {
+            let msg = format!("{e:#}");
+            RunError::InvalidModule(if msg.contains("unexpected end") {
+                format!("the file is truncated: {msg}")
+            } else {
+                msg
+            })
+        }
         Ok(_) => RunError::InvalidModule(why),
-    };
-    let metered = passes::stack::meter(&binary)
-        .map_err(|e| refused(format!("stack metering could not rewrite the module: {e}")))?;
-    Module::from_binary(engine, &metered).map_err(|e| refused(format!("{e:#}")))
+    }
 }
 
 #[cfg(test)]
@@ -629,12 +662,15 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:b8444db5e657b8f6fee8675f379a4ba0edc10fd20420294bac2f779e80567fa1"
+            "blake3:2a776c8b39217408ee5b85aa2581bf71669392ef7f8d4fad97e57ca4bce83381"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
         use crate::passes::stack;
         assert!(ENGINE_SETTINGS.contains(&format!("stack_metering={}\n", stack::PASS_VERSION)));
+        assert!(
+            ENGINE_SETTINGS.contains(&format!("nan_pass={}\n", crate::passes::nan::PASS_VERSION))
+        );
         assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
         let frames = WASM_BACKTRACE_FRAMES;

@@ -85,9 +85,11 @@ pub const MEMORY_LIMIT: u64 = 16 << 20;
 /// long-running calls.
 pub const LOOP_FUEL_EXPORT: &str = "__detwasm_loop_fuel";
 
-/// The canonical NaNs (positive, quiet, no payload).
-pub const CANONICAL_F32_NAN: u32 = 0x7fc0_0000;
-pub const CANONICAL_F64_NAN: u64 = 0x7ff8_0000_0000_0000;
+use crate::passes::nan::{
+    canon_kind, copy_section, emit_canonicalization, read_u32, rewrite_code, write_u32, Canon,
+    SCRATCH_LOCALS,
+};
+pub use crate::passes::nan::{CANONICAL_F32_NAN, CANONICAL_F64_NAN};
 
 /// An engine setup that a module runs under (see the module docs for each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,16 +99,18 @@ pub enum Setup {
     CacheHit,
     OptNone,
     Reference,
+    Eager,
     Uncanonicalized,
 }
 
 impl Setup {
     /// The setups [`check_module`] compares with the baseline ([`Setup::Serial`]).
-    pub const CHECKED: [Setup; 4] = [
+    pub const CHECKED: [Setup; 5] = [
         Setup::Parallel,
         Setup::CacheHit,
         Setup::OptNone,
         Setup::Reference,
+        Setup::Eager,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +120,7 @@ impl Setup {
             Setup::CacheHit => "cache-hit",
             Setup::OptNone => "opt-none",
             Setup::Reference => "reference",
+            Setup::Eager => "eager",
             Setup::Uncanonicalized => "uncanonicalized",
         }
     }
@@ -125,6 +130,9 @@ impl Setup {
         match self {
             Setup::OptNone => {
                 c.cranelift_opt_level(OptLevel::None);
+            }
+            Setup::Eager => {
+                c.cranelift_nan_canonicalization(true);
             }
             Setup::Reference | Setup::Uncanonicalized => {
                 c.cranelift_nan_canonicalization(false);
@@ -137,7 +145,7 @@ impl Setup {
     /// One engine per setup for the whole process (creating one per module would cost more
     /// than running most modules).
     fn engine(self) -> Result<&'static Engine, String> {
-        static ENGINES: [OnceLock<Result<Engine, String>>; 6] = [const { OnceLock::new() }; 6];
+        static ENGINES: [OnceLock<Result<Engine, String>>; 7] = [const { OnceLock::new() }; 7];
         ENGINES[self as usize]
             .get_or_init(|| Engine::new(&self.config()).map_err(|e| format!("{e:#}")))
             .as_ref()
@@ -146,7 +154,11 @@ impl Setup {
 
     /// Whether fuel must match the baseline's.
     fn same_fuel(self) -> bool {
-        self != Setup::Reference
+        // The others do not run the engine's NaN pass, whose inserted code costs fuel.
+        !matches!(
+            self,
+            Setup::Reference | Setup::Eager | Setup::Uncanonicalized
+        )
     }
 }
 
@@ -303,6 +315,9 @@ pub struct Agreement {
     /// Calls compared with the reference (fewer than `calls` when the baseline ran out of
     /// fuel).
     pub reference_calls: usize,
+    /// Calls compared with the eager setup (Cranelift canonicalizing after every
+    /// operation, the engine before `detwasm-nan-1`).
+    pub eager_calls: usize,
     /// Exported functions not called.
     pub skipped: usize,
 }
@@ -388,8 +403,10 @@ fn check_against(
             Err(Failure::Setup(m)) => return Err(fail(other, m)),
         };
         let compared = differences(&base, &theirs, other).map_err(|what| fail(other, what))?;
-        if other == Setup::Reference {
-            agreement.reference_calls = compared;
+        match other {
+            Setup::Reference => agreement.reference_calls = compared,
+            Setup::Eager => agreement.eager_calls = compared,
+            _ => {}
         }
     }
     Ok(agreement)
@@ -433,7 +450,10 @@ fn differences(base: &Observation, theirs: &Observation, other: Setup) -> Result
     let cut = |e: &End| match other {
         // The reference's rewriting adds locals and operands to every frame, so its
         // frames cost more stack units and its stack is exhausted sooner.
-        Setup::Reference => *e == End::OutOfFuel || e.is_stack_overflow(),
+        // So do the engine's NaN pass's, compared with the eager setup.
+        Setup::Reference | Setup::Eager | Setup::Uncanonicalized => {
+            *e == End::OutOfFuel || e.is_stack_overflow()
+        }
         _ => false,
     };
     let ends = |a: &End, b: &End| {
@@ -527,7 +547,9 @@ fn observe(binary: &[u8], setup: Setup) -> Result<Observation, Failure> {
     let engine = setup.engine().map_err(Failure::Setup)?;
     let module = load(engine, binary, setup)?;
     let fuel = match setup {
-        Setup::Reference => FUEL_PER_CALL * REFERENCE_FUEL_FACTOR,
+        Setup::Reference | Setup::Eager | Setup::Uncanonicalized => {
+            FUEL_PER_CALL * REFERENCE_FUEL_FACTOR
+        }
         _ => FUEL_PER_CALL,
     };
     std::thread::scope(|s| {
@@ -559,9 +581,15 @@ fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure>
             }
             Ok(module)
         }
+        // Not through the engine's NaN pass: the reference canonicalizes after every
+        // operation itself, the eager setup has Cranelift do it, the uncanonicalized one
+        // nothing.
         Setup::Reference => {
             let rewritten = canonicalize_nans(binary).map_err(Failure::Invalid)?;
-            engine::compile(engine, &rewritten).map_err(invalid)
+            engine::compile_rewritten(engine, binary, &rewritten).map_err(invalid)
+        }
+        Setup::Eager | Setup::Uncanonicalized => {
+            engine::compile_rewritten(engine, binary, binary).map_err(invalid)
         }
         _ => engine::compile(engine, binary).map_err(invalid),
     }
@@ -727,12 +755,16 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
 /// copied as they are, so the pass only needs to recognise operators, never to re-encode
 /// them. Only wasmparser is used (wasm-encoder is not a dependency of the runtime).
 pub fn canonicalize_nans(binary: &[u8]) -> Result<Vec<u8>, String> {
-    rewrite_code(binary, &[0x7d, 0x7c, 0x7b], &mut |op, _, out, scratch| {
-        if let Some(kind) = canon_kind(op) {
-            emit_canonicalization(out, kind, scratch);
-        }
-        false
-    })
+    rewrite_code(
+        binary,
+        &|_| SCRATCH_LOCALS,
+        &mut |_, op, _, out, scratch| {
+            if let Some(kind) = canon_kind(op) {
+                emit_canonicalization(out, kind, scratch);
+            }
+            false
+        },
+    )
 }
 
 /// The name under which [`trace_floats`] exports its trace.
@@ -751,8 +783,8 @@ pub fn trace_floats(binary: &[u8]) -> Result<Vec<u8>, String> {
     let (with_global, trace) = append_i64_global(binary)?;
     let traced = rewrite_code(
         &with_global,
-        &[0x7d, 0x7c, 0x7b],
-        &mut |op, _, out, scratch| {
+        &|_| SCRATCH_LOCALS,
+        &mut |_, op, _, out, scratch| {
             if let Some(kind) = canon_kind(op) {
                 emit_trace(out, kind, scratch, trace);
             }
@@ -830,96 +862,6 @@ fn append_i64_global(binary: &[u8]) -> Result<(Vec<u8>, u32), String> {
     Ok((out, index))
 }
 
-fn copy_section(out: &mut Vec<u8>, binary: &[u8], id: u8, range: std::ops::Range<usize>) {
-    out.push(id);
-    write_u32(out, range.len() as u32);
-    out.extend_from_slice(&binary[range]);
-}
-
-/// A function body edit: sees each operator and its bytes, may append to the body, and
-/// returns whether it wrote a replacement for the operator (otherwise the operator's own
-/// bytes are written before whatever the edit appended). Its last argument is the index of
-/// the first local added by [`rewrite_code`].
-type Edit<'e> = dyn FnMut(&wasmparser::Operator, &[u8], &mut Vec<u8>, u32) -> bool + 'e;
-
-/// `binary` with every function body passed through `edit`, one local of each type in
-/// `add_locals` added to every function. Every other section is copied byte for byte.
-fn rewrite_code(binary: &[u8], add_locals: &[u8], edit: &mut Edit) -> Result<Vec<u8>, String> {
-    use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
-    let err = |e: wasmparser::BinaryReaderError| e.to_string();
-    // Parameter count per type index (`None`: not a function type).
-    let mut type_params: Vec<Option<u32>> = Vec::new();
-    // Type index per function index (imports first).
-    let mut func_types: Vec<u32> = Vec::new();
-    let mut imported_funcs = 0usize;
-    let mut out = Vec::with_capacity(binary.len() + binary.len() / 2);
-    let mut code: Option<(u32, Vec<u8>)> = None;
-    let mut bodies = 0usize;
-    for payload in Parser::new(0).parse_all(binary) {
-        let payload = payload.map_err(err)?;
-        match &payload {
-            Payload::Version { range, .. } => out.extend_from_slice(&binary[range.clone()]),
-            Payload::TypeSection(r) => {
-                for group in r.clone() {
-                    for sub in group.map_err(err)?.into_types() {
-                        type_params.push(match &sub.composite_type.inner {
-                            CompositeInnerType::Func(f) => Some(f.params().len() as u32),
-                            _ => None,
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(r) => {
-                for import in r.clone().into_imports() {
-                    if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import.map_err(err)?.ty {
-                        func_types.push(t);
-                        imported_funcs += 1;
-                    }
-                }
-            }
-            Payload::FunctionSection(r) => {
-                for t in r.clone() {
-                    func_types.push(t.map_err(err)?);
-                }
-            }
-            _ => {}
-        }
-        match payload {
-            Payload::CodeSectionStart { count, .. } => {
-                code = Some((count, Vec::new()));
-                if count == 0 {
-                    finish_code(&mut out, &mut code);
-                }
-            }
-            Payload::CodeSectionEntry(body) => {
-                let t = func_types
-                    .get(imported_funcs + bodies)
-                    .and_then(|t| type_params.get(*t as usize).copied().flatten())
-                    .ok_or("a function body without a function type")?;
-                let (count, section) = code.as_mut().ok_or("a body outside the code section")?;
-                let new = rewrite_body(binary, &body, t, add_locals, edit)?;
-                write_u32(section, new.len() as u32);
-                section.extend_from_slice(&new);
-                bodies += 1;
-                if bodies == *count as usize {
-                    finish_code(&mut out, &mut code);
-                }
-            }
-            other => {
-                if let Some((id, range)) = other.as_section() {
-                    out.push(id);
-                    write_u32(&mut out, range.len() as u32);
-                    out.extend_from_slice(&binary[range]);
-                }
-            }
-        }
-    }
-    if code.is_some() {
-        return Err("the code section ends early".into());
-    }
-    Ok(out)
-}
-
 /// `binary` with one more export: global `index` as `name` (appended to the export section,
 /// which must exist). For [`LOOP_FUEL_EXPORT`].
 pub fn export_global(binary: &[u8], name: &str, index: u32) -> Result<Vec<u8>, String> {
@@ -960,208 +902,6 @@ pub fn export_global(binary: &[u8], name: &str, index: u32) -> Result<Vec<u8>, S
     } else {
         Err("the module has no export section".into())
     }
-}
-
-fn finish_code(out: &mut Vec<u8>, code: &mut Option<(u32, Vec<u8>)>) {
-    if let Some((count, bodies)) = code.take() {
-        let mut section = Vec::new();
-        write_u32(&mut section, count);
-        section.extend_from_slice(&bodies);
-        out.push(10);
-        write_u32(out, section.len() as u32);
-        out.extend_from_slice(&section);
-    }
-}
-
-/// What follows an operation whose NaN result must be canonicalized.
-#[derive(Clone, Copy)]
-enum Canon {
-    F32,
-    F64,
-    F32x4,
-    F64x2,
-}
-
-impl Canon {
-    /// The scratch local (of the three starting at `scratch`: f32, f64, v128) that holds
-    /// a value of this kind.
-    fn scratch_local(self, scratch: u32) -> u32 {
-        scratch
-            + match self {
-                Canon::F32 => 0,
-                Canon::F64 => 1,
-                Canon::F32x4 | Canon::F64x2 => 2,
-            }
-    }
-}
-
-fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
-    use wasmparser::Operator as O;
-    Some(match op {
-        O::F32Add
-        | O::F32Sub
-        | O::F32Mul
-        | O::F32Div
-        | O::F32Sqrt
-        | O::F32Min
-        | O::F32Max
-        | O::F32Ceil
-        | O::F32Floor
-        | O::F32Trunc
-        | O::F32Nearest
-        | O::F32DemoteF64 => Canon::F32,
-        O::F64Add
-        | O::F64Sub
-        | O::F64Mul
-        | O::F64Div
-        | O::F64Sqrt
-        | O::F64Min
-        | O::F64Max
-        | O::F64Ceil
-        | O::F64Floor
-        | O::F64Trunc
-        | O::F64Nearest
-        | O::F64PromoteF32 => Canon::F64,
-        O::F32x4Add
-        | O::F32x4Sub
-        | O::F32x4Mul
-        | O::F32x4Div
-        | O::F32x4Sqrt
-        | O::F32x4Min
-        | O::F32x4Max
-        | O::F32x4Ceil
-        | O::F32x4Floor
-        | O::F32x4Trunc
-        | O::F32x4Nearest
-        | O::F32x4DemoteF64x2Zero
-        | O::F32x4RelaxedMadd
-        | O::F32x4RelaxedNmadd
-        | O::F32x4RelaxedMin
-        | O::F32x4RelaxedMax => Canon::F32x4,
-        O::F64x2Add
-        | O::F64x2Sub
-        | O::F64x2Mul
-        | O::F64x2Div
-        | O::F64x2Sqrt
-        | O::F64x2Min
-        | O::F64x2Max
-        | O::F64x2Ceil
-        | O::F64x2Floor
-        | O::F64x2Trunc
-        | O::F64x2Nearest
-        | O::F64x2PromoteLowF32x4
-        | O::F64x2RelaxedMadd
-        | O::F64x2RelaxedNmadd
-        | O::F64x2RelaxedMin
-        | O::F64x2RelaxedMax => Canon::F64x2,
-        _ => return None,
-    })
-}
-
-fn rewrite_body(
-    binary: &[u8],
-    body: &wasmparser::FunctionBody,
-    params: u32,
-    add_locals: &[u8],
-    edit: &mut Edit,
-) -> Result<Vec<u8>, String> {
-    let err = |e: wasmparser::BinaryReaderError| e.to_string();
-    let range = body.range();
-    let mut declared: u64 = 0;
-    let mut locals = body.get_locals_reader().map_err(err)?;
-    let groups = locals.get_count();
-    for _ in 0..groups {
-        declared += u64::from(locals.read().map_err(err)?.0);
-    }
-    let mut ops = body.get_operators_reader().map_err(err)?;
-    let ops_start = ops.original_position();
-    // The local declarations after their count, copied; then the added locals.
-    let (_, count_len) = read_u32(&binary[range.start..ops_start])?;
-    let scratch = u32::try_from(u64::from(params) + declared).map_err(|_| "too many locals")?;
-    let mut out = Vec::new();
-    write_u32(&mut out, groups + add_locals.len() as u32);
-    out.extend_from_slice(&binary[range.start + count_len..ops_start]);
-    for ty in add_locals {
-        out.extend_from_slice(&[1, *ty]);
-    }
-    while !ops.eof() {
-        let start = ops.original_position();
-        let op = ops.read().map_err(err)?;
-        let bytes = &binary[start..ops.original_position()];
-        let mut tail = Vec::new();
-        if !edit(&op, bytes, &mut tail, scratch) {
-            out.extend_from_slice(bytes);
-        }
-        out.extend_from_slice(&tail);
-    }
-    Ok(out)
-}
-
-/// `local.tee s; <canonical NaN>; local.get s; local.get s; eq; select|bitselect`: keeps
-/// the value where it equals itself, the canonical NaN where it does not.
-fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, scratch: u32) {
-    const SIMD: u8 = 0xfd;
-    let local = kind.scratch_local(scratch);
-    out.push(0x22); // local.tee
-    write_u32(out, local);
-    match kind {
-        Canon::F32 => {
-            out.push(0x43);
-            out.extend_from_slice(&CANONICAL_F32_NAN.to_le_bytes());
-        }
-        Canon::F64 => {
-            out.push(0x44);
-            out.extend_from_slice(&CANONICAL_F64_NAN.to_le_bytes());
-        }
-        Canon::F32x4 => {
-            out.extend_from_slice(&[SIMD, 12]); // v128.const
-            for _ in 0..4 {
-                out.extend_from_slice(&CANONICAL_F32_NAN.to_le_bytes());
-            }
-        }
-        Canon::F64x2 => {
-            out.extend_from_slice(&[SIMD, 12]);
-            for _ in 0..2 {
-                out.extend_from_slice(&CANONICAL_F64_NAN.to_le_bytes());
-            }
-        }
-    }
-    for _ in 0..2 {
-        out.push(0x20); // local.get
-        write_u32(out, local);
-    }
-    match kind {
-        Canon::F32 => out.extend_from_slice(&[0x5b, 0x1b]), // f32.eq; select
-        Canon::F64 => out.extend_from_slice(&[0x61, 0x1b]), // f64.eq; select
-        Canon::F32x4 => out.extend_from_slice(&[SIMD, 65, SIMD, 82]), // f32x4.eq; v128.bitselect
-        Canon::F64x2 => out.extend_from_slice(&[SIMD, 71, SIMD, 82]), // f64x2.eq; v128.bitselect
-    }
-}
-
-fn write_u32(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// An unsigned LEB128 u32 and its length in bytes.
-fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
-    let mut v: u64 = 0;
-    for (i, b) in bytes.iter().enumerate().take(5) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return u32::try_from(v)
-                .map(|v| (v, i + 1))
-                .map_err(|_| "a LEB128 u32 out of range".into());
-        }
-    }
-    Err("a truncated LEB128 u32".into())
 }
 
 #[cfg(test)]

@@ -8,4 +8,5 @@
 //! they are not: optimisations, or anything that changes what a module computes when it
 //! stays within the limits.
 
+pub mod nan;
 pub mod stack;
