@@ -9,6 +9,11 @@
 # note when clang or wasi-libc is missing; scripts/setup.sh installs both):
 #   nbody  the Benchmarks Game n-body (5 bodies, float-heavy, a call per pair and step);
 #   fib    naive recursive Fibonacci (integer, nearly all calls: per-call costs show).
+# On CPython 3.12 built for WASI (target/workloads/python-3.12.0.wasm, fetched by
+# scripts/fetch-workloads.sh; skipped with a note when missing), both sides with warm
+# module caches (wasmtime -C cache=y), the scripts of benches/workloads/py/:
+#   pyint  a million iterations of integer arithmetic and bit operations;
+#   pyfloat  a million iterations of float arithmetic, sqrt and abs.
 # Prints milliseconds per run and the ratio detwasm / wasmtime (lower is better; a
 # verifiable job may not run faster than its instruction-counted, NaN-canonical form).
 # Both sides must print the same output (checked). Figures go in benches/RESULTS-run.md,
@@ -75,13 +80,14 @@ fi
 # `detwasm_run [MODULE] -- args...` / `wasmtime_run [flags...] [MODULE] -- args...`: the
 # module defaults to the probe.
 detwasm_run() {
-  local module=$PROBE
+  local flags=() module=$PROBE
+  while [[ $1 == -* && $1 != -- ]]; do flags+=("$1" "$2"); shift 2; done
   if [[ $1 != -- ]]; then module=$1; shift; fi
   shift
   n=$((n + 1))
   # $BASHPID: timing loops run in subshells, each with its own copy of $n.
   last_out="$work/out-$BASHPID-$n"
-  "$DETWASM" run --fuel 100000000000000 -o "$last_out" "$module" -- "$@" >/dev/null 2>"$work/detwasm-stderr" \
+  "$DETWASM" run --fuel 100000000000000 "${flags[@]}" -o "$last_out" "$module" -- "$@" >/dev/null 2>"$work/detwasm-stderr" \
     || { echo "detwasm run $* failed:" >&2; cat "$work/detwasm-stderr" >&2; exit 1; }
 }
 wasmtime_run() {
@@ -128,6 +134,18 @@ if [[ -n $C_WORKLOADS ]]; then
   wasmtime_run "$work/fib.wasm" -- 20
   same fib
 fi
+PYTHON=target/workloads/python-3.12.0.wasm
+PY_D=(--input benches/workloads/py "$PYTHON")
+PY_W=(-C cache=y --dir benches/workloads/py::/inputs "$PYTHON")
+if [[ -e $PYTHON ]]; then
+  for w in intloop floatloop; do
+    detwasm_run "${PY_D[@]}" -- "/inputs/$w.py"
+    wasmtime_run "${PY_W[@]}" -- "/inputs/$w.py"
+    same "$w"
+  done
+else
+  echo "note: $PYTHON missing: pyint and pyfloat skipped (scripts/fetch-workloads.sh fetches it)" >&2
+fi
 
 row() { # case runs detwasm-args... ::: wasmtime-args...
   local name=$1 runs=$2; shift 2
@@ -147,4 +165,8 @@ row float "$HEAVY_RUNS" -- float "$FLOAT_N" ::: -- float "$FLOAT_N"
 if [[ -n $C_WORKLOADS ]]; then
   row nbody "$HEAVY_RUNS" "$work/nbody.wasm" -- "$NBODY_N" ::: "$work/nbody.wasm" -- "$NBODY_N"
   row fib "$HEAVY_RUNS" "$work/fib.wasm" -- "$FIB_N" ::: "$work/fib.wasm" -- "$FIB_N"
+fi
+if [[ -e $PYTHON ]]; then
+  row pyint "$HEAVY_RUNS" "${PY_D[@]}" -- /inputs/intloop.py ::: "${PY_W[@]}" -- /inputs/intloop.py
+  row pyfloat "$HEAVY_RUNS" "${PY_D[@]}" -- /inputs/floatloop.py ::: "${PY_W[@]}" -- /inputs/floatloop.py
 fi
