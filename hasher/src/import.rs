@@ -10,6 +10,11 @@ use crate::file::{import_bytes, import_disk_file, import_file, FileError};
 use crate::options::{Options, Profile};
 use crate::tree::{Arena, Kind, Node, Source};
 use rayon::prelude::*;
+
+/// Trees of at most this many files and bytes are hashed without rayon (see
+/// the import's step 1).
+const SMALL_TREE_FILES: usize = 16;
+const SMALL_TREE_BYTES: u64 = 1 << 20;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -148,46 +153,53 @@ impl<'a> Hasher<'a> {
             }
         };
 
-        // 1. Every file, in parallel; results keep arena order.
+        // 1. Every file (in parallel unless the tree is small); results keep arena order.
         let files: Vec<usize> = (0..arena.items.len())
             .filter(|&i| matches!(arena.items[i].kind, Kind::File { .. }))
             .collect();
-        let hashed: Vec<(usize, crate::balanced::Subtree)> = files
-            .par_iter()
-            .map(|&i| {
-                let item = &arena.items[i];
-                let Kind::File { source, size } = &item.kind else {
-                    unreachable!("filtered to files")
-                };
-                let read_err = |cause| HashError::Read {
-                    path: item.shown.clone(),
-                    cause,
-                };
-                let sub = match source {
-                    Source::Disk(p) => {
-                        let f = File::open(p).map_err(read_err)?;
-                        // The size seen by the walk: a file that changed since then fails
-                        // (import_disk_file checks it ends exactly there).
-                        if *size > 0 {
-                            import_disk_file(&f, *size, &opts, sink, &report)
-                        } else {
-                            // Empty, or a file that does not report its size (procfs).
-                            import_file(f, None, &opts, sink, &report)
-                        }
-                    }
-                    Source::Bytes(b) => import_bytes(b, &opts, sink, &report),
-                    Source::Open(open) => {
-                        let r = open().map_err(read_err)?;
-                        import_file(r, None, &opts, sink, &report)
+        let hash_one = |&i: &usize| -> Result<(usize, crate::balanced::Subtree)> {
+            let item = &arena.items[i];
+            let Kind::File { source, size } = &item.kind else {
+                unreachable!("filtered to files")
+            };
+            let read_err = |cause| HashError::Read {
+                path: item.shown.clone(),
+                cause,
+            };
+            let sub = match source {
+                Source::Disk(p) => {
+                    let f = File::open(p).map_err(read_err)?;
+                    // The size seen by the walk: a file that changed since then fails
+                    // (import_disk_file checks it ends exactly there).
+                    if *size > 0 {
+                        import_disk_file(&f, *size, &opts, sink, &report)
+                    } else {
+                        // Empty, or a file that does not report its size (procfs).
+                        import_file(f, None, &opts, sink, &report)
                     }
                 }
-                .map_err(|e| match e {
-                    FileError::Read(e) | FileError::Map(e) => read_err(e),
-                    FileError::Sink(e) => HashError::Car(e),
-                })?;
-                Ok((i, sub))
-            })
-            .collect::<Result<_>>()?;
+                Source::Bytes(b) => import_bytes(b, &opts, sink, &report),
+                Source::Open(open) => {
+                    let r = open().map_err(read_err)?;
+                    import_file(r, None, &opts, sink, &report)
+                }
+            }
+            .map_err(|e| match e {
+                FileError::Read(e) | FileError::Map(e) => read_err(e),
+                FileError::Sink(e) => HashError::Car(e),
+            })?;
+            Ok((i, sub))
+        };
+        // A small tree is hashed on this thread: starting rayon's pool (a thread per core,
+        // which spin before they sleep) costs a small job more than it could save.
+        // Rejected: always in parallel (measured on a one-file job: 4 threads started and
+        // 139 `sched_yield` calls for a few hundred bytes).
+        let hashed: Vec<(usize, crate::balanced::Subtree)> =
+            if files.len() <= SMALL_TREE_FILES && total <= SMALL_TREE_BYTES {
+                files.iter().map(hash_one).collect::<Result<_>>()?
+            } else {
+                files.par_iter().map(hash_one).collect::<Result<_>>()?
+            };
 
         // 2. Symlinks and directories, children before parents (reverse pre-order).
         let n = arena.items.len();
