@@ -652,6 +652,66 @@ fn wasi_without_an_exported_memory_is_a_trap() {
     assert_eq!(receipt["verifiable"], true);
 }
 
+/// Runs `wat` with an instruction budget it would take hours to use up and a wall-clock
+/// timeout of `TIMEOUT_SECS`, and checks that the safety net stopped it, on time.
+fn assert_stopped_by_the_timeout(wat: &str) {
+    const TIMEOUT_SECS: f64 = 0.5;
+    let start = std::time::Instant::now();
+    let r = run(
+        wat,
+        &[
+            "--timeout",
+            &TIMEOUT_SECS.to_string(),
+            "--fuel",
+            &u64::MAX.to_string(),
+        ],
+        |_| {},
+    );
+    let took = start.elapsed().as_secs_f64();
+    let receipt = r.receipt();
+    assert_eq!(receipt["outcome"], "timeout", "{}", r.stderr);
+    assert_eq!(receipt["verifiable"], false);
+    assert_eq!(receipt["exit_code"], 134);
+    assert_eq!(
+        receipt["trap"],
+        "wall-clock timeout after 0.5 s (a safety net: this run is not verifiable)"
+    );
+    // The process also compiles, hashes and writes results: a few seconds of slack on a
+    // loaded machine, far below what the budget would allow.
+    assert!(
+        (TIMEOUT_SECS..TIMEOUT_SECS + 5.0).contains(&took),
+        "took {took:.2} s"
+    );
+    r.assert_bounded();
+}
+
+/// A guest that loops forever, with no call and no host function in the loop, is stopped
+/// by the wall-clock timeout: the guest pauses on fuel (every
+/// `run::YIELD_INTERVAL` instructions) and the deadline is checked at each pause.
+#[test]
+fn an_endless_loop_is_stopped_by_the_timeout() {
+    assert_stopped_by_the_timeout(
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start") (loop $l (br $l))))"#,
+    );
+}
+
+/// A loop of `memory.fill`s over the whole memory (32 MiB each, a handful of
+/// instructions): wasmtime charges bulk memory operations one unit of fuel per byte and
+/// checks fuel before large ones, so the guest still pauses often enough for the
+/// timeout to stop it on time.
+#[test]
+fn a_loop_of_huge_memory_fills_is_stopped_by_the_timeout() {
+    let pages = MEMORY >> 16;
+    assert_stopped_by_the_timeout(&format!(
+        r#"(module (memory (export "memory") {pages})
+             (func (export "_start")
+               (loop $l
+                 (memory.fill (i32.const 0) (i32.const 7) (i32.const {MEMORY}))
+                 (br $l))))"#
+    ));
+}
+
 /// Unbounded recursion with the largest frames per stack unit (100 `v128` values live
 /// across each call): the metered limit ends it (`call stack exhausted`, the same depth
 /// and instruction count on every CPU), and the native stack it touched stays inside the

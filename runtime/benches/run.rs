@@ -5,7 +5,7 @@
 //!   for the probe module's `exit 0` (no work) and `report` (every channel) modes.
 //! - `cost/*`: what the determinism settings cost on compute-heavy code. The same probe
 //!   loops (`int`, `float`) run on four engines that differ only in fuel metering and NaN
-//!   canonicalization (and epoch checks for the last one); everything else is detwasm's
+//!   canonicalization; everything else is detwasm's
 //!   pinned configuration and its WASI host. `detwasm` is what `detwasm run` uses;
 //!   `plain` is close to wasmtime's defaults.
 
@@ -56,7 +56,6 @@ struct Variant {
     name: &'static str,
     fuel: bool,
     nan: bool,
-    epoch: bool,
 }
 
 const VARIANTS: [Variant; 4] = [
@@ -64,25 +63,21 @@ const VARIANTS: [Variant; 4] = [
         name: "detwasm",
         fuel: true,
         nan: true,
-        epoch: true,
     },
     Variant {
         name: "no_fuel",
         fuel: false,
         nan: true,
-        epoch: true,
     },
     Variant {
         name: "no_nan_canon",
         fuel: true,
         nan: false,
-        epoch: true,
     },
     Variant {
         name: "plain",
         fuel: false,
         nan: false,
-        epoch: false,
     },
 ];
 
@@ -101,9 +96,6 @@ fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, v: &Varia
     if v.fuel {
         store.set_fuel(u64::MAX).unwrap();
     }
-    if v.epoch {
-        store.set_epoch_deadline(u64::MAX / 2);
-    }
     let inst = linker.instantiate(&mut store, module).unwrap();
     let start = inst.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
     start.call(&mut store, ()).unwrap();
@@ -117,8 +109,7 @@ fn determinism_costs(c: &mut Criterion) {
     for v in &VARIANTS {
         let mut cfg = deterministic_config(true);
         cfg.consume_fuel(v.fuel)
-            .cranelift_nan_canonicalization(v.nan)
-            .epoch_interruption(v.epoch);
+            .cranelift_nan_canonicalization(v.nan);
         let engine = Engine::new(&cfg).unwrap();
         let module = Module::from_binary(&engine, &bytes).unwrap();
         let mut linker = Linker::new(&engine);

@@ -1,14 +1,29 @@
 //! Running a job: compile (or load from the cache), check imports, grant capabilities,
 //! instantiate, call the entry with fuel, memory and output limits, deliver the results
 //! directory atomically and hash it.
+//!
+//! # The wall-clock safety net
+//!
+//! A job's guest (instantiation, `_initialize`, the entry) runs on a fiber, through
+//! wasmtime's async API, with the store set to pause every [`YIELD_INTERVAL`] units of
+//! fuel ([`Store::fuel_async_yield_interval`]). `execute` drives it with a minimal
+//! executor of its own (`run_until`): at each pause it reads the clock, and once the
+//! job's deadline has passed it drops the future, which makes wasmtime unwind the guest's
+//! fiber; the run ends as [`Outcome::Timeout`]. The pauses happen at the fuel checks the
+//! compiled code has anyway (loop headers, function entries), so the guest's hot loops
+//! carry no extra code, and the fuel consumed, the instruction count, is the same as a
+//! run without pauses. Callers stay synchronous. Rejected: epoch interruption with a
+//! ticker thread (what detwasm did before; its cost is measured in
+//! [`crate::engine::ENGINE_SETTINGS`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, UpdateDeadline, ValType};
+use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
 use crate::capabilities;
 use crate::deliver;
@@ -20,9 +35,24 @@ use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
 
-/// Native stack of the thread that runs a guest: the pinned wasm stack plus ample room
-/// for host frames (WASI calls run on top of the deepest wasm frame).
+/// Native stack a guest runs on: the pinned wasm stack plus ample room for host frames
+/// (WASI calls run on top of the deepest wasm frame). A job's guest runs on a wasmtime
+/// fiber of this size (`async_stack_size` in [`crate::engine::deterministic_config`]);
+/// the self-fuzzer and the stack tests, which call guests synchronously, run them on a
+/// thread of this size.
 pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
+
+/// Fuel between two pauses of a running guest, at which the wall-clock deadline is
+/// checked (see the module docs). A pause costs about 100 ns (a fiber switch there and
+/// back and a clock read), and compiled code uses 1–10 G units of fuel a second (the
+/// probe's integer loop about 11 G, as Cranelift fuses wasm operators), so ten million
+/// units between pauses cost about 1e-4 of the run at most, and a timeout fires 1–10 ms
+/// late at most.
+/// Work that grows with an operand is charged in proportion, so it cannot stretch that:
+/// wasmtime charges `memory.fill`/`memory.copy` one unit per byte and checks fuel before
+/// a large one (a loop of 64 MiB fills is stopped on time, see the tests), and the WASI
+/// host charges its work by bytes ([`crate::wasi::host::HOST_BYTES_PER_FUEL`]).
+pub const YIELD_INTERVAL: u64 = 10_000_000;
 
 /// The host failure of a run whose native stack ran out before its metered stack limit.
 pub const NATIVE_STACK_EXHAUSTED: &str = "the native stack was exhausted before the metered \
@@ -245,9 +275,10 @@ impl Runtime {
         let module = self.load(&job.module.bytes, &job.entry)?;
         deliver::check(dest)?;
 
-        // The guest runs on a thread of its own with a fixed native stack, large enough for
-        // the deepest metered stack ([`crate::passes::stack`]) and the host frames above
-        // it, so it never depends on the caller's thread.
+        // The guest runs on a fiber of [`GUEST_THREAD_STACK`] bytes, large enough for the
+        // deepest metered stack ([`crate::passes::stack`]) and the host frames above it;
+        // the fiber is driven from a thread of its own of the same size, so nothing of the
+        // run depends on the caller's thread.
         let (outcome, instructions, host) = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
@@ -335,48 +366,31 @@ impl Runtime {
             .set_fuel(job.limits.fuel)
             .map_err(|e| RunError::Engine(e.to_string()))?;
 
-        // Wall-clock safety net: a ticker advances the engine epoch; at each tick this
-        // store checks its own deadline, so concurrent jobs do not stop each other.
-        let timeout = job.limits.safety_timeout();
-        let deadline = Instant::now().checked_add(timeout);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| match deadline {
-            Some(d) if Instant::now() >= d => Ok(UpdateDeadline::Interrupt),
-            _ => Ok(UpdateDeadline::Continue(1)),
-        });
-        let (stop, ticker) = match deadline {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel::<()>();
-                let engine = self.engine.clone();
-                let h = std::thread::spawn(move || {
-                    while let Err(mpsc::RecvTimeoutError::Timeout) =
-                        rx.recv_timeout(Duration::from_millis(50))
-                    {
-                        engine.increment_epoch();
-                    }
-                });
-                (Some(tx), Some(h))
-            }
-            None => (None, None),
-        };
+        // Wall-clock safety net: the guest pauses on fuel and the deadline is checked at
+        // each pause (see the module docs); each store has its own deadline, so
+        // concurrent jobs do not stop each other.
+        store
+            .fuel_async_yield_interval(Some(YIELD_INTERVAL))
+            .map_err(|e| RunError::Engine(e.to_string()))?;
+        let deadline = Instant::now().checked_add(job.limits.safety_timeout());
 
-        let result = (|| -> wasmtime::Result<()> {
-            let instance = self.linker.instantiate(&mut store, module)?;
+        let guest = async {
+            let instance = self.linker.instantiate_async(&mut store, module).await?;
             if let Some(wasmtime::Extern::Memory(m)) = instance.get_export(&mut store, "memory") {
                 store.data_mut().memory = Some(m);
             }
             if job.entry != "_start" {
                 if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                    init.call(&mut store, ())?;
+                    init.call_async(&mut store, ()).await?;
                 }
             }
             let entry = instance.get_typed_func::<(), ()>(&mut store, &job.entry)?;
-            entry.call(&mut store, ())
-        })();
-        drop(stop);
-        if let Some(h) = ticker {
-            let _ = h.join();
-        }
+            entry.call_async(&mut store, ()).await
+        };
+        // A timeout is reported as wasmtime's `Interrupt` trap (what epoch interruption
+        // raised), which [`classify`] turns into [`Outcome::Timeout`].
+        let result: wasmtime::Result<()> =
+            run_until(guest, deadline).unwrap_or_else(|| Err(Trap::Interrupt.into()));
 
         let remaining = store.get_fuel().unwrap_or(0);
         let instructions = job.limits.fuel.saturating_sub(remaining);
@@ -393,6 +407,29 @@ impl Runtime {
             .inputs_unchanged()
             .map_err(RunError::HostFailure)?;
         Ok((outcome, instructions, ctx.host))
+    }
+}
+
+/// Polls `guest` to completion on this thread, or until `deadline` has passed: `None`
+/// then, and `guest` is dropped, which unwinds the guest's fiber. The deadline is read
+/// only when the guest pauses (every [`YIELD_INTERVAL`] units of fuel), never in between.
+///
+/// The only futures polled here are wasmtime's, over synchronous host functions: they
+/// return `Pending` only to pause on fuel, having already asked to be polled again, so
+/// polling again at once (with a waker that does nothing) is all an executor has to do.
+/// Rejected: an async runtime (a dependency and a thread pool for one future at a time)
+/// and making the callers async (batch, verify, fuzz, the Python bindings and remote
+/// would all change for no gain).
+fn run_until<F: Future>(guest: F, deadline: Option<Instant>) -> Option<F::Output> {
+    let mut guest = std::pin::pin!(guest);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = guest.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
     }
 }
 
@@ -430,6 +467,7 @@ fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
     if let Some(t) = e.downcast_ref::<Trap>() {
         return Ok(match t {
             Trap::OutOfFuel => Outcome::OutOfFuel,
+            // Raised by `execute` when the deadline passes (see [`run_until`]).
             Trap::Interrupt => Outcome::Timeout,
             // The trap code's text only: deterministic (no host addresses or backtrace).
             other => Outcome::Trap(other.to_string()),

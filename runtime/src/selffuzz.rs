@@ -642,9 +642,6 @@ pub fn argument(ty: &ValType, index: usize) -> Option<Val> {
 fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, Failure> {
     let mut store = Store::new(engine, JobLimiter::new(MEMORY_LIMIT));
     store.limiter(|l| l);
-    // The engine has epoch interruption on (the runtime's wall-clock safety net); the
-    // epoch is never advanced here, so this deadline is never reached.
-    store.set_epoch_deadline(1 << 40);
     let set_fuel = |store: &mut Store<JobLimiter>| {
         store
             .set_fuel(fuel)

@@ -712,9 +712,9 @@ fn concurrent_jobs_agree_and_one_jobs_timeout_does_not_stop_another() {
         timeout: Some(Duration::from_millis(300)),
         ..Limits::default()
     });
-    // While one job spins into its wall-clock timeout (its ticker advancing the shared
-    // engine epoch), the same runtime runs other jobs: they must neither be interrupted
-    // nor see a different instruction count.
+    // While one job spins into its wall-clock timeout (each store checks its own
+    // deadline when its guest pauses on fuel), the same runtime runs other jobs: they
+    // must neither be interrupted nor see a different instruction count.
     let (timed_out, others) = std::thread::scope(|s| {
         let spinner = s.spawn(|| run(&rt, &spin, &t.path().join("spin")));
         let worker = s.spawn(|| {

@@ -580,7 +580,6 @@ mod tests {
             .spawn(move || {
                 let mut store = wasmtime::Store::new(&engine, ());
                 store.set_fuel(fuel).unwrap();
-                store.set_epoch_deadline(1 << 40);
                 let i = wasmtime::Instance::new(&mut store, &module, &[])?;
                 let f = i.get_typed_func::<(), ()>(&mut store, "f")?;
                 f.call(&mut store, ())
@@ -635,7 +634,6 @@ mod tests {
             };
             let mut store = wasmtime::Store::new(&engine, ());
             store.set_fuel(1_000).unwrap();
-            store.set_epoch_deadline(1 << 40);
             let i = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
             let f = i.get_typed_func::<(), ()>(&mut store, "f").unwrap();
             f.call(&mut store, ()).unwrap();
@@ -805,7 +803,6 @@ mod native_bound {
             .spawn(move || {
                 let mut store = Store::new(&engine, ());
                 store.set_fuel(u64::MAX).unwrap();
-                store.set_epoch_deadline(1 << 40);
                 let i = Instance::new(&mut store, &module, &[]).unwrap();
                 let start = i.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
                 let err = start.call(&mut store, ()).unwrap_err();
