@@ -4,10 +4,10 @@
 //!   module, grant capabilities, instantiate, run, write the results directory, hash it),
 //!   for the probe module's `exit 0` (no work) and `report` (every channel) modes.
 //! - `cost/*`: what the determinism settings cost on compute-heavy code. The same probe
-//!   loops (`int`, `float`) run on four engines that differ only in fuel metering and NaN
-//!   canonicalization; everything else is detwasm's
-//!   pinned configuration and its WASI host. `detwasm` is what `detwasm run` uses;
-//!   `plain` is close to wasmtime's defaults.
+//!   loops (`int`, `float`) run on five engines that differ only in fuel metering, how
+//!   NaNs are canonicalized (detwasm's pass, Cranelift after every operation, not at all)
+//!   and stack metering; everything else is detwasm's pinned configuration and its WASI
+//!   host. `detwasm` is what `detwasm run` uses; `plain` is close to wasmtime's defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,32 +52,55 @@ fn job_overhead(c: &mut Criterion) {
     g.finish();
 }
 
+/// How a variant makes NaNs deterministic.
+#[derive(Clone, Copy, PartialEq)]
+enum Nan {
+    /// detwasm's pass ([`detwasm_runtime::passes::nan`]): only where observable.
+    Pass,
+    /// Cranelift's canonicalization after every float operation (detwasm before
+    /// `detwasm-nan-1`).
+    Eager,
+    None,
+}
+
 struct Variant {
     name: &'static str,
     fuel: bool,
-    nan: bool,
+    nan: Nan,
+    /// The stack-metering pass ([`detwasm_runtime::passes::stack`]).
+    stack: bool,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant {
         name: "detwasm",
         fuel: true,
-        nan: true,
+        nan: Nan::Pass,
+        stack: true,
+    },
+    Variant {
+        name: "eager_nan",
+        fuel: true,
+        nan: Nan::Eager,
+        stack: true,
     },
     Variant {
         name: "no_fuel",
         fuel: false,
-        nan: true,
+        nan: Nan::Pass,
+        stack: true,
     },
     Variant {
-        name: "no_nan_canon",
+        name: "no_nan",
         fuel: true,
-        nan: false,
+        nan: Nan::None,
+        stack: true,
     },
     Variant {
         name: "plain",
         fuel: false,
-        nan: false,
+        nan: Nan::None,
+        stack: false,
     },
 ];
 
@@ -109,9 +132,15 @@ fn determinism_costs(c: &mut Criterion) {
     for v in &VARIANTS {
         let mut cfg = deterministic_config(true);
         cfg.consume_fuel(v.fuel)
-            .cranelift_nan_canonicalization(v.nan);
+            .cranelift_nan_canonicalization(v.nan == Nan::Eager);
         let engine = Engine::new(&cfg).unwrap();
-        let module = Module::from_binary(&engine, &bytes).unwrap();
+        let module = match (v.nan, v.stack) {
+            (Nan::Pass, true) => detwasm_runtime::engine::compile(&engine, &bytes).unwrap(),
+            (_, true) => {
+                detwasm_runtime::engine::compile_rewritten(&engine, &bytes, &bytes).unwrap()
+            }
+            (_, false) => Module::from_binary(&engine, &bytes).unwrap(),
+        };
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).unwrap();
         for (work, n) in [("int", "20000000"), ("float", "2000000")] {
