@@ -69,7 +69,8 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   +95% on a float loop, +17% on n-body, +29% on recursive fib.
 /// - `stack_metering`: the depth at which a guest exhausts its call stack is counted in
 ///   the module by the [`passes::stack`] pass (version, units a frame costs beyond its
-///   values, limit in units), so it is the same on every CPU. Instruction counts include
+///   values, limit in units, the costliest leaf left unmetered), so it is the same on
+///   every CPU. Instruction counts include
 ///   the metering code. `max_wasm_stack` (native bytes, see [`MAX_WASM_STACK`]) is large
 ///   enough never to be reached first; `wasm_backtrace_max_frames` is pinned because the
 ///   metered trap is recognised by its innermost frame.
@@ -92,7 +93,7 @@ wasmtime=48.0.8
 strategy=cranelift
 cranelift_opt_level=speed
 nan_canonicalization=false
-nan_pass=detwasm-nan-1
+nan_pass=detwasm-nan-2
 relaxed_simd_deterministic=true
 threads=false
 simd=true
@@ -112,9 +113,10 @@ custom_page_sizes=false
 component_model=false
 fuel=true
 epoch_interruption=false
-stack_metering=detwasm-stack-1
+stack_metering=detwasm-stack-2
 stack_frame_base=8
 stack_limit=262144
+stack_leaf_max_cost=65536
 max_wasm_stack=8388608
 wasm_backtrace_max_frames=20
 wasi_host=detwasm-preview1-2
@@ -671,7 +673,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:655b021464d7834a082b9bf21571fcbad0c833b9864d7d2f2ac3cc7efe4c89cb"
+            "blake3:c3a5a34168b841e36f640c1cde5cb983e6e65b9152949874dd091f16e6880815"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
@@ -682,6 +684,8 @@ mod tests {
         );
         assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
+        let leaf = stack::LEAF_MAX_COST;
+        assert!(ENGINE_SETTINGS.contains(&format!("stack_leaf_max_cost={leaf}\n")));
         let frames = WASM_BACKTRACE_FRAMES;
         assert!(ENGINE_SETTINGS.contains(&format!("wasm_backtrace_max_frames={frames}\n")));
         use crate::{limiter::TABLE_ELEMENT_BYTES, wasi::host::HOST_BYTES_PER_FUEL};
