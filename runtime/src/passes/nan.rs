@@ -997,13 +997,14 @@ pub(crate) fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
 /// `[splat;] local.tee v; <canonical NaNs>; local.get v; local.get v; eq; bitselect[;
 /// extract_lane 0]`: keeps each lane where it equals itself, the canonical NaN where it
 /// does not (eight instructions for a scalar, six for a vector). Scalars go through a
-/// vector so the code has no branch: the canonicalization of a value that is stored and
-/// loaded again sits on the loop's dependency chain through memory (n-body's velocities),
-/// where a compare-and-select of scalars, which Cranelift lowers to two branches, measured
-/// slower (`wasmtime run` of the rewritten n-body, user time over three rounds:
-/// 0.67–0.74 s against 0.75–0.90 s, plain 0.41–0.48 s). Rejected: a call to a helper
-/// function per kind (a call costs more than the sequence, and Cranelift does not inline
-/// it).
+/// vector because Cranelift makes three machine instructions of it and no branch, where a
+/// compare-and-select of scalars became a constant load, a compare and two branches
+/// (`wasmtime run` of the rewritten n-body, user time over three rounds: 0.67–0.74 s
+/// against 0.75–0.90 s, plain 0.41–0.48 s). Rejected: a call to a helper function per kind
+/// (a call costs more than the sequence, and Cranelift does not inline it); writing a
+/// stored result as it is and overwriting it with the canonical NaN when it is one (built
+/// and measured on n-body: no faster, 0.73–0.92 s, for a second kind of rewriting and an
+/// analysis of which values may hold the module's own NaNs).
 pub(crate) fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, v: u32) {
     const SIMD: u8 = 0xfd;
     match kind {

@@ -123,9 +123,8 @@ pub const STACK_LIMIT: u32 = 1 << 18;
 /// measured frames, which leaves about 4 MiB (262,144 units × 15 bytes) for it, against
 /// 65,536 × 16.8 bytes = 1.1 MiB. Why: a leaf is where calls are most frequent (the
 /// pair update of n-body, a getter), and its metering was a load, an add and a store of
-/// the counter on entry and again on return, a chain through memory from one call to the
-/// next (`wasmtime run` of n-body, user time: 0.41–0.48 s without the pass, about 0.6 s
-/// with it). Rejected: metering every function (that cost); exempting every leaf (a leaf
+/// the counter on entry and again on return (`wasmtime run` of n-body, wall time, best of
+/// three: 0.44 s without the pass, 0.62 s with it). Rejected: metering every function (that cost); exempting every leaf (a leaf
 /// with more values than the reserve holds would reach the native limit first).
 pub const LEAF_MAX_COST: u32 = 1 << 16;
 
