@@ -731,6 +731,17 @@ fn block_arity(m: &impl ModuleArity, ty: BlockType) -> Result<(usize, usize), St
         .ok_or_else(|| "a block of an unknown type".into())
 }
 
+/// The most locals (parameters included) and the longest function body wasmparser (and so
+/// wasmtime) accepts. A rewriting that would pass either fails with a message that says
+/// so, instead of producing a module the engine refuses with a message about bytes the
+/// user never wrote. Both are reached only by functions at the edge of what WebAssembly
+/// allows (50,000 locals; a body of over a megabyte that is mostly observed float
+/// results), and such a module is refused, the same way on every host. Rejected (for
+/// now): canonicalizing through calls of appended helper functions in such functions,
+/// which needs no local and fewer bytes.
+const MAX_LOCALS: u64 = 50_000;
+const MAX_BODY_BYTES: usize = 7_654_321;
+
 /// Where an operator is: the index of the function body (among the module's own) and of
 /// the operator in it.
 #[derive(Clone, Copy)]
@@ -871,6 +882,13 @@ fn rewrite_body(
     // The local declarations after their count, copied; then the added locals.
     let (_, count_len) = read_u32(&binary[range.start..ops_start])?;
     let scratch = u32::try_from(u64::from(params) + declared).map_err(|_| "too many locals")?;
+    if !add_locals.is_empty() && u64::from(scratch) + add_locals.len() as u64 > MAX_LOCALS {
+        return Err(format!(
+            "defined function {index} has {scratch} locals and parameters; the {} more this \
+             rewriting needs would pass WebAssembly's limit of {MAX_LOCALS}",
+            add_locals.len()
+        ));
+    }
     let mut out = Vec::new();
     write_u32(&mut out, groups + add_locals.len() as u32);
     out.extend_from_slice(&binary[range.start + count_len..ops_start]);
@@ -892,6 +910,14 @@ fn rewrite_body(
         }
         out.extend_from_slice(&tail);
         op_index += 1;
+    }
+    if out.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "defined function {index} would grow from {} to {} bytes, past WebAssembly's \
+             limit of {MAX_BODY_BYTES} bytes for a function body",
+            range.len(),
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -1136,6 +1162,35 @@ mod tests {
               (i32.const 0)))"#,
         );
         assert_eq!(m, [vec![0], vec![1; 13]].concat());
+    }
+
+    /// A function at WebAssembly's limit of locals cannot get a scratch local: refused
+    /// with a message that says why (found by an adversarial review).
+    #[test]
+    fn a_function_at_the_locals_limit_is_refused_with_the_reason() {
+        let observed = "(f32.store (i32.const 0) (f32.add (local.get 0) (local.get 0)))";
+        let module = |declared: usize| {
+            let locals = " i32".repeat(declared);
+            wat::parse_str(format!(
+                "(module (memory 1) (func (param f32) (local{locals}) {observed}))"
+            ))
+            .unwrap()
+        };
+        canonicalize(&module(49_998)).unwrap();
+        let e = canonicalize(&module(49_999)).unwrap_err();
+        assert!(e.contains("limit of 50000"), "{e}");
+        let engine = crate::engine::new_engine(&crate::engine::EngineOptions {
+            cache_dir: None,
+            parallel_compilation: false,
+        })
+        .unwrap();
+        let e = crate::engine::compile(&engine, &module(49_999))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("NaN canonicalization") && e.contains("limit of 50000"),
+            "{e}"
+        );
     }
 
     /// Every route a raw NaN can take to where it is seen, run by the engine (pass, no
