@@ -146,43 +146,59 @@ impl Tally {
     }
 }
 
+/// The number in environment variable `name`, or `default`.
+#[cfg(test)]
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: {v:?}")))
+        .unwrap_or(default)
+}
+
+/// `count` generator inputs, each from 256 bytes to 8 KiB of a ChaCha stream keyed by
+/// `seed`.
+#[cfg(test)]
+fn seeded_inputs(seed: u64, count: u64) -> impl Iterator<Item = (u64, Vec<u8>)> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count).map(move |i| {
+        let len = 256 + (rng.next_u32() as usize % (8 << 10));
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        (i, data)
+    })
+}
+
+/// Fails the test with the disagreement, the module written to the temporary folder.
+#[cfg(test)]
+fn disagreed(i: u64, seed: u64, d: &detwasm_runtime::selffuzz::Disagreement, binary: &[u8]) -> ! {
+    let path = std::env::temp_dir().join(format!("detwasm-selffuzz-{}.wasm", d.module));
+    std::fs::write(&path, binary).unwrap();
+    panic!(
+        "module {i} of seed {seed}: {d}\n(the module is at {})",
+        path.display()
+    );
+}
+
 /// Modules from a fixed seed: `DETWASM_SELFFUZZ_MODULES` of them (default 300), each
 /// from 256 bytes to 8 KiB of a ChaCha stream keyed by `DETWASM_SELFFUZZ_SEED` (default
 /// 0), so a failure is reproduced by the same two numbers. A disagreement fails with the
 /// module written to the temporary folder.
 #[test]
 fn fixed_seed_modules_agree() {
-    use rand_chacha::rand_core::{RngCore, SeedableRng};
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: {v:?}")))
-            .unwrap_or(default)
-    };
-    let count = env("DETWASM_SELFFUZZ_MODULES", 300);
-    let seed = env("DETWASM_SELFFUZZ_SEED", 0);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let count = env_u64("DETWASM_SELFFUZZ_MODULES", 300);
+    let seed = env_u64("DETWASM_SELFFUZZ_SEED", 0);
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
     let mut unmade = 0;
-    for i in 0..count {
-        let len = 256 + (rng.next_u32() as usize % (8 << 10));
-        let mut data = vec![0u8; len];
-        rng.fill_bytes(&mut data);
+    for (i, data) in seeded_inputs(seed, count) {
         let Some(binary) = generate(&data) else {
             unmade += 1;
             continue;
         };
         match check_module(&binary) {
             Ok(a) => tally.add(&a),
-            Err(d) => {
-                let path = std::env::temp_dir().join(format!("detwasm-selffuzz-{}.wasm", d.module));
-                std::fs::write(&path, &binary).unwrap();
-                panic!(
-                    "module {i} of seed {seed}: {d}\n(the module is at {})",
-                    path.display()
-                );
-            }
+            Err(d) => disagreed(i, seed, &d, &binary),
         }
     }
     eprintln!(
@@ -215,23 +231,12 @@ fn fixed_seed_modules_agree() {
 /// of the modules' NaN-producing operations it canonicalized.
 #[test]
 fn untraced_modules_agree_with_eager_canonicalization() {
-    use rand_chacha::rand_core::{RngCore, SeedableRng};
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}: {v:?}")))
-            .unwrap_or(default)
-    };
-    let count = env("DETWASM_SELFFUZZ_EAGER_MODULES", 300);
-    let seed = env("DETWASM_SELFFUZZ_SEED", 0) + 1000;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let count = env_u64("DETWASM_SELFFUZZ_EAGER_MODULES", 300);
+    let seed = env_u64("DETWASM_SELFFUZZ_SEED", 0) + 1000;
     let started = std::time::Instant::now();
     let (mut modules, mut calls, mut compared, mut nans, mut noncanonical) = (0, 0, 0, 0, 0);
     let (mut producers, mut canonicalized) = (0, 0);
-    for i in 0..count {
-        let len = 256 + (rng.next_u32() as usize % (8 << 10));
-        let mut data = vec![0u8; len];
-        rng.fill_bytes(&mut data);
+    for (i, data) in seeded_inputs(seed, count) {
         let Some(binary) = generate_untraced(&data) else {
             continue;
         };
@@ -248,14 +253,7 @@ fn untraced_modules_agree_with_eager_canonicalization() {
                     canonicalized += c;
                 }
             }
-            Err(d) => {
-                let path = std::env::temp_dir().join(format!("detwasm-selffuzz-{}.wasm", d.module));
-                std::fs::write(&path, &binary).unwrap();
-                panic!(
-                    "module {i} of seed {seed}: {d}\n(the module is at {})",
-                    path.display()
-                );
-            }
+            Err(d) => disagreed(i, seed, &d, &binary),
         }
     }
     eprintln!(
@@ -371,13 +369,8 @@ fn traps_fuel_and_memory_agree_across_setups() {
 /// written, almost all through the float trace; 2 before the trace existed).
 #[test]
 fn generated_modules_catch_an_engine_without_nan_canonicalization() {
-    use rand_chacha::rand_core::{RngCore, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (mut checked, mut caught) = (0, Vec::new());
-    for _ in 0..100 {
-        let len = 256 + (rng.next_u32() as usize % (8 << 10));
-        let mut data = vec![0u8; len];
-        rng.fill_bytes(&mut data);
+    for (_, data) in seeded_inputs(0, 100) {
         let Some(binary) = generate(&data) else {
             continue;
         };
