@@ -514,14 +514,14 @@ fn analyse_body<R: WasmModuleResources>(
 ) -> Result<Plan, String> {
     use Operator as O;
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
-    let (params, results) = {
+    let results = {
         let r = v.resources();
         let sub = r
             .type_id_of_function(v.index())
             .map(|id| r.sub_type_at_id(id))
             .ok_or("a function without a function type")?;
         match &sub.composite_type.inner {
-            wasmparser::CompositeInnerType::Func(f) => (f.params().len(), f.results().len()),
+            wasmparser::CompositeInnerType::Func(f) => f.results().len(),
             _ => return Err("a function without a function type".into()),
         }
     };
@@ -531,7 +531,6 @@ fn analyse_body<R: WasmModuleResources>(
         let (count, t) = locals.read().map_err(err)?;
         v.define_locals(offset, count, t).map_err(err)?;
     }
-    let _ = params; // parameters hold callers' values: untracked, like any local's start.
     let mut w = Walk {
         c: Classes::default(),
         stack: Vec::new(),
@@ -1060,16 +1059,9 @@ pub(crate) fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, v: u32) {
     }
 }
 
-pub(crate) fn write_u32(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+/// `v` as an unsigned LEB128 number (wasm-encoder's encoding, as the stack pass writes).
+pub(crate) fn write_u32(out: &mut Vec<u8>, v: u32) {
+    wasm_encoder::Encode::encode(&v, out);
 }
 
 /// An unsigned LEB128 u32 and its length in bytes.
