@@ -69,7 +69,7 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   +95% on a float loop, +17% on n-body, +29% on recursive fib.
 /// - `stack_metering`: the depth at which a guest exhausts its call stack is counted in
 ///   the module by the [`passes::stack`] pass (version, units a frame costs beyond its
-///   values, limit in units, the costliest leaf left unmetered), so it is the same on
+///   values, limit in units, the costliest chain of frames left unmetered), so it is the same on
 ///   every CPU. Instruction counts include
 ///   the metering code. `max_wasm_stack` (native bytes, see [`MAX_WASM_STACK`]) is large
 ///   enough never to be reached first; `wasm_backtrace_max_frames` is pinned because the
@@ -113,10 +113,10 @@ custom_page_sizes=false
 component_model=false
 fuel=true
 epoch_interruption=false
-stack_metering=detwasm-stack-2
+stack_metering=detwasm-stack-3
 stack_frame_base=8
 stack_limit=262144
-stack_leaf_max_cost=65536
+stack_unmetered_max_cost=65536
 max_wasm_stack=8388608
 wasm_backtrace_max_frames=20
 wasi_host=detwasm-preview1-2
@@ -673,7 +673,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:c3a5a34168b841e36f640c1cde5cb983e6e65b9152949874dd091f16e6880815"
+            "blake3:f92ddd3c4fca51a815977a0f3b9aa647e4a5ce2310afae1006510530d1489ba2"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
@@ -684,8 +684,8 @@ mod tests {
         );
         assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
-        let leaf = stack::LEAF_MAX_COST;
-        assert!(ENGINE_SETTINGS.contains(&format!("stack_leaf_max_cost={leaf}\n")));
+        let unmetered = stack::UNMETERED_MAX_COST;
+        assert!(ENGINE_SETTINGS.contains(&format!("stack_unmetered_max_cost={unmetered}\n")));
         let frames = WASM_BACKTRACE_FRAMES;
         assert!(ENGINE_SETTINGS.contains(&format!("wasm_backtrace_max_frames={frames}\n")));
         use crate::{limiter::TABLE_ELEMENT_BYTES, wasi::host::HOST_BYTES_PER_FUEL};

@@ -24,11 +24,12 @@
 //! cost(f) = FRAME_BASE + params(f) + declared locals(f) + max operand stack height(f)
 //! ```
 //!
-//! with [`FRAME_BASE`] = 8 units; each value counts one unit whatever its type. A *leaf*
-//! (it calls no function of the module, only imports if any) whose cost is at most
-//! [`LEAF_MAX_COST`] is not metered: it cannot recurse, and its one frame fits in the
-//! native stack reserved beyond the metered limit (the reasoning is at
-//! [`LEAF_MAX_COST`]). The
+//! with [`FRAME_BASE`] = 8 units; each value counts one unit whatever its type. A
+//! function that can only start bounded chains of calls (no recursion, no call through
+//! a table, reference or tail call anywhere below it) whose costliest chain is at most
+//! [`UNMETERED_MAX_COST`] units is not metered: such frames only ever sit at the top of
+//! the stack, one chain at a time, and the chain fits in the native stack reserved
+//! beyond the metered limit (the reasoning is at [`UNMETERED_MAX_COST`]). The
 //! operand stack height is the greatest number of values on the operand stack at any
 //! point of `f`'s body (across all its blocks), as wasmparser's validator counts it
 //! (unreachable code included: it only ever raises the cost). A global counter (a
@@ -101,7 +102,7 @@ use wasmparser::{
 /// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`]: bumped whenever
 /// a cost, the limit or the emitted code changes (each changes instruction counts or the
 /// depth at which a guest traps).
-pub const PASS_VERSION: &str = "detwasm-stack-2";
+pub const PASS_VERSION: &str = "detwasm-stack-3";
 
 /// Units every frame costs besides its values: stands for the return address, the saved
 /// frame pointer, callee-saved registers and wasmtime's per-frame bookkeeping, which
@@ -115,18 +116,25 @@ pub const FRAME_BASE: u32 = 8;
 /// about 6,500–10,000 calls deep.
 pub const STACK_LIMIT: u32 = 1 << 18;
 
-/// The costliest leaf that is not metered: a function that calls no function of the
-/// module (calls of imports, the WASI host, allowed) and costs at most this many units
-/// runs without prologue or epilogue. It cannot recurse, so it adds one frame at most to
-/// the deepest metered stack, and that frame fits in the native stack reserved beyond the
-/// metered limit: [`NATIVE_BYTES_PER_UNIT`] is twice the 16.8 bytes per unit of the largest
-/// measured frames, which leaves about 4 MiB (262,144 units × 15 bytes) for it, against
-/// 65,536 × 16.8 bytes = 1.1 MiB. Why: a leaf is where calls are most frequent (the
-/// pair update of n-body, a getter), and its metering was a load, an add and a store of
-/// the counter on entry and again on return (`wasmtime run` of n-body, wall time, best of
-/// three: 0.44 s without the pass, 0.62 s with it). Rejected: metering every function (that cost); exempting every leaf (a leaf
-/// with more values than the reserve holds would reach the native limit first).
-pub const LEAF_MAX_COST: u32 = 1 << 16;
+/// The costliest chain of frames that is not metered. A function is not metered when
+/// every chain of calls it can start is known and bounded: it and every function it
+/// reaches call only defined functions directly (calls of imports, the WASI host, are
+/// allowed; no call through a table or a reference, no tail call), none of them can
+/// recurse, and the costliest chain (the sum of the frames along it) is at most this
+/// many units. Such functions only ever call each other, so above the deepest metered
+/// frame there is at most one such chain, and it fits in the native stack reserved
+/// beyond the metered limit: [`NATIVE_BYTES_PER_UNIT`] is twice the 16.8 bytes per unit
+/// of the largest measured frames, which leaves about 4 MiB (262,144 units × 15 bytes)
+/// for it, against 65,536 × 16.8 bytes = 1.1 MiB. Why: calls are most frequent near the
+/// top of the stack (the pair update of n-body, a getter, an interpreter's small
+/// helpers), and metering a frame is a load, an add and a store of the counter on entry
+/// and again on return (`wasmtime run` of n-body, wall time, best of three: 0.44 s
+/// without the pass, 0.62 s with it; CPython running a loop, CPU time: 3.76 s
+/// unmetered, 4.46 s with only leaves exempt). Rejected: metering every function (that
+/// cost); exempting every leaf or every non-recursive function whatever its chain (a
+/// chain with more values than the reserve holds would reach the native limit first);
+/// exempting only leaves (`detwasm-stack-2`: CPython's helpers call helpers).
+pub const UNMETERED_MAX_COST: u32 = 1 << 16;
 
 /// Native stack bytes reserved per stack unit (see [`crate::engine::MAX_WASM_STACK`]).
 /// A value held in a frame takes at most 16 bytes natively (a `v128` spill slot), and the
@@ -152,7 +160,7 @@ struct Analysis {
 struct Frame {
     /// Units charged on entry.
     cost: u32,
-    /// A leaf small enough not to be metered ([`LEAF_MAX_COST`]).
+    /// Not metered: it starts only bounded chains of calls ([`UNMETERED_MAX_COST`]).
     unmetered: bool,
     /// The function's result types (the type of the block that wraps its body).
     results: Vec<wasmparser::ValType>,
@@ -168,6 +176,9 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     let mut validator = Validator::new_with_features(WasmFeatures::all());
     let mut allocs = FuncValidatorAllocations::default();
+    // Each defined function's defined callees, or `None` if it calls through a table or
+    // a reference, or tail-calls.
+    let mut calls: Vec<Option<Vec<u32>>> = Vec::new();
     let mut a = Analysis {
         types: 0,
         imported_funcs: 0,
@@ -214,30 +225,36 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
                 }
                 let mut ops = body.get_operators_reader().map_err(err)?;
                 let mut height = 0u32;
-                let mut leaf = true;
+                let mut callees = Vec::new();
+                let mut open = false;
                 while !ops.eof() {
                     let (op, offset) = ops.read_with_offset().map_err(err)?;
                     v.op(offset, &op).map_err(err)?;
                     height = height.max(v.operand_stack_height());
-                    leaf &= match op {
-                        Operator::Call { function_index } => function_index < a.imported_funcs,
+                    match op {
+                        Operator::Call { function_index } if function_index >= a.imported_funcs => {
+                            callees.push(function_index - a.imported_funcs)
+                        }
                         Operator::CallIndirect { .. }
                         | Operator::CallRef { .. }
                         | Operator::ReturnCall { .. }
                         | Operator::ReturnCallIndirect { .. }
-                        | Operator::ReturnCallRef { .. } => false,
-                        _ => true,
-                    };
+                        | Operator::ReturnCallRef { .. } => open = true,
+                        _ => {}
+                    }
                 }
+                callees.sort_unstable();
+                callees.dedup();
                 ops.finish().map_err(err)?;
                 // At most 50,000 locals, 1,000 parameters and an operand stack no higher
                 // than the body has bytes (wasmparser's limits): far below u32::MAX.
                 let cost = u64::from(FRAME_BASE) + values + u64::from(height);
                 a.funcs.push(Frame {
                     cost: u32::try_from(cost).map_err(|_| "a frame too large to meter")?,
-                    unmetered: leaf && cost <= u64::from(LEAF_MAX_COST),
+                    unmetered: false,
                     results: ty.results().to_vec(),
                 });
+                calls.push(if open { None } else { Some(callees) });
                 allocs = v.into_allocations();
             }
             ValidPayload::End(types) => {
@@ -247,7 +264,77 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
             _ => {}
         }
     }
+    for (f, chain) in top_chains(&a.funcs, &calls).into_iter().enumerate() {
+        a.funcs[f].unmetered = chain.is_some();
+    }
     Ok(a)
+}
+
+/// For each function, the units of the costliest chain of frames it can start (itself
+/// and every nested call of a defined function), or `None` when that is unbounded or
+/// unknown: it can recurse, reach a function that calls through a table or a reference
+/// or tail-calls, or reach a function whose chain is over [`UNMETERED_MAX_COST`].
+/// Iterative (a call graph can be deeper than the host's own stack).
+fn top_chains(funcs: &[Frame], calls: &[Option<Vec<u32>>]) -> Vec<Option<u64>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Open,
+        Done(Option<u64>),
+    }
+    let mut state = vec![State::New; funcs.len()];
+    for root in 0..funcs.len() {
+        if state[root] != State::New {
+            continue;
+        }
+        // (function, index of its next callee to look at)
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        state[root] = State::Open;
+        while let Some(&mut (f, ref mut next)) = path.last_mut() {
+            let Some(callees) = &calls[f] else {
+                state[f] = State::Done(None);
+                path.pop();
+                continue;
+            };
+            if let Some(&c) = callees.get(*next) {
+                *next += 1;
+                let c = c as usize;
+                match state[c] {
+                    State::New => {
+                        state[c] = State::Open;
+                        path.push((c, 0));
+                    }
+                    // A call back into the path: recursion. Every function on the cycle
+                    // sees a callee whose chain is unbounded, so all end `None`.
+                    State::Open => {
+                        state[f] = State::Done(None);
+                        path.pop();
+                    }
+                    State::Done(_) => {}
+                }
+                continue;
+            }
+            let mut worst = 0u64;
+            let mut bounded = true;
+            for &c in callees {
+                match state[c as usize] {
+                    State::Done(Some(chain)) => worst = worst.max(chain),
+                    _ => bounded = false,
+                }
+            }
+            let units = u64::from(funcs[f].cost) + worst;
+            state[f] =
+                State::Done((bounded && units <= u64::from(UNMETERED_MAX_COST)).then_some(units));
+            path.pop();
+        }
+    }
+    state
+        .into_iter()
+        .map(|s| match s {
+            State::Done(units) => units,
+            _ => None,
+        })
+        .collect()
 }
 
 /// The module with stack metering (see the module docs), or why it could not be
@@ -567,6 +654,56 @@ mod tests {
         );
     }
 
+    /// Which functions are left unmetered: those whose every chain of calls is known,
+    /// finite and within [`UNMETERED_MAX_COST`].
+    #[test]
+    fn only_bounded_chains_of_calls_are_unmetered() {
+        let unmetered = |wat: &str| -> Vec<bool> {
+            let binary = wat::parse_str(wat).unwrap();
+            analyse(&binary)
+                .unwrap()
+                .funcs
+                .iter()
+                .map(|f| f.unmetered)
+                .collect()
+        };
+        // A leaf, a helper calling helpers (and the host), a function reaching recursion,
+        // the recursion itself, a function calling through a table, one calling it.
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "sched_yield" (func $host (result i32)))
+            (type $t (func)) (table 1 funcref)
+            (func $leaf)
+            (func $helper (call $leaf) (drop (call $host)) (call $leaf))
+            (func $reaches (call $helper) (call $rec))
+            (func $rec (call $helper) (call $rec))
+            (func $table (call_indirect (type $t) (i32.const 0)))
+            (func $calls_table (call $leaf) (call $table)))"#;
+        assert_eq!(unmetered(wat), vec![true, true, false, false, false, false]);
+        // Mutual recursion, and a tail call.
+        let wat = r#"(module (func $a (call $b)) (func $b (call $a))
+            (func $tail (return_call $c)) (func $c))"#;
+        assert_eq!(unmetered(wat), vec![false, false, false, true]);
+        // A chain of frames: each of 80 functions costs FRAME_BASE + 1,000 locals and
+        // calls the next; the chain from the first is over the limit, from the last few not.
+        let n = 80;
+        let mut wat = String::from("(module");
+        for i in 0..n {
+            let call = if i + 1 < n {
+                format!("(call {})", i + 1)
+            } else {
+                String::new()
+            };
+            wat += &format!("(func (local {}) {call})", "i32 ".repeat(1000));
+        }
+        wat += ")";
+        let cost = u64::from(FRAME_BASE) + 1000;
+        let expected: Vec<bool> = (0..n)
+            .map(|i| (n - i) as u64 * cost <= u64::from(UNMETERED_MAX_COST))
+            .collect();
+        assert!(expected.contains(&true) && expected.contains(&false));
+        assert_eq!(unmetered(&wat), expected);
+    }
+
     #[test]
     fn the_rewritten_module_is_valid_and_keeps_its_indices() {
         // Multi-value results, returns from nested blocks, a branch to the function's
@@ -659,7 +796,7 @@ mod tests {
     /// Metering costs 12 fuel per call of a defined function (8 in the prologue, 4 in the
     /// epilogue): what the module docs promise and instruction counts include.
     #[test]
-    fn a_call_costs_twelve_instructions_of_metering_and_a_leaf_none() {
+    fn a_call_costs_twelve_instructions_of_metering_and_an_unmetered_function_none() {
         let fuel = |wat: &str, metered: bool| {
             let engine = engine();
             let module = if metered {
@@ -674,8 +811,8 @@ mod tests {
             f.call(&mut store, ()).unwrap();
             1_000 - store.get_fuel().unwrap()
         };
-        // `$g` could call `$h` (never does): it is metered. A leaf is not.
-        let g = r#"(func $h) (func $g (if (i32.const 0) (then (call $h))))"#;
+        // `$g` could call itself (never does): it is metered. A leaf is not.
+        let g = r#"(func $g (if (i32.const 0) (then (call $g))))"#;
         let one = format!(r#"(module {g} (func (export "f") (call $g)))"#);
         let two = format!(r#"(module {g} (func (export "f") (call $g) (call $g)))"#);
         let per_call = |metered| fuel(&two, metered) - fuel(&one, metered);
@@ -705,6 +842,8 @@ mod native_bound {
         body: String,
         /// How `_start` calls `$f`.
         start: String,
+        /// Functions after `$f` and `_start`.
+        extra: String,
         /// Whether its native frame is bounded by its cost in units. A frame that keeps
         /// values the module does not hold (temporaries Cranelift hoisted out of a loop
         /// or merged across a call) is not, when optimised; see [`NATIVE_BYTES_PER_UNIT`].
@@ -722,6 +861,7 @@ mod native_bound {
                 decl: String::new(),
                 body: format!("{ENTER} call $f"),
                 start: "call $f".into(),
+                extra: String::new(),
                 bounded: true,
             },
             Shape {
@@ -732,6 +872,7 @@ mod native_bound {
                      (i64.const 1))"
                 ),
                 start: "(drop (call $f (i64.const 0)))".into(),
+                extra: String::new(),
                 bounded: true,
             },
         ];
@@ -757,6 +898,7 @@ mod native_bound {
             decl: format!("(param v128) (result v128) (local {})", "v128 ".repeat(n)),
             body: locals(n),
             start: format!("(drop (call $f ({})))", v128(7)),
+            extra: String::new(),
             bounded: true,
         });
         // A large frame. (wasmparser allows 50,000 locals: measured once, 49,999 v128
@@ -769,6 +911,7 @@ mod native_bound {
             ),
             body: locals(4000),
             start: format!("(drop (call $f ({})))", v128(7)),
+            extra: String::new(),
             bounded: true,
         });
         // v128 operands loaded from memory, live across the call.
@@ -783,6 +926,7 @@ mod native_bound {
             decl: "(param v128) (result v128)".into(),
             body,
             start: format!("(drop (call $f ({})))", v128(7)),
+            extra: String::new(),
             bounded: true,
         });
         // The most parameters a function may have, all v128, passed on the stack.
@@ -802,6 +946,42 @@ mod native_bound {
             decl: format!("(param {})", "v128 ".repeat(params)),
             body,
             start,
+            extra: String::new(),
+            bounded: true,
+        });
+        // At every depth, before recursing, the costliest chain of unmetered frames: 16
+        // functions of 4,000 v128 locals each (live across the call of the next), 64,176
+        // units in all, on top of the metered frames.
+        let chain = 16;
+        let mut extra = String::new();
+        for c in 0..chain {
+            let mut body = String::new();
+            for i in 0..4000 {
+                body += &format!(
+                    "(local.set {} (v128.load offset={} (i32.const 0)))\n",
+                    i + 1,
+                    16 * i
+                );
+            }
+            if c + 1 < chain {
+                body += &format!("(call $c{} (local.get 1))\n", c + 1);
+            } else {
+                body += "(local.get 1)\n";
+            }
+            for i in 0..4000 {
+                body += &format!("(local.get {}) i32x4.add\n", i + 1);
+            }
+            extra += &format!(
+                "(func $c{c} (param v128) (result v128) (local {}) {body})\n",
+                "v128 ".repeat(4000)
+            );
+        }
+        shapes.push(Shape {
+            name: "a chain of unmetered frames at every depth",
+            decl: String::new(),
+            body: format!("{ENTER} (drop (call $c0 ({}))) call $f", v128(3)),
+            start: "call $f".into(),
+            extra,
             bounded: true,
         });
         // Loop-invariant expressions that Cranelift may hoist out of the loop, keeping them
@@ -821,6 +1001,7 @@ mod native_bound {
             decl: "(param i32) (result i32) (local i32)".into(),
             body,
             start: "(drop (call $f (i32.const 5)))".into(),
+            extra: String::new(),
             bounded: false,
         });
         shapes
@@ -830,8 +1011,8 @@ mod native_bound {
         let wat = format!(
             "(module (global $d (export \"depth\") (mut i32) (i32.const 0)) (memory 16)
                (func $f {} {})
-               (func (export \"_start\") {}))",
-            shape.decl, shape.body, shape.start
+               (func (export \"_start\") {}) {})",
+            shape.decl, shape.body, shape.start, shape.extra
         );
         wat::parse_str(&wat).unwrap()
     }
@@ -881,6 +1062,20 @@ mod native_bound {
                     .map(|f| f.cost)
                     .collect();
                 let (f, start) = (costs[0], costs[1]);
+                if !shape.extra.is_empty() {
+                    // The chain is 16 of the largest frames: compiled once (on the
+                    // optimised engine only), it shows the metered limit still comes
+                    // first with it on top.
+                    let a = analyse(&binary).unwrap();
+                    assert!(a.funcs[2..].iter().all(|c| c.unmetered), "{}", shape.name);
+                    if opt == "speed" {
+                        let metered = engine::compile(&engine, &binary).unwrap();
+                        let (err, depth) = run(&engine, &metered);
+                        assert!(is_exhaustion(&err), "{}: {err:?}", shape.name);
+                        assert_eq!(depth, (STACK_LIMIT - start) / f, "{}", shape.name);
+                    }
+                    continue;
+                }
                 let plain = Module::from_binary(&engine, &binary).unwrap();
                 let (err, native_depth) = run(&engine, &plain);
                 assert_eq!(
