@@ -151,6 +151,11 @@ pub fn start(mut store: impl AsContextMut, instance: &Instance) -> Option<wasmti
     instance.get_func(&mut store, EXPORT_START)
 }
 
+/// Whether `module.name` is the import the pass added (not the module's own).
+pub fn is_pass_import(module: &str, name: &str) -> bool {
+    module == IMPORT_MODULE && name == IMPORT_REFUEL
+}
+
 /// Whether `name` is an export the pass added (not the module's own).
 pub fn is_pass_export(name: &str) -> bool {
     name == EXPORT_FUEL || name == EXPORT_START

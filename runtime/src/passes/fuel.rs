@@ -19,9 +19,10 @@
 //!
 //! # The rule
 //!
-//! Every operator of the module costs one unit, except `nop`, `drop`, `block`, `loop`,
-//! `else`, `end`, `unreachable` and `return`, which cost none (wasmtime's own table, so
-//! counts stay comparable with it); `memory.fill`, `memory.copy` and `memory.init` cost
+//! Entering a function costs one unit, and every operator of the module one unit,
+//! except `nop`, `drop`, `block`, `loop`, `else`, `end`, `unreachable` and `return`,
+//! which cost none: wasmtime's own table, so that a run that returns has the count
+//! wasmtime's fuel gives (the tests compare them); `memory.fill`, `memory.copy` and `memory.init` cost
 //! one more unit per byte, `table.fill`, `table.copy`, `table.init` and `table.grow` one
 //! more per element. Only the module's own operators are counted: code the other passes
 //! add (NaN canonicalization, stack metering) and this pass's own code are not.
@@ -641,7 +642,8 @@ impl Rewriter {
         };
         Instruction::Block(wrapper).encode(&mut out);
         let mut ops = body.get_operators_reader().map_err(err)?;
-        let mut pending: i64 = 0;
+        // Entering a function costs one unit, as in wasmtime.
+        let mut pending: i64 = 1;
         while !ops.eof() {
             let start = ops.original_position();
             let op = ops.read().map_err(err)?;
@@ -823,5 +825,182 @@ fn section_order(p: &Payload) -> u32 {
         Payload::DataSection(_) => 11,
         Payload::End(_) => 12,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::{self, Stop};
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+    }
+
+    /// Instructions counted by the pass when export `f` of `wat` is called, and how the
+    /// call ended.
+    fn counted(wat: &str, fuel: u64) -> (u64, wasmtime::Result<()>) {
+        let engine = engine();
+        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        let (mut store, i) = meter::instantiate(&engine, &module, fuel);
+        let i = i.unwrap();
+        let before = meter::consumed(&mut store, Some(&i));
+        let f = i.get_func(&mut store, "f").unwrap();
+        let r = f.call(&mut store, &[], &mut []);
+        (meter::consumed(&mut store, Some(&i)) - before, r)
+    }
+
+    /// The same count by wasmtime's own fuel (`Config::consume_fuel`), on the module as
+    /// it is: an implementation nobody here wrote, whose cost table the pass follows.
+    fn wasmtime_counted(wat: &str) -> u64 {
+        let mut config = crate::engine::deterministic_config(false);
+        config.consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_fuel(u64::MAX / 2).unwrap();
+        let i = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let before = store.get_fuel().unwrap();
+        let f = i.get_func(&mut store, "f").unwrap();
+        f.call(&mut store, &[], &mut []).unwrap();
+        before - store.get_fuel().unwrap()
+    }
+
+    /// Straight code, branches, loops, a branch table, calls (direct, through a table,
+    /// of a function that returns early, tail calls), bulk memory: the count is
+    /// wasmtime's, operator for operator.
+    #[test]
+    fn counts_are_wasmtimes() {
+        let cases = [
+            r#"(module (func (export "f") (drop (i32.add (i32.const 1) (i32.const 2)))))"#,
+            r#"(module (func (export "f") (local i32)
+                (loop $l (br_if $l (i32.lt_u (local.tee 0 (i32.add (local.get 0)
+                    (i32.const 1))) (i32.const 1000))))))"#,
+            r#"(module (func (export "f") (local i32)
+                (block $a (block $b (block $c
+                    (br_table $a $b $c (i32.const 1)))
+                  (local.set 0 (i32.const 5)))
+                (if (local.get 0) (then (nop)) (else (local.set 0 (i32.const 7)))))))"#,
+            r#"(module (type $t (func (param i32) (result i32)))
+                (table 2 funcref) (elem (i32.const 0) $g $h)
+                (func $g (type $t) (if (local.get 0) (then (return (i32.const 3))))
+                    (i32.mul (local.get 0) (i32.const 2)))
+                (func $h (type $t) (return_call $g (i32.add (local.get 0) (i32.const 1))))
+                (func (export "f") (local i32)
+                    (loop $l
+                      (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                      (drop (call $g (local.get 0)))
+                      (drop (call_indirect (type $t) (local.get 0) (i32.const 1)))
+                      (br_if $l (i32.lt_u (local.get 0) (i32.const 100))))))"#,
+            r#"(module (memory 1)
+                (func (export "f") (memory.fill (i32.const 0) (i32.const 7) (i32.const 5000))
+                    (memory.copy (i32.const 100) (i32.const 0) (i32.const 300))))"#,
+        ];
+        for wat in cases {
+            let (ours, r) = counted(wat, 1 << 40);
+            r.unwrap();
+            assert_eq!(ours, wasmtime_counted(wat), "{wat}");
+            assert!(ours > 0);
+        }
+    }
+
+    /// An endless loop, and a loop of large fills, run out of fuel at the same count on
+    /// every run; the count is the budget.
+    #[test]
+    fn out_of_fuel_is_exact() {
+        for wat in [
+            r#"(module (func (export "f") (loop $l (br $l))))"#,
+            r#"(module (memory 1) (func (export "f")
+                (loop $l (memory.fill (i32.const 0) (i32.const 0) (i32.const 65536)) (br $l))))"#,
+        ] {
+            let (n, r) = counted(wat, 30_000_001);
+            assert_eq!(
+                r.unwrap_err().downcast_ref::<Stop>(),
+                Some(&Stop::OutOfFuel)
+            );
+            assert_eq!(n, 30_000_001, "{wat}");
+        }
+    }
+
+    /// A trap reports the count of the last check before it (a loop header here), the
+    /// same on every host; `unreachable` stores the count itself.
+    #[test]
+    fn a_trap_reports_the_count_of_its_last_check() {
+        let (n, r) = counted(
+            r#"(module (memory 1) (func (export "f") (local i32)
+                (loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                  (br_if $l (i32.lt_u (local.get 0) (i32.const 10))))
+                (drop (i32.load (i32.const 70000)))))"#,
+            1 << 40,
+        );
+        assert!(r.is_err());
+        // Entering costs one unit and an iteration eight; the count is stored at each
+        // loop header, so the trap reports the nine iterations before the last header.
+        assert_eq!(n, 1 + 9 * 8);
+        let (n, r) = counted(
+            r#"(module (func (export "f") (drop (i32.const 1)) unreachable))"#,
+            1 << 40,
+        );
+        assert!(r.is_err());
+        assert_eq!(n, 2);
+    }
+
+    /// Imports in tables are called through a wrapper that passes the fuel to the host;
+    /// the start function becomes an export; the module's exports keep their types.
+    #[test]
+    fn imports_as_values_start_and_exports() {
+        let wat = r#"(module
+            (import "m" "h" (func $h (param i32) (result i32)))
+            (type $t (func (param i32) (result i32)))
+            (table 1 funcref) (elem (i32.const 0) $h)
+            (global $g (mut i32) (i32.const 0))
+            (func $s (global.set $g (i32.const 1)))
+            (start $s)
+            (func (export "f") (param i32) (result i32)
+              (call_indirect (type $t) (local.get 0) (i32.const 0))))"#;
+        let metered = meter(&wat::parse_str(wat).unwrap()).unwrap();
+        wasmparser::Validator::new().validate_all(&metered).unwrap();
+        let engine = engine();
+        let module = wasmtime::Module::new(&engine, &metered).unwrap();
+        let names: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
+        assert_eq!(names, ["f", EXPORT_FUEL, EXPORT_START]);
+        let f = module.get_export("f").unwrap();
+        assert_eq!(f.func().unwrap().params().len(), 1);
+        // The host function charges 100 units through the global.
+        let mut store = wasmtime::Store::new(&engine, meter::Meter::new(1_000, None));
+        let mut linker = wasmtime::Linker::new(&engine);
+        meter::define(&mut linker).unwrap();
+        linker
+            .func_wrap(
+                "m",
+                "h",
+                |mut c: wasmtime::Caller<'_, meter::Meter>, x: i32| {
+                    let (g, fuel) = meter::caller_fuel(&mut c).unwrap();
+                    let left = c.data().remaining(fuel) - 100;
+                    let fuel = c.data_mut().fuel_for(left);
+                    g.set(&mut c, wasmtime::Val::I64(fuel)).unwrap();
+                    x + 1
+                },
+            )
+            .unwrap();
+        let i = linker.instantiate(&mut store, &module).unwrap();
+        meter::start(&mut store, &i)
+            .unwrap()
+            .call(&mut store, &[], &mut [])
+            .unwrap();
+        let f = i.get_typed_func::<i32, i32>(&mut store, "f").unwrap();
+        assert_eq!(f.call(&mut store, 41).unwrap(), 42);
+        // Entering, `global.set`, `i32.const` in the start function; entering,
+        // `local.get`, `i32.const`, `call_indirect` in `f`; 100 by the host.
+        assert_eq!(meter::consumed(&mut store, Some(&i)), 3 + 4 + 100);
+    }
+
+    #[test]
+    fn reserved_names_and_full_signatures_are_refused_with_the_reason() {
+        let e = meter(&wat::parse_str(r#"(module (func (export "detwasm:fuel")))"#).unwrap());
+        assert!(e.unwrap_err().contains("reserves"));
+        let params = "i32 ".repeat(1000);
+        let e = meter(&wat::parse_str(format!("(module (func (param {params})))")).unwrap());
+        assert!(e.unwrap_err().contains("1,000"));
     }
 }
