@@ -118,11 +118,13 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
         IMPORT_MODULE,
         IMPORT_REFUEL,
         |mut caller: Caller<'_, T>, fuel: i64| -> wasmtime::Result<i64> {
-            caller
-                .data_mut()
-                .meter()
-                .refuel(fuel)
-                .map_err(wasmtime::Error::new)
+            let r = caller.data_mut().meter().refuel(fuel);
+            // The global follows: the count a later trap reports is this one at least
+            // (the guest stores the fuel only at some points, see the pass).
+            if let Some((global, _)) = caller_fuel(&mut caller) {
+                global.set(&mut caller, wasmtime::Val::I64(*r.as_ref().unwrap_or(&fuel)))?;
+            }
+            r.map_err(wasmtime::Error::new)
         },
     )?;
     Ok(())
