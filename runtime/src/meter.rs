@@ -122,7 +122,10 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
             // The global follows: the count a later trap reports is this one at least
             // (the guest stores the fuel only at some points, see the pass).
             if let Some((global, _)) = caller_fuel(&mut caller) {
-                global.set(&mut caller, wasmtime::Val::I64(*r.as_ref().unwrap_or(&fuel)))?;
+                global.set(
+                    &mut caller,
+                    wasmtime::Val::I64(*r.as_ref().unwrap_or(&fuel)),
+                )?;
             }
             r.map_err(wasmtime::Error::new)
         },
