@@ -394,8 +394,13 @@ fn counted_calls(binary: &[u8], wasmtime_fuel: bool) -> Option<Vec<(String, bool
     use detwasm_runtime::{engine, meter, selffuzz};
     use wasmtime::{Extern, Val};
     const BUDGET: u64 = 1 << 40;
+    // wasmtime's side canonicalizes NaNs eagerly (Cranelift), as the engine's NaN pass
+    // does where bits are observed: otherwise a NaN's bits, and so the path a call
+    // takes, could differ between the two sides.
     let mut config = engine::deterministic_config(false);
-    config.consume_fuel(wasmtime_fuel);
+    config
+        .consume_fuel(wasmtime_fuel)
+        .cranelift_nan_canonicalization(wasmtime_fuel);
     let eng = wasmtime::Engine::new(&config).unwrap();
     let module = if wasmtime_fuel {
         // wasmtime's fuel, on the module as it is (no pass).
