@@ -14,7 +14,8 @@
 # module caches (wasmtime -C cache=y), the scripts of benches/workloads/py/:
 #   pyint  a million iterations of integer arithmetic and bit operations;
 #   pyfloat  a million iterations of float arithmetic, sqrt and abs.
-# Prints milliseconds per run and the ratio detwasm / wasmtime (lower is better; a
+# Prints the median milliseconds of a run on each side (runs interleaved), the ratio of
+# the medians detwasm / wasmtime and the ratio of the fastest runs (lower is better; a
 # verifiable job may not run faster than its instruction-counted, NaN-canonical form).
 # Both sides must print the same output (checked). Figures go in benches/RESULTS-run.md,
 # never in tests. Not run in CI.
@@ -98,15 +99,17 @@ wasmtime_run() {
   "$WASMTIME" run "${flags[@]}" "$module" "$@" >"$work/wasmtime-stdout" \
     || { echo "wasmtime run $* failed" >&2; exit 1; }
 }
-# ms per run of "$@", repeated $1 times.
-per_run_ms() {
-  local runs=$1; shift
+# ms of one run of "$@".
+one_run_ms() {
   local start end
   start=$(date +%s%N)
-  for _ in $(seq "$runs"); do "$@"; done
+  "$@"
   end=$(date +%s%N)
-  echo "scale=3; ($end - $start) / $runs / 1000000" | bc
+  echo "scale=3; ($end - $start) / 1000000" | bc
 }
+# The median of the numbers on stdin, and the smallest.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+smallest() { sort -n | head -1; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
 
 echo "detwasm:  $DETWASM ($("$DETWASM" --version))"
@@ -153,12 +156,21 @@ row() { # case runs detwasm-args... ::: wasmtime-args...
   while [[ $1 != ::: ]]; do d_args+=("$1"); shift; done
   shift
   w_args=("$@")
-  local d w
-  d=$(per_run_ms "$runs" detwasm_run "${d_args[@]}")
-  w=$(per_run_ms "$runs" wasmtime_run "${w_args[@]}")
-  printf '%-8s %12s %12s %8s\n' "$name" "$d" "$w" "$(ratio "$d" "$w")"
+  # Interleaved, one run of each side at a time, so that a change of the machine's load
+  # or clock during the row weighs on both sides alike.
+  local ds=() ws=()
+  for _ in $(seq "$runs"); do
+    ds+=("$(one_run_ms detwasm_run "${d_args[@]}")")
+    ws+=("$(one_run_ms wasmtime_run "${w_args[@]}")")
+  done
+  local d w dmin wmin
+  d=$(printf '%s\n' "${ds[@]}" | median)
+  w=$(printf '%s\n' "${ws[@]}" | median)
+  dmin=$(printf '%s\n' "${ds[@]}" | smallest)
+  wmin=$(printf '%s\n' "${ws[@]}" | smallest)
+  printf '%-8s %12s %12s %8s %10s\n' "$name" "$d" "$w" "$(ratio "$d" "$w")" "$(ratio "$dmin" "$wmin")"
 }
-printf '%-8s %12s %12s %8s\n' case "detwasm ms" "wasmtime ms" ratio
+printf '%-8s %12s %12s %8s %10s\n' case "detwasm ms" "wasmtime ms" ratio "ratio(min)"
 row small "$RUNS" -- exit 0 ::: -C cache=y -- exit 0
 row int "$HEAVY_RUNS" -- int "$INT_N" ::: -- int "$INT_N"
 row float "$HEAVY_RUNS" -- float "$FLOAT_N" ::: -- float "$FLOAT_N"

@@ -686,8 +686,8 @@ fn assert_stopped_by_the_timeout(wat: &str) {
 }
 
 /// A guest that loops forever, with no call and no host function in the loop, is stopped
-/// by the wall-clock timeout: the guest pauses on fuel (every
-/// `run::YIELD_INTERVAL` instructions) and the deadline is checked at each pause.
+/// by the wall-clock timeout: the guest asks for fuel a slice at a time (every
+/// `meter::SLICE` instructions) and the deadline is checked at each refuel.
 #[test]
 fn an_endless_loop_is_stopped_by_the_timeout() {
     assert_stopped_by_the_timeout(

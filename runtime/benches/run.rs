@@ -4,7 +4,8 @@
 //!   module, grant capabilities, instantiate, run, write the results directory, hash it),
 //!   for the probe module's `exit 0` (no work) and `report` (every channel) modes.
 //! - `cost/*`: what the determinism settings cost on compute-heavy code. The same probe
-//!   loops (`int`, `float`) run on five engines that differ only in fuel metering, how
+//!   loops (`int`, `float`) run on five engines that differ only in fuel metering (the
+//!   fuel pass, [`detwasm_runtime::passes::fuel`], or none), how
 //!   NaNs are canonicalized (detwasm's pass, Cranelift after every operation, not at all)
 //!   and stack metering; everything else is detwasm's pinned configuration and its WASI
 //!   host. `detwasm` is what `detwasm run` uses; `plain` is close to wasmtime's defaults.
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use detwasm_runtime::engine::{deterministic_config, EngineOptions};
+use detwasm_runtime::passes;
 use detwasm_runtime::wasi::{add_to_linker, Ctx};
 use detwasm_runtime::{capabilities, Destination, Job, Runtime};
 use wasmtime::{Engine, Linker, Module, Store};
@@ -104,7 +106,7 @@ const VARIANTS: [Variant; 5] = [
     },
 ];
 
-fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, v: &Variant, args: &[&str]) {
+fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, args: &[&str]) {
     let mut job = Job::new(Vec::new());
     job.args = args.iter().map(|s| s.to_string()).collect();
     let host = capabilities::grant(&job).unwrap();
@@ -114,11 +116,9 @@ fn run_variant(engine: &Engine, linker: &Linker<Ctx>, module: &Module, v: &Varia
             host,
             limits: detwasm_runtime::limiter::JobLimiter::new(u64::MAX),
             memory: None,
+            meter: detwasm_runtime::meter::Meter::new(u64::MAX / 2, None),
         },
     );
-    if v.fuel {
-        store.set_fuel(u64::MAX).unwrap();
-    }
     let inst = linker.instantiate(&mut store, module).unwrap();
     let start = inst.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
     start.call(&mut store, ()).unwrap();
@@ -131,21 +131,27 @@ fn determinism_costs(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     for v in &VARIANTS {
         let mut cfg = deterministic_config(true);
-        cfg.consume_fuel(v.fuel)
-            .cranelift_nan_canonicalization(v.nan == Nan::Eager);
+        cfg.cranelift_nan_canonicalization(v.nan == Nan::Eager);
         let engine = Engine::new(&cfg).unwrap();
-        let module = match (v.nan, v.stack) {
-            (Nan::Pass, true) => detwasm_runtime::engine::compile(&engine, &bytes).unwrap(),
-            (_, true) => {
-                detwasm_runtime::engine::compile_rewritten(&engine, &bytes, &bytes).unwrap()
-            }
-            (_, false) => Module::from_binary(&engine, &bytes).unwrap(),
+        // The passes as the engine applies them (fuel, NaN, stack), those of the variant.
+        let mut prepared = bytes.clone();
+        if v.fuel {
+            prepared = passes::fuel::meter(&prepared).unwrap();
+        }
+        if v.nan == Nan::Pass {
+            prepared = passes::nan::canonicalize(&prepared).unwrap();
+        }
+        let module = if v.stack {
+            detwasm_runtime::engine::compile_rewritten(&engine, &bytes, &prepared).unwrap()
+        } else {
+            Module::from_binary(&engine, &prepared).unwrap()
         };
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker).unwrap();
+        detwasm_runtime::meter::define(&mut linker).unwrap();
         for (work, n) in [("int", "20000000"), ("float", "2000000")] {
             g.bench_function(BenchmarkId::new(work, v.name), |b| {
-                b.iter(|| run_variant(&engine, &linker, &module, v, &[work, n]))
+                b.iter(|| run_variant(&engine, &linker, &module, &[work, n]))
             });
         }
     }

@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod job;
 pub mod limiter;
+pub mod meter;
 pub mod passes;
 pub mod receipt;
 pub mod remote;

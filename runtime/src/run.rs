@@ -4,17 +4,14 @@
 //!
 //! # The wall-clock safety net
 //!
-//! A job's guest (instantiation, `_initialize`, the entry) runs on a fiber, through
-//! wasmtime's async API, with the store set to pause every [`YIELD_INTERVAL`] units of
-//! fuel ([`Store::fuel_async_yield_interval`]). `execute` drives it with a minimal
-//! executor of its own (`run_until`): at each pause it reads the clock, and once the
-//! job's deadline has passed it drops the future, which makes wasmtime unwind the guest's
-//! fiber; the run ends as [`Outcome::Timeout`]. The pauses happen at the fuel checks the
-//! compiled code has anyway (loop headers, function entries), so the guest's hot loops
-//! carry no extra code, and the fuel consumed, the instruction count, is the same as a
-//! run without pauses. Callers stay synchronous. Rejected: epoch interruption with a
-//! ticker thread (what detwasm did before; its cost is measured in
-//! [`crate::engine::ENGINE_SETTINGS`]).
+//! A job's guest (instantiation, the start function, `_initialize`, the entry) runs on
+//! a fiber of [`GUEST_THREAD_STACK`] bytes, through wasmtime's async API. The module asks
+//! the host for its fuel a slice at a time ([`crate::meter`]), and the host reads the
+//! clock then: once the job's deadline has passed, the refuel fails and the run ends as
+//! [`Outcome::Timeout`]. The guest's hot loops carry no extra code for it, and the
+//! instruction count is the same as a run without a deadline. Callers stay synchronous.
+//! Rejected: epoch interruption with a ticker thread (what detwasm did before; its cost
+//! is measured in [`crate::engine::ENGINE_SETTINGS`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +28,7 @@ use crate::engine::{self, EngineOptions, ModuleCache};
 use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
 use crate::limiter::JobLimiter;
+use crate::meter::{self, Meter, Stop};
 use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
@@ -41,18 +39,6 @@ use crate::wasi::{self, host::Fatal, Ctx};
 /// the self-fuzzer and the stack tests, which call guests synchronously, run them on a
 /// thread of this size.
 pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
-
-/// Fuel between two pauses of a running guest, at which the wall-clock deadline is
-/// checked (see the module docs). A pause costs about 100 ns (a fiber switch there and
-/// back and a clock read), and compiled code uses 1–10 G units of fuel a second (the
-/// probe's integer loop about 11 G, as Cranelift fuses wasm operators), so ten million
-/// units between pauses cost about 1e-4 of the run at most, and a timeout fires 1–10 ms
-/// late at most.
-/// Work that grows with an operand is charged in proportion, so it cannot stretch that:
-/// wasmtime charges `memory.fill`/`memory.copy` one unit per byte and checks fuel before
-/// a large one (a loop of 64 MiB fills is stopped on time, see the tests), and the WASI
-/// host charges its work by bytes ([`crate::wasi::host::HOST_BYTES_PER_FUEL`]).
-pub const YIELD_INTERVAL: u64 = 10_000_000;
 
 /// The host failure of a run whose native stack ran out before its metered stack limit.
 pub const NATIVE_STACK_EXHAUSTED: &str = "the native stack was exhausted before the metered \
@@ -122,6 +108,7 @@ impl Runtime {
         let engine = engine::new_engine(&opts)?;
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| RunError::Engine(e.to_string()))?;
+        meter::define(&mut linker).map_err(|e| RunError::Engine(e.to_string()))?;
         Ok(Runtime {
             engine,
             linker,
@@ -359,41 +346,41 @@ impl Runtime {
                 host,
                 limits,
                 memory: None,
+                // Wall-clock safety net: the deadline is read each time the guest asks
+                // for more fuel (see [`crate::meter`]); each store has its own deadline,
+                // so concurrent jobs do not stop each other.
+                meter: Meter::new(
+                    job.limits.fuel,
+                    Instant::now().checked_add(job.limits.safety_timeout()),
+                ),
             },
         );
         store.limiter(|c| &mut c.limits);
-        store
-            .set_fuel(job.limits.fuel)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
 
-        // Wall-clock safety net: the guest pauses on fuel and the deadline is checked at
-        // each pause (see the module docs); each store has its own deadline, so
-        // concurrent jobs do not stop each other.
-        store
-            .fuel_async_yield_interval(Some(YIELD_INTERVAL))
-            .map_err(|e| RunError::Engine(e.to_string()))?;
-        let deadline = Instant::now().checked_add(job.limits.safety_timeout());
-
+        let mut instance = None;
         let guest = async {
-            let instance = self.linker.instantiate_async(&mut store, module).await?;
-            if let Some(wasmtime::Extern::Memory(m)) = instance.get_export(&mut store, "memory") {
+            let i = self.linker.instantiate_async(&mut store, module).await?;
+            instance = Some(i);
+            if let Some(wasmtime::Extern::Memory(m)) = i.get_export(&mut store, "memory") {
                 store.data_mut().memory = Some(m);
             }
+            if let Some(start) = meter::start(&mut store, &i) {
+                start.call_async(&mut store, &[], &mut []).await?;
+            }
             if job.entry != "_start" {
-                if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                if let Ok(init) = i.get_typed_func::<(), ()>(&mut store, "_initialize") {
                     init.call_async(&mut store, ()).await?;
                 }
             }
-            let entry = instance.get_typed_func::<(), ()>(&mut store, &job.entry)?;
+            let entry = i.get_typed_func::<(), ()>(&mut store, &job.entry)?;
             entry.call_async(&mut store, ()).await
         };
-        // A timeout is reported as wasmtime's `Interrupt` trap (what epoch interruption
-        // raised), which [`classify`] turns into [`Outcome::Timeout`].
-        let result: wasmtime::Result<()> =
-            run_until(guest, deadline).unwrap_or_else(|| Err(Trap::Interrupt.into()));
+        let result: wasmtime::Result<()> = run_until(guest);
 
-        let remaining = store.get_fuel().unwrap_or(0);
-        let instructions = job.limits.fuel.saturating_sub(remaining);
+        let fuel = instance
+            .and_then(|i| meter::fuel(&mut store, &i))
+            .unwrap_or(0);
+        let instructions = store.data().meter.consumed(fuel);
         let ctx = store.into_data();
         if let Some(failure) = ctx.limits.host_failure {
             return Err(RunError::HostFailure(failure));
@@ -410,25 +397,18 @@ impl Runtime {
     }
 }
 
-/// Polls `guest` to completion on this thread, or until `deadline` has passed: `None`
-/// then, and `guest` is dropped, which unwinds the guest's fiber. The deadline is read
-/// only when the guest pauses (every [`YIELD_INTERVAL`] units of fuel), never in between.
-///
-/// The only futures polled here are wasmtime's, over synchronous host functions: they
-/// return `Pending` only to pause on fuel, having already asked to be polled again, so
-/// polling again at once (with a waker that does nothing) is all an executor has to do.
-/// Rejected: an async runtime (a dependency and a thread pool for one future at a time)
-/// and making the callers async (batch, verify, fuzz, the Python bindings and remote
-/// would all change for no gain).
-fn run_until<F: Future>(guest: F, deadline: Option<Instant>) -> Option<F::Output> {
+/// Polls `guest` to completion on this thread. The only futures polled here are
+/// wasmtime's, over synchronous host functions, with no fuel pauses configured: they run
+/// to completion on their first poll (on a fiber of [`GUEST_THREAD_STACK`] bytes), so a
+/// waker that does nothing is all an executor needs. Rejected: an async runtime (a
+/// dependency and a thread pool for one future at a time) and making the callers async
+/// (batch, verify, fuzz, the Python bindings and remote would all change for no gain).
+fn run_until<F: Future>(guest: F) -> F::Output {
     let mut guest = std::pin::pin!(guest);
     let mut cx = Context::from_waker(Waker::noop());
     loop {
         if let Poll::Ready(out) = guest.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return None;
+            return out;
         }
     }
 }
@@ -464,10 +444,16 @@ fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
             Fatal::Host(m) => Err(m.clone()),
         };
     }
+    if let Some(stop) = e.downcast_ref::<Stop>() {
+        return Ok(match stop {
+            Stop::OutOfFuel => Outcome::OutOfFuel,
+            // Raised at a refuel once the deadline has passed (see [`crate::meter`]).
+            Stop::Timeout => Outcome::Timeout,
+        });
+    }
     if let Some(t) = e.downcast_ref::<Trap>() {
         return Ok(match t {
             Trap::OutOfFuel => Outcome::OutOfFuel,
-            // Raised by `execute` when the deadline passes (see [`run_until`]).
             Trap::Interrupt => Outcome::Timeout,
             // The trap code's text only: deterministic (no host addresses or backtrace).
             other => Outcome::Trap(other.to_string()),
@@ -492,5 +478,6 @@ fn dummy_ctx() -> Ctx {
         host: capabilities::grant(&job).expect("an empty job grants nothing that can fail"),
         limits: JobLimiter::new(0),
         memory: None,
+        meter: Meter::new(0, None),
     }
 }

@@ -59,6 +59,7 @@ use wasmtime::{Config, Engine, Extern, Instance, Module, OptLevel, Store, Trap, 
 
 use crate::engine::{self, ModuleCache};
 use crate::limiter::JobLimiter;
+use crate::meter::{self, Meter, Metered};
 use crate::run::GUEST_THREAD_STACK;
 
 /// Fuel for instantiation and for each call.
@@ -248,6 +249,7 @@ impl End {
             Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) => {
                 End::Trap(crate::run::NATIVE_STACK_EXHAUSTED.into())
             }
+            Err(e) if e.downcast_ref::<crate::meter::Stop>().is_some() => End::OutOfFuel,
             Err(e) => match e.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => End::OutOfFuel,
                 Some(t) => End::Trap(t.to_string()),
@@ -564,6 +566,16 @@ fn observe(binary: &[u8], setup: Setup) -> Result<Observation, Failure> {
     })
 }
 
+/// A start function that failed, with the instance it ran in (to read its fuel).
+#[derive(Debug)]
+struct StartFailed(Instance);
+
+impl fmt::Display for StartFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the start function failed")
+    }
+}
+
 fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure> {
     let invalid = |e: crate::RunError| Failure::Invalid(e.to_string());
     match setup {
@@ -586,11 +598,13 @@ fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure>
         // operation itself, the eager setup has Cranelift do it, the uncanonicalized one
         // nothing.
         Setup::Reference => {
-            let rewritten = canonicalize_nans(binary).map_err(Failure::Invalid)?;
+            let fueled = crate::passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            let rewritten = canonicalize_nans(&fueled).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &rewritten).map_err(invalid)
         }
         Setup::Eager | Setup::Uncanonicalized => {
-            engine::compile_rewritten(engine, binary, binary).map_err(invalid)
+            let fueled = crate::passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            engine::compile_rewritten(engine, binary, &fueled).map_err(invalid)
         }
         _ => engine::compile(engine, binary).map_err(invalid),
     }
@@ -640,26 +654,74 @@ pub fn argument(ty: &ValType, index: usize) -> Option<Val> {
     })
 }
 
+/// What a self-fuzzed guest's store holds: its limits and its fuel budget.
+struct Data {
+    limits: JobLimiter,
+    meter: Meter,
+}
+
+impl Metered for Data {
+    fn meter(&mut self) -> &mut Meter {
+        &mut self.meter
+    }
+}
+
 fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, Failure> {
-    let mut store = Store::new(engine, JobLimiter::new(MEMORY_LIMIT));
-    store.limiter(|l| l);
-    let set_fuel = |store: &mut Store<JobLimiter>| {
-        store
-            .set_fuel(fuel)
-            .map_err(|e| Failure::Setup(format!("setting fuel: {e}")))
+    let mut store = Store::new(
+        engine,
+        Data {
+            limits: JobLimiter::new(MEMORY_LIMIT),
+            meter: Meter::new(fuel, None),
+        },
+    );
+    store.limiter(|d| &mut d.limits);
+    let mut linker = wasmtime::Linker::new(engine);
+    meter::define(&mut linker).map_err(|e| Failure::Setup(format!("the refuel import: {e}")))?;
+    // Each call starts with the whole budget: the meter anew and the guest's fuel at 0.
+    let set_fuel = |store: &mut Store<Data>, instance: Option<&Instance>| {
+        store.data_mut().meter = Meter::new(fuel, None);
+        if let Some(Extern::Global(g)) =
+            instance.and_then(|i| i.get_export(&mut *store, crate::passes::fuel::EXPORT_FUEL))
+        {
+            g.set(&mut *store, Val::I64(0))
+                .map_err(|e| Failure::Setup(format!("resetting the fuel: {e}")))?;
+        }
+        Ok::<(), Failure>(())
     };
-    let consumed = |store: &Store<JobLimiter>| fuel - store.get_fuel().unwrap_or(0);
-    let host_failure = |store: &Store<JobLimiter>| match &store.data().host_failure {
+    let consumed = |store: &mut Store<Data>, instance: Option<&Instance>| {
+        let f = instance
+            .and_then(|i| meter::fuel(&mut *store, i))
+            .unwrap_or(0);
+        store.data().meter.consumed(f)
+    };
+    let host_failure = |store: &Store<Data>| match &store.data().limits.host_failure {
         Some(f) => Err(Failure::Setup(format!("host failure: {f}"))),
         None => Ok(()),
     };
 
-    set_fuel(&mut store)?;
-    let instance = Instance::new(&mut store, module, &[]);
+    set_fuel(&mut store, None)?;
+    let instance = linker.instantiate(&mut store, module).and_then(|i| {
+        if let Some(start) = meter::start(&mut store, &i) {
+            start
+                .call(&mut store, &[], &mut [])
+                .map(|()| i)
+                .map_err(|e| {
+                    // The fuel of a failed start function is still read below.
+                    e.context(StartFailed(i))
+                })
+        } else {
+            Ok(i)
+        }
+    });
+    let started = match &instance {
+        Ok(i) => Some(*i),
+        Err(e) => e.downcast_ref::<StartFailed>().map(|s| s.0),
+    };
     host_failure(&store)?;
+    let instantiate_fuel = consumed(&mut store, started.as_ref());
     let mut obs = Observation {
         instantiate: End::of(instance.as_ref().map(|_| ())),
-        instantiate_fuel: consumed(&store),
+        instantiate_fuel,
         calls: Vec::new(),
         memories: Vec::new(),
         globals: Vec::new(),
@@ -671,6 +733,7 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
     };
     let exports: Vec<(String, Extern)> = instance
         .exports(&mut store)
+        .filter(|e| !meter::is_pass_export(e.name()))
         .map(|e| (e.name().to_string(), e.into_extern()))
         .collect();
     let loop_fuel = exports.iter().find_map(|(name, ext)| match ext {
@@ -704,7 +767,7 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
                 .set(&mut store, *initial)
                 .map_err(|e| Failure::Setup(format!("resetting {LOOP_FUEL_EXPORT}: {e}")))?;
         }
-        set_fuel(&mut store)?;
+        set_fuel(&mut store, Some(&instance))?;
         let r = func.call(&mut store, &params, &mut results);
         host_failure(&store)?;
         let end = End::of(r.as_ref().copied());
@@ -716,7 +779,7 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
                 Vec::new()
             },
             end,
-            fuel: consumed(&store),
+            fuel: consumed(&mut store, Some(&instance)),
         });
     }
     for (name, ext) in &exports {

@@ -385,3 +385,143 @@ fn generated_modules_catch_an_engine_without_nan_canonicalization() {
     );
     assert!(!caught.is_empty());
 }
+
+/// One module's calls as a fuel meter counts them: `(export, returned, fuel)` for
+/// instantiation (as `start`) and each exported function called once, loop fuel reset
+/// before each call. `None` when the module does not instantiate.
+#[cfg(test)]
+fn counted_calls(binary: &[u8], wasmtime_fuel: bool) -> Option<Vec<(String, bool, u64)>> {
+    use detwasm_runtime::{engine, meter, selffuzz};
+    use wasmtime::{Extern, Val};
+    const BUDGET: u64 = 1 << 40;
+    // wasmtime's side canonicalizes NaNs eagerly (Cranelift), as the engine's NaN pass
+    // does where bits are observed: otherwise a NaN's bits, and so the path a call
+    // takes, could differ between the two sides.
+    let mut config = engine::deterministic_config(false);
+    config
+        .consume_fuel(wasmtime_fuel)
+        .cranelift_nan_canonicalization(wasmtime_fuel);
+    let eng = wasmtime::Engine::new(&config).unwrap();
+    let module = if wasmtime_fuel {
+        // wasmtime's fuel, on the module as it is (no pass).
+        wasmtime::Module::new(&eng, binary).ok()?
+    } else {
+        engine::compile(&eng, binary).ok()?
+    };
+    let mut store = wasmtime::Store::new(&eng, meter::Meter::new(BUDGET, None));
+    let mut out = Vec::new();
+    let instance = if wasmtime_fuel {
+        store.set_fuel(BUDGET).unwrap();
+        let i = wasmtime::Instance::new(&mut store, &module, &[]);
+        let used = BUDGET - store.get_fuel().unwrap();
+        out.push(("start".to_string(), i.is_ok(), used));
+        i.ok()?
+    } else {
+        let mut linker = wasmtime::Linker::new(&eng);
+        meter::define(&mut linker).unwrap();
+        let i = linker.instantiate(&mut store, &module).ok()?;
+        let r = match meter::start(&mut store, &i) {
+            Some(s) => s.call(&mut store, &[], &mut []),
+            None => Ok(()),
+        };
+        out.push((
+            "start".to_string(),
+            r.is_ok(),
+            meter::consumed(&mut store, Some(&i)),
+        ));
+        if r.is_err() {
+            return Some(out);
+        }
+        i
+    };
+    if out[0].1 {
+        let exports: Vec<(String, Extern)> = instance
+            .exports(&mut store)
+            .filter(|e| !meter::is_pass_export(e.name()))
+            .map(|e| (e.name().to_string(), e.into_extern()))
+            .collect();
+        let loop_fuel = exports.iter().find_map(|(n, e)| match e {
+            Extern::Global(g) if n == selffuzz::LOOP_FUEL_EXPORT => Some(*g),
+            _ => None,
+        });
+        let initial = loop_fuel.map(|g| g.get(&mut store));
+        for (name, e) in &exports {
+            let Extern::Func(f) = e else { continue };
+            let ty = f.ty(&store);
+            let Some(params) = ty
+                .params()
+                .enumerate()
+                .map(|(i, t)| selffuzz::argument(&t, i))
+                .collect::<Option<Vec<Val>>>()
+            else {
+                continue;
+            };
+            if let (Some(g), Some(v)) = (loop_fuel, initial.clone()) {
+                g.set(&mut store, v).unwrap();
+            }
+            let before = if wasmtime_fuel {
+                BUDGET - store.get_fuel().unwrap()
+            } else {
+                meter::consumed(&mut store, Some(&instance))
+            };
+            let mut results = vec![Val::I32(0); ty.results().len()];
+            let r = f.call(&mut store, &params, &mut results);
+            let after = if wasmtime_fuel {
+                BUDGET - store.get_fuel().unwrap()
+            } else {
+                meter::consumed(&mut store, Some(&instance))
+            };
+            out.push((name.clone(), r.is_ok(), after - before));
+        }
+    }
+    Some(out)
+}
+
+/// The instruction count detwasm's fuel pass gives a call that returns is the count of
+/// wasmtime's own fuel (an implementation nobody here wrote), on generated modules
+/// (untraced, so the modules are as wasm-smith made them): `DETWASM_FUELCOUNT_MODULES`
+/// of them (default 150) from seed `DETWASM_SELFFUZZ_SEED`. Calls that trap are not
+/// compared (the pass reports the count stored last before a trap, wasmtime its own).
+#[test]
+fn instruction_counts_equal_wasmtimes_fuel_on_generated_modules() {
+    let count = env_u64("DETWASM_FUELCOUNT_MODULES", 150);
+    let seed = env_u64("DETWASM_SELFFUZZ_SEED", 0);
+    let (mut modules, mut compared) = (0, 0);
+    for (i, data) in seeded_inputs(seed, count) {
+        let Some(binary) = generate_untraced(&data) else {
+            continue;
+        };
+        let (Some(ours), Some(theirs)) =
+            (counted_calls(&binary, false), counted_calls(&binary, true))
+        else {
+            continue;
+        };
+        modules += 1;
+        assert_eq!(ours.len(), theirs.len(), "module {i} of seed {seed}: calls");
+        // Instantiation is not compared: wasmtime charges fuel of its own there (one
+        // unit with no start function at all).
+        for (o, t) in ours.iter().zip(&theirs).skip(1) {
+            assert_eq!(o.0, t.0);
+            if o.1 && t.1 {
+                compared += 1;
+                if o.2 != t.2 {
+                    let path = std::env::temp_dir().join(format!("detwasm-fuelcount-{i}.wasm"));
+                    std::fs::write(&path, &binary).unwrap();
+                    panic!(
+                        "module {i} of seed {seed}, `{}`: the pass counts {}, wasmtime {} \
+                         (the module is at {})",
+                        o.0,
+                        o.2,
+                        t.2,
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("{modules} modules, {compared} calls that returned: the same counts");
+    assert!(
+        modules >= count as usize / 4 && compared >= modules,
+        "{modules} {compared}"
+    );
+}

@@ -8,5 +8,6 @@
 //! they are not: optimisations, or anything that changes what a module computes when it
 //! stays within the limits.
 
+pub mod fuel;
 pub mod nan;
 pub mod stack;

@@ -90,9 +90,13 @@ pub fn check(
     let loaded = runtime
         .load(&prepared.job.module.bytes, &prepared.job.entry)
         .map(|m| {
-            let namespaces: BTreeSet<String> =
-                m.imports().map(|i| i.module().to_string()).collect();
-            let names: Vec<String> = m.imports().map(|i| i.name().to_string()).collect();
+            // The module's own imports, not the one the fuel pass adds.
+            let own = || {
+                m.imports()
+                    .filter(|i| !crate::meter::is_pass_import(i.module(), i.name()))
+            };
+            let namespaces: BTreeSet<String> = own().map(|i| i.module().to_string()).collect();
+            let names: Vec<String> = own().map(|i| i.name().to_string()).collect();
             format!(
                 "{} imports, all from {}: {}",
                 names.len(),

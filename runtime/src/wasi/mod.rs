@@ -37,6 +37,14 @@ pub struct Ctx {
     pub host: WasiHost,
     pub limits: JobLimiter,
     pub memory: Option<Memory>,
+    /// The run's fuel budget ([`crate::meter`]).
+    pub meter: crate::meter::Meter,
+}
+
+impl crate::meter::Metered for Ctx {
+    fn meter(&mut self) -> &mut crate::meter::Meter {
+        &mut self.meter
+    }
 }
 
 fn dispatch(
@@ -57,11 +65,15 @@ fn dispatch(
             }
         },
     };
-    // Host work is charged against the store's fuel (see `host::HOST_BYTES_PER_FUEL`).
-    // An engine without fuel (the benchmarks' baseline) charges nothing.
-    let fuel = caller.get_fuel().ok();
+    // Host work is charged against the guest's fuel (see `host::HOST_BYTES_PER_FUEL`),
+    // which the module stored in its fuel global before calling ([`crate::meter`]). A
+    // module without one (not metered: the benchmarks' baseline) is charged nothing.
+    let fuel = crate::meter::caller_fuel(caller);
     let (data, ctx) = memory.data_and_store_mut(&mut *caller);
-    ctx.host.fuel = fuel.unwrap_or(u64::MAX);
+    ctx.host.fuel = match fuel {
+        Some((_, f)) => ctx.meter.remaining(f),
+        None => u64::MAX,
+    };
     let mut result = f(&mut ctx.host, &mut Mem(data));
     if let Err(out_of_fuel) = ctx.host.settle_work() {
         if !matches!(result, Err(HostError::Fatal(_))) {
@@ -69,8 +81,9 @@ fn dispatch(
         }
     }
     let left = ctx.host.fuel;
-    if fuel.is_some() {
-        caller.set_fuel(left)?;
+    if let Some((global, _)) = fuel {
+        let f = ctx.meter.fuel_for(left);
+        global.set(&mut *caller, wasmtime::Val::I64(f))?;
     }
     match result {
         Ok(()) => Ok(0),

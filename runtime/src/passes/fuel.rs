@@ -1,0 +1,1017 @@
+//! Fuel metering in the module: the instruction count a verifier compares, counted by
+//! code the pass writes into the module, with the count carried from call to call in a
+//! parameter and a result rather than in memory.
+//!
+//! # Why
+//!
+//! The instruction count must be the same on every host, and the fuel limit must stop a
+//! job at the same instruction everywhere. wasmtime's own fuel (`Config::consume_fuel`)
+//! does both, but keeps the count in the store: every function loads it on entry, checks
+//! it, and stores it on return, and every caller stores it before a call and loads it
+//! after. The check on entry may call out of the function (when fuel runs out), so even
+//! the smallest function gets a full frame, with callee-saved registers saved and
+//! restored. On CPython running a loop of integer arithmetic that doubled the cost of
+//! small functions: measured with callgrind (`wasmtime run` 48.0.8, 100,000 iterations
+//! of `benches/workloads/py/intloop.py`), 1,406 M instructions without fuel, 2,338 M
+//! with wasmtime's; wall time 1.48x. Rejected: wasmtime's fuel (that cost); counting in
+//! a global (the same loads and stores); counting fewer things, e.g. only loop
+//! iterations and calls (the count would no longer be an instruction count).
+//!
+//! # The rule
+//!
+//! Entering a function costs one unit, and every operator of the module one unit,
+//! except `nop`, `drop`, `block`, `loop`, `else`, `end`, `unreachable` and `return`,
+//! which cost none: wasmtime's own table, so that a run that returns has the count
+//! wasmtime's fuel gives (the tests compare them); `memory.fill`, `memory.copy` and `memory.init` cost
+//! one more unit per byte, `table.fill`, `table.copy`, `table.init` and `table.grow` one
+//! more per element. Only the module's own operators are counted: code the other passes
+//! add (NaN canonicalization, stack metering) and this pass's own code are not.
+//!
+//! # How
+//!
+//! - Every function the module defines gets one more parameter and one more result, an
+//!   `i64`: the fuel left when it is called and when it returns. A function keeps it in
+//!   a local (a register, once compiled) and subtracts the cost of each straight run of
+//!   operators at the run's end (before a branch, a call, `end`, `else`, `if`, `loop`).
+//! - The fuel is *checked* (negative: out of fuel, or out of the slice the host handed
+//!   out) at every loop header and on entry to every function that loops or calls a
+//!   function of the module, directly or through a table. A function that does neither
+//!   runs a bounded number of operators, so it is not checked: its caller's next check
+//!   sees what it spent. No loop, recursion or chain of calls escapes a check.
+//! - A check that finds the fuel negative calls the host import `detwasm.refuel`, which
+//!   hands out the next slice of the job's budget, checks the wall-clock deadline, or
+//!   ends the run out of fuel ([`crate::run`]). Every other call of an import stores the
+//!   fuel in the exported global `detwasm:fuel` first and loads it again after (the WASI
+//!   host charges its own work there, [`crate::wasi::host::HOST_BYTES_PER_FUEL`]).
+//! - The fuel is also stored in that global on entry to a checked function, before
+//!   every call and before `unreachable`: a run that traps reports the count of the last
+//!   of these, a point in the module's own code and so the same on every host. Rejected:
+//!   storing before every operator that can trap (a store for most loads); storing at
+//!   every loop header too (a store per iteration: the probe's integer loop 1.17x
+//!   wasmtime's time with it).
+//! - Exported functions and the start function are called by the host with their
+//!   original types: each gets a wrapper that reads the fuel from the global, calls the
+//!   function and stores what is left. A function of the module reached through a table
+//!   or `ref.func` is called with the fuel like any other; an import reached that way
+//!   gets a wrapper that passes the fuel through the global.
+//! - The import is added last among the imports, so every defined function's index
+//!   moves up by one; every reference (calls, tables, elements, globals, exports, the
+//!   start function) is rewritten. The `name` section, which would name the wrong
+//!   functions, is dropped.
+
+use std::collections::HashMap;
+
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{
+    BlockType, ConstExpr, Encode, EntityType, ExportKind, GlobalType, Instruction, Section, ValType,
+};
+use wasmparser::{Operator, Parser, Payload, TypeRef};
+
+/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`].
+pub const PASS_VERSION: &str = "detwasm-fuel-1";
+
+/// The import the pass adds: `(func (param i64) (result i64))`, called with the fuel
+/// (negative) when a check finds it spent; returns the fuel to go on with.
+pub const IMPORT_MODULE: &str = "detwasm";
+/// See [`IMPORT_MODULE`].
+pub const IMPORT_REFUEL: &str = "refuel";
+/// The exported `(mut i64)` global that holds the fuel between the module and the host.
+pub const EXPORT_FUEL: &str = "detwasm:fuel";
+/// The module's start function, exported under this name instead of being the start
+/// section's: the host instantiates, then calls it, so that the fuel global can be read
+/// however it ends (an instance whose start function traps is never returned).
+pub const EXPORT_START: &str = "detwasm:start";
+
+/// What the pass needs to know of the module before rewriting it.
+#[derive(Default)]
+struct Module {
+    /// Parameters and results of every type of the type section.
+    types: Vec<(Vec<ValType>, Vec<ValType>)>,
+    /// Type index of each imported function.
+    imported: Vec<u32>,
+    /// Type index of each defined function.
+    defined: Vec<u32>,
+    globals: u32,
+    has_import_section: bool,
+    has_global_section: bool,
+    has_export_section: bool,
+    /// Imported functions used as values (tables, elements, globals, `ref.func`): each
+    /// gets a wrapper that takes and returns the fuel.
+    imports_as_values: Vec<u32>,
+    /// Defined functions called by the host (exports, start): each gets a wrapper with
+    /// its original type.
+    host_called: Vec<u32>,
+    /// The start function.
+    start: Option<u32>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The module with fuel metering (see the module docs), or why it could not be
+/// rewritten. A module without functions of its own is returned as it is: it runs no
+/// instruction (the host then finds no fuel global and counts none).
+pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
+    let m = analyse(binary)?;
+    if m.defined.is_empty() {
+        return Ok(binary.to_vec());
+    }
+    Rewriter::new(m).run(binary)
+}
+
+fn analyse(binary: &[u8]) -> Result<Module, String> {
+    let mut m = Module::default();
+    let mut values: Vec<u32> = Vec::new();
+    let mut host: Vec<u32> = Vec::new();
+    let mut rt = RoundtripReencoder;
+    let note_expr = |e: &wasmparser::ConstExpr, values: &mut Vec<u32>| -> Result<(), String> {
+        let mut r = e.get_operators_reader();
+        while !r.eof() {
+            if let Operator::RefFunc { function_index } = r.read().map_err(err)? {
+                values.push(function_index);
+            }
+        }
+        Ok(())
+    };
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(err)? {
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group.map_err(err)?.into_types() {
+                        match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => {
+                                let p = f.params().iter().map(|t| rt.val_type(*t));
+                                let q = f.results().iter().map(|t| RoundtripReencoder.val_type(*t));
+                                m.types.push((
+                                    p.collect::<Result<_, _>>().map_err(err)?,
+                                    q.collect::<Result<_, _>>().map_err(err)?,
+                                ));
+                            }
+                            _ => return Err("a type that is not a function type".into()),
+                        }
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                m.has_import_section = true;
+                for import in r.into_imports() {
+                    match import.map_err(err)?.ty {
+                        TypeRef::Func(t) | TypeRef::FuncExact(t) => m.imported.push(t),
+                        TypeRef::Global(_) => m.globals += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for t in r {
+                    m.defined.push(t.map_err(err)?);
+                }
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    if let wasmparser::TableInit::Expr(e) = t.map_err(err)?.init {
+                        note_expr(&e, &mut values)?;
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => {
+                m.has_global_section = true;
+                for g in r {
+                    let g = g.map_err(err)?;
+                    m.globals += 1;
+                    note_expr(&g.init_expr, &mut values)?;
+                }
+            }
+            Payload::ExportSection(r) => {
+                m.has_export_section = true;
+                for e in r {
+                    let e = e.map_err(err)?;
+                    if e.name == EXPORT_FUEL || e.name == EXPORT_START {
+                        return Err(format!(
+                            "the module exports `{}`, a name detwasm reserves",
+                            e.name
+                        ));
+                    }
+                    if e.kind == wasmparser::ExternalKind::Func {
+                        host.push(e.index);
+                    }
+                }
+            }
+            Payload::StartSection { func, .. } => {
+                m.start = Some(func);
+                host.push(func);
+            }
+            Payload::ElementSection(r) => {
+                for e in r {
+                    match e.map_err(err)?.items {
+                        wasmparser::ElementItems::Functions(fs) => {
+                            for f in fs {
+                                values.push(f.map_err(err)?);
+                            }
+                        }
+                        wasmparser::ElementItems::Expressions(_, es) => {
+                            for e in es {
+                                note_expr(&e.map_err(err)?, &mut values)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut r = body.get_operators_reader().map_err(err)?;
+                while !r.eof() {
+                    match r.read().map_err(err)? {
+                        Operator::RefFunc { function_index } => values.push(function_index),
+                        Operator::CallRef { .. } | Operator::ReturnCallRef { .. } => {
+                            return Err("typed function references are not supported".into())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let imported = m.imported.len() as u32;
+    values.retain(|&f| f < imported);
+    values.sort_unstable();
+    values.dedup();
+    m.imports_as_values = values;
+    host.retain(|&f| f >= imported);
+    host.sort_unstable();
+    host.dedup();
+    m.host_called = host;
+    for &t in m.defined.iter().chain(&m.imported) {
+        if m.types.get(t as usize).is_none() {
+            return Err("a function of an unknown type".into());
+        }
+    }
+    for (p, r) in &m.types {
+        if p.len() >= 1000 || r.len() >= 1000 {
+            return Err(
+                "a function type with 1,000 parameters or results leaves no room for the \
+                 fuel (wasm allows at most 1,000)"
+                    .into(),
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// Rewrites the module: index maps (a [`Reencode`]) and the sections.
+struct Rewriter {
+    m: Module,
+    /// Index of the fuel global.
+    fuel_global: u32,
+    /// Index of the refuel import.
+    refuel: u32,
+    /// Wrapper index of each host-called defined function (by old index).
+    host_wrapper: HashMap<u32, u32>,
+    /// Wrapper index of each import used as a value.
+    value_wrapper: HashMap<u32, u32>,
+    /// `[] -> results` types added for multi-value body blocks, by results.
+    multi: Vec<Vec<ValType>>,
+}
+
+impl Reencode for Rewriter {
+    type Error = std::convert::Infallible;
+
+    /// References to functions outside code (tables, elements, globals): defined
+    /// functions move up by one, imports used as values become their wrappers.
+    fn function_index(
+        &mut self,
+        f: u32,
+    ) -> Result<u32, wasm_encoder::reencode::Error<Self::Error>> {
+        Ok(self.value_index(f))
+    }
+}
+
+impl Rewriter {
+    fn new(m: Module) -> Self {
+        let imported = m.imported.len() as u32;
+        let refuel = imported;
+        let mut next = imported + 1 + m.defined.len() as u32;
+        let mut host_wrapper = HashMap::new();
+        for &f in &m.host_called {
+            host_wrapper.insert(f, next);
+            next += 1;
+        }
+        let mut value_wrapper = HashMap::new();
+        for &f in &m.imports_as_values {
+            value_wrapper.insert(f, next);
+            next += 1;
+        }
+        let mut multi: Vec<Vec<ValType>> = Vec::new();
+        for &t in &m.defined {
+            let results = &m.types[t as usize].1;
+            if results.len() > 1 && !multi.contains(results) {
+                multi.push(results.clone());
+            }
+        }
+        Rewriter {
+            fuel_global: m.globals,
+            refuel,
+            host_wrapper,
+            value_wrapper,
+            multi,
+            m,
+        }
+    }
+
+    fn imported(&self) -> u32 {
+        self.m.imported.len() as u32
+    }
+
+    /// A defined function's new index.
+    fn defined_index(&self, f: u32) -> u32 {
+        if f < self.imported() {
+            f
+        } else {
+            f + 1
+        }
+    }
+
+    /// A function used as a value: imports through their wrappers.
+    fn value_index(&self, f: u32) -> u32 {
+        match self.value_wrapper.get(&f) {
+            Some(&w) => w,
+            None => self.defined_index(f),
+        }
+    }
+
+    fn ntypes(&self) -> u32 {
+        self.m.types.len() as u32
+    }
+
+    /// The type of a function that takes and returns the fuel, for original type `t`.
+    fn fueled_type(&self, t: u32) -> u32 {
+        self.ntypes() + t
+    }
+
+    fn refuel_type(&self) -> u32 {
+        2 * self.ntypes()
+    }
+
+    fn multi_type(&self, results: &[ValType]) -> u32 {
+        let i = self
+            .multi
+            .iter()
+            .position(|r| r == results)
+            .expect("collected");
+        2 * self.ntypes() + 1 + i as u32
+    }
+
+    fn run(mut self, binary: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(binary.len() + binary.len() / 4 + 256);
+        let mut imports_written = self.m.has_import_section;
+        let mut globals_written = self.m.has_global_section;
+        let mut exports_written = self.m.has_export_section;
+        let mut code: Option<(u32, Vec<u8>)> = None;
+        let mut bodies = 0u32;
+        for payload in Parser::new(0).parse_all(binary) {
+            let payload = payload.map_err(err)?;
+            let order = section_order(&payload);
+            // Sections the module lacks, written where they belong.
+            if !imports_written && order > 2 {
+                let mut s = wasm_encoder::ImportSection::new();
+                self.add_refuel(&mut s);
+                s.append_to(&mut out);
+                imports_written = true;
+            }
+            if !globals_written && order > 6 {
+                let mut s = wasm_encoder::GlobalSection::new();
+                add_fuel_global(&mut s);
+                s.append_to(&mut out);
+                globals_written = true;
+            }
+            if !exports_written && order > 7 {
+                let mut s = wasm_encoder::ExportSection::new();
+                self.add_exports(&mut s);
+                s.append_to(&mut out);
+                exports_written = true;
+            }
+            match payload {
+                Payload::Version { range, .. } => out.extend_from_slice(&binary[range]),
+                Payload::TypeSection(_) => {
+                    let mut s = wasm_encoder::TypeSection::new();
+                    for (p, r) in &self.m.types {
+                        s.ty().function(p.clone(), r.clone());
+                    }
+                    for (p, r) in &self.m.types {
+                        let mut p = p.clone();
+                        p.push(ValType::I64);
+                        let mut r = r.clone();
+                        r.push(ValType::I64);
+                        s.ty().function(p, r);
+                    }
+                    s.ty().function([ValType::I64], [ValType::I64]);
+                    for r in &self.multi {
+                        s.ty().function([], r.clone());
+                    }
+                    s.append_to(&mut out);
+                }
+                Payload::ImportSection(r) => {
+                    let mut s = wasm_encoder::ImportSection::new();
+                    self.parse_import_section(&mut s, r).map_err(err)?;
+                    self.add_refuel(&mut s);
+                    s.append_to(&mut out);
+                }
+                Payload::FunctionSection(_) => {
+                    let mut s = wasm_encoder::FunctionSection::new();
+                    for &t in &self.m.defined {
+                        s.function(self.fueled_type(t));
+                    }
+                    for &f in &self.m.host_called {
+                        s.function(self.m.defined[(f - self.imported()) as usize]);
+                    }
+                    for &f in &self.m.imports_as_values {
+                        s.function(self.fueled_type(self.m.imported[f as usize]));
+                    }
+                    s.append_to(&mut out);
+                }
+                Payload::TableSection(r) => {
+                    let mut s = wasm_encoder::TableSection::new();
+                    self.parse_table_section(&mut s, r).map_err(err)?;
+                    s.append_to(&mut out);
+                }
+                Payload::GlobalSection(r) => {
+                    let mut s = wasm_encoder::GlobalSection::new();
+                    self.parse_global_section(&mut s, r).map_err(err)?;
+                    add_fuel_global(&mut s);
+                    s.append_to(&mut out);
+                }
+                Payload::ExportSection(r) => {
+                    let mut s = wasm_encoder::ExportSection::new();
+                    for e in r {
+                        let e = e.map_err(err)?;
+                        let kind = RoundtripReencoder.export_kind(e.kind).map_err(err)?;
+                        let index = match e.kind {
+                            wasmparser::ExternalKind::Func if e.index >= self.imported() => {
+                                self.host_wrapper[&e.index]
+                            }
+                            _ => e.index,
+                        };
+                        s.export(e.name, kind, index);
+                    }
+                    self.add_exports(&mut s);
+                    s.append_to(&mut out);
+                }
+                Payload::StartSection { .. } => {}
+                Payload::ElementSection(r) => {
+                    let mut s = wasm_encoder::ElementSection::new();
+                    self.parse_element_section(&mut s, r).map_err(err)?;
+                    s.append_to(&mut out);
+                }
+                Payload::CodeSectionStart { count, .. } => code = Some((count, Vec::new())),
+                Payload::CodeSectionEntry(body) => {
+                    let (count, bytes) = code.as_mut().ok_or("a body outside the code section")?;
+                    let count = *count;
+                    let t = *self
+                        .m
+                        .defined
+                        .get(bodies as usize)
+                        .ok_or("more bodies than functions")?;
+                    let f = self.body(binary, &body, t)?;
+                    (f.len() as u32).encode(bytes);
+                    bytes.extend_from_slice(&f);
+                    bodies += 1;
+                    if bodies == count {
+                        let mut bytes = std::mem::take(bytes);
+                        self.wrappers(&mut bytes);
+                        let total = count
+                            + self.m.host_called.len() as u32
+                            + self.m.imports_as_values.len() as u32;
+                        out.push(10);
+                        let mut section = Vec::with_capacity(bytes.len() + 5);
+                        total.encode(&mut section);
+                        section.extend_from_slice(&bytes);
+                        section.encode(&mut out);
+                        code = None;
+                    }
+                }
+                Payload::CustomSection(c) if c.name() == "name" => {}
+                Payload::End(_) => {}
+                other => {
+                    if let Some((id, range)) = other.as_section() {
+                        out.push(id);
+                        (range.len() as u32).encode(&mut out);
+                        out.extend_from_slice(&binary[range]);
+                    }
+                }
+            }
+        }
+        if code.is_some() || bodies as usize != self.m.defined.len() {
+            return Err("the code section does not match the function section".into());
+        }
+        Ok(out)
+    }
+
+    fn add_refuel(&self, s: &mut wasm_encoder::ImportSection) {
+        s.import(
+            IMPORT_MODULE,
+            IMPORT_REFUEL,
+            EntityType::Function(self.refuel_type()),
+        );
+    }
+
+    fn add_exports(&self, s: &mut wasm_encoder::ExportSection) {
+        s.export(EXPORT_FUEL, ExportKind::Global, self.fuel_global);
+        if let Some(f) = self.m.start {
+            let f = self.host_wrapper.get(&f).copied().unwrap_or(f);
+            s.export(EXPORT_START, ExportKind::Func, f);
+        }
+    }
+
+    /// The wrappers: host-called functions with their original types, then imports
+    /// used as values with the fuel.
+    fn wrappers(&self, bytes: &mut Vec<u8>) {
+        let g = self.fuel_global;
+        for &f in &self.m.host_called {
+            let t = self.m.defined[(f - self.imported()) as usize];
+            let mut b = vec![0u8];
+            for i in 0..self.m.types[t as usize].0.len() as u32 {
+                Instruction::LocalGet(i).encode(&mut b);
+            }
+            Instruction::GlobalGet(g).encode(&mut b);
+            Instruction::Call(self.defined_index(f)).encode(&mut b);
+            Instruction::GlobalSet(g).encode(&mut b);
+            Instruction::End.encode(&mut b);
+            (b.len() as u32).encode(bytes);
+            bytes.extend_from_slice(&b);
+        }
+        for &f in &self.m.imports_as_values {
+            let t = self.m.imported[f as usize];
+            let params = self.m.types[t as usize].0.len() as u32;
+            let mut b = vec![0u8];
+            for i in 0..params {
+                Instruction::LocalGet(i).encode(&mut b);
+            }
+            Instruction::LocalGet(params).encode(&mut b);
+            Instruction::GlobalSet(g).encode(&mut b);
+            Instruction::Call(f).encode(&mut b);
+            Instruction::GlobalGet(g).encode(&mut b);
+            Instruction::End.encode(&mut b);
+            (b.len() as u32).encode(bytes);
+            bytes.extend_from_slice(&b);
+        }
+    }
+
+    /// One function body, metered.
+    fn body(
+        &mut self,
+        binary: &[u8],
+        body: &wasmparser::FunctionBody,
+        t: u32,
+    ) -> Result<Vec<u8>, String> {
+        let (params, results) = self.m.types[t as usize].clone();
+        let nparams = params.len() as u32;
+        let fuel = nparams;
+        let mut out = Vec::new();
+        let mut locals = body.get_locals_reader().map_err(err)?;
+        let mut decls: Vec<(u32, ValType)> = Vec::new();
+        let mut nlocals = u64::from(nparams) + 1;
+        for _ in 0..locals.get_count() {
+            let (n, ty) = locals.read().map_err(err)?;
+            decls.push((n, RoundtripReencoder.val_type(ty).map_err(err)?));
+            nlocals += u64::from(n);
+        }
+        // wasmparser's (and so wasmtime's) limit on a function's locals, parameters
+        // included: the fuel and the scratch local must fit under it.
+        if nlocals + 1 > 50_000 {
+            return Err(format!(
+                "a function with {} locals leaves no room for the two the fuel metering \
+                 needs (limit of 50000)",
+                nlocals - 1
+            ));
+        }
+        let scratch = nlocals as u32;
+        decls.push((1, ValType::I32));
+        (decls.len() as u32).encode(&mut out);
+        for (n, ty) in &decls {
+            n.encode(&mut out);
+            ty.encode(&mut out);
+        }
+        let local = |l: u32| if l >= nparams { l + 1 } else { l };
+        let g = self.fuel_global;
+        let refuel = self.refuel;
+        let flush = |out: &mut Vec<u8>, pending: &mut i64| {
+            if *pending != 0 {
+                Instruction::LocalGet(fuel).encode(out);
+                Instruction::I64Const(*pending).encode(out);
+                Instruction::I64Sub.encode(out);
+                Instruction::LocalSet(fuel).encode(out);
+                *pending = 0;
+            }
+        };
+        let check = |out: &mut Vec<u8>| {
+            for i in [
+                Instruction::LocalGet(fuel),
+                Instruction::I64Const(0),
+                Instruction::I64LtS,
+                Instruction::If(BlockType::Empty),
+                Instruction::LocalGet(fuel),
+                Instruction::Call(refuel),
+                Instruction::LocalSet(fuel),
+                Instruction::End,
+            ] {
+                i.encode(out);
+            }
+        };
+        // Checked on entry unless it neither loops nor calls a function of the module.
+        let imported = self.imported();
+        let mut bounded = true;
+        let mut scan = body.get_operators_reader().map_err(err)?;
+        while !scan.eof() {
+            bounded &= match scan.read().map_err(err)? {
+                Operator::Call { function_index } => function_index < imported,
+                Operator::Loop { .. }
+                | Operator::CallIndirect { .. }
+                | Operator::ReturnCall { .. }
+                | Operator::ReturnCallIndirect { .. } => false,
+                _ => true,
+            };
+        }
+        // The fuel is stored for the host (the count a trap reports) on entry to a
+        // checked function, before every call and before `unreachable`.
+        let store = |out: &mut Vec<u8>| {
+            Instruction::LocalGet(fuel).encode(out);
+            Instruction::GlobalSet(g).encode(out);
+        };
+        if !bounded {
+            store(&mut out);
+            check(&mut out);
+        }
+        let wrapper = match results.as_slice() {
+            [] => BlockType::Empty,
+            [r] => BlockType::Result(*r),
+            many => BlockType::FunctionType(self.multi_type(many)),
+        };
+        Instruction::Block(wrapper).encode(&mut out);
+        let mut ops = body.get_operators_reader().map_err(err)?;
+        // Entering a function costs one unit, as in wasmtime.
+        let mut pending: i64 = 1;
+        while !ops.eof() {
+            let start = ops.original_position();
+            let op = ops.read().map_err(err)?;
+            let bytes = &binary[start..ops.original_position()];
+            pending += cost(&op);
+            match op {
+                Operator::LocalGet { local_index } => {
+                    Instruction::LocalGet(local(local_index)).encode(&mut out)
+                }
+                Operator::LocalSet { local_index } => {
+                    Instruction::LocalSet(local(local_index)).encode(&mut out)
+                }
+                Operator::LocalTee { local_index } => {
+                    Instruction::LocalTee(local(local_index)).encode(&mut out)
+                }
+                Operator::RefFunc { function_index } => {
+                    Instruction::RefFunc(self.value_index(function_index)).encode(&mut out)
+                }
+                Operator::Call { function_index } if function_index < imported => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::GlobalSet(g).encode(&mut out);
+                    out.extend_from_slice(bytes);
+                    Instruction::GlobalGet(g).encode(&mut out);
+                    Instruction::LocalSet(fuel).encode(&mut out);
+                }
+                Operator::Call { function_index } => {
+                    flush(&mut out, &mut pending);
+                    store(&mut out);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::Call(self.defined_index(function_index)).encode(&mut out);
+                    Instruction::LocalSet(fuel).encode(&mut out);
+                }
+                Operator::CallIndirect {
+                    type_index,
+                    table_index,
+                } => {
+                    flush(&mut out, &mut pending);
+                    store(&mut out);
+                    Instruction::LocalSet(scratch).encode(&mut out);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::LocalGet(scratch).encode(&mut out);
+                    Instruction::CallIndirect {
+                        type_index: self.fueled_type(type_index),
+                        table_index,
+                    }
+                    .encode(&mut out);
+                    Instruction::LocalSet(fuel).encode(&mut out);
+                }
+                Operator::ReturnCall { function_index } if function_index < imported => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::GlobalSet(g).encode(&mut out);
+                    Instruction::Call(function_index).encode(&mut out);
+                    Instruction::GlobalGet(g).encode(&mut out);
+                    Instruction::Return.encode(&mut out);
+                }
+                Operator::ReturnCall { function_index } => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::ReturnCall(self.defined_index(function_index)).encode(&mut out);
+                }
+                Operator::ReturnCallIndirect {
+                    type_index,
+                    table_index,
+                } => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalSet(scratch).encode(&mut out);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::LocalGet(scratch).encode(&mut out);
+                    Instruction::ReturnCallIndirect {
+                        type_index: self.fueled_type(type_index),
+                        table_index,
+                    }
+                    .encode(&mut out);
+                }
+                Operator::Return => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    out.extend_from_slice(bytes);
+                }
+                Operator::Unreachable => {
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::GlobalSet(g).encode(&mut out);
+                    out.extend_from_slice(bytes);
+                }
+                Operator::Loop { .. } => {
+                    flush(&mut out, &mut pending);
+                    out.extend_from_slice(bytes);
+                    check(&mut out);
+                }
+                Operator::If { .. }
+                | Operator::Else
+                | Operator::Br { .. }
+                | Operator::BrIf { .. }
+                | Operator::BrTable { .. } => {
+                    flush(&mut out, &mut pending);
+                    out.extend_from_slice(bytes);
+                }
+                Operator::End => {
+                    flush(&mut out, &mut pending);
+                    out.extend_from_slice(bytes);
+                    if ops.eof() {
+                        // The body's own `end` closed the wrapper block.
+                        Instruction::LocalGet(fuel).encode(&mut out);
+                        Instruction::End.encode(&mut out);
+                    }
+                }
+                Operator::MemoryFill { .. }
+                | Operator::MemoryCopy { .. }
+                | Operator::MemoryInit { .. }
+                | Operator::TableFill { .. }
+                | Operator::TableCopy { .. }
+                | Operator::TableInit { .. }
+                | Operator::TableGrow { .. } => {
+                    // The count (bytes or elements, an `i32`: no 64-bit memories or
+                    // tables in the engine's feature set) is on top of the stack.
+                    flush(&mut out, &mut pending);
+                    Instruction::LocalSet(scratch).encode(&mut out);
+                    Instruction::LocalGet(fuel).encode(&mut out);
+                    Instruction::LocalGet(scratch).encode(&mut out);
+                    Instruction::I64ExtendI32U.encode(&mut out);
+                    Instruction::I64Sub.encode(&mut out);
+                    Instruction::LocalSet(fuel).encode(&mut out);
+                    check(&mut out);
+                    Instruction::LocalGet(scratch).encode(&mut out);
+                    out.extend_from_slice(bytes);
+                }
+                _ => out.extend_from_slice(bytes),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The fuel global: `(mut i64)`, 0 until the host sets it (a check that finds 0 spent
+/// asks the host for the first slice).
+fn add_fuel_global(s: &mut wasm_encoder::GlobalSection) {
+    s.global(
+        GlobalType {
+            val_type: ValType::I64,
+            mutable: true,
+            shared: false,
+        },
+        &ConstExpr::i64_const(0),
+    );
+}
+
+/// Units an operator costs (see the module docs): wasmtime 48's default table.
+fn cost(op: &Operator) -> i64 {
+    match op {
+        Operator::Nop
+        | Operator::Drop
+        | Operator::Block { .. }
+        | Operator::Loop { .. }
+        | Operator::Unreachable
+        | Operator::Return
+        | Operator::Else
+        | Operator::End => 0,
+        _ => 1,
+    }
+}
+
+/// Where a section sits in the order of a module's sections, to write missing ones.
+fn section_order(p: &Payload) -> u32 {
+    match p {
+        Payload::Version { .. } => 0,
+        Payload::TypeSection(_) => 1,
+        Payload::ImportSection(_) => 2,
+        Payload::FunctionSection(_) => 3,
+        Payload::TableSection(_) => 4,
+        Payload::MemorySection(_) => 5,
+        Payload::TagSection(_) => 5,
+        Payload::GlobalSection(_) => 6,
+        Payload::ExportSection(_) => 7,
+        Payload::StartSection { .. } => 8,
+        Payload::ElementSection(_) => 9,
+        Payload::DataCountSection { .. } => 9,
+        Payload::CodeSectionStart { .. } | Payload::CodeSectionEntry(_) => 10,
+        Payload::DataSection(_) => 11,
+        Payload::End(_) => 12,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::{self, Stop};
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+    }
+
+    /// Instructions counted by the pass when export `f` of `wat` is called, and how the
+    /// call ended.
+    fn counted(wat: &str, fuel: u64) -> (u64, wasmtime::Result<()>) {
+        let engine = engine();
+        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        let (mut store, i) = meter::instantiate(&engine, &module, fuel);
+        let i = i.unwrap();
+        let before = meter::consumed(&mut store, Some(&i));
+        let f = i.get_func(&mut store, "f").unwrap();
+        let r = f.call(&mut store, &[], &mut []);
+        (meter::consumed(&mut store, Some(&i)) - before, r)
+    }
+
+    /// The same count by wasmtime's own fuel (`Config::consume_fuel`), on the module as
+    /// it is: an implementation nobody here wrote, whose cost table the pass follows.
+    fn wasmtime_counted(wat: &str) -> u64 {
+        let mut config = crate::engine::deterministic_config(false);
+        config.consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_fuel(u64::MAX / 2).unwrap();
+        let i = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let before = store.get_fuel().unwrap();
+        let f = i.get_func(&mut store, "f").unwrap();
+        f.call(&mut store, &[], &mut []).unwrap();
+        before - store.get_fuel().unwrap()
+    }
+
+    /// Straight code, branches, loops, a branch table, calls (direct, through a table,
+    /// of a function that returns early, tail calls), bulk memory: the count is
+    /// wasmtime's, operator for operator.
+    #[test]
+    fn counts_are_wasmtimes() {
+        let cases = [
+            r#"(module (func (export "f") (drop (i32.add (i32.const 1) (i32.const 2)))))"#,
+            r#"(module (func (export "f") (local i32)
+                (loop $l (br_if $l (i32.lt_u (local.tee 0 (i32.add (local.get 0)
+                    (i32.const 1))) (i32.const 1000))))))"#,
+            r#"(module (func (export "f") (local i32)
+                (block $a (block $b (block $c
+                    (br_table $a $b $c (i32.const 1)))
+                  (local.set 0 (i32.const 5)))
+                (if (local.get 0) (then (nop)) (else (local.set 0 (i32.const 7)))))))"#,
+            r#"(module (type $t (func (param i32) (result i32)))
+                (table 2 funcref) (elem (i32.const 0) $g $h)
+                (func $g (type $t) (if (local.get 0) (then (return (i32.const 3))))
+                    (i32.mul (local.get 0) (i32.const 2)))
+                (func $h (type $t) (return_call $g (i32.add (local.get 0) (i32.const 1))))
+                (func (export "f") (local i32)
+                    (loop $l
+                      (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                      (drop (call $g (local.get 0)))
+                      (drop (call_indirect (type $t) (local.get 0) (i32.const 1)))
+                      (br_if $l (i32.lt_u (local.get 0) (i32.const 100))))))"#,
+            r#"(module (memory 1)
+                (func (export "f") (memory.fill (i32.const 0) (i32.const 7) (i32.const 5000))
+                    (memory.copy (i32.const 100) (i32.const 0) (i32.const 300))))"#,
+        ];
+        for wat in cases {
+            let (ours, r) = counted(wat, 1 << 40);
+            r.unwrap();
+            assert_eq!(ours, wasmtime_counted(wat), "{wat}");
+            assert!(ours > 0);
+        }
+    }
+
+    /// An endless loop, and a loop of large fills, run out of fuel at the same count on
+    /// every run; the count is the budget.
+    #[test]
+    fn out_of_fuel_is_exact() {
+        for wat in [
+            r#"(module (func (export "f") (loop $l (br $l))))"#,
+            r#"(module (memory 1) (func (export "f")
+                (loop $l (memory.fill (i32.const 0) (i32.const 0) (i32.const 65536)) (br $l))))"#,
+        ] {
+            let (n, r) = counted(wat, 30_000_001);
+            assert_eq!(
+                r.unwrap_err().downcast_ref::<Stop>(),
+                Some(&Stop::OutOfFuel)
+            );
+            assert_eq!(n, 30_000_001, "{wat}");
+        }
+    }
+
+    /// A trap reports the count stored last before it (at a call here), the same on
+    /// every host; `unreachable` stores the count itself.
+    #[test]
+    fn a_trap_reports_the_count_of_its_last_check() {
+        let (n, r) = counted(
+            r#"(module (memory 1) (func (export "f") (local i32)
+                (loop $l (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+                  (br_if $l (i32.lt_u (local.get 0) (i32.const 10))))
+                (call $g))
+              (func $g (drop (i32.load (i32.const 70000)))))"#,
+            1 << 40,
+        );
+        assert!(r.is_err());
+        // Entering costs one unit, an iteration eight and the call one; the count is
+        // stored before the call, so the trap (in `$g`, which stores nothing) reports
+        // all of `f`'s.
+        assert_eq!(n, 1 + 10 * 8 + 1);
+        let (n, r) = counted(
+            r#"(module (func (export "f") (drop (i32.const 1)) unreachable))"#,
+            1 << 40,
+        );
+        assert!(r.is_err());
+        assert_eq!(n, 2);
+    }
+
+    /// Imports in tables are called through a wrapper that passes the fuel to the host;
+    /// the start function becomes an export; the module's exports keep their types.
+    #[test]
+    fn imports_as_values_start_and_exports() {
+        let wat = r#"(module
+            (import "m" "h" (func $h (param i32) (result i32)))
+            (type $t (func (param i32) (result i32)))
+            (table 1 funcref) (elem (i32.const 0) $h)
+            (global $g (mut i32) (i32.const 0))
+            (func $s (global.set $g (i32.const 1)))
+            (start $s)
+            (func (export "f") (param i32) (result i32)
+              (call_indirect (type $t) (local.get 0) (i32.const 0))))"#;
+        let metered = meter(&wat::parse_str(wat).unwrap()).unwrap();
+        wasmparser::Validator::new().validate_all(&metered).unwrap();
+        let engine = engine();
+        let module = wasmtime::Module::new(&engine, &metered).unwrap();
+        let names: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
+        assert_eq!(names, ["f", EXPORT_FUEL, EXPORT_START]);
+        let f = module.get_export("f").unwrap();
+        assert_eq!(f.func().unwrap().params().len(), 1);
+        // The host function charges 100 units through the global.
+        let mut store = wasmtime::Store::new(&engine, meter::Meter::new(1_000, None));
+        let mut linker = wasmtime::Linker::new(&engine);
+        meter::define(&mut linker).unwrap();
+        linker
+            .func_wrap(
+                "m",
+                "h",
+                |mut c: wasmtime::Caller<'_, meter::Meter>, x: i32| {
+                    let (g, fuel) = meter::caller_fuel(&mut c).unwrap();
+                    let left = c.data().remaining(fuel) - 100;
+                    let fuel = c.data_mut().fuel_for(left);
+                    g.set(&mut c, wasmtime::Val::I64(fuel)).unwrap();
+                    x + 1
+                },
+            )
+            .unwrap();
+        let i = linker.instantiate(&mut store, &module).unwrap();
+        meter::start(&mut store, &i)
+            .unwrap()
+            .call(&mut store, &[], &mut [])
+            .unwrap();
+        let f = i.get_typed_func::<i32, i32>(&mut store, "f").unwrap();
+        assert_eq!(f.call(&mut store, 41).unwrap(), 42);
+        // Entering, `global.set`, `i32.const` in the start function; entering,
+        // `local.get`, `i32.const`, `call_indirect` in `f`; 100 by the host.
+        assert_eq!(meter::consumed(&mut store, Some(&i)), 3 + 4 + 100);
+    }
+
+    #[test]
+    fn reserved_names_and_full_signatures_are_refused_with_the_reason() {
+        let e = meter(&wat::parse_str(r#"(module (func (export "detwasm:fuel")))"#).unwrap());
+        assert!(e.unwrap_err().contains("reserves"));
+        let params = "i32 ".repeat(1000);
+        let e = meter(&wat::parse_str(format!("(module (func (param {params})))")).unwrap());
+        assert!(e.unwrap_err().contains("1,000"));
+    }
+}
