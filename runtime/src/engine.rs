@@ -63,7 +63,9 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   memory and gave every function a full frame. The counts are the same (tested on
 ///   generated modules). Rejected: wasmtime's fuel (what detwasm used before: CPython
 ///   running an integer loop executed 1.66 times the instructions it does without fuel,
-///   against 1.37 times with the pass; callgrind, see [`passes::fuel`]).
+///   against 1.37 times with the pass; callgrind, see [`passes::fuel`]). `fuel_slice` is
+///   the fuel the host hands out at a time ([`crate::meter::SLICE`]): the host writes the
+///   guest's fuel back at each refuel, so the count a trap reports can depend on it.
 /// - `epoch_interruption=false`: the wall-clock safety net (which never decides a
 ///   verifiable result) costs nothing in the guest's code: the host reads the clock
 ///   each time the guest asks for the next slice of its fuel ([`crate::meter::SLICE`]),
@@ -119,6 +121,7 @@ custom_page_sizes=false
 component_model=false
 wasmtime_fuel=false
 fuel_pass=detwasm-fuel-1
+fuel_slice=10000000
 epoch_interruption=false
 stack_metering=detwasm-stack-3
 stack_frame_base=8
@@ -688,7 +691,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:9960b99f870076055652879c13ab5522c4053f66027daaeb965523bdd564ad7b"
+            "blake3:7a6a8f4f77e456b4c628d8257ff04f774c6894e3aa28d5de591513de63608de3"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
@@ -696,6 +699,8 @@ mod tests {
         assert!(ENGINE_SETTINGS.contains(&format!("stack_metering={}\n", stack::PASS_VERSION)));
         let fuel = crate::passes::fuel::PASS_VERSION;
         assert!(ENGINE_SETTINGS.contains(&format!("fuel_pass={fuel}\n")));
+        let slice = crate::meter::SLICE;
+        assert!(ENGINE_SETTINGS.contains(&format!("fuel_slice={slice}\n")));
         assert!(
             ENGINE_SETTINGS.contains(&format!("nan_pass={}\n", crate::passes::nan::PASS_VERSION))
         );

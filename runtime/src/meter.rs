@@ -70,6 +70,13 @@ impl Meter {
         run.clamp(0, i128::from(self.limit)) as u64
     }
 
+    /// Whether a run that ended with the guest's fuel at `fuel` ran more instructions
+    /// than its limit (between two checks; the run is then out of fuel, not a success
+    /// counted at the limit).
+    pub fn overran(&self, fuel: i64) -> bool {
+        i128::from(self.handed) - i128::from(fuel) > i128::from(self.limit)
+    }
+
     /// Fuel left in the whole budget when the guest's fuel is `fuel`.
     pub fn remaining(&self, fuel: i64) -> u64 {
         self.limit - self.consumed(fuel)

@@ -381,6 +381,7 @@ impl Runtime {
             .and_then(|i| meter::fuel(&mut store, &i))
             .unwrap_or(0);
         let instructions = store.data().meter.consumed(fuel);
+        let overran = store.data().meter.overran(fuel);
         let ctx = store.into_data();
         if let Some(failure) = ctx.limits.host_failure {
             return Err(RunError::HostFailure(failure));
@@ -388,6 +389,12 @@ impl Runtime {
         let outcome = match &result {
             Ok(()) => Outcome::Exited(0),
             Err(e) => classify(e, ctx.limits.denied).map_err(RunError::HostFailure)?,
+        };
+        // Work past the limit since the last check (at most two function bodies' worth)
+        // ends the run out of fuel rather than a success counted at the limit.
+        let outcome = match outcome {
+            Outcome::Exited(_) if overran => Outcome::OutOfFuel,
+            other => other,
         };
         ctx.host
             .vfs

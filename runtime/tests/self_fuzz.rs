@@ -456,7 +456,7 @@ fn counted_calls(binary: &[u8], wasmtime_fuel: bool) -> Option<Vec<(String, bool
             else {
                 continue;
             };
-            if let (Some(g), Some(v)) = (loop_fuel, initial.clone()) {
+            if let (Some(g), Some(v)) = (loop_fuel, initial) {
                 g.set(&mut store, v).unwrap();
             }
             let before = if wasmtime_fuel {

@@ -38,10 +38,14 @@
 //!   a local (a register, once compiled) and subtracts the cost of each straight run of
 //!   operators at the run's end (before a branch, a call, `end`, `else`, `if`, `loop`).
 //! - The fuel is *checked* (negative: out of fuel, or out of the slice the host handed
-//!   out) at every loop header and on entry to every function that loops or calls a
-//!   function of the module, directly or through a table. A function that does neither
-//!   runs a bounded number of operators, so it is not checked: its caller's next check
-//!   sees what it spent. No loop, recursion or chain of calls escapes a check.
+//!   out) at every loop header, on entry to every function that loops or calls a
+//!   function of the module, directly or through a table, and after every call of a
+//!   function that is not checked on entry (one that does neither, an import, or any
+//!   function through a table). A function that neither loops nor calls runs a bounded
+//!   number of operators, so it is not checked on entry: its caller checks right after
+//!   the call, so that a function calling it many times is stopped too. No loop,
+//!   recursion or chain of calls escapes a check, and between two checks run at most
+//!   the operators of two function bodies.
 //! - A check that finds the fuel negative calls the host import `detwasm.refuel`, which
 //!   hands out the next slice of the job's budget, checks the wall-clock deadline, or
 //!   ends the run out of fuel ([`crate::run`]). Every other call of an import stores the
@@ -107,6 +111,13 @@ struct Module {
     host_called: Vec<u32>,
     /// The start function.
     start: Option<u32>,
+    /// Each defined function: whether it runs a bounded number of operators (no loop,
+    /// no call of a function of the module, direct, indirect or tail), and so is not
+    /// checked on entry (its callers check after calling it).
+    bounded: Vec<bool>,
+    /// Functions `ref.func` names in code: declared again under their new indices.
+    code_refs: Vec<u32>,
+    has_element_section: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -125,6 +136,13 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn analyse(binary: &[u8]) -> Result<Module, String> {
+    // The module must be valid before it is rewritten: an index out of range in the
+    // original (a label, a global, a function) would name, after the rewrite, what the
+    // pass added (the function's own label, the fuel global, a wrapper) and hand the
+    // guest its own fuel. The engine validates the result again with its own features.
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(binary)
+        .map_err(err)?;
     let mut m = Module::default();
     let mut values: Vec<u32> = Vec::new();
     let mut host: Vec<u32> = Vec::new();
@@ -207,6 +225,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 host.push(func);
             }
             Payload::ElementSection(r) => {
+                m.has_element_section = true;
                 for e in r {
                     match e.map_err(err)?.items {
                         wasmparser::ElementItems::Functions(fs) => {
@@ -224,19 +243,34 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             }
             Payload::CodeSectionEntry(body) => {
                 let mut r = body.get_operators_reader().map_err(err)?;
+                let imported = m.imported.len() as u32;
+                let mut bounded = true;
                 while !r.eof() {
                     match r.read().map_err(err)? {
-                        Operator::RefFunc { function_index } => values.push(function_index),
+                        Operator::RefFunc { function_index } => {
+                            values.push(function_index);
+                            m.code_refs.push(function_index);
+                        }
+                        Operator::Call { function_index } if function_index >= imported => {
+                            bounded = false
+                        }
+                        Operator::Loop { .. }
+                        | Operator::CallIndirect { .. }
+                        | Operator::ReturnCall { .. }
+                        | Operator::ReturnCallIndirect { .. } => bounded = false,
                         Operator::CallRef { .. } | Operator::ReturnCallRef { .. } => {
                             return Err("typed function references are not supported".into())
                         }
                         _ => {}
                     }
                 }
+                m.bounded.push(bounded);
             }
             _ => {}
         }
     }
+    m.code_refs.sort_unstable();
+    m.code_refs.dedup();
     let imported = m.imported.len() as u32;
     values.retain(|&f| f < imported);
     values.sort_unstable();
@@ -371,6 +405,7 @@ impl Rewriter {
         let mut imports_written = self.m.has_import_section;
         let mut globals_written = self.m.has_global_section;
         let mut exports_written = self.m.has_export_section;
+        let mut elements_written = self.m.has_element_section || self.m.code_refs.is_empty();
         let mut code: Option<(u32, Vec<u8>)> = None;
         let mut bodies = 0u32;
         for payload in Parser::new(0).parse_all(binary) {
@@ -394,6 +429,12 @@ impl Rewriter {
                 self.add_exports(&mut s);
                 s.append_to(&mut out);
                 exports_written = true;
+            }
+            if !elements_written && order > 9 {
+                let mut s = wasm_encoder::ElementSection::new();
+                self.declare_code_refs(&mut s);
+                s.append_to(&mut out);
+                elements_written = true;
             }
             match payload {
                 Payload::Version { range, .. } => out.extend_from_slice(&binary[range]),
@@ -465,6 +506,7 @@ impl Rewriter {
                 Payload::ElementSection(r) => {
                     let mut s = wasm_encoder::ElementSection::new();
                     self.parse_element_section(&mut s, r).map_err(err)?;
+                    self.declare_code_refs(&mut s);
                     s.append_to(&mut out);
                 }
                 Payload::CodeSectionStart { count, .. } => code = Some((count, Vec::new())),
@@ -476,7 +518,7 @@ impl Rewriter {
                         .defined
                         .get(bodies as usize)
                         .ok_or("more bodies than functions")?;
-                    let f = self.body(binary, &body, t)?;
+                    let f = self.body(binary, &body, bodies as usize, t)?;
                     (f.len() as u32).encode(bytes);
                     bytes.extend_from_slice(&f);
                     bodies += 1;
@@ -509,6 +551,22 @@ impl Rewriter {
             return Err("the code section does not match the function section".into());
         }
         Ok(out)
+    }
+
+    /// Declares, under their new indices, the functions `ref.func` names in code: an
+    /// exported function counts as declared in the original, but its export now names
+    /// its wrapper.
+    fn declare_code_refs(&self, s: &mut wasm_encoder::ElementSection) {
+        if self.m.code_refs.is_empty() {
+            return;
+        }
+        let funcs: Vec<u32> = self
+            .m
+            .code_refs
+            .iter()
+            .map(|&f| self.value_index(f))
+            .collect();
+        s.declared(wasm_encoder::Elements::Functions(funcs.into()));
     }
 
     fn add_refuel(&self, s: &mut wasm_encoder::ImportSection) {
@@ -566,6 +624,7 @@ impl Rewriter {
         &mut self,
         binary: &[u8],
         body: &wasmparser::FunctionBody,
+        body_index: usize,
         t: u32,
     ) -> Result<Vec<u8>, String> {
         let (params, results) = self.m.types[t as usize].clone();
@@ -624,18 +683,7 @@ impl Rewriter {
         };
         // Checked on entry unless it neither loops nor calls a function of the module.
         let imported = self.imported();
-        let mut bounded = true;
-        let mut scan = body.get_operators_reader().map_err(err)?;
-        while !scan.eof() {
-            bounded &= match scan.read().map_err(err)? {
-                Operator::Call { function_index } => function_index < imported,
-                Operator::Loop { .. }
-                | Operator::CallIndirect { .. }
-                | Operator::ReturnCall { .. }
-                | Operator::ReturnCallIndirect { .. } => false,
-                _ => true,
-            };
-        }
+        let bounded = self.m.bounded[body_index];
         // The fuel is stored for the host (the count a trap reports) on entry to a
         // checked function, before every call and before `unreachable`.
         let store = |out: &mut Vec<u8>| {
@@ -646,6 +694,12 @@ impl Rewriter {
             store(&mut out);
             check(&mut out);
         }
+        // An indirect call's operands end with the table index: the fuel goes under it.
+        let fuel_under_index = |out: &mut Vec<u8>| {
+            Instruction::LocalSet(scratch).encode(out);
+            Instruction::LocalGet(fuel).encode(out);
+            Instruction::LocalGet(scratch).encode(out);
+        };
         let wrapper = match results.as_slice() {
             [] => BlockType::Empty,
             [r] => BlockType::Result(*r),
@@ -680,6 +734,7 @@ impl Rewriter {
                     out.extend_from_slice(bytes);
                     Instruction::GlobalGet(g).encode(&mut out);
                     Instruction::LocalSet(fuel).encode(&mut out);
+                    check(&mut out);
                 }
                 Operator::Call { function_index } => {
                     flush(&mut out, &mut pending);
@@ -687,6 +742,9 @@ impl Rewriter {
                     Instruction::LocalGet(fuel).encode(&mut out);
                     Instruction::Call(self.defined_index(function_index)).encode(&mut out);
                     Instruction::LocalSet(fuel).encode(&mut out);
+                    if self.m.bounded[(function_index - imported) as usize] {
+                        check(&mut out);
+                    }
                 }
                 Operator::CallIndirect {
                     type_index,
@@ -694,15 +752,14 @@ impl Rewriter {
                 } => {
                     flush(&mut out, &mut pending);
                     store(&mut out);
-                    Instruction::LocalSet(scratch).encode(&mut out);
-                    Instruction::LocalGet(fuel).encode(&mut out);
-                    Instruction::LocalGet(scratch).encode(&mut out);
+                    fuel_under_index(&mut out);
                     Instruction::CallIndirect {
                         type_index: self.fueled_type(type_index),
                         table_index,
                     }
                     .encode(&mut out);
                     Instruction::LocalSet(fuel).encode(&mut out);
+                    check(&mut out);
                 }
                 Operator::ReturnCall { function_index } if function_index < imported => {
                     flush(&mut out, &mut pending);
@@ -714,6 +771,7 @@ impl Rewriter {
                 }
                 Operator::ReturnCall { function_index } => {
                     flush(&mut out, &mut pending);
+                    store(&mut out);
                     Instruction::LocalGet(fuel).encode(&mut out);
                     Instruction::ReturnCall(self.defined_index(function_index)).encode(&mut out);
                 }
@@ -722,9 +780,8 @@ impl Rewriter {
                     table_index,
                 } => {
                     flush(&mut out, &mut pending);
-                    Instruction::LocalSet(scratch).encode(&mut out);
-                    Instruction::LocalGet(fuel).encode(&mut out);
-                    Instruction::LocalGet(scratch).encode(&mut out);
+                    store(&mut out);
+                    fuel_under_index(&mut out);
                     Instruction::ReturnCallIndirect {
                         type_index: self.fueled_type(type_index),
                         table_index,
@@ -833,10 +890,10 @@ fn section_order(p: &Payload) -> u32 {
         Payload::ExportSection(_) => 7,
         Payload::StartSection { .. } => 8,
         Payload::ElementSection(_) => 9,
-        Payload::DataCountSection { .. } => 9,
-        Payload::CodeSectionStart { .. } | Payload::CodeSectionEntry(_) => 10,
-        Payload::DataSection(_) => 11,
-        Payload::End(_) => 12,
+        Payload::DataCountSection { .. } => 10,
+        Payload::CodeSectionStart { .. } | Payload::CodeSectionEntry(_) => 11,
+        Payload::DataSection(_) => 12,
+        Payload::End(_) => 13,
         _ => 0,
     }
 }
@@ -1008,6 +1065,55 @@ mod tests {
         // Entering, `global.set`, `i32.const` in the start function; entering,
         // `local.get`, `i32.const`, `call_indirect` in `f`; 100 by the host.
         assert_eq!(meter::consumed(&mut store, Some(&i)), 3 + 4 + 100);
+    }
+
+    /// An invalid module is refused before it is rewritten: `br 1` out of range would
+    /// otherwise leave through the function's own label and return the guest's `i64`
+    /// as its fuel (found by review).
+    #[test]
+    fn an_invalid_module_is_refused_before_the_rewrite() {
+        // `wat` refuses the label itself: the bytes are made from a valid `br 0`.
+        let mut valid = wat::parse_str(
+            r#"(module (func $give (i64.const 0x7fffffffffffffff) (br 0) (drop))
+                (func (export "f") (call $give) (loop $l (br $l))))"#,
+        )
+        .unwrap();
+        // The `br 0` (0x0c 0x00), made `br 1`.
+        let at = valid.windows(2).position(|w| w == [0x0c, 0x00]).unwrap();
+        valid[at + 1] = 1;
+        let e = meter(&valid).unwrap_err();
+        assert!(e.contains("depth"), "{e}");
+    }
+
+    /// A function without loops that calls a function without loops many times is
+    /// stopped by the checks after the calls (found by review: 100 calls of 100
+    /// operators ran on a budget of 1,000 and were reported as a success).
+    #[test]
+    fn many_calls_of_an_unchecked_function_run_out_of_fuel() {
+        let g = "(global.set $x (i32.add (global.get $x) (i32.const 1)))".repeat(100);
+        let calls = "(call $g)".repeat(100);
+        let wat = format!(
+            r#"(module (global $x (mut i32) (i32.const 0)) (func $g {g})
+                (func (export "f") {calls}))"#
+        );
+        let (n, r) = counted(&wat, 1_000);
+        assert_eq!(
+            r.unwrap_err().downcast_ref::<Stop>(),
+            Some(&Stop::OutOfFuel)
+        );
+        assert_eq!(n, 1_000);
+    }
+
+    /// A function that names itself with `ref.func` and is exported (which declares it
+    /// in the original) stays valid: its new index is declared (found by review).
+    #[test]
+    fn exported_functions_named_by_ref_func_stay_declared() {
+        let (n, r) = counted(
+            r#"(module (func $f (export "f") (drop (ref.func $f))))"#,
+            1_000,
+        );
+        r.unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
