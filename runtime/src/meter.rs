@@ -83,7 +83,7 @@ impl Meter {
     }
 
     /// The guest fuel that leaves `remaining` of the budget (host work charged).
-    pub fn fuel_for(&mut self, remaining: u64) -> i64 {
+    pub fn fuel_for(&self, remaining: u64) -> i64 {
         let consumed = self.limit.saturating_sub(remaining);
         i128::from(self.handed)
             .saturating_sub(i128::from(consumed))

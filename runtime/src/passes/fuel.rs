@@ -1049,7 +1049,7 @@ mod tests {
                 |mut c: wasmtime::Caller<'_, meter::Meter>, x: i32| {
                     let (g, fuel) = meter::caller_fuel(&mut c).unwrap();
                     let left = c.data().remaining(fuel) - 100;
-                    let fuel = c.data_mut().fuel_for(left);
+                    let fuel = c.data().fuel_for(left);
                     g.set(&mut c, wasmtime::Val::I64(fuel)).unwrap();
                     x + 1
                 },
