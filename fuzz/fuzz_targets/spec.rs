@@ -1,6 +1,6 @@
 #![no_main]
 //! Rendered spec parsing and input confinement: see
-//! `detwasm_runtime::spec::fuzz::fuzz_spec`.
+//! `detwasm_jobspec::fuzz::fuzz_spec`.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    detwasm_runtime::spec::fuzz::fuzz_spec(data);
+    detwasm_jobspec::fuzz::fuzz_spec(data);
 });

@@ -1,5 +1,5 @@
 #![no_main]
-//! Module template rendering: see `detwasm_runtime::spec::fuzz::fuzz_template`.
+//! Module template rendering: see `detwasm_jobspec::fuzz::fuzz_template`.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    detwasm_runtime::spec::fuzz::fuzz_template(data);
+    detwasm_jobspec::fuzz::fuzz_template(data);
 });

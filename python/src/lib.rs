@@ -16,12 +16,13 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use detwasm_runtime::batch::{self, BatchOptions};
+use detwasm_ops::batch::{self, BatchOptions};
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::remote::{self, Local, PortableJob};
+use detwasm_ops::remote::{self, Local, PortableJob};
 use detwasm_runtime::run::Destination;
-use detwasm_runtime::verify::{verify as verify_receipt, Sources};
-use detwasm_runtime::{JobRequest, Receipt, Runtime};
+use detwasm_ops::verify::{verify as verify_receipt, Sources};
+use detwasm_ops::JobRequest;
+use detwasm_runtime::{Receipt, Runtime};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;

@@ -32,13 +32,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::RunError;
-use crate::job::Job;
-use crate::receipt::Outcome;
-use crate::run::Destination;
-use crate::wasi;
 
 /// Start of every staging folder's name; the creating process's pid follows.
 pub const STAGING_PREFIX: &str = ".detwasm-staging-";
+
+/// Where the results directory goes.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// Exactly this path (must not exist, or be an empty directory).
+    At(PathBuf),
+    /// A new folder named after the job id inside this directory; when the job has run
+    /// there before, `<job id>-2`, `<job id>-3`, … so that re-running a job (the way a
+    /// verifier does) never fails and never touches an earlier result.
+    Under(PathBuf),
+}
 
 /// Most `<job id>-<n>` names tried for [`Destination::Under`] before giving up.
 const MAX_SUFFIX: u32 = 100_000;
@@ -268,55 +275,6 @@ pub fn sync_filesystem(dir: &File, name: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes the results directory of a run into `dir` (an empty staging folder): `stdout`,
-/// `stderr` (with detwasm's line saying why the run ended, if it did not exit),
-/// `exitCode`, and one folder per output volume. Errors are
-/// [`RunError::WriteResults`] naming `dest`, the folder the results were meant for.
-pub fn write_results(
-    dir: &Path,
-    dest: &Path,
-    job: &Job,
-    host: &wasi::host::WasiHost,
-    outcome: &Outcome,
-    trap: Option<&str>,
-) -> Result<(), RunError> {
-    let failed = |cause| RunError::WriteResults {
-        dest: dest.to_path_buf(),
-        cause,
-    };
-    write_new(&dir.join("stdout"), &host.stdout).map_err(failed)?;
-    let mut stderr = host.stderr.clone();
-    if let Some(t) = trap {
-        if !stderr.is_empty() && !stderr.ends_with(b"\n") {
-            stderr.push(b'\n');
-        }
-        stderr.extend_from_slice(format!("detwasm: {t}\n").as_bytes());
-    }
-    write_new(&dir.join("stderr"), &stderr).map_err(failed)?;
-    write_new(
-        &dir.join("exitCode"),
-        outcome.exit_code().to_string().as_bytes(),
-    )
-    .map_err(failed)?;
-    // Writable folders (`--dir`), each a volume named after its guest path.
-    for (i, input) in job.inputs.iter().enumerate().filter(|(_, i)| i.writable) {
-        let d = dir.join(input.volume_name());
-        std::fs::create_dir(&d)
-            .map_err(|e| named(&d, e))
-            .map_err(failed)?;
-        host.vfs.export(i, &d).map_err(failed)?;
-    }
-    let first_output = job.inputs.len();
-    for (i, out) in job.outputs.iter().enumerate() {
-        let d = dir.join(&out.name);
-        std::fs::create_dir(&d)
-            .map_err(|e| named(&d, e))
-            .map_err(failed)?;
-        host.vfs.export(first_output + i, &d).map_err(failed)?;
-    }
-    Ok(())
-}
-
 /// Creates `path` (which must not exist: `create_new`, i.e. `O_EXCL`) with `data`.
 pub fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
@@ -349,7 +307,7 @@ pub fn write_file_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 /// `e` with `path` in its message (and a hint when the name is taken).
-fn named(path: &Path, e: io::Error) -> io::Error {
+pub(crate) fn named(path: &Path, e: io::Error) -> io::Error {
     let msg = if e.kind() == io::ErrorKind::AlreadyExists {
         format!(
             "{} already exists: the filesystem takes two result names for one \
@@ -606,6 +564,7 @@ fn claim_then_rename(from: &Path, to: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::engine::EngineOptions;
+    use crate::job::Job;
     use crate::run::Runtime;
 
     fn runtime() -> Runtime {
@@ -754,26 +713,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(e.to_string().contains("case-insensitive"), "{e}");
         assert_eq!(std::fs::read(t.path().join("A")).unwrap(), b"first");
-    }
-
-    #[test]
-    fn writing_results_over_a_name_that_exists_fails_and_names_it() {
-        let t = tempfile::tempdir().unwrap();
-        let job = hello();
-        let host = crate::capabilities::grant(&job).unwrap();
-        let dest = t.path().join("final");
-        for taken in ["stdout", "exitCode", "outputs"] {
-            let dir = t.path().join(format!("staging-{taken}"));
-            std::fs::create_dir(&dir).unwrap();
-            std::fs::write(dir.join(taken), "earlier").unwrap();
-            let e = write_results(&dir, &dest, &job, &host, &Outcome::Exited(0), None).unwrap_err();
-            let msg = e.to_string();
-            assert!(matches!(e, RunError::WriteResults { .. }), "{msg}");
-            assert!(msg.contains(&format!("writing results into {}", dest.display())));
-            assert!(msg.contains(&format!("{taken} already exists")), "{msg}");
-            assert!(msg.contains("nothing was delivered"), "{msg}");
-            assert_eq!(std::fs::read(dir.join(taken)).unwrap(), b"earlier");
-        }
     }
 
     #[test]

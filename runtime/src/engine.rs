@@ -30,6 +30,13 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// recurse to the deepest metered depth with the largest frames per unit and check that
 /// the metered trap comes first.
 pub const MAX_WASM_STACK: usize =
+
+/// Native stack a guest runs on: the pinned wasm stack plus ample room for host frames
+/// (WASI calls run on top of the deepest wasm frame). A job's guest runs on a wasmtime
+/// fiber of this size (`async_stack_size` in [`deterministic_config`]);
+/// the self-fuzzer and the stack tests, which call guests synchronously, run them on a
+/// thread of this size.
+pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
     passes::stack::STACK_LIMIT as usize * passes::stack::NATIVE_BYTES_PER_UNIT;
 
 /// Frames of a trap's wasm backtrace that wasmtime records: only the innermost is read
@@ -188,10 +195,10 @@ pub fn deterministic_config(parallel_compilation: bool) -> Config {
         .consume_fuel(false)
         .epoch_interruption(false)
         .max_wasm_stack(MAX_WASM_STACK)
-        // The fiber a job's guest runs on (see [`crate::run::GUEST_THREAD_STACK`]): the
+        // The fiber a job's guest runs on (see [`GUEST_THREAD_STACK`]): the
         // wasm stack plus room for the host frames above the deepest wasm frame. wasmtime
         // refuses a `max_wasm_stack` above it.
-        .async_stack_size(crate::run::GUEST_THREAD_STACK)
+        .async_stack_size(GUEST_THREAD_STACK)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(WASM_BACKTRACE_FRAMES))
         .parallel_compilation(parallel_compilation);
     // Features whose setters are compiled only with wasmtime's `gc`/`threads` features

@@ -1,10 +1,17 @@
-//! detwasm-runtime: the deterministic WASI host, jobs, results and module specs.
+//! detwasm-runtime: the one place that runs guests.
 //!
 //! What it is for: running a `wasm32-wasip1` module so that the same [`Job`] gives the
 //! same results directory (and so the same results CID) and the same instruction count
-//! on any host, at any time, under any load. What it is not: a general WASI runtime —
-//! there are no real clocks, no entropy, no network and no host filesystem here, by
-//! design.
+//! on any host, at any time, under any load. It owns the engine configuration and the
+//! module cache ([`engine`]), the passes that make a module deterministic ([`passes`]),
+//! the meter and the memory limiter, the deterministic preview1 host ([`wasi`]), what a
+//! job may reach ([`capabilities`], the only place anything is granted), the run itself
+//! ([`run`]) and the delivery of its results ([`deliver`]).
+//!
+//! What it is not: a general WASI runtime — there are no real clocks, no entropy, no
+//! network and no host filesystem here, by design. It does not read job files
+//! (`detwasm-jobspec`) and knows nothing of batches, verification or campaigns
+//! (`detwasm-ops`); the job model is `detwasm-job`'s, re-exported here.
 //!
 //! ```no_run
 //! use detwasm_runtime::{Destination, EngineOptions, Job, Runtime};
@@ -22,31 +29,23 @@
 //! [`wasi::host`]; the filesystem in [`wasi::vfs`]; what a job may reach in
 //! [`capabilities`]; limits in [`job::Limits`].
 
-pub mod batch;
-pub mod campaign;
+// The job model lives in its own crate; its modules are re-exported under their old
+// names so that `detwasm_runtime::job::Job` and the runtime's own paths still read.
+pub use detwasm_job::{error, job, receipt, results};
+
 pub mod capabilities;
 pub mod deliver;
 pub mod engine;
-pub mod error;
-pub mod job;
 pub mod limiter;
 pub mod meter;
 pub mod passes;
-pub mod receipt;
-pub mod remote;
-pub mod request;
-pub mod results;
 pub mod run;
-pub mod scaffold;
 pub mod selffuzz;
-pub mod spec;
-pub mod verify;
 pub mod wasi;
 
 pub use engine::EngineOptions;
 pub use error::{JobError, RunError};
 pub use job::{Epoch, Input, Job, Limits, Output, ResultsOptions};
 pub use receipt::{Outcome, Receipt};
-pub use request::JobRequest;
 pub use results::Profile;
 pub use run::{Destination, Runtime};

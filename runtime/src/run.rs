@@ -23,7 +23,9 @@ use std::time::Instant;
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
 use crate::capabilities;
+pub use crate::deliver::Destination;
 use crate::deliver;
+pub use crate::engine::GUEST_THREAD_STACK;
 use crate::engine::{self, EngineOptions, ModuleCache};
 use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
@@ -33,13 +35,6 @@ use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
 
-/// Native stack a guest runs on: the pinned wasm stack plus ample room for host frames
-/// (WASI calls run on top of the deepest wasm frame). A job's guest runs on a wasmtime
-/// fiber of this size (`async_stack_size` in [`crate::engine::deterministic_config`]);
-/// the self-fuzzer and the stack tests, which call guests synchronously, run them on a
-/// thread of this size.
-pub const GUEST_THREAD_STACK: usize = crate::engine::MAX_WASM_STACK + (8 << 20);
-
 /// The host failure of a run whose native stack ran out before its metered stack limit.
 pub const NATIVE_STACK_EXHAUSTED: &str = "the native stack was exhausted before the metered \
     stack limit (the module's frames keep far more values natively than they hold); the \
@@ -47,17 +42,6 @@ pub const NATIVE_STACK_EXHAUSTED: &str = "the native stack was exhausted before 
 
 /// Modules kept loaded per runtime (see `Runtime::loaded`).
 const MAX_LOADED_MODULES: usize = 64;
-
-/// Where the results directory goes.
-#[derive(Clone, Debug)]
-pub enum Destination {
-    /// Exactly this path (must not exist, or be an empty directory).
-    At(PathBuf),
-    /// A new folder named after the job id inside this directory; when the job has run
-    /// there before, `<job id>-2`, `<job id>-3`, … so that re-running a job (the way a
-    /// verifier does) never fails and never touches an earlier result.
-    Under(PathBuf),
-}
 
 /// A configured engine and its linker; runs any number of jobs (one at a time per call;
 /// `run` takes `&self`, so several threads may run jobs at once).
@@ -283,7 +267,7 @@ impl Runtime {
                 Destination::At(p) => p.clone(),
                 Destination::Under(d) => d.join(&prepared.job_id),
             };
-            deliver::write_results(staging, &named, job, &host, &outcome, trap.as_deref())?;
+            write_results(staging, &named, job, &host, &outcome, trap.as_deref())?;
             results::cid_of_dir(staging, job.results.profile, !job.results.skip_hidden)
         })?;
 
@@ -486,5 +470,79 @@ fn dummy_ctx() -> Ctx {
         limits: JobLimiter::new(0),
         memory: None,
         meter: Meter::new(0, None),
+    }
+}
+
+/// Writes the results directory of a run into `dir` (an empty staging folder): `stdout`,
+/// `stderr` (with detwasm's line saying why the run ended, if it did not exit),
+/// `exitCode`, and one folder per output volume. Errors are
+/// [`RunError::WriteResults`] naming `dest`, the folder the results were meant for.
+pub fn write_results(
+    dir: &Path,
+    dest: &Path,
+    job: &Job,
+    host: &wasi::host::WasiHost,
+    outcome: &Outcome,
+    trap: Option<&str>,
+) -> Result<(), RunError> {
+    let failed = |cause| RunError::WriteResults {
+        dest: dest.to_path_buf(),
+        cause,
+    };
+    deliver::write_new(&dir.join("stdout"), &host.stdout).map_err(failed)?;
+    let mut stderr = host.stderr.clone();
+    if let Some(t) = trap {
+        if !stderr.is_empty() && !stderr.ends_with(b"\n") {
+            stderr.push(b'\n');
+        }
+        stderr.extend_from_slice(format!("detwasm: {t}\n").as_bytes());
+    }
+    deliver::write_new(&dir.join("stderr"), &stderr).map_err(failed)?;
+    deliver::write_new(
+        &dir.join("exitCode"),
+        outcome.exit_code().to_string().as_bytes(),
+    )
+    .map_err(failed)?;
+    // Writable folders (`--dir`), each a volume named after its guest path.
+    for (i, input) in job.inputs.iter().enumerate().filter(|(_, i)| i.writable) {
+        let d = dir.join(input.volume_name());
+        std::fs::create_dir(&d)
+            .map_err(|e| deliver::named(&d, e))
+            .map_err(failed)?;
+        host.vfs.export(i, &d).map_err(failed)?;
+    }
+    let first_output = job.inputs.len();
+    for (i, out) in job.outputs.iter().enumerate() {
+        let d = dir.join(&out.name);
+        std::fs::create_dir(&d)
+            .map_err(|e| deliver::named(&d, e))
+            .map_err(failed)?;
+        host.vfs.export(first_output + i, &d).map_err(failed)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_results_over_a_name_that_exists_fails_and_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        let job = Job::new(b"(module (func (export \"_start\")))".to_vec());
+        let host = crate::capabilities::grant(&job).unwrap();
+        let dest = t.path().join("final");
+        for taken in ["stdout", "exitCode", "outputs"] {
+            let dir = t.path().join(format!("staging-{taken}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join(taken), "earlier").unwrap();
+            let e = write_results(&dir, &dest, &job, &host, &Outcome::Exited(0), None).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, RunError::WriteResults { .. }), "{msg}");
+            assert!(msg.contains(&format!("writing results into {}", dest.display())));
+            assert!(msg.contains(&format!("{taken} already exists")), "{msg}");
+            assert!(msg.contains("nothing was delivered"), "{msg}");
+            assert_eq!(std::fs::read(dir.join(taken)).unwrap(), b"earlier");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use detwasm_runtime::batch::{self, BatchOptions};
+use detwasm_ops::batch::{self, BatchOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::run::runtime;

@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use detwasm_runtime::campaign::{self, Campaign, Param};
+use detwasm_ops::campaign::{self, Campaign, Param};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::run::{build_job, runtime, JobArgs};
-use detwasm_runtime::request::BuiltJob;
+use detwasm_ops::request::BuiltJob;
 
 /// Run one job many times under host perturbations and report any difference.
 ///

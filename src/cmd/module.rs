@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::spec::{self, check, ModuleDir};
-use detwasm_runtime::{scaffold, Runtime};
+use detwasm_jobspec::{self as spec, ModuleDir};
+use detwasm_ops::check;
+use detwasm_ops::scaffold;
+use detwasm_runtime::Runtime;
 
 /// Work with module specs (`lilypad_module.json.tmpl`).
 ///

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::verify::{self, Sources};
+use detwasm_ops::verify::{self, Sources};
 use detwasm_runtime::{Receipt, Runtime};
 
 /// Re-run the job a receipt describes and say whether its result is reproduced.

@@ -107,15 +107,16 @@ pub struct VirtualClock {
 }
 
 /// Test-only: lets the host's real time through the wall clock, so that a test can prove
-/// the determinism campaign ([`crate::campaign`]) catches a leaked channel. Compiled into
-/// this crate's unit tests only, never into a build anyone runs jobs with.
-#[cfg(test)]
+/// the determinism campaign (`detwasm_ops::campaign`) catches a leaked channel. Compiled
+/// only with the feature `leak-host-time-for-tests`, which only that crate's
+/// dev-dependency turns on; off, nothing reads the host's clock.
+#[cfg(feature = "leak-host-time-for-tests")]
 pub static LEAK_HOST_TIME: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
 impl VirtualClock {
     fn read(&mut self, id: u32) -> Result<u64, Errno> {
-        #[cfg(test)]
+        #[cfg(feature = "leak-host-time-for-tests")]
         if id == CLOCK_REALTIME && LEAK_HOST_TIME.load(std::sync::atomic::Ordering::SeqCst) {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
             return Ok(now.map(|d| d.as_nanos() as u64).unwrap_or(0));

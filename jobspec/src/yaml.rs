@@ -407,7 +407,7 @@ fn is_yaml_float(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::json::Obj;
+    use crate::json::Obj;
 
     fn plain(text: &str) -> Json {
         resolve(text, ScalarStyle::Plain).unwrap()

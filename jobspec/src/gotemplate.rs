@@ -32,7 +32,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::gofmt;
+use crate::gocompat;
 
 /// How deep `if`/`with` blocks (each `else if`/`else with` counts as one more level, as
 /// it is a nested block) and parenthesised pipelines may nest, all together.
@@ -780,7 +780,7 @@ impl Template {
                 Node::Action(pipe) => {
                     let v = self.eval_pipeline(pipe, dot)?;
                     self.last_line.set(pipe.line);
-                    self.write(out, &gofmt::sprint_value(&v))?;
+                    self.write(out, &gocompat::sprint_value(&v))?;
                 }
                 Node::Branch {
                     kind,
@@ -891,7 +891,7 @@ impl Template {
                                 pipe,
                                 format!(
                                     "can't evaluate field {field} in type {}",
-                                    gofmt::type_name(&other)
+                                    gocompat::type_name(&other)
                                 ),
                             ))
                         }
@@ -977,7 +977,7 @@ impl Template {
                 pipe,
                 format!(
                     "wrong type for value; expected string; got {}",
-                    gofmt::type_name(format)
+                    gocompat::type_name(format)
                 ),
             ));
         };
@@ -1019,17 +1019,17 @@ impl Template {
                             Err(_) => return Err(self.exec_error(pipe, format!("error calling subst: subst: invalid input ({s:?} is not a JSON-encoded string)"))),
                         },
                         Value::Missing => return Err(self.exec_error(pipe, "invalid value; expected string")),
-                        other => return Err(self.exec_error(pipe, format!("wrong type for value; expected string; got {}", gofmt::type_name(other)))),
+                        other => return Err(self.exec_error(pipe, format!("wrong type for value; expected string; got {}", gocompat::type_name(other)))),
                     }
                 }
-                gofmt::sprintf_limited(format, &decoded, MAX_OUTPUT)
+                gocompat::sprintf_limited(format, &decoded, MAX_OUTPUT)
                     .map(Value::Str)
                     .map_err(|_| self.too_long(pipe, name))
             }
             "printf" => {
                 let (format, rest) = self.format_and_operands(pipe, name, args)?;
                 let rest: Vec<Value> = rest.iter().map(as_any).collect();
-                gofmt::sprintf_limited(format, &rest, MAX_OUTPUT)
+                gocompat::sprintf_limited(format, &rest, MAX_OUTPUT)
                     .map(Value::Str)
                     .map_err(|_| self.too_long(pipe, name))
             }
@@ -1047,7 +1047,7 @@ impl Template {
                     }
                     let text = match a {
                         Value::Nil => "<nil>".to_string(),
-                        other => gofmt::sprint_value(other),
+                        other => gocompat::sprint_value(other),
                     };
                     if out.len().saturating_add(text.len()) >= MAX_OUTPUT {
                         return Err(self.too_long(pipe, name));
@@ -1066,7 +1066,7 @@ impl Template {
                     Value::Data(m) => Ok(Value::Int(m.len() as i64)),
                     other => Err(self.exec_error(
                         pipe,
-                        format!("error calling len: len of type {}", gofmt::type_name(other)),
+                        format!("error calling len: len of type {}", gocompat::type_name(other)),
                     )),
                 }
             }
@@ -1130,7 +1130,7 @@ pub fn render_module_template(
     let template = Template::parse(name, src)?;
     let encoded = inputs
         .iter()
-        .map(|(k, v)| (k.clone(), gofmt::json_marshal_string(v)))
+        .map(|(k, v)| (k.clone(), gocompat::json_marshal_string(v)))
         .collect();
     template.execute(&encoded)
 }

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::deliver::{self, Durability};
-use crate::job::Job;
-use crate::receipt::Receipt;
+use detwasm_runtime::deliver::{self, Durability};
+use detwasm_job::job::Job;
+use detwasm_job::receipt::Receipt;
 use crate::request::{BuiltJob, JobRequest};
-use crate::run::{Destination, Runtime, StagedRun};
+use detwasm_runtime::run::{Destination, Runtime, StagedRun};
 
 /// One job of a batch: its request, or why its line is not one.
 pub type Line = Result<JobRequest, String>;
@@ -251,7 +251,7 @@ pub struct Planned {
     pub job: Job,
     pub dest: Destination,
     /// A job file's staged file inputs: keep until the run (or packing) has ended.
-    pub staging: Option<crate::spec::v1::Staging>,
+    pub staging: Option<detwasm_jobspec::bacalhau::v1::Staging>,
 }
 
 /// The job a batch line describes and where its results go, or the message a batch
@@ -262,7 +262,7 @@ pub fn job_of(req: &JobRequest, opts: &BatchOptions) -> Result<Planned, String> 
     let mut req = req.clone();
     // The operator's grant applies to the jobs that have a spec to confine (for a bare
     // .wasm, `allow_inputs` is refused as a user's mistake).
-    if crate::spec::is_module_reference(&req.module) || crate::spec::v1::is_job_file(&req.module) {
+    if detwasm_jobspec::is_module_reference(&req.module) || detwasm_jobspec::bacalhau::v1::is_job_file(&req.module) {
         req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
     }
     let BuiltJob { job, staging, .. } = req.build(&opts.cwd).map_err(|e| e.to_string())?;
@@ -312,7 +312,7 @@ pub fn job_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineOptions;
+    use detwasm_runtime::engine::EngineOptions;
 
     const ECHO: &str = r#"(module
       (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))

@@ -24,11 +24,11 @@ use std::sync::Arc;
 use detwasm_hasher::{EntryKind, Hasher, Options};
 use serde::Serialize;
 
-use crate::error::RunError;
-use crate::job::{Epoch, Input, Job, Module, ResultsOptions};
-use crate::receipt::Receipt;
-use crate::results;
-use crate::run::{Destination, Runtime};
+use detwasm_job::error::RunError;
+use detwasm_job::job::{Epoch, Input, Job, Module, ResultsOptions};
+use detwasm_job::receipt::Receipt;
+use detwasm_job::results;
+use detwasm_runtime::run::{Destination, Runtime};
 
 /// Where to find what the receipt names, when not at the receipt's own paths.
 #[derive(Clone, Debug, Default)]
@@ -360,7 +360,7 @@ type Entries = BTreeMap<String, (String, EntryKind)>;
 pub fn diff_folders(
     ours: &Path,
     theirs: &Path,
-    profile: crate::Profile,
+    profile: detwasm_job::Profile,
     include_hidden: bool,
 ) -> Result<(String, String, Vec<Difference>), VerifyError> {
     let (ours_cid, a) = entries(ours, profile, include_hidden)?;
@@ -371,7 +371,7 @@ pub fn diff_folders(
 /// Every entry of a results folder with its CID.
 fn entries(
     dir: &Path,
-    profile: crate::Profile,
+    profile: detwasm_job::Profile,
     include_hidden: bool,
 ) -> Result<(String, Entries), VerifyError> {
     let opts = Options::profile(profile).with_hidden(include_hidden);

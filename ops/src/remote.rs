@@ -13,7 +13,7 @@
 //! - **Content, not paths.** The module's bytes, the stdin bytes and one CAR per input
 //!   tree (hidden files included: the guest sees them) are shipped; a worker materialises
 //!   the inputs in a scratch folder of its own. The job id depends only on content
-//!   ([`crate::job`]), so the worker's run has the driver's job id. Rejected: sending
+//!   ([`detwasm_job::job`]), so the worker's run has the driver's job id. Rejected: sending
 //!   host paths (every node would need the driver's filesystem, and a path names no
 //!   content: a file changed on one node would silently be another job); a tar of each
 //!   folder (nothing in it proves itself: a truncated or altered archive unpacks without
@@ -27,7 +27,7 @@
 //!   receipt that comes back must be for the driver's job (job id, engine, module and
 //!   input CIDs), every block of the results CAR must match its CID, and the folder
 //!   written must hash to the receipt's results CID before it gets its final name
-//!   ([`crate::deliver`]: staged, synced, renamed). The exit code and instruction count
+//!   ([`detwasm_runtime::deliver`]: staged, synced, renamed). The exit code and instruction count
 //!   are the worker's word: re-running every job on the driver would double the work and
 //!   defeat the cluster. The workers are the user's own machines; to check a result
 //!   without trusting them, run `detwasm verify` on the receipt (that is what it is
@@ -43,12 +43,12 @@ use detwasm_hasher::unpack::{Car, UnpackError};
 use detwasm_hasher::{Cid, Hasher, Options};
 use serde::{Deserialize, Serialize};
 
-use crate::deliver::{self, Durability};
-use crate::error::RunError;
-use crate::job::{Epoch, Input, Job, Limits, Module, Output, ResultsOptions};
-use crate::receipt::Receipt;
-use crate::results;
-use crate::run::{Destination, Runtime};
+use detwasm_runtime::deliver::{self, Durability};
+use detwasm_job::error::RunError;
+use detwasm_job::job::{Epoch, Input, Job, Limits, Module, Output, ResultsOptions};
+use detwasm_job::receipt::Receipt;
+use detwasm_job::results;
+use detwasm_runtime::run::{Destination, Runtime};
 
 /// Room for what a results folder holds beyond its output quota: the `exitCode` file and
 /// the line detwasm appends to `stderr` when a run does not exit (see
@@ -343,7 +343,7 @@ pub fn run_portable(
 }
 
 /// Checks a worker's receipt and results CAR against the packed job and delivers the
-/// results at `dest` (staged, checked, synced, renamed: see [`crate::deliver`]). Returns
+/// results at `dest` (staged, checked, synced, renamed: see [`detwasm_runtime::deliver`]). Returns
 /// the receipt `detwasm batch` gives for the job: the driver's paths, the delivered
 /// folder.
 pub fn deliver(
@@ -431,7 +431,7 @@ pub fn deliver(
 mod tests {
     use super::*;
     use crate::batch::{job_of, BatchOptions};
-    use crate::engine::EngineOptions;
+    use detwasm_runtime::engine::EngineOptions;
     use crate::request::JobRequest;
     use std::path::Path;
 

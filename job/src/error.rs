@@ -78,7 +78,8 @@ pub enum RunError {
 }
 
 impl RunError {
-    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
+    /// An I/O error with what detwasm was doing when it happened.
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         RunError::Io {
             context: context.into(),
             cause,

@@ -323,7 +323,7 @@ pub struct Packed {
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error(transparent)]
-    Spec(#[from] crate::spec::SpecError),
+    Spec(#[from] detwasm_jobspec::SpecError),
     #[error("{}: the template names no entry module (EntryModule needs a Path or a CID)", .0.display())]
     NoPath(PathBuf),
     #[error("{}: {cause}", path.display())]
@@ -340,9 +340,9 @@ pub enum PackError {
 /// CAR can be imported into any IPFS node (`ipfs dag import`) and the module fetched by
 /// its CID. The CAR is written atomically.
 pub fn pack(
-    module: &crate::spec::ModuleDir,
+    module: &detwasm_jobspec::ModuleDir,
     inputs: &std::collections::BTreeMap<String, String>,
-    profile: crate::Profile,
+    profile: detwasm_job::Profile,
 ) -> Result<Packed, PackError> {
     let (_, spec) = module.spec(inputs)?;
     let rel = spec.entry_module.path.trim();
@@ -353,9 +353,9 @@ pub fn pack(
         if named.is_empty() {
             return Err(PackError::NoPath(module.template_path.clone()));
         }
-        crate::spec::resolve::entry_module(&module.dir, named, "")?
+        detwasm_jobspec::resolve::entry_module(&module.dir, named, "")?
     } else {
-        crate::spec::resolve::entry_module(&module.dir, "", rel)?
+        detwasm_jobspec::resolve::entry_module(&module.dir, "", rel)?
     };
     let mut car = Vec::new();
     let hashed = detwasm_hasher::Hasher::new(detwasm_hasher::Options::profile(profile))
@@ -366,7 +366,7 @@ pub fn pack(
             cause: e.to_string(),
         })?;
     let car_path = entry.file.with_extension("car");
-    crate::deliver::write_file_atomically(&car_path, &car).map_err(|cause| PackError::Io {
+    detwasm_runtime::deliver::write_file_atomically(&car_path, &car).map_err(|cause| PackError::Io {
         path: car_path.clone(),
         cause,
     })?;
@@ -403,8 +403,8 @@ mod tests {
         let files = new_module(&t.path().join("m"), "m", Lang::C).unwrap();
         assert!(files.contains(&PathBuf::from("main.c")));
         let dir =
-            crate::spec::ModuleDir::open_in(t.path().join("m").to_str().unwrap(), &[]).unwrap();
-        let inputs = crate::spec::parse_inputs(&["Message=hi"]).unwrap();
+            detwasm_jobspec::ModuleDir::open_in(t.path().join("m").to_str().unwrap(), &[]).unwrap();
+        let inputs = detwasm_jobspec::parse_inputs(&["Message=hi"]).unwrap();
         let (_, spec) = dir.spec(&inputs).unwrap();
         assert_eq!(spec.parameters, ["hi"]);
         assert_eq!(spec.entry_module.path, "m.wasm");
@@ -419,13 +419,13 @@ mod tests {
         for f in ["lilypad_module.json.tmpl", "cowsay.wasm"] {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();
         }
-        let module = crate::spec::ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
-        let packed = pack(&module, &Default::default(), crate::Profile::UnixfsV0_2015).unwrap();
+        let module = detwasm_jobspec::ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
+        let packed = pack(&module, &Default::default(), detwasm_job::Profile::UnixfsV0_2015).unwrap();
         assert_eq!(packed.car, dir.join("cowsay.car"));
         assert_eq!(packed.template_cid.as_deref(), Some(packed.cid.as_str()));
         // Without the .wasm, the module is found by its CID inside the CAR.
         std::fs::remove_file(dir.join("cowsay.wasm")).unwrap();
-        let found = crate::spec::resolve::entry_module(&dir, &packed.cid, "").unwrap();
+        let found = detwasm_jobspec::resolve::entry_module(&dir, &packed.cid, "").unwrap();
         assert_eq!(found.file, dir.join("cowsay.car"));
         assert_eq!(found.bytes, std::fs::read(src.join("cowsay.wasm")).unwrap());
     }

@@ -3,8 +3,8 @@
 //!
 //! A job file (YAML, or the same object as JSON, bare or wrapped in `{"Job": …}` as
 //! `PUT /api/v1/orchestrator/jobs` takes it) is read as Bacalhau's CLI reads it
-//! ([`super::yaml`]: YAML 1.1 scalars, keys case-insensitive, sorted) and becomes the
-//! same [`Job`] a Lilypad module spec becomes ([`super::assemble`]), with its host paths
+//! ([`crate::yaml`]: YAML 1.1 scalars, keys case-insensitive, sorted) and becomes the
+//! same [`Job`] a Lilypad module spec becomes ([`crate::assemble`]), with its host paths
 //! confined by the same [`InputPolicy`]. What is honoured:
 //!
 //! | field | becomes |
@@ -50,11 +50,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bacalhau::{refuse, OutputSpec, WHY_DOCKER, WHY_GPU, WHY_IMPORTS, WHY_NETWORK};
-use super::json::{Json, Obj, TypeMismatch};
-use super::resolve::{self, EntryModule, MAX_MODULE_FILE};
-use super::{assemble, car, yaml, InputPolicy, Mount, SpecError, TaskParts};
-use crate::job::{Job, MAX_TIMEOUT};
+use super::v1beta1::{refuse, OutputSpec, WHY_DOCKER, WHY_GPU, WHY_IMPORTS, WHY_NETWORK};
+use crate::json::{Json, Obj, TypeMismatch};
+use crate::resolve::{self, EntryModule, MAX_MODULE_FILE};
+use crate::{assemble, car, yaml, InputPolicy, Mount, SpecError, TaskParts};
+use detwasm_job::job::{Job, MAX_TIMEOUT};
 
 /// File name endings that make a `detwasm run` argument a job file.
 pub const JOB_FILE_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
@@ -213,7 +213,7 @@ fn type_error(e: TypeMismatch) -> SpecError {
             hint: "a string: Bacalhau reads YAML as YAML 1.1, where unquoted yes/no/on/off/y/n are booleans and 10 or 0x1F are numbers; quote the value (\"on\")".into(),
         };
     }
-    super::bacalhau::field_error(e)
+    super::v1beta1::field_error(e)
 }
 
 fn at(line: Option<usize>) -> impl Fn(SpecError) -> Located {

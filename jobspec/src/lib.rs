@@ -1,53 +1,61 @@
-//! Lilypad-style module specs: template rendering and Bacalhau job specs.
+//! detwasm-jobspec: job files, read as their own tools read them, turned into a [`Job`].
 //!
-//! A module is a folder with `lilypad_module.json.tmpl` (and its `.wasm`, or a `.car`
-//! holding it). Running one is four steps, each its own sub-module:
+//! What it owns: Lilypad module folders (`lilypad_module.json.tmpl`, rendered byte for
+//! byte as Lilypad's Go `text/template` renders it), Bacalhau job specs (v1beta1, the
+//! rendered Lilypad spec, and v1 job files in YAML or JSON), Go's JSON, fmt and YAML 1.1
+//! rules as those tools apply them, content named by CID beside a job (folders, files,
+//! CARs), and the confinement of every host path a job file names ([`InputPolicy`]).
+//! What it does not: run anything or depend on an engine; a job file becomes a
+//! [`Job`] (from `detwasm-job`), and `detwasm-runtime` runs it.
+//!
+//! A module folder is turned into a job in four steps, each its own module:
 //!
 //! 1. [`resolve`]: find the folder from a reference (`./dir`, `cowsay`, `cowsay:v0.1.0`;
 //!    `github.com/owner/repo:tag` is an error that says to clone it first);
-//! 2. [`template`]: render the template exactly as Lilypad does — Go `text/template`,
-//!    every input JSON-encoded by Go's `json.Marshal` ([`gofmt`]) before it is
+//! 2. [`gotemplate`]: render the template exactly as Lilypad does — Go `text/template`,
+//!    every input JSON-encoded by Go's `json.Marshal` ([`gocompat`]) before it is
 //!    substituted, and the `subst` helper;
-//! 3. [`bacalhau`]: read the rendered JSON as Go's `encoding/json` would ([`json`]:
-//!    keys case-insensitive, later keys win) and refuse what detwasm cannot honour
-//!    (Docker, a network, a GPU, downloads) with an error saying why;
+//! 3. [`bacalhau::v1beta1`]: read the rendered JSON as Go's `encoding/json` would
+//!    ([`json`]: keys case-insensitive, later keys win) and refuse what detwasm cannot
+//!    honour (Docker, a network, a GPU, downloads) with an error saying why;
 //! 4. [`ModuleDir::job`]: confine every input `SourcePath` to the folders the operator
 //!    allowed ([`InputPolicy`]), find the entry module (by `Path`, or by `CID`, hashing
-//!    each candidate as `ipfs add` would) and build the runtime's [`Job`].
+//!    each candidate as `ipfs add` would) and build the [`Job`].
+//!
+//! A Bacalhau v1 job file takes [`bacalhau::v1`] (with [`yaml`]) instead of steps 1–3.
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
-//! use detwasm_runtime::spec::ModuleDir;
+//! use detwasm_jobspec::ModuleDir;
 //! let module = ModuleDir::open("cowsay")?;
 //! let inputs = BTreeMap::from([("Message".to_string(), "moo".to_string())]);
 //! println!("{}", module.render(&inputs)?);
-//! let policy = detwasm_runtime::spec::InputPolicy::from_env_and(&[]);
+//! let policy = detwasm_jobspec::InputPolicy::from_env_and(&[]);
 //! let prepared = module.job(&inputs, &std::env::current_dir().unwrap(), &policy)?;
-//! # Ok::<(), detwasm_runtime::spec::SpecError>(())
+//! # Ok::<(), detwasm_jobspec::SpecError>(())
 //! ```
 
 pub mod bacalhau;
 pub mod car;
-pub mod check;
 pub mod fuzz;
-pub mod gofmt;
+pub mod gocompat;
+pub mod gotemplate;
 pub mod json;
 pub mod resolve;
-pub mod template;
-pub mod v1;
 pub mod yaml;
+
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use bacalhau::{parse_rendered, WasmSpec};
+pub use bacalhau::v1beta1::{parse_rendered, WasmSpec};
 pub use resolve::{
     find_module, is_module_reference, module_path, EntryModule, ModuleRef, MODULE_PATH_ENV,
     TEMPLATE_FILE,
 };
-pub use template::{render_module_template, TemplateError};
+pub use gotemplate::{render_module_template, TemplateError};
 
-use crate::job::{Job, Output, DEFAULT_INPUT_PATH};
+use detwasm_job::job::{Job, Output, DEFAULT_INPUT_PATH};
 
 /// Why a module could not be loaded, rendered or turned into a job.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +353,7 @@ pub struct TaskParts {
     /// Sorted by key.
     pub env: Vec<(String, String)>,
     /// `None`: the job's default `outputs` volume; `Some(vec![])`: no output volume.
-    pub outputs: Option<Vec<bacalhau::OutputSpec>>,
+    pub outputs: Option<Vec<bacalhau::v1beta1::OutputSpec>>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
     /// The wall-clock safety net.
@@ -422,7 +430,7 @@ impl ModuleDir {
     pub fn open_in(reference: &str, search: &[PathBuf]) -> Result<ModuleDir, SpecError> {
         let dir = find_module(reference, search)?;
         let template_path = dir.join(TEMPLATE_FILE);
-        let bytes = resolve::read_bounded(&template_path, template::MAX_TEMPLATE as u64)?;
+        let bytes = resolve::read_bounded(&template_path, gotemplate::MAX_TEMPLATE as u64)?;
         let template = String::from_utf8(bytes).map_err(|e| SpecError::Io {
             path: template_path.clone(),
             message: format!("not UTF-8 text: {e}"),
@@ -555,7 +563,7 @@ mod tests {
         std::fs::write(dir.join("m.wasm"), b"hello\n").unwrap();
         let template = format!(
             r#"{{"job":{{"Spec":{{"Engine":"Wasm","Wasm":{{"EntryModule":{{"Path":"m.wasm"}}}},"Inputs":[{{"SourcePath":{},"Path":"/in"}}]}}}}}}"#,
-            gofmt::json_marshal_string(source)
+            gocompat::json_marshal_string(source)
         );
         std::fs::write(dir.join(TEMPLATE_FILE), template).unwrap();
         let module = ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::{parse_rendered, resolve, template, InputPolicy};
+use super::{gotemplate, parse_rendered, resolve, InputPolicy};
 
 /// Splits fuzz data into a template and its inputs: the template is everything before
 /// the first NUL byte; after it, NUL-separated `KEY=VALUE` inputs.
@@ -27,8 +27,8 @@ fn split_template_input(data: &[u8]) -> (String, BTreeMap<String, String>) {
 /// Renders arbitrary bytes as a module template (see [`split_template_input`]).
 pub fn fuzz_template(data: &[u8]) {
     let (text, inputs) = split_template_input(data);
-    if let Ok(out) = template::render_module_template("fuzz", &text, &inputs) {
-        assert!(out.len() <= template::MAX_OUTPUT, "output over the limit");
+    if let Ok(out) = gotemplate::render_module_template("fuzz", &text, &inputs) {
+        assert!(out.len() <= gotemplate::MAX_OUTPUT, "output over the limit");
     }
 }
 
@@ -245,7 +245,7 @@ mod tests {
         let mut seeds: Vec<Vec<u8>> = example_templates()
             .into_iter()
             .filter_map(|(p, t)| {
-                template::render_module_template(&p.display().to_string(), &t, &BTreeMap::new())
+                gotemplate::render_module_template(&p.display().to_string(), &t, &BTreeMap::new())
                     .ok()
             })
             .map(String::into_bytes)

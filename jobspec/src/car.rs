@@ -325,7 +325,7 @@ mod tests {
             };
             let out = t.path().join(format!("out-{profile}"));
             assert_eq!(unpack_root(&car, &root, &out).unwrap(), Some(true));
-            let again = crate::results::cid_of_dir(&out, profile, true).unwrap();
+            let again = detwasm_job::results::cid_of_dir(&out, profile, true).unwrap();
             assert_eq!(again, root.to_string(), "{profile}");
             let other = t.path().join(format!("other-{profile}"));
             let elsewhere =

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::template::Value;
+use crate::gotemplate::Value;
 
 /// `json.Marshal(s)` for a Go string, byte for byte (Go 1.22 and later).
 ///

@@ -1,6 +1,6 @@
 //! The rendered module spec: Lilypad's `{machine, job}` around a Bacalhau v1beta1
 //! `job.Spec`, read as Lilypad reads it (Go `encoding/json`: case-insensitive keys, see
-//! [`super::json`]) and checked against what detwasm can honour.
+//! [`crate::json`]) and checked against what detwasm can honour.
 //!
 //! Honoured: `Engine: "Wasm"`; `Wasm.EntryModule` (`CID` and/or `Path`), `EntryPoint`,
 //! `Parameters`, `EnvironmentVariables`; `Inputs` from local directories; `Outputs`;
@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use super::json::{self, Json, Obj, TypeMismatch};
-use super::SpecError;
+use crate::json::{self, Json, Obj, TypeMismatch};
+use crate::SpecError;
 
 /// Where an entry module or an input comes from (a Bacalhau `StorageSpec`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,9 +62,9 @@ pub struct WasmSpec {
 }
 
 impl WasmSpec {
-    /// The parts every spec format shares ([`super::assemble`]).
-    pub fn parts(&self) -> super::TaskParts {
-        super::TaskParts {
+    /// The parts every spec format shares ([`crate::assemble`]).
+    pub fn parts(&self) -> crate::TaskParts {
+        crate::TaskParts {
             entry_point: self.entry_point.clone(),
             parameters: self.parameters.clone(),
             env: self.env.clone(),

@@ -16,12 +16,12 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::job::{
+use detwasm_job::job::{
     Epoch, Job, Limits, Output, ResultsOptions, DEFAULT_ENTRY, DEFAULT_INPUT_PATH,
     DEFAULT_OUTPUT_NAME, DEFAULT_OUTPUT_PATH, MAX_TIMEOUT,
 };
-use crate::results::Profile;
-use crate::spec::{self, InputPolicy};
+use detwasm_job::results::Profile;
+use detwasm_jobspec::{self as spec, InputPolicy};
 
 /// A job's options. Every field has `detwasm run`'s default. As JSON: an object with
 /// these keys (snake case); unknown keys are an error, so a misspelt option is never
@@ -55,7 +55,7 @@ pub struct JobRequest {
     /// Seconds since 1970 or RFC 3339 (default 2022-01-01T00:00:00Z).
     #[serde(default)]
     pub epoch: Option<EpochValue>,
-    /// Instruction budget (default [`crate::job::DEFAULT_FUEL`]).
+    /// Instruction budget (default [`detwasm_job::job::DEFAULT_FUEL`]).
     #[serde(default)]
     pub fuel: Option<u64>,
     /// Linear memory limit: bytes, or a size such as `256MiB` (default 1GiB).
@@ -191,7 +191,7 @@ impl JobRequest {
         let mut staging = None;
         // A module folder or name, or a Bacalhau v1 job file: the job comes from its
         // spec; the options add to it (args, env, inputs) or tighten it (memory, timeout).
-        let from_spec = if spec::v1::is_job_file(module) {
+        let from_spec = if spec::bacalhau::v1::is_job_file(module) {
             if !self.input_values.is_empty() {
                 return Err(RequestError::new(
                     "input_values",
@@ -199,7 +199,7 @@ impl JobRequest {
                 ));
             }
             let policy = InputPolicy::from_env_and(&self.allow_inputs);
-            let loaded = spec::v1::load(module, cwd, &policy)?;
+            let loaded = spec::bacalhau::v1::load(module, cwd, &policy)?;
             notes = loaded.notes;
             staging = loaded.staging;
             Some(loaded.job)
@@ -283,14 +283,14 @@ impl JobRequest {
             .timeout
             .map(|t| parse_timeout(t).map_err(|m| RequestError::new("timeout", m)))
             .transpose()?;
-        let fuel = self.fuel.unwrap_or(crate::job::DEFAULT_FUEL);
+        let fuel = self.fuel.unwrap_or(detwasm_job::job::DEFAULT_FUEL);
         if fuel == 0 {
             return Err(RequestError::new(
                 "fuel",
                 "must be at least 1 (the run would end before its first instruction)",
             ));
         }
-        let memory = size(&self.memory, "memory", crate::job::DEFAULT_MEMORY)?;
+        let memory = size(&self.memory, "memory", detwasm_job::job::DEFAULT_MEMORY)?;
         job.limits = Limits {
             fuel,
             memory: if is_module {
@@ -301,7 +301,7 @@ impl JobRequest {
             max_output: size(
                 &self.max_output,
                 "max_output",
-                crate::job::DEFAULT_MAX_OUTPUT,
+                detwasm_job::job::DEFAULT_MAX_OUTPUT,
             )?,
             timeout: if is_module {
                 timeout.or(job.limits.timeout)
@@ -334,7 +334,7 @@ pub struct BuiltJob {
     /// Notes for the user, as `FILE:LINE: text`.
     pub notes: Vec<String>,
     /// Keep alive until the run has ended.
-    pub staging: Option<spec::v1::Staging>,
+    pub staging: Option<spec::bacalhau::v1::Staging>,
 }
 
 fn size(v: &Option<Size>, key: &'static str, default: u64) -> Result<u64, RequestError> {

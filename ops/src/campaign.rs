@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::engine::EngineOptions;
-use crate::error::RunError;
-use crate::job::{Input, Job};
-use crate::receipt::Receipt;
-use crate::run::{Destination, Runtime};
+use detwasm_runtime::engine::EngineOptions;
+use detwasm_job::error::RunError;
+use detwasm_job::job::{Input, Job};
+use detwasm_job::receipt::Receipt;
+use detwasm_runtime::run::{Destination, Runtime};
 use crate::verify::{diff_folders, Difference};
 
 /// A job parameter the campaign can vary on purpose.
@@ -605,10 +605,10 @@ mod tests {
     /// names the file it shows in.
     #[test]
     fn a_leaked_host_clock_is_caught_and_the_file_named() {
-        crate::wasi::host::LEAK_HOST_TIME.store(true, Ordering::SeqCst);
+        detwasm_runtime::wasi::host::LEAK_HOST_TIME.store(true, Ordering::SeqCst);
         let job = Job::new(fixture("fixtures/probes/probe.wasm")).push_arg("report");
         let report = run_campaign(&runtime(), &job, &campaign(3, vec![]));
-        crate::wasi::host::LEAK_HOST_TIME.store(false, Ordering::SeqCst);
+        detwasm_runtime::wasi::host::LEAK_HOST_TIME.store(false, Ordering::SeqCst);
         let report = report.unwrap();
         assert!(report.divergent);
         let files: Vec<&str> = report.differences[0]

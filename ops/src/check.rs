@@ -2,7 +2,7 @@
 //!
 //! Five steps, each reported with its evidence; a failed step stops the ones that need
 //! it: the template renders; the rendered spec is a WASM job detwasm can honour (its
-//! inputs inside the allowed folders: [`super::InputPolicy`]); the
+//! inputs inside the allowed folders: [`detwasm_jobspec::InputPolicy`]); the
 //! entry module is found and matches its CID; the wasm loads and imports only
 //! `wasi_snapshot_preview1` (with the types detwasm provides) and exports its entry
 //! point; a test run with the given (default: no) inputs, done twice into different
@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use super::{InputPolicy, ModuleDir};
-use crate::run::{Destination, Runtime};
+use detwasm_jobspec::{InputPolicy, ModuleDir};
+use detwasm_runtime::run::{Destination, Runtime};
 
 /// One step of a check.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +53,7 @@ pub fn check(
     }
     // Inputs are part of "can honour": a SourcePath outside the allowed folders is a
     // spec detwasm refuses to run, so it fails this step with the refusal's message.
-    let spec = super::parse_rendered(rendered.as_ref().expect("checked above")).and_then(|s| {
+    let spec = detwasm_jobspec::parse_rendered(rendered.as_ref().expect("checked above")).and_then(|s| {
         policy.resolve_inputs(&module.dir, cwd, &s)?;
         Ok(s)
     });
@@ -93,7 +93,7 @@ pub fn check(
             // The module's own imports, not the one the fuel pass adds.
             let own = || {
                 m.imports()
-                    .filter(|i| !crate::meter::is_pass_import(i.module(), i.name()))
+                    .filter(|i| !detwasm_runtime::meter::is_pass_import(i.module(), i.name()))
             };
             let namespaces: BTreeSet<String> = own().map(|i| i.module().to_string()).collect();
             let names: Vec<String> = own().map(|i| i.name().to_string()).collect();

@@ -1,0 +1,24 @@
+//! detwasm-ops: the tools built on the runtime, one module each.
+//!
+//! What it owns: turning a user's request (the options of `detwasm run`, a line of a
+//! jobs file, a Python call) into a job ([`request`]); many jobs in one process
+//! ([`batch`]) and on other machines ([`remote`]); checking a provider's result by
+//! re-running its job ([`verify`]); the perturbation campaign that tells an author what a
+//! module's output depends on ([`campaign`], `detwasm fuzz`); starting and packing a
+//! module folder ([`scaffold`]) and checking one before it is published ([`check`]).
+//! What it does not: grant a guest anything or run one itself — every run goes through
+//! `detwasm-runtime`'s `Runtime`, and every job file is read by `detwasm-jobspec`.
+//!
+//! Arrows point down only: the CLI and the Python package call this crate; it calls
+//! `detwasm-runtime`, `detwasm-jobspec`, `detwasm-job` and `detwasm-hasher`, none of
+//! which know it exists.
+
+pub mod batch;
+pub mod campaign;
+pub mod check;
+pub mod remote;
+pub mod request;
+pub mod scaffold;
+pub mod verify;
+
+pub use request::JobRequest;
