@@ -3,36 +3,10 @@
 //! written as `detwasm run` flags, and each setting detwasm cannot honour must be refused
 //! with the file, the line and what to write instead.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
+use cli_support::*;
 
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-cli-cache"),
-    )
-    .env_remove("DETWASM_ALLOW_INPUTS");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    root().join("fixtures").join(rel)
-}
-
-fn receipt(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "detwasm failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
-}
+use std::path::Path;
 
 /// Runs `detwasm run ARGS --json` into a fresh results folder; the receipt.
 fn run(args: &[&std::ffi::OsStr]) -> serde_json::Value {

@@ -2,17 +2,10 @@
 //! options gives, in input order, whatever the parallelism; a line that is not a job, or
 //! a job that cannot run, gets an error line naming it and the others go on.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod cli_support;
+use cli_support::*;
 
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-batch-cache"),
-    );
-    c
-}
+use std::path::{Path, PathBuf};
 
 fn root(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)

@@ -1,19 +1,12 @@
 //! `detwasm fuzz` end to end, as a module author runs it before publishing: every
 //! perturbation (including another detwasm process) agrees on a deterministic module, and
 //! `--vary` says what the output depends on. That a campaign catches a leak is proven in
-//! `detwasm_runtime::campaign`'s tests, with a test-only leaked host clock.
+//! `detwasm_ops::campaign`'s tests, with a test-only leaked host clock.
+
+mod cli_support;
+use cli_support::*;
 
 use std::path::Path;
-use std::process::Command;
-
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-fuzz-cache"),
-    );
-    c
-}
 
 fn json(args: &[&str], cwd: &Path) -> serde_json::Value {
     let out = detwasm().current_dir(cwd).args(args).output().unwrap();

@@ -4,6 +4,9 @@
 //! against the bound the runtime promises: memory limit + output quota +
 //! [`HOST_OVERHEAD`]. SECURITY.md lists these tests by name.
 
+mod cli_support;
+use cli_support::*;
+
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -60,16 +63,6 @@ impl Run {
         );
         assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
     }
-}
-
-/// The CLI, with its module cache in the build's temp dir (not the user's ~/.cache).
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-hostile-cache"),
-    );
-    c
 }
 
 /// Runs `detwasm run MODULE.wat --json` with the tests' limits plus `extra` flags, and

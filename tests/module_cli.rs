@@ -3,40 +3,11 @@
 //! twice under host perturbation (other working folder, temp folder, cache folder, TZ,
 //! locale and unrelated environment), which must give the same results CID.
 
+mod cli_support;
+use cli_support::*;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env_remove("DETWASM_MODULE_PATH");
-    c.env_remove("DETWASM_ALLOW_INPUTS");
-    c
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "detwasm failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected a failure, got stdout:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
 
 #[test]
 fn render_cowsay_is_byte_for_byte_the_template_with_the_json_encoded_input() {

@@ -11,13 +11,12 @@
 //! Inputs avoid `\b` and `\f`: Go before 1.22 escapes them as `\u0008`/`\u000c`, Lilypad
 //! builds with a newer Go (short forms, as detwasm writes them).
 
+mod cli_support;
+use cli_support::*;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn go_renderer(dir: &Path) -> PathBuf {
     let ok = Command::new("go")

@@ -6,18 +6,17 @@
 //! compares CIDs; it needs the `wasm32-wasip1` target (installed by scripts/setup.sh,
 //! so in CI) and says so when it is missing.
 
+mod cli_support;
+use cli_support::*;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use detwasm_hasher::{Hasher, Node, Options, Profile};
 
 const MODULES: [&str; 4] = ["cowsay", "artgen", "wordstats", "digits"];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The CID `ipfs add` prints for a file (kubo defaults: unixfs-v0-2015).
 fn cid_of(path: &Path) -> String {

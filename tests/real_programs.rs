@@ -2,8 +2,10 @@
 //! the set-up; never committed): detwasm runs them, fuzzes them for non-determinism, and
 //! verifies their receipts.
 
+mod cli_support;
+use cli_support::*;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn workload(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,15 +17,6 @@ fn workload(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-real-cache"),
-    );
-    c
 }
 
 /// `detwasm run MODULE --input in -o results --receipt receipt.json -- ARG` in `dir`.

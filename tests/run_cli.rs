@@ -2,18 +2,11 @@
 //! that differ in everything but the job (environment, TZ, locale, cwd, cache, input
 //! location and filesystem) prints the same results CID and instruction count.
 
+mod cli_support;
+use cli_support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// The CLI, with its module cache in the build's temp dir (not the user's ~/.cache).
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-cli-cache"),
-    );
-    c
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,17 +3,11 @@
 //! the files that differ; a job that cannot be re-run (module or input missing or not
 //! the receipt's) exits 2 and says which.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
+use cli_support::*;
 
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-verify-cache"),
-    );
-    c
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn probe() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm")

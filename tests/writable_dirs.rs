@@ -4,17 +4,11 @@
 //! host folder's path, creation order and mtimes. The README's `--dir` example is run
 //! and its CID checked.
 
+mod cli_support;
+use cli_support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn detwasm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
-    c.env(
-        "DETWASM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-dirs-cache"),
-    );
-    c
-}
 
 fn notes_module() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/notes.wat")

@@ -1066,7 +1066,10 @@ impl Template {
                     Value::Data(m) => Ok(Value::Int(m.len() as i64)),
                     other => Err(self.exec_error(
                         pipe,
-                        format!("error calling len: len of type {}", gocompat::type_name(other)),
+                        format!(
+                            "error calling len: len of type {}",
+                            gocompat::type_name(other)
+                        ),
                     )),
                 }
             }

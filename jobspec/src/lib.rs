@@ -44,16 +44,15 @@ pub mod json;
 pub mod resolve;
 pub mod yaml;
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use bacalhau::v1beta1::{parse_rendered, WasmSpec};
+pub use gotemplate::{render_module_template, TemplateError};
 pub use resolve::{
     find_module, is_module_reference, module_path, EntryModule, ModuleRef, MODULE_PATH_ENV,
     TEMPLATE_FILE,
 };
-pub use gotemplate::{render_module_template, TemplateError};
 
 use detwasm_job::job::{Job, Output, DEFAULT_INPUT_PATH};
 

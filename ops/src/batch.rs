@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use detwasm_runtime::deliver::{self, Durability};
+use crate::request::{BuiltJob, JobRequest};
 use detwasm_job::job::Job;
 use detwasm_job::receipt::Receipt;
-use crate::request::{BuiltJob, JobRequest};
+use detwasm_runtime::deliver::{self, Durability};
 use detwasm_runtime::run::{Destination, Runtime, StagedRun};
 
 /// One job of a batch: its request, or why its line is not one.
@@ -262,7 +262,9 @@ pub fn job_of(req: &JobRequest, opts: &BatchOptions) -> Result<Planned, String> 
     let mut req = req.clone();
     // The operator's grant applies to the jobs that have a spec to confine (for a bare
     // .wasm, `allow_inputs` is refused as a user's mistake).
-    if detwasm_jobspec::is_module_reference(&req.module) || detwasm_jobspec::bacalhau::v1::is_job_file(&req.module) {
+    if detwasm_jobspec::is_module_reference(&req.module)
+        || detwasm_jobspec::bacalhau::v1::is_job_file(&req.module)
+    {
         req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
     }
     let BuiltJob { job, staging, .. } = req.build(&opts.cwd).map_err(|e| e.to_string())?;

@@ -26,12 +26,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use detwasm_runtime::engine::EngineOptions;
+use crate::verify::{diff_folders, Difference};
 use detwasm_job::error::RunError;
 use detwasm_job::job::{Input, Job};
 use detwasm_job::receipt::Receipt;
+use detwasm_runtime::engine::EngineOptions;
 use detwasm_runtime::run::{Destination, Runtime};
-use crate::verify::{diff_folders, Difference};
 
 /// A job parameter the campaign can vary on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

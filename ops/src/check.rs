@@ -53,10 +53,11 @@ pub fn check(
     }
     // Inputs are part of "can honour": a SourcePath outside the allowed folders is a
     // spec detwasm refuses to run, so it fails this step with the refusal's message.
-    let spec = detwasm_jobspec::parse_rendered(rendered.as_ref().expect("checked above")).and_then(|s| {
-        policy.resolve_inputs(&module.dir, cwd, &s)?;
-        Ok(s)
-    });
+    let spec =
+        detwasm_jobspec::parse_rendered(rendered.as_ref().expect("checked above")).and_then(|s| {
+            policy.resolve_inputs(&module.dir, cwd, &s)?;
+            Ok(s)
+        });
     if !record(
         "spec is a WASM job detwasm can honour",
         spec.as_ref()

@@ -43,11 +43,11 @@ use detwasm_hasher::unpack::{Car, UnpackError};
 use detwasm_hasher::{Cid, Hasher, Options};
 use serde::{Deserialize, Serialize};
 
-use detwasm_runtime::deliver::{self, Durability};
 use detwasm_job::error::RunError;
 use detwasm_job::job::{Epoch, Input, Job, Limits, Module, Output, ResultsOptions};
 use detwasm_job::receipt::Receipt;
 use detwasm_job::results;
+use detwasm_runtime::deliver::{self, Durability};
 use detwasm_runtime::run::{Destination, Runtime};
 
 /// Room for what a results folder holds beyond its output quota: the `exitCode` file and
@@ -431,8 +431,8 @@ pub fn deliver(
 mod tests {
     use super::*;
     use crate::batch::{job_of, BatchOptions};
-    use detwasm_runtime::engine::EngineOptions;
     use crate::request::JobRequest;
+    use detwasm_runtime::engine::EngineOptions;
     use std::path::Path;
 
     /// Writes `hi` to stdout.

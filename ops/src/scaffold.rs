@@ -366,9 +366,11 @@ pub fn pack(
             cause: e.to_string(),
         })?;
     let car_path = entry.file.with_extension("car");
-    detwasm_runtime::deliver::write_file_atomically(&car_path, &car).map_err(|cause| PackError::Io {
-        path: car_path.clone(),
-        cause,
+    detwasm_runtime::deliver::write_file_atomically(&car_path, &car).map_err(|cause| {
+        PackError::Io {
+            path: car_path.clone(),
+            cause,
+        }
     })?;
     Ok(Packed {
         cid: hashed.root.to_string(),
@@ -420,7 +422,12 @@ mod tests {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();
         }
         let module = detwasm_jobspec::ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
-        let packed = pack(&module, &Default::default(), detwasm_job::Profile::UnixfsV0_2015).unwrap();
+        let packed = pack(
+            &module,
+            &Default::default(),
+            detwasm_job::Profile::UnixfsV0_2015,
+        )
+        .unwrap();
         assert_eq!(packed.car, dir.join("cowsay.car"));
         assert_eq!(packed.template_cid.as_deref(), Some(packed.cid.as_str()));
         // Without the .wasm, the module is found by its CID inside the CAR.

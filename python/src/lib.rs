@@ -17,11 +17,11 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use detwasm_ops::batch::{self, BatchOptions};
-use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_ops::remote::{self, Local, PortableJob};
-use detwasm_runtime::run::Destination;
 use detwasm_ops::verify::{verify as verify_receipt, Sources};
 use detwasm_ops::JobRequest;
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
+use detwasm_runtime::run::Destination;
 use detwasm_runtime::{Receipt, Runtime};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -171,7 +171,7 @@ fn verify(
     to_json(&report)
 }
 
-/// A job packed on the driver for a Ray worker (see `detwasm_runtime::remote`): the
+/// A job packed on the driver for a Ray worker (see `detwasm_ops::remote`): the
 /// portable job as JSON, its content until taken, and what the driver needs to check
 /// and deliver the worker's results.
 #[pyclass(module = "detwasm._native")]

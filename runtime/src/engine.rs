@@ -30,6 +30,7 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// recurse to the deepest metered depth with the largest frames per unit and check that
 /// the metered trap comes first.
 pub const MAX_WASM_STACK: usize =
+    passes::stack::STACK_LIMIT as usize * passes::stack::NATIVE_BYTES_PER_UNIT;
 
 /// Native stack a guest runs on: the pinned wasm stack plus ample room for host frames
 /// (WASI calls run on top of the deepest wasm frame). A job's guest runs on a wasmtime
@@ -37,7 +38,6 @@ pub const MAX_WASM_STACK: usize =
 /// the self-fuzzer and the stack tests, which call guests synchronously, run them on a
 /// thread of this size.
 pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
-    passes::stack::STACK_LIMIT as usize * passes::stack::NATIVE_BYTES_PER_UNIT;
 
 /// Frames of a trap's wasm backtrace that wasmtime records: only the innermost is read
 /// (to tell a metered stack exhaustion, [`passes::stack::is_exhaustion`]); pinned because

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -23,8 +23,8 @@ use std::time::Instant;
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
 use crate::capabilities;
-pub use crate::deliver::Destination;
 use crate::deliver;
+pub use crate::deliver::Destination;
 pub use crate::engine::GUEST_THREAD_STACK;
 use crate::engine::{self, EngineOptions, ModuleCache};
 use crate::error::RunError;

@@ -1,5 +1,5 @@
 //! `detwasm batch JOBS.jsonl`: argument parsing and output only; the work is
-//! `detwasm_runtime::batch`.
+//! `detwasm_ops::batch`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

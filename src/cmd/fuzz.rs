@@ -1,5 +1,5 @@
 //! `detwasm fuzz MODULE`: argument parsing and output only; the work is
-//! `detwasm_runtime::campaign`.
+//! `detwasm_ops::campaign`.
 
 use std::process::ExitCode;
 

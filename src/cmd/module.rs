@@ -1,13 +1,13 @@
 //! `detwasm module`: create, render, check and pack Lilypad-style modules. Argument parsing and
-//! output only; the work is `detwasm_runtime::spec`.
+//! output only; the work is `detwasm_jobspec` and `detwasm_ops::{check, scaffold}`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_jobspec::{self as spec, ModuleDir};
 use detwasm_ops::check;
 use detwasm_ops::scaffold;
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::Runtime;
 
 /// Work with module specs (`lilypad_module.json.tmpl`).

@@ -2,9 +2,9 @@
 //! `detwasm_runtime::Runtime::run`.
 
 use anyhow::Context;
-use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_ops::request::{BuiltJob, EpochValue, JobRequest, Size};
 use detwasm_jobspec as spec;
+use detwasm_ops::request::{BuiltJob, EpochValue, JobRequest, Size};
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::{Destination, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;

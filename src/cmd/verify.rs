@@ -1,12 +1,12 @@
 //! `detwasm verify RECEIPT.json`: argument parsing and output only; the work is
-//! `detwasm_runtime::verify`.
+//! `detwasm_ops::verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_ops::verify::{self, Sources};
+use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::{Receipt, Runtime};
 
 /// Re-run the job a receipt describes and say whether its result is reproduced.

@@ -11,7 +11,7 @@ JOBS.jsonl --address ADDRESS --output-dir DIR`` does the same from a jobs file a
 one receipt per line.
 
 How it works, and why (the checks themselves are the runtime's: see
-``detwasm_runtime::remote``):
+``detwasm_ops::remote``):
 
 * **Jobs travel by content.** The driver packs each job: the module's bytes, the stdin
   bytes, and each input folder as a CAR (the tree the guest sees, every block named by
