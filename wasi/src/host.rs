@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::abi::*;
-use super::vfs::{self, NodeId, QuotaExceeded, ReadError, Vfs, WriteError};
+use crate::abi::*;
+use crate::vfs::{self, NodeId, QuotaExceeded, ReadError, Vfs, WriteError};
 
 /// Nanoseconds the virtual clocks advance on each read: 1 ms, so a guest that spins on
 /// the clock until a deadline terminates, after a number of reads fixed by the job.
@@ -172,7 +172,7 @@ enum Fd {
 /// Most fds a guest may have open at once (`EMFILE` beyond).
 pub const MAX_FDS: u32 = 1 << 16;
 
-/// Everything the guest can reach. Built only by [`crate::capabilities`].
+/// Everything the guest can reach. Built only by `detwasm_runtime::capabilities`.
 pub struct WasiHost {
     pub(crate) argv: Vec<Vec<u8>>,
     pub(crate) env: Vec<Vec<u8>>,
@@ -202,7 +202,10 @@ pub fn chacha_key(seed: u64) -> [u8; 32] {
 }
 
 impl WasiHost {
-    pub(crate) fn new(
+    /// A host over `vfs`, serving exactly these args, env and stdin. Public because the
+    /// one place that grants capabilities, `detwasm_runtime::capabilities::grant`, is in
+    /// another crate; nothing else calls it (a job's host is never built any other way).
+    pub fn new(
         argv: Vec<Vec<u8>>,
         env: Vec<Vec<u8>>,
         stdin: Vec<u8>,
@@ -1332,17 +1335,26 @@ impl WasiHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Job;
 
-    /// A host with a writable folder at `/w` (fd 3, holding `file`) and guest memory.
+    /// A host with a writable folder at `/w` (fd 3, holding `file`) and guest memory,
+    /// made as `detwasm_runtime::capabilities::grant` makes the host of a job with that
+    /// one folder (argv0 `module.wasm`, the default epoch, seed 0, a 256 MiB quota).
     fn host() -> (tempfile::TempDir, WasiHost, Vec<u8>) {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("file"), b"data").unwrap();
         std::fs::create_dir(t.path().join("sub")).unwrap();
-        let job = Job::new(Vec::new())
-            .with_outputs(Vec::new())
-            .push_dir(t.path(), "/w");
-        let h = crate::capabilities::grant(&job).unwrap();
+        let epoch = 1_640_995_200 * 1_000_000_000;
+        let mut vfs = Vfs::new();
+        vfs.mount_writable(t.path(), "/w", epoch).unwrap();
+        let h = WasiHost::new(
+            vec![b"module.wasm".to_vec()],
+            Vec::new(),
+            Vec::new(),
+            vfs,
+            epoch,
+            0,
+            256 << 20,
+        );
         (t, h, vec![0u8; 1 << 16])
     }
 
