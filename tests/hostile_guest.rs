@@ -917,8 +917,8 @@ fn a_br_table_of_many_targets_into_a_block_of_many_results_is_refused_quickly() 
     assert!(module.len() > 1_900_000);
     assert_refused_before_compiling(
         &module,
-        "function 0: the br_table at offset 32 has 65,521 labels of 999 values each \
-         (65,455,479 values), over the limit of 16,777,216 values per function",
+        "function 0: the br_table at offset 1062 has 65,521 labels of 999 values each \
+         (65,455,479 values), over the limit of 1,048,576 values per function",
     );
 }
 
@@ -932,6 +932,6 @@ fn a_million_nested_blocks_are_refused_quickly() {
     let module = binary_module(&[(0, 0)], &[(0, code)]);
     assert_refused_before_compiling(
         &module,
-        "function 0: its control nesting reaches depth 4,097 at offset",
+        "function 0: its control nesting reaches depth 2,049 at offset",
     );
 }

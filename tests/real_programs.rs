@@ -251,12 +251,24 @@ fn large_real_modules_pass_the_shape_scan() {
             start.elapsed().as_secs_f64()
         );
         let margin = [
-            (shape.function_bytes.0, LIMITS.function_bytes, "function bytes"),
+            (
+                shape.function_bytes.0,
+                LIMITS.function_bytes,
+                "function bytes",
+            ),
             (shape.depth.0, LIMITS.depth, "nesting depth"),
-            (shape.values.0, LIMITS.function_values, "values per function"),
+            (
+                shape.values.0,
+                LIMITS.function_values,
+                "values per function",
+            ),
             (shape.functions, LIMITS.functions, "functions"),
             (shape.code_bytes, LIMITS.code_bytes, "code bytes"),
-            (shape.module_values, LIMITS.module_values, "values per module"),
+            (
+                shape.module_values,
+                LIMITS.module_values,
+                "values per module",
+            ),
         ];
         for (value, limit, what) in margin {
             assert!(
