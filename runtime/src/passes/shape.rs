@@ -87,19 +87,24 @@ pub struct Limits {
 /// | nesting depth | 283 | 69 | 2,048 | 7.2x |
 /// | values per function | 4,203 | 3,117 | 1 Mi | 249x |
 /// | functions | 11,448 | 1,035 | 100,000 | 8.7x |
-/// | code bytes | 6,159,645 | 1,194,075 | 64 MiB | 10.9x |
+/// | code bytes | 6,159,645 | 1,194,075 | 32 MiB | 5.4x |
 /// | values per module | 255,114 | 60,702 | 16 Mi | 65x |
 ///
 /// Values get the widest margins because they are cheap (one type check each: 16 Mi of
-/// them validate in well under a second), the others about ten times, since compile
-/// memory grows with code bytes and function bytes (the memory term of SECURITY.md).
+/// them validate in well under a second), the others five to ten times, since compile
+/// memory grows with them. Measured with `/usr/bin/time -v detwasm run --no-cache`
+/// (2 cores, wasmtime compiling on both): CPython compiles in 39 s at 474 MiB peak RSS
+/// (6.2 MB of code, about 75 bytes per byte of code, run included); one function of
+/// 1 MiB of chained loads (the limit) in 7 s at 350 MiB; eight of them in 54 s at
+/// 1,002 MiB. Hence SECURITY.md's compile term: 96 bytes per byte of code plus 384 MiB
+/// per compile thread, at most 3 GiB + 384 MiB × threads at these limits.
 pub const LIMITS: Limits = Limits {
     function_bytes: 1 << 20,
     locals: 50_000,
     depth: 2_048,
     function_values: 1 << 20,
     functions: 100_000,
-    code_bytes: 64 << 20,
+    code_bytes: 32 << 20,
     module_values: 16 << 20,
 };
 
@@ -538,9 +543,15 @@ mod tests {
                 && text.contains("has 2,001 labels of 999 values each (1,998,999 values), over the limit of 1,048,576 values per function"),
             "{text}"
         );
-        // The finding's own module (30 tables of 65,520 targets into 999 results).
+        // The finding's own module (30 tables of 65,520 targets into 999 results, 2 MB in
+        // one function): over the limit of bytes per function, and of values.
         let m = br_table_module(30, 65_520, 999);
-        assert!(refusal(&m, &LIMITS)
+        assert!(refusal(&m, &LIMITS).message.contains("bytes per function"));
+        let wide = Limits {
+            function_bytes: 4 << 20,
+            ..LIMITS
+        };
+        assert!(refusal(&m, &wide)
             .message
             .contains("65,521 labels of 999 values"));
         // Many small tables add up per function, and per module.
@@ -582,7 +593,12 @@ mod tests {
         body.extend(std::iter::repeat_n(0x0b, n + 1));
         let m = module_of_body(&body);
         let start = std::time::Instant::now();
-        let r = refusal(&m, &LIMITS);
+        assert!(refusal(&m, &LIMITS).message.contains("bytes per function"));
+        let wide = Limits {
+            function_bytes: 4 << 20,
+            ..LIMITS
+        };
+        let r = refusal(&m, &wide);
         assert!(r.message.contains("depth 2,049"), "{r}");
         assert!(start.elapsed().as_secs() < 2);
     }
