@@ -191,7 +191,7 @@ fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -589,7 +589,7 @@ mod tests {
         assert!(r.message.ends_with("over the limit of 5"), "{r}");
         // A million nested blocks (the finding) are refused after the limit's worth.
         let n = 1_000_000;
-        let mut body = vec![0x02, 0x40].repeat(n);
+        let mut body = [0x02, 0x40].repeat(n);
         body.extend(std::iter::repeat_n(0x0b, n + 1));
         let m = module_of_body(&body);
         let start = std::time::Instant::now();
