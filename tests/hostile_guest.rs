@@ -18,6 +18,10 @@ use std::process::{Command, Stdio};
 const HOST_OVERHEAD: u64 = 64 << 20;
 const MEMORY: u64 = 32 << 20;
 const QUOTA: u64 = 8 << 20;
+/// The compile term of the memory bound (SECURITY.md, "Memory"), per compile thread: what
+/// Cranelift holds while it compiles one function at the shape limit of 1 MiB (350 MiB
+/// measured), with a margin.
+const COMPILE_PER_THREAD: u64 = 384 << 20;
 
 struct Run {
     code: i32,
@@ -758,4 +762,229 @@ fn frames_of_hoisted_values_exhaust_the_native_stack_as_a_host_failure() {
     );
     assert!(!r.results().exists(), "nothing delivered");
     r.assert_bounded();
+}
+
+/// Unsigned LEB128, for the binary modules below (too large to write as text).
+fn leb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A binary module with the types `types` (each `(params, results)`, all `i32`), the
+/// function bodies `bodies` (each: its type, then its code after the locals, ending in
+/// `end`), a memory, and the first function exported as `_start`.
+fn binary_module(types: &[(usize, usize)], bodies: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let section = |id: u8, payload: Vec<u8>, out: &mut Vec<u8>| {
+        out.push(id);
+        leb(payload.len() as u64, out);
+        out.extend(payload);
+    };
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let mut s = Vec::new();
+    leb(types.len() as u64, &mut s);
+    for &(params, results) in types {
+        s.push(0x60);
+        for n in [params, results] {
+            leb(n as u64, &mut s);
+            s.extend(std::iter::repeat_n(0x7f, n));
+        }
+    }
+    section(1, s, &mut m);
+    let mut s = Vec::new();
+    leb(bodies.len() as u64, &mut s);
+    for (ty, _) in bodies {
+        leb(u64::from(*ty), &mut s);
+    }
+    section(3, s, &mut m);
+    section(5, vec![1, 0, 1], &mut m);
+    let mut s = vec![2];
+    for (name, kind) in [("_start", 0), ("memory", 2)] {
+        leb(name.len() as u64, &mut s);
+        s.extend(name.as_bytes());
+        s.extend([kind, 0]);
+    }
+    section(7, s, &mut m);
+    let mut s = Vec::new();
+    leb(bodies.len() as u64, &mut s);
+    for (_, code) in bodies {
+        leb(code.len() as u64 + 1, &mut s);
+        s.push(0); // no locals
+        s.extend(code);
+    }
+    section(10, s, &mut m);
+    m
+}
+
+/// Runs `detwasm run MODULE.wasm --json` with the tests' limits plus `extra`, killing it
+/// (and failing) if it takes longer than `max_secs`: measures its peak RSS and wall time.
+fn run_binary_within(module: &[u8], extra: &[&str], max_secs: f64) -> (Run, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("attack.wasm");
+    std::fs::write(&path, module).unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let start = std::time::Instant::now();
+    #[allow(clippy::zombie_processes)]
+    let child = detwasm()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&path)
+        .args(["--json", "-o", "results", "--no-cache"])
+        .args(["--memory", &MEMORY.to_string()])
+        .args(["--max-output", &QUOTA.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (code, peak_rss) = loop {
+        let mut status = 0;
+        // SAFETY: plain out-parameters for wait4 on our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            break (code, usage.ru_maxrss as u64 * 1024);
+        }
+        assert_eq!(r, 0, "wait4: {}", std::io::Error::last_os_error());
+        if start.elapsed().as_secs_f64() > max_secs {
+            // SAFETY: our own child, not yet waited for.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let (_, rss) = wait_with_rusage(pid);
+            panic!(
+                "still running after {max_secs} s (peak RSS {} MiB so far): not bounded",
+                rss >> 20
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = start.elapsed().as_secs_f64();
+    let run = Run {
+        code,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read_to_string(&err).unwrap(),
+        peak_rss,
+        dir,
+    };
+    eprintln!("exit {code} after {took:.2} s: {}", run.stderr.trim());
+    (run, took)
+}
+
+/// Checks that a module was refused by the shape scan with `reason`: exit 2, nothing
+/// delivered, within a few seconds and the memory bound.
+fn assert_refused_before_compiling(module: &[u8], reason: &str) {
+    let (r, took) = run_binary_within(module, &[], 20.0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(reason), "{}", r.stderr);
+    assert!(r.stderr.contains("refused before validating or compiling"));
+    assert!(!r.results().exists(), "nothing delivered");
+    assert!(took < 5.0, "took {took:.2} s");
+    r.assert_bounded();
+}
+
+/// The finding: 30 `br_table`s of 65,520 targets into a block of 999 results, a 2 MB
+/// module, took 109 s and 3.9 GB of peak RSS to validate and compile, then ran as a
+/// normal job. Validation checks each target against the label's 999 types. Now the
+/// shape scan refuses it, naming the function and the limit: in one function, by its
+/// bytes (over 1 MiB); one table per function, by its values.
+#[test]
+fn a_br_table_of_many_targets_into_a_block_of_many_results_is_refused_quickly() {
+    let mut table = Vec::new();
+    // block (type 1) unreachable i32.const 0 br_table [0 x 65,520] 0 end drop x 999
+    table.extend([0x02, 0x01, 0x00, 0x41, 0x00, 0x0e]);
+    leb(65_520, &mut table);
+    table.extend(std::iter::repeat_n(0, 65_521));
+    table.push(0x0b);
+    table.extend(std::iter::repeat_n(0x1a, 999));
+    let mut code = table.repeat(30);
+    code.push(0x0b);
+    let module = binary_module(&[(0, 0), (0, 999)], &[(0, code)]);
+    assert!(module.len() > 1_900_000);
+    assert_refused_before_compiling(
+        &module,
+        "function 0: its body is 1,995,902 bytes, over the limit of 1,048,576 bytes per function",
+    );
+    table.push(0x0b);
+    let module = binary_module(&[(0, 0), (0, 999)], &vec![(0, table); 30]);
+    assert_refused_before_compiling(
+        &module,
+        "has 65,521 labels of 999 values each (65,455,479 values), over the limit of \
+         1,048,576 values per function",
+    );
+}
+
+/// The finding: a 3 MB module of a million nested `block`s compiled for over 10 minutes
+/// (Cranelift's egraph pass). Now refused by the shape scan: by its bytes (3 MB in one
+/// function), and 3,000 nested blocks in each of 300 functions (9 KB each) by the depth
+/// limit.
+#[test]
+fn a_million_nested_blocks_are_refused_quickly() {
+    let nested = |n: usize| {
+        let mut code = [0x02, 0x40].repeat(n);
+        code.extend(std::iter::repeat_n(0x0b, n + 1));
+        code
+    };
+    let module = binary_module(&[(0, 0)], &[(0, nested(1_000_000))]);
+    assert_refused_before_compiling(
+        &module,
+        "function 0: its body is 3,000,002 bytes, over the limit of 1,048,576 bytes per function",
+    );
+    let module = binary_module(&[(0, 0)], &vec![(0, nested(3_000)); 300]);
+    assert_refused_before_compiling(
+        &module,
+        "function 0: its control nesting reaches depth 2,049 at offset",
+    );
+}
+
+/// A module inside every shape limit that still takes seconds to compile (four functions
+/// of 220,000 chained loads, 1 MB each, 4 MB of code), run with `--timeout 1`: the
+/// job's wall-clock deadline covers compiling too, so the run is an error at the
+/// deadline ("compiling the module did not finish …", exit 2, nothing delivered), not a
+/// result after the whole compile. Before, the deadline started when the guest did, and
+/// the job ran as a normal verifiable one after the compile.
+#[test]
+fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
+    let mut bodies = vec![(0, vec![0x0b])];
+    for f in 0..4u64 {
+        let mut code = vec![0x20, 0x00];
+        for i in 0..220_000u64 {
+            code.extend([0x28, 0x02]);
+            leb((i * 4 + f) % 60_000, &mut code);
+        }
+        code.push(0x0b);
+        bodies.push((1, code));
+    }
+    let module = binary_module(&[(0, 0), (1, 1)], &bodies);
+    let (r, took) = run_binary_within(&module, &["--timeout", "1"], 60.0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "compiling the module did not finish within the job's wall-clock timeout of 1 s"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.results().exists(), "nothing delivered");
+    assert!((1.0..4.0).contains(&took), "took {took:.2} s");
+    // The compile's own memory is bounded by the shape limits, not by `--memory`: the
+    // documented compile term (SECURITY.md) for two compile threads.
+    let bound = MEMORY + QUOTA + HOST_OVERHEAD + 2 * COMPILE_PER_THREAD;
+    eprintln!(
+        "peak RSS {} MiB (bound {} MiB)",
+        r.peak_rss >> 20,
+        bound >> 20
+    );
+    assert!(r.peak_rss <= bound);
 }

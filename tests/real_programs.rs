@@ -205,3 +205,71 @@ fn python_interpreter_is_fuzzable_and_its_seed_dependence_is_found() {
     assert_eq!(rows, 2000, "{summary}");
     assert_verifies(t.path());
 }
+
+/// The shape scan (`passes::shape`) refuses modules whose shape predicts unbounded
+/// compile work; its limits must leave every real module alone, with a margin. This
+/// prints what each module reaches (the numbers `passes::shape::LIMITS` documents) and
+/// checks it is at most a quarter of each limit (locals: at most the limit, which is
+/// wasmparser's own).
+#[test]
+fn large_real_modules_pass_the_shape_scan() {
+    use detwasm_runtime::passes::shape::{check, LIMITS};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut modules: Vec<PathBuf> = ["python-3.12.0.wasm", "boolector.wasm"]
+        .iter()
+        .map(|m| root.join("target/workloads").join(m))
+        .collect();
+    for dir in ["fixtures/modules", "fixtures/probes"] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        found.sort();
+        modules.extend(found);
+    }
+    for path in modules {
+        let Ok(bytes) = std::fs::read(&path) else {
+            eprintln!(
+                "SKIPPED {}: missing, run scripts/setup.sh (or scripts/fetch-workloads.sh)",
+                path.display()
+            );
+            continue;
+        };
+        let start = std::time::Instant::now();
+        let shape = check(&bytes, &LIMITS).unwrap_or_else(|r| panic!("{}: {r}", path.display()));
+        eprintln!(
+            "{}: scanned in {:.2} s: {shape:?}",
+            path.file_name().unwrap().to_string_lossy(),
+            start.elapsed().as_secs_f64()
+        );
+        let margin = [
+            (
+                shape.function_bytes.0,
+                LIMITS.function_bytes,
+                "function bytes",
+            ),
+            (shape.depth.0, LIMITS.depth, "nesting depth"),
+            (
+                shape.values.0,
+                LIMITS.function_values,
+                "values per function",
+            ),
+            (shape.functions, LIMITS.functions, "functions"),
+            (shape.code_bytes, LIMITS.code_bytes, "code bytes"),
+            (
+                shape.module_values,
+                LIMITS.module_values,
+                "values per module",
+            ),
+        ];
+        for (value, limit, what) in margin {
+            assert!(
+                value <= limit / 4,
+                "{}: {what} {value} is within 4x of the limit {limit}",
+                path.display()
+            );
+        }
+        assert!(shape.locals.0 <= LIMITS.locals);
+    }
+}

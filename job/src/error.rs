@@ -45,6 +45,16 @@ pub enum RunError {
     MissingEntry(String),
     #[error("the module's entry `{0}` must take no parameters and return nothing")]
     BadEntryType(String),
+    /// A module whose shape predicts unbounded compile work
+    /// ([`crate::passes::shape`]): the message names the function, the measure, its
+    /// value and the limit.
+    #[error("module refused: {0}")]
+    TooComplex(String),
+    /// Loading, validating, rewriting and compiling the module did not finish before the
+    /// job's wall-clock deadline ([`crate::engine::compile_by`]): no result, not even an
+    /// unverifiable one, since the guest never ran.
+    #[error("compiling the module did not finish within the job's wall-clock timeout of {secs} s (nothing was run or delivered; a larger `--timeout` allows longer compiles)")]
+    CompileTimeout { secs: f64 },
     #[error("the module could not be instantiated: {0}")]
     Instantiate(String),
     #[error("input `{}`: {reason}", path.display())]

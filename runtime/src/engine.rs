@@ -11,6 +11,7 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine, Module, OptLevel, Strategy, WasmFeatures};
 
@@ -337,6 +338,11 @@ impl ModuleCache {
         h.0.update(blake3::hash(bytes).as_bytes());
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");
+        // The shape limits decide which modules compile without changing what they
+        // compute (so they are not in the fingerprint); a change of them scans cached
+        // modules again.
+        h.0.update(passes::shape::VERSION.as_bytes());
+        h.0.update(b"\0");
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         *h.0.finalize().as_bytes()
     }
@@ -348,8 +354,18 @@ impl ModuleCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Module, bool), RunError> {
+        self.load_or_compile_by(engine, bytes, None)
+    }
+
+    /// [`Self::load_or_compile`], a compile ended at `deadline` ([`compile_by`]).
+    pub fn load_or_compile_by(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        deadline: Option<Deadline>,
+    ) -> Result<(Module, bool), RunError> {
         if !self.dir_is_trusted() {
-            return Ok((compile(engine, bytes)?, false));
+            return Ok((compile_by(engine, bytes, deadline)?, false));
         }
         let key = Self::key(engine, bytes);
         let path = self
@@ -366,7 +382,7 @@ impl ModuleCache {
                 }
             }
         }
-        let module = compile(engine, bytes)?;
+        let module = compile_by(engine, bytes, deadline)?;
         if let Ok(ser) = module.serialize() {
             let _ = self.store(&path, &key, &ser);
         }
@@ -633,8 +649,14 @@ fn signature(f: &wasmparser::FuncType) -> Option<Signature> {
 /// A module the passes cannot rewrite (it is invalid) or the engine refuses after them
 /// is compiled once more as it is, only to report the engine's own message about the
 /// module's own bytes (offsets and all), then refused.
+///
+/// The module's shape is scanned first ([`passes::shape`]): a module whose shape
+/// predicts unbounded compile work is refused with the reason before it is validated,
+/// rewritten or compiled, and before [`refused`] would compile it again.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
+    passes::shape::check(&binary, &passes::shape::LIMITS)
+        .map_err(|r| RunError::TooComplex(r.to_string()))?;
     let fueled = passes::fuel::meter(&binary).map_err(|e| {
         refused(
             engine,
@@ -650,6 +672,78 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
         )
     })?;
     compile_rewritten(engine, &binary, &canonical)
+}
+
+/// A wall-clock deadline and the timeout it was set from (for the message).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now; `None` when that is past the end of the clock (no deadline).
+    pub fn after(timeout: Duration) -> Option<Deadline> {
+        Instant::now()
+            .checked_add(timeout)
+            .map(|at| Deadline { at, timeout })
+    }
+
+    fn expired(&self) -> RunError {
+        RunError::CompileTimeout {
+            secs: self.timeout.as_secs_f64(),
+        }
+    }
+}
+
+/// Stack of the thread [`compile_by`] compiles on: the main thread's usual 8 MiB, which
+/// the passes and Cranelift were always run on before.
+const COMPILE_THREAD_STACK: usize = 8 << 20;
+
+/// [`compile`], ended at `deadline`: the job's wall-clock safety net covers loading,
+/// validating, rewriting and compiling the module as it covers running it. A compile
+/// still running at the deadline is the error [`RunError::CompileTimeout`], never a
+/// result.
+///
+/// wasmtime cannot cancel Cranelift, so the compile runs on a thread of its own that
+/// this call stops waiting for: the caller gets the error at the deadline, and the
+/// thread runs on until its compile ends, then drops the module. `detwasm run` exits
+/// right after reporting the error, which ends the thread with the process; a process
+/// that goes on (`detwasm batch`, the Python bindings) keeps the thread, its CPU and its
+/// memory until the compile ends, which the shape limits bound ([`passes::shape`]; the
+/// memory term is in SECURITY.md). Rejected: compiling on the caller's thread and
+/// checking the deadline afterwards (the caller would wait for all of it); killing the
+/// thread (not possible in Rust, and it would leak wasmtime's locks); a child process per
+/// compile (a fork and a copy of the module per job, for a case the shape limits already
+/// bound).
+pub fn compile_by(
+    engine: &Engine,
+    bytes: &[u8],
+    deadline: Option<Deadline>,
+) -> Result<Module, RunError> {
+    let Some(deadline) = deadline else {
+        return compile(engine, bytes);
+    };
+    let Some(left) = deadline.at.checked_duration_since(Instant::now()) else {
+        return Err(deadline.expired());
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (engine, bytes) = (engine.clone(), bytes.to_vec());
+    std::thread::Builder::new()
+        .name("detwasm-compile".into())
+        .stack_size(COMPILE_THREAD_STACK)
+        .spawn(move || {
+            // The receiver is gone when the deadline passed first: nothing to do.
+            let _ = tx.send(compile(&engine, &bytes));
+        })
+        .map_err(|e| RunError::io("starting the compile thread", e))?;
+    match rx.recv_timeout(left) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(deadline.expired()),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(RunError::Engine("the compile thread panicked".into()))
+        }
+    }
 }
 
 /// Compiles `rewritten` (a module already through every pass but stack metering: fuel

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
@@ -165,14 +164,24 @@ impl Runtime {
     /// milliseconds instead of after minutes of compiling. Rejected: checking the compiled
     /// `Module`'s imports (what this did before; correct, but only after the full cost).
     pub fn load(&self, bytes: &[u8], entry: &str) -> Result<wasmtime::Module, RunError> {
+        self.load_by(bytes, entry, None)
+    }
+
+    /// [`Self::load`], a compile ended at `deadline` ([`engine::compile_by`]).
+    pub fn load_by(
+        &self,
+        bytes: &[u8],
+        entry: &str,
+        deadline: Option<engine::Deadline>,
+    ) -> Result<wasmtime::Module, RunError> {
         let key = *blake3::hash(bytes).as_bytes();
         let binary = engine::to_binary(bytes)?;
         self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
         let module = match (known, &self.cache) {
             (Some(m), _) => m,
-            (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes)?.0,
-            (None, None) => engine::compile(&self.engine, &binary)?,
+            (None, Some(cache)) => cache.load_or_compile_by(&self.engine, bytes, deadline)?.0,
+            (None, None) => engine::compile_by(&self.engine, &binary, deadline)?,
         };
         if let Ok(mut m) = self.loaded.lock() {
             if m.len() >= MAX_LOADED_MODULES {
@@ -237,13 +246,17 @@ impl Runtime {
     /// published: [`StagedRun::publish`] gives them their final name and completes the
     /// receipt. Dropping the [`StagedRun`] removes the staging folder.
     pub fn run_staged(&self, job: &Job, dest: &Destination) -> Result<StagedRun, RunError> {
+        // The wall-clock safety net covers the whole job from here: hashing, loading and
+        // compiling the module (a compile that overruns it is an error, see
+        // [`engine::compile_by`]), and running the guest.
+        let deadline = engine::Deadline::after(job.limits.safety_timeout());
         job.validate()?;
         // Inputs are scanned (and their host identities stamped) before they are hashed,
         // and checked against the stamps after the run: a change at any point in between
         // is caught, so the receipt's input CIDs are those of what the guest read.
         let host = capabilities::grant(job)?;
         let prepared = self.prepare(job)?;
-        let module = self.load(&job.module.bytes, &job.entry)?;
+        let module = self.load_by(&job.module.bytes, &job.entry, deadline)?;
         deliver::check(dest)?;
 
         // The guest runs on a fiber of [`GUEST_THREAD_STACK`] bytes, large enough for the
@@ -254,7 +267,7 @@ impl Runtime {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
                 .stack_size(GUEST_THREAD_STACK)
-                .spawn_scoped(s, || self.execute(job, &module, host))
+                .spawn_scoped(s, || self.execute(job, &module, host, deadline))
                 .map_err(|e| RunError::io("starting the guest thread", e))?
                 .join()
                 .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
@@ -322,6 +335,7 @@ impl Runtime {
         job: &Job,
         module: &wasmtime::Module,
         host: wasi::host::WasiHost,
+        deadline: Option<engine::Deadline>,
     ) -> Result<(Outcome, u64, wasi::host::WasiHost), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
         let mut store = Store::new(
@@ -333,10 +347,7 @@ impl Runtime {
                 // Wall-clock safety net: the deadline is read each time the guest asks
                 // for more fuel (see [`crate::meter`]); each store has its own deadline,
                 // so concurrent jobs do not stop each other.
-                meter: Meter::new(
-                    job.limits.fuel,
-                    Instant::now().checked_add(job.limits.safety_timeout()),
-                ),
+                meter: Meter::new(job.limits.fuel, deadline.map(|d| d.at)),
             },
         );
         store.limiter(|c| &mut c.limits);

@@ -10,4 +10,5 @@
 
 pub mod fuel;
 pub mod nan;
+pub mod shape;
 pub mod stack;

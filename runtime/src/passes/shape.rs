@@ -1,0 +1,706 @@
+//! The shape scan: refuses, before anything else reads a module's code, a module whose
+//! shape predicts unbounded compile work, with the reason.
+//!
+//! # Why
+//!
+//! Validating, rewriting ([`super::fuel`], [`super::nan`], [`super::stack`]) and compiling
+//! a module happen before the guest runs a single instruction, so neither fuel nor the
+//! memory limit applies to them, and their cost is not linear in the module's bytes:
+//! - a `br_table` makes wasmparser's validator (and the NaN pass's analysis) check every
+//!   target against the label's types, so its cost is targets × label arity. A 2 MB
+//!   module of 30 `br_table`s of 65,520 targets into a block of 999 results took 109 s
+//!   and 3.9 GB of peak RSS before this scan (SECURITY.md);
+//! - branches, returns and calls cost their label's or type's arity in the same way
+//!   (`call` of a function of 1,000 results pushes 1,000 values for 3 bytes of code);
+//! - deep nesting is superlinear in Cranelift: a 3 MB module of a million nested
+//!   `block`s compiled for over 10 minutes (its egraph pass);
+//! - Cranelift's memory grows with the size of the function it compiles, and wasmtime
+//!   compiles several functions at once.
+//!
+//! An attacker sends a new module every time, so the module cache does not help.
+//!
+//! # How
+//!
+//! One streaming pass with wasmparser over the type, import, function and code
+//! sections, before validation: per function, its body bytes, its locals, its control
+//! nesting depth and the values the types of its operators name ([`Shape::values`]);
+//! per module, its code bytes, its functions and the values of all functions together.
+//! The first measure over its limit ([`LIMITS`]) refuses the module, naming the function,
+//! the measure, its value and the limit. It allocates only what the module's own bytes
+//! already hold (two numbers per type and one per function, read from sections of at
+//! least that many bytes) and a control stack of at most [`Limits::depth`] entries, and
+//! it is linear in the module's bytes (a `br_table` is costed from its length, not
+//! walked). Bytes the scan cannot parse end the scan without a refusal: the validator
+//! that comes next reads the same bytes with the same wasmparser and refuses them with its
+//! own message, having read no more code than the scan checked.
+//!
+//! The limits sit well above what real modules reach (measured on CPython 3.12, 26 MB,
+//! and boolector, and the example modules: [`LIMITS`] lists the numbers, and the test
+//! `real_programs::large_real_modules_pass_the_shape_scan` checks them), so they refuse
+//! only modules made to be expensive. They change no accepted module's result, so they
+//! are not part of the engine fingerprint (a module refused by one build and accepted by
+//! another never gives two results); they are hashed into the module cache's key
+//! ([`VERSION`]), so a change of limits re-scans cached modules.
+//!
+//! Rejected: limits inside the validator (wasmparser has fixed ones, far too high for
+//! this: 7,654,321 bytes per function, `br_table`s of as many targets, no nesting limit);
+//! bounding compilation only by the wall-clock deadline (the deadline bounds time but not
+//! memory: 3.9 GB were reached in seconds, and wasmtime cannot stop Cranelift);
+//! limiting the module's size alone (a 2 MB module was enough).
+
+use wasmparser::{BlockType, Operator, Parser, Payload, TypeRef};
+
+/// Names the limits below: hashed into the module cache's key, so that a cached module is
+/// scanned again when they change.
+pub const VERSION: &str = "detwasm-shape-1";
+
+/// The limits of the scan. Each is a bound on work that is otherwise superlinear, or on
+/// memory that is otherwise per function; see [`LIMITS`] for the values and their
+/// margins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of one function body (Cranelift's memory is proportional to it).
+    pub function_bytes: u64,
+    /// Locals one function declares (parameters not included).
+    pub locals: u64,
+    /// Control nesting depth inside one function (`block`, `loop`, `if`, `try_table`...).
+    pub depth: u64,
+    /// Values the types of one function's operators name ([`Shape::values`]).
+    pub function_values: u64,
+    /// Functions the module defines.
+    pub functions: u64,
+    /// Bytes of the code section.
+    pub code_bytes: u64,
+    /// Values of all functions together.
+    pub module_values: u64,
+}
+
+/// The limits in force, and the margin each leaves above the largest value measured on
+/// real modules (`cargo nextest run --workspace -E
+/// 'test(large_real_modules_pass_the_shape_scan)'` prints them; the example modules and
+/// the probe reach less than boolector on every measure but depth, 70):
+///
+/// | measure | CPython 3.12 (26 MB) | boolector (1.2 MB) | limit | margin |
+/// | --- | --- | --- | --- | --- |
+/// | function bytes | 106,184 | 61,764 | 1 MiB | 9.9x |
+/// | locals | 187 | 59 | 50,000 (wasmparser's own) | 267x |
+/// | nesting depth | 283 | 69 | 2,048 | 7.2x |
+/// | values per function | 4,203 | 3,117 | 1 Mi | 249x |
+/// | functions | 11,448 | 1,035 | 100,000 | 8.7x |
+/// | code bytes | 6,159,645 | 1,194,075 | 32 MiB | 5.4x |
+/// | values per module | 255,114 | 60,702 | 16 Mi | 65x |
+///
+/// Values get the widest margins because they are cheap (one type check each: 16 Mi of
+/// them validate in well under a second), the others five to ten times, since compile
+/// memory grows with them. Measured with `/usr/bin/time -v detwasm run --no-cache`
+/// (2 cores, wasmtime compiling on both): CPython compiles in 39 s at 474 MiB peak RSS
+/// (6.2 MB of code, about 75 bytes per byte of code, run included); one function of
+/// 1 MiB of chained loads (the limit) in 7 s at 350 MiB; eight of them in 54 s at
+/// 1,002 MiB. Hence SECURITY.md's compile term: 96 bytes per byte of code plus 384 MiB
+/// per compile thread, at most 3 GiB + 384 MiB × threads at these limits.
+pub const LIMITS: Limits = Limits {
+    function_bytes: 1 << 20,
+    locals: 50_000,
+    depth: 2_048,
+    function_values: 1 << 20,
+    functions: 100_000,
+    code_bytes: 32 << 20,
+    module_values: 16 << 20,
+};
+
+/// What the scan measured: the largest value of each per-function measure (with the
+/// function's index) and the module's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Largest body, in bytes, and its function.
+    pub function_bytes: (u64, u32),
+    /// Most locals, and its function.
+    pub locals: (u64, u32),
+    /// Deepest control nesting, and its function.
+    pub depth: (u64, u32),
+    /// Most operators, and its function (not limited: at most one per byte).
+    pub operators: (u64, u32),
+    /// Most values, and its function. The values of an operator are those its type
+    /// names beyond its own: a branch's label arity (`br_table`: its targets plus the
+    /// default, times that arity), a call's parameters and results, a block's parameters
+    /// and results, a `return`'s results. The validator, the NaN pass and Cranelift's
+    /// translator each do work in proportion to them.
+    pub values: (u64, u32),
+    /// Functions the module defines.
+    pub functions: u64,
+    /// Bytes of the code section.
+    pub code_bytes: u64,
+    /// Values of all functions together.
+    pub module_values: u64,
+}
+
+/// Why a module was refused: the function (its index in the module's function index
+/// space, imports first) when the measure is per function, and a sentence naming the
+/// measure, its value and the limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub function: Option<u32>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.function {
+            Some(i) => write!(f, "function {i}: {}", self.message)?,
+            None => write!(f, "{}", self.message)?,
+        }
+        write!(
+            f,
+            " (refused before validating or compiling: compile work beyond this limit is \
+             not bounded by fuel, memory or time limits; see SECURITY.md)"
+        )
+    }
+}
+
+/// Scans `binary` (a core module) against `limits`; see the module docs.
+pub fn check(binary: &[u8], limits: &Limits) -> Result<Shape, Refusal> {
+    let mut scan = Scan {
+        limits,
+        shape: Shape::default(),
+        types: Vec::new(),
+        funcs: Vec::new(),
+        imported: 0,
+        defined: 0,
+        control: Vec::new(),
+    };
+    match scan.module(binary) {
+        Ok(()) | Err(Stop::Malformed) => Ok(scan.shape),
+        Err(Stop::Refused(r)) => Err(r),
+    }
+}
+
+enum Stop {
+    /// The bytes cannot be parsed: left to the validator.
+    Malformed,
+    Refused(Refusal),
+}
+
+impl From<wasmparser::BinaryReaderError> for Stop {
+    fn from(_: wasmparser::BinaryReaderError) -> Self {
+        Stop::Malformed
+    }
+}
+
+/// Numbers in messages with thousands separators, as SECURITY.md writes them.
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct Scan<'l> {
+    limits: &'l Limits,
+    shape: Shape,
+    /// (parameters, results) of each type; (0, 0) for a type that is not a function's.
+    types: Vec<(u32, u32)>,
+    /// The type of each function, imports first.
+    funcs: Vec<u32>,
+    imported: u32,
+    defined: u32,
+    /// The label arity of each open control frame of the current function, the
+    /// function's own first. At most `limits.depth + 1` entries.
+    control: Vec<u32>,
+}
+
+impl Scan<'_> {
+    fn module(&mut self, binary: &[u8]) -> Result<(), Stop> {
+        let mut parser = Parser::new(0);
+        parser.set_features(wasmparser::WasmFeatures::all());
+        for payload in parser.parse_all(binary) {
+            match payload? {
+                Payload::TypeSection(r) => {
+                    for group in r {
+                        for sub in group?.into_types() {
+                            self.types.push(match &sub.composite_type.inner {
+                                wasmparser::CompositeInnerType::Func(f) => {
+                                    (f.params().len() as u32, f.results().len() as u32)
+                                }
+                                _ => (0, 0),
+                            });
+                        }
+                    }
+                }
+                Payload::ImportSection(r) => {
+                    for import in r.into_imports() {
+                        if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import?.ty {
+                            self.funcs.push(t);
+                            self.imported += 1;
+                        }
+                    }
+                }
+                Payload::FunctionSection(r) => {
+                    for t in r {
+                        self.funcs.push(t?);
+                    }
+                }
+                Payload::CodeSectionStart { count, size, .. } => {
+                    self.shape.functions = u64::from(count);
+                    self.shape.code_bytes = u64::from(size);
+                    self.module_limit(
+                        "functions defined",
+                        u64::from(count),
+                        self.limits.functions,
+                    )?;
+                    self.module_limit("bytes of code", u64::from(size), self.limits.code_bytes)?;
+                }
+                Payload::CodeSectionEntry(body) => {
+                    let index = self.imported.saturating_add(self.defined);
+                    self.defined += 1;
+                    self.function(index, &body)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn module_limit(&self, what: &str, value: u64, limit: u64) -> Result<(), Stop> {
+        if value > limit {
+            return Err(Stop::Refused(Refusal {
+                function: None,
+                message: format!(
+                    "the module has {} {what}, over the limit of {}",
+                    n(value),
+                    n(limit)
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    fn function(&mut self, index: u32, body: &wasmparser::FunctionBody) -> Result<(), Stop> {
+        let limits = *self.limits;
+        let refuse = |message: String| {
+            Stop::Refused(Refusal {
+                function: Some(index),
+                message,
+            })
+        };
+        let bytes = body.range().len() as u64;
+        note(&mut self.shape.function_bytes, bytes, index);
+        if bytes > limits.function_bytes {
+            return Err(refuse(format!(
+                "its body is {} bytes, over the limit of {} bytes per function",
+                n(bytes),
+                n(limits.function_bytes)
+            )));
+        }
+        let mut locals = 0u64;
+        for group in body.get_locals_reader()? {
+            locals = locals.saturating_add(u64::from(group?.0));
+        }
+        note(&mut self.shape.locals, locals, index);
+        if locals > limits.locals {
+            return Err(refuse(format!(
+                "it declares {} locals, over the limit of {}",
+                n(locals),
+                n(limits.locals)
+            )));
+        }
+        let (_, results) = self.func_type(index);
+        self.control.clear();
+        self.control.push(results);
+        let mut depth = 0u64;
+        let mut operators = 0u64;
+        let mut values = 0u64;
+        let mut reader = body.get_operators_reader()?;
+        while !reader.eof() {
+            let offset = reader.original_position();
+            let op = reader.read()?;
+            operators += 1;
+            let (cost, what): (u64, &str) = match op {
+                Operator::Block { blockty }
+                | Operator::Loop { blockty }
+                | Operator::If { blockty }
+                | Operator::Try { blockty } => {
+                    let (params, results) = self.block_type(blockty);
+                    if self.control.len() as u64 > limits.depth {
+                        return Err(refuse(format!(
+                            "its control nesting reaches depth {} at offset {offset}, over \
+                             the limit of {}",
+                            n(limits.depth + 1),
+                            n(limits.depth)
+                        )));
+                    }
+                    let label = if matches!(op, Operator::Loop { .. }) {
+                        params
+                    } else {
+                        results
+                    };
+                    self.control.push(label);
+                    depth = depth.max(self.control.len() as u64 - 1);
+                    (u64::from(params) + u64::from(results), "a block type")
+                }
+                Operator::TryTable { try_table } => {
+                    let (params, results) = self.block_type(try_table.ty);
+                    if self.control.len() as u64 > limits.depth {
+                        return Err(refuse(format!(
+                            "its control nesting reaches depth {} at offset {offset}, over \
+                             the limit of {}",
+                            n(limits.depth + 1),
+                            n(limits.depth)
+                        )));
+                    }
+                    self.control.push(results);
+                    depth = depth.max(self.control.len() as u64 - 1);
+                    let catches = try_table.catches.len() as u64;
+                    (
+                        u64::from(params) + u64::from(results) + catches,
+                        "a block type",
+                    )
+                }
+                Operator::End | Operator::Delegate { .. } => {
+                    self.control.pop();
+                    (0, "")
+                }
+                Operator::Br { relative_depth }
+                | Operator::BrIf { relative_depth }
+                | Operator::BrOnNull { relative_depth }
+                | Operator::BrOnNonNull { relative_depth }
+                | Operator::BrOnCast { relative_depth, .. }
+                | Operator::BrOnCastFail { relative_depth, .. } => {
+                    (u64::from(self.label(relative_depth)), "a branch")
+                }
+                Operator::BrTable { targets } => {
+                    let arity = u64::from(self.label(targets.default()));
+                    let labels = u64::from(targets.len()) + 1;
+                    let cost = labels.saturating_mul(arity);
+                    if cost > limits.function_values {
+                        return Err(refuse(format!(
+                            "the br_table at offset {offset} has {} labels of {} values each \
+                             ({} values), over the limit of {} values per function",
+                            n(labels),
+                            n(arity),
+                            n(cost),
+                            n(limits.function_values)
+                        )));
+                    }
+                    (cost, "br_tables")
+                }
+                Operator::Return => (
+                    u64::from(self.control.first().copied().unwrap_or(0)),
+                    "returns",
+                ),
+                Operator::Call { function_index } | Operator::ReturnCall { function_index } => {
+                    let (p, r) = self.func_type(function_index);
+                    (u64::from(p) + u64::from(r), "calls")
+                }
+                Operator::CallIndirect { type_index, .. }
+                | Operator::ReturnCallIndirect { type_index, .. }
+                | Operator::CallRef { type_index }
+                | Operator::ReturnCallRef { type_index } => {
+                    let (p, r) = self
+                        .types
+                        .get(type_index as usize)
+                        .copied()
+                        .unwrap_or((0, 0));
+                    (u64::from(p) + u64::from(r), "calls")
+                }
+                _ => (0, ""),
+            };
+            values = values.saturating_add(cost);
+            if values > limits.function_values {
+                return Err(refuse(format!(
+                    "the types of its operators name more than {} values (at offset {offset}, \
+                     counting {what}: each names its label's or its type's values), over the \
+                     limit of {} values per function",
+                    n(limits.function_values),
+                    n(limits.function_values)
+                )));
+            }
+        }
+        note(&mut self.shape.depth, depth, index);
+        note(&mut self.shape.operators, operators, index);
+        note(&mut self.shape.values, values, index);
+        self.shape.module_values = self.shape.module_values.saturating_add(values);
+        if self.shape.module_values > limits.module_values {
+            return Err(refuse(format!(
+                "the types of the module's operators, up to the end of this function, name {} \
+                 values, over the limit of {} values per module",
+                n(self.shape.module_values),
+                n(limits.module_values)
+            )));
+        }
+        Ok(())
+    }
+
+    /// (parameters, results) of function `index`; (0, 0) when out of range (the
+    /// validator refuses it).
+    fn func_type(&self, index: u32) -> (u32, u32) {
+        self.funcs
+            .get(index as usize)
+            .and_then(|t| self.types.get(*t as usize))
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    fn block_type(&self, ty: BlockType) -> (u32, u32) {
+        match ty {
+            BlockType::Empty => (0, 0),
+            BlockType::Type(_) => (0, 1),
+            BlockType::FuncType(t) => self.types.get(t as usize).copied().unwrap_or((0, 0)),
+        }
+    }
+
+    /// The arity of the label `relative_depth` names; 0 when out of range.
+    fn label(&self, relative_depth: u32) -> u32 {
+        let len = self.control.len();
+        (relative_depth as usize)
+            .checked_add(1)
+            .and_then(|d| len.checked_sub(d))
+            .map_or(0, |i| self.control[i])
+    }
+}
+
+/// Records `value` of function `index` in `max` if it is the largest so far.
+fn note(max: &mut (u64, u32), value: u64, index: u32) {
+    if value > max.0 {
+        *max = (value, index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).unwrap()
+    }
+
+    fn refusal(binary: &[u8], limits: &Limits) -> Refusal {
+        match check(binary, limits) {
+            Err(r) => r,
+            Ok(s) => panic!("accepted: {s:?}"),
+        }
+    }
+
+    /// A module of `targets`-target `br_table`s into a block of `arity` results, as in
+    /// the finding (30 of 65,520 into 999).
+    fn br_table_module(tables: usize, targets: usize, arity: usize) -> Vec<u8> {
+        let results = "i32 ".repeat(arity);
+        let labels = "0 ".repeat(targets);
+        let mut body = String::new();
+        for _ in 0..tables {
+            body += &format!(
+                "(block (result {results}) unreachable (br_table {labels} 0 (i32.const 0))) \
+                 {}",
+                "drop ".repeat(arity)
+            );
+        }
+        wat(&format!("(module (func {body}))"))
+    }
+
+    #[test]
+    fn measures_each_shape_and_names_the_largest_function() {
+        let m = wat(r#"(module
+            (import "m" "f" (func (param i32 i32) (result i32)))
+            (func)
+            (func (local i32 i64) (local f32)
+              (block (block (loop (br 2))))
+              (drop (call 0 (i32.const 1) (i32.const 2)))
+              (block (result i32 i32) unreachable (br_table 0 0 0 (i32.const 0)))
+              drop drop))"#);
+        let s = check(&m, &LIMITS).unwrap();
+        assert_eq!(s.functions, 2);
+        assert_eq!(
+            s.locals,
+            (3, 2),
+            "three locals in function 2 (import first)"
+        );
+        assert_eq!(s.depth, (3, 2));
+        // br 2 to a block of no results: 0; call: 2 + 1; block (result i32 i32): 2;
+        // br_table of 3 labels of 2 values: 6.
+        assert_eq!(s.values, (3 + 2 + 6, 2));
+        assert_eq!(s.module_values, 11);
+        assert!(s.code_bytes > 0 && s.function_bytes.1 == 2);
+    }
+
+    #[test]
+    fn a_br_table_of_many_targets_into_a_block_of_many_results_is_refused() {
+        let m = br_table_module(1, 2000, 999);
+        let r = refusal(
+            &m,
+            &Limits {
+                function_values: 1 << 20,
+                ..LIMITS
+            },
+        );
+        assert_eq!(r.function, Some(0));
+        let text = r.to_string();
+        assert!(
+            text.contains("function 0: the br_table at offset")
+                && text.contains("has 2,001 labels of 999 values each (1,998,999 values), over the limit of 1,048,576 values per function"),
+            "{text}"
+        );
+        // The finding's own module (30 tables of 65,520 targets into 999 results, 2 MB in
+        // one function): over the limit of bytes per function, and of values.
+        let m = br_table_module(30, 65_520, 999);
+        assert!(refusal(&m, &LIMITS).message.contains("bytes per function"));
+        let wide = Limits {
+            function_bytes: 4 << 20,
+            ..LIMITS
+        };
+        assert!(refusal(&m, &wide)
+            .message
+            .contains("65,521 labels of 999 values"));
+        // Many small tables add up per function, and per module.
+        let m = br_table_module(20, 100, 10);
+        let r = refusal(
+            &m,
+            &Limits {
+                function_values: 10_000,
+                ..LIMITS
+            },
+        );
+        assert!(r.message.contains("more than 10,000 values"), "{r}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_limit_without_walking_further() {
+        let depth = 5;
+        let ok = wat(&format!(
+            "(module (func {}{}))",
+            "block ".repeat(depth),
+            "end ".repeat(depth)
+        ));
+        let limits = Limits { depth: 5, ..LIMITS };
+        assert_eq!(check(&ok, &limits).unwrap().depth, (5, 0));
+        let deep = wat(&format!(
+            "(module (func {}{}))",
+            "block ".repeat(6),
+            "end ".repeat(6)
+        ));
+        let r = refusal(&deep, &limits);
+        assert!(
+            r.message.contains("nesting reaches depth 6 at offset"),
+            "{r}"
+        );
+        assert!(r.message.ends_with("over the limit of 5"), "{r}");
+        // A million nested blocks (the finding) are refused after the limit's worth.
+        let n = 1_000_000;
+        let mut body = [0x02, 0x40].repeat(n);
+        body.extend(std::iter::repeat_n(0x0b, n + 1));
+        let m = module_of_body(&body);
+        let start = std::time::Instant::now();
+        assert!(refusal(&m, &LIMITS).message.contains("bytes per function"));
+        let wide = Limits {
+            function_bytes: 4 << 20,
+            ..LIMITS
+        };
+        let r = refusal(&m, &wide);
+        assert!(r.message.contains("depth 2,049"), "{r}");
+        assert!(start.elapsed().as_secs() < 2);
+    }
+
+    /// A module of one function `() -> ()` with no locals and `code` (ending in `end`).
+    fn module_of_body(code: &[u8]) -> Vec<u8> {
+        let mut m = wasm_encoder::Module::new();
+        let mut types = wasm_encoder::TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        funcs.function(0);
+        m.section(&funcs);
+        let mut body = vec![0u8]; // no locals
+        body.extend_from_slice(code);
+        let mut codes = wasm_encoder::CodeSection::new();
+        codes.raw(&body);
+        m.section(&codes);
+        m.finish()
+    }
+
+    #[test]
+    fn bodies_locals_calls_and_module_totals_are_limited() {
+        let m = wat("(module (func (local i32 i32 i32) nop nop nop))");
+        let r = refusal(
+            &m,
+            &Limits {
+                locals: 2,
+                ..LIMITS
+            },
+        );
+        assert_eq!(r.message, "it declares 3 locals, over the limit of 2");
+        let r = refusal(
+            &m,
+            &Limits {
+                function_bytes: 4,
+                ..LIMITS
+            },
+        );
+        assert!(
+            r.message
+                .contains("bytes, over the limit of 4 bytes per function"),
+            "{r}"
+        );
+        let r = refusal(
+            &m,
+            &Limits {
+                code_bytes: 4,
+                ..LIMITS
+            },
+        );
+        assert_eq!(r.function, None);
+        assert!(
+            r.message.contains("bytes of code, over the limit of 4"),
+            "{r}"
+        );
+        let two = wat("(module (func) (func))");
+        let r = refusal(
+            &two,
+            &Limits {
+                functions: 1,
+                ..LIMITS
+            },
+        );
+        assert_eq!(
+            r.message,
+            "the module has 2 functions defined, over the limit of 1"
+        );
+        // A call of a function of 1,000 results names 1,000 values.
+        let results = "i32 ".repeat(1000);
+        let calls = "(call $f) ".repeat(20);
+        let m = wat(&format!(
+            "(module (func $f (result {results}) unreachable) (func {calls} unreachable))"
+        ));
+        let limits = Limits {
+            function_values: 10_000,
+            module_values: 30_000,
+            ..LIMITS
+        };
+        let r = refusal(&m, &limits);
+        assert_eq!(r.function, Some(1));
+        assert!(r.message.contains("counting calls"), "{r}");
+        let m = wat(&format!(
+            "(module (func $f (result {results}) unreachable) {})",
+            "(func (call $f) unreachable)".repeat(40)
+        ));
+        let r = refusal(&m, &limits);
+        assert!(r.message.contains("values per module"), "{r}");
+    }
+
+    #[test]
+    fn malformed_bytes_are_left_to_the_validator() {
+        for bytes in [
+            &b"\0asm\x01\0\0\0\x0a\x05\x01"[..],
+            b"\0asm\x01\0\0\0\x0a\xff\xff\xff\xff\x0f",
+        ] {
+            assert!(check(bytes, &LIMITS).is_ok());
+        }
+        // Out-of-range labels, types and functions cost nothing and never panic.
+        let m = module_of_body(&[
+            0x0c, 0x7f, 0x02, 0x7f, 0x10, 0xff, 0x01, 0x0e, 0x01, 0x05, 0x09, 0x0b, 0x0b,
+        ]);
+        assert!(check(&m, &LIMITS).is_ok());
+    }
+}
