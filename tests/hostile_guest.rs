@@ -709,6 +709,47 @@ fn a_loop_of_huge_memory_fills_is_stopped_by_the_timeout() {
     ));
 }
 
+/// The review's finding: a recursion 15,000 deep whose frames each run a long straight
+/// rest after the recursive call. A check on entry bounds the way down, not the way
+/// back up; before the fix nothing was checked there (reported: 7.5e10 operators run on
+/// a budget of 2e5, `--timeout 0.5` ignored for 20 s). The rest here is 10,000
+/// `memory.grow 0`s, 20,000 operators that are cheap to compile but slow to run (a call
+/// into wasmtime each): the unchecked way up took 15 s on this project's machine.
+fn recursion_with_long_rests() -> String {
+    let rest = "(drop (memory.grow (i32.const 0)))\n".repeat(10_000);
+    format!(
+        r#"(module (memory (export "memory") 1)
+             (func $r (param i32)
+               (if (local.get 0) (then (call $r (i32.sub (local.get 0) (i32.const 1)))))
+               {rest})
+             (func (export "_start") (call $r (i32.const 15000))))"#
+    )
+}
+
+/// With a budget of 200,000 the run ends out of fuel, counted at the budget exactly,
+/// within two function bodies of it and so at once.
+#[test]
+fn a_recursion_with_long_rests_runs_out_of_fuel_on_its_way_back_up() {
+    let start = std::time::Instant::now();
+    let r = run(&recursion_with_long_rests(), &["--fuel", "200000"], |_| {});
+    let took = start.elapsed().as_secs_f64();
+    let receipt = r.receipt();
+    assert_eq!(receipt["outcome"], "out_of_fuel", "{receipt}");
+    assert_eq!(receipt["instructions"], 200_000);
+    assert_eq!(receipt["verifiable"], true);
+    // Compiling and delivering, with slack for a loaded machine; the way up unchecked
+    // would take 15 s.
+    assert!(took < 5.0, "took {took:.2} s");
+    r.assert_bounded();
+}
+
+/// With a budget it would take hours to use up, `--timeout 0.5` stops it on time (the
+/// deadline is read at the refuels of the checks on the way back up).
+#[test]
+fn a_recursion_with_long_rests_is_stopped_by_the_timeout() {
+    assert_stopped_by_the_timeout(&recursion_with_long_rests());
+}
+
 /// Unbounded recursion with the largest frames per stack unit (100 `v128` values live
 /// across each call): the metered limit ends it (`call stack exhausted`, the same depth
 /// and instruction count on every CPU), and the native stack it touched stays inside the
