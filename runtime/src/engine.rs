@@ -128,7 +128,7 @@ wide_arithmetic=false
 custom_page_sizes=false
 component_model=false
 wasmtime_fuel=false
-fuel_pass=detwasm-fuel-1
+fuel_pass=detwasm-fuel-2
 fuel_slice=10000000
 epoch_interruption=false
 stack_metering=detwasm-stack-3
@@ -242,15 +242,6 @@ const CACHE_MAGIC: &[u8; 8] = b"DTWCACH2";
 /// Bytes of a cache key (a blake3 hash).
 const KEY_LEN: usize = 32;
 
-/// The first bytes the cache key hashes, bumped when the code a pass writes changes
-/// while [`ENGINE_SETTINGS`] (and so every job id) stays: a module compiled before must
-/// not be loaded, or the fix would not run. `-2`: the fuel pass checks on the way back
-/// up from calls and before tail calls ([`passes::fuel`], "Returns and tail calls"),
-/// which leaves the counts of runs that return unchanged; a module cached before ran a
-/// recursion's way back up unchecked. Rejected: a new `fuel_pass` version (every job
-/// id would change for counts that do not).
-const CACHE_KEY_SALT: &[u8] = b"detwasm-module-cache-2\0";
-
 /// Compiled modules, serialized by wasmtime, keyed by
 /// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
 /// host's engine).
@@ -343,7 +334,6 @@ impl ModuleCache {
 
     fn key(engine: &Engine, bytes: &[u8]) -> [u8; KEY_LEN] {
         let mut h = Blake3Hasher(blake3::Hasher::new());
-        h.0.update(CACHE_KEY_SALT);
         h.0.update(blake3::hash(bytes).as_bytes());
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");

@@ -146,8 +146,13 @@ use wasm_encoder::{
 };
 use wasmparser::{Operator, Parser, Payload, TypeRef};
 
-/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`].
-pub const PASS_VERSION: &str = "detwasm-fuel-1";
+/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`]. `-2`: checks
+/// on the way back up from calls and before tail calls ("Returns and tail calls" above).
+/// Runs that return keep their counts, but a run that traps or runs out between two of
+/// the new checks can end otherwise than before (`out_of_fuel` where it trapped, another
+/// count at a trap after a refuel), so the same job id must not name both. Rejected:
+/// keeping `-1` and only salting the module cache (one job id, two possible receipts).
+pub const PASS_VERSION: &str = "detwasm-fuel-2";
 
 /// The import the pass adds: `(func (param i64) (result i64))`, called with the fuel
 /// (negative) when a check finds it spent; returns the fuel to go on with.
