@@ -775,7 +775,7 @@ fn unbounded_recursion_ends_at_the_metered_stack_limit() {
 
 /// Frames that keep many more values natively than the module holds: 1,000
 /// loop-invariant products Cranelift hoists out of the loop around the recursive call,
-/// live across it (runtime/src/passes/stack.rs measures 625 native bytes per stack
+/// live across it (passes/src/stack.rs measures 625 native bytes per stack
 /// unit). The native stack runs out before the metered limit, at a depth that depends on
 /// the CPU: a host failure (exit 2, nothing delivered), never a result.
 #[test]

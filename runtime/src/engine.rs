@@ -41,7 +41,7 @@ pub const MAX_WASM_STACK: usize =
 pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
 
 /// Frames of a trap's wasm backtrace that wasmtime records: only the innermost is read
-/// (to tell a metered stack exhaustion, [`passes::stack::is_exhaustion`]); pinned because
+/// (to tell a metered stack exhaustion, [`is_stack_exhaustion`]); pinned because
 /// that reading depends on it.
 pub const WASM_BACKTRACE_FRAMES: usize = 20;
 
@@ -779,6 +779,28 @@ fn refused(engine: &Engine, original: &[u8], why: String) -> RunError {
         }
         Ok(_) => RunError::InvalidModule(why),
     }
+}
+
+/// Whether `error` is the trap of a metered stack exhaustion: `unreachable` executed in
+/// the function the stack pass appends (`detwasm_passes::stack::meter`) (the module's last defined function, which nothing
+/// but the prologues calls). The runtime reports it as wasmtime's
+/// [`wasmtime::Trap::StackOverflow`] (`call stack exhausted`). Needs wasm backtraces,
+/// pinned on in [`deterministic_config`].
+pub fn is_stack_exhaustion(error: &wasmtime::Error) -> bool {
+    if error.downcast_ref::<wasmtime::Trap>() != Some(&wasmtime::Trap::UnreachableCodeReached) {
+        return false;
+    }
+    let Some(frame) = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+    else {
+        return false;
+    };
+    frame
+        .module()
+        .functions()
+        .last()
+        .is_some_and(|last| last.index.as_u32() == frame.func_index())
 }
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ pub mod deliver;
 pub mod engine;
 pub mod limiter;
 pub mod meter;
-pub mod passes;
+// The passes are detwasm-passes (bytes to bytes, no engine); the runtime applies them.
+pub use detwasm_passes as passes;
 pub mod run;
 pub mod selffuzz;
 pub mod wasi;

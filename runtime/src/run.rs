@@ -423,7 +423,7 @@ fn run_until<F: Future>(guest: F) -> F::Output {
 /// limit) is a deterministic outcome, recorded as a trap. Rejected: recording every
 /// error as a trap, which made an `mmap` refused by this host a verifiable result.
 ///
-/// A metered stack exhaustion ([`crate::passes::stack::is_exhaustion`]) is reported as
+/// A metered stack exhaustion ([`crate::engine::is_stack_exhaustion`]) is reported as
 /// wasmtime's stack overflow, `call stack exhausted`. wasmtime's own stack overflow (the
 /// native limit reached before the metered one, which only frames that keep far more
 /// native values than the module holds can do, see
@@ -431,7 +431,7 @@ fn run_until<F: Future>(guest: F) -> F::Output {
 /// on this CPU's frame layout, so it is no outcome of the job. Rejected: recording it as
 /// a trap (a verifier on another CPU would get another instruction count).
 fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
-    if crate::passes::stack::is_exhaustion(e) {
+    if crate::engine::is_stack_exhaustion(e) {
         return Ok(Outcome::Trap(Trap::StackOverflow.to_string()));
     }
     if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) {

@@ -241,7 +241,7 @@ impl End {
         match r {
             Ok(()) => End::Returned,
             // Reported as a job reports it (`run::classify`).
-            Err(e) if crate::passes::stack::is_exhaustion(e) => {
+            Err(e) if crate::engine::is_stack_exhaustion(e) => {
                 End::Trap(Trap::StackOverflow.to_string())
             }
             // A job makes this a host failure; here it is an end of its own, which the

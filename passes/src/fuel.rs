@@ -49,9 +49,9 @@
 //!   check, and between two checks run at most the operators of two function bodies.
 //! - A check that finds the fuel negative calls the host import `detwasm.refuel`, which
 //!   hands out the next slice of the job's budget, checks the wall-clock deadline, or
-//!   ends the run out of fuel ([`crate::run`]). Every other call of an import stores the
+//!   ends the run out of fuel (`detwasm_runtime::run`). Every other call of an import stores the
 //!   fuel in the exported global `detwasm:fuel` first and loads it again after (the WASI
-//!   host charges its own work there, [`crate::wasi::host::HOST_BYTES_PER_FUEL`]).
+//!   host charges its own work there, `detwasm_runtime::wasi::host::HOST_BYTES_PER_FUEL`).
 //! - The fuel is also stored in that global on entry to a checked function, before
 //!   every call and before `unreachable`: a run that traps reports the count of the last
 //!   of these, a point in the module's own code and so the same on every host. Rejected:
@@ -135,7 +135,7 @@
 //! counts of runs that return are the same as before the rule (and wasmtime's). A run
 //! that goes past its budget is stopped earlier than before; a refuel can happen at an
 //! owed check rather than at a later one, and the host writes the fuel global there
-//! ([`crate::meter`]), so a trap that comes after it but before the module's next store
+//! (`detwasm_runtime::meter`), so a trap that comes after it but before the module's next store
 //! of the fuel reports the count at the refuel.
 
 use std::collections::HashMap;
@@ -146,7 +146,7 @@ use wasm_encoder::{
 };
 use wasmparser::{Operator, Parser, Payload, TypeRef};
 
-/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`]. `-2`: checks
+/// The version of this pass, named in `detwasm_runtime::engine::ENGINE_SETTINGS`. `-2`: checks
 /// on the way back up from calls and before tail calls ("Returns and tail calls" above).
 /// Runs that return keep their counts, but a run that traps or runs out between two of
 /// the new checks can end otherwise than before (`out_of_fuel` where it trapped, another
@@ -1051,10 +1051,10 @@ fn section_order(p: &Payload) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meter::{self, Stop};
+    use detwasm_runtime::meter::{self, Stop};
 
     fn engine() -> wasmtime::Engine {
-        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+        wasmtime::Engine::new(&detwasm_runtime::engine::deterministic_config(false)).unwrap()
     }
 
     /// Instructions counted by the pass when export `f` of `wat` is called, and how the
@@ -1068,7 +1068,7 @@ mod tests {
     /// count itself stops at the budget).
     fn counted_and_overrun(wat: &str, fuel: u64) -> (u64, i64, wasmtime::Result<()>) {
         let engine = engine();
-        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        let module = detwasm_runtime::engine::compile(&engine, wat.as_bytes()).unwrap();
         let (mut store, i) = meter::instantiate(&engine, &module, fuel);
         let i = i.unwrap();
         let before = meter::consumed(&mut store, Some(&i));
@@ -1083,7 +1083,7 @@ mod tests {
     /// The same count by wasmtime's own fuel (`Config::consume_fuel`), on the module as
     /// it is: an implementation nobody here wrote, whose cost table the pass follows.
     fn wasmtime_counted(wat: &str) -> u64 {
-        let mut config = crate::engine::deterministic_config(false);
+        let mut config = detwasm_runtime::engine::deterministic_config(false);
         config.consume_fuel(true);
         let engine = wasmtime::Engine::new(&config).unwrap();
         let module = wasmtime::Module::new(&engine, wat).unwrap();

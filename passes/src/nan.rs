@@ -51,7 +51,7 @@
 //! keeps this), and a value of any other class is a NaN exactly where the canonicalizing
 //! run's is (lane by lane) and equal to it everywhere else. Values of the second kind only
 //! reach operations that cannot tell the difference. Proven on generated modules by the
-//! self-fuzzer ([`crate::selffuzz`], setup `eager`), against the engine with Cranelift's
+//! self-fuzzer (`detwasm_runtime::selffuzz`, setup `eager`), against the engine with Cranelift's
 //! canonicalization, bit for bit in results, globals and memories.
 //!
 //! Rejected: canonicalizing at the observation points instead of at the producers (a
@@ -76,7 +76,7 @@ use wasmparser::{
     Validator, WasmFeatures, WasmModuleResources,
 };
 
-/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`]: bumped whenever
+/// The version of this pass, named in `detwasm_runtime::engine::ENGINE_SETTINGS`: bumped whenever
 /// which results are canonicalized, or the emitted code, changes.
 pub const PASS_VERSION: &str = "detwasm-nan-2";
 
@@ -85,7 +85,7 @@ pub const CANONICAL_F32_NAN: u32 = 0x7fc0_0000;
 pub const CANONICAL_F64_NAN: u64 = 0x7ff8_0000_0000_0000;
 
 /// The scratch locals of the self-fuzzer's rewritings: one `f32`, one `f64`, one `v128`.
-pub(crate) const SCRATCH_LOCALS: &[u8] = &[0x7d, 0x7c, 0x7b];
+pub const SCRATCH_LOCALS: &[u8] = &[0x7d, 0x7c, 0x7b];
 
 /// The scratch local a function this pass rewrites gets: one `v128`
 /// ([`emit_canonicalization`] takes scalars through a vector).
@@ -486,7 +486,7 @@ pub fn producers(binary: &[u8]) -> Result<(usize, usize), String> {
 fn analyse(binary: &[u8]) -> Result<Vec<Plan>, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     // The proposals whose control flow this pass does not model are off in the engine
-    // too (`crate::engine::deterministic_config`): a module using them is refused here
+    // too (`detwasm_runtime::engine::deterministic_config`): a module using them is refused here
     // and then, with the engine's own message, by the engine.
     let features = WasmFeatures::all()
         - WasmFeatures::EXCEPTIONS
@@ -744,7 +744,7 @@ const MAX_BODY_BYTES: usize = 7_654_321;
 /// Where an operator is: the index of the function body (among the module's own) and of
 /// the operator in it.
 #[derive(Clone, Copy)]
-pub(crate) struct Site {
+pub struct Site {
     pub body: usize,
     pub op: usize,
 }
@@ -753,14 +753,13 @@ pub(crate) struct Site {
 /// the body, and returns whether it wrote a replacement for the operator (otherwise the
 /// operator's own bytes are written before whatever the edit appended). Its last argument
 /// is the index of the first local added by [`rewrite_code`].
-pub(crate) type Edit<'e> =
-    dyn FnMut(Site, &wasmparser::Operator, &[u8], &mut Vec<u8>, u32) -> bool + 'e;
+pub type Edit<'e> = dyn FnMut(Site, &wasmparser::Operator, &[u8], &mut Vec<u8>, u32) -> bool + 'e;
 
 /// `binary` with every function body passed through `edit`, one local of each type in
 /// `locals(body)` added to the function. Every other section is copied byte for byte, and
 /// so is each operator: the edit only needs to recognise operators, never to re-encode
 /// them.
-pub(crate) fn rewrite_code(
+pub fn rewrite_code(
     binary: &[u8],
     locals: &dyn Fn(usize) -> &'static [u8],
     edit: &mut Edit,
@@ -838,12 +837,7 @@ pub(crate) fn rewrite_code(
     Ok(out)
 }
 
-pub(crate) fn copy_section(
-    out: &mut Vec<u8>,
-    binary: &[u8],
-    id: u8,
-    range: std::ops::Range<usize>,
-) {
+pub fn copy_section(out: &mut Vec<u8>, binary: &[u8], id: u8, range: std::ops::Range<usize>) {
     out.push(id);
     write_u32(out, range.len() as u32);
     out.extend_from_slice(&binary[range]);
@@ -923,7 +917,7 @@ fn rewrite_body(
 
 /// What follows an operation whose NaN result must be canonicalized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Canon {
+pub enum Canon {
     F32,
     F64,
     F32x4,
@@ -933,7 +927,7 @@ pub(crate) enum Canon {
 impl Canon {
     /// The scratch local (of the three starting at `scratch`: f32, f64, v128) that holds
     /// a value of this kind.
-    pub(crate) fn scratch_local(self, scratch: u32) -> u32 {
+    pub fn scratch_local(self, scratch: u32) -> u32 {
         scratch
             + match self {
                 Canon::F32 => 0,
@@ -956,7 +950,7 @@ impl Canon {
 /// `fpromote`, `fdemote`, `fvpromote_low`, `fvdemote`, `fma`; relaxed min/max take the
 /// `fmin`/`fmax` lowering under `relaxed_simd_deterministic`). `pmin`/`pmax` are not
 /// among them: they select an operand.
-pub(crate) fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
+pub fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
     use wasmparser::Operator as O;
     Some(match op {
         O::F32Add
@@ -1030,7 +1024,7 @@ pub(crate) fn canon_kind(op: &wasmparser::Operator) -> Option<Canon> {
 /// stored result as it is and overwriting it with the canonical NaN when it is one (built
 /// and measured on n-body: no faster, 0.73–0.92 s, for a second kind of rewriting and an
 /// analysis of which values may hold the module's own NaNs).
-pub(crate) fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, v: u32) {
+pub fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, v: u32) {
     const SIMD: u8 = 0xfd;
     match kind {
         Canon::F32 => out.extend_from_slice(&[SIMD, 19]), // f32x4.splat
@@ -1060,12 +1054,12 @@ pub(crate) fn emit_canonicalization(out: &mut Vec<u8>, kind: Canon, v: u32) {
 }
 
 /// `v` as an unsigned LEB128 number (wasm-encoder's encoding, as the stack pass writes).
-pub(crate) fn write_u32(out: &mut Vec<u8>, v: u32) {
+pub fn write_u32(out: &mut Vec<u8>, v: u32) {
     wasm_encoder::Encode::encode(&v, out);
 }
 
 /// An unsigned LEB128 u32 and its length in bytes.
-pub(crate) fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
+pub fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
     let mut v: u64 = 0;
     for (i, b) in bytes.iter().enumerate().take(5) {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -1081,7 +1075,7 @@ pub(crate) fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::selffuzz::{compare, Setup};
+    use detwasm_runtime::selffuzz::{compare, Setup};
 
     /// How many producers of each function the pass canonicalizes.
     fn marks(wat: &str) -> Vec<usize> {
@@ -1171,12 +1165,12 @@ mod tests {
         canonicalize(&module(49_998)).unwrap();
         let e = canonicalize(&module(49_999)).unwrap_err();
         assert!(e.contains("limit of 50000"), "{e}");
-        let engine = crate::engine::new_engine(&crate::engine::EngineOptions {
+        let engine = detwasm_runtime::engine::new_engine(&detwasm_runtime::engine::EngineOptions {
             cache_dir: None,
             parallel_compilation: false,
         })
         .unwrap();
-        let e = crate::engine::compile(&engine, &module(49_999))
+        let e = detwasm_runtime::engine::compile(&engine, &module(49_999))
             .unwrap_err()
             .to_string();
         // The fuel pass, which runs first, needs two locals more and says so.

@@ -52,7 +52,7 @@
 //! The pass appends one function, `[] -> []`, whose body is `unreachable`; the prologue
 //! calls it when the limit is passed. An `unreachable` trap whose innermost frame is the
 //! module's last defined function is therefore a metered stack exhaustion
-//! ([`is_exhaustion`]), reported as `call stack exhausted`. Nothing is renumbered: the
+//! (`detwasm_runtime::engine::is_stack_exhaustion`), reported as `call stack exhausted`. Nothing is renumbered: the
 //! appended function, global and types come after every existing index, so the module's
 //! own functions, globals, types, exports and names keep their indices. Rejected: an
 //! imported host function that raises the trap (shifts every defined function's index,
@@ -61,14 +61,14 @@
 //!
 //! # Instruction counts
 //!
-//! The metering code is not counted: the fuel pass ([`crate::passes::fuel`]) runs before
+//! The metering code is not counted: the fuel pass ([`crate::fuel`]) runs before
 //! this one and counts the module's own operators only, so instruction counts are the
 //! same with and without stack metering (tested), and the same on every host.
 //!
 //! # The native stack
 //!
 //! The native stack is sized so that the metered limit is reached first:
-//! [`crate::engine::MAX_WASM_STACK`] is [`NATIVE_BYTES_PER_UNIT`] bytes per unit of
+//! `detwasm_runtime::engine::MAX_WASM_STACK` is [`NATIVE_BYTES_PER_UNIT`] bytes per unit of
 //! [`STACK_LIMIT`]. The tests of this module recurse to the deepest metered depth with
 //! the frames whose native size per unit is largest (`v128` values kept live across the
 //! call as locals, operands or parameters: 15.9–16.1 bytes per unit, 16.8 for 49,999
@@ -81,7 +81,7 @@
 //! live across calls, so a function can hold natively many values that the module never
 //! holds at once (measured: 625 bytes per unit for 1,000 invariant products in a loop
 //! around the recursive call). Such a module reaches the native limit first; the runtime
-//! then reports a host failure ([`crate::run::NATIVE_STACK_EXHAUSTED`]), never a trap,
+//! then reports a host failure (`detwasm_runtime::run::NATIVE_STACK_EXHAUSTED`), never a trap,
 //! so no CPU ever records an outcome whose depth was decided by its own frame layout.
 //! Rejected: charging every operator of a function as a unit (a sound bound, but it cuts
 //! the depth of real recursive code, whose functions are large, by two orders of
@@ -95,7 +95,7 @@ use wasmparser::{
     WasmModuleResources,
 };
 
-/// The version of this pass, named in [`crate::engine::ENGINE_SETTINGS`]: bumped whenever
+/// The version of this pass, named in `detwasm_runtime::engine::ENGINE_SETTINGS`: bumped whenever
 /// a cost, the limit or the emitted code changes (each changes instruction counts or the
 /// depth at which a guest traps).
 pub const PASS_VERSION: &str = "detwasm-stack-3";
@@ -132,7 +132,7 @@ pub const STACK_LIMIT: u32 = 1 << 18;
 /// exempting only leaves (`detwasm-stack-2`: CPython's helpers call helpers).
 pub const UNMETERED_MAX_COST: u32 = 1 << 16;
 
-/// Native stack bytes reserved per stack unit (see [`crate::engine::MAX_WASM_STACK`]).
+/// Native stack bytes reserved per stack unit (see `detwasm_runtime::engine::MAX_WASM_STACK`).
 /// A value held in a frame takes at most 16 bytes natively (a `v128` spill slot), and the
 /// largest measured frames take 16.8 bytes per unit (x86-64, Cranelift 0.135); twice 16
 /// leaves room for Cranelift's fixed frame overhead, for aarch64's larger frames and for
@@ -166,7 +166,7 @@ struct Frame {
 /// proves the module valid before it is rewritten).
 ///
 /// The validator accepts every proposal: the engine validates the rewritten module again
-/// with its own feature set, and [`crate::engine::compile`] reports a module the engine
+/// with its own feature set, and `detwasm_runtime::engine::compile` reports a module the engine
 /// refuses with the engine's message about the original bytes.
 fn analyse(binary: &[u8]) -> Result<Analysis, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
@@ -597,28 +597,6 @@ fn rewrite_body(
     Ok(out)
 }
 
-/// Whether `error` is the trap of a metered stack exhaustion: `unreachable` executed in
-/// the function [`meter`] appends (the module's last defined function, which nothing
-/// but the prologues calls). The runtime reports it as wasmtime's
-/// [`wasmtime::Trap::StackOverflow`] (`call stack exhausted`). Needs wasm backtraces,
-/// pinned on in [`crate::engine::deterministic_config`].
-pub fn is_exhaustion(error: &wasmtime::Error) -> bool {
-    if error.downcast_ref::<wasmtime::Trap>() != Some(&wasmtime::Trap::UnreachableCodeReached) {
-        return false;
-    }
-    let Some(frame) = error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().first())
-    else {
-        return false;
-    };
-    frame
-        .module()
-        .functions()
-        .last()
-        .is_some_and(|last| last.index.as_u32() == frame.func_index())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,18 +713,18 @@ mod tests {
     }
 
     fn engine() -> wasmtime::Engine {
-        wasmtime::Engine::new(&crate::engine::deterministic_config(false)).unwrap()
+        wasmtime::Engine::new(&detwasm_runtime::engine::deterministic_config(false)).unwrap()
     }
 
     /// How calling export `f` (after instantiating, which may run a start function) ends,
     /// on a guest-sized stack with `fuel`.
     fn call(wat: &'static str, fuel: u64) -> Result<(), wasmtime::Error> {
         let engine = engine();
-        let module = crate::engine::compile(&engine, wat.as_bytes()).unwrap();
+        let module = detwasm_runtime::engine::compile(&engine, wat.as_bytes()).unwrap();
         std::thread::Builder::new()
-            .stack_size(crate::run::GUEST_THREAD_STACK)
+            .stack_size(detwasm_runtime::run::GUEST_THREAD_STACK)
             .spawn(move || {
-                let (mut store, i) = crate::meter::instantiate(&engine, &module, fuel);
+                let (mut store, i) = detwasm_runtime::meter::instantiate(&engine, &module, fuel);
                 let i = i?;
                 let f = i.get_typed_func::<(), ()>(&mut store, "f")?;
                 f.call(&mut store, ())
@@ -761,12 +739,18 @@ mod tests {
         let indirect = r#"(module (type $t (func)) (table 1 funcref) (elem (i32.const 0) $g)
             (func $g (call_indirect (type $t) (i32.const 0)))
             (func (export "f") (call $g)))"#;
-        assert!(is_exhaustion(&call(indirect, u64::MAX).unwrap_err()));
+        assert!(detwasm_runtime::engine::is_stack_exhaustion(
+            &call(indirect, u64::MAX).unwrap_err()
+        ));
         let start = r#"(module (func $g (call $g)) (start $g) (func (export "f")))"#;
-        assert!(is_exhaustion(&call(start, u64::MAX).unwrap_err()));
+        assert!(detwasm_runtime::engine::is_stack_exhaustion(
+            &call(start, u64::MAX).unwrap_err()
+        ));
         // The guest's own `unreachable` is not a stack exhaustion.
         let own = r#"(module (func (export "f") unreachable))"#;
-        assert!(!is_exhaustion(&call(own, u64::MAX).unwrap_err()));
+        assert!(!detwasm_runtime::engine::is_stack_exhaustion(
+            &call(own, u64::MAX).unwrap_err()
+        ));
     }
 
     #[test]
@@ -781,31 +765,31 @@ mod tests {
         ] {
             let e = call(wat, 10_000_000).unwrap_err();
             assert_eq!(
-                e.downcast_ref::<crate::meter::Stop>(),
-                Some(&crate::meter::Stop::OutOfFuel),
+                e.downcast_ref::<detwasm_runtime::meter::Stop>(),
+                Some(&detwasm_runtime::meter::Stop::OutOfFuel),
                 "{wat}: {e:?}"
             );
         }
     }
 
     /// Stack metering costs no fuel: instruction counts are the module's own operators
-    /// (the fuel pass runs first, [`crate::passes::fuel`]).
+    /// (the fuel pass runs first, [`crate::fuel`]).
     #[test]
     fn metering_costs_no_instructions() {
         let fuel = |wat: &str, metered: bool| {
             let engine = engine();
             let binary = wat::parse_str(wat).unwrap();
-            let fueled = crate::passes::fuel::meter(&binary).unwrap();
+            let fueled = crate::fuel::meter(&binary).unwrap();
             let module = if metered {
-                crate::engine::compile(&engine, &binary).unwrap()
+                detwasm_runtime::engine::compile(&engine, &binary).unwrap()
             } else {
                 wasmtime::Module::new(&engine, &fueled).unwrap()
             };
-            let (mut store, i) = crate::meter::instantiate(&engine, &module, 1_000);
+            let (mut store, i) = detwasm_runtime::meter::instantiate(&engine, &module, 1_000);
             let i = i.unwrap();
             let f = i.get_typed_func::<(), ()>(&mut store, "f").unwrap();
             f.call(&mut store, ()).unwrap();
-            crate::meter::consumed(&mut store, Some(&i))
+            detwasm_runtime::meter::consumed(&mut store, Some(&i))
         };
         // `$g` could call itself (never does): it is metered.
         let wat = r#"(module (func $g (if (i32.const 0) (then (call $g))))
@@ -822,7 +806,7 @@ mod tests {
 #[cfg(test)]
 mod native_bound {
     use super::*;
-    use crate::engine::{self, MAX_WASM_STACK};
+    use detwasm_runtime::engine::{self, MAX_WASM_STACK};
     use wasmtime::{Config, Engine, Module};
 
     /// A recursive function `$f` of one shape; `$d` counts the frames entered.
@@ -1014,9 +998,10 @@ mod native_bound {
     fn run(engine: &Engine, module: &Module) -> (wasmtime::Error, u32) {
         let (engine, module) = (engine.clone(), module.clone());
         std::thread::Builder::new()
-            .stack_size(crate::run::GUEST_THREAD_STACK)
+            .stack_size(detwasm_runtime::run::GUEST_THREAD_STACK)
             .spawn(move || {
-                let (mut store, i) = crate::meter::instantiate(&engine, &module, u64::MAX);
+                let (mut store, i) =
+                    detwasm_runtime::meter::instantiate(&engine, &module, u64::MAX);
                 let i = i.unwrap();
                 let start = i.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
                 let err = start.call(&mut store, ()).unwrap_err();
@@ -1049,8 +1034,8 @@ mod native_bound {
                 let binary = module(&shape);
                 // The frames as the stack pass sees them: after the fuel and NaN passes
                 // (a parameter and a local more each, and the `_start` wrapper last).
-                let fueled = crate::passes::fuel::meter(&binary).unwrap();
-                let prepared = crate::passes::nan::canonicalize(&fueled).unwrap();
+                let fueled = crate::fuel::meter(&binary).unwrap();
+                let prepared = crate::nan::canonicalize(&fueled).unwrap();
                 let a = analyse(&prepared).unwrap();
                 let costs: Vec<u32> = a.funcs.iter().map(|f| f.cost).collect();
                 let (f, start) = (costs[0], costs[1] + costs[costs.len() - 1]);
@@ -1063,7 +1048,11 @@ mod native_bound {
                     if opt == "speed" {
                         let metered = engine::compile(&engine, &binary).unwrap();
                         let (err, depth) = run(&engine, &metered);
-                        assert!(is_exhaustion(&err), "{}: {err:?}", shape.name);
+                        assert!(
+                            detwasm_runtime::engine::is_stack_exhaustion(&err),
+                            "{}: {err:?}",
+                            shape.name
+                        );
                         assert_eq!(depth, (STACK_LIMIT - start) / f, "{}", shape.name);
                     }
                     continue;
@@ -1091,14 +1080,22 @@ mod native_bound {
                     }
                     // The runtime makes this a host failure, never an outcome (see
                     // `run::classify`).
-                    assert!(!is_exhaustion(&err), "{} ({opt})", shape.name);
+                    assert!(
+                        !detwasm_runtime::engine::is_stack_exhaustion(&err),
+                        "{} ({opt})",
+                        shape.name
+                    );
                     assert_eq!(
                         err.downcast_ref::<wasmtime::Trap>(),
                         Some(&wasmtime::Trap::StackOverflow)
                     );
                     continue;
                 }
-                assert!(is_exhaustion(&err), "{} ({opt}): {err:?}", shape.name);
+                assert!(
+                    detwasm_runtime::engine::is_stack_exhaustion(&err),
+                    "{} ({opt}): {err:?}",
+                    shape.name
+                );
                 assert_eq!(depth, (STACK_LIMIT - start) / f, "{} ({opt})", shape.name);
                 assert!(
                     bytes_per_unit < NATIVE_BYTES_PER_UNIT as f64,
