@@ -51,7 +51,7 @@
 //! keeps this), and a value of any other class is a NaN exactly where the canonicalizing
 //! run's is (lane by lane) and equal to it everywhere else. Values of the second kind only
 //! reach operations that cannot tell the difference. Proven on generated modules by the
-//! self-fuzzer (`detwasm_runtime::selffuzz`, setup `eager`), against the engine with Cranelift's
+//! self-fuzzer (`detwasm_fuzzing`, setup `eager`), against the engine with Cranelift's
 //! canonicalization, bit for bit in results, globals and memories.
 //!
 //! Rejected: canonicalizing at the observation points instead of at the producers (a
@@ -1075,7 +1075,7 @@ pub fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detwasm_runtime::selffuzz::{compare, Setup};
+    use detwasm_fuzzing::{compare, Setup};
 
     /// How many producers of each function the pass canonicalizes.
     fn marks(wat: &str) -> Vec<usize> {

@@ -749,7 +749,7 @@ pub fn compile_by(
 /// metering first, so that only the module's own operators are counted) with
 /// stack metering, reporting problems with `original`'s bytes. [`compile`] is the one
 /// path of jobs; this is also the self-fuzzer's, for its setups that compare the engine
-/// with other ways of canonicalizing NaNs ([`crate::selffuzz`]).
+/// with other ways of canonicalizing NaNs (`detwasm_fuzzing`).
 pub fn compile_rewritten(
     engine: &Engine,
     original: &[u8],

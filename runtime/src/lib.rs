@@ -41,7 +41,6 @@ pub mod meter;
 // The passes are detwasm-passes (bytes to bytes, no engine); the runtime applies them.
 pub use detwasm_passes as passes;
 pub mod run;
-pub mod selffuzz;
 pub mod wasi;
 
 pub use engine::EngineOptions;

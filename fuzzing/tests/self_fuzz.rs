@@ -1,4 +1,4 @@
-//! Runtime self-fuzzing, the short fixed-seed run (see `detwasm_runtime::selffuzz` for
+//! Runtime self-fuzzing, the short fixed-seed run (see `detwasm_fuzzing` for
 //! what is compared, and docs/self-fuzzing.md for long campaigns).
 //!
 //! The generator ([`smith_config`], [`generate`]) is shared with the cargo-fuzz target
@@ -6,13 +6,13 @@
 //! items and `cfg(test)` helpers are compiled out.
 
 use arbitrary::Unstructured;
-use detwasm_runtime::selffuzz::{export_global, trace_floats, LOOP_FUEL_EXPORT};
+use detwasm_fuzzing::{export_global, trace_floats, LOOP_FUEL_EXPORT};
 
 /// The loop budget wasm-smith's `ensure_termination` gives each call: a global counter,
 /// decremented at each loop head and function entry, that traps when it reaches zero. It
 /// is exported as [`LOOP_FUEL_EXPORT`], which the harness resets before every call. It is
 /// meant to end long calls before engine fuel
-/// ([`detwasm_runtime::selffuzz::FUEL_PER_CALL`]) does: a loop iteration costs at least
+/// ([`detwasm_fuzzing::FUEL_PER_CALL`]) does: a loop iteration costs at least
 /// the counter's own 7 instructions, and more often 20 to 40.
 pub const TERMINATION_FUEL: u32 = 5_000;
 
@@ -78,7 +78,7 @@ pub fn smith_config(disallow_traps: bool) -> wasm_smith::Config {
 /// allowed most calls trap within a few instructions (an `unreachable`, a division by
 /// zero, an access out of bounds), so half the modules leave them out and run longer;
 /// wasm-smith then generates no relaxed SIMD, so the other half keeps it covered. Every
-/// module is then traced ([`detwasm_runtime::selffuzz::trace_floats`]), so the NaN bits of
+/// module is then traced ([`detwasm_fuzzing::trace_floats`]), so the NaN bits of
 /// every float operation are observed, not only those that reach a result.
 pub fn generate(data: &[u8]) -> Option<Vec<u8>> {
     trace_floats(&generate_untraced(data)?).ok()
@@ -98,7 +98,7 @@ pub fn generate_untraced(data: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-use detwasm_runtime::selffuzz::{check_module, compare, Agreement, Setup};
+use detwasm_fuzzing::{check_module, compare, Agreement, Setup};
 
 /// Totals over a run of [`check_module`].
 #[cfg(test)]
@@ -171,7 +171,7 @@ fn seeded_inputs(seed: u64, count: u64) -> impl Iterator<Item = (u64, Vec<u8>)> 
 
 /// Fails the test with the disagreement, the module written to the temporary folder.
 #[cfg(test)]
-fn disagreed(i: u64, seed: u64, d: &detwasm_runtime::selffuzz::Disagreement, binary: &[u8]) -> ! {
+fn disagreed(i: u64, seed: u64, d: &detwasm_fuzzing::Disagreement, binary: &[u8]) -> ! {
     let path = std::env::temp_dir().join(format!("detwasm-selffuzz-{}.wasm", d.module));
     std::fs::write(&path, binary).unwrap();
     panic!(
@@ -248,7 +248,7 @@ fn untraced_modules_agree_with_eager_canonicalization() {
                 nans += a.nans;
                 noncanonical += a.noncanonical_nans;
                 if a.invalid.is_none() {
-                    let (p, c) = detwasm_runtime::passes::nan::producers(&binary).unwrap();
+                    let (p, c) = detwasm_passes::nan::producers(&binary).unwrap();
                     producers += p;
                     canonicalized += c;
                 }
@@ -339,7 +339,7 @@ fn bit_operations_carry_nan_payloads_and_agree() {
         (func (export "arg") (param f32) (param f32) (result f32) local.get 1))"#;
     let binary = wat::parse_str(wat).unwrap();
     let a = check_module(&binary).unwrap();
-    // Each of the three twice ([`detwasm_runtime::selffuzz::ROUNDS`]), except `arg`, whose
+    // Each of the three twice ([`detwasm_fuzzing::ROUNDS`]), except `arg`, whose
     // second round passes +inf.
     assert_eq!((a.nans, a.noncanonical_nans), (5, 5), "{a:?}");
 }
@@ -391,7 +391,8 @@ fn generated_modules_catch_an_engine_without_nan_canonicalization() {
 /// before each call. `None` when the module does not instantiate.
 #[cfg(test)]
 fn counted_calls(binary: &[u8], wasmtime_fuel: bool) -> Option<Vec<(String, bool, u64)>> {
-    use detwasm_runtime::{engine, meter, selffuzz};
+    use detwasm_fuzzing as selffuzz;
+    use detwasm_runtime::{engine, meter};
     use wasmtime::{Extern, Val};
     const BUDGET: u64 = 1 << 40;
     // wasmtime's side canonicalizes NaNs eagerly (Cranelift), as the engine's NaN pass

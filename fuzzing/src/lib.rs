@@ -1,9 +1,10 @@
-//! Runtime self-fuzzing: runs one core module under several engine setups that must
-//! agree, and says precisely where they do not.
+//! detwasm-fuzzing: runtime self-fuzzing. Runs one core module under several engine
+//! setups that must agree, and says precisely where they do not. Not published: a tool
+//! for detwasm's own tests and cargo-fuzz targets, above the runtime it checks.
 //!
 //! What it is for: proving, on generated modules (wasm-smith, see `tests/self_fuzz.rs`
 //! and `fuzz/fuzz_targets/runtime.rs`), that the choices detwasm leaves out of the engine
-//! fingerprint ([`crate::engine`]: parallel compilation, the module cache) cannot change
+//! fingerprint ([`detwasm_runtime::engine`]: parallel compilation, the module cache) cannot change
 //! what a module computes, and that NaN bits are exactly those of a module that
 //! canonicalizes after every operation (the NaN row of the determinism contract). What
 //! it is not: a test of WASI or of a job's results directory (`detwasm fuzz` perturbs
@@ -20,7 +21,7 @@
 //! bits of every intermediate NaN observable.
 //!
 //! The setups ([`Setup`]) and what each must match:
-//! - [`Setup::Serial`], the baseline: [`crate::engine::deterministic_config`] with serial
+//! - [`Setup::Serial`], the baseline: [`detwasm_runtime::engine::deterministic_config`] with serial
 //!   compilation, compiled fresh.
 //! - [`Setup::Parallel`]: the same with parallel compilation (the CLI's default).
 //! - [`Setup::CacheHit`]: compiled, stored by [`ModuleCache`] in a temporary folder, and
@@ -28,7 +29,7 @@
 //! - [`Setup::OptNone`]: Cranelift without optimisation, an option `detwasm fuzz` perturbs
 //!   on purpose. Fuel is counted per wasm operator, so it must match too. Its native
 //!   frames are larger, but the depth at which a call stack is exhausted is metered in the
-//!   module ([`crate::passes::stack`]), so a stack overflow must happen at the same call
+//!   module ([`detwasm_passes::stack`]), so a stack overflow must happen at the same call
 //!   and the same instruction count: the comparison does not stop there.
 //! - [`Setup::Reference`]: the engine *without* NaN canonicalization, running the module
 //!   rewritten by [`canonicalize_nans`], a wasm-to-wasm pass that replaces every NaN that
@@ -57,10 +58,10 @@ use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, Extern, Instance, Module, OptLevel, Store, Trap, Val, ValType};
 
-use crate::engine::{self, ModuleCache};
-use crate::limiter::JobLimiter;
-use crate::meter::{self, Meter, Metered};
-use crate::run::GUEST_THREAD_STACK;
+use detwasm_runtime::engine::{self, ModuleCache};
+use detwasm_runtime::limiter::JobLimiter;
+use detwasm_runtime::meter::{self, Meter, Metered};
+use detwasm_runtime::run::GUEST_THREAD_STACK;
 
 /// Fuel for instantiation and for each call.
 pub const FUEL_PER_CALL: u64 = 200_000;
@@ -87,11 +88,11 @@ pub const MEMORY_LIMIT: u64 = 16 << 20;
 /// long-running calls.
 pub const LOOP_FUEL_EXPORT: &str = "__detwasm_loop_fuel";
 
-use crate::passes::nan::{
+use detwasm_passes::nan::{
     canon_kind, copy_section, emit_canonicalization, read_u32, rewrite_code, write_u32, Canon,
     SCRATCH_LOCALS,
 };
-pub use crate::passes::nan::{CANONICAL_F32_NAN, CANONICAL_F64_NAN};
+pub use detwasm_passes::nan::{CANONICAL_F32_NAN, CANONICAL_F64_NAN};
 
 /// An engine setup that a module runs under (see the module docs for each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -241,15 +242,15 @@ impl End {
         match r {
             Ok(()) => End::Returned,
             // Reported as a job reports it (`run::classify`).
-            Err(e) if crate::engine::is_stack_exhaustion(e) => {
+            Err(e) if detwasm_runtime::engine::is_stack_exhaustion(e) => {
                 End::Trap(Trap::StackOverflow.to_string())
             }
             // A job makes this a host failure; here it is an end of its own, which the
             // setups must still agree on.
             Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::StackOverflow) => {
-                End::Trap(crate::run::NATIVE_STACK_EXHAUSTED.into())
+                End::Trap(detwasm_runtime::run::NATIVE_STACK_EXHAUSTED.into())
             }
-            Err(e) if e.downcast_ref::<crate::meter::Stop>().is_some() => End::OutOfFuel,
+            Err(e) if e.downcast_ref::<detwasm_runtime::meter::Stop>().is_some() => End::OutOfFuel,
             Err(e) => match e.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => End::OutOfFuel,
                 Some(t) => End::Trap(t.to_string()),
@@ -577,7 +578,7 @@ impl fmt::Display for StartFailed {
 }
 
 fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure> {
-    let invalid = |e: crate::RunError| Failure::Invalid(e.to_string());
+    let invalid = |e: detwasm_runtime::RunError| Failure::Invalid(e.to_string());
     match setup {
         Setup::CacheHit => {
             let dir = tempfile::tempdir()
@@ -598,12 +599,12 @@ fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure>
         // operation itself, the eager setup has Cranelift do it, the uncanonicalized one
         // nothing.
         Setup::Reference => {
-            let fueled = crate::passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            let fueled = detwasm_passes::fuel::meter(binary).map_err(Failure::Invalid)?;
             let rewritten = canonicalize_nans(&fueled).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &rewritten).map_err(invalid)
         }
         Setup::Eager | Setup::Uncanonicalized => {
-            let fueled = crate::passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            let fueled = detwasm_passes::fuel::meter(binary).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &fueled).map_err(invalid)
         }
         _ => engine::compile(engine, binary).map_err(invalid),
@@ -681,7 +682,7 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
     let set_fuel = |store: &mut Store<Data>, instance: Option<&Instance>| {
         store.data_mut().meter = Meter::new(fuel, None);
         if let Some(Extern::Global(g)) =
-            instance.and_then(|i| i.get_export(&mut *store, crate::passes::fuel::EXPORT_FUEL))
+            instance.and_then(|i| i.get_export(&mut *store, detwasm_passes::fuel::EXPORT_FUEL))
         {
             g.set(&mut *store, Val::I64(0))
                 .map_err(|e| Failure::Setup(format!("resetting the fuel: {e}")))?;
