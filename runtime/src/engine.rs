@@ -813,7 +813,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:7a6a8f4f77e456b4c628d8257ff04f774c6894e3aa28d5de591513de63608de3"
+            "blake3:3e42ff0308b7878e96064ab19b7dae2036c429ac422eddf4f57f9f4c442b17b6"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
