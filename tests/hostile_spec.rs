@@ -109,7 +109,7 @@ fn repeated_file(fill: u8, mib: u64) -> (Cid, Vec<u8>) {
     let links: Vec<PbLink> = (0..mib)
         .map(|_| PbLink {
             cid: leaf_cid,
-            name: Vec::new(),
+            name: String::new(),
             tsize: 1 << 20,
         })
         .collect();
@@ -216,7 +216,7 @@ fn a_car_of_folders_linking_twice_is_refused_before_unpacking() {
             .iter()
             .map(|n| PbLink {
                 cid: below,
-                name: n.as_bytes().to_vec(),
+                name: (*n).into(),
                 tsize: 1,
             })
             .collect();

@@ -796,7 +796,7 @@ mod tests {
         let links: Vec<PbLink> = (0..5)
             .map(|_| PbLink {
                 cid: part_cid,
-                name: Vec::new(),
+                name: String::new(),
                 tsize: 1000,
             })
             .collect();
