@@ -226,10 +226,10 @@ mod tests {
                 hasher.hash_path(&src).unwrap().root.to_cid()
             };
             let out = t.path().join(format!("out-{profile}"));
-            let held = held(&car, &root).unwrap().unwrap();
-            assert!(held.is_dir);
-            assert_eq!(held.size.entries, 3000 + 6);
-            unpack(&car, &root, &out, held.size.work).unwrap();
+            let tree = held(&car, &root).unwrap().unwrap();
+            assert!(tree.is_dir);
+            assert_eq!(tree.size.entries, 3000 + 6);
+            unpack(&car, &root, &out, tree.size.work).unwrap();
             let again = crate::results::cid_of_dir(&out, profile, true).unwrap();
             assert_eq!(again, root.to_string(), "{profile}");
             let other = t.path().join(format!("other-{profile}"));
