@@ -217,7 +217,12 @@ impl<'a> Car<'a> {
     /// Writes the file at `cid` (a raw block or a UnixFS file DAG) to `out`, within
     /// `budget` as [`Car::unpack`] counts it; the bytes written. Anything but a file is
     /// an error.
-    pub fn write_file(&self, cid: Cid, out: &mut impl Write, budget: u64) -> Result<u64, UnpackError> {
+    pub fn write_file(
+        &self,
+        cid: Cid,
+        out: &mut impl Write,
+        budget: u64,
+    ) -> Result<u64, UnpackError> {
         if cid.codec() == DAG_PB {
             let kind = decode(cid, self.block(&cid)?)?.data.kind;
             if !matches!(kind, unixfs::TYPE_FILE | unixfs::TYPE_RAW) {
@@ -277,7 +282,10 @@ impl<'a> Car<'a> {
         let entry = u64::from(role == Role::Entry);
         if cid.codec() == RAW {
             if role == Role::Shard {
-                return Err(invalid(cid, "a HAMT shard links to a sub-shard that is not one"));
+                return Err(invalid(
+                    cid,
+                    "a HAMT shard links to a sub-shard that is not one",
+                ));
             }
             let own = Expanded {
                 bytes: block.len() as u64,
@@ -301,7 +309,10 @@ impl<'a> Car<'a> {
                 }
             }
             (_, Role::FilePart) => {
-                return Err(invalid(cid, "a file links to a block that is not file data"))
+                return Err(invalid(
+                    cid,
+                    "a file links to a block that is not file data",
+                ))
             }
             (unixfs::TYPE_DIRECTORY, Role::Entry) => {
                 for link in &n.node.links {
@@ -313,7 +324,10 @@ impl<'a> Car<'a> {
                 for link in &n.node.links {
                     let target = link_cid(cid, link.hash)?;
                     if link.name.len() < prefix {
-                        return Err(invalid(cid, "a HAMT link name shorter than its bucket index"));
+                        return Err(invalid(
+                            cid,
+                            "a HAMT link name shorter than its bucket index",
+                        ));
                     }
                     let role = if link.name.len() == prefix {
                         Role::Shard
@@ -324,7 +338,10 @@ impl<'a> Car<'a> {
                 }
             }
             (_, Role::Shard) => {
-                return Err(invalid(cid, "a HAMT shard links to a sub-shard that is not one"))
+                return Err(invalid(
+                    cid,
+                    "a HAMT shard links to a sub-shard that is not one",
+                ))
             }
             (unixfs::TYPE_SYMLINK, Role::Entry) => {}
             (other, Role::Entry) => {
@@ -588,7 +605,12 @@ impl Walk<'_, '_> {
     }
 
     /// The content of the file at `root` into `out` (`path` names it in errors).
-    fn copy_file(&mut self, root: Cid, out: &mut impl Write, path: &Path) -> Result<(), UnpackError> {
+    fn copy_file(
+        &mut self,
+        root: Cid,
+        out: &mut impl Write,
+        path: &Path,
+    ) -> Result<(), UnpackError> {
         let mut stack = vec![root];
         while let Some(cid) = stack.pop() {
             let block = self.car.block(&cid)?;

@@ -649,7 +649,9 @@ mod tests {
         j.env = vec![("NAME".into(), "a\0b".into())];
         let e = j.validate().unwrap_err();
         assert!(matches!(&e, JobError::BadEnvValue(k) if k == "NAME"), "{e}");
-        assert!(e.to_string().contains("value of environment variable `NAME` contains NUL"));
+        assert!(e
+            .to_string()
+            .contains("value of environment variable `NAME` contains NUL"));
         j.env = vec![("A\0B".into(), "v".into())];
         assert!(matches!(j.validate(), Err(JobError::BadEnv(_))));
     }

@@ -68,7 +68,10 @@ impl InputBudget {
             ))
         };
         if bytes > MAX_JOB_CAR_BYTES {
-            return over(format!("{bytes} bytes of files"), "1 GiB, MAX_JOB_CAR_BYTES");
+            return over(
+                format!("{bytes} bytes of files"),
+                "1 GiB, MAX_JOB_CAR_BYTES",
+            );
         }
         if entries > MAX_JOB_CAR_ENTRIES {
             return over(
@@ -266,7 +269,13 @@ mod tests {
         };
         budget.charge(half).unwrap();
         budget.charge(half).unwrap();
-        let e = budget.charge(Expanded { bytes: 1, entries: 1, work: 1 }).unwrap_err();
+        let e = budget
+            .charge(Expanded {
+                bytes: 1,
+                entries: 1,
+                work: 1,
+            })
+            .unwrap_err();
         assert!(e.contains("MAX_JOB_CAR_BYTES"), "{e}");
         let mut budget = InputBudget::default();
         let many = Expanded {
@@ -275,9 +284,16 @@ mod tests {
             work: 0,
         };
         let e = budget.charge(many).unwrap_err();
-        assert!(e.contains("MAX_JOB_CAR_ENTRIES") && e.contains("ipfs get"), "{e}");
+        assert!(
+            e.contains("MAX_JOB_CAR_ENTRIES") && e.contains("ipfs get"),
+            "{e}"
+        );
         let e = budget
-            .charge(Expanded { bytes: 0, entries: 1, work: u64::MAX })
+            .charge(Expanded {
+                bytes: 0,
+                entries: 1,
+                work: u64::MAX,
+            })
             .unwrap_err();
         assert!(e.contains("MAX_JOB_CAR_WORK"), "{e}");
     }

@@ -575,9 +575,15 @@ mod tests {
         fs::write(outside.path().join("m.car"), &car).unwrap();
         std::os::unix::fs::symlink(outside.path().join("m.car"), tmp.path().join("m.car")).unwrap();
         let e = entry_module(tmp.path(), &root, "").unwrap_err();
-        assert!(e.to_string().contains("leads outside the module folder"), "{e}");
+        assert!(
+            e.to_string().contains("leads outside the module folder"),
+            "{e}"
+        );
         fs::remove_file(tmp.path().join("m.car")).unwrap();
         fs::copy(outside.path().join("m.car"), tmp.path().join("m.car")).unwrap();
-        assert_eq!(entry_module(tmp.path(), &root, "").unwrap().bytes, b"car module");
+        assert_eq!(
+            entry_module(tmp.path(), &root, "").unwrap().bytes,
+            b"car module"
+        );
     }
 }

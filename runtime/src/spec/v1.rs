@@ -1361,7 +1361,10 @@ pub fn prepare(
                                     how,
                                 }
                             }
-                            Found::Car { file: car_file, held } => {
+                            Found::Car {
+                                file: car_file,
+                                held,
+                            } => {
                                 budget.charge(held.size).map_err(|why| {
                                     located(refuse(
                                         format!(

@@ -572,14 +572,20 @@ mod tests {
         let big = "x".repeat(4 << 20);
         let aliases = vec!["*s"; 1000].join(", ");
         let start = std::time::Instant::now();
-        let e = parse(&format!("s: &s {big}
+        let e = parse(&format!(
+            "s: &s {big}
 l: [{aliases}]
-")).unwrap_err();
+"
+        ))
+        .unwrap_err();
         assert!(e.message.contains("64 MiB") && e.line == 2, "{e}");
         assert!(start.elapsed() < std::time::Duration::from_secs(10));
-        let doc = parse(&format!("s: &s {big}
+        let doc = parse(&format!(
+            "s: &s {big}
 l: [*s, *s, *s]
-")).unwrap();
+"
+        ))
+        .unwrap();
         let Json::Object(members) = &doc else {
             panic!("not a mapping")
         };
