@@ -27,7 +27,8 @@ enum Command {
     /// Run a job many times under host perturbations; report any difference, and what the
     /// output depends on.
     Fuzz(cmd::fuzz::Args),
-    /// Run many jobs (a JSON Lines file) in one process; print one receipt per job.
+    // The help text is `cmd::batch::Args`'s (the keys of a line, and who a jobs file
+    // belongs to).
     Batch(cmd::batch::Args),
 }
 

@@ -107,21 +107,6 @@ fn run(wat: &str, extra: &[&str], setup: impl FnOnce(&Path)) -> Run {
     }
 }
 
-/// Waits for `pid` and returns its exit code and peak RSS in bytes.
-fn wait_with_rusage(pid: libc::pid_t) -> (i32, u64) {
-    let mut status = 0;
-    // SAFETY: plain out-parameters for wait4 on our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    (code, usage.ru_maxrss as u64 * 1024)
-}
-
 /// A WASI command with the imports the attacks use, one page-aligned memory of
 /// `pages` pages, and `body` as `_start`.
 fn module(pages: u32, data: &str, body: &str) -> String {

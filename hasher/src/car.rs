@@ -109,7 +109,7 @@ fn poisoned() -> io::Error {
 
 /// The DAG-CBOR header `{"roots": [root], "version": 1}` (keys in canonical order:
 /// shorter first). A CID is CBOR tag 42 over the bytes `0x00 ‖ binary CID`.
-pub(crate) fn header(root: &Cid) -> Vec<u8> {
+pub fn header(root: &Cid) -> Vec<u8> {
     let cid = root.to_bytes();
     let mut h = vec![0xa2, 0x65];
     h.extend_from_slice(b"roots");

@@ -76,6 +76,40 @@ pub struct Car<'a> {
     blocks: HashMap<Cid, &'a [u8]>,
 }
 
+/// The size of a tree as unpacking it would write it: every block counted each time the
+/// tree reaches it ([`Car::expanded`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expanded {
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Files, folders and symlinks, the root included.
+    pub entries: u64,
+    /// What [`Car::unpack`] charges against its budget: the bytes of every block visit
+    /// plus [`VISIT_CHARGE`] per visit. A budget of exactly this unpacks the tree.
+    pub work: u64,
+}
+
+impl Expanded {
+    fn add(self, other: Expanded) -> Expanded {
+        Expanded {
+            bytes: self.bytes.saturating_add(other.bytes),
+            entries: self.entries.saturating_add(other.entries),
+            work: self.work.saturating_add(other.work),
+        }
+    }
+}
+
+/// How a block is reached, which decides what it adds to an [`Expanded`] size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    /// An entry of a folder (or the root): a file, folder or symlink.
+    Entry,
+    /// A block of a file's DAG below its root.
+    FilePart,
+    /// A HAMT shard below a sharded folder's root.
+    Shard,
+}
+
 /// What [`Car::unpack`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unpacked {
@@ -165,17 +199,172 @@ impl<'a> Car<'a> {
     /// [`VISIT_CHARGE`] per visit. On an error, what was written so far is left for the
     /// caller to remove (unpack into a staging folder).
     pub fn unpack(&self, dest: &Path, budget: u64) -> Result<Unpacked, UnpackError> {
-        let mut walk = Walk {
+        self.unpack_cid(self.root, dest, budget)
+    }
+
+    /// Does this CAR hold the block `cid`?
+    pub fn contains(&self, cid: &Cid) -> bool {
+        self.blocks.contains_key(cid)
+    }
+
+    /// [`Car::unpack`] of the tree at `cid`, any block of this CAR (not only its root).
+    pub fn unpack_cid(&self, cid: Cid, dest: &Path, budget: u64) -> Result<Unpacked, UnpackError> {
+        let mut walk = self.walk(budget);
+        walk.run(cid, dest)?;
+        Ok(walk.done)
+    }
+
+    /// Writes the file at `cid` (a raw block or a UnixFS file DAG) to `out`, within
+    /// `budget` as [`Car::unpack`] counts it; the bytes written. Anything but a file is
+    /// an error.
+    pub fn write_file(
+        &self,
+        cid: Cid,
+        out: &mut impl Write,
+        budget: u64,
+    ) -> Result<u64, UnpackError> {
+        if cid.codec() == DAG_PB {
+            let kind = decode(cid, self.block(&cid)?)?.data.kind;
+            if !matches!(kind, unixfs::TYPE_FILE | unixfs::TYPE_RAW) {
+                return Err(invalid(cid, format!("UnixFS type {kind} is not a file")));
+            }
+        }
+        let mut walk = self.walk(budget);
+        walk.copy_file(cid, out, Path::new("(memory)"))?;
+        Ok(walk.done.bytes)
+    }
+
+    /// The size of the tree at `cid` as [`Car::unpack_cid`] would write it, a block
+    /// linked many times counted every time, computed without writing or walking it:
+    /// bottom-up over the distinct blocks, each block's size remembered once known, so
+    /// the cost is linear in the CAR however large the tree it describes (19 levels of
+    /// folders each linking the one below twice are 2^19 paths, and 20 blocks here).
+    /// Errors are those a block the walk would reach would give it, and a block that is
+    /// missing. Rejected: counting while unpacking, which writes (and spends time on)
+    /// everything up to the limit before refusing, and whose limit can only be per tree.
+    pub fn expanded(&self, cid: Cid) -> Result<Expanded, UnpackError> {
+        let mut known: HashMap<(Cid, Role), Expanded> = HashMap::new();
+        let mut stack = vec![(cid, Role::Entry, false)];
+        while let Some((cid, role, children_known)) = stack.pop() {
+            if known.contains_key(&(cid, role)) {
+                continue;
+            }
+            let (own, children) = self.shape(cid, role)?;
+            if !children_known {
+                stack.push((cid, role, true));
+                stack.extend(
+                    children
+                        .into_iter()
+                        .filter(|c| !known.contains_key(c))
+                        .map(|(c, r)| (c, r, false)),
+                );
+                continue;
+            }
+            let mut total = own;
+            for child in &children {
+                // Every child was sized before its parent came back (a DAG of hashes
+                // cannot loop; a child missing here could only be a loop).
+                let size = known
+                    .get(child)
+                    .ok_or_else(|| invalid(cid, "the DAG links back to itself"))?;
+                total = total.add(*size);
+            }
+            known.insert((cid, role), total);
+        }
+        Ok(known[&(cid, Role::Entry)])
+    }
+
+    /// What a block adds by itself when reached as `role`, and the blocks it reaches.
+    #[allow(clippy::type_complexity)]
+    fn shape(&self, cid: Cid, role: Role) -> Result<(Expanded, Vec<(Cid, Role)>), UnpackError> {
+        let block = self.block(&cid)?;
+        let visit = (block.len() as u64).saturating_add(VISIT_CHARGE);
+        let entry = u64::from(role == Role::Entry);
+        if cid.codec() == RAW {
+            if role == Role::Shard {
+                return Err(invalid(
+                    cid,
+                    "a HAMT shard links to a sub-shard that is not one",
+                ));
+            }
+            let own = Expanded {
+                bytes: block.len() as u64,
+                entries: entry,
+                work: visit,
+            };
+            return Ok((own, Vec::new()));
+        }
+        let n = decode(cid, block)?;
+        let mut own = Expanded {
+            bytes: 0,
+            entries: entry,
+            work: visit,
+        };
+        let mut children = Vec::with_capacity(n.node.links.len());
+        match (n.data.kind, role) {
+            (unixfs::TYPE_FILE | unixfs::TYPE_RAW, Role::Entry | Role::FilePart) => {
+                own.bytes = n.data.data.len() as u64;
+                for link in &n.node.links {
+                    children.push((link_cid(cid, link.hash)?, Role::FilePart));
+                }
+            }
+            (_, Role::FilePart) => {
+                return Err(invalid(
+                    cid,
+                    "a file links to a block that is not file data",
+                ))
+            }
+            (unixfs::TYPE_DIRECTORY, Role::Entry) => {
+                for link in &n.node.links {
+                    children.push((link_cid(cid, link.hash)?, Role::Entry));
+                }
+            }
+            (unixfs::TYPE_HAMT_SHARD, Role::Entry | Role::Shard) => {
+                let prefix = hamt_prefix(cid, &n)?;
+                for link in &n.node.links {
+                    let target = link_cid(cid, link.hash)?;
+                    if link.name.len() < prefix {
+                        return Err(invalid(
+                            cid,
+                            "a HAMT link name shorter than its bucket index",
+                        ));
+                    }
+                    let role = if link.name.len() == prefix {
+                        Role::Shard
+                    } else {
+                        Role::Entry
+                    };
+                    children.push((target, role));
+                }
+            }
+            (_, Role::Shard) => {
+                return Err(invalid(
+                    cid,
+                    "a HAMT shard links to a sub-shard that is not one",
+                ))
+            }
+            (unixfs::TYPE_SYMLINK, Role::Entry) => {}
+            (other, Role::Entry) => {
+                return Err(invalid(
+                    cid,
+                    format!("UnixFS type {other} is not a file, folder or symlink"),
+                ))
+            }
+        }
+        Ok((own, children))
+    }
+
+    fn walk(&self, budget: u64) -> Walk<'_, 'a> {
+        Walk {
             car: self,
             spent: 0,
             budget,
             done: Unpacked::default(),
-        };
-        walk.run(dest)?;
-        Ok(walk.done)
+        }
     }
 
-    fn block(&self, cid: &Cid) -> Result<&'a [u8], UnpackError> {
+    /// The bytes of the block `cid` (checked against it when parsed).
+    pub fn block(&self, cid: &Cid) -> Result<&'a [u8], UnpackError> {
         self.blocks
             .get(cid)
             .copied()
@@ -262,9 +451,9 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
-    fn run(&mut self, dest: &Path) -> Result<(), UnpackError> {
+    fn run(&mut self, root: Cid, dest: &Path) -> Result<(), UnpackError> {
         let mut names: Vec<HashSet<Vec<u8>>> = Vec::new();
-        let mut tasks = vec![Task::Entry(self.car.root, dest.to_path_buf())];
+        let mut tasks = vec![Task::Entry(root, dest.to_path_buf())];
         let mut first = true;
         while let Some(task) = tasks.pop() {
             let is_root = std::mem::take(&mut first);
@@ -374,12 +563,7 @@ impl Walk<'_, '_> {
         tasks: &mut Vec<Task>,
         names: &mut [HashSet<Vec<u8>>],
     ) -> Result<(), UnpackError> {
-        let fanout = n
-            .data
-            .fanout
-            .filter(|f| f.is_power_of_two() && (2..=1 << 16).contains(f))
-            .ok_or_else(|| invalid(cid, "a HAMT shard without a power-of-two fanout"))?;
-        let prefix = format!("{:X}", fanout - 1).len();
+        let prefix = hamt_prefix(cid, n)?;
         let mut children = Vec::with_capacity(n.node.links.len());
         for link in &n.node.links {
             let target = link_cid(cid, link.hash)?;
@@ -416,6 +600,17 @@ impl Walk<'_, '_> {
             .open(path)
             .map_err(write_err(path))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
+        self.copy_file(root, &mut out, path)?;
+        out.flush().map_err(write_err(path))
+    }
+
+    /// The content of the file at `root` into `out` (`path` names it in errors).
+    fn copy_file(
+        &mut self,
+        root: Cid,
+        out: &mut impl Write,
+        path: &Path,
+    ) -> Result<(), UnpackError> {
         let mut stack = vec![root];
         while let Some(cid) = stack.pop() {
             let block = self.car.block(&cid)?;
@@ -438,8 +633,19 @@ impl Walk<'_, '_> {
             out.write_all(content).map_err(write_err(path))?;
             self.done.bytes += content.len() as u64;
         }
-        out.flush().map_err(write_err(path))
+        Ok(())
     }
+}
+
+/// The length of a HAMT shard's bucket index in its link names: as many upper-case hex
+/// digits as `fanout - 1` has (the fanout a power of two, 2 to 65536).
+fn hamt_prefix(cid: Cid, n: &UnixfsNode<'_>) -> Result<usize, UnpackError> {
+    let fanout = n
+        .data
+        .fanout
+        .filter(|f| f.is_power_of_two() && (2..=1 << 16).contains(f))
+        .ok_or_else(|| invalid(cid, "a HAMT shard without a power-of-two fanout"))?;
+    Ok(format!("{:X}", fanout - 1).len())
 }
 
 #[cfg(test)]
@@ -558,6 +764,78 @@ mod tests {
             .unpack(&t.path().join("m"), u64::MAX)
             .unwrap_err();
         assert!(matches!(e, UnpackError::Missing(c) if c == absent), "{e}");
+    }
+
+    #[test]
+    fn expanded_sizes_are_what_unpacking_writes_and_costs() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        for i in 0..300 {
+            std::fs::write(src.join(format!("many-{i}")), format!("{i}")).unwrap();
+        }
+        for profile in [Profile::UnixfsV0_2015, Profile::UnixfsV1_2025] {
+            let mut opts = Options::profile(profile).with_hidden(true);
+            opts.hamt_threshold = 1000;
+            let (root, bytes) = car_of(&src, &opts);
+            let car = Car::parse(&bytes).unwrap();
+            let size = car.expanded(root).unwrap();
+            let done = car
+                .unpack(&t.path().join(format!("all-{profile}")), size.work)
+                .unwrap();
+            assert_eq!((size.bytes, size.entries), (done.bytes, done.entries));
+            // The work is exactly the budget the walk needs: one byte less is refused.
+            let e = car
+                .unpack(&t.path().join(format!("less-{profile}")), size.work - 1)
+                .unwrap_err();
+            assert!(matches!(e, UnpackError::Budget(_)), "{e}");
+        }
+    }
+
+    /// 40 levels of folders, each linking the one below twice: 2^40 paths described by
+    /// 41 blocks. The size is known at once, and is what the walk would meet.
+    #[test]
+    fn the_expanded_size_of_a_doubling_dag_costs_its_blocks_not_its_paths() {
+        let leaf = b"x".to_vec();
+        let mut below = Cid::of_block(CidVersion::V1, RAW, &leaf);
+        let mut blocks = vec![(below, leaf)];
+        for _ in 0..40 {
+            let dir = dir_block(&[("a", below), ("b", below)]);
+            below = Cid::of_block(CidVersion::V0, DAG_PB, &dir);
+            blocks.push((below, dir));
+        }
+        blocks.reverse();
+        let bytes = finish_without_checks(&below, &blocks);
+        let car = Car::parse(&bytes).unwrap();
+        let start = std::time::Instant::now();
+        let size = car.expanded(below).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(size.bytes, 1 << 40);
+        assert_eq!(size.entries, (1u64 << 41) - 1);
+        // A file's DAG and a file written to memory.
+        let part = vec![7u8; 1000];
+        let part_cid = Cid::of_block(CidVersion::V1, RAW, &part);
+        let links: Vec<PbLink> = (0..5)
+            .map(|_| PbLink {
+                cid: part_cid,
+                name: String::new(),
+                tsize: 1000,
+            })
+            .collect();
+        let file = dagpb::encode_node(&links, &unixfs::file_node(5000, &[1000; 5]));
+        let file_cid = Cid::of_block(CidVersion::V0, DAG_PB, &file);
+        let bytes = finish_without_checks(&file_cid, &[(file_cid, file), (part_cid, part)]);
+        let car = Car::parse(&bytes).unwrap();
+        let size = car.expanded(file_cid).unwrap();
+        assert_eq!((size.bytes, size.entries), (5000, 1));
+        let mut out = Vec::new();
+        assert_eq!(car.write_file(file_cid, &mut out, size.work).unwrap(), 5000);
+        assert_eq!(out, vec![7u8; 5000]);
+        assert!(car.contains(&part_cid));
+        assert!(matches!(
+            car.write_file(file_cid, &mut Vec::new(), size.work - 1),
+            Err(UnpackError::Budget(_))
+        ));
     }
 
     fn dir_block(entries: &[(&str, Cid)]) -> Vec<u8> {

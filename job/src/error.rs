@@ -16,6 +16,8 @@ pub enum JobError {
     InputMissing(PathBuf),
     #[error("environment variable name `{0}` is invalid (empty, or contains `=` or NUL)")]
     BadEnv(String),
+    #[error("the value of environment variable `{0}` contains NUL (a C environment string cannot hold one)")]
+    BadEnvValue(String),
     #[error("argument `{0}` contains NUL")]
     BadArg(String),
     #[error("the entry point name is empty")]

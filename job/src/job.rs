@@ -309,7 +309,7 @@ impl Job {
     /// Checks what can be checked without running: guest paths absolute, normal and each
     /// mount's own; output names (and writable folders' volume names) plain folder names that do not collide with
     /// `stdout`, `stderr`, `exitCode` or each other; inputs exist; no NUL or `=` in env
-    /// keys.
+    /// keys, no NUL in env values (each said as what it is).
     pub fn validate(&self) -> Result<(), JobError> {
         let mut mounts: Vec<&str> = Vec::new();
         let mut names: Vec<String> = Vec::new();
@@ -351,8 +351,11 @@ impl Job {
             }
         }
         for (k, v) in &self.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(JobError::BadEnv(k.clone()));
+            }
+            if v.contains('\0') {
+                return Err(JobError::BadEnvValue(k.clone()));
             }
         }
         for a in self.args.iter().chain(std::iter::once(&self.argv0)) {
@@ -637,5 +640,19 @@ mod tests {
             guest: "out/../x".into(),
         }]);
         assert!(matches!(rel.validate(), Err(JobError::BadGuestPath(_))));
+    }
+
+    /// A NUL in an env value is named as such, not as an invalid variable name.
+    #[test]
+    fn a_nul_in_an_env_value_is_named_as_a_bad_value() {
+        let mut j = Job::new(vec![]);
+        j.env = vec![("NAME".into(), "a\0b".into())];
+        let e = j.validate().unwrap_err();
+        assert!(matches!(&e, JobError::BadEnvValue(k) if k == "NAME"), "{e}");
+        assert!(e
+            .to_string()
+            .contains("value of environment variable `NAME` contains NUL"));
+        j.env = vec![("A\0B".into(), "v".into())];
+        assert!(matches!(j.validate(), Err(JobError::BadEnv(_))));
     }
 }

@@ -2,271 +2,176 @@
 //! that an entry module or an input named by CID can be shipped as a `.car` beside the
 //! template or job file.
 //!
-//! Every block used is verified against its CID (sha2-256) before it is trusted, so the
-//! bytes returned are exactly the file that CID names, whatever import settings made it.
-//! Supported: CIDv0/v1, dag-pb UnixFS `File`/`Raw` nodes and raw leaves; a whole tree
-//! (folders, HAMT-sharded ones too) when the CAR's root is the CID wanted
-//! ([`unpack_root`], the hasher's reader). Not supported (an error): identity hashes,
-//! other hash functions.
+//! The reading is the hasher's ([`detwasm_hasher::unpack`]): every block is checked
+//! against its CID (sha2-256) when the CAR is parsed, so the bytes returned are exactly
+//! what the CID names, whatever import settings made it; any file or folder among the
+//! CAR's blocks can be taken, not only its root. What it takes: a CARv1 of one root as
+//! `ipfs dag export` writes it, of dag-pb and raw blocks (CIDv0/v1). Rejected: a reader
+//! of this module's own (there was one), which parsed varints and protobuf a second time
+//! and disagreed with the hasher's on the edges (a varint's overflow).
+//!
+//! Sizes are known before anything is read out ([`Car::expanded`]): a UnixFS DAG may
+//! link one block many times (a file of zeros legitimately does), so a CAR of a few
+//! kilobytes can describe exabytes, and a tree of millions of entries; the size counts
+//! every block each time it is reached, computed over the distinct blocks.
+//!
+//! [`Car::expanded`]: detwasm_hasher::unpack::Car::expanded
 
-use std::collections::HashMap;
+use std::path::Path;
 
-use detwasm_hasher::{Cid as HCid, CidVersion};
+use detwasm_hasher::unpack::{Car, Expanded};
+use detwasm_hasher::{dagpb, unixfs, Cid as HCid};
 
-const DAG_PB: u64 = 0x70;
-const RAW: u64 = 0x55;
-const SHA2_256: u64 = 0x12;
-
-/// The largest file extracted from a CAR: 1 GiB, the size of the largest module file
-/// read ([`super::resolve::MAX_MODULE_FILE`]).
-///
-/// A UnixFS DAG may link one block many times (a file of zeros legitimately does), so a
-/// CAR of a few kilobytes can describe a file of exabytes: the file is refused as soon
-/// as it would pass this size, and the blocks visited (each visit parses the block) may
-/// add up to at most twice this size, so a DAG of empty blocks linked a million times
-/// over is refused too. Each distinct block is hashed once, however often it is linked.
+/// The largest file extracted from a CAR into memory (an entry module): 1 GiB, the size
+/// of the largest module file read ([`super::resolve::MAX_MODULE_FILE`]). The blocks
+/// visited may add up to at most twice this size, so a DAG of empty blocks linked a
+/// million times over is refused too.
 pub const MAX_FILE: usize = 1 << 30;
 
-fn varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *data.get(*pos).ok_or("truncated varint")?;
-        *pos += 1;
-        value |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("varint too long".into())
+/// The most bytes of file content all of a job's CAR inputs together unpack to: 1 GiB.
+///
+/// One budget per job, charged from each DAG's expanded size before anything of the job's
+/// inputs is written: a limit per input would let a job multiply it by naming inputs
+/// (four inputs of one 275 KB CAR of 500 MB of zeros wrote 2 GB). An input named twice
+/// is staged once and charged once.
+pub const MAX_JOB_CAR_BYTES: u64 = 1 << 30;
+
+/// The most files, folders and symlinks all of a job's CAR inputs together unpack to:
+/// 100,000. A few kilobytes of folders that each link the one below twice describe
+/// millions (19 levels unpacked 524,288 files and as many folders in 90 s). A larger
+/// tree is mounted from a folder named by its CID (`ipfs get CID -o CID`), which is
+/// hashed where it is and never copied.
+pub const MAX_JOB_CAR_ENTRIES: u64 = 100_000;
+
+/// The most block visits all of a job's CAR inputs together cost, counted as the
+/// unpacker counts them (bytes of each block visited, plus
+/// [`detwasm_hasher::unpack::VISIT_CHARGE`] per visit): 2 GiB, so a DAG of empty
+/// blocks linked over and over, which writes nothing, is bounded too.
+pub const MAX_JOB_CAR_WORK: u64 = 2 << 30;
+
+/// What a job's CAR inputs have spent of the limits above.
+#[derive(Debug, Default)]
+pub struct InputBudget {
+    spent: Expanded,
 }
 
-/// Reads a binary CID at `pos`, returning it and advancing.
-fn read_cid(data: &[u8], pos: &mut usize) -> Result<cid::Cid, String> {
-    let start = *pos;
-    if data.get(start) == Some(&0x12) && data.get(start + 1) == Some(&0x20) {
-        *pos = start.checked_add(34).ok_or("truncated CID")?;
-    } else {
-        let _version = varint(data, pos)?;
-        let _codec = varint(data, pos)?;
-        let _hash = varint(data, pos)?;
-        let len = varint(data, pos)?;
-        *pos = usize::try_from(len)
-            .ok()
-            .and_then(|len| pos.checked_add(len))
-            .ok_or("truncated CID")?;
-    }
-    let bytes = data.get(start..*pos).ok_or("truncated CID")?;
-    cid::Cid::try_from(bytes).map_err(|e| e.to_string())
-}
-
-/// Blocks by CID bytes: the CID and the block's bytes.
-type Blocks<'a> = HashMap<Vec<u8>, (cid::Cid, &'a [u8])>;
-
-/// All blocks of a CARv1, keyed by CID bytes. The header is skipped (its roots are not
-/// needed: the CID wanted comes from the template).
-fn blocks(car: &[u8]) -> Result<Blocks<'_>, String> {
-    let mut pos = 0;
-    let header_len = varint(car, &mut pos)?;
-    pos = usize::try_from(header_len)
-        .ok()
-        .and_then(|len| pos.checked_add(len))
-        .ok_or("truncated CAR header")?;
-    let mut out = HashMap::new();
-    while pos < car.len() {
-        let len = usize::try_from(varint(car, &mut pos)?).map_err(|_| "truncated block section")?;
-        let end = pos
-            .checked_add(len)
-            .filter(|&e| e <= car.len())
-            .ok_or("truncated block section")?;
-        let mut p = pos;
-        let cid = read_cid(&car[..end], &mut p)?;
-        out.insert(cid.to_bytes(), (cid, &car[p..end]));
-        pos = end;
-    }
-    Ok(out)
-}
-
-/// Checks a block against its CID.
-fn verify(cid: &cid::Cid, block: &[u8]) -> Result<(), String> {
-    if cid.hash().code() != SHA2_256 {
-        return Err(format!("block {cid}: only sha2-256 is supported"));
-    }
-    let version = match cid.version() {
-        cid::Version::V0 => CidVersion::V0,
-        cid::Version::V1 => CidVersion::V1,
-    };
-    let computed = HCid::of_block(version, cid.codec(), block).to_cid();
-    if computed != *cid {
-        return Err(format!("block {cid} does not match its CID (corrupt CAR)"));
-    }
-    Ok(())
-}
-
-/// Protobuf fields of one message: (field number, wire type, value or bytes).
-fn pb_fields(data: &[u8]) -> Result<Vec<(u64, PbValue<'_>)>, String> {
-    let mut pos = 0;
-    let mut out = Vec::new();
-    while pos < data.len() {
-        let key = varint(data, &mut pos)?;
-        let (field, wire) = (key >> 3, key & 7);
-        let value = match wire {
-            0 => PbValue::Int(varint(data, &mut pos)?),
-            2 => {
-                let len = usize::try_from(varint(data, &mut pos)?)
-                    .map_err(|_| "truncated protobuf field")?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= data.len())
-                    .ok_or("truncated protobuf field")?;
-                let v = &data[pos..end];
-                pos = end;
-                PbValue::Bytes(v)
-            }
-            other => return Err(format!("unexpected protobuf wire type {other}")),
-        };
-        out.push((field, value));
-    }
-    Ok(out)
-}
-
-enum PbValue<'a> {
-    Int(u64),
-    Bytes(&'a [u8]),
-}
-
-/// What one extraction may still do ([`MAX_FILE`]).
-struct Budget {
-    /// Bytes of blocks that may still be visited.
-    visits: usize,
-    /// Blocks already checked against their CID.
-    verified: std::collections::HashSet<Vec<u8>>,
-}
-
-fn assemble(
-    cid: &cid::Cid,
-    blocks: &Blocks<'_>,
-    out: &mut Vec<u8>,
-    depth: usize,
-    budget: &mut Budget,
-) -> Result<(), String> {
-    if depth > 64 {
-        return Err("DAG too deep".into());
-    }
-    let key = cid.to_bytes();
-    let (_, block) = blocks
-        .get(&key)
-        .ok_or_else(|| format!("block {cid} is missing from the CAR"))?;
-    budget.visits = budget.visits.checked_sub(block.len() + 1).ok_or_else(|| {
-        format!(
-            "the DAG links its blocks too many times (over {} GiB of blocks to read)",
-            (2 * MAX_FILE) >> 30
-        )
-    })?;
-    if !budget.verified.contains(&key) {
-        verify(cid, block)?;
-        budget.verified.insert(key);
-    }
-    let extend = |out: &mut Vec<u8>, bytes: &[u8]| {
-        if out.len() + bytes.len() > MAX_FILE {
-            return Err(format!(
-                "the file is larger than {} GiB, detwasm's limit for a module",
-                MAX_FILE >> 30
-            ));
-        }
-        out.extend_from_slice(bytes);
-        Ok(())
-    };
-    match cid.codec() {
-        RAW => extend(out, block)?,
-        DAG_PB => {
-            let mut links = Vec::new();
-            let mut data = None;
-            for (field, value) in pb_fields(block)? {
-                match (field, value) {
-                    (2, PbValue::Bytes(link)) => {
-                        for (f, v) in pb_fields(link)? {
-                            if let (1, PbValue::Bytes(hash)) = (f, v) {
-                                links.push(cid::Cid::try_from(hash).map_err(|e| e.to_string())?);
-                            }
-                        }
-                    }
-                    (1, PbValue::Bytes(d)) => data = Some(d),
-                    _ => {}
-                }
-            }
-            let data = data.ok_or_else(|| format!("block {cid} has no UnixFS data"))?;
-            let mut kind = None;
-            let mut content: &[u8] = &[];
-            for (field, value) in pb_fields(data)? {
-                match (field, value) {
-                    (1, PbValue::Int(t)) => kind = Some(t),
-                    (2, PbValue::Bytes(b)) => content = b,
-                    _ => {}
-                }
-            }
-            // UnixFS Data.Type: 0 Raw, 2 File.
-            match kind {
-                Some(0) | Some(2) => {}
-                Some(t) => return Err(format!("block {cid} is UnixFS type {t}, not a file")),
-                None => return Err(format!("block {cid} has no UnixFS type")),
-            }
-            extend(out, content)?;
-            for link in &links {
-                assemble(link, blocks, out, depth + 1, budget)?;
-            }
-        }
-        other => {
-            return Err(format!(
-                "block {cid} has codec {other:#x}, not dag-pb or raw"
+impl InputBudget {
+    /// Charges one CAR input of this expanded size, or says which limit it would pass.
+    pub fn charge(&mut self, size: Expanded) -> Result<(), String> {
+        let bytes = self.spent.bytes.saturating_add(size.bytes);
+        let entries = self.spent.entries.saturating_add(size.entries);
+        let work = self.spent.work.saturating_add(size.work);
+        let over = |what: String, limit: &str| {
+            Err(format!(
+                "the job's CAR inputs together would unpack to {what}, over the limit for all of a job's CAR inputs ({limit}); this input alone is {} bytes in {} entries",
+                size.bytes, size.entries
             ))
+        };
+        if bytes > MAX_JOB_CAR_BYTES {
+            return over(
+                format!("{bytes} bytes of files"),
+                "1 GiB, MAX_JOB_CAR_BYTES",
+            );
         }
+        if entries > MAX_JOB_CAR_ENTRIES {
+            return over(
+                format!("{entries} files and folders"),
+                "100,000 entries, MAX_JOB_CAR_ENTRIES: for more, mount a folder named by the CID (`ipfs get CID -o CID`)",
+            );
+        }
+        if work > MAX_JOB_CAR_WORK {
+            return over(
+                format!("{work} bytes of block visits (its blocks are linked over and over)"),
+                "2 GiB of block visits, MAX_JOB_CAR_WORK",
+            );
+        }
+        self.spent = Expanded {
+            bytes,
+            entries,
+            work,
+        };
+        Ok(())
     }
-    Ok(())
 }
 
-/// The file named `want` in this CAR, with every block verified; `None` when the CAR
-/// does not hold that root.
-pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
-    let blocks = blocks(car)?;
-    if !blocks.contains_key(&want.to_bytes()) {
-        return Ok(None);
-    }
-    let mut out = Vec::new();
-    let mut budget = Budget {
-        visits: 2 * MAX_FILE,
-        verified: Default::default(),
-    };
-    assemble(want, &blocks, &mut out, 0, &mut budget)?;
-    Ok(Some(out))
+/// What a CID names in a CAR: its expanded size and whether it is a folder.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub size: Expanded,
+    pub is_dir: bool,
 }
 
-/// Writes the tree of a CAR whose header names `want` as its root at `dest` (which must
-/// not exist), with [`detwasm_hasher::unpack`] (every block checked, names one path
-/// component each, at most [`MAX_FILE`] of blocks visited, so at most that much written). `Some(true)` for a
-/// folder, `Some(false)` for a file, `None` when the CAR's root is another CID (then
-/// [`extract_file`] may still find a file among its blocks). A symlink root is an error:
-/// an input must be a file or a folder.
-pub fn unpack_root(
-    car: &[u8],
-    want: &cid::Cid,
-    dest: &std::path::Path,
-) -> Result<Option<bool>, String> {
-    // A CAR the strict reader does not take (several roots, other codecs) may still hold
-    // the file among its blocks: [`extract_file`]'s case, not an error here.
-    let Ok(parsed) = detwasm_hasher::unpack::Car::parse(car) else {
-        return Ok(None);
-    };
-    if parsed.root().to_cid() != *want {
+/// The hasher's CID for a CID of a template or job file: only sha2-256 dag-pb or raw.
+fn hasher_cid(want: &cid::Cid) -> Result<HCid, String> {
+    HCid::from_bytes(&want.to_bytes()).ok_or_else(|| {
+        format!("{want}: only sha2-256 CIDs of dag-pb or raw blocks are read from a CAR")
+    })
+}
+
+/// The parsed CAR, or why not.
+fn parse(car: &[u8]) -> Result<Car<'_>, String> {
+    Car::parse(car).map_err(|e| e.to_string())
+}
+
+/// What the CAR holds for `want` (its size, a folder or a file), without reading it out;
+/// `None` when the CAR does not hold that CID. A symlink is an error: an input must be
+/// a file or a folder.
+pub fn held(car: &[u8], want: &cid::Cid) -> Result<Option<Held>, String> {
+    let want_h = hasher_cid(want)?;
+    let car = parse(car)?;
+    if !car.contains(&want_h) {
         return Ok(None);
     }
-    parsed
-        .unpack(dest, MAX_FILE as u64)
-        .map_err(|e| e.to_string())?;
-    let meta = std::fs::symlink_metadata(dest).map_err(|e| e.to_string())?;
-    if meta.file_type().is_symlink() {
+    let size = car.expanded(want_h).map_err(|e| e.to_string())?;
+    let kind = if want_h.codec() == detwasm_hasher::cid::RAW {
+        unixfs::TYPE_RAW
+    } else {
+        let block = car.block(&want_h).map_err(|e| e.to_string())?;
+        let node = dagpb::decode_node(block).map_err(|e| format!("block {want}: {e}"))?;
+        unixfs::decode(node.data.unwrap_or_default())
+            .map_err(|e| format!("block {want}: {e}"))?
+            .kind
+    };
+    if kind == unixfs::TYPE_SYMLINK {
         return Err(format!("{want} is a symlink, not a file or a folder"));
     }
-    Ok(Some(meta.is_dir()))
+    Ok(Some(Held {
+        size,
+        is_dir: matches!(kind, unixfs::TYPE_DIRECTORY | unixfs::TYPE_HAMT_SHARD),
+    }))
+}
+
+/// Writes the file or folder `want` of this CAR at `dest` (which must not exist), with
+/// at most `work` of block visits (its [`Held::size`], charged before): the content goes
+/// from the CAR to the disk, never whole into memory.
+pub fn unpack(car: &[u8], want: &cid::Cid, dest: &Path, work: u64) -> Result<(), String> {
+    let want_h = hasher_cid(want)?;
+    parse(car)?
+        .unpack_cid(want_h, dest, work)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The file named `want` in this CAR, every block verified, read into memory (an entry
+/// module, which is compiled from memory); `None` when the CAR does not hold that CID.
+/// Refused past [`MAX_FILE`], from its expanded size, before reading.
+pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, String> {
+    let want_h = hasher_cid(want)?;
+    let car = parse(car)?;
+    if !car.contains(&want_h) {
+        return Ok(None);
+    }
+    let size = car.expanded(want_h).map_err(|e| e.to_string())?;
+    if size.bytes > MAX_FILE as u64 || size.work > 2 * MAX_FILE as u64 {
+        return Err(format!(
+            "the file is larger than {} GiB (or its blocks are linked over and over), detwasm's limit for a module",
+            MAX_FILE >> 30
+        ));
+    }
+    let mut out = Vec::new();
+    car.write_file(want_h, &mut out, size.work)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -324,14 +229,23 @@ mod tests {
                 hasher.hash_path(&src).unwrap().root.to_cid()
             };
             let out = t.path().join(format!("out-{profile}"));
-            assert_eq!(unpack_root(&car, &root, &out).unwrap(), Some(true));
+            let tree = held(&car, &root).unwrap().unwrap();
+            assert!(tree.is_dir);
+            assert_eq!(tree.size.entries, 3000 + 6);
+            unpack(&car, &root, &out, tree.size.work).unwrap();
             let again = detwasm_job::results::cid_of_dir(&out, profile, true).unwrap();
             assert_eq!(again, root.to_string(), "{profile}");
             let other = t.path().join(format!("other-{profile}"));
             let elsewhere =
                 cid::Cid::try_from("QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH").unwrap();
-            assert_eq!(unpack_root(&car, &elsewhere, &other).unwrap(), None);
+            assert!(held(&car, &elsewhere).unwrap().is_none());
+            assert!(unpack(&car, &elsewhere, &other, u64::MAX).is_err());
             assert!(!other.exists());
+            // One file of the folder, by its own CID.
+            let hello =
+                detwasm_job::results::cid_of_dir(&src.join("a.txt"), profile, true).unwrap();
+            let hello = cid::Cid::try_from(hello.as_str()).unwrap();
+            assert_eq!(extract_file(&car, &hello).unwrap().unwrap(), b"ay");
         }
     }
 
@@ -344,5 +258,44 @@ mod tests {
         car[last] ^= 0xff;
         let e = extract_file(&car, &root).unwrap_err();
         assert!(e.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_car_inputs_share_one_budget() {
+        let mut budget = InputBudget::default();
+        let half = Expanded {
+            bytes: MAX_JOB_CAR_BYTES / 2,
+            entries: 1,
+            work: MAX_JOB_CAR_BYTES / 2,
+        };
+        budget.charge(half).unwrap();
+        budget.charge(half).unwrap();
+        let e = budget
+            .charge(Expanded {
+                bytes: 1,
+                entries: 1,
+                work: 1,
+            })
+            .unwrap_err();
+        assert!(e.contains("MAX_JOB_CAR_BYTES"), "{e}");
+        let mut budget = InputBudget::default();
+        let many = Expanded {
+            bytes: 0,
+            entries: MAX_JOB_CAR_ENTRIES + 1,
+            work: 0,
+        };
+        let e = budget.charge(many).unwrap_err();
+        assert!(
+            e.contains("MAX_JOB_CAR_ENTRIES") && e.contains("ipfs get"),
+            "{e}"
+        );
+        let e = budget
+            .charge(Expanded {
+                bytes: 0,
+                entries: 1,
+                work: u64::MAX,
+            })
+            .unwrap_err();
+        assert!(e.contains("MAX_JOB_CAR_WORK"), "{e}");
     }
 }

@@ -390,6 +390,23 @@ pub fn entry_module(dir: &Path, cid_text: &str, path: &str) -> Result<EntryModul
             }
             tried.insert(file.clone(), got.join(", "));
         } else if ext == "car" && file.is_file() {
+            // A CAR is parsed, not only hashed: read only one that really lies in the
+            // module folder (a `.wasm` link to a build elsewhere is fine, it is only
+            // hashed and compiled; a `.car` link to `/etc/shadow` would be opened and
+            // parsed). Rejected: following it because only blocks hashing to the CID are
+            // used, which still reads a file the module has no right to.
+            let inside = match (file.canonicalize(), dir.canonicalize()) {
+                (Ok(f), Ok(d)) => f.starts_with(&d),
+                _ => false,
+            };
+            if !inside {
+                tried.insert(
+                    file.clone(),
+                    "leads outside the module folder, not read (copy the CAR into the folder)"
+                        .into(),
+                );
+                continue;
+            }
             let data = read(file)?;
             match car::extract_file(&data, &want) {
                 Ok(Some(bytes)) => {
@@ -540,5 +557,33 @@ mod tests {
         let e = entry_module(tmp.path(), "", "../etc/passwd").unwrap_err();
         assert!(matches!(e, SpecError::Refused { .. }), "{e}");
         assert!(entry_module(tmp.path(), "not-a-cid", "").is_err());
+    }
+
+    /// A `.car` in a module folder leading out of it is not read (a CAR is parsed, where
+    /// a `.wasm` is only hashed), even when it holds the CID; a copy inside is.
+    #[test]
+    fn a_car_leading_out_of_the_module_folder_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let mut car = Vec::new();
+        let root = Hasher::new(Options::profile(Profile::UnixfsV0_2015))
+            .car(&mut car)
+            .hash_tree(&Node::bytes(b"car module".to_vec()))
+            .unwrap()
+            .root
+            .to_string();
+        fs::write(outside.path().join("m.car"), &car).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("m.car"), tmp.path().join("m.car")).unwrap();
+        let e = entry_module(tmp.path(), &root, "").unwrap_err();
+        assert!(
+            e.to_string().contains("leads outside the module folder"),
+            "{e}"
+        );
+        fs::remove_file(tmp.path().join("m.car")).unwrap();
+        fs::copy(outside.path().join("m.car"), tmp.path().join("m.car")).unwrap();
+        assert_eq!(
+            entry_module(tmp.path(), &root, "").unwrap().bytes,
+            b"car module"
+        );
     }
 }

@@ -25,7 +25,7 @@
 //! keys (`<<`), tags other than `!!str`, non-scalar keys, `.nan`/`.inf` (which the JSON
 //! step cannot write either), and a second document (Bacalhau would silently read only
 //! the first; a job split in two would lose half of itself). Anchors and aliases are
-//! expanded, to at most [`MAX_NODES`] nodes in all.
+//! expanded, to at most [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`] in all.
 //!
 //! Every object member keeps its line ([`Member::line`]), so errors about a job file name
 //! the line to change.
@@ -39,6 +39,24 @@ use super::json::{Json, Member, MAX_DEPTH};
 /// The most nodes a document may expand to, aliases included: one million. A few lines of
 /// YAML can alias an alias an alias ("billion laughs"); a job file has hundreds of nodes.
 pub const MAX_NODES: usize = 1_000_000;
+
+/// The most bytes a document may expand to, aliases included: 64 MiB, counting every
+/// scalar's and key's text plus [`NODE_BYTES`] per node, each time an alias or an anchor
+/// copies it.
+///
+/// Counting nodes alone is not enough: one anchored 4 MiB string aliased 1,000 times is
+/// 1,001 nodes and 4 GB of memory (100,000 aliases ended the process). Nor are aliases the
+/// only copies: each anchor keeps a copy of its value, so 128 nested anchors around one
+/// large value copy it 128 times without a single alias; those copies are counted too.
+/// A job file without aliases is at most 10 MiB of text and [`MAX_NODES`] nodes, which
+/// fits (10 MiB + 32 MiB). Rejected: sharing aliased values (reference-counted nodes),
+/// which bounds the parse but not the consumers that copy strings out of the document
+/// (parameters, environment), and would change every reader of [`Json`].
+pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
+
+/// What each node adds to the expanded size besides its text: about the memory one
+/// value takes.
+pub const NODE_BYTES: usize = 32;
 
 /// A YAML syntax error, or a construct detwasm does not read, at a line and column (both
 /// 1-based).
@@ -78,6 +96,20 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
     let mut root: Option<Json> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
+    let mut bytes = 0usize;
+    let mut charge = |span: &Span, size: usize| -> Result<(), YamlError> {
+        bytes = bytes.saturating_add(size);
+        if bytes > MAX_EXPANDED_BYTES {
+            return Err(err_at(
+                span,
+                format!(
+                    "the document expands to more than {} MiB (aliases and anchors count the bytes they copy)",
+                    MAX_EXPANDED_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(())
+    };
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| YamlError {
             line: e.marker().line(),
@@ -129,12 +161,13 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                 _ => return Err(err_at(&span, "unbalanced mapping")),
             },
             Event::Alias(id) => {
-                let value = anchors
+                let anchored = anchors
                     .get(&id)
-                    .cloned()
                     .ok_or_else(|| err_at(&span, "an alias to an unknown anchor"))?;
-                nodes = nodes.saturating_add(count_nodes(&value));
-                (value, 0)
+                // Charged before the copy is made.
+                nodes = nodes.saturating_add(count_nodes(anchored));
+                charge(&span, expanded_bytes(anchored))?;
+                (anchored.clone(), 0)
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = match tag {
@@ -152,9 +185,11 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                         ))
                     }
                 };
+                charge(&span, text_bytes(&value))?;
                 (value, anchor)
             }
         };
+        charge(&span, NODE_BYTES)?;
         nodes += 1;
         if nodes > MAX_NODES {
             return Err(err_at(
@@ -163,6 +198,7 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
             ));
         }
         if anchor != 0 {
+            charge(&span, expanded_bytes(&value))?;
             anchors.insert(anchor, value.clone());
         }
         match stack.last_mut() {
@@ -238,6 +274,29 @@ fn go_map_order(members: Vec<Member>) -> Vec<Member> {
         .collect();
     kept.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
     kept
+}
+
+/// The text of a scalar value (a string's bytes; numbers and booleans are small).
+fn text_bytes(value: &Json) -> usize {
+    match value {
+        Json::String(s) => s.len(),
+        _ => 0,
+    }
+}
+
+/// What a copy of `value` adds to [`MAX_EXPANDED_BYTES`]: its text, its keys and
+/// [`NODE_BYTES`] per node.
+fn expanded_bytes(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => items
+            .iter()
+            .fold(NODE_BYTES, |n, v| n.saturating_add(expanded_bytes(v))),
+        Json::Object(members) => members.iter().fold(NODE_BYTES, |n, m| {
+            n.saturating_add(m.key.len())
+                .saturating_add(expanded_bytes(&m.value))
+        }),
+        other => NODE_BYTES + text_bytes(other),
+    }
 }
 
 fn count_nodes(value: &Json) -> usize {
@@ -503,5 +562,44 @@ mod tests {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep).unwrap_err().message.contains("deeper"));
         assert!(parse("a: [1\n").is_err());
+    }
+
+    /// One anchored 4 MiB string aliased 1,000 times is 1,001 nodes and 4 GB: refused by
+    /// its bytes, before the copies are made; so are nested anchors copying one large
+    /// value at every level. A few aliases of it are fine.
+    #[test]
+    fn aliases_and_anchors_are_bounded_by_the_bytes_they_copy() {
+        let big = "x".repeat(4 << 20);
+        let aliases = vec!["*s"; 1000].join(", ");
+        let start = std::time::Instant::now();
+        let e = parse(&format!(
+            "s: &s {big}
+l: [{aliases}]
+"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("64 MiB") && e.line == 2, "{e}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        let doc = parse(&format!(
+            "s: &s {big}
+l: [*s, *s, *s]
+"
+        ))
+        .unwrap();
+        let Json::Object(members) = &doc else {
+            panic!("not a mapping")
+        };
+        assert!(
+            matches!(&members[0].value, Json::Array(items) if items.len() == 3 && items[2] == Json::String(big.clone()))
+        );
+        let depth = 100;
+        let mut nested = String::from("a: ");
+        for i in 0..depth {
+            nested.push_str(&format!("&a{i} ["));
+        }
+        nested.push_str(&"y".repeat(1 << 20));
+        nested.push_str(&"]".repeat(depth));
+        let e = parse(&nested).unwrap_err();
+        assert!(e.message.contains("64 MiB"), "{e}");
     }
 }

@@ -7,6 +7,13 @@ part of the job), ``inputs``, ``dirs``, ``input_values``, ``stdin``, ``seed``, `
 ``skip_hidden``, ``no_outputs`` and ``output``. Unknown keys are an error. Relative
 paths are taken against the current folder, as the command line takes them.
 
+A job dict is the caller's, as the flags of ``detwasm run`` are: its own paths
+(``inputs``, ``dirs``, ``stdin``, ``output``) are read and written with this process's
+rights, unconfined (``{"inputs": ["/etc:/x"]}`` mounts ``/etc``; ``{"output": "../../x"}``
+writes there). Never build a job dict from what someone you do not trust sent; take
+their module folder or Bacalhau job file as ``module`` instead, whose own inputs are
+confined to its folder and ``allow_inputs``.
+
 >>> import detwasm
 >>> receipt = detwasm.run({"module": "hello.wasm", "args": ["world"]})  # doctest: +SKIP
 >>> receipt["cid"], receipt["exit_code"]                                # doctest: +SKIP
@@ -85,8 +92,10 @@ def run(
 
     The results folder is the job's ``output`` if given, else a folder named after the job
     id under ``output_dir`` (default: the current folder; ``<job id>-2``, ... when the job
-    ran there before). ``allow_inputs`` lets a module folder's spec take inputs from those
-    folders (``--allow-input``). A job whose module exits non-zero, traps or runs out of
+    ran there before). ``allow_inputs`` lets a module folder's spec or a job file take
+    inputs from those folders (``--allow-input``); it confines only what the spec names,
+    not the job dict's own ``inputs``, ``dirs``, ``stdin`` and ``output``, which are the
+    caller's (see the module docs). A job whose module exits non-zero, traps or runs out of
     fuel still returns a receipt (see its ``exit_code``, ``outcome`` and ``trap``); a job
     that cannot run raises :class:`Error` with the message ``detwasm batch`` reports.
     """

@@ -95,7 +95,9 @@ fn warnings() -> Vec<String> {
     RUNTIME.get().map(|rt| rt.warnings()).unwrap_or_default()
 }
 
-/// Runs one job (a batch line's JSON) and returns its receipt as JSON.
+/// Runs one job (a batch line's JSON) and returns its receipt as JSON. The job is the
+/// caller's, as a jobs file is the operator's: its own paths are not confined
+/// (`allow_inputs` confines only a module spec's or job file's inputs).
 #[pyfunction]
 #[pyo3(signature = (job, output_dir=None, allow_inputs=Vec::new()))]
 fn run(

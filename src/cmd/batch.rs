@@ -25,9 +25,11 @@ use super::run::runtime;
 /// --output-dir). Unknown keys are an error naming the line. Relative paths are taken
 /// against the current folder, as `detwasm run` takes them. Blank lines are skipped.
 ///
-/// A jobs file is the operator's: its paths (inputs, folders, stdin, outputs) are read and
-/// written with the operator's rights, as flags of `detwasm run` would be. Only a module
-/// spec's own inputs are confined (to its folder and --allow-input folders).
+/// A jobs file is the operator's, as the flags of `detwasm run` are: a line's own paths
+/// (`inputs: ["/etc:/x"]`, `dirs`, `stdin`, `output: "../../x"`) are read and written with
+/// the operator's rights, unconfined. Never run a jobs file from someone you do not trust;
+/// take their module specs or job files instead, which are confined (a module spec's or
+/// job file's inputs to its folder and --allow-input folders).
 ///
 /// Each receipt equals what `detwasm run --json` of the same job prints. A job that
 /// cannot run gets a line `{"line": N, "error": "..."}` and the others go on. Exit
@@ -48,8 +50,10 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
-    /// Let module specs take inputs from DIR, for every job (see `detwasm run
-    /// --allow-input`). Repeatable. A jobs file cannot grant this itself.
+    /// Let module specs and job files take inputs from DIR, for every job (see `detwasm
+    /// run --allow-input`). Repeatable. A line cannot widen this for the spec it names,
+    /// but its own `inputs`, `dirs`, `stdin` and `output` are not confined at all (a jobs
+    /// file is the operator's).
     #[arg(long = "allow-input", value_name = "DIR")]
     pub allow_inputs: Vec<PathBuf>,
 

@@ -57,3 +57,18 @@ pub fn failed(out: &Output) -> String {
 pub fn receipt(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("--json prints one JSON object")
 }
+
+/// Waits for `pid` and returns its exit code and peak RSS in bytes.
+pub fn wait_with_rusage(pid: libc::pid_t) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: plain out-parameters for wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    (code, usage.ru_maxrss as u64 * 1024)
+}

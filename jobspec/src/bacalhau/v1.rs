@@ -178,7 +178,10 @@ pub struct JobSpec {
 
 /// Files a job mounts that are not folders on the host (a single local file, inline data,
 /// a file out of a CAR): each is written into a private temporary folder, one per guest
-/// folder, which is mounted in its place. Keep this alive until the run has ended.
+/// folder, which is mounted in its place; and the files and folders of CAR inputs,
+/// unpacked there once per CID (within one budget for the whole job,
+/// [`car::MAX_JOB_CAR_BYTES`] and the limits beside it). Keep this alive until the run
+/// has ended.
 ///
 /// Rejected alternative: mounting the host file's own folder, which would show the guest
 /// every file beside it. The copies are not kept: to `detwasm verify` a receipt of such a
@@ -1062,27 +1065,37 @@ fn input_source(o: &Obj, notes: &mut Vec<Note>, legacy: bool) -> Result<InputSpe
     })
 }
 
-/// A file to copy into the staging folder: from a host path, or bytes.
+/// A file to put into the staging folder: a copy of a host path, bytes, or a hard link
+/// to a file already in the job's scratch folder (content named by CID, shared by every
+/// input that names it).
 enum Staged {
     Copy(PathBuf),
     Bytes(Vec<u8>),
+    Link(PathBuf),
 }
 
 /// Where an `ipfs` input was found.
 enum Found {
+    /// A file or folder named by the CID in an allowed folder (its canonical path), and
+    /// the import settings that gave the CID.
     Path(PathBuf, &'static str),
-    Bytes(Vec<u8>, PathBuf),
-    /// A folder extracted from a CAR (the path is the CAR) into `content` in a private
-    /// folder.
-    Folder(tempfile::TempDir, PathBuf),
+    /// The CID's file or folder among the blocks of this CAR file (its canonical path,
+    /// inside an allowed folder), not read out yet.
+    Car { file: PathBuf, held: car::Held },
 }
 
 /// Finds an `ipfs` input locally: in each allowed folder (the job file's first), a file
 /// or folder named by the CID, or `CID.car`; then every other `.car` file directly in
-/// those folders. A file or folder must hash to the CID, hidden files included (the guest sees
-/// them); a CAR must hold the CID's blocks, each checked against its hash. A folder in a
-/// CAR is extracted into a private temporary folder (kept in [`Staging`]), which is
-/// mounted.
+/// those folders. A file or folder must hash to the CID, hidden files included (the guest
+/// sees them); a CAR must hold the CID's blocks, each checked against its hash. A CAR is
+/// only sized here ([`car::held`]); [`prepare`] charges it to the job's budget and
+/// unpacks it once every input has been charged.
+///
+/// A CAR is read only where it really is inside an allowed folder: `CID.car` leading
+/// out of them (a symlink to `/etc/shadow`) is refused as a `CID` folder leading out is,
+/// and any other `.car` leading out is passed over and named in the error. Rejected:
+/// following the link because only blocks that hash to the CID are used, which still
+/// opens and parses a file the job file has no right to.
 ///
 /// Rejected alternative: hashing every folder in reach to find one with the CID; it
 /// could take minutes over a home folder and would pick a folder the user never named.
@@ -1090,20 +1103,24 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
     let want = resolve::parse_cid_at(cid_text, "Source.Params.CID")?;
     let mut tried = Vec::new();
     let mut cars: Vec<PathBuf> = Vec::new();
+    let canonical_inside = |named: &Path| -> Result<PathBuf, SpecError> {
+        let canonical = named.canonicalize().map_err(|e| SpecError::Io {
+            path: named.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if !roots.iter().any(|r| canonical.starts_with(r)) {
+            return Err(SpecError::InputNotAllowed {
+                source_path: named.display().to_string(),
+                resolved: canonical,
+                allowed: roots.to_vec(),
+            });
+        }
+        Ok(canonical)
+    };
     for root in roots {
         let named = root.join(cid_text);
         if named.exists() {
-            let canonical = named.canonicalize().map_err(|e| SpecError::Io {
-                path: named.clone(),
-                message: e.to_string(),
-            })?;
-            if !roots.iter().any(|r| canonical.starts_with(r)) {
-                return Err(SpecError::InputNotAllowed {
-                    source_path: named.display().to_string(),
-                    resolved: canonical,
-                    allowed: roots.to_vec(),
-                });
-            }
+            let canonical = canonical_inside(&named)?;
             let got = resolve::path_cids(&canonical, &want)?;
             if let Some((label, _)) = got.iter().find(|(_, c)| *c == want) {
                 return Ok(Found::Path(canonical, label));
@@ -1114,7 +1131,12 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
                 got: got.iter().map(|(l, c)| format!("{c} ({l})")).collect(),
             });
         }
-        cars.push(root.join(format!("{cid_text}.car")));
+        let named = root.join(format!("{cid_text}.car"));
+        if named.exists() {
+            // Named for this CID: one leading out of the allowed folders is refused.
+            canonical_inside(&named)?;
+        }
+        cars.push(named);
     }
     for root in roots {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -1128,33 +1150,24 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
         cars.extend(more);
     }
     for file in cars.iter().filter(|p| p.is_file()) {
-        let data = resolve::read_bounded(file, MAX_MODULE_FILE)?;
-        // A CAR of the CID itself (`ipfs dag export CID`): its tree, file or folder.
-        let tmp = tempfile::Builder::new()
-            .prefix("detwasm-job-inputs-")
-            .tempdir()
-            .map_err(|e| SpecError::Io {
-                path: std::env::temp_dir(),
-                message: format!("creating a folder for a CAR's content: {e}"),
-            })?;
-        let content = tmp.path().join("content");
-        match car::unpack_root(&data, &want, &content) {
-            Ok(Some(true)) => return Ok(Found::Folder(tmp, file.clone())),
-            Ok(Some(false)) => {
-                let bytes = std::fs::read(&content).map_err(|e| SpecError::Io {
-                    path: content.clone(),
-                    message: e.to_string(),
-                })?;
-                return Ok(Found::Bytes(bytes, file.clone()));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tried.push(format!("{}: {e}", file.display()));
+        let canonical = match canonical_inside(file) {
+            Ok(c) => c,
+            Err(_) => {
+                tried.push(format!(
+                    "{}: leads outside the folders inputs may come from, not read",
+                    file.display()
+                ));
                 continue;
             }
-        }
-        match car::extract_file(&data, &want) {
-            Ok(Some(bytes)) => return Ok(Found::Bytes(bytes, file.clone())),
+        };
+        let data = resolve::read_bounded(&canonical, MAX_MODULE_FILE)?;
+        match car::held(&data, &want) {
+            Ok(Some(held)) => {
+                return Ok(Found::Car {
+                    file: canonical,
+                    held,
+                })
+            }
             Ok(None) => tried.push(format!("{}: does not hold it", file.display())),
             Err(e) => tried.push(format!("{}: {e}", file.display())),
         }
@@ -1167,6 +1180,49 @@ fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
             if tried.is_empty() { String::new() } else { format!("; tried {}", tried.join("; ")) }
         ),
     ))
+}
+
+/// Content named by CID, resolved once per job however many inputs name it.
+#[derive(Clone)]
+struct Shared {
+    /// The folder to mount, or the file to link into a staging folder.
+    host: PathBuf,
+    is_dir: bool,
+    /// Where it came from, for the receipt: the `CID` file or folder, or the CAR.
+    origin: String,
+    how: &'static str,
+}
+
+/// Content written into the job's scratch folder once every input has been charged.
+enum Produce {
+    /// A `CID` file beside the job file, copied once.
+    Copy { from: PathBuf, to: PathBuf },
+    /// A CID's tree out of a CAR, within the work it was charged.
+    Unpack {
+        car: PathBuf,
+        want: cid::Cid,
+        to: PathBuf,
+        work: u64,
+        line: Option<usize>,
+    },
+}
+
+/// The job's private scratch folder (created at the first need), by its canonical path.
+fn scratch_dir(scratch: &mut Option<(tempfile::TempDir, PathBuf)>) -> Result<PathBuf, SpecError> {
+    if let Some((_, path)) = scratch {
+        return Ok(path.clone());
+    }
+    let io = |e: std::io::Error| SpecError::Io {
+        path: std::env::temp_dir(),
+        message: format!("creating a folder for the job's inputs: {e}"),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("detwasm-job-inputs-")
+        .tempdir()
+        .map_err(io)?;
+    let path = tmp.path().canonicalize().map_err(io)?;
+    *scratch = Some((tmp, path.clone()));
+    Ok(path)
 }
 
 /// The parent folder and the name of a cleaned guest path (`/a/b` → `/a`, `b`).
@@ -1215,8 +1271,13 @@ pub fn prepare(
     }
     let mut plans: Vec<Plan> = Vec::new();
     let mut staged: BTreeMap<String, Vec<(String, Staged)>> = BTreeMap::new();
-    // Folders extracted from CARs, kept until the run has ended.
-    let mut extracted: Vec<tempfile::TempDir> = Vec::new();
+    // Inputs' content and staging folders, kept until the run has ended.
+    let mut scratch: Option<(tempfile::TempDir, PathBuf)> = None;
+    // Content named by CID, by CID: several inputs naming one CID share it.
+    let mut by_cid: std::collections::HashMap<String, Shared> = Default::default();
+    // What the CAR inputs of this job expand to, all of them together.
+    let mut budget = car::InputBudget::default();
+    let mut produce: Vec<Produce> = Vec::new();
     // Per input: the entry module's origin (for the receipt) and CID match.
     let mut origins: Vec<(String, Option<(String, &'static str)>)> = Vec::new();
     for input in &spec.inputs {
@@ -1272,45 +1333,82 @@ pub fn prepare(
                 format!("{}: inline data for {}", file.display(), input.target),
                 None,
             ),
-            Source::Ipfs { cid } => match find_cid(&roots, cid).map_err(located)? {
-                Found::Path(path, how) => {
-                    let origin = path.display().to_string();
-                    let matched = Some((cid.clone(), how));
-                    if path.is_dir() {
-                        plans.push(Plan::Folder(Mount {
-                            host: path,
-                            guest: input.target.clone(),
-                            writable: false,
-                        }));
-                        (None, origin, matched)
-                    } else {
-                        (Some(Staged::Copy(path)), origin, matched)
+            Source::Ipfs { cid } => {
+                let want = resolve::parse_cid_at(cid, "Source.Params.CID").map_err(located)?;
+                let shared = match by_cid.get(&want.to_string()) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let shared = match find_cid(&roots, cid).map_err(located)? {
+                            Found::Path(path, how) => {
+                                let is_dir = path.is_dir();
+                                let origin = path.display().to_string();
+                                let host = if is_dir {
+                                    path
+                                } else {
+                                    let to = scratch_dir(&mut scratch)
+                                        .map_err(located)?
+                                        .join(format!("cid-{}", produce.len()));
+                                    produce.push(Produce::Copy {
+                                        from: path,
+                                        to: to.clone(),
+                                    });
+                                    to
+                                };
+                                Shared {
+                                    host,
+                                    is_dir,
+                                    origin,
+                                    how,
+                                }
+                            }
+                            Found::Car {
+                                file: car_file,
+                                held,
+                            } => {
+                                budget.charge(held.size).map_err(|why| {
+                                    located(refuse(
+                                        format!(
+                                            "the input at {} (ipfs CID {cid} in {})",
+                                            input.target,
+                                            car_file.display()
+                                        ),
+                                        why,
+                                    ))
+                                })?;
+                                let to = scratch_dir(&mut scratch)
+                                    .map_err(located)?
+                                    .join(format!("cid-{}", produce.len()));
+                                produce.push(Produce::Unpack {
+                                    car: car_file.clone(),
+                                    want,
+                                    to: to.clone(),
+                                    work: held.size.work,
+                                    line: input.line,
+                                });
+                                Shared {
+                                    host: to,
+                                    is_dir: held.is_dir,
+                                    origin: car_file.display().to_string(),
+                                    how: "blocks verified in CAR",
+                                }
+                            }
+                        };
+                        by_cid.insert(want.to_string(), shared.clone());
+                        shared
                     }
-                }
-                Found::Bytes(bytes, car) => (
-                    Some(Staged::Bytes(bytes)),
-                    car.display().to_string(),
-                    Some((cid.clone(), "blocks verified in CAR")),
-                ),
-                Found::Folder(tmp, car) => {
-                    let content = tmp.path().join("content");
-                    let host = content.canonicalize().map_err(|e| SpecError::Io {
-                        path: content.clone(),
-                        message: e.to_string(),
-                    })?;
-                    extracted.push(tmp);
+                };
+                let matched = Some((cid.clone(), shared.how));
+                if shared.is_dir {
                     plans.push(Plan::Folder(Mount {
-                        host,
+                        host: shared.host,
                         guest: input.target.clone(),
                         writable: false,
                     }));
-                    (
-                        None,
-                        car.display().to_string(),
-                        Some((cid.clone(), "blocks verified in CAR")),
-                    )
+                    (None, shared.origin, matched)
+                } else {
+                    (Some(Staged::Link(shared.host)), shared.origin, matched)
                 }
-            },
+            }
         };
         if let Some(content) = content {
             let (parent, name) = split_guest(&input.target);
@@ -1322,41 +1420,63 @@ pub fn prepare(
         origins.push((origin, matched));
     }
 
+    // Every input is charged: write the content named by CID, once per CID.
+    for p in produce {
+        match p {
+            Produce::Copy { from, to } => {
+                std::fs::copy(&from, &to).map_err(|e| SpecError::Io {
+                    path: from.clone(),
+                    message: format!("staging a file input: {e}"),
+                })?;
+            }
+            Produce::Unpack {
+                car: car_file,
+                want,
+                to,
+                work,
+                line,
+            } => {
+                let data = resolve::read_bounded(&car_file, MAX_MODULE_FILE)
+                    .map_err(|e| e.at(file, line))?;
+                car::unpack(&data, &want, &to, work).map_err(|e| {
+                    SpecError::Io {
+                        path: car_file.clone(),
+                        message: format!("unpacking {want}: {e}"),
+                    }
+                    .at(file, line)
+                })?;
+            }
+        }
+    }
+
     // Write the staged files.
-    let mut staging = None;
     let mut staged_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
-    if !staged.is_empty() {
-        let tmp = tempfile::Builder::new()
-            .prefix("detwasm-job-inputs-")
-            .tempdir()
-            .map_err(|e| SpecError::Io {
-                path: std::env::temp_dir(),
-                message: format!("creating a folder for the job's file inputs: {e}"),
-            })?;
-        for (i, (parent, files)) in staged.into_iter().enumerate() {
-            let folder = tmp.path().join(i.to_string());
-            let io = |path: &Path, e: std::io::Error| SpecError::Io {
-                path: path.to_path_buf(),
-                message: format!("staging a file input: {e}"),
-            };
-            std::fs::create_dir(&folder).map_err(|e| io(&folder, e))?;
-            for (name, content) in files {
-                let to = folder.join(&name);
-                match content {
-                    Staged::Copy(from) => {
+    for (i, (parent, files)) in staged.into_iter().enumerate() {
+        let folder = scratch_dir(&mut scratch)?.join(i.to_string());
+        let io = |path: &Path, e: std::io::Error| SpecError::Io {
+            path: path.to_path_buf(),
+            message: format!("staging a file input: {e}"),
+        };
+        std::fs::create_dir(&folder).map_err(|e| io(&folder, e))?;
+        for (name, content) in files {
+            let to = folder.join(&name);
+            match content {
+                Staged::Copy(from) => {
+                    std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
+                }
+                Staged::Bytes(bytes) => std::fs::write(&to, bytes).map_err(|e| io(&to, e))?,
+                // One copy on disk for every input naming the CID (the guest sees inputs
+                // read-only, and link counts are not visible to it).
+                Staged::Link(from) => {
+                    if std::fs::hard_link(&from, &to).is_err() {
                         std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
                     }
-                    Staged::Bytes(bytes) => std::fs::write(&to, bytes).map_err(|e| io(&to, e))?,
                 }
             }
-            let folder = folder.canonicalize().map_err(|e| io(&folder, e))?;
-            staged_dirs.insert(parent, folder);
         }
-        extracted.push(tmp);
+        staged_dirs.insert(parent, folder);
     }
-    if !extracted.is_empty() {
-        staging = Some(Staging { _dirs: extracted });
-    }
+    let staging = scratch.map(|(tmp, _)| Staging { _dirs: vec![tmp] });
     let mounts: Vec<Mount> = plans
         .into_iter()
         .map(|p| match p {

@@ -166,6 +166,11 @@ def run_many(
     one); if Ray is already initialised it is used as it is. A job that cannot run ends
     as a :class:`detwasm.Error` in its place in the list (as ``detwasm batch`` prints an
     error line and goes on); other jobs are not affected.
+
+    The jobs are the caller's, as a ``detwasm batch`` file is the operator's: their own
+    paths (``inputs``, ``dirs``, ``stdin``, ``output``) are read and written on this
+    machine unconfined; ``allow_inputs`` confines only what a module spec or job file
+    names. Never pass jobs built from what someone you do not trust sent.
     """
     lines = ((None, job_json(job)) for job in jobs)
     out: List[Union[Receipt, Error]] = []

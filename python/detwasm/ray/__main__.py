@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where results folders are written, one per job named after its job id "
                    "(created if missing; default: the current folder)")
     p.add_argument("--allow-input", metavar="DIR", action="append", default=[], dest="allow_inputs",
-                   help="let module specs take inputs from DIR, for every job (repeatable)")
+                   help="let module specs and job files take inputs from DIR, for every job "
+                   "(repeatable); a line's own inputs, dirs, stdin and output are not confined: "
+                   "a jobs file is the operator's")
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N",
                    help=f"times Ray re-runs a task whose worker or node died (default {DEFAULT_MAX_RETRIES})")
     p.add_argument("--json", action="store_true", help="print the closing summary (stderr) as one JSON object")
