@@ -1,0 +1,543 @@
+//! Staging a Bacalhau v1 job's inputs: finding each source where the job file's folder
+//! and the operator's allowed folders hold it (`local` paths, `inline` data, `ipfs`
+//! CIDs as a folder, a file or blocks of a CAR), charging all of a job's CAR content to
+//! one budget before anything is unpacked, and laying the inputs out as the guest sees
+//! them. Parsing the file is the parent module's; this one touches the host.
+
+use super::*;
+
+/// A file to put into the staging folder: a copy of a host path, bytes, or a hard link
+/// to a file already in the job's scratch folder (content named by CID, shared by every
+/// input that names it).
+pub(super) enum Staged {
+    Copy(PathBuf),
+    Bytes(Vec<u8>),
+    Link(PathBuf),
+}
+
+/// Where an `ipfs` input was found.
+pub(super) enum Found {
+    /// A file or folder named by the CID in an allowed folder (its canonical path), and
+    /// the import settings that gave the CID.
+    Path(PathBuf, &'static str),
+    /// The CID's file or folder among the blocks of this CAR file (its canonical path,
+    /// inside an allowed folder), not read out yet.
+    Car { file: PathBuf, held: car::Held },
+}
+
+/// Finds an `ipfs` input locally: in each allowed folder (the job file's first), a file
+/// or folder named by the CID, or `CID.car`; then every other `.car` file directly in
+/// those folders. A file or folder must hash to the CID, hidden files included (the guest
+/// sees them); a CAR must hold the CID's blocks, each checked against its hash. A CAR is
+/// only sized here ([`car::held`]); [`prepare`] charges it to the job's budget and
+/// unpacks it once every input has been charged.
+///
+/// A CAR is read only where it really is inside an allowed folder: `CID.car` leading
+/// out of them (a symlink to `/etc/shadow`) is refused as a `CID` folder leading out is,
+/// and any other `.car` leading out is passed over and named in the error. Rejected:
+/// following the link because only blocks that hash to the CID are used, which still
+/// opens and parses a file the job file has no right to.
+///
+/// Rejected alternative: hashing every folder in reach to find one with the CID; it
+/// could take minutes over a home folder and would pick a folder the user never named.
+pub(super) fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
+    let want = resolve::parse_cid_at(cid_text, "Source.Params.CID")?;
+    let mut tried = Vec::new();
+    let mut cars: Vec<PathBuf> = Vec::new();
+    let canonical_inside = |named: &Path| -> Result<PathBuf, SpecError> {
+        let canonical = named.canonicalize().map_err(|e| SpecError::Io {
+            path: named.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if !roots.iter().any(|r| canonical.starts_with(r)) {
+            return Err(SpecError::InputNotAllowed {
+                source_path: named.display().to_string(),
+                resolved: canonical,
+                allowed: roots.to_vec(),
+            });
+        }
+        Ok(canonical)
+    };
+    for root in roots {
+        let named = root.join(cid_text);
+        if named.exists() {
+            let canonical = canonical_inside(&named)?;
+            let got = resolve::path_cids(&canonical, &want)?;
+            if let Some((label, _)) = got.iter().find(|(_, c)| *c == want) {
+                return Ok(Found::Path(canonical, label));
+            }
+            return Err(SpecError::CidMismatch {
+                file: canonical,
+                expected: want.to_string(),
+                got: got.iter().map(|(l, c)| format!("{c} ({l})")).collect(),
+            });
+        }
+        let named = root.join(format!("{cid_text}.car"));
+        if named.exists() {
+            // Named for this CID: one leading out of the allowed folders is refused.
+            canonical_inside(&named)?;
+        }
+        cars.push(named);
+    }
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        let mut more: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("car") && !cars.contains(p))
+            .collect();
+        more.sort();
+        cars.extend(more);
+    }
+    for file in cars.iter().filter(|p| p.is_file()) {
+        let canonical = match canonical_inside(file) {
+            Ok(c) => c,
+            Err(_) => {
+                tried.push(format!(
+                    "{}: leads outside the folders inputs may come from, not read",
+                    file.display()
+                ));
+                continue;
+            }
+        };
+        let data = resolve::read_bounded(&canonical, MAX_MODULE_FILE)?;
+        match car::held(&data, &want) {
+            Ok(Some(held)) => {
+                return Ok(Found::Car {
+                    file: canonical,
+                    held,
+                })
+            }
+            Ok(None) => tried.push(format!("{}: does not hold it", file.display())),
+            Err(e) => tried.push(format!("{}: {e}", file.display())),
+        }
+    }
+    Err(refuse(
+        format!("ipfs CID {cid_text}"),
+        format!(
+            "detwasm has no network and found no local copy of it (looked for {cid_text} and {cid_text}.car in {}{}); put the content beside the job file, as a file or folder named {cid_text} (`ipfs get {cid_text} -o {cid_text}`) or as a CAR file (`ipfs dag export {cid_text} > {cid_text}.car`)",
+            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+            if tried.is_empty() { String::new() } else { format!("; tried {}", tried.join("; ")) }
+        ),
+    ))
+}
+
+/// Content named by CID, resolved once per job however many inputs name it.
+#[derive(Clone)]
+pub(super) struct Shared {
+    /// The folder to mount, or the file to link into a staging folder.
+    host: PathBuf,
+    is_dir: bool,
+    /// Where it came from, for the receipt: the `CID` file or folder, or the CAR.
+    origin: String,
+    how: &'static str,
+}
+
+/// Content written into the job's scratch folder once every input has been charged.
+pub(super) enum Produce {
+    /// A `CID` file beside the job file, copied once.
+    Copy { from: PathBuf, to: PathBuf },
+    /// A CID's tree out of a CAR, within the work it was charged.
+    Unpack {
+        car: PathBuf,
+        want: cid::Cid,
+        to: PathBuf,
+        work: u64,
+        line: Option<usize>,
+    },
+}
+
+/// The job's private scratch folder (created at the first need), by its canonical path.
+pub(super) fn scratch_dir(
+    scratch: &mut Option<(tempfile::TempDir, PathBuf)>,
+) -> Result<PathBuf, SpecError> {
+    if let Some((_, path)) = scratch {
+        return Ok(path.clone());
+    }
+    let io = |e: std::io::Error| SpecError::Io {
+        path: std::env::temp_dir(),
+        message: format!("creating a folder for the job's inputs: {e}"),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("detwasm-job-inputs-")
+        .tempdir()
+        .map_err(io)?;
+    let path = tmp.path().canonicalize().map_err(io)?;
+    *scratch = Some((tmp, path.clone()));
+    Ok(path)
+}
+
+/// The parent folder and the name of a cleaned guest path (`/a/b` → `/a`, `b`).
+pub(super) fn split_guest(path: &str) -> (String, String) {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let parent = if parent.is_empty() { "/" } else { parent };
+    (parent.to_string(), name.to_string())
+}
+
+/// Reads a job file and builds its job: host paths confined by `policy`, with the job
+/// file's folder allowed by default (as a module's folder is for a module spec), and
+/// relative `SourcePath`s taken from that folder, so that a job file means the same from
+/// any working folder. The folders `policy` adds (`--allow-input`) are taken relative to
+/// `cwd`, where the operator named them.
+pub fn load(file: &Path, cwd: &Path, policy: &InputPolicy) -> Result<V1Job, SpecError> {
+    let bytes = resolve::read_bounded(file, MAX_JOB_FILE)?;
+    let text = String::from_utf8(bytes).map_err(|e| SpecError::Io {
+        path: file.to_path_buf(),
+        message: format!("not UTF-8 text: {e}"),
+    })?;
+    let spec = parse(&text).map_err(|(line, e)| e.at(file, line))?;
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = parent.canonicalize().map_err(|e| SpecError::Io {
+        path: parent.clone(),
+        message: e.to_string(),
+    })?;
+    prepare(file, &dir, cwd, spec, policy)
+}
+
+/// Builds the job of a parsed job file whose folder is `dir` (see [`load`]).
+pub fn prepare(
+    file: &Path,
+    dir: &Path,
+    cwd: &Path,
+    spec: JobSpec,
+    policy: &InputPolicy,
+) -> Result<V1Job, SpecError> {
+    let roots = policy.canonical_roots(dir, cwd)?;
+    // Mounts in input order; files are gathered per guest folder and staged.
+    enum Plan {
+        Folder(Mount),
+        Staged(String),
+    }
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut staged: BTreeMap<String, Vec<(String, Staged)>> = BTreeMap::new();
+    // Inputs' content and staging folders, kept until the run has ended.
+    let mut scratch: Option<(tempfile::TempDir, PathBuf)> = None;
+    // Content named by CID, by CID: several inputs naming one CID share it.
+    let mut by_cid: std::collections::HashMap<String, Shared> = Default::default();
+    // What the CAR inputs of this job expand to, all of them together.
+    let mut budget = car::InputBudget::default();
+    let mut produce: Vec<Produce> = Vec::new();
+    // Per input: the entry module's origin (for the receipt) and CID match.
+    let mut origins: Vec<(String, Option<(String, &'static str)>)> = Vec::new();
+    for input in &spec.inputs {
+        let located = |e: SpecError| e.at(file, input.line);
+        let (content, origin, matched) = match &input.source {
+            Source::Local {
+                source_path,
+                read_write,
+                create_as,
+            } => {
+                if !dir.join(source_path).exists()
+                    && ["dir", "file"].contains(&create_as.to_ascii_lowercase().as_str())
+                {
+                    return Err(located(refuse(
+                        format!("SourcePath \"{source_path}\" with CreateAs: {create_as}"),
+                        "the path does not exist, and detwasm never creates host paths: create it first",
+                    )));
+                }
+                let host = policy
+                    .resolve_in(&roots, dir, source_path)
+                    .map_err(located)?;
+                let meta = std::fs::metadata(&host).map_err(|e| {
+                    located(SpecError::Io {
+                        path: host.clone(),
+                        message: e.to_string(),
+                    })
+                })?;
+                let origin = host.display().to_string();
+                if meta.is_dir() {
+                    plans.push(Plan::Folder(Mount {
+                        host,
+                        guest: input.target.clone(),
+                        writable: *read_write,
+                    }));
+                    (None, origin, None)
+                } else if meta.is_file() {
+                    if *read_write {
+                        return Err(located(refuse(
+                            format!("SourcePath \"{source_path}\" with ReadWrite: true"),
+                            "writable inputs are folders (copy-on-write, delivered as a results volume); a single file cannot be one: mount its folder instead, or drop ReadWrite",
+                        )));
+                    }
+                    (Some(Staged::Copy(host)), origin, None)
+                } else {
+                    return Err(located(refuse(
+                        format!("SourcePath \"{source_path}\""),
+                        "not a regular file or folder",
+                    )));
+                }
+            }
+            Source::Inline { bytes } => (
+                Some(Staged::Bytes(bytes.clone())),
+                format!("{}: inline data for {}", file.display(), input.target),
+                None,
+            ),
+            Source::Ipfs { cid } => {
+                let want = resolve::parse_cid_at(cid, "Source.Params.CID").map_err(located)?;
+                let shared = match by_cid.get(&want.to_string()) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let shared = match find_cid(&roots, cid).map_err(located)? {
+                            Found::Path(path, how) => {
+                                let is_dir = path.is_dir();
+                                let origin = path.display().to_string();
+                                let host = if is_dir {
+                                    path
+                                } else {
+                                    let to = scratch_dir(&mut scratch)
+                                        .map_err(located)?
+                                        .join(format!("cid-{}", produce.len()));
+                                    produce.push(Produce::Copy {
+                                        from: path,
+                                        to: to.clone(),
+                                    });
+                                    to
+                                };
+                                Shared {
+                                    host,
+                                    is_dir,
+                                    origin,
+                                    how,
+                                }
+                            }
+                            Found::Car {
+                                file: car_file,
+                                held,
+                            } => {
+                                budget.charge(held.size).map_err(|why| {
+                                    located(refuse(
+                                        format!(
+                                            "the input at {} (ipfs CID {cid} in {})",
+                                            input.target,
+                                            car_file.display()
+                                        ),
+                                        why,
+                                    ))
+                                })?;
+                                let to = scratch_dir(&mut scratch)
+                                    .map_err(located)?
+                                    .join(format!("cid-{}", produce.len()));
+                                produce.push(Produce::Unpack {
+                                    car: car_file.clone(),
+                                    want,
+                                    to: to.clone(),
+                                    work: held.size.work,
+                                    line: input.line,
+                                });
+                                Shared {
+                                    host: to,
+                                    is_dir: held.is_dir,
+                                    origin: car_file.display().to_string(),
+                                    how: "blocks verified in CAR",
+                                }
+                            }
+                        };
+                        by_cid.insert(want.to_string(), shared.clone());
+                        shared
+                    }
+                };
+                let matched = Some((cid.clone(), shared.how));
+                if shared.is_dir {
+                    plans.push(Plan::Folder(Mount {
+                        host: shared.host,
+                        guest: input.target.clone(),
+                        writable: false,
+                    }));
+                    (None, shared.origin, matched)
+                } else {
+                    (Some(Staged::Link(shared.host)), shared.origin, matched)
+                }
+            }
+        };
+        if let Some(content) = content {
+            let (parent, name) = split_guest(&input.target);
+            if !staged.contains_key(&parent) {
+                plans.push(Plan::Staged(parent.clone()));
+            }
+            staged.entry(parent).or_default().push((name, content));
+        }
+        origins.push((origin, matched));
+    }
+
+    // Every input is charged: write the content named by CID, once per CID.
+    for p in produce {
+        match p {
+            Produce::Copy { from, to } => {
+                std::fs::copy(&from, &to).map_err(|e| SpecError::Io {
+                    path: from.clone(),
+                    message: format!("staging a file input: {e}"),
+                })?;
+            }
+            Produce::Unpack {
+                car: car_file,
+                want,
+                to,
+                work,
+                line,
+            } => {
+                let data = resolve::read_bounded(&car_file, MAX_MODULE_FILE)
+                    .map_err(|e| e.at(file, line))?;
+                car::unpack(&data, &want, &to, work).map_err(|e| {
+                    SpecError::Io {
+                        path: car_file.clone(),
+                        message: format!("unpacking {want}: {e}"),
+                    }
+                    .at(file, line)
+                })?;
+            }
+        }
+    }
+
+    // Write the staged files.
+    let mut staged_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (i, (parent, files)) in staged.into_iter().enumerate() {
+        let folder = scratch_dir(&mut scratch)?.join(i.to_string());
+        let io = |path: &Path, e: std::io::Error| SpecError::Io {
+            path: path.to_path_buf(),
+            message: format!("staging a file input: {e}"),
+        };
+        std::fs::create_dir(&folder).map_err(|e| io(&folder, e))?;
+        for (name, content) in files {
+            let to = folder.join(&name);
+            match content {
+                Staged::Copy(from) => {
+                    std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
+                }
+                Staged::Bytes(bytes) => std::fs::write(&to, bytes).map_err(|e| io(&to, e))?,
+                // One copy on disk for every input naming the CID (the guest sees inputs
+                // read-only, and link counts are not visible to it).
+                Staged::Link(from) => {
+                    if std::fs::hard_link(&from, &to).is_err() {
+                        std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
+                    }
+                }
+            }
+        }
+        staged_dirs.insert(parent, folder);
+    }
+    let staging = scratch.map(|(tmp, _)| Staging { _dirs: vec![tmp] });
+    let mounts: Vec<Mount> = plans
+        .into_iter()
+        .map(|p| match p {
+            Plan::Folder(m) => m,
+            Plan::Staged(parent) => Mount {
+                host: staged_dirs[&parent].clone(),
+                guest: parent,
+                writable: false,
+            },
+        })
+        .collect();
+
+    let entry = entry_module(file, &spec, &mounts, &origins)?;
+    let job = assemble(
+        &entry,
+        entry.file.display().to_string(),
+        &spec.parts,
+        &mounts,
+    );
+    let notes = spec
+        .notes
+        .iter()
+        .map(|n| match n.line {
+            Some(l) => format!("{}:{l}: {}", file.display(), n.text),
+            None => format!("{}: {}", file.display(), n.text),
+        })
+        .collect();
+    Ok(V1Job {
+        job,
+        spec,
+        entry,
+        notes,
+        staging,
+    })
+}
+
+/// Finds the entry module: the input whose target `EntryModule` names (or a file inside a
+/// folder input), read through the mounts the guest sees; a folder gives its single
+/// `.wasm` file, as Bacalhau's module loader takes it.
+pub(super) fn entry_module(
+    file: &Path,
+    spec: &JobSpec,
+    mounts: &[Mount],
+    origins: &[(String, Option<(String, &'static str)>)],
+) -> Result<EntryModule, SpecError> {
+    let want = &spec.entry_module;
+    let located = |e: SpecError| e.at(file, spec.entry_line);
+    let Some(index) = spec
+        .inputs
+        .iter()
+        .position(|i| *want == i.target || want.starts_with(&format!("{}/", i.target)))
+    else {
+        let targets: Vec<&str> = spec.inputs.iter().map(|i| i.target.as_str()).collect();
+        return Err(located(refuse(
+            format!("EntryModule = \"{want}\""),
+            format!(
+                "it must be the Target of one of the task's InputSources (as Bacalhau 1.7+ requires); the targets are: {}. Add an input source for the .wasm, e.g. {{Target: {want}, Source: {{Type: local, Params: {{SourcePath: main.wasm}}}}}}",
+                if targets.is_empty() { "none".to_string() } else { targets.join(", ") }
+            ),
+        )));
+    };
+    // The mount serving `want`: the longest guest prefix.
+    let mount = mounts
+        .iter()
+        .filter(|m| {
+            *want == m.guest || m.guest == "/" || want.starts_with(&format!("{}/", m.guest))
+        })
+        .max_by_key(|m| m.guest.len())
+        .expect("every input is mounted");
+    let rest = want[mount.guest.len()..].trim_start_matches('/');
+    let mut path = if rest.is_empty() {
+        mount.host.clone()
+    } else {
+        mount.host.join(rest)
+    };
+    let canonical = path.canonicalize().map_err(|e| {
+        located(SpecError::Io {
+            path: path.clone(),
+            message: format!("the entry module {want}: {e}"),
+        })
+    })?;
+    if !canonical.starts_with(&mount.host) {
+        return Err(located(refuse(
+            format!("EntryModule = \"{want}\""),
+            "it is a symlink leading out of its input",
+        )));
+    }
+    path = canonical;
+    if path.is_dir() {
+        let mut wasm: Vec<PathBuf> = std::fs::read_dir(&path)
+            .map_err(|e| {
+                located(SpecError::Io {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !p.is_dir() && p.extension().and_then(|e| e.to_str()) == Some("wasm"))
+            .collect();
+        wasm.sort();
+        if wasm.len() != 1 {
+            return Err(located(refuse(
+                format!("EntryModule = \"{want}\""),
+                format!("it is a folder with {} .wasm files; Bacalhau's loader takes a folder only when it holds exactly one: name the file instead", wasm.len()),
+            )));
+        }
+        path = wasm.remove(0);
+    }
+    let bytes = resolve::read_bounded(&path, MAX_MODULE_FILE).map_err(located)?;
+    let (origin, matched) = &origins[index];
+    let file = if spec.inputs[index].target == *want && !Path::new(origin).is_dir() {
+        PathBuf::from(origin)
+    } else {
+        path
+    };
+    Ok(EntryModule {
+        bytes,
+        file,
+        matched: matched.clone(),
+    })
+}
