@@ -121,6 +121,24 @@ pub fn header(root: &Cid) -> Vec<u8> {
     h
 }
 
+/// A CARv1 of exactly these blocks, in this order, with `root` as its root: nothing is
+/// checked (not the hashes, not the links, not duplicates). For tests and tools that
+/// build hostile or unusual CARs by hand; the hasher's own writer only writes trees it
+/// made, and readers of this crate check every block against its CID.
+pub fn assemble_unchecked(root: &Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+    let header = header(root);
+    let mut out = Vec::new();
+    crate::pb::put_varint(&mut out, header.len() as u64);
+    out.extend_from_slice(&header);
+    for (cid, block) in blocks {
+        let c = cid.to_bytes();
+        crate::pb::put_varint(&mut out, (c.len() + block.len()) as u64);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(block);
+    }
+    out
+}
+
 /// Parse the binary CIDs this crate writes (sha2-256, v0 or v1).
 fn parse_cid(bytes: &[u8]) -> io::Result<Cid> {
     Cid::from_bytes(bytes)

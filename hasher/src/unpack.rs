@@ -758,7 +758,7 @@ mod tests {
         let absent = Cid::of_block(CidVersion::V1, RAW, b"absent");
         let dir = dir_block(&[("x", absent)]);
         let root = Cid::of_block(CidVersion::V0, DAG_PB, &dir);
-        let bytes = finish_without_checks(&root, &[(root, dir)]);
+        let bytes = crate::car::assemble_unchecked(&root, &[(root, dir)]);
         let e = Car::parse(&bytes)
             .unwrap()
             .unpack(&t.path().join("m"), u64::MAX)
@@ -805,7 +805,7 @@ mod tests {
             blocks.push((below, dir));
         }
         blocks.reverse();
-        let bytes = finish_without_checks(&below, &blocks);
+        let bytes = crate::car::assemble_unchecked(&below, &blocks);
         let car = Car::parse(&bytes).unwrap();
         let start = std::time::Instant::now();
         let size = car.expanded(below).unwrap();
@@ -824,7 +824,8 @@ mod tests {
             .collect();
         let file = dagpb::encode_node(&links, &unixfs::file_node(5000, &[1000; 5]));
         let file_cid = Cid::of_block(CidVersion::V0, DAG_PB, &file);
-        let bytes = finish_without_checks(&file_cid, &[(file_cid, file), (part_cid, part)]);
+        let bytes =
+            crate::car::assemble_unchecked(&file_cid, &[(file_cid, file), (part_cid, part)]);
         let car = Car::parse(&bytes).unwrap();
         let size = car.expanded(file_cid).unwrap();
         assert_eq!((size.bytes, size.entries), (5000, 1));
@@ -850,22 +851,6 @@ mod tests {
         dagpb::encode_node(&links, &unixfs::directory())
     }
 
-    /// A CAR of these blocks in this order (the writer of this crate only writes trees it
-    /// made, so hostile trees are assembled by hand).
-    fn finish_without_checks(root: &Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
-        let header = crate::car::header(root);
-        let mut out = Vec::new();
-        pb::put_varint(&mut out, header.len() as u64);
-        out.extend_from_slice(&header);
-        for (cid, block) in blocks {
-            let c = cid.to_bytes();
-            pb::put_varint(&mut out, (c.len() + block.len()) as u64);
-            out.extend_from_slice(&c);
-            out.extend_from_slice(block);
-        }
-        out
-    }
-
     #[test]
     fn names_that_leave_the_folder_or_repeat_are_refused() {
         let t = tempfile::tempdir().unwrap();
@@ -884,7 +869,7 @@ mod tests {
         for (what, entries) in cases {
             let dir = dir_block(&entries);
             let root = Cid::of_block(CidVersion::V0, DAG_PB, &dir);
-            let bytes = finish_without_checks(
+            let bytes = crate::car::assemble_unchecked(
                 &root,
                 &[
                     (root, dir),
