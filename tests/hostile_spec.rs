@@ -32,6 +32,11 @@ struct Ran {
 
 /// Runs `detwasm run ARGS` in `dir` with its own TMPDIR, and measures it.
 fn run_in(dir: &Path, args: &[&str]) -> Ran {
+    run_command(dir, "run", args)
+}
+
+/// Runs `detwasm COMMAND ARGS` in `dir` with its own TMPDIR, and measures it.
+fn run_command(dir: &Path, command: &str, args: &[&str]) -> Ran {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let out = dir.join("stdout");
@@ -48,7 +53,7 @@ fn run_in(dir: &Path, args: &[&str]) -> Ran {
     .env_remove("DETWASM_ALLOW_INPUTS")
     .env("TMPDIR", &tmp)
     .current_dir(dir)
-    .arg("run")
+    .arg(command)
     .args(args)
     .stdin(Stdio::null())
     .stdout(File::create(&out).unwrap())
@@ -292,6 +297,58 @@ fn a_car_leading_outside_the_allowed_folders_is_not_read() {
         ],
     );
     assert_eq!(ran.code, 0, "{}", ran.stderr);
+}
+
+/// A chain of 90 anchors, each nested 126 levels around an alias of the one before: a
+/// value 11,000 levels deep in a 30 KB job file. The YAML depth limit was checked only
+/// where `[` opened, so it parsed, and `detwasm batch` (worker threads with 2 MiB stacks)
+/// died with "thread 'detwasm-batch' has overflowed its stack" (SIGABRT), losing every
+/// job of the batch. The alias that passes the limit is refused, naming its line, and the
+/// batch goes on with its other lines.
+#[test]
+fn aliases_nesting_past_the_depth_limit_are_refused_and_the_batch_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = 126;
+    let mut text = format!("x0: &a0 {}1{}\n", "[".repeat(d), "]".repeat(d));
+    for k in 1..90 {
+        text.push_str(&format!(
+            "x{k}: &a{k} {}*a{}{}\n",
+            "[".repeat(d),
+            k - 1,
+            "]".repeat(d)
+        ));
+    }
+    text.push_str("Name: *a89\nType: batch\n");
+    std::fs::write(t.path().join("deep.yaml"), text).unwrap();
+    std::fs::write(t.path().join("m.wat"), IDLE).unwrap();
+    std::fs::write(
+        t.path().join("j.jsonl"),
+        "{\"module\": \"deep.yaml\"}\n{\"module\": \"m.wat\"}\n",
+    )
+    .unwrap();
+    let ran = run_command(
+        t.path(),
+        "batch",
+        &["j.jsonl", "--json", "--output-dir", "o"],
+    );
+    assert!(!ran.stderr.contains("overflowed"), "{}", ran.stderr);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    let lines: Vec<serde_json::Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", ran.stdout);
+    let error = lines[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("deep.yaml")
+            && error.contains("line 2")
+            && error.contains("deeper than 128"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].get("error").is_none(), "{}", lines[1]);
+    assert!(ran.took < Duration::from_secs(30));
 }
 
 /// `detwasm batch --help` says what a jobs file can reach: it is the operator's, and its

@@ -639,9 +639,17 @@ mod tests {
         let over = format!("a: &a {}1{}\nb: [[*a]]\n", "[".repeat(d), "]".repeat(d));
         assert_eq!(parse(&over).unwrap_err().line, 2);
         // A mapping's height counts too.
-        let map = format!("a: &a {}1{}\nb: {{c: *a}}\n", "{k: ".repeat(d), "}".repeat(d));
+        let map = format!(
+            "a: &a {}1{}\nb: {{c: *a}}\n",
+            "{k: ".repeat(d),
+            "}".repeat(d)
+        );
         parse(&map).unwrap();
-        let map = format!("a: &a {}1{}\nb: {{c: [*a]}}\n", "{k: ".repeat(d), "}".repeat(d));
+        let map = format!(
+            "a: &a {}1{}\nb: {{c: [*a]}}\n",
+            "{k: ".repeat(d),
+            "}".repeat(d)
+        );
         assert_eq!(parse(&map).unwrap_err().line, 2);
     }
 
