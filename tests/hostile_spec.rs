@@ -351,6 +351,55 @@ fn aliases_nesting_past_the_depth_limit_are_refused_and_the_batch_goes_on() {
     assert!(ran.took < Duration::from_secs(30));
 }
 
+/// 200 `ipfs` inputs naming small files of one 50 MiB CAR: each CID read the CAR whole
+/// and checked every block's SHA-256 again (the number of CIDs times the CAR's size,
+/// outside the run's deadline: 200 inputs of a 100 MB CAR took over 100 s). Now the CAR
+/// is read and checked once for the job.
+#[test]
+fn many_inputs_naming_one_large_car_read_it_once() {
+    let t = tempfile::tempdir().unwrap();
+    let mut blocks: Vec<(Cid, Vec<u8>)> = (0..50u32)
+        .map(|i| {
+            let data: Vec<u8> = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> 24) as u8 ^ i as u8)
+                .collect();
+            (Cid::of_block(CidVersion::V1, RAW, &data), data)
+        })
+        .collect();
+    let small: Vec<(Cid, Vec<u8>)> = (0..200u32)
+        .map(|i| {
+            let data = format!("input {i}\n").into_bytes();
+            (Cid::of_block(CidVersion::V1, RAW, &data), data)
+        })
+        .collect();
+    blocks.extend(small.iter().cloned());
+    let bytes = detwasm_hasher::car::assemble_unchecked(&blocks[0].0, &blocks);
+    std::fs::write(t.path().join("all.car"), bytes).unwrap();
+    let targets: Vec<String> = (0..small.len()).map(|i| format!("/in/f{i}")).collect();
+    let inputs: Vec<(&str, String)> = targets
+        .iter()
+        .zip(&small)
+        .map(|(target, (cid, _))| (target.as_str(), cid.to_string()))
+        .collect();
+    job_with_ipfs_inputs(t.path(), &inputs);
+    let ran = run_in(t.path(), &["job.yaml", "--json", "-o", "results"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let receipt: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(
+        receipt["job"]["inputs"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty()),
+        "{receipt}"
+    );
+    assert!(ran.took < Duration::from_secs(10), "took {:?}", ran.took);
+    assert!(
+        ran.peak_rss < 256 << 20,
+        "peak RSS {} MiB",
+        ran.peak_rss >> 20
+    );
+    assert_eq!(ran.left_in_tmp, 0);
+}
+
 /// `detwasm batch --help` says what a jobs file can reach: it is the operator's, and its
 /// own paths are not confined (it said a jobs file "cannot grant" --allow-input, while a
 /// line may mount /etc itself).
