@@ -25,7 +25,8 @@
 //! keys (`<<`), tags other than `!!str`, non-scalar keys, `.nan`/`.inf` (which the JSON
 //! step cannot write either), and a second document (Bacalhau would silently read only
 //! the first; a job split in two would lose half of itself). Anchors and aliases are
-//! expanded, to at most [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`] in all.
+//! expanded, to at most [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`] in all, and
+//! [`MAX_DEPTH`] levels deep with what aliases paste in.
 //!
 //! Every object member keeps its line ([`Member::line`]), so errors about a job file name
 //! the line to change.
