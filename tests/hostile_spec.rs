@@ -32,6 +32,11 @@ struct Ran {
 
 /// Runs `detwasm run ARGS` in `dir` with its own TMPDIR, and measures it.
 fn run_in(dir: &Path, args: &[&str]) -> Ran {
+    run_command(dir, "run", args)
+}
+
+/// Runs `detwasm COMMAND ARGS` in `dir` with its own TMPDIR, and measures it.
+fn run_command(dir: &Path, command: &str, args: &[&str]) -> Ran {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let out = dir.join("stdout");
@@ -48,7 +53,7 @@ fn run_in(dir: &Path, args: &[&str]) -> Ran {
     .env_remove("DETWASM_ALLOW_INPUTS")
     .env("TMPDIR", &tmp)
     .current_dir(dir)
-    .arg("run")
+    .arg(command)
     .args(args)
     .stdin(Stdio::null())
     .stdout(File::create(&out).unwrap())
@@ -292,6 +297,107 @@ fn a_car_leading_outside_the_allowed_folders_is_not_read() {
         ],
     );
     assert_eq!(ran.code, 0, "{}", ran.stderr);
+}
+
+/// A chain of 90 anchors, each nested 126 levels around an alias of the one before: a
+/// value 11,000 levels deep in a 30 KB job file. The YAML depth limit was checked only
+/// where `[` opened, so it parsed, and `detwasm batch` (worker threads with 2 MiB stacks)
+/// died with "thread 'detwasm-batch' has overflowed its stack" (SIGABRT), losing every
+/// job of the batch. The alias that passes the limit is refused, naming its line, and the
+/// batch goes on with its other lines.
+#[test]
+fn aliases_nesting_past_the_depth_limit_are_refused_and_the_batch_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = 126;
+    let mut text = format!("x0: &a0 {}1{}\n", "[".repeat(d), "]".repeat(d));
+    for k in 1..90 {
+        text.push_str(&format!(
+            "x{k}: &a{k} {}*a{}{}\n",
+            "[".repeat(d),
+            k - 1,
+            "]".repeat(d)
+        ));
+    }
+    text.push_str("Name: *a89\nType: batch\n");
+    std::fs::write(t.path().join("deep.yaml"), text).unwrap();
+    std::fs::write(t.path().join("m.wat"), IDLE).unwrap();
+    std::fs::write(
+        t.path().join("j.jsonl"),
+        "{\"module\": \"deep.yaml\"}\n{\"module\": \"m.wat\"}\n",
+    )
+    .unwrap();
+    let ran = run_command(
+        t.path(),
+        "batch",
+        &["j.jsonl", "--json", "--output-dir", "o"],
+    );
+    assert!(!ran.stderr.contains("overflowed"), "{}", ran.stderr);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    let lines: Vec<serde_json::Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", ran.stdout);
+    let error = lines[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("deep.yaml")
+            && error.contains("line 2")
+            && error.contains("deeper than 128"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].get("error").is_none(), "{}", lines[1]);
+    assert!(ran.took < Duration::from_secs(30));
+}
+
+/// 200 `ipfs` inputs naming small files of one 50 MiB CAR: each CID read the CAR whole
+/// and checked every block's SHA-256 again (the number of CIDs times the CAR's size,
+/// outside the run's deadline: 200 inputs of a 100 MB CAR took over 100 s). Now the CAR
+/// is read and checked once for the job.
+#[test]
+fn many_inputs_naming_one_large_car_read_it_once() {
+    let t = tempfile::tempdir().unwrap();
+    let mut blocks: Vec<(Cid, Vec<u8>)> = (0..50u32)
+        .map(|i| {
+            let data: Vec<u8> = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> 24) as u8 ^ i as u8)
+                .collect();
+            (Cid::of_block(CidVersion::V1, RAW, &data), data)
+        })
+        .collect();
+    let small: Vec<(Cid, Vec<u8>)> = (0..200u32)
+        .map(|i| {
+            let data = format!("input {i}\n").into_bytes();
+            (Cid::of_block(CidVersion::V1, RAW, &data), data)
+        })
+        .collect();
+    blocks.extend(small.iter().cloned());
+    let bytes = detwasm_hasher::car::assemble_unchecked(&blocks[0].0, &blocks);
+    std::fs::write(t.path().join("all.car"), bytes).unwrap();
+    let targets: Vec<String> = (0..small.len()).map(|i| format!("/in/f{i}")).collect();
+    let inputs: Vec<(&str, String)> = targets
+        .iter()
+        .zip(&small)
+        .map(|(target, (cid, _))| (target.as_str(), cid.to_string()))
+        .collect();
+    job_with_ipfs_inputs(t.path(), &inputs);
+    let ran = run_in(t.path(), &["job.yaml", "--json", "-o", "results"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let receipt: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert!(
+        receipt["job"]["inputs"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty()),
+        "{receipt}"
+    );
+    assert!(ran.took < Duration::from_secs(10), "took {:?}", ran.took);
+    assert!(
+        ran.peak_rss < 256 << 20,
+        "peak RSS {} MiB",
+        ran.peak_rss >> 20
+    );
+    assert_eq!(ran.left_in_tmp, 0);
 }
 
 /// `detwasm batch --help` says what a jobs file can reach: it is the operator's, and its

@@ -49,6 +49,19 @@ pub const MAX_JOB_CAR_ENTRIES: u64 = 100_000;
 /// blocks linked over and over, which writes nothing, is bounded too.
 pub const MAX_JOB_CAR_WORK: u64 = 2 << 30;
 
+/// The most bytes of `.car` files a job reads to find its `ipfs` inputs, all its CARs
+/// together: 1 GiB. Each CAR is read, checked (every block's SHA-256) and indexed at most
+/// once per job, and its blocks are kept until the inputs are unpacked from them.
+///
+/// Reading every candidate CAR again for each CID (what staging did) cost the number of
+/// distinct CIDs times the CARs' size: 200 inputs naming files of one 100 MB CAR ran
+/// over 100 s, outside the run's deadline. With one read per CAR the cost is the CARs'
+/// size once, and this limit bounds that (and the memory holding them) whatever the
+/// number of inputs. Rejected: a limit per CAR only (1 GiB each, as before), which a
+/// folder of many CARs multiplies; and re-reading from disk per input without keeping
+/// the blocks, which keeps the memory low but not the time.
+pub const MAX_JOB_CAR_READ: u64 = 1 << 30;
+
 /// What a job's CAR inputs have spent of the limits above.
 #[derive(Debug, Default)]
 pub struct InputBudget {
@@ -108,8 +121,8 @@ fn hasher_cid(want: &cid::Cid) -> Result<HCid, String> {
     })
 }
 
-/// The parsed CAR, or why not.
-fn parse(car: &[u8]) -> Result<Car<'_>, String> {
+/// The parsed CAR (every block checked against its CID), or why not.
+pub fn parse(car: &[u8]) -> Result<Car<'_>, String> {
     Car::parse(car).map_err(|e| e.to_string())
 }
 
@@ -117,8 +130,13 @@ fn parse(car: &[u8]) -> Result<Car<'_>, String> {
 /// `None` when the CAR does not hold that CID. A symlink is an error: an input must be
 /// a file or a folder.
 pub fn held(car: &[u8], want: &cid::Cid) -> Result<Option<Held>, String> {
+    held_in(&parse(car)?, want)
+}
+
+/// [`held`] in a CAR already parsed (its blocks checked once, whatever the number of CIDs
+/// looked up in it).
+pub fn held_in(car: &Car<'_>, want: &cid::Cid) -> Result<Option<Held>, String> {
     let want_h = hasher_cid(want)?;
-    let car = parse(car)?;
     if !car.contains(&want_h) {
         return Ok(None);
     }
@@ -145,9 +163,13 @@ pub fn held(car: &[u8], want: &cid::Cid) -> Result<Option<Held>, String> {
 /// at most `work` of block visits (its [`Held::size`], charged before): the content goes
 /// from the CAR to the disk, never whole into memory.
 pub fn unpack(car: &[u8], want: &cid::Cid, dest: &Path, work: u64) -> Result<(), String> {
+    unpack_from(&parse(car)?, want, dest, work)
+}
+
+/// [`unpack`] from a CAR already parsed.
+pub fn unpack_from(car: &Car<'_>, want: &cid::Cid, dest: &Path, work: u64) -> Result<(), String> {
     let want_h = hasher_cid(want)?;
-    parse(car)?
-        .unpack_cid(want_h, dest, work)
+    car.unpack_cid(want_h, dest, work)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }

@@ -25,7 +25,8 @@
 //! keys (`<<`), tags other than `!!str`, non-scalar keys, `.nan`/`.inf` (which the JSON
 //! step cannot write either), and a second document (Bacalhau would silently read only
 //! the first; a job split in two would lose half of itself). Anchors and aliases are
-//! expanded, to at most [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`] in all.
+//! expanded, to at most [`MAX_NODES`] nodes and [`MAX_EXPANDED_BYTES`] in all, and
+//! [`MAX_DEPTH`] levels deep with what aliases paste in.
 //!
 //! Every object member keeps its line ([`Member::line`]), so errors about a job file name
 //! the line to change.
@@ -80,19 +81,34 @@ enum Frame {
     Seq {
         items: Vec<Json>,
         anchor: usize,
+        /// The most levels of collections among the items so far (see [`parse`]).
+        height: usize,
     },
     Map {
         members: Vec<Member>,
         key: Option<(String, usize)>,
         anchor: usize,
+        height: usize,
     },
 }
 
 /// Parses a job file (YAML or JSON) into a [`Json`] value, as `YAMLToJSON` would convert
 /// it (see the module docs).
+///
+/// Depth is bounded at [`MAX_DEPTH`] levels of collections, aliases included. An alias
+/// pastes a copy of its anchored value with all its nesting, so checking depth only
+/// where `[` or `{` opens let a chain of anchors, each nested 126 levels around an alias
+/// of the one before, build values 16,000 levels deep within the node and byte limits;
+/// every step after the parser recurses over the value (clone, drop, each reader of
+/// [`Json`]) and overflowed a 2 MiB worker thread's stack, aborting a whole batch. So each
+/// anchored value's height (levels of collections in it) is kept beside it, and an alias
+/// is refused where the open collections around it plus that height pass the limit.
+/// Rejected: recursion-free clone, drop and readers, which would touch every consumer of
+/// [`Json`] and still hand them values no job file needs.
 pub fn parse(text: &str) -> Result<Json, YamlError> {
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Json> = HashMap::new();
+    // Each anchored value and its height.
+    let mut anchors: HashMap<usize, (Json, usize)> = HashMap::new();
     let mut root: Option<Json> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
@@ -116,7 +132,8 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
             column: e.marker().col() + 1,
             message: e.info().to_string(),
         })?;
-        let (value, anchor) = match event {
+        // The value completed by this event, its anchor and its height.
+        let (value, anchor, height) = match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
             Event::DocumentStart(_) => {
                 documents += 1;
@@ -133,6 +150,7 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                     Frame::Seq {
                         items: Vec::new(),
                         anchor,
+                        height: 0,
                     },
                 )?);
                 continue;
@@ -146,28 +164,45 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                         members: Vec::new(),
                         key: None,
                         anchor,
+                        height: 0,
                     },
                 )?);
                 continue;
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { items, anchor }) => (Json::Array(items), anchor),
+                Some(Frame::Seq {
+                    items,
+                    anchor,
+                    height,
+                }) => (Json::Array(items), anchor, height + 1),
                 _ => return Err(err_at(&span, "unbalanced sequence")),
             },
             Event::MappingEnd => match stack.pop() {
                 Some(Frame::Map {
-                    members, anchor, ..
-                }) => (Json::Object(go_map_order(members)), anchor),
+                    members,
+                    anchor,
+                    height,
+                    ..
+                }) => (Json::Object(go_map_order(members)), anchor, height + 1),
                 _ => return Err(err_at(&span, "unbalanced mapping")),
             },
             Event::Alias(id) => {
-                let anchored = anchors
+                let (anchored, height) = anchors
                     .get(&id)
                     .ok_or_else(|| err_at(&span, "an alias to an unknown anchor"))?;
-                // Charged before the copy is made.
+                // Checked before the copy is made (and before anything recurses over it).
+                if stack.len() + height > MAX_DEPTH {
+                    return Err(err_at(
+                        &span,
+                        format!(
+                            "this alias nests its anchor's {height} levels inside {} more, deeper than {MAX_DEPTH} levels in all",
+                            stack.len()
+                        ),
+                    ));
+                }
                 nodes = nodes.saturating_add(count_nodes(anchored));
                 charge(&span, expanded_bytes(anchored))?;
-                (anchored.clone(), 0)
+                (anchored.clone(), 0, *height)
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = match tag {
@@ -186,7 +221,7 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
                     }
                 };
                 charge(&span, text_bytes(&value))?;
-                (value, anchor)
+                (value, anchor, 0)
             }
         };
         charge(&span, NODE_BYTES)?;
@@ -199,13 +234,28 @@ pub fn parse(text: &str) -> Result<Json, YamlError> {
         }
         if anchor != 0 {
             charge(&span, expanded_bytes(&value))?;
-            anchors.insert(anchor, value.clone());
+            anchors.insert(anchor, (value.clone(), height));
         }
         match stack.last_mut() {
             None => root = Some(value),
-            Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map { members, key, .. }) => match key.take() {
-                Some((k, line)) => members.push(Member::new(k, value, Some(line))),
+            Some(Frame::Seq {
+                items,
+                height: above,
+                ..
+            }) => {
+                *above = (*above).max(height);
+                items.push(value)
+            }
+            Some(Frame::Map {
+                members,
+                key,
+                height: above,
+                ..
+            }) => match key.take() {
+                Some((k, line)) => {
+                    *above = (*above).max(height);
+                    members.push(Member::new(k, value, Some(line)))
+                }
                 None => {
                     *key = Some((
                         key_text(value).map_err(|m| err_at(&span, m))?,
@@ -562,6 +612,46 @@ mod tests {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep).unwrap_err().message.contains("deeper"));
         assert!(parse("a: [1\n").is_err());
+    }
+
+    /// A chain of anchors, each nested 126 levels around an alias of the one before, built
+    /// values thousands of levels deep (the depth was checked only where `[` opened) and
+    /// overflowed the stack of whatever recursed over them. The alias that would pass
+    /// [`MAX_DEPTH`] is refused, naming its line; one that fits is expanded.
+    #[test]
+    fn aliases_cannot_nest_deeper_than_the_depth_limit() {
+        let d = 126;
+        let mut text = format!("x0: &a0 {}1{}\n", "[".repeat(d), "]".repeat(d));
+        for k in 1..90 {
+            text.push_str(&format!(
+                "x{k}: &a{k} {}*a{}{}\n",
+                "[".repeat(d),
+                k - 1,
+                "]".repeat(d)
+            ));
+        }
+        text.push_str("Name: *a89\nType: batch\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("deeper than 128 levels"), "{e}");
+        // Exactly at the limit: 2 levels around an alias of 126.
+        let fits = format!("a: &a {}1{}\nb: [*a]\n", "[".repeat(d), "]".repeat(d));
+        parse(&fits).unwrap();
+        let over = format!("a: &a {}1{}\nb: [[*a]]\n", "[".repeat(d), "]".repeat(d));
+        assert_eq!(parse(&over).unwrap_err().line, 2);
+        // A mapping's height counts too.
+        let map = format!(
+            "a: &a {}1{}\nb: {{c: *a}}\n",
+            "{k: ".repeat(d),
+            "}".repeat(d)
+        );
+        parse(&map).unwrap();
+        let map = format!(
+            "a: &a {}1{}\nb: {{c: [*a]}}\n",
+            "{k: ".repeat(d),
+            "}".repeat(d)
+        );
+        assert_eq!(parse(&map).unwrap_err().line, 2);
     }
 
     /// One anchored 4 MiB string aliased 1,000 times is 1,001 nodes and 4 GB: refused by

@@ -6,6 +6,10 @@
 
 use super::*;
 
+use std::cell::{Cell, OnceCell};
+
+use detwasm_hasher::unpack::Car;
+
 /// A file to put into the staging folder: a copy of a host path, bytes, or a hard link
 /// to a file already in the job's scratch folder (content named by CID, shared by every
 /// input that names it).
@@ -20,17 +24,125 @@ pub(super) enum Found {
     /// A file or folder named by the CID in an allowed folder (its canonical path), and
     /// the import settings that gave the CID.
     Path(PathBuf, &'static str),
-    /// The CID's file or folder among the blocks of this CAR file (its canonical path,
-    /// inside an allowed folder), not read out yet.
-    Car { file: PathBuf, held: car::Held },
+    /// The CID's file or folder among the blocks of a CAR file (its canonical path,
+    /// inside an allowed folder, and its place in [`CarFiles`]), not read out yet.
+    Car {
+        file: PathBuf,
+        index: usize,
+        held: car::Held,
+    },
+}
+
+/// The `.car` files directly in a job's allowed folders, listed once per job, each read
+/// at most once and within [`car::MAX_JOB_CAR_READ`] for all of them (see there for why).
+/// Their bytes are kept for the job's staging: [`Cars`] parses them.
+pub(super) struct CarFiles {
+    /// Each `.car` listed (allowed folders in order, names sorted in each), and the place
+    /// of its canonical file in `canonical`, or `None` when it leads out of the allowed
+    /// folders.
+    listed: Vec<(PathBuf, Option<usize>)>,
+    /// The distinct CAR files, by canonical path (a CAR reached by two names is read once).
+    canonical: Vec<PathBuf>,
+    data: Vec<OnceCell<Vec<u8>>>,
+    /// Bytes read so far, all CARs together.
+    read: Cell<u64>,
+}
+
+impl CarFiles {
+    /// Lists the `.car` regular files directly in `roots` (canonical allowed folders).
+    pub(super) fn list(roots: &[PathBuf]) -> CarFiles {
+        let mut listed = Vec::new();
+        let mut canonical: Vec<PathBuf> = Vec::new();
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            let mut cars: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("car") && p.is_file())
+                .collect();
+            cars.sort();
+            for named in cars {
+                let place = named
+                    .canonicalize()
+                    .ok()
+                    .filter(|c| roots.iter().any(|r| c.starts_with(r)))
+                    .map(|c| match canonical.iter().position(|k| *k == c) {
+                        Some(i) => i,
+                        None => {
+                            canonical.push(c);
+                            canonical.len() - 1
+                        }
+                    });
+                listed.push((named, place));
+            }
+        }
+        let data = canonical.iter().map(|_| OnceCell::new()).collect();
+        CarFiles {
+            listed,
+            canonical,
+            data,
+            read: Cell::new(0),
+        }
+    }
+
+    /// The bytes of CAR `i`, read at its first use, or why not (over the job's limit).
+    fn bytes(&self, i: usize) -> Result<&[u8], SpecError> {
+        if let Some(data) = self.data[i].get() {
+            return Ok(data);
+        }
+        let path = &self.canonical[i];
+        let left = car::MAX_JOB_CAR_READ - self.read.get();
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if size > left {
+            return Err(refuse(
+                format!("reading {}", path.display()),
+                format!(
+                    "the job's .car files would pass {} GiB read together (MAX_JOB_CAR_READ; {} bytes read already, this one is {size}); put fewer or smaller CARs in the folders inputs come from, or name the content by a folder (`ipfs get CID -o CID`)",
+                    car::MAX_JOB_CAR_READ >> 30,
+                    self.read.get()
+                ),
+            ));
+        }
+        let data = resolve::read_bounded(path, left)?;
+        self.read.set(self.read.get() + data.len() as u64);
+        Ok(self.data[i].get_or_init(|| data))
+    }
+}
+
+/// The [`CarFiles`] of a job, each parsed (every block checked against its hash) at most
+/// once, at its first use, and kept: looking a CID up is then a map lookup, and unpacking
+/// reads the very blocks that were sized.
+pub(super) struct Cars<'f> {
+    files: &'f CarFiles,
+    parsed: Vec<OnceCell<Result<Car<'f>, String>>>,
+}
+
+impl<'f> Cars<'f> {
+    pub(super) fn new(files: &'f CarFiles) -> Cars<'f> {
+        Cars {
+            files,
+            parsed: files.canonical.iter().map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    /// CAR `i` parsed, or why it does not parse; an error when it cannot be read.
+    fn car(&self, i: usize) -> Result<&Result<Car<'f>, String>, SpecError> {
+        if let Some(parsed) = self.parsed[i].get() {
+            return Ok(parsed);
+        }
+        let data = self.files.bytes(i)?;
+        Ok(self.parsed[i].get_or_init(|| car::parse(data)))
+    }
 }
 
 /// Finds an `ipfs` input locally: in each allowed folder (the job file's first), a file
 /// or folder named by the CID, or `CID.car`; then every other `.car` file directly in
 /// those folders. A file or folder must hash to the CID, hidden files included (the guest
 /// sees them); a CAR must hold the CID's blocks, each checked against its hash. A CAR is
-/// only sized here ([`car::held`]); [`prepare`] charges it to the job's budget and
-/// unpacks it once every input has been charged.
+/// only sized here ([`car::held_in`]); [`prepare`] charges it to the job's budget and
+/// unpacks it once every input has been charged. Each CAR is read and parsed once per
+/// job, in `cars`, however many CIDs are looked up in it ([`car::MAX_JOB_CAR_READ`]).
 ///
 /// A CAR is read only where it really is inside an allowed folder: `CID.car` leading
 /// out of them (a symlink to `/etc/shadow`) is refused as a `CID` folder leading out is,
@@ -40,10 +152,13 @@ pub(super) enum Found {
 ///
 /// Rejected alternative: hashing every folder in reach to find one with the CID; it
 /// could take minutes over a home folder and would pick a folder the user never named.
-pub(super) fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecError> {
+pub(super) fn find_cid(
+    roots: &[PathBuf],
+    cars: &Cars<'_>,
+    cid_text: &str,
+) -> Result<Found, SpecError> {
     let want = resolve::parse_cid_at(cid_text, "Source.Params.CID")?;
     let mut tried = Vec::new();
-    let mut cars: Vec<PathBuf> = Vec::new();
     let canonical_inside = |named: &Path| -> Result<PathBuf, SpecError> {
         let canonical = named.canonicalize().map_err(|e| SpecError::Io {
             path: named.to_path_buf(),
@@ -58,6 +173,9 @@ pub(super) fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecE
         }
         Ok(canonical)
     };
+    // The listed CARs in the order they are tried: those named `CID.car` first.
+    let listed = &cars.files.listed;
+    let mut first: Vec<usize> = Vec::new();
     for root in roots {
         let named = root.join(cid_text);
         if named.exists() {
@@ -77,35 +195,27 @@ pub(super) fn find_cid(roots: &[PathBuf], cid_text: &str) -> Result<Found, SpecE
             // Named for this CID: one leading out of the allowed folders is refused.
             canonical_inside(&named)?;
         }
-        cars.push(named);
+        first.extend(listed.iter().position(|(p, _)| *p == named));
     }
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(root) else {
+    let rest = (0..listed.len()).filter(|i| !first.contains(i));
+    let order: Vec<usize> = first.iter().copied().chain(rest).collect();
+    for (file, place) in order.into_iter().map(|i| &listed[i]) {
+        let Some(index) = *place else {
+            tried.push(format!(
+                "{}: leads outside the folders inputs may come from, not read",
+                file.display()
+            ));
             continue;
         };
-        let mut more: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("car") && !cars.contains(p))
-            .collect();
-        more.sort();
-        cars.extend(more);
-    }
-    for file in cars.iter().filter(|p| p.is_file()) {
-        let canonical = match canonical_inside(file) {
-            Ok(c) => c,
-            Err(_) => {
-                tried.push(format!(
-                    "{}: leads outside the folders inputs may come from, not read",
-                    file.display()
-                ));
-                continue;
-            }
+        let held = match cars.car(index)? {
+            Ok(car) => car::held_in(car, &want),
+            Err(e) => Err(e.clone()),
         };
-        let data = resolve::read_bounded(&canonical, MAX_MODULE_FILE)?;
-        match car::held(&data, &want) {
+        match held {
             Ok(Some(held)) => {
                 return Ok(Found::Car {
-                    file: canonical,
+                    file: cars.files.canonical[index].clone(),
+                    index,
                     held,
                 })
             }
@@ -141,6 +251,8 @@ pub(super) enum Produce {
     /// A CID's tree out of a CAR, within the work it was charged.
     Unpack {
         car: PathBuf,
+        /// Its place in the job's [`CarFiles`], parsed already.
+        index: usize,
         want: cid::Cid,
         to: PathBuf,
         work: u64,
@@ -216,6 +328,18 @@ pub fn prepare(
     let mut staged: BTreeMap<String, Vec<(String, Staged)>> = BTreeMap::new();
     // Inputs' content and staging folders, kept until the run has ended.
     let mut scratch: Option<(tempfile::TempDir, PathBuf)> = None;
+    // The CARs in the allowed folders, each read and parsed at most once for the whole
+    // job (listed only when an input is named by CID), dropped when staging ends.
+    let car_files = if spec
+        .inputs
+        .iter()
+        .any(|i| matches!(i.source, Source::Ipfs { .. }))
+    {
+        CarFiles::list(&roots)
+    } else {
+        CarFiles::list(&[])
+    };
+    let cars = Cars::new(&car_files);
     // Content named by CID, by CID: several inputs naming one CID share it.
     let mut by_cid: std::collections::HashMap<String, Shared> = Default::default();
     // What the CAR inputs of this job expand to, all of them together.
@@ -281,7 +405,7 @@ pub fn prepare(
                 let shared = match by_cid.get(&want.to_string()) {
                     Some(shared) => shared.clone(),
                     None => {
-                        let shared = match find_cid(&roots, cid).map_err(located)? {
+                        let shared = match find_cid(&roots, &cars, cid).map_err(located)? {
                             Found::Path(path, how) => {
                                 let is_dir = path.is_dir();
                                 let origin = path.display().to_string();
@@ -306,6 +430,7 @@ pub fn prepare(
                             }
                             Found::Car {
                                 file: car_file,
+                                index,
                                 held,
                             } => {
                                 budget.charge(held.size).map_err(|why| {
@@ -323,6 +448,7 @@ pub fn prepare(
                                     .join(format!("cid-{}", produce.len()));
                                 produce.push(Produce::Unpack {
                                     car: car_file.clone(),
+                                    index,
                                     want,
                                     to: to.clone(),
                                     work: held.size.work,
@@ -374,14 +500,18 @@ pub fn prepare(
             }
             Produce::Unpack {
                 car: car_file,
+                index,
                 want,
                 to,
                 work,
                 line,
             } => {
-                let data = resolve::read_bounded(&car_file, MAX_MODULE_FILE)
-                    .map_err(|e| e.at(file, line))?;
-                car::unpack(&data, &want, &to, work).map_err(|e| {
+                let parsed = cars.car(index).map_err(|e| e.at(file, line))?;
+                let unpacked = match parsed {
+                    Ok(car) => car::unpack_from(car, &want, &to, work),
+                    Err(e) => Err(e.clone()),
+                };
+                unpacked.map_err(|e| {
                     SpecError::Io {
                         path: car_file.clone(),
                         message: format!("unpacking {want}: {e}"),
@@ -540,4 +670,55 @@ pub(super) fn entry_module(
         file,
         matched: matched.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detwasm_hasher::cid::{Cid as HCid, CidVersion, RAW};
+
+    /// Looking up many CIDs in a folder's CARs reads each CAR once (every lookup read and
+    /// hashed every CAR again: CIDs times CAR bytes), and the CARs a job reads together are
+    /// bounded by [`car::MAX_JOB_CAR_READ`], checked from the file's size before reading.
+    #[test]
+    fn each_car_is_read_once_per_job_within_the_jobs_read_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let blocks: Vec<(HCid, Vec<u8>)> = (0..50u32)
+            .map(|i| {
+                let data = format!("file {i}").into_bytes();
+                (HCid::of_block(CidVersion::V1, RAW, &data), data)
+            })
+            .collect();
+        let bytes = detwasm_hasher::car::assemble_unchecked(&blocks[0].0, &blocks);
+        std::fs::write(root.join("a.car"), &bytes).unwrap();
+        let roots = vec![root.clone()];
+        let files = CarFiles::list(&roots);
+        let cars = Cars::new(&files);
+        for (cid, _) in &blocks {
+            match find_cid(&roots, &cars, &cid.to_string()).unwrap() {
+                Found::Car { index, held, .. } => {
+                    assert_eq!(index, 0);
+                    assert!(!held.is_dir);
+                }
+                Found::Path(..) => panic!("found as a path"),
+            }
+        }
+        assert_eq!(files.read.get(), bytes.len() as u64, "read once");
+
+        // A CAR that would pass the job's limit is refused before it is read (a sparse
+        // file: nothing of it is on disk).
+        let big = std::fs::File::create(root.join("b.car")).unwrap();
+        big.set_len(car::MAX_JOB_CAR_READ).unwrap();
+        let files = CarFiles::list(&roots);
+        let cars = Cars::new(&files);
+        find_cid(&roots, &cars, &blocks[3].0.to_string()).unwrap();
+        let absent = HCid::of_block(CidVersion::V1, RAW, b"absent").to_string();
+        let Err(e) = find_cid(&roots, &cars, &absent) else {
+            panic!("found a CID no CAR holds")
+        };
+        let e = e.to_string();
+        assert!(e.contains("b.car") && e.contains("MAX_JOB_CAR_READ"), "{e}");
+        assert_eq!(files.read.get(), bytes.len() as u64);
+    }
 }
