@@ -262,6 +262,24 @@ fn large_real_modules_pass_the_shape_scan() {
                 LIMITS.module_values,
                 "values per module",
             ),
+            (shape.ssa.0, LIMITS.ssa, "variables x blocks per function"),
+            (
+                shape.module_ssa,
+                LIMITS.module_ssa,
+                "variables x blocks per module",
+            ),
+            (shape.types, LIMITS.types, "types"),
+            (shape.type_bytes, LIMITS.type_bytes, "type bytes"),
+            (
+                shape.signature,
+                LIMITS.signature_values,
+                "parameters and results per type",
+            ),
+            (
+                shape.module_signatures,
+                LIMITS.module_signatures,
+                "parameters and results per module",
+            ),
         ];
         for (value, limit, what) in margin {
             assert!(
