@@ -763,13 +763,7 @@ mod tests {
     #[test]
     fn bodies_locals_calls_and_module_totals_are_limited() {
         let m = wat("(module (func (local i32 i32 i32) nop nop nop))");
-        let r = refusal(
-            &m,
-            &Limits {
-                locals: 2,
-                ..OPEN
-            },
-        );
+        let r = refusal(&m, &Limits { locals: 2, ..OPEN });
         assert_eq!(r.message, "it declares 3 locals, over the limit of 2");
         let r = refusal(
             &m,
@@ -876,9 +870,10 @@ mod tests {
         let r = refusal(&m, &LIMITS);
         assert_eq!(r.function, Some(0));
         assert!(
-            r.message.contains("its 4,000 variables (parameters and locals) times its 525 \
-                 blocks")
-                && r.message.contains("over the limit of 2,097,152"),
+            r.message.contains(
+                "its 4,000 variables (parameters and locals) times its 525 \
+                 blocks"
+            ) && r.message.contains("over the limit of 2,097,152"),
             "{r}"
         );
         // Parameters count as variables, and `end`s, `else`s and conditional branches as
@@ -914,7 +909,10 @@ mod tests {
         for t in 0..types {
             // Distinct types: type t has one i32 parameter more than the v128s.
             let mut ps = vec![wasm_encoder::ValType::V128; params as usize];
-            ps.extend(std::iter::repeat_n(wasm_encoder::ValType::I32, t as usize % 2));
+            ps.extend(std::iter::repeat_n(
+                wasm_encoder::ValType::I32,
+                t as usize % 2,
+            ));
             ts.ty()
                 .function(ps, vec![wasm_encoder::ValType::V128; params as usize]);
         }
@@ -941,10 +939,21 @@ mod tests {
             "type 0 has 1,996 parameters and results, over the limit of 256 per type"
         );
         let r = refusal(&signature_module(1_000, 998, 0), &LIMITS);
-        assert!(r.message.contains("bytes of types, over the limit of 65,536"), "{r}");
+        assert!(
+            r.message
+                .contains("bytes of types, over the limit of 65,536"),
+            "{r}"
+        );
         // Within the limit per type, the module's total counts types and functions.
         let m = signature_module(1, 128, 1_100);
-        let s = check(&m, &Limits { module_signatures: u64::MAX, ..LIMITS }).unwrap();
+        let s = check(
+            &m,
+            &Limits {
+                module_signatures: u64::MAX,
+                ..LIMITS
+            },
+        )
+        .unwrap();
         assert_eq!(s.signature, 256);
         assert_eq!(s.module_signatures, 256 * 1_101);
         let r = refusal(&m, &LIMITS);
