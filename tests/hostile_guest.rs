@@ -1097,7 +1097,7 @@ fn wide_signatures_and_many_types_are_refused_quickly() {
     // 1,000 distinct types: 997 to 998 parameters, as many results.
     let mut types = vec![(0, 0, 0x7f)];
     types.extend((0..1_000).map(|t| (998 - t % 2, 998, 0x7b)));
-    let module = binary_module_of(&types, &[start.clone()], true);
+    let module = binary_module_of(&types, std::slice::from_ref(&start), true);
     assert_refused_before_compiling(&module, "bytes of types, over the limit of 65,536");
     // Within the limit per type, 1,100 functions of 128 parameters and 128 results.
     let mut bodies = vec![start];

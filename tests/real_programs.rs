@@ -213,7 +213,7 @@ fn python_interpreter_is_fuzzable_and_its_seed_dependence_is_found() {
 /// wasmparser's own).
 #[test]
 fn large_real_modules_pass_the_shape_scan() {
-    use detwasm_runtime::passes::shape::{check, LIMITS};
+    use detwasm_runtime::passes::shape::{check, LIMITS, REWRITTEN_LIMITS};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut modules: Vec<PathBuf> = ["python-3.12.0.wasm", "boolector.wasm"]
         .iter()
@@ -296,7 +296,7 @@ fn large_real_modules_pass_the_shape_scan() {
             .and_then(|f| detwasm_runtime::passes::nan::canonicalize(&f))
             .and_then(|c| detwasm_runtime::passes::stack::meter(&c));
         if let Ok(rewritten) = passes {
-            let shape = check(&rewritten, &LIMITS)
+            let shape = check(&rewritten, &REWRITTEN_LIMITS)
                 .unwrap_or_else(|r| panic!("{} rewritten: {r}", path.display()));
             eprintln!("  rewritten: {shape:?}");
         }

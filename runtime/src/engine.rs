@@ -782,12 +782,13 @@ pub fn compile_rewritten(
     })?;
     // The passes grow a module up to about 12 times (a `local.tee` fed to a NaN-producing
     // operator gains a canonicalization, a block gains its fuel), and Cranelift compiles
-    // the grown module: the bytes it sees are scanned against the same limits, so that
+    // the grown module: the bytes it sees are scanned against the same limits (with more
+    // room for the types the passes add: `REWRITTEN_LIMITS`), so that
     // SECURITY.md's compile term (in bytes of code Cranelift compiles) holds. Rejected:
     // scanning only the module as sent (615 KB grew to 7.6 MB, and one compile thread used
     // 760 MB, twice the documented term); limits on the sent bytes divided by the worst
     // growth (12 times tighter for every real module, for a rare shape).
-    passes::shape::check(&metered, &passes::shape::LIMITS).map_err(|r| {
+    passes::shape::check(&metered, &passes::shape::REWRITTEN_LIMITS).map_err(|r| {
         RunError::TooComplex(format!(
             "after fuel metering, NaN canonicalization and stack metering: {r}"
         ))
