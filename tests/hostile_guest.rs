@@ -1010,14 +1010,9 @@ fn a_million_nested_blocks_are_refused_quickly() {
     );
 }
 
-/// A module inside every shape limit that still takes seconds to compile (four functions
-/// of 220,000 chained loads, 1 MB each, 4 MB of code), run with `--timeout 1`: the
-/// job's wall-clock deadline covers compiling too, so the run is an error at the
-/// deadline ("compiling the module did not finish …", exit 2, nothing delivered), not a
-/// result after the whole compile. Before, the deadline started when the guest did, and
-/// the job ran as a normal verifiable one after the compile.
-#[test]
-fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
+/// Four functions of 220,000 chained loads (1 MB each): inside every shape limit, and
+/// seconds to compile.
+fn slow_compile_module() -> Vec<u8> {
     let mut bodies = vec![(0, vec![0x0b])];
     for f in 0..4u64 {
         let mut code = vec![0x20, 0x00];
@@ -1028,7 +1023,18 @@ fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
         code.push(0x0b);
         bodies.push((1, code));
     }
-    let module = binary_module(&[(0, 0), (1, 1)], &bodies);
+    binary_module(&[(0, 0), (1, 1)], &bodies)
+}
+
+/// A module inside every shape limit that still takes seconds to compile (four functions
+/// of 220,000 chained loads, 1 MB each, 4 MB of code), run with `--timeout 1`: the
+/// job's wall-clock deadline covers compiling too, so the run is an error at the
+/// deadline ("compiling the module did not finish …", exit 2, nothing delivered), not a
+/// result after the whole compile. Before, the deadline started when the guest did, and
+/// the job ran as a normal verifiable one after the compile.
+#[test]
+fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
+    let module = slow_compile_module();
     let (r, took) = run_binary_within(&module, &["--timeout", "1"], 60.0);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -1156,4 +1162,37 @@ fn a_huge_text_module_is_refused_before_translating() {
     assert!(!r.results().exists(), "nothing delivered");
     assert!(took < 2.0, "took {took:.2} s");
     r.assert_bounded();
+}
+
+/// The finding: `detwasm module check` loaded (compiled) the entry module with no
+/// deadline. Now the load step ends at the job's wall-clock safety net (`Timeout: 1`), as
+/// a run's compile does.
+#[test]
+fn module_check_of_a_slow_compile_ends_at_the_jobs_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.wasm"), slow_compile_module()).unwrap();
+    std::fs::write(
+        dir.path().join("lilypad_module.json.tmpl"),
+        r#"{"job":{"Spec":{"Engine":"Wasm","Wasm":{"EntryModule":{"Path":"m.wasm"},"EntryPoint":"_start"},"Timeout":1}}}"#,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = detwasm()
+        .args(["module", "check"])
+        .arg(dir.path())
+        .env("DETWASM_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("exit {:?} after {took:.2} s: {text}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL wasm loads")
+            && text.contains(
+                "compiling the module did not finish within the job's wall-clock timeout of 1 s"
+            ),
+        "{text}"
+    );
+    assert!(took < 4.0, "took {took:.2} s");
 }
