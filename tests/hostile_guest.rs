@@ -1013,6 +1013,11 @@ fn a_million_nested_blocks_are_refused_quickly() {
 /// Four functions of 220,000 chained loads (1 MB each): inside every shape limit, and
 /// seconds to compile.
 fn slow_compile_module() -> Vec<u8> {
+    binary_module(&[(0, 0), (1, 1)], &slow_compile_bodies())
+}
+
+/// The bodies of [`slow_compile_module`] (no locals).
+fn slow_compile_bodies() -> Vec<(u32, Vec<u8>)> {
     let mut bodies = vec![(0, vec![0x0b])];
     for f in 0..4u64 {
         let mut code = vec![0x20, 0x00];
@@ -1023,7 +1028,7 @@ fn slow_compile_module() -> Vec<u8> {
         code.push(0x0b);
         bodies.push((1, code));
     }
-    binary_module(&[(0, 0), (1, 1)], &bodies)
+    bodies
 }
 
 /// A module inside every shape limit that still takes seconds to compile (four functions
@@ -1195,4 +1200,36 @@ fn module_check_of_a_slow_compile_ends_at_the_jobs_timeout() {
         "{text}"
     );
     assert!(took < 4.0, "took {took:.2} s");
+}
+
+/// The finding: a module the passes refuse was compiled once more as it was, only for
+/// the engine's own error message. [`slow_compile_module`] plus a function of 50,000
+/// locals (the fuel pass has no room for its two) took 6.9 s and 905 MB of peak RSS to
+/// be refused; now the module is only validated for the message.
+#[test]
+fn a_module_the_passes_refuse_is_not_compiled_for_its_message() {
+    let mut bodies: Vec<(u32, Vec<u8>)> = slow_compile_bodies()
+        .into_iter()
+        .map(|(t, code)| {
+            let mut b = vec![0]; // no locals
+            b.extend(code);
+            (t, b)
+        })
+        .collect();
+    let mut locals = vec![1];
+    leb(50_000, &mut locals);
+    locals.extend([0x7f, 0x0b]);
+    bodies.push((0, locals));
+    let module = binary_module_of(&[(0, 0, 0x7f), (1, 1, 0x7f)], &bodies, false);
+    let (r, took) = run_binary_within(&module, &[], 60.0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "a function with 50000 locals leaves no room for the two the fuel metering needs"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(took < 3.0, "took {took:.2} s");
+    r.assert_bounded();
 }
