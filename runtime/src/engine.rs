@@ -246,8 +246,9 @@ const KEY_LEN: usize = 32;
 /// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
 /// host's engine).
 ///
-/// The key hashes the module's own bytes, not the metered bytes that are compiled
-/// ([`compile`]): the fingerprint names every pass and its version
+/// The key hashes the module's own bytes (for WebAssembly text, the binary it translates
+/// to: `Runtime::load_by` translates once and hands the binary here), not the metered
+/// bytes that are compiled ([`compile`]): the fingerprint names every pass and its version
 /// (`stack_metering=...` in [`ENGINE_SETTINGS`]), so a change of a pass changes the key.
 /// Rejected: keying on the metered bytes (a cache hit would then have to run the pass
 /// first, on every run, to find its key).
