@@ -807,6 +807,26 @@ fn leb(mut v: u64, out: &mut Vec<u8>) {
 /// function bodies `bodies` (each: its type, then its code after the locals, ending in
 /// `end`), a memory, and the first function exported as `_start`.
 fn binary_module(types: &[(usize, usize)], bodies: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let types: Vec<(usize, usize, u8)> = types.iter().map(|&(p, r)| (p, r, 0x7f)).collect();
+    let bodies: Vec<(u32, Vec<u8>)> = bodies
+        .iter()
+        .map(|(t, code)| {
+            let mut b = vec![0]; // no locals
+            b.extend(code);
+            (*t, b)
+        })
+        .collect();
+    binary_module_of(&types, &bodies, false)
+}
+
+/// [`binary_module`] with types of any one value type each (`(params, results, type)`),
+/// bodies that begin with their locals, and, if `declared`, an `elem declare` of every
+/// function (which makes them escape: wasmtime compiles a trampoline for each).
+fn binary_module_of(
+    types: &[(usize, usize, u8)],
+    bodies: &[(u32, Vec<u8>)],
+    declared: bool,
+) -> Vec<u8> {
     let section = |id: u8, payload: Vec<u8>, out: &mut Vec<u8>| {
         out.push(id);
         leb(payload.len() as u64, out);
@@ -815,11 +835,11 @@ fn binary_module(types: &[(usize, usize)], bodies: &[(u32, Vec<u8>)]) -> Vec<u8>
     let mut m = b"\0asm\x01\0\0\0".to_vec();
     let mut s = Vec::new();
     leb(types.len() as u64, &mut s);
-    for &(params, results) in types {
+    for &(params, results, ty) in types {
         s.push(0x60);
         for n in [params, results] {
             leb(n as u64, &mut s);
-            s.extend(std::iter::repeat_n(0x7f, n));
+            s.extend(std::iter::repeat_n(ty, n));
         }
     }
     section(1, s, &mut m);
@@ -837,11 +857,18 @@ fn binary_module(types: &[(usize, usize)], bodies: &[(u32, Vec<u8>)]) -> Vec<u8>
         s.extend([kind, 0]);
     }
     section(7, s, &mut m);
+    if declared {
+        let mut s = vec![1, 3, 0];
+        leb(bodies.len() as u64, &mut s);
+        for f in 0..bodies.len() {
+            leb(f as u64, &mut s);
+        }
+        section(9, s, &mut m);
+    }
     let mut s = Vec::new();
     leb(bodies.len() as u64, &mut s);
     for (_, code) in bodies {
-        leb(code.len() as u64 + 1, &mut s);
-        s.push(0); // no locals
+        leb(code.len() as u64, &mut s);
         s.extend(code);
     }
     section(10, s, &mut m);
@@ -940,13 +967,22 @@ fn a_br_table_of_many_targets_into_a_block_of_many_results_is_refused_quickly() 
     assert!(module.len() > 1_900_000);
     assert_refused_before_compiling(
         &module,
-        "function 0: its body is 1,995,902 bytes, over the limit of 1,048,576 bytes per function",
+        "type 1 has 999 parameters and results, over the limit of 256 per type",
     );
+    // A type of 999 results is now over the limit per type itself: one table per
+    // function, into a block of 256 results (the most a type may have), is refused by its
+    // values.
+    let mut table = Vec::new();
+    table.extend([0x02, 0x01, 0x00, 0x41, 0x00, 0x0e]);
+    leb(65_520, &mut table);
+    table.extend(std::iter::repeat_n(0, 65_521));
     table.push(0x0b);
-    let module = binary_module(&[(0, 0), (0, 999)], &vec![(0, table); 30]);
+    table.extend(std::iter::repeat_n(0x1a, 256));
+    table.push(0x0b);
+    let module = binary_module(&[(0, 0), (0, 256)], &vec![(0, table); 30]);
     assert_refused_before_compiling(
         &module,
-        "has 65,521 labels of 999 values each (65,455,479 values), over the limit of \
+        "has 65,521 labels of 256 values each (16,773,376 values), over the limit of \
          1,048,576 values per function",
     );
 }
@@ -974,14 +1010,14 @@ fn a_million_nested_blocks_are_refused_quickly() {
     );
 }
 
-/// A module inside every shape limit that still takes seconds to compile (four functions
-/// of 220,000 chained loads, 1 MB each, 4 MB of code), run with `--timeout 1`: the
-/// job's wall-clock deadline covers compiling too, so the run is an error at the
-/// deadline ("compiling the module did not finish …", exit 2, nothing delivered), not a
-/// result after the whole compile. Before, the deadline started when the guest did, and
-/// the job ran as a normal verifiable one after the compile.
-#[test]
-fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
+/// Four functions of 220,000 chained loads (1 MB each): inside every shape limit, and
+/// seconds to compile.
+fn slow_compile_module() -> Vec<u8> {
+    binary_module(&[(0, 0), (1, 1)], &slow_compile_bodies())
+}
+
+/// The bodies of [`slow_compile_module`] (no locals).
+fn slow_compile_bodies() -> Vec<(u32, Vec<u8>)> {
     let mut bodies = vec![(0, vec![0x0b])];
     for f in 0..4u64 {
         let mut code = vec![0x20, 0x00];
@@ -992,7 +1028,18 @@ fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
         code.push(0x0b);
         bodies.push((1, code));
     }
-    let module = binary_module(&[(0, 0), (1, 1)], &bodies);
+    bodies
+}
+
+/// A module inside every shape limit that still takes seconds to compile (four functions
+/// of 220,000 chained loads, 1 MB each, 4 MB of code), run with `--timeout 1`: the
+/// job's wall-clock deadline covers compiling too, so the run is an error at the
+/// deadline ("compiling the module did not finish …", exit 2, nothing delivered), not a
+/// result after the whole compile. Before, the deadline started when the guest did, and
+/// the job ran as a normal verifiable one after the compile.
+#[test]
+fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
+    let module = slow_compile_module();
     let (r, took) = run_binary_within(&module, &["--timeout", "1"], 60.0);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -1013,4 +1060,176 @@ fn a_compile_that_overruns_the_timeout_is_an_error_at_the_deadline() {
         bound >> 20
     );
     assert!(r.peak_rss <= bound);
+}
+
+/// The finding: one function of 4,000 locals, 80,000 empty `block end`s, then a read of
+/// each local (256 KB) took 22 s and 1.28 GB to compile: Cranelift's SSA construction
+/// looks each local up through every block before its read. At the old limits (50,000
+/// locals, 1 MB) it grew past 3 GB. Now the shape scan refuses it by variables × blocks.
+#[test]
+fn many_locals_read_after_many_blocks_are_refused_quickly() {
+    let (locals, blocks) = (4_000u64, 80_000);
+    let mut body = vec![1];
+    leb(locals, &mut body);
+    body.push(0x7f);
+    body.extend([0x02, 0x40, 0x0b].repeat(blocks));
+    for i in 0..locals {
+        body.push(0x20);
+        leb(i, &mut body);
+        body.push(0x1a);
+    }
+    body.push(0x0b);
+    let module = binary_module_of(&[(0, 0, 0x7f)], &[(0, body)], false);
+    assert_refused_before_compiling(
+        &module,
+        "function 0: its 4,000 variables (parameters and locals) times its 525 blocks up to \
+         offset",
+    );
+}
+
+/// The findings: 1,000 escaping functions (`elem declare`) of 998 `v128` parameters and
+/// 998 results, each `unreachable` (8.9 KB), took 40 s and 336 MB to compile (a
+/// trampoline each); 1,000 distinct types of as many (2 MB, almost no code) over 100 s (a
+/// trampoline per type). Now the scan refuses a type over 256 parameters and results, a
+/// type section over 64 KiB, and over 256 Ki parameters and results in the module's
+/// types and functions.
+#[test]
+fn wide_signatures_and_many_types_are_refused_quickly() {
+    let unreachable = || vec![0, 0x00, 0x0b];
+    let start = (0, vec![0, 0x0b]);
+    let mut bodies = vec![start.clone()];
+    bodies.extend(std::iter::repeat_n((1, unreachable()), 1_000));
+    let module = binary_module_of(&[(0, 0, 0x7f), (998, 998, 0x7b)], &bodies, true);
+    assert!(module.len() < 10_000);
+    assert_refused_before_compiling(
+        &module,
+        "type 1 has 1,996 parameters and results, over the limit of 256 per type",
+    );
+    // 1,000 distinct types: 997 to 998 parameters, as many results.
+    let mut types = vec![(0, 0, 0x7f)];
+    types.extend((0..1_000).map(|t| (998 - t % 2, 998, 0x7b)));
+    let module = binary_module_of(&types, std::slice::from_ref(&start), true);
+    assert_refused_before_compiling(&module, "bytes of types, over the limit of 65,536");
+    // Within the limit per type, 1,100 functions of 128 parameters and 128 results.
+    let mut bodies = vec![start];
+    bodies.extend(std::iter::repeat_n((1, unreachable()), 1_100));
+    let module = binary_module_of(&[(0, 0, 0x7f), (128, 128, 0x7b)], &bodies, true);
+    assert_refused_before_compiling(
+        &module,
+        "the module has 262,400 parameters and results in its types and its functions' \
+         types, over the limit of 262,144",
+    );
+}
+
+/// The finding: the passes grow a module before Cranelift compiles it, up to about 12
+/// times. 205,000 nested `(f32.sqrt (local.tee 0 …))` then a store (615 KB, under the
+/// limit of 1 MiB per function) became 7.6 MB, and one compile thread used 760 MB, twice
+/// SECURITY.md's compile term. Now the rewritten module is scanned too.
+#[test]
+fn code_the_passes_grow_past_the_limits_is_refused() {
+    let mut body = vec![1, 1, 0x7d]; // one f32 local
+    body.extend([0x41, 0x00, 0x43, 0, 0, 0, 0]); // i32.const 0, f32.const 0
+    body.extend([0x22, 0x00, 0x91].repeat(205_000)); // local.tee 0, f32.sqrt
+                                                     // local.tee 0 (every result reaches the store through local 0, so the NaN pass
+                                                     // canonicalizes each), f32.store, end.
+    body.extend([0x22, 0x00, 0x38, 0x02, 0x00, 0x0b]);
+    let module = binary_module_of(&[(0, 0, 0x7f)], &[(0, body)], false);
+    assert!(module.len() < 1 << 20);
+    assert_refused_before_compiling(
+        &module,
+        "after fuel metering, NaN canonicalization and stack metering: function",
+    );
+}
+
+/// The finding: WebAssembly text is translated before the shape scan and outside the
+/// compile deadline, at about 52 bytes of RSS per byte of text: 40 MB of nested `(block`
+/// took 2 GB, and `--timeout 1` failed only at 9 s. Now text over 4 MiB is refused
+/// before translating (`engine::MAX_TEXT_BYTES`).
+#[test]
+fn a_huge_text_module_is_refused_before_translating() {
+    let n = 1_000_000;
+    let text = format!(
+        "(module (memory (export \"memory\") 1) (func (export \"_start\") {}{}))",
+        "(block ".repeat(n),
+        ")".repeat(n)
+    );
+    let (r, took) = run_binary_within(text.as_bytes(), &["--timeout", "1"], 20.0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the module is WebAssembly text of {} bytes, over the limit of 4194304 bytes \
+             for text",
+            text.len()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.results().exists(), "nothing delivered");
+    assert!(took < 2.0, "took {took:.2} s");
+    r.assert_bounded();
+}
+
+/// The finding: `detwasm module check` loaded (compiled) the entry module with no
+/// deadline. Now the load step ends at the job's wall-clock safety net (`Timeout: 1`), as
+/// a run's compile does.
+#[test]
+fn module_check_of_a_slow_compile_ends_at_the_jobs_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.wasm"), slow_compile_module()).unwrap();
+    std::fs::write(
+        dir.path().join("lilypad_module.json.tmpl"),
+        r#"{"job":{"Spec":{"Engine":"Wasm","Wasm":{"EntryModule":{"Path":"m.wasm"},"EntryPoint":"_start"},"Timeout":1}}}"#,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = detwasm()
+        .args(["module", "check"])
+        .arg(dir.path())
+        .env("DETWASM_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("exit {:?} after {took:.2} s: {text}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL wasm loads")
+            && text.contains(
+                "compiling the module did not finish within the job's wall-clock timeout of 1 s"
+            ),
+        "{text}"
+    );
+    assert!(took < 4.0, "took {took:.2} s");
+}
+
+/// The finding: a module the passes refuse was compiled once more as it was, only for
+/// the engine's own error message. [`slow_compile_module`] plus a function of 50,000
+/// locals (the fuel pass has no room for its two) took 6.9 s and 905 MB of peak RSS to
+/// be refused; now the module is only validated for the message.
+#[test]
+fn a_module_the_passes_refuse_is_not_compiled_for_its_message() {
+    let mut bodies: Vec<(u32, Vec<u8>)> = slow_compile_bodies()
+        .into_iter()
+        .map(|(t, code)| {
+            let mut b = vec![0]; // no locals
+            b.extend(code);
+            (t, b)
+        })
+        .collect();
+    let mut locals = vec![1];
+    leb(50_000, &mut locals);
+    locals.extend([0x7f, 0x0b]);
+    bodies.push((0, locals));
+    let module = binary_module_of(&[(0, 0, 0x7f), (1, 1, 0x7f)], &bodies, false);
+    let (r, took) = run_binary_within(&module, &[], 60.0);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "a function with 50000 locals leaves no room for the two the fuel metering needs"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(took < 3.0, "took {took:.2} s");
+    r.assert_bounded();
 }

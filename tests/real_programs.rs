@@ -213,7 +213,7 @@ fn python_interpreter_is_fuzzable_and_its_seed_dependence_is_found() {
 /// wasmparser's own).
 #[test]
 fn large_real_modules_pass_the_shape_scan() {
-    use detwasm_runtime::passes::shape::{check, LIMITS};
+    use detwasm_runtime::passes::shape::{check, LIMITS, REWRITTEN_LIMITS};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut modules: Vec<PathBuf> = ["python-3.12.0.wasm", "boolector.wasm"]
         .iter()
@@ -262,6 +262,24 @@ fn large_real_modules_pass_the_shape_scan() {
                 LIMITS.module_values,
                 "values per module",
             ),
+            (shape.ssa.0, LIMITS.ssa, "variables x blocks per function"),
+            (
+                shape.module_ssa,
+                LIMITS.module_ssa,
+                "variables x blocks per module",
+            ),
+            (shape.types, LIMITS.types, "types"),
+            (shape.type_bytes, LIMITS.type_bytes, "type bytes"),
+            (
+                shape.signature,
+                LIMITS.signature_values,
+                "parameters and results per type",
+            ),
+            (
+                shape.module_signatures,
+                LIMITS.module_signatures,
+                "parameters and results per module",
+            ),
         ];
         for (value, limit, what) in margin {
             assert!(
@@ -271,5 +289,44 @@ fn large_real_modules_pass_the_shape_scan() {
             );
         }
         assert!(shape.locals.0 <= LIMITS.locals);
+        // Cranelift compiles the module the passes rewrote, which `engine::compile` scans
+        // against the same limits: it must pass too (CPython's grows to 10.9 MB of code,
+        // a third of the limit).
+        let passes = detwasm_runtime::passes::fuel::meter(&bytes)
+            .and_then(|f| detwasm_runtime::passes::nan::canonicalize(&f))
+            .and_then(|c| detwasm_runtime::passes::stack::meter(&c));
+        if let Ok(rewritten) = passes {
+            let shape = check(&rewritten, &REWRITTEN_LIMITS)
+                .unwrap_or_else(|r| panic!("{} rewritten: {r}", path.display()));
+            eprintln!("  rewritten: {shape:?}");
+        }
+    }
+}
+
+#[test]
+fn tmp_rewritten_shape() {
+    use detwasm_runtime::passes;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for m in ["python-3.12.0.wasm", "boolector.wasm"] {
+        let b = std::fs::read(root.join("target/workloads").join(m)).unwrap();
+        let f = passes::fuel::meter(&b).unwrap();
+        let c = passes::nan::canonicalize(&f).unwrap();
+        let s = passes::stack::meter(&c).unwrap();
+        let open = passes::shape::Limits {
+            function_bytes: u64::MAX,
+            locals: u64::MAX,
+            depth: u64::MAX,
+            function_values: u64::MAX,
+            functions: u64::MAX,
+            code_bytes: u64::MAX,
+            module_values: u64::MAX,
+            ssa: u64::MAX,
+            module_ssa: u64::MAX,
+            types: u64::MAX,
+            type_bytes: u64::MAX,
+            signature_values: u64::MAX,
+            module_signatures: u64::MAX,
+        };
+        eprintln!("REWRITTEN {m}: {:?}", passes::shape::check(&s, &open));
     }
 }

@@ -88,8 +88,12 @@ pub fn check(
         return steps;
     }
     let prepared = prepared.expect("checked above");
+    // Loading compiles the module: the job's wall-clock safety net bounds it as it
+    // bounds a run's compile (`Runtime::load_by`). Rejected: `Runtime::load`, no
+    // deadline (a module inside the shape limits can compile for minutes).
+    let deadline = detwasm_runtime::engine::Deadline::after(prepared.job.limits.safety_timeout());
     let loaded = runtime
-        .load(&prepared.job.module.bytes, &prepared.job.entry)
+        .load_by(&prepared.job.module.bytes, &prepared.job.entry, deadline)
         .map(|m| {
             // The module's own imports, not the one the fuel pass adds.
             let own = || {

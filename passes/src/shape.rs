@@ -15,7 +15,13 @@
 //! - deep nesting is superlinear in Cranelift: a 3 MB module of a million nested
 //!   `block`s compiled for over 10 minutes (its egraph pass);
 //! - Cranelift's memory grows with the size of the function it compiles, and wasmtime
-//!   compiles several functions at once.
+//!   compiles several functions at once;
+//! - Cranelift's SSA construction looks a local read in a block up through the blocks
+//!   before it and records it in each: 4,000 locals read after 80,000 empty blocks (a
+//!   256 KB module) took 22 s and 1.28 GB;
+//! - wasmtime compiles a trampoline per function type and per escaping function, whose
+//!   cost grows with the signature: 1,000 functions of 998 `v128` parameters and results
+//!   (8.9 KB) took 40 s, 1,000 such types over 100 s.
 //!
 //! An attacker sends a new module every time, so the module cache does not help.
 //!
@@ -24,7 +30,12 @@
 //! One streaming pass with wasmparser over the type, import, function and code
 //! sections, before validation: per function, its body bytes, its locals, its control
 //! nesting depth and the values the types of its operators name ([`Shape::values`]);
-//! per module, its code bytes, its functions and the values of all functions together.
+//! per module, its code bytes, its functions and the values of all functions together;
+//! per function too, its variables × its Cranelift blocks ([`Shape::ssa`]), summed per
+//! module; per type, its parameters and results, and per module the types, the bytes of
+//! the type section and the parameters and results of all types and defined functions
+//! ([`Shape::module_signatures`]). The runtime scans the module again after the passes,
+//! which grow it up to about 12 times, against [`REWRITTEN_LIMITS`].
 //! The first measure over its limit ([`LIMITS`]) refuses the module, naming the function,
 //! the measure, its value and the limit. It allocates only what the module's own bytes
 //! already hold (two numbers per type and one per function, read from sections of at
@@ -52,7 +63,7 @@ use wasmparser::{BlockType, Operator, Parser, Payload, TypeRef};
 
 /// Names the limits below: hashed into the module cache's key, so that a cached module is
 /// scanned again when they change.
-pub const VERSION: &str = "detwasm-shape-1";
+pub const VERSION: &str = "detwasm-shape-2";
 
 /// The limits of the scan. Each is a bound on work that is otherwise superlinear, or on
 /// memory that is otherwise per function; see [`LIMITS`] for the values and their
@@ -73,6 +84,21 @@ pub struct Limits {
     pub code_bytes: u64,
     /// Values of all functions together.
     pub module_values: u64,
+    /// Variables (parameters and declared locals) × operators that start a Cranelift
+    /// block (`block`, `loop`, `if`, `else`, `end`, the conditional branches and
+    /// `br_table`s), per function: [`Shape::ssa`].
+    pub ssa: u64,
+    /// [`Limits::ssa`]'s product summed over the module's functions.
+    pub module_ssa: u64,
+    /// Types the type section defines.
+    pub types: u64,
+    /// Bytes of the type section.
+    pub type_bytes: u64,
+    /// Parameters and results of one function type.
+    pub signature_values: u64,
+    /// Parameters and results of every type and of every defined function's type,
+    /// together: [`Shape::module_signatures`].
+    pub module_signatures: u64,
 }
 
 /// The limits in force, and the margin each leaves above the largest value measured on
@@ -89,6 +115,12 @@ pub struct Limits {
 /// | functions | 11,448 | 1,035 | 100,000 | 8.7x |
 /// | code bytes | 6,159,645 | 1,194,075 | 32 MiB | 5.4x |
 /// | values per module | 255,114 | 60,702 | 16 Mi | 65x |
+/// | variables × blocks per function | 271,848 | 133,041 | 2 Mi | 7.7x |
+/// | variables × blocks per module | 2,074,057 | 1,599,291 | 16 Mi | 8.1x |
+/// | types | 122 | 46 | 4,096 | 33x |
+/// | bytes of types | 993 | 370 | 64 KiB | 66x |
+/// | parameters and results per type | 19 | 18 | 256 | 13x |
+/// | parameters and results of types and functions | 37,608 | 3,637 | 256 Ki | 7x |
 ///
 /// Values get the widest margins because they are cheap (one type check each: 16 Mi of
 /// them validate in well under a second), the others five to ten times, since compile
@@ -106,7 +138,34 @@ pub const LIMITS: Limits = Limits {
     functions: 100_000,
     code_bytes: 32 << 20,
     module_values: 16 << 20,
+    ssa: SSA_LIMIT,
+    module_ssa: MODULE_SSA_LIMIT,
+    types: TYPES_LIMIT,
+    type_bytes: TYPE_BYTES_LIMIT,
+    signature_values: SIGNATURE_LIMIT,
+    module_signatures: MODULE_SIGNATURES_LIMIT,
 };
+/// The limits the module the passes rewrote is scanned against before Cranelift compiles
+/// it (`engine::compile_rewritten`): [`LIMITS`], with twice the room for types and
+/// signatures, which the passes add to (stack metering gives functions a variant type
+/// with its own parameter and result: CPython's 122 types become 250, its 37,608
+/// parameters and results 61,384), so that a module accepted as sent is not refused
+/// for what the passes added to its types. The measures of code (bytes, variables ×
+/// blocks) keep their limits: those are what Cranelift's time and memory follow, and
+/// SECURITY.md's compile term is stated in them.
+pub const REWRITTEN_LIMITS: Limits = Limits {
+    types: 2 * TYPES_LIMIT,
+    type_bytes: 2 * TYPE_BYTES_LIMIT,
+    signature_values: 2 * SIGNATURE_LIMIT,
+    module_signatures: 2 * MODULE_SIGNATURES_LIMIT,
+    ..LIMITS
+};
+const SSA_LIMIT: u64 = 2 << 20;
+const MODULE_SSA_LIMIT: u64 = 16 << 20;
+const TYPES_LIMIT: u64 = 4_096;
+const TYPE_BYTES_LIMIT: u64 = 64 << 10;
+const SIGNATURE_LIMIT: u64 = 256;
+const MODULE_SIGNATURES_LIMIT: u64 = 256 << 10;
 
 /// What the scan measured: the largest value of each per-function measure (with the
 /// function's index) and the module's totals.
@@ -132,6 +191,26 @@ pub struct Shape {
     pub code_bytes: u64,
     /// Values of all functions together.
     pub module_values: u64,
+    /// Largest (parameters + declared locals) × (operators that start a Cranelift
+    /// block), and its function. Cranelift's SSA construction (cranelift-frontend's
+    /// `use_var_nonlocal`) looks a variable read in a block up through the blocks before
+    /// it and records it in each: a read of every local after a long chain of blocks
+    /// costs time and memory in proportion to this product.
+    pub ssa: (u64, u32),
+    /// [`Shape::ssa`]'s product summed over the module's functions (the time of SSA
+    /// construction adds up over functions, its memory does not).
+    pub module_ssa: u64,
+    /// Types the type section defines.
+    pub types: u64,
+    /// Bytes of the type section.
+    pub type_bytes: u64,
+    /// Most parameters and results of one function type.
+    pub signature: u64,
+    /// Parameters and results of every type, plus those of every defined function's
+    /// type. wasmtime compiles a trampoline per function type and per escaping function,
+    /// whose cost grows with the signature: 1,000 functions of 998 `v128` parameters and
+    /// results took 40 s to compile for 8.9 KB of module.
+    pub module_signatures: u64,
 }
 
 /// Why a module was refused: the function (its index in the module's function index
@@ -220,14 +299,35 @@ impl Scan<'_> {
         for payload in parser.parse_all(binary) {
             match payload? {
                 Payload::TypeSection(r) => {
+                    let bytes = r.range().len() as u64;
+                    self.shape.type_bytes = bytes;
+                    self.module_limit("bytes of types", bytes, self.limits.type_bytes)?;
                     for group in r {
                         for sub in group?.into_types() {
-                            self.types.push(match &sub.composite_type.inner {
+                            let (p, q) = match &sub.composite_type.inner {
                                 wasmparser::CompositeInnerType::Func(f) => {
                                     (f.params().len() as u32, f.results().len() as u32)
                                 }
                                 _ => (0, 0),
-                            });
+                            };
+                            self.types.push((p, q));
+                            self.shape.types = self.types.len() as u64;
+                            self.module_limit("types", self.shape.types, self.limits.types)?;
+                            let sig = u64::from(p) + u64::from(q);
+                            self.shape.signature = self.shape.signature.max(sig);
+                            if sig > self.limits.signature_values {
+                                return Err(Stop::Refused(Refusal {
+                                    function: None,
+                                    message: format!(
+                                        "type {} has {} parameters and results, over the \
+                                         limit of {} per type",
+                                        self.types.len() - 1,
+                                        n(sig),
+                                        n(self.limits.signature_values)
+                                    ),
+                                }));
+                            }
+                            self.signatures(sig)?;
                         }
                     }
                 }
@@ -241,7 +341,10 @@ impl Scan<'_> {
                 }
                 Payload::FunctionSection(r) => {
                     for t in r {
-                        self.funcs.push(t?);
+                        let t = t?;
+                        self.funcs.push(t);
+                        let (p, q) = self.types.get(t as usize).copied().unwrap_or((0, 0));
+                        self.signatures(u64::from(p) + u64::from(q))?;
                     }
                 }
                 Payload::CodeSectionStart { count, size, .. } => {
@@ -263,6 +366,16 @@ impl Scan<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Adds `values` to the module's parameters and results of types and functions.
+    fn signatures(&mut self, values: u64) -> Result<(), Stop> {
+        self.shape.module_signatures = self.shape.module_signatures.saturating_add(values);
+        self.module_limit(
+            "parameters and results in its types and its functions' types",
+            self.shape.module_signatures,
+            self.limits.module_signatures,
+        )
     }
 
     fn module_limit(&self, what: &str, value: u64, limit: u64) -> Result<(), Stop> {
@@ -308,7 +421,9 @@ impl Scan<'_> {
                 n(limits.locals)
             )));
         }
-        let (_, results) = self.func_type(index);
+        let (params, results) = self.func_type(index);
+        let variables = locals + u64::from(params);
+        let mut blocks = 0u64;
         self.control.clear();
         self.control.push(results);
         let mut depth = 0u64;
@@ -319,6 +434,36 @@ impl Scan<'_> {
             let offset = reader.original_position();
             let op = reader.read()?;
             operators += 1;
+            if matches!(
+                op,
+                Operator::Block { .. }
+                    | Operator::Loop { .. }
+                    | Operator::If { .. }
+                    | Operator::Else
+                    | Operator::End
+                    | Operator::Try { .. }
+                    | Operator::TryTable { .. }
+                    | Operator::BrIf { .. }
+                    | Operator::BrTable { .. }
+                    | Operator::BrOnNull { .. }
+                    | Operator::BrOnNonNull { .. }
+                    | Operator::BrOnCast { .. }
+                    | Operator::BrOnCastFail { .. }
+            ) {
+                blocks += 1;
+                let ssa = variables.saturating_mul(blocks);
+                if ssa > limits.ssa {
+                    return Err(refuse(format!(
+                        "its {} variables (parameters and locals) times its {} blocks up to \
+                         offset {offset} make {}, over the limit of {} (Cranelift's SSA \
+                         construction costs their product)",
+                        n(variables),
+                        n(blocks),
+                        n(ssa),
+                        n(limits.ssa)
+                    )));
+                }
+            }
             let (cost, what): (u64, &str) = match op {
                 Operator::Block { blockty }
                 | Operator::Loop { blockty }
@@ -421,6 +566,19 @@ impl Scan<'_> {
             }
         }
         note(&mut self.shape.depth, depth, index);
+        note(&mut self.shape.ssa, variables.saturating_mul(blocks), index);
+        self.shape.module_ssa = self
+            .shape
+            .module_ssa
+            .saturating_add(variables.saturating_mul(blocks));
+        if self.shape.module_ssa > limits.module_ssa {
+            return Err(refuse(format!(
+                "the module's functions up to this one make {} variables x blocks (see the \
+                 limit per function), over the limit of {} per module",
+                n(self.shape.module_ssa),
+                n(limits.module_ssa)
+            )));
+        }
         note(&mut self.shape.operators, operators, index);
         note(&mut self.shape.values, values, index);
         self.shape.module_values = self.shape.module_values.saturating_add(values);
@@ -478,6 +636,14 @@ mod tests {
         wat::parse_str(text).unwrap()
     }
 
+    /// [`LIMITS`] without the limits on signatures, for the tests of other measures
+    /// that use types of 999 or 1,000 values.
+    const OPEN: Limits = Limits {
+        signature_values: u64::MAX,
+        module_signatures: u64::MAX,
+        ..LIMITS
+    };
+
     fn refusal(binary: &[u8], limits: &Limits) -> Refusal {
         match check(binary, limits) {
             Err(r) => r,
@@ -533,7 +699,7 @@ mod tests {
             &m,
             &Limits {
                 function_values: 1 << 20,
-                ..LIMITS
+                ..OPEN
             },
         );
         assert_eq!(r.function, Some(0));
@@ -546,10 +712,10 @@ mod tests {
         // The finding's own module (30 tables of 65,520 targets into 999 results, 2 MB in
         // one function): over the limit of bytes per function, and of values.
         let m = br_table_module(30, 65_520, 999);
-        assert!(refusal(&m, &LIMITS).message.contains("bytes per function"));
+        assert!(refusal(&m, &OPEN).message.contains("bytes per function"));
         let wide = Limits {
             function_bytes: 4 << 20,
-            ..LIMITS
+            ..OPEN
         };
         assert!(refusal(&m, &wide)
             .message
@@ -560,7 +726,7 @@ mod tests {
             &m,
             &Limits {
                 function_values: 10_000,
-                ..LIMITS
+                ..OPEN
             },
         );
         assert!(r.message.contains("more than 10,000 values"), "{r}");
@@ -623,19 +789,13 @@ mod tests {
     #[test]
     fn bodies_locals_calls_and_module_totals_are_limited() {
         let m = wat("(module (func (local i32 i32 i32) nop nop nop))");
-        let r = refusal(
-            &m,
-            &Limits {
-                locals: 2,
-                ..LIMITS
-            },
-        );
+        let r = refusal(&m, &Limits { locals: 2, ..OPEN });
         assert_eq!(r.message, "it declares 3 locals, over the limit of 2");
         let r = refusal(
             &m,
             &Limits {
                 function_bytes: 4,
-                ..LIMITS
+                ..OPEN
             },
         );
         assert!(
@@ -647,7 +807,7 @@ mod tests {
             &m,
             &Limits {
                 code_bytes: 4,
-                ..LIMITS
+                ..OPEN
             },
         );
         assert_eq!(r.function, None);
@@ -660,7 +820,7 @@ mod tests {
             &two,
             &Limits {
                 functions: 1,
-                ..LIMITS
+                ..OPEN
             },
         );
         assert_eq!(
@@ -676,7 +836,7 @@ mod tests {
         let limits = Limits {
             function_values: 10_000,
             module_values: 30_000,
-            ..LIMITS
+            ..OPEN
         };
         let r = refusal(&m, &limits);
         assert_eq!(r.function, Some(1));
@@ -687,6 +847,152 @@ mod tests {
         ));
         let r = refusal(&m, &limits);
         assert!(r.message.contains("values per module"), "{r}");
+    }
+
+    fn leb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    /// The finding's module: one function of `locals` i32 locals, `blocks` empty
+    /// `block end`s, then a read of every local.
+    pub(crate) fn ssa_module(locals: u64, blocks: usize) -> Vec<u8> {
+        let mut body = vec![1u8];
+        leb(locals, &mut body);
+        body.push(0x7f);
+        for _ in 0..blocks {
+            body.extend_from_slice(&[0x02, 0x40, 0x0b]);
+        }
+        for i in 0..locals {
+            body.push(0x20);
+            leb(i, &mut body);
+            body.push(0x1a);
+        }
+        body.push(0x0b);
+        let mut m = wasm_encoder::Module::new();
+        let mut types = wasm_encoder::TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        funcs.function(0);
+        m.section(&funcs);
+        let mut codes = wasm_encoder::CodeSection::new();
+        codes.raw(&body);
+        m.section(&codes);
+        m.finish()
+    }
+
+    #[test]
+    fn many_locals_read_after_many_blocks_are_refused() {
+        // The finding: 4,000 locals after 80,000 blocks (256 KB) took 22 s and 1.28 GB.
+        let m = ssa_module(4_000, 80_000);
+        let r = refusal(&m, &LIMITS);
+        assert_eq!(r.function, Some(0));
+        assert!(
+            r.message.contains(
+                "its 4,000 variables (parameters and locals) times its 525 \
+                 blocks"
+            ) && r.message.contains("over the limit of 2,097,152"),
+            "{r}"
+        );
+        // Parameters count as variables, and `end`s, `else`s and conditional branches as
+        // blocks.
+        let m = wat("(module (func (param i32 i32) (local i32) \
+             (if (local.get 0) (then) (else)) (br_if 0 (local.get 1))))");
+        let s = check(&m, &LIMITS).unwrap();
+        // if, else, end, br_if, the function's end: 5 blocks of 3 variables.
+        assert_eq!(s.ssa, (15, 0));
+        assert_eq!(s.module_ssa, 15);
+        let r = refusal(&m, &Limits { ssa: 14, ..LIMITS });
+        assert!(r.message.contains("make 15, over the limit of 14"), "{r}");
+        // Per module: functions each under the limit add up.
+        let m = wat(&"(module (func (local i32) block end))".replace(
+            "(func (local i32) block end)",
+            &"(func (local i32) block end)".repeat(10),
+        ));
+        let r = refusal(
+            &m,
+            &Limits {
+                module_ssa: 29,
+                ..LIMITS
+            },
+        );
+        assert!(r.message.contains("over the limit of 29 per module"), "{r}");
+    }
+
+    /// A module of `types` distinct types of `params` v128 parameters and as many
+    /// results, and `functions` functions of type 0, each `unreachable`.
+    fn signature_module(types: u32, params: u32, functions: u32) -> Vec<u8> {
+        let mut m = wasm_encoder::Module::new();
+        let mut ts = wasm_encoder::TypeSection::new();
+        for t in 0..types {
+            // Distinct types: type t has one i32 parameter more than the v128s.
+            let mut ps = vec![wasm_encoder::ValType::V128; params as usize];
+            ps.extend(std::iter::repeat_n(
+                wasm_encoder::ValType::I32,
+                t as usize % 2,
+            ));
+            ts.ty()
+                .function(ps, vec![wasm_encoder::ValType::V128; params as usize]);
+        }
+        m.section(&ts);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        let mut codes = wasm_encoder::CodeSection::new();
+        for _ in 0..functions {
+            funcs.function(0);
+            codes.raw(&[0, 0x00, 0x0b]);
+        }
+        m.section(&funcs);
+        m.section(&codes);
+        m.finish()
+    }
+
+    #[test]
+    fn wide_signatures_and_many_types_are_refused() {
+        // Findings: 1,000 functions of 998 v128 parameters and results (8.9 KB) took 40 s
+        // to compile; 1,000 types of them, more than 100 s.
+        let r = refusal(&signature_module(1, 998, 1_000), &LIMITS);
+        assert_eq!(r.function, None);
+        assert_eq!(
+            r.message,
+            "type 0 has 1,996 parameters and results, over the limit of 256 per type"
+        );
+        let r = refusal(&signature_module(1_000, 998, 0), &LIMITS);
+        assert!(
+            r.message
+                .contains("bytes of types, over the limit of 65,536"),
+            "{r}"
+        );
+        // Within the limit per type, the module's total counts types and functions.
+        let m = signature_module(1, 128, 1_100);
+        let s = check(
+            &m,
+            &Limits {
+                module_signatures: u64::MAX,
+                ..LIMITS
+            },
+        )
+        .unwrap();
+        assert_eq!(s.signature, 256);
+        assert_eq!(s.module_signatures, 256 * 1_101);
+        let r = refusal(&m, &LIMITS);
+        assert!(
+            r.message.contains(
+                "parameters and results in its types and its functions' types, over the \
+                 limit of 262,144"
+            ),
+            "{r}"
+        );
+        let m = signature_module(5, 0, 0);
+        let r = refusal(&m, &Limits { types: 4, ..LIMITS });
+        assert_eq!(r.message, "the module has 5 types, over the limit of 4");
     }
 
     #[test]

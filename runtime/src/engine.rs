@@ -246,8 +246,9 @@ const KEY_LEN: usize = 32;
 /// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
 /// host's engine).
 ///
-/// The key hashes the module's own bytes, not the metered bytes that are compiled
-/// ([`compile`]): the fingerprint names every pass and its version
+/// The key hashes the module's own bytes (for WebAssembly text, the binary it translates
+/// to: `Runtime::load_by` translates once and hands the binary here), not the metered
+/// bytes that are compiled ([`compile`]): the fingerprint names every pass and its version
 /// (`stack_metering=...` in [`ENGINE_SETTINGS`]), so a change of a pass changes the key.
 /// Rejected: keying on the metered bytes (a cache hit would then have to run the pass
 /// first, on every run, to find its key).
@@ -483,6 +484,18 @@ fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
     (h.finalize().as_bytes() == sum).then_some(payload)
 }
 
+/// Largest WebAssembly text module [`to_binary`] translates: 4 MiB.
+///
+/// Translating text (the `wat` crate) runs before the shape scan and is not linear in
+/// memory: about 52 bytes of RSS per byte of text (40 MB of nested `(block` took 2 GB and
+/// 9 s). Text is for tests and small hand-written modules (the largest in this repository
+/// is a few KB); real programs are binaries. Just under 4 MiB of nested `(block` the translation
+/// peaks at 220 MiB and takes 0.5 s (measured with `/usr/bin/time`), within the compile
+/// term SECURITY.md allows, and then the shape scan refuses the module (`hostile_guest::a_huge_text_module_is_refused_before_translating`).
+/// Rejected: translating inside the compile deadline only (bounds time, not memory);
+/// no text at all (the tests, examples and users' hand-written modules use it).
+pub const MAX_TEXT_BYTES: usize = 4 << 20;
+
 /// The WebAssembly binary of `bytes`: the bytes themselves for a core module, the
 /// translation of WebAssembly text, or an error that says what the bytes are instead (not
 /// WebAssembly, a component).
@@ -509,6 +522,13 @@ pub fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, RunError> {
         t.starts_with('(') || t.starts_with(";;")
     });
     match text {
+        Some(_) if bytes.len() > MAX_TEXT_BYTES => Err(RunError::TooComplex(format!(
+            "the module is WebAssembly text of {} bytes, over the limit of {} bytes for text \
+             (translating text takes about 52 bytes of memory per byte, before any other \
+             limit applies); translate it to a binary module (`wasm-tools parse`) to run it",
+            bytes.len(),
+            MAX_TEXT_BYTES
+        ))),
         Some(_) => wat::parse_bytes(bytes).map_err(|e| RunError::InvalidModule(format!("{e}"))),
         None => Err(RunError::NotWasm(
             "the file does not start with the WebAssembly magic bytes `\\0asm` (nor is it \
@@ -762,13 +782,31 @@ pub fn compile_rewritten(
             format!("stack metering could not rewrite the module: {e}"),
         )
     })?;
+    // The passes grow a module up to about 12 times (a `local.tee` fed to a NaN-producing
+    // operator gains a canonicalization, a block gains its fuel), and Cranelift compiles
+    // the grown module: the bytes it sees are scanned against the same limits (with more
+    // room for the types the passes add: `REWRITTEN_LIMITS`), so that
+    // SECURITY.md's compile term (in bytes of code Cranelift compiles) holds. Rejected:
+    // scanning only the module as sent (615 KB grew to 7.6 MB, and one compile thread used
+    // 760 MB, twice the documented term); limits on the sent bytes divided by the worst
+    // growth (12 times tighter for every real module, for a rare shape).
+    passes::shape::check(&metered, &passes::shape::REWRITTEN_LIMITS).map_err(|r| {
+        RunError::TooComplex(format!(
+            "after fuel metering, NaN canonicalization and stack metering: {r}"
+        ))
+    })?;
     Module::from_binary(engine, &metered).map_err(|e| refused(engine, original, format!("{e:#}")))
 }
 
 /// The error for a module that could not be prepared or compiled: the engine's own
 /// message about `original` if the engine refuses it, else `why`.
+///
+/// The module is only validated ([`Module::validate`], with the engine's features), not
+/// compiled: the message is all that is wanted. Rejected: compiling it
+/// (`Module::from_binary`, what this did before: 40 s for a module the fuel pass had
+/// already refused, outside every limit but the shape scan's).
 fn refused(engine: &Engine, original: &[u8], why: String) -> RunError {
-    match Module::from_binary(engine, original) {
+    match Module::validate(engine, original) {
         Err(e) => {
             let msg = format!("{e:#}");
             RunError::InvalidModule(if msg.contains("unexpected end") {

@@ -176,11 +176,19 @@ impl Runtime {
     ) -> Result<wasmtime::Module, RunError> {
         let key = *blake3::hash(bytes).as_bytes();
         let binary = engine::to_binary(bytes)?;
+        // The shape scan before the interface is read: reading it keeps every type's
+        // signature and text, 240 MB for a 2 MB type section the scan refuses. The scan
+        // is linear and cheap; `engine::compile` runs it again on a cache miss (and on the
+        // rewritten module). Rejected: limits of its own in `read_interface` (a second
+        // list of limits to keep in step with `passes::shape`).
+        crate::passes::shape::check(&binary, &crate::passes::shape::LIMITS)
+            .map_err(|r| RunError::TooComplex(r.to_string()))?;
         self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
         let module = match (known, &self.cache) {
             (Some(m), _) => m,
-            (None, Some(cache)) => cache.load_or_compile_by(&self.engine, bytes, deadline)?.0,
+            // The binary, not `bytes`: text is translated once, above.
+            (None, Some(cache)) => cache.load_or_compile_by(&self.engine, &binary, deadline)?.0,
             (None, None) => engine::compile_by(&self.engine, &binary, deadline)?,
         };
         if let Ok(mut m) = self.loaded.lock() {
