@@ -103,6 +103,16 @@ impl Value {
     }
 }
 
+/// The bytes a copy of `value` holds, as charged against [`MAX_WORK`]: a string's
+/// length, or the data's keys and values.
+fn weight(value: &Value) -> usize {
+    match value {
+        Value::Str(s) => s.len(),
+        Value::Data(map) => map.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        _ => 0,
+    }
+}
+
 /// A parsed template.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -820,19 +830,25 @@ impl Template {
     /// Counts a string a function made against [`MAX_WORK`].
     fn charge(&self, pipe: &Pipeline, value: Value) -> Result<Value, TemplateError> {
         if let Value::Str(s) = &value {
-            let total = self.produced.get().saturating_add(s.len());
-            if total > MAX_WORK {
-                return Err(self.exec_error(
-                    pipe,
-                    format!(
-                        "the template's functions made more than {} MiB of text, detwasm's limit for one rendering",
-                        MAX_WORK >> 20
-                    ),
-                ));
-            }
-            self.produced.set(total);
+            self.charge_bytes(pipe, s.len())?;
         }
         Ok(value)
+    }
+
+    /// Counts `bytes` made or copied against [`MAX_WORK`], before they are kept.
+    fn charge_bytes(&self, pipe: &Pipeline, bytes: usize) -> Result<(), TemplateError> {
+        let total = self.produced.get().saturating_add(bytes);
+        if total > MAX_WORK {
+            return Err(self.exec_error(
+                pipe,
+                format!(
+                    "the template's functions made more than {} MiB of text, detwasm's limit for one rendering",
+                    MAX_WORK >> 20
+                ),
+            ));
+        }
+        self.produced.set(total);
+        Ok(())
     }
 
     fn too_long(&self, pipe: &Pipeline, name: &str) -> TemplateError {
@@ -861,46 +877,76 @@ impl Template {
         Ok(previous.expect("a pipeline has at least one command"))
     }
 
+    /// Evaluates one operand, charging the bytes of the value it yields against
+    /// [`MAX_WORK`].
+    ///
+    /// Every evaluation of `.`, a field or a literal copies its string, so a `with` that
+    /// sets `.` to a 4 MiB string once (one 4 MiB charge for the `printf`) would
+    /// otherwise make `{{eq . . …}}` with 2,000 dots hold 8 GB, and `and` with 500,000
+    /// dots copy 2 TB, uncharged. Charging each copy here bounds both by the same 64 MiB
+    /// budget, with the same error naming the line. A template within bounds renders as
+    /// Go does: only the budget check is new, no value changes. Rejected: making strings
+    /// cheap to clone (`Rc<str>`) and charging the arguments `eq`/`and`/`or`/`printf`
+    /// collect — a change to every function and to [`Value`]'s public type, for the
+    /// same bound.
     fn eval_operand(
         &self,
         pipe: &Pipeline,
         op: &Operand,
         dot: &Value,
     ) -> Result<Value, TemplateError> {
-        match op {
-            Operand::Dot => Ok(dot.clone()),
-            Operand::Literal(v) => Ok(v.clone()),
-            Operand::Sub(p) => self.eval_pipeline(p, dot),
+        let value = match op {
+            Operand::Dot => dot.clone(),
+            Operand::Literal(v) => v.clone(),
+            // Not charged again: its value was charged inside, when the operand or the
+            // function that made it ran, and is moved here, not copied.
+            Operand::Sub(p) => return self.eval_pipeline(p, dot),
             Operand::Field(fields) => {
-                let mut v = dot.clone();
+                // Walked by reference: the map is not copied per field access.
+                let mut v: Result<&str, &Value> = Err(dot);
                 for field in fields {
                     v = match v {
-                        Value::Data(map) => {
-                            map.get(field).cloned().map_or(Value::Missing, Value::Str)
-                        }
+                        Err(Value::Data(map)) => match map.get(field) {
+                            Some(s) => Ok(s.as_str()),
+                            None => Err(&Value::Missing),
+                        },
                         // Go: a field of an invalid value is the invalid value.
-                        Value::Missing => Value::Missing,
-                        Value::Nil => {
+                        Err(Value::Missing) => Err(&Value::Missing),
+                        Err(Value::Nil) => {
                             return Err(self.exec_error(
                                 pipe,
                                 format!("nil pointer evaluating interface {{}}.{field}"),
                             ))
                         }
-                        other => {
+                        Ok(_) => {
+                            return Err(self.exec_error(
+                                pipe,
+                                format!("can't evaluate field {field} in type string"),
+                            ))
+                        }
+                        Err(other) => {
                             return Err(self.exec_error(
                                 pipe,
                                 format!(
                                     "can't evaluate field {field} in type {}",
-                                    gocompat::type_name(&other)
+                                    gocompat::type_name(other)
                                 ),
                             ))
                         }
                     };
                 }
-                Ok(v)
+                match v {
+                    Ok(s) => {
+                        self.charge_bytes(pipe, s.len())?;
+                        return Ok(Value::Str(s.to_string()));
+                    }
+                    Err(other) => other.clone(),
+                }
             }
-            Operand::Func(f) => self.call(pipe, f, &[]),
-        }
+            Operand::Func(f) => return self.call(pipe, f, &[]),
+        };
+        self.charge_bytes(pipe, weight(&value))?;
+        Ok(value)
     }
 
     fn eval_command(
@@ -1410,5 +1456,30 @@ mod tests {
         assert!(e.message.contains("64 MiB"), "{e}");
         let e = render_err(r#"{{with printf "%3000000d" 1}}{{print . .}}{{end}}"#, &[]);
         assert!(e.message.contains("exceed 4 MiB"), "{e}");
+        // Each `.` is a copy of a 4 MB string, charged: `eq` with 2,000 of them (8 GB
+        // held at once, the process aborted) and `and` with 500,000 (a 1 MiB template,
+        // minutes of copying) stop at the work budget, naming the line.
+        let started = std::time::Instant::now();
+        for (func, dots) in [("eq", 2000), ("and", 500_000)] {
+            let template = format!(
+                "\n{{{{with printf \"%4000000d\" 1}}}}{{{{if {func} .{}}}}}x{{{{end}}}}{{{{end}}}}",
+                " .".repeat(dots)
+            );
+            assert!(template.len() <= MAX_TEMPLATE);
+            let e = render_err(&template, &[]);
+            assert!(e.message.contains("64 MiB"), "{e}");
+            assert_eq!(e.line, 2, "{e}");
+        }
+        // Fields and literals are copies too.
+        let fields = format!("{{{{if eq .A{}}}}}{{{{end}}}}", " .A".repeat(20));
+        let big = "x".repeat(4_000_000);
+        let e = render_err(&fields, &[("A", &big)]);
+        assert!(e.message.contains("64 MiB"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        // Within the budget, nothing changes.
+        assert_eq!(
+            render(r#"{{with printf "%1000d" 1}}{{if eq . . .}}x{{end}}{{end}}"#, &[]),
+            "x"
+        );
     }
 }
