@@ -419,3 +419,33 @@ fn batch_help_says_a_jobs_file_is_the_operators_and_unconfined() {
         "{help}"
     );
 }
+
+/// A 4 KB module template whose `with` sets `.` to a 4 MB string and whose `eq` then
+/// takes 2,000 copies of it (8 GB held at once: "memory allocation failed" and SIGABRT,
+/// which would end a whole `batch`): `module check` reports the work-limit error with
+/// the line, at small peak RSS (each `.` copy is charged against the 64 MiB budget).
+#[test]
+fn a_template_copying_a_large_dot_many_times_is_refused_by_the_bytes_it_copies() {
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    let template = format!(
+        "{{\n{{{{with printf \"%4000000d\" 1}}}}{{{{if eq .{}}}}}x{{{{end}}}}{{{{end}}}}}}\n",
+        " .".repeat(2000)
+    );
+    std::fs::write(m.join("lilypad_module.json.tmpl"), template).unwrap();
+    std::fs::write(m.join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let ran = run_command(t.path(), "module", &["check", "m"]);
+    let said = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(ran.code == 1 || ran.code == 2, "exit {}: {said}", ran.code);
+    assert!(
+        said.contains("lilypad_module.json.tmpl:2") && said.contains("64 MiB"),
+        "{said}"
+    );
+    assert!(
+        ran.peak_rss < 128 << 20,
+        "peak RSS {} MiB",
+        ran.peak_rss >> 20
+    );
+    assert!(ran.took < Duration::from_secs(30));
+}

@@ -1478,7 +1478,10 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
         // Within the budget, nothing changes.
         assert_eq!(
-            render(r#"{{with printf "%1000d" 1}}{{if eq . . .}}x{{end}}{{end}}"#, &[]),
+            render(
+                r#"{{with printf "%1000d" 1}}{{if eq . . .}}x{{end}}{{end}}"#,
+                &[]
+            ),
             "x"
         );
     }
