@@ -1171,4 +1171,87 @@ mod tests {
         ]);
         assert!(check(&m, &LIMITS).is_ok());
     }
+
+    /// The memory-image module of the review: memories with a byte at 0 and one near
+    /// 16 MiB each; the measure sums the highest end over memories.
+    fn image_module(memories: usize) -> Vec<u8> {
+        let mut t = String::from("(module");
+        for i in 0..memories {
+            t += &format!(
+                " (memory $m{i} 256) (data (memory $m{i}) (i32.const 0) \"\\01\")\
+                 (data (memory $m{i}) (i32.const 16777214) \"\\01\")"
+            );
+        }
+        t += ")";
+        wat(&t)
+    }
+
+    #[test]
+    fn memory_images_are_summed_over_memories_and_limited() {
+        let s = check(&image_module(2), &LIMITS).unwrap();
+        assert_eq!(s.memory_image, 2 * 16_777_215);
+        let r = refusal(&image_module(5), &LIMITS);
+        assert!(r.function.is_none());
+        assert!(r.message.contains("initialised memory images"), "{r}");
+        assert!(r.message.contains("over the limit of 67,108,864"), "{r}");
+        // A non-constant offset counts the segment plus the memory's initial size.
+        let m = wat("(module (global $g i32 (i32.const 0)) (memory 2) \
+             (data (global.get $g) \"abc\"))");
+        assert_eq!(check(&m, &LIMITS).unwrap().memory_image, 2 * 65_536 + 3);
+    }
+
+    #[test]
+    fn element_segments_and_items_are_limited() {
+        let segments = |n: usize| {
+            let mut t = String::from("(module (table 1 funcref) (func $f)");
+            for _ in 0..n {
+                t += " (elem func $f)";
+            }
+            wat(&(t + ")"))
+        };
+        let s = check(&segments(3), &LIMITS).unwrap();
+        assert_eq!((s.element_segments, s.element_items), (3, 3));
+        let r = refusal(
+            &segments(3),
+            &Limits {
+                element_segments: 2,
+                ..LIMITS
+            },
+        );
+        assert!(
+            r.message
+                .contains("3 element segments, over the limit of 2"),
+            "{r}"
+        );
+        let nulls = format!("(module (elem funcref {}))", "(ref.null func) ".repeat(10));
+        let r = refusal(
+            &wat(&nulls),
+            &Limits {
+                element_items: 9,
+                ..LIMITS
+            },
+        );
+        assert!(
+            r.message.contains("10 element items, over the limit of 9"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn operators_in_constant_expressions_are_limited() {
+        let chain = |adds: usize| {
+            let mut e = String::from("(i32.const 1)");
+            for _ in 0..adds {
+                e += " (i32.const 1) i32.add";
+            }
+            wat(&format!("(module (global i32 {e}))"))
+        };
+        assert_eq!(check(&chain(10), &LIMITS).unwrap().const_operators, 21);
+        let r = refusal(&chain(LIMITS.const_operators as usize / 2), &LIMITS);
+        assert!(
+            r.message.contains("operators in constant expressions"),
+            "{r}"
+        );
+        assert!(r.message.contains("over the limit of 262,144"), "{r}");
+    }
 }
