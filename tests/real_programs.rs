@@ -280,6 +280,22 @@ fn large_real_modules_pass_the_shape_scan() {
                 LIMITS.module_signatures,
                 "parameters and results per module",
             ),
+            (
+                shape.memory_image,
+                LIMITS.memory_image,
+                "memory image bytes",
+            ),
+            (
+                shape.element_segments,
+                LIMITS.element_segments,
+                "element segments",
+            ),
+            (shape.element_items, LIMITS.element_items, "element items"),
+            (
+                shape.const_operators,
+                LIMITS.const_operators,
+                "constant expression operators",
+            ),
         ];
         for (value, limit, what) in margin {
             assert!(
@@ -326,6 +342,10 @@ fn tmp_rewritten_shape() {
             type_bytes: u64::MAX,
             signature_values: u64::MAX,
             module_signatures: u64::MAX,
+            memory_image: u64::MAX,
+            element_segments: u64::MAX,
+            element_items: u64::MAX,
+            const_operators: u64::MAX,
         };
         eprintln!("REWRITTEN {m}: {:?}", passes::shape::check(&s, &open));
     }

@@ -63,7 +63,7 @@ use wasmparser::{BlockType, Operator, Parser, Payload, TypeRef};
 
 /// Names the limits below: hashed into the module cache's key, so that a cached module is
 /// scanned again when they change.
-pub const VERSION: &str = "detwasm-shape-2";
+pub const VERSION: &str = "detwasm-shape-3";
 
 /// The limits of the scan. Each is a bound on work that is otherwise superlinear, or on
 /// memory that is otherwise per function; see [`LIMITS`] for the values and their
@@ -99,6 +99,14 @@ pub struct Limits {
     /// Parameters and results of every type and of every defined function's type,
     /// together: [`Shape::module_signatures`].
     pub module_signatures: u64,
+    /// Bytes of initialised memory images: [`Shape::memory_image`].
+    pub memory_image: u64,
+    /// Element segments the module declares.
+    pub element_segments: u64,
+    /// Items of all element segments together.
+    pub element_items: u64,
+    /// Operators of all constant expressions together: [`Shape::const_operators`].
+    pub const_operators: u64,
 }
 
 /// The limits in force, and the margin each leaves above the largest value measured on
@@ -121,6 +129,10 @@ pub struct Limits {
 /// | bytes of types | 993 | 370 | 64 KiB | 66x |
 /// | parameters and results per type | 19 | 18 | 256 | 13x |
 /// | parameters and results of types and functions | 37,608 | 3,637 | 256 Ki | 7x |
+/// | memory image bytes | 10,485,709 | 64,484 | 64 MiB | 6.4x |
+/// | element segments | 1 | 1 | 10,000 | 10,000x |
+/// | element items | 5,902 | 330 | 256 Ki | 44x |
+/// | constant-expression operators | 24,173 | 10 | 256 Ki | 10.8x |
 ///
 /// Values get the widest margins because they are cheap (one type check each: 16 Mi of
 /// them validate in well under a second), the others five to ten times, since compile
@@ -129,7 +141,10 @@ pub struct Limits {
 /// (6.2 MB of code, about 75 bytes per byte of code, run included); one function of
 /// 1 MiB of chained loads (the limit) in 7 s at 350 MiB; eight of them in 54 s at
 /// 1,002 MiB. Hence SECURITY.md's compile term: 96 bytes per byte of code plus 384 MiB
-/// per compile thread, at most 3 GiB + 384 MiB × threads at these limits.
+/// per compile thread, at most 3 GiB + 384 MiB × threads at these limits. At the limits
+/// outside code (same command): 10,000 element segments compile in 0.41 s at 70 MiB,
+/// 256 Ki `ref.null` items in 2.9 s at 205 MiB, a global of 256 Ki operators in 1.6 s
+/// at 115 MiB; 64 MiB of memory images cost their size once more in the compiler.
 pub const LIMITS: Limits = Limits {
     function_bytes: 1 << 20,
     locals: 50_000,
@@ -144,6 +159,10 @@ pub const LIMITS: Limits = Limits {
     type_bytes: TYPE_BYTES_LIMIT,
     signature_values: SIGNATURE_LIMIT,
     module_signatures: MODULE_SIGNATURES_LIMIT,
+    memory_image: 64 << 20,
+    element_segments: 10_000,
+    element_items: 256 << 10,
+    const_operators: CONST_OPERATORS_LIMIT,
 };
 /// The limits the module the passes rewrote is scanned against before Cranelift compiles
 /// it (`engine::compile_rewritten`): [`LIMITS`], with twice the room for types and
@@ -152,14 +171,19 @@ pub const LIMITS: Limits = Limits {
 /// parameters and results 61,384), so that a module accepted as sent is not refused
 /// for what the passes added to its types. The measures of code (bytes, variables ×
 /// blocks) keep their limits: those are what Cranelift's time and memory follow, and
-/// SECURITY.md's compile term is stated in them.
+/// SECURITY.md's compile term is stated in them. Constant-expression operators get
+/// 1,024 more, for the globals the passes add (fuel and stack counters, one operator
+/// each), so that a module at the limit is not refused after the passes; doubling them
+/// like types was rejected, since their compile cost is not what the passes add.
 pub const REWRITTEN_LIMITS: Limits = Limits {
     types: 2 * TYPES_LIMIT,
     type_bytes: 2 * TYPE_BYTES_LIMIT,
     signature_values: 2 * SIGNATURE_LIMIT,
     module_signatures: 2 * MODULE_SIGNATURES_LIMIT,
+    const_operators: CONST_OPERATORS_LIMIT + 1_024,
     ..LIMITS
 };
+const CONST_OPERATORS_LIMIT: u64 = 256 << 10;
 const SSA_LIMIT: u64 = 2 << 20;
 const MODULE_SSA_LIMIT: u64 = 16 << 20;
 const TYPES_LIMIT: u64 = 4_096;
@@ -211,6 +235,27 @@ pub struct Shape {
     /// whose cost grows with the signature: 1,000 functions of 998 `v128` parameters and
     /// results took 40 s to compile for 8.9 KB of module.
     pub module_signatures: u64,
+    /// Sum over memories of the highest end offset of the memory's active data segments.
+    /// wasmtime builds each memory's initial image at compile time (allocated, then
+    /// written to the module cache) as large as its highest initialised byte, whatever
+    /// `--memory` says: 100 memories with one byte at 0 and one near 16 MiB made the
+    /// compiler allocate 3.3 GB from 2 KB of module. A segment whose offset is not a
+    /// lone `i32.const`/`i64.const` (a `global.get`, an extended constant expression)
+    /// counts as its length plus the memory's initial size in bytes, the furthest the
+    /// validator lets it land without trapping; counting only its length was rejected
+    /// because the image would reach wherever the offset evaluates.
+    pub memory_image: u64,
+    /// Element segments (passive, active and declared): wasmtime builds per-segment
+    /// state at compile time (100,000 segments of one item: 9.2 s, 569 MB).
+    pub element_segments: u64,
+    /// Items of all element segments (one segment of 10 M `ref.null func`: over 60 s,
+    /// 3.76 GB).
+    pub element_items: u64,
+    /// Operators (`end` excluded) of every constant expression: global initialisers,
+    /// table initialisers, element offsets and items, data offsets. wasmtime translates
+    /// them at compile time (a global initialised by 1 M chained `i32.add`s: 9.4 s,
+    /// 804 MB).
+    pub const_operators: u64,
 }
 
 /// Why a module was refused: the function (its index in the module's function index
@@ -246,6 +291,8 @@ pub fn check(binary: &[u8], limits: &Limits) -> Result<Shape, Refusal> {
         imported: 0,
         defined: 0,
         control: Vec::new(),
+        memories: Vec::new(),
+        images: Vec::new(),
     };
     match scan.module(binary) {
         Ok(()) | Err(Stop::Malformed) => Ok(scan.shape),
@@ -290,6 +337,10 @@ struct Scan<'l> {
     /// The label arity of each open control frame of the current function, the
     /// function's own first. At most `limits.depth + 1` entries.
     control: Vec<u32>,
+    /// The initial size in bytes of each memory, imports first.
+    memories: Vec<u64>,
+    /// The highest end offset of each memory's active data segments so far.
+    images: Vec<u64>,
 }
 
 impl Scan<'_> {
@@ -333,9 +384,17 @@ impl Scan<'_> {
                 }
                 Payload::ImportSection(r) => {
                     for import in r.into_imports() {
-                        if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import?.ty {
-                            self.funcs.push(t);
-                            self.imported += 1;
+                        match import?.ty {
+                            TypeRef::Func(t) | TypeRef::FuncExact(t) => {
+                                self.funcs.push(t);
+                                self.imported += 1;
+                            }
+                            TypeRef::Memory(m) => {
+                                let page = 1u64 << m.page_size_log2.unwrap_or(16).min(16);
+                                self.memories.push(m.initial.saturating_mul(page));
+                                self.images.push(0);
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -357,6 +416,84 @@ impl Scan<'_> {
                     )?;
                     self.module_limit("bytes of code", u64::from(size), self.limits.code_bytes)?;
                 }
+                Payload::MemorySection(r) => {
+                    for memory in r {
+                        let m = memory?;
+                        let page = 1u64 << m.page_size_log2.unwrap_or(16).min(16);
+                        self.memories.push(m.initial.saturating_mul(page));
+                        self.images.push(0);
+                    }
+                }
+                Payload::GlobalSection(r) => {
+                    for global in r {
+                        self.const_expr(&global?.init_expr)?;
+                    }
+                }
+                Payload::TableSection(r) => {
+                    for table in r {
+                        if let wasmparser::TableInit::Expr(e) = table?.init {
+                            self.const_expr(&e)?;
+                        }
+                    }
+                }
+                Payload::ElementSection(r) => {
+                    for element in r {
+                        let element = element?;
+                        self.shape.element_segments += 1;
+                        self.module_limit(
+                            "element segments",
+                            self.shape.element_segments,
+                            self.limits.element_segments,
+                        )?;
+                        if let wasmparser::ElementKind::Active { offset_expr, .. } = &element.kind {
+                            self.const_expr(offset_expr)?;
+                        }
+                        match element.items {
+                            wasmparser::ElementItems::Functions(items) => {
+                                self.element_items(u64::from(items.count()))?;
+                            }
+                            wasmparser::ElementItems::Expressions(_, items) => {
+                                self.element_items(u64::from(items.count()))?;
+                                for e in items {
+                                    self.const_expr(&e?)?;
+                                }
+                            }
+                        }
+                    }
+                }
+                Payload::DataSection(r) => {
+                    for data in r {
+                        let data = data?;
+                        if let wasmparser::DataKind::Active {
+                            memory_index,
+                            offset_expr,
+                        } = &data.kind
+                        {
+                            let offset = self.const_expr(offset_expr)?;
+                            let i = *memory_index as usize;
+                            let len = data.data.len() as u64;
+                            let end = match offset {
+                                Some(o) => o.saturating_add(len),
+                                None => {
+                                    len.saturating_add(self.memories.get(i).copied().unwrap_or(0))
+                                }
+                            };
+                            if let Some(image) = self.images.get_mut(i) {
+                                if end > *image {
+                                    self.shape.memory_image =
+                                        self.shape.memory_image.saturating_add(end - *image);
+                                    *image = end;
+                                }
+                            }
+                            self.module_limit(
+                                "bytes of initialised memory images (the highest end \
+                                 offset of data segments, summed over memories)",
+                                self.shape.memory_image,
+                                self.limits.memory_image,
+                            )?;
+                        }
+                    }
+                }
                 Payload::CodeSectionEntry(body) => {
                     let index = self.imported.saturating_add(self.defined);
                     self.defined += 1;
@@ -376,6 +513,43 @@ impl Scan<'_> {
             self.shape.module_signatures,
             self.limits.module_signatures,
         )
+    }
+
+    fn element_items(&mut self, count: u64) -> Result<(), Stop> {
+        self.shape.element_items = self.shape.element_items.saturating_add(count);
+        self.module_limit(
+            "element items",
+            self.shape.element_items,
+            self.limits.element_items,
+        )
+    }
+
+    /// Counts `expr`'s operators into [`Shape::const_operators`], refusing past the
+    /// limit before reading further; returns its value when it is a lone
+    /// `i32.const`/`i64.const` (the offsets wasmtime places at compile time).
+    fn const_expr(&mut self, expr: &wasmparser::ConstExpr) -> Result<Option<u64>, Stop> {
+        let mut ops = expr.get_operators_reader();
+        let mut count = 0u64;
+        let mut value = None;
+        while !ops.eof() {
+            let op = ops.read()?;
+            if matches!(op, Operator::End) {
+                continue;
+            }
+            count += 1;
+            value = match op {
+                Operator::I32Const { value } if count == 1 => Some(u64::from(value as u32)),
+                Operator::I64Const { value } if count == 1 => Some(value as u64),
+                _ => None,
+            };
+            self.shape.const_operators = self.shape.const_operators.saturating_add(1);
+            self.module_limit(
+                "operators in constant expressions",
+                self.shape.const_operators,
+                self.limits.const_operators,
+            )?;
+        }
+        Ok(value)
     }
 
     fn module_limit(&self, what: &str, value: u64, limit: u64) -> Result<(), Stop> {
@@ -1008,5 +1182,88 @@ mod tests {
             0x0c, 0x7f, 0x02, 0x7f, 0x10, 0xff, 0x01, 0x0e, 0x01, 0x05, 0x09, 0x0b, 0x0b,
         ]);
         assert!(check(&m, &LIMITS).is_ok());
+    }
+
+    /// The memory-image module of the review: memories with a byte at 0 and one near
+    /// 16 MiB each; the measure sums the highest end over memories.
+    fn image_module(memories: usize) -> Vec<u8> {
+        let mut t = String::from("(module");
+        for i in 0..memories {
+            t += &format!(
+                " (memory $m{i} 256) (data (memory $m{i}) (i32.const 0) \"\\01\")\
+                 (data (memory $m{i}) (i32.const 16777214) \"\\01\")"
+            );
+        }
+        t += ")";
+        wat(&t)
+    }
+
+    #[test]
+    fn memory_images_are_summed_over_memories_and_limited() {
+        let s = check(&image_module(2), &LIMITS).unwrap();
+        assert_eq!(s.memory_image, 2 * 16_777_215);
+        let r = refusal(&image_module(5), &LIMITS);
+        assert!(r.function.is_none());
+        assert!(r.message.contains("initialised memory images"), "{r}");
+        assert!(r.message.contains("over the limit of 67,108,864"), "{r}");
+        // A non-constant offset counts the segment plus the memory's initial size.
+        let m = wat("(module (global $g i32 (i32.const 0)) (memory 2) \
+             (data (global.get $g) \"abc\"))");
+        assert_eq!(check(&m, &LIMITS).unwrap().memory_image, 2 * 65_536 + 3);
+    }
+
+    #[test]
+    fn element_segments_and_items_are_limited() {
+        let segments = |n: usize| {
+            let mut t = String::from("(module (table 1 funcref) (func $f)");
+            for _ in 0..n {
+                t += " (elem func $f)";
+            }
+            wat(&(t + ")"))
+        };
+        let s = check(&segments(3), &LIMITS).unwrap();
+        assert_eq!((s.element_segments, s.element_items), (3, 3));
+        let r = refusal(
+            &segments(3),
+            &Limits {
+                element_segments: 2,
+                ..LIMITS
+            },
+        );
+        assert!(
+            r.message
+                .contains("3 element segments, over the limit of 2"),
+            "{r}"
+        );
+        let nulls = format!("(module (elem funcref {}))", "(ref.null func) ".repeat(10));
+        let r = refusal(
+            &wat(&nulls),
+            &Limits {
+                element_items: 9,
+                ..LIMITS
+            },
+        );
+        assert!(
+            r.message.contains("10 element items, over the limit of 9"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn operators_in_constant_expressions_are_limited() {
+        let chain = |adds: usize| {
+            let mut e = String::from("(i32.const 1)");
+            for _ in 0..adds {
+                e += " (i32.const 1) i32.add";
+            }
+            wat(&format!("(module (global i32 {e}))"))
+        };
+        assert_eq!(check(&chain(10), &LIMITS).unwrap().const_operators, 21);
+        let r = refusal(&chain(LIMITS.const_operators as usize / 2), &LIMITS);
+        assert!(
+            r.message.contains("operators in constant expressions"),
+            "{r}"
+        );
+        assert!(r.message.contains("over the limit of 262,144"), "{r}");
     }
 }
