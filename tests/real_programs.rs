@@ -318,35 +318,3 @@ fn large_real_modules_pass_the_shape_scan() {
         }
     }
 }
-
-#[test]
-fn tmp_rewritten_shape() {
-    use detwasm_runtime::passes;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for m in ["python-3.12.0.wasm", "boolector.wasm"] {
-        let b = std::fs::read(root.join("target/workloads").join(m)).unwrap();
-        let f = passes::fuel::meter(&b).unwrap();
-        let c = passes::nan::canonicalize(&f).unwrap();
-        let s = passes::stack::meter(&c).unwrap();
-        let open = passes::shape::Limits {
-            function_bytes: u64::MAX,
-            locals: u64::MAX,
-            depth: u64::MAX,
-            function_values: u64::MAX,
-            functions: u64::MAX,
-            code_bytes: u64::MAX,
-            module_values: u64::MAX,
-            ssa: u64::MAX,
-            module_ssa: u64::MAX,
-            types: u64::MAX,
-            type_bytes: u64::MAX,
-            signature_values: u64::MAX,
-            module_signatures: u64::MAX,
-            memory_image: u64::MAX,
-            element_segments: u64::MAX,
-            element_items: u64::MAX,
-            const_operators: u64::MAX,
-        };
-        eprintln!("REWRITTEN {m}: {:?}", passes::shape::check(&s, &open));
-    }
-}
