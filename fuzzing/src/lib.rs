@@ -579,6 +579,16 @@ impl fmt::Display for StartFailed {
 
 fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure> {
     let invalid = |e: detwasm_runtime::RunError| Failure::Invalid(e.to_string());
+    // The setups that rewrite the module themselves scan it first, as `engine::compile`
+    // does, so that a module whose shape is refused is refused the same way by every
+    // setup (with the same message), not by the rescan of their own rewriting.
+    if matches!(
+        setup,
+        Setup::Reference | Setup::Eager | Setup::Uncanonicalized
+    ) {
+        detwasm_passes::shape::check(binary, &detwasm_passes::shape::LIMITS)
+            .map_err(|r| invalid(detwasm_runtime::RunError::TooComplex(r.to_string())))?;
+    }
     match setup {
         Setup::CacheHit => {
             let dir = tempfile::tempdir()
