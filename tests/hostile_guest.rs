@@ -790,17 +790,10 @@ fn frames_of_hoisted_values_exhaust_the_native_stack_as_a_host_failure() {
     r.assert_bounded();
 }
 
-/// Unsigned LEB128, for the binary modules below (too large to write as text).
-fn leb(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+/// Unsigned LEB128, for the binary modules below (too large to write as text): the
+/// hasher's varint is the same encoding.
+fn leb(v: u64, out: &mut Vec<u8>) {
+    detwasm_hasher::pb::put_varint(out, v);
 }
 
 /// A binary module with the types `types` (each `(params, results)`, all `i32`), the

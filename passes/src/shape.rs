@@ -1023,16 +1023,9 @@ mod tests {
         assert!(r.message.contains("values per module"), "{r}");
     }
 
-    fn leb(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    /// Unsigned LEB128, as wasm-encoder writes it.
+    fn leb(v: u64, out: &mut Vec<u8>) {
+        wasm_encoder::Encode::encode(&v, out);
     }
 
     /// The finding's module: one function of `locals` i32 locals, `blocks` empty
