@@ -486,7 +486,7 @@ impl Rewriter {
         let mut bodies = 0u32;
         for payload in Parser::new(0).parse_all(binary) {
             let payload = payload.map_err(err)?;
-            let order = section_order(&payload);
+            let order = crate::section_order(&payload);
             // Sections the module lacks, written where they belong.
             if !imports_written && order > 2 {
                 let mut s = wasm_encoder::ImportSection::new();
@@ -1023,28 +1023,6 @@ fn cost(op: &Operator) -> i64 {
         | Operator::Else
         | Operator::End => 0,
         _ => 1,
-    }
-}
-
-/// Where a section sits in the order of a module's sections, to write missing ones.
-fn section_order(p: &Payload) -> u32 {
-    match p {
-        Payload::Version { .. } => 0,
-        Payload::TypeSection(_) => 1,
-        Payload::ImportSection(_) => 2,
-        Payload::FunctionSection(_) => 3,
-        Payload::TableSection(_) => 4,
-        Payload::MemorySection(_) => 5,
-        Payload::TagSection(_) => 5,
-        Payload::GlobalSection(_) => 6,
-        Payload::ExportSection(_) => 7,
-        Payload::StartSection { .. } => 8,
-        Payload::ElementSection(_) => 9,
-        Payload::DataCountSection { .. } => 10,
-        Payload::CodeSectionStart { .. } | Payload::CodeSectionEntry(_) => 11,
-        Payload::DataSection(_) => 12,
-        Payload::End(_) => 13,
-        _ => 0,
     }
 }
 

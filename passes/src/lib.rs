@@ -19,3 +19,29 @@ pub mod fuel;
 pub mod nan;
 pub mod shape;
 pub mod stack;
+pub mod unwind;
+
+/// Where a payload's section goes in a module (sections the passes add are written
+/// before the first payload that comes after them).
+pub(crate) fn section_order(p: &wasmparser::Payload) -> u32 {
+    match p {
+        wasmparser::Payload::Version { .. } => 0,
+        wasmparser::Payload::TypeSection(_) => 1,
+        wasmparser::Payload::ImportSection(_) => 2,
+        wasmparser::Payload::FunctionSection(_) => 3,
+        wasmparser::Payload::TableSection(_) => 4,
+        wasmparser::Payload::MemorySection(_) => 5,
+        wasmparser::Payload::TagSection(_) => 5,
+        wasmparser::Payload::GlobalSection(_) => 6,
+        wasmparser::Payload::ExportSection(_) => 7,
+        wasmparser::Payload::StartSection { .. } => 8,
+        wasmparser::Payload::ElementSection(_) => 9,
+        wasmparser::Payload::DataCountSection { .. } => 10,
+        wasmparser::Payload::CodeSectionStart { .. } | wasmparser::Payload::CodeSectionEntry(_) => {
+            11
+        }
+        wasmparser::Payload::DataSection(_) => 12,
+        wasmparser::Payload::End(_) => 13,
+        _ => 0,
+    }
+}

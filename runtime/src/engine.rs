@@ -333,11 +333,16 @@ impl ModuleCache {
         }
     }
 
-    fn key(engine: &Engine, bytes: &[u8]) -> [u8; KEY_LEN] {
+    fn key(engine: &Engine, bytes: &[u8], unwind: bool) -> [u8; KEY_LEN] {
         let mut h = Blake3Hasher(blake3::Hasher::new());
         h.0.update(blake3::hash(bytes).as_bytes());
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");
+        // The same module compiled to take checkpoints is another artifact.
+        if unwind {
+            h.0.update(passes::unwind::PASS_VERSION.as_bytes());
+            h.0.update(b"\0");
+        }
         // The shape limits decide which modules compile without changing what they
         // compute (so they are not in the fingerprint); a change of them scans cached
         // modules again.
@@ -354,20 +359,22 @@ impl ModuleCache {
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Module, bool), RunError> {
-        self.load_or_compile_by(engine, bytes, None)
+        self.load_or_compile_by(engine, bytes, None, false)
     }
 
-    /// [`Self::load_or_compile`], a compile ended at `deadline` ([`compile_by`]).
+    /// [`Self::load_or_compile`], a compile ended at `deadline` ([`compile_by`]), with
+    /// the unwind pass when `unwind`.
     pub fn load_or_compile_by(
         &self,
         engine: &Engine,
         bytes: &[u8],
         deadline: Option<Deadline>,
+        unwind: bool,
     ) -> Result<(Module, bool), RunError> {
         if !self.dir_is_trusted() {
-            return Ok((compile_by(engine, bytes, deadline)?, false));
+            return Ok((compile_by(engine, bytes, deadline, unwind)?, false));
         }
-        let key = Self::key(engine, bytes);
+        let key = Self::key(engine, bytes, unwind);
         let path = self
             .dir
             .join(format!("{}.cwasm", blake3::Hash::from(key).to_hex()));
@@ -382,7 +389,7 @@ impl ModuleCache {
                 }
             }
         }
-        let module = compile_by(engine, bytes, deadline)?;
+        let module = compile_by(engine, bytes, deadline, unwind)?;
         if let Ok(ser) = module.serialize() {
             let _ = self.store(&path, &key, &ser);
         }
@@ -673,6 +680,13 @@ fn signature(f: &wasmparser::FuncType) -> Option<Signature> {
 /// predicts unbounded compile work is refused with the reason before it is validated,
 /// rewritten or compiled, and before [`refused`] would compile it again.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
+    compile_with(engine, bytes, false)
+}
+
+/// [`compile`], and, when `unwind`, rewritten last by the unwind pass
+/// ([`passes::unwind`]) so that the run can take checkpoints. Only runs that take
+/// checkpoints pay for it; its results are the same either way.
+pub fn compile_with(engine: &Engine, bytes: &[u8], unwind: bool) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
     passes::shape::check(&binary, &passes::shape::LIMITS)
         .map_err(|r| RunError::TooComplex(r.to_string()))?;
@@ -690,7 +704,7 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
             format!("NaN canonicalization could not rewrite the module: {e}"),
         )
     })?;
-    compile_rewritten(engine, &binary, &canonical)
+    compile_rewritten_with(engine, &binary, &canonical, unwind)
 }
 
 /// A wall-clock deadline and the timeout it was set from (for the message).
@@ -739,9 +753,10 @@ pub fn compile_by(
     engine: &Engine,
     bytes: &[u8],
     deadline: Option<Deadline>,
+    unwind: bool,
 ) -> Result<Module, RunError> {
     let Some(deadline) = deadline else {
-        return compile(engine, bytes);
+        return compile_with(engine, bytes, unwind);
     };
     let Some(left) = deadline.at.checked_duration_since(Instant::now()) else {
         return Err(deadline.expired());
@@ -753,7 +768,7 @@ pub fn compile_by(
         .stack_size(COMPILE_THREAD_STACK)
         .spawn(move || {
             // The receiver is gone when the deadline passed first: nothing to do.
-            let _ = tx.send(compile(&engine, &bytes));
+            let _ = tx.send(compile_with(&engine, &bytes, unwind));
         })
         .map_err(|e| RunError::io("starting the compile thread", e))?;
     match rx.recv_timeout(left) {
@@ -775,6 +790,16 @@ pub fn compile_rewritten(
     original: &[u8],
     rewritten: &[u8],
 ) -> Result<Module, RunError> {
+    compile_rewritten_with(engine, original, rewritten, false)
+}
+
+/// [`compile_rewritten`], with the unwind pass last when `unwind` ([`compile_with`]).
+pub fn compile_rewritten_with(
+    engine: &Engine,
+    original: &[u8],
+    rewritten: &[u8],
+    unwind: bool,
+) -> Result<Module, RunError> {
     let metered = passes::stack::meter(rewritten).map_err(|e| {
         refused(
             engine,
@@ -782,6 +807,17 @@ pub fn compile_rewritten(
             format!("stack metering could not rewrite the module: {e}"),
         )
     })?;
+    let metered = if unwind {
+        passes::unwind::instrument(&metered).map_err(|e| {
+            refused(
+                engine,
+                original,
+                format!("the module cannot take checkpoints: {e}"),
+            )
+        })?
+    } else {
+        metered
+    };
     // The passes grow a module up to about 12 times (a `local.tee` fed to a NaN-producing
     // operator gains a canonicalization, a block gains its fuel), and Cranelift compiles
     // the grown module: the bytes it sees are scanned against the same limits (with more

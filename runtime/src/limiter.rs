@@ -32,6 +32,14 @@ pub struct JobLimiter {
     /// Set when the limit refused a growth (a deterministic event: the same job is refused
     /// the same way everywhere).
     pub denied: bool,
+    /// Set while the guest unwinds for a checkpoint ([`crate::meter::Metered::unwinding`]):
+    /// the only memory that grows then is the unwind memory the unwind pass adds
+    /// (only the pass's save code runs), which holds the host's copy of the stack, not
+    /// the job's data. It is not charged, so that a run with checkpoints is refused
+    /// memory exactly where one without is; the pass caps it
+    /// ([`crate::passes::unwind::MAX_PAGES`]). Rejected: charging it (a job near its
+    /// limit would fail only because it was checkpointed).
+    pub unwinding: bool,
 }
 
 impl JobLimiter {
@@ -41,6 +49,7 @@ impl JobLimiter {
             used: 0,
             host_failure: None,
             denied: false,
+            unwinding: false,
         }
     }
 
@@ -50,6 +59,9 @@ impl JobLimiter {
         if maximum.is_some_and(|m| desired > m) || desired < current {
             self.denied = true;
             return false;
+        }
+        if self.unwinding {
+            return true;
         }
         let total = self.used.saturating_add(desired - current);
         if total > self.limit {

@@ -15,6 +15,7 @@ use std::time::Instant;
 use wasmtime::{AsContextMut, Caller, Extern, Instance, Linker, Trap};
 
 use crate::passes::fuel::{EXPORT_FUEL, EXPORT_START, IMPORT_MODULE, IMPORT_REFUEL};
+use crate::passes::unwind;
 
 /// Fuel handed to the guest at a time. A refuel costs about 100 ns (a call into the
 /// host and a clock read), and compiled code runs 1–10 G units a second, so ten million
@@ -32,6 +33,27 @@ pub struct Meter {
     limit: u64,
     handed: u64,
     deadline: Option<Instant>,
+    slice: u64,
+    checkpoints: Checkpoints,
+}
+
+/// When a module compiled with the unwind pass ([`crate::passes::unwind`]) takes its
+/// checkpoints: at the first refuel at or after each multiple of `every` instructions.
+/// Refuels come every [`SLICE`] instructions at most, so checkpoints are at least that
+/// far apart; they never move a refuel (the count a trap reports depends on where
+/// refuels are, see [`crate::passes::fuel`], and must not depend on checkpoints).
+#[derive(Clone, Debug, Default)]
+struct Checkpoints {
+    every: Option<u64>,
+    /// The count at or after which the next one is due.
+    next: u64,
+    /// Checkpoints may only be taken while the entry runs (not the start function, not
+    /// `_initialize`: the host could not call them again to rewind).
+    allowed: bool,
+    /// While unwinding: the fuel global when the checkpoint began, put back before the
+    /// guest rewinds (the entry's wrapper writes the unwinding callee's zero into it).
+    unwinding: Option<Option<i64>>,
+    taken: u64,
 }
 
 /// Why a run stopped at a refuel (the error the refuel import returns).
@@ -61,7 +83,51 @@ impl Meter {
             limit,
             handed: 0,
             deadline,
+            slice: SLICE,
+            checkpoints: Checkpoints::default(),
         }
+    }
+
+    /// The same, handing out `slice` instructions at a time instead of [`SLICE`]: for
+    /// tests that need many refuels in a short run. The slice decides where refuels
+    /// happen, and so the count a trap reports: runs are only comparable at one slice.
+    pub fn with_slice(mut self, slice: u64) -> Self {
+        self.slice = slice.max(1);
+        self
+    }
+
+    /// Takes a checkpoint at the first refuel at or after each multiple of `every`
+    /// instructions (see [`Checkpoints`]), in a module compiled with the unwind pass.
+    pub fn with_checkpoints(mut self, every: u64) -> Self {
+        self.checkpoints.every = Some(every.max(1));
+        self.checkpoints.next = every.max(1);
+        self
+    }
+
+    /// Whether checkpoints may be taken now (only while the entry runs).
+    pub fn allow_checkpoints(&mut self, allowed: bool) {
+        self.checkpoints.allowed = allowed;
+    }
+
+    /// Checkpoints taken so far.
+    pub fn checkpoints_taken(&self) -> u64 {
+        self.checkpoints.taken
+    }
+
+    /// Whether a checkpoint is due at a refuel with the guest's fuel at `fuel`; if so,
+    /// the next one is set.
+    fn checkpoint_due(&mut self, fuel: i64) -> bool {
+        let c = &mut self.checkpoints;
+        let Some(every) = c.every else { return false };
+        if !c.allowed || c.unwinding.is_some() {
+            return false;
+        }
+        let run = (i128::from(self.handed) - i128::from(fuel)).max(0) as u64;
+        if run < c.next {
+            return false;
+        }
+        c.next = (run / every).saturating_add(1).saturating_mul(every);
+        true
     }
 
     /// Instructions run when the guest's fuel is `fuel`, at most the limit.
@@ -101,7 +167,7 @@ impl Meter {
             return Err(Stop::OutOfFuel);
         }
         let left = self.limit - consumed.max(0) as u64;
-        let give = left.min(SLICE);
+        let give = left.min(self.slice);
         self.handed += give;
         Ok(fuel.saturating_add(give as i64))
     }
@@ -111,6 +177,11 @@ impl Meter {
 pub trait Metered {
     /// The run's meter.
     fn meter(&mut self) -> &mut Meter;
+
+    /// Told when the guest starts unwinding for a checkpoint (`true`) and when it has
+    /// (`false`): the unwind memory grows meanwhile, and a store with a memory limit must
+    /// not charge that to the job ([`crate::limiter::JobLimiter`]).
+    fn unwinding(&mut self, _on: bool) {}
 }
 
 impl Metered for Meter {
@@ -125,6 +196,28 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
         IMPORT_MODULE,
         IMPORT_REFUEL,
         |mut caller: Caller<'_, T>, fuel: i64| -> wasmtime::Result<i64> {
+            if let Some(state) = unwind_global(&mut caller, unwind::EXPORT_STATE) {
+                if state.get(&mut caller).i32() == Some(unwind::REWINDING) {
+                    // Rewound to the refuel the checkpoint was taken at: every frame
+                    // must have been restored, and the refuel happens now, as it would
+                    // have without the checkpoint.
+                    state.set(&mut caller, wasmtime::Val::I32(unwind::NORMAL))?;
+                    let ptr = unwind_global(&mut caller, unwind::EXPORT_PTR)
+                        .and_then(|p| p.get(&mut caller).i32());
+                    if ptr != Some(0) {
+                        return Err(wasmtime::Error::msg(
+                            "a rewind ended with frames left in the unwind memory",
+                        ));
+                    }
+                } else if caller.data_mut().meter().checkpoint_due(fuel) {
+                    let global = caller_fuel(&mut caller).map(|(_, v)| v);
+                    caller.data_mut().meter().checkpoints.unwinding = Some(global);
+                    caller.data_mut().unwinding(true);
+                    state.set(&mut caller, wasmtime::Val::I32(unwind::UNWINDING))?;
+                    // The guest ignores what a call returns while unwinding.
+                    return Ok(fuel);
+                }
+            }
             let r = caller.data_mut().meter().refuel(fuel);
             // The global follows: the count a later trap reports is this one at least
             // (the guest stores the fuel only at some points, see the pass).
@@ -138,6 +231,41 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
         },
     )?;
     Ok(())
+}
+
+fn unwind_global<T>(caller: &mut Caller<'_, T>, name: &str) -> Option<wasmtime::Global> {
+    match caller.get_export(name) {
+        Some(Extern::Global(g)) => Some(g),
+        _ => None,
+    }
+}
+
+/// After a call of the entry returned: whether the guest had unwound for a checkpoint
+/// rather than returned. If so, the guest is set to rewind (its fuel global put back as
+/// it was when the checkpoint began): calling the entry again continues the run where
+/// it stopped. What the host does with the checkpoint happens between the two.
+pub fn rewind_if_unwound<T: Metered + 'static>(
+    mut store: impl AsContextMut<Data = T>,
+    instance: &Instance,
+) -> wasmtime::Result<bool> {
+    let Some(Extern::Global(state)) = instance.get_export(&mut store, unwind::EXPORT_STATE) else {
+        return Ok(false);
+    };
+    if state.get(&mut store).i32() != Some(unwind::UNWINDING) {
+        return Ok(false);
+    }
+    let mut ctx = store.as_context_mut();
+    let data = ctx.data_mut();
+    let global = data.meter().checkpoints.unwinding.take();
+    data.meter().checkpoints.taken += 1;
+    data.unwinding(false);
+    if let (Some(Some(v)), Some(Extern::Global(g))) =
+        (global, instance.get_export(&mut store, EXPORT_FUEL))
+    {
+        g.set(&mut store, wasmtime::Val::I64(v))?;
+    }
+    state.set(&mut store, wasmtime::Val::I32(unwind::REWINDING))?;
+    Ok(true)
 }
 
 /// The guest's fuel (its fuel global), or `None` for a module without one (it defines
@@ -168,9 +296,13 @@ pub fn is_pass_import(module: &str, name: &str) -> bool {
     module == IMPORT_MODULE && name == IMPORT_REFUEL
 }
 
-/// Whether `name` is an export the pass added (not the module's own).
+/// Whether `name` is an export a pass added (not the module's own).
 pub fn is_pass_export(name: &str) -> bool {
-    name == EXPORT_FUEL || name == EXPORT_START
+    name == EXPORT_FUEL
+        || name == EXPORT_START
+        || name == unwind::EXPORT_STATE
+        || name == unwind::EXPORT_PTR
+        || name == unwind::EXPORT_MEMORY
 }
 
 /// Instantiates `module` (compiled by [`crate::engine::compile`]) in a store of its own

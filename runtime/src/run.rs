@@ -53,6 +53,8 @@ pub struct Runtime {
     /// process that runs many jobs of one module loads it once. Results never depend on
     /// it (compiled code is a function of the bytes and the engine).
     loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
+    /// Take a checkpoint every this many instructions ([`Self::with_checkpoints`]).
+    checkpoint_every: Option<u64>,
 }
 
 /// A run whose results are written but not yet published (see [`Runtime::run_staged`]).
@@ -98,7 +100,24 @@ impl Runtime {
             cache: opts.cache_dir.map(ModuleCache::new),
             fingerprint: engine::fingerprint(),
             loaded: Mutex::new(HashMap::new()),
+            checkpoint_every: None,
         })
+    }
+
+    /// A runtime whose jobs take a checkpoint at the first refuel at or after every
+    /// `every` instructions ([`crate::meter`]): modules are compiled with the unwind pass
+    /// ([`crate::passes::unwind`]), and at each checkpoint the guest unwinds its whole
+    /// stack into the unwind memory, and is rewound and goes on. Receipts are the same
+    /// as without (the tests compare them on every kind of module). Saving what a
+    /// checkpoint holds, to resume elsewhere, is not done yet: today a checkpoint is
+    /// taken and resumed in place.
+    pub fn with_checkpoints(mut self, every: u64) -> Self {
+        self.checkpoint_every = Some(every);
+        self
+    }
+
+    fn unwind(&self) -> bool {
+        self.checkpoint_every.is_some()
     }
 
     /// The engine fingerprint (part of every job id).
@@ -188,8 +207,12 @@ impl Runtime {
         let module = match (known, &self.cache) {
             (Some(m), _) => m,
             // The binary, not `bytes`: text is translated once, above.
-            (None, Some(cache)) => cache.load_or_compile_by(&self.engine, &binary, deadline)?.0,
-            (None, None) => engine::compile_by(&self.engine, &binary, deadline)?,
+            (None, Some(cache)) => {
+                cache
+                    .load_or_compile_by(&self.engine, &binary, deadline, self.unwind())?
+                    .0
+            }
+            (None, None) => engine::compile_by(&self.engine, &binary, deadline, self.unwind())?,
         };
         if let Ok(mut m) = self.loaded.lock() {
             if m.len() >= MAX_LOADED_MODULES {
@@ -355,7 +378,12 @@ impl Runtime {
                 // Wall-clock safety net: the deadline is read each time the guest asks
                 // for more fuel (see [`crate::meter`]); each store has its own deadline,
                 // so concurrent jobs do not stop each other.
-                meter: Meter::new(job.limits.fuel, deadline.map(|d| d.at)),
+                meter: match self.checkpoint_every {
+                    Some(n) => {
+                        Meter::new(job.limits.fuel, deadline.map(|d| d.at)).with_checkpoints(n)
+                    }
+                    None => Meter::new(job.limits.fuel, deadline.map(|d| d.at)),
+                },
             },
         );
         store.limiter(|c| &mut c.limits);
@@ -376,7 +404,15 @@ impl Runtime {
                 }
             }
             let entry = i.get_typed_func::<(), ()>(&mut store, &job.entry)?;
-            entry.call_async(&mut store, ()).await
+            store.data_mut().meter.allow_checkpoints(true);
+            loop {
+                entry.call_async(&mut store, ()).await?;
+                // Unwound for a checkpoint: rewound, the entry is called again and the
+                // guest goes on from where it stopped.
+                if !meter::rewind_if_unwound(&mut store, &i)? {
+                    return Ok(());
+                }
+            }
         };
         let result: wasmtime::Result<()> = run_until(guest);
 

@@ -45,6 +45,9 @@ impl crate::meter::Metered for Ctx {
     fn meter(&mut self) -> &mut crate::meter::Meter {
         &mut self.meter
     }
+    fn unwinding(&mut self, on: bool) {
+        self.limits.unwinding = on;
+    }
 }
 
 fn dispatch(

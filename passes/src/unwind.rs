@@ -1,0 +1,1734 @@
+//! Unwind and rewind: the guest's call stack saved as data, so that a running job can be
+//! stopped at a fuel check, its whole state written down, and continued later, here or
+//! on another machine, as if it had never stopped.
+//!
+//! # Why a rewrite of the module
+//!
+//! A job's call stack lives in native frames that Cranelift lays out, differently on
+//! every CPU and engine version; wasmtime cannot save a guest with wasm frames on the
+//! stack. So the module is rewritten, after every other pass (fuel, NaN, stack), so that
+//! each function can *unwind* (save its locals and where it was into a buffer and
+//! return) and *rewind* (restore them on entry and jump back to where it was), as
+//! Binaryen's Asyncify does. The saved stack is then plain data in a memory of the
+//! instance, with the same layout on every CPU. Rejected: saving native stacks (a
+//! function of the CPU, the engine and its optimiser: no other host could resume them);
+//! interpreting the module to take snapshots (wasmi's resumable calls cannot be saved,
+//! and an interpreter is 10–100 times slower for the whole job); Asyncify itself
+//! (Binaryen is a C++ toolchain, it does not know the fuel pass's `refuel` import is the
+//! only place a checkpoint starts, and its output would not be checked by this crate's
+//! tests against the spec suite and the engine).
+//!
+//! # When it unwinds
+//!
+//! Only at a call of `detwasm.refuel`, the fuel pass's import, which every check of the
+//! fuel reaches when the fuel runs out ([`crate::fuel`]): the host decides there that a
+//! checkpoint is due, sets the state global to [`UNWINDING`] and returns. A checkpoint is
+//! therefore the state "about to refuel with this fuel", a point of the module's own
+//! code, the same on every host. A function is *instrumented* when it can reach such a
+//! call: it calls `refuel`, calls an instrumented function, or calls through a table
+//! while some function in a table (or named by `ref.func`) is instrumented. The others
+//! (leaves that neither loop nor call, the import wrappers) are left as they are.
+//!
+//! # How a function unwinds and rewinds
+//!
+//! Each call in an instrumented function that can unwind (a *site*, numbered in the
+//! order of the code) is rewritten so that, at the call, the operand stack holds exactly
+//! its arguments: every value below them, in this block and the blocks around it, is
+//! moved into a local first, and moved back after the call. Locals that carry values
+//! across blocks are keyed by the value's position on the original operand stack and its
+//! type (a *slot*), so that nested blocks never overwrite a value an outer block still
+//! holds. Every block of an instrumented function becomes `[] -> []`: its parameters and
+//! results (and the values branches carry to it) go through slots too, so that the code
+//! can be entered in the middle of a block.
+//!
+//! - **Unwind.** After a site's call, `global.get state; if` (not [`NORMAL`]): the site's
+//!   number is kept and the function branches to its save code, which writes every
+//!   local and the site number to the unwind memory at the buffer's end, then returns
+//!   (with zeros as results; the caller is unwinding too). The frames are written
+//!   innermost first.
+//! - **Rewind.** The host sets the state to [`REWINDING`] and calls the entry again. On
+//!   entry, an instrumented function checks the state; if rewinding, it reads its frame
+//!   from the end of the buffer (checking that the frame is its own: a trap otherwise),
+//!   restores its locals and jumps to its site: every block (the body too) that holds a
+//!   site starts with a `br_table` over the site number that jumps past the code before
+//!   the block or site it must reach; an `if` on the way takes the branch that holds
+//!   it. At the site, the call is made again, with the arguments restored from their
+//!   slots, and the callee rewinds in turn, down to the call of `refuel`, which the host
+//!   answers by setting the state back to [`NORMAL`] and refuelling as it would have.
+//!
+//! Nothing the pass adds counts as an instruction (the fuel pass has run before it and
+//! only counts the module's own operators), and unwinding leaves every global, memory
+//! and table of the module as it was: the stack metering counter is not lowered by an
+//! unwinding return nor raised by a rewinding entry (both skip the stack pass's code),
+//! and the fuel the entry's wrapper writes into the fuel global while unwinding is put
+//! back by the host. So a run with checkpoints has the same instruction count, stdout,
+//! results and trap as one without, on every CPU (the tests compare them).
+//!
+//! Costs when no checkpoint is taken: a load of the state global and a branch after
+//! every site's call and on entry to every instrumented function, a branch on a local at
+//! the top of each block that holds a site (each iteration, for a loop), and the moves
+//! into and out of slots, which Cranelift mostly turns into register renames. The pass
+//! is only applied to jobs that take checkpoints.
+//!
+//! # What it does not do yet
+//!
+//! Modules whose instrumented functions tail-call functions that can unwind, or keep
+//! references (`funcref`, `externref`) in locals or across a site, are refused with the
+//! reason: a reference cannot be written to memory. Both are absent from what C, C++,
+//! Rust and Go compile to for `wasm32-wasip1` today.
+
+use std::collections::HashMap;
+
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{BlockType, Encode, Instruction, MemArg, Section, ValType};
+use wasmparser::{
+    FuncValidatorAllocations, Operator, Parser, Payload, TypeRef, ValidPayload, Validator,
+    WasmFeatures,
+};
+
+use crate::fuel::{IMPORT_MODULE, IMPORT_REFUEL};
+
+/// The version of this pass. A snapshot names it: frames written by one version are read
+/// only by the same.
+pub const PASS_VERSION: &str = "detwasm-unwind-1";
+/// The exported `(mut i32)` global that holds the state: [`NORMAL`], [`UNWINDING`] or
+/// [`REWINDING`].
+pub const EXPORT_STATE: &str = "detwasm:unwind_state";
+/// The exported `(mut i32)` global that holds the end of the saved frames in the unwind
+/// memory.
+pub const EXPORT_PTR: &str = "detwasm:unwind_ptr";
+/// The exported memory the frames are saved in (a memory of its own: the module's
+/// memories are never touched).
+pub const EXPORT_MEMORY: &str = "detwasm:unwind_memory";
+/// Running normally.
+pub const NORMAL: i32 = 0;
+/// Every instrumented function returns, saving its frame, up to the host.
+pub const UNWINDING: i32 = 1;
+/// Every instrumented function entered restores its frame and goes back to its site.
+pub const REWINDING: i32 = 2;
+/// The most the unwind memory may grow to, in 64 KiB pages (1 GiB). The frames on a
+/// stack are bounded by the stack metering ([`crate::stack::STACK_LIMIT`] units, each
+/// value of a frame at least one unit) well below it; past it, the save code traps.
+pub const MAX_PAGES: u64 = 1 << 14;
+
+/// A frame: the function's saved locals in the order of their indices (each at its
+/// natural size, unaligned), then the site number (`u32`), then the function's index
+/// among the module's defined functions (`u32`), the last four bytes, so that whoever
+/// reads the buffer from its end knows whose frame comes next.
+const TRAILER: u32 = 8;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn features() -> WasmFeatures {
+    WasmFeatures::all()
+        - WasmFeatures::EXCEPTIONS
+        - WasmFeatures::LEGACY_EXCEPTIONS
+        - WasmFeatures::GC
+        - WasmFeatures::FUNCTION_REFERENCES
+        - WasmFeatures::STACK_SWITCHING
+}
+
+/// The module, rewritten to unwind and rewind (see the module docs), or why not. `binary`
+/// is a module after the fuel, NaN and stack passes. A module without the fuel pass's
+/// import (it defines no function) is returned as it is.
+pub fn instrument(binary: &[u8]) -> Result<Vec<u8>, String> {
+    let m = analyse(binary)?;
+    if m.refuel.is_none() {
+        return Ok(binary.to_vec());
+    }
+    let plans = plan(binary, &m)?;
+    rewrite(binary, &m, &plans)
+}
+
+/// What the pass knows of the module.
+#[derive(Default)]
+struct Module {
+    types: Vec<(Vec<wasmparser::ValType>, Vec<wasmparser::ValType>)>,
+    /// Type of every function, imports first.
+    funcs: Vec<u32>,
+    imported: u32,
+    refuel: Option<u32>,
+    memories: u32,
+    globals: u32,
+    has_memory_section: bool,
+    has_global_section: bool,
+    has_export_section: bool,
+    /// Whether each defined function is instrumented.
+    instrumented: Vec<bool>,
+    /// Whether a call through a table can reach an instrumented function.
+    indirect_unwinds: bool,
+}
+
+impl Module {
+    fn can_unwind(&self, f: u32) -> bool {
+        if Some(f) == self.refuel {
+            return true;
+        }
+        f >= self.imported && self.instrumented[(f - self.imported) as usize]
+    }
+    fn func_type(&self, f: u32) -> &(Vec<wasmparser::ValType>, Vec<wasmparser::ValType>) {
+        &self.types[self.funcs[f as usize] as usize]
+    }
+}
+
+fn analyse(binary: &[u8]) -> Result<Module, String> {
+    Validator::new_with_features(features())
+        .validate_all(binary)
+        .map_err(err)?;
+    let mut m = Module::default();
+    let mut taken: Vec<u32> = Vec::new();
+    let note = |e: &wasmparser::ConstExpr, taken: &mut Vec<u32>| -> Result<(), String> {
+        let mut r = e.get_operators_reader();
+        while !r.eof() {
+            if let Operator::RefFunc { function_index } = r.read().map_err(err)? {
+                taken.push(function_index);
+            }
+        }
+        Ok(())
+    };
+    struct Calls {
+        direct: Vec<u32>,
+        indirect: bool,
+        tail_direct: Vec<u32>,
+        tail_indirect: bool,
+    }
+    let mut bodies: Vec<Calls> = Vec::new();
+    for payload in Parser::new(0).parse_all(binary) {
+        match payload.map_err(err)? {
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group.map_err(err)?.into_types() {
+                        match &sub.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(f) => {
+                                m.types.push((f.params().to_vec(), f.results().to_vec()))
+                            }
+                            _ => return Err("a type that is not a function type".into()),
+                        }
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    let import = import.map_err(err)?;
+                    match import.ty {
+                        TypeRef::Func(t) | TypeRef::FuncExact(t) => {
+                            if import.module == IMPORT_MODULE && import.name == IMPORT_REFUEL {
+                                m.refuel = Some(m.funcs.len() as u32);
+                            }
+                            m.funcs.push(t);
+                            m.imported += 1;
+                        }
+                        TypeRef::Global(_) => m.globals += 1,
+                        TypeRef::Memory(_) => m.memories += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for t in r {
+                    m.funcs.push(t.map_err(err)?);
+                }
+            }
+            Payload::MemorySection(r) => {
+                m.has_memory_section = true;
+                m.memories += r.count();
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    if let wasmparser::TableInit::Expr(e) = t.map_err(err)?.init {
+                        note(&e, &mut taken)?;
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => {
+                m.has_global_section = true;
+                for g in r {
+                    m.globals += 1;
+                    note(&g.map_err(err)?.init_expr, &mut taken)?;
+                }
+            }
+            Payload::ExportSection(r) => {
+                m.has_export_section = true;
+                for e in r {
+                    let e = e.map_err(err)?;
+                    if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY].contains(&e.name) {
+                        return Err(format!(
+                            "the module exports `{}`, a name detwasm reserves",
+                            e.name
+                        ));
+                    }
+                }
+            }
+            Payload::ElementSection(r) => {
+                for e in r {
+                    match e.map_err(err)?.items {
+                        wasmparser::ElementItems::Functions(fs) => {
+                            for f in fs {
+                                taken.push(f.map_err(err)?);
+                            }
+                        }
+                        wasmparser::ElementItems::Expressions(_, es) => {
+                            for e in es {
+                                note(&e.map_err(err)?, &mut taken)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut c = Calls {
+                    direct: Vec::new(),
+                    indirect: false,
+                    tail_direct: Vec::new(),
+                    tail_indirect: false,
+                };
+                let mut r = body.get_operators_reader().map_err(err)?;
+                while !r.eof() {
+                    match r.read().map_err(err)? {
+                        Operator::Call { function_index } => c.direct.push(function_index),
+                        Operator::CallIndirect { .. } => c.indirect = true,
+                        Operator::ReturnCall { function_index } => {
+                            c.tail_direct.push(function_index)
+                        }
+                        Operator::ReturnCallIndirect { .. } => c.tail_indirect = true,
+                        Operator::RefFunc { function_index } => taken.push(function_index),
+                        _ => {}
+                    }
+                }
+                bodies.push(c);
+            }
+            _ => {}
+        }
+    }
+    let Some(refuel) = m.refuel else {
+        return Ok(m);
+    };
+    // Which functions can reach a call of `refuel`: a worklist over the callers of each
+    // function (every function is added once, so this is linear in the calls).
+    let n = bodies.len();
+    let imported = m.imported;
+    let mut callers: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut indirect_callers = Vec::new();
+    let mut work = Vec::new();
+    m.instrumented = vec![false; n];
+    for (i, c) in bodies.iter().enumerate() {
+        for &f in &c.direct {
+            if f == refuel {
+                if !m.instrumented[i] {
+                    m.instrumented[i] = true;
+                    work.push(i as u32);
+                }
+            } else if f >= imported {
+                callers[(f - imported) as usize].push(i as u32);
+            }
+        }
+        if c.indirect {
+            indirect_callers.push(i as u32);
+        }
+    }
+    let mut is_taken = vec![false; n];
+    for f in taken {
+        if f >= imported {
+            is_taken[(f - imported) as usize] = true;
+        }
+    }
+    while let Some(f) = work.pop() {
+        let mut reached = std::mem::take(&mut callers[f as usize]);
+        if is_taken[f as usize] && !m.indirect_unwinds {
+            m.indirect_unwinds = true;
+            reached.extend(indirect_callers.iter().copied());
+        }
+        for c in reached {
+            if !m.instrumented[c as usize] {
+                m.instrumented[c as usize] = true;
+                work.push(c);
+            }
+        }
+    }
+    for (i, c) in bodies.iter().enumerate() {
+        if !m.instrumented[i] {
+            continue;
+        }
+        let tail = c.tail_direct.iter().any(|&f| m.can_unwind(f))
+            || (c.tail_indirect && m.indirect_unwinds);
+        if tail {
+            return Err(format!(
+                "function {} tail-calls a function that can reach a checkpoint: checkpoints \
+                 do not support tail calls yet",
+                i as u32 + imported
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// A place a rewinding function must reach, in the order of the code: a site, or a block
+/// that holds sites.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Site(u32),
+    /// The block's number (in the order blocks open) and its sites.
+    Block(u32, u32, u32),
+}
+
+impl Target {
+    fn range(&self) -> (u32, u32) {
+        match *self {
+            Target::Site(k) => (k, k + 1),
+            Target::Block(_, lo, hi) => (lo, hi),
+        }
+    }
+}
+
+/// A block of an instrumented function (the body is block 0), as the plan sees it.
+#[derive(Default, Debug)]
+struct Block {
+    /// Targets of the `then` part (of the whole block, if it is not an `if`).
+    then: Vec<Target>,
+    /// Targets of the `else` part.
+    otherwise: Vec<Target>,
+    /// The first site of the `else` part.
+    mid: u32,
+    has_else: bool,
+}
+
+impl Block {
+    fn hot(&self) -> bool {
+        !self.then.is_empty() || !self.otherwise.is_empty()
+    }
+}
+
+/// The plan of an instrumented function: its blocks (those opened in reachable code, in
+/// order) and its number of sites.
+struct Plan {
+    blocks: Vec<Block>,
+    sites: u32,
+}
+
+/// Whether `op` is a site: a call, in reachable code, that can unwind.
+fn is_site(m: &Module, op: &Operator) -> bool {
+    match op {
+        Operator::Call { function_index } => m.can_unwind(*function_index),
+        Operator::CallIndirect { .. } => m.indirect_unwinds,
+        _ => false,
+    }
+}
+
+fn opens(op: &Operator) -> bool {
+    matches!(
+        op,
+        Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. }
+    )
+}
+
+/// Runs `each` on every operator of every defined function, with a validator that has
+/// not yet seen the operator (so it answers questions about the stack before it).
+fn walk<F>(binary: &[u8], mut each: F) -> Result<(), String>
+where
+    F: FnMut(
+        u32,
+        &wasmparser::FunctionBody,
+        &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+    ) -> Result<(), String>,
+{
+    let mut validator = Validator::new_with_features(features());
+    let mut allocs = FuncValidatorAllocations::default();
+    let mut index = 0u32;
+    for payload in Parser::new(0).parse_all(binary) {
+        let payload = payload.map_err(err)?;
+        if let ValidPayload::Func(to_validate, body) = validator.payload(&payload).map_err(err)? {
+            let mut v = to_validate.into_validator(std::mem::take(&mut allocs));
+            let mut locals = body.get_locals_reader().map_err(err)?;
+            for _ in 0..locals.get_count() {
+                let offset = locals.original_position();
+                let (count, t) = locals.read().map_err(err)?;
+                v.define_locals(offset, count, t).map_err(err)?;
+            }
+            each(index, &body, &mut v)?;
+            allocs = v.into_allocations();
+            index += 1;
+        }
+    }
+    Ok(())
+}
+
+fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
+    let mut plans = Vec::new();
+    walk(binary, |i, body, v| {
+        if !m.instrumented[i as usize] {
+            plans.push(None);
+            return Ok(());
+        }
+        let mut p = Plan {
+            blocks: vec![Block::default()],
+            sites: 0,
+        };
+        // Open blocks (indices into `p.blocks`), and whether each is in its `else` part.
+        let mut open: Vec<(u32, bool)> = vec![(0, false)];
+        let mut dead = 0u32;
+        let mut ops = body.get_operators_reader().map_err(err)?;
+        while !ops.eof() {
+            let (op, offset) = ops.read_with_offset().map_err(err)?;
+            let unreachable = v.get_control_frame(0).is_some_and(|f| f.unreachable);
+            if dead > 0 {
+                if opens(&op) {
+                    dead += 1;
+                } else if matches!(op, Operator::End) {
+                    dead -= 1;
+                }
+            } else if unreachable && opens(&op) {
+                dead = 1;
+            } else if opens(&op) {
+                let id = p.blocks.len() as u32;
+                p.blocks.push(Block {
+                    mid: p.sites,
+                    ..Block::default()
+                });
+                let (parent, in_else) = *open.last().expect("a block");
+                let lo = p.sites;
+                let b = &mut p.blocks[parent as usize];
+                let list = if in_else {
+                    &mut b.otherwise
+                } else {
+                    &mut b.then
+                };
+                list.push(Target::Block(id, lo, lo));
+                open.push((id, false));
+            } else if matches!(op, Operator::Else) {
+                let top = open.last_mut().expect("a block");
+                top.1 = true;
+                let b = &mut p.blocks[top.0 as usize];
+                b.has_else = true;
+                b.mid = p.sites;
+            } else if matches!(op, Operator::End) {
+                let (id, _) = open.pop().expect("a block");
+                let b = &mut p.blocks[id as usize];
+                if !b.has_else {
+                    b.mid = p.sites;
+                }
+                let hot = b.hot();
+                if let Some(&(parent, in_else)) = open.last() {
+                    let b = &mut p.blocks[parent as usize];
+                    let list = if in_else {
+                        &mut b.otherwise
+                    } else {
+                        &mut b.then
+                    };
+                    match list.last_mut() {
+                        Some(Target::Block(c, _, hi)) if *c == id && hot => *hi = p.sites,
+                        Some(Target::Block(c, _, _)) if *c == id => {
+                            list.pop();
+                        }
+                        _ => return Err("the plan lost a block".into()),
+                    }
+                }
+            } else if !unreachable && is_site(m, &op) {
+                let (b, in_else) = *open.last().expect("a block");
+                let b = &mut p.blocks[b as usize];
+                let list = if in_else {
+                    &mut b.otherwise
+                } else {
+                    &mut b.then
+                };
+                list.push(Target::Site(p.sites));
+                p.sites += 1;
+            }
+            v.op(offset, &op).map_err(err)?;
+        }
+        plans.push(Some(p));
+        Ok(())
+    })?;
+    Ok(plans)
+}
+
+fn vt(t: wasmparser::ValType) -> Result<ValType, String> {
+    RoundtripReencoder.val_type(t).map_err(err)
+}
+
+fn bytes_of(t: wasmparser::ValType) -> Result<u32, String> {
+    Ok(match t {
+        wasmparser::ValType::I32 | wasmparser::ValType::F32 => 4,
+        wasmparser::ValType::I64 | wasmparser::ValType::F64 => 8,
+        wasmparser::ValType::V128 => 16,
+        wasmparser::ValType::Ref(_) => {
+            return Err(
+                "a reference kept in a local or across a call that can reach a \
+                 checkpoint: checkpoints do not support it yet"
+                    .into(),
+            );
+        }
+    })
+}
+
+fn zero(t: wasmparser::ValType) -> Result<Instruction<'static>, String> {
+    Ok(match t {
+        wasmparser::ValType::I32 => Instruction::I32Const(0),
+        wasmparser::ValType::I64 => Instruction::I64Const(0),
+        wasmparser::ValType::F32 => Instruction::F32Const(0.0.into()),
+        wasmparser::ValType::F64 => Instruction::F64Const(0.0.into()),
+        wasmparser::ValType::V128 => Instruction::V128Const(0),
+        wasmparser::ValType::Ref(r) => {
+            Instruction::RefNull(RoundtripReencoder.heap_type(r.heap_type()).map_err(err)?)
+        }
+    })
+}
+
+fn memarg(offset: u32, memory: u32) -> MemArg {
+    MemArg {
+        offset: u64::from(offset),
+        align: 0,
+        memory_index: memory,
+    }
+}
+
+fn store(t: wasmparser::ValType, a: MemArg) -> Instruction<'static> {
+    match t {
+        wasmparser::ValType::I32 => Instruction::I32Store(a),
+        wasmparser::ValType::I64 => Instruction::I64Store(a),
+        wasmparser::ValType::F32 => Instruction::F32Store(a),
+        wasmparser::ValType::F64 => Instruction::F64Store(a),
+        _ => Instruction::V128Store(a),
+    }
+}
+
+fn load(t: wasmparser::ValType, a: MemArg) -> Instruction<'static> {
+    match t {
+        wasmparser::ValType::I32 => Instruction::I32Load(a),
+        wasmparser::ValType::I64 => Instruction::I64Load(a),
+        wasmparser::ValType::F32 => Instruction::F32Load(a),
+        wasmparser::ValType::F64 => Instruction::F64Load(a),
+        _ => Instruction::V128Load(a),
+    }
+}
+
+/// The most locals a function may have (wasmparser's limit).
+const MAX_LOCALS: usize = 50_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Func,
+    Block,
+    Loop,
+    If,
+}
+
+/// An open block of the original code, while its function is rewritten.
+struct Frame {
+    kind: Kind,
+    /// Its number in the plan (`None`: a block that holds no site and is not planned,
+    /// e.g. in a function that is not instrumented; never here).
+    id: u32,
+    /// The operand stack's height below its parameters.
+    base: u32,
+    params: Vec<wasmparser::ValType>,
+    results: Vec<wasmparser::ValType>,
+    /// Where its label sits in the emitted label stack.
+    label: usize,
+    /// Values of the enclosing block moved into slots when it was entered (positions and
+    /// types), moved back after its end.
+    spilled: Vec<(u32, wasmparser::ValType)>,
+    /// Locals holding an `if`'s parameters, for its `else` part.
+    if_params: Vec<u32>,
+    /// Targets of the part being emitted that are still ahead (their dispatch blocks
+    /// are open).
+    ahead: std::collections::VecDeque<Target>,
+}
+
+struct Emitter {
+    out: Vec<u8>,
+    /// Emitted labels: `Some(i)` for the block `frames[i]`, `None` for one the pass added.
+    labels: Vec<Option<usize>>,
+    frames: Vec<Frame>,
+    /// Every local's type: the function's, then the pass's.
+    locals: Vec<wasmparser::ValType>,
+    slots: HashMap<(u32, wasmparser::ValType), u32>,
+    rw: u32,
+    site: u32,
+    base: u32,
+    state: u32,
+}
+
+impl Emitter {
+    fn i(&mut self, ins: Instruction) {
+        ins.encode(&mut self.out);
+    }
+
+    fn new_local(&mut self, t: wasmparser::ValType) -> Result<u32, String> {
+        if self.locals.len() >= MAX_LOCALS {
+            return Err("checkpoints need more locals than a function may have".into());
+        }
+        self.locals.push(t);
+        Ok(self.locals.len() as u32 - 1)
+    }
+
+    fn slot(&mut self, p: u32, t: wasmparser::ValType) -> Result<u32, String> {
+        if let Some(&l) = self.slots.get(&(p, t)) {
+            return Ok(l);
+        }
+        bytes_of(t)?;
+        let l = self.new_local(t)?;
+        self.slots.insert((p, t), l);
+        Ok(l)
+    }
+
+    fn push_label(&mut self, l: Option<usize>) {
+        self.labels.push(l);
+    }
+
+    /// The emitted depth of the label `depth` original blocks out.
+    fn depth(&self, depth: u32) -> Result<u32, String> {
+        let f = self
+            .frames
+            .len()
+            .checked_sub(1 + depth as usize)
+            .ok_or("a branch out of range")?;
+        Ok((self.labels.len() - 1 - self.frames[f].label) as u32)
+    }
+
+    /// The label's values (a loop's parameters, another block's results) and where they
+    /// go on the stack.
+    fn label_of(&self, depth: u32) -> (u32, Vec<wasmparser::ValType>) {
+        let f = &self.frames[self.frames.len() - 1 - depth as usize];
+        match f.kind {
+            Kind::Loop => (f.base, f.params.clone()),
+            _ => (f.base, f.results.clone()),
+        }
+    }
+
+    /// Pops the values at positions `from..to` (the top of the stack) into their slots.
+    fn pop_to_slots(&mut self, types: &[(u32, wasmparser::ValType)]) -> Result<(), String> {
+        for &(p, t) in types.iter().rev() {
+            let l = self.slot(p, t)?;
+            self.i(Instruction::LocalSet(l));
+        }
+        Ok(())
+    }
+
+    fn push_from_slots(&mut self, types: &[(u32, wasmparser::ValType)]) -> Result<(), String> {
+        for &(p, t) in types {
+            let l = self.slot(p, t)?;
+            self.i(Instruction::LocalGet(l));
+        }
+        Ok(())
+    }
+
+    /// Opens the dispatch blocks of a part whose targets are `targets`, and, while
+    /// rewinding, jumps to the one that holds the site.
+    fn dispatch(&mut self, targets: &[Target]) -> Result<(), String> {
+        let Some(first) = targets.first() else {
+            return Ok(());
+        };
+        let lo = first.range().0;
+        let hi = targets.last().expect("a target").range().1;
+        // T_r outermost .. T_1 innermost: the end of T_j is right before target j.
+        let t_base = self.labels.len();
+        for _ in targets {
+            self.i(Instruction::Block(BlockType::Empty));
+            self.push_label(None);
+        }
+        let t_label = |j: usize| t_base + targets.len() - 1 - j;
+        self.i(Instruction::LocalGet(self.rw));
+        self.i(Instruction::If(BlockType::Empty));
+        self.push_label(None);
+        self.i(Instruction::Block(BlockType::Empty)); // trap
+        self.push_label(None);
+        let trap = self.labels.len() - 1;
+        let sites: Vec<usize> = (0..targets.len())
+            .filter(|&j| matches!(targets[j], Target::Site(_)))
+            .collect();
+        let a_base = self.labels.len();
+        for _ in &sites {
+            self.i(Instruction::Block(BlockType::Empty));
+            self.push_label(None);
+        }
+        // A_1 innermost: the trampoline of site target `sites[i]` follows the end of A_i.
+        let a_label = |i: usize| a_base + sites.len() - 1 - i;
+        let top = self.labels.len() - 1;
+        let mut table = Vec::with_capacity((hi - lo) as usize);
+        for (j, t) in targets.iter().enumerate() {
+            let (a, b) = t.range();
+            let to = match sites.iter().position(|&s| s == j) {
+                Some(i) => a_label(i),
+                None => t_label(j),
+            };
+            for _ in a..b {
+                table.push((top - to) as u32);
+            }
+        }
+        self.i(Instruction::LocalGet(self.site));
+        self.i(Instruction::I32Const(lo as i32));
+        self.i(Instruction::I32Sub);
+        self.i(Instruction::BrTable(table.into(), (top - trap) as u32));
+        for (i, &j) in sites.iter().enumerate() {
+            self.i(Instruction::End);
+            self.labels.pop();
+            debug_assert_eq!(self.labels.len(), a_label(i));
+            // This frame has reached its site: it runs normally from here.
+            self.i(Instruction::I32Const(0));
+            self.i(Instruction::LocalSet(self.rw));
+            let d = self.labels.len() - 1 - t_label(j);
+            self.i(Instruction::Br(d as u32));
+        }
+        self.i(Instruction::End); // trap
+        self.labels.pop();
+        self.i(Instruction::Unreachable);
+        self.i(Instruction::End); // if
+        self.labels.pop();
+        let f = self.frames.last_mut().expect("a frame");
+        f.ahead = targets.iter().copied().collect();
+        Ok(())
+    }
+
+    /// Closes the dispatch block of the next target (the stack is empty here).
+    fn reach_target(&mut self) -> Result<Target, String> {
+        let f = self.frames.last_mut().expect("a frame");
+        let t = f
+            .ahead
+            .pop_front()
+            .ok_or("a target the plan does not have")?;
+        self.i(Instruction::End);
+        if self.labels.pop() != Some(None) {
+            return Err("a dispatch block out of place".into());
+        }
+        Ok(t)
+    }
+}
+
+/// The positions and types of the values at the top of the validator's stack, from
+/// height `from` up.
+fn stack_types<R: wasmparser::WasmModuleResources>(
+    v: &wasmparser::FuncValidator<R>,
+    from: u32,
+) -> Result<Vec<(u32, wasmparser::ValType)>, String> {
+    let h = v.operand_stack_height();
+    (from..h)
+        .map(|p| match v.get_operand_type((h - 1 - p) as usize) {
+            Some(Some(t)) => Ok((p, t)),
+            _ => Err("a value of unknown type in reachable code".to_string()),
+        })
+        .collect()
+}
+
+fn block_sig(
+    m: &Module,
+    bt: wasmparser::BlockType,
+) -> (Vec<wasmparser::ValType>, Vec<wasmparser::ValType>) {
+    match bt {
+        wasmparser::BlockType::Empty => (vec![], vec![]),
+        wasmparser::BlockType::Type(t) => (vec![], vec![t]),
+        wasmparser::BlockType::FuncType(i) => m.types[i as usize].clone(),
+    }
+}
+
+fn with_pos(base: u32, ts: &[wasmparser::ValType]) -> Vec<(u32, wasmparser::ValType)> {
+    ts.iter()
+        .enumerate()
+        .map(|(i, &t)| (base + i as u32, t))
+        .collect()
+}
+
+/// Rewrites one instrumented function's body (locals and code).
+fn rewrite_body<R: wasmparser::WasmModuleResources>(
+    m: &Module,
+    binary: &[u8],
+    (index, body): (u32, &wasmparser::FunctionBody),
+    v: &mut wasmparser::FuncValidator<R>,
+    p: &Plan,
+    (state, ptr, memory): (u32, u32, u32),
+) -> Result<Vec<u8>, String> {
+    let func = index + m.imported;
+    let (params, results) = m.func_type(func).clone();
+    let mut locals: Vec<wasmparser::ValType> = params.clone();
+    let mut lr = body.get_locals_reader().map_err(err)?;
+    for _ in 0..lr.get_count() {
+        let (n, t) = lr.read().map_err(err)?;
+        for _ in 0..n {
+            locals.push(t);
+        }
+    }
+    let mut e = Emitter {
+        out: Vec::new(),
+        labels: Vec::new(),
+        frames: Vec::new(),
+        locals,
+        slots: HashMap::new(),
+        rw: 0,
+        site: 0,
+        base: 0,
+        state,
+    };
+    e.rw = e.new_local(wasmparser::ValType::I32)?;
+    e.site = e.new_local(wasmparser::ValType::I32)?;
+    e.base = e.new_local(wasmparser::ValType::I32)?;
+
+    // `block $save` then `block $body`: a branch to $save is an unwind.
+    e.i(Instruction::Block(BlockType::Empty));
+    e.push_label(None);
+    e.i(Instruction::Block(BlockType::Empty));
+    e.frames.push(Frame {
+        kind: Kind::Func,
+        id: 0,
+        base: 0,
+        params: vec![],
+        results: results.clone(),
+        label: e.labels.len(),
+        spilled: vec![],
+        if_params: vec![],
+        ahead: Default::default(),
+    });
+    e.push_label(Some(0));
+    e.dispatch(&p.blocks[0].then)?;
+
+    let mut next_block = 1u32;
+    let mut next_site = 0u32;
+    let mut dead = 0u32;
+    let mut ops = body.get_operators_reader().map_err(err)?;
+    while !ops.eof() {
+        let start = ops.original_position();
+        let (op, offset) = ops.read_with_offset().map_err(err)?;
+        let raw = &binary[start..ops.original_position()];
+        let fr = v.get_control_frame(0).ok_or("no frame")?;
+        let unreachable = fr.unreachable;
+        let fh = fr.height as u32;
+        if dead > 0 {
+            if opens(&op) {
+                dead += 1;
+            } else if matches!(op, Operator::End) {
+                dead -= 1;
+            }
+            v.op(offset, &op).map_err(err)?;
+            continue;
+        }
+        if unreachable && !matches!(op, Operator::End | Operator::Else) {
+            if opens(&op) {
+                dead = 1;
+            }
+            v.op(offset, &op).map_err(err)?;
+            continue;
+        }
+        let h = v.operand_stack_height();
+        match op {
+            Operator::Block { blockty } | Operator::Loop { blockty } => {
+                let (ps, rs) = block_sig(m, blockty);
+                let id = next_block;
+                next_block += 1;
+                let hot = p.blocks[id as usize].hot();
+                let base = h - ps.len() as u32;
+                let spilled;
+                if hot {
+                    let all = stack_types(v, fh)?;
+                    e.pop_to_slots(&all)?;
+                    spilled = all[..(base - fh) as usize].to_vec();
+                    match e.reach_target()? {
+                        Target::Block(b, _, _) if b == id => {}
+                        _ => return Err("the plan and the code disagree".into()),
+                    }
+                } else {
+                    spilled = vec![];
+                    e.pop_to_slots(&with_pos(base, &ps))?;
+                }
+                let kind = if matches!(op, Operator::Loop { .. }) {
+                    e.i(Instruction::Loop(BlockType::Empty));
+                    Kind::Loop
+                } else {
+                    e.i(Instruction::Block(BlockType::Empty));
+                    Kind::Block
+                };
+                e.frames.push(Frame {
+                    kind,
+                    id,
+                    base,
+                    params: ps.clone(),
+                    results: rs,
+                    label: e.labels.len(),
+                    spilled,
+                    if_params: vec![],
+                    ahead: Default::default(),
+                });
+                e.push_label(Some(e.frames.len() - 1));
+                e.dispatch(&p.blocks[id as usize].then)?;
+                e.push_from_slots(&with_pos(base, &ps))?;
+            }
+            Operator::If { blockty } => {
+                let (ps, rs) = block_sig(m, blockty);
+                let id = next_block;
+                next_block += 1;
+                let b = &p.blocks[id as usize];
+                let hot = b.hot();
+                let cond = e.slot(h - 1, wasmparser::ValType::I32)?;
+                e.i(Instruction::LocalSet(cond));
+                let base = h - 1 - ps.len() as u32;
+                let mut if_params = Vec::new();
+                for &t in ps.iter().rev() {
+                    let l = e.new_local(t)?;
+                    bytes_of(t)?;
+                    e.i(Instruction::LocalSet(l));
+                    if_params.push(l);
+                }
+                if_params.reverse();
+                let mut spilled = vec![];
+                if hot {
+                    let below: Vec<_> = stack_types(v, fh)?
+                        .into_iter()
+                        .filter(|(q, _)| *q < base)
+                        .collect();
+                    e.pop_to_slots(&below)?;
+                    spilled = below;
+                    match e.reach_target()? {
+                        Target::Block(b, _, _) if b == id => {}
+                        _ => return Err("the plan and the code disagree".into()),
+                    }
+                }
+                if hot {
+                    // Rewinding, the part that holds the site, whatever the condition:
+                    // `rw ? site < mid : cond`.
+                    e.i(Instruction::LocalGet(e.site));
+                    e.i(Instruction::I32Const(b.mid as i32));
+                    e.i(Instruction::I32LtU);
+                    e.i(Instruction::LocalGet(cond));
+                    e.i(Instruction::LocalGet(e.rw));
+                    e.i(Instruction::Select);
+                } else {
+                    e.i(Instruction::LocalGet(cond));
+                }
+                e.i(Instruction::If(BlockType::Empty));
+                e.frames.push(Frame {
+                    kind: Kind::If,
+                    id,
+                    base,
+                    params: ps.clone(),
+                    results: rs,
+                    label: e.labels.len(),
+                    spilled,
+                    if_params: if_params.clone(),
+                    ahead: Default::default(),
+                });
+                e.push_label(Some(e.frames.len() - 1));
+                e.dispatch(&p.blocks[id as usize].then)?;
+                for l in if_params {
+                    e.i(Instruction::LocalGet(l));
+                }
+            }
+            Operator::Else => {
+                let f = e.frames.last().ok_or("else outside a block")?;
+                if !f.ahead.is_empty() {
+                    return Err("a target left behind".into());
+                }
+                let res = with_pos(f.base, &f.results);
+                let id = f.id;
+                e.pop_to_slots(&res)?;
+                e.i(Instruction::Else);
+                e.dispatch(&p.blocks[id as usize].otherwise)?;
+                let f = e.frames.last().expect("a frame");
+                for l in f.if_params.clone() {
+                    e.i(Instruction::LocalGet(l));
+                }
+            }
+            Operator::End => {
+                let f = e.frames.last().ok_or("end outside a block")?;
+                if !f.ahead.is_empty() {
+                    return Err("a target left behind".into());
+                }
+                let res = with_pos(f.base, &f.results);
+                e.pop_to_slots(&res)?;
+                let f = e.frames.pop().expect("a frame");
+                if f.kind == Kind::If && !p.blocks[f.id as usize].has_else {
+                    // The implicit `else` passes the parameters on as results.
+                    e.i(Instruction::Else);
+                    for (&l, q) in f.if_params.iter().zip(&res) {
+                        e.i(Instruction::LocalGet(l));
+                        let s = e.slot(q.0, q.1)?;
+                        e.i(Instruction::LocalSet(s));
+                    }
+                }
+                e.i(Instruction::End);
+                e.labels.pop();
+                if f.kind == Kind::Func {
+                    e.push_from_slots(&res)?;
+                    e.i(Instruction::Return);
+                    e.i(Instruction::End); // $save
+                    e.labels.pop();
+                } else {
+                    e.push_from_slots(&f.spilled)?;
+                    e.push_from_slots(&res)?;
+                }
+            }
+            Operator::Br { relative_depth } => {
+                let (base, ts) = e.label_of(relative_depth);
+                e.pop_to_slots(&with_pos(base, &ts))?;
+                let d = e.depth(relative_depth)?;
+                e.i(Instruction::Br(d));
+            }
+            Operator::BrIf { relative_depth } => {
+                let (base, ts) = e.label_of(relative_depth);
+                if ts.is_empty() {
+                    let d = e.depth(relative_depth)?;
+                    e.i(Instruction::BrIf(d));
+                } else {
+                    let c = e.slot(h - 1, wasmparser::ValType::I32)?;
+                    e.i(Instruction::LocalSet(c));
+                    let own = with_pos(h - 1 - ts.len() as u32, &ts);
+                    e.pop_to_slots(&own)?;
+                    e.push_from_slots(&own)?;
+                    e.i(Instruction::LocalGet(c));
+                    e.i(Instruction::If(BlockType::Empty));
+                    e.push_label(None);
+                    for (q, (i, t)) in own.iter().zip(with_pos(base, &ts)) {
+                        if q.0 != i {
+                            let from = e.slot(q.0, q.1)?;
+                            let to = e.slot(i, t)?;
+                            e.i(Instruction::LocalGet(from));
+                            e.i(Instruction::LocalSet(to));
+                        }
+                    }
+                    let d = e.depth(relative_depth)?;
+                    e.i(Instruction::Br(d));
+                    e.i(Instruction::End);
+                    e.labels.pop();
+                }
+            }
+            Operator::BrTable { ref targets } => {
+                let default = targets.default();
+                let all: Vec<u32> = targets.targets().collect::<Result<_, _>>().map_err(err)?;
+                let (_, ts) = e.label_of(default);
+                if ts.is_empty() {
+                    let t: Vec<u32> = all.iter().map(|&d| e.depth(d)).collect::<Result<_, _>>()?;
+                    let d = e.depth(default)?;
+                    e.i(Instruction::BrTable(t.into(), d));
+                } else {
+                    let c = e.slot(h - 1, wasmparser::ValType::I32)?;
+                    e.i(Instruction::LocalSet(c));
+                    let own = with_pos(h - 1 - ts.len() as u32, &ts);
+                    e.pop_to_slots(&own)?;
+                    // One trampoline per distinct base among the targets: it moves the
+                    // values to where that base's labels expect them, then branches.
+                    let mut bases: Vec<u32> = Vec::new();
+                    for &d in all.iter().chain([&default]) {
+                        let b = e.label_of(d).0;
+                        if !bases.contains(&b) {
+                            bases.push(b);
+                        }
+                    }
+                    let g_base = e.labels.len();
+                    for _ in &bases {
+                        e.i(Instruction::Block(BlockType::Empty));
+                        e.push_label(None);
+                    }
+                    let g_label = |i: usize| g_base + bases.len() - 1 - i;
+                    let top = e.labels.len() - 1;
+                    let to_group = |d: u32, e: &Emitter| -> u32 {
+                        let b = e.label_of(d).0;
+                        let i = bases.iter().position(|&x| x == b).expect("a base");
+                        (top - g_label(i)) as u32
+                    };
+                    let t: Vec<u32> = all.iter().map(|&d| to_group(d, &e)).collect();
+                    let dd = to_group(default, &e);
+                    e.i(Instruction::LocalGet(c));
+                    e.i(Instruction::BrTable(t.into(), dd));
+                    for (i, &b) in bases.iter().enumerate() {
+                        e.i(Instruction::End);
+                        e.labels.pop();
+                        debug_assert_eq!(e.labels.len(), g_label(i));
+                        for (q, (to_pos, t)) in own.iter().zip(with_pos(b, &ts)) {
+                            if q.0 != to_pos {
+                                let from = e.slot(q.0, q.1)?;
+                                let to = e.slot(to_pos, t)?;
+                                e.i(Instruction::LocalGet(from));
+                                e.i(Instruction::LocalSet(to));
+                            }
+                        }
+                        // Targets of other bases never come here: any label of the
+                        // right type does for them (the default's).
+                        let fallback = if e.label_of(default).0 == b {
+                            default
+                        } else {
+                            *all.iter()
+                                .find(|&&d| e.label_of(d).0 == b)
+                                .expect("a target of this base")
+                        };
+                        let t: Vec<u32> = all
+                            .iter()
+                            .map(|&d| e.depth(if e.label_of(d).0 == b { d } else { fallback }))
+                            .collect::<Result<_, _>>()?;
+                        let dd = e.depth(if e.label_of(default).0 == b {
+                            default
+                        } else {
+                            fallback
+                        })?;
+                        e.i(Instruction::LocalGet(c));
+                        e.i(Instruction::BrTable(t.into(), dd));
+                    }
+                }
+            }
+            Operator::Call { .. } | Operator::CallIndirect { .. } if is_site(m, &op) => {
+                let (ps, rs) = match op {
+                    Operator::Call { function_index } => m.func_type(function_index).clone(),
+                    Operator::CallIndirect { type_index, .. } => {
+                        let (mut p, r) = m.types[type_index as usize].clone();
+                        p.push(wasmparser::ValType::I32);
+                        (p, r)
+                    }
+                    _ => unreachable!(),
+                };
+                let k = next_site;
+                next_site += 1;
+                let all = stack_types(v, fh)?;
+                e.pop_to_slots(&all)?;
+                match e.reach_target()? {
+                    Target::Site(s) if s == k => {}
+                    _ => return Err("the plan and the code disagree".into()),
+                }
+                let args_at = h - ps.len() as u32;
+                let (below, args) = all.split_at((args_at - fh) as usize);
+                let below = below.to_vec();
+                e.push_from_slots(args)?;
+                e.out.extend_from_slice(raw);
+                // Unwinding: remember the site, save the frame.
+                e.i(Instruction::GlobalGet(e.state));
+                e.i(Instruction::If(BlockType::Empty));
+                e.push_label(None);
+                e.i(Instruction::I32Const(k as i32));
+                e.i(Instruction::LocalSet(e.site));
+                e.i(Instruction::Br((e.labels.len() - 1) as u32));
+                e.i(Instruction::End);
+                e.labels.pop();
+                if !below.is_empty() {
+                    let res = with_pos(args_at, &rs);
+                    e.pop_to_slots(&res)?;
+                    e.push_from_slots(&below)?;
+                    e.push_from_slots(&res)?;
+                }
+            }
+            _ => e.out.extend_from_slice(raw),
+        }
+        v.op(offset, &op).map_err(err)?;
+    }
+    if next_site != p.sites || next_block as usize != p.blocks.len() {
+        return Err("the plan and the code disagree".into());
+    }
+
+    // The save code (after `$save`), then zeros as results.
+    let saved: Vec<(u32, wasmparser::ValType)> = e
+        .locals
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let i = *i as u32;
+            i != e.rw && i != e.site && i != e.base
+        })
+        .map(|(i, &t)| (i as u32, t))
+        .collect();
+    let mut offsets = Vec::with_capacity(saved.len());
+    let mut size = 0u32;
+    for &(_, t) in &saved {
+        offsets.push(size);
+        size = size.checked_add(bytes_of(t)?).ok_or("a frame too large")?;
+    }
+    let size = size.checked_add(TRAILER).ok_or("a frame too large")?;
+    let mem = memory;
+    let b = e.base;
+    let mut code = std::mem::take(&mut e.out);
+    let mut tail = Vec::new();
+    {
+        let mut t = |i: Instruction| i.encode(&mut tail);
+        t(Instruction::GlobalGet(ptr));
+        t(Instruction::LocalSet(b));
+        // Grow the unwind memory when the frame does not fit.
+        t(Instruction::LocalGet(b));
+        t(Instruction::I64ExtendI32U);
+        t(Instruction::I64Const(i64::from(size)));
+        t(Instruction::I64Add);
+        t(Instruction::MemorySize(mem));
+        t(Instruction::I64ExtendI32U);
+        t(Instruction::I64Const(16));
+        t(Instruction::I64Shl);
+        t(Instruction::I64GtU);
+        t(Instruction::If(BlockType::Empty));
+        t(Instruction::I32Const(size.div_ceil(65536) as i32));
+        t(Instruction::MemoryGrow(mem));
+        t(Instruction::I32Const(-1));
+        t(Instruction::I32Eq);
+        t(Instruction::If(BlockType::Empty));
+        t(Instruction::Unreachable);
+        t(Instruction::End);
+        t(Instruction::End);
+        for (&(l, ty), &o) in saved.iter().zip(&offsets) {
+            t(Instruction::LocalGet(b));
+            t(Instruction::LocalGet(l));
+            t(store(ty, memarg(o, mem)));
+        }
+        t(Instruction::LocalGet(b));
+        t(Instruction::LocalGet(e.site));
+        t(Instruction::I32Store(memarg(size - 8, mem)));
+        t(Instruction::LocalGet(b));
+        t(Instruction::I32Const(index as i32));
+        t(Instruction::I32Store(memarg(size - 4, mem)));
+        t(Instruction::LocalGet(b));
+        t(Instruction::I32Const(size as i32));
+        t(Instruction::I32Add);
+        t(Instruction::GlobalSet(ptr));
+        for &r in &results {
+            t(zero(r)?);
+        }
+        t(Instruction::End);
+    }
+    // The prologue: rewinding, restore the frame.
+    let mut head = Vec::new();
+    {
+        let mut t = |i: Instruction| i.encode(&mut head);
+        t(Instruction::GlobalGet(state));
+        t(Instruction::I32Const(REWINDING));
+        t(Instruction::I32Eq);
+        t(Instruction::If(BlockType::Empty));
+        t(Instruction::GlobalGet(ptr));
+        t(Instruction::I32Const(size as i32));
+        t(Instruction::I32Sub);
+        t(Instruction::LocalSet(b));
+        // The frame must be this function's; a buffer shorter than the frame traps on
+        // the load (the address wraps past the memory's end).
+        t(Instruction::LocalGet(b));
+        t(Instruction::I32Load(memarg(size - 4, mem)));
+        t(Instruction::I32Const(index as i32));
+        t(Instruction::I32Ne);
+        t(Instruction::If(BlockType::Empty));
+        t(Instruction::Unreachable);
+        t(Instruction::End);
+        t(Instruction::LocalGet(b));
+        t(Instruction::GlobalSet(ptr));
+        for (&(l, ty), &o) in saved.iter().zip(&offsets) {
+            t(Instruction::LocalGet(b));
+            t(load(ty, memarg(o, mem)));
+            t(Instruction::LocalSet(l));
+        }
+        t(Instruction::LocalGet(b));
+        t(Instruction::I32Load(memarg(size - 8, mem)));
+        t(Instruction::LocalSet(e.site));
+        t(Instruction::I32Const(1));
+        t(Instruction::LocalSet(e.rw));
+        t(Instruction::End);
+    }
+    let mut f = Vec::with_capacity(head.len() + code.len() + tail.len() + 16);
+    let extra = &e.locals[params.len()..];
+    let mut groups: Vec<(u32, ValType)> = Vec::new();
+    for &t in extra {
+        let t = vt(t)?;
+        match groups.last_mut() {
+            Some((n, g)) if *g == t => *n += 1,
+            _ => groups.push((1, t)),
+        }
+    }
+    (groups.len() as u32).encode(&mut f);
+    for (n, t) in groups {
+        n.encode(&mut f);
+        t.encode(&mut f);
+    }
+    f.extend_from_slice(&head);
+    f.append(&mut code);
+    f.extend_from_slice(&tail);
+    Ok(f)
+}
+
+fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>, String> {
+    let state = m.globals;
+    let ptr = m.globals + 1;
+    let memory = m.memories;
+    // Every body, rewritten or copied.
+    let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
+    walk(binary, |i, body, v| {
+        let range = body.range();
+        match &plans[i as usize] {
+            None => bodies.push(binary[range].to_vec()),
+            Some(p) => bodies.push(rewrite_body(
+                m,
+                binary,
+                (i, body),
+                v,
+                p,
+                (state, ptr, memory),
+            )?),
+        }
+        Ok(())
+    })?;
+    let add_memory = |s: &mut wasm_encoder::MemorySection| {
+        s.memory(wasm_encoder::MemoryType {
+            minimum: 0,
+            maximum: Some(MAX_PAGES),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+    };
+    let add_globals = |s: &mut wasm_encoder::GlobalSection| {
+        for _ in 0..2 {
+            s.global(
+                wasm_encoder::GlobalType {
+                    val_type: ValType::I32,
+                    mutable: true,
+                    shared: false,
+                },
+                &wasm_encoder::ConstExpr::i32_const(0),
+            );
+        }
+    };
+    let add_exports = |s: &mut wasm_encoder::ExportSection| {
+        s.export(EXPORT_STATE, wasm_encoder::ExportKind::Global, state);
+        s.export(EXPORT_PTR, wasm_encoder::ExportKind::Global, ptr);
+        s.export(EXPORT_MEMORY, wasm_encoder::ExportKind::Memory, memory);
+    };
+    let mut out = Vec::with_capacity(binary.len() * 2);
+    let mut memory_written = m.has_memory_section;
+    let mut globals_written = m.has_global_section;
+    let mut exports_written = m.has_export_section;
+    for payload in Parser::new(0).parse_all(binary) {
+        let payload = payload.map_err(err)?;
+        let order = crate::section_order(&payload);
+        if !memory_written && order > 5 {
+            let mut s = wasm_encoder::MemorySection::new();
+            add_memory(&mut s);
+            s.append_to(&mut out);
+            memory_written = true;
+        }
+        if !globals_written && order > 6 {
+            let mut s = wasm_encoder::GlobalSection::new();
+            add_globals(&mut s);
+            s.append_to(&mut out);
+            globals_written = true;
+        }
+        if !exports_written && order > 7 {
+            let mut s = wasm_encoder::ExportSection::new();
+            add_exports(&mut s);
+            s.append_to(&mut out);
+            exports_written = true;
+        }
+        match payload {
+            Payload::Version { range, .. } => out.extend_from_slice(&binary[range]),
+            Payload::MemorySection(r) => {
+                let mut s = wasm_encoder::MemorySection::new();
+                RoundtripReencoder
+                    .parse_memory_section(&mut s, r)
+                    .map_err(err)?;
+                add_memory(&mut s);
+                s.append_to(&mut out);
+            }
+            Payload::GlobalSection(r) => {
+                let mut s = wasm_encoder::GlobalSection::new();
+                RoundtripReencoder
+                    .parse_global_section(&mut s, r)
+                    .map_err(err)?;
+                add_globals(&mut s);
+                s.append_to(&mut out);
+            }
+            Payload::ExportSection(r) => {
+                let mut s = wasm_encoder::ExportSection::new();
+                RoundtripReencoder
+                    .parse_export_section(&mut s, r)
+                    .map_err(err)?;
+                add_exports(&mut s);
+                s.append_to(&mut out);
+            }
+            Payload::CodeSectionStart { count, .. } => {
+                let mut section = Vec::new();
+                count.encode(&mut section);
+                for b in &bodies {
+                    (b.len() as u32).encode(&mut section);
+                    section.extend_from_slice(b);
+                }
+                out.push(10);
+                section.encode(&mut out);
+            }
+            Payload::CodeSectionEntry(_) | Payload::End(_) => {}
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    out.push(id);
+                    (range.len() as u32).encode(&mut out);
+                    out.extend_from_slice(&binary[range]);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use detwasm_runtime::meter::{self, Meter};
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::new(&detwasm_runtime::engine::deterministic_config(false)).unwrap()
+    }
+
+    /// What calling export `f` returns, the instructions it ran, the checkpoints taken
+    /// and the bytes of memory 0 (if any) afterwards, refuelling every `slice`
+    /// instructions and, when `checkpoints`, unwinding and rewinding at every refuel.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        wat: &str,
+        slice: u64,
+        checkpoints: bool,
+    ) -> (Result<Vec<String>, String>, u64, u64, Vec<u8>) {
+        let engine = engine();
+        let module =
+            detwasm_runtime::engine::compile_with(&engine, wat.as_bytes(), checkpoints).unwrap();
+        let mut m = Meter::new(1 << 40, None).with_slice(slice);
+        if checkpoints {
+            m = m.with_checkpoints(1);
+        }
+        let mut store = wasmtime::Store::new(&engine, m);
+        let mut linker = wasmtime::Linker::new(&engine);
+        meter::define(&mut linker).unwrap();
+        let i = linker.instantiate(&mut store, &module).unwrap();
+        if let Some(s) = meter::start(&mut store, &i) {
+            s.call(&mut store, &[], &mut []).unwrap();
+        }
+        let f = i.get_func(&mut store, "f").unwrap();
+        let ty = f.ty(&store);
+        let mut results: Vec<wasmtime::Val> = ty
+            .results()
+            .map(|t| wasmtime::Val::default_for_ty(&t).unwrap())
+            .collect();
+        store.data_mut().allow_checkpoints(true);
+        let r = loop {
+            match f.call(&mut store, &[], &mut results) {
+                // The trap, not where (the rewritten code's offsets differ).
+                Err(e) => {
+                    break Err(match e.downcast_ref::<wasmtime::Trap>() {
+                        Some(t) => t.to_string(),
+                        None => format!("{e:#}"),
+                    })
+                }
+                Ok(()) => {
+                    if !meter::rewind_if_unwound(&mut store, &i).unwrap() {
+                        break Ok(results.iter().map(|v| format!("{v:?}")).collect());
+                    }
+                }
+            }
+        };
+        let n = meter::consumed(&mut store, Some(&i));
+        let taken = store.data().checkpoints_taken();
+        let mem = match i.get_export(&mut store, "memory") {
+            Some(wasmtime::Extern::Memory(mem)) => mem.data(&store).to_vec(),
+            _ => Vec::new(),
+        };
+        (r, n, taken, mem)
+    }
+
+    /// A run that unwinds and rewinds at every refuel ends exactly as one that does not:
+    /// same results (bits of floats included), count, trap and memory.
+    fn same(wat: &str, slices: &[u64]) -> u64 {
+        let mut most = 0;
+        for &slice in slices {
+            let plain = run(wat, slice, false);
+            let checked = run(wat, slice, true);
+            assert_eq!(plain.2, 0);
+            assert_eq!(plain.0, checked.0, "slice {slice}");
+            assert_eq!(plain.1, checked.1, "slice {slice}");
+            assert!(plain.3 == checked.3, "memory differs, slice {slice}");
+            most = most.max(checked.2);
+        }
+        assert!(most > 0, "no checkpoint was taken");
+        most
+    }
+
+    const SLICES: &[u64] = &[1, 2, 3, 7, 50, 1000];
+
+    #[test]
+    fn recursion_with_values_below_the_call() {
+        // `fib` keeps `n` and the first call's result on the stack across the second.
+        let wat = r#"(module
+            (func $fib (param i64) (result i64)
+              local.get 0 i64.const 2 i64.lt_u
+              if (result i64) local.get 0
+              else
+                i64.const 1000
+                local.get 0 i64.const 1 i64.sub call $fib
+                local.get 0 i64.const 2 i64.sub call $fib
+                i64.add i64.add
+                i64.const 1000 i64.sub
+              end)
+            (func (export "f") (result i64) i64.const 15 call $fib))"#;
+        assert!(same(wat, SLICES) > 100);
+    }
+
+    #[test]
+    fn loops_with_parameters_and_multi_value_blocks() {
+        let wat = r#"(module
+            (type $p (func (param i32 i64) (result i32 i64)))
+            (func $step (param i64) (result i64)
+              local.get 0 i64.const 3 i64.mul i64.const 1 i64.add)
+            (func (export "f") (result f64 i32 i64)
+              (local $c i32) (local $a i64)
+              f64.const 0.5
+              i32.const 0 i64.const 1
+              loop $l (type $p)
+                call $step
+                local.set $a
+                i32.const 1 i32.add local.tee $c
+                local.get $a i64.const 5 call $step i64.add
+                local.get $c i32.const 40 i32.lt_u br_if $l
+              end))"#;
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn branches_that_carry_values_out_of_nested_blocks() {
+        let wat = r#"(module
+            (func $g (param i32) (result i32) local.get 0 i32.const 1 i32.add)
+            (func $h (param i32) (result i32 i32)
+              (local $i i32)
+              i32.const 100
+              block $out (result i32)
+                i32.const 5
+                block $a (result i32)
+                  block $b (result i32)
+                    local.get 0 call $g
+                    local.get 0 call $g
+                    local.get 0 i32.const 3 i32.rem_u
+                    br_table $a $b $out
+                  end
+                  i32.const 10 i32.add call $g
+                end
+                call $g
+                local.get 0 i32.const 1 i32.and
+                br_if $out
+                i32.add
+              end
+              i32.add
+              local.get 0 call $g)
+            (func (export "f") (result i32)
+              (local $i i32) (local $acc i32)
+              loop $l
+                local.get $i call $h i32.add local.get $acc i32.add local.set $acc
+                local.get $i i32.const 1 i32.add local.tee $i
+                i32.const 30 i32.lt_u br_if $l
+              end
+              local.get $acc))"#;
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn ifs_with_parameters_with_and_without_else() {
+        let wat = r#"(module
+            (type $t (func (param i32 i32) (result i32 i32)))
+            (func $g (param i32) (result i32) local.get 0 i32.const 3 i32.mul)
+            (func (export "f") (result i32)
+              (local $i i32) (local $acc i32)
+              loop $l
+                i32.const 9
+                local.get $i local.get $acc
+                local.get $i i32.const 2 i32.rem_u
+                if (type $t)
+                  call $g i32.add call $g local.get $i
+                else
+                  i32.add call $g i32.const 1
+                end
+                i32.add
+                local.get $i i32.const 3 i32.rem_u
+                if (param i32) (result i32)
+                  call $g
+                end
+                i32.add local.get $acc i32.add local.set $acc
+                local.get $i i32.const 1 i32.add local.tee $i
+                i32.const 40 i32.lt_u br_if $l
+              end
+              local.get $acc))"#;
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn calls_through_tables_and_vectors_and_nans_kept_across_sites() {
+        let wat = r#"(module
+            (type $u (func (param f64) (result f64)))
+            (table 2 funcref)
+            (elem (i32.const 0) $half $neg)
+            (memory (export "memory") 1)
+            (global $g (mut i32) (i32.const 0))
+            (func $half (param f64) (result f64)
+              global.get $g i32.const 1 i32.add global.set $g
+              local.get 0 f64.const 0.5 f64.mul)
+            (func $neg (param f64) (result f64) local.get 0 f64.neg)
+            (func (export "f") (result v128 f64 i32)
+              (local $i i32) (local $v v128) (local $x f64)
+              f64.const 3.0 local.set $x
+              loop $l
+                v128.const i32x4 1 2 3 4
+                local.get $x
+                local.get $i i32.const 1 i32.and
+                call_indirect (type $u)
+                local.set $x
+                local.get $v i32x4.add local.set $v
+                i32.const 0 f64.const nan:0x4 f64.store
+                local.get $i i32.const 8 i32.mul
+                local.get $x f64.store offset=8
+                local.get $i i32.const 1 i32.add local.tee $i
+                i32.const 50 i32.lt_u br_if $l
+              end
+              local.get $v local.get $x global.get $g))"#;
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn traps_and_running_out_are_the_same() {
+        let wat = r#"(module
+            (func $g (param i32) (result i32)
+              local.get 0 i32.const 37 i32.eq if unreachable end
+              local.get 0)
+            (func (export "f") (result i32)
+              (local $i i32)
+              loop $l
+                local.get $i call $g drop
+                local.get $i i32.const 1 i32.add local.tee $i
+                i32.const 100 i32.lt_u br_if $l
+              end
+              local.get $i))"#;
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn functions_that_cannot_reach_a_checkpoint_are_left_as_they_are() {
+        let wat = r#"(module
+            (func $leaf (param i32) (result i32) local.get 0 i32.const 1 i32.add)
+            (func (export "f") (result i32)
+              (local $i i32)
+              loop $l
+                local.get $i call $leaf local.tee $i
+                i32.const 10 i32.lt_u br_if $l
+              end
+              local.get $i))"#;
+        let binary = wat::parse_str(wat).unwrap();
+        let fueled = crate::fuel::meter(&binary).unwrap();
+        let stacked = crate::stack::meter(&fueled).unwrap();
+        let m = super::analyse(&stacked).unwrap();
+        // $leaf is not, `f`, which loops, is; so is the fuel pass's wrapper of `f`.
+        assert!(!m.instrumented[0]);
+        assert!(m.instrumented[1]);
+        same(wat, SLICES);
+    }
+
+    #[test]
+    fn tail_calls_and_references_across_sites_are_refused_with_the_reason() {
+        let tail = r#"(module
+            (func $g (param i32) (result i32)
+              loop $l local.get 0 i32.const 1 i32.sub local.tee 0 br_if $l end
+              local.get 0)
+            (func (export "f") (result i32) i32.const 3 return_call $g))"#;
+        let e = detwasm_runtime::engine::compile_with(&engine(), tail.as_bytes(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tail call"), "{e}");
+        let refs = r#"(module
+            (func $g (param i32) (result i32)
+              loop $l local.get 0 i32.const 1 i32.sub local.tee 0 br_if $l end
+              local.get 0)
+            (func (export "f") (result i32)
+              ref.null func i32.const 3 call $g drop drop i32.const 0))"#;
+        let e = detwasm_runtime::engine::compile_with(&engine(), refs.as_bytes(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reference"), "{e}");
+        // Without checkpoints both compile.
+        detwasm_runtime::engine::compile(&engine(), tail.as_bytes()).unwrap();
+        detwasm_runtime::engine::compile(&engine(), refs.as_bytes()).unwrap();
+    }
+}
