@@ -416,6 +416,48 @@ fn is_site(m: &Module, op: &Operator) -> bool {
     }
 }
 
+/// A body's operators, with their offsets and byte ranges, for looking ahead.
+type Ops<'a> = Vec<(Operator<'a>, usize, std::ops::Range<usize>)>;
+
+fn read_ops<'a>(body: &wasmparser::FunctionBody<'a>) -> Result<Ops<'a>, String> {
+    let mut ops = body.get_operators_reader().map_err(err)?;
+    let mut all = Vec::new();
+    while !ops.eof() {
+        let start = ops.original_position();
+        let (op, offset) = ops.read_with_offset().map_err(err)?;
+        all.push((op, offset, start..ops.original_position()));
+    }
+    Ok(all)
+}
+
+/// Whether the operators at `i` are the fuel pass's check, `local.get F; i64.const 0;
+/// i64.lt_s; if; local.get F; call refuel; local.set F; end`. The check is one site
+/// as a whole: rewinding jumps to before it, and since the fuel `F` is restored as it
+/// was when `refuel` was called (negative), the `if` is taken again and `refuel` called
+/// again. Rejected: treating the `if` as a block with a site inside (a dispatch in
+/// every check: CPython's code grew 2.7 times, its compile work 15 times).
+const FUEL_CHECK_LEN: usize = 8;
+fn is_fuel_check(m: &Module, ops: &Ops, i: usize) -> bool {
+    let Some(w) = ops.get(i..i + FUEL_CHECK_LEN) else {
+        return false;
+    };
+    let Operator::LocalGet { local_index: f } = w[0].0 else {
+        return false;
+    };
+    matches!(w[1].0, Operator::I64Const { value: 0 })
+        && matches!(w[2].0, Operator::I64LtS)
+        && matches!(
+            w[3].0,
+            Operator::If {
+                blockty: wasmparser::BlockType::Empty
+            }
+        )
+        && matches!(w[4].0, Operator::LocalGet { local_index } if local_index == f)
+        && matches!(w[5].0, Operator::Call { function_index } if Some(function_index) == m.refuel)
+        && matches!(w[6].0, Operator::LocalSet { local_index } if local_index == f)
+        && matches!(w[7].0, Operator::End)
+}
+
 fn opens(op: &Operator) -> bool {
     matches!(
         op,
@@ -468,10 +510,28 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
         // Open blocks (indices into `p.blocks`), and whether each is in its `else` part.
         let mut open: Vec<(u32, bool)> = vec![(0, false)];
         let mut dead = 0u32;
-        let mut ops = body.get_operators_reader().map_err(err)?;
-        while !ops.eof() {
-            let (op, offset) = ops.read_with_offset().map_err(err)?;
+        let ops = read_ops(body)?;
+        let mut at = 0;
+        while at < ops.len() {
+            let (op, offset) = (ops[at].0.clone(), ops[at].1);
+            at += 1;
             let unreachable = v.get_control_frame(0).is_some_and(|f| f.unreachable);
+            if dead == 0 && !unreachable && is_fuel_check(m, &ops, at - 1) {
+                let (b, in_else) = *open.last().expect("a block");
+                let b = &mut p.blocks[b as usize];
+                let list = if in_else {
+                    &mut b.otherwise
+                } else {
+                    &mut b.then
+                };
+                list.push(Target::Site(p.sites));
+                p.sites += 1;
+                for (op, offset, _) in &ops[at - 1..at - 1 + FUEL_CHECK_LEN] {
+                    v.op(*offset, op).map_err(err)?;
+                }
+                at += FUEL_CHECK_LEN - 1;
+                continue;
+            }
             if dead > 0 {
                 if opens(&op) {
                     dead += 1;
@@ -735,41 +795,46 @@ impl Emitter {
         self.i(Instruction::Block(BlockType::Empty)); // trap
         self.push_label(None);
         let trap = self.labels.len() - 1;
-        let sites: Vec<usize> = (0..targets.len())
-            .filter(|&j| matches!(targets[j], Target::Site(_)))
-            .collect();
-        let a_base = self.labels.len();
-        for _ in &sites {
+        // Targets that are sites go through one trampoline: this frame has reached its
+        // site and runs normally from there (`rw` off), then the same table again.
+        let any_site = targets.iter().any(|t| matches!(t, Target::Site(_)));
+        if any_site {
             self.i(Instruction::Block(BlockType::Empty));
             self.push_label(None);
         }
-        // A_1 innermost: the trampoline of site target `sites[i]` follows the end of A_i.
-        let a_label = |i: usize| a_base + sites.len() - 1 - i;
-        let top = self.labels.len() - 1;
-        let mut table = Vec::with_capacity((hi - lo) as usize);
-        for (j, t) in targets.iter().enumerate() {
-            let (a, b) = t.range();
-            let to = match sites.iter().position(|&s| s == j) {
-                Some(i) => a_label(i),
-                None => t_label(j),
-            };
-            for _ in a..b {
-                table.push((top - to) as u32);
+        let a_label = self.labels.len() - 1;
+        let table = |e: &Emitter, via_a: bool| -> Vec<u32> {
+            let top = e.labels.len() - 1;
+            let mut table = Vec::with_capacity((hi - lo) as usize);
+            for (j, t) in targets.iter().enumerate() {
+                let (a, b) = t.range();
+                let to = match t {
+                    Target::Site(_) if via_a => a_label,
+                    _ => t_label(j),
+                };
+                for _ in a..b {
+                    table.push((top - to) as u32);
+                }
             }
-        }
+            table
+        };
+        let first = table(self, any_site);
+        let top = self.labels.len() - 1;
         self.i(Instruction::LocalGet(self.site));
         self.i(Instruction::I32Const(lo as i32));
         self.i(Instruction::I32Sub);
-        self.i(Instruction::BrTable(table.into(), (top - trap) as u32));
-        for (i, &j) in sites.iter().enumerate() {
+        self.i(Instruction::BrTable(first.into(), (top - trap) as u32));
+        if any_site {
             self.i(Instruction::End);
             self.labels.pop();
-            debug_assert_eq!(self.labels.len(), a_label(i));
-            // This frame has reached its site: it runs normally from here.
             self.i(Instruction::I32Const(0));
             self.i(Instruction::LocalSet(self.rw));
-            let d = self.labels.len() - 1 - t_label(j);
-            self.i(Instruction::Br(d as u32));
+            let second = table(self, false);
+            let top = self.labels.len() - 1;
+            self.i(Instruction::LocalGet(self.site));
+            self.i(Instruction::I32Const(lo as i32));
+            self.i(Instruction::I32Sub);
+            self.i(Instruction::BrTable(second.into(), (top - trap) as u32));
         }
         self.i(Instruction::End); // trap
         self.labels.pop();
@@ -863,8 +928,9 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     e.site = e.new_local(wasmparser::ValType::I32)?;
     e.base = e.new_local(wasmparser::ValType::I32)?;
 
-    // `block $save` then `block $body`: a branch to $save is an unwind.
-    e.i(Instruction::Block(BlockType::Empty));
+    // `block $save` (carrying the site) then `block $body`: a branch to $save is an
+    // unwind.
+    e.i(Instruction::Block(BlockType::Result(ValType::I32)));
     e.push_label(None);
     e.i(Instruction::Block(BlockType::Empty));
     e.frames.push(Frame {
@@ -884,14 +950,47 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     let mut next_block = 1u32;
     let mut next_site = 0u32;
     let mut dead = 0u32;
-    let mut ops = body.get_operators_reader().map_err(err)?;
-    while !ops.eof() {
-        let start = ops.original_position();
-        let (op, offset) = ops.read_with_offset().map_err(err)?;
-        let raw = &binary[start..ops.original_position()];
+    let ops = read_ops(body)?;
+    let mut at = 0;
+    while at < ops.len() {
+        let (op, offset) = (ops[at].0.clone(), ops[at].1);
+        let raw = &binary[ops[at].2.clone()];
+        at += 1;
         let fr = v.get_control_frame(0).ok_or("no frame")?;
         let unreachable = fr.unreachable;
         let fh = fr.height as u32;
+        if dead == 0 && !unreachable && is_fuel_check(m, &ops, at - 1) {
+            let k = next_site;
+            next_site += 1;
+            let below = stack_types(v, fh)?;
+            e.pop_to_slots(&below)?;
+            match e.reach_target()? {
+                Target::Site(s) if s == k => {}
+                _ => return Err("the plan and the code disagree".into()),
+            }
+            let window = &ops[at - 1..at - 1 + FUEL_CHECK_LEN];
+            for (i, (op, offset, range)) in window.iter().enumerate() {
+                e.out.extend_from_slice(&binary[range.clone()]);
+                match i {
+                    3 => e.push_label(None),
+                    5 => {
+                        // After `refuel`: unwinding, save the frame with this site.
+                        e.i(Instruction::I32Const(k as i32));
+                        e.i(Instruction::GlobalGet(e.state));
+                        e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
+                        e.i(Instruction::Drop);
+                    }
+                    7 => {
+                        e.labels.pop();
+                    }
+                    _ => {}
+                }
+                v.op(*offset, op).map_err(err)?;
+            }
+            e.push_from_slots(&below)?;
+            at += FUEL_CHECK_LEN - 1;
+            continue;
+        }
         if dead > 0 {
             if opens(&op) {
                 dead += 1;
@@ -1185,15 +1284,12 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                 let below = below.to_vec();
                 e.push_from_slots(args)?;
                 e.out.extend_from_slice(raw);
-                // Unwinding: remember the site, save the frame.
-                e.i(Instruction::GlobalGet(e.state));
-                e.i(Instruction::If(BlockType::Empty));
-                e.push_label(None);
+                // Unwinding: save the frame, with the site's number (what `$save`
+                // carries); else drop the number.
                 e.i(Instruction::I32Const(k as i32));
-                e.i(Instruction::LocalSet(e.site));
-                e.i(Instruction::Br((e.labels.len() - 1) as u32));
-                e.i(Instruction::End);
-                e.labels.pop();
+                e.i(Instruction::GlobalGet(e.state));
+                e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
+                e.i(Instruction::Drop);
                 if !below.is_empty() {
                     let res = with_pos(args_at, &rs);
                     e.pop_to_slots(&res)?;
@@ -1233,6 +1329,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     let mut tail = Vec::new();
     {
         let mut t = |i: Instruction| i.encode(&mut tail);
+        t(Instruction::LocalSet(e.site));
         t(Instruction::GlobalGet(ptr));
         t(Instruction::LocalSet(b));
         // Grow the unwind memory when the frame does not fit.

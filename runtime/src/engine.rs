@@ -826,7 +826,12 @@ pub fn compile_rewritten_with(
     // scanning only the module as sent (615 KB grew to 7.6 MB, and one compile thread used
     // 760 MB, twice the documented term); limits on the sent bytes divided by the worst
     // growth (12 times tighter for every real module, for a rare shape).
-    passes::shape::check(&metered, &passes::shape::REWRITTEN_LIMITS).map_err(|r| {
+    let limits = if unwind {
+        &passes::shape::UNWIND_LIMITS
+    } else {
+        &passes::shape::REWRITTEN_LIMITS
+    };
+    passes::shape::check(&metered, limits).map_err(|r| {
         RunError::TooComplex(format!(
             "after fuel metering, NaN canonicalization and stack metering: {r}"
         ))

@@ -55,6 +55,10 @@ pub struct Runtime {
     loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
     /// Take a checkpoint every this many instructions ([`Self::with_checkpoints`]).
     checkpoint_every: Option<u64>,
+    /// Fuel handed to the guest at a time ([`Self::with_fuel_slice`]).
+    fuel_slice: u64,
+    /// Checkpoints taken by this runtime's runs so far.
+    checkpoints_taken: std::sync::atomic::AtomicU64,
 }
 
 /// A run whose results are written but not yet published (see [`Runtime::run_staged`]).
@@ -101,7 +105,24 @@ impl Runtime {
             fingerprint: engine::fingerprint(),
             loaded: Mutex::new(HashMap::new()),
             checkpoint_every: None,
+            fuel_slice: meter::SLICE,
+            checkpoints_taken: Default::default(),
         })
+    }
+
+    /// Checkpoints this runtime's runs have taken so far ([`Self::with_checkpoints`]).
+    pub fn checkpoints_taken(&self) -> u64 {
+        self.checkpoints_taken
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A runtime that hands out fuel `slice` instructions at a time instead of
+    /// [`meter::SLICE`], so that refuels (and so checkpoints) come that often: for tests
+    /// of short runs. The count a run that traps reports depends on where refuels are
+    /// (see [`crate::passes::fuel`]): receipts are only comparable at one slice.
+    pub fn with_fuel_slice(mut self, slice: u64) -> Self {
+        self.fuel_slice = slice;
+        self
     }
 
     /// A runtime whose jobs take a checkpoint at the first refuel at or after every
@@ -378,11 +399,13 @@ impl Runtime {
                 // Wall-clock safety net: the deadline is read each time the guest asks
                 // for more fuel (see [`crate::meter`]); each store has its own deadline,
                 // so concurrent jobs do not stop each other.
-                meter: match self.checkpoint_every {
-                    Some(n) => {
-                        Meter::new(job.limits.fuel, deadline.map(|d| d.at)).with_checkpoints(n)
+                meter: {
+                    let m = Meter::new(job.limits.fuel, deadline.map(|d| d.at))
+                        .with_slice(self.fuel_slice);
+                    match self.checkpoint_every {
+                        Some(n) => m.with_checkpoints(n),
+                        None => m,
                     }
-                    None => Meter::new(job.limits.fuel, deadline.map(|d| d.at)),
                 },
             },
         );
@@ -421,6 +444,10 @@ impl Runtime {
             .unwrap_or(0);
         let instructions = store.data().meter.consumed(fuel);
         let overran = store.data().meter.overran(fuel);
+        self.checkpoints_taken.fetch_add(
+            store.data().meter.checkpoints_taken(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let ctx = store.into_data();
         if let Some(failure) = ctx.limits.host_failure {
             return Err(RunError::HostFailure(failure));

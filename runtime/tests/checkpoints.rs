@@ -1,0 +1,150 @@
+//! Checkpoints leave every receipt as it was: jobs of the example modules, the probes,
+//! CPython and boolector, run by a runtime that unwinds the guest's whole stack and
+//! rewinds it at every refuel, give the same results CID, instruction count, exit and
+//! trap as runs that never stop.
+
+use std::path::{Path, PathBuf};
+
+use detwasm_runtime::{Destination, EngineOptions, Job, Receipt, Runtime};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(EngineOptions {
+        cache_dir: None,
+        parallel_compilation: true,
+    })
+    .unwrap()
+}
+
+/// What a verifier compares.
+fn outcome(r: &Receipt) -> (String, u64, i32, String, Option<String>) {
+    (
+        r.cid.clone(),
+        r.instructions,
+        r.exit_code,
+        r.outcome.clone(),
+        r.trap.clone(),
+    )
+}
+
+/// Runs `job` three ways (plain with the usual fuel slice, plain with `slice`, and with
+/// a checkpoint at every refuel of `slice`), checks they agree and returns the
+/// checkpoints taken.
+fn agree(name: &str, job: &Job, slice: u64) -> u64 {
+    let t = tempfile::tempdir().unwrap();
+    let usual = runtime();
+    let plain = runtime().with_fuel_slice(slice);
+    let checked = runtime().with_fuel_slice(slice).with_checkpoints(1);
+    let run = |rt: &Runtime, d: &str| {
+        rt.run(job, &Destination::At(t.path().join(d)))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let a = run(&plain, "plain");
+    let b = run(&checked, "checked");
+    assert_eq!(outcome(&a), outcome(&b), "{name}");
+    assert_eq!(a.job_id, b.job_id, "{name}");
+    // A run that returns or exits counts the same whatever the slice.
+    if a.outcome == "exited" {
+        let u = run(&usual, "usual");
+        assert_eq!(outcome(&u), outcome(&a), "{name}");
+    }
+    let n = checked.checkpoints_taken();
+    assert!(n > 0, "{name}: no checkpoint taken");
+    eprintln!("{name}: {} instructions, {n} checkpoints", a.instructions);
+    n
+}
+
+fn wasm(path: &str) -> Vec<u8> {
+    std::fs::read(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn example_modules_and_probes_give_the_same_receipts_with_checkpoints() {
+    let samples = root().join("modules/wordstats/samples");
+    let digits = root().join("modules/digits/samples");
+    let jobs = [
+        (
+            "cowsay",
+            Job::new(wasm("fixtures/modules/cowsay.wasm")).push_arg("moo"),
+            2_000,
+        ),
+        (
+            "artgen",
+            Job::new(wasm("fixtures/modules/artgen.wasm"))
+                .push_arg("--seed=7")
+                .push_arg("--width=64")
+                .push_arg("--height=48"),
+            50_000,
+        ),
+        (
+            "wordstats",
+            Job::new(wasm("fixtures/modules/wordstats.wasm"))
+                .push_input(&samples, "/inputs")
+                .push_arg("--top")
+                .push_arg("5")
+                .push_arg("/inputs"),
+            20_000,
+        ),
+        (
+            "digits",
+            Job::new(wasm("fixtures/modules/digits.wasm"))
+                .push_input(&digits, "/inputs")
+                .push_arg("/inputs"),
+            200_000,
+        ),
+        (
+            "probe report",
+            Job::new(wasm("fixtures/probes/probe.wasm"))
+                .push_input(&samples, "/inputs")
+                .push_arg("report")
+                .push_env("FOO", "bar")
+                .with_stdin(b"to stdin\n".to_vec()),
+            5_000,
+        ),
+    ];
+    for (name, job, slice) in jobs {
+        agree(name, &job, slice);
+    }
+    // Probes that trap (deep recursion: its frames fill the unwind memory), compute
+    // with NaNs and relaxed SIMD, and grow memory.
+    for probe in [
+        "stack.wat",
+        "nan.wat",
+        "nans.wat",
+        "relaxed.wat",
+        "grow.wat",
+    ] {
+        let job = Job::new(wasm(&format!("fixtures/probes/{probe}")));
+        agree(probe, &job, 3_000);
+    }
+}
+
+/// CPython 3.12 running a script that imports modules, formats floats and raises and
+/// catches exceptions, its interpreter loop unwound and rewound thousands of times.
+#[test]
+fn cpython_gives_the_same_receipt_with_checkpoints() {
+    let python = root().join("target/workloads/python-3.12.0.wasm");
+    let Ok(bytes) = std::fs::read(&python) else {
+        panic!(
+            "{} is missing: run scripts/setup.sh (or scripts/fetch-workloads.sh)",
+            python.display()
+        );
+    };
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("script.py"),
+        "import json, math\n\
+         def f(n):\n    return 1 if n < 2 else n * f(n - 1)\n\
+         xs = [math.sin(i) / (i + 1) for i in range(2000)]\n\
+         try:\n    {}['missing']\nexcept KeyError as e:\n    print('caught', e)\n\
+         print(json.dumps({'sum': sum(xs), 'f': f(200) % 1000003}))\n",
+    )
+    .unwrap();
+    let job = Job::new(bytes)
+        .push_input(t.path(), "/inputs")
+        .push_arg("/inputs/script.py");
+    assert!(agree("cpython", &job, 1_000_000) > 50);
+}
