@@ -22,11 +22,11 @@ use std::path::Path;
 use detwasm_hasher::unpack::{Car, Expanded};
 use detwasm_hasher::{dagpb, unixfs, Cid as HCid};
 
-/// The largest file extracted from a CAR into memory (an entry module): 1 GiB, the size
-/// of the largest module file read ([`super::resolve::MAX_MODULE_FILE`]). The blocks
-/// visited may add up to at most twice this size, so a DAG of empty blocks linked a
-/// million times over is refused too.
-pub const MAX_FILE: usize = 1 << 30;
+/// The largest file extracted from a CAR into memory (an entry module): the size of the
+/// largest module file read ([`super::resolve::MAX_MODULE_FILE`]). The blocks visited
+/// may add up to at most twice this size, so a DAG of empty blocks linked a million
+/// times over is refused too.
+pub const MAX_FILE: usize = super::resolve::MAX_MODULE_FILE as usize;
 
 /// The most bytes of file content all of a job's CAR inputs together unpack to: 1 GiB.
 ///
@@ -186,8 +186,8 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
     let size = car.expanded(want_h).map_err(|e| e.to_string())?;
     if size.bytes > MAX_FILE as u64 || size.work > 2 * MAX_FILE as u64 {
         return Err(format!(
-            "the file is larger than {} GiB (or its blocks are linked over and over), detwasm's limit for a module",
-            MAX_FILE >> 30
+            "the file is larger than {} MiB (or its blocks are linked over and over), detwasm's limit for a module",
+            MAX_FILE >> 20
         ));
     }
     let mut out = Vec::new();

@@ -295,8 +295,13 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, SpecError> {
     Ok(dir.join(p))
 }
 
-/// The largest `.wasm` or `.car` file read from a module folder: 1 GiB.
-pub const MAX_MODULE_FILE: u64 = 1 << 30;
+/// The largest `.wasm` or `.car` file read from a module folder: 256 MiB. A module the
+/// shape limits accept is at most about 170 MiB (32 MiB of code, 64 MiB of data, 64 MiB
+/// of custom sections, `detwasm_passes::shape::LIMITS`), and a file is held twice while
+/// it is read and scanned, so this bounds that term of the memory formula (SECURITY.md)
+/// at 512 MiB. Rejected: 1 GiB (a refused module still cost 2 GB to read: found by
+/// review).
+pub const MAX_MODULE_FILE: u64 = 256 << 20;
 
 /// Reads a module file. A module folder comes from whoever published the module, and
 /// its files may be symlinks (the examples link their builds): following them is fine

@@ -612,7 +612,10 @@ impl Rewriter {
                         code = None;
                     }
                 }
-                Payload::CustomSection(c) if c.name() == "name" => {}
+                // Custom sections (names, debug information) mean nothing to the engine
+                // and would be held again by every later pass and by the compile: dropped
+                // (the `name` section would also name the wrong functions).
+                Payload::CustomSection(_) => {}
                 Payload::End(_) => {}
                 other => {
                     if let Some((id, range)) = other.as_section() {

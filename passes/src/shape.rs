@@ -90,6 +90,10 @@ pub struct Limits {
     pub ssa: u64,
     /// [`Limits::ssa`]'s product summed over the module's functions.
     pub module_ssa: u64,
+    /// Operators that start a Cranelift block, per function: [`Shape::blocks`].
+    pub blocks: u64,
+    /// Their squares summed over the module's functions: [`Shape::module_block_pairs`].
+    pub module_block_pairs: u64,
     /// Types the type section defines.
     pub types: u64,
     /// Bytes of the type section.
@@ -101,6 +105,10 @@ pub struct Limits {
     pub module_signatures: u64,
     /// Bytes of initialised memory images: [`Shape::memory_image`].
     pub memory_image: u64,
+    /// Bytes of data segments and of custom sections: [`Shape::data_bytes`],
+    /// [`Shape::custom_bytes`].
+    pub data_bytes: u64,
+    pub custom_bytes: u64,
     /// Element segments the module declares.
     pub element_segments: u64,
     /// Items of all element segments together.
@@ -120,11 +128,15 @@ pub struct Limits {
 /// | locals | 187 | 59 | 50,000 (wasmparser's own) | 267x |
 /// | nesting depth | 283 | 69 | 2,048 | 7.2x |
 /// | values per function | 4,203 | 3,117 | 1 Mi | 249x |
-/// | functions | 11,448 | 1,035 | 100,000 | 8.7x |
+/// | functions | 11,448 | 1,035 | 50,000 | 4.4x |
 /// | code bytes | 6,159,645 | 1,194,075 | 32 MiB | 5.4x |
 /// | values per module | 255,114 | 60,702 | 16 Mi | 65x |
 /// | variables × blocks per function | 271,848 | 133,041 | 2 Mi | 7.7x |
 /// | variables × blocks per module | 2,074,057 | 1,599,291 | 16 Mi | 8.1x |
+/// | blocks per function (rewritten: 6,626; 4,372) | 3,734 | 2,916 | 16 Ki | 2.5x rewritten |
+/// | squares of blocks per module (rewritten: 252.6 M; 99.1 M) | 93.8 M | 45.4 M | 1 Gi | 4.3x rewritten |
+/// | bytes of data segments | 6,962,446 | 63,460 | 64 MiB | 9.6x |
+/// | bytes of custom sections (debug information) | 12,923,488 | 0 | 64 MiB | 5.2x |
 /// | types | 122 | 46 | 4,096 | 33x |
 /// | bytes of types | 993 | 370 | 64 KiB | 66x |
 /// | parameters and results per type | 19 | 18 | 256 | 13x |
@@ -150,16 +162,20 @@ pub const LIMITS: Limits = Limits {
     locals: 50_000,
     depth: 2_048,
     function_values: 1 << 20,
-    functions: 100_000,
+    functions: 50_000,
     code_bytes: 32 << 20,
     module_values: 16 << 20,
     ssa: SSA_LIMIT,
     module_ssa: MODULE_SSA_LIMIT,
+    blocks: BLOCKS_LIMIT,
+    module_block_pairs: MODULE_BLOCK_PAIRS_LIMIT,
     types: TYPES_LIMIT,
     type_bytes: TYPE_BYTES_LIMIT,
     signature_values: SIGNATURE_LIMIT,
     module_signatures: MODULE_SIGNATURES_LIMIT,
     memory_image: 64 << 20,
+    data_bytes: 64 << 20,
+    custom_bytes: 64 << 20,
     element_segments: 10_000,
     element_items: 256 << 10,
     const_operators: CONST_OPERATORS_LIMIT,
@@ -185,17 +201,23 @@ pub const REWRITTEN_LIMITS: Limits = Limits {
 };
 /// The limits a module rewritten by the unwind pass as well ([`crate::unwind`], for a
 /// run that takes checkpoints) is scanned against: [`REWRITTEN_LIMITS`], with four
-/// times the variables × blocks per module. The pass gives every place a rewinding
-/// function can jump to a block of its own, and keeps values in more locals: CPython's
-/// 4.6 M variables × blocks after the other passes become 45.9 M (its largest function's
-/// 0.38 M become 1.45 M, under the per-function limit, which is kept). Only providers
-/// who take checkpoints accept that compile work; SECURITY.md states it. Rejected:
-/// keeping the limit (no interpreter could take checkpoints).
+/// times the variables × blocks and the squares of blocks per module and twice the
+/// blocks per function. The pass gives every place a rewinding function can jump to a
+/// block of its own, and keeps values in more locals: after the other passes CPython has
+/// 4.6 M variables × blocks, 6,626 blocks in its largest function and 0.25 G squares of
+/// blocks; with the unwind pass 45.9 M, 26,451 and 3.7 G (boolector: 13,688 and 1.2 G).
+/// The per-function variables × blocks keep their limit. Only providers who take
+/// checkpoints accept that compile work; SECURITY.md states it. Rejected: keeping the
+/// limits (no interpreter could take checkpoints).
 pub const UNWIND_LIMITS: Limits = Limits {
     module_ssa: 4 * MODULE_SSA_LIMIT,
+    blocks: 2 * BLOCKS_LIMIT,
+    module_block_pairs: 4 * MODULE_BLOCK_PAIRS_LIMIT,
     ..REWRITTEN_LIMITS
 };
 const CONST_OPERATORS_LIMIT: u64 = 256 << 10;
+const BLOCKS_LIMIT: u64 = 16 << 10;
+const MODULE_BLOCK_PAIRS_LIMIT: u64 = 1 << 30;
 const SSA_LIMIT: u64 = 2 << 20;
 const MODULE_SSA_LIMIT: u64 = 16 << 20;
 const TYPES_LIMIT: u64 = 4_096;
@@ -236,6 +258,15 @@ pub struct Shape {
     /// [`Shape::ssa`]'s product summed over the module's functions (the time of SSA
     /// construction adds up over functions, its memory does not).
     pub module_ssa: u64,
+    /// Most operators that start a Cranelift block in one function, and its function.
+    /// Cranelift's e-graph pass and regalloc2's dominance queries cost more than
+    /// linearly in a function's blocks, whatever its variables: a function of 80,000
+    /// `br_if`s in one `block` (3 variables, so under [`Limits::ssa`]) took 107 s to
+    /// compile, 20,000 took 5.9 s (found by review).
+    pub blocks: (u64, u32),
+    /// [`Shape::blocks`] squared, summed over the module's functions: the compile time
+    /// that grows with the square of a function's blocks adds up over functions.
+    pub module_block_pairs: u64,
     /// Types the type section defines.
     pub types: u64,
     /// Bytes of the type section.
@@ -257,6 +288,14 @@ pub struct Shape {
     /// validator lets it land without trapping; counting only its length was rejected
     /// because the image would reach wherever the offset evaluates.
     pub memory_image: u64,
+    /// Bytes of all data segments, active and passive. The module is held a few times
+    /// over while it is compiled (the job's copy, the passes' outputs) and wasmtime
+    /// keeps passive data: a module of one 1 GiB passive segment peaked at 7.2 GB
+    /// (found by review), outside every other limit.
+    pub data_bytes: u64,
+    /// Bytes of custom sections (debug information, names): held like data until the
+    /// fuel pass drops them (a 256 MiB custom section peaked at 1.3 GB).
+    pub custom_bytes: u64,
     /// Element segments (passive, active and declared): wasmtime builds per-segment
     /// state at compile time (100,000 segments of one item: 9.2 s, 569 MB).
     pub element_segments: u64,
@@ -473,9 +512,27 @@ impl Scan<'_> {
                         }
                     }
                 }
+                Payload::CustomSection(c) => {
+                    self.shape.custom_bytes = self
+                        .shape
+                        .custom_bytes
+                        .saturating_add(c.range().len() as u64);
+                    self.module_limit(
+                        "bytes of custom sections",
+                        self.shape.custom_bytes,
+                        self.limits.custom_bytes,
+                    )?;
+                }
                 Payload::DataSection(r) => {
                     for data in r {
                         let data = data?;
+                        self.shape.data_bytes =
+                            self.shape.data_bytes.saturating_add(data.data.len() as u64);
+                        self.module_limit(
+                            "bytes of data segments (active and passive)",
+                            self.shape.data_bytes,
+                            self.limits.data_bytes,
+                        )?;
                         if let wasmparser::DataKind::Active {
                             memory_index,
                             offset_expr,
@@ -637,6 +694,16 @@ impl Scan<'_> {
                     | Operator::BrOnCastFail { .. }
             ) {
                 blocks += 1;
+                if blocks > limits.blocks {
+                    return Err(refuse(format!(
+                        "it has more than {} operators that start a Cranelift block (blocks, \
+                         branches, `if`, `else`, `end`) up to offset {offset}, over the limit \
+                         of {} per function (Cranelift's compile time grows faster than their \
+                         number)",
+                        n(limits.blocks),
+                        n(limits.blocks)
+                    )));
+                }
                 let ssa = variables.saturating_mul(blocks);
                 if ssa > limits.ssa {
                     return Err(refuse(format!(
@@ -753,6 +820,19 @@ impl Scan<'_> {
         }
         note(&mut self.shape.depth, depth, index);
         note(&mut self.shape.ssa, variables.saturating_mul(blocks), index);
+        note(&mut self.shape.blocks, blocks, index);
+        self.shape.module_block_pairs = self
+            .shape
+            .module_block_pairs
+            .saturating_add(blocks.saturating_mul(blocks));
+        if self.shape.module_block_pairs > limits.module_block_pairs {
+            return Err(refuse(format!(
+                "the squares of its functions' blocks up to this one add up to {} (see the \
+                 limit per function), over the limit of {} per module",
+                n(self.shape.module_block_pairs),
+                n(limits.module_block_pairs)
+            )));
+        }
         self.shape.module_ssa = self
             .shape
             .module_ssa
@@ -1270,5 +1350,76 @@ mod tests {
             "{r}"
         );
         assert!(r.message.contains("over the limit of 262,144"), "{r}");
+    }
+
+    /// The review's chains: one function of `n` `br_if`s in one block (3 variables, so
+    /// under the variables × blocks limit) compiled in 107 s for 80,000; over 16,384
+    /// blocks a function is refused, and the squares of blocks add up per module.
+    #[test]
+    fn long_chains_of_branches_are_refused_per_function_and_per_module() {
+        let chain = |n: usize, functions: usize| {
+            let body = format!(
+                "(func (param i32) block {} end)",
+                "local.get 0 br_if 0 ".repeat(n)
+            );
+            wat(&format!("(module {})", body.repeat(functions)))
+        };
+        // `block`, the `br_if`s, `end` and the function's `end`.
+        let s = check(&chain(16_381, 1), &LIMITS).unwrap();
+        assert_eq!(s.blocks, (16_384, 0));
+        assert_eq!(s.module_block_pairs, 16_384 * 16_384);
+        let r = refusal(&chain(16_382, 1), &LIMITS);
+        assert!(
+            r.message
+                .contains("more than 16,384 operators that start a Cranelift block"),
+            "{r}"
+        );
+        // Four such functions are 2^30 squares: the fifth is refused.
+        check(&chain(16_381, 4), &LIMITS).unwrap();
+        let r = refusal(&chain(16_381, 5), &LIMITS);
+        assert!(
+            r.message.contains("squares of its functions' blocks"),
+            "{r}"
+        );
+    }
+
+    /// Data segments (passive ones too) and custom sections are held while a module is
+    /// compiled: past 64 MiB each, refused (the review's 1 GiB passive segment peaked at
+    /// 7.2 GB).
+    #[test]
+    fn data_segments_and_custom_sections_are_limited_in_bytes() {
+        let limits = Limits {
+            data_bytes: 1_000,
+            custom_bytes: 1_000,
+            ..LIMITS
+        };
+        let data = |n: usize| {
+            wat(&format!(
+                "(module (memory 1) (data \"{}\") (data (i32.const 0) \"{}\"))",
+                "a".repeat(n),
+                "b".repeat(n)
+            ))
+        };
+        assert_eq!(check(&data(500), &limits).unwrap().data_bytes, 1_000);
+        let r = refusal(&data(501), &limits);
+        assert!(r.message.contains("bytes of data segments"), "{r}");
+        let custom = |n: usize| {
+            let mut m = wat("(module)");
+            // A custom section: id 0, size, name "x", then `n` bytes.
+            let mut s = vec![1u8, b'x'];
+            s.extend(std::iter::repeat_n(0u8, n));
+            m.push(0);
+            wasm_encoder::Encode::encode(&(s.len() as u32), &mut m);
+            m.extend_from_slice(&s);
+            m
+        };
+        // The section's bytes count its name too.
+        assert_eq!(check(&custom(998), &limits).unwrap().custom_bytes, 1_000);
+        let r = refusal(&custom(999), &limits);
+        assert!(r.message.contains("bytes of custom sections"), "{r}");
+        assert_eq!(
+            (LIMITS.data_bytes, LIMITS.custom_bytes),
+            (64 << 20, 64 << 20)
+        );
     }
 }

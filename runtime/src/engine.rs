@@ -767,8 +767,23 @@ pub fn compile_by(
         .name("detwasm-compile".into())
         .stack_size(COMPILE_THREAD_STACK)
         .spawn(move || {
+            // Cranelift's functions are compiled on a thread pool of this compile's own,
+            // so that a compile abandoned at its deadline keeps only its own threads
+            // busy: on rayon's global pool, the compiles of the next jobs of a `batch`
+            // queued behind it and missed their own deadlines (found by review: honest
+            // jobs of 0.4 s failed after two hostile ones). Rejected: compiling on one
+            // thread (every honest compile slower); a child process per compile (see
+            // above).
+            let compile = || compile_with(&engine, &bytes, unwind);
+            let result = match rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("detwasm-compile-{i}"))
+                .build()
+            {
+                Ok(pool) => pool.install(compile),
+                Err(_) => compile(),
+            };
             // The receiver is gone when the deadline passed first: nothing to do.
-            let _ = tx.send(compile_with(&engine, &bytes, unwind));
+            let _ = tx.send(result);
         })
         .map_err(|e| RunError::io("starting the compile thread", e))?;
     match rx.recv_timeout(left) {
