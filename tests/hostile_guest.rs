@@ -1266,3 +1266,73 @@ fn memory_images_of_many_memories_are_refused_quickly() {
          summed over memories), over the limit of 67,108,864",
     );
 }
+
+/// A function of `n` `br_if`s in one `block`, in a module of `functions` of them (type
+/// 1: one `i32` parameter), with an empty `_start`.
+fn branch_chains(n: usize, functions: usize) -> Vec<u8> {
+    let mut chain = vec![0x02, 0x40];
+    chain.extend([0x20, 0x00, 0x0d, 0x00].repeat(n));
+    chain.extend([0x0b, 0x0b]);
+    let mut bodies = vec![(0, vec![0x0b])];
+    bodies.extend(std::iter::repeat_n((1, chain), functions));
+    binary_module(&[(0, 0), (1, 0)], &bodies)
+}
+
+/// The finding (fourth review): one function of 80,000 `br_if`s in one block (320 KB,
+/// three variables: under the variables × blocks limit) compiled for 107 s; 20,000 took
+/// 5.9 s. Now refused by the blocks per function.
+#[test]
+fn a_long_chain_of_branches_is_refused_quickly() {
+    assert_refused_before_compiling(
+        &branch_chains(80_000, 1),
+        "function 1: it has more than 16,384 operators that start a Cranelift block",
+    );
+}
+
+/// The finding (fourth review): in `detwasm batch`, compiles abandoned at their deadline
+/// kept wasmtime's shared compile threads, and the honest jobs after them missed their
+/// own deadlines. Two modules at the blocks limits (four functions of 16,000 `br_if`s:
+/// seconds to compile) at `timeout: 1`, then an honest job at `timeout: 10`: the honest
+/// one runs.
+#[test]
+fn compiles_abandoned_at_their_deadline_do_not_hold_up_the_next_jobs() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("slow1.wasm"), branch_chains(16_000, 4)).unwrap();
+    std::fs::write(t.path().join("slow2.wasm"), branch_chains(16_001, 4)).unwrap();
+    std::fs::write(
+        t.path().join("honest.wat"),
+        module_text("(call $exit (i32.const 7))"),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join("jobs.jsonl"),
+        "{\"module\": \"slow1.wasm\", \"timeout\": 1}\n\
+         {\"module\": \"slow2.wasm\", \"timeout\": 1}\n\
+         {\"module\": \"honest.wat\", \"timeout\": 10}\n",
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "--no-cache"])
+        .output()
+        .unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for slow in &lines[..2] {
+        assert!(
+            slow["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("compiling the module did not finish"),
+            "{slow}"
+        );
+    }
+    assert_eq!(lines[2]["exit_code"], 7, "{}", lines[2]);
+    assert!(took < 8.0, "took {took:.2} s");
+}
