@@ -104,7 +104,21 @@ pub enum Setup {
     Reference,
     Eager,
     Uncanonicalized,
+    /// The baseline's engine, refuelling every [`CHECKPOINT_SLICE`] instructions: what
+    /// [`Setup::Checkpointed`] is compared with (where refuels happen decides the count
+    /// a trap reports, so both refuel alike).
+    Sliced,
+    /// Compiled with the unwind pass ([`detwasm_passes::unwind`]), refuelling like
+    /// [`Setup::Sliced`] and unwinding the whole stack and rewinding it at every refuel
+    /// of an exported function's call: everything must match [`Setup::Sliced`], fuel
+    /// included. A module the pass refuses (tail calls that can unwind, references kept
+    /// across a call) is counted in [`Agreement::not_checkpointable`].
+    Checkpointed,
 }
+
+/// The slice of [`Setup::Sliced`] and [`Setup::Checkpointed`]: a checkpoint every 997
+/// instructions or so, at a different place in every loop.
+pub const CHECKPOINT_SLICE: u64 = 997;
 
 impl Setup {
     /// The setups [`check_module`] compares with the baseline ([`Setup::Serial`]).
@@ -125,6 +139,8 @@ impl Setup {
             Setup::Reference => "reference",
             Setup::Eager => "eager",
             Setup::Uncanonicalized => "uncanonicalized",
+            Setup::Sliced => "sliced",
+            Setup::Checkpointed => "checkpointed",
         }
     }
 
@@ -140,7 +156,11 @@ impl Setup {
             Setup::Reference | Setup::Uncanonicalized => {
                 c.cranelift_nan_canonicalization(false);
             }
-            Setup::Serial | Setup::Parallel | Setup::CacheHit => {}
+            Setup::Serial
+            | Setup::Parallel
+            | Setup::CacheHit
+            | Setup::Sliced
+            | Setup::Checkpointed => {}
         }
         c
     }
@@ -148,7 +168,7 @@ impl Setup {
     /// One engine per setup for the whole process (creating one per module would cost more
     /// than running most modules).
     fn engine(self) -> Result<&'static Engine, String> {
-        static ENGINES: [OnceLock<Result<Engine, String>>; 7] = [const { OnceLock::new() }; 7];
+        static ENGINES: [OnceLock<Result<Engine, String>>; 9] = [const { OnceLock::new() }; 9];
         ENGINES[self as usize]
             .get_or_init(|| Engine::new(&self.config()).map_err(|e| format!("{e:#}")))
             .as_ref()
@@ -319,6 +339,9 @@ pub struct Agreement {
     /// Calls compared with the reference (fewer than `calls` when the baseline ran out of
     /// fuel).
     pub reference_calls: usize,
+    /// Modules [`Setup::Checkpointed`] could not compile because the unwind pass refuses
+    /// them (the reason is in its docs).
+    pub not_checkpointable: usize,
     /// Calls compared with the eager setup (Cranelift canonicalizing after every
     /// operation, the engine before `detwasm-nan-1`).
     pub eager_calls: usize,
@@ -401,6 +424,12 @@ fn check_against(
     for &other in others {
         let theirs = match observe(binary, other) {
             Ok(o) => o,
+            Err(Failure::Invalid(m))
+                if other == Setup::Checkpointed && m.contains("cannot take checkpoints") =>
+            {
+                agreement.not_checkpointable += 1;
+                continue;
+            }
             Err(Failure::Invalid(m)) => {
                 return Err(fail(other, format!("valid vs invalid (`{m}`)")));
             }
@@ -560,7 +589,7 @@ fn observe(binary: &[u8], setup: Setup) -> Result<Observation, Failure> {
         std::thread::Builder::new()
             .name(format!("selffuzz-{setup}"))
             .stack_size(GUEST_THREAD_STACK)
-            .spawn_scoped(s, || execute(engine, &module, fuel))
+            .spawn_scoped(s, || execute(engine, &module, fuel, setup))
             .map_err(|e| Failure::Setup(format!("starting the guest thread: {e}")))?
             .join()
             .map_err(|_| Failure::Setup("the guest thread panicked".into()))?
@@ -617,6 +646,7 @@ fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure>
             let fueled = detwasm_passes::fuel::meter(binary).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &fueled).map_err(invalid)
         }
+        Setup::Checkpointed => engine::compile_with(engine, binary, true).map_err(invalid),
         _ => engine::compile(engine, binary).map_err(invalid),
     }
 }
@@ -675,14 +705,29 @@ impl Metered for Data {
     fn meter(&mut self) -> &mut Meter {
         &mut self.meter
     }
+    fn unwinding(&mut self, on: bool) {
+        self.limits.unwinding = on;
+    }
 }
 
-fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, Failure> {
+fn execute(
+    engine: &Engine,
+    module: &Module,
+    fuel: u64,
+    setup: Setup,
+) -> Result<Observation, Failure> {
+    let new_meter = || match setup {
+        Setup::Sliced => Meter::new(fuel, None).with_slice(CHECKPOINT_SLICE),
+        Setup::Checkpointed => Meter::new(fuel, None)
+            .with_slice(CHECKPOINT_SLICE)
+            .with_checkpoints(1),
+        _ => Meter::new(fuel, None),
+    };
     let mut store = Store::new(
         engine,
         Data {
             limits: JobLimiter::new(MEMORY_LIMIT),
-            meter: Meter::new(fuel, None),
+            meter: new_meter(),
         },
     );
     store.limiter(|d| &mut d.limits);
@@ -690,7 +735,7 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
     meter::define(&mut linker).map_err(|e| Failure::Setup(format!("the refuel import: {e}")))?;
     // Each call starts with the whole budget: the meter anew and the guest's fuel at 0.
     let set_fuel = |store: &mut Store<Data>, instance: Option<&Instance>| {
-        store.data_mut().meter = Meter::new(fuel, None);
+        store.data_mut().meter = new_meter();
         if let Some(Extern::Global(g)) =
             instance.and_then(|i| i.get_export(&mut *store, detwasm_passes::fuel::EXPORT_FUEL))
         {
@@ -779,7 +824,19 @@ fn execute(engine: &Engine, module: &Module, fuel: u64) -> Result<Observation, F
                 .map_err(|e| Failure::Setup(format!("resetting {LOOP_FUEL_EXPORT}: {e}")))?;
         }
         set_fuel(&mut store, Some(&instance))?;
-        let r = func.call(&mut store, &params, &mut results);
+        store.data_mut().meter.allow_checkpoints(true);
+        // Unwound for a checkpoint: rewound, and called again to go on.
+        let r = loop {
+            match func.call(&mut store, &params, &mut results) {
+                Ok(()) => match meter::rewind_if_unwound(&mut store, &instance) {
+                    Ok(true) => continue,
+                    Ok(false) => break Ok(()),
+                    Err(e) => return Err(Failure::Setup(format!("rewinding: {e:#}"))),
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        store.data_mut().meter.allow_checkpoints(false);
         host_failure(&store)?;
         let end = End::of(r.as_ref().copied());
         obs.calls.push(Call {
@@ -1008,7 +1065,7 @@ mod tests {
         // NaNs are canonical, the bit operation's are not.
         let engine = Setup::Uncanonicalized.engine().unwrap();
         let module = Module::new(engine, &rewritten).unwrap();
-        let Ok(obs) = execute(engine, &module, FUEL_PER_CALL) else {
+        let Ok(obs) = execute(engine, &module, FUEL_PER_CALL, Setup::Serial) else {
             panic!("execute failed")
         };
         // Every export is called twice (with two argument sets); these take none, so both
