@@ -90,22 +90,9 @@ pub fn generate(data: &[u8]) -> Option<Vec<u8>> {
 /// every such place (compared with [`Setup::Eager`]). The trace would observe every
 /// result, and so have the pass canonicalize every one.
 pub fn generate_untraced(data: &[u8]) -> Option<Vec<u8>> {
-    generate_with(data, |_| {})
-}
-
-/// [`generate`] without tail calls: the unwind pass refuses a module whose functions
-/// tail-call functions that can reach a checkpoint (`detwasm_passes::unwind`; 175 of 200
-/// generated modules with them).
-pub fn generate_without_tail_calls(data: &[u8]) -> Option<Vec<u8>> {
-    trace_floats(&generate_with(data, |c| c.tail_call_enabled = false)?).ok()
-}
-
-fn generate_with(data: &[u8], adjust: impl FnOnce(&mut wasm_smith::Config)) -> Option<Vec<u8>> {
     let (first, rest) = data.split_first()?;
     let mut u = Unstructured::new(rest);
-    let mut config = smith_config(first & 1 == 1);
-    adjust(&mut config);
-    let mut module = wasm_smith::Module::new(config, &mut u).ok()?;
+    let mut module = wasm_smith::Module::new(smith_config(first & 1 == 1), &mut u).ok()?;
     let global = module.ensure_termination(TERMINATION_FUEL).ok()?;
     export_global(&module.to_bytes(), LOOP_FUEL_EXPORT, global).ok()
 }
@@ -553,9 +540,8 @@ fn instruction_counts_equal_wasmtimes_fuel_on_generated_modules() {
 /// Checkpoints change nothing a module computes: generated modules run with the whole
 /// stack unwound and rewound at every refuel (every [`detwasm_fuzzing::CHECKPOINT_SLICE`]
 /// instructions) against the same refuels without ([`Setup::Checkpointed`] vs
-/// [`Setup::Sliced`]): results, traps, fuel, memories and globals bit for bit, on
-/// modules without tail calls ([`generate_without_tail_calls`]).
-/// `DETWASM_SELFFUZZ_CHECKPOINT_MODULES` of them (default 200) from the ChaCha stream of
+/// [`Setup::Sliced`]): results, traps, fuel, memories and globals bit for bit (tail
+/// calls included). `DETWASM_SELFFUZZ_CHECKPOINT_MODULES` of them (default 200) from the ChaCha stream of
 /// `DETWASM_SELFFUZZ_SEED` (default 0, then 2000 added).
 #[test]
 fn generated_modules_agree_with_checkpoints_at_every_refuel() {
@@ -564,7 +550,7 @@ fn generated_modules_agree_with_checkpoints_at_every_refuel() {
     let started = std::time::Instant::now();
     let (mut modules, mut calls, mut refused, mut fuel) = (0, 0, 0, 0);
     for (i, data) in seeded_inputs(seed, count) {
-        let Some(binary) = generate_without_tail_calls(&data) else {
+        let Some(binary) = generate(&data) else {
             continue;
         };
         match compare(&binary, Setup::Sliced, Setup::Checkpointed) {
