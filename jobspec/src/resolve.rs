@@ -312,6 +312,14 @@ fn read(path: &Path) -> Result<Vec<u8>, SpecError> {
     read_bounded(path, MAX_MODULE_FILE)
 }
 
+/// Reads a module file named directly (`detwasm run FILE.wasm`, `batch`, Python,
+/// `verify`): at most [`MAX_MODULE_FILE`] bytes, as from a module folder, so a module
+/// file costs at most that much memory before the shape scan refuses it (a 1 GiB file
+/// peaked at 2 GB: found by review).
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SpecError> {
+    read_bounded(path, MAX_MODULE_FILE)
+}
+
 /// Reads a regular file of at most `limit` bytes (symlinks followed), or says why not.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
     use std::io::Read;

@@ -225,9 +225,11 @@ impl JobRequest {
         let mut job = match from_spec {
             Some(job) => job,
             None => {
-                let bytes = std::fs::read(module).map_err(|e| RequestError {
-                    key: None,
-                    message: format!("reading module {}: {e}", module.display()),
+                let bytes = detwasm_jobspec::resolve::read_module_file(module).map_err(|e| {
+                    RequestError {
+                        key: None,
+                        message: format!("reading module {}: {e}", module.display()),
+                    }
                 })?;
                 Job::new(bytes)
                     .with_source(module.display().to_string())

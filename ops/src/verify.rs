@@ -155,9 +155,11 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
         .clone()
         .or_else(|| r.module.as_ref().map(PathBuf::from))
         .ok_or(VerifyError::NoModule)?;
-    let bytes = std::fs::read(&module_path).map_err(|cause| VerifyError::ModuleUnreadable {
-        path: module_path.clone(),
-        cause,
+    let bytes = detwasm_jobspec::resolve::read_module_file(&module_path).map_err(|e| {
+        VerifyError::ModuleUnreadable {
+            path: module_path.clone(),
+            cause: std::io::Error::other(e.to_string()),
+        }
     })?;
     let got = results::cid_of_bytes(&bytes, profile)?;
     if got != r.module_cid {

@@ -707,6 +707,51 @@ pub fn compile_with(engine: &Engine, bytes: &[u8], unwind: bool) -> Result<Modul
     compile_rewritten_with(engine, &binary, &canonical, unwind)
 }
 
+/// Compiles with a deadline ([`compile_by`]) that may run at once in one process, those
+/// abandoned at their deadline included (they run on until their compile ends). Each
+/// holds the compile term of SECURITY.md's memory formula, so a process that goes on
+/// after a deadline (`detwasm batch`, the Python bindings) holds at most this many of
+/// them, whatever its jobs send. A compile waits for a slot until its own deadline (then
+/// it is [`RunError::CompileTimeout`]). Rejected: a thread pool per compile with no
+/// bound (a review's jobs file of six hostile lines at `timeout: 1` held 4.5 GB, still
+/// growing, and the honest lines after them timed out); one shared pool (the next
+/// jobs' compiles queued behind abandoned ones and missed their deadlines, found by the
+/// review before); a child process per compile, which could be killed at the deadline
+/// (the right end state, not done yet: the runtime is also a library, for Python,
+/// with no program of its own to start).
+pub const MAX_LIVE_COMPILES: usize = 2;
+
+static LIVE_COMPILES: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static COMPILE_SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the [`MAX_LIVE_COMPILES`] slots, given back when dropped.
+struct CompileSlot;
+
+impl CompileSlot {
+    fn take(deadline: Deadline) -> Result<CompileSlot, RunError> {
+        let mut live = LIVE_COMPILES.lock().unwrap_or_else(|p| p.into_inner());
+        while *live >= MAX_LIVE_COMPILES {
+            let Some(left) = deadline.at.checked_duration_since(Instant::now()) else {
+                return Err(deadline.expired());
+            };
+            live = COMPILE_SLOT_FREED
+                .wait_timeout(live, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *live += 1;
+        Ok(CompileSlot)
+    }
+}
+
+impl Drop for CompileSlot {
+    fn drop(&mut self) {
+        let mut live = LIVE_COMPILES.lock().unwrap_or_else(|p| p.into_inner());
+        *live -= 1;
+        COMPILE_SLOT_FREED.notify_one();
+    }
+}
+
 /// A wall-clock deadline and the timeout it was set from (for the message).
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline {
@@ -761,12 +806,16 @@ pub fn compile_by(
     let Some(left) = deadline.at.checked_duration_since(Instant::now()) else {
         return Err(deadline.expired());
     };
+    // A slot first: at most MAX_LIVE_COMPILES compiles with a deadline run at once in a
+    // process, abandoned ones included, each until its compile ends.
+    let slot = CompileSlot::take(deadline)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let (engine, bytes) = (engine.clone(), bytes.to_vec());
     std::thread::Builder::new()
         .name("detwasm-compile".into())
         .stack_size(COMPILE_THREAD_STACK)
         .spawn(move || {
+            let _slot = slot;
             // Cranelift's functions are compiled on a thread pool of this compile's own,
             // so that a compile abandoned at its deadline keeps only its own threads
             // busy: on rayon's global pool, the compiles of the next jobs of a `batch`
