@@ -114,6 +114,8 @@ pub const EXPORT_PTR: &str = "detwasm:unwind_ptr";
 /// The exported memory the frames are saved in (a memory of its own: the module's
 /// memories are never touched).
 pub const EXPORT_MEMORY: &str = "detwasm:unwind_memory";
+/// The exported forwarding table ("Tail calls" above), when the module has one.
+pub const EXPORT_TABLE: &str = "detwasm:unwind_table";
 /// Running normally.
 pub const NORMAL: i32 = 0;
 /// Every instrumented function returns, saving its frame, up to the host.
@@ -281,7 +283,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 m.has_export_section = true;
                 for e in r {
                     let e = e.map_err(err)?;
-                    if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY].contains(&e.name) {
+                    if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY, EXPORT_TABLE].contains(&e.name) {
                         return Err(format!(
                             "the module exports `{}`, a name detwasm reserves",
                             e.name
@@ -1546,14 +1548,17 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
             );
         }
     };
+    let forwarding = m.forwards.contains(&true);
     let add_exports = |s: &mut wasm_encoder::ExportSection| {
         s.export(EXPORT_STATE, wasm_encoder::ExportKind::Global, state);
         s.export(EXPORT_PTR, wasm_encoder::ExportKind::Global, ptr);
         s.export(EXPORT_MEMORY, wasm_encoder::ExportKind::Memory, memory);
+        if forwarding {
+            s.export(EXPORT_TABLE, wasm_encoder::ExportKind::Table, m.tables);
+        }
     };
     // The forwarding table: every instrumented function at its id, when some function
     // forwards a rewind.
-    let forwarding = m.forwards.contains(&true);
     let n = m.by_id.len() as u64;
     let add_table = |s: &mut wasm_encoder::TableSection| {
         if forwarding {

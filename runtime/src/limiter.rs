@@ -40,6 +40,10 @@ pub struct JobLimiter {
     /// ([`crate::passes::unwind::MAX_PAGES`]). Rejected: charging it (a job near its
     /// limit would fail only because it was checkpointed).
     pub unwinding: bool,
+    /// Memories and tables the passes added (not the job's), allowed on top of
+    /// [`MAX_MEMORIES`] and [`MAX_TABLES`] ([`Self::with_pass_resources`]).
+    pass_memories: usize,
+    pass_tables: usize,
 }
 
 impl JobLimiter {
@@ -50,7 +54,22 @@ impl JobLimiter {
             host_failure: None,
             denied: false,
             unwinding: false,
+            pass_memories: 0,
+            pass_tables: 0,
         }
+    }
+
+    /// Allows, on top of the job's limits, what the unwind pass adds to a module
+    /// ([`crate::passes::unwind`]): its memory (empty at instantiation, grown only while
+    /// unwinding, which is not charged) and its forwarding table of `table_bytes`, so
+    /// that a run that takes checkpoints is refused memory, tables and memories exactly
+    /// where one without is. Rejected: charging them to the job (found by review: a job
+    /// near its limit, or with 100 memories, failed only because it took checkpoints).
+    pub fn with_pass_resources(mut self, table_bytes: u64, tables: usize, memories: usize) -> Self {
+        self.limit = self.limit.saturating_add(table_bytes);
+        self.pass_tables = tables;
+        self.pass_memories = memories;
+        self
     }
 
     /// Allows growing a resource from `current` to `desired` bytes if the total stays
@@ -107,10 +126,10 @@ impl ResourceLimiter for JobLimiter {
         1
     }
     fn tables(&self) -> usize {
-        MAX_TABLES
+        MAX_TABLES + self.pass_tables
     }
     fn memories(&self) -> usize {
-        MAX_MEMORIES
+        MAX_MEMORIES + self.pass_memories
     }
 }
 

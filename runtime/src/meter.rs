@@ -51,7 +51,9 @@ struct Checkpoints {
     /// `_initialize`: the host could not call them again to rewind).
     allowed: bool,
     /// While unwinding: the fuel global when the checkpoint began, put back before the
-    /// guest rewinds (the entry's wrapper writes the unwinding callee's zero into it).
+    /// guest rewinds (nothing the pass lets run while unwinding writes it today: the
+    /// entry's wrapper is instrumented and unwinds before its own store; the put-back
+    /// keeps that from being a condition of correctness).
     unwinding: Option<Option<i64>>,
     taken: u64,
 }
@@ -303,6 +305,7 @@ pub fn is_pass_export(name: &str) -> bool {
         || name == unwind::EXPORT_STATE
         || name == unwind::EXPORT_PTR
         || name == unwind::EXPORT_MEMORY
+        || name == unwind::EXPORT_TABLE
 }
 
 /// Instantiates `module` (compiled by [`crate::engine::compile`]) in a store of its own

@@ -134,6 +134,10 @@ impl Runtime {
     /// taken and resumed in place.
     pub fn with_checkpoints(mut self, every: u64) -> Self {
         self.checkpoint_every = Some(every);
+        // Modules loaded before were compiled without the unwind pass.
+        if let Ok(mut m) = self.loaded.lock() {
+            m.clear();
+        }
         self
     }
 
@@ -390,6 +394,26 @@ impl Runtime {
         deadline: Option<engine::Deadline>,
     ) -> Result<(Outcome, u64, wasi::host::WasiHost), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
+        let limits = if self.unwind() {
+            // The unwind pass's memory and forwarding table are not the job's.
+            let mut table_bytes = 0;
+            let (mut tables, mut memories) = (0, 0);
+            for e in module.exports() {
+                match (e.name(), e.ty()) {
+                    (crate::passes::unwind::EXPORT_MEMORY, _) => memories += 1,
+                    (crate::passes::unwind::EXPORT_TABLE, wasmtime::ExternType::Table(t)) => {
+                        tables += 1;
+                        table_bytes = t
+                            .minimum()
+                            .saturating_mul(crate::limiter::TABLE_ELEMENT_BYTES);
+                    }
+                    _ => {}
+                }
+            }
+            limits.with_pass_resources(table_bytes, tables, memories)
+        } else {
+            limits
+        };
         let mut store = Store::new(
             &self.engine,
             Ctx {

@@ -148,3 +148,43 @@ fn cpython_gives_the_same_receipt_with_checkpoints() {
         .push_arg("/inputs/script.py");
     assert!(agree("cpython", &job, 1_000_000) > 50);
 }
+
+/// What the unwind pass adds to a module (its memory, and the table it forwards tail
+/// calls through) is not charged to the job (found by review): a job that grows its
+/// memory to the limit, and one with 99 memories (one less than the most a module may
+/// have: the pass adds the hundredth), end the
+/// same way with checkpoints as without.
+#[test]
+fn what_the_pass_adds_is_not_charged_to_the_job() {
+    let grow = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 0)
+        (func $spin (param i32) (result i32)
+          loop $l local.get 0 i32.const 1 i32.sub local.tee 0 br_if $l end
+          local.get 0)
+        (func $tail (param i32) (result i32) local.get 0 return_call $spin)
+        (func (export "_start") (local $n i32)
+          i32.const 5000 call $tail drop
+          block $done
+            loop $l
+              i32.const 1 memory.grow i32.const -1 i32.eq br_if $done
+              local.get $n i32.const 1 i32.add local.set $n
+              br $l
+            end
+          end
+          local.get $n call $exit))"#;
+    let mut job = Job::new(grow.as_bytes().to_vec());
+    job.limits.memory = 4 * 65536;
+    agree("memory grown to the limit", &job, 1_000);
+    let memories = format!(
+        r#"(module
+        (memory (export "memory") 1)
+        {}
+        (func $spin (param i32) (result i32)
+          loop $l local.get 0 i32.const 1 i32.sub local.tee 0 br_if $l end
+          local.get 0)
+        (func (export "_start") i32.const 5000 call $spin drop))"#,
+        "(memory 0)\n".repeat(98)
+    );
+    agree("99 memories", &Job::new(memories.into_bytes()), 1_000);
+}
