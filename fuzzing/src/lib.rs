@@ -825,17 +825,7 @@ fn execute(
         }
         set_fuel(&mut store, Some(&instance))?;
         store.data_mut().meter.allow_checkpoints(true);
-        // Unwound for a checkpoint: rewound, and called again to go on.
-        let r = loop {
-            match func.call(&mut store, &params, &mut results) {
-                Ok(()) => match meter::rewind_if_unwound(&mut store, &instance) {
-                    Ok(true) => continue,
-                    Ok(false) => break Ok(()),
-                    Err(e) => return Err(Failure::Setup(format!("rewinding: {e:#}"))),
-                },
-                Err(e) => break Err(e),
-            }
-        };
+        let r = meter::call(&mut store, &instance, func, &params, &mut results);
         store.data_mut().meter.allow_checkpoints(false);
         host_failure(&store)?;
         let end = End::of(r.as_ref().copied());

@@ -1722,21 +1722,13 @@ mod tests {
             .map(|t| wasmtime::Val::default_for_ty(&t).unwrap())
             .collect();
         store.data_mut().allow_checkpoints(true);
-        let r = loop {
-            match f.call(&mut store, &[], &mut results) {
-                // The trap, not where (the rewritten code's offsets differ).
-                Err(e) => {
-                    break Err(match e.downcast_ref::<wasmtime::Trap>() {
-                        Some(t) => t.to_string(),
-                        None => format!("{e:#}"),
-                    })
-                }
-                Ok(()) => {
-                    if !meter::rewind_if_unwound(&mut store, &i).unwrap() {
-                        break Ok(results.iter().map(|v| format!("{v:?}")).collect());
-                    }
-                }
-            }
+        let r = match meter::call(&mut store, &i, &f, &[], &mut results) {
+            Ok(()) => Ok(results.iter().map(|v| format!("{v:?}")).collect()),
+            // The trap, not where (the rewritten code's offsets differ).
+            Err(e) => Err(match e.downcast_ref::<wasmtime::Trap>() {
+                Some(t) => t.to_string(),
+                None => format!("{e:#}"),
+            }),
         };
         let n = meter::consumed(&mut store, Some(&i));
         let taken = store.data().checkpoints_taken();

@@ -270,6 +270,25 @@ pub fn rewind_if_unwound<T: Metered + 'static>(
     Ok(true)
 }
 
+/// Calls `func`, an export of `instance`, and each time the call ends because the guest
+/// unwound for a checkpoint, rewinds it and calls again, until it returns or fails: a
+/// call as its caller sees it, checkpoints or not. For synchronous callers (tests, the
+/// self-fuzzer); a job's run does the same around its asynchronous call.
+pub fn call<T: Metered + 'static>(
+    store: &mut wasmtime::Store<T>,
+    instance: &Instance,
+    func: &wasmtime::Func,
+    params: &[wasmtime::Val],
+    results: &mut [wasmtime::Val],
+) -> wasmtime::Result<()> {
+    loop {
+        func.call(&mut *store, params, results)?;
+        if !rewind_if_unwound(&mut *store, instance)? {
+            return Ok(());
+        }
+    }
+}
+
 /// The guest's fuel (its fuel global), or `None` for a module without one (it defines
 /// no function: it runs no instruction).
 pub fn fuel(mut store: impl AsContextMut, instance: &Instance) -> Option<i64> {
