@@ -223,15 +223,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
     let mut values: Vec<u32> = Vec::new();
     let mut host: Vec<u32> = Vec::new();
     let mut rt = RoundtripReencoder;
-    let note_expr = |e: &wasmparser::ConstExpr, values: &mut Vec<u32>| -> Result<(), String> {
-        let mut r = e.get_operators_reader();
-        while !r.eof() {
-            if let Operator::RefFunc { function_index } = r.read().map_err(err)? {
-                values.push(function_index);
-            }
-        }
-        Ok(())
-    };
     for payload in Parser::new(0).parse_all(binary) {
         match payload.map_err(err)? {
             Payload::TypeSection(r) => {
@@ -269,7 +260,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             Payload::TableSection(r) => {
                 for t in r {
                     if let wasmparser::TableInit::Expr(e) = t.map_err(err)?.init {
-                        note_expr(&e, &mut values)?;
+                        crate::ref_funcs_in_expr(&e, &mut values).map_err(err)?;
                     }
                 }
             }
@@ -278,7 +269,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 for g in r {
                     let g = g.map_err(err)?;
                     m.globals += 1;
-                    note_expr(&g.init_expr, &mut values)?;
+                    crate::ref_funcs_in_expr(&g.init_expr, &mut values).map_err(err)?;
                 }
             }
             Payload::ExportSection(r) => {
@@ -302,20 +293,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             }
             Payload::ElementSection(r) => {
                 m.has_element_section = true;
-                for e in r {
-                    match e.map_err(err)?.items {
-                        wasmparser::ElementItems::Functions(fs) => {
-                            for f in fs {
-                                values.push(f.map_err(err)?);
-                            }
-                        }
-                        wasmparser::ElementItems::Expressions(_, es) => {
-                            for e in es {
-                                note_expr(&e.map_err(err)?, &mut values)?;
-                            }
-                        }
-                    }
-                }
+                crate::ref_funcs_in_elements(r, &mut values).map_err(err)?;
             }
             Payload::CodeSectionEntry(body) => {
                 let mut r = body.get_operators_reader().map_err(err)?;

@@ -45,3 +45,40 @@ pub(crate) fn section_order(p: &wasmparser::Payload) -> u32 {
         _ => 0,
     }
 }
+
+/// Appends the functions a constant expression names with `ref.func` to `out`.
+pub(crate) fn ref_funcs_in_expr(
+    e: &wasmparser::ConstExpr,
+    out: &mut Vec<u32>,
+) -> Result<(), wasmparser::BinaryReaderError> {
+    let mut r = e.get_operators_reader();
+    while !r.eof() {
+        if let wasmparser::Operator::RefFunc { function_index } = r.read()? {
+            out.push(function_index);
+        }
+    }
+    Ok(())
+}
+
+/// Appends the functions an element section names (as indices or in expressions) to
+/// `out`.
+pub(crate) fn ref_funcs_in_elements(
+    r: wasmparser::ElementSectionReader,
+    out: &mut Vec<u32>,
+) -> Result<(), wasmparser::BinaryReaderError> {
+    for e in r {
+        match e?.items {
+            wasmparser::ElementItems::Functions(fs) => {
+                for f in fs {
+                    out.push(f?);
+                }
+            }
+            wasmparser::ElementItems::Expressions(_, es) => {
+                for e in es {
+                    ref_funcs_in_expr(&e?, out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -206,15 +206,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
         .map_err(err)?;
     let mut m = Module::default();
     let mut taken: Vec<u32> = Vec::new();
-    let note = |e: &wasmparser::ConstExpr, taken: &mut Vec<u32>| -> Result<(), String> {
-        let mut r = e.get_operators_reader();
-        while !r.eof() {
-            if let Operator::RefFunc { function_index } = r.read().map_err(err)? {
-                taken.push(function_index);
-            }
-        }
-        Ok(())
-    };
     struct Calls {
         direct: Vec<u32>,
         indirect: bool,
@@ -268,7 +259,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 for t in r {
                     m.tables += 1;
                     if let wasmparser::TableInit::Expr(e) = t.map_err(err)?.init {
-                        note(&e, &mut taken)?;
+                        crate::ref_funcs_in_expr(&e, &mut taken).map_err(err)?;
                     }
                 }
             }
@@ -276,7 +267,8 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 m.has_global_section = true;
                 for g in r {
                     m.globals += 1;
-                    note(&g.map_err(err)?.init_expr, &mut taken)?;
+                    crate::ref_funcs_in_expr(&g.map_err(err)?.init_expr, &mut taken)
+                        .map_err(err)?;
                 }
             }
             Payload::ExportSection(r) => {
@@ -293,20 +285,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             }
             Payload::ElementSection(r) => {
                 m.has_element_section = true;
-                for e in r {
-                    match e.map_err(err)?.items {
-                        wasmparser::ElementItems::Functions(fs) => {
-                            for f in fs {
-                                taken.push(f.map_err(err)?);
-                            }
-                        }
-                        wasmparser::ElementItems::Expressions(_, es) => {
-                            for e in es {
-                                note(&e.map_err(err)?, &mut taken)?;
-                            }
-                        }
-                    }
-                }
+                crate::ref_funcs_in_elements(r, &mut taken).map_err(err)?;
             }
             Payload::CodeSectionEntry(body) => {
                 let mut c = Calls {
