@@ -32,8 +32,20 @@ enum Command {
     Batch(cmd::batch::Args),
 }
 
+/// The hidden first argument that makes this program a compile worker
+/// (`detwasm_runtime::compile_worker`): it compiles the module on its stdin and exits.
+const COMPILE_WORKER_ARG: &str = "__compile-worker";
+
 fn main() -> ExitCode {
     restore_sigpipe();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == COMPILE_WORKER_ARG)
+    {
+        let status = detwasm_runtime::compile_worker::serve();
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
+    name_compile_worker();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
@@ -49,6 +61,25 @@ fn main() -> ExitCode {
             eprintln!("detwasm: error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Names this very program as the compile worker of jobs with a deadline, so that a
+/// compile is killed at the deadline instead of running on in this process. On Linux by
+/// `/proc/self/exe`: the file this process runs, even if `detwasm` was replaced or
+/// removed since it started (a worker of another build would be refused).
+fn name_compile_worker() {
+    let me = std::path::PathBuf::from("/proc/self/exe");
+    let program = if me.exists() {
+        Some(me)
+    } else {
+        std::env::current_exe().ok()
+    };
+    if let Some(program) = program {
+        detwasm_runtime::compile_worker::set_compile_worker(
+            program,
+            vec![COMPILE_WORKER_ARG.into()],
+        );
     }
 }
 

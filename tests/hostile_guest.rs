@@ -1267,6 +1267,40 @@ fn memory_images_of_many_memories_are_refused_quickly() {
     );
 }
 
+/// The compile workers that are children of process `parent` now: each one's pid and
+/// its `RLIMIT_DATA` ("Max data size" in `/proc/PID/limits`, `None` if unlimited).
+fn compile_workers_of(parent: &str) -> Vec<(String, Option<u64>)> {
+    let mut workers = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return workers;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or_default();
+        if after.split_whitespace().nth(1) != Some(parent) {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("__compile-worker") {
+            continue;
+        }
+        let limit = std::fs::read_to_string(p.path().join("limits"))
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find(|l| l.starts_with("Max data size"))
+                    .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+            })
+            .and_then(|v| v.parse().ok());
+        workers.push((pid, limit));
+    }
+    workers
+}
+
 /// A function of `n` `br_if`s in one `block`, in a module of `functions` of them (type
 /// 1: one `i32` parameter), with an empty `_start`.
 fn branch_chains(n: usize, functions: usize) -> Vec<u8> {
@@ -1290,12 +1324,14 @@ fn a_long_chain_of_branches_is_refused_quickly() {
 }
 
 /// The findings (fourth and fifth reviews): in `detwasm batch`, compiles abandoned at
-/// their deadline run on; on wasmtime's shared threads the honest jobs after them queued
+/// their deadline ran on; on wasmtime's shared threads the honest jobs after them queued
 /// and missed their deadlines, and with a pool per compile they piled up (six hostile
-/// lines held 4.5 GB). Now at most `engine::MAX_LIVE_COMPILES` compiles run at once,
-/// abandoned ones included, and a compile waits for a slot within its own deadline:
-/// four modules at the blocks limits (four functions of 16,000 `br_if`s: seconds to
-/// compile) at `timeout: 1`, then an honest job at `timeout: 60`, which runs.
+/// lines held 4.5 GB). Now a compile runs in a worker process that is killed at the
+/// deadline (`runtime::compile_worker`): four modules at the blocks limits (four
+/// functions of 16,000 `br_if`s: seconds to compile) at `timeout: 1`, then an honest job
+/// at `timeout: 60`, which runs. Watched from outside while the batch runs: every
+/// compile is a `__compile-worker` child under the compile memory limit, never two at
+/// once with `-j 1` (each is gone before the next job starts), none left at the end.
 #[test]
 fn compiles_abandoned_at_their_deadline_are_bounded_and_the_next_jobs_run() {
     let t = tempfile::tempdir().unwrap();
@@ -1312,11 +1348,44 @@ fn compiles_abandoned_at_their_deadline_are_bounded_and_the_next_jobs_run() {
     .unwrap();
     jobs.push_str("{\"module\": \"honest.wat\", \"timeout\": 60}\n");
     std::fs::write(t.path().join("jobs.jsonl"), jobs).unwrap();
-    let out = detwasm()
+    let batch = detwasm()
         .current_dir(t.path())
-        .args(["batch", "jobs.jsonl", "--no-cache"])
-        .output()
+        .args(["batch", "jobs.jsonl", "--no-cache", "-j", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
+    let batch_pid = batch.id().to_string();
+    let watcher = std::thread::spawn(move || {
+        let (mut seen, mut most_at_once) = (std::collections::BTreeMap::new(), 0);
+        loop {
+            let workers = compile_workers_of(&batch_pid);
+            most_at_once = most_at_once.max(workers.len());
+            for (pid, limit) in workers {
+                seen.entry(pid).or_insert(limit);
+            }
+            if !std::path::Path::new(&format!("/proc/{batch_pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{batch_pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+            {
+                return (seen, most_at_once);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let out = batch.wait_with_output().unwrap();
+    let (seen, most_at_once) = watcher.join().unwrap();
+    assert!(!seen.is_empty(), "no compile worker was seen");
+    assert_eq!(most_at_once, 1, "compile workers alive at once: {seen:?}");
+    for (pid, limit) in &seen {
+        assert!(
+            limit.is_some_and(|l| l >= 4 << 30),
+            "worker {pid}: Max data size {limit:?}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the batch"
+        );
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<serde_json::Value> = stdout
         .lines()

@@ -327,9 +327,43 @@ fn error_line(line: usize, error: &str) -> PyResult<String> {
     to_json(&serde_json::json!({"line": line, "error": error}))
 }
 
+/// The compile worker's side (`detwasm_runtime::compile_worker::serve`): compiles the
+/// module on stdin, writes it on stdout and returns the exit status. Only for the
+/// process [`name_compile_worker`] starts.
+#[pyfunction]
+fn _compile_worker(py: Python<'_>) -> i32 {
+    py.detach(detwasm_runtime::compile_worker::serve)
+}
+
+/// What the worker interpreter runs. The current folder, which `-c` puts first on the
+/// path, is taken off it: the worker must import the extension the caller imported, not
+/// a `detwasm` folder where the caller happens to stand (one that cannot be imported
+/// writes nothing, and the caller compiles in process).
+const WORKER_CODE: &str = "import sys\n\
+                           if sys.path[:1] == ['']: del sys.path[0]\n\
+                           from detwasm import _native\n\
+                           sys.exit(_native._compile_worker())";
+
+/// Names this interpreter, importing this extension, as the compile worker of jobs with a
+/// deadline, so that a compile is killed at the deadline instead of running on in the
+/// caller's process (a Ray worker, a notebook). An embedded interpreter with no
+/// `sys.executable` names none, and compiles in process.
+fn name_compile_worker(py: Python<'_>) -> PyResult<()> {
+    let executable: Option<String> = py.import("sys")?.getattr("executable")?.extract().ok();
+    if let Some(executable) = executable.filter(|e| !e.is_empty()) {
+        detwasm_runtime::compile_worker::set_compile_worker(
+            executable.into(),
+            vec!["-c".into(), WORKER_CODE.into()],
+        );
+    }
+    Ok(())
+}
+
 /// detwasm's Python extension: conversion between Python and detwasm-runtime.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    name_compile_worker(m.py())?;
+    m.add_function(wrap_pyfunction!(_compile_worker, m)?)?;
     m.add("Error", m.py().get_type::<Error>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PackedJob>()?;

@@ -4,8 +4,10 @@ the same job, path or receipt, and fails with the command line's message."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -138,3 +140,78 @@ def test_threads_run_jobs_at_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(set(results.values())) == 1, "the seed does not reach a spinning guest's results"
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(kind: int, body: bytes) -> bytes:
+    return bytes([kind]) + _leb(len(body)) + body
+
+
+def slow_compile_module(loads: int = 220_000, functions: int = 4) -> bytes:
+    """A WASI command inside every shape limit that takes seconds to compile:
+    ``functions`` functions of ``loads`` chained ``i32.load``s (the CLI's tests use the
+    same shape)."""
+    types = _leb(2) + b"\x60\x00\x00" + b"\x60\x01\x7f\x01\x7f"
+    funcs = _leb(1 + functions) + b"\x00" + b"\x01" * functions
+    memory = b"\x01\x00\x01"
+    exports = _leb(1) + _leb(6) + b"_start" + b"\x00\x00"
+    bodies = [b"\x02\x00\x0b"]
+    for f in range(functions):
+        code = bytearray(b"\x00\x20\x00")
+        for i in range(loads):
+            code += b"\x28\x02" + _leb((i * 4 + f) % 60_000)
+        code += b"\x0b"
+        bodies.append(_leb(len(code)) + bytes(code))
+    code_section = _leb(len(bodies)) + b"".join(bodies)
+    return (b"\0asm\x01\0\0\0" + _section(1, types) + _section(3, funcs) + _section(5, memory)
+            + _section(7, exports) + _section(10, code_section))
+
+
+def _compile_workers_of(pid: int) -> List[int]:
+    """Children of ``pid`` that are detwasm compile workers."""
+    workers = []
+    for p in Path("/proc").iterdir():
+        try:
+            stat = (p / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_compile_worker" in (p / "cmdline").read_bytes():
+                workers.append(int(p.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return workers
+
+
+def test_a_compile_past_the_timeout_is_killed_with_it(tmp_path: Path) -> None:
+    """A compile runs in a worker process (this interpreter, importing the extension)
+    that is killed at the job's deadline, so a notebook or Ray worker does not keep
+    compiling a hostile module after its job failed."""
+    module = tmp_path / "slow.wasm"
+    module.write_bytes(slow_compile_module())
+    seen: set = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(_compile_workers_of(os.getpid()))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(detwasm.Error, match="compiling the module did not finish"):
+            detwasm.run({"module": str(module), "timeout": 1}, output_dir=tmp_path / "out")
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, "no compile worker was seen"
+    assert all(not Path(f"/proc/{pid}").exists() for pid in seen), seen
+    # And a module that compiles in time comes back from the worker and runs.
+    receipt = detwasm.run({"module": str(PROBE), "args": ["report"], "timeout": 60}, output_dir=tmp_path / "ok")
+    assert receipt["exit_code"] == 0

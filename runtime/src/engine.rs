@@ -707,18 +707,17 @@ pub fn compile_with(engine: &Engine, bytes: &[u8], unwind: bool) -> Result<Modul
     compile_rewritten_with(engine, &binary, &canonical, unwind)
 }
 
-/// Compiles with a deadline ([`compile_by`]) that may run at once in one process, those
-/// abandoned at their deadline included (they run on until their compile ends). Each
-/// holds the compile term of SECURITY.md's memory formula, so a process that goes on
-/// after a deadline (`detwasm batch`, the Python bindings) holds at most this many of
+/// Compiles with a deadline on a thread of this process ([`compile_by`] when no compile
+/// worker is named, [`crate::compile_worker`]) that may run at once, those abandoned at
+/// their deadline included (they run on until their compile ends). Each holds the compile
+/// term of SECURITY.md's memory formula, so such a process holds at most this many of
 /// them, whatever its jobs send. A compile waits for a slot until its own deadline (then
-/// it is [`RunError::CompileTimeout`]). Rejected: a thread pool per compile with no
-/// bound (a review's jobs file of six hostile lines at `timeout: 1` held 4.5 GB, still
-/// growing, and the honest lines after them timed out); one shared pool (the next
-/// jobs' compiles queued behind abandoned ones and missed their deadlines, found by the
-/// review before); a child process per compile, which could be killed at the deadline
-/// (the right end state, not done yet: the runtime is also a library, for Python,
-/// with no program of its own to start).
+/// it is [`RunError::CompileTimeout`]). Rejected: a thread pool per compile with no bound
+/// (a review's jobs file of six hostile lines at `timeout: 1` held 4.5 GB, still growing,
+/// and the honest lines after them timed out); one shared pool (the next jobs' compiles
+/// queued behind abandoned ones and missed their deadlines, found by the review before).
+/// `detwasm` and the Python bindings name a worker, so this is only the fallback of
+/// other embedders.
 pub const MAX_LIVE_COMPILES: usize = 2;
 
 static LIVE_COMPILES: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
@@ -767,7 +766,7 @@ impl Deadline {
             .map(|at| Deadline { at, timeout })
     }
 
-    fn expired(&self) -> RunError {
+    pub(crate) fn expired(&self) -> RunError {
         RunError::CompileTimeout {
             secs: self.timeout.as_secs_f64(),
         }
@@ -783,17 +782,14 @@ const COMPILE_THREAD_STACK: usize = 8 << 20;
 /// still running at the deadline is the error [`RunError::CompileTimeout`], never a
 /// result.
 ///
-/// wasmtime cannot cancel Cranelift, so the compile runs on a thread of its own that
-/// this call stops waiting for: the caller gets the error at the deadline, and the
-/// thread runs on until its compile ends, then drops the module. `detwasm run` exits
-/// right after reporting the error, which ends the thread with the process; a process
-/// that goes on (`detwasm batch`, the Python bindings) keeps the thread, its CPU and its
-/// memory until the compile ends, which the shape limits bound ([`passes::shape`]; the
-/// memory term is in SECURITY.md). Rejected: compiling on the caller's thread and
-/// checking the deadline afterwards (the caller would wait for all of it); killing the
-/// thread (not possible in Rust, and it would leak wasmtime's locks); a child process per
-/// compile (a fork and a copy of the module per job, for a case the shape limits already
-/// bound).
+/// wasmtime cannot cancel Cranelift, so the compile runs where it can be stopped: in the
+/// compile worker, a child process killed at the deadline ([`crate::compile_worker`],
+/// which `detwasm` and the Python bindings name). Without one, it runs on a thread of its
+/// own that this call stops waiting for: the caller gets the error at the deadline, and
+/// the thread runs on until its compile ends (at most [`MAX_LIVE_COMPILES`] of them).
+/// Rejected: compiling on the caller's thread and checking the deadline afterwards (the
+/// caller would wait for all of it); killing the thread (not possible in Rust, and it
+/// would leak wasmtime's locks).
 pub fn compile_by(
     engine: &Engine,
     bytes: &[u8],
@@ -806,7 +802,10 @@ pub fn compile_by(
     let Some(left) = deadline.at.checked_duration_since(Instant::now()) else {
         return Err(deadline.expired());
     };
-    // A slot first: at most MAX_LIVE_COMPILES compiles with a deadline run at once in a
+    if let Some(result) = crate::compile_worker::compile(engine, bytes, deadline, unwind) {
+        return result;
+    }
+    // No worker: on a thread of this process. A slot first: at most MAX_LIVE_COMPILES compiles with a deadline run at once in a
     // process, abandoned ones included, each until its compile ends.
     let slot = CompileSlot::take(deadline)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -821,8 +820,7 @@ pub fn compile_by(
             // busy: on rayon's global pool, the compiles of the next jobs of a `batch`
             // queued behind it and missed their own deadlines (found by review: honest
             // jobs of 0.4 s failed after two hostile ones). Rejected: compiling on one
-            // thread (every honest compile slower); a child process per compile (see
-            // above).
+            // thread (every honest compile slower).
             let compile = || compile_with(&engine, &bytes, unwind);
             let result = match rayon::ThreadPoolBuilder::new()
                 .thread_name(|i| format!("detwasm-compile-{i}"))
