@@ -129,4 +129,19 @@ pub struct Receipt {
     /// Where the results directory was delivered (host path; not part of any identity).
     pub results_dir: String,
     pub job: JobRecord,
+    /// The run's checkpoints, when it saved them (`--checkpoint-every N --checkpoints
+    /// DIR`): absent otherwise, so the receipts of runs without checkpoints are as they
+    /// were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+/// The snapshots a run saved, in order: the CID of each (a UnixFS folder, see
+/// `detwasm_runtime::checkpoint`), taken at the first fuel check at or after each
+/// multiple of `every` instructions. A function of the job and `every` alone: the same
+/// on every host and CPU.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Trace {
+    pub every: u64,
+    pub snapshots: Vec<String>,
 }

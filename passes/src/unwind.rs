@@ -104,7 +104,7 @@ use crate::fuel::{IMPORT_MODULE, IMPORT_REFUEL};
 
 /// The version of this pass. A snapshot names it: frames written by one version are read
 /// only by the same.
-pub const PASS_VERSION: &str = "detwasm-unwind-1";
+pub const PASS_VERSION: &str = "detwasm-unwind-2";
 /// The exported `(mut i32)` global that holds the state: [`NORMAL`], [`UNWINDING`] or
 /// [`REWINDING`].
 pub const EXPORT_STATE: &str = "detwasm:unwind_state";
@@ -116,6 +116,15 @@ pub const EXPORT_PTR: &str = "detwasm:unwind_ptr";
 pub const EXPORT_MEMORY: &str = "detwasm:unwind_memory";
 /// The exported forwarding table ("Tail calls" above), when the module has one.
 pub const EXPORT_TABLE: &str = "detwasm:unwind_table";
+/// Every memory of the module is exported as this prefix and its index (`detwasm:memory:0`),
+/// and every mutable global as [`EXPORT_GLOBAL_PREFIX`] and its index, so that the host
+/// can save and restore the state a snapshot holds (wasmtime reaches an instance's
+/// memories and globals only through exports). The unwind memory and the pass's two
+/// globals are not among them. Rejected: reading them through wasmtime's internal
+/// instance layout (unsupported, and it changes between versions).
+pub const EXPORT_MEMORY_PREFIX: &str = "detwasm:memory:";
+/// See [`EXPORT_MEMORY_PREFIX`].
+pub const EXPORT_GLOBAL_PREFIX: &str = "detwasm:global:";
 /// Running normally.
 pub const NORMAL: i32 = 0;
 /// Every instrumented function returns, saving its frame, up to the host.
@@ -168,6 +177,8 @@ struct Module {
     refuel: Option<u32>,
     memories: u32,
     globals: u32,
+    /// The mutable globals' indices, imports first.
+    mutable_globals: Vec<u32>,
     has_memory_section: bool,
     has_global_section: bool,
     has_export_section: bool,
@@ -238,7 +249,12 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                             m.funcs.push(t);
                             m.imported += 1;
                         }
-                        TypeRef::Global(_) => m.globals += 1,
+                        TypeRef::Global(g) => {
+                            if g.mutable {
+                                m.mutable_globals.push(m.globals);
+                            }
+                            m.globals += 1
+                        }
                         TypeRef::Memory(_) => m.memories += 1,
                         TypeRef::Table(_) => m.tables += 1,
                         _ => {}
@@ -266,16 +282,22 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             Payload::GlobalSection(r) => {
                 m.has_global_section = true;
                 for g in r {
+                    let g = g.map_err(err)?;
+                    if g.ty.mutable {
+                        m.mutable_globals.push(m.globals);
+                    }
                     m.globals += 1;
-                    crate::ref_funcs_in_expr(&g.map_err(err)?.init_expr, &mut taken)
-                        .map_err(err)?;
+                    crate::ref_funcs_in_expr(&g.init_expr, &mut taken).map_err(err)?;
                 }
             }
             Payload::ExportSection(r) => {
                 m.has_export_section = true;
                 for e in r {
                     let e = e.map_err(err)?;
-                    if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY, EXPORT_TABLE].contains(&e.name) {
+                    if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY, EXPORT_TABLE].contains(&e.name)
+                        || e.name.starts_with(EXPORT_MEMORY_PREFIX)
+                        || e.name.starts_with(EXPORT_GLOBAL_PREFIX)
+                    {
                         return Err(format!(
                             "the module exports `{}`, a name detwasm reserves",
                             e.name
@@ -1534,6 +1556,14 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
         s.export(EXPORT_MEMORY, wasm_encoder::ExportKind::Memory, memory);
         if forwarding {
             s.export(EXPORT_TABLE, wasm_encoder::ExportKind::Table, m.tables);
+        }
+        for i in 0..m.memories {
+            let name = format!("{EXPORT_MEMORY_PREFIX}{i}");
+            s.export(&name, wasm_encoder::ExportKind::Memory, i);
+        }
+        for &g in &m.mutable_globals {
+            let name = format!("{EXPORT_GLOBAL_PREFIX}{g}");
+            s.export(&name, wasm_encoder::ExportKind::Global, g);
         }
     };
     // The forwarding table: every instrumented function at its id, when some function

@@ -34,6 +34,7 @@
 pub use detwasm_job::{error, job, receipt, results};
 
 pub mod capabilities;
+pub mod checkpoint;
 pub mod compile_worker;
 pub mod deliver;
 pub mod engine;

@@ -58,6 +58,17 @@ struct Checkpoints {
     taken: u64,
 }
 
+/// The meter as a snapshot saves it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeterState {
+    pub limit: u64,
+    pub handed: u64,
+    pub slice: u64,
+    pub every: u64,
+    pub next: u64,
+    pub taken: u64,
+}
+
 /// Why a run stopped at a refuel (the error the refuel import returns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -114,6 +125,43 @@ impl Meter {
     /// Checkpoints taken so far.
     pub fn checkpoints_taken(&self) -> u64 {
         self.checkpoints.taken
+    }
+
+    /// What a snapshot saves of the meter (at a checkpoint, after the guest unwound).
+    pub fn save(&self) -> MeterState {
+        MeterState {
+            limit: self.limit,
+            handed: self.handed,
+            slice: self.slice,
+            every: self.checkpoints.every.unwrap_or(0),
+            next: self.checkpoints.next,
+            taken: self.checkpoints.taken,
+        }
+    }
+
+    /// Puts a saved meter back into this one, which must be a fresh meter of the same
+    /// job and runtime (same limit, slice and checkpoint interval): the reason if not.
+    pub fn restore(&mut self, s: &MeterState) -> Result<(), String> {
+        let here = self.save();
+        if (s.limit, s.slice, s.every) != (here.limit, here.slice, here.every) {
+            return Err(format!(
+                "it was taken with a budget of {}, slices of {} and a checkpoint every {} \
+                 instructions; this run has {}, {} and {}",
+                s.limit, s.slice, s.every, here.limit, here.slice, here.every
+            ));
+        }
+        // Handed out at most the budget; the next checkpoint past the last.
+        if s.handed > s.limit
+            || s.taken == 0
+            || s.next < s.every
+            || !s.next.is_multiple_of(s.every.max(1))
+        {
+            return Err("its meter is not one a run can reach".into());
+        }
+        self.handed = s.handed;
+        self.checkpoints.next = s.next;
+        self.checkpoints.taken = s.taken;
+        Ok(())
     }
 
     /// Whether a checkpoint is due at a refuel with the guest's fuel at `fuel`; if so,
@@ -325,6 +373,8 @@ pub fn is_pass_export(name: &str) -> bool {
         || name == unwind::EXPORT_PTR
         || name == unwind::EXPORT_MEMORY
         || name == unwind::EXPORT_TABLE
+        || name.starts_with(unwind::EXPORT_MEMORY_PREFIX)
+        || name.starts_with(unwind::EXPORT_GLOBAL_PREFIX)
 }
 
 /// Instantiates `module` (compiled by [`crate::engine::compile`]) in a store of its own

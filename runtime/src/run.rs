@@ -22,6 +22,7 @@ use std::task::{Context, Poll, Waker};
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
 use crate::capabilities;
+use crate::checkpoint;
 use crate::deliver;
 pub use crate::deliver::Destination;
 pub use crate::engine::GUEST_THREAD_STACK;
@@ -302,18 +303,59 @@ impl Runtime {
     /// published: [`StagedRun::publish`] gives them their final name and completes the
     /// receipt. Dropping the [`StagedRun`] removes the staging folder.
     pub fn run_staged(&self, job: &Job, dest: &Destination) -> Result<StagedRun, RunError> {
+        self.run_staged_with(job, dest, &Checkpointing::default())
+    }
+
+    /// [`Self::run_staged`], saving a snapshot at each checkpoint into `how.save` and/or
+    /// going on from the snapshot `how.resume` (of this same job) instead of starting.
+    /// Both need a runtime that takes checkpoints ([`Self::with_checkpoints`], the same
+    /// interval as the snapshot's). The receipt is the uninterrupted run's, with the
+    /// trace of snapshots when they were saved.
+    pub fn run_staged_with(
+        &self,
+        job: &Job,
+        dest: &Destination,
+        how: &Checkpointing<'_>,
+    ) -> Result<StagedRun, RunError> {
         // The wall-clock safety net covers the whole job from here: hashing, loading and
         // compiling the module (a compile that overruns it is an error, see
         // [`engine::compile_by`]), and running the guest.
         let deadline = engine::Deadline::after(job.limits.safety_timeout());
         job.validate()?;
+        if (how.save.is_some() || how.resume.is_some()) && !self.unwind() {
+            return Err(RunError::Engine(
+                "saving or resuming snapshots needs a runtime that takes checkpoints".into(),
+            ));
+        }
         // Inputs are scanned (and their host identities stamped) before they are hashed,
         // and checked against the stamps after the run: a change at any point in between
         // is caught, so the receipt's input CIDs are those of what the guest read.
-        let host = capabilities::grant(job)?;
+        let mut host = capabilities::grant(job)?;
         let prepared = self.prepare(job)?;
+        let record = job_record(job, &prepared.identity);
+        let mut trace = Vec::new();
+        if let Some(snapshot) = how.resume {
+            snapshot.check_job(&prepared.job_id, &self.fingerprint)?;
+            snapshot.restore_host(&mut host, job.limits.max_output)?;
+            trace = snapshot.state.trace.clone();
+            trace.push(results::cid_of_dir(
+                &snapshot.dir,
+                job.results.profile,
+                true,
+            )?);
+        }
+        let mut sink = match how.save {
+            Some(dir) => Some(checkpoint_sink(dir, &record, trace.clone())?),
+            None => None,
+        };
         let module = self.load_by(&job.module.bytes, &job.entry, deadline)?;
         deliver::check(dest)?;
+        let info = checkpoint::JobInfo {
+            job_id: &prepared.job_id,
+            record: &record,
+            results: job.results,
+            engine: &self.fingerprint,
+        };
 
         // The guest runs on a fiber of [`GUEST_THREAD_STACK`] bytes, large enough for the
         // deepest metered stack ([`crate::passes::stack`]) and the host frames above it;
@@ -323,11 +365,23 @@ impl Runtime {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
                 .stack_size(GUEST_THREAD_STACK)
-                .spawn_scoped(s, || self.execute(job, &module, host, deadline))
+                .spawn_scoped(s, || {
+                    self.execute(
+                        job,
+                        &module,
+                        host,
+                        deadline,
+                        how.resume,
+                        sink.as_mut().map(|s| (s, &info)),
+                    )
+                })
                 .map_err(|e| RunError::io("starting the guest thread", e))?
                 .join()
                 .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
         })?;
+        if let Some(s) = sink {
+            trace = s.trace;
+        }
 
         // Staged, then synced and renamed into place by `publish` (see [`crate::deliver`]).
         let trap = outcome.message(&job.limits);
@@ -355,31 +409,11 @@ impl Runtime {
             engine: self.fingerprint.clone(),
             detwasm_version: env!("CARGO_PKG_VERSION").to_string(),
             results_dir: String::new(),
-            job: JobRecord {
-                module: job.module.source.clone(),
-                module_cid: id.module_cid.clone(),
-                argv0: job.argv0.clone(),
-                entry: job.entry.clone(),
-                args: job.args.clone(),
-                env: job.env.clone(),
-                stdin_blake3: id.stdin_blake3.clone(),
-                stdin_bytes: job.stdin.len() as u64,
-                inputs: job
-                    .inputs
-                    .iter()
-                    .zip(&id.inputs)
-                    .map(|(i, c)| InputRecord {
-                        host: i.host.display().to_string(),
-                        guest: i.guest.clone(),
-                        cid: c.cid.clone(),
-                        writable: i.writable,
-                    })
-                    .collect(),
-                outputs: job.outputs.clone(),
-                seed: job.seed,
-                epoch_unix_nanos: job.epoch.unix_nanos,
-                limits: job.limits,
-            },
+            job: record,
+            trace: (how.save.is_some() || how.resume.is_some()).then(|| crate::receipt::Trace {
+                every: self.checkpoint_every.unwrap_or(0),
+                snapshots: trace,
+            }),
         };
         Ok(StagedRun { receipt, staged })
     }
@@ -392,6 +426,8 @@ impl Runtime {
         module: &wasmtime::Module,
         host: wasi::host::WasiHost,
         deadline: Option<engine::Deadline>,
+        resume: Option<&checkpoint::Snapshot>,
+        mut save: Option<(&mut checkpoint::Sink, &checkpoint::JobInfo<'_>)>,
     ) -> Result<(Outcome, u64, wasi::host::WasiHost), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
         let limits = if self.unwind() {
@@ -426,28 +462,47 @@ impl Runtime {
                 meter: {
                     let m = Meter::new(job.limits.fuel, deadline.map(|d| d.at))
                         .with_slice(self.fuel_slice);
-                    match self.checkpoint_every {
+                    let mut m = match self.checkpoint_every {
                         Some(n) => m.with_checkpoints(n),
                         None => m,
+                    };
+                    if let Some(snapshot) = resume {
+                        m.restore(&snapshot.state.meter)
+                            .map_err(|why| RunError::Input {
+                                path: snapshot.dir.clone(),
+                                reason: format!("not a snapshot this run can resume: {why}"),
+                            })?;
                     }
+                    m
                 },
             },
         );
         store.limiter(|c| &mut c.limits);
 
         let mut instance = None;
+        // What ended the run that is not the guest's: a snapshot refused or not saved.
+        let mut not_guest: Option<RunError> = None;
         let guest = async {
             let i = self.linker.instantiate_async(&mut store, module).await?;
             instance = Some(i);
             if let Some(wasmtime::Extern::Memory(m)) = i.get_export(&mut store, "memory") {
                 store.data_mut().memory = Some(m);
             }
-            if let Some(start) = meter::start(&mut store, &i) {
-                start.call_async(&mut store, &[], &mut []).await?;
-            }
-            if job.entry != "_start" {
-                if let Ok(init) = i.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                    init.call_async(&mut store, ()).await?;
+            if let Some(snapshot) = resume {
+                // Resumed: the start function and `_initialize` ran before the snapshot;
+                // the saved state replaces what instantiating made, and the entry rewinds.
+                if let Err(e) = snapshot.restore_instance(&mut store, &i) {
+                    not_guest = Some(e);
+                    return Ok(());
+                }
+            } else {
+                if let Some(start) = meter::start(&mut store, &i) {
+                    start.call_async(&mut store, &[], &mut []).await?;
+                }
+                if job.entry != "_start" {
+                    if let Ok(init) = i.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                        init.call_async(&mut store, ()).await?;
+                    }
                 }
             }
             let entry = i.get_typed_func::<(), ()>(&mut store, &job.entry)?;
@@ -459,9 +514,18 @@ impl Runtime {
                 if !meter::rewind_if_unwound(&mut store, &i)? {
                     return Ok(());
                 }
+                if let Some((sink, info)) = save.as_mut() {
+                    if let Err(e) = checkpoint::save(&mut store, &i, info, sink) {
+                        not_guest = Some(e);
+                        return Ok(());
+                    }
+                }
             }
         };
         let result: wasmtime::Result<()> = run_until(guest);
+        if let Some(e) = not_guest {
+            return Err(e);
+        }
 
         let fuel = instance
             .and_then(|i| meter::fuel(&mut store, &i))
@@ -491,6 +555,78 @@ impl Runtime {
             .inputs_unchanged()
             .map_err(RunError::HostFailure)?;
         Ok((outcome, instructions, ctx.host))
+    }
+}
+
+/// How a run takes part in checkpoints beyond taking them ([`Runtime::run_staged_with`]).
+#[derive(Default)]
+pub struct Checkpointing<'a> {
+    /// Save a snapshot at each checkpoint into this folder (created; it must be empty or
+    /// new), with the job's host details beside them (`job.json`).
+    pub save: Option<&'a Path>,
+    /// Go on from this snapshot of the same job instead of starting.
+    pub resume: Option<&'a checkpoint::Snapshot>,
+}
+
+/// A folder to save snapshots in, prepared: created if new (refused if it holds
+/// anything but this job's `job.json`), the job's host details written beside the
+/// snapshots.
+fn checkpoint_sink(
+    dir: &Path,
+    record: &JobRecord,
+    trace: Vec<String>,
+) -> Result<checkpoint::Sink, RunError> {
+    let io = |e| RunError::io(format!("checkpoints folder {}", dir.display()), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let job_file = dir.join(checkpoint::JOB_FILE);
+    let entries = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path() != job_file)
+        .count();
+    if entries > 0 {
+        return Err(RunError::Input {
+            path: dir.to_path_buf(),
+            reason: "the checkpoints folder is not empty (snapshots of another run would \
+                     mix with this one's)"
+                .into(),
+        });
+    }
+    let text = serde_json::to_vec_pretty(record)
+        .map_err(|e| RunError::Engine(format!("writing {}: {e}", job_file.display())))?;
+    std::fs::write(&job_file, text).map_err(io)?;
+    Ok(checkpoint::Sink {
+        dir: dir.to_path_buf(),
+        trace,
+    })
+}
+
+/// The job as its receipt records it.
+fn job_record(job: &Job, id: &JobIdentity) -> JobRecord {
+    JobRecord {
+        module: job.module.source.clone(),
+        module_cid: id.module_cid.clone(),
+        argv0: job.argv0.clone(),
+        entry: job.entry.clone(),
+        args: job.args.clone(),
+        env: job.env.clone(),
+        stdin_blake3: id.stdin_blake3.clone(),
+        stdin_bytes: job.stdin.len() as u64,
+        inputs: job
+            .inputs
+            .iter()
+            .zip(&id.inputs)
+            .map(|(i, c)| InputRecord {
+                host: i.host.display().to_string(),
+                guest: i.guest.clone(),
+                cid: c.cid.clone(),
+                writable: i.writable,
+            })
+            .collect(),
+        outputs: job.outputs.clone(),
+        seed: job.seed,
+        epoch_unix_nanos: job.epoch.unix_nanos,
+        limits: job.limits,
     }
 }
 

@@ -188,3 +188,124 @@ fn what_the_pass_adds_is_not_charged_to_the_job() {
     );
     agree("99 memories", &Job::new(memories.into_bytes()), 1_000);
 }
+
+/// Runs `job` saving a snapshot at each checkpoint (every `every` instructions, fuel
+/// handed out `slice` at a time), then resumes it from each snapshot in a fresh runtime:
+/// every resumed run ends with the uninterrupted run's receipt, its trace included (the
+/// snapshots after the one resumed are made again, CID for CID), and each snapshot's
+/// folder hashes to the CID the trace names. Returns the snapshots taken.
+fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
+    use detwasm_runtime::checkpoint::Snapshot;
+    use detwasm_runtime::deliver::Durability;
+    use detwasm_runtime::run::Checkpointing;
+    let t = tempfile::tempdir().unwrap();
+    let rt = || runtime().with_fuel_slice(slice).with_checkpoints(every);
+    let saved = t.path().join("checkpoints");
+    let full = rt()
+        .run_staged_with(
+            job,
+            &Destination::At(t.path().join("full")),
+            &Checkpointing {
+                save: Some(&saved),
+                resume: None,
+            },
+        )
+        .and_then(|s| s.publish(Durability::PerFile))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let plain = runtime()
+        .with_fuel_slice(slice)
+        .run(job, &Destination::At(t.path().join("plain")))
+        .unwrap();
+    assert_eq!(outcome(&plain), outcome(&full), "{name}");
+    assert!(plain.trace.is_none());
+    let trace = full.trace.clone().expect("a trace").snapshots;
+    assert!(!trace.is_empty(), "{name}: no snapshot");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), trace.len(), "{name}");
+    for (i, entry) in entries.iter().enumerate() {
+        let cid = detwasm_runtime::results::cid_of_dir(entry, full.profile, true).unwrap();
+        assert_eq!(cid, trace[i], "{name}: snapshot {}", i + 1);
+        let snapshot = Snapshot::open(entry).unwrap();
+        assert_eq!(snapshot.state.index, i as u64 + 1);
+        let resumed = rt()
+            .run_staged_with(
+                job,
+                &Destination::At(t.path().join(format!("resumed{i}"))),
+                &Checkpointing {
+                    save: Some(&t.path().join(format!("checkpoints{i}"))),
+                    resume: Some(&snapshot),
+                },
+            )
+            .and_then(|s| s.publish(Durability::PerFile))
+            .unwrap_or_else(|e| panic!("{name}: resuming snapshot {}: {e}", i + 1));
+        assert_eq!(outcome(&resumed), outcome(&full), "{name}: from {}", i + 1);
+        assert_eq!(resumed.trace, full.trace, "{name}: from {}", i + 1);
+        assert_eq!(resumed.job_id, full.job_id);
+    }
+    eprintln!("{name}: {} snapshots, each resumed", trace.len());
+    trace.len()
+}
+
+#[test]
+fn jobs_resumed_from_any_snapshot_end_as_the_uninterrupted_run() {
+    let samples = root().join("modules/wordstats/samples");
+    let writable = tempfile::tempdir().unwrap();
+    std::fs::write(writable.path().join("seed.txt"), "start\n").unwrap();
+    let jobs = [
+        (
+            "probe report (inputs, env, stdin, an output file)",
+            Job::new(wasm("fixtures/probes/probe.wasm"))
+                .push_input(&samples, "/inputs")
+                .push_arg("report")
+                .push_env("FOO", "bar")
+                .with_stdin(b"to stdin\n".to_vec()),
+            5_000,
+            40_000,
+        ),
+        (
+            "probe write (a file written across checkpoints)",
+            Job::new(wasm("fixtures/probes/probe.wasm"))
+                .push_arg("write")
+                .push_arg("300000"),
+            2_000,
+            6_000,
+        ),
+        (
+            "wordstats (a writable folder)",
+            Job::new(wasm("fixtures/modules/wordstats.wasm"))
+                .push_input(&samples, "/inputs")
+                .push_dir(writable.path(), "/rw")
+                .push_arg("--top")
+                .push_arg("5")
+                .push_arg("/inputs"),
+            20_000,
+            100_000,
+        ),
+        (
+            "artgen (random stream)",
+            Job::new(wasm("fixtures/modules/artgen.wasm"))
+                .push_arg("--seed=7")
+                .push_arg("--width=64")
+                .push_arg("--height=48"),
+            50_000,
+            4_000_000,
+        ),
+        (
+            "grow.wat (memory grown between checkpoints, up to a limit of 4 MiB)",
+            Job::new(wasm("fixtures/probes/grow.wat")).with_limits(detwasm_runtime::Limits {
+                memory: 4 << 20,
+                ..Default::default()
+            }),
+            100,
+            100,
+        ),
+    ];
+    for (name, job, slice, every) in jobs {
+        resumes_everywhere(name, &job, slice, every);
+    }
+}

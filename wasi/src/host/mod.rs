@@ -394,6 +394,7 @@ mod args_env;
 mod clock_random_poll;
 mod fd;
 mod path;
+pub mod snapshot;
 mod sock;
 
 /// The preview1 behaviours the official WASI test suite checks, each pinned here with

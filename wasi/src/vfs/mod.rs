@@ -308,6 +308,11 @@ impl Vfs {
         }
     }
 
+    /// Whether `id` is a node now (not a free slot, not past the table).
+    pub fn live(&self, id: NodeId) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.is_some())
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         self.nodes[id].as_ref().expect("live node")
     }
@@ -1298,6 +1303,8 @@ impl Vfs {
         Ok(())
     }
 }
+
+pub mod snapshot;
 
 #[cfg(test)]
 mod tests {

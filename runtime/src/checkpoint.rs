@@ -1,0 +1,525 @@
+//! Snapshots: a job's complete state at a checkpoint, saved as a folder whose UnixFS CID
+//! is its state hash, and restored into a fresh instance of the same job to go on from
+//! there.
+//!
+//! A checkpoint ([`crate::meter`], [`crate::passes::unwind`]) leaves the guest unwound:
+//! its call stack is in the unwind memory as frames, and what is left is plain data. A
+//! snapshot is that data, as files, in one folder per checkpoint:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `state.json` | [`State`]: the job id, the engine and pass that made the frames, the meter, the mutable globals, the memories' sizes, the WASI host (fds, offsets, clocks, the random stream's position, the filesystem's nodes), the CIDs of the snapshots before this one |
+//! | `memory/N` | the bytes of the module's memory N |
+//! | `frames` | the saved call stack (the unwind memory up to its end pointer) |
+//! | `stdout`, `stderr` | what the guest printed so far |
+//! | `files/N` | the content of the file in memory at node N (output volumes, changed files of writable folders) |
+//!
+//! Its CID is the folder's, hashed as results are (the job's profile): large files are
+//! chunked, so a memory page range that did not change between two checkpoints is the
+//! same blocks in both, and a CAR of consecutive snapshots holds it once. Nothing in it
+//! depends on the host: no host path, no time of the host, no CPU-dependent bits (float
+//! globals are saved with NaNs canonical, as the NaN pass makes every observable NaN), so
+//! the same job gives the same snapshot CIDs on every host and CPU, which is what a
+//! spot check compares. The host details needed to resume on the same machine (where
+//! the module and inputs are) are in `job.json` beside the snapshots, outside their CIDs.
+//!
+//! A snapshot is untrusted input. Resuming one ([`restore`]) instantiates the module the
+//! job names afresh and only then overwrites the guest's own state: memories (within the
+//! job's memory limit, through its limiter), mutable globals (of their declared types),
+//! the frames (which the module's own rewind code reads, so a forged frame can only make
+//! the guest compute something else, inside its sandbox, or trap) and the host's state,
+//! which is checked structurally before use ([`detwasm_wasi::vfs::snapshot`]). Files
+//! are read with their sizes checked against the state and the job's limits before
+//! their bytes. Rejected: a snapshot format of our own in one file (no dedup between
+//! checkpoints, no CID for free); wasmtime's own serialization of an instance (it has
+//! none for a running guest); saving host paths in the snapshot (the CID would then
+//! depend on where the inputs are).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::{AsContextMut, Extern, Instance, Val};
+
+use crate::error::RunError;
+use crate::meter::MeterState;
+use crate::passes::unwind;
+use crate::receipt::JobRecord;
+use crate::wasi::host::snapshot::SavedHost;
+use crate::wasi::host::WasiHost;
+
+/// The format of a snapshot folder.
+pub const FORMAT: &str = "detwasm-snapshot-1";
+/// The state file of a snapshot folder.
+pub const STATE_FILE: &str = "state.json";
+/// The file beside a checkpoints folder's snapshots with the job's host details.
+pub const JOB_FILE: &str = "job.json";
+const PAGE: u64 = 65_536;
+
+/// The state of a snapshot, `state.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format: String,
+    /// The job (its id names the module, inputs, args, env, limits and engine).
+    pub job_id: String,
+    /// The job as its receipt records it, without host paths (module path, inputs'
+    /// host folders): what a resume needs besides the module and the inputs.
+    pub job: JobRecord,
+    #[serde(with = "crate::results::profile_serde")]
+    pub profile: crate::results::Profile,
+    pub skip_hidden: bool,
+    /// The engine fingerprint and the unwind pass that wrote the frames: a snapshot is
+    /// resumed by the same only.
+    pub engine: String,
+    pub unwind_pass: String,
+    /// 1 for the first checkpoint of the run.
+    pub index: u64,
+    /// Instructions run at the checkpoint.
+    pub instructions: u64,
+    /// The CIDs of the snapshots before this one, in order.
+    pub trace: Vec<String>,
+    pub meter: MeterState,
+    pub globals: Vec<SavedGlobal>,
+    pub memories: Vec<SavedMemory>,
+    /// Bytes of `frames`.
+    pub frames: u64,
+    pub host: SavedHost,
+}
+
+/// A mutable global of the module: its index, type and bits (hexadecimal, little end
+/// last: `0x` and the value's bits as an unsigned number).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedGlobal {
+    pub index: u32,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub bits: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedMemory {
+    pub index: u32,
+    pub pages: u64,
+}
+
+/// Where a run saves its snapshots, and the CIDs saved so far.
+pub struct Sink {
+    pub dir: PathBuf,
+    pub trace: Vec<String>,
+}
+
+fn io(what: impl std::fmt::Display, e: std::io::Error) -> RunError {
+    RunError::HostFailure(format!("saving a snapshot: {what}: {e}"))
+}
+
+fn canonical(v: Val) -> Val {
+    match v {
+        Val::F32(b) if f32::from_bits(b).is_nan() => Val::F32(0x7fc0_0000),
+        Val::F64(b) if f64::from_bits(b).is_nan() => Val::F64(0x7ff8_0000_0000_0000),
+        v => v,
+    }
+}
+
+fn encode(v: &Val) -> Option<(&'static str, String)> {
+    Some(match v {
+        Val::I32(x) => ("i32", format!("{:#x}", *x as u32)),
+        Val::I64(x) => ("i64", format!("{:#x}", *x as u64)),
+        Val::F32(b) => ("f32", format!("{b:#x}")),
+        Val::F64(b) => ("f64", format!("{b:#x}")),
+        Val::V128(b) => ("v128", format!("{:#x}", b.as_u128())),
+        _ => return None,
+    })
+}
+
+fn decode(ty: &str, bits: &str) -> Option<Val> {
+    let n = u128::from_str_radix(bits.strip_prefix("0x")?, 16).ok()?;
+    Some(match ty {
+        "i32" => Val::I32(u32::try_from(n).ok()? as i32),
+        "i64" => Val::I64(u64::try_from(n).ok()? as i64),
+        "f32" => Val::F32(u32::try_from(n).ok()?),
+        "f64" => Val::F64(u64::try_from(n).ok()?),
+        "v128" => Val::V128(n.into()),
+        _ => return None,
+    })
+}
+
+/// The index in an export named `prefix` and a number, if it is one.
+fn indexed(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.parse().ok()
+}
+
+/// The module's exported memories and mutable globals ([`unwind::EXPORT_MEMORY_PREFIX`]),
+/// by index.
+#[allow(clippy::type_complexity)]
+fn exported(
+    mut store: impl AsContextMut,
+    instance: &Instance,
+) -> (Vec<(u32, wasmtime::Memory)>, Vec<(u32, wasmtime::Global)>) {
+    let (mut memories, mut globals) = (Vec::new(), Vec::new());
+    let exports: Vec<(String, Extern)> = instance
+        .exports(&mut store)
+        .map(|e| (e.name().to_string(), e.into_extern()))
+        .collect();
+    for (name, e) in exports {
+        match e {
+            Extern::Memory(m) => {
+                if let Some(i) = indexed(&name, unwind::EXPORT_MEMORY_PREFIX) {
+                    memories.push((i, m));
+                }
+            }
+            Extern::Global(g) => {
+                if let Some(i) = indexed(&name, unwind::EXPORT_GLOBAL_PREFIX) {
+                    globals.push((i, g));
+                }
+            }
+            _ => {}
+        }
+    }
+    memories.sort_by_key(|(i, _)| *i);
+    globals.sort_by_key(|(i, _)| *i);
+    (memories, globals)
+}
+
+fn unwind_parts(
+    mut store: impl AsContextMut,
+    instance: &Instance,
+) -> Option<(wasmtime::Memory, wasmtime::Global, wasmtime::Global)> {
+    let memory = instance.get_memory(&mut store, unwind::EXPORT_MEMORY)?;
+    let ptr = instance.get_global(&mut store, unwind::EXPORT_PTR)?;
+    let state = instance.get_global(&mut store, unwind::EXPORT_STATE)?;
+    Some((memory, ptr, state))
+}
+
+/// What of the job a snapshot records besides its id.
+pub struct JobInfo<'a> {
+    pub job_id: &'a str,
+    pub record: &'a JobRecord,
+    pub results: crate::job::ResultsOptions,
+    pub engine: &'a str,
+}
+
+/// Saves the state of a guest that has just unwound for a checkpoint (and been set to
+/// rewind) as the next snapshot in `sink`, and returns its CID.
+pub fn save(
+    mut store: impl AsContextMut<Data = crate::wasi::Ctx>,
+    instance: &Instance,
+    job: &JobInfo<'_>,
+    sink: &mut Sink,
+) -> Result<String, RunError> {
+    let (memories, globals) = exported(&mut store, instance);
+    let (frames_memory, ptr, _) = unwind_parts(&mut store, instance).ok_or_else(|| {
+        RunError::HostFailure("saving a snapshot: the module has no unwind memory".into())
+    })?;
+    let frames_len = ptr.get(&mut store).i32().unwrap_or(0) as u32 as usize;
+    let ctx = store.as_context_mut();
+    let meter = ctx.data().meter.save();
+    let index = meter.taken;
+    let fuel = instance
+        .clone()
+        .get_export(&mut store, crate::passes::fuel::EXPORT_FUEL)
+        .and_then(|e| e.into_global())
+        .and_then(|g| g.get(&mut store).i64())
+        .unwrap_or(0);
+    let instructions = store.as_context_mut().data().meter.consumed(fuel);
+    let mut saved_globals = Vec::new();
+    for (i, g) in &globals {
+        let v = canonical(g.get(&mut store));
+        let (ty, bits) = encode(&v).ok_or_else(|| {
+            RunError::HostFailure(format!(
+                "saving a snapshot: global {i} holds a reference, which a snapshot cannot save"
+            ))
+        })?;
+        saved_globals.push(SavedGlobal {
+            index: *i,
+            ty: ty.into(),
+            bits,
+        });
+    }
+    let name = format!("{index:06}");
+    let tmp = sink.dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("memory")).map_err(|e| io(tmp.display(), e))?;
+    std::fs::create_dir_all(tmp.join("files")).map_err(|e| io(tmp.display(), e))?;
+    let write = |rel: &str, bytes: &[u8]| -> Result<(), RunError> {
+        let p = tmp.join(rel);
+        std::fs::write(&p, bytes).map_err(|e| io(p.display(), e))
+    };
+    let mut saved_memories = Vec::new();
+    for (i, m) in &memories {
+        let data = m.data(&store);
+        write(&format!("memory/{i}"), data)?;
+        saved_memories.push(SavedMemory {
+            index: *i,
+            pages: data.len() as u64 / PAGE,
+        });
+    }
+    let frames = frames_memory.data(&store);
+    write("frames", frames.get(..frames_len).unwrap_or(frames))?;
+    let ctx = store.as_context_mut();
+    let (host, bytes) = ctx.data().host.save();
+    write("stdout", bytes.stdout)?;
+    write("stderr", bytes.stderr)?;
+    for (node, content) in &bytes.files {
+        write(&format!("files/{node}"), content)?;
+    }
+    let state = State {
+        format: FORMAT.into(),
+        job_id: job.job_id.into(),
+        job: host_free(job.record),
+        profile: job.results.profile,
+        skip_hidden: job.results.skip_hidden,
+        engine: job.engine.into(),
+        unwind_pass: unwind::PASS_VERSION.into(),
+        index,
+        instructions,
+        trace: sink.trace.clone(),
+        meter,
+        globals: saved_globals,
+        memories: saved_memories,
+        frames: frames_len as u64,
+        host,
+    };
+    let text = serde_json::to_vec_pretty(&state)
+        .map_err(|e| RunError::HostFailure(format!("saving a snapshot: {e}")))?;
+    write(STATE_FILE, &text)?;
+    let cid = crate::results::cid_of_dir(&tmp, job.results.profile, true)?;
+    let done = sink.dir.join(&name);
+    std::fs::rename(&tmp, &done).map_err(|e| io(done.display(), e))?;
+    sink.trace.push(cid.clone());
+    Ok(cid)
+}
+
+/// The job record without what depends on the host (the module's path, the inputs' host
+/// folders).
+pub fn host_free(record: &JobRecord) -> JobRecord {
+    let mut r = record.clone();
+    r.module = None;
+    for i in &mut r.inputs {
+        i.host.clear();
+    }
+    r
+}
+
+/// A snapshot folder, its state read and checked for what it can be checked alone.
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub state: State,
+}
+
+/// Most bytes of a `state.json` read: its size grows with the guest's files and fds,
+/// which the output quota bounds (each entry costs 256 bytes of it), so a state larger
+/// than this is no state a job of at most 4 GiB of output makes.
+pub const MAX_STATE_BYTES: u64 = 1 << 30;
+
+fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
+    RunError::Input {
+        path: dir.to_path_buf(),
+        reason: format!("not a snapshot detwasm can resume: {why}"),
+    }
+}
+
+/// Reads `path`, refusing a file larger than `most` bytes (checked on the open file,
+/// before its bytes).
+fn read_bounded(dir: &Path, rel: &str, most: u64) -> Result<Vec<u8>, RunError> {
+    let p = dir.join(rel);
+    let f = std::fs::File::open(&p).map_err(|e| refused(dir, format!("{rel}: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| refused(dir, format!("{rel}: {e}")))?
+        .len();
+    if len > most {
+        return Err(refused(
+            dir,
+            format!("{rel} has {len} bytes, more than the {most} it can have"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(most)
+        .read_to_end(&mut buf)
+        .map_err(|e| refused(dir, format!("{rel}: {e}")))?;
+    Ok(buf)
+}
+
+impl Snapshot {
+    /// Opens the snapshot folder `dir`.
+    pub fn open(dir: &Path) -> Result<Snapshot, RunError> {
+        let text = read_bounded(dir, STATE_FILE, MAX_STATE_BYTES)?;
+        let state: State = serde_json::from_slice(&text).map_err(|e| refused(dir, e))?;
+        if state.format != FORMAT {
+            return Err(refused(
+                dir,
+                format!("its format is {:?}, not {FORMAT:?}", state.format),
+            ));
+        }
+        Ok(Snapshot {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// The job's host details saved beside the snapshot (`../job.json`), if there.
+    pub fn job_record_beside(&self) -> Option<JobRecord> {
+        let p = self.dir.parent()?.join(JOB_FILE);
+        let text = std::fs::read(p).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Checks that this snapshot belongs to the job `job_id` run by `engine`.
+    pub fn check_job(&self, job_id: &str, engine: &str) -> Result<(), RunError> {
+        let s = &self.state;
+        if s.engine != engine {
+            return Err(refused(
+                &self.dir,
+                format!("it was taken by engine {}, this is {engine}", s.engine),
+            ));
+        }
+        if s.unwind_pass != unwind::PASS_VERSION {
+            return Err(refused(
+                &self.dir,
+                format!(
+                    "its frames are of {}, this detwasm reads {}",
+                    s.unwind_pass,
+                    unwind::PASS_VERSION
+                ),
+            ));
+        }
+        if s.job_id != job_id {
+            return Err(refused(
+                &self.dir,
+                format!("it is of job {}, not of job {job_id}", s.job_id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts the saved host state into `host`, a fresh host of the same job.
+    pub fn restore_host(&self, host: &mut WasiHost, max_output: u64) -> Result<(), RunError> {
+        let h = &self.state.host;
+        let stdout = read_bounded(&self.dir, "stdout", max_output)?;
+        let stderr = read_bounded(&self.dir, "stderr", max_output)?;
+        let dir = &self.dir;
+        host.restore(h, stdout, stderr, |node, len| {
+            read_bounded(dir, &format!("files/{node}"), len)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    if b.len() as u64 == len {
+                        Ok(b)
+                    } else {
+                        Err(format!("files/{node} is not of the length saved"))
+                    }
+                })
+        })
+        .map_err(|e| refused(&self.dir, e))
+    }
+
+    /// Overwrites a fresh instance's memories, mutable globals and unwind memory with the
+    /// saved ones and sets it to rewind: calling the entry then goes on from the
+    /// checkpoint. Memories grow through the store's limiter (the job's memory limit).
+    pub fn restore_instance(
+        &self,
+        mut store: impl AsContextMut<Data = crate::wasi::Ctx>,
+        instance: &Instance,
+    ) -> Result<(), RunError> {
+        let bad = |why: String| refused(&self.dir, why);
+        let s = &self.state;
+        let (memories, globals) = exported(&mut store, instance);
+        let indices: Vec<u32> = memories.iter().map(|(i, _)| *i).collect();
+        let saved: Vec<u32> = s.memories.iter().map(|m| m.index).collect();
+        if indices != saved {
+            return Err(bad(format!(
+                "it saves memories {saved:?}, the module has {indices:?}"
+            )));
+        }
+        for ((i, m), sm) in memories.iter().zip(&s.memories) {
+            let now = m.size(&store);
+            if sm.pages < now {
+                return Err(bad(format!(
+                    "memory {i} has {} pages, fewer than the module starts with",
+                    sm.pages
+                )));
+            }
+            let most = sm
+                .pages
+                .checked_mul(PAGE)
+                .ok_or_else(|| bad(format!("memory {i} is too large")))?;
+            if m.grow(&mut store, sm.pages - now).is_err() {
+                return Err(bad(format!(
+                    "memory {i} of {} pages is over the job's memory limit",
+                    sm.pages
+                )));
+            }
+            let data = read_bounded(&self.dir, &format!("memory/{i}"), most)?;
+            if data.len() as u64 != most {
+                return Err(bad(format!("memory/{i} is not {} pages long", sm.pages)));
+            }
+            m.data_mut(&mut store).copy_from_slice(&data);
+        }
+        let indices: Vec<u32> = globals.iter().map(|(i, _)| *i).collect();
+        let saved: Vec<u32> = s.globals.iter().map(|g| g.index).collect();
+        if indices != saved {
+            return Err(bad(format!(
+                "it saves globals {saved:?}, the module's mutable ones are {indices:?}"
+            )));
+        }
+        for ((i, g), sg) in globals.iter().zip(&s.globals) {
+            let v = decode(&sg.ty, &sg.bits)
+                .ok_or_else(|| bad(format!("global {i}: {} {} is no value", sg.ty, sg.bits)))?;
+            g.set(&mut store, v)
+                .map_err(|e| bad(format!("global {i}: {e}")))?;
+        }
+        let (frames_memory, ptr, state) =
+            unwind_parts(&mut store, instance).ok_or_else(|| bad("no unwind memory".into()))?;
+        let most = unwind::MAX_PAGES * PAGE;
+        if s.frames > most || s.frames > u64::from(u32::MAX) {
+            return Err(bad(format!("{} bytes of frames", s.frames)));
+        }
+        let frames = read_bounded(&self.dir, "frames", s.frames)?;
+        if frames.len() as u64 != s.frames {
+            return Err(bad("frames is not of the length saved".into()));
+        }
+        let pages = s.frames.div_ceil(PAGE);
+        let now = frames_memory.size(&store);
+        store.as_context_mut().data_mut().limits.unwinding = true;
+        let grown = frames_memory.grow(&mut store, pages.saturating_sub(now));
+        store.as_context_mut().data_mut().limits.unwinding = false;
+        grown.map_err(|e| bad(format!("frames: {e}")))?;
+        frames_memory.data_mut(&mut store)[..frames.len()].copy_from_slice(&frames);
+        ptr.set(&mut store, Val::I32(s.frames as u32 as i32))
+            .map_err(|e| bad(e.to_string()))?;
+        state
+            .set(&mut store, Val::I32(unwind::REWINDING))
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_nans_are_saved_canonical() {
+        for v in [
+            Val::I32(-1),
+            Val::I64(i64::MIN),
+            Val::F32(0x4049_0fdb),
+            Val::F64(0x4009_21fb_5444_2d18),
+            Val::V128(u128::MAX.into()),
+        ] {
+            let (ty, bits) = encode(&v).unwrap();
+            let back = decode(ty, &bits).unwrap();
+            assert_eq!(encode(&back), encode(&v));
+        }
+        assert_eq!(
+            encode(&canonical(Val::F32(0xffc0_0001))),
+            encode(&Val::F32(0x7fc0_0000))
+        );
+        assert_eq!(
+            encode(&canonical(Val::F64(0xfff0_0000_0000_0001))),
+            encode(&Val::F64(0x7ff8_0000_0000_0000))
+        );
+        assert!(decode("i32", "0x100000000").is_none());
+        assert!(decode("f16", "0x0").is_none());
+        assert!(decode("i32", "12").is_none());
+    }
+}

@@ -1,0 +1,229 @@
+//! The host's state as a snapshot saves it (everything of [`WasiHost`] a guest's calls
+//! change: stdin's position, stdout and stderr so far, the fd table with offsets and
+//! listing cursors, the virtual clocks, the random stream's position and the
+//! filesystem), and its restore into a fresh host built from the same job. The job's own
+//! parts (args, env, stdin, the quota, the seed) come from the job, never from the
+//! snapshot. See [`crate::vfs::snapshot`] for why a snapshot is checked before use.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Fd, WasiHost, MAX_FDS};
+use crate::vfs::snapshot::SavedVfs;
+use crate::vfs::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHost {
+    pub stdin_pos: u64,
+    /// Bytes of stdout and stderr so far (their contents are kept beside the state).
+    pub stdout_len: u64,
+    pub stderr_len: u64,
+    pub clock_wall: u64,
+    pub clock_mono: u64,
+    /// The random stream's position in 32-bit words (ChaCha20's counter), as decimal
+    /// text: JSON numbers are not exact past 2^53 in every reader.
+    pub random_words: String,
+    pub fds: Vec<(u32, SavedFd)>,
+    pub vfs: SavedVfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavedFd {
+    Stdin,
+    Stdout,
+    Stderr,
+    Dir {
+        node: NodeId,
+        preopen: Option<usize>,
+        cursor: Option<(u64, Vec<u8>)>,
+    },
+    File {
+        node: NodeId,
+        pos: u64,
+        read: bool,
+        write: bool,
+        append: bool,
+        sync: u16,
+        rights: u64,
+    },
+}
+
+/// The bytes a snapshot keeps beside [`SavedHost`]: stdout, stderr and the contents of
+/// the files in memory by node.
+pub struct HostBytes<'a> {
+    pub stdout: &'a [u8],
+    pub stderr: &'a [u8],
+    pub files: Vec<(NodeId, &'a [u8])>,
+}
+
+impl WasiHost {
+    /// The state to save and the bytes to keep beside it.
+    pub fn save(&self) -> (SavedHost, HostBytes<'_>) {
+        let (vfs, files) = self.vfs.save();
+        let fds = self
+            .fds
+            .iter()
+            .map(|(&n, f)| {
+                let f = match f {
+                    Fd::Stdin => SavedFd::Stdin,
+                    Fd::Stdout => SavedFd::Stdout,
+                    Fd::Stderr => SavedFd::Stderr,
+                    Fd::Dir {
+                        node,
+                        preopen,
+                        cursor,
+                    } => SavedFd::Dir {
+                        node: *node,
+                        preopen: *preopen,
+                        cursor: cursor.clone(),
+                    },
+                    Fd::File {
+                        node,
+                        pos,
+                        read,
+                        write,
+                        append,
+                        sync,
+                        rights,
+                    } => SavedFd::File {
+                        node: *node,
+                        pos: *pos,
+                        read: *read,
+                        write: *write,
+                        append: *append,
+                        sync: *sync,
+                        rights: *rights,
+                    },
+                };
+                (n, f)
+            })
+            .collect();
+        (
+            SavedHost {
+                stdin_pos: self.stdin_pos as u64,
+                stdout_len: self.stdout.len() as u64,
+                stderr_len: self.stderr.len() as u64,
+                clock_wall: self.clock.wall,
+                clock_mono: self.clock.mono,
+                random_words: self.rng.get_word_pos().to_string(),
+                fds,
+                vfs,
+            },
+            HostBytes {
+                stdout: &self.stdout,
+                stderr: &self.stderr,
+                files,
+            },
+        )
+    }
+
+    /// Puts `saved` into this host, which must be fresh from the same job. `stdout` and
+    /// `stderr` are the bytes kept beside the state; `file` gives a file's bytes by node
+    /// and length. On `Err` (the reason a snapshot is refused) this host must not be
+    /// used.
+    pub fn restore(
+        &mut self,
+        saved: &SavedHost,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        file: impl FnMut(NodeId, u64) -> Result<Vec<u8>, String>,
+    ) -> Result<(), String> {
+        if saved.stdin_pos > self.stdin.len() as u64 {
+            return Err("stdin is read past its end".into());
+        }
+        if (stdout.len() as u64, stderr.len() as u64) != (saved.stdout_len, saved.stderr_len) {
+            return Err("stdout or stderr is not of the length saved".into());
+        }
+        let printed = saved.stdout_len.saturating_add(saved.stderr_len);
+        if printed > self.max_output {
+            return Err("stdout and stderr are over the output quota".into());
+        }
+        let words: u128 = saved
+            .random_words
+            .parse()
+            .map_err(|_| "the random stream's position is not a number")?;
+        // ChaCha20's counter is 64 bits of 16-word blocks: 68 bits of words.
+        if words >> 68 != 0 {
+            return Err("the random stream's position is past its end".into());
+        }
+        if saved.fds.len() > MAX_FDS as usize {
+            return Err(format!("more than {MAX_FDS} fds"));
+        }
+        let mut fds = BTreeMap::new();
+        let mut open: HashMap<NodeId, u32> = HashMap::new();
+        for (n, f) in &saved.fds {
+            if *n >= MAX_FDS {
+                return Err(format!("fd {n} is past the most a guest may have"));
+            }
+            let fd = match f {
+                SavedFd::Stdin => Fd::Stdin,
+                SavedFd::Stdout => Fd::Stdout,
+                SavedFd::Stderr => Fd::Stderr,
+                SavedFd::Dir {
+                    node,
+                    preopen,
+                    cursor,
+                } => {
+                    if preopen.is_some_and(|p| p >= self.vfs.mounts.len()) {
+                        return Err(format!("fd {n} is the preopen of no mount"));
+                    }
+                    Fd::Dir {
+                        node: *node,
+                        preopen: *preopen,
+                        cursor: cursor.clone(),
+                    }
+                }
+                SavedFd::File {
+                    node,
+                    pos,
+                    read,
+                    write,
+                    append,
+                    sync,
+                    rights,
+                } => Fd::File {
+                    node: *node,
+                    pos: *pos,
+                    read: *read,
+                    write: *write,
+                    append: *append,
+                    sync: *sync,
+                    rights: *rights,
+                },
+            };
+            if let Fd::Dir { node, .. } | Fd::File { node, .. } = &fd {
+                *open.entry(*node).or_default() += 1;
+            }
+            if fds.insert(*n, fd).is_some() {
+                return Err(format!("fd {n} is saved twice"));
+            }
+        }
+        self.vfs
+            .restore(&saved.vfs, &open, file, self.max_output - printed)?;
+        // Each fd refers to a node of its kind.
+        for (n, f) in &fds {
+            let ok = match f {
+                Fd::Dir { node, .. } => self.vfs.live(*node) && self.vfs.is_dir(*node),
+                Fd::File { node, .. } => {
+                    self.vfs.live(*node)
+                        && matches!(self.vfs.node(*node).kind, crate::vfs::Kind::File(_))
+                }
+                _ => true,
+            };
+            if !ok {
+                return Err(format!("fd {n} refers to no node of its kind"));
+            }
+        }
+        self.fds = fds;
+        self.stdin_pos = saved.stdin_pos as usize;
+        self.stdout = stdout;
+        self.stderr = stderr;
+        self.clock.wall = saved.clock_wall;
+        self.clock.mono = saved.clock_mono;
+        // The position is the generator's whole state: rand_chacha counts the words it
+        // buffered but did not serve, and `random_get` consumes whole words.
+        self.rng.set_word_pos(words);
+        Ok(())
+    }
+}
