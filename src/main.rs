@@ -22,6 +22,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Work with Lilypad-style module specs.
     Module(cmd::module::Args),
+    /// Finish a job from one of its snapshots (`detwasm run --checkpoints DIR`).
+    Resume(cmd::resume::Args),
     /// Re-run the job a receipt describes and say whether its result is reproduced.
     Verify(cmd::verify::Args),
     /// Run a job many times under host perturbations; report any difference, and what the
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Module(args) => cmd::module::run(args),
+        Command::Resume(args) => cmd::resume::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Fuzz(args) => cmd::fuzz::run(args),
         Command::Batch(args) => cmd::batch::run(args),

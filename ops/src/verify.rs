@@ -148,8 +148,48 @@ pub struct Report {
 /// Rebuilds the job a receipt describes, checking the module, inputs and stdin against
 /// the receipt's CIDs.
 pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> {
-    let r = &receipt.job;
-    let profile = receipt.profile;
+    job_of_record(
+        &receipt.job,
+        ResultsOptions {
+            profile: receipt.profile,
+            skip_hidden: receipt.skip_hidden,
+        },
+        sources,
+    )
+}
+
+/// Rebuilds the job a snapshot belongs to (`detwasm resume`): its record without host
+/// paths, completed by the host details saved beside it (`job.json` in the checkpoints
+/// folder, when it is the same job) and then by `sources`, and checked against the
+/// record's CIDs as [`job_of`] checks a receipt's.
+pub fn job_of_snapshot(
+    snapshot: &detwasm_runtime::checkpoint::Snapshot,
+    sources: &Sources,
+) -> Result<Job, VerifyError> {
+    let state = &snapshot.state;
+    let mut record = state.job.clone();
+    if let Some(beside) = snapshot.job_record_beside() {
+        if detwasm_runtime::checkpoint::host_free(&beside) == record {
+            record = beside;
+        }
+    }
+    job_of_record(
+        &record,
+        ResultsOptions {
+            profile: state.profile,
+            skip_hidden: state.skip_hidden,
+        },
+        sources,
+    )
+}
+
+/// [`job_of`] from the job's record and results options.
+pub fn job_of_record(
+    r: &detwasm_job::receipt::JobRecord,
+    results_options: ResultsOptions,
+    sources: &Sources,
+) -> Result<Job, VerifyError> {
+    let profile = results_options.profile;
     let module_path = sources
         .module
         .clone()
@@ -245,10 +285,7 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
             unix_nanos: r.epoch_unix_nanos,
         },
         limits: r.limits,
-        results: ResultsOptions {
-            profile,
-            skip_hidden: receipt.skip_hidden,
-        },
+        results: results_options,
     })
 }
 

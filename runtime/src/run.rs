@@ -592,7 +592,16 @@ fn checkpoint_sink(
                 .into(),
         });
     }
-    let text = serde_json::to_vec_pretty(record)
+    // Absolute paths, so that a resume from another folder finds the module and inputs.
+    let absolute = |p: &str| {
+        std::fs::canonicalize(p).map_or_else(|_| p.to_string(), |c| c.display().to_string())
+    };
+    let mut record = record.clone();
+    record.module = record.module.as_deref().map(absolute);
+    for i in &mut record.inputs {
+        i.host = absolute(&i.host);
+    }
+    let text = serde_json::to_vec_pretty(&record)
         .map_err(|e| RunError::Engine(format!("writing {}: {e}", job_file.display())))?;
     std::fs::write(&job_file, text).map_err(io)?;
     Ok(checkpoint::Sink {

@@ -2,5 +2,6 @@ pub mod batch;
 pub mod fuzz;
 pub mod hash;
 pub mod module;
+pub mod resume;
 pub mod run;
 pub mod verify;

@@ -4,9 +4,11 @@
 use anyhow::Context;
 use detwasm_jobspec as spec;
 use detwasm_ops::request::{BuiltJob, EpochValue, JobRequest, Size};
+use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
-use detwasm_runtime::{Destination, Runtime};
-use std::path::PathBuf;
+use detwasm_runtime::run::Checkpointing;
+use detwasm_runtime::{Destination, Receipt, Runtime};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Run a WebAssembly module (wasm32-wasip1) deterministically and print its results CID.
@@ -38,7 +40,33 @@ pub struct Args {
     /// is printed, so the run is not reported as failed.
     #[arg(long, value_name = "FILE")]
     pub receipt: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub checkpoints: CheckpointArgs,
 }
+
+/// Where and how often a run saves snapshots (`detwasm run` and `detwasm resume`).
+#[derive(clap::Args, Debug)]
+pub struct CheckpointArgs {
+    /// Save a snapshot of the job's whole state (memories, call stack, files, stdout so
+    /// far, clocks, …) into DIR at each checkpoint, one folder per checkpoint
+    /// (DIR/000001, …), with the job's host details in DIR/job.json. DIR must be new or
+    /// empty. Each snapshot's IPFS CID goes into the receipt's `trace`; `detwasm resume
+    /// DIR/000003` finishes the job from there with the same receipt. The results and
+    /// their CID are the same as without checkpoints.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Option<PathBuf>,
+
+    /// Instructions between checkpoints: one is taken at the first fuel check at or after
+    /// each multiple of N (so they are at least 10,000,000 apart). Default
+    /// 1,000,000,000, about a second of guest work. Part of what a trace means: a
+    /// verifier compares traces of the same N.
+    #[arg(long, value_name = "N", requires = "checkpoints")]
+    pub checkpoint_every: Option<u64>,
+}
+
+/// Instructions between checkpoints when `--checkpoint-every` is not given.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000_000_000;
 
 /// What defines a job on the command line: the module and every option that goes into
 /// the job (shared by `detwasm run` and `detwasm fuzz`).
@@ -213,30 +241,59 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         job, staging: _s, ..
     } = build_job(&args.job)?;
     let module = &args.job.module;
-    let runtime = runtime(args.job.opts.no_cache)?;
+    let mut runtime = runtime(args.job.opts.no_cache)?;
+    if args.checkpoints.checkpoints.is_some() {
+        runtime = runtime.with_checkpoints(
+            args.checkpoints
+                .checkpoint_every
+                .unwrap_or(DEFAULT_CHECKPOINT_EVERY),
+        );
+    }
     let dest = match &args.output {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),
     };
-    let result = runtime.run(&job, &dest);
+    let how = Checkpointing {
+        save: args.checkpoints.checkpoints.as_deref(),
+        resume: None,
+    };
+    let result = runtime
+        .run_staged_with(&job, &dest, &how)
+        .and_then(|s| s.publish(Durability::PerFile));
     // The runtime never prints; its warnings (e.g. a module cache other users can write,
     // which it ignored) are shown here, each once, whether the run succeeded or not.
     for w in runtime.warnings() {
         eprintln!("detwasm: warning: {w}");
     }
     let receipt = result.with_context(|| format!("running {}", module.display()))?;
+    Ok(report(
+        &receipt,
+        args.json,
+        args.receipt.as_deref(),
+        args.checkpoints.checkpoints.as_deref(),
+    ))
+}
 
-    let json = serde_json::to_string_pretty(&receipt)?;
+/// Prints a receipt (the CID on stdout and a summary on stderr, or the JSON) and writes
+/// it to `receipt_file`; the exit code of a run that delivered it: 0 for an exit 0 that
+/// is verifiable, else 1.
+pub fn report(
+    receipt: &Receipt,
+    json: bool,
+    receipt_file: Option<&Path>,
+    checkpoints: Option<&Path>,
+) -> ExitCode {
+    let text = serde_json::to_string_pretty(receipt).expect("a receipt is JSON");
     // The results are delivered: from here on a failure is reported, but does not turn
     // the run into a failed one. The receipt is written before anything is printed, so a
     // closed stdout cannot prevent it.
-    let receipt_failure = args.receipt.as_ref().and_then(|path| {
-        detwasm_runtime::deliver::write_file_atomically(path, format!("{json}\n").as_bytes())
+    let receipt_failure = receipt_file.and_then(|path| {
+        detwasm_runtime::deliver::write_file_atomically(path, format!("{text}\n").as_bytes())
             .err()
             .map(|e| (path, e))
     });
-    if args.json {
-        println!("{json}");
+    if json {
+        println!("{text}");
     } else {
         println!("{}", receipt.cid);
         eprintln!("exit code:    {}", receipt.exit_code);
@@ -246,6 +303,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("instructions: {}", receipt.instructions);
         eprintln!("results:      {}", receipt.results_dir);
         eprintln!("job id:       {}", receipt.job_id);
+        if let (Some(trace), Some(dir)) = (&receipt.trace, checkpoints) {
+            eprintln!(
+                "checkpoints:  {} snapshots (every {} instructions) in {}",
+                trace.snapshots.len(),
+                trace.every,
+                dir.display()
+            );
+        }
         if !receipt.verifiable {
             eprintln!("warning: the wall-clock timeout stopped this run; it is not verifiable");
         }
@@ -258,9 +323,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    Ok(if receipt.exit_code == 0 && receipt.verifiable {
+    if receipt.exit_code == 0 && receipt.verifiable {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }

@@ -1,0 +1,104 @@
+//! `detwasm resume SNAPSHOT`: argument parsing and output only; the job is rebuilt by
+//! `detwasm_ops::verify::job_of_snapshot` and run by `detwasm_runtime::Runtime`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use detwasm_ops::verify::{job_of_snapshot, Sources};
+use detwasm_runtime::checkpoint::Snapshot;
+use detwasm_runtime::deliver::Durability;
+use detwasm_runtime::run::Checkpointing;
+use detwasm_runtime::Destination;
+
+use super::run::{report, runtime};
+
+/// Finish a job from one of its snapshots, with the receipt of the uninterrupted run.
+///
+/// SNAPSHOT is a folder that `detwasm run --checkpoints DIR` saved (DIR/000003). The
+/// job is the one the snapshot names: its module and inputs are found where DIR/job.json
+/// says (or at --module/--input) and must have the job's CIDs. The run goes on from the
+/// checkpoint and ends with the same results CID, instruction count, exit code and trace
+/// as the run that was not interrupted, on any machine and CPU. A snapshot is untrusted
+/// input: it is checked before use and cannot reach anything the job could not.
+///
+/// Exit status: as `detwasm run` (0 exit 0, 1 another exit or a trap, 2 the snapshot
+/// cannot be resumed: another job, another detwasm, a missing module or input, a broken
+/// snapshot).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The snapshot folder.
+    pub snapshot: PathBuf,
+
+    /// Results directory (must not exist, or be empty). Default: a new folder in the
+    /// current directory named after the job id.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// The module file, when not where the checkpoints folder's job.json says.
+    #[arg(long, value_name = "FILE")]
+    pub module: Option<PathBuf>,
+
+    /// An input folder, when not where job.json says: HOST:GUEST replaces the input
+    /// mounted at GUEST, a plain HOST the job's inputs in order. Repeatable.
+    #[arg(long = "input", value_name = "HOST[:GUEST]")]
+    pub inputs: Vec<String>,
+
+    /// The file that was the job's stdin (needed when it was not empty).
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
+
+    /// Save the snapshots of the rest of the run into DIR (new or empty), as `detwasm
+    /// run --checkpoints` does, at the snapshot's interval.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Option<PathBuf>,
+
+    /// Print the receipt as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the receipt (JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
+
+    /// Compile without reading or writing the module cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let snapshot = Snapshot::open(&args.snapshot)?;
+    let sources = Sources {
+        module: args.module.clone(),
+        inputs: args
+            .inputs
+            .iter()
+            .map(|s| Sources::parse_input(s))
+            .collect(),
+        stdin: args.stdin.clone(),
+    };
+    let job = job_of_snapshot(&snapshot, &sources)
+        .with_context(|| format!("resuming {}", args.snapshot.display()))?;
+    let runtime = runtime(args.no_cache)?.with_checkpoints(snapshot.state.meter.every);
+    let dest = match &args.output {
+        Some(p) => Destination::At(p.clone()),
+        None => Destination::Under(std::env::current_dir().context("current directory")?),
+    };
+    let how = Checkpointing {
+        save: args.checkpoints.as_deref(),
+        resume: Some(&snapshot),
+    };
+    let result = runtime
+        .run_staged_with(&job, &dest, &how)
+        .and_then(|s| s.publish(Durability::PerFile));
+    for w in runtime.warnings() {
+        eprintln!("detwasm: warning: {w}");
+    }
+    let receipt = result.with_context(|| format!("resuming {}", args.snapshot.display()))?;
+    Ok(report(
+        &receipt,
+        args.json,
+        args.receipt.as_deref(),
+        args.checkpoints.as_deref(),
+    ))
+}
