@@ -242,3 +242,78 @@ fn check_reached(job: &Job, r: &serde_json::Value, results: &Path) {
         assert_eq!(pages, 128u32.to_le_bytes(), "8 MiB is 128 pages");
     }
 }
+
+/// Runs `detwasm COMMAND --json ARGS…` with `program` and returns the receipt.
+fn receipt_of(program: &[PathBuf], cache: &Path, args: &[&str]) -> serde_json::Value {
+    let o = Command::new(&program[0])
+        .args(&program[1..])
+        .arg(args[0])
+        .arg("--json")
+        .args(&args[1..])
+        .current_dir(root())
+        .env("DETWASM_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} ({program:?}): no receipt ({e}): exit {:?}\n{stdout}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// Checkpoints are CPU-independent: a job with checkpoints run on x86-64 and under
+/// qemu-aarch64 saves snapshots with the same CIDs (float work included: globals and
+/// memories hold no CPU-dependent NaN bits), and a snapshot taken on x86-64, resumed on
+/// aarch64, ends with the x86-64 run's receipt, trace included.
+#[test]
+fn snapshots_are_the_same_on_both_architectures_and_resume_across_them() {
+    let emulated = vec![
+        PathBuf::from("qemu-aarch64"),
+        PathBuf::from("-L"),
+        PathBuf::from("/usr/aarch64-linux-gnu"),
+        aarch64_binary(),
+    ];
+    let host = vec![PathBuf::from(env!("CARGO_BIN_EXE_detwasm"))];
+    let tmp = tempfile::tempdir().unwrap();
+    let caches = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cross-arch-cache");
+    let t = |p: &str| tmp.path().join(p).display().to_string();
+    let run = |program: &[PathBuf], cache: &str, out: &str, cp: &str| {
+        let (out, cp) = (t(out), t(cp));
+        receipt_of(
+            program,
+            &caches.join(cache),
+            &[
+                "run",
+                "-o",
+                &out,
+                "--checkpoints",
+                &cp,
+                "--checkpoint-every",
+                "50000000",
+                "fixtures/probes/probe.wasm",
+                "--",
+                "float",
+                "200000",
+            ],
+        )
+    };
+    let x = run(&host, "host", "x", "x-cp");
+    let a = run(&emulated, TARGET, "a", "a-cp");
+    let snapshots = x["trace"]["snapshots"].as_array().unwrap();
+    assert!(snapshots.len() >= 3, "{x}");
+    for key in COMPARED.iter().chain(&["trace"]) {
+        assert_eq!(x[key], a[key], "{key}: x86-64 vs aarch64");
+    }
+    let (snapshot, out, cp) = (t("x-cp/000002"), t("r"), t("r-cp"));
+    let r = receipt_of(
+        &emulated,
+        &caches.join(TARGET),
+        &["resume", &snapshot, "-o", &out, "--checkpoints", &cp],
+    );
+    for key in COMPARED.iter().chain(&["trace"]) {
+        assert_eq!(x[key], r[key], "{key}: x86-64 run vs resumed on aarch64");
+    }
+}

@@ -122,10 +122,16 @@ fn compile_in(
     request.push(u8::from(unwind));
     request.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     // The request is written on a thread of its own, so that a worker that stops reading
-    // (it died) cannot block this one past the deadline; a write into a dead worker
-    // fails with EPIPE (SIGPIPE is ignored by the Rust runtime), which the answer shows.
+    // (it died, or was killed at the deadline) cannot block this one past the deadline.
+    // SIGPIPE is blocked on that thread: a write into a dead worker then fails with
+    // EPIPE, which the answer shows, instead of raising SIGPIPE, whose default action
+    // (`detwasm` restores it, to end quietly when its own stdout is closed) would end
+    // this whole process (found under qemu-user, where the worker cannot start). A
+    // SIGPIPE left pending on the thread goes with it. Rejected: ignoring SIGPIPE in the
+    // whole process (it is the program's choice, not the runtime's).
     let module = bytes.to_vec();
     std::thread::spawn(move || {
+        block_sigpipe_on_this_thread();
         let _ = stdin.write_all(&request);
         let _ = stdin.write_all(&module);
     });
@@ -174,6 +180,17 @@ fn compile_in(
             &errors,
         ))
     }))
+}
+
+fn block_sigpipe_on_this_thread() {
+    // SAFETY: `sigset_t` is plain data, initialised by `sigemptyset` before use; the
+    // calls change only this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 enum Stream {
@@ -327,7 +344,6 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A worker that is `sh -c SCRIPT` (`$0` is the scratch folder).
     fn script(dir: &std::path::Path, script: &str) -> Worker {
         Worker {
             program: "/bin/sh".into(),
@@ -438,6 +454,22 @@ mod tests {
             matches!(&e, RunError::TooComplex(m) if m.contains("compile memory limit")),
             "{e}"
         );
+    }
+
+    /// A worker that dies without reading its request does not take this process with
+    /// it, even with SIGPIPE's default action (what `detwasm` sets): the write fails
+    /// instead (found under qemu-user, where `detwasm`'s worker cannot start).
+    #[test]
+    fn a_worker_that_dies_unread_does_not_end_this_process() {
+        // SAFETY: this test's own process (nextest runs each test in one); no other
+        // thread of it is writing to a pipe.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let dir = tempfile::tempdir().unwrap();
+        let module = vec![0u8; 4 << 20];
+        for script in ["exit 0", "printf 'DTWCW1\\000\\n'; exit 3"] {
+            let worker = self::script(dir.path(), script);
+            let _ = compile_in(&worker, &engine(), &module, deadline(60.0), false);
+        }
     }
 
     /// The answers a worker gives, read back: a module, and each kind of error.

@@ -232,10 +232,17 @@ impl Vfs {
                 }
             }
             let guest_made = from_host.is_none() && !is_root;
-            let charge = if guest_made {
-                ENTRY_OVERHEAD + u64::from(s.name_len)
-            } else {
-                0
+            // A guest's entry is charged its overhead and name, and a link its target too
+            // (`Vfs::create`, `Vfs::symlink`).
+            let charge = match (&kind, guest_made) {
+                (Kind::Symlink(t), true) => {
+                    if t.is_empty() || t.contains(&0) || t.len() > super::MAX_PATH {
+                        return Err(bad("a link no guest can make"));
+                    }
+                    ENTRY_OVERHEAD + u64::from(s.name_len) + t.len() as u64
+                }
+                (_, true) => ENTRY_OVERHEAD + u64::from(s.name_len),
+                (_, false) => 0,
             };
             if s.entry_charge != charge {
                 return Err(bad("its quota charge is not its entry's"));
@@ -376,5 +383,213 @@ impl Vfs {
         self.host_files.clear();
         self.work.set(0);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's filesystem: an input at /in (a file and a folder), an output volume at
+    /// /out. Built the same way each call, as a fresh host of the same job builds it.
+    fn fresh(input: &std::path::Path) -> Vfs {
+        let mut v = Vfs::new();
+        v.mount_input(input, "/in", 5).unwrap();
+        v.mount_output("/out", 5);
+        v
+    }
+
+    fn input() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("data.txt"), b"input bytes").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(t.path().join("sub/deep.txt"), b"deep").unwrap();
+        t
+    }
+
+    /// The filesystem after a guest made a folder, a file with content, a link, and
+    /// removed a file it still holds open.
+    fn used(input: &std::path::Path) -> (Vfs, HashMap<NodeId, u32>) {
+        let mut v = fresh(input);
+        let out = v.mounts[1].root;
+        let dir = v
+            .create(out, b"d".to_vec(), true, 7, u64::MAX)
+            .ok()
+            .unwrap();
+        let f = v
+            .create(dir, b"f.txt".to_vec(), false, 8, u64::MAX)
+            .ok()
+            .unwrap();
+        v.write_at(f, 0, 5, [b"hello".as_slice()].into_iter(), 9, u64::MAX)
+            .ok()
+            .unwrap();
+        v.symlink(dir, b"l".to_vec(), b"f.txt".to_vec(), 9, u64::MAX)
+            .ok()
+            .unwrap();
+        let gone = v
+            .create(out, b"gone".to_vec(), false, 9, u64::MAX)
+            .ok()
+            .unwrap();
+        v.opened(gone);
+        v.remove(out, b"gone", false, 10).unwrap();
+        let mut open = HashMap::new();
+        open.insert(gone, 1);
+        (v, open)
+    }
+
+    fn restore(
+        input: &std::path::Path,
+        saved: &SavedVfs,
+        open: &HashMap<NodeId, u32>,
+    ) -> Result<Vfs, String> {
+        let (v, _) = used(input);
+        let (_, contents) = v.save();
+        let contents: HashMap<NodeId, Vec<u8>> =
+            contents.into_iter().map(|(n, c)| (n, c.to_vec())).collect();
+        let mut f = fresh(input);
+        f.restore(
+            saved,
+            open,
+            |n, len| {
+                contents
+                    .get(&n)
+                    .cloned()
+                    .filter(|c| c.len() as u64 == len)
+                    .ok_or_else(|| format!("no content for {n}"))
+            },
+            1 << 20,
+        )
+        .map(|()| f)
+    }
+
+    #[test]
+    fn a_saved_filesystem_is_restored_as_it_was() {
+        let t = input();
+        let (v, open) = used(t.path());
+        let (saved, _) = v.save();
+        let back = restore(t.path(), &saved, &open).unwrap();
+        assert_eq!(back.save().0, saved);
+        assert_eq!((back.used, back.entries), (v.used, v.entries));
+        // Inputs are the fresh scan's nodes, with the host stamps of this host.
+        back.inputs_unchanged().unwrap();
+    }
+
+    /// Each forged state is refused with its reason, and the filesystem is unchanged.
+    #[test]
+    fn forged_states_are_refused_with_the_reason() {
+        let t = input();
+        let (v, open) = used(t.path());
+        let (saved, _) = v.save();
+        let out = v.mounts[1].root;
+        let find = |name: &[u8]| -> NodeId {
+            saved
+                .nodes
+                .iter()
+                .flatten()
+                .find_map(|n| match &n.kind {
+                    SavedKind::Dir(e) => e.iter().find(|(k, _)| k == name).map(|(_, id)| *id),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let (dir, file, data) = (find(b"d"), find(b"f.txt"), find(b"data.txt"));
+        type Forge = Box<dyn Fn(&mut SavedVfs, &mut HashMap<NodeId, u32>)>;
+        let cases: Vec<(&str, Forge)> = vec![
+            (
+                "a directory that contains itself",
+                Box::new(move |s, _| {
+                    if let Some(SavedKind::Dir(e)) = s.nodes[dir].as_mut().map(|n| &mut n.kind) {
+                        e.push((b"loop".to_vec(), dir));
+                    }
+                }),
+            ),
+            (
+                "a parent that is not its directory",
+                Box::new(move |s, _| s.nodes[file].as_mut().unwrap().parent = out),
+            ),
+            (
+                "a host path outside the input",
+                Box::new(move |s, _| {
+                    s.nodes[data].as_mut().unwrap().host = Some(b"../../etc/passwd".to_vec())
+                }),
+            ),
+            (
+                "an input file of another size",
+                Box::new(move |s, _| {
+                    s.nodes[data].as_mut().unwrap().kind = SavedKind::HostFile(1 << 40)
+                }),
+            ),
+            (
+                "a file new in a read-only input",
+                Box::new(move |s, _| {
+                    let n = s.nodes[data].as_mut().unwrap();
+                    n.host = None;
+                    n.kind = SavedKind::MemFile(0);
+                }),
+            ),
+            (
+                "a file larger than the quota",
+                Box::new(move |s, _| {
+                    s.nodes[file].as_mut().unwrap().kind = SavedKind::MemFile(1 << 40)
+                }),
+            ),
+            (
+                "a free charge",
+                Box::new(move |s, _| s.nodes[file].as_mut().unwrap().entry_charge = 0),
+            ),
+            (
+                "a name with a slash",
+                Box::new(move |s, _| {
+                    if let Some(SavedKind::Dir(e)) = s.nodes[dir].as_mut().map(|n| &mut n.kind) {
+                        e[0].0 = b"a/b".to_vec();
+                    }
+                }),
+            ),
+            (
+                "a link out of its volume",
+                Box::new(move |s, _| {
+                    let l = s
+                        .nodes
+                        .iter()
+                        .position(|n| {
+                            matches!(
+                                n,
+                                Some(SavedNode {
+                                    kind: SavedKind::Symlink(_),
+                                    ..
+                                })
+                            )
+                        })
+                        .unwrap();
+                    s.nodes[l].as_mut().unwrap().kind = SavedKind::Symlink(b"../..".to_vec());
+                }),
+            ),
+            (
+                "a removed file nothing holds open",
+                Box::new(|_, open| open.clear()),
+            ),
+            (
+                "a free list that is not the free slots",
+                Box::new(|s, _| s.free.push(0)),
+            ),
+            (
+                "a node past the most a job can make",
+                Box::new(|s, _| s.nodes.resize((MAX_ENTRIES + 100) as usize, None)),
+            ),
+            (
+                "an inode number from the future",
+                Box::new(move |s, _| s.nodes[file].as_mut().unwrap().ino = s.next_ino + 1),
+            ),
+        ];
+        for (what, forge) in cases {
+            let (mut s, mut o) = (saved.clone(), open.clone());
+            forge(&mut s, &mut o);
+            let mut f = fresh(t.path());
+            let before = f.save().0;
+            let r = f.restore(&s, &o, |_, len| Ok(vec![0; len as usize]), 1 << 20);
+            assert!(r.is_err(), "{what}: accepted");
+            eprintln!("{what}: {}", r.unwrap_err());
+            assert_eq!(f.save().0, before, "{what}: changed the filesystem");
+        }
     }
 }
