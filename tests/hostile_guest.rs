@@ -190,6 +190,45 @@ fn aliased_iovecs_to_a_file_are_charged_as_fuel() {
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
 
+/// The sixth review's F1: a loop of `args_get`s over 1 MiB of arguments (16 of 64 KiB,
+/// under Linux's 128 KiB per string, so the test's own exec takes them), a few
+/// instructions a call. Each call copies the whole argv, host work charged as fuel (one
+/// unit per argument, one per 64 bytes), so the budget of 5 M ends the run out of fuel,
+/// at the budget exactly, after about 300 calls; uncharged it made about a million
+/// calls, a terabyte of copying (a 9 MiB argument: 74 s of CPU for 2 M instructions).
+#[test]
+fn a_loop_of_args_get_over_a_large_argv_is_charged_as_fuel() {
+    let body = r#"
+    (loop $l
+      (drop (call $args_get (i32.const 0) (i32.const 1024)))
+      (br $l))"#;
+    let fuel = 5_000_000u64;
+    let (fuel_s, memory, quota) = (fuel.to_string(), MEMORY.to_string(), QUOTA.to_string());
+    let arg = "x".repeat(64 << 10);
+    // `--memory` and `--max-output` named here, so that `run` adds nothing after `--`.
+    let mut extra = vec![
+        "--fuel",
+        &fuel_s,
+        "--memory",
+        &memory,
+        "--max-output",
+        &quota,
+        "--",
+    ];
+    extra.extend((0..16).map(|_| arg.as_str()));
+    let start = std::time::Instant::now();
+    // 32 pages: the pointers at 0, the strings (1 MiB and 17 NULs) from 1024.
+    let r = run(&module(32, "", body), &extra, |_| {});
+    let took = start.elapsed().as_secs_f64();
+    let receipt = r.receipt();
+    assert_eq!(receipt["outcome"], "out_of_fuel", "{receipt}");
+    assert_eq!(receipt["instructions"], fuel);
+    assert_eq!(receipt["verifiable"], true);
+    // Compiling and delivering, with slack for a loaded machine.
+    assert!(took < 5.0, "took {took:.2} s");
+    r.assert_bounded();
+}
+
 /// Write 4 MiB, close, unlink; 64 times, with an 8 MiB quota and a 32 MiB memory limit:
 /// unlinked files give their memory back, so the job runs to the end and the host stays
 /// within its bound (before, 256 MiB stayed allocated).

@@ -20,6 +20,9 @@ pub enum JobError {
     BadEnvValue(String),
     #[error("argument `{0}` contains NUL")]
     BadArg(String),
+    /// Over [`crate::job::MAX_ARGS_ENV_BYTES`]: sizes as the guest receives them.
+    #[error("the job's arguments ({args} bytes) and environment ({env} bytes) take {} bytes, over the limit of {limit} bytes (2 MiB, as Linux's ARG_MAX; each string counted with its NUL, argv[0] included, a variable as KEY=VALUE)", .args + .env)]
+    ArgsEnvTooLarge { args: u64, env: u64, limit: u64 },
     #[error("the entry point name is empty")]
     BadEntry,
     #[error("epoch `{0}` is neither seconds since 1970 nor an RFC 3339 time (e.g. 2022-01-01T00:00:00Z)")]

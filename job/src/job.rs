@@ -55,6 +55,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// overflow the host's clock arithmetic) are refused.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The most bytes a job's argv (`argv[0]` included) and environment may take together,
+/// each string counted with its NUL and a variable as `KEY=VALUE`, as the guest receives
+/// them: 2 MiB, Linux's `ARG_MAX` for argv + envp (with the default 8 MiB stack), so
+/// whatever runs under Linux fits. Why a cap as well as the fuel charge: every
+/// `args_get`/`environ_get` copies the whole list in one call the deadline cannot
+/// interrupt, and the host keeps the lists (the job's strings and the guest's bytes)
+/// outside the memory limit; the job-file parsers alone let through 54 MiB of args (one
+/// YAML string aliased eight times, within their 64 MiB expansion limit). Rejected:
+/// Linux's 128 KiB per string (`MAX_ARG_STRLEN`) on top, which would refuse a long
+/// prompt that fits.
+pub const MAX_ARGS_ENV_BYTES: u64 = 2 << 20;
+
 /// A WebAssembly module: its bytes, and where it came from (for the receipt only; the
 /// source never enters the job id).
 #[derive(Clone, Debug)]
@@ -309,7 +321,8 @@ impl Job {
     /// Checks what can be checked without running: guest paths absolute, normal and each
     /// mount's own; output names (and writable folders' volume names) plain folder names that do not collide with
     /// `stdout`, `stderr`, `exitCode` or each other; inputs exist; no NUL or `=` in env
-    /// keys, no NUL in env values (each said as what it is).
+    /// keys, no NUL in env values (each said as what it is); args and env within
+    /// [`MAX_ARGS_ENV_BYTES`].
     pub fn validate(&self) -> Result<(), JobError> {
         let mut mounts: Vec<&str> = Vec::new();
         let mut names: Vec<String> = Vec::new();
@@ -362,6 +375,25 @@ impl Job {
             if a.contains('\0') {
                 return Err(JobError::BadArg(a.clone()));
             }
+        }
+        // Each string as the guest receives it: with its NUL, a variable as `KEY=VALUE`.
+        let args: u64 = self
+            .args
+            .iter()
+            .chain([&self.argv0])
+            .map(|a| a.len() as u64 + 1)
+            .sum();
+        let env: u64 = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64 + 2)
+            .sum();
+        if args + env > MAX_ARGS_ENV_BYTES {
+            return Err(JobError::ArgsEnvTooLarge {
+                args,
+                env,
+                limit: MAX_ARGS_ENV_BYTES,
+            });
         }
         if self.entry.is_empty() {
             return Err(JobError::BadEntry);
@@ -640,6 +672,46 @@ mod tests {
             guest: "out/../x".into(),
         }]);
         assert!(matches!(rel.validate(), Err(JobError::BadGuestPath(_))));
+    }
+
+    /// Args + env are refused over 2 MiB (each string with its NUL, argv[0] and `=`
+    /// included), with both sizes and the limit in the message, and accepted at it.
+    #[test]
+    fn args_and_env_are_refused_over_the_cap_and_accepted_at_it() {
+        assert_eq!(MAX_ARGS_ENV_BYTES, 2 << 20);
+        // argv[0] `module.wasm` + NUL is 12 bytes, `K=V` + NUL 4, `--` + NUL 3.
+        let fill = MAX_ARGS_ENV_BYTES as usize - 12 - 4 - 3 - 1;
+        let at = Job::new(vec![])
+            .push_arg("x".repeat(fill))
+            .push_arg("--")
+            .push_env("K", "V");
+        at.validate().unwrap();
+        let over = at.clone().push_arg("");
+        let e = over.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                JobError::ArgsEnvTooLarge {
+                    args,
+                    env: 4,
+                    limit: MAX_ARGS_ENV_BYTES
+                } if args == MAX_ARGS_ENV_BYTES - 4 + 1
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the job's arguments (2097149 bytes) and environment (4 bytes) take 2097153 \
+             bytes, over the limit of 2097152 bytes (2 MiB, as Linux's ARG_MAX; each string \
+             counted with its NUL, argv[0] included, a variable as KEY=VALUE)"
+        );
+        // The environment counts as much as the arguments.
+        let mut env = Job::new(vec![]);
+        env.env = vec![("K".into(), "v".repeat(MAX_ARGS_ENV_BYTES as usize))];
+        assert!(matches!(
+            env.validate(),
+            Err(JobError::ArgsEnvTooLarge { args: 12, .. })
+        ));
     }
 
     /// A NUL in an env value is named as such, not as an invalid variable name.

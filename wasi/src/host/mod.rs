@@ -18,8 +18,9 @@ pub const CLOCK_TICK_NS: u64 = 1_000_000;
 /// Host work inside WASI calls is charged as fuel, the guest's own instruction currency,
 /// so that the instruction budget bounds wall time and the charge is part of the
 /// instruction count a verifier compares: one unit per item of work a guest controls the
-/// number of (an iovec, a directory entry, a poll subscription, a node walked), and one
-/// unit per this many bytes copied or looked at (data, paths, names, random bytes).
+/// number of (an iovec, a directory entry, a poll subscription, a node walked, an
+/// argument or environment variable copied), and one unit per this many bytes copied or
+/// looked at (data, paths, names, random bytes, args and env).
 /// Rejected: no charge (a single `fd_write` over a million aliased iovecs, or a listing
 /// of a huge directory a byte at a time, would cost one instruction), and charging by
 /// measured host time (not deterministic).
@@ -176,6 +177,10 @@ pub const MAX_FDS: u32 = 1 << 16;
 pub struct WasiHost {
     pub(crate) argv: Vec<Vec<u8>>,
     pub(crate) env: Vec<Vec<u8>>,
+    /// Entries and bytes (NULs included) of `argv` and of `env`, computed once, here
+    /// rather than at each call: see [`WasiHost::args_sizes_get`].
+    argv_sizes: (u32, u32),
+    env_sizes: (u32, u32),
     pub(crate) stdin: Vec<u8>,
     stdin_pos: usize,
     pub stdout: Vec<u8>,
@@ -229,6 +234,8 @@ impl WasiHost {
             );
         }
         WasiHost {
+            argv_sizes: Self::sizes(&argv),
+            env_sizes: Self::sizes(&env),
             argv,
             env,
             stdin,
@@ -591,6 +598,105 @@ mod tests {
             errno(h.sock_accept(&mut Mem(&mut mem), 1, 0, 0)),
             Errno::NOTSOCK.0
         );
+    }
+
+    /// A host serving `argv` and `env` and no folder, with `fuel` to spend.
+    fn host_with(argv: Vec<Vec<u8>>, env: Vec<Vec<u8>>, fuel: u64) -> WasiHost {
+        let mut h = WasiHost::new(argv, env, Vec::new(), Vfs::new(), 0, 0, 256 << 20);
+        h.fuel = fuel;
+        h
+    }
+
+    /// What copying a list of `entries` strings of `len` bytes costs: one unit per entry,
+    /// one per [`HOST_BYTES_PER_FUEL`] bytes with their NULs.
+    fn list_cost(entries: usize, len: usize) -> u64 {
+        entries as u64 + ((entries * (len + 1)) as u64).div_ceil(HOST_BYTES_PER_FUEL)
+    }
+
+    /// `args_get` and `environ_get` are charged by the entries and bytes they copy, before
+    /// a byte is written and also when the copy then fails; the sizes calls are constant
+    /// work and charge nothing.
+    #[test]
+    fn args_and_env_are_charged_by_their_entries_and_bytes() {
+        for (entries, len) in [(1, 0), (3, 100), (10, 6400), (1000, 63)] {
+            let list = vec![vec![b'a'; len]; entries];
+            let cost = list_cost(entries, len);
+            let mut h = host_with(list.clone(), list, 1 << 40);
+            let mut mem = vec![0u8; 1 << 18];
+            let (ptrs, buf) = (0x100, 0x10000);
+            for get in [WasiHost::args_get, WasiHost::environ_get] {
+                let before = h.fuel;
+                assert_eq!(errno(get(&mut h, &mut Mem(&mut mem), ptrs, buf)), 0);
+                assert_eq!(before - h.fuel, cost, "{entries} x {len}");
+                let last =
+                    u32::from_le_bytes(mem[0x100 + 4 * (entries - 1)..][..4].try_into().unwrap());
+                assert_eq!(last as usize, buf as usize + (entries - 1) * (len + 1));
+                assert_eq!(mem[last as usize + len], 0);
+                // Pointers past the end of memory: EFAULT, charged all the same.
+                let before = h.fuel;
+                assert_eq!(
+                    errno(get(&mut h, &mut Mem(&mut mem), u32::MAX - 2, buf)),
+                    Errno::FAULT.0
+                );
+                assert_eq!(before - h.fuel, cost);
+            }
+            for sizes in [WasiHost::args_sizes_get, WasiHost::environ_sizes_get] {
+                let before = h.fuel;
+                assert_eq!(errno(sizes(&mut h, &mut Mem(&mut mem), 0x10, 0x14)), 0);
+                assert_eq!(h.fuel, before);
+                assert_eq!(mem[0x10..0x14], (entries as u32).to_le_bytes());
+                assert_eq!(
+                    mem[0x14..0x18],
+                    ((entries * (len + 1)) as u32).to_le_bytes()
+                );
+            }
+        }
+        // Twice the bytes, about twice the charge; an empty environment costs nothing.
+        assert_eq!(list_cost(1, (1 << 20) - 1), 1 + (1 << 14));
+        assert_eq!(list_cost(1, (2 << 20) - 1), 1 + (2 << 14));
+        let mut h = host_with(vec![b"module.wasm".to_vec()], Vec::new(), 5);
+        assert_eq!(errno(h.environ_get(&mut Mem(&mut [0u8; 64]), 0, 8)), 0);
+        assert_eq!(h.fuel, 5);
+    }
+
+    /// The review's loop of `args_get` (and of `environ_get`) over a 1 MiB string ends out
+    /// of fuel after the calls the budget pays for, and the call that finds the budget
+    /// short writes nothing.
+    #[test]
+    fn a_loop_of_args_get_or_environ_get_runs_out_of_fuel() {
+        let big = vec![b'x'; 1 << 20];
+        let mut env = b"K=".to_vec();
+        env.extend_from_slice(&big);
+        let argv = vec![b"module.wasm".to_vec(), big];
+        let cost = 2 + ((12 + (1 << 20) + 1) as u64).div_ceil(HOST_BYTES_PER_FUEL);
+        let env_cost = list_cost(1, env.len());
+        type Get = fn(&mut WasiHost, &mut Mem, u32, u32) -> R;
+        for (get, cost) in [
+            (WasiHost::args_get as Get, cost),
+            (WasiHost::environ_get, env_cost),
+        ] {
+            let mut h = host_with(argv.clone(), vec![env.clone()], 10 * cost + cost / 2);
+            let mut mem = vec![0u8; 2 << 20];
+            let mut calls = 0;
+            let fatal = loop {
+                match get(&mut h, &mut Mem(&mut mem), 0, 64) {
+                    Ok(()) => calls += 1,
+                    Err(HostError::Fatal(f)) => break f,
+                    Err(HostError::Errno(e)) => panic!("errno {}", e.0),
+                }
+                assert!(calls <= 10, "not charged");
+            };
+            assert_eq!(fatal, Fatal::OutOfFuel);
+            assert_eq!(calls, 10);
+            assert_eq!(h.fuel, 0);
+            mem.fill(0);
+            h.fuel = cost - 1;
+            assert!(matches!(
+                get(&mut h, &mut Mem(&mut mem), 0, 64),
+                Err(HostError::Fatal(Fatal::OutOfFuel))
+            ));
+            assert!(mem.iter().all(|&b| b == 0), "written before it was charged");
+        }
     }
 
     #[test]
