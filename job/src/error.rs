@@ -14,6 +14,9 @@ pub enum JobError {
     OverlappingMounts(String, String),
     #[error("input `{}` does not exist or cannot be read", .0.display())]
     InputMissing(PathBuf),
+    /// More inputs than [`crate::job::MAX_INPUTS`].
+    #[error("the job has {count} inputs, more than the {limit} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once")]
+    TooManyInputs { count: usize, limit: usize },
     #[error("environment variable name `{0}` is invalid (empty, or contains `=` or NUL)")]
     BadEnv(String),
     #[error("the value of environment variable `{0}` contains NUL (a C environment string cannot hold one)")]

@@ -28,12 +28,23 @@ use detwasm_hasher::{dagpb, unixfs, Cid as HCid};
 /// times over is refused too.
 pub const MAX_FILE: usize = super::resolve::MAX_MODULE_FILE as usize;
 
-/// The most bytes of file content all of a job's CAR inputs together unpack to: 1 GiB.
+/// The most bytes of files a job's staging writes into its temporary folder (`TMPDIR`),
+/// all its inputs together: 1 GiB. What its CAR inputs unpack to, and the files it
+/// copies (a `local` file input, a `CID` file beside the job file, a copy where a hard
+/// link inside the staging folder failed), share this one budget.
 ///
-/// One budget per job, charged from each DAG's expanded size before anything of the job's
-/// inputs is written: a limit per input would let a job multiply it by naming inputs
-/// (four inputs of one 275 KB CAR of 500 MB of zeros wrote 2 GB). An input named twice
-/// is staged once and charged once.
+/// One budget per job, charged from each DAG's expanded size, and from each file's size,
+/// before anything of the job's inputs is written: a limit per input would let a job
+/// multiply it by naming inputs (four inputs of one 275 KB CAR of 500 MB of zeros wrote
+/// 2 GB; sixteen `local` inputs naming one 64 MiB sparse file wrote 1.1 GB). An input
+/// named twice (the same CID, the same canonical host file) is staged once and charged
+/// once.
+///
+/// Shared rather than a second 1 GiB for copied files (rejected): what a review measured
+/// was the disk a small job file can make the host fill, and one figure bounds that
+/// whatever mix of CAR and file inputs a job uses; two budgets would let it write twice
+/// the figure either states. A job that needs more mounts a folder, which is mounted
+/// where it is and never copied. (The name is kept from when it bounded CAR content only.)
 pub const MAX_JOB_CAR_BYTES: u64 = 1 << 30;
 
 /// The most files, folders and symlinks all of a job's CAR inputs together unpack to:
@@ -62,7 +73,8 @@ pub const MAX_JOB_CAR_WORK: u64 = 2 << 30;
 /// the blocks, which keeps the memory low but not the time.
 pub const MAX_JOB_CAR_READ: u64 = 1 << 30;
 
-/// What a job's CAR inputs have spent of the limits above.
+/// What a job's staging has spent of the limits above: its CAR inputs, and (bytes only,
+/// [`MAX_JOB_CAR_BYTES`]) the files it copies.
 #[derive(Debug, Default)]
 pub struct InputBudget {
     spent: Expanded,
@@ -81,10 +93,10 @@ impl InputBudget {
             ))
         };
         if bytes > MAX_JOB_CAR_BYTES {
-            return over(
-                format!("{bytes} bytes of files"),
-                "1 GiB, MAX_JOB_CAR_BYTES",
-            );
+            return Err(format!(
+                "the job's staged inputs (CAR content unpacked and files copied) would come to {bytes} bytes of files, over the limit for all of a job's staged inputs (1 GiB, MAX_JOB_CAR_BYTES); this input alone is {} bytes in {} entries",
+                size.bytes, size.entries
+            ));
         }
         if entries > MAX_JOB_CAR_ENTRIES {
             return over(
@@ -103,6 +115,21 @@ impl InputBudget {
             entries,
             work,
         };
+        Ok(())
+    }
+
+    /// Charges a file of `size` bytes that staging copies into the job's temporary folder,
+    /// or says that it would pass [`MAX_JOB_CAR_BYTES`]. Only bytes: the entries and
+    /// block visits are the CAR inputs' (a job's files copied are at most one per input,
+    /// `detwasm_job::job::MAX_INPUTS`).
+    pub fn charge_copy(&mut self, size: u64) -> Result<(), String> {
+        let bytes = self.spent.bytes.saturating_add(size);
+        if bytes > MAX_JOB_CAR_BYTES {
+            return Err(format!(
+                "staging it ({size} bytes) in the job's temporary folder would bring the job's staged inputs (files copied or written and CAR content unpacked) to {bytes} bytes, over the limit for all of a job's staged inputs (1 GiB, MAX_JOB_CAR_BYTES); a host file is copied once however many inputs name it. For a larger file, put it in a folder of its own and name that folder: a folder is mounted where it is, never copied"
+            ));
+        }
+        self.spent.bytes = bytes;
         Ok(())
     }
 }
@@ -319,5 +346,29 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.contains("MAX_JOB_CAR_WORK"), "{e}");
+    }
+
+    /// Files copied into the staging folder and CAR content unpacked there share one
+    /// budget of [`MAX_JOB_CAR_BYTES`].
+    #[test]
+    fn files_copied_and_car_content_share_the_jobs_staging_budget() {
+        let mut budget = InputBudget::default();
+        budget.charge_copy(MAX_JOB_CAR_BYTES / 2).unwrap();
+        let half = Expanded {
+            bytes: MAX_JOB_CAR_BYTES / 2,
+            entries: 1,
+            work: 1,
+        };
+        budget.charge(half).unwrap();
+        let e = budget.charge_copy(1).unwrap_err();
+        assert!(
+            e.contains("MAX_JOB_CAR_BYTES") && e.contains("1 GiB"),
+            "{e}"
+        );
+        let mut budget = InputBudget::default();
+        budget.charge_copy(MAX_JOB_CAR_BYTES).unwrap();
+        let e = budget.charge(half).unwrap_err();
+        assert!(e.contains("MAX_JOB_CAR_BYTES"), "{e}");
+        assert!(InputBudget::default().charge_copy(u64::MAX).is_err());
     }
 }

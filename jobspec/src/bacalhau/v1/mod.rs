@@ -54,7 +54,7 @@ use super::v1beta1::{refuse, OutputSpec, WHY_DOCKER, WHY_GPU, WHY_IMPORTS, WHY_N
 use crate::json::{Json, Obj, TypeMismatch};
 use crate::resolve::{self, EntryModule, MAX_MODULE_FILE};
 use crate::{assemble, car, yaml, InputPolicy, Mount, SpecError, TaskParts};
-use detwasm_job::job::{Job, MAX_TIMEOUT};
+use detwasm_job::job::{Job, MAX_INPUTS, MAX_TIMEOUT};
 
 /// File name endings that make a `detwasm run` argument a job file.
 pub const JOB_FILE_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
@@ -177,11 +177,13 @@ pub struct JobSpec {
 }
 
 /// Files a job mounts that are not folders on the host (a single local file, inline data,
-/// a file out of a CAR): each is written into a private temporary folder, one per guest
+/// a file out of a CAR): each is put into a private temporary folder, one per guest
 /// folder, which is mounted in its place; and the files and folders of CAR inputs,
-/// unpacked there once per CID (within one budget for the whole job,
-/// [`car::MAX_JOB_CAR_BYTES`] and the limits beside it). Keep this alive until the run
-/// has ended.
+/// unpacked there once per CID. A host file is copied there once per job (by canonical
+/// path) and a CID's content unpacked once, each input naming it getting a hard link;
+/// everything written there is charged to one budget for the whole job, before it is
+/// written ([`car::MAX_JOB_CAR_BYTES`], 1 GiB, and the limits beside it). Keep this
+/// alive until the run has ended.
 ///
 /// Rejected alternative: mounting the host file's own folder, which would show the guest
 /// every file beside it. The copies are not kept: to `detwasm verify` a receipt of such a
@@ -635,6 +637,20 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
         .map_err(fe(task, "InputSources"))?
     {
         inputs.push(input_source(&o, &mut notes, false)?);
+    }
+    // Capped before the pairwise checks below and before anything is staged; the job
+    // itself is checked against the same limit (`Job::validate`).
+    if inputs.len() > MAX_INPUTS {
+        return Err((
+            task.line("InputSources"),
+            refuse(
+                format!("{}.InputSources", task.path()),
+                format!(
+                    "{} input sources, more than the {MAX_INPUTS} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once",
+                    inputs.len()
+                ),
+            ),
+        ));
     }
     for (i, a) in inputs.iter().enumerate() {
         for b in &inputs[i + 1..] {
@@ -1100,6 +1116,28 @@ mod tests {
         assert_eq!(spec.parts.outputs, Some(vec![]));
         assert_eq!(spec.inputs.len(), 1);
         assert!(spec.notes.is_empty(), "{:?}", spec.notes);
+    }
+
+    /// A job file may name at most [`MAX_INPUTS`] input sources (the entry module's
+    /// included); one more is refused at `InputSources`, with the count and the limit,
+    /// before the inputs are compared pairwise or anything is staged.
+    #[test]
+    fn a_job_file_may_name_at_most_max_inputs_input_sources() {
+        let more = |n: usize| -> String {
+            (0..n)
+                .map(|i| {
+                    format!("      - Target: /d/in{i}\n        Source:\n          Type: inline\n          Params:\n            URL: \"data:,x\"\n")
+                })
+                .collect()
+        };
+        let spec = parse(&job("", &more(MAX_INPUTS - 1), "")).unwrap();
+        assert_eq!(spec.inputs.len(), MAX_INPUTS);
+        let (line, e) = refused(&job("", &more(MAX_INPUTS), ""));
+        assert_eq!(line, Some(10), "the InputSources line");
+        assert!(
+            e.contains("257 input sources") && e.contains("256") && e.contains("MAX_INPUTS"),
+            "{e}"
+        );
     }
 
     #[test]

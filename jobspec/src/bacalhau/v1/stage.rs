@@ -1,8 +1,9 @@
 //! Staging a Bacalhau v1 job's inputs: finding each source where the job file's folder
 //! and the operator's allowed folders hold it (`local` paths, `inline` data, `ipfs`
-//! CIDs as a folder, a file or blocks of a CAR), charging all of a job's CAR content to
-//! one budget before anything is unpacked, and laying the inputs out as the guest sees
-//! them. Parsing the file is the parent module's; this one touches the host.
+//! CIDs as a folder, a file or blocks of a CAR), charging everything the job writes into
+//! its temporary folder (CAR content, files copied, inline data) to one budget before
+//! anything is written ([`car::MAX_JOB_CAR_BYTES`]), and laying the inputs out as the
+//! guest sees them. Parsing the file is the parent module's; this one touches the host.
 
 use super::*;
 
@@ -10,13 +11,21 @@ use std::cell::{Cell, OnceCell};
 
 use detwasm_hasher::unpack::Car;
 
-/// A file to put into the staging folder: a copy of a host path, bytes, or a hard link
-/// to a file already in the job's scratch folder (content named by CID, shared by every
-/// input that names it).
+/// A file to put into the staging folder: bytes, or a hard link to a file already in the
+/// job's scratch folder (content named by CID, or the one copy of a `local` host file,
+/// shared by every input that names it).
 pub(super) enum Staged {
-    Copy(PathBuf),
     Bytes(Vec<u8>),
     Link(PathBuf),
+}
+
+/// One file of a staging folder: its name, its content, and the input it is for (its
+/// target and line, for messages).
+struct StagedFile {
+    name: String,
+    content: Staged,
+    target: String,
+    line: Option<usize>,
 }
 
 /// Where an `ipfs` input was found.
@@ -246,8 +255,14 @@ pub(super) struct Shared {
 
 /// Content written into the job's scratch folder once every input has been charged.
 pub(super) enum Produce {
-    /// A `CID` file beside the job file, copied once.
-    Copy { from: PathBuf, to: PathBuf },
+    /// A host file copied once for the job, `size` bytes charged for it: a `local` file
+    /// input (by its canonical path) or a `CID` file beside the job file (by CID),
+    /// however many inputs name it ([`copy_charged`]).
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        size: u64,
+    },
     /// A CID's tree out of a CAR, within the work it was charged.
     Unpack {
         car: PathBuf,
@@ -260,20 +275,23 @@ pub(super) enum Produce {
     },
 }
 
-/// The job's private scratch folder (created at the first need), by its canonical path.
+/// The job's private scratch folder (created in `tmp` at the first need), by its
+/// canonical path. It is removed when dropped, so a job refused while staging leaves
+/// nothing behind.
 pub(super) fn scratch_dir(
     scratch: &mut Option<(tempfile::TempDir, PathBuf)>,
+    tmp: &Path,
 ) -> Result<PathBuf, SpecError> {
     if let Some((_, path)) = scratch {
         return Ok(path.clone());
     }
     let io = |e: std::io::Error| SpecError::Io {
-        path: std::env::temp_dir(),
+        path: tmp.to_path_buf(),
         message: format!("creating a folder for the job's inputs: {e}"),
     };
     let tmp = tempfile::Builder::new()
         .prefix("detwasm-job-inputs-")
-        .tempdir()
+        .tempdir_in(tmp)
         .map_err(io)?;
     let path = tmp.path().canonicalize().map_err(io)?;
     *scratch = Some((tmp, path.clone()));
@@ -310,13 +328,68 @@ pub fn load(file: &Path, cwd: &Path, policy: &InputPolicy) -> Result<V1Job, Spec
     prepare(file, &dir, cwd, spec, policy)
 }
 
-/// Builds the job of a parsed job file whose folder is `dir` (see [`load`]).
+/// Copies host file `from` to `to` (which must not exist) for a job's staging: at most
+/// `size` bytes, what was charged for it to the job's budget, so a file that grew since
+/// it was charged is an error rather than a larger copy. The copy is made by the kernel
+/// where it can (`copy_file_range`, a shared extent on a filesystem that has them), with
+/// the source's permissions, as `std::fs::copy` makes it.
+///
+/// A host file is copied once per job, into the job's own scratch folder, and every
+/// input naming it gets a hard link to that copy (one copy on disk, as content named by
+/// CID is shared). Rejected: hard-linking the host file itself, which would cost no disk
+/// at all. A link adds to the host file's link count, which moves its change time
+/// (`ctime`), and so does removing the link when the job ends; detwasm stamps every
+/// input entry it mounts with its change time and refuses the run's result when it has
+/// moved (`HostStamp` in the wasi crate). Any other job running at the same time with
+/// the file in a folder it mounts, or linking it too (`detwasm batch` runs jobs in
+/// parallel, and the jobs of one data set share files), would then fail with "input
+/// changed while the job ran". The links to the copy are safe: the copy is the job's
+/// own, and they are made before its inputs are scanned and removed after the run.
+pub(super) fn copy_charged(from: &Path, to: &Path, size: u64) -> std::io::Result<()> {
+    use std::io::Read;
+    let src = std::fs::File::open(from)?;
+    let permissions = src.metadata()?.permissions();
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let copied = std::io::copy(&mut src.take(size.saturating_add(1)), &mut dst)?;
+    if copied > size {
+        return Err(std::io::Error::other(format!(
+            "it grew while it was staged, past the {size} bytes charged for it"
+        )));
+    }
+    dst.set_permissions(permissions)?;
+    Ok(())
+}
+
+/// Builds the job of a parsed job file whose folder is `dir` (see [`load`]). Files the
+/// job needs staged are written under `TMPDIR` (`std::env::temp_dir`).
 pub fn prepare(
     file: &Path,
     dir: &Path,
     cwd: &Path,
     spec: JobSpec,
     policy: &InputPolicy,
+) -> Result<V1Job, SpecError> {
+    prepare_in(file, dir, cwd, spec, policy, &std::env::temp_dir())
+}
+
+/// [`prepare`], staging under `tmp`.
+///
+/// Everything the job writes there is charged to one budget of
+/// [`car::MAX_JOB_CAR_BYTES`] before it is written: CAR content by its expanded size, a
+/// host file by its size, inline data by its length, once per distinct source (a CID, a
+/// canonical host path) however many inputs name it. A refusal names the job file, the
+/// input's line and target, and the limit; the scratch folder is removed with whatever
+/// it held.
+pub(super) fn prepare_in(
+    file: &Path,
+    dir: &Path,
+    cwd: &Path,
+    spec: JobSpec,
+    policy: &InputPolicy,
+    tmp: &Path,
 ) -> Result<V1Job, SpecError> {
     let roots = policy.canonical_roots(dir, cwd)?;
     // Mounts in input order; files are gathered per guest folder and staged.
@@ -325,7 +398,7 @@ pub fn prepare(
         Staged(String),
     }
     let mut plans: Vec<Plan> = Vec::new();
-    let mut staged: BTreeMap<String, Vec<(String, Staged)>> = BTreeMap::new();
+    let mut staged: BTreeMap<String, Vec<StagedFile>> = BTreeMap::new();
     // Inputs' content and staging folders, kept until the run has ended.
     let mut scratch: Option<(tempfile::TempDir, PathBuf)> = None;
     // The CARs in the allowed folders, each read and parsed at most once for the whole
@@ -342,7 +415,10 @@ pub fn prepare(
     let cars = Cars::new(&car_files);
     // Content named by CID, by CID: several inputs naming one CID share it.
     let mut by_cid: std::collections::HashMap<String, Shared> = Default::default();
-    // What the CAR inputs of this job expand to, all of them together.
+    // The one copy of each `local` host file in the scratch folder, by canonical path:
+    // several inputs naming one file share it.
+    let mut by_file: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
+    // What the job writes into its scratch folder, all of its inputs together.
     let mut budget = car::InputBudget::default();
     let mut produce: Vec<Produce> = Vec::new();
     // Per input: the entry module's origin (for the receipt) and CID match.
@@ -387,7 +463,33 @@ pub fn prepare(
                             "writable inputs are folders (copy-on-write, delivered as a results volume); a single file cannot be one: mount its folder instead, or drop ReadWrite",
                         )));
                     }
-                    (Some(Staged::Copy(host)), origin, None)
+                    let copy = match by_file.get(&host) {
+                        Some(copy) => copy.clone(),
+                        None => {
+                            let size = meta.len();
+                            budget.charge_copy(size).map_err(|why| {
+                                located(refuse(
+                                    format!(
+                                        "the input at {} (local file {})",
+                                        input.target,
+                                        host.display()
+                                    ),
+                                    why,
+                                ))
+                            })?;
+                            let to = scratch_dir(&mut scratch, tmp)
+                                .map_err(located)?
+                                .join(format!("file-{}", produce.len()));
+                            produce.push(Produce::Copy {
+                                from: host.clone(),
+                                to: to.clone(),
+                                size,
+                            });
+                            by_file.insert(host, to.clone());
+                            to
+                        }
+                    };
+                    (Some(Staged::Link(copy)), origin, None)
                 } else {
                     return Err(located(refuse(
                         format!("SourcePath \"{source_path}\""),
@@ -395,11 +497,19 @@ pub fn prepare(
                     )));
                 }
             }
-            Source::Inline { bytes } => (
-                Some(Staged::Bytes(bytes.clone())),
-                format!("{}: inline data for {}", file.display(), input.target),
-                None,
-            ),
+            Source::Inline { bytes } => {
+                budget.charge_copy(bytes.len() as u64).map_err(|why| {
+                    located(refuse(
+                        format!("the input at {} (inline data)", input.target),
+                        why,
+                    ))
+                })?;
+                (
+                    Some(Staged::Bytes(bytes.clone())),
+                    format!("{}: inline data for {}", file.display(), input.target),
+                    None,
+                )
+            }
             Source::Ipfs { cid } => {
                 let want = resolve::parse_cid_at(cid, "Source.Params.CID").map_err(located)?;
                 let shared = match by_cid.get(&want.to_string()) {
@@ -412,12 +522,31 @@ pub fn prepare(
                                 let host = if is_dir {
                                     path
                                 } else {
-                                    let to = scratch_dir(&mut scratch)
+                                    let size = std::fs::metadata(&path)
+                                        .map_err(|e| {
+                                            located(SpecError::Io {
+                                                path: path.clone(),
+                                                message: e.to_string(),
+                                            })
+                                        })?
+                                        .len();
+                                    budget.charge_copy(size).map_err(|why| {
+                                        located(refuse(
+                                            format!(
+                                                "the input at {} (ipfs CID {cid} in {})",
+                                                input.target,
+                                                path.display()
+                                            ),
+                                            why,
+                                        ))
+                                    })?;
+                                    let to = scratch_dir(&mut scratch, tmp)
                                         .map_err(located)?
                                         .join(format!("cid-{}", produce.len()));
                                     produce.push(Produce::Copy {
                                         from: path,
                                         to: to.clone(),
+                                        size,
                                     });
                                     to
                                 };
@@ -443,7 +572,7 @@ pub fn prepare(
                                         why,
                                     ))
                                 })?;
-                                let to = scratch_dir(&mut scratch)
+                                let to = scratch_dir(&mut scratch, tmp)
                                     .map_err(located)?
                                     .join(format!("cid-{}", produce.len()));
                                 produce.push(Produce::Unpack {
@@ -484,16 +613,22 @@ pub fn prepare(
             if !staged.contains_key(&parent) {
                 plans.push(Plan::Staged(parent.clone()));
             }
-            staged.entry(parent).or_default().push((name, content));
+            staged.entry(parent).or_default().push(StagedFile {
+                name,
+                content,
+                target: input.target.clone(),
+                line: input.line,
+            });
         }
         origins.push((origin, matched));
     }
 
-    // Every input is charged: write the content named by CID, once per CID.
+    // Every input is charged: write the content named by CID, once per CID, and copy
+    // each host file once.
     for p in produce {
         match p {
-            Produce::Copy { from, to } => {
-                std::fs::copy(&from, &to).map_err(|e| SpecError::Io {
+            Produce::Copy { from, to, size } => {
+                copy_charged(&from, &to, size).map_err(|e| SpecError::Io {
                     path: from.clone(),
                     message: format!("staging a file input: {e}"),
                 })?;
@@ -525,24 +660,27 @@ pub fn prepare(
     // Write the staged files.
     let mut staged_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (i, (parent, files)) in staged.into_iter().enumerate() {
-        let folder = scratch_dir(&mut scratch)?.join(i.to_string());
+        let folder = scratch_dir(&mut scratch, tmp)?.join(i.to_string());
         let io = |path: &Path, e: std::io::Error| SpecError::Io {
             path: path.to_path_buf(),
             message: format!("staging a file input: {e}"),
         };
         std::fs::create_dir(&folder).map_err(|e| io(&folder, e))?;
-        for (name, content) in files {
-            let to = folder.join(&name);
-            match content {
-                Staged::Copy(from) => {
-                    std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
-                }
+        for f in files {
+            let to = folder.join(&f.name);
+            match f.content {
                 Staged::Bytes(bytes) => std::fs::write(&to, bytes).map_err(|e| io(&to, e))?,
-                // One copy on disk for every input naming the CID (the guest sees inputs
-                // read-only, and link counts are not visible to it).
+                // One copy on disk for every input naming the CID or the host file (the
+                // guest sees inputs read-only, link counts are not visible to it, and
+                // the file is the job's own). Where the scratch folder's filesystem has
+                // no hard links, each input gets a copy, charged as the first was.
                 Staged::Link(from) => {
                     if std::fs::hard_link(&from, &to).is_err() {
-                        std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
+                        let size = std::fs::metadata(&from).map_err(|e| io(&from, e))?.len();
+                        budget.charge_copy(size).map_err(|why| {
+                            refuse(format!("the input at {}", f.target), why).at(file, f.line)
+                        })?;
+                        copy_charged(&from, &to, size).map_err(|e| io(&from, e))?;
                     }
                 }
             }
@@ -720,5 +858,178 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains("b.car") && e.contains("MAX_JOB_CAR_READ"), "{e}");
         assert_eq!(files.read.get(), bytes.len() as u64);
+    }
+
+    /// A job folder with an empty module `m.wasm` and a job file whose inputs are the
+    /// module and, for each `(target, source path)`, a `local` input; returns the job
+    /// file and an empty folder to stage in.
+    fn job_folder(root: &Path, inputs: &[(String, &str)]) -> (PathBuf, PathBuf) {
+        std::fs::write(root.join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        let mut text = String::from(
+            "Name: t\nType: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params:\n        EntryModule: /app/m.wasm\n        Entrypoint: _start\n    InputSources:\n      - Target: /app/m.wasm\n        Source:\n          Type: local\n          Params:\n            SourcePath: m.wasm\n",
+        );
+        for (target, source) in inputs {
+            text.push_str(&format!("      - Target: {target}\n        Source:\n          Type: local\n          Params:\n            SourcePath: {source}\n"));
+        }
+        text.push_str("    Network:\n      Type: None\n");
+        let file = root.join("job.yaml");
+        std::fs::write(&file, text).unwrap();
+        let tmp = root.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        (file, tmp)
+    }
+
+    fn stage(file: &Path, tmp: &Path) -> Result<V1Job, SpecError> {
+        let text = std::fs::read_to_string(file).unwrap();
+        let spec = parse(&text).map_err(|(line, e)| e.at(file, line))?;
+        let dir = file.parent().unwrap();
+        prepare_in(file, dir, dir, spec, &InputPolicy::default(), tmp)
+    }
+
+    /// Every regular file under `dir`, by (device, inode): how many names each has there,
+    /// its size and the bytes it takes on disk.
+    #[cfg(unix)]
+    fn files_under(dir: &Path) -> BTreeMap<(u64, u64), (usize, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out: BTreeMap<(u64, u64), (usize, u64, u64)> = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&path).unwrap();
+                if m.is_dir() {
+                    stack.push(path);
+                } else {
+                    let f = out
+                        .entry((m.dev(), m.ino()))
+                        .or_insert((0, m.len(), m.blocks() * 512));
+                    f.0 += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// A `local` file named by many inputs is copied once per job, by its canonical
+    /// path, into the job's scratch folder, and each input gets a hard link to that copy
+    /// (sixteen inputs naming one 64 MiB file wrote 1.1 GB, a copy each): the disk used
+    /// is one copy. The host file itself is never linked (its link count and change
+    /// time stay as they were: see [`copy_charged`]). The folder goes with the job.
+    #[cfg(unix)]
+    #[test]
+    fn a_local_file_named_by_many_inputs_is_staged_once() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8 + 1).collect();
+        std::fs::write(root.join("data.bin"), &data).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        // Sixteen folders, so sixteen mounts, two names in the first, and one by another
+        // path to the same file.
+        let mut inputs: Vec<(String, &str)> = (0..16)
+            .map(|k| (format!("/in{k}/data.bin"), "data.bin"))
+            .collect();
+        inputs.push(("/in0/again.bin".into(), "sub/../data.bin"));
+        let (file, tmp) = job_folder(&root, &inputs);
+        let before = std::fs::metadata(root.join("data.bin")).unwrap();
+        let job = stage(&file, &tmp).unwrap();
+
+        let staged: Vec<PathBuf> = inputs
+            .iter()
+            .map(|(target, _)| {
+                let (parent, name) = split_guest(target);
+                let mount = job.job.inputs.iter().find(|m| m.guest == parent).unwrap();
+                mount.host.join(name)
+            })
+            .collect();
+        assert_eq!(job.job.inputs.len(), 17, "the module's folder and sixteen");
+        let inode = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        let first = inode(&staged[0]);
+        for p in &staged {
+            assert_eq!(inode(p), first, "{} is a link to the one copy", p.display());
+        }
+        assert_eq!(std::fs::read(&staged[5]).unwrap(), data);
+        assert_ne!(
+            first,
+            (before.dev(), before.ino()),
+            "a copy, not the host file"
+        );
+        let after = std::fs::metadata(root.join("data.bin")).unwrap();
+        assert_eq!(
+            (after.nlink(), after.ctime(), after.ctime_nsec()),
+            (1, before.ctime(), before.ctime_nsec()),
+            "the host file is not linked"
+        );
+
+        let files = files_under(&tmp);
+        let (names, size, disk) = files[&first];
+        assert_eq!(names, 1 + inputs.len(), "the copy and a link per input");
+        assert_eq!(size, data.len() as u64);
+        let all: u64 = files.values().map(|f| f.2).sum();
+        assert!(
+            all >= disk && all < disk + (64 << 10),
+            "{all} bytes on disk for a {} byte file (and the module)",
+            data.len()
+        );
+        drop(job);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    /// What a job copies into its temporary folder is charged to the one budget CAR
+    /// content shares ([`car::MAX_JOB_CAR_BYTES`], 1 GiB), before anything is copied, and
+    /// a file named twice is charged once: two sparse files of 600 MiB, the first named
+    /// eight times, are refused at the second, naming the job file, the input and the
+    /// limit, and nothing is left in the temporary folder.
+    #[test]
+    fn local_files_over_the_staging_budget_are_refused_before_anything_is_copied() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        for name in ["a.bin", "b.bin"] {
+            let f = std::fs::File::create(root.join(name)).unwrap();
+            f.set_len(600 << 20).unwrap();
+        }
+        let mut inputs: Vec<(String, &str)> =
+            (0..8).map(|k| (format!("/a{k}/a.bin"), "a.bin")).collect();
+        inputs.push(("/b/b.bin".into(), "b.bin"));
+        let (file, tmp) = job_folder(&root, &inputs);
+        let Err(e) = stage(&file, &tmp) else {
+            panic!("1.2 GB of files staged")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("{}:", file.display()))
+                && e.contains("/b/b.bin")
+                && e.contains(&root.join("b.bin").display().to_string())
+                && e.contains("1 GiB")
+                && e.contains("MAX_JOB_CAR_BYTES"),
+            "{e}"
+        );
+        assert!(!e.contains("/a1/"), "the first file is charged once: {e}");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing is left in the temporary folder"
+        );
+
+        // One file alone over the budget.
+        std::fs::File::create(root.join("big.bin"))
+            .unwrap()
+            .set_len(car::MAX_JOB_CAR_BYTES + 1)
+            .unwrap();
+        let (file, tmp) = {
+            let t2 = root.join("two");
+            std::fs::create_dir(&t2).unwrap();
+            std::fs::rename(root.join("big.bin"), t2.join("big.bin")).unwrap();
+            job_folder(&t2, &[("/big/big.bin".into(), "big.bin")])
+        };
+        let e = stage(&file, &tmp).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("/big/big.bin") && e.contains("MAX_JOB_CAR_BYTES"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }
 }
