@@ -137,7 +137,7 @@ stack_limit=262144
 stack_unmetered_max_cost=65536
 max_wasm_stack=8388608
 wasm_backtrace_max_frames=20
-wasi_host=detwasm-preview1-2
+wasi_host=detwasm-preview1-3
 host_fuel_bytes=64
 table_element_bytes=8
 output_entry_overhead=256
@@ -954,7 +954,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:3e42ff0308b7878e96064ab19b7dae2036c429ac422eddf4f57f9f4c442b17b6"
+            "blake3:ee4844480ce68d53910f19b2e321c34c955f2e48bbdf40e7600c61876ff1f64d"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
