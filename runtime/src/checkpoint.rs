@@ -306,10 +306,11 @@ pub struct Snapshot {
     pub state: State,
 }
 
-/// Most bytes of a `state.json` read: its size grows with the guest's files and fds,
-/// which the output quota bounds (each entry costs 256 bytes of it), so a state larger
-/// than this is no state a job of at most 4 GiB of output makes.
-pub const MAX_STATE_BYTES: u64 = 1 << 30;
+/// Most bytes of a `state.json` read (256 MiB): its size grows with the guest's files and
+/// fds (about 300 bytes a node), so this admits about 800,000 of them; a job with more
+/// cannot be resumed (refused with the reason). Rejected: no bound (a forged state of any
+/// size would be parsed, at several times its size in memory).
+pub const MAX_STATE_BYTES: u64 = 256 << 20;
 
 fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
     RunError::Input {
@@ -338,6 +339,25 @@ fn read_bounded(dir: &Path, rel: &str, most: u64) -> Result<Vec<u8>, RunError> {
         .read_to_end(&mut buf)
         .map_err(|e| refused(dir, format!("{rel}: {e}")))?;
     Ok(buf)
+}
+
+/// Reads `rel` into `dst`, which it must fill exactly (its size checked on the open file
+/// first): memories and frames go straight into the instance, never through a copy.
+fn read_exactly(dir: &Path, rel: &str, dst: &mut [u8]) -> Result<(), RunError> {
+    let p = dir.join(rel);
+    let mut f = std::fs::File::open(&p).map_err(|e| refused(dir, format!("{rel}: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| refused(dir, format!("{rel}: {e}")))?
+        .len();
+    if len != dst.len() as u64 {
+        return Err(refused(
+            dir,
+            format!("{rel} has {len} bytes, not the {} saved", dst.len()),
+        ));
+    }
+    f.read_exact(dst)
+        .map_err(|e| refused(dir, format!("{rel}: {e}")))
 }
 
 impl Snapshot {
@@ -438,21 +458,17 @@ impl Snapshot {
                     sm.pages
                 )));
             }
-            let most = sm
-                .pages
-                .checked_mul(PAGE)
-                .ok_or_else(|| bad(format!("memory {i} is too large")))?;
+            // A 32-bit memory has at most 65,536 pages; the limiter bounds it further.
+            if sm.pages > 65_536 {
+                return Err(bad(format!("memory {i} of {} pages", sm.pages)));
+            }
             if m.grow(&mut store, sm.pages - now).is_err() {
                 return Err(bad(format!(
                     "memory {i} of {} pages is over the job's memory limit",
                     sm.pages
                 )));
             }
-            let data = read_bounded(&self.dir, &format!("memory/{i}"), most)?;
-            if data.len() as u64 != most {
-                return Err(bad(format!("memory/{i} is not {} pages long", sm.pages)));
-            }
-            m.data_mut(&mut store).copy_from_slice(&data);
+            read_exactly(&self.dir, &format!("memory/{i}"), m.data_mut(&mut store))?;
         }
         let indices: Vec<u32> = globals.iter().map(|(i, _)| *i).collect();
         let saved: Vec<u32> = s.globals.iter().map(|g| g.index).collect();
@@ -473,17 +489,18 @@ impl Snapshot {
         if s.frames > most || s.frames > u64::from(u32::MAX) {
             return Err(bad(format!("{} bytes of frames", s.frames)));
         }
-        let frames = read_bounded(&self.dir, "frames", s.frames)?;
-        if frames.len() as u64 != s.frames {
-            return Err(bad("frames is not of the length saved".into()));
-        }
         let pages = s.frames.div_ceil(PAGE);
         let now = frames_memory.size(&store);
         store.as_context_mut().data_mut().limits.unwinding = true;
         let grown = frames_memory.grow(&mut store, pages.saturating_sub(now));
         store.as_context_mut().data_mut().limits.unwinding = false;
         grown.map_err(|e| bad(format!("frames: {e}")))?;
-        frames_memory.data_mut(&mut store)[..frames.len()].copy_from_slice(&frames);
+        let len = s.frames as usize;
+        read_exactly(
+            &self.dir,
+            "frames",
+            &mut frames_memory.data_mut(&mut store)[..len],
+        )?;
         ptr.set(&mut store, Val::I32(s.frames as u32 as i32))
             .map_err(|e| bad(e.to_string()))?;
         state
