@@ -28,7 +28,7 @@ use detwasm_job::error::RunError;
 use detwasm_job::job::{Epoch, Input, Job, Module, ResultsOptions};
 use detwasm_job::receipt::Receipt;
 use detwasm_job::results;
-use detwasm_runtime::run::{Destination, Runtime};
+use detwasm_runtime::run::{Destination, Runtime, Segment};
 
 /// Where to find what the receipt names, when not at the receipt's own paths.
 #[derive(Clone, Debug, Default)]
@@ -99,6 +99,8 @@ pub enum VerifyError {
     Results { path: PathBuf, cause: String },
     #[error("re-running the job: {0}")]
     Run(#[from] RunError),
+    #[error("the receipt has no trace of snapshots (the run took no checkpoints: run it with `detwasm run --checkpoints DIR`)")]
+    NoTrace,
 }
 
 /// One path whose content differs between the provider's results and the re-run.
@@ -562,5 +564,227 @@ mod tests {
         let (first, text) = file_difference(&t.path().join("a"), &t.path().join("c"));
         assert_eq!(first, Some(8));
         assert_eq!(text.as_deref(), Some("line 3: -three / +(end of file)"));
+    }
+}
+
+/// One segment a spot check re-ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct SegmentCheck {
+    /// 0 is from the job's start to checkpoint 1; `i` from checkpoint `i` to `i + 1`;
+    /// the last from the last checkpoint to the job's end.
+    pub segment: usize,
+    /// Whether the re-run reached what the trace (or, for the last, the receipt) claims.
+    pub ok: bool,
+    /// What the trace claims at the segment's end: the next snapshot's CID, or for the
+    /// last segment the results CID, instructions and exit code.
+    pub expected: String,
+    /// What the re-run reached.
+    pub actual: String,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    pub seconds: f64,
+}
+
+/// The verdict of a spot check ([`spot_check`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct SampleReport {
+    pub verified: bool,
+    /// Segments of the job (snapshots + 1).
+    pub segments: usize,
+    pub checked: Vec<SegmentCheck>,
+}
+
+/// The segments a spot check of `k` re-runs out of `segments`: always the last (it ties
+/// the trace to the results CID the receipt claims: without it a provider could attach
+/// an honest trace to a fabricated result), and `k - 1` others drawn without replacement
+/// by a generator seeded with `seed` (the verifier's own randomness; the provider learns
+/// the choice only after committing to its trace). All of them when `k >= segments`.
+pub fn choose_segments(segments: usize, k: usize, seed: u64) -> Vec<usize> {
+    if k >= segments {
+        return (0..segments).collect();
+    }
+    let mut state = seed;
+    // SplitMix64: enough to draw indices from a seed; nothing secret rests on it beyond
+    // the seed itself.
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut rest: Vec<usize> = (0..segments - 1).collect();
+    let mut picked = vec![segments - 1];
+    for i in 0..k.saturating_sub(1) {
+        let j = i + (next() % (rest.len() - i) as u64) as usize;
+        rest.swap(i, j);
+        picked.push(rest[i]);
+    }
+    picked.sort_unstable();
+    picked
+}
+
+/// Spot-checks a receipt's trace: re-runs `segments` of the job (each from the
+/// provider's snapshot that starts it, found in `snapshots` and checked against the
+/// trace's CID first, to the next checkpoint) and compares where each ends with the
+/// trace. `runtime` must take checkpoints at the trace's interval
+/// (`Runtime::with_checkpoints(trace.every)`).
+///
+/// What it proves: a provider that fabricated a result or skipped work has at least one
+/// segment whose end does not follow from its start; each segment re-run finds it when it
+/// is that one. Re-running k of n segments costs about k/n of the job (plus k compiles,
+/// which the module cache makes loads).
+pub fn spot_check(
+    runtime: &Runtime,
+    receipt: &Receipt,
+    snapshots: &Path,
+    sources: &Sources,
+    segments: &[usize],
+) -> Result<SampleReport, VerifyError> {
+    if receipt.engine != runtime.fingerprint() {
+        return Err(VerifyError::Engine {
+            receipt: receipt.engine.clone(),
+            ours: runtime.fingerprint().to_string(),
+            version: receipt.detwasm_version.clone(),
+        });
+    }
+    let trace = receipt.trace.as_ref().ok_or(VerifyError::NoTrace)?;
+    let n = trace.snapshots.len();
+    let job = job_of(receipt, sources)?;
+    let mut checked = Vec::new();
+    for &i in segments.iter().filter(|&&i| i <= n) {
+        let started = std::time::Instant::now();
+        let expected = if i < n {
+            trace.snapshots[i].clone()
+        } else {
+            format!(
+                "results {}, {} instructions, exit {}",
+                receipt.cid, receipt.instructions, receipt.exit_code
+            )
+        };
+        let (actual, reason) = match run_segment(runtime, &job, trace, snapshots, i) {
+            Err(why) => (String::new(), Some(why)),
+            Ok(Segment::Checkpoint { cid }) if i < n => {
+                let ok = cid == trace.snapshots[i];
+                let why = (!ok).then(|| {
+                    format!(
+                        "from {}, the job reaches snapshot {cid}, not the trace's {}",
+                        start_name(i),
+                        trace.snapshots[i]
+                    )
+                });
+                (cid, why)
+            }
+            Ok(Segment::Checkpoint { cid }) => (
+                cid.clone(),
+                Some(format!(
+                    "from {}, the job takes another checkpoint ({cid}), which the trace does not name",
+                    start_name(i)
+                )),
+            ),
+            Ok(Segment::End(r)) => {
+                let actual = format!(
+                    "results {}, {} instructions, exit {}",
+                    r.cid, r.instructions, r.exit_code
+                );
+                let why = if i < n {
+                    Some(format!(
+                        "from {}, the job ends ({actual}) before the trace's next snapshot",
+                        start_name(i)
+                    ))
+                } else if (r.cid.as_str(), r.instructions, r.exit_code)
+                    != (receipt.cid.as_str(), receipt.instructions, receipt.exit_code)
+                {
+                    Some(format!(
+                        "from {}, the job ends with {actual}; the receipt claims {expected}",
+                        start_name(i)
+                    ))
+                } else {
+                    None
+                };
+                (actual, why)
+            }
+        };
+        checked.push(SegmentCheck {
+            segment: i,
+            ok: reason.is_none(),
+            expected,
+            actual,
+            reason,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(SampleReport {
+        verified: !checked.is_empty() && checked.iter().all(|c| c.ok),
+        segments: n + 1,
+        checked,
+    })
+}
+
+fn start_name(i: usize) -> String {
+    if i == 0 {
+        "the job's start".into()
+    } else {
+        format!("snapshot {i}")
+    }
+}
+
+/// Runs segment `i`: from the job's start or from the provider's snapshot `i` (which must
+/// hash to the trace's CID), in temporary folders. `Err` is why it could not be run (a
+/// missing or forged snapshot counts against the provider).
+fn run_segment(
+    runtime: &Runtime,
+    job: &Job,
+    trace: &detwasm_job::receipt::Trace,
+    snapshots: &Path,
+    i: usize,
+) -> Result<Segment, String> {
+    let snapshot = if i == 0 {
+        None
+    } else {
+        let dir = snapshots.join(format!("{i:06}"));
+        let cid = results::cid_of_dir(&dir, job.results.profile, true)
+            .map_err(|e| format!("snapshot {i} ({}): {e}", dir.display()))?;
+        if cid != trace.snapshots[i - 1] {
+            return Err(format!(
+                "snapshot {i} ({}) hashes to {cid}, not the trace's {}",
+                dir.display(),
+                trace.snapshots[i - 1]
+            ));
+        }
+        Some(
+            detwasm_runtime::checkpoint::Snapshot::open(&dir)
+                .map_err(|e| format!("snapshot {i}: {e}"))?,
+        )
+    };
+    let tmp = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+    runtime
+        .run_segment(
+            job,
+            snapshot.as_ref(),
+            &tmp.path().join("checkpoints"),
+            &Destination::At(tmp.path().join("results")),
+        )
+        .map_err(|e| format!("segment {i}: {e}"))
+}
+
+#[cfg(test)]
+mod spot_tests {
+    use super::choose_segments;
+
+    #[test]
+    fn the_last_segment_is_always_checked_and_the_rest_are_drawn_by_the_seed() {
+        assert_eq!(choose_segments(5, 9, 1), vec![0, 1, 2, 3, 4]);
+        for seed in 0..50 {
+            let c = choose_segments(101, 3, seed);
+            assert_eq!(c.len(), 3);
+            assert_eq!(*c.last().unwrap(), 100);
+            assert!(c.windows(2).all(|w| w[0] < w[1]), "distinct: {c:?}");
+            assert_eq!(c, choose_segments(101, 3, seed));
+        }
+        // Different seeds choose differently.
+        let all: std::collections::BTreeSet<Vec<usize>> =
+            (0..50).map(|s| choose_segments(101, 3, s)).collect();
+        assert!(all.len() > 40);
     }
 }

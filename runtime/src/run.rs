@@ -317,6 +317,46 @@ impl Runtime {
         dest: &Destination,
         how: &Checkpointing<'_>,
     ) -> Result<StagedRun, RunError> {
+        let ran = self.run_guest(job, Some(dest), how, None)?;
+        self.stage(job, dest, ran, how)
+    }
+
+    /// Runs one segment of a job for a spot check: from its start (`resume` `None`) or
+    /// from snapshot `resume`, to its next checkpoint, whose snapshot is saved into
+    /// `save` (new or empty) and whose CID is returned; or, when the job ends first, to
+    /// its end, with the receipt of the whole job (results delivered into `dest`).
+    pub fn run_segment(
+        &self,
+        job: &Job,
+        resume: Option<&checkpoint::Snapshot>,
+        save: &Path,
+        dest: &Destination,
+    ) -> Result<Segment, RunError> {
+        let how = Checkpointing {
+            save: Some(save),
+            resume,
+        };
+        let ran = self.run_guest(job, Some(dest), &how, Some(1))?;
+        if ran.stopped {
+            let cid = ran.trace.last().cloned().unwrap_or_default();
+            return Ok(Segment::Checkpoint { cid });
+        }
+        Ok(Segment::End(Box::new(
+            self.stage(job, dest, ran, &how)?
+                .publish(deliver::Durability::PerFile)?,
+        )))
+    }
+
+    /// Everything of a run up to its results: checks, grants, hashes, compiles, runs the
+    /// guest (saving and resuming snapshots as `how` says, and stopping after `stop_after`
+    /// new snapshots when given).
+    fn run_guest(
+        &self,
+        job: &Job,
+        dest: Option<&Destination>,
+        how: &Checkpointing<'_>,
+        stop_after: Option<usize>,
+    ) -> Result<Ran, RunError> {
         // The wall-clock safety net covers the whole job from here: hashing, loading and
         // compiling the module (a compile that overruns it is an error, see
         // [`engine::compile_by`]), and running the guest.
@@ -349,7 +389,9 @@ impl Runtime {
             None => None,
         };
         let module = self.load_by(&job.module.bytes, &job.entry, deadline)?;
-        deliver::check(dest)?;
+        if let Some(dest) = dest {
+            deliver::check(dest)?;
+        }
         let info = checkpoint::JobInfo {
             job_id: &prepared.job_id,
             record: &record,
@@ -361,7 +403,7 @@ impl Runtime {
         // deepest metered stack ([`crate::passes::stack`]) and the host frames above it;
         // the fiber is driven from a thread of its own of the same size, so nothing of the
         // run depends on the caller's thread.
-        let (outcome, instructions, host) = std::thread::scope(|s| {
+        let (outcome, instructions, host, stopped) = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
                 .stack_size(GUEST_THREAD_STACK)
@@ -372,7 +414,7 @@ impl Runtime {
                         host,
                         deadline,
                         how.resume,
-                        sink.as_mut().map(|s| (s, &info)),
+                        sink.as_mut().map(|s| (s, &info, stop_after)),
                     )
                 })
                 .map_err(|e| RunError::io("starting the guest thread", e))?
@@ -383,6 +425,34 @@ impl Runtime {
             trace = s.trace;
         }
 
+        Ok(Ran {
+            outcome,
+            instructions,
+            host,
+            stopped,
+            trace,
+            prepared,
+            record,
+        })
+    }
+
+    /// Stages the results of a run ([`Self::run_guest`]) and makes its receipt.
+    fn stage(
+        &self,
+        job: &Job,
+        dest: &Destination,
+        ran: Ran,
+        how: &Checkpointing<'_>,
+    ) -> Result<StagedRun, RunError> {
+        let Ran {
+            outcome,
+            instructions,
+            host,
+            trace,
+            prepared,
+            record,
+            ..
+        } = ran;
         // Staged, then synced and renamed into place by `publish` (see [`crate::deliver`]).
         let trap = outcome.message(&job.limits);
         let staged = deliver::stage(dest, &prepared.job_id, |staging| {
@@ -427,8 +497,12 @@ impl Runtime {
         host: wasi::host::WasiHost,
         deadline: Option<engine::Deadline>,
         resume: Option<&checkpoint::Snapshot>,
-        mut save: Option<(&mut checkpoint::Sink, &checkpoint::JobInfo<'_>)>,
-    ) -> Result<(Outcome, u64, wasi::host::WasiHost), RunError> {
+        mut save: Option<(
+            &mut checkpoint::Sink,
+            &checkpoint::JobInfo<'_>,
+            Option<usize>,
+        )>,
+    ) -> Result<(Outcome, u64, wasi::host::WasiHost, bool), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
         let limits = if self.unwind() {
             // The unwind pass's memory and forwarding table are not the job's.
@@ -482,6 +556,7 @@ impl Runtime {
         let mut instance = None;
         // What ended the run that is not the guest's: a snapshot refused or not saved.
         let mut not_guest: Option<RunError> = None;
+        let mut stopped = false;
         let guest = async {
             let i = self.linker.instantiate_async(&mut store, module).await?;
             instance = Some(i);
@@ -514,9 +589,15 @@ impl Runtime {
                 if !meter::rewind_if_unwound(&mut store, &i)? {
                     return Ok(());
                 }
-                if let Some((sink, info)) = save.as_mut() {
+                if let Some((sink, info, stop_after)) = save.as_mut() {
+                    let before = sink.trace.len();
                     if let Err(e) = checkpoint::save(&mut store, &i, info, sink) {
                         not_guest = Some(e);
+                        return Ok(());
+                    }
+                    // A spot check's segment ends at its next checkpoint.
+                    if stop_after.is_some_and(|n| sink.trace.len() - before >= n) {
+                        stopped = true;
                         return Ok(());
                     }
                 }
@@ -554,7 +635,7 @@ impl Runtime {
             .vfs
             .inputs_unchanged()
             .map_err(RunError::HostFailure)?;
-        Ok((outcome, instructions, ctx.host))
+        Ok((outcome, instructions, ctx.host, stopped))
     }
 }
 
@@ -566,6 +647,26 @@ pub struct Checkpointing<'a> {
     pub save: Option<&'a Path>,
     /// Go on from this snapshot of the same job instead of starting.
     pub resume: Option<&'a checkpoint::Snapshot>,
+}
+
+/// Where a segment of a spot check ended ([`Runtime::run_segment`]).
+pub enum Segment {
+    /// At the next checkpoint, whose snapshot has this CID.
+    Checkpoint { cid: String },
+    /// At the job's end, with the whole job's receipt.
+    End(Box<Receipt>),
+}
+
+/// A run's guest finished (or stopped at a checkpoint), its results not yet staged.
+struct Ran {
+    outcome: Outcome,
+    instructions: u64,
+    host: wasi::host::WasiHost,
+    /// Stopped at a checkpoint (a segment), not at the job's end.
+    stopped: bool,
+    trace: Vec<String>,
+    prepared: Prepared,
+    record: JobRecord,
 }
 
 /// A folder to save snapshots in, prepared: created if new (refused if it holds

@@ -17,6 +17,13 @@ use detwasm_runtime::{Receipt, Runtime};
 /// code of the re-run must equal the receipt's. With --results, the provider's results
 /// folder is hashed too, and every file that differs from the re-run is listed.
 ///
+/// With --sample K --snapshots DIR (a receipt of `detwasm run --checkpoints DIR`), only K
+/// segments of the job are re-run, each from the provider's snapshot to the next
+/// checkpoint, and compared with the receipt's trace: the last segment (which ends with
+/// the results CID) and K-1 others chosen at random. A provider that faked a fraction f
+/// of the segments is caught with probability at least 1 - (1 - f)^(K-1), and always
+/// when it faked the last.
+///
 /// Exit status: 0 verified, 1 not verified (a mismatch; the report says which), 2 the job
 /// cannot be re-run (module or input missing or not the receipt's, another engine).
 #[derive(clap::Args, Debug)]
@@ -52,6 +59,21 @@ pub struct Args {
     /// Compile without reading or writing the module cache.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Spot-check: re-run only K segments of the job (all when K is at least their
+    /// number), from the provider's snapshots in --snapshots.
+    #[arg(long, value_name = "K", requires = "snapshots")]
+    pub sample: Option<usize>,
+
+    /// The provider's checkpoints folder (`detwasm run --checkpoints DIR`).
+    #[arg(long, value_name = "DIR", requires = "sample")]
+    pub snapshots: Option<PathBuf>,
+
+    /// Seed of the segments' choice (default: drawn from the system's entropy). Given,
+    /// the same segments are chosen again: for reproducing a check, not for verifying
+    /// (a provider that knows the seed knows which segments to leave honest).
+    #[arg(long, value_name = "N", requires = "sample")]
+    pub seed: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -78,6 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     for w in runtime.warnings() {
         eprintln!("detwasm: warning: {w}");
+    }
+    if let (Some(k), Some(snapshots)) = (args.sample, &args.snapshots) {
+        return spot_check(&args, &receipt, &sources, k, snapshots);
     }
     let report = verify::verify(
         &runtime,
@@ -129,6 +154,80 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(k) = &report.rerun_results {
         eprintln!("re-run results: {k}");
+    }
+    Ok(if report.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Eight bytes of the system's entropy.
+fn entropy() -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for the segments' choice")?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn spot_check(
+    args: &Args,
+    receipt: &Receipt,
+    sources: &Sources,
+    k: usize,
+    snapshots: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let trace = receipt.trace.as_ref().ok_or(verify::VerifyError::NoTrace)?;
+    let runtime = Runtime::new(EngineOptions {
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            default_cache_dir()
+        },
+        parallel_compilation: true,
+    })?
+    .with_checkpoints(trace.every);
+    let seed = match args.seed {
+        Some(s) => s,
+        None => entropy()?,
+    };
+    let segments = verify::choose_segments(trace.snapshots.len() + 1, k, seed);
+    let report = verify::spot_check(&runtime, receipt, snapshots, sources, &segments)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for c in &report.checked {
+            let what = if c.segment + 1 == report.segments {
+                format!(
+                    "segment {} (checkpoint {} to the end)",
+                    c.segment, c.segment
+                )
+            } else if c.segment == 0 {
+                "segment 0 (the start to checkpoint 1)".to_string()
+            } else {
+                format!(
+                    "segment {} (checkpoint {} to {})",
+                    c.segment,
+                    c.segment,
+                    c.segment + 1
+                )
+            };
+            match &c.reason {
+                None => println!("{what}: ok, {} ({:.2} s)", c.actual, c.seconds),
+                Some(r) => println!("{what}: MISMATCH: {r}"),
+            }
+        }
+        if report.verified {
+            println!(
+                "verified: {} of {} segments re-run, each reached what the trace claims",
+                report.checked.len(),
+                report.segments
+            );
+        } else {
+            println!("NOT VERIFIED");
+        }
     }
     Ok(if report.verified {
         ExitCode::SUCCESS

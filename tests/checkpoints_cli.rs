@@ -1,0 +1,217 @@
+//! `detwasm run --checkpoints`, `detwasm resume` and `detwasm verify --sample` end to end:
+//! a job resumed from one of its snapshots ends with the uninterrupted run's receipt; a
+//! spot check of an honest trace is verified; a fabricated result, a fabricated
+//! snapshot and a trace that skips work are caught, with the segment named.
+
+mod cli_support;
+use cli_support::*;
+
+use std::path::{Path, PathBuf};
+
+fn probe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm")
+}
+
+/// A provider's run with checkpoints: the probe's float work (238 M instructions) with a
+/// checkpoint every 20 M instructions and an input folder. Returns (workdir, receipt).
+fn provider_run() -> (tempfile::TempDir, serde_json::Value) {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("in")).unwrap();
+    std::fs::write(t.path().join("in/data.txt"), "some input\n").unwrap();
+    std::fs::copy(probe(), t.path().join("probe.wasm")).unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "run",
+            "probe.wasm",
+            "--input",
+            "in",
+            "--checkpoints",
+            "cp",
+            "--checkpoint-every",
+            "20000000",
+            "-o",
+            "results",
+            "--receipt",
+            "receipt.json",
+            "--",
+            "float",
+            "200000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("receipt.json")).unwrap()).unwrap();
+    (t, receipt)
+}
+
+fn snapshots(r: &serde_json::Value) -> Vec<String> {
+    r["trace"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `detwasm verify RECEIPT --sample K --snapshots cp --json` in `dir`.
+fn spot_check(dir: &Path, receipt: &str, k: &str, seed: &str) -> (i32, serde_json::Value) {
+    let out = detwasm()
+        .current_dir(dir)
+        .args([
+            "verify",
+            receipt,
+            "--sample",
+            k,
+            "--snapshots",
+            "cp",
+            "--seed",
+            seed,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), report)
+}
+
+#[test]
+fn a_job_resumed_from_a_snapshot_ends_with_the_uninterrupted_receipt() {
+    let (t, full) = provider_run();
+    let trace = snapshots(&full);
+    assert!(trace.len() >= 10, "{full}");
+    assert!(t.path().join("cp/job.json").is_file());
+    // The snapshot folders hash (as `detwasm hash` does) to the trace's CIDs.
+    let hashed = detwasm()
+        .current_dir(t.path())
+        .args(["hash", "cp/000004"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&hashed.stdout).trim(), trace[3]);
+    // From another folder: job.json names the module and the input by absolute paths.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let snapshot = t.path().join("cp/000004");
+    let out = detwasm()
+        .current_dir(elsewhere.path())
+        .arg("resume")
+        .arg(&snapshot)
+        .args(["--json", "-o", "resumed", "--checkpoints", "more"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["cid", "instructions", "exit_code", "job_id", "trace"] {
+        assert_eq!(resumed[key], full[key], "{key}");
+    }
+    // The same job, its host paths made absolute by job.json.
+    assert_eq!(resumed["job"]["args"], full["job"]["args"]);
+    assert_eq!(
+        resumed["job"]["inputs"][0]["cid"],
+        full["job"]["inputs"][0]["cid"]
+    );
+    // The rest of the run's snapshots were made again, the first after the one resumed.
+    let remade: Vec<_> = std::fs::read_dir(elsewhere.path().join("more"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .collect();
+    assert_eq!(remade.len(), trace.len() - 4);
+    // Another job's snapshot is refused with the reason.
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["resume", "cp/000004", "--module"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/modules/cowsay.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the module the job ran"), "{err}");
+}
+
+#[test]
+fn a_spot_check_verifies_an_honest_trace_and_catches_fabrications() {
+    let (t, full) = provider_run();
+    let trace = snapshots(&full);
+    let n = trace.len();
+    // Honest: three segments, the last always among them; and all of them.
+    let (code, report) = spot_check(t.path(), "receipt.json", "3", "7");
+    assert_eq!(code, 0, "{report}");
+    let checked = report["checked"].as_array().unwrap();
+    assert_eq!(checked.len(), 3);
+    assert_eq!(checked[2]["segment"], n);
+    assert_eq!(report["segments"], n + 1);
+    let (code, report) = spot_check(t.path(), "receipt.json", "1000", "7");
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["checked"].as_array().unwrap().len(), n + 1);
+
+    // A fabricated result: the claimed CID is caught by the last segment.
+    let mut fake = full.clone();
+    fake["cid"] = serde_json::json!("QmWUXBndMuq2G6B6ndQCmkRHjZ6CvyJ8qLxXBG3YsSFzQG");
+    std::fs::write(t.path().join("fake_result.json"), fake.to_string()).unwrap();
+    let (code, report) = spot_check(t.path(), "fake_result.json", "1", "7");
+    assert_eq!(code, 1, "{report}");
+    let reason = report["checked"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("the receipt claims"), "{reason}");
+
+    // Skipped work: the provider made snapshot 6 up (here: snapshot 5's state with a
+    // byte of memory changed) and put its CID in the trace. Snapshot 6 hashes to the
+    // trace, so only the segment that should lead to it finds out: 5 to 6.
+    let forged = t.path().join("cp/000006");
+    std::fs::remove_dir_all(&forged).unwrap();
+    copy_dir(&t.path().join("cp/000005"), &forged);
+    let memory = forged.join("memory/0");
+    let mut bytes = std::fs::read(&memory).unwrap();
+    bytes[70_000] ^= 1;
+    std::fs::write(&memory, bytes).unwrap();
+    let forged_cid = detwasm().args(["hash"]).arg(&forged).output().unwrap();
+    let forged_cid = String::from_utf8_lossy(&forged_cid.stdout)
+        .trim()
+        .to_string();
+    let mut skipped = full.clone();
+    skipped["trace"]["snapshots"][5] = serde_json::json!(forged_cid);
+    std::fs::write(t.path().join("skipped.json"), skipped.to_string()).unwrap();
+    let (code, report) = spot_check(t.path(), "skipped.json", "1000", "7");
+    assert_eq!(code, 1, "{report}");
+    let bad: Vec<u64> = report["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["segment"].as_u64().unwrap())
+        .collect();
+    // Segment 5 ends at a state the job does not reach; segment 6 starts from the forged
+    // snapshot, which does not lead to snapshot 7.
+    assert!(bad.contains(&5), "{report}");
+    // Against the honest receipt, the forged folder no longer hashes to the trace.
+    let (code, report) = spot_check(t.path(), "receipt.json", "1000", "7");
+    assert_eq!(code, 1, "{report}");
+    let reason = report["checked"][6]["reason"].as_str().unwrap();
+    assert!(reason.contains("not the trace's"), "{reason}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
