@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Checkpoints side by side, in one run: what taking checkpoints costs a job, what a spot
+check costs against a full re-run, and how much room snapshots take.
+
+    python3 benches/checkpoints.py [--detwasm target/debug/detwasm] [--markdown FILE]
+
+Three measures, each printed as a ratio of two runs made here, now, on this machine:
+
+1. CPython 3.12 running a float script, without checkpoints and with one every
+   `--every` instructions (default 1e9, about a second of guest work), each timed
+   `--runs` times interleaved (median). Both runs compile from the module cache.
+2. `detwasm verify --sample 3` against a full `detwasm verify` of a job of about 100
+   segments (the probe's float work, a checkpoint every 1/100 of it).
+3. The snapshots of CPython's run: their size on disk, and the bytes of one CAR of all
+   of them (blocks shared between snapshots written once) against the sum of one CAR per
+   snapshot.
+
+The workload (target/workloads/python-3.12.0.wasm) is fetched by scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_WASM = ROOT / "target/workloads/python-3.12.0.wasm"
+PROBE = ROOT / "fixtures/probes/probe.wasm"
+
+SCRIPT = """\
+import math
+s = 0.0
+for i in range(1, 1500000):
+    s += math.sin(i) / i
+print(round(s, 9))
+"""
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    run(cmd)
+    return time.perf_counter() - start
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--detwasm", default=str(ROOT / "target/debug/detwasm"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--every", type=int, default=1_000_000_000)
+    ap.add_argument("--markdown", type=Path)
+    a = ap.parse_args()
+    d = a.detwasm
+    if not PYTHON_WASM.is_file():
+        sys.exit(f"{PYTHON_WASM} is missing: run scripts/setup.sh")
+    work = Path(tempfile.mkdtemp(prefix="detwasm-bench-cp-"))
+    os.environ["DETWASM_CACHE_DIR"] = str(work / "cache")
+    try:
+        (work / "in").mkdir()
+        (work / "in" / "s.py").write_text(SCRIPT)
+        base = [d, "run", str(PYTHON_WASM), "--input", f"{work / 'in'}:/w"]
+
+        # Warm the module cache for both compiles (plain and with the unwind pass).
+        run(base + ["-o", str(work / "warm"), "--", "/w/s.py"])
+        run(base + ["-o", str(work / "warm-cp"), "--checkpoints", str(work / "warm-cps"),
+                    "--checkpoint-every", str(a.every), "--", "/w/s.py"])
+        plain, checked = [], []
+        for i in range(a.runs):
+            plain.append(timed(base + ["-o", str(work / f"p{i}"), "--", "/w/s.py"]))
+            cps = work / f"cps{i}"
+            checked.append(timed(base + ["-o", str(work / f"c{i}"), "--checkpoints", str(cps),
+                                          "--checkpoint-every", str(a.every), "--", "/w/s.py"]))
+        receipt = json.loads(run(base + ["--json", "-o", str(work / "r"), "--checkpoints",
+                                         str(work / "cps-r"), "--checkpoint-every", str(a.every),
+                                         "--", "/w/s.py"]).stdout)
+        n_cp = len(receipt["trace"]["snapshots"])
+        instructions = receipt["instructions"]
+
+        # Storage: one CAR per snapshot against one CAR of the whole folder.
+        cps = work / "cps-r"
+        shutil.move(str(cps / "job.json"), str(work / "job.json"))
+        separate = 0
+        for snap in sorted(p for p in cps.iterdir() if p.is_dir()):
+            car = work / f"{snap.name}.car"
+            run([d, "hash", str(snap), "--car", str(car)])
+            separate += car.stat().st_size
+        run([d, "hash", str(cps), "--car", str(work / "all.car")])
+        together = (work / "all.car").stat().st_size
+        on_disk = du(cps)
+
+        # Spot check against full verification: 100 checkpoints.
+        probe_args = ["--", "float", "1000000"]
+        r = json.loads(run([d, "run", "--json", "-o", str(work / "probe"), str(PROBE)] + probe_args).stdout)
+        every = max(r["instructions"] // 100, 10_000_000)
+        run([d, "run", "-o", str(work / "probe-cp"), "--checkpoints", str(work / "probe-cps"),
+             "--checkpoint-every", str(every), "--receipt", str(work / "probe.json"), str(PROBE)]
+            + probe_args)
+        segments = len(json.loads((work / "probe.json").read_text())["trace"]["snapshots"]) + 1
+        full, sample = [], []
+        for _ in range(a.runs):
+            full.append(timed([d, "verify", str(work / "probe.json")]))
+            sample.append(timed([d, "verify", str(work / "probe.json"), "--sample", "3",
+                                 "--snapshots", str(work / "probe-cps")]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    mp, mc = statistics.median(plain), statistics.median(checked)
+    mf, ms = statistics.median(full), statistics.median(sample)
+    mib = 1 << 20
+    rows = [
+        ("CPython float script, checkpoint every "
+         f"{a.every:,} instructions ({n_cp} checkpoints, {instructions:,} instructions), vs without",
+         f"{mc / mp:.2f}x ({mc:.2f} s vs {mp:.2f} s)", "<= 1.25x"),
+        (f"`verify --sample 3` of a job of {segments} segments vs full `verify`",
+         f"{ms / mf:.3f}x ({ms:.3f} s vs {mf:.3f} s)", "<= 0.05x"),
+        (f"CPython's {n_cp} snapshots: on disk / one CAR of all / sum of one CAR each",
+         f"{on_disk / mib:.1f} / {together / mib:.1f} / {separate / mib:.1f} MiB "
+         f"(shared blocks save {100 * (1 - together / separate):.0f} %)", "say it"),
+    ]
+    lines = ["| measure | measured | target |", "| --- | ---: | ---: |"]
+    lines += [f"| {m} | {v} | {t} |" for m, v, t in rows]
+    text = "\n".join(lines)
+    print(text)
+    if a.markdown:
+        a.markdown.write_text(
+            "# Checkpoints\n\n`python3 benches/checkpoints.py --markdown benches/RESULTS-checkpoints.md`"
+            f" on {os.cpu_count()} cores, median of {a.runs} interleaved runs.\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
