@@ -215,3 +215,51 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A run the wall-clock timeout stops saves a snapshot there (off the trace, or the
+/// checkpoint it stopped at), and its receipt says where to resume; resumed again and
+/// again (each resume has the job's timeout too), the job ends as one run without a
+/// timeout ends: same results CID, instruction count, outcome and number of checkpoints.
+#[test]
+fn a_run_stopped_by_its_timeout_is_resumed_to_the_end() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::copy(probe(), t.path().join("probe.wasm")).unwrap();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = detwasm().current_dir(t.path()).args(args).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: no receipt ({e}): {}", String::from_utf8_lossy(&out.stderr))
+        })
+    };
+    let job = ["--checkpoint-every", "100000000", "--fuel", "3000000000"];
+    let whole = run(&[
+        &["run", "--json", "-o", "whole", "--checkpoints", "whole-cp", "--timeout", "600"][..],
+        &job,
+        &["probe.wasm", "--", "spin"],
+    ]
+    .concat());
+    assert_eq!(whole["outcome"], "out_of_fuel");
+    let mut r = run(&[
+        &["run", "--json", "-o", "r0", "--checkpoints", "cp0", "--timeout", "0.2"][..],
+        &job,
+        &["probe.wasm", "--", "spin"],
+    ]
+    .concat());
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    assert_eq!(r["verifiable"], false);
+    let mut stops = 0;
+    while let Some(at) = r["trace"]["resume"].as_str() {
+        stops += 1;
+        assert!(stops < 100, "no progress: {r}");
+        let snapshot = format!("cp{}/{at}", stops - 1);
+        let (out, cp) = (format!("r{stops}"), format!("cp{stops}"));
+        r = run(&["resume", &snapshot, "--json", "-o", &out, "--checkpoints", &cp]);
+    }
+    assert!(stops >= 1);
+    for key in ["cid", "instructions", "outcome", "exit_code"] {
+        assert_eq!(r[key], whole[key], "{key} after {stops} stops");
+    }
+    assert_eq!(
+        r["trace"]["snapshots"].as_array().unwrap().len(),
+        whole["trace"]["snapshots"].as_array().unwrap().len()
+    );
+}

@@ -144,4 +144,8 @@ pub struct Receipt {
 pub struct Trace {
     pub every: u64,
     pub snapshots: Vec<String>,
+    /// When the wall-clock deadline stopped the run: the snapshot (a folder of the
+    /// checkpoints folder) to finish it from with `detwasm resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }

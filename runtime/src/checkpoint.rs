@@ -84,6 +84,11 @@ pub struct State {
     /// Bytes of `frames`.
     pub frames: u64,
     pub host: SavedHost,
+    /// Taken when the wall-clock deadline struck, between two checkpoints of the trace:
+    /// not in the trace, and a run resumed from it takes the trace's next checkpoint as
+    /// the run never stopped would.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub off_trace: bool,
 }
 
 /// A mutable global of the module: its index, type and bits (hexadecimal, little end
@@ -106,7 +111,16 @@ pub struct SavedMemory {
 pub struct Sink {
     pub dir: PathBuf,
     pub trace: Vec<String>,
+    /// The folder (in `dir`) of the snapshot to resume from, when the deadline stopped
+    /// the run.
+    pub resume: Option<String>,
+    /// The folder of the last snapshot saved.
+    pub last: Option<String>,
 }
+
+/// The folder name of the snapshot taken when the deadline struck between two
+/// checkpoints of the trace.
+pub const TIMEOUT_SNAPSHOT: &str = "timeout";
 
 fn io(what: impl std::fmt::Display, e: std::io::Error) -> RunError {
     RunError::HostFailure(format!("saving a snapshot: {what}: {e}"))
@@ -213,14 +227,10 @@ pub fn save(
     let frames_len = ptr.get(&mut store).i32().unwrap_or(0) as u32 as usize;
     let ctx = store.as_context_mut();
     let meter = ctx.data().meter.save();
+    let off_trace = ctx.data().meter.off_trace();
+    let timed_out = ctx.data().meter.timed_out();
     let index = meter.taken;
-    let fuel = instance
-        .clone()
-        .get_export(&mut store, crate::passes::fuel::EXPORT_FUEL)
-        .and_then(|e| e.into_global())
-        .and_then(|g| g.get(&mut store).i64())
-        .unwrap_or(0);
-    let instructions = store.as_context_mut().data().meter.consumed(fuel);
+    let instructions = ctx.data().meter.checkpoint_at();
     let mut saved_globals = Vec::new();
     for (i, g) in &globals {
         let v = canonical(g.get(&mut store));
@@ -235,7 +245,11 @@ pub fn save(
             bits,
         });
     }
-    let name = format!("{index:06}");
+    let name = if off_trace {
+        TIMEOUT_SNAPSHOT.to_string()
+    } else {
+        format!("{index:06}")
+    };
     let tmp = sink.dir.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join("memory")).map_err(|e| io(tmp.display(), e))?;
@@ -278,6 +292,7 @@ pub fn save(
         memories: saved_memories,
         frames: frames_len as u64,
         host,
+        off_trace,
     };
     let text = serde_json::to_vec_pretty(&state)
         .map_err(|e| RunError::HostFailure(format!("saving a snapshot: {e}")))?;
@@ -285,7 +300,13 @@ pub fn save(
     let cid = crate::results::cid_of_dir(&tmp, job.results.profile, true)?;
     let done = sink.dir.join(&name);
     std::fs::rename(&tmp, &done).map_err(|e| io(done.display(), e))?;
-    sink.trace.push(cid.clone());
+    if !off_trace {
+        sink.trace.push(cid.clone());
+    }
+    if timed_out {
+        sink.resume = Some(name.clone());
+    }
+    sink.last = Some(name);
     Ok(cid)
 }
 

@@ -56,6 +56,19 @@ struct Checkpoints {
     /// keeps that from being a condition of correctness).
     unwinding: Option<Option<i64>>,
     taken: u64,
+    /// Take a checkpoint when the deadline strikes ([`Meter::with_timeout_checkpoint`]).
+    at_timeout: bool,
+    /// The deadline struck: the checkpoint being taken (or just taken) is the run's last,
+    /// and the run ends as timed out after it is saved.
+    timed_out: bool,
+    /// The checkpoint being taken is the deadline's, not one of every `every`: it is not
+    /// counted (a run resumed from it takes the same checkpoints as one never stopped).
+    off_trace: bool,
+    /// Instructions run when the last checkpoint began.
+    at: u64,
+    /// The deadline struck at the fuel check a checkpoint was just taken at, as the guest
+    /// rewound to it: that checkpoint's snapshot is where to resume.
+    rewind_timed_out: bool,
 }
 
 /// The meter as a snapshot saves it.
@@ -115,6 +128,48 @@ impl Meter {
         self.checkpoints.every = Some(every.max(1));
         self.checkpoints.next = every.max(1);
         self
+    }
+
+    /// When the wall-clock deadline strikes while the entry runs, takes a checkpoint
+    /// there (to be saved, so the job can be resumed later) instead of ending the run
+    /// at once; the run then ends as timed out ([`Meter::timed_out`]). If a checkpoint
+    /// of every `every` is due at that fuel check, it is that one; otherwise one off the
+    /// trace, which does not move the checkpoints that follow.
+    pub fn with_timeout_checkpoint(mut self) -> Self {
+        self.checkpoints.at_timeout = true;
+        self
+    }
+
+    /// Whether the deadline struck and a checkpoint was taken for it: the run ends as
+    /// timed out once it is saved.
+    pub fn timed_out(&self) -> bool {
+        self.checkpoints.timed_out
+    }
+
+    /// Instructions run when the last checkpoint began (the fuel check it was taken at).
+    pub fn checkpoint_at(&self) -> u64 {
+        self.checkpoints.at
+    }
+
+    /// Whether the deadline struck as the guest rewound from the last checkpoint (whose
+    /// snapshot is then where to resume).
+    pub fn rewind_timed_out(&self) -> bool {
+        self.checkpoints.rewind_timed_out
+    }
+
+    /// Whether the last checkpoint taken was the deadline's one off the trace.
+    pub fn off_trace(&self) -> bool {
+        self.checkpoints.off_trace
+    }
+
+    /// Whether the deadline has struck and a checkpoint may be taken for it.
+    fn timeout_checkpoint_due(&self) -> bool {
+        let c = &self.checkpoints;
+        c.at_timeout
+            && c.every.is_some()
+            && c.allowed
+            && c.unwinding.is_none()
+            && self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Whether checkpoints may be taken now (only while the entry runs).
@@ -259,13 +314,31 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
                             "a rewind ended with frames left in the unwind memory",
                         ));
                     }
-                } else if caller.data_mut().meter().checkpoint_due(fuel) {
-                    let global = caller_fuel(&mut caller).map(|(_, v)| v);
-                    caller.data_mut().meter().checkpoints.unwinding = Some(global);
-                    caller.data_mut().unwinding(true);
-                    state.set(&mut caller, wasmtime::Val::I32(unwind::UNWINDING))?;
-                    // The guest ignores what a call returns while unwinding.
-                    return Ok(fuel);
+                    // The deadline struck while the checkpoint was saved: the run stops
+                    // here, in the very state that checkpoint saved.
+                    let meter = caller.data_mut().meter();
+                    if meter.checkpoints.at_timeout
+                        && meter.deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        meter.checkpoints.rewind_timed_out = true;
+                    }
+                } else {
+                    let meter = caller.data_mut().meter();
+                    // The deadline is read once here: the checkpoint of every `every` due
+                    // at this check, if any, is the one the deadline keeps.
+                    let timeout = meter.timeout_checkpoint_due();
+                    let due = meter.checkpoint_due(fuel);
+                    if due || timeout {
+                        meter.checkpoints.timed_out = timeout;
+                        meter.checkpoints.off_trace = !due;
+                        meter.checkpoints.at = meter.consumed(fuel);
+                        let global = caller_fuel(&mut caller).map(|(_, v)| v);
+                        caller.data_mut().meter().checkpoints.unwinding = Some(global);
+                        caller.data_mut().unwinding(true);
+                        state.set(&mut caller, wasmtime::Val::I32(unwind::UNWINDING))?;
+                        // The guest ignores what a call returns while unwinding.
+                        return Ok(fuel);
+                    }
                 }
             }
             let r = caller.data_mut().meter().refuel(fuel);
@@ -307,7 +380,9 @@ pub fn rewind_if_unwound<T: Metered + 'static>(
     let mut ctx = store.as_context_mut();
     let data = ctx.data_mut();
     let global = data.meter().checkpoints.unwinding.take();
-    data.meter().checkpoints.taken += 1;
+    if !data.meter().checkpoints.off_trace {
+        data.meter().checkpoints.taken += 1;
+    }
     data.unwinding(false);
     if let (Some(Some(v)), Some(Extern::Global(g))) =
         (global, instance.get_export(&mut store, EXPORT_FUEL))

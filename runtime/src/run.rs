@@ -378,11 +378,13 @@ impl Runtime {
             snapshot.check_job(&prepared.job_id, &self.fingerprint)?;
             snapshot.restore_host(&mut host, job.limits.max_output)?;
             trace = snapshot.state.trace.clone();
-            trace.push(results::cid_of_dir(
-                &snapshot.dir,
-                job.results.profile,
-                true,
-            )?);
+            if !snapshot.state.off_trace {
+                trace.push(results::cid_of_dir(
+                    &snapshot.dir,
+                    job.results.profile,
+                    true,
+                )?);
+            }
         }
         let mut sink = match how.save {
             Some(dir) => Some(checkpoint_sink(dir, &record, trace.clone())?),
@@ -421,8 +423,10 @@ impl Runtime {
                 .join()
                 .map_err(|_| RunError::Engine("the guest thread panicked".into()))?
         })?;
+        let mut resume_at = None;
         if let Some(s) = sink {
             trace = s.trace;
+            resume_at = s.resume;
         }
 
         Ok(Ran {
@@ -431,6 +435,7 @@ impl Runtime {
             host,
             stopped,
             trace,
+            resume_at,
             prepared,
             record,
         })
@@ -449,6 +454,7 @@ impl Runtime {
             instructions,
             host,
             trace,
+            resume_at,
             prepared,
             record,
             ..
@@ -483,6 +489,7 @@ impl Runtime {
             trace: (how.save.is_some() || how.resume.is_some()).then(|| crate::receipt::Trace {
                 every: self.checkpoint_every.unwrap_or(0),
                 snapshots: trace,
+                resume: resume_at,
             }),
         };
         Ok(StagedRun { receipt, staged })
@@ -540,6 +547,10 @@ impl Runtime {
                         Some(n) => m.with_checkpoints(n),
                         None => m,
                     };
+                    // Snapshots are saved: the deadline's checkpoint can be resumed.
+                    if save.is_some() {
+                        m = m.with_timeout_checkpoint();
+                    }
                     if let Some(snapshot) = resume {
                         m.restore(&snapshot.state.meter)
                             .map_err(|why| RunError::Input {
@@ -601,11 +612,22 @@ impl Runtime {
                         return Ok(());
                     }
                 }
+                // The deadline struck at this checkpoint: saved, the run ends timed out.
+                if store.data().meter.timed_out() {
+                    return Err(wasmtime::Error::new(Stop::Timeout));
+                }
             }
         };
         let result: wasmtime::Result<()> = run_until(guest);
         if let Some(e) = not_guest {
             return Err(e);
+        }
+        if store.data().meter.rewind_timed_out() {
+            if let Some((sink, ..)) = save.as_mut() {
+                if sink.resume.is_none() {
+                    sink.resume = sink.last.clone();
+                }
+            }
         }
 
         let fuel = instance
@@ -665,6 +687,8 @@ struct Ran {
     /// Stopped at a checkpoint (a segment), not at the job's end.
     stopped: bool,
     trace: Vec<String>,
+    /// The snapshot to resume from, when the deadline stopped the run.
+    resume_at: Option<String>,
     prepared: Prepared,
     record: JobRecord,
 }
@@ -708,6 +732,8 @@ fn checkpoint_sink(
     Ok(checkpoint::Sink {
         dir: dir.to_path_buf(),
         trace,
+        resume: None,
+        last: None,
     })
 }
 

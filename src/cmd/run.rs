@@ -314,6 +314,15 @@ pub fn report(
         if !receipt.verifiable {
             eprintln!("warning: the wall-clock timeout stopped this run; it is not verifiable");
         }
+        if let (Some(at), Some(dir)) = (
+            receipt.trace.as_ref().and_then(|t| t.resume.as_ref()),
+            checkpoints,
+        ) {
+            eprintln!(
+                "a snapshot was saved when it stopped: finish the job with `detwasm resume {}`",
+                dir.join(at).display()
+            );
+        }
     }
     if let Some((path, e)) = receipt_failure {
         eprintln!(
