@@ -53,7 +53,9 @@ pub struct CheckpointArgs {
     /// (DIR/000001, …), with the job's host details in DIR/job.json. DIR must be new or
     /// empty. Each snapshot's IPFS CID goes into the receipt's `trace`; `detwasm resume
     /// DIR/000003` finishes the job from there with the same receipt. The results and
-    /// their CID are the same as without checkpoints.
+    /// their CID are the same as without checkpoints. If --timeout stops the run, a
+    /// snapshot of where it stopped is saved too (DIR/timeout) and the receipt's
+    /// `trace.resume` names it: `detwasm resume` finishes the job.
     #[arg(long, value_name = "DIR")]
     pub checkpoints: Option<PathBuf>,
 
