@@ -1,7 +1,8 @@
 //! `detwasm run --checkpoints`, `detwasm resume` and `detwasm verify --sample` end to end:
 //! a job resumed from one of its snapshots ends with the uninterrupted run's receipt; a
 //! spot check of an honest trace is verified; a fabricated result, a fabricated
-//! snapshot and a trace that skips work are caught, with the segment named.
+//! snapshot and a trace that skips work are caught, with the segment named; a dispute
+//! between two traces is settled by re-running the one segment where they part.
 
 mod cli_support;
 use cli_support::*;
@@ -196,6 +197,24 @@ fn a_spot_check_verifies_an_honest_trace_and_catches_fabrications() {
     // Segment 5 ends at a state the job does not reach; segment 6 starts from the forged
     // snapshot, which does not lead to snapshot 7.
     assert!(bad.contains(&5), "{report}");
+    // The dispute between the honest receipt and the one that skipped work, settled by
+    // re-running only segment 5 (from snapshot 5, which both traces name).
+    for (a, b, right, code) in [
+        ("receipt.json", "skipped.json", "a", 0),
+        ("skipped.json", "receipt.json", "b", 1),
+    ] {
+        let out = detwasm()
+            .current_dir(t.path())
+            .args(["verify", a, "--bisect", b, "--snapshots", "cp", "--json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(report["segment"], 5, "{report}");
+        assert_eq!(report["right"], right, "{report}");
+        assert_eq!(report["actual"], trace[5].as_str());
+        assert_eq!(out.status.code(), Some(code));
+    }
     // Against the honest receipt, the forged folder no longer hashes to the trace.
     let (code, report) = spot_check(t.path(), "receipt.json", "1000", "7");
     assert_eq!(code, 1, "{report}");
@@ -227,19 +246,40 @@ fn a_run_stopped_by_its_timeout_is_resumed_to_the_end() {
     let run = |args: &[&str]| -> serde_json::Value {
         let out = detwasm().current_dir(t.path()).args(args).output().unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{args:?}: no receipt ({e}): {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "{args:?}: no receipt ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         })
     };
     let job = ["--checkpoint-every", "100000000", "--fuel", "3000000000"];
     let whole = run(&[
-        &["run", "--json", "-o", "whole", "--checkpoints", "whole-cp", "--timeout", "600"][..],
+        &[
+            "run",
+            "--json",
+            "-o",
+            "whole",
+            "--checkpoints",
+            "whole-cp",
+            "--timeout",
+            "600",
+        ][..],
         &job,
         &["probe.wasm", "--", "spin"],
     ]
     .concat());
     assert_eq!(whole["outcome"], "out_of_fuel");
     let mut r = run(&[
-        &["run", "--json", "-o", "r0", "--checkpoints", "cp0", "--timeout", "0.2"][..],
+        &[
+            "run",
+            "--json",
+            "-o",
+            "r0",
+            "--checkpoints",
+            "cp0",
+            "--timeout",
+            "0.2",
+        ][..],
         &job,
         &["probe.wasm", "--", "spin"],
     ]
@@ -252,7 +292,15 @@ fn a_run_stopped_by_its_timeout_is_resumed_to_the_end() {
         assert!(stops < 100, "no progress: {r}");
         let snapshot = format!("cp{}/{at}", stops - 1);
         let (out, cp) = (format!("r{stops}"), format!("cp{stops}"));
-        r = run(&["resume", &snapshot, "--json", "-o", &out, "--checkpoints", &cp]);
+        r = run(&[
+            "resume",
+            &snapshot,
+            "--json",
+            "-o",
+            &out,
+            "--checkpoints",
+            &cp,
+        ]);
     }
     assert!(stops >= 1);
     for key in ["cid", "instructions", "outcome", "exit_code"] {

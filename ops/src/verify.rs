@@ -101,6 +101,8 @@ pub enum VerifyError {
     Run(#[from] RunError),
     #[error("the receipt has no trace of snapshots (the run took no checkpoints: run it with `detwasm run --checkpoints DIR`)")]
     NoTrace,
+    #[error("the two receipts cannot be bisected: {0}")]
+    NotComparable(String),
 }
 
 /// One path whose content differs between the provider's results and the re-run.
@@ -766,6 +768,104 @@ fn run_segment(
             &Destination::At(tmp.path().join("results")),
         )
         .map_err(|e| format!("segment {i}: {e}"))
+}
+
+/// What [`bisect`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct BisectReport {
+    /// The segment re-run: the first at whose end the two traces disagree.
+    pub segment: usize,
+    /// What each receipt claims at its end, and what the re-run reached.
+    pub claim_a: String,
+    pub claim_b: String,
+    pub actual: String,
+    /// `a`, `b`, or `neither` (both wrong there); `both` only if the claims are the same
+    /// (then the traces do not disagree).
+    pub right: &'static str,
+    pub seconds: f64,
+}
+
+/// What a receipt claims at the end of segment `i`: its snapshot `i + 1`, or past its
+/// trace's end, its results.
+fn claim(r: &Receipt, i: usize) -> String {
+    let snapshots = r
+        .trace
+        .as_ref()
+        .map(|t| t.snapshots.as_slice())
+        .unwrap_or(&[]);
+    match snapshots.get(i) {
+        Some(cid) => cid.clone(),
+        None => format!(
+            "results {}, {} instructions, exit {}",
+            r.cid, r.instructions, r.exit_code
+        ),
+    }
+}
+
+/// Finds where two traces of the same job disagree first and re-runs only that segment
+/// (from the last snapshot they agree on, found in `snapshots`) to say which side is
+/// right: the dispute of two providers (or a provider and a verifier) settled at the cost
+/// of one segment.
+pub fn bisect(
+    runtime: &Runtime,
+    a: &Receipt,
+    b: &Receipt,
+    snapshots: &Path,
+    sources: &Sources,
+) -> Result<BisectReport, VerifyError> {
+    if a.job_id != b.job_id {
+        return Err(VerifyError::NotComparable(format!(
+            "they are of two jobs ({} and {})",
+            a.job_id, b.job_id
+        )));
+    }
+    let (ta, tb) = match (&a.trace, &b.trace) {
+        (Some(ta), Some(tb)) => (ta, tb),
+        _ => return Err(VerifyError::NoTrace),
+    };
+    if ta.every != tb.every {
+        return Err(VerifyError::NotComparable(format!(
+            "their checkpoints are every {} and every {} instructions",
+            ta.every, tb.every
+        )));
+    }
+    let common = ta
+        .snapshots
+        .iter()
+        .zip(&tb.snapshots)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let segment = common;
+    let (claim_a, claim_b) = (claim(a, segment), claim(b, segment));
+    if claim_a == claim_b {
+        return Err(VerifyError::NotComparable(
+            "their traces and results agree: there is nothing to settle".into(),
+        ));
+    }
+    let job = job_of(a, sources)?;
+    let started = std::time::Instant::now();
+    let actual = match run_segment(runtime, &job, ta, snapshots, segment) {
+        Ok(Segment::Checkpoint { cid }) => cid,
+        Ok(Segment::End(r)) => format!(
+            "results {}, {} instructions, exit {}",
+            r.cid, r.instructions, r.exit_code
+        ),
+        Err(why) => return Err(VerifyError::NotComparable(why)),
+    };
+    let right = match (actual == claim_a, actual == claim_b) {
+        (true, true) => "both",
+        (true, false) => "a",
+        (false, true) => "b",
+        (false, false) => "neither",
+    };
+    Ok(BisectReport {
+        segment,
+        claim_a,
+        claim_b,
+        actual,
+        right,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

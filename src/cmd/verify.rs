@@ -66,8 +66,21 @@ pub struct Args {
     pub sample: Option<usize>,
 
     /// The provider's checkpoints folder (`detwasm run --checkpoints DIR`).
-    #[arg(long, value_name = "DIR", requires = "sample")]
+    #[arg(long, value_name = "DIR")]
     pub snapshots: Option<PathBuf>,
+
+    /// Settle a dispute: RECEIPT_B is another receipt of the same job whose trace
+    /// disagrees with RECEIPT's. The first segment at whose end they differ is re-run
+    /// (from the last snapshot both traces name, in --snapshots) and the report says
+    /// which receipt is right there (`a` is RECEIPT, `b` RECEIPT_B). Exit 0 when RECEIPT
+    /// is right, 1 when it is not.
+    #[arg(
+        long,
+        value_name = "RECEIPT_B",
+        requires = "snapshots",
+        conflicts_with = "sample"
+    )]
+    pub bisect: Option<PathBuf>,
 
     /// Seed of the segments' choice (default: drawn from the system's entropy). Given,
     /// the same segments are chosen again: for reproducing a check, not for verifying
@@ -103,6 +116,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let (Some(k), Some(snapshots)) = (args.sample, &args.snapshots) {
         return spot_check(&args, &receipt, &sources, k, snapshots);
+    }
+    if let (Some(other), Some(snapshots)) = (&args.bisect, &args.snapshots) {
+        let text = std::fs::read_to_string(other)
+            .with_context(|| format!("reading receipt {}", other.display()))?;
+        let b: Receipt = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a detwasm receipt", other.display()))?;
+        let every = receipt.trace.as_ref().map_or(0, |t| t.every);
+        let runtime = runtime.with_checkpoints(every);
+        let report = verify::bisect(&runtime, &receipt, &b, snapshots, &sources)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "first disagreement at the end of segment {}: re-run from {} reaches {}",
+                report.segment,
+                if report.segment == 0 {
+                    "the job's start".to_string()
+                } else {
+                    format!("snapshot {}", report.segment)
+                },
+                report.actual
+            );
+            println!("  {}: {}", args.receipt.display(), report.claim_a);
+            println!("  {}: {}", other.display(), report.claim_b);
+            println!(
+                "{}",
+                match report.right {
+                    "a" => format!("{} is right", args.receipt.display()),
+                    "b" => format!("{} is right", other.display()),
+                    _ => "neither is right".to_string(),
+                }
+            );
+        }
+        return Ok(match report.right {
+            "a" => ExitCode::SUCCESS,
+            _ => ExitCode::from(1),
+        });
     }
     let report = verify::verify(
         &runtime,
