@@ -227,3 +227,105 @@ impl WasiHost {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::Vfs;
+
+    /// A job's host: an output volume at /out (fd 3), 4 bytes of stdin, a 1 MiB quota.
+    fn host() -> WasiHost {
+        let mut vfs = Vfs::new();
+        vfs.mount_output("/out", 0);
+        WasiHost::new(
+            vec![b"module.wasm".to_vec()],
+            Vec::new(),
+            b"abcd".to_vec(),
+            vfs,
+            0,
+            7,
+            1 << 20,
+        )
+    }
+
+    fn restore(saved: &SavedHost, stdout: Vec<u8>) -> Result<WasiHost, String> {
+        let mut h = host();
+        h.restore(saved, stdout, Vec::new(), |_, len| {
+            Ok(vec![0; len as usize])
+        })
+        .map(|()| h)
+    }
+
+    #[test]
+    fn a_saved_host_is_restored_as_it_was() {
+        let mut h = host();
+        h.stdout.extend_from_slice(b"printed");
+        h.stdin_pos = 2;
+        h.clock.advance(5_000);
+        let mut buf = [0u8; 13];
+        rand_core::RngCore::fill_bytes(&mut h.rng, &mut buf);
+        let (saved, bytes) = h.save();
+        let back = restore(&saved, bytes.stdout.to_vec()).unwrap();
+        assert_eq!(back.save().0, saved);
+        // The random stream goes on where it was.
+        let (mut a, mut b) = (h, back);
+        let (mut x, mut y) = ([0u8; 8], [0u8; 8]);
+        rand_core::RngCore::fill_bytes(&mut a.rng, &mut x);
+        rand_core::RngCore::fill_bytes(&mut b.rng, &mut y);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn forged_host_states_are_refused_with_the_reason() {
+        let (saved, _) = host().save();
+        type Forge = fn(&mut SavedHost, &mut Vec<u8>);
+        let cases: [(&str, Forge); 8] = [
+            ("stdin read past its end", |s, _| s.stdin_pos = 5),
+            ("stdout of another length", |s, _| s.stdout_len = 3),
+            ("stdout over the quota", |s, o| {
+                *o = vec![0; (1 << 20) + 1];
+                s.stdout_len = o.len() as u64;
+            }),
+            ("a random position past the stream", |s, _| {
+                s.random_words = (1u128 << 70).to_string()
+            }),
+            ("a random position that is no number", |s, _| {
+                s.random_words = "-1".into()
+            }),
+            ("an fd of a free node", |s, _| {
+                s.fds.push((
+                    9,
+                    SavedFd::File {
+                        node: 40,
+                        pos: 0,
+                        read: true,
+                        write: true,
+                        append: false,
+                        sync: 0,
+                        rights: 0,
+                    },
+                ))
+            }),
+            ("a directory fd that is the preopen of no mount", |s, _| {
+                s.fds.push((
+                    9,
+                    SavedFd::Dir {
+                        node: 0,
+                        preopen: Some(7),
+                        cursor: None,
+                    },
+                ))
+            }),
+            ("an fd past the most a guest may have", |s, _| {
+                s.fds.push((MAX_FDS, SavedFd::Stdin))
+            }),
+        ];
+        for (what, forge) in cases {
+            let (mut s, mut out) = (saved.clone(), Vec::new());
+            forge(&mut s, &mut out);
+            let r = restore(&s, out);
+            assert!(r.is_err(), "{what}: accepted");
+            eprintln!("{what}: {}", r.err().unwrap());
+        }
+    }
+}
