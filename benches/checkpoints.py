@@ -10,8 +10,8 @@ Three measures, each printed as a ratio of two runs made here, now, on this mach
    `--every` instructions (default 1e9, about a second of guest work), each timed
    `--runs` times interleaved (median). Both runs compile from the module cache.
 2. `detwasm verify --sample 3` against a full `detwasm verify` of a job of about 100
-   segments: CPython running the same script `--long` times longer (default 7: about
-   15 s of guest work), a checkpoint every 1/100 of it. A segment's fixed cost (starting
+   segments: CPython running the same script `--long` times longer (default 5: about
+   11 s of guest work), a checkpoint every 1/100 of it. A segment's fixed cost (starting
    detwasm, loading the compiled module from the cache, hashing and restoring the
    snapshot: about 0.1 s for CPython) is paid per segment, so the ratio approaches
    3/100 only for jobs whose segments are long against it.
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--detwasm", default=str(ROOT / "target/debug/detwasm"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--every", type=int, default=1_000_000_000)
-    ap.add_argument("--long", type=int, default=7)
+    ap.add_argument("--long", type=int, default=5)
     ap.add_argument("--markdown", type=Path)
     a = ap.parse_args()
     d = a.detwasm
