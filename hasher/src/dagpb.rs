@@ -36,6 +36,31 @@ pub struct PbLink {
     pub tsize: u64,
 }
 
+impl PbLink {
+    /// The same link with its name borrowed.
+    pub fn borrowed(&self) -> LinkRef<'_> {
+        LinkRef {
+            cid: self.cid,
+            name: &self.name,
+            tsize: self.tsize,
+        }
+    }
+}
+
+/// One link of a dag-pb node whose name lives elsewhere: what [`encode_links`] takes, so
+/// that a directory's links are encoded from the importer's tables. Rejected: building a
+/// [`PbLink`] per entry (a copy of every name, and 80 bytes more, for every entry of a
+/// folder at once: a folder of 500,000 entries is one directory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkRef<'a> {
+    /// The CID of the target block.
+    pub cid: Cid,
+    /// The link name (UTF-8); empty for file chunks.
+    pub name: &'a str,
+    /// The cumulative size: the target block's length plus the Tsize of all its links.
+    pub tsize: u64,
+}
+
 /// Encoded length of one `PBLink` message body (without the enclosing field key/length).
 fn link_body_len(name_len: usize, cid_len: usize, tsize: u64) -> usize {
     pb::bytes_field_len(cid_len) + pb::bytes_field_len(name_len) + 1 + pb::varint_len(tsize)
@@ -53,8 +78,17 @@ pub fn data_encoded_len(data_len: usize) -> usize {
 
 /// Encode a `PBNode`: the links (in the given order), then the data.
 pub fn encode_node(links: &[PbLink], data: &[u8]) -> Vec<u8> {
+    encode_links(links.iter().map(PbLink::borrowed), data)
+}
+
+/// [`encode_node`] over links made on demand: `links` is walked twice, once to size the
+/// block and once to write it.
+pub fn encode_links<'a, I>(links: I, data: &[u8]) -> Vec<u8>
+where
+    I: Iterator<Item = LinkRef<'a>> + Clone,
+{
     let size = links
-        .iter()
+        .clone()
         .map(|l| link_encoded_len(l.name.len(), l.cid.encoded_len(), l.tsize))
         .sum::<usize>()
         + data_encoded_len(data.len());

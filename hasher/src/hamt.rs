@@ -16,7 +16,7 @@
 
 use crate::car::BlockSink;
 use crate::cid::{Cid, CidVersion, DAG_PB};
-use crate::dagpb::{self, PbLink};
+use crate::dagpb::{self, LinkRef, PbLink};
 use crate::error::{HashError, Result};
 use crate::murmur3::hamt_hash;
 use crate::unixfs;
@@ -30,17 +30,6 @@ pub const FANOUT: u64 = 256;
 const BITS_PER_LEVEL: u32 = 8;
 /// Levels available in a 64-bit hash.
 const MAX_DEPTH: u32 = 64 / BITS_PER_LEVEL;
-
-/// A directory entry to place in the shard.
-#[derive(Clone, Debug)]
-pub struct HamtEntry {
-    /// The entry's name.
-    pub name: String,
-    /// CID of the entry's root block.
-    pub cid: Cid,
-    /// Cumulative size of the entry.
-    pub tsize: u64,
-}
 
 /// The root of a built shard tree.
 #[derive(Clone, Copy, Debug)]
@@ -56,29 +45,48 @@ fn slot(hash: u64, depth: u32) -> usize {
     ((hash >> (64 - BITS_PER_LEVEL * (depth + 1))) & (FANOUT - 1)) as usize
 }
 
-/// Build the shard tree of `entries` (any order, unique names) for directory `dir`.
-pub fn build(
-    entries: Vec<HamtEntry>,
+/// Build the shard tree of a directory `dir` of `count` entries (unique names, any
+/// order), `entry(k)` giving the k-th entry's name, CID and Tsize.
+///
+/// The entries are taken through `entry`, and only `(hash, k)` is held per entry, 16
+/// bytes: a folder is sharded because it is large (a folder of 500,000 entries is one
+/// HAMT). Rejected: a vector of the entries themselves (a copy of every name, 88 bytes
+/// more per entry, beside the importer's own table of the same names and CIDs).
+pub fn build<'n, F>(
+    count: usize,
+    entry: &F,
     cid_version: CidVersion,
     sink: Option<&dyn BlockSink>,
     dir: &Path,
-) -> Result<Shard> {
-    let mut hashed: Vec<(u64, HamtEntry)> = entries
-        .into_iter()
-        .map(|e| (hamt_hash(e.name.as_bytes()), e))
+) -> Result<Shard>
+where
+    F: Fn(usize) -> LinkRef<'n>,
+{
+    let mut hashed: Vec<(u64, usize)> = (0..count)
+        .map(|k| (hamt_hash(entry(k).name.as_bytes()), k))
         .collect();
     // Sorting by the hash groups the entries of every slot at every depth, in slot order.
-    hashed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
-    build_level(&hashed, 0, cid_version, sink, dir)
+    // The names break ties (equal 64-bit hashes), so the order, and the pair an error
+    // names, do not depend on `k`: unique names make the order total, so an unstable
+    // sort (no buffer) gives the same order as a stable one.
+    hashed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| entry(a.1).name.cmp(entry(b.1).name))
+    });
+    build_level(&hashed, entry, 0, cid_version, sink, dir)
 }
 
-fn build_level(
-    entries: &[(u64, HamtEntry)],
+fn build_level<'n, F>(
+    entries: &[(u64, usize)],
+    entry: &F,
     depth: u32,
     cid_version: CidVersion,
     sink: Option<&dyn BlockSink>,
     dir: &Path,
-) -> Result<Shard> {
+) -> Result<Shard>
+where
+    F: Fn(usize) -> LinkRef<'n>,
+{
     let mut links = Vec::new();
     let mut bitfield = [0u8; (FANOUT / 8) as usize];
     let mut children_tsize = 0u64;
@@ -92,7 +100,8 @@ fn build_level(
         let (group, tail) = rest.split_at(n);
         rest = tail;
         bitfield[bitfield.len() - 1 - idx / 8] |= 1 << (idx % 8);
-        let link = if let [(_, e)] = group {
+        let link = if let [(_, k)] = group {
+            let e = entry(*k);
             PbLink {
                 cid: e.cid,
                 name: format!("{idx:02X}{}", e.name),
@@ -102,11 +111,11 @@ fn build_level(
             if depth + 1 >= MAX_DEPTH {
                 return Err(HashError::HamtExhausted {
                     dir: dir.to_path_buf(),
-                    a: group[0].1.name.clone(),
-                    b: group[1].1.name.clone(),
+                    a: entry(group[0].1).name.to_string(),
+                    b: entry(group[1].1).name.to_string(),
                 });
             }
-            let sub = build_level(group, depth + 1, cid_version, sink, dir)?;
+            let sub = build_level(group, entry, depth + 1, cid_version, sink, dir)?;
             PbLink {
                 cid: sub.cid,
                 name: format!("{idx:02X}"),
@@ -148,17 +157,12 @@ mod tests {
     #[test]
     fn a_single_entry_shard_links_by_prefix_and_name() {
         let cid = Cid::of_block(CidVersion::V1, RAW, b"");
-        let shard = build(
-            vec![HamtEntry {
-                name: "hello".into(),
-                cid,
-                tsize: 0,
-            }],
-            CidVersion::V0,
-            None,
-            Path::new("d"),
-        )
-        .unwrap();
+        let entry = |_| LinkRef {
+            name: "hello",
+            cid,
+            tsize: 0,
+        };
+        let shard = build(1, &entry, CidVersion::V0, None, Path::new("d")).unwrap();
         // Rebuild the expected block by hand: slot 0xcb => bitfield bit 203 set, which is
         // byte 31 - 25 = 6 of 32, so 26 bytes remain after stripping: 0x08 then 25 zeros.
         let mut bitfield = vec![0x08u8];
@@ -186,8 +190,9 @@ mod tests {
             .find(|n| by_slot(n) == by_slot(a))
             .unwrap();
         let cid = Cid::of_block(CidVersion::V1, RAW, b"");
-        let entry = |name: &String| HamtEntry {
-            name: name.clone(),
+        let pair = [a, b];
+        let entry = |k: usize| LinkRef {
+            name: pair[k],
             cid,
             tsize: 0,
         };
@@ -199,13 +204,7 @@ mod tests {
             }
         }
         let blocks = Blocks(Default::default());
-        build(
-            vec![entry(a), entry(b)],
-            CidVersion::V1,
-            Some(&blocks),
-            Path::new("d"),
-        )
-        .unwrap();
+        build(2, &entry, CidVersion::V1, Some(&blocks), Path::new("d")).unwrap();
         assert_eq!(
             *blocks.0.lock().unwrap(),
             2,
