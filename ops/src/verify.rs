@@ -303,13 +303,7 @@ pub fn verify(
     provider_results: Option<&Path>,
     keep: Option<&Path>,
 ) -> Result<Report, VerifyError> {
-    if receipt.engine != runtime.fingerprint() {
-        return Err(VerifyError::Engine {
-            receipt: receipt.engine.clone(),
-            ours: runtime.fingerprint().to_string(),
-            version: receipt.detwasm_version.clone(),
-        });
-    }
+    same_engine(runtime, receipt)?;
     let job = job_of(receipt, sources)?;
     let tmp;
     let dest = match keep {
@@ -569,6 +563,18 @@ mod tests {
     }
 }
 
+/// The receipt's engine is this runtime's, or the error that says which it was.
+fn same_engine(runtime: &Runtime, receipt: &Receipt) -> Result<(), VerifyError> {
+    if receipt.engine != runtime.fingerprint() {
+        return Err(VerifyError::Engine {
+            receipt: receipt.engine.clone(),
+            ours: runtime.fingerprint().to_string(),
+            version: receipt.detwasm_version.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// One segment a spot check re-ran.
 #[derive(Clone, Debug, Serialize)]
 pub struct SegmentCheck {
@@ -643,13 +649,7 @@ pub fn spot_check(
     sources: &Sources,
     segments: &[usize],
 ) -> Result<SampleReport, VerifyError> {
-    if receipt.engine != runtime.fingerprint() {
-        return Err(VerifyError::Engine {
-            receipt: receipt.engine.clone(),
-            ours: runtime.fingerprint().to_string(),
-            version: receipt.detwasm_version.clone(),
-        });
-    }
+    same_engine(runtime, receipt)?;
     let trace = receipt.trace.as_ref().ok_or(VerifyError::NoTrace)?;
     let n = trace.snapshots.len();
     let job = job_of(receipt, sources)?;
@@ -813,6 +813,8 @@ pub fn bisect(
     snapshots: &Path,
     sources: &Sources,
 ) -> Result<BisectReport, VerifyError> {
+    same_engine(runtime, a)?;
+    same_engine(runtime, b)?;
     if a.job_id != b.job_id {
         return Err(VerifyError::NotComparable(format!(
             "they are of two jobs ({} and {})",

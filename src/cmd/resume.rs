@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use detwasm_ops::verify::{job_of_snapshot, Sources};
+use detwasm_ops::verify::job_of_snapshot;
 use detwasm_runtime::checkpoint::Snapshot;
 use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::run::Checkpointing;
 use detwasm_runtime::Destination;
 
 use super::run::{report, runtime};
+use super::verify::SourceArgs;
 
 /// Finish a job from one of its snapshots, with the receipt of the uninterrupted run.
 ///
@@ -35,18 +36,8 @@ pub struct Args {
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
 
-    /// The module file, when not where the checkpoints folder's job.json says.
-    #[arg(long, value_name = "FILE")]
-    pub module: Option<PathBuf>,
-
-    /// An input folder, when not where job.json says: HOST:GUEST replaces the input
-    /// mounted at GUEST, a plain HOST the job's inputs in order. Repeatable.
-    #[arg(long = "input", value_name = "HOST[:GUEST]")]
-    pub inputs: Vec<String>,
-
-    /// The file that was the job's stdin (needed when it was not empty).
-    #[arg(long, value_name = "FILE")]
-    pub stdin: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
 
     /// Save the snapshots of the rest of the run into DIR (new or empty), as `detwasm
     /// run --checkpoints` does, at the snapshot's interval.
@@ -68,15 +59,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snapshot = Snapshot::open(&args.snapshot)?;
-    let sources = Sources {
-        module: args.module.clone(),
-        inputs: args
-            .inputs
-            .iter()
-            .map(|s| Sources::parse_input(s))
-            .collect(),
-        stdin: args.stdin.clone(),
-    };
+    let sources = args.sources.sources();
     let job = job_of_snapshot(&snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
     let runtime = runtime(args.no_cache)?.with_checkpoints(snapshot.state.meter.every);

@@ -35,18 +35,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
 
-    /// The module file, when not at the path the receipt names.
-    #[arg(long, value_name = "FILE")]
-    pub module: Option<PathBuf>,
-
-    /// An input folder, when not at the path the receipt names: HOST:GUEST replaces the
-    /// input mounted at GUEST, a plain HOST the receipt's inputs in order. Repeatable.
-    #[arg(long = "input", value_name = "HOST[:GUEST]")]
-    pub inputs: Vec<String>,
-
-    /// The file that was the job's stdin (needed when it was not empty).
-    #[arg(long, value_name = "FILE")]
-    pub stdin: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: SourceArgs,
 
     /// Keep the re-run's results folder here (default: a temporary folder, removed).
     #[arg(long, value_name = "DIR")]
@@ -94,15 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading receipt {}", args.receipt.display()))?;
     let receipt: Receipt = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a detwasm receipt", args.receipt.display()))?;
-    let sources = Sources {
-        module: args.module.clone(),
-        inputs: args
-            .inputs
-            .iter()
-            .map(|s| Sources::parse_input(s))
-            .collect(),
-        stdin: args.stdin.clone(),
-    };
+    let sources = args.sources.sources();
     let runtime = Runtime::new(EngineOptions {
         cache_dir: if args.no_cache {
             None
@@ -115,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("detwasm: warning: {w}");
     }
     if let (Some(k), Some(snapshots)) = (args.sample, &args.snapshots) {
-        return spot_check(&args, &receipt, &sources, k, snapshots);
+        return spot_check(&args, runtime, &receipt, &sources, k, snapshots);
     }
     if let (Some(other), Some(snapshots)) = (&args.bisect, &args.snapshots) {
         let text = std::fs::read_to_string(other)
@@ -212,6 +194,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Where the module, inputs and stdin of a job are when not at the paths its receipt (or
+/// checkpoints folder) names: `verify` and `resume`.
+#[derive(clap::Args, Debug)]
+pub struct SourceArgs {
+    /// The module file, when not at the path the receipt (or job.json) names.
+    #[arg(long, value_name = "FILE")]
+    pub module: Option<PathBuf>,
+
+    /// An input folder, when not at the path the receipt (or job.json) names: HOST:GUEST
+    /// replaces the input mounted at GUEST, a plain HOST the job's inputs in order.
+    /// Repeatable.
+    #[arg(long = "input", value_name = "HOST[:GUEST]")]
+    pub inputs: Vec<String>,
+
+    /// The file that was the job's stdin (needed when it was not empty).
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    pub fn sources(&self) -> Sources {
+        Sources {
+            module: self.module.clone(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|s| Sources::parse_input(s))
+                .collect(),
+            stdin: self.stdin.clone(),
+        }
+    }
+}
+
 /// Eight bytes of the system's entropy.
 fn entropy() -> anyhow::Result<u64> {
     use std::io::Read;
@@ -224,21 +239,14 @@ fn entropy() -> anyhow::Result<u64> {
 
 fn spot_check(
     args: &Args,
+    runtime: Runtime,
     receipt: &Receipt,
     sources: &Sources,
     k: usize,
     snapshots: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let trace = receipt.trace.as_ref().ok_or(verify::VerifyError::NoTrace)?;
-    let runtime = Runtime::new(EngineOptions {
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            default_cache_dir()
-        },
-        parallel_compilation: true,
-    })?
-    .with_checkpoints(trace.every);
+    let runtime = runtime.with_checkpoints(trace.every);
     let seed = match args.seed {
         Some(s) => s,
         None => entropy()?,
