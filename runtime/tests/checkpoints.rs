@@ -199,7 +199,18 @@ fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
     use detwasm_runtime::deliver::Durability;
     use detwasm_runtime::run::Checkpointing;
     let t = tempfile::tempdir().unwrap();
-    let rt = || runtime().with_fuel_slice(slice).with_checkpoints(every);
+    // One module cache for the run and its resumes: each resume is a fresh runtime (a
+    // process of its own would be), and compiling once is enough.
+    let cache = t.path().join("cache");
+    let rt = || {
+        Runtime::new(EngineOptions {
+            cache_dir: Some(cache.clone()),
+            parallel_compilation: true,
+        })
+        .unwrap()
+        .with_fuel_slice(slice)
+        .with_checkpoints(every)
+    };
     let saved = t.path().join("checkpoints");
     let full = rt()
         .run_staged_with(
