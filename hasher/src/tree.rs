@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A function that opens a fresh reader over a file's bytes (called once per hash).
 pub type OpenFn = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
@@ -125,14 +126,29 @@ fn join(rel: &str, name: &str) -> String {
 
 impl<'a> Arena<'a> {
     /// Walk a path on disk. Symlinks are stored, never followed; hidden names are
-    /// skipped unless `hidden` (the root itself is always taken).
-    pub fn from_disk(root: &Path, hidden: bool) -> Result<Arena<'a>> {
+    /// skipped unless `hidden` (the root itself is always taken). Fails with
+    /// [`HashError::Deadline`] at the first entry reached at or after `deadline`.
+    ///
+    /// The walk recurses one frame per level; the host bounds its depth, since every
+    /// level adds at least two bytes to the path each call here passes whole, and the
+    /// kernel refuses one over `PATH_MAX` (4,096 bytes): about 2,048 levels at most
+    /// (`tests::the_deepest_tree_the_host_can_name_is_walked_on_a_small_stack`).
+    pub fn from_disk(root: &Path, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
         let mut arena = Arena { items: Vec::new() };
-        arena.walk_disk(root, String::new(), hidden)?;
+        arena.walk_disk(root, String::new(), hidden, deadline)?;
         Ok(arena)
     }
 
-    fn walk_disk(&mut self, path: &Path, rel: String, hidden: bool) -> Result<usize> {
+    fn walk_disk(
+        &mut self,
+        path: &Path,
+        rel: String,
+        hidden: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return Err(HashError::Deadline);
+        }
         let read_err = |cause| HashError::Read {
             path: path.to_path_buf(),
             cause,
@@ -194,7 +210,7 @@ impl<'a> Arena<'a> {
             let mut children = Vec::with_capacity(names.len());
             for name in names {
                 let child_rel = join(&rel, &name);
-                let child = self.walk_disk(&path.join(&name), child_rel, hidden)?;
+                let child = self.walk_disk(&path.join(&name), child_rel, hidden, deadline)?;
                 children.push((name, child));
             }
             self.items[idx].kind = Kind::Dir { children };
@@ -202,14 +218,21 @@ impl<'a> Arena<'a> {
         Ok(idx)
     }
 
-    /// Flatten an in-memory tree. Hidden names are skipped unless `hidden`.
-    pub fn from_node(root: &'a Node, hidden: bool) -> Result<Arena<'a>> {
+    /// Flatten an in-memory tree. Hidden names are skipped unless `hidden`; the walk of
+    /// its [`Node::Disk`] parts stops at `deadline` as [`Arena::from_disk`]'s does.
+    pub fn from_node(root: &'a Node, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
         let mut arena = Arena { items: Vec::new() };
-        arena.walk_node(root, String::new(), hidden)?;
+        arena.walk_node(root, String::new(), hidden, deadline)?;
         Ok(arena)
     }
 
-    fn walk_node(&mut self, node: &'a Node, rel: String, hidden: bool) -> Result<usize> {
+    fn walk_node(
+        &mut self,
+        node: &'a Node,
+        rel: String,
+        hidden: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize> {
         let idx = self.items.len();
         let shown = PathBuf::from(if rel.is_empty() { "." } else { rel.as_str() });
         let kind = match node {
@@ -233,7 +256,7 @@ impl<'a> Arena<'a> {
             Node::Dir(_) => Kind::Dir {
                 children: Vec::new(),
             },
-            Node::Disk(path) => return self.walk_disk(path, rel, hidden),
+            Node::Disk(path) => return self.walk_disk(path, rel, hidden, deadline),
         };
         self.items.push(Item {
             rel: rel.clone(),
@@ -252,7 +275,7 @@ impl<'a> Arena<'a> {
                 if !hidden && is_hidden(name) {
                     continue;
                 }
-                let c = self.walk_node(child, join(&rel, name), hidden)?;
+                let c = self.walk_node(child, join(&rel, name), hidden, deadline)?;
                 children.push((name.clone(), c));
             }
             self.items[idx].kind = Kind::Dir { children };
@@ -286,20 +309,40 @@ mod tests {
             ("9", Node::bytes("5")),
             (".h", Node::bytes("6")),
         ]);
-        let arena = Arena::from_node(&tree, false).unwrap();
+        let arena = Arena::from_node(&tree, false, None).unwrap();
         let Kind::Dir { children } = &arena.items[0].kind else {
             panic!("root is a dir")
         };
         let names: Vec<&str> = children.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["10", "9", "B", "b", "é"]);
-        assert_eq!(Arena::from_node(&tree, true).unwrap().items.len(), 7);
+        assert_eq!(Arena::from_node(&tree, true, None).unwrap().items.len(), 7);
         assert_eq!(arena.total_bytes(), 5);
+    }
+
+    #[test]
+    fn the_deepest_tree_the_host_can_name_is_walked_on_a_small_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(t.path()).unwrap();
+        let levels = (4095 - base.as_os_str().len() - 2) / 2;
+        let deepest = base.join("d/".repeat(levels));
+        fs::create_dir_all(&deepest).unwrap();
+        fs::write(deepest.join("f"), b"deep").unwrap();
+        // On a thread of Rust's default 2 MiB stack, as a batch worker's.
+        let items =
+            std::thread::spawn(move || Arena::from_disk(&base, true, None).map(|a| a.items.len()))
+                .join()
+                .unwrap();
+        assert_eq!(
+            items.unwrap(),
+            levels + 2,
+            "every level, the file and the root"
+        );
     }
 
     #[test]
     fn bad_names_are_refused() {
         let tree = Node::dir_from([("a/b", Node::bytes(""))]);
-        let err = Arena::from_node(&tree, false).err().unwrap();
+        let err = Arena::from_node(&tree, false, None).err().unwrap();
         assert!(err.to_string().contains("a/b"), "{err}");
     }
 }
