@@ -54,6 +54,9 @@ pub enum HashError {
     /// Options that cannot produce a valid DAG.
     #[error("invalid options: {0}")]
     Options(String),
+    /// The deadline given to [`crate::Hasher::deadline`] passed before the import ended.
+    #[error("hashing did not finish before its deadline")]
+    Deadline,
     /// Writing the CAR (or its spool file) failed.
     #[error("cannot write the CAR: {0}")]
     Car(io::Error),

@@ -98,6 +98,11 @@ fn hash_window(
     }
 }
 
+/// What a progress callback returns to end an import where it is (e.g. a deadline has
+/// passed): the import then fails with [`FileError::Stopped`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped;
+
 /// Why a file import failed.
 #[derive(Debug)]
 pub enum FileError {
@@ -107,17 +112,28 @@ pub enum FileError {
     Sink(io::Error),
     /// The file could not be memory-mapped (it is then read instead).
     Map(io::Error),
+    /// The progress callback said [`Stopped`].
+    Stopped,
+}
+
+impl From<Stopped> for FileError {
+    fn from(_: Stopped) -> Self {
+        FileError::Stopped
+    }
 }
 
 /// Import the bytes of `reader` as a UnixFS file. `size_hint` (the expected length, if
 /// known) only sizes buffers. `progress` is called with the number of bytes consumed
-/// after each window.
+/// after each window (16 MiB mapped, 4 MiB read, 64 chunks otherwise: at most 128 MiB
+/// at the largest chunk size) and may stop the import there: a caller bounded by a
+/// deadline stops within one window of it, whatever the file's size. Rejected: a deadline of this module's own (the caller's callback
+/// already runs at each window, and the policy stays with the caller).
 pub fn import_file(
     reader: impl Read + Send,
     size_hint: Option<u64>,
     opts: &Options,
     sink: Option<&dyn BlockSink>,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> Result<(), Stopped> + Sync),
 ) -> Result<Subtree, FileError> {
     let mut windows = Windows::with_size_hint(reader, opts.chunk_size, size_hint);
     let mut layout = Balanced::new(opts.max_links, opts.cid_version, sink);
@@ -140,7 +156,7 @@ pub fn import_file(
         for l in leaves.map_err(FileError::Sink)? {
             layout.push_leaf(l).map_err(FileError::Sink)?;
         }
-        progress(len as u64);
+        progress(len as u64)?;
         cur_len = read.map_err(FileError::Read)?;
         std::mem::swap(&mut cur, &mut next);
     }
@@ -211,7 +227,7 @@ fn import_chunks(
     size: u64,
     opts: &Options,
     sink: Option<&dyn BlockSink>,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> Result<(), Stopped> + Sync),
     leaf_at: impl Fn(u64, usize) -> Result<Subtree, FileError> + Sync,
 ) -> Result<Subtree, FileError> {
     let chunk = opts.chunk_size as u64;
@@ -236,7 +252,7 @@ fn import_chunks(
         for l in leaves {
             layout.push_leaf(l).map_err(FileError::Sink)?;
         }
-        progress((last * chunk).min(size) - (first * chunk).min(size));
+        progress((last * chunk).min(size) - (first * chunk).min(size))?;
         first = last;
     }
     layout.finish().map_err(FileError::Sink)
@@ -253,7 +269,7 @@ pub fn import_disk_file(
     size: u64,
     opts: &Options,
     sink: Option<&dyn BlockSink>,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> Result<(), Stopped> + Sync),
 ) -> Result<Subtree, FileError> {
     let root = if size >= MAP_MIN_BYTES {
         match import_mapped(file, size, opts, sink, progress) {
@@ -285,7 +301,7 @@ fn import_mapped(
     size: u64,
     opts: &Options,
     sink: Option<&dyn BlockSink>,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> Result<(), Stopped> + Sync),
 ) -> Result<Subtree, FileError> {
     // Never map past the end of the file (touching such pages raises SIGBUS).
     if file.metadata().map_err(FileError::Read)?.len() != size {
@@ -332,7 +348,7 @@ fn import_mapped(
         for l in leaves.map_err(FileError::Sink)? {
             layout.push_leaf(l).map_err(FileError::Sink)?;
         }
-        progress(len);
+        progress(len)?;
         offset += len;
         current = next?;
     }
@@ -348,7 +364,7 @@ pub fn import_bytes(
     data: &[u8],
     opts: &Options,
     sink: Option<&dyn BlockSink>,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64) -> Result<(), Stopped> + Sync),
 ) -> Result<Subtree, FileError> {
     import_chunks(data.len() as u64, opts, sink, progress, |off, len| {
         let off = off as usize;
@@ -362,7 +378,7 @@ mod tests {
     use crate::options::Profile;
 
     fn cid_of(data: &[u8], profile: Profile) -> String {
-        import_file(data, None, &Options::profile(profile), None, &|_| {})
+        import_file(data, None, &Options::profile(profile), None, &|_| Ok(()))
             .unwrap()
             .cid
             .to_string()
@@ -399,14 +415,42 @@ mod tests {
             std::fs::write(&path, &data).unwrap();
             let opts = Options::profile(profile);
             let f = File::open(&path).unwrap();
-            let disk = import_disk_file(&f, len as u64, &opts, None, &|_| {}).unwrap();
-            let mem = import_bytes(&data, &opts, None, &|_| {}).unwrap();
-            let stream = import_file(&data[..], None, &opts, None, &|_| {}).unwrap();
+            let disk = import_disk_file(&f, len as u64, &opts, None, &|_| Ok(())).unwrap();
+            let mem = import_bytes(&data, &opts, None, &|_| Ok(())).unwrap();
+            let stream = import_file(&data[..], None, &opts, None, &|_| Ok(())).unwrap();
             assert_eq!(disk, mem, "{profile} {len}");
             assert_eq!(disk, stream, "{profile} {len}");
             // A size that no longer matches the file is an error, not a wrong CID.
-            assert!(import_disk_file(&f, len as u64 - 1, &opts, None, &|_| {}).is_err());
-            assert!(import_disk_file(&f, len as u64 + 1, &opts, None, &|_| {}).is_err());
+            assert!(import_disk_file(&f, len as u64 - 1, &opts, None, &|_| Ok(())).is_err());
+            assert!(import_disk_file(&f, len as u64 + 1, &opts, None, &|_| Ok(())).is_err());
+        }
+    }
+
+    #[test]
+    fn a_progress_callback_stops_an_import_at_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options::default();
+        // Three windows whichever way the bytes come: mapped (16 MiB), read (4 MiB), or
+        // in memory and from a small file (64 chunks of 256 KiB).
+        for len in [40usize << 20, 12 << 20] {
+            let data = vec![5u8; len];
+            let path = dir.path().join("f");
+            std::fs::write(&path, &data).unwrap();
+            let f = File::open(&path).unwrap();
+            let calls = std::sync::atomic::AtomicU32::new(0);
+            let stop_at_first = |_| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(Stopped)
+            };
+            let results = [
+                import_disk_file(&f, len as u64, &opts, None, &stop_at_first),
+                import_bytes(&data, &opts, None, &stop_at_first),
+                import_file(&data[..], None, &opts, None, &stop_at_first),
+            ];
+            for r in results {
+                assert!(matches!(r, Err(FileError::Stopped)), "{len}: {r:?}");
+            }
+            assert_eq!(calls.into_inner(), 3, "one window each, then stopped");
         }
     }
 
@@ -424,8 +468,8 @@ mod tests {
         }
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let opts = Options::default();
-        let a = import_file(&data[..], Some(3_000_000), &opts, None, &|_| {}).unwrap();
-        let b = import_file(Trickle(&data), None, &opts, None, &|_| {}).unwrap();
+        let a = import_file(&data[..], Some(3_000_000), &opts, None, &|_| Ok(())).unwrap();
+        let b = import_file(Trickle(&data), None, &opts, None, &|_| Ok(())).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.filesize, 3_000_000);
     }

@@ -6,7 +6,7 @@ use crate::cid::Cid;
 use crate::dagpb::LinkRef;
 use crate::dir;
 use crate::error::{HashError, Result};
-use crate::file::{import_bytes, import_disk_file, import_file, FileError};
+use crate::file::{import_bytes, import_disk_file, import_file, FileError, Stopped};
 use crate::options::{Options, Profile};
 use crate::tree::{Arena, Kind, Node, Source};
 use rayon::prelude::*;
@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// What kind of entry an [`Entry`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,7 @@ pub struct Hasher<'a> {
     entries: bool,
     car: Option<&'a mut (dyn Write + Send)>,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
+    deadline: Option<Instant>,
 }
 
 impl<'a> Hasher<'a> {
@@ -108,6 +110,7 @@ impl<'a> Hasher<'a> {
             entries: false,
             car: None,
             progress: None,
+            deadline: None,
         }
     }
 
@@ -129,17 +132,30 @@ impl<'a> Hasher<'a> {
         self
     }
 
+    /// Give up at `at`: the import fails with [`HashError::Deadline`] once it is past.
+    /// The clock is read at every folder and entry of the walk, before every file, after
+    /// every window of a file's bytes (see [`crate::file::import_file`]) and at every
+    /// directory built, so the import ends within one window's hashing of `at`, whatever
+    /// the tree or one file's size. Rejected: checking only before each file (one sparse
+    /// file of a terabyte would be hashed whole past the deadline), and a cancel flag set
+    /// by another thread (a thread per import to set it; the clock read is tens of
+    /// nanoseconds per window or entry).
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
     /// Hash a file, directory or symlink on disk (symlinks are stored, not followed).
     pub fn hash_path(self, path: &Path) -> Result<Hashed> {
         self.opts.validate()?;
-        let arena = Arena::from_disk(path, self.opts.hidden)?;
+        let arena = Arena::from_disk(path, self.opts.hidden, self.deadline)?;
         self.run(arena)
     }
 
     /// Hash a tree held in memory.
     pub fn hash_tree(self, root: &Node) -> Result<Hashed> {
         self.opts.validate()?;
-        let arena = Arena::from_node(root, self.opts.hidden)?;
+        let arena = Arena::from_node(root, self.opts.hidden, self.deadline)?;
         self.run(arena)
     }
 
@@ -149,7 +165,9 @@ impl<'a> Hasher<'a> {
             entries: want_entries,
             car,
             progress,
+            deadline,
         } = self;
+        let past = || deadline.is_some_and(|at| Instant::now() >= at);
         let builder = match car {
             Some(_) => Some(CarBuilder::new().map_err(HashError::Car)?),
             None => None,
@@ -162,6 +180,11 @@ impl<'a> Hasher<'a> {
             if let Some(p) = progress {
                 p(Progress { done: d, total });
             }
+            if past() {
+                Err(Stopped)
+            } else {
+                Ok(())
+            }
         };
 
         // 1. Every file (in parallel unless the tree is small), its result written straight
@@ -173,6 +196,9 @@ impl<'a> Hasher<'a> {
             let Kind::File { source, size } = &arena.items[i].kind else {
                 return Ok(());
             };
+            if past() {
+                return Err(HashError::Deadline);
+            }
             let read_err = |cause| HashError::Read {
                 path: arena.path(i),
                 cause,
@@ -200,6 +226,7 @@ impl<'a> Hasher<'a> {
             .map_err(|e| match e {
                 FileError::Read(e) | FileError::Map(e) => read_err(e),
                 FileError::Sink(e) => HashError::Car(e),
+                FileError::Stopped => HashError::Deadline,
             })?;
             *slot = Some(Built {
                 cid: sub.cid,
@@ -245,6 +272,9 @@ impl<'a> Hasher<'a> {
                     });
                 }
                 Kind::Dir { children } => {
+                    if past() {
+                        return Err(HashError::Deadline);
+                    }
                     let child = |c: usize| built[c].expect("children are built before parents");
                     let link = |k: usize| {
                         let c = children.start + k;
@@ -319,5 +349,65 @@ mod tests {
     #[test]
     fn a_built_entry_is_72_bytes() {
         assert!(std::mem::size_of::<Option<Built>>() <= 72);
+    }
+    use std::time::Duration;
+
+    fn folder() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/f"), b"f").unwrap();
+        std::fs::write(t.path().join("g"), vec![1u8; 3 << 20]).unwrap();
+        t
+    }
+
+    #[test]
+    fn a_deadline_to_come_changes_nothing_and_a_past_one_stops_the_walk() {
+        let t = folder();
+        let opts = Options::default();
+        let plain = hash_path(t.path(), &opts).unwrap();
+        let later = Instant::now() + Duration::from_secs(3600);
+        let bounded = Hasher::new(opts.clone())
+            .deadline(later)
+            .hash_path(t.path())
+            .unwrap();
+        assert_eq!(plain.root, bounded.root);
+        let tree = Node::dir_from([("d", Node::Disk(t.path().join("d")))]);
+        let err = Hasher::new(opts.clone())
+            .deadline(Instant::now())
+            .hash_tree(&tree)
+            .unwrap_err();
+        assert!(matches!(err, HashError::Deadline), "{err}");
+        // Past before anything is read: not even the root is looked at.
+        let err = Hasher::new(opts)
+            .deadline(Instant::now())
+            .hash_path(&t.path().join("missing"))
+            .unwrap_err();
+        assert!(matches!(err, HashError::Deadline), "{err}");
+    }
+
+    #[test]
+    fn a_deadline_stops_one_huge_file_within_a_window() {
+        // 64 GiB of holes: hashing it whole takes about a minute on one core.
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let start = Instant::now();
+        let seen = AtomicU64::new(0);
+        let progress = |p: Progress| {
+            seen.store(p.done, Ordering::Relaxed);
+        };
+        let err = Hasher::new(Options::default())
+            .progress(&progress)
+            .deadline(start + Duration::from_millis(200))
+            .hash_path(t.path())
+            .unwrap_err();
+        assert!(matches!(err, HashError::Deadline), "{err}");
+        let took = start.elapsed();
+        let done = seen.load(Ordering::Relaxed);
+        assert!(done > 0 && done < 64 << 30, "{done} bytes hashed");
+        assert!(took < Duration::from_secs(10), "stopped after {took:?}");
     }
 }

@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A function that opens a fresh reader over a file's bytes (called once per hash).
 pub type OpenFn = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
@@ -145,6 +146,15 @@ enum Pending<'a> {
     Memory(usize, &'a BTreeMap<String, Node>),
 }
 
+/// [`HashError::Deadline`] once `deadline` has passed.
+fn past(deadline: Option<Instant>) -> Result<()> {
+    if deadline.is_some_and(|at| Instant::now() >= at) {
+        Err(HashError::Deadline)
+    } else {
+        Ok(())
+    }
+}
+
 fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
 }
@@ -160,33 +170,45 @@ impl<'a> Arena<'a> {
     }
 
     /// Walk a path on disk. Symlinks are stored, never followed; hidden names are
-    /// skipped unless `hidden` (the root itself is always taken).
-    pub fn from_disk(root: &'a Path, hidden: bool) -> Result<Arena<'a>> {
+    /// skipped unless `hidden` (the root itself is always taken). Fails with
+    /// [`HashError::Deadline`] at the first folder or entry reached at or after
+    /// `deadline`. The walk keeps its own stack of folders (no recursion), so no depth the
+    /// host can name exhausts the thread's stack.
+    pub fn from_disk(root: &'a Path, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
+        past(deadline)?;
         let mut arena = Arena::new();
         let mut pending = Vec::new();
         arena.disk_roots.push((0, root));
         arena.push_disk(0, 0..0, root, &mut pending)?;
-        arena.drain(pending, hidden)?;
+        arena.drain(pending, hidden, deadline)?;
         Ok(arena)
     }
 
-    /// Flatten an in-memory tree. Hidden names are skipped unless `hidden`.
-    pub fn from_node(root: &'a Node, hidden: bool) -> Result<Arena<'a>> {
+    /// Flatten an in-memory tree. Hidden names are skipped unless `hidden`; fails at
+    /// `deadline` as [`Arena::from_disk`] does.
+    pub fn from_node(root: &'a Node, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
+        past(deadline)?;
         let mut arena = Arena::new();
         let mut pending = Vec::new();
         arena.push_node(0, 0..0, root, &mut pending)?;
-        arena.drain(pending, hidden)?;
+        arena.drain(pending, hidden, deadline)?;
         Ok(arena)
     }
 
     /// Add the entries of every pending folder, and of the folders found meanwhile.
     /// Folders are taken depth-first in name order, so the first problem reported is the
     /// first in name order at the shallowest level that has one.
-    fn drain(&mut self, mut pending: Vec<Pending<'a>>, hidden: bool) -> Result<()> {
+    fn drain(
+        &mut self,
+        mut pending: Vec<Pending<'a>>,
+        hidden: bool,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         while let Some(p) = pending.pop() {
+            past(deadline)?;
             let mark = pending.len();
             match p {
-                Pending::Disk(dir) => self.read_disk_dir(dir, hidden, &mut pending)?,
+                Pending::Disk(dir) => self.read_disk_dir(dir, hidden, deadline, &mut pending)?,
                 Pending::Memory(dir, entries) => {
                     self.add_memory_dir(dir, entries, hidden, &mut pending)?
                 }
@@ -254,6 +276,7 @@ impl<'a> Arena<'a> {
         &mut self,
         dir: usize,
         hidden: bool,
+        deadline: Option<Instant>,
         pending: &mut Vec<Pending<'a>>,
     ) -> Result<()> {
         let path = self.path(dir);
@@ -267,6 +290,8 @@ impl<'a> Arena<'a> {
         // allocation each, at once).
         let mut names: Vec<Range<usize>> = Vec::new();
         for entry in fs::read_dir(&path).map_err(read_err)? {
+            // A folder of a million entries is listed past a deadline otherwise.
+            past(deadline)?;
             let entry = entry.map_err(read_err)?;
             let os_name = entry.file_name();
             let name = os_name
@@ -454,20 +479,20 @@ mod tests {
             ("9", Node::bytes("5")),
             (".h", Node::bytes("6")),
         ]);
-        let arena = Arena::from_node(&tree, false).unwrap();
+        let arena = Arena::from_node(&tree, false, None).unwrap();
         let Kind::Dir { children } = &arena.items[0].kind else {
             panic!("root is a dir")
         };
         let names: Vec<&str> = children.clone().map(|c| arena.name(c)).collect();
         assert_eq!(names, ["10", "9", "B", "b", "é"]);
-        assert_eq!(Arena::from_node(&tree, true).unwrap().items.len(), 7);
+        assert_eq!(Arena::from_node(&tree, true, None).unwrap().items.len(), 7);
         assert_eq!(arena.total_bytes(), 5);
     }
 
     #[test]
     fn bad_names_are_refused() {
         let tree = Node::dir_from([("a/b", Node::bytes(""))]);
-        let err = Arena::from_node(&tree, false).err().unwrap();
+        let err = Arena::from_node(&tree, false, None).err().unwrap();
         assert!(err.to_string().contains("a/b"), "{err}");
     }
 
@@ -487,7 +512,7 @@ mod tests {
             ("a", Node::bytes("1")),
             ("s", Node::Symlink("m/disk".into())),
         ]);
-        let arena = Arena::from_node(&tree, false).unwrap();
+        let arena = Arena::from_node(&tree, false, None).unwrap();
         let by_rel = |rel: &str| {
             (0..arena.items.len())
                 .find(|&i| arena.rel(i) == rel)
@@ -526,7 +551,7 @@ mod tests {
             ]
         );
         // Walked from disk: the root is the path given.
-        let arena = Arena::from_disk(d, false).unwrap();
+        let arena = Arena::from_disk(d, false, None).unwrap();
         assert_eq!(arena.path(0), d);
         let f = (0..arena.items.len())
             .find(|&i| arena.rel(i) == "x/y/f")
@@ -555,7 +580,7 @@ mod tests {
         for _ in 0..100_000 {
             node = Node::dir_from([("d", node)]);
         }
-        let arena = Arena::from_node(&node, false).unwrap();
+        let arena = Arena::from_node(&node, false, None).unwrap();
         assert_eq!(arena.items.len(), 100_001);
         assert_eq!(arena.total_bytes(), 4);
         // Dropping a deep `Node` recurses: leak it rather than overflow the test's stack.

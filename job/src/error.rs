@@ -63,6 +63,11 @@ pub enum RunError {
     /// unverifiable one, since the guest never ran.
     #[error("compiling the module did not finish within the job's wall-clock timeout of {secs} s (nothing was run or delivered; a larger `--timeout` allows longer compiles)")]
     CompileTimeout { secs: f64 },
+    /// Scanning or hashing an input did not finish before the job's wall-clock deadline
+    /// (`capabilities::grant_by`, [`crate::results::cid_of_dir_by`]): nothing ran,
+    /// nothing is delivered. `what` says which (`hashing input …`, `scanning input …`).
+    #[error("{what} did not finish within the job's wall-clock timeout of {secs} s (nothing was run or delivered; a larger `--timeout` allows it more time)")]
+    InputTimeout { what: String, secs: f64 },
     #[error("the module could not be instantiated: {0}")]
     Instantiate(String),
     #[error("input `{}`: {reason}", path.display())]

@@ -57,8 +57,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most inputs (read-only mounts and writable folders together) a job may have: 256.
 ///
 /// Each input is scanned into a tree of its own when the guest's filesystem is built
-/// and hashed on its own for the job id, whatever other inputs name the same host
-/// folder, so their cost grows with their number: a review's job file of 250 mounts of
+/// (all of them within one scan budget, `wasi::vfs::MAX_INPUT_ENTRIES`), whatever other
+/// inputs name the same host folder (hashed once per job for the job id), so their cost
+/// grows with their number: a review's job file of 250 mounts of
 /// one 20,000-file folder took 3.4 GiB of memory and 84 s before the guest started, and
 /// a 10 MiB job file holds tens of thousands. Checked here, in [`Job::validate`], which
 /// `Runtime::prepare` and every run call first, so it holds for `run`, `batch`, Python,

@@ -8,6 +8,7 @@
 //! starting at the job's epoch and 0, the random stream keyed by the job's seed, and the
 //! output quota. There is no other constructor of [`WasiHost`].
 
+use crate::engine::Deadline;
 use crate::error::RunError;
 use crate::job::Job;
 use crate::wasi::host::WasiHost;
@@ -15,8 +16,22 @@ use crate::wasi::vfs::Vfs;
 
 /// Builds the guest's world for `job`. Input trees are scanned here (names, sizes,
 /// symlink targets); their times, inodes and link counts are the runtime's, not the
-/// host's.
+/// host's. All of a job's input mounts share one scan budget (at most
+/// [`MAX_INPUT_ENTRIES`](crate::wasi::vfs::MAX_INPUT_ENTRIES) entries and
+/// [`MAX_INPUT_BYTES`](crate::wasi::vfs::MAX_INPUT_BYTES) of names, paths and link
+/// targets, a folder counted once per mount): the scan that passes it stops there, and
+/// the job is refused with [`RunError::Input`] naming that input and the limit. Rejected:
+/// a budget per mount (multiplied by the 256 inputs a job may have).
 pub fn grant(job: &Job) -> Result<WasiHost, RunError> {
+    grant_by(job, None)
+}
+
+/// [`grant`], the input scans given up at `deadline` (the job's wall-clock deadline,
+/// which starts before them): a scan still running then is
+/// [`RunError::InputTimeout`], never a partial tree. Rejected: leaving scans outside
+/// the deadline (bounded by the scan budget alone, a scan at the entry cap takes
+/// seconds).
+pub fn grant_by(job: &Job, deadline: Option<Deadline>) -> Result<WasiHost, RunError> {
     let argv: Vec<Vec<u8>> = std::iter::once(job.argv0.as_bytes().to_vec())
         .chain(job.args.iter().map(|a| a.as_bytes().to_vec()))
         .collect();
@@ -27,15 +42,26 @@ pub fn grant(job: &Job) -> Result<WasiHost, RunError> {
         .collect();
     let epoch = job.epoch.unix_nanos;
     let mut vfs = Vfs::new();
+    vfs.scan_until(deadline.map(|d| d.at));
     for input in &job.inputs {
         let mounted = if input.writable {
             vfs.mount_writable(&input.host, &input.guest, epoch)
         } else {
             vfs.mount_input(&input.host, &input.guest, epoch)
         };
-        mounted.map_err(|reason| RunError::Input {
-            path: input.host.clone(),
-            reason,
+        mounted.map_err(|reason| match deadline {
+            Some(d) if vfs.scan_timed_out() => RunError::InputTimeout {
+                what: format!(
+                    "scanning input {} (mounted at {})",
+                    input.host.display(),
+                    input.guest
+                ),
+                secs: d.timeout.as_secs_f64(),
+            },
+            _ => RunError::Input {
+                path: input.host.clone(),
+                reason,
+            },
         })?;
     }
     for output in &job.outputs {
@@ -50,4 +76,31 @@ pub fn grant(job: &Job) -> Result<WasiHost, RunError> {
         job.seed,
         job.limits.max_output,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn input_scans_stop_at_the_jobs_deadline_naming_the_input() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"f").unwrap();
+        let job = Job::new(Vec::new()).push_input(t.path(), "/in");
+        let later = Deadline::after(Duration::from_secs(3600));
+        assert!(grant_by(&job, later).is_ok());
+        let now = Deadline::after(Duration::ZERO);
+        let err = grant_by(&job, now).err().expect("past its deadline");
+        assert!(matches!(err, RunError::InputTimeout { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "scanning input {} (mounted at /in) did not finish within the job's \
+                 wall-clock timeout of 0 s",
+                t.path().display()
+            )),
+            "{shown}"
+        );
+    }
 }

@@ -163,17 +163,29 @@ impl Runtime {
 
     /// Hashes the module and inputs and computes the job id.
     pub fn prepare(&self, job: &Job) -> Result<Prepared, RunError> {
+        self.prepare_by(job, None)
+    }
+
+    /// [`Self::prepare`], the hashing given up at `deadline` ([`RunError::InputTimeout`],
+    /// see [`results::cid_of_dir_by`]); each distinct input folder is hashed once
+    /// ([`results::InputCids`]).
+    pub fn prepare_by(
+        &self,
+        job: &Job,
+        deadline: Option<engine::Deadline>,
+    ) -> Result<Prepared, RunError> {
         job.validate()?;
         let profile = job.results.profile;
         let module_cid = results::cid_of_bytes(&job.module.bytes, profile)?;
         let mut inputs = Vec::new();
+        let mut cids = results::InputCids::default();
         for input in &job.inputs {
             // The guest sees hidden files, so they are part of the input's identity. The
             // tree hashed is the one the guest sees: a symlinked input root is followed
             // (as the mount follows it), never hashed as a symlink node.
             let root = std::fs::canonicalize(&input.host)
                 .map_err(|e| RunError::io(format!("input {}", input.host.display()), e))?;
-            let cid = results::cid_of_dir(&root, profile, true)?;
+            let cid = cids.of(&root, profile, deadline.map(|d| (d.at, d.timeout)))?;
             inputs.push(InputIdentity {
                 guest: input.guest.clone(),
                 cid,
@@ -370,8 +382,8 @@ impl Runtime {
         // Inputs are scanned (and their host identities stamped) before they are hashed,
         // and checked against the stamps after the run: a change at any point in between
         // is caught, so the receipt's input CIDs are those of what the guest read.
-        let mut host = capabilities::grant(job)?;
-        let prepared = self.prepare(job)?;
+        let mut host = capabilities::grant_by(job, deadline)?;
+        let prepared = self.prepare_by(job, deadline)?;
         let record = job_record(job, &prepared.identity);
         let mut trace = Vec::new();
         if let Some(snapshot) = how.resume {

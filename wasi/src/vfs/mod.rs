@@ -67,6 +67,25 @@ pub const MAX_ENTRIES: u64 = 1 << 20;
 /// content: the host memory behind it (its node, its slot in the directory's map, the
 /// name's allocation) rounded up, so that a million empty files are charged, not free.
 pub const ENTRY_OVERHEAD: u64 = 256;
+/// Entries the scans of a job's inputs may find, over all its input mounts together
+/// (the mount roots not counted): the output volumes' [`MAX_ENTRIES`], so the scanned
+/// trees cost the host at most what a guest's own outputs may. Counted as each
+/// directory is listed, so a scan over it stops at the entry that passes it, without
+/// listing the rest; a mount of a folder named by several inputs counts each time (each
+/// mount has a tree of its own). Rejected: a cap per mount (256 inputs would multiply
+/// it by 256: a review's 250 mounts of one 20,000-file folder took 3.4 GiB); sharing
+/// one read-only tree between the mounts of one folder (bounds the repeat, not one
+/// large folder, and nodes carry their mount).
+pub const MAX_INPUT_ENTRIES: u64 = 1 << 20;
+/// Bytes of names, host paths below the mount (each entry keeps its own, to reopen
+/// it) and symlink targets the scans of a job's inputs may hold, over all its input
+/// mounts together. [`MAX_INPUT_ENTRIES`] alone does not bound their memory: the host
+/// lets a path be 4,095 bytes and a link target as long, so a million deep entries
+/// would hold about 8 GiB of paths. 256 MiB is 256 bytes per entry at the entry cap,
+/// far above real trees (`data/train/000123.jpg` is 20). Rejected: rebuilding each
+/// path from the parent chain (a writable folder's entry keeps its host path when the
+/// guest moves it).
+pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 /// Input files kept open at once (on the host). Reads reopen a file through the mount's
 /// handle when it is not among them: a job may read thousands of input files under the
 /// usual `ulimit -n 1024`, and the host's fd table does not grow with the guest's calls.
@@ -226,6 +245,14 @@ pub struct Vfs {
     /// Host work done since [`Vfs::take_work`] was last called (path components stepped,
     /// symlink targets expanded, nodes walked), for the host to charge as fuel.
     work: std::cell::Cell<u64>,
+    /// Entries and bytes the input scans have found so far ([`MAX_INPUT_ENTRIES`],
+    /// [`MAX_INPUT_BYTES`]).
+    scanned: (u64, u64),
+    /// The most they may reach: those two constants (smaller in tests).
+    scan_limit: (u64, u64),
+    /// When input scans give up ([`Vfs::scan_until`]), and whether one did.
+    scan_deadline: Option<std::time::Instant>,
+    scan_timed_out: bool,
 }
 
 fn file_name_bytes(p: &Path) -> &[u8] {
@@ -261,7 +288,26 @@ impl Vfs {
             entries: 0,
             host_files: HashMap::new(),
             work: std::cell::Cell::new(0),
+            scanned: (0, 0),
+            scan_limit: (MAX_INPUT_ENTRIES, MAX_INPUT_BYTES),
+            scan_deadline: None,
+            scan_timed_out: false,
         }
+    }
+
+    /// Input scans from now on give up at `deadline` (the job's wall-clock deadline):
+    /// the clock is read at every entry, and a scan past it fails, with
+    /// [`Vfs::scan_timed_out`] true. Rejected: relying on the entry caps alone (one
+    /// folder of [`MAX_INPUT_ENTRIES`] files took 3.9 s to scan on a 2-core machine,
+    /// past a `--timeout 1`).
+    pub fn scan_until(&mut self, deadline: Option<std::time::Instant>) {
+        self.scan_deadline = deadline;
+    }
+
+    /// Whether a scan stopped at [`Vfs::scan_until`]'s deadline (the failed mount's
+    /// error is then that, not something wrong with the input).
+    pub fn scan_timed_out(&self) -> bool {
+        self.scan_timed_out
     }
 
     fn alloc(&mut self, kind: Kind, parent: Option<NodeId>, mount: usize, time: u64) -> NodeId {
@@ -385,6 +431,23 @@ impl Vfs {
         self.scan(&host, Path::new(""), root, mount, time)
     }
 
+    /// Scans host directory `base/rel` into directory node `at`, recursively.
+    ///
+    /// Every entry is charged to the job's scan budget ([`MAX_INPUT_ENTRIES`],
+    /// [`MAX_INPUT_BYTES`]) as the listing yields it, before anything of it is kept: a
+    /// folder of ten million entries stops the scan at the entry over the cap, having
+    /// held at most that many names. Rejected: collecting a directory's listing and
+    /// counting it afterwards (what this did before: one huge directory is held whole
+    /// before any check).
+    ///
+    /// The clock is read at every entry listed and every entry stepped through, so a
+    /// scan past [`Vfs::scan_until`]'s deadline stops within one entry of it.
+    ///
+    /// The recursion is one frame per level, and its depth is bounded by the host: each
+    /// level adds at least two bytes (`x/`) to the path every call here passes whole to
+    /// the kernel, which refuses one over `PATH_MAX` (4,096 bytes), so a tree at most
+    /// about 2,048 levels deep is scanned and a deeper one fails with `ENAMETOOLONG`
+    /// (`a_tree_as_deep_as_the_host_allows_is_scanned_without_exhausting_the_stack`).
     fn scan(
         &mut self,
         base: &Path,
@@ -394,17 +457,24 @@ impl Vfs {
         time: u64,
     ) -> Result<(), String> {
         let here = base.join(rel);
-        let mut entries: Vec<(Vec<u8>, std::fs::DirEntry)> = std::fs::read_dir(&here)
-            .map_err(|e| format!("{}: {e}", here.display()))?
-            .map(|e| {
-                e.map(|e| (e.file_name().as_bytes().to_vec(), e))
-                    .map_err(|e| format!("{}: {e}", here.display()))
-            })
-            .collect::<Result<_, _>>()?;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, entry) in entries {
-            let child_rel = rel.join(entry.file_name());
+        let rel_len = rel.as_os_str().len() as u64;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for e in std::fs::read_dir(&here).map_err(|e| format!("{}: {e}", here.display()))? {
+            let e = e.map_err(|e| format!("{}: {e}", here.display()))?;
+            let name = e.file_name().as_bytes().to_vec();
+            // The name is held twice (the directory's key, the end of the entry's host
+            // path) and the host path's leading part once more.
+            let bytes = 2 * name.len() as u64 + rel_len + u64::from(rel_len > 0);
+            self.charge_scan(mount, 1, bytes, &here.join(e.file_name()))?;
+            names.push(name);
+        }
+        names.sort();
+        for name in names {
+            let child_rel = rel.join(std::ffi::OsStr::from_bytes(&name));
             let path = base.join(&child_rel);
+            // Listing was checked entry by entry; stepping through the entries (a
+            // `stat` each) takes longer, and is checked the same way.
+            self.check_scan_deadline(&path)?;
             // symlink_metadata does not follow symlinks.
             let meta =
                 std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -416,7 +486,9 @@ impl Vfs {
             } else if ft.is_symlink() {
                 let target =
                     std::fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Kind::Symlink(file_name_bytes(&target).to_vec())
+                let target = file_name_bytes(&target).to_vec();
+                self.charge_scan(mount, 0, target.len() as u64, &path)?;
+                Kind::Symlink(target)
             } else {
                 return Err(format!(
                     "{} is a special file (only files, directories and symlinks can be inputs)",
@@ -446,6 +518,62 @@ impl Vfs {
             if is_dir {
                 self.scan(base, &child_rel, id, mount, time)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Charges `entries` entries and `bytes` bytes found at host path `at` by the scan of
+    /// `mount` to the job's scan budget; over [`MAX_INPUT_ENTRIES`] or
+    /// [`MAX_INPUT_BYTES`], an error naming the limit, the mount's guest path and where
+    /// it was reached (the caller names the input's host folder, which several mounts
+    /// may share). Past [`Vfs::scan_until`]'s deadline, an error too, and
+    /// [`Vfs::scan_timed_out`] says so.
+    fn charge_scan(
+        &mut self,
+        mount: usize,
+        entries: u64,
+        bytes: u64,
+        at: &Path,
+    ) -> Result<(), String> {
+        self.check_scan_deadline(at)?;
+        let guest = &self.mounts[mount].guest;
+        let (e, b) = &mut self.scanned;
+        *e = e.saturating_add(entries);
+        *b = b.saturating_add(bytes);
+        let (max_e, max_b) = self.scan_limit;
+        if *e > max_e {
+            return Err(format!(
+                "the job's inputs hold more than {max_e} entries, the most detwasm scans for \
+                 one job (MAX_INPUT_ENTRIES, counted over all input mounts together, a folder \
+                 once per mount; reached mounting it at {guest}, at {}): mount fewer or \
+                 smaller folders",
+                at.display()
+            ));
+        }
+        if *b > max_b {
+            return Err(format!(
+                "the job's inputs hold more than {max_b} bytes of names, paths and link \
+                 targets, the most detwasm scans for one job (MAX_INPUT_BYTES, counted over \
+                 all input mounts together, a folder once per mount; reached mounting it at \
+                 {guest}, at {}): mount fewer or smaller folders, or shallower ones",
+                at.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error once [`Vfs::scan_until`]'s deadline has passed (read at host path `at`),
+    /// and [`Vfs::scan_timed_out`] then says so.
+    fn check_scan_deadline(&mut self, at: &Path) -> Result<(), String> {
+        if self
+            .scan_deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            self.scan_timed_out = true;
+            return Err(format!(
+                "the scan passed the job's deadline at {}",
+                at.display()
+            ));
         }
         Ok(())
     }
@@ -1545,6 +1673,139 @@ mod tests {
         // The target counts against the quota.
         // Names d, up, e, f (5 bytes) and the target "../f" (4).
         assert_eq!(vfs.used, 4 * ENTRY_OVERHEAD + 5 + 4);
+    }
+
+    /// A folder of `files` empty files named `f0`, `f1`, ….
+    fn flat_folder(files: usize) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..files {
+            std::fs::write(t.path().join(format!("f{i}")), b"").unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn input_scans_share_one_entry_budget_and_stop_at_it() {
+        assert_eq!(
+            Vfs::new().scan_limit,
+            (MAX_INPUT_ENTRIES, MAX_INPUT_BYTES),
+            "the real limits by default"
+        );
+        assert_eq!(MAX_INPUT_ENTRIES, MAX_ENTRIES);
+        let small = flat_folder(4);
+        let mut vfs = Vfs::new();
+        vfs.scan_limit = (10, u64::MAX);
+        // One folder mounted twice counts twice; read-only and writable mounts alike.
+        vfs.mount_input(small.path(), "/a", 7).unwrap();
+        vfs.mount_writable(small.path(), "/b", 7).unwrap();
+        assert_eq!(vfs.scanned.0, 8);
+        let err = vfs.mount_input(small.path(), "/c", 7).unwrap_err();
+        assert!(
+            err.contains("more than 10 entries")
+                && err.contains("MAX_INPUT_ENTRIES")
+                && err.contains("mounting it at /c,"),
+            "{err}"
+        );
+        // A large folder: the listing stops at the entry over the cap, the rest of the
+        // folder is never listed, and nothing of it is kept.
+        let large = flat_folder(1000);
+        let mut vfs = Vfs::new();
+        vfs.scan_limit = (10, u64::MAX);
+        let err = vfs.mount_input(large.path(), "/in", 7).unwrap_err();
+        assert!(err.contains("MAX_INPUT_ENTRIES"), "{err}");
+        assert_eq!(vfs.scanned.0, 11);
+        assert_eq!(vfs.nodes.len(), 1, "only the mount root was made");
+        // Below the cap the same folder mounts.
+        let mut vfs = Vfs::new();
+        vfs.scan_limit = (1000, u64::MAX);
+        vfs.mount_input(large.path(), "/in", 7).unwrap();
+        assert_eq!(vfs.scanned.0, 1000);
+    }
+
+    #[test]
+    fn an_input_scan_gives_up_at_its_deadline() {
+        let t = flat_folder(3);
+        let mut vfs = Vfs::new();
+        vfs.scan_until(Some(
+            std::time::Instant::now() + std::time::Duration::from_secs(3600),
+        ));
+        vfs.mount_input(t.path(), "/a", 7).unwrap();
+        assert!(!vfs.scan_timed_out());
+        vfs.scan_until(Some(std::time::Instant::now()));
+        let err = vfs.mount_input(t.path(), "/b", 7).unwrap_err();
+        assert!(vfs.scan_timed_out(), "{err}");
+        assert!(err.contains("deadline"), "{err}");
+        // Stopped at its first entry.
+        assert_eq!(vfs.scanned.0, 3);
+    }
+
+    #[test]
+    fn input_scans_share_one_byte_budget_for_names_paths_and_link_targets() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("dd")).unwrap();
+        std::fs::write(t.path().join("dd/fff"), b"").unwrap();
+        std::os::unix::fs::symlink("x".repeat(100), t.path().join("l")).unwrap();
+        let mut vfs = Vfs::new();
+        vfs.mount_input(t.path(), "/in", 7).unwrap();
+        // dd: 2 × 2; dd/fff: 2 × 3 + "dd/"; l: 2 × 1 + its 100-byte target.
+        let one = 4 + (6 + 3) + (2 + 100);
+        assert_eq!(vfs.scanned, (3, one));
+        let mut vfs = Vfs::new();
+        vfs.scan_limit = (u64::MAX, 2 * one);
+        vfs.mount_input(t.path(), "/a", 7).unwrap();
+        vfs.mount_input(t.path(), "/b", 7).unwrap();
+        // The third mount passes the budget at its link's target.
+        let err = vfs.mount_input(t.path(), "/c", 7).unwrap_err();
+        assert!(
+            err.contains(&format!("more than {} bytes", 2 * one))
+                && err.contains("MAX_INPUT_BYTES")
+                && err.contains("mounting it at /c,")
+                && err.ends_with(&format!(
+                    "at {}): mount fewer or smaller folders, or shallower ones",
+                    std::fs::canonicalize(t.path()).unwrap().join("l").display()
+                )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tree_as_deep_as_the_host_allows_is_scanned_without_exhausting_the_stack() {
+        // Made through directory handles, which (unlike a path) no PATH_MAX limits.
+        let t = tempfile::tempdir().unwrap();
+        let base_len = std::fs::canonicalize(t.path()).unwrap().as_os_str().len();
+        // The most levels of `d` whose deepest entry the host can still name whole.
+        let fits = (4095 - base_len - 2) / 2;
+        let mut dir =
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        for _ in 0..fits {
+            dir.create_dir("d").unwrap();
+            dir = dir.open_dir("d").unwrap();
+        }
+        dir.write("f", b"deep").unwrap();
+        // Scanned on a thread of Rust's default 2 MiB stack, as a batch worker's.
+        let scan = |root: PathBuf| {
+            std::thread::spawn(move || {
+                let mut vfs = Vfs::new();
+                let r = vfs.mount_input(&root, "/in", 7);
+                (r, vfs.nodes.iter().flatten().map(|n| n.depth).max())
+            })
+            .join()
+            .unwrap()
+        };
+        let (r, deepest) = scan(t.path().to_path_buf());
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(deepest, Some(fits as u32 + 1), "scanned to the bottom");
+        // Deeper than the host can name: ENAMETOOLONG, not a stack overflow.
+        for _ in 0..8 {
+            dir.create_dir("d").unwrap();
+            dir = dir.open_dir("d").unwrap();
+        }
+        let (r, deepest) = scan(t.path().to_path_buf());
+        assert!(
+            r.as_ref().unwrap_err().contains("File name too long"),
+            "{r:?}"
+        );
+        assert!(deepest.unwrap() >= fits as u32, "{deepest:?}");
     }
 
     #[test]
