@@ -103,6 +103,8 @@ pub enum VerifyError {
     NoTrace,
     #[error("the two receipts cannot be bisected: {0}")]
     NotComparable(String),
+    #[error("re-running segment {0} hit the job's wall-clock timeout on this machine: no verdict (nothing is known of the provider's claim)")]
+    SegmentTimeout(usize),
 }
 
 /// One path whose content differs between the provider's results and the re-run.
@@ -684,6 +686,8 @@ pub fn spot_check(
                     start_name(i)
                 )),
             ),
+            // This machine's wall clock is no evidence against the provider.
+            Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(i)),
             Ok(Segment::End(r)) => {
                 let actual = format!(
                     "results {}, {} instructions, exit {}",
@@ -848,6 +852,7 @@ pub fn bisect(
     let started = std::time::Instant::now();
     let actual = match run_segment(runtime, &job, ta, snapshots, segment) {
         Ok(Segment::Checkpoint { cid }) => cid,
+        Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(segment)),
         Ok(Segment::End(r)) => format!(
             "results {}, {} instructions, exit {}",
             r.cid, r.instructions, r.exit_code
