@@ -234,13 +234,28 @@ pub fn job_of_record(
         }
         hosts[i] = host.clone();
     }
+    if r.inputs.len() > detwasm_job::job::MAX_INPUTS {
+        return Err(VerifyError::Run(RunError::Job(
+            detwasm_job::error::JobError::TooManyInputs {
+                count: r.inputs.len(),
+                limit: detwasm_job::job::MAX_INPUTS,
+            },
+        )));
+    }
+    // Each folder is hashed once, and within the job's own wall-clock timeout, as the
+    // run hashes it (`results::InputCids`): a receipt naming one large folder many times
+    // costs one hash.
+    let started = std::time::Instant::now();
+    let timeout = r.limits.safety_timeout();
+    let deadline = started.checked_add(timeout).map(|at| (at, timeout));
+    let mut cids = results::InputCids::default();
     let mut inputs = Vec::new();
     for (record, host) in r.inputs.iter().zip(hosts) {
         let canonical = std::fs::canonicalize(&host).map_err(|_| VerifyError::InputMissing {
             guest: record.guest.clone(),
             host: host.clone(),
         })?;
-        let got = results::cid_of_dir(&canonical, profile, true)?;
+        let got = cids.of(&canonical, profile, deadline)?;
         if got != record.cid {
             return Err(VerifyError::InputMismatch {
                 guest: record.guest.clone(),
