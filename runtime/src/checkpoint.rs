@@ -327,11 +327,13 @@ pub struct Snapshot {
     pub state: State,
 }
 
-/// Most bytes of a `state.json` read (256 MiB): its size grows with the guest's files and
-/// fds (about 300 bytes a node), so this admits about 800,000 of them; a job with more
-/// cannot be resumed (refused with the reason). Rejected: no bound (a forged state of any
-/// size would be parsed, at several times its size in memory).
-pub const MAX_STATE_BYTES: u64 = 256 << 20;
+/// Most bytes of a `state.json` read (64 MiB): its size grows with the guest's files and
+/// fds (about 300 bytes a node), so this admits about 200,000 of them; a job with more
+/// cannot be resumed (refused with the reason). Parsed, a state takes a few times its
+/// size (free node slots are 8 bytes each, see [`detwasm_wasi::vfs::snapshot`]): a
+/// review's 250 MB state of 50 million free slots took 6.5 GB under the 256 MiB this
+/// was before. Rejected: no bound (a forged state of any size would be parsed).
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
 fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
     RunError::Input {
@@ -340,15 +342,65 @@ fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
     }
 }
 
-/// Reads `path`, refusing a file larger than `most` bytes (checked on the open file,
-/// before its bytes).
+/// Opens the regular file `rel` (`name` or `folder/name`) of snapshot folder `dir`, and
+/// its length. A snapshot is untrusted: every component below `dir` is opened without
+/// following a symlink (`openat` with `O_NOFOLLOW`, relative to the handle of the folder
+/// above it), and without blocking (`O_NONBLOCK`: a FIFO cannot hold the open), and the
+/// file must be a regular file (checked on the open handle). Found by review: a
+/// `files/N` that was a symlink to a host file put that file into the job's output; a
+/// `stdout` that was a FIFO hung `resume`. Rejected: checking with `symlink_metadata`
+/// before opening by path (the entry can be swapped between the check and the open);
+/// `cap_std` (its sandbox lets a link resolve inside the folder, and the same file may
+/// then be read for two entries, which is harmless but not what a snapshot is).
+fn open_file(dir: &Path, rel: &str) -> Result<(std::fs::File, u64), RunError> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |why: String| refused(dir, format!("{rel}: {why}"));
+    let c = |s: &[u8]| CString::new(s).map_err(|_| fail("a name with a NUL".into()));
+    let open_at = |at: RawFd, name: &[u8], flags: i32| -> Result<OwnedFd, RunError> {
+        let name = c(name)?;
+        // SAFETY: `name` is a NUL-terminated string that outlives the call; `at` is an
+        // open descriptor (or AT_FDCWD); the result is checked and owned once valid.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(fail(std::io::Error::last_os_error().to_string()));
+        }
+        // SAFETY: `fd` was just returned by `openat` and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    use std::os::fd::AsRawFd;
+    let mut at = open_at(
+        libc::AT_FDCWD,
+        dir.as_os_str().as_bytes(),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (last, folders) = parts.split_last().expect("a name");
+    for folder in folders {
+        at = open_at(
+            at.as_raw_fd(),
+            folder.as_bytes(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+    }
+    let fd = open_at(
+        at.as_raw_fd(),
+        last.as_bytes(),
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    )?;
+    let f = std::fs::File::from(fd);
+    let m = f.metadata().map_err(|e| fail(e.to_string()))?;
+    if !m.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    Ok((f, m.len()))
+}
+
+/// Reads `rel` of snapshot folder `dir` ([`open_file`]), refusing a file larger than
+/// `most` bytes (checked on the open file, before its bytes).
 fn read_bounded(dir: &Path, rel: &str, most: u64) -> Result<Vec<u8>, RunError> {
-    let p = dir.join(rel);
-    let f = std::fs::File::open(&p).map_err(|e| refused(dir, format!("{rel}: {e}")))?;
-    let len = f
-        .metadata()
-        .map_err(|e| refused(dir, format!("{rel}: {e}")))?
-        .len();
+    let (f, len) = open_file(dir, rel)?;
     if len > most {
         return Err(refused(
             dir,
@@ -365,12 +417,7 @@ fn read_bounded(dir: &Path, rel: &str, most: u64) -> Result<Vec<u8>, RunError> {
 /// Reads `rel` into `dst`, which it must fill exactly (its size checked on the open file
 /// first): memories and frames go straight into the instance, never through a copy.
 fn read_exactly(dir: &Path, rel: &str, dst: &mut [u8]) -> Result<(), RunError> {
-    let p = dir.join(rel);
-    let mut f = std::fs::File::open(&p).map_err(|e| refused(dir, format!("{rel}: {e}")))?;
-    let len = f
-        .metadata()
-        .map_err(|e| refused(dir, format!("{rel}: {e}")))?
-        .len();
+    let (mut f, len) = open_file(dir, rel)?;
     if len != dst.len() as u64 {
         return Err(refused(
             dir,
@@ -439,18 +486,24 @@ impl Snapshot {
         let stdout = read_bounded(&self.dir, "stdout", max_output)?;
         let stderr = read_bounded(&self.dir, "stderr", max_output)?;
         let dir = &self.dir;
-        host.restore(h, stdout, stderr, |node, len| {
-            read_bounded(dir, &format!("files/{node}"), len)
-                .map_err(|e| e.to_string())
-                .and_then(|b| {
-                    if b.len() as u64 == len {
-                        Ok(b)
-                    } else {
-                        Err(format!("files/{node} is not of the length saved"))
-                    }
-                })
-        })
-        .map_err(|e| refused(&self.dir, e))
+        // A file that cannot be read is reported as itself, not inside the host's reason.
+        let mut unreadable = None;
+        let restored = host.restore(h, stdout, stderr, |node, len| {
+            let rel = format!("files/{node}");
+            match read_bounded(dir, &rel, len) {
+                Ok(b) if b.len() as u64 == len => Ok(b),
+                Ok(_) => Err(format!("{rel} is not of the length saved")),
+                Err(e) => {
+                    unreadable = Some(e);
+                    Err(rel)
+                }
+            }
+        });
+        match (restored, unreadable) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(e)) => Err(e),
+            (Err(why), None) => Err(refused(&self.dir, why)),
+        }
     }
 
     /// Overwrites a fresh instance's memories, mutable globals and unwind memory with the
@@ -534,6 +587,40 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by review: a snapshot's files were opened by path, so a `files/N` that was a
+    /// symlink to a host file put that file into the job's output, and a FIFO hung the
+    /// resume. Every component is now opened without following links or blocking, and
+    /// only a regular file is read.
+    #[test]
+    fn a_snapshot_file_is_read_only_if_it_is_a_regular_file_in_the_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, secret) = (t.path().join("snap"), t.path().join("secret"));
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
+        std::fs::write(&secret, b"host secret").unwrap();
+        std::fs::write(t.path().join("elsewhere/1"), b"host secret").unwrap();
+        std::fs::write(dir.join("stdout"), b"printed").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("stderr")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("files/1")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), dir.join("memory")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.join("frames").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_bounded(&dir, "stdout", 100).unwrap(), b"printed");
+        for rel in ["stderr", "files/1", "memory/1", "frames", "missing"] {
+            let e = read_bounded(&dir, rel, 100).unwrap_err().to_string();
+            assert!(
+                e.contains("not a snapshot detwasm can resume"),
+                "{rel}: {e}"
+            );
+            assert!(!e.contains("host secret"));
+        }
+        let mut buf = [0u8; 11];
+        assert!(read_exactly(&dir, "memory/1", &mut buf).is_err());
+        assert!(read_exactly(&dir, "frames", &mut buf).is_err());
+    }
 
     #[test]
     fn values_round_trip_and_nans_are_saved_canonical() {
