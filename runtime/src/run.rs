@@ -130,9 +130,10 @@ impl Runtime {
     /// `every` instructions ([`crate::meter`]): modules are compiled with the unwind pass
     /// ([`crate::passes::unwind`]), and at each checkpoint the guest unwinds its whole
     /// stack into the unwind memory, and is rewound and goes on. Receipts are the same
-    /// as without (the tests compare them on every kind of module). Saving what a
-    /// checkpoint holds, to resume elsewhere, is not done yet: today a checkpoint is
-    /// taken and resumed in place.
+    /// as without (the tests compare them on every kind of module). Without
+    /// [`Checkpointing::save`] a checkpoint is taken and resumed in place; with it, each
+    /// is saved as a snapshot ([`crate::checkpoint`]) that [`Checkpointing::resume`]
+    /// goes on from.
     pub fn with_checkpoints(mut self, every: u64) -> Self {
         self.checkpoint_every = Some(every);
         // Modules loaded before were compiled without the unwind pass.
