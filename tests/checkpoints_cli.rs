@@ -141,6 +141,49 @@ fn a_job_resumed_from_a_snapshot_ends_with_the_uninterrupted_receipt() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not the module the job ran"), "{err}");
+    // A job.json whose module is a FIFO is refused at once (no writer is waited for),
+    // and a job.json that is itself a FIFO is ignored as if it were absent.
+    let fifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    let job_json = t.path().join("cp/job.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&job_json).unwrap()).unwrap();
+    record["module"] = t.path().join("module-fifo").display().to_string().into();
+    fifo(&t.path().join("module-fifo"));
+    std::fs::write(&job_json, serde_json::to_vec(&record).unwrap()).unwrap();
+    let err = resume_within_a_minute(&snapshot);
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_file(&job_json).unwrap();
+    fifo(&job_json);
+    let err = resume_within_a_minute(&snapshot);
+    assert!(err.contains("module"), "{err}");
+}
+
+/// `detwasm resume SNAPSHOT`, which must fail within a minute; its stderr.
+fn resume_within_a_minute(snapshot: &Path) -> String {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = detwasm()
+        .current_dir(out.path())
+        .arg("resume")
+        .arg(snapshot)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("resume still waiting after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -321,13 +321,22 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SpecError> {
 }
 
 /// Reads a regular file of at most `limit` bytes (symlinks followed), or says why not.
+/// The file is opened with `O_NONBLOCK`, so a FIFO at the path (a receipt, `job.json` or
+/// job file naming one) is refused as "not a regular file" instead of holding the open
+/// until some writer appears (found by review). Rejected: `stat` before the open (the
+/// path could change between the two).
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |message: String| SpecError::Io {
         path: path.to_path_buf(),
         message,
     };
-    let file = fs::File::open(path).map_err(|e| io(e.to_string()))?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io(e.to_string()))?;
     let meta = file.metadata().map_err(|e| io(e.to_string()))?;
     if !meta.is_file() {
         return Err(io("not a regular file".into()));
@@ -451,6 +460,22 @@ pub fn entry_module(dir: &Path, cid_text: &str, path: &str) -> Result<EntryModul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_named_as_a_module_is_refused_without_waiting_for_a_writer() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("module.wasm");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Without O_NONBLOCK the open would wait here for a writer that never comes.
+        let e = read_module_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let link = t.path().join("link.wasm");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let e = read_module_file(&link).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
 
     #[test]
     fn references_parse() {

@@ -40,7 +40,7 @@
 use std::sync::Arc;
 
 use detwasm_hasher::unpack::{Car, UnpackError};
-use detwasm_hasher::{Cid, Hasher, Options};
+use detwasm_hasher::{Cid, HashError, Hasher, Options};
 use serde::{Deserialize, Serialize};
 
 use detwasm_job::error::RunError;
@@ -48,6 +48,7 @@ use detwasm_job::job::{Epoch, Input, Job, Limits, Module, Output, ResultsOptions
 use detwasm_job::receipt::Receipt;
 use detwasm_job::results;
 use detwasm_runtime::deliver::{self, Durability};
+use detwasm_runtime::engine::Deadline;
 use detwasm_runtime::run::{Destination, Runtime};
 
 /// Room for what a results folder holds beyond its output quota: the `exitCode` file and
@@ -144,7 +145,10 @@ pub fn pack(runtime: &Runtime, job: &Job, label: &str) -> Result<Packed, RemoteE
         label: label.to_string(),
         cause,
     };
-    let prepared = runtime.prepare(job).map_err(run_err)?;
+    // Hashing and packing stay inside the job's own wall-clock timeout, as a run's
+    // hashing does: a jobs file naming a huge folder costs the driver at most that long.
+    let deadline = Deadline::after(job.limits.safety_timeout());
+    let prepared = runtime.prepare_by(job, deadline).map_err(run_err)?;
     let id = &prepared.identity;
     let opts = Options::profile(job.results.profile).with_hidden(true);
     let mut cars = Vec::with_capacity(job.inputs.len());
@@ -153,15 +157,22 @@ pub fn pack(runtime: &Runtime, job: &Job, label: &str) -> Result<Packed, RemoteE
         let root = std::fs::canonicalize(&input.host)
             .map_err(|e| run_err(RunError::io(format!("input {}", input.host.display()), e)))?;
         let mut car = Vec::new();
-        let hashed = Hasher::new(opts.clone())
-            .car(&mut car)
-            .hash_path(&root)
-            .map_err(|e| {
-                run_err(RunError::Hash {
+        let mut hasher = Hasher::new(opts.clone()).car(&mut car);
+        if let Some(d) = deadline {
+            hasher = hasher.deadline(d.at);
+        }
+        let hashed = hasher.hash_path(&root).map_err(|e| {
+            run_err(match (e, deadline) {
+                (HashError::Deadline, Some(d)) => RunError::InputTimeout {
+                    what: format!("packing input {}", input.host.display()),
+                    secs: d.timeout.as_secs_f64(),
+                },
+                (e, _) => RunError::Hash {
                     what: input.host.display().to_string(),
                     reason: e.to_string(),
-                })
-            })?;
+                },
+            })
+        })?;
         if hashed.root.to_string() != identity.cid {
             return Err(run_err(RunError::Input {
                 path: input.host.clone(),
@@ -504,6 +515,20 @@ mod tests {
             // Hidden files are delivered even when the CID leaves them out.
             assert!(Path::new(&remote.results_dir).join("rw/.keep").exists());
         }
+    }
+
+    #[test]
+    fn packing_stops_at_the_jobs_timeout() {
+        let t = tempfile::tempdir().unwrap();
+        let (rt, opts) = setup(t.path());
+        let mut job = job_of(&request(t.path(), false), &opts).unwrap().job;
+        job.limits.timeout = Some(std::time::Duration::from_nanos(1));
+        let e = pack(&rt, &job, "m.wat").err().unwrap().to_string();
+        assert!(e.contains("timeout"), "{e}");
+        assert!(
+            e.contains(&t.path().join("in").display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]

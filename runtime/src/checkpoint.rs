@@ -445,10 +445,11 @@ impl Snapshot {
         })
     }
 
-    /// The job's host details saved beside the snapshot (`../job.json`), if there.
+    /// The job's host details saved beside the snapshot (`../job.json`), if there: read
+    /// as the snapshot's own files are ([`open_file`], at most [`MAX_STATE_BYTES`]), so a
+    /// FIFO, a link or a huge file there is ignored rather than waited on or loaded.
     pub fn job_record_beside(&self) -> Option<JobRecord> {
-        let p = self.dir.parent()?.join(JOB_FILE);
-        let text = std::fs::read(p).ok()?;
+        let text = read_bounded(self.dir.parent()?, JOB_FILE, MAX_STATE_BYTES).ok()?;
         serde_json::from_slice(&text).ok()
     }
 

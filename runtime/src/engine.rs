@@ -271,16 +271,57 @@ const KEY_LEN: usize = 32;
 /// The folder's ancestors are not checked: the default location is under the user's
 /// home (`~/.cache`), and a folder in a sticky directory such as `/tmp` cannot be renamed
 /// by others. Cache failures never fail a run: they fall back to compiling.
+///
+/// The folder is bounded: after each store, the least recently used files are removed
+/// until the folder holds at most [`ModuleCache::max_bytes`] bytes of compiled modules
+/// and [`CACHE_MAX_FILES`] files (a hit refreshes a file's modification time, which is
+/// the order used), and a compiled module larger than the whole budget is not stored.
+/// Found by review: every distinct module an attacker sent added its artifact for
+/// good (one of 1.6 GB from a 2 KB module, before the memory-image limit). Rejected:
+/// evicting by age alone (a provider's everyday modules would be dropped by a burst of
+/// one-off ones just as well, but a busy folder could still grow without bound within
+/// the age); access times (`noatime` mounts do not keep them).
 pub struct ModuleCache {
     dir: PathBuf,
+    /// Most bytes of `.cwasm` files the folder keeps.
+    max_bytes: u64,
     /// Why the cache was not used, once per reason, for the caller to show.
     warnings: std::sync::Mutex<Vec<String>>,
 }
 
+/// The default of [`ModuleCache::max_bytes`]: 4 GiB, room for some 40 compiled CPythons
+/// (about 100 MiB each with the unwind pass) or thousands of small modules. A provider
+/// changes it with `DETWASM_CACHE_MAX_MB`.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 4 << 30;
+
+/// Most `.cwasm` files the folder keeps, so that listing it to evict stays cheap.
+pub const CACHE_MAX_FILES: usize = 4096;
+
+/// A temporary file of a store that died before renaming it into place is removed when
+/// older than this (a store in progress is never that old).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// [`ModuleCache::max_bytes`] as the environment sets it: `DETWASM_CACHE_MAX_MB`
+/// (mebibytes), else [`DEFAULT_CACHE_MAX_BYTES`]. A value that is not a number is ignored.
+pub fn cache_max_bytes_from_env() -> u64 {
+    std::env::var("DETWASM_CACHE_MAX_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|mb| mb.saturating_mul(1 << 20))
+        .unwrap_or(DEFAULT_CACHE_MAX_BYTES)
+}
+
 impl ModuleCache {
+    /// The cache in `dir`, bounded by [`cache_max_bytes_from_env`].
     pub fn new(dir: PathBuf) -> Self {
+        Self::with_max_bytes(dir, cache_max_bytes_from_env())
+    }
+
+    /// The cache in `dir`, keeping at most `max_bytes` of compiled modules.
+    pub fn with_max_bytes(dir: PathBuf, max_bytes: u64) -> Self {
         let cache = ModuleCache {
             dir,
+            max_bytes,
             warnings: std::sync::Mutex::new(Vec::new()),
         };
         // Checked now too, so a caller can show the warning before the first run.
@@ -290,6 +331,11 @@ impl ModuleCache {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Most bytes of compiled modules the folder keeps (see the type's docs).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Why the cache (or one of its files) was ignored so far, each reason once, e.g.
@@ -420,10 +466,17 @@ impl ModuleCache {
         }
         let mut buf = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
         f.read_to_end(&mut buf).ok()?;
+        // Used now: the last file eviction removes (our own file, so futimens is allowed
+        // on the read-only handle).
+        let _ = f.set_modified(std::time::SystemTime::now());
         Some(buf)
     }
 
     fn store(&self, path: &Path, key: &[u8; KEY_LEN], payload: &[u8]) -> std::io::Result<()> {
+        let size = (CACHE_MAGIC.len() + 2 * KEY_LEN + payload.len()) as u64;
+        if size > self.max_bytes {
+            return Ok(());
+        }
         create_private_dir(&self.dir)?;
         if !self.dir_is_trusted() {
             return Ok(());
@@ -434,7 +487,56 @@ impl ModuleCache {
         tmp.write_all(&encode_header(key, payload))?;
         tmp.write_all(payload)?;
         tmp.persist(path).map_err(|e| e.error)?;
+        self.evict(path);
         Ok(())
+    }
+
+    /// Removes the least recently used `.cwasm` files (never `keep`, the one just stored)
+    /// until the folder is within [`Self::max_bytes`] and [`CACHE_MAX_FILES`], and
+    /// temporary files older than [`STALE_TEMP_AGE`]. Only regular files named as this
+    /// cache names them are touched. Failures are ignored: another detwasm may be
+    /// evicting the same files.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let modified = m.modified().unwrap_or(now);
+            if name.starts_with(".tmp") {
+                if now.duration_since(modified).unwrap_or_default() > STALE_TEMP_AGE {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
+            if !name.ends_with(".cwasm") {
+                continue;
+            }
+            total = total.saturating_add(m.len());
+            files.push((modified, e.path(), m.len()));
+        }
+        files.sort();
+        let mut count = files.len();
+        for (_, path, len) in files {
+            if total <= self.max_bytes && count <= CACHE_MAX_FILES {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total = total.saturating_sub(len);
+                count -= 1;
+            }
+        }
     }
 }
 
@@ -1115,6 +1217,66 @@ mod tests {
         assert!(hit);
         assert_eq!(call_f(&engine, &m), 2);
         assert!(cache.warnings().is_empty());
+    }
+
+    #[test]
+    fn the_cache_keeps_its_budget_by_removing_the_least_recently_used_modules() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("cache");
+        let engine = engine();
+        // The size of one compiled module, to set a budget of two and a half.
+        let probe = ModuleCache::new(t.path().join("probe"));
+        probe.load_or_compile(&engine, &returns(0)).unwrap();
+        let one = std::fs::metadata(cwasm_files(probe.dir()).pop().unwrap())
+            .unwrap()
+            .len();
+        let cache = ModuleCache::with_max_bytes(dir.clone(), one * 5 / 2);
+        let file_of = |before: &[PathBuf]| {
+            cwasm_files(&dir)
+                .into_iter()
+                .find(|p| !before.contains(p))
+                .unwrap()
+        };
+        let hour_ago = |p: &Path, hours: u64| {
+            let f = std::fs::File::open(p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600 * hours))
+                .unwrap();
+        };
+        cache.load_or_compile(&engine, &returns(1)).unwrap();
+        let a = file_of(&[]);
+        cache.load_or_compile(&engine, &returns(2)).unwrap();
+        let b = file_of(std::slice::from_ref(&a));
+        hour_ago(&a, 2);
+        hour_ago(&b, 1);
+        // A hit on A makes it the most recently used, so B is the one removed.
+        assert!(cache.load_or_compile(&engine, &returns(1)).unwrap().1);
+        // A stale temporary file of a store that died is removed; a fresh one is not.
+        std::fs::write(dir.join(".tmpDEAD"), b"x").unwrap();
+        hour_ago(&dir.join(".tmpDEAD"), 2);
+        std::fs::write(dir.join(".tmpLIVE"), b"x").unwrap();
+        // Not ours: never touched.
+        std::fs::write(dir.join("notes.txt"), vec![0u8; one as usize * 3]).unwrap();
+        cache.load_or_compile(&engine, &returns(3)).unwrap();
+        let left = cwasm_files(&dir);
+        assert!(left.contains(&a) && !left.contains(&b), "{left:?}");
+        let compiled: Vec<_> = left
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        assert_eq!(compiled.len(), 2, "{left:?}");
+        assert!(!dir.join(".tmpDEAD").exists() && dir.join(".tmpLIVE").exists());
+        assert!(dir.join("notes.txt").exists());
+        let held: u64 = compiled
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(held <= cache.max_bytes(), "{held} > {}", cache.max_bytes());
+        // A module larger than the whole budget is compiled but not stored.
+        let tiny = ModuleCache::with_max_bytes(t.path().join("tiny"), one / 2);
+        let (m, hit) = tiny.load_or_compile(&engine, &returns(4)).unwrap();
+        assert!(!hit);
+        assert_eq!(call_f(&engine, &m), 4);
+        assert!(cwasm_files(tiny.dir()).is_empty());
     }
 
     #[test]

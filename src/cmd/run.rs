@@ -18,7 +18,8 @@ use std::process::ExitCode;
 /// the same results CID and instruction count on every host.
 ///
 /// Compiled modules are cached in $DETWASM_CACHE_DIR, else $XDG_CACHE_HOME/detwasm, else
-/// ~/.cache/detwasm; delete that folder to clear it.
+/// ~/.cache/detwasm, keeping at most $DETWASM_CACHE_MAX_MB (default 4096) of the most
+/// recently used; delete that folder to clear it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
