@@ -12,8 +12,10 @@
 //! only, never on an engine, so another engine or a fuzzer can use it. The passes are
 //! applied in one place, `detwasm_runtime::engine::compile`, and each is named with its
 //! version in `detwasm_runtime::engine::ENGINE_SETTINGS` (so a change of a pass changes
-//! every job id). Their tests run the rewritten modules on that engine (wasmtime and the
-//! runtime are dev-dependencies only).
+//! every job id). The unit tests here check the rewriting alone; the tests that run the
+//! rewritten modules on that engine are integration tests of the crates above it
+//! (`runtime/tests/pass_*.rs`, `fuzzing/tests/pass_nan_eager.rs`), so that not even a
+//! dev-dependency of this crate is an engine.
 
 pub mod fuel;
 pub mod nan;

@@ -1074,8 +1074,11 @@ pub fn read_u32(bytes: &[u8]) -> Result<(u32, usize), String> {
 
 #[cfg(test)]
 mod tests {
+    // Pure rewriting checks. The tests that run rewritten modules are in
+    // `runtime/tests/pass_nan.rs` (a module at the locals limit refused by the engine) and
+    // `fuzzing/tests/pass_nan_eager.rs` (observable NaNs against eager canonicalization):
+    // this crate has no engine, not even for its tests.
     use super::*;
-    use detwasm_fuzzing::{compare, Setup};
 
     /// How many producers of each function the pass canonicalizes.
     fn marks(wat: &str) -> Vec<usize> {
@@ -1148,95 +1151,5 @@ mod tests {
               (i32.const 0)))"#,
         );
         assert_eq!(m, [vec![0], vec![1; 13]].concat());
-    }
-
-    /// A function at WebAssembly's limit of locals cannot get a scratch local: refused
-    /// with a message that says why (found by an adversarial review).
-    #[test]
-    fn a_function_at_the_locals_limit_is_refused_with_the_reason() {
-        let observed = "(f32.store (i32.const 0) (f32.add (local.get 0) (local.get 0)))";
-        let module = |declared: usize| {
-            let locals = " i32".repeat(declared);
-            wat::parse_str(format!(
-                "(module (memory 1) (func (param f32) (local{locals}) {observed}))"
-            ))
-            .unwrap()
-        };
-        canonicalize(&module(49_998)).unwrap();
-        let e = canonicalize(&module(49_999)).unwrap_err();
-        assert!(e.contains("limit of 50000"), "{e}");
-        let engine = detwasm_runtime::engine::new_engine(&detwasm_runtime::engine::EngineOptions {
-            cache_dir: None,
-            parallel_compilation: false,
-        })
-        .unwrap();
-        let e = detwasm_runtime::engine::compile(&engine, &module(49_999))
-            .unwrap_err()
-            .to_string();
-        // The fuel pass, which runs first, needs two locals more and says so.
-        assert!(
-            e.contains("fuel metering") && e.contains("limit of 50000"),
-            "{e}"
-        );
-    }
-
-    /// Every route a raw NaN can take to where it is seen, run by the engine (pass, no
-    /// Cranelift canonicalization) and by the eager setup (Cranelift canonicalizing after
-    /// every operation): bit for bit the same results, memory and globals. On x86-64,
-    /// `0/0` gives the negative default NaN, so without the pass they differ (checked
-    /// too, to show the module does produce raw NaNs).
-    #[test]
-    fn observable_nans_equal_eager_canonicalization() {
-        let wat = r#"(module (memory (export "m") 1)
-            (global $g (export "g") (mut f64) (f64.const 0))
-            (data (i32.const 64) "\01\00\a0\7f")
-            (func $nan (result f32) (f32.div (f32.const 0) (f32.const 0)))
-            (func $nan64 (result f64) (f64.div (f64.const 0) (f64.const 0)))
-            (func $payload (result f32) (f32.load (i32.const 64)))
-            (func (export "ret") (result f32) (call $nan))
-            (func (export "neg") (result f32) (f32.neg (f32.div (f32.const 0) (f32.const 0))))
-            (func (export "neg_payload") (result f32) (f32.neg (call $payload)))
-            (func (export "abs_store")
-              (f32.store (i32.const 0) (f32.abs (f32.sub (f32.const inf) (f32.const inf)))))
-            (func (export "sign") (result f32)
-              (f32.copysign (f32.const 1) (f32.mul (f32.const 0) (f32.const inf))))
-            (func (export "select") (param i32) (result f32)
-              (select (f32.div (f32.const 0) (f32.const 0)) (call $payload) (local.get 0)))
-            (func (export "table") (param i32) (result f32)
-              (block $a (result f32)
-                (block $b (result f32)
-                  (br_table $a $b (f32.sqrt (f32.const -1)) (local.get 0)))
-                (f32.neg)))
-            (func (export "global") (global.set $g (f64.promote_f32 (call $nan))))
-            (func (export "demote") (result i32)
-              (i32.reinterpret_f32 (f32.demote_f64 (call $nan64))))
-            (func (export "loop") (result f64) (local $x f64) (local $i i32)
-              (loop $l
-                (local.set $x (f64.add (local.get $x) (f64.div (f64.const 0) (f64.const 0))))
-                (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1))) (i32.const 3))))
-              (local.get $x))
-            (func (export "lanes") (result v128)
-              (f32x4.replace_lane 1
-                (f32x4.div (v128.const f32x4 0 1 0 1) (v128.const f32x4 0 1 0 1))
-                (f32.min (call $nan) (f32.const 1))))
-            (func (export "wide") (result v128)
-              (f32x4.add (f64x2.sqrt (v128.const f64x2 -1 4)) (v128.const f32x4 0 0 0 0)))
-            (func (export "madd") (result v128)
-              (f32x4.relaxed_madd (v128.const f32x4 0 1 2 3) (v128.const f32x4 inf 1 1 1)
-                (v128.const f32x4 1 1 1 1)))
-            (func (export "pmin") (result v128)
-              (f64x2.pmin (f64x2.mul (v128.const f64x2 0 1) (v128.const f64x2 inf 1))
-                (v128.const f64x2 1 1))))"#;
-        let binary = wat::parse_str(wat).unwrap();
-        let agreed = compare(&binary, Setup::Serial, Setup::Eager).unwrap();
-        assert_eq!(agreed.eager_calls, agreed.calls);
-        assert!(agreed.nans > 4, "{agreed:?}");
-        assert!(
-            agreed.noncanonical_nans >= 3,
-            "neg, neg_payload, table: {agreed:?}"
-        );
-        if cfg!(target_arch = "x86_64") {
-            compare(&binary, Setup::Uncanonicalized, Setup::Eager).unwrap_err();
-        }
     }
 }
