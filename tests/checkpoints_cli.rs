@@ -154,22 +154,28 @@ fn a_job_resumed_from_a_snapshot_ends_with_the_uninterrupted_receipt() {
     record["module"] = t.path().join("module-fifo").display().to_string().into();
     fifo(&t.path().join("module-fifo"));
     std::fs::write(&job_json, serde_json::to_vec(&record).unwrap()).unwrap();
-    let err = resume_within_a_minute(&snapshot);
+    let refused = |out: std::process::Output| {
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(resume_within_a_minute(&snapshot));
     assert!(err.contains("not a regular file"), "{err}");
     std::fs::remove_file(&job_json).unwrap();
     fifo(&job_json);
-    let err = resume_within_a_minute(&snapshot);
+    let err = refused(resume_within_a_minute(&snapshot));
     assert!(err.contains("module"), "{err}");
 }
 
-/// `detwasm resume SNAPSHOT`, which must fail within a minute; its stderr.
-fn resume_within_a_minute(snapshot: &Path) -> String {
+/// `detwasm resume SNAPSHOT --json`, in a folder of its own, which must end within a
+/// minute (it is killed and the test fails otherwise).
+fn resume_within_a_minute(snapshot: &Path) -> std::process::Output {
     let out = tempfile::tempdir().unwrap();
     let mut child = detwasm()
         .current_dir(out.path())
         .arg("resume")
         .arg(snapshot)
-        .stdout(std::process::Stdio::null())
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -177,13 +183,73 @@ fn resume_within_a_minute(snapshot: &Path) -> String {
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > std::time::Duration::from_secs(60) {
             child.kill().unwrap();
-            panic!("resume still waiting after a minute");
+            panic!("resume still running after a minute");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    child.wait_with_output().unwrap()
+}
+
+/// Found by review: the fuel a snapshot's innermost frame saved was restored as it was,
+/// so a forged positive fuel skipped the `refuel` the rewind ends at and every later
+/// check of the budget and the deadline: a resumed endless loop ran for good. Every
+/// rewinding frame now takes its fuel from the fuel global, which the host checks
+/// against the snapshot's meter before the rewind and again at its `refuel`.
+#[test]
+fn a_forged_fuel_in_a_snapshot_neither_escapes_the_timeout_nor_makes_a_result() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("loop.wat"),
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    )
+    .unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--timeout", "2", "--checkpoints", "cp"])
+        .args(["--checkpoint-every", "20000000", "-o", "r", "loop.wat"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", failed(&out));
+    let snapshot = t.path().join("cp/000002");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snapshot.join("state.json")).unwrap()).unwrap();
+    let handed = state["meter"]["handed"].as_u64().unwrap();
+    let at = state["instructions"].as_u64().unwrap();
+    let fuel = (handed as i64 - at as i64).to_le_bytes();
+    // The innermost frame's fuel, made huge: ignored, the run ends at the job's timeout.
+    let frames = std::fs::read(snapshot.join("frames")).unwrap();
+    let i = frames
+        .windows(8)
+        .position(|w| w == fuel)
+        .expect("the fuel in the frames");
+    let mut forged = frames.clone();
+    forged[i..i + 8].copy_from_slice(&i64::MAX.to_le_bytes());
+    std::fs::write(snapshot.join("frames"), &forged).unwrap();
+    let out = resume_within_a_minute(&snapshot);
+    assert_eq!(out.status.code(), Some(1), "{}", failed(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "timeout", "{r}");
+    // The fuel global, made huge: refused before the guest runs, as a forged snapshot.
+    std::fs::write(snapshot.join("frames"), &frames).unwrap();
+    let mut forged = state.clone();
+    let globals = forged["globals"].as_array_mut().unwrap();
+    let g = globals
+        .iter_mut()
+        .find(|g| g["bits"] == format!("{:#x}", i64::from_le_bytes(fuel)))
+        .expect("the fuel global");
+    g["bits"] = format!("{:#x}", i64::MAX).into();
+    std::fs::write(
+        snapshot.join("state.json"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .unwrap();
+    let out = resume_within_a_minute(&snapshot);
+    assert_eq!(out.status.code(), Some(2), "{}", failed(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a snapshot this run can resume") && err.contains("fuel"),
+        "{err}"
+    );
 }
 
 #[test]

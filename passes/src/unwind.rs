@@ -49,12 +49,23 @@
 //! - **Rewind.** The host sets the state to [`REWINDING`] and calls the entry again. On
 //!   entry, an instrumented function checks the state; if rewinding, it reads its frame
 //!   from the end of the buffer (checking that the frame is its own: a trap otherwise),
-//!   restores its locals and jumps to its site: every block (the body too) that holds a
+//!   restores its locals, takes its fuel local from the fuel global (which the host has
+//!   set to the fuel the checkpoint's `refuel` was called with), and jumps to its site: every block (the body too) that holds a
 //!   site starts with a `br_table` over the site number that jumps past the code before
 //!   the block or site it must reach; an `if` on the way takes the branch that holds
 //!   it. At the site, the call is made again, with the arguments restored from their
 //!   slots, and the callee rewinds in turn, down to the call of `refuel`, which the host
 //!   answers by setting the state back to [`NORMAL`] and refuelling as it would have.
+//!
+//! The fuel is not taken from the frame because a frame is untrusted when a snapshot
+//! is resumed: a forged positive fuel in the innermost frame skipped the `refuel` the
+//! rewind ends at, and with it every later check of the budget and the deadline (found
+//! by review: a resumed job ran past its timeout for good). Taken from the global, the
+//! innermost frame's fuel is the host's, negative, so the rewind always ends at a
+//! `refuel` where the host checks it; an outer frame's fuel is dead until its call
+//! returns the callee's. Rejected: checking the fuel at the rewind's `refuel` only (a
+//! positive fuel never gets there); parsing frames in the host (it would have to know
+//! every function's layout).
 //!
 //! Nothing the pass adds counts as an instruction (the fuel pass has run before it and
 //! only counts the module's own operators), and unwinding leaves every global, memory
@@ -100,11 +111,11 @@ use wasmparser::{
     WasmFeatures,
 };
 
-use crate::fuel::{IMPORT_MODULE, IMPORT_REFUEL};
+use crate::fuel::{EXPORT_FUEL, IMPORT_MODULE, IMPORT_REFUEL};
 
 /// The version of this pass. A snapshot names it: frames written by one version are read
 /// only by the same.
-pub const PASS_VERSION: &str = "detwasm-unwind-2";
+pub const PASS_VERSION: &str = "detwasm-unwind-3";
 /// The exported `(mut i32)` global that holds the state: [`NORMAL`], [`UNWINDING`] or
 /// [`REWINDING`].
 pub const EXPORT_STATE: &str = "detwasm:unwind_state";
@@ -182,6 +193,9 @@ struct Module {
     has_memory_section: bool,
     has_global_section: bool,
     has_export_section: bool,
+    /// The fuel pass's global (exported as [`EXPORT_FUEL`]): on rewind, every frame takes
+    /// its fuel from it (see "Rewind" above).
+    fuel_global: Option<u32>,
     /// Whether each defined function is instrumented.
     instrumented: Vec<bool>,
     /// Whether a call through a table can reach an instrumented function.
@@ -294,6 +308,9 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 m.has_export_section = true;
                 for e in r {
                     let e = e.map_err(err)?;
+                    if e.name == EXPORT_FUEL && e.kind == wasmparser::ExternalKind::Global {
+                        m.fuel_global = Some(e.index);
+                    }
                     if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY, EXPORT_TABLE].contains(&e.name)
                         || e.name.starts_with(EXPORT_MEMORY_PREFIX)
                         || e.name.starts_with(EXPORT_GLOBAL_PREFIX)
@@ -992,6 +1009,16 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     let mut next_site = 0u32;
     let mut dead = 0u32;
     let ops = read_ops(body)?;
+    // The locals the fuel checks test (the fuel pass's parameter: one per function).
+    let mut fuel_locals: Vec<u32> = (0..ops.len())
+        .filter(|&i| is_fuel_check(m, &ops, i))
+        .filter_map(|i| match ops[i].0 {
+            Operator::LocalGet { local_index } => Some(local_index),
+            _ => None,
+        })
+        .collect();
+    fuel_locals.sort_unstable();
+    fuel_locals.dedup();
     let mut at = 0;
     while at < ops.len() {
         let (op, offset) = (ops[at].0.clone(), ops[at].1);
@@ -1482,6 +1509,12 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         t(Instruction::LocalGet(b));
         t(Instruction::I32Load(memarg(size - 8, mem)));
         t(Instruction::LocalSet(e.site));
+        // The fuel is the host's, not the frame's (see "Rewind" in the module docs).
+        for &f in &fuel_locals {
+            let g = m.fuel_global.ok_or("fuel checks without the fuel global")?;
+            t(Instruction::GlobalGet(g));
+            t(Instruction::LocalSet(f));
+        }
         t(Instruction::I32Const(1));
         t(Instruction::LocalSet(e.rw));
         t(Instruction::End);

@@ -50,11 +50,13 @@ struct Checkpoints {
     /// Checkpoints may only be taken while the entry runs (not the start function, not
     /// `_initialize`: the host could not call them again to rewind).
     allowed: bool,
-    /// While unwinding: the fuel global when the checkpoint began, put back before the
-    /// guest rewinds (nothing the pass lets run while unwinding writes it today: the
-    /// entry's wrapper is instrumented and unwinds before its own store; the put-back
-    /// keeps that from being a condition of correctness).
-    unwinding: Option<Option<i64>>,
+    /// While unwinding: the fuel the checkpoint's `refuel` was called with. Before the
+    /// guest rewinds, the fuel global is set to it: every rewinding frame takes its fuel
+    /// from there, never from its saved locals ([`crate::passes::unwind`], "Rewind").
+    unwinding: Option<i64>,
+    /// Why the guest's rewind was refused (a forged snapshot: its fuel or frames are not
+    /// the checkpoint's). The run is then no result ([`Meter::rewind_refused`]).
+    refused: Option<String>,
     taken: u64,
     /// Take a checkpoint when the deadline strikes ([`Meter::with_timeout_checkpoint`]).
     at_timeout: bool,
@@ -157,6 +159,27 @@ impl Meter {
         self.checkpoints.rewind_timed_out
     }
 
+    /// Why the guest's rewind was refused, if it was: the snapshot it resumed from is
+    /// forged, and the run is not a result of the job.
+    pub fn rewind_refused(&self) -> Option<&str> {
+        self.checkpoints.refused.as_deref()
+    }
+
+    /// Checks the guest's fuel at the `refuel` a rewind ends at (or the fuel global a
+    /// resumed snapshot saves): it must be the fuel the checkpoint was taken with,
+    /// negative (a check found it so) and `instructions run = handed - fuel`. The reason
+    /// if not. Found by review: a forged positive fuel ran a resumed job with no budget
+    /// and no deadline.
+    pub fn check_rewind_fuel(&self, fuel: i64) -> Result<(), String> {
+        if fuel >= 0 || self.consumed(fuel) != self.checkpoints.at {
+            return Err(format!(
+                "its fuel ({fuel}) is not that of a check after {} instructions",
+                self.checkpoints.at
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the last checkpoint taken was the deadline's one off the trace.
     pub fn off_trace(&self) -> bool {
         self.checkpoints.off_trace
@@ -195,8 +218,9 @@ impl Meter {
     }
 
     /// Puts a saved meter back into this one, which must be a fresh meter of the same
-    /// job and runtime (same limit, slice and checkpoint interval): the reason if not.
-    pub fn restore(&mut self, s: &MeterState) -> Result<(), String> {
+    /// job and runtime (same limit, slice and checkpoint interval), with the checkpoint
+    /// taken after `instructions`: the reason if not.
+    pub fn restore(&mut self, s: &MeterState, instructions: u64) -> Result<(), String> {
         let here = self.save();
         if (s.limit, s.slice, s.every) != (here.limit, here.slice, here.every) {
             return Err(format!(
@@ -205,8 +229,11 @@ impl Meter {
                 s.limit, s.slice, s.every, here.limit, here.slice, here.every
             ));
         }
-        // Handed out at most the budget; the next checkpoint past the last.
+        // Handed out at most the budget; the next checkpoint past the last; taken at a
+        // check that found the fuel negative (so past what was handed), within the budget.
         if s.handed > s.limit
+            || instructions < s.handed
+            || instructions > s.limit
             || s.taken == 0
             || s.next < s.every
             || !s.next.is_multiple_of(s.every.max(1))
@@ -214,6 +241,7 @@ impl Meter {
             return Err("its meter is not one a run can reach".into());
         }
         self.handed = s.handed;
+        self.checkpoints.at = instructions;
         self.checkpoints.next = s.next;
         self.checkpoints.taken = s.taken;
         Ok(())
@@ -309,10 +337,14 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
                     state.set(&mut caller, wasmtime::Val::I32(unwind::NORMAL))?;
                     let ptr = unwind_global(&mut caller, unwind::EXPORT_PTR)
                         .and_then(|p| p.get(&mut caller).i32());
-                    if ptr != Some(0) {
-                        return Err(wasmtime::Error::msg(
-                            "a rewind ended with frames left in the unwind memory",
-                        ));
+                    let meter = caller.data_mut().meter();
+                    let why = match ptr {
+                        Some(0) => meter.check_rewind_fuel(fuel).err(),
+                        _ => Some("its rewind ended with frames left in the unwind memory".into()),
+                    };
+                    if let Some(why) = why {
+                        meter.checkpoints.refused = Some(why.clone());
+                        return Err(wasmtime::Error::msg(why));
                     }
                     // The deadline struck while the checkpoint was saved: the run stops
                     // here, in the very state that checkpoint saved.
@@ -332,8 +364,7 @@ pub fn define<T: Metered + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<
                         meter.checkpoints.timed_out = timeout;
                         meter.checkpoints.off_trace = !due;
                         meter.checkpoints.at = meter.consumed(fuel);
-                        let global = caller_fuel(&mut caller).map(|(_, v)| v);
-                        caller.data_mut().meter().checkpoints.unwinding = Some(global);
+                        meter.checkpoints.unwinding = Some(fuel);
                         caller.data_mut().unwinding(true);
                         state.set(&mut caller, wasmtime::Val::I32(unwind::UNWINDING))?;
                         // The guest ignores what a call returns while unwinding.
@@ -364,9 +395,10 @@ fn unwind_global<T>(caller: &mut Caller<'_, T>, name: &str) -> Option<wasmtime::
 }
 
 /// After a call of the entry returned: whether the guest had unwound for a checkpoint
-/// rather than returned. If so, the guest is set to rewind (its fuel global put back as
-/// it was when the checkpoint began): calling the entry again continues the run where
-/// it stopped. What the host does with the checkpoint happens between the two.
+/// rather than returned. If so, the guest is set to rewind (its fuel global set to the
+/// fuel the checkpoint's `refuel` was called with, which every rewinding frame takes):
+/// calling the entry again continues the run where it stopped. What the host does with
+/// the checkpoint happens between the two.
 pub fn rewind_if_unwound<T: Metered + 'static>(
     mut store: impl AsContextMut<Data = T>,
     instance: &Instance,
@@ -379,13 +411,12 @@ pub fn rewind_if_unwound<T: Metered + 'static>(
     }
     let mut ctx = store.as_context_mut();
     let data = ctx.data_mut();
-    let global = data.meter().checkpoints.unwinding.take();
+    let fuel = data.meter().checkpoints.unwinding.take();
     if !data.meter().checkpoints.off_trace {
         data.meter().checkpoints.taken += 1;
     }
     data.unwinding(false);
-    if let (Some(Some(v)), Some(Extern::Global(g))) =
-        (global, instance.get_export(&mut store, EXPORT_FUEL))
+    if let (Some(v), Some(Extern::Global(g))) = (fuel, instance.get_export(&mut store, EXPORT_FUEL))
     {
         g.set(&mut store, wasmtime::Val::I64(v))?;
     }

@@ -565,7 +565,7 @@ impl Runtime {
                         m = m.with_timeout_checkpoint();
                     }
                     if let Some(snapshot) = resume {
-                        m.restore(&snapshot.state.meter)
+                        m.restore(&snapshot.state.meter, snapshot.state.instructions)
                             .map_err(|why| RunError::Input {
                                 path: snapshot.dir.clone(),
                                 reason: format!("not a snapshot this run can resume: {why}"),
@@ -592,6 +592,16 @@ impl Runtime {
                 // the saved state replaces what instantiating made, and the entry rewinds.
                 if let Err(e) = snapshot.restore_instance(&mut store, &i) {
                     not_guest = Some(e);
+                    return Ok(());
+                }
+                // Every rewinding frame takes its fuel from the global (see the unwind
+                // pass): it must be the checkpoint's.
+                let fuel = meter::fuel(&mut store, &i).unwrap_or(0);
+                if let Err(why) = store.data().meter.check_rewind_fuel(fuel) {
+                    not_guest = Some(RunError::Input {
+                        path: snapshot.dir.clone(),
+                        reason: format!("not a snapshot this run can resume: {why}"),
+                    });
                     return Ok(());
                 }
             } else {
@@ -634,6 +644,17 @@ impl Runtime {
         let result: wasmtime::Result<()> = run_until(guest);
         if let Some(e) = not_guest {
             return Err(e);
+        }
+        // A rewind the meter refused is no result of the job: a forged snapshot's (or,
+        // without one, a fault of this host's).
+        if let Some(why) = store.data().meter.rewind_refused() {
+            return Err(match resume {
+                Some(snapshot) => RunError::Input {
+                    path: snapshot.dir.clone(),
+                    reason: format!("not a snapshot this run can resume: {why}"),
+                },
+                None => RunError::HostFailure(format!("a checkpoint's rewind failed: {why}")),
+            });
         }
         if store.data().meter.rewind_timed_out() {
             if let Some((sink, ..)) = save.as_mut() {
