@@ -250,6 +250,62 @@ fn a_forged_fuel_in_a_snapshot_neither_escapes_the_timeout_nor_makes_a_result() 
         err.contains("not a snapshot this run can resume") && err.contains("fuel"),
         "{err}"
     );
+    // A trace padded with empty entries (found by review: 1.5 GiB parsed, and carried
+    // into the resumed receipt), or longer than the checkpoints taken: refused.
+    for (trace, why) in [
+        (serde_json::json!(["", "", ""]), "not a CID"),
+        (
+            serde_json::json!([state["trace"][0].clone(), state["trace"][0].clone()]),
+            "a trace of 2",
+        ),
+    ] {
+        let mut forged = state.clone();
+        forged["trace"] = trace;
+        std::fs::write(
+            snapshot.join("state.json"),
+            serde_json::to_vec(&forged).unwrap(),
+        )
+        .unwrap();
+        let out = resume_within_a_minute(&snapshot);
+        assert_eq!(out.status.code(), Some(2), "{}", failed(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+/// A run stopped by its timeout before its first checkpoint saved a snapshot off the
+/// trace, with no checkpoint taken: it is resumed (it was refused as a meter no run can
+/// reach).
+#[test]
+fn a_timeout_before_the_first_checkpoint_is_resumed() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("loop.wat"),
+        r#"(module (func (export "_start") (loop (br 0))))"#,
+    )
+    .unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--timeout", "1", "--checkpoints", "cp", "--json"])
+        .args([
+            "--checkpoint-every",
+            "1000000000000000",
+            "-o",
+            "r",
+            "loop.wat",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", failed(&out));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = resume_within_a_minute(&t.path().join("cp/timeout"));
+    assert_eq!(out.status.code(), Some(1), "{}", failed(&out));
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resumed["outcome"], "timeout");
+    assert!(
+        resumed["instructions"].as_u64() > first["instructions"].as_u64(),
+        "{resumed}"
+    );
 }
 
 #[test]

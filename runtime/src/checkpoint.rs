@@ -76,7 +76,9 @@ pub struct State {
     pub index: u64,
     /// Instructions run at the checkpoint.
     pub instructions: u64,
-    /// The CIDs of the snapshots before this one, in order.
+    /// The CIDs of the snapshots before this one, in order: as many as the checkpoints
+    /// before it (checked on open), each CID-shaped (checked while parsing).
+    #[serde(deserialize_with = "cid_list")]
     pub trace: Vec<String>,
     pub meter: MeterState,
     pub globals: Vec<SavedGlobal>,
@@ -89,6 +91,44 @@ pub struct State {
     /// the run never stopped would.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub off_trace: bool,
+}
+
+/// Most characters of a CID in a trace (a CIDv0 has 46, a base32 CIDv1 of a blake3 or
+/// sha2-256 hash 59).
+const MAX_CID_CHARS: usize = 100;
+
+/// A trace as `state.json` has it, each entry checked as it is parsed: 1 to
+/// [`MAX_CID_CHARS`] ASCII letters and digits. Found by review: 22 million empty strings
+/// (3 bytes each in the file, 24 parsed) took 1.5 GiB and were carried into the resumed
+/// run's receipt. Rejected: checking after parsing (the memory is spent by then).
+fn cid_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Cids;
+    impl<'de> serde::de::Visitor<'de> for Cids {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of CIDs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(c) = seq.next_element::<String>()? {
+                if c.is_empty()
+                    || c.len() > MAX_CID_CHARS
+                    || !c.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(serde::de::Error::custom(format!(
+                        "trace entry {} is not a CID",
+                        out.len() + 1
+                    )));
+                }
+                out.push(c);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Cids)
 }
 
 /// A mutable global of the module: its index, type and bits (hexadecimal, little end
@@ -439,6 +479,27 @@ impl Snapshot {
                 format!("its format is {:?}, not {FORMAT:?}", state.format),
             ));
         }
+        // Its index is the checkpoints taken (this one counted unless it is the
+        // deadline's, off the trace), and the trace names the ones before it.
+        let before = if state.off_trace {
+            state.index
+        } else {
+            state.index.saturating_sub(1)
+        };
+        if state.index != state.meter.taken
+            || (!state.off_trace && state.index == 0)
+            || state.trace.len() as u64 != before
+        {
+            return Err(refused(
+                dir,
+                format!(
+                    "it is checkpoint {} of a trace of {} with {} checkpoints taken",
+                    state.index,
+                    state.trace.len(),
+                    state.meter.taken
+                ),
+            ));
+        }
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             state,
@@ -484,8 +545,16 @@ impl Snapshot {
     /// Puts the saved host state into `host`, a fresh host of the same job.
     pub fn restore_host(&self, host: &mut WasiHost, max_output: u64) -> Result<(), RunError> {
         let h = &self.state.host;
-        let stdout = read_bounded(&self.dir, "stdout", max_output)?;
-        let stderr = read_bounded(&self.dir, "stderr", max_output)?;
+        // Their sum is checked before either is read (each within the quota was not
+        // enough: twice the quota read).
+        if h.stdout_len.saturating_add(h.stderr_len) > max_output {
+            return Err(refused(
+                &self.dir,
+                format!("stdout and stderr hold more than the output quota of {max_output}"),
+            ));
+        }
+        let stdout = read_bounded(&self.dir, "stdout", h.stdout_len)?;
+        let stderr = read_bounded(&self.dir, "stderr", h.stderr_len)?;
         let dir = &self.dir;
         // A file that cannot be read is reported as itself, not inside the host's reason.
         let mut unreadable = None;

@@ -234,7 +234,6 @@ impl Meter {
         if s.handed > s.limit
             || instructions < s.handed
             || instructions > s.limit
-            || s.taken == 0
             || s.next < s.every
             || !s.next.is_multiple_of(s.every.max(1))
         {
