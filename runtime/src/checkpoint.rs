@@ -369,10 +369,10 @@ pub struct Snapshot {
 
 /// Most bytes of a `state.json` read (64 MiB): its size grows with the guest's files and
 /// fds (about 300 bytes a node), so this admits about 200,000 of them; a job with more
-/// cannot be resumed (refused with the reason). Parsed, a state takes a few times its
-/// size (free node slots are 8 bytes each, see [`detwasm_wasi::vfs::snapshot`]): a
-/// review's 250 MB state of 50 million free slots took 6.5 GB under the 256 MiB this
-/// was before. Rejected: no bound (a forged state of any size would be parsed).
+/// cannot be resumed (refused with the reason). Parsed, a state takes at most about 6
+/// times its size (free node slots are 8 bytes each, see [`detwasm_wasi::vfs::snapshot`];
+/// 365 MiB measured for 64 MiB of empty directory entries): a review's 250 MB state of
+/// 50 million free slots took 6.5 GB under the 256 MiB this was before. Rejected: no bound (a forged state of any size would be parsed).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
 fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {

@@ -160,6 +160,23 @@ impl Vfs {
                 "the output volumes hold {claimed_total} bytes, over the quota of {quota}"
             ));
         }
+        // Every node is the entry of one directory at most: more entries than nodes is
+        // refused before the directories are built (found by review: 10 million empty
+        // entries were copied into maps first).
+        let listed = saved
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| match &n.kind {
+                SavedKind::Dir(e) => e.len(),
+                _ => 0,
+            })
+            .fold(0usize, usize::saturating_add);
+        if listed > count {
+            return Err(format!(
+                "its directories list {listed} entries, more than its {count} nodes"
+            ));
+        }
         let live = |id: NodeId| saved.nodes.get(id).and_then(|n| n.as_deref());
         // The nodes the fresh scan found, by mount and host path.
         let mut scanned: HashMap<(usize, &[u8]), NodeId> = HashMap::new();
@@ -635,6 +652,15 @@ mod tests {
             (
                 "a node past the most a job can make",
                 Box::new(|s, _| s.nodes.resize((MAX_ENTRIES + 100) as usize, None)),
+            ),
+            (
+                "more directory entries than nodes",
+                Box::new(move |s, _| {
+                    if let Some(SavedKind::Dir(e)) = s.nodes[dir].as_mut().map(|n| &mut n.kind) {
+                        let first = e[0].clone();
+                        e.resize(1000, first);
+                    }
+                }),
             ),
             (
                 "an inode number from the future",
