@@ -50,10 +50,10 @@
 //!   entry, an instrumented function checks the state; if rewinding, it reads its frame
 //!   from the end of the buffer (checking that the frame is its own: a trap otherwise),
 //!   restores its locals, takes its fuel local from the fuel global (which the host has
-//!   set to the fuel the checkpoint's `refuel` was called with), and jumps to its site: every block (the body too) that holds a
-//!   site starts with a `br_table` over the site number that jumps past the code before
-//!   the block or site it must reach; an `if` on the way takes the branch that holds
-//!   it. At the site, the call is made again, with the arguments restored from their
+//!   set to the fuel the checkpoint's `refuel` was called with), and jumps to its site:
+//!   every block (the body too) that holds a site starts with a `br_table` over the site
+//!   number that jumps past the code before the block or site it must reach (but see
+//!   "Dispatch down a chain"); an `if` on the way takes the branch that holds it. At the site, the call is made again, with the arguments restored from their
 //!   slots, and the callee rewinds in turn, down to the call of `refuel`, which the host
 //!   answers by setting the state back to [`NORMAL`] and refuelling as it would have.
 //!
@@ -80,6 +80,22 @@
 //! the top of each block that holds a site (each iteration, for a loop), and the moves
 //! into and out of slots, which Cranelift mostly turns into register renames. The pass
 //! is only applied to jobs that take checkpoints.
+//!
+//! # Dispatch down a chain
+//!
+//! An interpreter's loop compiles to a `loop` around a switch: dozens of `block`s, each
+//! opened as the first operator of the one around it, the innermost ending in a
+//! `br_table`. Every one of them holds a site, so a dispatch per block meant dozens of
+//! `local.get; if` per iteration of the loop: CPython ran 3.5 times slower with the
+//! pass than without, though no checkpoint was taken (measured with `perf`: one
+//! function, the eval loop, was 11 times slower). So a block that opens with a `block`
+//! *defers* its dispatch to that child: the child's dispatch also holds the sites of the
+//! blocks around it that deferred (every site numbered from the child's end up to
+//! theirs), which it reaches by branching to its own end; there the parent's dispatch
+//! is made, for the parent's sites after the child. A chain of N nested blocks then
+//! costs one check per iteration instead of N. Rejected: one `br_table` at the top of the function over every site (a
+//! branch cannot enter a block from outside it, so every block still needs its own);
+//! hoisting the checks out of loops (a rewind enters the loop in the middle).
 //!
 //! # Tail calls
 //!
@@ -448,11 +464,45 @@ struct Block {
     /// The first site of the `else` part.
     mid: u32,
     has_else: bool,
+    /// Its kind: a `block` (not a `loop`, an `if` or the body).
+    is_block: bool,
+    is_if: bool,
+    /// The block opened as the very first operator of this one, if any.
+    first_child: Option<u32>,
+    /// The number of the first site after it.
+    hi: u32,
+    /// Its dispatch is left to its first child ("Dispatch down a chain" in the module
+    /// docs).
+    defers: bool,
+    /// It holds the dispatch of the blocks around it that deferred theirs: sites from
+    /// its `hi` up to this one belong to them, and are reached by leaving it.
+    exit_hi: Option<u32>,
 }
 
 impl Block {
     fn hot(&self) -> bool {
         !self.then.is_empty() || !self.otherwise.is_empty()
+    }
+}
+
+/// Decides which blocks defer their dispatch to their first child, top down (parents are
+/// numbered before their children): a block that needs a dispatch (it holds sites, or
+/// received its parent's), is not an `if`, and opens with a `block`.
+fn plan_deferrals(blocks: &mut [Block]) {
+    for b in 0..blocks.len() {
+        let needs = blocks[b].hot() || blocks[b].exit_hi.is_some();
+        let Some(c) = blocks[b].first_child else {
+            continue;
+        };
+        let c = c as usize;
+        if !needs || blocks[b].is_if || !blocks[c].is_block {
+            continue;
+        }
+        blocks[b].defers = true;
+        let above = blocks[b].hi.max(blocks[b].exit_hi.unwrap_or(0));
+        if above > blocks[c].hi {
+            blocks[c].exit_hi = Some(above);
+        }
     }
 }
 
@@ -565,6 +615,8 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
         };
         // Open blocks (indices into `p.blocks`), and whether each is in its `else` part.
         let mut open: Vec<(u32, bool)> = vec![(0, false)];
+        // The block just opened, while no operator of it has been seen yet.
+        let mut fresh: Option<u32> = Some(0);
         let mut dead = 0u32;
         let ops = read_ops(body)?;
         let mut at = 0;
@@ -572,6 +624,7 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
             let (op, offset) = (ops[at].0.clone(), ops[at].1);
             at += 1;
             let unreachable = v.get_control_frame(0).is_some_and(|f| f.unreachable);
+            let opened = fresh.take();
             if dead == 0 && !unreachable && is_fuel_check(m, &ops, at - 1) {
                 let (b, in_else) = *open.last().expect("a block");
                 let b = &mut p.blocks[b as usize];
@@ -598,8 +651,14 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
                 dead = 1;
             } else if opens(&op) {
                 let id = p.blocks.len() as u32;
+                if let Some(parent) = opened {
+                    p.blocks[parent as usize].first_child = Some(id);
+                }
+                fresh = Some(id);
                 p.blocks.push(Block {
                     mid: p.sites,
+                    is_block: matches!(op, Operator::Block { .. }),
+                    is_if: matches!(op, Operator::If { .. }),
                     ..Block::default()
                 });
                 let (parent, in_else) = *open.last().expect("a block");
@@ -624,6 +683,7 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
                 if !b.has_else {
                     b.mid = p.sites;
                 }
+                b.hi = p.sites;
                 let hot = b.hot();
                 if let Some(&(parent, in_else)) = open.last() {
                     let b = &mut p.blocks[parent as usize];
@@ -653,6 +713,7 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
             }
             v.op(offset, &op).map_err(err)?;
         }
+        plan_deferrals(&mut p.blocks);
         plans.push(Some(p));
         Ok(())
     })?;
@@ -831,9 +892,30 @@ impl Emitter {
     }
 
     /// Opens the dispatch blocks of a part whose targets are `targets`, and, while
-    /// rewinding, jumps to the one that holds the site.
-    fn dispatch(&mut self, targets: &[Target]) -> Result<(), String> {
+    /// rewinding, jumps to the one that holds the site. With `exit` `(from, label)`, a
+    /// site numbered `from` or more belongs to the blocks around that deferred their
+    /// dispatch here, and is reached by branching to the end of the block whose label is
+    /// `label` (an index into the emitted labels).
+    fn dispatch(&mut self, targets: &[Target], exit: Option<(u32, usize)>) -> Result<(), String> {
+        let leave = |e: &mut Emitter, from: u32, label: usize| {
+            e.i(Instruction::LocalGet(e.site));
+            e.i(Instruction::I32Const(from as i32));
+            e.i(Instruction::I32GeU);
+            e.i(Instruction::BrIf((e.labels.len() - 1 - label) as u32));
+        };
         let Some(first) = targets.first() else {
+            if let Some((from, label)) = exit {
+                // Rewinding, every site is past this block (or forged: a trap).
+                self.i(Instruction::LocalGet(self.rw));
+                self.i(Instruction::If(BlockType::Empty));
+                self.push_label(None);
+                leave(self, from, label);
+                self.i(Instruction::Unreachable);
+                self.i(Instruction::End);
+                self.labels.pop();
+            }
+            let f = self.frames.last_mut().expect("a frame");
+            f.ahead = Default::default();
             return Ok(());
         };
         let lo = first.range().0;
@@ -848,6 +930,9 @@ impl Emitter {
         self.i(Instruction::LocalGet(self.rw));
         self.i(Instruction::If(BlockType::Empty));
         self.push_label(None);
+        if let Some((from, label)) = exit {
+            leave(self, from, label);
+        }
         self.i(Instruction::Block(BlockType::Empty)); // trap
         self.push_label(None);
         let trap = self.labels.len() - 1;
@@ -1003,7 +1088,9 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         ahead: Default::default(),
     });
     e.push_label(Some(0));
-    e.dispatch(&p.blocks[0].then)?;
+    if !p.blocks[0].defers {
+        e.dispatch(&p.blocks[0].then, None)?;
+    }
 
     let mut next_block = 1u32;
     let mut next_site = 0u32;
@@ -1081,16 +1168,26 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                 let (ps, rs) = block_sig(m, blockty);
                 let id = next_block;
                 next_block += 1;
-                let hot = p.blocks[id as usize].hot();
+                let block = &p.blocks[id as usize];
+                // Its parent left its dispatch to it: no dispatch block of the parent's
+                // ends here, and the parent's values go to slots as for a hot block (the
+                // parent's dispatch is made again after this block's end).
+                let received = e.frames.last().is_some_and(|f| {
+                    let parent = &p.blocks[f.id as usize];
+                    parent.defers && parent.first_child == Some(id)
+                });
+                let hot = block.hot() || received;
                 let base = h - ps.len() as u32;
                 let spilled;
                 if hot {
                     let all = stack_types(v, fh)?;
                     e.pop_to_slots(&all)?;
                     spilled = all[..(base - fh) as usize].to_vec();
-                    match e.reach_target()? {
-                        Target::Block(b, _, _) if b == id => {}
-                        _ => return Err("the plan and the code disagree".into()),
+                    if !received {
+                        match e.reach_target()? {
+                            Target::Block(b, _, _) if b == id => {}
+                            _ => return Err("the plan and the code disagree".into()),
+                        }
                     }
                 } else {
                     spilled = vec![];
@@ -1115,7 +1212,12 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                     ahead: Default::default(),
                 });
                 e.push_label(Some(e.frames.len() - 1));
-                e.dispatch(&p.blocks[id as usize].then)?;
+                let block = &p.blocks[id as usize];
+                if !block.defers {
+                    let label = e.labels.len() - 1;
+                    let exit = block.exit_hi.map(|_| (block.hi, label));
+                    e.dispatch(&block.then, exit)?;
+                }
                 e.push_from_slots(&with_pos(base, &ps))?;
             }
             Operator::If { blockty } => {
@@ -1173,7 +1275,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                     ahead: Default::default(),
                 });
                 e.push_label(Some(e.frames.len() - 1));
-                e.dispatch(&p.blocks[id as usize].then)?;
+                e.dispatch(&p.blocks[id as usize].then, None)?;
                 for l in if_params {
                     e.i(Instruction::LocalGet(l));
                 }
@@ -1187,7 +1289,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                 let id = f.id;
                 e.pop_to_slots(&res)?;
                 e.i(Instruction::Else);
-                e.dispatch(&p.blocks[id as usize].otherwise)?;
+                e.dispatch(&p.blocks[id as usize].otherwise, None)?;
                 let f = e.frames.last().expect("a frame");
                 for l in f.if_params.clone() {
                     e.i(Instruction::LocalGet(l));
@@ -1212,6 +1314,22 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
                 }
                 e.i(Instruction::End);
                 e.labels.pop();
+                // The parent left its dispatch to this block: it is made now, for the
+                // parent's targets after this block (and those of the blocks around it
+                // that left theirs to the parent).
+                if let Some(parent) = e.frames.last() {
+                    let pb = &p.blocks[parent.id as usize];
+                    if pb.defers && pb.first_child == Some(f.id) {
+                        let rest: Vec<Target> = pb
+                            .then
+                            .iter()
+                            .copied()
+                            .filter(|t| !matches!(t, Target::Block(b, _, _) if *b == f.id))
+                            .collect();
+                        let exit = pb.exit_hi.map(|_| (pb.hi, parent.label));
+                        e.dispatch(&rest, exit)?;
+                    }
+                }
                 if f.kind == Kind::Func {
                     e.push_from_slots(&res)?;
                     e.i(Instruction::Return);

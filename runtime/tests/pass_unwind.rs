@@ -309,3 +309,50 @@ fn references_across_sites_are_refused_with_the_reason() {
     // Without checkpoints it compiles.
     detwasm_runtime::engine::compile(&engine(), refs.as_bytes()).unwrap();
 }
+
+/// An interpreter's switch: a `br_table` out of a chain of nested blocks, each case's
+/// code after one block's end. The blocks of a chain leave their dispatch to the
+/// innermost one and make it again after each block's end (`Dispatch down a chain` in
+/// the pass's docs): rewinding must still reach every case, through blocks with
+/// parameters too.
+#[test]
+fn a_switch_of_nested_blocks_rewinds_into_every_case() {
+    let wat = r#"(module
+        (func $g (param i32) (result i32)
+          local.get 0 i32.const 3 i32.mul i32.const 1 i32.add)
+        (func (export "f") (result i32 i64)
+          (local $i i32) (local $acc i32) (local $x i64)
+          block $done
+            loop $l
+              block $b3
+                block $b2
+                  block $b1
+                    block $b0
+                      local.get $i i32.const 4 i32.rem_u
+                      br_table $b0 $b1 $b2 $b3
+                    end
+                    local.get $x
+                    local.get $acc call $g local.tee $acc
+                    i64.extend_i32_u i64.add local.set $x
+                    br $b3
+                  end
+                  local.get $acc
+                  block $c1 (param i32) (result i32)
+                    block $c2 (param i32) (result i32)
+                      call $g
+                    end
+                    call $g
+                  end
+                  local.set $acc
+                  br $b3
+                end
+                local.get $acc i32.const 7 i32.xor local.set $acc
+              end
+              local.get $x local.get $acc call $g i64.extend_i32_u i64.add local.set $x
+              local.get $i i32.const 1 i32.add local.tee $i
+              i32.const 30 i32.lt_u br_if $l
+            end
+          end
+          local.get $acc local.get $x))"#;
+    assert!(same(wat, SLICES) > 30);
+}
