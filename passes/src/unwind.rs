@@ -131,7 +131,7 @@ use crate::fuel::{EXPORT_FUEL, IMPORT_MODULE, IMPORT_REFUEL};
 
 /// The version of this pass. A snapshot names it: frames written by one version are read
 /// only by the same.
-pub const PASS_VERSION: &str = "detwasm-unwind-3";
+pub const PASS_VERSION: &str = "detwasm-unwind-4";
 /// The exported `(mut i32)` global that holds the state: [`NORMAL`], [`UNWINDING`] or
 /// [`REWINDING`].
 pub const EXPORT_STATE: &str = "detwasm:unwind_state";
