@@ -203,3 +203,56 @@ fn a_job_that_cannot_be_rerun_exits_2_and_says_why() {
     );
     assert_eq!(out.status.code(), Some(0), "{report}");
 }
+
+/// A receipt whose job records 80,000 outputs (a small file: 25 s of pairwise name
+/// checks once, unbounded mounts and results folders) is a job error, exit 2, said from
+/// the count before the module is read or any input hashed.
+#[test]
+fn a_receipt_recording_more_outputs_than_a_job_may_have_is_a_job_error() {
+    let (t, receipt, _) = provider_run();
+    edit_receipt(&receipt, |v| {
+        v["job"]["outputs"] = (0..80_000)
+            .map(|i| serde_json::json!({"name": format!("o{i}"), "guest": format!("/o{i}")}))
+            .collect();
+        v["job"]["module"] = "/nonexistent/m.wasm".into();
+    });
+    let (out, _) = verify(t.path(), &[receipt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = failed(&out);
+    assert!(
+        e.contains("the receipt's job: the job has 80000 outputs, more than the 256")
+            && e.contains("MAX_OUTPUTS"),
+        "{e}"
+    );
+}
+
+/// A receipt is read as a regular file of at most 64 MiB (MAX_RECEIPT_BYTES): a FIFO is
+/// refused without waiting for a writer, and a larger file after 64 MiB, each naming
+/// the receipt; an honest receipt of the same folder still verifies.
+#[test]
+fn a_receipt_that_is_a_fifo_or_too_large_is_refused_without_reading_it_all() {
+    let (t, receipt, _) = provider_run();
+    let fifo = t.path().join("fifo.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (out, _) = verify(t.path(), &["fifo.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = failed(&out);
+    assert!(
+        e.contains("reading receipt fifo.json: not a regular file"),
+        "{e}"
+    );
+    let big = t.path().join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let (out, _) = verify(t.path(), &["big.json"]);
+    let e = failed(&out);
+    assert!(
+        e.contains("reading receipt big.json: larger than 67108864 bytes"),
+        "{e}"
+    );
+    let (out, report) = verify(t.path(), &[receipt.to_str().unwrap()]);
+    assert!(out.status.success(), "{report}");
+}

@@ -57,6 +57,15 @@ pub enum HashError {
     /// The deadline given to [`crate::Hasher::deadline`] passed before the import ended.
     #[error("hashing did not finish before its deadline")]
     Deadline,
+    /// The tree has more entries than [`crate::Hasher::max_entries`] allows: the walk
+    /// stopped in `path`, at the entry over the cap, without listing the rest.
+    #[error("{}: the tree has more than {limit} entries, the most this hash may walk", path.display())]
+    TooManyEntries {
+        /// The folder being listed when the cap was reached.
+        path: PathBuf,
+        /// The cap.
+        limit: usize,
+    },
     /// Writing the CAR (or its spool file) failed.
     #[error("cannot write the CAR: {0}")]
     Car(io::Error),

@@ -100,6 +100,7 @@ pub struct Hasher<'a> {
     car: Option<&'a mut (dyn Write + Send)>,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
     deadline: Option<Instant>,
+    max_entries: usize,
 }
 
 impl<'a> Hasher<'a> {
@@ -111,6 +112,7 @@ impl<'a> Hasher<'a> {
             car: None,
             progress: None,
             deadline: None,
+            max_entries: usize::MAX,
         }
     }
 
@@ -145,17 +147,29 @@ impl<'a> Hasher<'a> {
         self
     }
 
+    /// Walk at most `n` entries (the root included): a tree with more fails with
+    /// [`HashError::TooManyEntries`], counted as each folder is listed, so the walk stops
+    /// at the entry over the cap without listing the rest of its folder or holding more
+    /// than `n` entries (at most 400 bytes each, see [`crate::tree`]). For a tree from
+    /// someone else (a provider's results folder a verifier compares): without it, the
+    /// import holds whatever the tree has, and its time and memory are the tree's.
+    /// Rejected: counting after the walk (the whole listing would be held first).
+    pub fn max_entries(mut self, n: usize) -> Self {
+        self.max_entries = n;
+        self
+    }
+
     /// Hash a file, directory or symlink on disk (symlinks are stored, not followed).
     pub fn hash_path(self, path: &Path) -> Result<Hashed> {
         self.opts.validate()?;
-        let arena = Arena::from_disk(path, self.opts.hidden, self.deadline)?;
+        let arena = Arena::from_disk(path, self.opts.hidden, self.deadline, self.max_entries)?;
         self.run(arena)
     }
 
     /// Hash a tree held in memory.
     pub fn hash_tree(self, root: &Node) -> Result<Hashed> {
         self.opts.validate()?;
-        let arena = Arena::from_node(root, self.opts.hidden, self.deadline)?;
+        let arena = Arena::from_node(root, self.opts.hidden, self.deadline, self.max_entries)?;
         self.run(arena)
     }
 
@@ -166,6 +180,7 @@ impl<'a> Hasher<'a> {
             car,
             progress,
             deadline,
+            max_entries: _,
         } = self;
         let past = || deadline.is_some_and(|at| Instant::now() >= at);
         let builder = match car {
@@ -383,6 +398,43 @@ mod tests {
             .hash_path(&t.path().join("missing"))
             .unwrap_err();
         assert!(matches!(err, HashError::Deadline), "{err}");
+    }
+
+    /// `max_entries` counts the root and every entry walked: a tree at the cap hashes
+    /// as without it; one more entry, on disk (a folder listed only up to the cap) or in
+    /// memory, fails naming the folder and the cap.
+    #[test]
+    fn an_entry_cap_refuses_a_larger_tree_and_changes_nothing_within_it() {
+        let t = folder(); // the root, d, d/f, g: 4 entries
+        let opts = Options::default();
+        let plain = hash_path(t.path(), &opts).unwrap();
+        let at = Hasher::new(opts.clone())
+            .max_entries(4)
+            .hash_path(t.path())
+            .unwrap();
+        assert_eq!(plain.root, at.root);
+        for i in 0..100 {
+            std::fs::write(t.path().join("d").join(format!("x{i}")), b"").unwrap();
+        }
+        let err = Hasher::new(opts.clone())
+            .max_entries(4)
+            .hash_path(t.path())
+            .unwrap_err();
+        assert!(
+            matches!(&err, HashError::TooManyEntries { path, limit: 4 } if path.ends_with("d")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("more than 4 entries"), "{err}");
+        let tree = Node::dir_from([("a", Node::bytes("1")), ("b", Node::bytes("2"))]);
+        let err = Hasher::new(opts.clone())
+            .max_entries(2)
+            .hash_tree(&tree)
+            .unwrap_err();
+        assert!(
+            matches!(err, HashError::TooManyEntries { limit: 2, .. }),
+            "{err}"
+        );
+        Hasher::new(opts).max_entries(3).hash_tree(&tree).unwrap();
     }
 
     #[test]

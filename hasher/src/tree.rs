@@ -135,6 +135,9 @@ pub(crate) struct Arena<'a> {
     /// [`Node::Disk`]), in increasing index order; the items walked below one have no
     /// path of their own (see [`Arena::path`]).
     disk_roots: Vec<(usize, &'a Path)>,
+    /// The most items the walk may add, the root included (see
+    /// [`crate::Hasher::max_entries`]).
+    max_entries: usize,
 }
 
 /// A folder whose entries are still to be added (the walk keeps a stack of them instead
@@ -166,17 +169,39 @@ impl<'a> Arena<'a> {
             names: String::new(),
             targets: Vec::new(),
             disk_roots: Vec::new(),
+            max_entries: usize::MAX,
         }
+    }
+
+    /// [`HashError::TooManyEntries`] when `more` entries of folder `dir` would take the
+    /// walk past [`Arena::max_entries`].
+    fn room_for(&self, dir: usize, more: usize) -> Result<()> {
+        if self.items.len().saturating_add(more) > self.max_entries {
+            return Err(HashError::TooManyEntries {
+                path: self.path(dir),
+                limit: self.max_entries,
+            });
+        }
+        Ok(())
     }
 
     /// Walk a path on disk. Symlinks are stored, never followed; hidden names are
     /// skipped unless `hidden` (the root itself is always taken). Fails with
     /// [`HashError::Deadline`] at the first folder or entry reached at or after
-    /// `deadline`. The walk keeps its own stack of folders (no recursion), so no depth the
-    /// host can name exhausts the thread's stack.
-    pub fn from_disk(root: &'a Path, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
+    /// `deadline`, and with [`HashError::TooManyEntries`] at the entry that would make
+    /// more than `max_entries` items (the root included), counted as each folder is
+    /// listed: a folder of ten million entries is listed only up to the cap. The walk
+    /// keeps its own stack of folders (no recursion), so no depth the host can name
+    /// exhausts the thread's stack.
+    pub fn from_disk(
+        root: &'a Path,
+        hidden: bool,
+        deadline: Option<Instant>,
+        max_entries: usize,
+    ) -> Result<Arena<'a>> {
         past(deadline)?;
         let mut arena = Arena::new();
+        arena.max_entries = max_entries;
         let mut pending = Vec::new();
         arena.disk_roots.push((0, root));
         arena.push_disk(0, 0..0, root, &mut pending)?;
@@ -185,10 +210,16 @@ impl<'a> Arena<'a> {
     }
 
     /// Flatten an in-memory tree. Hidden names are skipped unless `hidden`; fails at
-    /// `deadline` as [`Arena::from_disk`] does.
-    pub fn from_node(root: &'a Node, hidden: bool, deadline: Option<Instant>) -> Result<Arena<'a>> {
+    /// `deadline` and `max_entries` as [`Arena::from_disk`] does.
+    pub fn from_node(
+        root: &'a Node,
+        hidden: bool,
+        deadline: Option<Instant>,
+        max_entries: usize,
+    ) -> Result<Arena<'a>> {
         past(deadline)?;
         let mut arena = Arena::new();
+        arena.max_entries = max_entries;
         let mut pending = Vec::new();
         arena.push_node(0, 0..0, root, &mut pending)?;
         arena.drain(pending, hidden, deadline)?;
@@ -298,6 +329,8 @@ impl<'a> Arena<'a> {
                 .to_str()
                 .ok_or_else(|| HashError::NonUtf8Name { path: entry.path() })?;
             if hidden || !is_hidden(name) {
+                // Counted as listed, before the name is kept.
+                self.room_for(dir, names.len() + 1)?;
                 let start = self.names.len();
                 self.names.push_str(name);
                 names.push(start..self.names.len());
@@ -378,6 +411,7 @@ impl<'a> Arena<'a> {
             if !hidden && is_hidden(name) {
                 continue;
             }
+            self.room_for(dir, 1)?;
             let start = self.names.len();
             self.names.push_str(name);
             self.push_node(dir, start..self.names.len(), child, pending)?;
@@ -479,20 +513,28 @@ mod tests {
             ("9", Node::bytes("5")),
             (".h", Node::bytes("6")),
         ]);
-        let arena = Arena::from_node(&tree, false, None).unwrap();
+        let arena = Arena::from_node(&tree, false, None, usize::MAX).unwrap();
         let Kind::Dir { children } = &arena.items[0].kind else {
             panic!("root is a dir")
         };
         let names: Vec<&str> = children.clone().map(|c| arena.name(c)).collect();
         assert_eq!(names, ["10", "9", "B", "b", "é"]);
-        assert_eq!(Arena::from_node(&tree, true, None).unwrap().items.len(), 7);
+        assert_eq!(
+            Arena::from_node(&tree, true, None, usize::MAX)
+                .unwrap()
+                .items
+                .len(),
+            7
+        );
         assert_eq!(arena.total_bytes(), 5);
     }
 
     #[test]
     fn bad_names_are_refused() {
         let tree = Node::dir_from([("a/b", Node::bytes(""))]);
-        let err = Arena::from_node(&tree, false, None).err().unwrap();
+        let err = Arena::from_node(&tree, false, None, usize::MAX)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("a/b"), "{err}");
     }
 
@@ -512,7 +554,7 @@ mod tests {
             ("a", Node::bytes("1")),
             ("s", Node::Symlink("m/disk".into())),
         ]);
-        let arena = Arena::from_node(&tree, false, None).unwrap();
+        let arena = Arena::from_node(&tree, false, None, usize::MAX).unwrap();
         let by_rel = |rel: &str| {
             (0..arena.items.len())
                 .find(|&i| arena.rel(i) == rel)
@@ -551,7 +593,7 @@ mod tests {
             ]
         );
         // Walked from disk: the root is the path given.
-        let arena = Arena::from_disk(d, false, None).unwrap();
+        let arena = Arena::from_disk(d, false, None, usize::MAX).unwrap();
         assert_eq!(arena.path(0), d);
         let f = (0..arena.items.len())
             .find(|&i| arena.rel(i) == "x/y/f")
@@ -580,7 +622,7 @@ mod tests {
         for _ in 0..100_000 {
             node = Node::dir_from([("d", node)]);
         }
-        let arena = Arena::from_node(&node, false, None).unwrap();
+        let arena = Arena::from_node(&node, false, None, usize::MAX).unwrap();
         assert_eq!(arena.items.len(), 100_001);
         assert_eq!(arena.total_bytes(), 4);
         // Dropping a deep `Node` recurses: leak it rather than overflow the test's stack.

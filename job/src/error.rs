@@ -17,6 +17,9 @@ pub enum JobError {
     /// More inputs than [`crate::job::MAX_INPUTS`].
     #[error("the job has {count} inputs, more than the {limit} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once")]
     TooManyInputs { count: usize, limit: usize },
+    /// More outputs than [`crate::job::MAX_OUTPUTS`].
+    #[error("the job has {count} outputs, more than the {limit} a job may have (MAX_OUTPUTS: each output is a mount and a results folder of its own); write files that belong together into one output")]
+    TooManyOutputs { count: usize, limit: usize },
     #[error("environment variable name `{0}` is invalid (empty, or contains `=` or NUL)")]
     BadEnv(String),
     #[error("the value of environment variable `{0}` contains NUL (a C environment string cannot hold one)")]

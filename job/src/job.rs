@@ -18,6 +18,7 @@
 //! [`Limits::timeout`].
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,20 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `InputSources` against it before staging anything). 256 is far above what a real job
 /// mounts; files that belong together go in one folder, mounted once.
 pub const MAX_INPUTS: usize = 256;
+/// The most output volumes a job may have: 256, as many as inputs.
+///
+/// Each output is a mount of the guest's filesystem and a folder of the results, and
+/// its name and guest path are checked against every other mount's. Those checks are
+/// made with hash sets (linear), but a job of 80,000 outputs still costs a volume, a
+/// mount and a results folder each, and before this cap a review's 80,000-output job
+/// file took 25 s of CPU in pairwise duplicate checks before anything ran. Checked by
+/// [`Job::validate`] first, before any output is looked at, and by every parser that
+/// builds a job's outputs (a Bacalhau job file's `ResultPaths`, a module spec's
+/// `Outputs`, a receipt's or snapshot's job of record in `ops::verify`) by counting the
+/// list before building any of it. Rejected: only the hash sets (linear, but no bound on
+/// what a job file may ask the runtime to mount and deliver) and a larger cap (Bacalhau's
+/// examples name one result path; a real job a handful).
+pub const MAX_OUTPUTS: usize = 256;
 
 /// The most bytes a job's argv (`argv[0]` included) and environment may take together,
 /// each string counted with its NUL and a variable as `KEY=VALUE`, as the guest receives
@@ -335,17 +350,13 @@ impl Job {
     /// mount's own; output names (and writable folders' volume names) plain folder names that do not collide with
     /// `stdout`, `stderr`, `exitCode` or each other; inputs exist; no NUL or `=` in env
     /// keys, no NUL in env values (each said as what it is); args and env within
-    /// [`MAX_ARGS_ENV_BYTES`]; at most [`MAX_INPUTS`] inputs (checked first, before any
-    /// input is looked at).
+    /// [`MAX_ARGS_ENV_BYTES`]; at most [`MAX_INPUTS`] inputs and [`MAX_OUTPUTS`] outputs
+    /// (both counted first, before any input or output is looked at). Names and mounts
+    /// are checked for duplicates with hash sets, in time linear in their number.
     pub fn validate(&self) -> Result<(), JobError> {
-        if self.inputs.len() > MAX_INPUTS {
-            return Err(JobError::TooManyInputs {
-                count: self.inputs.len(),
-                limit: MAX_INPUTS,
-            });
-        }
-        let mut mounts: Vec<&str> = Vec::new();
-        let mut names: Vec<String> = Vec::new();
+        check_counts(self.inputs.len(), self.outputs.len())?;
+        let mut mounts: HashSet<&str> = HashSet::new();
+        let mut names: HashSet<String> = HashSet::new();
         for input in &self.inputs {
             check_guest_path(&input.guest)?;
             if std::fs::symlink_metadata(&input.host).is_err() {
@@ -353,12 +364,21 @@ impl Job {
             }
             if input.writable {
                 let n = input.volume_name();
-                if ["stdout", "stderr", "exitCode"].contains(&n.as_str()) || names.contains(&n) {
+                if ["stdout", "stderr", "exitCode"].contains(&n.as_str())
+                    || !names.insert(n.clone())
+                {
                     return Err(JobError::BadOutputName(n));
                 }
-                names.push(n);
             }
-            mounts.push(&input.guest);
+            // Mounts may nest (`/` and `/outputs`, as wasmtime's preopens may: the guest's
+            // libc takes the longest matching prefix), but two at one guest path are
+            // ambiguous.
+            if !mounts.insert(&input.guest) {
+                return Err(JobError::OverlappingMounts(
+                    input.guest.clone(),
+                    input.guest.clone(),
+                ));
+            }
         }
         for output in &self.outputs {
             check_guest_path(&output.guest)?;
@@ -369,18 +389,15 @@ impl Job {
                 || n.contains('/')
                 || n.contains('\0')
                 || ["stdout", "stderr", "exitCode"].contains(&n)
-                || names.iter().any(|x| x == n)
+                || !names.insert(n.to_string())
             {
                 return Err(JobError::BadOutputName(output.name.clone()));
             }
-            names.push(n.to_string());
-            mounts.push(&output.guest);
-        }
-        // Mounts may nest (`/` and `/outputs`, as wasmtime's preopens may: the guest's libc
-        // takes the longest matching prefix), but two at one guest path are ambiguous.
-        for (i, a) in mounts.iter().enumerate() {
-            if mounts[i + 1..].contains(a) {
-                return Err(JobError::OverlappingMounts(a.to_string(), a.to_string()));
+            if !mounts.insert(&output.guest) {
+                return Err(JobError::OverlappingMounts(
+                    output.guest.clone(),
+                    output.guest.clone(),
+                ));
             }
         }
         for (k, v) in &self.env {
@@ -420,6 +437,25 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// A job of `inputs` inputs and `outputs` outputs is within [`MAX_INPUTS`] and
+/// [`MAX_OUTPUTS`]: what [`Job::validate`] checks first, for parsers and re-readers of a
+/// job's record to check from a count, before they build any input or output.
+pub fn check_counts(inputs: usize, outputs: usize) -> Result<(), JobError> {
+    if inputs > MAX_INPUTS {
+        return Err(JobError::TooManyInputs {
+            count: inputs,
+            limit: MAX_INPUTS,
+        });
+    }
+    if outputs > MAX_OUTPUTS {
+        return Err(JobError::TooManyOutputs {
+            count: outputs,
+            limit: MAX_OUTPUTS,
+        });
+    }
+    Ok(())
 }
 
 fn check_guest_path(p: &str) -> Result<(), JobError> {
@@ -762,6 +798,59 @@ mod tests {
             e.contains("257 inputs") && e.contains("256") && e.contains("MAX_INPUTS"),
             "{e}"
         );
+    }
+
+    /// A job may have at most [`MAX_OUTPUTS`] outputs: one more is refused with the count
+    /// and the limit before any output is looked at; duplicate names and mounts among
+    /// many outputs are found in linear time (a review's 80,000 outputs took 25 s of
+    /// pairwise checks), and a job at the cap is valid.
+    #[test]
+    fn validate_caps_the_number_of_outputs_and_finds_duplicates_by_hashing() {
+        let outputs = |n: usize| -> Vec<Output> {
+            (0..n)
+                .map(|i| Output {
+                    name: format!("o{i}"),
+                    guest: format!("/o{i}"),
+                })
+                .collect()
+        };
+        let at = Job::new(vec![]).with_outputs(outputs(MAX_OUTPUTS));
+        at.validate().unwrap();
+        let mut over = outputs(MAX_OUTPUTS + 1);
+        over[0].guest = "not absolute".into();
+        let e = Job::new(vec![]).with_outputs(over).validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                JobError::TooManyOutputs {
+                    count: 257,
+                    limit: 256
+                }
+            ),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains("257 outputs") && e.contains("256") && e.contains("MAX_OUTPUTS"),
+            "{e}"
+        );
+        assert!(check_counts(80_000, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("80000 inputs"));
+        // Duplicates at the cap: the last output repeats the first's name, or its mount.
+        let mut same_name = outputs(MAX_OUTPUTS);
+        same_name[MAX_OUTPUTS - 1].name = "o0".into();
+        assert!(matches!(
+            Job::new(vec![]).with_outputs(same_name).validate(),
+            Err(JobError::BadOutputName(n)) if n == "o0"
+        ));
+        let mut same_mount = outputs(MAX_OUTPUTS);
+        same_mount[MAX_OUTPUTS - 1].guest = "/o0".into();
+        assert!(matches!(
+            Job::new(vec![]).with_outputs(same_mount).validate(),
+            Err(JobError::OverlappingMounts(a, _)) if a == "/o0"
+        ));
     }
 
     /// A NUL in an env value is named as such, not as an invalid variable name.

@@ -318,6 +318,16 @@ impl<'a> Obj<'a> {
     }
 
     /// A `[]Struct` field: one view per element.
+    /// The number of items of array `field` (0 when absent or not an array), without
+    /// building anything of them: for a cap to be checked before [`Obj::objects`] builds
+    /// a view (and a path) per item.
+    pub fn count(&self, field: &str) -> usize {
+        match self.get(field) {
+            Some(Json::Array(items)) => items.len(),
+            _ => 0,
+        }
+    }
+
     pub fn objects(&self, field: &str) -> Result<Vec<Obj<'a>>, TypeMismatch> {
         match self.get(field) {
             None => Ok(Vec::new()),

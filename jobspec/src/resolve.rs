@@ -325,7 +325,7 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SpecError> {
 /// job file naming one) is refused as "not a regular file" instead of holding the open
 /// until some writer appears (found by review). Rejected: `stat` before the open (the
 /// path could change between the two).
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |message: String| SpecError::Io {

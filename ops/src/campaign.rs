@@ -257,12 +257,18 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
 }
 
 fn differing(a: &Path, b: &Path, job: &Job) -> Result<Vec<Difference>, RunError> {
-    diff_folders(a, b, job.results.profile, !job.results.skip_hidden)
-        .map(|(_, _, d)| d)
-        .map_err(|e| RunError::Hash {
-            what: "results of the campaign".into(),
-            reason: e.to_string(),
-        })
+    diff_folders(
+        a,
+        b,
+        job.results.profile,
+        !job.results.skip_hidden,
+        job.limits.safety_timeout(),
+    )
+    .map(|(_, _, d)| d)
+    .map_err(|e| RunError::Hash {
+        what: "results of the campaign".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Runs `job` under perturbation `kind` in folder `here`; returns its receipt and where

@@ -405,8 +405,10 @@ fn ordered_pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out: Vec<(String, String)> = Vec::new();
+            // A hash set of the keys seen: a pairwise check is quadratic in the keys.
+            let mut seen = std::collections::HashSet::new();
             while let Some((k, v)) = map.next_entry::<String, String>()? {
-                if out.iter().any(|(seen, _)| *seen == k) {
+                if !seen.insert(k.clone()) {
                     return Err(de::Error::custom(format!("key `{k}` appears twice")));
                 }
                 out.push((k, v));

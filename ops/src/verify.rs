@@ -17,11 +17,13 @@
 //! reasons); and cannot verify ([`VerifyError`]: the module or an input is missing or is
 //! not what the receipt names, the receipt comes from another engine configuration).
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use detwasm_hasher::{EntryKind, Hasher, Options};
+use detwasm_hasher::{EntryKind, HashError, Hasher, Options};
+use detwasm_runtime::engine::Deadline;
 use serde::Serialize;
 
 use detwasm_job::error::RunError;
@@ -57,6 +59,10 @@ impl Sources {
 /// Why a receipt could not be checked at all (not a mismatch).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("reading receipt {}: {cause}", path.display())]
+    ReceiptUnreadable { path: PathBuf, cause: String },
+    #[error("{} is not a detwasm receipt: {cause}", path.display())]
+    NotAReceipt { path: PathBuf, cause: String },
     #[error("the receipt names no module file: pass --module FILE")]
     NoModule,
     #[error("module {}: {cause}", path.display())]
@@ -97,6 +103,11 @@ pub enum VerifyError {
     },
     #[error("--results {}: {cause}", path.display())]
     Results { path: PathBuf, cause: String },
+    /// The job the receipt (or snapshot) records is not one a run would accept, e.g.
+    /// more inputs or outputs than a job may have: said before anything of it is read,
+    /// hashed or run.
+    #[error("the receipt's job: {0}")]
+    Job(#[from] detwasm_job::error::JobError),
     #[error("re-running the job: {0}")]
     Run(#[from] RunError),
     #[error("the receipt has no trace of snapshots (the run took no checkpoints: run it with `detwasm run --checkpoints DIR`)")]
@@ -151,6 +162,34 @@ pub struct Report {
     pub rerun_results: Option<String>,
 }
 
+/// The most bytes of a receipt file read: 64 MiB, as a snapshot's state
+/// (`runtime::checkpoint::MAX_STATE_BYTES`). A receipt is small (its job's args and env
+/// at most 2 MiB, at most 256 inputs and outputs, and a trace of one CID per checkpoint:
+/// about a million checkpoints fit); parsed, a JSON value takes a few times its text.
+/// Rejected: reading it whole (a receipt is someone else's file: a sparse file of a
+/// terabyte, or `/dev/zero` by symlink, was read until memory ran out, and a FIFO held
+/// `verify` until a writer came).
+pub const MAX_RECEIPT_BYTES: u64 = 64 << 20;
+
+/// Reads and parses a receipt file: a regular file of at most [`MAX_RECEIPT_BYTES`],
+/// opened without blocking (`jobspec::resolve::read_bounded`: a FIFO is refused as not a
+/// regular file), for `detwasm verify` and Python's `verify` alike.
+pub fn read_receipt(path: &Path) -> Result<Receipt, VerifyError> {
+    let bytes = detwasm_jobspec::resolve::read_bounded(path, MAX_RECEIPT_BYTES).map_err(|e| {
+        VerifyError::ReceiptUnreadable {
+            path: path.to_path_buf(),
+            cause: match e {
+                detwasm_jobspec::SpecError::Io { message, .. } => message,
+                e => e.to_string(),
+            },
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::NotAReceipt {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })
+}
+
 /// Rebuilds the job a receipt describes, checking the module, inputs and stdin against
 /// the receipt's CIDs.
 pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> {
@@ -195,6 +234,10 @@ pub fn job_of_record(
     results_options: ResultsOptions,
     sources: &Sources,
 ) -> Result<Job, VerifyError> {
+    // Counted first, before the module is read or any input hashed: a receipt is a
+    // small file that can list 80,000 outputs (each a mount and results folder, checked
+    // against each other) or inputs (each hashed).
+    detwasm_job::job::check_counts(r.inputs.len(), r.outputs.len())?;
     let profile = results_options.profile;
     let module_path = sources
         .module
@@ -233,14 +276,6 @@ pub fn job_of_record(
             return Err(VerifyError::UnknownInput(host.display().to_string()));
         }
         hosts[i] = host.clone();
-    }
-    if r.inputs.len() > detwasm_job::job::MAX_INPUTS {
-        return Err(VerifyError::Run(RunError::Job(
-            detwasm_job::error::JobError::TooManyInputs {
-                count: r.inputs.len(),
-                limit: detwasm_job::job::MAX_INPUTS,
-            },
-        )));
     }
     // Each folder is hashed once, and within the job's own wall-clock timeout, as the
     // run hashes it (`results::InputCids`): a receipt naming one large folder many times
@@ -372,8 +407,13 @@ pub fn verify(
     let (cid_provider, differences) = match provider_results {
         None => (None, Vec::new()),
         Some(p) => {
-            let (_, provider_cid, differences) =
-                diff_folders(&dest, p, receipt.profile, !receipt.skip_hidden)?;
+            let (_, provider_cid, differences) = diff_folders(
+                &dest,
+                p,
+                receipt.profile,
+                !receipt.skip_hidden,
+                receipt.job.limits.safety_timeout(),
+            )?;
             if provider_cid != receipt.cid {
                 reasons.push(format!(
                     "the provider's results folder hashes to {provider_cid}, not to the receipt's {}",
@@ -407,126 +447,286 @@ pub fn verify(
     })
 }
 
-type Entries = BTreeMap<String, (String, EntryKind)>;
+/// The most entries `verify --results` walks in a provider's results folder: what a
+/// results folder of this runtime can hold, 2,097,668. A guest keeps at most
+/// `wasi::vfs::MAX_ENTRIES` (1,048,576) entries in its output volumes; a writable folder
+/// (`--dir`) starts with the entries its host folder had, which the input scans count
+/// against `MAX_INPUT_ENTRIES` (1,048,576, all mounts together); each output and
+/// writable folder is a volume folder ([`MAX_OUTPUTS`] + [`MAX_INPUTS`]); and the folder
+/// itself, `stdout`, `stderr` and `exitCode` are four more. A folder with more was not
+/// made by an honest run of any job, and is refused (`HashError::TooManyEntries`) at the
+/// entry over the cap, while it is listed, having held at most this many (the hasher's
+/// table, at most 400 bytes each, about 800 MiB). Rejected: no cap (a provider's folder
+/// of ten million empty files cost the verifier what it liked), and a cap from the
+/// receipt's own job (its output quota says nothing of a writable folder's entries).
+///
+/// [`MAX_OUTPUTS`]: detwasm_job::job::MAX_OUTPUTS
+/// [`MAX_INPUTS`]: detwasm_job::job::MAX_INPUTS
+pub const MAX_RESULTS_ENTRIES: usize = detwasm_runtime::wasi::vfs::MAX_ENTRIES as usize
+    + detwasm_runtime::wasi::vfs::MAX_INPUT_ENTRIES as usize
+    + detwasm_job::job::MAX_OUTPUTS
+    + detwasm_job::job::MAX_INPUTS
+    + 4;
+
+/// The most bytes of files read, in all, to say where files of the two folders differ
+/// (their first differing byte and line): 256 MiB, four of the largest files compared
+/// ([`MAX_COMPARED`]). Beyond it, further differing files are reported by their CIDs
+/// alone, which the hash already gave. Rejected: only the cap per file (a provider's
+/// folder of 100,000 files of 64 MiB, each differing from the re-run's, made the
+/// verifier read 12 TB to describe a mismatch the CIDs had already proved).
+pub const MAX_COMPARED_TOTAL: u64 = 256 << 20;
+
+/// One results folder's entries with their CIDs, in the hasher's pre-order (a folder
+/// before its entries, the entries of a folder by name bytes).
+type Entries = Vec<(String, String, EntryKind)>;
 
 /// Compares two results folders hashed under `profile`: returns the CID of each and the
 /// paths that differ (`cid_rerun` describes `ours`, `cid_provider` `theirs`).
+///
+/// `theirs` is someone else's (a provider's): both folders are hashed, and their files
+/// compared, within `timeout` from the call (the receipt's job timeout, as its re-run
+/// had), and within [`MAX_RESULTS_ENTRIES`] entries each; at most [`MAX_COMPARED_TOTAL`]
+/// bytes of files are read to describe differences. The comparison itself is linear in
+/// the entries' paths (both lists are merged in tree order; a folder reported missing,
+/// extra or of another kind has its contents skipped as one range). Rejected: the
+/// pairwise check of every path against every reported folder this did before (a
+/// provider's folder of 100,000 extra files took 24 s).
 pub fn diff_folders(
     ours: &Path,
     theirs: &Path,
     profile: detwasm_job::Profile,
     include_hidden: bool,
+    timeout: Duration,
 ) -> Result<(String, String, Vec<Difference>), VerifyError> {
-    let (ours_cid, a) = entries(ours, profile, include_hidden)?;
-    let (theirs_cid, b) = entries(theirs, profile, include_hidden)?;
-    Ok((ours_cid, theirs_cid, compare(ours, &a, theirs, &b)))
+    let caps = Caps {
+        deadline: Deadline::after(timeout),
+        entries: MAX_RESULTS_ENTRIES,
+        read: MAX_COMPARED_TOTAL,
+    };
+    diff_within(ours, theirs, profile, include_hidden, caps)
 }
 
-/// Every entry of a results folder with its CID.
+/// What [`diff_folders`] may spend: its deadline, the entries walked in each folder and
+/// the bytes of files read to describe differences.
+#[derive(Clone, Copy)]
+struct Caps {
+    deadline: Option<Deadline>,
+    entries: usize,
+    read: u64,
+}
+
+/// [`diff_folders`] within `caps`.
+fn diff_within(
+    ours: &Path,
+    theirs: &Path,
+    profile: detwasm_job::Profile,
+    include_hidden: bool,
+    caps: Caps,
+) -> Result<(String, String, Vec<Difference>), VerifyError> {
+    let (ours_cid, a) = entries(ours, profile, include_hidden, caps)?;
+    let (theirs_cid, b) = entries(theirs, profile, include_hidden, caps)?;
+    let differences = compare(ours, &a, theirs, &b, caps)?;
+    Ok((ours_cid, theirs_cid, differences))
+}
+
+/// The error of a comparison that passed its deadline.
+fn too_late(dir: &Path, d: Deadline) -> VerifyError {
+    VerifyError::Results {
+        path: dir.to_path_buf(),
+        cause: format!(
+            "comparing it with the re-run did not finish within the job's wall-clock timeout of {} s",
+            d.timeout.as_secs_f64()
+        ),
+    }
+}
+
+/// Every entry of a results folder with its CID, walked within the caps' deadline and
+/// entries.
 fn entries(
     dir: &Path,
     profile: detwasm_job::Profile,
     include_hidden: bool,
+    caps: Caps,
 ) -> Result<(String, Entries), VerifyError> {
+    let deadline = caps.deadline;
     let opts = Options::profile(profile).with_hidden(include_hidden);
-    let hashed = Hasher::new(opts)
-        .entries(true)
-        .hash_path(dir)
-        .map_err(|e| VerifyError::Results {
+    let mut hasher = Hasher::new(opts).entries(true).max_entries(caps.entries);
+    if let Some(d) = deadline {
+        hasher = hasher.deadline(d.at);
+    }
+    let hashed = hasher.hash_path(dir).map_err(|e| match (e, deadline) {
+        (HashError::Deadline, Some(d)) => too_late(dir, d),
+        (e, _) => VerifyError::Results {
             path: dir.to_path_buf(),
             cause: e.to_string(),
-        })?;
-    let map = hashed
+        },
+    })?;
+    let list = hashed
         .entries
         .into_iter()
         .filter(|e| !e.path.is_empty())
-        .map(|e| (e.path, (e.cid.to_string(), e.kind)))
+        .map(|e| (e.path, e.cid.to_string(), e.kind))
         .collect();
-    Ok((hashed.root.to_string(), map))
+    Ok((hashed.root.to_string(), list))
+}
+
+/// The hasher's pre-order of two relative paths: by components, each by bytes, a folder
+/// before its entries. That is byte order with `/` taken as lower than every byte a
+/// name can hold (a name holds neither `/` nor NUL).
+fn tree_order(a: &str, b: &str) -> Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => key(a[i]).cmp(&key(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// Paths whose entries differ, leaves only: a folder is listed when it is missing,
 /// extra or of another kind; its changed contents are listed by their own paths.
+///
+/// Both lists are in tree order ([`tree_order`]), so they are merged in one pass, and the
+/// contents of a folder reported whole (or equal by CID on both sides) are one run of
+/// paths that follow it: skipped by one prefix check each.
 fn compare(
     ours_dir: &Path,
     ours: &Entries,
     theirs_dir: &Path,
     theirs: &Entries,
-) -> Vec<Difference> {
+    caps: Caps,
+) -> Result<Vec<Difference>, VerifyError> {
     let is_dir = |k: EntryKind| matches!(k, EntryKind::Directory | EntryKind::HamtDirectory);
     let mut out = Vec::new();
-    let covered = |out: &Vec<Difference>, path: &str| {
-        out.iter().any(|d: &Difference| {
-            d.what != "content"
-                && path.starts_with(&d.path)
-                && path[d.path.len()..].starts_with('/')
+    let mut read_budget = caps.read;
+    // The folder whose contents are skipped: reported whole, or equal on both sides.
+    let mut skip: Option<&str> = None;
+    let inside = |skip: Option<&str>, path: &str| {
+        skip.is_some_and(|s| {
+            path.len() > s.len() && path.starts_with(s) && path.as_bytes()[s.len()] == b'/'
         })
     };
-    let mut paths: Vec<&String> = ours.keys().chain(theirs.keys()).collect();
-    paths.sort();
-    paths.dedup();
-    for path in paths {
-        if covered(&out, path) {
+    let (mut i, mut j) = (0, 0);
+    while i < ours.len() || j < theirs.len() {
+        let (a, b) = match (ours.get(i), theirs.get(j)) {
+            (Some(a), Some(b)) => match tree_order(&a.0, &b.0) {
+                Ordering::Less => (Some(a), None),
+                Ordering::Greater => (None, Some(b)),
+                Ordering::Equal => (Some(a), Some(b)),
+            },
+            (a, b) => (a, b),
+        };
+        i += usize::from(a.is_some());
+        j += usize::from(b.is_some());
+        let path: &str = match (a, b) {
+            (Some(a), _) => &a.0,
+            (None, Some(b)) => &b.0,
+            (None, None) => break,
+        };
+        if inside(skip, path) {
             continue;
         }
-        let d = match (ours.get(path), theirs.get(path)) {
-            (Some(a), Some(b)) if a.0 == b.0 => continue,
-            (Some(a), Some(b)) if is_dir(a.1) && is_dir(b.1) => continue,
-            (Some(a), Some(b)) if is_dir(a.1) != is_dir(b.1) || a.1 != b.1 => Difference {
-                path: path.clone(),
+        let d = match (a, b) {
+            (Some(a), Some(b)) if a.1 == b.1 => {
+                skip = Some(path);
+                continue;
+            }
+            (Some(a), Some(b)) if is_dir(a.2) && is_dir(b.2) => continue,
+            (Some(a), Some(b)) if is_dir(a.2) != is_dir(b.2) || a.2 != b.2 => Difference {
+                path: path.to_string(),
                 what: "kind",
-                cid_rerun: Some(a.0.clone()),
-                cid_provider: Some(b.0.clone()),
+                cid_rerun: Some(a.1.clone()),
+                cid_provider: Some(b.1.clone()),
                 first_difference: None,
                 text: None,
             },
             (Some(a), Some(b)) => {
-                let (first, text) = file_difference(&ours_dir.join(path), &theirs_dir.join(path));
+                if let Some(d) = caps.deadline.filter(|d| Instant::now() >= d.at) {
+                    return Err(too_late(theirs_dir, d));
+                }
+                let (first, text) = file_difference(
+                    &ours_dir.join(path),
+                    &theirs_dir.join(path),
+                    &mut read_budget,
+                );
                 Difference {
-                    path: path.clone(),
+                    path: path.to_string(),
                     what: "content",
-                    cid_rerun: Some(a.0.clone()),
-                    cid_provider: Some(b.0.clone()),
+                    cid_rerun: Some(a.1.clone()),
+                    cid_provider: Some(b.1.clone()),
                     first_difference: first,
                     text,
                 }
             }
             (Some(a), None) => Difference {
-                path: path.clone(),
+                path: path.to_string(),
                 what: "missing",
-                cid_rerun: Some(a.0.clone()),
+                cid_rerun: Some(a.1.clone()),
                 cid_provider: None,
                 first_difference: None,
                 text: None,
             },
             (None, Some(b)) => Difference {
-                path: path.clone(),
+                path: path.to_string(),
                 what: "extra",
                 cid_rerun: None,
-                cid_provider: Some(b.0.clone()),
+                cid_provider: Some(b.1.clone()),
                 first_difference: None,
                 text: None,
             },
             (None, None) => continue,
         };
+        if d.what != "content" {
+            skip = Some(path);
+        }
         out.push(d);
     }
-    out
+    Ok(out)
 }
 
 /// Largest file compared byte by byte for the report (larger ones are reported by CID).
 const MAX_COMPARED: u64 = 64 << 20;
 
+/// A regular file's bytes, at most `limit` of them: opened without following a symlink
+/// and without blocking (a FIFO put there after the walk is not waited on), and checked
+/// to be a regular file of at most `limit` bytes on its handle. `None` otherwise.
+fn read_small(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > limit {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= limit).then_some(bytes)
+}
+
 /// The first differing byte of two files and, when both are text, the first differing
 /// line.
-fn file_difference(ours: &Path, theirs: &Path) -> (Option<u64>, Option<String>) {
-    let small = |p: &Path| {
-        std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_COMPARED)
+///
+/// Each file is read only if it is at most [`MAX_COMPARED`] bytes and both fit in what
+/// is left of `budget` (of [`MAX_COMPARED_TOTAL`]), which they are charged to; else the
+/// two are reported by CID alone.
+fn file_difference(ours: &Path, theirs: &Path, budget: &mut u64) -> (Option<u64>, Option<String>) {
+    let size = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .filter(|m| m.is_file() && m.len() <= MAX_COMPARED)
+            .map(|m| m.len())
     };
-    if !small(ours) || !small(theirs) {
+    let (Some(x), Some(y)) = (size(ours), size(theirs)) else {
+        return (None, None);
+    };
+    if x + y > *budget {
         return (None, None);
     }
-    let (Ok(a), Ok(b)) = (std::fs::read(ours), std::fs::read(theirs)) else {
+    *budget -= x + y;
+    let (Some(a), Some(b)) = (read_small(ours, x), read_small(theirs, y)) else {
         return (None, None);
     };
     let first = a
@@ -570,13 +770,188 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), "one\ntwo\nthree\n").unwrap();
         std::fs::write(t.path().join("b"), "one\ntwo\nTHREE\n").unwrap();
-        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("b"));
+        let mut budget = MAX_COMPARED_TOTAL;
+        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("b"), &mut budget);
         assert_eq!(first, Some(8));
         assert_eq!(text.as_deref(), Some("line 3: -three / +THREE"));
         std::fs::write(t.path().join("c"), "one\ntwo\n").unwrap();
-        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("c"));
+        let (first, text) = file_difference(&t.path().join("a"), &t.path().join("c"), &mut budget);
         assert_eq!(first, Some(8));
         assert_eq!(text.as_deref(), Some("line 3: -three / +(end of file)"));
+    }
+
+    /// A receipt's job of record with 80,000 outputs (or 300 inputs) is a job error,
+    /// said from the counts before the module is read (none exists here) or any input
+    /// hashed; at the caps the counts pass and the next check (the module) speaks.
+    #[test]
+    fn a_job_of_record_over_the_caps_is_a_job_error_before_anything_is_read() {
+        use detwasm_job::error::JobError;
+        use detwasm_job::job::{Limits, Output, MAX_INPUTS, MAX_OUTPUTS};
+        use detwasm_job::receipt::{InputRecord, JobRecord};
+        let record = |inputs: usize, outputs: usize| JobRecord {
+            module: Some("/nonexistent/m.wasm".into()),
+            module_cid: String::new(),
+            argv0: "m.wasm".into(),
+            entry: "_start".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin_blake3: String::new(),
+            stdin_bytes: 0,
+            inputs: (0..inputs)
+                .map(|i| InputRecord {
+                    host: "/nonexistent".into(),
+                    guest: format!("/i{i}"),
+                    cid: String::new(),
+                    writable: false,
+                })
+                .collect(),
+            outputs: (0..outputs)
+                .map(|i| Output {
+                    name: format!("o{i}"),
+                    guest: format!("/o{i}"),
+                })
+                .collect(),
+            seed: 0,
+            epoch_unix_nanos: 0,
+            limits: Limits::default(),
+        };
+        let of = |r: &JobRecord| job_of_record(r, ResultsOptions::default(), &Sources::default());
+        let e = of(&record(0, 80_000)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VerifyError::Job(JobError::TooManyOutputs {
+                    count: 80_000,
+                    limit: 256
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("80000 outputs"), "{e}");
+        let e = of(&record(MAX_INPUTS + 44, 1)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VerifyError::Job(JobError::TooManyInputs { count: 300, .. })
+            ),
+            "{e:?}"
+        );
+        let e = of(&record(MAX_INPUTS, MAX_OUTPUTS)).unwrap_err();
+        assert!(matches!(e, VerifyError::ModuleUnreadable { .. }), "{e:?}");
+    }
+
+    /// The provider's folder with `n` extra files in `extra/` and `stdout` changed, and
+    /// the re-run's.
+    fn folders(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (t.path().join("ours"), t.path().join("theirs"));
+        for d in [&ours, &theirs] {
+            std::fs::create_dir_all(d.join("outputs/a")).unwrap();
+            std::fs::write(d.join("outputs/a/f"), "same\n").unwrap();
+            std::fs::write(d.join("outputs/a-c"), "same\n").unwrap();
+            std::fs::write(d.join("exitCode"), "0").unwrap();
+        }
+        std::fs::write(ours.join("stdout"), "one\ntwo\n").unwrap();
+        std::fs::write(theirs.join("stdout"), "one\nTWO\n").unwrap();
+        std::fs::create_dir(theirs.join("outputs/extra")).unwrap();
+        for i in 0..n {
+            std::fs::write(theirs.join(format!("outputs/extra/{i}")), "").unwrap();
+        }
+        std::fs::write(theirs.join("outputs/a/g"), "new\n").unwrap();
+        (t, ours, theirs)
+    }
+
+    fn caps() -> Caps {
+        Caps {
+            deadline: Deadline::after(Duration::from_secs(3600)),
+            entries: MAX_RESULTS_ENTRIES,
+            read: MAX_COMPARED_TOTAL,
+        }
+    }
+
+    fn diff(ours: &Path, theirs: &Path, caps: Caps) -> Result<Vec<Difference>, VerifyError> {
+        diff_within(
+            ours,
+            theirs,
+            detwasm_job::Profile::UnixfsV1_2025,
+            true,
+            caps,
+        )
+        .map(|r| r.2)
+    }
+
+    /// The comparison merges both folders in tree order: an extra folder of 20,000 files
+    /// is one difference (its contents skipped as one run, not each checked against every
+    /// difference found before), `a-c` (which sorts between `a` and `a/…` as text) is
+    /// not mistaken for a path inside `a`, and a changed file is still described.
+    #[test]
+    fn an_extra_folder_of_many_files_is_one_difference() {
+        let (_t, ours, theirs) = folders(20_000);
+        let d = diff(&ours, &theirs, caps()).unwrap();
+        let got: Vec<(&str, &str)> = d.iter().map(|d| (d.path.as_str(), d.what)).collect();
+        assert_eq!(
+            got,
+            [
+                ("outputs/a/g", "extra"),
+                ("outputs/extra", "extra"),
+                ("stdout", "content")
+            ]
+        );
+        assert_eq!(d[2].first_difference, Some(4));
+        assert_eq!(tree_order("a-c", "a/b"), Ordering::Greater);
+        assert_eq!(tree_order("a", "a/b"), Ordering::Less);
+    }
+
+    /// A provider's folder over the entry cap is refused at the entry over it, naming the
+    /// folder; one past its deadline is refused naming the timeout; beyond the read
+    /// budget, differing files are reported by CID without being read.
+    #[test]
+    fn a_provider_folder_is_compared_within_its_entries_deadline_and_reads() {
+        let (_t, ours, theirs) = folders(100);
+        let e = diff(
+            &ours,
+            &theirs,
+            Caps {
+                entries: 50,
+                ..caps()
+            },
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            matches!(&e, VerifyError::Results { path, .. } if path == &theirs)
+                && m.contains("more than 50 entries")
+                && m.contains("extra"),
+            "{m}"
+        );
+        let e = diff(
+            &ours,
+            &theirs,
+            Caps {
+                deadline: Deadline::after(Duration::ZERO),
+                ..caps()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("did not finish within the job's wall-clock timeout of 0 s"),
+            "{e}"
+        );
+        let d = diff(&ours, &theirs, Caps { read: 10, ..caps() }).unwrap();
+        let stdout = d.iter().find(|d| d.path == "stdout").unwrap();
+        assert_eq!(
+            (stdout.first_difference, stdout.cid_provider.is_some()),
+            (None, true)
+        );
+        let d = diff(&ours, &theirs, Caps { read: 16, ..caps() }).unwrap();
+        let stdout = d.iter().find(|d| d.path == "stdout").unwrap();
+        assert_eq!(stdout.first_difference, Some(4));
+        assert_eq!(
+            MAX_RESULTS_ENTRIES,
+            (1 << 20) + (1 << 20) + 256 + 256 + 4,
+            "the derivation in its doc"
+        );
     }
 }
 

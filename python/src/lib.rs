@@ -150,17 +150,15 @@ fn verify(
     stdin: Option<PathBuf>,
     keep: Option<PathBuf>,
 ) -> PyResult<String> {
-    let (text, label) = match (receipt, path) {
-        (Some(text), _) => (text, "the receipt".to_string()),
-        (None, Some(p)) => (
-            std::fs::read_to_string(&p)
-                .map_err(|e| Error::new_err(format!("reading receipt {}: {e}", p.display())))?,
-            p.display().to_string(),
-        ),
+    let receipt: Receipt = match (receipt, path) {
+        (Some(text), _) => serde_json::from_str(&text)
+            .map_err(|e| Error::new_err(format!("the receipt is not a detwasm receipt: {e}")))?,
+        // Read as the CLI reads it: at most MAX_RECEIPT_BYTES, a FIFO refused.
+        (None, Some(p)) => py
+            .detach(|| detwasm_ops::verify::read_receipt(&p))
+            .map_err(cli_message)?,
         (None, None) => return Err(Error::new_err("no receipt given")),
     };
-    let receipt: Receipt = serde_json::from_str(&text)
-        .map_err(|e| Error::new_err(format!("{label} is not a detwasm receipt: {e}")))?;
     let sources = Sources {
         module,
         inputs: inputs.iter().map(|s| Sources::parse_input(s)).collect(),

@@ -127,6 +127,21 @@ def test_verify_reproduces_and_names_what_differs(tmp_path: Path, cli: str) -> N
     assert out.stderr.strip() == f"detwasm: error: {e.value}"
 
 
+def test_a_receipt_file_is_read_as_the_cli_reads_it(tmp_path: Path, cli: str) -> None:
+    """A FIFO named as the receipt is refused without waiting for a writer, a file over
+    64 MiB (MAX_RECEIPT_BYTES) after 64 MiB, with the CLI's messages."""
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate((64 << 20) + 1)
+    for path, why in [(fifo, "not a regular file"), (big, "larger than 67108864 bytes")]:
+        with pytest.raises(detwasm.Error, match=why) as e:
+            detwasm.verify(path)
+        out = subprocess.run([cli, "verify", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.stderr.strip() == f"detwasm: error: {e.value}"
+
+
 def test_threads_run_jobs_at_once(tmp_path: Path) -> None:
     results: Dict[int, str] = {}
 

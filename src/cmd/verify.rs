@@ -80,10 +80,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.receipt)
-        .with_context(|| format!("reading receipt {}", args.receipt.display()))?;
-    let receipt: Receipt = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a detwasm receipt", args.receipt.display()))?;
+    let receipt = verify::read_receipt(&args.receipt)?;
     let sources = args.sources.sources();
     let runtime = Runtime::new(EngineOptions {
         cache_dir: if args.no_cache {
@@ -100,10 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return spot_check(&args, runtime, &receipt, &sources, k, snapshots);
     }
     if let (Some(other), Some(snapshots)) = (&args.bisect, &args.snapshots) {
-        let text = std::fs::read_to_string(other)
-            .with_context(|| format!("reading receipt {}", other.display()))?;
-        let b: Receipt = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a detwasm receipt", other.display()))?;
+        let b = verify::read_receipt(other)?;
         let every = receipt.trace.as_ref().map_or(0, |t| t.every);
         let runtime = runtime.with_checkpoints(every);
         let report = verify::bisect(&runtime, &receipt, &b, snapshots, &sources)?;

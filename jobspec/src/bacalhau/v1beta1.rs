@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::json::{self, Json, Obj, TypeMismatch};
 use crate::SpecError;
+use detwasm_job::job::{MAX_INPUTS, MAX_OUTPUTS};
 
 /// Where an entry module or an input comes from (a Bacalhau `StorageSpec`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -272,6 +273,21 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
         entry_point = "_start".into();
     }
 
+    // The job's caps (`Job::validate` checks them too), from the lists' lengths before
+    // any input or output is built.
+    let (n_inputs, n_outputs) = (spec.count("Inputs"), spec.count("Outputs"));
+    if n_inputs > MAX_INPUTS {
+        return Err(refuse(
+            "job.Spec.Inputs",
+            format!("{n_inputs} inputs, more than the {MAX_INPUTS} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once"),
+        ));
+    }
+    if n_outputs > MAX_OUTPUTS {
+        return Err(refuse(
+            "job.Spec.Outputs",
+            format!("{n_outputs} outputs, more than the {MAX_OUTPUTS} a job may have (MAX_OUTPUTS: each is a mount and a results folder of its own); write files that belong together into one output"),
+        ));
+    }
     let mut inputs = Vec::new();
     for o in spec.objects("Inputs").map_err(field_error)? {
         let s = storage(&o)?;
@@ -375,6 +391,41 @@ mod tests {
             Err(e @ SpecError::Refused { .. }) => e.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// A module spec's `Outputs` and `Inputs` are counted before any is built: at
+    /// [`MAX_OUTPUTS`] they parse, one more (or 80,000) is refused with the count and the
+    /// limit.
+    #[test]
+    fn outputs_and_inputs_over_the_jobs_caps_are_refused_from_their_count() {
+        let outputs = |n: usize| -> String {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"Name":"o{i}","Path":"/o{i}"}}"#))
+                .collect();
+            COWSAY.replace(
+                r#""Outputs":[{"Name":"outputs","Path":"/outputs"}]"#,
+                &format!(r#""Outputs":[{}]"#, list.join(",")),
+            )
+        };
+        let s = parse_rendered(&outputs(MAX_OUTPUTS)).unwrap();
+        assert_eq!(s.outputs.map(|o| o.len()), Some(MAX_OUTPUTS));
+        for n in [MAX_OUTPUTS + 1, 80_000] {
+            let e = refused(&outputs(n));
+            assert!(
+                e.contains(&format!("{n} outputs")) && e.contains("MAX_OUTPUTS"),
+                "{e}"
+            );
+        }
+        let inputs: Vec<String> = (0..=MAX_INPUTS)
+            .map(|i| {
+                format!(r#"{{"StorageSource":"localDirectory","SourcePath":"d","Path":"/i{i}"}}"#)
+            })
+            .collect();
+        let e = refused(&COWSAY.replace(
+            r#""Deal""#,
+            &format!(r#""Inputs":[{}],"Deal""#, inputs.join(",")),
+        ));
+        assert!(e.contains("257 inputs") && e.contains("MAX_INPUTS"), "{e}");
     }
 
     #[test]

@@ -479,7 +479,8 @@ impl WasiHost {
                     break;
                 }
                 let mut d = [0u8; SIZE_DIRENT];
-                d[0..8].copy_from_slice(&(pos + 1).to_le_bytes());
+                // `list_from` yields positions below `u64::MAX`.
+                d[0..8].copy_from_slice(&pos.saturating_add(1).to_le_bytes());
                 d[8..16].copy_from_slice(&ino.to_le_bytes());
                 d[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
                 d[20] = ty;

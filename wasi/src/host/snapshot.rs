@@ -201,10 +201,19 @@ impl WasiHost {
         }
         self.vfs
             .restore(&saved.vfs, &open, file, self.max_output - printed)?;
-        // Each fd refers to a node of its kind.
+        // Each fd refers to a node of its kind, and a directory fd's listing cursor is one
+        // its directory's listing could have left.
         for (n, f) in &fds {
             let ok = match f {
-                Fd::Dir { node, .. } => self.vfs.live(*node) && self.vfs.is_dir(*node),
+                Fd::Dir { node, cursor, .. } => {
+                    if let Some((pos, name)) = cursor.as_ref().filter(|c| !cursor_ok(c.0, &c.1)) {
+                        return Err(format!(
+                            "fd {n}'s listing cursor (position {pos}, a name of {} bytes) is not one a listing leaves",
+                            name.len()
+                        ));
+                    }
+                    self.vfs.live(*node) && self.vfs.is_dir(*node)
+                }
                 Fd::File { node, .. } => {
                     self.vfs.live(*node)
                         && matches!(self.vfs.node(*node).kind, crate::vfs::Kind::File(_))
@@ -225,6 +234,35 @@ impl WasiHost {
         // buffered but did not serve, and `random_get` consumes whole words.
         self.rng.set_word_pos(words);
         Ok(())
+    }
+}
+
+/// Whether `(pos, name)` is a cursor a directory's listing can leave (`fd_readdir`
+/// saves the position and name of the entry it stopped at): `.` at 0, `..` at 1, and
+/// past them a name a directory can hold (1 to `MAX_NAME` bytes, no `/` or NUL, not a
+/// dot entry) at a position below `u64::MAX` (every position `list_from` yields). A
+/// forged cursor could otherwise start a listing where positions overflow.
+///
+/// Not checked: that the directory holds the name now, or at that position. A cursor
+/// outlives its entry honestly: a guest that stops listing at `b`, then removes `b` (or
+/// an entry before it) and lists on resumes after where `b` was, at the position it
+/// stopped at, so a restored cursor may name what the directory no longer has, at a
+/// position past its entries. Refusing those would refuse snapshots an honest run
+/// takes; what such a cursor changes is only what the guest is shown, as any forged
+/// guest state does, and each entry shown is charged as fuel.
+fn cursor_ok(pos: u64, name: &[u8]) -> bool {
+    match pos {
+        0 => name == b".",
+        1 => name == b"..",
+        u64::MAX => false,
+        _ => {
+            !name.is_empty()
+                && name.len() <= crate::vfs::MAX_NAME
+                && name != b"."
+                && name != b".."
+                && !name.contains(&b'/')
+                && !name.contains(&0)
+        }
     }
 }
 
@@ -275,11 +313,42 @@ mod tests {
         assert_eq!(x, y);
     }
 
+    /// A directory fd on the node of the state's first one (/out's root) with listing
+    /// cursor `(pos, name)`.
+    fn dir_at(s: &SavedHost, pos: u64, name: &[u8]) -> SavedFd {
+        let node = s
+            .fds
+            .iter()
+            .find_map(|(_, f)| match f {
+                SavedFd::Dir { node, .. } => Some(*node),
+                _ => None,
+            })
+            .expect("a preopen");
+        SavedFd::Dir {
+            node,
+            preopen: None,
+            cursor: Some((pos, name.to_vec())),
+        }
+    }
+
+    /// A cursor an honest listing can leave is restored, whether or not the directory
+    /// still holds its name at its position (the guest may have removed it since).
+    #[test]
+    fn listing_cursors_an_honest_run_can_leave_are_restored() {
+        for (pos, name) in [(0, &b"."[..]), (1, b".."), (2, b"gone"), (1 << 40, b"x")] {
+            let (mut s, _) = host().save();
+            let fd = dir_at(&s, pos, name);
+            s.fds.push((9, fd));
+            let back = restore(&s, Vec::new()).unwrap();
+            assert_eq!(back.save().0, s);
+        }
+    }
+
     #[test]
     fn forged_host_states_are_refused_with_the_reason() {
         let (saved, _) = host().save();
         type Forge = fn(&mut SavedHost, &mut Vec<u8>);
-        let cases: [(&str, Forge); 8] = [
+        let cases: [(&str, Forge); 13] = [
             ("stdin read past its end", |s, _| s.stdin_pos = 5),
             ("stdout of another length", |s, _| s.stdout_len = 3),
             ("stdout over the quota", |s, o| {
@@ -318,6 +387,29 @@ mod tests {
             }),
             ("an fd past the most a guest may have", |s, _| {
                 s.fds.push((MAX_FDS, SavedFd::Stdin))
+            }),
+            ("a listing cursor at u64::MAX", |s, _| {
+                let fd = dir_at(s, u64::MAX, b"a");
+                s.fds.push((9, fd))
+            }),
+            (
+                "a listing cursor naming a dot entry past the dots",
+                |s, _| {
+                    let fd = dir_at(s, 5, b"..");
+                    s.fds.push((9, fd))
+                },
+            ),
+            ("a listing cursor at `.` that is not `.`", |s, _| {
+                let fd = dir_at(s, 0, b"a");
+                s.fds.push((9, fd))
+            }),
+            ("a listing cursor naming a path", |s, _| {
+                let fd = dir_at(s, 3, b"a/b");
+                s.fds.push((9, fd))
+            }),
+            ("a listing cursor of an overlong name", |s, _| {
+                let fd = dir_at(s, 3, &[b'a'; crate::vfs::MAX_NAME + 1]);
+                s.fds.push((9, fd))
             }),
         ];
         for (what, forge) in cases {

@@ -796,6 +796,13 @@ impl Vfs {
     /// resumes there at once instead of stepping over the first entries, so a guest that
     /// reads a large directory in many calls costs the host work in proportion to what it
     /// reads. Lazy: nothing is collected.
+    ///
+    /// Positions are below `u64::MAX`, so the cookie after each (`position + 1`) is one:
+    /// the listing ends at the position that would pass it. `from` is the guest's cookie
+    /// (any `u64`), and with a hint it is where positions start whatever the directory
+    /// holds, so a forged cursor (a snapshot's) of `u64::MAX - 1` would otherwise wrap
+    /// the positions, or panic with overflow checks on. An honest listing never comes
+    /// near (each position listed costs fuel).
     pub fn list_from<'a>(
         &'a self,
         dir: NodeId,
@@ -817,21 +824,24 @@ impl Vfs {
             (Kind::Dir(entries), Some(h)) if from >= 2 => {
                 Box::new(entries.range::<[u8], _>((Bound::Included(h), Bound::Unbounded)))
             }
-            (Kind::Dir(entries), _) => {
-                Box::new(entries.iter().skip(from.saturating_sub(2) as usize))
-            }
+            (Kind::Dir(entries), _) => Box::new(
+                entries
+                    .iter()
+                    .skip(usize::try_from(from.saturating_sub(2)).unwrap_or(usize::MAX)),
+            ),
             _ => Box::new(std::iter::empty()),
         };
         let start = from.max(2);
         dots.into_iter()
             .filter(move |d| d.0 >= from)
-            .chain(named.enumerate().map(move |(i, (name, &child))| {
-                (
-                    start + i as u64,
+            .chain(named.enumerate().map_while(move |(i, (name, &child))| {
+                let pos = start.checked_add(i as u64).filter(|&p| p < u64::MAX)?;
+                Some((
+                    pos,
                     name.as_slice(),
                     self.node(child).ino,
                     self.filetype(child),
-                )
+                ))
             }))
     }
 
@@ -1634,6 +1644,27 @@ mod tests {
             .map(|e| (e.0, e.1.to_vec()))
             .collect();
         assert_eq!(skipped, resumed);
+    }
+
+    /// A cookie (or a restored cursor) near `u64::MAX` ends the listing: positions stay
+    /// below `u64::MAX`, so `position + 1` never wraps (before, a hint at `u64::MAX - 1`
+    /// panicked with overflow checks on at the second entry, and wrapped to 0 without).
+    #[test]
+    fn readdir_positions_near_u64_max_end_the_listing_without_overflow() {
+        let (_t, mut vfs) = input_tree();
+        let out = vfs.mounts[1].root;
+        for i in 0..5u32 {
+            create(&mut vfs, out, format!("e{i}").as_bytes(), false);
+        }
+        let at = |from: u64, hint: Option<&[u8]>| -> Vec<u64> {
+            vfs.list_from(out, from, hint).map(|e| e.0).collect()
+        };
+        assert_eq!(at(u64::MAX - 2, Some(b"e0")), [u64::MAX - 2, u64::MAX - 1]);
+        assert_eq!(at(u64::MAX - 1, Some(b"e0")), [u64::MAX - 1]);
+        assert!(at(u64::MAX, Some(b"e0")).is_empty());
+        assert!(at(u64::MAX, None).is_empty());
+        assert!(at(u64::MAX - 1, None).is_empty());
+        assert_eq!(at(5, None), [5, 6]);
     }
 
     #[test]

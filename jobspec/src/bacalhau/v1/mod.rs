@@ -54,7 +54,7 @@ use super::v1beta1::{refuse, OutputSpec, WHY_DOCKER, WHY_GPU, WHY_IMPORTS, WHY_N
 use crate::json::{Json, Obj, TypeMismatch};
 use crate::resolve::{self, EntryModule, MAX_MODULE_FILE};
 use crate::{assemble, car, yaml, InputPolicy, Mount, SpecError, TaskParts};
-use detwasm_job::job::{Job, MAX_INPUTS, MAX_TIMEOUT};
+use detwasm_job::job::{Job, MAX_INPUTS, MAX_OUTPUTS, MAX_TIMEOUT};
 
 /// File name endings that make a `detwasm run` argument a job file.
 pub const JOB_FILE_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
@@ -631,26 +631,26 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
         check_env(k, v).map_err(at(line))?;
     }
 
-    // Inputs.
-    for o in task
-        .objects("InputSources")
-        .map_err(fe(task, "InputSources"))?
-    {
-        inputs.push(input_source(&o, &mut notes, false)?);
-    }
-    // Capped before the pairwise checks below and before anything is staged; the job
-    // itself is checked against the same limit (`Job::validate`).
-    if inputs.len() > MAX_INPUTS {
+    // Inputs. Counted (with the legacy entry module's) before any is built, before the
+    // pairwise checks below and before anything is staged; the job itself is checked
+    // against the same limit (`Job::validate`).
+    let sources = inputs.len() + task.count("InputSources");
+    if sources > MAX_INPUTS {
         return Err((
             task.line("InputSources"),
             refuse(
                 format!("{}.InputSources", task.path()),
                 format!(
-                    "{} input sources, more than the {MAX_INPUTS} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once",
-                    inputs.len()
+                    "{sources} input sources, more than the {MAX_INPUTS} a job may have (MAX_INPUTS: each input is scanned and hashed on its own); put files that belong together in one folder and mount that folder once",
                 ),
             ),
         ));
+    }
+    for o in task
+        .objects("InputSources")
+        .map_err(fe(task, "InputSources"))?
+    {
+        inputs.push(input_source(&o, &mut notes, false)?);
     }
     for (i, a) in inputs.iter().enumerate() {
         for b in &inputs[i + 1..] {
@@ -680,8 +680,22 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
         }
     }
 
-    // Results.
+    // Results. Counted before any is built (a review's 80,000 result paths took 25 s of
+    // pairwise name checks); names checked for duplicates with a hash set.
+    let results = task.count("ResultPaths");
+    if results > MAX_OUTPUTS {
+        return Err((
+            task.line("ResultPaths"),
+            refuse(
+                format!("{}.ResultPaths", task.path()),
+                format!(
+                    "{results} result paths, more than the {MAX_OUTPUTS} a job may have (MAX_OUTPUTS: each is a mount and a results folder of its own); write files that belong together into one result path",
+                ),
+            ),
+        ));
+    }
     let mut outputs = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for o in task
         .objects("ResultPaths")
         .map_err(fe(task, "ResultPaths"))?
@@ -714,7 +728,7 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
                 ));
             }
         }
-        if outputs.iter().any(|x: &OutputSpec| x.name == name) {
+        if !names.insert(name.clone()) {
             return Err((
                 o.line("Name"),
                 refuse(
@@ -1138,6 +1152,37 @@ mod tests {
             e.contains("257 input sources") && e.contains("256") && e.contains("MAX_INPUTS"),
             "{e}"
         );
+    }
+
+    /// A job file may name at most [`MAX_OUTPUTS`] result paths: the list is counted
+    /// before any is built, so 80,000 of them (25 s of pairwise name checks before) are
+    /// refused at `ResultPaths` with the count and the limit; at the cap they parse, and
+    /// a repeated name is still refused, naming its line.
+    #[test]
+    fn a_job_file_may_name_at_most_max_outputs_result_paths() {
+        let results = |n: usize| -> String {
+            let mut t = String::from("    ResultPaths:\n");
+            for i in 0..n {
+                t.push_str(&format!("      - {{Name: r{i}, Path: /r{i}}}\n"));
+            }
+            t
+        };
+        let spec = parse(&job("", "", &results(MAX_OUTPUTS))).unwrap();
+        assert_eq!(spec.parts.outputs.as_ref().map(Vec::len), Some(MAX_OUTPUTS));
+        for n in [MAX_OUTPUTS + 1, 80_000] {
+            let (line, e) = refused(&job("", "", &results(n)));
+            assert_eq!(line, Some(18), "the ResultPaths line");
+            assert!(
+                e.contains(&format!("{n} result paths"))
+                    && e.contains("256")
+                    && e.contains("MAX_OUTPUTS"),
+                "{e}"
+            );
+        }
+        let twice = results(MAX_OUTPUTS).replace("{Name: r9, ", "{Name: r1, ");
+        let (line, e) = refused(&job("", "", &twice));
+        assert_eq!(line, Some(28), "the line of the second r1");
+        assert!(e.contains("another result path has this name"), "{e}");
     }
 
     #[test]
