@@ -95,3 +95,50 @@ fn a_module_folder_that_reads_nothing_but_its_message_depends_on_nothing_else() 
     );
     assert!(text.contains("does not depend on seed"), "{text}");
 }
+
+/// `--checkpoint-every` reaches every run: a seed that changes the output is located
+/// (here in the only segment, since the probe ends before its first checkpoint; the
+/// campaign's tests locate one among many), in the JSON and in the text.
+#[test]
+fn checkpoint_every_locates_where_a_varied_parameter_changes_the_run() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm");
+    let probe = probe.to_str().unwrap();
+    let args = [
+        "fuzz",
+        probe,
+        "--runs",
+        "2",
+        "--vary",
+        "seed",
+        "--checkpoint-every",
+        "1000000000",
+        "--",
+        "report",
+    ];
+    let mut with_json = args.to_vec();
+    with_json.insert(1, "--json");
+    let r = json(&with_json, t.path());
+    let seed = &r["sensitivity"][0];
+    assert_eq!(seed["sensitive"], true, "{r:#}");
+    assert_eq!(seed["diverged_at"]["segment"], 1, "{r:#}");
+    assert_eq!(seed["diverged_at"]["from_instruction"], 0);
+    assert!(seed["diverged_at"]["to_instruction"].is_null());
+    assert!(r["all_runs"][1].get("diverged_at").is_none(), "{r:#}");
+
+    let out = detwasm().current_dir(t.path()).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("depends on seed: seed 0 -> 1")
+            && text.contains("first differs in segment 1 (instruction 0 to the end)"),
+        "{text}"
+    );
+
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["fuzz", probe, "--checkpoint-every", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

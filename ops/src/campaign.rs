@@ -18,6 +18,14 @@
 //! The module is compiled once per engine configuration and reused (a `Runtime` keeps
 //! what it loaded); only the cache perturbations compile again, since the cache is what
 //! they perturb.
+//!
+//! With a runtime that takes checkpoints ([`Runtime::with_checkpoints`]), every run in
+//! the process saves its snapshots beside its results, and a run that differs from the
+//! baseline (or a varied parameter that changes the output) is located: the first
+//! segment between two checkpoints whose end state differs, and what differs there
+//! ([`crate::divergence`]). The other-process run saves none (it is a `detwasm verify`)
+//! and is not located. Checkpoints change no result, so a campaign with them finds the
+//! same divergences as one without.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,12 +34,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::divergence::{self, Divergence, Snapshots};
 use crate::verify::{diff_folders, Difference};
 use detwasm_job::error::RunError;
 use detwasm_job::job::{Input, Job};
 use detwasm_job::receipt::Receipt;
+use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::engine::EngineOptions;
-use detwasm_runtime::run::{Destination, Runtime};
+use detwasm_runtime::run::{Checkpointing, Destination, Runtime};
 
 /// A job parameter the campaign can vary on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -115,6 +125,9 @@ pub struct RunRecord {
     pub divergent: bool,
     /// Files that differ from the baseline's results.
     pub files: Vec<Difference>,
+    /// Where it first differs from the baseline, when both took checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged_at: Option<Divergence>,
 }
 
 /// What varying one parameter did.
@@ -127,6 +140,9 @@ pub struct Sensitivity {
     pub change: String,
     /// Files whose content changed.
     pub files: Vec<String>,
+    /// Where the output first depends on it, when the runs took checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged_at: Option<Divergence>,
 }
 
 /// The campaign's findings.
@@ -167,6 +183,7 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
     let runs = c.runs.max(1);
     let total = runs + c.vary.len();
     let mut records: Vec<(RunRecord, PathBuf)> = Vec::new();
+    let mut base_receipt: Option<Receipt> = None;
     let mut done = 0;
     for i in 0..runs {
         let mut kind = i % PERTURBATIONS.len();
@@ -187,14 +204,15 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             } else {
                 format!("{} (again, run {i})", PERTURBATIONS[kind])
             },
-            cid: receipt.cid,
+            cid: receipt.cid.clone(),
             instructions: receipt.instructions,
             exit_code: receipt.exit_code,
-            outcome: receipt.outcome,
+            outcome: receipt.outcome.clone(),
             divergent: false,
             files: Vec::new(),
+            diverged_at: None,
         };
-        if let Some((base, base_dir)) = records.first() {
+        if let (Some((base, base_dir)), Some(base_receipt)) = (records.first(), &base_receipt) {
             record.divergent = record.cid != base.cid
                 || record.instructions != base.instructions
                 || record.exit_code != base.exit_code
@@ -202,6 +220,11 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             if record.cid != base.cid {
                 record.files = differing(base_dir, &results, job)?;
             }
+            if record.divergent {
+                record.diverged_at = located(runtime, base_dir, base_receipt, &here, &receipt)?;
+            }
+        } else {
+            base_receipt = Some(receipt);
         }
         done += 1;
         if let Some(p) = c.progress {
@@ -210,16 +233,22 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
         records.push((record, results));
     }
     let (baseline, base_dir) = records[0].clone();
+    let base_receipt = base_receipt.expect("the baseline ran");
     let mut sensitivity = Vec::new();
     for &param in &c.vary {
         let here = work.path().join(format!("vary-{}", param.name()));
         std::fs::create_dir_all(&here).map_err(|e| RunError::io("creating a run folder", e))?;
         let (varied, change) = vary(job, param, &here)?;
         let results = here.join("results");
-        let r = runtime.run(&varied, &Destination::At(results.clone()))?;
+        let r = run_at(runtime, &varied, &results, &here)?;
         let sensitive = r.cid != baseline.cid
             || r.instructions != baseline.instructions
             || r.exit_code != baseline.exit_code;
+        let diverged_at = if sensitive {
+            located(runtime, &base_dir, &base_receipt, &here, &r)?
+        } else {
+            None
+        };
         let files = if r.cid != baseline.cid {
             differing(&base_dir, &results, job)?
                 .into_iter()
@@ -237,6 +266,7 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             sensitive,
             change,
             files,
+            diverged_at,
         });
     }
     let all_runs: Vec<RunRecord> = records.into_iter().map(|r| r.0).collect();
@@ -254,6 +284,46 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             .collect(),
         sensitivity,
     })
+}
+
+/// Runs `job` into `results`, saving its snapshots into `here/checkpoints` when
+/// `runtime` takes checkpoints.
+fn run_at(runtime: &Runtime, job: &Job, results: &Path, here: &Path) -> Result<Receipt, RunError> {
+    let save = runtime.checkpoint_every().map(|_| here.join(CHECKPOINTS));
+    let how = Checkpointing {
+        save: save.as_deref(),
+        resume: None,
+    };
+    runtime
+        .run_staged_with(job, &Destination::At(results.to_path_buf()), &how)?
+        .publish(Durability::PerFile)
+}
+
+/// The folder of a run's snapshots, beside its results.
+const CHECKPOINTS: &str = "checkpoints";
+
+/// Where the run whose results are in `here` first differs from the baseline, whose
+/// results are `base_results`; `None` without checkpoints (or for the other-process
+/// run, which saves none).
+fn located(
+    runtime: &Runtime,
+    base_results: &Path,
+    base: &Receipt,
+    here: &Path,
+    receipt: &Receipt,
+) -> Result<Option<Divergence>, RunError> {
+    let base_here = base_results.parent().unwrap_or(base_results);
+    let (a, b) = (base_here.join(CHECKPOINTS), here.join(CHECKPOINTS));
+    if runtime.checkpoint_every().is_none() || !a.is_dir() || !b.is_dir() {
+        return Ok(None);
+    }
+    divergence::locate(
+        &Snapshots {
+            dir: &a,
+            receipt: base,
+        },
+        &Snapshots { dir: &b, receipt },
+    )
 }
 
 fn differing(a: &Path, b: &Path, job: &Job) -> Result<Vec<Difference>, RunError> {
@@ -282,18 +352,23 @@ fn perturbed_run(
     baseline: Option<&(RunRecord, PathBuf)>,
 ) -> Result<(Receipt, PathBuf), RunError> {
     let results = here.join("results");
-    let at = |p: &Path| Destination::At(p.to_path_buf());
+    // A runtime of another engine configuration takes the same checkpoints.
     let engine = |cache_dir: Option<PathBuf>, parallel: bool| {
-        Runtime::new(EngineOptions {
+        let r = Runtime::new(EngineOptions {
             cache_dir,
             parallel_compilation: parallel,
+        })?
+        .with_fuel_slice(runtime.fuel_slice());
+        Ok::<_, RunError>(match runtime.checkpoint_every() {
+            Some(every) => r.with_checkpoints(every),
+            None => r,
         })
     };
     let receipt = match kind {
-        0 => runtime.run(job, &at(&results))?,
+        0 => run_at(runtime, job, &results, here)?,
         1 => {
             let moved = with_copied_inputs(job, &here.join("inputs"))?;
-            runtime.run(&moved, &at(&results))?
+            run_at(runtime, &moved, &results, here)?
         }
         2 => {
             let shm = Path::new("/dev/shm");
@@ -306,7 +381,7 @@ fn perturbed_run(
             }
             .map_err(|e| RunError::io("creating a tmpfs folder", e))?;
             let moved = with_copied_inputs(job, &base.path().join("inputs"))?;
-            let r = runtime.run(&moved, &at(&base.path().join("results")))?;
+            let r = run_at(runtime, &moved, &base.path().join("results"), here)?;
             copy_tree(&base.path().join("results"), &results, false)
                 .map_err(|e| RunError::io("copying tmpfs results", e))?;
             r
@@ -315,9 +390,9 @@ fn perturbed_run(
             // Cold: a fresh cache folder; warm: the folder the cold run filled (a new
             // Runtime, so the module comes from the cache file, not from memory).
             let cache = here.parent().unwrap_or(here).join("module-cache");
-            engine(Some(cache), true)?.run(job, &at(&results))?
+            run_at(&engine(Some(cache), true)?, job, &results, here)?
         }
-        5 => engine(None, false)?.run(job, &at(&results))?,
+        5 => run_at(&engine(None, false)?, job, &results, here)?,
         6 => {
             let stop = Arc::new(AtomicBool::new(false));
             let spinners: Vec<_> = (0..2)
@@ -332,7 +407,7 @@ fn perturbed_run(
                     })
                 })
                 .collect();
-            let r = runtime.run(job, &at(&results));
+            let r = run_at(runtime, job, &results, here);
             stop.store(true, Ordering::Relaxed);
             for s in spinners {
                 let _ = s.join();
@@ -343,8 +418,8 @@ fn perturbed_run(
             let outcomes: Vec<Result<Receipt, RunError>> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..4)
                     .map(|k| {
-                        let dest = at(&here.join(format!("copy-{k}")));
-                        s.spawn(move || runtime.run(job, &dest))
+                        let copy = here.join(format!("copy-{k}"));
+                        s.spawn(move || run_at(runtime, job, &copy.join("results"), &copy))
                     })
                     .collect();
                 handles
@@ -361,16 +436,14 @@ fn perturbed_run(
                 match &first {
                     // A copy that disagrees with the first copy is what is reported.
                     Some(f) if f.cid != r.cid || f.instructions != r.instructions => {
-                        std::fs::rename(here.join(format!("copy-{k}")), &results)
-                            .map_err(|e| RunError::io("keeping a divergent copy", e))?;
+                        keep_copy(here, k, &results)?;
                         return Ok((r, results));
                     }
                     Some(_) => {}
                     None => first = Some(r),
                 }
             }
-            std::fs::rename(here.join("copy-0"), &results)
-                .map_err(|e| RunError::io("keeping the first copy", e))?;
+            keep_copy(here, 0, &results)?;
             first.expect("four copies ran")
         }
         _ => {
@@ -380,6 +453,19 @@ fn perturbed_run(
         }
     };
     Ok((receipt, results))
+}
+
+/// Keeps copy `k` of the four-copies run as the run's results (and snapshots).
+fn keep_copy(here: &Path, k: usize, results: &Path) -> Result<(), RunError> {
+    let copy = here.join(format!("copy-{k}"));
+    std::fs::rename(copy.join("results"), results)
+        .map_err(|e| RunError::io("keeping a copy's results", e))?;
+    let snapshots = copy.join(CHECKPOINTS);
+    if snapshots.is_dir() {
+        std::fs::rename(&snapshots, here.join(CHECKPOINTS))
+            .map_err(|e| RunError::io("keeping a copy's snapshots", e))?;
+    }
+    Ok(())
 }
 
 /// The job with every input copied under `to`: entries created in reverse name order,
@@ -623,5 +709,63 @@ mod tests {
             .map(|d| d.path.as_str())
             .collect();
         assert!(files.contains(&"stdout"), "{files:?}");
+    }
+
+    /// With checkpoints, the leaked clock is located: the first segment whose end state
+    /// differs, with stdout or memory named there.
+    #[test]
+    fn a_leaked_host_clock_is_located_to_a_segment() {
+        detwasm_runtime::wasi::host::LEAK_HOST_TIME.store(true, Ordering::SeqCst);
+        let job = Job::new(fixture("fixtures/probes/probe.wasm")).push_arg("report");
+        let rt = runtime().with_fuel_slice(1_000).with_checkpoints(10_000);
+        let report = run_campaign(&rt, &job, &campaign(2, vec![]));
+        detwasm_runtime::wasi::host::LEAK_HOST_TIME.store(false, Ordering::SeqCst);
+        let report = report.unwrap();
+        assert!(report.divergent);
+        let d = report.differences[0].diverged_at.as_ref().expect("located");
+        assert!(
+            d.state
+                .iter()
+                .any(|s| s.part.starts_with("memory") || s.part == "stdout"),
+            "{d:#?}"
+        );
+        let to = d.to_instruction.expect("before the run's end");
+        assert!(d.from_instruction < to, "{d:#?}");
+    }
+
+    /// With checkpoints, a varied seed is located: the first segment whose end state
+    /// differs is where random bytes were first read (other bytes in memory, where the
+    /// standard library keeps its hash keys), one segment of the reference run; runs
+    /// under host perturbations agree snapshot for snapshot (not divergent, not
+    /// located), and a parameter the output does not depend on is not located either.
+    #[test]
+    fn checkpoints_locate_where_a_varied_seed_first_changes_the_state() {
+        let job = Job::new(fixture("fixtures/probes/probe.wasm")).push_arg("report");
+        let rt = runtime().with_fuel_slice(1_000).with_checkpoints(10_000);
+        let report = run_campaign(&rt, &job, &campaign(3, vec![Param::Seed])).unwrap();
+        assert!(!report.divergent, "{:#?}", report.differences);
+        assert!(report.all_runs.iter().all(|r| r.diverged_at.is_none()));
+        let seed = &report.sensitivity[0];
+        assert!(seed.sensitive);
+        let d = seed.diverged_at.as_ref().expect("located");
+        let parts: Vec<&str> = d.state.iter().map(|s| s.part.as_str()).collect();
+        assert!(parts.contains(&"memory 0"), "{d:#?}");
+        assert!(
+            !parts.contains(&"random stream"),
+            "the same words are read: {d:#?}"
+        );
+        let to = d
+            .to_instruction
+            .expect("random bytes are read before the end");
+        assert!(
+            d.from_instruction < to && to - d.from_instruction < 2 * 10_000,
+            "{d:#?}"
+        );
+        assert!(to < report.baseline.instructions);
+
+        let cowsay = Job::new(fixture("fixtures/modules/cowsay.wasm")).push_arg("moo");
+        let report = run_campaign(&rt, &cowsay, &campaign(1, vec![Param::Seed])).unwrap();
+        assert!(!report.sensitivity[0].sensitive);
+        assert!(report.sensitivity[0].diverged_at.is_none());
     }
 }

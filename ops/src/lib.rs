@@ -4,8 +4,9 @@
 //! jobs file, a Python call) into a job ([`request`]); many jobs in one process
 //! ([`batch`]) and on other machines ([`remote`]); checking a provider's result by
 //! re-running its job ([`verify`]); the perturbation campaign that tells an author what a
-//! module's output depends on ([`campaign`], `detwasm fuzz`); starting and packing a
-//! module folder ([`scaffold`]) and checking one before it is published ([`check`]).
+//! module's output depends on ([`campaign`], `detwasm fuzz`) and where two runs first
+//! parted ([`divergence`]); starting and packing a module folder ([`scaffold`]) and
+//! checking one before it is published ([`check`]).
 //! What it does not: grant a guest anything or run one itself — every run goes through
 //! `detwasm-runtime`'s `Runtime`, and every job file is read by `detwasm-jobspec`.
 //!
@@ -16,6 +17,7 @@
 pub mod batch;
 pub mod campaign;
 pub mod check;
+pub mod divergence;
 pub mod remote;
 pub mod request;
 pub mod scaffold;

@@ -147,6 +147,18 @@ impl Runtime {
         self.checkpoint_every.is_some()
     }
 
+    /// How often this runtime's jobs take a checkpoint ([`Self::with_checkpoints`]), if
+    /// they do.
+    pub fn checkpoint_every(&self) -> Option<u64> {
+        self.checkpoint_every
+    }
+
+    /// The fuel handed to the guest at a time ([`Self::with_fuel_slice`]): a runtime
+    /// that must take the same checkpoints as this one needs the same.
+    pub fn fuel_slice(&self) -> u64 {
+        self.fuel_slice
+    }
+
     /// The engine fingerprint (part of every job id).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -22,6 +22,12 @@ use detwasm_ops::request::BuiltJob;
 ///
 /// With --vary, job parameters are changed on purpose, and the report says which of them
 /// the output depends on (e.g. `seed`: the module reads random bytes).
+///
+/// With --checkpoint-every N, every run saves its state every N instructions (in the
+/// campaign's temporary folder), and a difference is located: the first segment of N
+/// instructions whose end state differs from the reference's, and what differs there
+/// (memory byte ranges, globals, the call stack, stdout, files, the random stream,
+/// clocks, open files).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -35,6 +41,11 @@ pub struct Args {
     /// Job parameters to vary on purpose, comma-separated: seed, epoch, env, args, inputs.
     #[arg(long, value_name = "LIST")]
     pub vary: Option<String>,
+
+    /// Save each run's state every N instructions and name the segment where a run
+    /// first differs, and what differs there (costs a snapshot per checkpoint per run).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
 
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -52,7 +63,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         anyhow::bail!("--runs must be at least 1");
     }
-    let runtime = runtime(args.job.opts.no_cache)?;
+    let mut runtime = runtime(args.job.opts.no_cache)?;
+    if let Some(every) = args.checkpoint_every {
+        runtime = runtime.with_checkpoints(every);
+    }
     let total = (args.runs + vary.len()) as u64;
     // A bar on a terminal only (indicatif hides it otherwise).
     let bar = ProgressBar::new(total).with_style(
@@ -103,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         println!("        {t}");
                     }
                 }
+                print_divergence(d.diverged_at.as_ref());
             }
         } else {
             println!("deterministic: every run gave the same CID, instruction count and exit");
@@ -115,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     format!(" (changes {})", s.files.join(", "))
                 };
                 println!("depends on {}: {}{files}", s.param.name(), s.change);
+                print_divergence(s.diverged_at.as_ref());
             } else {
                 println!("does not depend on {}: {}", s.param.name(), s.change);
             }
@@ -125,4 +141,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Where a run first differed, under the lines that report it.
+fn print_divergence(d: Option<&detwasm_ops::divergence::Divergence>) {
+    let Some(d) = d else { return };
+    match d.to_instruction {
+        Some(to) => println!(
+            "    first differs in segment {} (instructions {} to {}), at its checkpoint:",
+            d.segment, d.from_instruction, to
+        ),
+        None => println!(
+            "    first differs in segment {} (instruction {} to the end){}",
+            d.segment,
+            d.from_instruction,
+            if d.state.is_empty() { "" } else { ":" }
+        ),
+    }
+    for s in &d.state {
+        println!("      {}: {}", s.part, s.detail);
+    }
 }
