@@ -476,3 +476,77 @@ fn a_run_stopped_by_its_timeout_is_resumed_to_the_end() {
         whole["trace"]["snapshots"].as_array().unwrap().len()
     );
 }
+
+/// A snapshot moves as a CAR: one CAR of the whole checkpoints folder (`--cid` picks the
+/// snapshot, and the folder's job.json comes with it) or of one snapshot (the module is
+/// then named), each resumed to the uninterrupted receipt. A CAR whose snapshot holds
+/// more than its state accounts for (a memory of 64 MiB of zeros, a few blocks linked
+/// over and over, where the state says 17 pages) is refused before anything is
+/// unpacked; `--cid` with a folder is an error.
+#[test]
+fn a_snapshot_is_resumed_from_a_car() {
+    let (t, receipt) = provider_run();
+    let dir = t.path();
+    let trace = snapshots(&receipt);
+    let run = |args: &[&str]| detwasm().current_dir(dir).args(args).output().unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let car_of = |car: &str, folder: &str| {
+        let out = run(&["hash", "--car", car, folder]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    car_of("all.car", "cp");
+    let r = ok(run(&[
+        "resume", "all.car", "--cid", &trace[2], "-o", "r1", "--json",
+    ]));
+    assert_eq!(r["cid"], receipt["cid"]);
+    assert_eq!(r["instructions"], receipt["instructions"]);
+    assert_eq!(r["trace"], receipt["trace"]);
+
+    assert_eq!(car_of("s2.car", "cp/000002"), trace[1]);
+    let r = ok(run(&[
+        "resume",
+        "s2.car",
+        "--module",
+        "probe.wasm",
+        "--input",
+        "in",
+        "-o",
+        "r2",
+        "--json",
+    ]));
+    assert_eq!(r["cid"], receipt["cid"]);
+    assert_eq!(r["trace"], receipt["trace"]);
+
+    // The same snapshot with a memory far larger than its state says.
+    copy_dir(&dir.join("cp/000002"), &dir.join("big"));
+    let f = std::fs::File::create(dir.join("big/memory/0")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    car_of("big.car", "big");
+    let out = run(&["resume", "big.car", "--module", "probe.wasm", "-o", "r3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("more than the") && err.contains("its state accounts for"),
+        "{err}"
+    );
+    assert!(!dir.join("r3").exists());
+
+    let out = run(&["resume", "cp/000002", "--cid", &trace[1], "-o", "r4"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["resume", "all.car", "--cid", "QmNotACid", "-o", "r4"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("is not a CID"), "{err}");
+}

@@ -203,6 +203,44 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
     )
 }
 
+/// A snapshot opened from a folder or unpacked from a CAR file
+/// ([`open_snapshot`]).
+pub struct OpenedSnapshot {
+    pub snapshot: detwasm_runtime::checkpoint::Snapshot,
+    /// The temporary folder a CAR was unpacked into, removed when this is dropped.
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+/// Opens the snapshot at `path`: a snapshot folder, or a CAR file holding one (its root,
+/// or the folder `cid` of it: a CAR of a whole checkpoints folder), unpacked into a
+/// temporary folder within the bounds of
+/// [`detwasm_runtime::checkpoint::Snapshot::from_car`]. `cid` with a folder is an
+/// error (a folder is one snapshot).
+pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, RunError> {
+    use detwasm_runtime::checkpoint::Snapshot;
+    if path.is_dir() {
+        if cid.is_some() {
+            return Err(RunError::Input {
+                path: path.to_path_buf(),
+                reason: "a snapshot folder is one snapshot; a CID picks one in a CAR file".into(),
+            });
+        }
+        return Ok(OpenedSnapshot {
+            snapshot: Snapshot::open(path)?,
+            _unpacked: None,
+        });
+    }
+    let unpacked = tempfile::Builder::new()
+        .prefix("detwasm-snapshot-")
+        .tempdir()
+        .map_err(|e| RunError::io("creating a folder to unpack a snapshot into", e))?;
+    let snapshot = Snapshot::from_car(path, cid, &unpacked.path().join("car"))?;
+    Ok(OpenedSnapshot {
+        snapshot,
+        _unpacked: Some(unpacked),
+    })
+}
+
 /// Rebuilds the job a snapshot belongs to (`detwasm resume`): its record without host
 /// paths, completed by the host details saved beside it (`job.json` in the checkpoints
 /// folder, when it is the same job) and then by `sources`, and checked against the

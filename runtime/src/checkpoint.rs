@@ -35,6 +35,9 @@
 //! none for a running guest); saving host paths in the snapshot (the CID would then
 //! depend on where the inputs are).
 
+mod car;
+pub use car::MAX_MEMORY as MAX_CAR_MEMORY;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use detwasm_ops::verify::job_of_snapshot;
-use detwasm_runtime::checkpoint::Snapshot;
+use detwasm_ops::verify::{job_of_snapshot, open_snapshot};
 use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::run::Checkpointing;
 use detwasm_runtime::Destination;
@@ -16,8 +15,11 @@ use super::verify::SourceArgs;
 
 /// Finish a job from one of its snapshots, with the receipt of the uninterrupted run.
 ///
-/// SNAPSHOT is a folder that `detwasm run --checkpoints DIR` saved (DIR/000003). The
-/// job is the one the snapshot names: its module and inputs are found where DIR/job.json
+/// SNAPSHOT is a folder that `detwasm run --checkpoints DIR` saved (DIR/000003), or a
+/// CAR file of one (`detwasm hash --car s.car DIR/000003`) or of the whole checkpoints
+/// folder with --cid naming the snapshot (a CID of the receipt's trace). A CAR is
+/// unpacked into a temporary folder, its size bounded by what the snapshot's state
+/// claims before anything is written. The job is the one the snapshot names: its module and inputs are found where DIR/job.json
 /// says (or at --module/--input) and must have the job's CIDs. The run goes on from the
 /// checkpoint and ends with the same results CID, instruction count, exit code and trace
 /// as the run that was not interrupted, on any machine and CPU. A snapshot is untrusted
@@ -28,8 +30,13 @@ use super::verify::SourceArgs;
 /// snapshot).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The snapshot folder.
+    /// The snapshot folder, or a CAR file holding it.
     pub snapshot: PathBuf,
+
+    /// With a CAR of several snapshots (of a checkpoints folder): the CID of the one to
+    /// resume from. Default: the CAR's root.
+    #[arg(long, value_name = "CID")]
+    pub cid: Option<String>,
 
     /// Results directory (must not exist, or be empty). Default: a new folder in the
     /// current directory named after the job id.
@@ -58,18 +65,32 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snapshot = Snapshot::open(&args.snapshot)?;
+    let opened = open_snapshot(&args.snapshot, args.cid.as_deref())?;
+    let snapshot = &opened.snapshot;
     let sources = args.sources.sources();
-    let job = job_of_snapshot(&snapshot, &sources)
+    let job = job_of_snapshot(snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
     let runtime = runtime(args.no_cache)?.with_checkpoints(snapshot.state.meter.every);
     let dest = match &args.output {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),
     };
+    // The receipt's trace names every checkpoint's snapshot, so the rest of the run's
+    // are made even when they are not kept (in a folder removed after the run).
+    let scratch;
+    let save = match &args.checkpoints {
+        Some(dir) => dir.clone(),
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix("detwasm-resume-")
+                .tempdir()
+                .context("creating a folder for the rest of the run's snapshots")?;
+            scratch.path().join("checkpoints")
+        }
+    };
     let how = Checkpointing {
-        save: args.checkpoints.as_deref(),
-        resume: Some(&snapshot),
+        save: Some(&save),
+        resume: Some(snapshot),
     };
     let result = runtime
         .run_staged_with(&job, &dest, &how)
