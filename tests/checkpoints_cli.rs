@@ -478,11 +478,12 @@ fn a_run_stopped_by_its_timeout_is_resumed_to_the_end() {
 }
 
 /// A snapshot moves as a CAR: one CAR of the whole checkpoints folder (`--cid` picks the
-/// snapshot, and the folder's job.json comes with it) or of one snapshot (the module is
-/// then named), each resumed to the uninterrupted receipt. A CAR whose snapshot holds
-/// more than its state accounts for (a memory of 64 MiB of zeros, a few blocks linked
-/// over and over, where the state says 17 pages) is refused before anything is
-/// unpacked; `--cid` with a folder is an error.
+/// snapshot) or of one snapshot, each resumed to the uninterrupted receipt with the
+/// module and inputs named (a CAR's job.json is not used: its host paths are the
+/// sender's). A CAR whose snapshot holds more than its state accounts for (a memory of
+/// 64 MiB of zeros, a few blocks linked over and over, where the state says 17 pages),
+/// or anything a snapshot does not have (a folder of its own), is refused before
+/// anything is unpacked; `--cid` with a folder is an error.
 #[test]
 fn a_snapshot_is_resumed_from_a_car() {
     let (t, receipt) = provider_run();
@@ -507,8 +508,20 @@ fn a_snapshot_is_resumed_from_a_car() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     car_of("all.car", "cp");
+    let out = run(&["resume", "all.car", "--cid", &trace[2], "-o", "r0"]);
+    assert_eq!(out.status.code(), Some(2), "the CAR's job.json is not used");
     let r = ok(run(&[
-        "resume", "all.car", "--cid", &trace[2], "-o", "r1", "--json",
+        "resume",
+        "all.car",
+        "--cid",
+        &trace[2],
+        "--module",
+        "probe.wasm",
+        "--input",
+        "in",
+        "-o",
+        "r1",
+        "--json",
     ]));
     assert_eq!(r["cid"], receipt["cid"]);
     assert_eq!(r["instructions"], receipt["instructions"]);
@@ -542,6 +555,17 @@ fn a_snapshot_is_resumed_from_a_car() {
         "{err}"
     );
     assert!(!dir.join("r3").exists());
+
+    copy_dir(&dir.join("cp/000002"), &dir.join("extra"));
+    std::fs::create_dir_all(dir.join("extra/more/folders")).unwrap();
+    car_of("extra.car", "extra");
+    let out = run(&["resume", "extra.car", "--module", "probe.wasm", "-o", "r3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("an entry \"more\", which no snapshot has"),
+        "{err}"
+    );
 
     let out = run(&["resume", "cp/000002", "--cid", &trace[1], "-o", "r4"]);
     assert_eq!(out.status.code(), Some(2));

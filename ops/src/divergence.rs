@@ -259,7 +259,7 @@ fn files_by_path(s: &State) -> Vec<(String, usize)> {
     for (id, n) in nodes.iter().enumerate() {
         if let Some(SavedKind::Dir(entries)) = n.as_ref().map(|n| &n.kind) {
             for (k, child) in entries {
-                if let Some(slot) = name.get_mut(*child as usize) {
+                if let Some(slot) = name.get_mut(*child) {
                     *slot = Some((id, String::from_utf8_lossy(k).into_owned()));
                 }
             }

@@ -63,7 +63,7 @@ pub enum VerifyError {
     ReceiptUnreadable { path: PathBuf, cause: String },
     #[error("{} is not a detwasm receipt: {cause}", path.display())]
     NotAReceipt { path: PathBuf, cause: String },
-    #[error("the receipt names no module file: pass --module FILE")]
+    #[error("the receipt (or snapshot) names no module file here: pass --module FILE")]
     NoModule,
     #[error("module {}: {cause}", path.display())]
     ModuleUnreadable {
@@ -207,15 +207,22 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
 /// ([`open_snapshot`]).
 pub struct OpenedSnapshot {
     pub snapshot: detwasm_runtime::checkpoint::Snapshot,
-    /// The temporary folder a CAR was unpacked into, removed when this is dropped.
-    _unpacked: Option<tempfile::TempDir>,
+    /// The temporary folder a CAR was unpacked into, removed when this is dropped, and
+    /// its lock ([`remove_stale_unpacked`]).
+    _unpacked: Option<(std::fs::File, tempfile::TempDir)>,
 }
+
+/// The prefix of the temporary folders snapshots are unpacked into.
+const UNPACKED_PREFIX: &str = "detwasm-snapshot-";
+/// The lock file in each, held while its detwasm runs.
+const UNPACKED_LOCK: &str = ".lock";
 
 /// Opens the snapshot at `path`: a snapshot folder, or a CAR file holding one (its root,
 /// or the folder `cid` of it: a CAR of a whole checkpoints folder), unpacked into a
 /// temporary folder within the bounds of
 /// [`detwasm_runtime::checkpoint::Snapshot::from_car`]. `cid` with a folder is an
-/// error (a folder is one snapshot).
+/// error (a folder is one snapshot). A snapshot from a CAR has no `job.json` beside it:
+/// the module and inputs are named by `sources`.
 pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, RunError> {
     use detwasm_runtime::checkpoint::Snapshot;
     if path.is_dir() {
@@ -230,15 +237,73 @@ pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, R
             _unpacked: None,
         });
     }
+    let tmp = std::env::temp_dir();
+    remove_stale_unpacked(&tmp);
     let unpacked = tempfile::Builder::new()
-        .prefix("detwasm-snapshot-")
-        .tempdir()
+        .prefix(UNPACKED_PREFIX)
+        .tempdir_in(&tmp)
         .map_err(|e| RunError::io("creating a folder to unpack a snapshot into", e))?;
+    let lock = std::fs::File::create(unpacked.path().join(UNPACKED_LOCK))
+        .map_err(|e| RunError::io("creating the unpacked snapshot's lock", e))?;
+    // SAFETY: flock on a descriptor this function owns; the result is checked.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(RunError::io(
+            "locking the unpacked snapshot",
+            std::io::Error::last_os_error(),
+        ));
+    }
     let snapshot = Snapshot::from_car(path, cid, &unpacked.path().join("car"))?;
     Ok(OpenedSnapshot {
         snapshot,
-        _unpacked: Some(unpacked),
+        _unpacked: Some((lock, unpacked)),
     })
+}
+
+/// Removes what a killed detwasm left of unpacked snapshots in `tmp`: folders named
+/// [`UNPACKED_PREFIX`]… that are a minute old and whose lock nobody holds (a running
+/// detwasm holds its folder's from creation to exit; a kill releases it). Found by
+/// review: every `resume` of a CAR killed while unpacking left its folder, gigabytes
+/// each. Rejected: a signal handler (a library does not own the process's signals, and
+/// SIGKILL has none); removing by age alone (a resumed job can run for hours).
+fn remove_stale_unpacked(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(UNPACKED_PREFIX) {
+            continue;
+        }
+        let dir = e.path();
+        let old = e
+            .metadata()
+            .ok()
+            .filter(|m| m.is_dir())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= Duration::from_secs(60));
+        if !old {
+            continue;
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(dir.join(UNPACKED_LOCK));
+        let free = match &lock {
+            // SAFETY: flock on a descriptor owned here; the result is checked.
+            Ok(f) => unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(f),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                ) == 0
+            },
+            Err(_) => true,
+        };
+        if free {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Rebuilds the job a snapshot belongs to (`detwasm resume`): its record without host
@@ -1321,5 +1386,48 @@ mod spot_tests {
         let all: std::collections::BTreeSet<Vec<usize>> =
             (0..50).map(|s| choose_segments(101, 3, s)).collect();
         assert!(all.len() > 40);
+    }
+}
+
+#[cfg(test)]
+mod unpacked_tests {
+    use super::*;
+
+    /// What a killed detwasm left (an unpacked folder a minute old, unlocked) is removed;
+    /// a folder whose lock is held (a detwasm still running from it), a new folder, a
+    /// folder of another name and a link of the prefix's name are left alone.
+    #[test]
+    fn stale_unpacked_snapshots_are_removed_unless_locked_or_new() {
+        let t = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let make = |name: &str, aged: bool| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(d.join("car/snapshot")).unwrap();
+            std::fs::write(d.join("car/snapshot/stdout"), "x").unwrap();
+            let lock = std::fs::File::create(d.join(UNPACKED_LOCK)).unwrap();
+            if aged {
+                std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
+            }
+            (d, lock)
+        };
+        let (stale, _) = make("detwasm-snapshot-stale", true);
+        let (held, lock) = make("detwasm-snapshot-held", true);
+        // SAFETY: flock on a descriptor the test owns.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+            0
+        );
+        let (new, _) = make("detwasm-snapshot-new", false);
+        let (other, _) = make("other-stale", true);
+        std::os::unix::fs::symlink(&other, t.path().join("detwasm-snapshot-link")).unwrap();
+        remove_stale_unpacked(t.path());
+        assert!(!stale.exists());
+        assert!(held.join("car/snapshot/stdout").exists());
+        assert!(new.exists());
+        assert!(other.join("car/snapshot/stdout").exists());
+        assert!(t.path().join("detwasm-snapshot-link").exists());
+        drop(lock);
+        remove_stale_unpacked(t.path());
+        assert!(!held.exists());
     }
 }

@@ -378,6 +378,16 @@ pub struct Snapshot {
 /// 50 million free slots took 6.5 GB under the 256 MiB this was before. Rejected: no bound (a forged state of any size would be parsed).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
+/// A list of indices for an error message: the first 16, and how many in all (a
+/// forged state's million memories made a megabyte of message).
+fn listed(v: &[u32]) -> String {
+    if v.len() <= 16 {
+        format!("{v:?}")
+    } else {
+        format!("{:?} and {} more", &v[..16], v.len() - 16)
+    }
+}
+
 fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
     RunError::Input {
         path: dir.to_path_buf(),
@@ -594,7 +604,9 @@ impl Snapshot {
         let saved: Vec<u32> = s.memories.iter().map(|m| m.index).collect();
         if indices != saved {
             return Err(bad(format!(
-                "it saves memories {saved:?}, the module has {indices:?}"
+                "it saves memories {}, the module has {}",
+                listed(&saved),
+                listed(&indices)
             )));
         }
         for ((i, m), sm) in memories.iter().zip(&s.memories) {
@@ -621,7 +633,9 @@ impl Snapshot {
         let saved: Vec<u32> = s.globals.iter().map(|g| g.index).collect();
         if indices != saved {
             return Err(bad(format!(
-                "it saves globals {saved:?}, the module's mutable ones are {indices:?}"
+                "it saves globals {}, the module's mutable ones are {}",
+                listed(&saved),
+                listed(&indices)
             )));
         }
         for ((i, g), sg) in globals.iter().zip(&s.globals) {

@@ -4,34 +4,52 @@
 //! machine as one file.
 //!
 //! A CAR is untrusted, and a few kilobytes of it can describe terabytes (a block of
-//! zeros linked over and over is a legitimate file of zeros), so nothing is written
-//! before its size is known and bounded by what the snapshot claims:
+//! zeros linked over and over is a legitimate file of zeros) or billions of block
+//! visits (an empty block linked over and over), so nothing is written before the
+//! snapshot's shape and size are known and bounded:
 //!
 //! 1. Every block is checked against its CID while the CAR is parsed (the hasher's
 //!    [`Car::parse`]); the CAR file is mapped, not read into memory.
-//! 2. `state.json` is read first, from its expanded size at most [`MAX_STATE_BYTES`].
-//! 3. The state's claims bound the rest: its memories (within the job's memory limit,
-//!    and at most [`MAX_MEMORY`] whatever the job claims), its frames (within the unwind
-//!    memory's most), stdout, stderr and the files in memory (within the job's output
-//!    quota). The snapshot's whole tree, counted as unpacking would write it
-//!    ([`Car::expanded`], every linked block each time it is reached), must fit in their
-//!    sum plus the state before anything else is written; a larger tree is refused with
-//!    both figures.
-//! 4. The folder is then unpacked and opened as any snapshot folder ([`Snapshot::open`]),
-//!    whose checks (exact sizes against the state, every limit of the job) all apply.
+//! 2. The root must be laid out as a snapshot folder: a plain folder of `state.json`,
+//!    `frames`, `stdout`, `stderr` (files) and `memory/` and `files/` (plain folders of
+//!    files named by numbers), nothing else; so the tree has three folders at most.
+//! 3. `state.json` is read first, its size and block visits within [`MAX_STATE_BYTES`]
+//!    (twice that for visits).
+//! 4. The state's claims bound the rest: its memories (within the job's memory limit,
+//!    and at most [`MAX_MEMORY`]), its frames (within the unwind memory's most), stdout,
+//!    stderr and the files in memory (within the job's output quota, and at most
+//!    [`MAX_OUTPUT`]); `memory/` and `files/` hold at most one entry per memory and per
+//!    file in memory it claims. The claims are untrusted (a snapshot's job is checked
+//!    against the module only after it is unpacked), so the caps, not the job, bound a
+//!    hostile CAR: at most 8 + 1 + 4 GiB and 64 MiB written, whatever it claims. The
+//!    whole tree, counted as unpacking would write it ([`Car::expanded`], every linked
+//!    block each time it is reached), must fit the claims in bytes and entries, and its
+//!    block visits in twice its bytes (plus a visit's charge per entry), before anything
+//!    else is written.
+//! 5. The folder is unpacked and opened as any snapshot folder ([`Snapshot::open`]),
+//!    whose checks (exact sizes against the state, every limit of the job) all apply;
+//!    its state must be the one checked in 3.
+//!
+//! Found by review: the output quota was taken from the state uncapped (a 10 KB CAR
+//! claiming a 1 PiB stdout wrote gigabytes); the entries allowed were not tied to the
+//! layout (a 55 KB CAR made 524,294 empty folders, 2.1 GB of disk, in 6.5 minutes);
+//! block visits were not bounded (a 5 KB chain of empty blocks described 2^40 visits);
+//! a sharded root let the `state.json` checked differ from the one unpacked. A CAR's
+//! `job.json` is never used: its host paths would be the sender's choice of files on
+//! this machine to read and hash.
 //!
 //! Rejected: unpacking with a fixed budget (either too small for a real job or a disk
 //! filled by a small CAR); reading the snapshot's parts straight from the CAR into the
 //! instance (restoring would then have a second reader of every part to keep in step
-//! with the folder's).
+//! with the folder's); sharded `files/` folders (a snapshot of thousands of files in
+//! memory is resumed from its folder, not from a CAR).
 
 use std::path::Path;
 
-use detwasm_hasher::dagpb;
-use detwasm_hasher::unpack::Car;
-use detwasm_hasher::Cid;
+use detwasm_hasher::unpack::{Car, VISIT_CHARGE};
+use detwasm_hasher::{cid, dagpb, unixfs, Cid};
 
-use super::{Snapshot, State, JOB_FILE, MAX_STATE_BYTES, PAGE, STATE_FILE};
+use super::{Snapshot, State, MAX_STATE_BYTES, PAGE, STATE_FILE};
 use crate::error::RunError;
 use crate::passes::unwind;
 use crate::wasi::vfs::snapshot::SavedKind;
@@ -42,6 +60,13 @@ use crate::wasi::vfs::snapshot::SavedKind;
 /// how much disk a small CAR fills.
 pub const MAX_MEMORY: u64 = 8 << 30;
 
+/// The most bytes of files in memory, stdout and stderr a snapshot unpacked from a CAR
+/// may write, whatever its job's output quota says: 4 GiB.
+pub const MAX_OUTPUT: u64 = 4 << 30;
+
+/// The most memories a snapshot unpacked from a CAR may have.
+const MAX_MEMORIES: usize = 1024;
+
 fn refused(car: &Path, why: impl std::fmt::Display) -> RunError {
     RunError::Input {
         path: car.to_path_buf(),
@@ -50,10 +75,9 @@ fn refused(car: &Path, why: impl std::fmt::Display) -> RunError {
 }
 
 impl Snapshot {
-    /// Unpacks the snapshot `want` (its CID; the CAR's root when `None`) of the CAR file
-    /// `car` into the folder `into` (which must not exist) and opens it. When `want` is
-    /// a folder of the root (a CAR of a whole checkpoints folder), the root's
-    /// `job.json`, if any, is unpacked beside it, as a checkpoints folder has it.
+    /// Unpacks the snapshot `want` (its CID; the CAR's root when `None`; a folder of a
+    /// CAR of a whole checkpoints folder) of the CAR file `car` into the folder `into`
+    /// (which must not exist) and opens it.
     pub fn from_car(car: &Path, want: Option<&str>, into: &Path) -> Result<Snapshot, RunError> {
         let bad = |why: String| refused(car, why);
         let file = {
@@ -80,61 +104,161 @@ impl Snapshot {
         if !blocks.contains(&root) {
             return Err(bad(format!("it holds no block {}", show(root))));
         }
-        let state_cid = entry(&blocks, root, STATE_FILE)
-            .map_err(&bad)?
-            .ok_or_else(|| bad(format!("{} has no {STATE_FILE}", show(root))))?;
-        let size = blocks.expanded(state_cid).map_err(|e| bad(e.to_string()))?;
-        if size.bytes > MAX_STATE_BYTES {
+        let layout = Layout::of(&blocks, root).map_err(&bad)?;
+        let size = blocks
+            .expanded(layout.state)
+            .map_err(|e| bad(e.to_string()))?;
+        if size.bytes > MAX_STATE_BYTES || size.work > 2 * MAX_STATE_BYTES {
             return Err(bad(format!(
-                "its {STATE_FILE} has {} bytes, more than the {MAX_STATE_BYTES} it can have",
-                size.bytes
+                "its {STATE_FILE} has {} bytes in {} of block visits, more than it can \
+                 have ({MAX_STATE_BYTES} bytes, twice that in visits)",
+                size.bytes, size.work
             )));
         }
         let mut text = Vec::new();
         blocks
-            .write_file(state_cid, &mut text, size.work)
+            .write_file(layout.state, &mut text, size.work)
             .map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
         let state: State =
             serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
         let (claimed, files) = claimed(&state).map_err(&bad)?;
-        let most = claimed.saturating_add(text.len() as u64);
-        // The root, state.json, frames, stdout, stderr, memory/ and files/, and one
-        // entry per memory and per file in memory.
-        let most_entries = 7 + state.memories.len() as u64 + files;
-        let tree = blocks.expanded(root).map_err(|e| bad(e.to_string()))?;
-        if tree.bytes > most || tree.entries > most_entries {
+        if layout.memories > state.memories.len() as u64 || layout.files > files {
             return Err(bad(format!(
-                "it unpacks to {} bytes in {} entries, more than the {most} bytes in {most_entries} \
-                 its state accounts for",
-                tree.bytes, tree.entries
+                "it holds {} memories and {} files in memory, its state {} and {files}",
+                layout.memories,
+                layout.files,
+                state.memories.len()
+            )));
+        }
+        let most = claimed.saturating_add(text.len() as u64);
+        // The root, its two folders, its four files, and one entry per memory and per
+        // file in memory.
+        let most_entries = 7 + layout.memories + layout.files;
+        let most_work = most
+            .saturating_mul(2)
+            .saturating_add(most_entries.saturating_mul(2 * VISIT_CHARGE));
+        let tree = blocks.expanded(root).map_err(|e| bad(e.to_string()))?;
+        if tree.bytes > most || tree.entries > most_entries || tree.work > most_work {
+            return Err(bad(format!(
+                "it unpacks to {} bytes in {} entries ({} of block visits), more than the \
+                 {most} bytes in {most_entries} entries ({most_work}) its state accounts for",
+                tree.bytes, tree.entries, tree.work
             )));
         }
         std::fs::create_dir(into).map_err(|e| bad(format!("{}: {e}", into.display())))?;
-        let snapshot = into.join("snapshot");
+        let dir = into.join("snapshot");
         blocks
-            .unpack_cid(root, &snapshot, tree.work)
+            .unpack_cid(root, &dir, tree.work)
             .map_err(|e| bad(e.to_string()))?;
-        if want.is_some() && root != blocks.root() {
-            if let Ok(Some(job)) = entry(&blocks, blocks.root(), JOB_FILE) {
-                let fits = blocks
-                    .expanded(job)
-                    .is_ok_and(|s| s.bytes <= MAX_STATE_BYTES && s.entries == 1);
-                if fits {
-                    let mut out = std::fs::File::create(into.join(JOB_FILE))
-                        .map_err(|e| bad(format!("{}: {e}", into.display())))?;
-                    // A job.json that is not a file is ignored, as beside a folder.
-                    let _ = blocks.write_file(job, &mut out, 2 * MAX_STATE_BYTES);
+        let snapshot = Snapshot::open(&dir)?;
+        if snapshot.state != state {
+            return Err(bad(format!(
+                "its unpacked {STATE_FILE} is not the one checked"
+            )));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// The entries of a snapshot's root, checked before anything is unpacked: a plain
+/// folder of exactly the names a snapshot has, `memory/` and `files/` plain folders of
+/// files named by numbers.
+struct Layout {
+    state: Cid,
+    memories: u64,
+    files: u64,
+}
+
+impl Layout {
+    fn of(blocks: &Car<'_>, root: Cid) -> Result<Layout, String> {
+        let mut state = None;
+        let (mut memories, mut files) = (0, 0);
+        for (name, c) in folder(blocks, root)? {
+            let shown = String::from_utf8_lossy(&name).into_owned();
+            match name.as_slice() {
+                b"state.json" | b"frames" | b"stdout" | b"stderr" => {
+                    is_file(blocks, c, &shown)?;
+                    if name == STATE_FILE.as_bytes() {
+                        state = Some(c);
+                    }
                 }
+                b"memory" | b"files" => {
+                    let inner = folder(blocks, c)?;
+                    for (n, f) in &inner {
+                        let numbered =
+                            !n.is_empty() && n.len() <= 20 && n.iter().all(u8::is_ascii_digit);
+                        if !numbered {
+                            return Err(format!(
+                                "{shown}/{} is not named by a number",
+                                String::from_utf8_lossy(n)
+                            ));
+                        }
+                        is_file(blocks, *f, &shown)?;
+                    }
+                    if name == b"memory" {
+                        memories = inner.len() as u64;
+                    } else {
+                        files = inner.len() as u64;
+                    }
+                }
+                _ => return Err(format!("an entry {shown:?}, which no snapshot has")),
             }
         }
-        Snapshot::open(&snapshot)
+        let state = state.ok_or_else(|| format!("{} has no {STATE_FILE}", show(root)))?;
+        Ok(Layout {
+            state,
+            memories,
+            files,
+        })
     }
+}
+
+/// The links of the plain UnixFS folder `dir` (not sharded), by name.
+fn folder(blocks: &Car<'_>, dir: Cid) -> Result<Vec<(Vec<u8>, Cid)>, String> {
+    if kind(blocks, dir)? != unixfs::TYPE_DIRECTORY {
+        return Err(format!(
+            "{} is not a plain folder (a sharded one is resumed from its folder, not a CAR)",
+            show(dir)
+        ));
+    }
+    let block = blocks.block(&dir).map_err(|e| e.to_string())?;
+    let node = dagpb::decode_node(block).map_err(|e| format!("{}: {e}", show(dir)))?;
+    node.links
+        .iter()
+        .map(|l| {
+            Cid::from_bytes(l.hash)
+                .map(|c| (l.name.to_vec(), c))
+                .ok_or_else(|| format!("{}: a link is not a CID read here", show(dir)))
+        })
+        .collect()
+}
+
+fn is_file(blocks: &Car<'_>, c: Cid, name: &str) -> Result<(), String> {
+    match kind(blocks, c)? {
+        unixfs::TYPE_FILE | unixfs::TYPE_RAW => Ok(()),
+        _ => Err(format!("{name} is not a file")),
+    }
+}
+
+/// The UnixFS type of the block `c` (a raw block is a file's bytes).
+fn kind(blocks: &Car<'_>, c: Cid) -> Result<u64, String> {
+    if c.codec() == cid::RAW {
+        return Ok(unixfs::TYPE_RAW);
+    }
+    let block = blocks.block(&c).map_err(|e| e.to_string())?;
+    let node = dagpb::decode_node(block).map_err(|e| format!("{}: {e}", show(c)))?;
+    unixfs::decode(node.data.unwrap_or_default())
+        .map(|d| d.kind)
+        .map_err(|e| format!("{}: {e}", show(c)))
 }
 
 /// The bytes the state says its files hold, each claim checked against the job's
 /// limits (and memories against [`MAX_MEMORY`]), and its number of files in memory.
 fn claimed(s: &State) -> Result<(u64, u64), String> {
     let limits = &s.job.limits;
+    if s.memories.len() > MAX_MEMORIES {
+        return Err(format!("{} memories", s.memories.len()));
+    }
     let memories = s.memories.iter().fold(0u64, |sum, m| {
         sum.saturating_add(m.pages.saturating_mul(PAGE))
     });
@@ -156,32 +280,17 @@ fn claimed(s: &State) -> Result<(u64, u64), String> {
     }
     let printed = s.host.stdout_len.saturating_add(s.host.stderr_len);
     let written = files.saturating_add(printed);
-    if written > limits.max_output {
+    let quota = limits.max_output.min(MAX_OUTPUT);
+    if written > quota {
         return Err(format!(
-            "its files, stdout and stderr have {written} bytes, more than the job's output \
-             quota of {}",
-            limits.max_output
+            "its files, stdout and stderr have {written} bytes, more than the {quota} they \
+             can have"
         ));
     }
     Ok((
         memories.saturating_add(s.frames).saturating_add(written),
         count,
     ))
-}
-
-/// The CID of the entry `name` of the folder `dir` (a plain UnixFS folder: a snapshot's
-/// or a checkpoints folder's few entries are never sharded), `None` when it has none.
-fn entry(blocks: &Car<'_>, dir: Cid, name: &str) -> Result<Option<Cid>, String> {
-    let block = blocks.block(&dir).map_err(|e| e.to_string())?;
-    let node = dagpb::decode_node(block).map_err(|e| format!("{}: {e}", show(dir)))?;
-    for link in node.links {
-        if link.name == name.as_bytes() {
-            return Cid::from_bytes(link.hash)
-                .map(Some)
-                .ok_or_else(|| format!("{}: the link {name} is not a CID read here", show(dir)));
-        }
-    }
-    Ok(None)
 }
 
 fn show(c: Cid) -> String {
