@@ -567,6 +567,24 @@ fn a_snapshot_is_resumed_from_a_car() {
         "{err}"
     );
 
+    // A spot check takes the provider's snapshots as one CAR too.
+    let out = run(&[
+        "verify",
+        "receipt.json",
+        "--sample",
+        "100",
+        "--snapshots",
+        "all.car",
+        "--json",
+    ]);
+    let report = ok(out);
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(
+        report["checked"].as_array().unwrap().len(),
+        trace.len() + 1,
+        "{report:#}"
+    );
+
     let out = run(&["resume", "cp/000002", "--cid", &trace[1], "-o", "r4"]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&["resume", "all.car", "--cid", "QmNotACid", "-o", "r4"]);

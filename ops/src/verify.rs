@@ -1229,7 +1229,9 @@ fn start_name(i: usize) -> String {
 }
 
 /// Runs segment `i`: from the job's start or from the provider's snapshot `i` (which must
-/// hash to the trace's CID), in temporary folders. `Err` is why it could not be run (a
+/// hash to the trace's CID), in temporary folders. `snapshots` is the provider's
+/// checkpoints folder, or a CAR of it (`detwasm hash --car`), from which the snapshot
+/// the trace names is unpacked ([`open_snapshot`]). `Err` is why it could not be run (a
 /// missing or forged snapshot counts against the provider).
 fn run_segment(
     runtime: &Runtime,
@@ -1238,29 +1240,38 @@ fn run_segment(
     snapshots: &Path,
     i: usize,
 ) -> Result<Segment, String> {
-    let snapshot = if i == 0 {
+    let opened = if i == 0 {
         None
     } else {
-        let dir = snapshots.join(format!("{i:06}"));
-        let cid = results::cid_of_dir(&dir, job.results.profile, true)
-            .map_err(|e| format!("snapshot {i} ({}): {e}", dir.display()))?;
-        if cid != trace.snapshots[i - 1] {
-            return Err(format!(
-                "snapshot {i} ({}) hashes to {cid}, not the trace's {}",
-                dir.display(),
-                trace.snapshots[i - 1]
-            ));
+        let want = &trace.snapshots[i - 1];
+        let hashed = |dir: &Path| -> Result<(), String> {
+            let cid = results::cid_of_dir(dir, job.results.profile, true)
+                .map_err(|e| format!("snapshot {i} ({}): {e}", dir.display()))?;
+            if cid != *want {
+                return Err(format!(
+                    "snapshot {i} ({}) hashes to {cid}, not the trace's {want}",
+                    dir.display()
+                ));
+            }
+            Ok(())
+        };
+        let opened = if snapshots.is_dir() {
+            // Hashed before it is opened: a forged folder is named by its CID.
+            let dir = snapshots.join(format!("{i:06}"));
+            hashed(&dir)?;
+            open_snapshot(&dir, None)
+        } else {
+            open_snapshot(snapshots, Some(want))
         }
-        Some(
-            detwasm_runtime::checkpoint::Snapshot::open(&dir)
-                .map_err(|e| format!("snapshot {i}: {e}"))?,
-        )
+        .map_err(|e| format!("snapshot {i}: {e}"))?;
+        hashed(&opened.snapshot.dir)?;
+        Some(opened)
     };
     let tmp = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
     runtime
         .run_segment(
             job,
-            snapshot.as_ref(),
+            opened.as_ref().map(|o| &o.snapshot),
             &tmp.path().join("checkpoints"),
             &Destination::At(tmp.path().join("results")),
         )

@@ -20,7 +20,9 @@ use detwasm_runtime::{Receipt, Runtime};
 /// With --sample K --snapshots DIR (a receipt of `detwasm run --checkpoints DIR`), only K
 /// segments of the job are re-run, each from the provider's snapshot to the next
 /// checkpoint, and compared with the receipt's trace: the last segment (which ends with
-/// the results CID) and K-1 others chosen at random. A provider that faked a fraction f
+/// the results CID) and K-1 others chosen at random. --snapshots may also be a CAR of the
+/// checkpoints folder (`detwasm hash --car cp.car DIR`): each snapshot needed is
+/// unpacked from it by its trace CID. A provider that faked a fraction f
 /// of the segments is caught with probability at least 1 - (1 - f)^(K-1), and always
 /// when it faked the last.
 ///
@@ -55,8 +57,9 @@ pub struct Args {
     #[arg(long, value_name = "K", requires = "snapshots")]
     pub sample: Option<usize>,
 
-    /// The provider's checkpoints folder (`detwasm run --checkpoints DIR`).
-    #[arg(long, value_name = "DIR")]
+    /// The provider's checkpoints folder (`detwasm run --checkpoints DIR`), or a CAR of
+    /// it.
+    #[arg(long, value_name = "DIR|CAR")]
     pub snapshots: Option<PathBuf>,
 
     /// Settle a dispute: RECEIPT_B is another receipt of the same job whose trace
