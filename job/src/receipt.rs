@@ -88,7 +88,9 @@ pub struct JobRecord {
     pub module_cid: String,
     pub argv0: String,
     pub entry: String,
+    #[serde(deserialize_with = "bounded::args")]
     pub args: Vec<String>,
+    #[serde(deserialize_with = "bounded::env")]
     pub env: Vec<(String, String)>,
     pub stdin_blake3: String,
     pub stdin_bytes: u64,
@@ -148,4 +150,103 @@ pub struct Trace {
     /// checkpoints folder) to finish it from with `detwasm resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+}
+
+/// A job record's arguments and environment, refused while they are parsed once they
+/// exceed what a job may pass ([`crate::job::MAX_ARGS_ENV_BYTES`], each string counted
+/// as the guest receives it, with its NUL), so that a receipt or a snapshot's state
+/// cannot make the parser hold more than a few times that. Found by review: 22 million
+/// empty arguments (3 bytes of JSON each, 24 parsed) in a snapshot's state took 1.58 GB
+/// before the job's own check refused them, after parsing. Rejected: checking after
+/// parsing (the memory is spent by then).
+mod bounded {
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use crate::job::MAX_ARGS_ENV_BYTES;
+
+    struct Bounded<T> {
+        what: &'static str,
+        cost: fn(&T) -> u64,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of {}", self.what)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let (mut out, mut bytes) = (Vec::new(), 0u64);
+            while let Some(x) = seq.next_element::<T>()? {
+                bytes = bytes.saturating_add((self.cost)(&x));
+                if bytes > MAX_ARGS_ENV_BYTES {
+                    return Err(A::Error::custom(format!(
+                        "{} of more than {MAX_ARGS_ENV_BYTES} bytes (MAX_ARGS_ENV_BYTES)",
+                        self.what
+                    )));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(Bounded {
+            what: "arguments",
+            cost: |a: &String| a.len() as u64 + 1,
+        })
+    }
+
+    pub fn env<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        d.deserialize_seq(Bounded {
+            what: "environment variables",
+            cost: |(k, v): &(String, String)| (k.len() + v.len()) as u64 + 2,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        JobRecord {
+            module: None,
+            module_cid: "Qm".into(),
+            argv0: "module.wasm".into(),
+            entry: "_start".into(),
+            args: vec!["a".into()],
+            env: vec![("K".into(), "V".into())],
+            stdin_blake3: String::new(),
+            stdin_bytes: 0,
+            inputs: vec![],
+            outputs: vec![],
+            seed: 0,
+            epoch_unix_nanos: 0,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Arguments and variables past what a job may pass are refused while parsing (3
+    /// million empty arguments, 9 MB of JSON, are over the 2 MiB a guest may receive);
+    /// a record within it parses as it was written.
+    #[test]
+    fn args_and_env_past_what_a_job_may_pass_are_refused_while_parsing() {
+        let ok = record();
+        let text = serde_json::to_string(&ok).unwrap();
+        assert_eq!(serde_json::from_str::<JobRecord>(&text).unwrap(), ok);
+        let mut v = serde_json::to_value(&ok).unwrap();
+        v["args"] = serde_json::Value::Array(vec![serde_json::Value::from(""); 3_000_000]);
+        let e = serde_json::from_value::<JobRecord>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arguments of more than 2097152 bytes"), "{e}");
+        let mut v = serde_json::to_value(&ok).unwrap();
+        let big = "x".repeat(1 << 20);
+        v["env"] = serde_json::json!([["A", big], ["B", big]]);
+        let e = serde_json::from_value::<JobRecord>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("environment variables of more than"), "{e}");
+    }
 }

@@ -260,7 +260,7 @@ pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, R
 }
 
 /// Removes what a killed detwasm left of unpacked snapshots in `tmp`: folders named
-/// [`UNPACKED_PREFIX`]… that are a minute old and whose lock nobody holds (a running
+/// [`UNPACKED_PREFIX`]…, of this user, that are a minute old and whose lock nobody holds (a running
 /// detwasm holds its folder's from creation to exit; a kill releases it). Found by
 /// review: every `resume` of a CAR killed while unpacking left its folder, gigabytes
 /// each. Rejected: a signal handler (a library does not own the process's signals, and
@@ -275,10 +275,13 @@ fn remove_stale_unpacked(tmp: &Path) {
             continue;
         }
         let dir = e.path();
+        // Ours only: as root, another user's folder of that name is theirs to remove.
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
         let old = e
             .metadata()
             .ok()
-            .filter(|m| m.is_dir())
+            .filter(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(m) == me)
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= Duration::from_secs(60));
