@@ -214,6 +214,37 @@ impl<'a> Car<'a> {
         Ok(walk.done)
     }
 
+    /// The UnixFS type of the block `cid`: one of the `unixfs::TYPE_*` constants,
+    /// [`unixfs::TYPE_RAW`] for a raw block (a file's bytes).
+    pub fn kind(&self, cid: Cid) -> Result<u64, UnpackError> {
+        if cid.codec() == RAW {
+            return Ok(unixfs::TYPE_RAW);
+        }
+        Ok(decode(cid, self.block(&cid)?)?.data.kind)
+    }
+
+    /// The entries of the plain (not sharded) UnixFS folder `cid`, in their order, each
+    /// name and CID checked as unpacking checks them (one path component; a sha2-256
+    /// dag-pb or raw CID). Anything but a plain folder is an error.
+    pub fn entries(&self, cid: Cid) -> Result<Vec<(&'a [u8], Cid)>, UnpackError> {
+        let block = self.block(&cid)?;
+        let n = decode(cid, block)?;
+        if n.data.kind != unixfs::TYPE_DIRECTORY {
+            return Err(invalid(
+                cid,
+                format!("UnixFS type {} is not a plain folder", n.data.kind),
+            ));
+        }
+        n.node
+            .links
+            .iter()
+            .map(|l| {
+                check_name(cid, l.name)?;
+                Ok((l.name, link_cid(cid, l.hash)?))
+            })
+            .collect()
+    }
+
     /// Writes the file at `cid` (a raw block or a UnixFS file DAG) to `out`, within
     /// `budget` as [`Car::unpack`] counts it; the bytes written. Anything but a file is
     /// an error.
@@ -224,7 +255,7 @@ impl<'a> Car<'a> {
         budget: u64,
     ) -> Result<u64, UnpackError> {
         if cid.codec() == DAG_PB {
-            let kind = decode(cid, self.block(&cid)?)?.data.kind;
+            let kind = self.kind(cid)?;
             if !matches!(kind, unixfs::TYPE_FILE | unixfs::TYPE_RAW) {
                 return Err(invalid(cid, format!("UnixFS type {kind} is not a file")));
             }
@@ -679,6 +710,41 @@ mod tests {
         std::fs::write(root.join(".hidden"), b"h\n").unwrap();
         std::fs::write(root.join("hello"), b"hello\n").unwrap();
         std::os::unix::fs::symlink("a/b/big", root.join("link")).unwrap();
+    }
+
+    /// A folder's entries are listed by name in their order with their CIDs, each
+    /// entry's kind is its UnixFS type (a raw leaf a file's bytes), and listing anything
+    /// but a plain folder is an error.
+    #[test]
+    fn a_folders_entries_and_their_kinds_are_read_without_unpacking() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        for profile in [Profile::UnixfsV0_2015, Profile::UnixfsV1_2025] {
+            let opts = Options::profile(profile).with_hidden(true);
+            let (root, bytes) = car_of(&src, &opts);
+            let car = Car::parse(&bytes).unwrap();
+            let entries = car.entries(root).unwrap();
+            let names: Vec<&[u8]> = entries.iter().map(|(n, _)| *n).collect();
+            assert_eq!(
+                names,
+                [&b".hidden"[..], b"a", b"empty", b"hello", b"link"],
+                "{profile:?}"
+            );
+            let kind = |name: &[u8]| {
+                let c = entries.iter().find(|(n, _)| *n == name).unwrap().1;
+                car.kind(c).unwrap()
+            };
+            assert_eq!(kind(b"a"), unixfs::TYPE_DIRECTORY);
+            assert_eq!(kind(b"link"), unixfs::TYPE_SYMLINK);
+            let hello = kind(b"hello");
+            assert!(
+                matches!(hello, unixfs::TYPE_FILE | unixfs::TYPE_RAW),
+                "{hello}"
+            );
+            let file = entries.iter().find(|(n, _)| *n == b"hello").unwrap().1;
+            assert!(car.entries(file).is_err());
+        }
     }
 
     #[test]

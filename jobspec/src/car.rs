@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use detwasm_hasher::unpack::{Car, Expanded};
-use detwasm_hasher::{dagpb, unixfs, Cid as HCid};
+use detwasm_hasher::{unixfs, Cid as HCid};
 
 /// The largest file extracted from a CAR into memory (an entry module): the size of the
 /// largest module file read ([`super::resolve::MAX_MODULE_FILE`]). The blocks visited
@@ -168,15 +168,7 @@ pub fn held_in(car: &Car<'_>, want: &cid::Cid) -> Result<Option<Held>, String> {
         return Ok(None);
     }
     let size = car.expanded(want_h).map_err(|e| e.to_string())?;
-    let kind = if want_h.codec() == detwasm_hasher::cid::RAW {
-        unixfs::TYPE_RAW
-    } else {
-        let block = car.block(&want_h).map_err(|e| e.to_string())?;
-        let node = dagpb::decode_node(block).map_err(|e| format!("block {want}: {e}"))?;
-        unixfs::decode(node.data.unwrap_or_default())
-            .map_err(|e| format!("block {want}: {e}"))?
-            .kind
-    };
+    let kind = car.kind(want_h).map_err(|e| e.to_string())?;
     if kind == unixfs::TYPE_SYMLINK {
         return Err(format!("{want} is a symlink, not a file or a folder"));
     }

@@ -47,7 +47,7 @@
 use std::path::Path;
 
 use detwasm_hasher::unpack::{Car, VISIT_CHARGE};
-use detwasm_hasher::{cid, dagpb, unixfs, Cid};
+use detwasm_hasher::{unixfs, Cid};
 
 use super::{Snapshot, State, MAX_STATE_BYTES, PAGE, STATE_FILE};
 use crate::error::RunError;
@@ -220,43 +220,19 @@ impl Layout {
     }
 }
 
-/// The links of the plain UnixFS folder `dir` (not sharded), by name.
+/// The entries of the plain folder `dir` (a sharded one is refused).
 fn folder(blocks: &Car<'_>, dir: Cid) -> Result<Vec<(Vec<u8>, Cid)>, String> {
-    if kind(blocks, dir)? != unixfs::TYPE_DIRECTORY {
-        return Err(format!(
-            "{} is not a plain folder (a sharded one is resumed from its folder, not a CAR)",
-            show(dir)
-        ));
-    }
-    let block = blocks.block(&dir).map_err(|e| e.to_string())?;
-    let node = dagpb::decode_node(block).map_err(|e| format!("{}: {e}", show(dir)))?;
-    node.links
-        .iter()
-        .map(|l| {
-            Cid::from_bytes(l.hash)
-                .map(|c| (l.name.to_vec(), c))
-                .ok_or_else(|| format!("{}: a link is not a CID read here", show(dir)))
-        })
-        .collect()
+    let entries = blocks.entries(dir).map_err(|e| {
+        format!("{e} (a sharded folder is resumed from its snapshot folder, not a CAR)")
+    })?;
+    Ok(entries.into_iter().map(|(n, c)| (n.to_vec(), c)).collect())
 }
 
 fn is_file(blocks: &Car<'_>, c: Cid, name: &str) -> Result<(), String> {
-    match kind(blocks, c)? {
+    match blocks.kind(c).map_err(|e| e.to_string())? {
         unixfs::TYPE_FILE | unixfs::TYPE_RAW => Ok(()),
         _ => Err(format!("{name} is not a file")),
     }
-}
-
-/// The UnixFS type of the block `c` (a raw block is a file's bytes).
-fn kind(blocks: &Car<'_>, c: Cid) -> Result<u64, String> {
-    if c.codec() == cid::RAW {
-        return Ok(unixfs::TYPE_RAW);
-    }
-    let block = blocks.block(&c).map_err(|e| e.to_string())?;
-    let node = dagpb::decode_node(block).map_err(|e| format!("{}: {e}", show(c)))?;
-    unixfs::decode(node.data.unwrap_or_default())
-        .map(|d| d.kind)
-        .map_err(|e| format!("{}: {e}", show(c)))
 }
 
 /// The bytes the state says its files hold, each claim checked against the job's
