@@ -17,6 +17,7 @@
 //! before in its own folder, not untrusted input: they are still opened through
 //! [`Snapshot::open`], which checks them.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -221,8 +222,8 @@ pub fn compare(a: &Snapshot, b: &Snapshot) -> Result<Vec<StateDifference>, RunEr
     let (fa, fb) = (files_by_path(sa), files_by_path(sb));
     for (path, node) in &fa {
         let rel_a = a.dir.join(format!("files/{node}"));
-        match fb.iter().find(|(p, _)| p == path) {
-            Some((_, nb)) => {
+        match fb.get(path) {
+            Some(nb) => {
                 if let Some(d) = differing_bytes(&rel_a, &b.dir.join(format!("files/{nb}")))? {
                     differ(format!("file {path}"), d);
                 }
@@ -230,8 +231,8 @@ pub fn compare(a: &Snapshot, b: &Snapshot) -> Result<Vec<StateDifference>, RunEr
             None => differ(format!("file {path}"), "written here only".into()),
         }
     }
-    for (path, _) in &fb {
-        if !fa.iter().any(|(p, _)| p == path) {
+    for path in fb.keys() {
+        if !fa.contains_key(path) {
             differ(format!("file {path}"), "written there only".into());
         }
     }
@@ -250,9 +251,9 @@ pub fn compare(a: &Snapshot, b: &Snapshot) -> Result<Vec<StateDifference>, RunEr
     Ok(out)
 }
 
-/// The files in memory of a snapshot (`files/N`), by their path from the filesystem's
-/// root, sorted.
-fn files_by_path(s: &State) -> Vec<(String, usize)> {
+/// The files in memory of a snapshot (`files/N`): their node by their path from the
+/// filesystem's root.
+fn files_by_path(s: &State) -> BTreeMap<String, usize> {
     use detwasm_runtime::wasi::vfs::snapshot::SavedKind;
     let nodes = &s.host.vfs.nodes;
     let mut name: Vec<Option<(usize, String)>> = vec![None; nodes.len()];
@@ -265,7 +266,7 @@ fn files_by_path(s: &State) -> Vec<(String, usize)> {
             }
         }
     }
-    let mut out: Vec<(String, usize)> = nodes
+    nodes
         .iter()
         .enumerate()
         .filter(|(_, n)| matches!(n.as_ref().map(|n| &n.kind), Some(SavedKind::MemFile(_))))
@@ -285,9 +286,7 @@ fn files_by_path(s: &State) -> Vec<(String, usize)> {
             parts.reverse();
             (format!("/{}", parts.join("/")), id)
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// The byte ranges where two files differ (`None` when equal; a missing file reads as
