@@ -486,6 +486,12 @@ impl Snapshot {
     pub fn open(dir: &Path) -> Result<Snapshot, RunError> {
         let text = read_bounded(dir, STATE_FILE, MAX_STATE_BYTES)?;
         let state: State = serde_json::from_slice(&text).map_err(|e| refused(dir, e))?;
+        Snapshot::checked(dir, state)
+    }
+
+    /// The snapshot folder `dir` whose `state.json` parses to `state`, once the state's
+    /// own checks pass (its format, and its index against its trace and meter).
+    fn checked(dir: &Path, state: State) -> Result<Snapshot, RunError> {
         if state.format != FORMAT {
             return Err(refused(
                 dir,

@@ -26,9 +26,9 @@
 //!    block each time it is reached), must fit the claims in bytes and entries, and its
 //!    block visits in twice its bytes (plus a visit's charge per entry), before anything
 //!    else is written.
-//! 5. The folder is unpacked and opened as any snapshot folder ([`Snapshot::open`]),
-//!    whose checks (exact sizes against the state, every limit of the job) all apply;
-//!    its state must be the one checked in 3.
+//! 5. The folder is unpacked; its `state.json` must be the bytes checked in 3 (parsed
+//!    once), and the state's own checks ([`Snapshot::open`]'s) and those of restoring
+//!    (exact sizes against the state, every limit of the job) all apply.
 //!
 //! Found by review: the output quota was taken from the state uncapped (a 10 KB CAR
 //! claiming a 1 PiB stdout wrote gigabytes); the entries allowed were not tied to the
@@ -157,13 +157,15 @@ impl Snapshot {
         blocks
             .unpack_cid(root, &dir, tree.work)
             .map_err(|e| bad(e.to_string()))?;
-        let snapshot = Snapshot::open(&dir)?;
-        if snapshot.state != state {
+        // The state checked above is the one resumed: the file unpacked must be its
+        // bytes (then it need not be parsed again).
+        let unpacked = super::read_bounded(&dir, STATE_FILE, MAX_STATE_BYTES)?;
+        if unpacked != text {
             return Err(bad(format!(
                 "its unpacked {STATE_FILE} is not the one checked"
             )));
         }
-        Ok(snapshot)
+        Snapshot::checked(&dir, state)
     }
 }
 
