@@ -1,16 +1,17 @@
 //! `detwasm hash` end to end, as a user runs it: output formats, knobs, errors, and CAR
 //! export read back by @ipld/car + ipfs-unixfs-exporter (`conformance/car-check.mjs`).
 
+mod cli_support;
 mod hash_support;
 
 use detwasm_hasher::{CidVersion, HamtCompare, Options};
 use hash_support::*;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use tempfile::TempDir;
 
 fn detwasm(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_detwasm"))
+    cli_support::detwasm()
         .arg("hash")
         .args(args)
         .output()
@@ -19,16 +20,12 @@ fn detwasm(args: &[&std::ffi::OsStr]) -> Output {
 
 fn ok_stdout(args: &[&std::ffi::OsStr]) -> String {
     let out = detwasm(args);
-    assert!(
-        out.status.success(),
-        "detwasm hash {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_support::ok(&out);
     assert!(
         out.stderr.is_empty(),
         "no progress bar or noise when stderr is not a terminal"
     );
-    String::from_utf8(out.stdout).unwrap()
+    stdout
 }
 
 /// A tree with a bit of everything: nested folders, a multi-chunk file, the same file
@@ -244,7 +241,7 @@ fn fifos_and_bad_options_give_clear_errors() {
     let root = t.path().join("tree");
     file(&root, "ok", b"ok");
     let fifo = root.join("pipe");
-    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
     assert!(status.success());
     let out = detwasm(&[root.as_os_str()]);
     assert!(!out.status.success());

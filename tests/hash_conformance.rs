@@ -315,7 +315,13 @@ fn hamt_with_sub_shards_nested_shards_and_subfolders() {
             .entries(true)
             .hash_path(&root)
             .unwrap();
-        let kind = |p: &str| out.entries.iter().find(|e| e.path == p).unwrap().kind;
+        let kind = |p: &str| {
+            detwasm_hasher::EntryPaths::of(&out.entries)
+                .find(|(path, _)| path == p)
+                .unwrap()
+                .1
+                .kind
+        };
         assert_eq!(kind(""), EntryKind::HamtDirectory);
         assert_eq!(kind("sub-big"), EntryKind::HamtDirectory);
         assert_eq!(kind("sub-small"), EntryKind::Directory);

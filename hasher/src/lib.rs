@@ -61,6 +61,8 @@ pub mod unpack;
 
 pub use crate::cid::{Cid, CidVersion};
 pub use crate::error::{HashError, Result};
-pub use crate::import::{hash_path, hash_tree, Entry, EntryKind, Hashed, Hasher, Progress};
+pub use crate::import::{
+    hash_path, hash_tree, Entry, EntryKind, EntryPaths, Hashed, Hasher, Progress,
+};
 pub use crate::options::{parse_chunker, HamtCompare, HamtEstimate, Options, Profile};
 pub use crate::tree::{FileContent, Node, OpenFn};

@@ -79,11 +79,10 @@ fn car_to_a_vec_progress_and_entries() {
         .hash_path(t.path())
         .unwrap();
     assert_eq!(seen.load(Ordering::Relaxed), out.size);
-    let paths: Vec<(&str, EntryKind)> = out
-        .entries
-        .iter()
-        .map(|e| (e.path.as_str(), e.kind))
+    let paths: Vec<(String, EntryKind)> = detwasm_hasher::EntryPaths::of(&out.entries)
+        .map(|(path, e)| (path, e.kind))
         .collect();
+    let paths: Vec<(&str, EntryKind)> = paths.iter().map(|(p, k)| (p.as_str(), *k)).collect();
     assert_eq!(
         paths,
         [

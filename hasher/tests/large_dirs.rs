@@ -68,10 +68,8 @@ fn write(node: &Node, path: &Path) {
 /// The root, and a digest of every entry (path, CID, kind, size, in order): the CID of
 /// the listing hashed as one file.
 fn summary(h: &Hashed) -> (String, String) {
-    let listing: String = h
-        .entries
-        .iter()
-        .map(|e| format!("{}\t{}\t{}\t{}\n", e.path, e.cid, e.kind.name(), e.size))
+    let listing: String = detwasm_hasher::EntryPaths::of(&h.entries)
+        .map(|(path, e)| format!("{path}\t{}\t{}\t{}\n", e.cid, e.kind.name(), e.size))
         .collect();
     let digest = Hasher::new(Options::default())
         .hash_tree(&Node::bytes(listing))
@@ -109,7 +107,10 @@ fn check(tree: &Node, cases: &[(Options, (&str, &str))]) {
             .hash_tree(&Node::dir_from([("w", Node::Disk(on_disk.clone()))]))
             .unwrap();
         assert_eq!(wrapped.entries.len(), mem.entries.len() + 1, "{name}");
-        assert_eq!(wrapped.entries[1].path, "w");
+        assert_eq!(
+            (wrapped.entries[1].depth, wrapped.entries[1].name.as_str()),
+            (1, "w")
+        );
         assert_eq!(
             wrapped.entries[1].cid, mem.root,
             "{name} inside a memory folder"

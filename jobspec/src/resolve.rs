@@ -341,14 +341,23 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SpecError> {
     if !meta.is_file() {
         return Err(io("not a regular file".into()));
     }
-    let mut bytes = Vec::new();
+    // The size is checked on the open file first, so an oversized file is refused
+    // without reading it (it cost its limit in memory and time before); the read below
+    // still stops past the limit for a file that grows while read.
+    let too_large = || {
+        io(format!(
+            "larger than {limit} bytes, the most detwasm reads here"
+        ))
+    };
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| io(e.to_string()))?;
     if bytes.len() as u64 > limit {
-        return Err(io(format!(
-            "larger than {limit} bytes, the most detwasm reads here"
-        )));
+        return Err(too_large());
     }
     Ok(bytes)
 }
@@ -475,6 +484,22 @@ mod tests {
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
         let e = read_module_file(&link).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_before_it_is_read() {
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("receipt.json");
+        // A sparse file of 1 TiB: reading up to its limit of 1 TiB - 1 would take hours
+        // and all memory; refused from its size, it takes nothing.
+        let f = fs::File::create(&big).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let e = read_bounded(&big, (1 << 40) - 1).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let e = read_bounded(&big, 2).unwrap_err().to_string();
+        assert!(e.contains("larger than 2 bytes"), "{e}");
+        f.set_len(3).unwrap();
+        assert_eq!(read_bounded(&big, 3).unwrap(), vec![0; 3]);
     }
 
     #[test]

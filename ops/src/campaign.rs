@@ -334,7 +334,7 @@ fn differing(a: &Path, b: &Path, job: &Job) -> Result<Vec<Difference>, RunError>
         !job.results.skip_hidden,
         job.limits.safety_timeout(),
     )
-    .map(|(_, _, d)| d)
+    .map(|d| d.differences)
     .map_err(|e| RunError::Hash {
         what: "results of the campaign".into(),
         reason: e.to_string(),

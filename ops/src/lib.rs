@@ -6,7 +6,8 @@
 //! re-running its job ([`verify`]); the perturbation campaign that tells an author what a
 //! module's output depends on ([`campaign`], `detwasm fuzz`) and where two runs first
 //! parted ([`divergence`]); starting and packing a module folder ([`scaffold`]) and
-//! checking one before it is published ([`check`]).
+//! checking one before it is published ([`check`]); scratch folders a killed run does
+//! not leave behind ([`scratch`]).
 //! What it does not: grant a guest anything or run one itself — every run goes through
 //! `detwasm-runtime`'s `Runtime`, and every job file is read by `detwasm-jobspec`.
 //!
@@ -21,6 +22,7 @@ pub mod divergence;
 pub mod remote;
 pub mod request;
 pub mod scaffold;
+pub mod scratch;
 pub mod verify;
 
 pub use request::JobRequest;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use detwasm_hasher::{EntryKind, HashError, Hasher, Options};
+use detwasm_hasher::{Entry, EntryKind, EntryPaths, HashError, Hasher, Options};
 use detwasm_runtime::engine::Deadline;
 use serde::Serialize;
 
@@ -156,8 +156,11 @@ pub struct Report {
     pub job_id: String,
     /// The CID of the provider's results folder, when it was given.
     pub cid_provider: Option<String>,
-    /// Paths that differ between the provider's folder and the re-run.
+    /// Paths that differ between the provider's folder and the re-run: the first
+    /// [`MAX_DIFFERENCES_LISTED`] in tree order.
     pub differences: Vec<Difference>,
+    /// How many more differ than are listed.
+    pub differences_unlisted: usize,
     /// Where the re-run's results are, when they were kept.
     pub rerun_results: Option<String>,
 }
@@ -207,15 +210,9 @@ pub fn job_of(receipt: &Receipt, sources: &Sources) -> Result<Job, VerifyError> 
 /// ([`open_snapshot`]).
 pub struct OpenedSnapshot {
     pub snapshot: detwasm_runtime::checkpoint::Snapshot,
-    /// The temporary folder a CAR was unpacked into, removed when this is dropped, and
-    /// its lock ([`remove_stale_unpacked`]).
-    _unpacked: Option<(std::fs::File, tempfile::TempDir)>,
+    /// The scratch folder a CAR was unpacked into, removed when this is dropped.
+    _unpacked: Option<crate::scratch::Scratch>,
 }
-
-/// The prefix of the temporary folders snapshots are unpacked into.
-const UNPACKED_PREFIX: &str = "detwasm-snapshot-";
-/// The lock file in each, held while its detwasm runs.
-const UNPACKED_LOCK: &str = ".lock";
 
 /// Opens the snapshot at `path`: a snapshot folder, or a CAR file holding one (its root,
 /// or the folder `cid` of it: a CAR of a whole checkpoints folder), unpacked into a
@@ -237,76 +234,12 @@ pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, R
             _unpacked: None,
         });
     }
-    let tmp = std::env::temp_dir();
-    remove_stale_unpacked(&tmp);
-    let unpacked = tempfile::Builder::new()
-        .prefix(UNPACKED_PREFIX)
-        .tempdir_in(&tmp)
-        .map_err(|e| RunError::io("creating a folder to unpack a snapshot into", e))?;
-    let lock = std::fs::File::create(unpacked.path().join(UNPACKED_LOCK))
-        .map_err(|e| RunError::io("creating the unpacked snapshot's lock", e))?;
-    // SAFETY: flock on a descriptor this function owns; the result is checked.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(RunError::io(
-            "locking the unpacked snapshot",
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let unpacked = crate::scratch::Scratch::new("detwasm-snapshot-", "an unpacked snapshot")?;
     let snapshot = Snapshot::from_car(path, cid, &unpacked.path().join("car"))?;
     Ok(OpenedSnapshot {
         snapshot,
-        _unpacked: Some((lock, unpacked)),
+        _unpacked: Some(unpacked),
     })
-}
-
-/// Removes what a killed detwasm left of unpacked snapshots in `tmp`: folders named
-/// [`UNPACKED_PREFIX`]…, of this user, that are a minute old and whose lock nobody holds (a running
-/// detwasm holds its folder's from creation to exit; a kill releases it). Found by
-/// review: every `resume` of a CAR killed while unpacking left its folder, gigabytes
-/// each. Rejected: a signal handler (a library does not own the process's signals, and
-/// SIGKILL has none); removing by age alone (a resumed job can run for hours).
-fn remove_stale_unpacked(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(UNPACKED_PREFIX) {
-            continue;
-        }
-        let dir = e.path();
-        // Ours only: as root, another user's folder of that name is theirs to remove.
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        let old = e
-            .metadata()
-            .ok()
-            .filter(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(m) == me)
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= Duration::from_secs(60));
-        if !old {
-            continue;
-        }
-        use std::os::unix::fs::OpenOptionsExt;
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(dir.join(UNPACKED_LOCK));
-        let free = match &lock {
-            // SAFETY: flock on a descriptor owned here; the result is checked.
-            Ok(f) => unsafe {
-                libc::flock(
-                    std::os::fd::AsRawFd::as_raw_fd(f),
-                    libc::LOCK_EX | libc::LOCK_NB,
-                ) == 0
-            },
-            Err(_) => true,
-        };
-        if free {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
 }
 
 /// Rebuilds the job a snapshot belongs to (`detwasm resume`): its record without host
@@ -510,29 +443,29 @@ pub fn verify(
             receipt.outcome, receipt.exit_code, rerun.outcome, rerun.exit_code
         ));
     }
-    let (cid_provider, differences) = match provider_results {
-        None => (None, Vec::new()),
+    let (cid_provider, differences, differences_unlisted) = match provider_results {
+        None => (None, Vec::new(), 0),
         Some(p) => {
-            let (_, provider_cid, differences) = diff_folders(
+            let diff = diff_folders(
                 &dest,
                 p,
                 receipt.profile,
                 !receipt.skip_hidden,
                 receipt.job.limits.safety_timeout(),
             )?;
-            if provider_cid != receipt.cid {
+            if diff.theirs != receipt.cid {
                 reasons.push(format!(
-                    "the provider's results folder hashes to {provider_cid}, not to the receipt's {}",
-                    receipt.cid
+                    "the provider's results folder hashes to {}, not to the receipt's {}",
+                    diff.theirs, receipt.cid
                 ));
             }
-            if !differences.is_empty() {
+            let total = diff.differences.len() + diff.unlisted;
+            if total > 0 {
                 reasons.push(format!(
-                    "{} path(s) of the provider's results differ from the re-run",
-                    differences.len()
+                    "{total} path(s) of the provider's results differ from the re-run"
                 ));
             }
-            (Some(provider_cid), differences)
+            (Some(diff.theirs), diff.differences, diff.unlisted)
         }
     };
     Ok(Report {
@@ -549,6 +482,7 @@ pub fn verify(
         job_id: rerun.job_id,
         cid_provider,
         differences,
+        differences_unlisted,
         rerun_results: keep.map(|p| p.display().to_string()),
     })
 }
@@ -562,7 +496,9 @@ pub fn verify(
 /// itself, `stdout`, `stderr` and `exitCode` are four more. A folder with more was not
 /// made by an honest run of any job, and is refused (`HashError::TooManyEntries`) at the
 /// entry over the cap, while it is listed, having held at most this many (the hasher's
-/// table, at most 400 bytes each, about 800 MiB). Rejected: no cap (a provider's folder
+/// table and the entries kept to compare, at most about 800 bytes each with names of 255
+/// bytes: 1.6 GiB; measured, 160 MB for 200,000 entries of 250-byte names 4,000 bytes
+/// deep, which took 915 MB while every entry held its full path). Rejected: no cap (a provider's folder
 /// of ten million empty files cost the verifier what it liked), and a cap from the
 /// receipt's own job (its output quota says nothing of a writable folder's entries).
 ///
@@ -582,9 +518,29 @@ pub const MAX_RESULTS_ENTRIES: usize = detwasm_runtime::wasi::vfs::MAX_ENTRIES a
 /// verifier read 12 TB to describe a mismatch the CIDs had already proved).
 pub const MAX_COMPARED_TOTAL: u64 = 256 << 20;
 
-/// One results folder's entries with their CIDs, in the hasher's pre-order (a folder
-/// before its entries, the entries of a folder by name bytes).
-type Entries = Vec<(String, String, EntryKind)>;
+/// The most differences [`diff_folders`] lists: 10,000 (the rest are counted). Each holds
+/// a path of up to 4 KiB; a provider's folder of two million extra files in a folder of
+/// the re-run's would otherwise list them all. Rejected: no cap (gigabytes of paths to
+/// say what the first few already said).
+pub const MAX_DIFFERENCES_LISTED: usize = 10_000;
+
+/// What [`diff_folders`] found.
+#[derive(Debug)]
+pub struct FolderDiff {
+    /// The CID of the first folder (the re-run's).
+    pub ours: String,
+    /// The CID of the second folder (the provider's).
+    pub theirs: String,
+    /// The first [`MAX_DIFFERENCES_LISTED`] paths that differ, in tree order.
+    pub differences: Vec<Difference>,
+    /// How many more differ.
+    pub unlisted: usize,
+}
+
+/// One results folder's entries (without the root), in the hasher's pre-order (a folder
+/// before its entries, the entries of a folder by name bytes); their paths are rebuilt
+/// as they are compared ([`EntryPaths`]).
+type Entries = Vec<Entry>;
 
 /// Compares two results folders hashed under `profile`: returns the CID of each and the
 /// paths that differ (`cid_rerun` describes `ours`, `cid_provider` `theirs`).
@@ -603,7 +559,7 @@ pub fn diff_folders(
     profile: detwasm_job::Profile,
     include_hidden: bool,
     timeout: Duration,
-) -> Result<(String, String, Vec<Difference>), VerifyError> {
+) -> Result<FolderDiff, VerifyError> {
     let caps = Caps {
         deadline: Deadline::after(timeout),
         entries: MAX_RESULTS_ENTRIES,
@@ -628,11 +584,16 @@ fn diff_within(
     profile: detwasm_job::Profile,
     include_hidden: bool,
     caps: Caps,
-) -> Result<(String, String, Vec<Difference>), VerifyError> {
+) -> Result<FolderDiff, VerifyError> {
     let (ours_cid, a) = entries(ours, profile, include_hidden, caps)?;
     let (theirs_cid, b) = entries(theirs, profile, include_hidden, caps)?;
-    let differences = compare(ours, &a, theirs, &b, caps)?;
-    Ok((ours_cid, theirs_cid, differences))
+    let (differences, unlisted) = compare(ours, &a, theirs, &b, caps)?;
+    Ok(FolderDiff {
+        ours: ours_cid,
+        theirs: theirs_cid,
+        differences,
+        unlisted,
+    })
 }
 
 /// The error of a comparison that passed its deadline.
@@ -667,12 +628,10 @@ fn entries(
             cause: e.to_string(),
         },
     })?;
-    let list = hashed
-        .entries
-        .into_iter()
-        .filter(|e| !e.path.is_empty())
-        .map(|e| (e.path, e.cid.to_string(), e.kind))
-        .collect();
+    let mut list = hashed.entries;
+    // The root is compared by the caller, by its CID.
+    list.retain(|e| e.depth > 0);
+    list.shrink_to_fit();
     Ok((hashed.root.to_string(), list))
 }
 
@@ -689,104 +648,132 @@ fn tree_order(a: &str, b: &str) -> Ordering {
 }
 
 /// Paths whose entries differ, leaves only: a folder is listed when it is missing,
-/// extra or of another kind; its changed contents are listed by their own paths.
+/// extra or of another kind; its changed contents are listed by their own paths. The
+/// first [`MAX_DIFFERENCES_LISTED`] are returned, with the number of the rest.
 ///
 /// Both lists are in tree order ([`tree_order`]), so they are merged in one pass, and the
-/// contents of a folder reported whole (or equal by CID on both sides) are one run of
-/// paths that follow it: skipped by one prefix check each.
+/// contents of a folder reported whole (or equal by CID on both sides) are the run of
+/// entries deeper than it that follows it: skipped by one depth check each.
 fn compare(
     ours_dir: &Path,
-    ours: &Entries,
+    ours: &[Entry],
     theirs_dir: &Path,
-    theirs: &Entries,
+    theirs: &[Entry],
     caps: Caps,
-) -> Result<Vec<Difference>, VerifyError> {
+) -> Result<(Vec<Difference>, usize), VerifyError> {
     let is_dir = |k: EntryKind| matches!(k, EntryKind::Directory | EntryKind::HamtDirectory);
     let mut out = Vec::new();
+    let mut unlisted = 0;
     let mut read_budget = caps.read;
-    // The folder whose contents are skipped: reported whole, or equal on both sides.
-    let mut skip: Option<&str> = None;
-    let inside = |skip: Option<&str>, path: &str| {
-        skip.is_some_and(|s| {
-            path.len() > s.len() && path.starts_with(s) && path.as_bytes()[s.len()] == b'/'
-        })
-    };
-    let (mut i, mut j) = (0, 0);
-    while i < ours.len() || j < theirs.len() {
-        let (a, b) = match (ours.get(i), theirs.get(j)) {
-            (Some(a), Some(b)) => match tree_order(&a.0, &b.0) {
-                Ordering::Less => (Some(a), None),
-                Ordering::Greater => (None, Some(b)),
-                Ordering::Equal => (Some(a), Some(b)),
-            },
-            (a, b) => (a, b),
+    // The depth of the folder whose contents are skipped: reported whole, or equal on
+    // both sides.
+    let mut skip: Option<u32> = None;
+    let (mut ia, mut ib) = (ours.iter(), theirs.iter());
+    let (mut pa, mut pb) = (EntryPaths::default(), EntryPaths::default());
+    let (mut a, mut b) = (ia.next(), ib.next());
+    if let Some(e) = a {
+        pa.next(e);
+    }
+    if let Some(e) = b {
+        pb.next(e);
+    }
+    while a.is_some() || b.is_some() {
+        let order = match (a, b) {
+            (Some(_), Some(_)) => tree_order(pa.path(), pb.path()),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
         };
-        i += usize::from(a.is_some());
-        j += usize::from(b.is_some());
-        let path: &str = match (a, b) {
-            (Some(a), _) => &a.0,
-            (None, Some(b)) => &b.0,
+        let (x, y) = match order {
+            Ordering::Less => (a, None),
+            Ordering::Greater => (None, b),
+            Ordering::Equal => (a, b),
+        };
+        let (depth, path) = match (x, y) {
+            (Some(x), _) => (x.depth, pa.path()),
+            (None, Some(y)) => (y.depth, pb.path()),
             (None, None) => break,
         };
-        if inside(skip, path) {
-            continue;
-        }
-        let d = match (a, b) {
-            (Some(a), Some(b)) if a.1 == b.1 => {
-                skip = Some(path);
-                continue;
-            }
-            (Some(a), Some(b)) if is_dir(a.2) && is_dir(b.2) => continue,
-            (Some(a), Some(b)) if is_dir(a.2) != is_dir(b.2) || a.2 != b.2 => Difference {
-                path: path.to_string(),
-                what: "kind",
-                cid_rerun: Some(a.1.clone()),
-                cid_provider: Some(b.1.clone()),
-                first_difference: None,
-                text: None,
-            },
-            (Some(a), Some(b)) => {
-                if let Some(d) = caps.deadline.filter(|d| Instant::now() >= d.at) {
-                    return Err(too_late(theirs_dir, d));
+        let d = if skip.is_some_and(|s| depth > s) {
+            None
+        } else {
+            skip = None;
+            match (x, y) {
+                (Some(a), Some(b)) if a.cid == b.cid => {
+                    skip = Some(depth);
+                    None
                 }
-                let (first, text) = file_difference(
-                    &ours_dir.join(path),
-                    &theirs_dir.join(path),
-                    &mut read_budget,
-                );
-                Difference {
+                (Some(a), Some(b)) if is_dir(a.kind) && is_dir(b.kind) => None,
+                (Some(a), Some(b)) if is_dir(a.kind) != is_dir(b.kind) || a.kind != b.kind => {
+                    Some(Difference {
+                        path: path.to_string(),
+                        what: "kind",
+                        cid_rerun: Some(a.cid.to_string()),
+                        cid_provider: Some(b.cid.to_string()),
+                        first_difference: None,
+                        text: None,
+                    })
+                }
+                (Some(a), Some(b)) => {
+                    if let Some(d) = caps.deadline.filter(|d| Instant::now() >= d.at) {
+                        return Err(too_late(theirs_dir, d));
+                    }
+                    let (first, text) = file_difference(
+                        &ours_dir.join(path),
+                        &theirs_dir.join(path),
+                        &mut read_budget,
+                    );
+                    Some(Difference {
+                        path: path.to_string(),
+                        what: "content",
+                        cid_rerun: Some(a.cid.to_string()),
+                        cid_provider: Some(b.cid.to_string()),
+                        first_difference: first,
+                        text,
+                    })
+                }
+                (Some(a), None) => Some(Difference {
                     path: path.to_string(),
-                    what: "content",
-                    cid_rerun: Some(a.1.clone()),
-                    cid_provider: Some(b.1.clone()),
-                    first_difference: first,
-                    text,
-                }
+                    what: "missing",
+                    cid_rerun: Some(a.cid.to_string()),
+                    cid_provider: None,
+                    first_difference: None,
+                    text: None,
+                }),
+                (None, Some(b)) => Some(Difference {
+                    path: path.to_string(),
+                    what: "extra",
+                    cid_rerun: None,
+                    cid_provider: Some(b.cid.to_string()),
+                    first_difference: None,
+                    text: None,
+                }),
+                (None, None) => None,
             }
-            (Some(a), None) => Difference {
-                path: path.to_string(),
-                what: "missing",
-                cid_rerun: Some(a.1.clone()),
-                cid_provider: None,
-                first_difference: None,
-                text: None,
-            },
-            (None, Some(b)) => Difference {
-                path: path.to_string(),
-                what: "extra",
-                cid_rerun: None,
-                cid_provider: Some(b.1.clone()),
-                first_difference: None,
-                text: None,
-            },
-            (None, None) => continue,
         };
-        if d.what != "content" {
-            skip = Some(path);
+        if let Some(d) = d {
+            if d.what != "content" {
+                skip = Some(depth);
+            }
+            if out.len() < MAX_DIFFERENCES_LISTED {
+                out.push(d);
+            } else {
+                unlisted += 1;
+            }
         }
-        out.push(d);
+        if x.is_some() {
+            a = ia.next();
+            if let Some(e) = a {
+                pa.next(e);
+            }
+        }
+        if y.is_some() {
+            b = ib.next();
+            if let Some(e) = b {
+                pb.next(e);
+            }
+        }
     }
-    Ok(out)
+    Ok((out, unlisted))
 }
 
 /// Largest file compared byte by byte for the report (larger ones are reported by CID).
@@ -983,7 +970,7 @@ mod tests {
             true,
             caps,
         )
-        .map(|r| r.2)
+        .map(|r| r.differences)
     }
 
     /// The comparison merges both folders in tree order: an extra folder of 20,000 files
@@ -1006,6 +993,52 @@ mod tests {
         assert_eq!(d[2].first_difference, Some(4));
         assert_eq!(tree_order("a-c", "a/b"), Ordering::Greater);
         assert_eq!(tree_order("a", "a/b"), Ordering::Less);
+    }
+
+    /// Extra files in a folder both have are each a difference, listed up to
+    /// [`MAX_DIFFERENCES_LISTED`] and counted beyond it; paths rebuilt from depths and
+    /// names come out whole as the walk goes down and back up.
+    #[test]
+    fn differences_past_the_listed_cap_are_counted_and_paths_rebuilt_at_every_depth() {
+        let (_t, ours, theirs) = folders(0);
+        for d in [&ours, &theirs] {
+            std::fs::create_dir_all(d.join("outputs/x/y/z")).unwrap();
+            std::fs::write(d.join("outputs/x/y/z/f"), "same\n").unwrap();
+        }
+        std::fs::write(theirs.join("outputs/x/y/z/g"), "new\n").unwrap();
+        std::fs::write(theirs.join("outputs/x/q"), "new\n").unwrap();
+        let n = MAX_DIFFERENCES_LISTED + 7;
+        for i in 0..n {
+            std::fs::write(theirs.join(format!("outputs/a/h{i:05}")), "").unwrap();
+        }
+        let got = diff_within(
+            &ours,
+            &theirs,
+            detwasm_job::Profile::UnixfsV1_2025,
+            true,
+            caps(),
+        )
+        .unwrap();
+        // outputs/a/g, the n files, outputs/extra, outputs/x/q, outputs/x/y/z/g, stdout.
+        assert_eq!(got.differences.len() + got.unlisted, n + 5);
+        assert_eq!(got.differences.len(), MAX_DIFFERENCES_LISTED);
+        assert_eq!(got.differences[0].path, "outputs/a/g");
+        assert_eq!(got.differences[1].path, "outputs/a/h00000");
+        for i in 0..n {
+            std::fs::remove_file(theirs.join(format!("outputs/a/h{i:05}"))).unwrap();
+        }
+        let small = diff(&ours, &theirs, caps()).unwrap();
+        let paths: Vec<&str> = small.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "outputs/a/g",
+                "outputs/extra",
+                "outputs/x/q",
+                "outputs/x/y/z/g",
+                "stdout"
+            ]
+        );
     }
 
     /// A provider's folder over the entry cap is refused at the entry over it, naming the
@@ -1400,48 +1433,5 @@ mod spot_tests {
         let all: std::collections::BTreeSet<Vec<usize>> =
             (0..50).map(|s| choose_segments(101, 3, s)).collect();
         assert!(all.len() > 40);
-    }
-}
-
-#[cfg(test)]
-mod unpacked_tests {
-    use super::*;
-
-    /// What a killed detwasm left (an unpacked folder a minute old, unlocked) is removed;
-    /// a folder whose lock is held (a detwasm still running from it), a new folder, a
-    /// folder of another name and a link of the prefix's name are left alone.
-    #[test]
-    fn stale_unpacked_snapshots_are_removed_unless_locked_or_new() {
-        let t = tempfile::tempdir().unwrap();
-        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-        let make = |name: &str, aged: bool| {
-            let d = t.path().join(name);
-            std::fs::create_dir_all(d.join("car/snapshot")).unwrap();
-            std::fs::write(d.join("car/snapshot/stdout"), "x").unwrap();
-            let lock = std::fs::File::create(d.join(UNPACKED_LOCK)).unwrap();
-            if aged {
-                std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
-            }
-            (d, lock)
-        };
-        let (stale, _) = make("detwasm-snapshot-stale", true);
-        let (held, lock) = make("detwasm-snapshot-held", true);
-        // SAFETY: flock on a descriptor the test owns.
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-            0
-        );
-        let (new, _) = make("detwasm-snapshot-new", false);
-        let (other, _) = make("other-stale", true);
-        std::os::unix::fs::symlink(&other, t.path().join("detwasm-snapshot-link")).unwrap();
-        remove_stale_unpacked(t.path());
-        assert!(!stale.exists());
-        assert!(held.join("car/snapshot/stdout").exists());
-        assert!(new.exists());
-        assert!(other.join("car/snapshot/stdout").exists());
-        assert!(t.path().join("detwasm-snapshot-link").exists());
-        drop(lock);
-        remove_stale_unpacked(t.path());
-        assert!(!held.exists());
     }
 }

@@ -121,4 +121,5 @@ class Report(TypedDict):
     job_id: str
     cid_provider: Optional[str]
     differences: List[Difference]
+    differences_unlisted: int
     rerun_results: Optional[str]

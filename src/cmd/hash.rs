@@ -197,12 +197,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "size": hashed.size,
         });
         if args.entries {
-            out["entries"] = hashed
-                .entries
-                .iter()
-                .map(|e| {
+            out["entries"] = detwasm_hasher::EntryPaths::of(&hashed.entries)
+                .map(|(path, e)| {
                     serde_json::json!({
-                        "path": e.path,
+                        "path": path,
                         "cid": e.cid.to_string(),
                         "type": e.kind.name(),
                         "size": e.size,

@@ -81,10 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let save = match &args.checkpoints {
         Some(dir) => dir.clone(),
         None => {
-            scratch = tempfile::Builder::new()
-                .prefix("detwasm-resume-")
-                .tempdir()
-                .context("creating a folder for the rest of the run's snapshots")?;
+            scratch = detwasm_ops::scratch::Scratch::new(
+                "detwasm-resume-",
+                "the rest of the run's snapshots",
+            )?;
             scratch.path().join("checkpoints")
         }
     };

@@ -179,6 +179,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("      {t}");
                 }
             }
+            if report.differences_unlisted > 0 {
+                println!("  … and {} more", report.differences_unlisted);
+            }
         }
     }
     if let Some(k) = &report.rerun_results {

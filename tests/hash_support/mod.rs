@@ -183,15 +183,11 @@ pub fn ours(
         .entries(true)
         .hash_path(&case.path)
         .unwrap_or_else(|e| panic!("case {}: {e}", case.id));
-    let entries = hashed
-        .entries
-        .iter()
-        .map(|e| (e.path.clone(), e.cid.to_string()))
+    let entries = detwasm_hasher::EntryPaths::of(&hashed.entries)
+        .map(|(path, e)| (path, e.cid.to_string()))
         .collect();
-    let kinds = hashed
-        .entries
-        .iter()
-        .map(|e| (e.path.clone(), e.kind))
+    let kinds = detwasm_hasher::EntryPaths::of(&hashed.entries)
+        .map(|(path, e)| (path, e.kind))
         .collect();
     (hashed.root.to_string(), entries, kinds)
 }
