@@ -592,3 +592,46 @@ fn a_snapshot_is_resumed_from_a_car() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("is not a CID"), "{err}");
 }
+
+/// A snapshot folder must hold exactly what its state claims before it is hashed or read
+/// (found by review: a 16 GiB sparse file beside a snapshot's own was hashed whole, 40 s
+/// with a 3 s job timeout): an extra file, a memory of another length and a `memory`
+/// that is a link are each refused by `resume` at once, naming the entry, and a spot
+/// check over the forged folder finds it not verified.
+#[test]
+fn a_snapshot_folder_holds_exactly_what_its_state_claims() {
+    let (t, receipt) = provider_run();
+    let snap = t.path().join("cp/000002");
+    let refused = |why: &str| {
+        let out = resume_within_a_minute(&snap);
+        assert_eq!(out.status.code(), Some(2), "{why}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(why), "{e}");
+    };
+    std::fs::File::create(snap.join("junk"))
+        .unwrap()
+        .set_len(16 << 30)
+        .unwrap();
+    refused("junk: no snapshot has it");
+    let started = std::time::Instant::now();
+    let (code, report) = spot_check(t.path(), "receipt.json", "100", "1");
+    assert_eq!(code, 1, "{report}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    std::fs::remove_file(snap.join("junk")).unwrap();
+    let memory = snap.join("memory/0");
+    let len = std::fs::metadata(&memory).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_len(len + 65536)
+        .unwrap();
+    refused(&format!(
+        "memory/0 has {} bytes, not the {len} saved",
+        len + 65536
+    ));
+    std::fs::rename(snap.join("memory"), t.path().join("memory")).unwrap();
+    std::os::unix::fs::symlink(t.path().join("memory"), snap.join("memory")).unwrap();
+    refused("memory: no snapshot has it");
+    assert!(receipt["trace"].is_object());
+}

@@ -241,7 +241,10 @@ fn fifos_and_bad_options_give_clear_errors() {
     let root = t.path().join("tree");
     file(&root, "ok", b"ok");
     let fifo = root.join("pipe");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
     let out = detwasm(&[root.as_os_str()]);
     assert!(!out.status.success());

@@ -139,6 +139,33 @@ fn a_tampered_results_folder_is_rejected_and_the_file_named() {
     assert_eq!(diffs[0]["what"], "extra");
 }
 
+/// A provider's folder holding a FIFO is no run's results: not verified (exit 1), with the
+/// reason, not "cannot re-run" (exit 2, which leaves the verdict open).
+#[test]
+fn a_provider_folder_holding_a_fifo_is_not_verified() {
+    let (t, receipt, results) = provider_run();
+    let fifo = results.join("outputs/pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (out, report) = verify(
+        t.path(),
+        &[
+            receipt.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["verified"], false);
+    let reasons = report["reasons"].to_string();
+    assert!(
+        reasons.contains("not a results folder of any run") && reasons.contains("FIFO"),
+        "{reasons}"
+    );
+    assert!(report["cid_provider"].is_null(), "{report}");
+}
+
 /// A provider that fabricates a folder and a receipt claiming that folder's CID: the
 /// folder matches the claim, but the re-run does not, so it is rejected.
 #[test]
@@ -301,4 +328,34 @@ fn a_deep_provider_folder_of_many_files_is_compared_without_holding_every_path()
     let (code, peak) = wait_with_rusage(child.id() as libc::pid_t);
     assert_eq!(code, 1, "not verified");
     assert!(peak < 100 << 20, "peak RSS {peak}");
+}
+
+/// A verifier caps what a receipt's job may ask for: a job above a cap is refused (exit
+/// 2) naming the limit, before anything is run; within the caps it is verified.
+#[test]
+fn a_receipt_asking_more_than_the_verifiers_caps_is_refused() {
+    let (t, receipt, _) = provider_run();
+    let r = receipt.to_str().unwrap();
+    let (out, _) = verify(t.path(), &[r, "--cap-timeout", "60"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = failed(&out);
+    assert!(
+        e.contains("asks for a timeout of 3600 s, more than the 60 s allowed here"),
+        "{e}"
+    );
+    let (out, _) = verify(t.path(), &[r, "--cap-memory", "1MiB"]);
+    assert!(failed(&out).contains("more than the 1048576 allowed here"));
+    let (out, report) = verify(
+        t.path(),
+        &[
+            r,
+            "--cap-timeout",
+            "3600",
+            "--cap-memory",
+            "4GiB",
+            "--cap-fuel",
+            "100000000000",
+        ],
+    );
+    assert!(out.status.success(), "{report}");
 }

@@ -1,6 +1,6 @@
 #![no_main]
 //! The WASI host under arbitrary call sequences: see
-//! `detwasm_runtime::wasi::fuzz::fuzz_wasi_calls`.
+//! `detwasm_runtime::wasi_fuzz::fuzz_wasi_calls`.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    detwasm_runtime::wasi::fuzz::fuzz_wasi_calls(data);
+    detwasm_runtime::wasi_fuzz::fuzz_wasi_calls(data);
 });

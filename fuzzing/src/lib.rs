@@ -58,7 +58,8 @@ use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, Extern, Instance, Module, OptLevel, Store, Trap, Val, ValType};
 
-use detwasm_runtime::engine::{self, ModuleCache};
+use detwasm_runtime::cache::ModuleCache;
+use detwasm_runtime::engine;
 use detwasm_runtime::limiter::JobLimiter;
 use detwasm_runtime::meter::{self, Meter, Metered};
 use detwasm_runtime::run::GUEST_THREAD_STACK;

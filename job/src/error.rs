@@ -62,7 +62,7 @@ pub enum RunError {
     #[error("module refused: {0}")]
     TooComplex(String),
     /// Loading, validating, rewriting and compiling the module did not finish before the
-    /// job's wall-clock deadline ([`crate::engine::compile_by`]): no result, not even an
+    /// job's wall-clock deadline (`detwasm_runtime::compile::compile_by`): no result, not even an
     /// unverifiable one, since the guest never ran.
     #[error("compiling the module did not finish within the job's wall-clock timeout of {secs} s (nothing was run or delivered; a larger `--timeout` allows longer compiles)")]
     CompileTimeout { secs: f64 },

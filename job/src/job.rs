@@ -598,16 +598,52 @@ mod opt_secs {
             None => s.serialize_none(),
         }
     }
+    /// A timeout read from a record (a receipt, a snapshot's state, `job.json`: someone
+    /// else's file) must be a number of seconds from 0 to [`super::MAX_TIMEOUT`]; anything
+    /// else is an error naming it. Found by review: `1e300` panicked in
+    /// `Duration::from_secs_f64`; a negative or infinite value was read as no timeout, a
+    /// job other than the one written.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let v: Option<f64> = Option::deserialize(d)?;
-        Ok(v.filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64))
+        v.map(|secs| {
+            Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|t| *t <= super::MAX_TIMEOUT)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "timeout {secs:?}: not a number of seconds from 0 to {}",
+                        super::MAX_TIMEOUT.as_secs()
+                    ))
+                })
+        })
+        .transpose()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_timeout_out_of_range_is_an_error_not_a_panic() {
+        let limits = |t: &str| {
+            serde_json::from_str::<Limits>(&format!(
+                r#"{{"fuel":1,"memory":65536,"max_output":0,"timeout":{t}}}"#
+            ))
+        };
+        for bad in ["1e300", "-1", "2592001"] {
+            let e = limits(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("not a number of seconds from 0 to 2592000"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            limits("2.5").unwrap().timeout,
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(limits("null").unwrap().timeout, None);
+    }
 
     #[test]
     fn epoch_parses_seconds_and_rfc3339() {

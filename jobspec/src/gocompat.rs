@@ -6,9 +6,24 @@
 //! Only the value kinds a template can hold are covered: strings, integers, floats,
 //! booleans, the absent value of a missing map key, and the inputs map itself.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::gotemplate::Value;
+/// A value a template holds during execution, and what the formatting here takes (its
+/// truth and the rest of its meaning in a template are [`crate::gotemplate`]'s).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Go's invalid `reflect.Value`: the result of reading a key that is not in the map.
+    Missing,
+    /// The untyped `nil` (only as a `printf` argument).
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// The data the template runs on: the inputs, `map[string]string` in Lilypad.
+    Data(BTreeMap<String, String>),
+}
 
 /// `json.Marshal(s)` for a Go string, byte for byte (Go 1.22 and later).
 ///

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::gocompat;
+pub use crate::gocompat::Value;
 
 /// How deep `if`/`with` blocks (each `else if`/`else with` counts as one more level, as
 /// it is a nested block) and parenthesised pipelines may nest, all together.
@@ -72,21 +73,6 @@ pub struct TemplateError {
     pub line: usize,
     /// What went wrong.
     pub message: String,
-}
-
-/// A value during execution.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// Go's invalid `reflect.Value`: the result of reading a key that is not in the map.
-    Missing,
-    /// The untyped `nil` (only as a `printf` argument).
-    Nil,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    /// The data the template runs on: the inputs, `map[string]string` in Lilypad.
-    Data(BTreeMap<String, String>),
 }
 
 impl Value {

@@ -382,8 +382,16 @@ fn perturbed_run(
             .map_err(|e| RunError::io("creating a tmpfs folder", e))?;
             let moved = with_copied_inputs(job, &base.path().join("inputs"))?;
             let r = run_at(runtime, &moved, &base.path().join("results"), here)?;
-            copy_tree(&base.path().join("results"), &results, false)
-                .map_err(|e| RunError::io("copying tmpfs results", e))?;
+            // Results are within the job's output quota (and its writable folders' files,
+            // also within it): no budget beyond that.
+            let mut unbounded = u64::MAX;
+            copy_tree(
+                &base.path().join("results"),
+                &results,
+                false,
+                &mut unbounded,
+            )
+            .map_err(|e| RunError::io("copying tmpfs results", e))?;
             r
         }
         3 | 4 => {
@@ -468,9 +476,18 @@ fn keep_copy(here: &Path, k: usize, results: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The most bytes of input files the campaign copies for one run (the moved-inputs and
+/// tmpfs perturbations): 1 GiB, counted by file size before each copy. Found by review:
+/// a 3 GiB sparse input (4 KB on disk) filled 3 GiB of /dev/shm, which is RAM, and 3 GiB
+/// more under /tmp. Rejected: no cap (the copy's cost was the input's apparent size,
+/// whatever it took on disk).
+pub const MAX_COPIED_INPUT_BYTES: u64 = 1 << 30;
+
 /// The job with every input copied under `to`: entries created in reverse name order,
-/// files given old and differing mtimes. What the guest sees must not change.
+/// files given old and differing mtimes. What the guest sees must not change. At most
+/// [`MAX_COPIED_INPUT_BYTES`] are copied, all inputs together.
 fn with_copied_inputs(job: &Job, to: &Path) -> Result<Job, RunError> {
+    let mut budget = MAX_COPIED_INPUT_BYTES;
     let mut moved = job.clone();
     moved.inputs = job
         .inputs
@@ -480,7 +497,7 @@ fn with_copied_inputs(job: &Job, to: &Path) -> Result<Job, RunError> {
             let dest = to.join(format!("input-{i}"));
             let src = std::fs::canonicalize(&input.host)
                 .map_err(|e| RunError::io(format!("input {}", input.host.display()), e))?;
-            copy_tree(&src, &dest, true)
+            copy_tree(&src, &dest, true, &mut budget)
                 .map_err(|e| RunError::io(format!("copying input {}", input.host.display()), e))?;
             Ok(Input {
                 host: dest,
@@ -492,9 +509,10 @@ fn with_copied_inputs(job: &Job, to: &Path) -> Result<Job, RunError> {
     Ok(moved)
 }
 
-/// Copies a tree (symlinks as symlinks). With `perturb`, entries are created in reverse
-/// name order and files get mtimes from 1990 on, one hour apart.
-fn copy_tree(from: &Path, to: &Path, perturb: bool) -> std::io::Result<()> {
+/// Copies a tree (symlinks as symlinks), its files' sizes charged to `budget` before
+/// each is copied (an error past it). With `perturb`, entries are created in reverse name
+/// order and files get mtimes from 1990 on, one hour apart.
+fn copy_tree(from: &Path, to: &Path, perturb: bool, budget: &mut u64) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -505,10 +523,18 @@ fn copy_tree(from: &Path, to: &Path, perturb: bool) -> std::io::Result<()> {
         let (src, dst) = (e.path(), to.join(e.file_name()));
         let ft = e.file_type()?;
         if ft.is_dir() {
-            copy_tree(&src, &dst, perturb)?;
+            copy_tree(&src, &dst, perturb, budget)?;
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
         } else {
+            let len = e.metadata()?.len();
+            *budget = budget.checked_sub(len).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{}: the campaign copies at most {MAX_COPIED_INPUT_BYTES} bytes of \
+                     inputs for a run, and this file takes it past that",
+                    src.display()
+                ))
+            })?;
             std::fs::copy(&src, &dst)?;
             if perturb {
                 let t = std::time::UNIX_EPOCH
@@ -663,6 +689,27 @@ mod tests {
 
     /// The probe over an input folder agrees with itself under every in-process
     /// perturbation, and its output depends on everything it reports.
+    /// Copies of inputs are charged by file size before each copy: a sparse file past the
+    /// budget is refused without writing its holes.
+    #[test]
+    fn input_copies_stop_at_their_budget() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("in");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/small"), [1u8; 10]).unwrap();
+        let mut budget = 10;
+        copy_tree(&src, &t.path().join("a"), true, &mut budget).unwrap();
+        assert_eq!(budget, 0);
+        std::fs::File::create(src.join("sparse"))
+            .unwrap()
+            .set_len(MAX_COPIED_INPUT_BYTES + 1)
+            .unwrap();
+        let mut budget = MAX_COPIED_INPUT_BYTES;
+        let e = copy_tree(&src, &t.path().join("b"), true, &mut budget).unwrap_err();
+        assert!(e.to_string().contains("at most 1073741824 bytes"), "{e}");
+        assert!(!t.path().join("b/sparse").exists());
+    }
+
     #[test]
     fn a_deterministic_job_agrees_under_every_perturbation() {
         let t = tempfile::tempdir().unwrap();

@@ -42,6 +42,55 @@ pub struct Sources {
     pub inputs: Vec<(Option<String>, PathBuf)>,
     /// The file whose bytes were the job's stdin (needed when it was not empty).
     pub stdin: Option<PathBuf>,
+    /// The most the verifier lets the job ask for ([`JobCaps`]).
+    pub caps: JobCaps,
+}
+
+/// The most a verifier lets a receipt's (or snapshot's) job ask for, `None` for no cap:
+/// a job above one is refused before its module is read or its inputs hashed. A
+/// receipt's limits are the provider's choice, and a re-run spends what they allow (a
+/// 30-day timeout, a 16 GiB output quota): found by review, with no way for a verifier
+/// to say what it will spend. Rejected: caps by default (a verifier of large jobs would
+/// have every receipt refused until it found the flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JobCaps {
+    pub fuel: Option<u64>,
+    pub memory: Option<u64>,
+    pub max_output: Option<u64>,
+    pub timeout: Option<Duration>,
+}
+
+impl JobCaps {
+    /// `Err` naming the first limit of `limits` above its cap.
+    pub fn check(&self, limits: &detwasm_job::job::Limits) -> Result<(), VerifyError> {
+        let over = |what: &str, asked: String, cap: String| {
+            Err(VerifyError::OverCap(format!(
+                "its job asks for {what} {asked}, more than the {cap} allowed here"
+            )))
+        };
+        if let Some(c) = self.fuel.filter(|c| limits.fuel > *c) {
+            return over("fuel", limits.fuel.to_string(), c.to_string());
+        }
+        if let Some(c) = self.memory.filter(|c| limits.memory > *c) {
+            return over("memory", limits.memory.to_string(), c.to_string());
+        }
+        if let Some(c) = self.max_output.filter(|c| limits.max_output > *c) {
+            return over(
+                "an output quota of",
+                limits.max_output.to_string(),
+                c.to_string(),
+            );
+        }
+        let timeout = limits.safety_timeout();
+        if let Some(c) = self.timeout.filter(|c| timeout > *c) {
+            return over(
+                "a timeout of",
+                format!("{} s", timeout.as_secs_f64()),
+                format!("{} s", c.as_secs_f64()),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Sources {
@@ -103,6 +152,13 @@ pub enum VerifyError {
     },
     #[error("--results {}: {cause}", path.display())]
     Results { path: PathBuf, cause: String },
+    /// The folder holds what no run of this runtime writes (a FIFO or device, a name
+    /// UnixFS cannot hold, more entries than a results folder can have): evidence about
+    /// the folder, so `verify` reports the results not verified (exit 1), where an error
+    /// reading it leaves the verdict open (exit 2). Found by review: a FIFO in a
+    /// provider's folder was "cannot re-run".
+    #[error("--results {}: not a results folder of any run: {cause}", path.display())]
+    NotResults { path: PathBuf, cause: String },
     /// The job the receipt (or snapshot) records is not one a run would accept, e.g.
     /// more inputs or outputs than a job may have: said before anything of it is read,
     /// hashed or run.
@@ -110,6 +166,9 @@ pub enum VerifyError {
     Job(#[from] detwasm_job::error::JobError),
     #[error("re-running the job: {0}")]
     Run(#[from] RunError),
+    /// The job asks for more than `--cap-*` allow ([`JobCaps`]).
+    #[error("the receipt's job is refused: {0}")]
+    OverCap(String),
     #[error("the receipt has no trace of snapshots (the run took no checkpoints: run it with `detwasm run --checkpoints DIR`)")]
     NoTrace,
     #[error("the two receipts cannot be bisected: {0}")]
@@ -277,6 +336,7 @@ pub fn job_of_record(
     // small file that can list 80,000 outputs (each a mount and results folder, checked
     // against each other) or inputs (each hashed).
     detwasm_job::job::check_counts(r.inputs.len(), r.outputs.len())?;
+    sources.caps.check(&r.limits)?;
     let profile = results_options.profile;
     let module_path = sources
         .module
@@ -446,14 +506,26 @@ pub fn verify(
     let (cid_provider, differences, differences_unlisted) = match provider_results {
         None => (None, Vec::new(), 0),
         Some(p) => {
-            let diff = diff_folders(
+            let diff = match diff_folders(
                 &dest,
                 p,
                 receipt.profile,
                 !receipt.skip_hidden,
                 receipt.job.limits.safety_timeout(),
-            )?;
-            if diff.theirs != receipt.cid {
+            ) {
+                Ok(diff) => diff,
+                Err(e @ VerifyError::NotResults { .. }) => {
+                    reasons.push(e.to_string());
+                    FolderDiff {
+                        ours: rerun.cid.clone(),
+                        theirs: String::new(),
+                        differences: Vec::new(),
+                        unlisted: 0,
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if !diff.theirs.is_empty() && diff.theirs != receipt.cid {
                 reasons.push(format!(
                     "the provider's results folder hashes to {}, not to the receipt's {}",
                     diff.theirs, receipt.cid
@@ -465,7 +537,8 @@ pub fn verify(
                     "{total} path(s) of the provider's results differ from the re-run"
                 ));
             }
-            (Some(diff.theirs), diff.differences, diff.unlisted)
+            let theirs = Some(diff.theirs).filter(|c| !c.is_empty());
+            (theirs, diff.differences, diff.unlisted)
         }
     };
     Ok(Report {
@@ -623,6 +696,15 @@ fn entries(
     }
     let hashed = hasher.hash_path(dir).map_err(|e| match (e, deadline) {
         (HashError::Deadline, Some(d)) => too_late(dir, d),
+        (
+            e @ (HashError::Unsupported { .. }
+            | HashError::InvalidName { .. }
+            | HashError::TooManyEntries { .. }),
+            _,
+        ) => VerifyError::NotResults {
+            path: dir.to_path_buf(),
+            cause: e.to_string(),
+        },
         (e, _) => VerifyError::Results {
             path: dir.to_path_buf(),
             cause: e.to_string(),
@@ -1058,7 +1140,7 @@ mod tests {
         .unwrap_err();
         let m = e.to_string();
         assert!(
-            matches!(&e, VerifyError::Results { path, .. } if path == &theirs)
+            matches!(&e, VerifyError::NotResults { path, .. } if path == &theirs)
                 && m.contains("more than 50 entries")
                 && m.contains("extra"),
             "{m}"
@@ -1291,11 +1373,12 @@ fn run_segment(
             }
             Ok(())
         };
+        // Opened (its layout checked against its state, within the caps of
+        // `Snapshot::open`) before it is hashed: hashing first cost a folder's every byte,
+        // whatever it held (found by review: a 16 GiB sparse file beside a snapshot took
+        // 40 s with a 3 s job timeout).
         let opened = if snapshots.is_dir() {
-            // Hashed before it is opened: a forged folder is named by its CID.
-            let dir = snapshots.join(format!("{i:06}"));
-            hashed(&dir)?;
-            open_snapshot(&dir, None)
+            open_snapshot(&snapshots.join(format!("{i:06}")), None)
         } else {
             open_snapshot(snapshots, Some(want))
         }

@@ -163,6 +163,7 @@ fn verify(
         module,
         inputs: inputs.iter().map(|s| Sources::parse_input(s)).collect(),
         stdin,
+        caps: Default::default(),
     };
     let rt = runtime()?;
     let report = py

@@ -64,6 +64,32 @@ pub fn grant_by(job: &Job, deadline: Option<Deadline>) -> Result<WasiHost, RunEr
             },
         })?;
     }
+    // A writable folder is delivered with the results, its unchanged files copied from
+    // the host: their bytes must fit the output quota, as what the guest writes must.
+    // Found by review: a 32 KB job folder whose writable folder held an 8 GiB sparse file
+    // delivered 8.1 GB of results under a 256 MiB quota. The files are not charged to the
+    // quota the guest writes against (a guest that rewrites its folder would pay twice,
+    // and every count and outcome of jobs within the quota would change); so the results
+    // of a job hold at most twice its quota. Rejected: charging the copy at delivery
+    // (after the run, its outcome already decided).
+    let mut seeded = 0u64;
+    for (input, bytes) in job.inputs.iter().zip(vfs.host_file_bytes()) {
+        if !input.writable {
+            continue;
+        }
+        seeded = seeded.saturating_add(bytes);
+        if seeded > job.limits.max_output {
+            return Err(RunError::Input {
+                path: input.host.clone(),
+                reason: format!(
+                    "its files (with the writable folders' before it) hold {seeded} bytes, \
+                     more than the job's output quota of {} bytes: a writable folder is \
+                     delivered with the results",
+                    job.limits.max_output
+                ),
+            });
+        }
+    }
     for output in &job.outputs {
         vfs.mount_output(&output.guest, epoch);
     }
@@ -82,6 +108,35 @@ pub fn grant_by(job: &Job, deadline: Option<Deadline>) -> Result<WasiHost, RunEr
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn writable_folders_larger_than_the_output_quota_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // Sparse: its size, not its blocks, is what delivery would copy.
+        std::fs::File::create(a.join("big"))
+            .unwrap()
+            .set_len(600)
+            .unwrap();
+        std::fs::write(b.join("small"), [1u8; 500]).unwrap();
+        let job = |quota: u64| {
+            let mut job = Job::new(Vec::new()).push_input(&a, "/a").push_dir(&b, "/b");
+            job.limits.max_output = quota;
+            job
+        };
+        // A read-only input is not delivered: only the writable folder's 500 bytes count.
+        assert!(grant(&job(500)).is_ok());
+        let err = grant(&job(499)).err().expect("over the quota");
+        assert!(
+            matches!(&err, RunError::Input { path, .. } if path == &b)
+                && err
+                    .to_string()
+                    .contains("hold 500 bytes, more than the job's output quota of 499"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn input_scans_stop_at_the_jobs_deadline_naming_the_input() {

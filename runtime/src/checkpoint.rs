@@ -36,7 +36,6 @@
 //! depend on where the inputs are).
 
 mod car;
-pub use car::MAX_MEMORY as MAX_CAR_MEMORY;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,6 +49,7 @@ use crate::passes::unwind;
 use crate::receipt::JobRecord;
 use crate::wasi::host::snapshot::SavedHost;
 use crate::wasi::host::WasiHost;
+use crate::wasi::vfs::snapshot::SavedKind;
 
 /// The format of a snapshot folder.
 pub const FORMAT: &str = "detwasm-snapshot-1";
@@ -395,6 +395,142 @@ fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
     }
 }
 
+/// The most bytes of memories a snapshot may have, whatever its job's memory limit says:
+/// 8 GiB (two full 32-bit memories). A snapshot's claims are untrusted until its job is
+/// checked against the module, which comes after the snapshot is hashed (a folder) or
+/// unpacked (a CAR), so a forged limit must not decide how much a small snapshot costs
+/// (found by review: a CAR claiming a large limit filled the disk; a folder's 6 GiB
+/// sparse stdout under a claimed 16 GiB quota took 6.3 GB of memory).
+pub const MAX_MEMORY: u64 = 8 << 30;
+
+/// The most bytes of files in memory, stdout and stderr a snapshot may have, whatever its
+/// job's output quota says: 4 GiB.
+pub const MAX_OUTPUT: u64 = 4 << 30;
+
+/// The most memories a snapshot may have.
+const MAX_MEMORIES: usize = 1024;
+
+/// The bytes the state says its files hold, each claim checked against the job's
+/// limits (and against [`MAX_MEMORY`] and [`MAX_OUTPUT`]), and its number of files in
+/// memory.
+fn claimed(s: &State) -> Result<(u64, u64), String> {
+    let limits = &s.job.limits;
+    if s.memories.len() > MAX_MEMORIES {
+        return Err(format!("{} memories", s.memories.len()));
+    }
+    let memories = s.memories.iter().fold(0u64, |sum, m| {
+        sum.saturating_add(m.pages.saturating_mul(PAGE))
+    });
+    if memories > limits.memory.min(MAX_MEMORY) {
+        return Err(format!(
+            "its memories have {memories} bytes, more than the {} it can have",
+            limits.memory.min(MAX_MEMORY)
+        ));
+    }
+    if s.frames > unwind::MAX_PAGES * PAGE {
+        return Err(format!("{} bytes of frames", s.frames));
+    }
+    let (mut files, mut count) = (0u64, 0u64);
+    for n in s.host.vfs.nodes.iter().flatten() {
+        if let SavedKind::MemFile(len) = n.kind {
+            files = files.saturating_add(len);
+            count += 1;
+        }
+    }
+    let printed = s.host.stdout_len.saturating_add(s.host.stderr_len);
+    let written = files.saturating_add(printed);
+    let quota = limits.max_output.min(MAX_OUTPUT);
+    if written > quota {
+        return Err(format!(
+            "its files, stdout and stderr have {written} bytes, more than the {quota} they \
+             can have"
+        ));
+    }
+    Ok((
+        memories.saturating_add(s.frames).saturating_add(written),
+        count,
+    ))
+}
+
+/// Checks that snapshot folder `dir` holds exactly what `state` claims, within
+/// [`claimed`]'s caps: `state.json`, `frames`, `stdout`, `stderr`, one `memory/N` per
+/// memory and one `files/N` per file in memory, each a regular file (not a link) of the
+/// length claimed, and nothing else. The folder is hashed for the trace before its files
+/// are read, so what is hashed must be bounded first. Found by review: a 16 GiB sparse
+/// file beside the snapshot's own cost `verify --sample` 40 s of hashing with a 3 s job
+/// timeout, and changed the CID `resume` put in its trace. Entries are listed no further
+/// than the first one not claimed. Rejected: hashing only the claimed files (the CID
+/// would then not be the folder's).
+fn check_layout(dir: &Path, state: &State) -> Result<(), RunError> {
+    use std::collections::BTreeMap;
+    let bad = |why: String| refused(dir, why);
+    claimed(state).map_err(bad)?;
+    let mut want: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    want.insert(STATE_FILE.into(), None);
+    want.insert("frames".into(), Some(state.frames));
+    want.insert("stdout".into(), Some(state.host.stdout_len));
+    want.insert("stderr".into(), Some(state.host.stderr_len));
+    for m in &state.memories {
+        want.insert(format!("memory/{}", m.index), Some(m.pages * PAGE));
+    }
+    for (node, n) in state.host.vfs.nodes.iter().enumerate() {
+        if let Some(SavedKind::MemFile(len)) = n.as_ref().map(|n| &n.kind) {
+            want.insert(format!("files/{node}"), Some(*len));
+        }
+    }
+    let mut found = 0usize;
+    let mut list = |sub: &str| -> Result<(), RunError> {
+        let folder = if sub.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(sub)
+        };
+        let entries = std::fs::read_dir(&folder).map_err(|e| bad(format!("{sub}: {e}")))?;
+        for e in entries {
+            let e = e.map_err(|e| bad(format!("{sub}: {e}")))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let rel = if sub.is_empty() {
+                name.to_string()
+            } else {
+                format!("{sub}/{name}")
+            };
+            // Not followed: a link is neither a file nor a folder here.
+            let ty = e.file_type().map_err(|e| bad(format!("{rel}: {e}")))?;
+            if sub.is_empty() && (rel == "memory" || rel == "files") && ty.is_dir() {
+                continue;
+            }
+            let Some(len) = want.get(&rel) else {
+                return Err(bad(format!("{rel}: no snapshot has it")));
+            };
+            if !ty.is_file() {
+                return Err(bad(format!("{rel}: not a regular file")));
+            }
+            if let Some(len) = len {
+                let m = e.metadata().map_err(|e| bad(format!("{rel}: {e}")))?;
+                if m.len() != *len {
+                    return Err(bad(format!(
+                        "{rel} has {} bytes, not the {len} saved",
+                        m.len()
+                    )));
+                }
+            }
+            found += 1;
+        }
+        Ok(())
+    };
+    list("")?;
+    list("memory")?;
+    list("files")?;
+    if found != want.len() {
+        return Err(bad(format!(
+            "it has {found} of the {} files its state names",
+            want.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the regular file `rel` (`name` or `folder/name`) of snapshot folder `dir`, and
 /// its length. A snapshot is untrusted: every component below `dir` is opened without
 /// following a symlink (`openat` with `O_NOFOLLOW`, relative to the handle of the folder
@@ -519,6 +655,7 @@ impl Snapshot {
                 ),
             ));
         }
+        check_layout(dir, &state)?;
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             state,

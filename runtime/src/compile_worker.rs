@@ -15,7 +15,7 @@
 //! on its stdin, compiles it with the same engine configuration and the same passes
 //! ([`engine::compile_with`]) and writes the serialized module on its stdout; the parent
 //! deserializes it. A process that named no worker (a library user, the runtime's own
-//! tests) compiles on a thread of its own as before ([`engine::compile_by`]).
+//! tests) compiles on a thread of its own as before ([`crate::compile::compile_by`]).
 //!
 //! Rejected: `fork` without `exec` (the child of a multi-threaded process may inherit a
 //! lock another thread held, wasmtime's or the allocator's, and hang until the deadline:

@@ -2,11 +2,14 @@
 //!
 //! What it is for: running a `wasm32-wasip1` module so that the same [`Job`] gives the
 //! same results directory (and so the same results CID) and the same instruction count
-//! on any host, at any time, under any load. It owns the engine configuration and the
-//! module cache ([`engine`]), the passes that make a module deterministic ([`passes`]),
+//! on any host, at any time, under any load. It owns the engine configuration
+//! ([`engine`]), compiling with a deadline ([`compile`], [`compile_worker`]), the module
+//! cache ([`cache`]), the passes that make a module deterministic ([`passes`]),
 //! the meter and the memory limiter, the deterministic preview1 host ([`wasi`]), what a
 //! job may reach ([`capabilities`], the only place anything is granted), the run itself
-//! ([`run`]) and the delivery of its results ([`deliver`]).
+//! ([`run`]), its snapshots at checkpoints and resuming from them ([`checkpoint`]) and
+//! the delivery of its results ([`deliver`]); and the fuzz target of the preview1 host
+//! ([`wasi_fuzz`]).
 //!
 //! What it is not: a general WASI runtime — there are no real clocks, no entropy, no
 //! network and no host filesystem here, by design. It does not read job files
@@ -33,8 +36,10 @@
 // names so that `detwasm_runtime::job::Job` and the runtime's own paths still read.
 pub use detwasm_job::{error, job, receipt, results};
 
+pub mod cache;
 pub mod capabilities;
 pub mod checkpoint;
+pub mod compile;
 pub mod compile_worker;
 pub mod deliver;
 pub mod engine;
@@ -44,6 +49,7 @@ pub mod meter;
 pub use detwasm_passes as passes;
 pub mod run;
 pub mod wasi;
+pub mod wasi_fuzz;
 
 pub use engine::EngineOptions;
 pub use error::{JobError, RunError};

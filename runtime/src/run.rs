@@ -21,12 +21,13 @@ use std::task::{Context, Poll, Waker};
 
 use wasmtime::{Engine, ExternType, FuncType, Linker, Store, Trap, ValType};
 
+use crate::cache::ModuleCache;
 use crate::capabilities;
 use crate::checkpoint;
 use crate::deliver;
 pub use crate::deliver::Destination;
 pub use crate::engine::GUEST_THREAD_STACK;
-use crate::engine::{self, EngineOptions, ModuleCache};
+use crate::engine::{self, EngineOptions};
 use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
 use crate::limiter::JobLimiter;
@@ -237,7 +238,7 @@ impl Runtime {
         self.load_by(bytes, entry, None)
     }
 
-    /// [`Self::load`], a compile ended at `deadline` ([`engine::compile_by`]).
+    /// [`Self::load`], a compile ended at `deadline` ([`crate::compile::compile_by`]).
     pub fn load_by(
         &self,
         bytes: &[u8],
@@ -263,7 +264,9 @@ impl Runtime {
                     .load_or_compile_by(&self.engine, &binary, deadline, self.unwind())?
                     .0
             }
-            (None, None) => engine::compile_by(&self.engine, &binary, deadline, self.unwind())?,
+            (None, None) => {
+                crate::compile::compile_by(&self.engine, &binary, deadline, self.unwind())?
+            }
         };
         if let Ok(mut m) = self.loaded.lock() {
             if m.len() >= MAX_LOADED_MODULES {
@@ -384,7 +387,7 @@ impl Runtime {
     ) -> Result<Ran, RunError> {
         // The wall-clock safety net covers the whole job from here: hashing, loading and
         // compiling the module (a compile that overruns it is an error, see
-        // [`engine::compile_by`]), and running the guest.
+        // [`crate::compile::compile_by`]), and running the guest.
         let deadline = engine::Deadline::after(job.limits.safety_timeout());
         job.validate()?;
         if (how.save.is_some() || how.resume.is_some()) && !self.unwind() {
@@ -857,6 +860,7 @@ fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
             Fatal::OutOfFuel => Ok(Outcome::OutOfFuel),
             Fatal::Guest(m) => Ok(Outcome::Trap(m.clone())),
             Fatal::Host(m) => Err(m.clone()),
+            Fatal::Timeout => Ok(Outcome::Timeout),
         };
     }
     if let Some(stop) = e.downcast_ref::<Stop>() {

@@ -211,6 +211,31 @@ pub struct SourceArgs {
     /// The file that was the job's stdin (needed when it was not empty).
     #[arg(long, value_name = "FILE")]
     pub stdin: Option<PathBuf>,
+
+    /// Refuse a job whose fuel budget is above N (the receipt's limits are the
+    /// provider's choice, and a re-run spends what they allow). Default: no cap.
+    #[arg(long, value_name = "N")]
+    pub cap_fuel: Option<u64>,
+
+    /// Refuse a job whose memory limit is above SIZE, e.g. 4GiB. Default: no cap.
+    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
+    pub cap_memory: Option<u64>,
+
+    /// Refuse a job whose output quota is above SIZE, e.g. 1GiB. Default: no cap.
+    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
+    pub cap_output: Option<u64>,
+
+    /// Refuse a job whose wall-clock timeout (3600 s when it names none) is above SECS.
+    /// Default: no cap.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub cap_timeout: Option<std::time::Duration>,
+}
+
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 
 impl SourceArgs {
@@ -223,6 +248,12 @@ impl SourceArgs {
                 .map(|s| Sources::parse_input(s))
                 .collect(),
             stdin: self.stdin.clone(),
+            caps: verify::JobCaps {
+                fuel: self.cap_fuel,
+                memory: self.cap_memory,
+                max_output: self.cap_output,
+                timeout: self.cap_timeout,
+            },
         }
     }
 }

@@ -16,9 +16,9 @@
 //! 3. `state.json` is read first, its size and block visits within [`MAX_STATE_BYTES`]
 //!    (twice that for visits).
 //! 4. The state's claims bound the rest: its memories (within the job's memory limit,
-//!    and at most [`MAX_MEMORY`]), its frames (within the unwind memory's most), stdout,
+//!    and at most [`super::MAX_MEMORY`]), its frames (within the unwind memory's most), stdout,
 //!    stderr and the files in memory (within the job's output quota, and at most
-//!    [`MAX_OUTPUT`]); `memory/` and `files/` hold at most one entry per memory and per
+//!    [`super::MAX_OUTPUT`]); `memory/` and `files/` hold at most one entry per memory and per
 //!    file in memory it claims, and those at most [`MAX_FILES`]. The claims are untrusted (a snapshot's job is checked
 //!    against the module only after it is unpacked), so the caps, not the job, bound a
 //!    hostile CAR: at most 8 + 1 + 4 GiB and 64 MiB written, whatever it claims. The
@@ -49,23 +49,8 @@ use std::path::Path;
 use detwasm_hasher::unpack::{Car, VISIT_CHARGE};
 use detwasm_hasher::{unixfs, Cid};
 
-use super::{Snapshot, State, MAX_STATE_BYTES, PAGE, STATE_FILE};
+use super::{Snapshot, State, MAX_STATE_BYTES, STATE_FILE};
 use crate::error::RunError;
-use crate::passes::unwind;
-use crate::wasi::vfs::snapshot::SavedKind;
-
-/// The most bytes of memories a snapshot unpacked from a CAR may write, whatever its
-/// job's memory limit says: 8 GiB (two full 32-bit memories). The claim is untrusted
-/// until the snapshot is opened and its job checked, so a forged limit must not decide
-/// how much disk a small CAR fills.
-pub const MAX_MEMORY: u64 = 8 << 30;
-
-/// The most bytes of files in memory, stdout and stderr a snapshot unpacked from a CAR
-/// may write, whatever its job's output quota says: 4 GiB.
-pub const MAX_OUTPUT: u64 = 4 << 30;
-
-/// The most memories a snapshot unpacked from a CAR may have.
-const MAX_MEMORIES: usize = 1024;
 
 /// The most files in memory a snapshot unpacked from a CAR may have: 65,536. Each is a
 /// file unpacked (an inode, and time), and a state of 64 MiB can claim over a million
@@ -128,7 +113,13 @@ impl Snapshot {
             .map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
         let state: State =
             serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
-        let (claimed, files) = claimed(&state).map_err(&bad)?;
+        let (claimed, files) = super::claimed(&state).map_err(&bad)?;
+        if files > MAX_FILES {
+            return Err(bad(format!(
+                "{files} files in memory, more than the {MAX_FILES} a snapshot CAR can have \
+                 (resume the snapshot folder)"
+            )));
+        }
         if layout.memories > state.memories.len() as u64 || layout.files > files {
             return Err(bad(format!(
                 "it holds {} memories and {} files in memory, its state {} and {files}",
@@ -235,53 +226,6 @@ fn is_file(blocks: &Car<'_>, c: Cid, name: &str) -> Result<(), String> {
         unixfs::TYPE_FILE | unixfs::TYPE_RAW => Ok(()),
         _ => Err(format!("{name} is not a file")),
     }
-}
-
-/// The bytes the state says its files hold, each claim checked against the job's
-/// limits (and memories against [`MAX_MEMORY`]), and its number of files in memory.
-fn claimed(s: &State) -> Result<(u64, u64), String> {
-    let limits = &s.job.limits;
-    if s.memories.len() > MAX_MEMORIES {
-        return Err(format!("{} memories", s.memories.len()));
-    }
-    let memories = s.memories.iter().fold(0u64, |sum, m| {
-        sum.saturating_add(m.pages.saturating_mul(PAGE))
-    });
-    if memories > limits.memory.min(MAX_MEMORY) {
-        return Err(format!(
-            "its memories have {memories} bytes, more than the {} it can have",
-            limits.memory.min(MAX_MEMORY)
-        ));
-    }
-    if s.frames > unwind::MAX_PAGES * PAGE {
-        return Err(format!("{} bytes of frames", s.frames));
-    }
-    let (mut files, mut count) = (0u64, 0u64);
-    for n in s.host.vfs.nodes.iter().flatten() {
-        if let SavedKind::MemFile(len) = n.kind {
-            files = files.saturating_add(len);
-            count += 1;
-        }
-    }
-    if count > MAX_FILES {
-        return Err(format!(
-            "{count} files in memory, more than the {MAX_FILES} a snapshot CAR can have \
-             (resume the snapshot folder)"
-        ));
-    }
-    let printed = s.host.stdout_len.saturating_add(s.host.stderr_len);
-    let written = files.saturating_add(printed);
-    let quota = limits.max_output.min(MAX_OUTPUT);
-    if written > quota {
-        return Err(format!(
-            "its files, stdout and stderr have {written} bytes, more than the {quota} they \
-             can have"
-        ));
-    }
-    Ok((
-        memories.saturating_add(s.frames).saturating_add(written),
-        count,
-    ))
 }
 
 fn show(c: Cid) -> String {

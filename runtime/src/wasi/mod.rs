@@ -20,7 +20,6 @@
 // The host's state and calls are detwasm-wasi's (no engine there); this module links
 // them into wasmtime and charges their work as fuel.
 pub use detwasm_wasi::{abi, host, vfs};
-pub mod fuzz;
 
 use wasmtime::{Caller, Extern, Linker, Memory};
 

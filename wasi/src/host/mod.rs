@@ -41,6 +41,9 @@ pub enum Fatal {
     /// The host failed (an input could not be read, changed under the guest, …): the run
     /// is an error, never a verifiable guest outcome.
     Host(String),
+    /// The job's wall-clock deadline passed inside a call ([`ReadError::Timeout`]): the
+    /// run ends as a timeout, as at a refuel past the deadline.
+    Timeout,
 }
 
 impl std::fmt::Display for Fatal {
@@ -50,6 +53,7 @@ impl std::fmt::Display for Fatal {
             Fatal::OutputQuota => f.write_str("output quota exceeded"),
             Fatal::OutOfFuel => f.write_str("out of fuel"),
             Fatal::Guest(m) | Fatal::Host(m) => f.write_str(m),
+            Fatal::Timeout => f.write_str("wall-clock timeout"),
         }
     }
 }
@@ -75,6 +79,7 @@ impl From<ReadError> for HostError {
         match e {
             ReadError::Errno(e) => HostError::Errno(e),
             ReadError::Host(m) => HostError::Fatal(Fatal::Host(m)),
+            ReadError::Timeout => HostError::Fatal(Fatal::Timeout),
         }
     }
 }

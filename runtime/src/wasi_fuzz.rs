@@ -12,9 +12,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::abi::Mem;
-use super::host::{HostError, WasiHost};
 use crate::job::Job;
+use crate::wasi::abi::Mem;
+use crate::wasi::host::{HostError, WasiHost};
 
 /// Bytes of guest memory the calls work on.
 pub const MEMORY: usize = 1 << 16;
