@@ -697,6 +697,59 @@ mod tests {
         metered
     }
 
+    /// The exported global of `binary` named `name`, and the module's number of globals.
+    fn exported_global(binary: &[u8], name: &str) -> (Option<u32>, u32) {
+        let (mut found, mut globals) = (None, 0);
+        for p in Parser::new(0).parse_all(binary) {
+            match p.unwrap() {
+                Payload::ImportSection(r) => {
+                    for i in r.into_imports() {
+                        if matches!(i.unwrap().ty, wasmparser::TypeRef::Global(_)) {
+                            globals += 1;
+                        }
+                    }
+                }
+                Payload::GlobalSection(r) => globals += r.count(),
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e.unwrap();
+                        if e.name == name && e.kind == wasmparser::ExternalKind::Global {
+                            found = Some(e.index);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (found, globals)
+    }
+
+    #[test]
+    fn the_counter_is_exported_as_the_last_global_with_or_without_an_export_section() {
+        for wat in [
+            // No export section, no global section of its own, an imported global.
+            r#"(module (import "m" "g" (global i32)) (func $f (call $f)))"#,
+            // Exports, globals, and a start section after the exports.
+            r#"(module (global i64 (i64.const 1)) (func $f (export "f") (call $f))
+                (memory (export "m") 1) (start $f))"#,
+        ] {
+            let metered = meter_wat(wat);
+            let out = export_counter(&metered, "depth").unwrap();
+            wasmparser::Validator::new_with_features(WasmFeatures::all())
+                .validate_all(&out)
+                .unwrap();
+            let (index, globals) = exported_global(&out, "depth");
+            assert_eq!(index, Some(globals - 1), "{wat}");
+            // Nothing else changes: the other exports are still there.
+            if wat.contains("export") {
+                assert!(exported_global(&out, "m").1 == globals);
+            }
+        }
+        // No functions of its own: no counter, nothing exported.
+        let bare = meter_wat(r#"(module (memory 1))"#);
+        assert_eq!(export_counter(&bare, "depth").unwrap(), bare);
+    }
+
     #[test]
     fn frame_costs_follow_the_rule() {
         let binary = wat::parse_str(

@@ -34,7 +34,7 @@ use wast::core::{AbstractHeapType, HeapType, NanPattern, V128Pattern, WastArgCor
 use wast::parser::{self, ParseBuffer};
 use wast::{QuoteWat, QuoteWatTest, Wast, WastArg, WastDirective, WastExecute, WastRet, Wat};
 
-/// Folders of the suite: the three core specifications and the proposals detwasm's
+/// Folders of the suite: the three core specifications, the latest, and the proposals detwasm's
 /// engine enables (`ENGINE_SETTINGS`: simd, relaxed_simd, bulk_memory, reference_types,
 /// multi_value, multi_memory, tail_call, extended_const; sign extension, mutable globals
 /// and non-trapping conversions are in Wasm 2.0 and always on; annotations are text
@@ -44,6 +44,9 @@ fn folders() -> Vec<(String, Vec<TestFile<'static>>)> {
         ("wasm-v1".into(), spec(SpecVersion::V1).collect()),
         ("wasm-v2".into(), spec(SpecVersion::V2).collect()),
         ("wasm-v3".into(), spec(SpecVersion::V3).collect()),
+        // The spec's main branch when the crate was made: wasm-v3's files and a few
+        // assertions more.
+        ("wasm-latest".into(), spec(SpecVersion::Latest).collect()),
     ];
     for p in [
         Proposal::Simd,
