@@ -162,7 +162,7 @@ enum Skip {
     /// (detwasm's build), so the host can create no `externref` but null.
     HostRef,
     /// A module detwasm refuses for a documented bound (the shape scan).
-    Refused(String),
+    Refused,
     /// An assertion a later spec or a feature detwasm enables made wrong
     /// ([`KNOWN_DIFFERENCES`]).
     Known,
@@ -177,8 +177,8 @@ impl Skip {
             Skip::HostRef => {
                 "needs a non-null host `externref` (wasmtime is built without `gc`)".into()
             }
-            Skip::Refused(why) => {
-                format!("module refused by detwasm's shape scan ({})", short(why))
+            Skip::Refused => {
+                "module refused by detwasm's shape scan (a documented bound, listed below)".into()
             }
             Skip::Feature(f) => format!("needs {f}"),
             Skip::Known => "superseded by Wasm 2.0/3.0 or an enabled feature (listed below)".into(),
@@ -276,6 +276,10 @@ struct Runner {
     all: Vec<Instance>,
     /// Names a module not run would have been registered under, and why it was not.
     unregistered: HashMap<String, Skip>,
+    /// Where the directive being run is (`file:line`), and the modules the shape scan
+    /// refused, each with where and why.
+    at: String,
+    refused: Vec<String>,
 }
 
 /// Budget of one file's instructions: far beyond what any spec test runs, so running
@@ -298,6 +302,8 @@ impl Runner {
             definitions: HashMap::new(),
             all: Vec::new(),
             unregistered: HashMap::new(),
+            at: String::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -384,9 +390,12 @@ impl Runner {
         }
     }
 
-    fn compile(&self, bytes: &[u8]) -> Result<Module, Failure> {
+    fn compile(&mut self, bytes: &[u8]) -> Result<Module, Failure> {
         compile_reentrant(&self.engine, bytes).map_err(|e| match e {
-            RunError::TooComplex(why) => Failure::Skip(Skip::Refused(why)),
+            RunError::TooComplex(why) => {
+                self.refused.push(format!("{}: {}", self.at, short(&why)));
+                Failure::Skip(Skip::Refused)
+            }
             e => match feature_refusal(bytes, &e.to_string()) {
                 Some(feature) => Failure::Skip(Skip::Feature(feature.into())),
                 None => Failure::Fail(format!("not compiled: {e}")),
@@ -654,6 +663,7 @@ fn run_file(engine: &Engine, folder: &str, file: &TestFile) -> FileResult {
     for mut d in wast.directives {
         let (line, _) = d.span().linecol_in(file.contents);
         let at = format!("{}:{}", file.name, line + 1);
+        rt.at = at.clone();
         let outcome: Result<(), Failure> = (|| match &mut d {
             WastDirective::Module(q) => {
                 let id = module_id(q);
@@ -662,7 +672,7 @@ fn run_file(engine: &Engine, folder: &str, file: &TestFile) -> FileResult {
                     Ok(m) => rt.instantiate(&m).map_err(|e| rt.link_failure(e)),
                     Err(Failure::Skip(why)) => {
                         match &why {
-                            Skip::Refused(shape) => r.refused.push(format!("{at}: {shape}")),
+                            Skip::Refused => {}
                             other => *r.modules_not_run.entry(other.reason()).or_default() += 1,
                         }
                         rt.current = Some(Err(why.clone()));
@@ -849,6 +859,7 @@ fn run_file(engine: &Engine, folder: &str, file: &TestFile) -> FileResult {
                 .push(format!("{at}: {}", one_line(&format!("{e:#}")))),
         }
     }
+    r.refused = rt.refused;
     r
 }
 
@@ -957,9 +968,11 @@ fn spec_suite_through_detwasm_passes() {
     }
     println!("<!-- spec-suite:start -->");
     println!(
-        "| folder | files | modules run | assertions passed | failed | modules not run | assertions not checked |"
+        "| folder | files | modules run | assertions passed | failed | modules not run | \
+         assertions not checked |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | --- | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let sum = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
     for folder in &order {
         let c = &counts[folder];
         println!(
@@ -968,21 +981,41 @@ fn spec_suite_through_detwasm_passes() {
             c.modules_run,
             c.passed,
             c.failed,
-            tally(&c.modules_not_run),
-            tally(&c.skipped_assertions),
+            sum(&c.modules_not_run),
+            sum(&c.skipped_assertions),
         );
     }
     println!();
-    println!("`assert_exhaustion`s that ended in the metered stack limit: {metered}.");
+    println!("`assert_exhaustion`s, each ended by the metered stack limit: {metered}.");
     println!();
-    println!("Not run:");
+    println!("Modules not run, and assertions not checked, per folder and reason:");
+    println!();
+    for folder in &order {
+        let c = &counts[folder];
+        if c.modules_not_run.is_empty() && c.skipped_assertions.is_empty() {
+            continue;
+        }
+        println!(
+            "- {folder}: modules {}; assertions {}",
+            tally(&c.modules_not_run),
+            tally(&c.skipped_assertions)
+        );
+    }
+    println!();
+    println!("Files not run:");
     println!();
     for (folder, why) in SKIPPED_FOLDERS {
-        println!("- `proposals/{folder}/` (every file): {why}");
+        println!("- `proposals/{folder}/`, every file: {why}");
     }
     for folder in &order {
+        // Files none of whose modules ran, grouped by the reasons.
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for f in &counts[folder].files_not_run {
-            println!("- `{folder}/{f}` (every module of the file)");
+            let (name, why) = f.split_once(": ").unwrap();
+            by_reason.entry(why).or_default().push(name);
+        }
+        for (why, names) in by_reason {
+            println!("- `{folder}/`: {} (every module {why})", names.join(", "));
         }
     }
     println!();
