@@ -467,6 +467,78 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// `metered` (an output of [`meter`]) with its depth counter exported as a global named
+/// `name`, so that a host that enters an instance again after a trap can set the counter
+/// back to 0: a trap unwinds frames without running their epilogues, so the counter
+/// keeps the units of every frame it unwound (all of them, at the limit, after an
+/// exhaustion). A job never enters an instance again after a trap (the trap ends it);
+/// the spec test suite does (`runtime/tests/spec_suite.rs`). Nothing else changes: the
+/// export is appended to the export section (one is written, before the first section
+/// that must follow it, when there is none). A module without functions of its own has
+/// no counter and is returned as it is.
+pub fn export_counter(metered: &[u8], name: &str) -> Result<Vec<u8>, String> {
+    let err = |e: wasmparser::BinaryReaderError| e.to_string();
+    let mut globals = 0u32;
+    let mut defined = 0u32;
+    for payload in Parser::new(0).parse_all(metered) {
+        match payload.map_err(err)? {
+            Payload::ImportSection(r) => {
+                for i in r.into_imports() {
+                    if matches!(i.map_err(err)?.ty, wasmparser::TypeRef::Global(_)) {
+                        globals += 1;
+                    }
+                }
+            }
+            Payload::GlobalSection(r) => globals += r.count(),
+            Payload::FunctionSection(r) => defined += r.count(),
+            _ => {}
+        }
+    }
+    if defined == 0 {
+        return Ok(metered.to_vec());
+    }
+    // The counter is the last global: `meter` appends it after every other.
+    let counter = globals.checked_sub(1).ok_or("no stack counter")?;
+    let mut entry = Vec::new();
+    name.encode(&mut entry);
+    entry.push(0x03); // a global
+    counter.encode(&mut entry);
+    let mut out = Vec::with_capacity(metered.len() + entry.len() + 8);
+    let mut written = false;
+    for payload in Parser::new(0).parse_all(metered) {
+        let payload = payload.map_err(err)?;
+        if !written
+            && matches!(
+                &payload,
+                Payload::StartSection { .. }
+                    | Payload::ElementSection(_)
+                    | Payload::DataCountSection { .. }
+                    | Payload::CodeSectionStart { .. }
+                    | Payload::DataSection(_)
+                    | Payload::End(_)
+            )
+        {
+            section(&mut out, 7, 1, &[], &entry);
+            written = true;
+        }
+        match payload {
+            Payload::Version { range, .. } => out.extend_from_slice(&metered[range]),
+            Payload::ExportSection(r) => {
+                append(&mut out, metered, 7, r.count(), r.range(), 1, &entry)?;
+                written = true;
+            }
+            other => {
+                if let Some((id, range)) = other.as_section() {
+                    out.push(id);
+                    (range.len() as u32).encode(&mut out);
+                    out.extend_from_slice(&metered[range]);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Writes section `id`: `count`, then `entries` (already encoded) and `more`.
 fn section(out: &mut Vec<u8>, id: u8, count: u32, entries: &[u8], more: &[u8]) {
     let mut body = Vec::with_capacity(entries.len() + more.len() + 5);
@@ -623,6 +695,59 @@ mod tests {
             .validate_all(&metered)
             .unwrap();
         metered
+    }
+
+    /// The exported global of `binary` named `name`, and the module's number of globals.
+    fn exported_global(binary: &[u8], name: &str) -> (Option<u32>, u32) {
+        let (mut found, mut globals) = (None, 0);
+        for p in Parser::new(0).parse_all(binary) {
+            match p.unwrap() {
+                Payload::ImportSection(r) => {
+                    for i in r.into_imports() {
+                        if matches!(i.unwrap().ty, wasmparser::TypeRef::Global(_)) {
+                            globals += 1;
+                        }
+                    }
+                }
+                Payload::GlobalSection(r) => globals += r.count(),
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e.unwrap();
+                        if e.name == name && e.kind == wasmparser::ExternalKind::Global {
+                            found = Some(e.index);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (found, globals)
+    }
+
+    #[test]
+    fn the_counter_is_exported_as_the_last_global_with_or_without_an_export_section() {
+        for wat in [
+            // No export section, no global section of its own, an imported global.
+            r#"(module (import "m" "g" (global i32)) (func $f (call $f)))"#,
+            // Exports, globals, and a start section after the exports.
+            r#"(module (global i64 (i64.const 1)) (func $f (export "f") (call $f))
+                (memory (export "m") 1) (start $f))"#,
+        ] {
+            let metered = meter_wat(wat);
+            let out = export_counter(&metered, "depth").unwrap();
+            wasmparser::Validator::new_with_features(WasmFeatures::all())
+                .validate_all(&out)
+                .unwrap();
+            let (index, globals) = exported_global(&out, "depth");
+            assert_eq!(index, Some(globals - 1), "{wat}");
+            // Nothing else changes: the other exports are still there.
+            if wat.contains("export") {
+                assert!(exported_global(&out, "m").1 == globals);
+            }
+        }
+        // No functions of its own: no counter, nothing exported.
+        let bare = meter_wat(r#"(module (memory 1))"#);
+        assert_eq!(export_counter(&bare, "depth").unwrap(), bare);
     }
 
     #[test]

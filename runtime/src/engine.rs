@@ -422,6 +422,33 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
 /// ([`passes::unwind`]) so that the run can take checkpoints. Only runs that take
 /// checkpoints pay for it; its results are the same either way.
 pub fn compile_with(engine: &Engine, bytes: &[u8], unwind: bool) -> Result<Module, RunError> {
+    compile_as(engine, bytes, unwind, false)
+}
+
+/// The name under which [`compile_reentrant`] exports the stack pass's depth counter.
+pub const EXPORT_STACK_DEPTH: &str = "detwasm:stack-depth";
+
+/// [`compile`], with the stack pass's depth counter exported as [`EXPORT_STACK_DEPTH`]
+/// (a mutable `i32` global), for a host that calls into an instance again after a trap.
+///
+/// Why: a trap unwinds the guest's frames without their epilogues, so the counter keeps
+/// the units of every frame the trap unwound, and the next call would start that deep
+/// (at the limit, after a metered exhaustion). A job never calls an instance again after
+/// a trap (the trap ends the run), so [`compile`] leaves the counter unexported. The
+/// official spec test suite does, since its assertions go on with an instance after it
+/// trapped: `runtime/tests/spec_suite.rs` compiles with this and sets the counter back to
+/// 0 after every trap, when no frame is left. The module's code is [`compile`]'s; only the
+/// export is added ([`passes::stack::export_counter`]).
+pub fn compile_reentrant(engine: &Engine, bytes: &[u8]) -> Result<Module, RunError> {
+    compile_as(engine, bytes, false, true)
+}
+
+fn compile_as(
+    engine: &Engine,
+    bytes: &[u8],
+    unwind: bool,
+    export_depth: bool,
+) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
     passes::shape::check(&binary, &passes::shape::LIMITS)
         .map_err(|r| RunError::TooComplex(r.to_string()))?;
@@ -439,7 +466,7 @@ pub fn compile_with(engine: &Engine, bytes: &[u8], unwind: bool) -> Result<Modul
             format!("NaN canonicalization could not rewrite the module: {e}"),
         )
     })?;
-    compile_rewritten_with(engine, &binary, &canonical, unwind)
+    compile_rewritten_as(engine, &binary, &canonical, unwind, export_depth)
 }
 
 /// A wall-clock deadline and the timeout it was set from (for the message).
@@ -484,6 +511,16 @@ pub fn compile_rewritten_with(
     rewritten: &[u8],
     unwind: bool,
 ) -> Result<Module, RunError> {
+    compile_rewritten_as(engine, original, rewritten, unwind, false)
+}
+
+fn compile_rewritten_as(
+    engine: &Engine,
+    original: &[u8],
+    rewritten: &[u8],
+    unwind: bool,
+    export_depth: bool,
+) -> Result<Module, RunError> {
     let metered = passes::stack::meter(rewritten).map_err(|e| {
         refused(
             engine,
@@ -497,6 +534,17 @@ pub fn compile_rewritten_with(
                 engine,
                 original,
                 format!("the module cannot take checkpoints: {e}"),
+            )
+        })?
+    } else {
+        metered
+    };
+    let metered = if export_depth {
+        passes::stack::export_counter(&metered, EXPORT_STACK_DEPTH).map_err(|e| {
+            refused(
+                engine,
+                original,
+                format!("the stack counter could not be exported: {e}"),
             )
         })?
     } else {

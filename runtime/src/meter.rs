@@ -474,6 +474,7 @@ pub fn is_pass_import(module: &str, name: &str) -> bool {
 pub fn is_pass_export(name: &str) -> bool {
     name == EXPORT_FUEL
         || name == EXPORT_START
+        || name == crate::engine::EXPORT_STACK_DEPTH
         || name == unwind::EXPORT_STATE
         || name == unwind::EXPORT_PTR
         || name == unwind::EXPORT_MEMORY

@@ -45,6 +45,61 @@ fn calls_through_tables_and_start_functions_are_charged() {
     ));
 }
 
+/// A trap unwinds frames without their epilogues: the depth counter keeps their units,
+/// so an instance entered again after a metered exhaustion exhausts at once. A job never
+/// enters an instance again after a trap; a host that does (the spec test suite,
+/// `tests/spec_suite.rs`) compiles with `compile_reentrant` and sets the exported
+/// counter back to 0 when no frame is left, and the instance works as before.
+#[test]
+fn after_a_trap_the_exported_depth_counter_can_be_reset() {
+    use detwasm_runtime::engine::{compile, compile_reentrant, EXPORT_STACK_DEPTH};
+    let wat = r#"(module
+        (func $deep (param i32) (result i32)
+            (if (result i32) (local.get 0)
+                (then (i32.add (i32.const 1)
+                    (call $deep (i32.sub (local.get 0) (i32.const 1)))))
+                (else (i32.const 0))))
+        (func (export "runaway") (drop (call $deep (i32.const -1))))
+        (func (export "f") (result i32) (call $deep (i32.const 100))))"#;
+    let engine = engine();
+    let plain = compile(&engine, wat.as_bytes()).unwrap();
+    let reentrant = compile_reentrant(&engine, wat.as_bytes()).unwrap();
+    std::thread::Builder::new()
+        .stack_size(detwasm_runtime::run::GUEST_THREAD_STACK)
+        .spawn(move || {
+            let run = |module: &wasmtime::Module, reset: bool| {
+                let (mut store, i) = detwasm_runtime::meter::instantiate(&engine, module, u64::MAX);
+                let i = i.unwrap();
+                let runaway = i.get_typed_func::<(), ()>(&mut store, "runaway").unwrap();
+                let f = i.get_typed_func::<(), i32>(&mut store, "f").unwrap();
+                assert_eq!(f.call(&mut store, ()).unwrap(), 100);
+                let e = runaway.call(&mut store, ()).unwrap_err();
+                assert!(detwasm_runtime::engine::is_stack_exhaustion(&e));
+                if reset {
+                    let depth = i.get_global(&mut store, EXPORT_STACK_DEPTH).unwrap();
+                    assert!(
+                        depth.get(&mut store).unwrap_i32() > 0,
+                        "the trap left frames' units"
+                    );
+                    depth.set(&mut store, wasmtime::Val::I32(0)).unwrap();
+                }
+                f.call(&mut store, ())
+            };
+            let e = run(&plain, false).unwrap_err();
+            assert!(detwasm_runtime::engine::is_stack_exhaustion(&e), "{e:?}");
+            assert_eq!(run(&reentrant, true).unwrap(), 100);
+            // Nothing but the export differs: `compile`'s module has none.
+            let (mut store, i) = detwasm_runtime::meter::instantiate(&engine, &plain, 1);
+            assert!(i
+                .unwrap()
+                .get_global(&mut store, EXPORT_STACK_DEPTH)
+                .is_none());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 #[test]
 fn tail_calls_release_the_frame_they_replace() {
     // Endless tail recursion, direct and through a table: never exhausts the stack,
