@@ -24,6 +24,7 @@
 //! other failure fails the test.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Mutex;
 
 use detwasm_runtime::engine::{
@@ -962,16 +963,28 @@ fn spec_suite_through_detwasm_passes() {
         refused.extend(r.refused.iter().map(|f| format!("{folder}/{f}")));
         metered += r.metered_exhaustions;
     }
-    println!("<!-- spec-suite:start -->");
-    println!(
+    // The README's section is this output, checked here so that its figures cannot
+    // drift from the suite's (DETWASM_UPDATE_README=1 rewrites it).
+    let mut out = String::new();
+    macro_rules! say {
+        () => {
+            out.push('\n')
+        };
+        ($($t:tt)*) => {{
+            use std::fmt::Write as _;
+            writeln!(out, $($t)*).unwrap()
+        }};
+    }
+    say!("<!-- spec-suite:start -->");
+    say!(
         "| folder | files | modules run | assertions passed | failed | modules not run | \
          assertions not checked |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    say!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let sum = |m: &BTreeMap<String, usize>| m.values().sum::<usize>();
     for folder in &order {
         let c = &counts[folder];
-        println!(
+        say!(
             "| {folder} | {} | {} | {} | {} | {} | {} |",
             c.files_run,
             c.modules_run,
@@ -981,27 +994,27 @@ fn spec_suite_through_detwasm_passes() {
             sum(&c.skipped_assertions),
         );
     }
-    println!();
-    println!("`assert_exhaustion`s, each ended by the metered stack limit: {metered}.");
-    println!();
-    println!("Modules not run, and assertions not checked, per folder and reason:");
-    println!();
+    say!();
+    say!("`assert_exhaustion`s, each ended by the metered stack limit: {metered}.");
+    say!();
+    say!("Modules not run, and assertions not checked, per folder and reason:");
+    say!();
     for folder in &order {
         let c = &counts[folder];
         if c.modules_not_run.is_empty() && c.skipped_assertions.is_empty() {
             continue;
         }
-        println!(
+        say!(
             "- {folder}: modules {}; assertions {}",
             tally(&c.modules_not_run),
             tally(&c.skipped_assertions)
         );
     }
-    println!();
-    println!("Files not run:");
-    println!();
+    say!();
+    say!("Files not run:");
+    say!();
     for (folder, why) in SKIPPED_FOLDERS {
-        println!("- `proposals/{folder}/`, every file: {why}");
+        say!("- `proposals/{folder}/`, every file: {why}");
     }
     for folder in &order {
         // Files none of whose modules ran, grouped by the reasons.
@@ -1011,31 +1024,33 @@ fn spec_suite_through_detwasm_passes() {
             by_reason.entry(why).or_default().push(name);
         }
         for (why, names) in by_reason {
-            println!("- `{folder}/`: {} (every module {why})", names.join(", "));
+            say!("- `{folder}/`: {} (every module {why})", names.join(", "));
         }
     }
-    println!();
-    println!("Assertions that fail as a later spec or an enabled feature says they must:");
-    println!();
+    say!();
+    say!("Assertions that fail as a later spec or an enabled feature says they must:");
+    say!();
     for (folder, file, lines, why) in KNOWN_DIFFERENCES {
         let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        println!("- `{folder}/{file}` lines {}: {why}", lines.join(", "));
+        say!("- `{folder}/{file}` lines {}: {why}", lines.join(", "));
     }
     for (folder, file, line) in SIGNED_CANONICAL {
-        println!(
+        say!(
             "- `{folder}/{file}` line {line}: `nan:canonical` met by the canonical NaN with \
              its sign flipped, by `neg` (a sign operation, whose bits wasm defines exactly)"
         );
     }
     if !refused.is_empty() {
-        println!();
-        println!("Modules refused by detwasm's shape scan (a documented bound):");
-        println!();
+        say!();
+        say!("Modules refused by detwasm's shape scan (a documented bound):");
+        say!();
         for r in &refused {
-            println!("- {r}");
+            say!("- {r}");
         }
     }
-    println!("<!-- spec-suite:end -->");
+    say!("<!-- spec-suite:end -->");
+    print!("{out}");
+
     for s in &strict {
         println!("STRICT NaN: {s}");
     }
@@ -1048,4 +1063,26 @@ fn spec_suite_through_detwasm_passes() {
         failures.len(),
         strict.len()
     );
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let (start, end) = (
+        readme
+            .find("<!-- spec-suite:start -->")
+            .expect("the README's spec-suite section"),
+        readme
+            .find("<!-- spec-suite:end -->")
+            .expect("the README's spec-suite section")
+            + "<!-- spec-suite:end -->\n".len(),
+    );
+    if readme[start..end] != out {
+        if std::env::var_os("DETWASM_UPDATE_README").is_some() {
+            let updated = format!("{}{out}{}", &readme[..start], &readme[end..]);
+            std::fs::write(&readme_path, updated).unwrap();
+        } else {
+            panic!(
+                "README.md's spec-suite section is not this run's output (printed above): \
+                 run this test with DETWASM_UPDATE_README=1 to rewrite it"
+            );
+        }
+    }
 }
