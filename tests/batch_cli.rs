@@ -241,3 +241,123 @@ fn exit_status_says_whether_every_job_succeeded() {
         ""
     );
 }
+
+/// Jobs of the probe's float work, `n` of them, each a few hundred milliseconds.
+fn slow_jobs(t: &Path, n: usize) -> PathBuf {
+    let probe = root("fixtures/probes/probe.wasm").display().to_string();
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"module": probe, "args": ["float", (2_000_000 + i).to_string()]})
+            )
+        })
+        .collect();
+    let path = t.join("jobs.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn folders(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// A batch killed part-way has printed (to a redirected stdout) and written to
+/// --receipts the receipt of every job it delivered; --resume then runs only the rest,
+/// prints every receipt in input order, and gives the receipts of a batch that was
+/// never killed. A receipts file is never written over without --resume, and a batch
+/// run again without it says that it delivered beside the earlier results.
+#[test]
+fn a_killed_batch_keeps_every_delivered_receipt_and_resumes_where_it_stopped() {
+    let t = tempfile::tempdir().unwrap();
+    slow_jobs(t.path(), 12);
+    let stdout = std::fs::File::create(t.path().join("printed.jsonl")).unwrap();
+    let mut child = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "-j", "1", "--output-dir", "out"])
+        .args(["--receipts", "receipts.jsonl"])
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while folders(&t.path().join("out")) < 4 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the batch ended before the kill"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let read = |name: &str| std::fs::read_to_string(t.path().join(name)).unwrap();
+    let delivered = std::fs::read_dir(t.path().join("out"))
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    let printed = read("printed.jsonl");
+    let kept = read("receipts.jsonl");
+    assert!(kept.starts_with(&printed) || printed.starts_with(&kept));
+    // One job may have been published and not yet printed when the kill came.
+    let n = kept.lines().count();
+    assert!(
+        n + 1 >= delivered && n <= delivered && n < 12,
+        "{n} of {delivered}"
+    );
+    for line in kept.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(Path::new(r["results_dir"].as_str().unwrap()).is_dir());
+    }
+
+    let again = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "--receipts", "receipts.jsonl"])
+        .output()
+        .unwrap();
+    assert!(failed(&again).contains("receipts.jsonl already holds receipts: --resume"));
+
+    let resumed = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "--output-dir", "rest", "--receipts"])
+        .args(["receipts.jsonl", "--resume"])
+        .output()
+        .unwrap();
+    let all = ok(&resumed);
+    assert!(String::from_utf8_lossy(&resumed.stderr)
+        .contains(&format!("{n} of 12 jobs already delivered")));
+    assert_eq!(all, read("receipts.jsonl"));
+    assert_eq!(folders(&t.path().join("rest")), 12 - n);
+
+    let whole = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "--output-dir", "whole"])
+        .output()
+        .unwrap();
+    let cids = |text: &str| -> Vec<(String, u64)> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| {
+                (
+                    r["cid"].as_str().unwrap().to_string(),
+                    r["instructions"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(cids(&ok(&whole)), cids(&all));
+    let twice = detwasm()
+        .current_dir(t.path())
+        .args(["batch", "jobs.jsonl", "--output-dir", "whole"])
+        .output()
+        .unwrap();
+    ok(&twice);
+    assert!(String::from_utf8_lossy(&twice.stderr)
+        .contains("12 jobs found a results folder named after their job id already there"));
+}

@@ -311,6 +311,111 @@ pub fn job_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(n, l)| (n + 1, l))
 }
 
+/// A batch's receipts file (`detwasm batch --receipts FILE`): every line the batch prints
+/// (a receipt, or a job's error line), appended and synced to disk as its job is
+/// delivered, in input order. Found by use: receipts printed to a redirected stdout sat
+/// in a buffer, and a batch killed after 13 delivered jobs had printed 7. With the file
+/// in input order, a batch killed part-way goes on from where it stopped
+/// ([`ReceiptLog::resume`]). Rejected: syncing only at the end (a kill loses them all);
+/// keying kept receipts by job id (every job's inputs would be hashed again to find its
+/// id before it could be skipped).
+pub struct ReceiptLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+/// What [`ReceiptLog::resume`] kept of a receipts file: its lines (without their
+/// newlines, as they were printed), one per job from the first, each still true (an
+/// error line names its job's line; a receipt's results folder is there).
+pub struct Kept {
+    pub lines: Vec<String>,
+}
+
+impl ReceiptLog {
+    /// A new receipts file at `path`: it must not exist or be empty (a batch does not
+    /// write over another's receipts).
+    pub fn create(path: &Path) -> Result<ReceiptLog, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        if len > 0 {
+            return Err(format!(
+                "{} already holds receipts: --resume goes on from them, or remove it",
+                path.display()
+            ));
+        }
+        Ok(ReceiptLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the receipts file of a batch that stopped part-way, for the same jobs
+    /// (`numbers`: the jobs' line numbers in the jobs file): keeps its lines from the
+    /// first while each is a complete line that is still true of the job at its place,
+    /// cuts the file after them (a line half-written when the batch was killed, or one
+    /// whose results folder is gone, is run again with every job after it), and returns
+    /// them. A missing file keeps nothing.
+    pub fn resume(path: &Path, numbers: &[usize]) -> Result<(ReceiptLog, Kept), String> {
+        let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(fail(e)),
+        };
+        let mut lines = Vec::new();
+        let mut end = 0;
+        for (i, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
+            let (Some(&number), Some(b'\n')) = (numbers.get(i), line.last()) else {
+                break;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                break;
+            };
+            let true_still = match (v.get("error"), v.get("results_dir")) {
+                (Some(_), _) => v.get("line").and_then(|n| n.as_u64()) == Some(number as u64),
+                (None, Some(dir)) => dir.as_str().is_some_and(|d| Path::new(d).is_dir()),
+                _ => false,
+            };
+            if !true_still {
+                break;
+            }
+            end += line.len();
+            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(fail)?;
+        file.set_len(end as u64).map_err(fail)?;
+        file.sync_data().map_err(fail)?;
+        Ok((
+            ReceiptLog {
+                file,
+                path: path.to_path_buf(),
+            },
+            Kept { lines },
+        ))
+    }
+
+    /// Appends `line` and syncs it to disk.
+    pub fn append(&mut self, line: &str) -> Result<(), String> {
+        use std::io::Write;
+        let fail = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(fail)?;
+        self.file.sync_data().map_err(fail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

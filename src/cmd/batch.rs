@@ -2,8 +2,9 @@
 //! `detwasm_ops::batch`.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -64,7 +65,25 @@ pub struct Args {
     /// Print the closing summary (on stderr) as one JSON object.
     #[arg(long)]
     pub json: bool,
+
+    /// Also append each line printed (a receipt, or a job's error line) to FILE, synced
+    /// to disk as its job is delivered, in input order: a batch killed part-way leaves
+    /// the receipt of every job it delivered. FILE must not exist or be empty, unless
+    /// --resume.
+    #[arg(long, value_name = "FILE")]
+    pub receipts: Option<PathBuf>,
+
+    /// Go on from a batch of the same jobs that stopped part-way: the jobs whose lines
+    /// FILE (--receipts) holds, from the first, are not run again (their lines are
+    /// printed as they were written); from the first line that is half-written or no
+    /// longer true (its results folder gone), that job and every one after it run.
+    #[arg(long, requires = "receipts")]
+    pub resume: bool,
 }
+
+/// How often the batch says how far it is on stderr when stderr is not a terminal (a
+/// log file, a CI job), where the bar is not drawn.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = if args.jobs.as_os_str() == "-" {
@@ -89,7 +108,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let parsed = batch::parse_lines(&text);
     let numbers: Vec<usize> = parsed.iter().map(|(n, _)| *n).collect();
-    let lines = parsed.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
+    let mut lines = parsed.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
+    let (mut log, kept) = match (&args.receipts, args.resume) {
+        (None, _) => (None, Vec::new()),
+        (Some(path), false) => (
+            Some(batch::ReceiptLog::create(path).map_err(anyhow::Error::msg)?),
+            Vec::new(),
+        ),
+        (Some(path), true) => {
+            let (log, kept) =
+                batch::ReceiptLog::resume(path, &numbers).map_err(anyhow::Error::msg)?;
+            (Some(log), kept.lines)
+        }
+    };
+    let total_jobs = lines.len();
+    let skipped = kept.len();
+    lines.drain(..skipped);
     let runtime = runtime(args.no_cache)?;
     let opts = BatchOptions {
         parallel,
@@ -99,43 +133,93 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     // A bar on a terminal only (indicatif hides it otherwise); receipts go to stdout.
-    let bar = ProgressBar::new(lines.len() as u64).with_style(
+    let bar = ProgressBar::new(total_jobs as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} jobs {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let (mut ok, mut nonzero, mut failed) = (0usize, 0usize, 0usize);
+    let counts = Counts::default();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let interactive = std::io::stdout().is_terminal();
     let mut write_error = None;
-    batch::run_batch(&runtime, lines, &opts, |i, result| {
-        let line = match result {
-            Ok(receipt) => {
-                if receipt.exit_code == 0 && receipt.verifiable {
-                    ok += 1;
-                } else {
-                    nonzero += 1;
-                }
-                serde_json::to_string(&receipt)
-            }
-            Err(error) => {
-                failed += 1;
-                serde_json::to_string(&serde_json::json!({"line": numbers[i], "error": error}))
-            }
-        };
-        // On a terminal the bar (stderr) is hidden while a receipt line is written.
-        let written = line.map_err(std::io::Error::other).and_then(|l| {
-            if interactive {
-                bar.suspend(|| writeln!(out, "{l}").and_then(|()| out.flush()))
-            } else {
-                writeln!(out, "{l}")
-            }
-        });
-        if let Err(e) = written {
-            write_error.get_or_insert(e);
-        }
+    let mut renamed = 0usize;
+    // The kept lines first, as they were written.
+    for line in &kept {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        counts.tally(
+            v.get("error").is_some(),
+            v["exit_code"] == 0 && v["verifiable"] == true,
+        );
+        writeln!(out, "{line}").context("writing receipts")?;
         bar.inc(1);
+    }
+    out.flush().context("writing receipts")?;
+    if skipped > 0 {
+        eprintln!(
+            "detwasm: {skipped} of {total_jobs} jobs already delivered (their receipts are in {}): running the other {}",
+            args.receipts.as_deref().unwrap_or(Path::new("-")).display(),
+            total_jobs - skipped
+        );
+    }
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        // Progress on stderr when no bar is drawn there.
+        if !std::io::stderr().is_terminal() {
+            let counts = &counts;
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PROGRESS_EVERY)
+                {
+                    eprintln!(
+                        "detwasm batch: {} of {total_jobs} jobs done, {:.0} s",
+                        counts.done(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            });
+        }
+        batch::run_batch(&runtime, lines, &opts, |i, result| {
+            let line = match result {
+                Ok(receipt) => {
+                    counts.tally(false, receipt.exit_code == 0 && receipt.verifiable);
+                    let name = Path::new(&receipt.results_dir).file_name();
+                    if name.is_some_and(|n| {
+                        n.to_string_lossy()
+                            .starts_with(&format!("{}-", receipt.job_id))
+                    }) {
+                        renamed += 1;
+                    }
+                    serde_json::to_string(&receipt)
+                }
+                Err(error) => {
+                    counts.tally(true, false);
+                    serde_json::to_string(
+                        &serde_json::json!({"line": numbers[skipped + i], "error": error}),
+                    )
+                }
+            };
+            // On a terminal the bar (stderr) is hidden while a receipt line is written.
+            // Every line is flushed as its job is delivered (a batch killed part-way has
+            // printed every receipt it delivered), and appended to --receipts, synced.
+            let written = line.map_err(std::io::Error::other).and_then(|l| {
+                let printed = if interactive {
+                    bar.suspend(|| writeln!(out, "{l}").and_then(|()| out.flush()))
+                } else {
+                    writeln!(out, "{l}").and_then(|()| out.flush())
+                };
+                printed?;
+                match &mut log {
+                    Some(log) => log.append(&l).map_err(std::io::Error::other),
+                    None => Ok(()),
+                }
+            });
+            if let Err(e) = written {
+                write_error.get_or_insert(e);
+            }
+            bar.inc(1);
+        });
+        drop(stop);
     });
     bar.finish_and_clear();
     out.flush().context("writing receipts")?;
@@ -143,10 +227,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(e).context("writing receipts");
     }
     drop(out);
+    if renamed > 0 {
+        eprintln!(
+            "detwasm: warning: {renamed} jobs found a results folder named after their job \
+             id already there and delivered beside it (<job id>-2, …): was this batch run \
+             before? --receipts FILE --resume skips the jobs already delivered"
+        );
+    }
     for w in runtime.warnings() {
         eprintln!("detwasm: warning: {w}");
     }
     let secs = started.elapsed().as_secs_f64();
+    let (ok, nonzero, failed) = counts.get();
     let total = ok + nonzero + failed;
     if args.json {
         eprintln!(
@@ -170,4 +262,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         0
     }))
+}
+
+/// Jobs ended so far: exited 0 (and verifiable), otherwise ended, could not run.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicUsize,
+    nonzero: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl Counts {
+    fn tally(&self, failed: bool, ok: bool) {
+        let which = match (failed, ok) {
+            (true, _) => &self.failed,
+            (false, true) => &self.ok,
+            (false, false) => &self.nonzero,
+        };
+        which.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (usize, usize, usize) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.nonzero.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn done(&self) -> usize {
+        let (a, b, c) = self.get();
+        a + b + c
+    }
 }
