@@ -681,3 +681,116 @@ fn a_receipt_that_cannot_be_written_does_not_fail_a_delivered_run() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A module that writes `out` to stdout and `err` to stderr, then traps (`unreachable`)
+/// or spins until its fuel ends.
+fn writer(dir: &Path, out: &str, err: &str, then: &str) -> PathBuf {
+    let wat = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) {out:?})
+          (data (i32.const 512) {err:?})
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const {}))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
+            (i32.store (i32.const 0) (i32.const 512))
+            (i32.store (i32.const 4) (i32.const {}))
+            (drop (call $w (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 16)))
+            {then}))"#,
+        out.len(),
+        err.len()
+    );
+    let path = dir.join("writer.wat");
+    std::fs::write(&path, wat).unwrap();
+    path
+}
+
+/// What a module prints is shown as it runs with --live (on detwasm's stderr, while the
+/// run goes on; detwasm's stdout stays the CID), and is captured in the results either
+/// way. A run that traps without --live shows the end of its stderr beside the trap (a
+/// Rust panic's message is there); -q shows neither.
+#[test]
+fn output_is_shown_live_and_a_traps_stderr_tail_beside_it() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let spin = writer(t.path(), "ready\n", "working\n", "(loop br 0)");
+    let mut child = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--live", "--fuel", "100000000000", "--timeout", "60"])
+        .arg(&spin)
+        .args(["-o", "spun"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended: {seen:?}");
+        seen.push(line);
+    }
+    assert_eq!(seen, ["ready\n", "working\n"]);
+    assert!(child.try_wait().unwrap().is_none(), "shown while it runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let trap = writer(
+        t.path(),
+        "partial\n",
+        "thread 'main' panicked at src/main.rs:3:5:\nboom\n",
+        "unreachable",
+    );
+    let out = detwasm()
+        .current_dir(t.path())
+        .arg("run")
+        .arg(&trap)
+        .args(["-o", "trapped"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let cid = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(
+        cid.trim().starts_with("Qm") && cid.lines().count() == 1,
+        "{cid}"
+    );
+    let shown = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        shown.contains("ended by:     wasm trap: wasm `unreachable` instruction executed")
+            && shown.contains("the end of its stderr")
+            && shown.contains("  | thread 'main' panicked at src/main.rs:3:5:\n  | boom"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("partial"),
+        "stdout is not shown after the run"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("trapped/stdout")).unwrap(),
+        "partial\n"
+    );
+    let quiet = detwasm()
+        .current_dir(t.path())
+        .args(["run", "-q"])
+        .arg(&trap)
+        .args(["-o", "quiet"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("boom"));
+    let live = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--live"])
+        .arg(&trap)
+        .args(["-o", "live"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&live.stderr);
+    assert!(
+        shown.starts_with("partial\nthread 'main' panicked"),
+        "{shown}"
+    );
+    assert!(!shown.contains("the end of its stderr"), "shown once, live");
+}

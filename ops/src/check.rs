@@ -140,9 +140,21 @@ pub fn check(
                 .clone()
                 .map(|t| format!(": {t}"))
                 .unwrap_or_default();
+            // The end of its stderr: a Rust panic's message is there, where the trap
+            // only says `unreachable`.
+            let tail = std::fs::read(tmp.path().join("first/stderr"))
+                .map(|b| stderr_tail(&b, STDERR_TAIL_LINES))
+                .unwrap_or_default();
+            let tail: String = tail.lines().map(|l| format!("\n  | {l}")).collect();
             return Err(format!(
-                "reproducible, but the test run exited {}{why} (results {})",
-                first.exit_code, first.cid
+                "reproducible, but the test run exited {}{why} (results {}){}",
+                first.exit_code,
+                first.cid,
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the end of its stderr:{tail}")
+                }
             ));
         }
         Ok(format!(
@@ -152,4 +164,33 @@ pub fn check(
     })();
     record("test run is reproducible", runs);
     steps
+}
+
+/// How many of the last lines of a failed run's stderr are shown (`detwasm run` and
+/// `module check`).
+pub const STDERR_TAIL_LINES: usize = 10;
+
+/// The last `n` lines of `bytes` (within their last 4 KiB), as text: what is shown of a
+/// failed run's stderr.
+pub fn stderr_tail(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(4096)..]);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_of_stderr_is_its_last_lines() {
+        assert_eq!(stderr_tail(b"a\nb\nc\n\n", 2), "b\nc");
+        assert_eq!(stderr_tail(b"only", 10), "only");
+        assert_eq!(stderr_tail(b"", 10), "");
+        let long = format!("first\n{}\nlast\n", "x".repeat(5000));
+        assert_eq!(
+            stderr_tail(long.as_bytes(), 10),
+            format!("{}\nlast", "x".repeat(4090))
+        );
+    }
 }

@@ -61,6 +61,8 @@ pub struct Runtime {
     fuel_slice: u64,
     /// Checkpoints taken by this runtime's runs so far.
     checkpoints_taken: std::sync::atomic::AtomicU64,
+    /// Shown every guest's stdout and stderr live ([`Self::with_echo`]).
+    echo: Option<crate::wasi::host::Echo>,
 }
 
 /// A run whose results are written but not yet published (see [`Runtime::run_staged`]).
@@ -109,6 +111,7 @@ impl Runtime {
             checkpoint_every: None,
             fuel_slice: meter::SLICE,
             checkpoints_taken: Default::default(),
+            echo: None,
         })
     }
 
@@ -141,6 +144,13 @@ impl Runtime {
         if let Ok(mut m) = self.loaded.lock() {
             m.clear();
         }
+        self
+    }
+
+    /// Shows what each run's guest writes to stdout and stderr to `echo` as it writes it
+    /// ([`crate::wasi::host::WasiHost::echo_to`]); the results capture it as before.
+    pub fn with_echo(mut self, echo: crate::wasi::host::Echo) -> Self {
+        self.echo = Some(echo);
         self
     }
 
@@ -399,6 +409,9 @@ impl Runtime {
         // and checked against the stamps after the run: a change at any point in between
         // is caught, so the receipt's input CIDs are those of what the guest read.
         let mut host = capabilities::grant_by(job, deadline)?;
+        if let Some(echo) = &self.echo {
+            host.echo_to(echo.clone());
+        }
         let prepared = self.prepare_by(job, deadline)?;
         let record = job_record(job, &prepared.identity);
         let mut trace = Vec::new();

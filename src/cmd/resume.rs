@@ -62,6 +62,9 @@ pub struct Args {
     /// Compile without reading or writing the module cache.
     #[arg(long)]
     pub no_cache: bool,
+
+    #[command(flatten)]
+    pub live: super::run::LiveArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -70,7 +73,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sources = args.sources.sources();
     let job = job_of_snapshot(snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
-    let runtime = runtime(args.no_cache)?.with_checkpoints(snapshot.state.meter.every);
+    let runtime = args
+        .live
+        .apply(runtime(args.no_cache)?)
+        .with_checkpoints(snapshot.state.meter.every);
     let dest = match &args.output {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),
@@ -99,10 +105,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("detwasm: warning: {w}");
     }
     let receipt = result.with_context(|| format!("resuming {}", args.snapshot.display()))?;
-    Ok(report(
+    let code = report(
         &receipt,
         args.json,
         args.receipt.as_deref(),
         args.checkpoints.as_deref(),
-    ))
+    );
+    args.live.show_stderr_tail(&receipt);
+    Ok(code)
 }

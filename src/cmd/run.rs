@@ -8,6 +8,7 @@ use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::engine::{default_cache_dir, EngineOptions};
 use detwasm_runtime::run::Checkpointing;
 use detwasm_runtime::{Destination, Receipt, Runtime};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,6 +45,63 @@ pub struct Args {
 
     #[command(flatten)]
     pub checkpoints: CheckpointArgs,
+
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+/// Whether the module's output is shown as it runs (`detwasm run` and `detwasm resume`).
+#[derive(clap::Args, Debug)]
+pub struct LiveArgs {
+    /// Show what the module writes to stdout and stderr as it runs, on detwasm's stderr
+    /// (detwasm's stdout is the CID or the receipt). The default when stderr is a
+    /// terminal. Either way both are captured in the results (`stdout`, `stderr`).
+    #[arg(long, conflicts_with = "quiet")]
+    pub live: bool,
+
+    /// Do not show the module's output as it runs, nor the end of its stderr when it
+    /// traps.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl LiveArgs {
+    /// Whether to show the output live.
+    pub fn on(&self) -> bool {
+        self.live || (!self.quiet && std::io::stderr().is_terminal())
+    }
+
+    /// `runtime`, showing each guest's output live on stderr when [`Self::on`].
+    pub fn apply(&self, runtime: Runtime) -> Runtime {
+        if !self.on() {
+            return runtime;
+        }
+        runtime.with_echo(std::sync::Arc::new(|_stderr: bool, bytes: &[u8]| {
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(bytes).and_then(|()| err.flush());
+        }))
+    }
+
+    /// After a run that did not exit 0 and whose output was not shown live: the last
+    /// lines of its stderr (a Rust panic's message is there, where the trap only says
+    /// `unreachable`).
+    pub fn show_stderr_tail(&self, receipt: &Receipt) {
+        if self.on() || self.quiet || receipt.exit_code == 0 {
+            return;
+        }
+        let path = Path::new(&receipt.results_dir).join("stderr");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let tail = detwasm_ops::check::stderr_tail(&bytes, detwasm_ops::check::STDERR_TAIL_LINES);
+        if !tail.is_empty() {
+            eprintln!("the end of its stderr ({}):", path.display());
+            for line in tail.lines() {
+                eprintln!("  | {line}");
+            }
+        }
+    }
 }
 
 /// Where and how often a run saves snapshots (`detwasm run` and `detwasm resume`).
@@ -244,7 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         job, staging: _s, ..
     } = build_job(&args.job)?;
     let module = &args.job.module;
-    let mut runtime = runtime(args.job.opts.no_cache)?;
+    let mut runtime = args.live.apply(runtime(args.job.opts.no_cache)?);
     if args.checkpoints.checkpoints.is_some() {
         runtime = runtime.with_checkpoints(
             args.checkpoints
@@ -269,12 +327,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("detwasm: warning: {w}");
     }
     let receipt = result.with_context(|| format!("running {}", module.display()))?;
-    Ok(report(
+    let code = report(
         &receipt,
         args.json,
         args.receipt.as_deref(),
         args.checkpoints.checkpoints.as_deref(),
-    ))
+    );
+    args.live.show_stderr_tail(&receipt);
+    Ok(code)
 }
 
 /// Prints a receipt (the CID on stdout and a summary on stderr, or the JSON) and writes

@@ -335,9 +335,13 @@ impl WasiHost {
                 } else {
                     &mut self.stderr
                 };
+                let start = out.len();
                 vfs::grow(out, out.len() + total as usize);
                 for part in parts {
                     out.extend_from_slice(part);
+                }
+                if let Some(echo) = &self.echo {
+                    echo(!to_stdout, &out[start..]);
                 }
                 Ok(total)
             }

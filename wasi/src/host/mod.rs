@@ -178,6 +178,10 @@ enum Fd {
 /// Most fds a guest may have open at once (`EMFILE` beyond).
 pub const MAX_FDS: u32 = 1 << 16;
 
+/// Where a host shows what the guest writes to stdout (`false`) and stderr (`true`) as it
+/// writes it ([`WasiHost::echo_to`]), besides capturing it.
+pub type Echo = std::sync::Arc<dyn Fn(bool, &[u8]) + Send + Sync>;
+
 /// Everything the guest can reach. Built only by `detwasm_runtime::capabilities`.
 pub struct WasiHost {
     pub(crate) argv: Vec<Vec<u8>>,
@@ -198,6 +202,8 @@ pub struct WasiHost {
     /// Fuel left in the store, set by the dispatcher around every call; host work is
     /// charged against it ([`HOST_BYTES_PER_FUEL`]).
     pub fuel: u64,
+    /// Who is shown stdout and stderr live ([`WasiHost::echo_to`]).
+    echo: Option<Echo>,
 }
 
 /// The ChaCha20 key for seed `seed`: the seed's 8 little-endian bytes, then zeros.
@@ -256,7 +262,17 @@ impl WasiHost {
             rng: ChaCha20Rng::from_seed(chacha_key(seed)),
             max_output,
             fuel: u64::MAX,
+            echo: None,
         }
+    }
+
+    /// Shows every write to stdout and stderr to `echo` as it is captured (what `detwasm
+    /// run` prints live, as `wasmtime run` does). Only after a write is captured and
+    /// charged, and whatever `echo` does, the guest sees the same: it cannot tell whether
+    /// anyone watches, so a result does not depend on it. Rejected: writing to the
+    /// host's own stdout here (a library's host must not print; the CLI decides where).
+    pub fn echo_to(&mut self, echo: Echo) {
+        self.echo = Some(echo);
     }
 
     /// Bytes still allowed by the output quota.
