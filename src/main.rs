@@ -32,6 +32,8 @@ enum Command {
     // The help text is `cmd::batch::Args`'s (the keys of a line, and who a jobs file
     // belongs to).
     Batch(cmd::batch::Args),
+    /// The module cache: what it holds, and trimming it.
+    Cache(cmd::cache::Args),
 }
 
 /// The hidden first argument that makes this program a compile worker
@@ -49,6 +51,17 @@ fn main() -> ExitCode {
     }
     name_compile_worker();
     let cli = Cli::parse();
+    // With --json, a failure is JSON on stdout too (`{"error": …, "exit_code": 2}`), so
+    // a program reading stdout always gets an object to parse. `batch --json` is its
+    // summary on stderr, whose stdout is receipt lines: not here.
+    let json = match &cli.command {
+        Command::Hash(a) => a.json,
+        Command::Run(a) => a.json,
+        Command::Resume(a) => a.json,
+        Command::Verify(a) => a.json,
+        Command::Fuzz(a) => a.json,
+        Command::Module(_) | Command::Batch(_) | Command::Cache(_) => false,
+    };
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
         Command::Run(args) => cmd::run::run(args),
@@ -57,11 +70,18 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Fuzz(args) => cmd::fuzz::run(args),
         Command::Batch(args) => cmd::batch::run(args),
+        Command::Cache(args) => cmd::cache::run(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("detwasm: error: {err:#}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": format!("{err:#}"), "exit_code": 2})
+                );
+            }
             ExitCode::from(2)
         }
     }

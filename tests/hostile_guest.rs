@@ -616,7 +616,13 @@ fn a_memory_the_host_cannot_map_is_a_host_failure() {
     );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("host failure"), "{stderr}");
-    assert!(stdout.is_empty());
+    // No receipt: with --json, only the error as JSON.
+    let printed: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert!(
+        printed.get("cid").is_none() && printed["exit_code"] == 2,
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
     assert!(!dir.path().join("results").exists());
 }
 

@@ -794,3 +794,60 @@ fn output_is_shown_live_and_a_traps_stderr_tail_beside_it() {
     );
     assert!(!shown.contains("the end of its stderr"), "shown once, live");
 }
+
+/// `run --json` of a job that cannot run prints a JSON error on stdout (and the message
+/// on stderr), exit 2.
+#[test]
+fn a_run_that_cannot_start_prints_a_json_error_with_json() {
+    let t = tempfile::tempdir().unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["run", "missing.wasm", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 2);
+    assert!(v["error"].as_str().unwrap().contains("missing.wasm"), "{v}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detwasm: error:"));
+}
+
+/// `--stdin -` gives the module detwasm's own stdin: the same job (and receipt) as
+/// `--stdin FILE` of the same bytes.
+#[test]
+fn stdin_dash_is_detwasms_own_stdin() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("in.txt"), "piped bytes\n").unwrap();
+    let probe = fixture("probe.wasm");
+    let from_file = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--json", "--stdin", "in.txt", "-o", "a"])
+        .arg(&probe)
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    let mut child = detwasm()
+        .current_dir(t.path())
+        .args(["run", "--json", "--stdin", "-", "-o", "b"])
+        .arg(&probe)
+        .args(["--", "report"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written from a thread: the child reads it once it has built the job.
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(b"piped bytes\n"));
+    let from_pipe = child.wait_with_output().unwrap();
+    let written = writer.join().unwrap();
+    assert!(
+        written.is_ok(),
+        "{written:?}: {}",
+        String::from_utf8_lossy(&from_pipe.stderr)
+    );
+    let (a, b) = (receipt(&from_file), receipt(&from_pipe));
+    assert_eq!((&a["cid"], &a["job_id"]), (&b["cid"], &b["job_id"]));
+    assert_eq!(b["job"]["stdin_bytes"], 12);
+}

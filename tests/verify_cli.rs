@@ -359,3 +359,25 @@ fn a_receipt_asking_more_than_the_verifiers_caps_is_refused() {
     );
     assert!(out.status.success(), "{report}");
 }
+
+/// With --json, a receipt that cannot be re-run still prints one JSON object on stdout
+/// (`error` and `exit_code` 2), and a module that is not where the receipt says is
+/// named with the flag that finds it.
+#[test]
+fn a_job_that_cannot_be_rerun_prints_a_json_error_with_json() {
+    let (t, receipt, _) = provider_run();
+    std::fs::rename(t.path().join("probe.wasm"), t.path().join("moved.wasm")).unwrap();
+    let (out, report) = verify(t.path(), &[receipt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(report["exit_code"], 2, "{report}");
+    let e = report["error"].as_str().unwrap();
+    assert!(
+        e.contains("probe.wasm") && e.contains("pass --module FILE"),
+        "{e}"
+    );
+    let (out, report) = verify(
+        t.path(),
+        &[receipt.to_str().unwrap(), "--module", "moved.wasm"],
+    );
+    assert!(out.status.success(), "{report}");
+}

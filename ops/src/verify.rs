@@ -114,7 +114,7 @@ pub enum VerifyError {
     NotAReceipt { path: PathBuf, cause: String },
     #[error("the receipt (or snapshot) names no module file here: pass --module FILE")]
     NoModule,
-    #[error("module {}: {cause}", path.display())]
+    #[error("module {}: {cause} (pass --module FILE: the module whose CID the receipt names)", path.display())]
     ModuleUnreadable {
         path: PathBuf,
         cause: std::io::Error,

@@ -143,7 +143,7 @@ impl ModuleCache {
 
     /// Whether the folder may be used: it does not exist yet (it will be created private),
     /// or it is a folder of ours that nobody else can write.
-    fn dir_is_trusted(&self) -> bool {
+    pub fn dir_is_trusted(&self) -> bool {
         match std::fs::metadata(&self.dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(_) => false,
@@ -285,6 +285,30 @@ impl ModuleCache {
     /// cache names them are touched. Failures are ignored: another detwasm may be
     /// evicting the same files.
     fn evict(&self, keep: &Path) {
+        self.evict_to(keep, self.max_bytes);
+    }
+
+    /// The compiled modules in the folder: how many, and their bytes.
+    pub fn usage(&self) -> (usize, u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()))
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+    }
+
+    /// Removes the least recently used compiled modules until the folder holds at most
+    /// `max_bytes` of them (0: all), and stale temporary files (`detwasm cache gc`).
+    /// Returns what is left, as [`Self::usage`].
+    pub fn gc(&self, max_bytes: u64) -> (usize, u64) {
+        self.evict_to(Path::new(""), max_bytes);
+        self.usage()
+    }
+
+    fn evict_to(&self, keep: &Path, max_bytes: u64) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -314,7 +338,7 @@ impl ModuleCache {
         files.sort();
         let mut count = files.len();
         for (_, path, len) in files {
-            if total <= self.max_bytes && count <= CACHE_MAX_FILES {
+            if total <= max_bytes && count <= CACHE_MAX_FILES {
                 break;
             }
             if path == keep {

@@ -163,7 +163,7 @@ impl Default for EngineOptions {
 }
 
 /// The cache directory: `$DETWASM_CACHE_DIR`, else `$XDG_CACHE_HOME/detwasm`, else
-/// `~/.cache/detwasm`. Clear it with `rm -rf` of that directory (or run with
+/// `~/.cache/detwasm`. `detwasm cache gc --max-size 0` empties it (or run with
 /// `--no-cache`): it only ever holds `<key>.cwasm` files detwasm wrote.
 pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("DETWASM_CACHE_DIR").filter(|d| !d.is_empty()) {

@@ -1,4 +1,5 @@
 pub mod batch;
+pub mod cache;
 pub mod fuzz;
 pub mod hash;
 pub mod module;

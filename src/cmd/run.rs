@@ -178,7 +178,8 @@ pub struct Options {
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
 
-    /// File whose bytes are the module's stdin (default: empty).
+    /// File whose bytes are the module's stdin (default: empty); `-` reads detwasm's own
+    /// stdin to its end before the run.
     #[arg(long, value_name = "FILE")]
     pub stdin: Option<PathBuf>,
 
@@ -279,10 +280,22 @@ impl JobArgs {
 /// inputs: keep it until the run has ended). A job file's notes are printed here.
 pub fn build_job(j: &JobArgs) -> anyhow::Result<BuiltJob> {
     let cwd = std::env::current_dir().context("current directory")?;
-    let built = j
-        .request()?
+    let mut request = j.request()?;
+    // `--stdin -`: detwasm's own stdin, read to its end before the run (the job's stdin
+    // is bytes, named in the receipt by their hash, wherever they came from).
+    let from_stdin = request.stdin.as_deref() == Some(Path::new("-"));
+    if from_stdin {
+        request.stdin = None;
+    }
+    let mut built = request
         .build(&cwd)
         .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
+    if from_stdin {
+        use std::io::Read;
+        std::io::stdin()
+            .read_to_end(&mut built.job.stdin)
+            .context("reading the job's stdin from detwasm's stdin (--stdin -)")?;
+    }
     for n in &built.notes {
         eprintln!("detwasm: note: {n}");
     }
