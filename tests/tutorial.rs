@@ -92,3 +92,35 @@ fn a_new_module_builds_to_the_same_cid_in_any_folder() {
     }
     assert_eq!(cids[0], cids[1]);
 }
+
+/// A module's `build.sh` run without detwasm on PATH (and no DETWASM) stops before it
+/// builds anything, saying how to point it at detwasm.
+#[test]
+fn build_sh_without_detwasm_says_so_before_building() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_detwasm"));
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("m");
+    let out = Command::new(bin)
+        .args(["module", "new", "m", "--lang", "c", "--no-build", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("bash")
+        .arg(dir.join("build.sh"))
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("DETWASM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("build.sh: detwasm not found: put detwasm on PATH or set DETWASM="),
+        "{err}"
+    );
+    assert!(!dir.join("m.wasm").exists(), "nothing built");
+}

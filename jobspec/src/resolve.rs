@@ -369,8 +369,19 @@ pub fn entry_module(dir: &Path, cid_text: &str, path: &str) -> Result<EntryModul
     } else {
         Some(parse_cid(cid_text)?)
     };
-    if !path.is_empty() {
-        let file = inside(dir, path)?;
+    // A Path whose file is not there, beside a CID: the module is found by the CID, as
+    // a published folder that ships the template and a CAR (no build) has it. Found by
+    // use: the scaffold's template names both, and such a folder was refused.
+    let named = if path.is_empty() {
+        None
+    } else {
+        Some(inside(dir, path)?)
+    };
+    let missing = |f: &PathBuf| {
+        want.is_some()
+            && matches!(fs::symlink_metadata(f), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    };
+    if let Some(file) = named.filter(|f| !missing(f)) {
         let bytes = read(&file)?;
         let Some(want) = want else {
             return Ok(EntryModule {
@@ -620,6 +631,11 @@ mod tests {
         let e = entry_module(tmp.path(), "", "../etc/passwd").unwrap_err();
         assert!(matches!(e, SpecError::Refused { .. }), "{e}");
         assert!(entry_module(tmp.path(), "not-a-cid", "").is_err());
+        // A Path whose file is not there, with a CID: found by the CID.
+        let found = entry_module(tmp.path(), v0, "build/missing.wasm").unwrap();
+        assert_eq!(found.file, tmp.path().join("b.wasm"));
+        let e = entry_module(tmp.path(), "", "build/missing.wasm").unwrap_err();
+        assert!(e.to_string().contains("missing.wasm"), "{e}");
     }
 
     /// A `.car` in a module folder leading out of it is not read (a CAR is parsed, where

@@ -233,7 +233,7 @@ int main(int argc, char **argv) {
 /// The tail of both build scripts: the CID of the built module (by `detwasm hash`, as
 /// `ipfs add` computes it) written into the template.
 const RECORD_CID: &str = r#"
-cid=$("${DETWASM:-detwasm}" hash "$wasm")
+cid=$("$detwasm" hash "$wasm")
 sed -i -E "s/(\"EntryModule\": \{[^}]*\"CID\": \")[^\"]*/\1$cid/" lilypad_module.json.tmpl
 echo "$wasm: $cid"
 "#;
@@ -246,6 +246,11 @@ fn build_rust(name: &str) -> String {
 # Needs: rustup target add wasm32-wasip1; detwasm on PATH (or DETWASM=/path/to/detwasm).
 set -euo pipefail
 cd "$(dirname "$0")"
+detwasm=${{DETWASM:-detwasm}}
+command -v "$detwasm" >/dev/null || {{
+  echo "build.sh: $detwasm not found: put detwasm on PATH or set DETWASM=/path/to/detwasm" >&2
+  exit 1
+}}
 here=$(pwd -P)
 wasm={name}.wasm
 cargo_home=$(cd "${{CARGO_HOME:-$HOME/.cargo}}" && pwd -P)
@@ -272,6 +277,11 @@ fn build_c(name: &str) -> String {
 # libclang-rt-14-dev-wasm32); detwasm on PATH (or DETWASM=/path/to/detwasm).
 set -euo pipefail
 cd "$(dirname "$0")"
+detwasm=${{DETWASM:-detwasm}}
+command -v "$detwasm" >/dev/null || {{
+  echo "build.sh: $detwasm not found: put detwasm on PATH or set DETWASM=/path/to/detwasm" >&2
+  exit 1
+}}
 here=$(pwd -P)
 wasm={name}.wasm
 export SOURCE_DATE_EPOCH=0
@@ -366,12 +376,17 @@ pub fn pack(
             cause: e.to_string(),
         })?;
     let car_path = entry.file.with_extension("car");
-    detwasm_runtime::deliver::write_file_atomically(&car_path, &car).map_err(|cause| {
-        PackError::Io {
+    // Readable by all, as the template and the wasm beside it are: the CAR is what gets
+    // published (a temporary file's 0600 was kept before).
+    detwasm_runtime::deliver::write_file_atomically(&car_path, &car)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&car_path, std::fs::Permissions::from_mode(0o644))
+        })
+        .map_err(|cause| PackError::Io {
             path: car_path.clone(),
             cause,
-        }
-    })?;
+        })?;
     Ok(Packed {
         cid: hashed.root.to_string(),
         car: car_path,
@@ -430,10 +445,17 @@ mod tests {
         .unwrap();
         assert_eq!(packed.car, dir.join("cowsay.car"));
         assert_eq!(packed.template_cid.as_deref(), Some(packed.cid.as_str()));
-        // Without the .wasm, the module is found by its CID inside the CAR.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&packed.car).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "published: readable by all");
+        // Without the .wasm, the module is found by its CID inside the CAR, also when
+        // the template names the (absent) wasm by Path as well.
         std::fs::remove_file(dir.join("cowsay.wasm")).unwrap();
         let found = detwasm_jobspec::resolve::entry_module(&dir, &packed.cid, "").unwrap();
         assert_eq!(found.file, dir.join("cowsay.car"));
         assert_eq!(found.bytes, std::fs::read(src.join("cowsay.wasm")).unwrap());
+        let found =
+            detwasm_jobspec::resolve::entry_module(&dir, &packed.cid, "cowsay.wasm").unwrap();
+        assert_eq!(found.file, dir.join("cowsay.car"));
     }
 }
