@@ -635,3 +635,43 @@ fn a_snapshot_folder_holds_exactly_what_its_state_claims() {
     refused("memory: no snapshot has it");
     assert!(receipt["trace"].is_object());
 }
+
+/// `resume --cap-*` refuses a snapshot whose job asks for more than the caps, before a
+/// CAR is unpacked (its claims are bounded by the job's limits, so the caps bound what
+/// it may write) and before a folder is read.
+#[test]
+fn resume_refuses_a_snapshot_above_the_verifiers_caps_before_unpacking() {
+    let (t, _) = provider_run();
+    let car = t.path().join("s.car");
+    let hashed = detwasm()
+        .current_dir(t.path())
+        .arg("hash")
+        .arg("--car")
+        .arg(&car)
+        .arg("cp/000002")
+        .output()
+        .unwrap();
+    ok(&hashed);
+    for snapshot in ["s.car", "cp/000002"] {
+        let out = detwasm()
+            .current_dir(t.path())
+            .args([
+                "resume",
+                snapshot,
+                "--module",
+                "probe.wasm",
+                "--input",
+                "in",
+            ])
+            .args(["--cap-output", "1KiB", "-o", "never"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("more than the 1024 allowed here"),
+            "{snapshot}: {e}"
+        );
+        assert!(!t.path().join("never").exists());
+    }
+}

@@ -293,6 +293,7 @@ fn run_at(runtime: &Runtime, job: &Job, results: &Path, here: &Path) -> Result<R
     let how = Checkpointing {
         save: save.as_deref(),
         resume: None,
+        only_last: false,
     };
     runtime
         .run_staged_with(job, &Destination::At(results.to_path_buf()), &how)?

@@ -279,8 +279,17 @@ pub struct OpenedSnapshot {
 /// [`detwasm_runtime::checkpoint::Snapshot::from_car`]. `cid` with a folder is an
 /// error (a folder is one snapshot). A snapshot from a CAR has no `job.json` beside it:
 /// the module and inputs are named by `sources`.
-pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, RunError> {
+pub fn open_snapshot(
+    path: &Path,
+    cid: Option<&str>,
+    caps: &JobCaps,
+) -> Result<OpenedSnapshot, RunError> {
     use detwasm_runtime::checkpoint::Snapshot;
+    // The caps are applied to the state's job before a CAR is unpacked (its claims, within
+    // the job's limits, bound what is written), and to a folder's once it is opened.
+    let admit = |s: &detwasm_runtime::checkpoint::State| {
+        caps.check(&s.job.limits).map_err(|e| e.to_string())
+    };
     if path.is_dir() {
         if cid.is_some() {
             return Err(RunError::Input {
@@ -288,13 +297,18 @@ pub fn open_snapshot(path: &Path, cid: Option<&str>) -> Result<OpenedSnapshot, R
                 reason: "a snapshot folder is one snapshot; a CID picks one in a CAR file".into(),
             });
         }
+        let snapshot = Snapshot::open(path)?;
+        admit(&snapshot.state).map_err(|why| RunError::Input {
+            path: path.to_path_buf(),
+            reason: format!("not a snapshot detwasm can resume: {why}"),
+        })?;
         return Ok(OpenedSnapshot {
-            snapshot: Snapshot::open(path)?,
+            snapshot,
             _unpacked: None,
         });
     }
     let unpacked = crate::scratch::Scratch::new("detwasm-snapshot-", "an unpacked snapshot")?;
-    let snapshot = Snapshot::from_car(path, cid, &unpacked.path().join("car"))?;
+    let snapshot = Snapshot::from_car(path, cid, &unpacked.path().join("car"), &admit)?;
     Ok(OpenedSnapshot {
         snapshot,
         _unpacked: Some(unpacked),
@@ -1362,8 +1376,14 @@ fn run_segment(
         None
     } else {
         let want = &trace.snapshots[i - 1];
+        // Hashed within the job's timeout, as its re-run is run: found by review, a forged
+        // folder within the caps of its own claims took 73 s to hash for `--sample 8`.
+        let timeout = job.limits.safety_timeout();
+        let deadline = std::time::Instant::now()
+            .checked_add(timeout)
+            .map(|at| (at, timeout));
         let hashed = |dir: &Path| -> Result<(), String> {
-            let cid = results::cid_of_dir(dir, job.results.profile, true)
+            let cid = results::cid_of_dir_by(dir, job.results.profile, true, deadline)
                 .map_err(|e| format!("snapshot {i} ({}): {e}", dir.display()))?;
             if cid != *want {
                 return Err(format!(
@@ -1377,10 +1397,19 @@ fn run_segment(
         // `Snapshot::open`) before it is hashed: hashing first cost a folder's every byte,
         // whatever it held (found by review: a 16 GiB sparse file beside a snapshot took
         // 40 s with a 3 s job timeout).
+        // The receipt's job (within the verifier's caps) is the most a snapshot of it
+        // may claim.
+        let l = &job.limits;
+        let caps = JobCaps {
+            fuel: Some(l.fuel),
+            memory: Some(l.memory),
+            max_output: Some(l.max_output),
+            timeout: Some(l.safety_timeout()),
+        };
         let opened = if snapshots.is_dir() {
-            open_snapshot(&snapshots.join(format!("{i:06}")), None)
+            open_snapshot(&snapshots.join(format!("{i:06}")), None, &caps)
         } else {
-            open_snapshot(snapshots, Some(want))
+            open_snapshot(snapshots, Some(want), &caps)
         }
         .map_err(|e| format!("snapshot {i}: {e}"))?;
         hashed(&opened.snapshot.dir)?;

@@ -159,6 +159,8 @@ pub struct Sink {
     pub resume: Option<String>,
     /// The folder of the last snapshot saved.
     pub last: Option<String>,
+    /// Keep only the last snapshot ([`crate::run::Checkpointing::only_last`]).
+    pub only_last: bool,
 }
 
 /// The folder name of the snapshot taken when the deadline struck between two
@@ -348,6 +350,11 @@ pub fn save(
     }
     if timed_out {
         sink.resume = Some(name.clone());
+    }
+    if sink.only_last {
+        if let Some(prev) = sink.last.as_ref().filter(|p| **p != name) {
+            let _ = std::fs::remove_dir_all(sink.dir.join(prev));
+        }
     }
     sink.last = Some(name);
     Ok(cid)

@@ -167,7 +167,7 @@ impl<T> Staged<T> {
             value,
         } = self;
         if durability == Durability::PerFile {
-            sync_tree(staging.path()).map_err(|cause| RunError::WriteResults {
+            sync_staged(staging.path(), &parent).map_err(|cause| RunError::WriteResults {
                 dest: named.clone(),
                 cause,
             })?;
@@ -428,6 +428,43 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// fsyncs every file and folder under `root` (folders after their entries), and `root`.
+/// Results folders of at most this many entries are synced file by file; larger ones by
+/// one `syncfs` of their filesystem, where that is reliable ([`group_sync_supported`]).
+/// Found by review: a guest's 300,000 empty files took 310 s of fsyncs to deliver (and as
+/// long again for a verifier's re-run), after the job's timeout. Rejected: `syncfs`
+/// always (it also writes back whatever else is dirty on that filesystem, which for a
+/// small result on a busy host costs more than its few fsyncs).
+pub const PER_FILE_SYNC_MAX: usize = 256;
+
+/// Makes the staged folder `staging` (in `parent`) durable: [`sync_tree`], or one
+/// [`sync_filesystem`] when it holds more than [`PER_FILE_SYNC_MAX`] entries and the
+/// filesystem reports write-back failures to it.
+fn sync_staged(staging: &Path, parent: &Path) -> io::Result<()> {
+    fn more_than(dir: &Path, left: &mut usize) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            if *left == 0 {
+                return true;
+            }
+            *left -= 1;
+            if e.file_type().is_ok_and(|t| t.is_dir()) && more_than(&e.path(), left) {
+                return true;
+            }
+        }
+        false
+    }
+    let mut left = PER_FILE_SYNC_MAX;
+    if more_than(staging, &mut left) {
+        let dir = File::open(parent).map_err(|e| named(parent, e))?;
+        if group_sync_supported(&dir) {
+            return sync_filesystem(&dir, parent);
+        }
+    }
+    sync_tree(staging)
+}
+
 fn sync_tree(root: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(root).map_err(|e| named(root, e))?;
     if meta.is_dir() {

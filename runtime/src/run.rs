@@ -373,6 +373,7 @@ impl Runtime {
         let how = Checkpointing {
             save: Some(save),
             resume,
+            only_last: false,
         };
         let ran = self.run_guest(job, Some(dest), &how, Some(1))?;
         if ran.stopped {
@@ -428,7 +429,7 @@ impl Runtime {
             }
         }
         let mut sink = match how.save {
-            Some(dir) => Some(checkpoint_sink(dir, &record, trace.clone())?),
+            Some(dir) => Some(checkpoint_sink(dir, &record, trace.clone(), how.only_last)?),
             None => None,
         };
         let module = self.load_by(&job.module.bytes, &job.entry, deadline)?;
@@ -731,6 +732,12 @@ pub struct Checkpointing<'a> {
     pub save: Option<&'a Path>,
     /// Go on from this snapshot of the same job instead of starting.
     pub resume: Option<&'a checkpoint::Snapshot>,
+    /// Keep only the last snapshot in `save`: each one's CID goes into the trace, and
+    /// the one before is removed once the next is saved (the last stays, for a resume
+    /// after a timeout). For a run that needs the trace, not the snapshots (`resume`
+    /// without `--checkpoints`): found by review, such a resume kept every snapshot of
+    /// the rest of the run in a scratch folder until it ended, 14.6 GB for a 256 MiB job.
+    pub only_last: bool,
 }
 
 /// Where a segment of a spot check ended ([`Runtime::run_segment`]).
@@ -762,6 +769,7 @@ fn checkpoint_sink(
     dir: &Path,
     record: &JobRecord,
     trace: Vec<String>,
+    only_last: bool,
 ) -> Result<checkpoint::Sink, RunError> {
     let io = |e| RunError::io(format!("checkpoints folder {}", dir.display()), e);
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -796,6 +804,7 @@ fn checkpoint_sink(
         trace,
         resume: None,
         last: None,
+        only_last,
     })
 }
 

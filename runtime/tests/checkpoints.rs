@@ -219,6 +219,7 @@ fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
             &Checkpointing {
                 save: Some(&saved),
                 resume: None,
+                only_last: false,
             },
         )
         .and_then(|s| s.publish(Durability::PerFile))
@@ -250,6 +251,7 @@ fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
                 &Checkpointing {
                     save: Some(&t.path().join(format!("checkpoints{i}"))),
                     resume: Some(&snapshot),
+                    only_last: false,
                 },
             )
             .and_then(|s| s.publish(Durability::PerFile))

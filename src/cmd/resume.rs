@@ -68,9 +68,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let opened = open_snapshot(&args.snapshot, args.cid.as_deref())?;
-    let snapshot = &opened.snapshot;
     let sources = args.sources.sources();
+    let opened = open_snapshot(&args.snapshot, args.cid.as_deref(), &sources.caps)?;
+    let snapshot = &opened.snapshot;
     let job = job_of_snapshot(snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
     let runtime = args
@@ -97,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let how = Checkpointing {
         save: Some(&save),
         resume: Some(snapshot),
+        only_last: args.checkpoints.is_none(),
     };
     let result = runtime
         .run_staged_with(&job, &dest, &how)

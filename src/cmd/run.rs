@@ -330,6 +330,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let how = Checkpointing {
         save: args.checkpoints.checkpoints.as_deref(),
         resume: None,
+        only_last: false,
     };
     let result = runtime
         .run_staged_with(&job, &dest, &how)

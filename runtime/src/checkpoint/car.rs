@@ -70,7 +70,14 @@ impl Snapshot {
     /// Unpacks the snapshot `want` (its CID; the CAR's root when `None`; a folder of a
     /// CAR of a whole checkpoints folder) of the CAR file `car` into the folder `into`
     /// (which must not exist) and opens it.
-    pub fn from_car(car: &Path, want: Option<&str>, into: &Path) -> Result<Snapshot, RunError> {
+    /// `admit` is asked about the parsed state before anything is unpacked (a verifier's
+    /// caps on the job's limits, which bound what the rest may claim).
+    pub fn from_car(
+        car: &Path,
+        want: Option<&str>,
+        into: &Path,
+        admit: &dyn Fn(&State) -> Result<(), String>,
+    ) -> Result<Snapshot, RunError> {
         let bad = |why: String| refused(car, why);
         let file = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -113,6 +120,7 @@ impl Snapshot {
             .map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
         let state: State =
             serde_json::from_slice(&text).map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
+        admit(&state).map_err(&bad)?;
         let (claimed, files) = super::claimed(&state).map_err(&bad)?;
         if files > MAX_FILES {
             return Err(bad(format!(
