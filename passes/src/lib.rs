@@ -19,6 +19,7 @@
 
 pub mod fuel;
 pub mod nan;
+pub mod relaxed;
 pub mod shape;
 pub mod stack;
 pub mod unwind;
