@@ -70,8 +70,10 @@ pub fn lower(binary: &[u8]) -> Result<Vec<u8>, String> {
     let locals = |body: usize| -> &'static [u8] {
         SCRATCH[usize::from(needs.get(body).copied().flatten().unwrap_or(0))]
     };
-    super::nan::rewrite_code(binary, &locals, &mut |_, op, _, out, scratch| {
-        match lowering(op, scratch) {
+    super::nan::rewrite_code(
+        binary,
+        &locals,
+        &mut |_, op, _, out, scratch| match lowering(op, scratch) {
             Some(code) => {
                 for i in &code {
                     i.encode(out);
@@ -79,8 +81,8 @@ pub fn lower(binary: &[u8]) -> Result<Vec<u8>, String> {
                 true
             }
             None => false,
-        }
-    })
+        },
+    )
 }
 
 /// For each function body: `None` if it has no relaxed operator, else how many scratch

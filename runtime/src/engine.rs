@@ -58,9 +58,16 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   canonicalizing after every operation. `nan_canonicalization=false` is Cranelift's own
 ///   pass, which canonicalized after every operation and made float-heavy code about 3.5
 ///   times slower. Rejected: keeping Cranelift's pass (same behaviour, the cost above).
-/// - `relaxed_simd_deterministic`: relaxed SIMD instructions take their deterministic
-///   lowering instead of the host's fastest. Rejected: disabling relaxed SIMD (breaks
-///   modules built with it for no gain).
+/// - `relaxed_pass`: every relaxed SIMD operator gives the result of the WebAssembly 3.0
+///   specification's deterministic profile, computed by plain SIMD that the
+///   [`passes::relaxed`] pass writes in its place, so no engine setting decides it (the
+///   profile's `relaxed_madd` is unfused and its relaxed dot products saturate, where
+///   wasmtime's `relaxed_simd_deterministic` fuses and wraps). No relaxed operator
+///   reaches the engine; `relaxed_simd_deterministic=true` stays set so that one that
+///   did would still not take the host's fastest lowering. Rejected: relying on that
+///   setting alone (what detwasm did before `detwasm-relaxed-1`: wasmtime's choices, not
+///   the standard's, and they could change with a wasmtime release); disabling relaxed
+///   SIMD (breaks modules built with it for no gain).
 /// - `threads=false`: no shared memory, no atomics wait/notify: a single thread of
 ///   control. wasmtime is built without its `threads` feature, so the proposal cannot be
 ///   switched on. Rejected: threads with a deterministic scheduler (not offered by
@@ -111,6 +118,7 @@ strategy=cranelift
 cranelift_opt_level=speed
 nan_canonicalization=false
 nan_pass=detwasm-nan-2
+relaxed_pass=detwasm-relaxed-1
 relaxed_simd_deterministic=true
 threads=false
 simd=true
@@ -459,7 +467,14 @@ fn compile_as(
             format!("fuel metering could not rewrite the module: {e}"),
         )
     })?;
-    let canonical = passes::nan::canonicalize(&fueled).map_err(|e| {
+    let lowered = passes::relaxed::lower(&fueled).map_err(|e| {
+        refused(
+            engine,
+            &binary,
+            format!("relaxed SIMD lowering could not rewrite the module: {e}"),
+        )
+    })?;
+    let canonical = passes::nan::canonicalize(&lowered).map_err(|e| {
         refused(
             engine,
             &binary,
@@ -624,7 +639,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:ee4844480ce68d53910f19b2e321c34c955f2e48bbdf40e7600c61876ff1f64d"
+            "blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
@@ -637,6 +652,8 @@ mod tests {
         assert!(
             ENGINE_SETTINGS.contains(&format!("nan_pass={}\n", crate::passes::nan::PASS_VERSION))
         );
+        let relaxed = crate::passes::relaxed::PASS_VERSION;
+        assert!(ENGINE_SETTINGS.contains(&format!("relaxed_pass={relaxed}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
         let unmetered = stack::UNMETERED_MAX_COST;
