@@ -507,7 +507,8 @@ impl Deadline {
 }
 
 /// Compiles `rewritten` (a module already through every pass but stack metering: fuel
-/// metering first, so that only the module's own operators are counted) with
+/// metering first, so that only the module's own operators are counted, then the
+/// relaxed SIMD lowering, then NaN canonicalization) with
 /// stack metering, reporting problems with `original`'s bytes. [`compile`] is the one
 /// path of jobs; this is also the self-fuzzer's, for its setups that compare the engine
 /// with other ways of canonicalizing NaNs (`detwasm_fuzzing`).
@@ -566,7 +567,8 @@ fn compile_rewritten_as(
         metered
     };
     // The passes grow a module up to about 12 times (a `local.tee` fed to a NaN-producing
-    // operator gains a canonicalization, a block gains its fuel), and Cranelift compiles
+    // operator gains a canonicalization, a block gains its fuel, a relaxed dot product
+    // becomes twelve operators), and Cranelift compiles
     // the grown module: the bytes it sees are scanned against the same limits (with more
     // room for the types the passes add: `REWRITTEN_LIMITS`), so that
     // SECURITY.md's compile term (in bytes of code Cranelift compiles) holds. Rejected:
@@ -580,7 +582,7 @@ fn compile_rewritten_as(
     };
     passes::shape::check(&metered, limits).map_err(|r| {
         RunError::TooComplex(format!(
-            "after fuel metering, NaN canonicalization and stack metering: {r}"
+            "after fuel metering, relaxed SIMD lowering, NaN canonicalization and stack metering: {r}"
         ))
     })?;
     Module::from_binary(engine, &metered).map_err(|e| refused(engine, original, format!("{e:#}")))
