@@ -33,6 +33,13 @@
 //! exact (`dot_add`). `relaxed_madd` differs whenever rounding the product changes the
 //! sum, that is for most inputs that are not exact.
 //!
+//! What is followed is the specification's text (the numerics chapter, and the SpecTec
+//! definitions it is made from: every relaxed parameter is 0, `relaxed_madd`'s first
+//! choice is the unfused one, the relaxed dot product adds with `iadd_sat`). The
+//! specification repository's reference interpreter, at the time of writing, fuses
+//! `relaxed_madd` and adds the dot products wrapping; the spec test suite accepts either
+//! (its `either` results), so it cannot tell them apart.
+//!
 //! `nmadd` negates the rounded product instead of the first operand: rounding to nearest
 //! is symmetric and the sign of a product (zeros included) is the exclusive or of its
 //! operands' signs, so `mul(-a, b)` and `neg(mul(a, b))` have the same bits whenever the
