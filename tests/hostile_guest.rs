@@ -1175,7 +1175,7 @@ fn code_the_passes_grow_past_the_limits_is_refused() {
     assert!(module.len() < 1 << 20);
     assert_refused_before_compiling(
         &module,
-        "after fuel metering, NaN canonicalization and stack metering: function",
+        "after fuel metering, relaxed SIMD lowering, NaN canonicalization and stack metering: function",
     );
 }
 

@@ -309,7 +309,8 @@ fn large_real_modules_pass_the_shape_scan() {
         // against the same limits: it must pass too (CPython's grows to 10.9 MB of code,
         // a third of the limit).
         let passes = detwasm_runtime::passes::fuel::meter(&bytes)
-            .and_then(|f| detwasm_runtime::passes::nan::canonicalize(&f))
+            .and_then(|f| detwasm_runtime::passes::relaxed::lower(&f))
+            .and_then(|l| detwasm_runtime::passes::nan::canonicalize(&l))
             .and_then(|c| detwasm_runtime::passes::stack::meter(&c));
         if let Ok(rewritten) = passes {
             let shape = check(&rewritten, &REWRITTEN_LIMITS)

@@ -638,13 +638,17 @@ fn load(engine: &Engine, binary: &[u8], setup: Setup) -> Result<Module, Failure>
         // Not through the engine's NaN pass: the reference canonicalizes after every
         // operation itself, the eager setup has Cranelift do it, the uncanonicalized one
         // nothing.
+        // The relaxed SIMD lowering is not a way of canonicalizing: every setup has it,
+        // after the fuel pass, as the engine's path does.
         Setup::Reference => {
             let fueled = detwasm_passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            let fueled = detwasm_passes::relaxed::lower(&fueled).map_err(Failure::Invalid)?;
             let rewritten = canonicalize_nans(&fueled).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &rewritten).map_err(invalid)
         }
         Setup::Eager | Setup::Uncanonicalized => {
             let fueled = detwasm_passes::fuel::meter(binary).map_err(Failure::Invalid)?;
+            let fueled = detwasm_passes::relaxed::lower(&fueled).map_err(Failure::Invalid)?;
             engine::compile_rewritten(engine, binary, &fueled).map_err(invalid)
         }
         Setup::Checkpointed => engine::compile_with(engine, binary, true).map_err(invalid),

@@ -3,8 +3,9 @@
 //! What they are for: rules of the determinism contract that the engine cannot be told
 //! to follow, enforced by rewriting the module before it is compiled, so that they hold
 //! the same way whatever CPU Cranelift compiles for: instructions counted in the module
-//! ([`fuel`]), NaNs canonical wherever their bits can be observed ([`nan`]), stack depth
-//! metered in the module ([`stack`]); and, before any of them, the scan that refuses
+//! ([`fuel`]), relaxed SIMD giving the deterministic profile's results ([`relaxed`]),
+//! NaNs canonical wherever their bits can be observed ([`nan`]), stack depth metered in
+//! the module ([`stack`]); and, before any of them, the scan that refuses
 //! modules whose shape predicts unbounded compile work ([`shape`]).
 //!
 //! What they are not: optimisations, or anything that changes what a module computes
@@ -19,6 +20,7 @@
 
 pub mod fuel;
 pub mod nan;
+pub mod relaxed;
 pub mod shape;
 pub mod stack;
 pub mod unwind;

@@ -68,6 +68,12 @@
 //! host. NaN results of ceil/floor/trunc/nearest and relaxed madd on CPUs without
 //! SSE4.1/FMA (where wasmtime calls a library function that Cranelift's pass did not
 //! see) are now canonical too.
+//!
+//! Relaxed SIMD: on a job's path the [`super::relaxed`] pass runs just before this one and
+//! replaces every relaxed operator with plain SIMD (`relaxed_madd` by `mul` and `add`,
+//! `relaxed_min` by `min`, relaxed truncations by `trunc_sat`, ...), which this pass
+//! treats like any other; the relaxed operators stay in its tables for modules given to
+//! it directly.
 
 use std::collections::HashMap;
 

@@ -140,11 +140,13 @@ fn determinism_costs(c: &mut Criterion) {
         let mut cfg = deterministic_config(true);
         cfg.cranelift_nan_canonicalization(v.nan == Nan::Eager);
         let engine = Engine::new(&cfg).unwrap();
-        // The passes as the engine applies them (fuel, NaN, stack), those of the variant.
+        // The passes as the engine applies them (fuel, relaxed SIMD, NaN, stack), those of
+        // the variant.
         let mut prepared = bytes.clone();
         if v.fuel {
             prepared = passes::fuel::meter(&prepared).unwrap();
         }
+        prepared = passes::relaxed::lower(&prepared).unwrap();
         if v.nan == Nan::Pass {
             prepared = passes::nan::canonicalize(&prepared).unwrap();
         }

@@ -58,9 +58,16 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   canonicalizing after every operation. `nan_canonicalization=false` is Cranelift's own
 ///   pass, which canonicalized after every operation and made float-heavy code about 3.5
 ///   times slower. Rejected: keeping Cranelift's pass (same behaviour, the cost above).
-/// - `relaxed_simd_deterministic`: relaxed SIMD instructions take their deterministic
-///   lowering instead of the host's fastest. Rejected: disabling relaxed SIMD (breaks
-///   modules built with it for no gain).
+/// - `relaxed_pass`: every relaxed SIMD operator gives the result of the WebAssembly 3.0
+///   specification's deterministic profile, computed by plain SIMD that the
+///   [`passes::relaxed`] pass writes in its place, so no engine setting decides it (the
+///   profile's `relaxed_madd` is unfused and its relaxed dot products saturate, where
+///   wasmtime's `relaxed_simd_deterministic` fuses and wraps). No relaxed operator
+///   reaches the engine; `relaxed_simd_deterministic=true` stays set so that one that
+///   did would still not take the host's fastest lowering. Rejected: relying on that
+///   setting alone (what detwasm did before `detwasm-relaxed-1`: wasmtime's choices, not
+///   the standard's, and they could change with a wasmtime release); disabling relaxed
+///   SIMD (breaks modules built with it for no gain).
 /// - `threads=false`: no shared memory, no atomics wait/notify: a single thread of
 ///   control. wasmtime is built without its `threads` feature, so the proposal cannot be
 ///   switched on. Rejected: threads with a deterministic scheduler (not offered by
@@ -111,6 +118,7 @@ strategy=cranelift
 cranelift_opt_level=speed
 nan_canonicalization=false
 nan_pass=detwasm-nan-2
+relaxed_pass=detwasm-relaxed-1
 relaxed_simd_deterministic=true
 threads=false
 simd=true
@@ -459,7 +467,14 @@ fn compile_as(
             format!("fuel metering could not rewrite the module: {e}"),
         )
     })?;
-    let canonical = passes::nan::canonicalize(&fueled).map_err(|e| {
+    let lowered = passes::relaxed::lower(&fueled).map_err(|e| {
+        refused(
+            engine,
+            &binary,
+            format!("relaxed SIMD lowering could not rewrite the module: {e}"),
+        )
+    })?;
+    let canonical = passes::nan::canonicalize(&lowered).map_err(|e| {
         refused(
             engine,
             &binary,
@@ -492,7 +507,8 @@ impl Deadline {
 }
 
 /// Compiles `rewritten` (a module already through every pass but stack metering: fuel
-/// metering first, so that only the module's own operators are counted) with
+/// metering first, so that only the module's own operators are counted, then the
+/// relaxed SIMD lowering, then NaN canonicalization) with
 /// stack metering, reporting problems with `original`'s bytes. [`compile`] is the one
 /// path of jobs; this is also the self-fuzzer's, for its setups that compare the engine
 /// with other ways of canonicalizing NaNs (`detwasm_fuzzing`).
@@ -551,7 +567,8 @@ fn compile_rewritten_as(
         metered
     };
     // The passes grow a module up to about 12 times (a `local.tee` fed to a NaN-producing
-    // operator gains a canonicalization, a block gains its fuel), and Cranelift compiles
+    // operator gains a canonicalization, a block gains its fuel, a relaxed dot product
+    // becomes twelve operators), and Cranelift compiles
     // the grown module: the bytes it sees are scanned against the same limits (with more
     // room for the types the passes add: `REWRITTEN_LIMITS`), so that
     // SECURITY.md's compile term (in bytes of code Cranelift compiles) holds. Rejected:
@@ -565,7 +582,7 @@ fn compile_rewritten_as(
     };
     passes::shape::check(&metered, limits).map_err(|r| {
         RunError::TooComplex(format!(
-            "after fuel metering, NaN canonicalization and stack metering: {r}"
+            "after fuel metering, relaxed SIMD lowering, NaN canonicalization and stack metering: {r}"
         ))
     })?;
     Module::from_binary(engine, &metered).map_err(|e| refused(engine, original, format!("{e:#}")))
@@ -624,7 +641,7 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:ee4844480ce68d53910f19b2e321c34c955f2e48bbdf40e7600c61876ff1f64d"
+            "blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba"
         );
         assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
@@ -637,6 +654,8 @@ mod tests {
         assert!(
             ENGINE_SETTINGS.contains(&format!("nan_pass={}\n", crate::passes::nan::PASS_VERSION))
         );
+        let relaxed = crate::passes::relaxed::PASS_VERSION;
+        assert!(ENGINE_SETTINGS.contains(&format!("relaxed_pass={relaxed}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_frame_base={}\n", stack::FRAME_BASE)));
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
         let unmetered = stack::UNMETERED_MAX_COST;

@@ -586,6 +586,10 @@ fn stack_overflow_and_nan_and_relaxed_simd_probes_agree_across_engines() {
     assert_eq!(lanes, [0, i32::MAX, 0, 0]);
     // Deterministic relaxed swizzle: out-of-range indices give 0.
     assert_eq!(&b[32..40], &[1, 0, 0, 0, 0, 4, 0, 2]);
+    // The deterministic profile's relaxed madd is unfused: 0, not 2^-24.
+    assert_eq!(&b[48..64], &[0; 16]);
+    // Its relaxed dot product saturates each pair's sum: 32767, not -32768.
+    assert_eq!(&b[64..80], &i16::MAX.to_le_bytes().repeat(8)[..]);
 }
 
 #[test]
