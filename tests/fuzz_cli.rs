@@ -142,3 +142,46 @@ fn checkpoint_every_locates_where_a_varied_parameter_changes_the_run() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--vary` tries several values of a parameter before it says the output does not depend
+/// on it (four seeds, two epochs), and says precisely what a change changed: here the
+/// probe reads its arguments (which costs instructions) but its float work writes
+/// nothing of them, so appending one changes only the count.
+#[test]
+fn vary_tries_several_values_and_says_what_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm");
+    let args = [
+        "fuzz",
+        probe.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--vary",
+        "seed,epoch,args",
+        "--",
+        "float",
+        "1000",
+    ];
+    let out = detwasm().current_dir(t.path()).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "does not depend on seed: seed 0 -> 1; seed 0 -> 2; seed 0 -> 3; seed 0 -> 18446744073709551615"
+        ) && text.contains("does not depend on epoch: epoch + 365 days; epoch + 1 s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("depends on args: argument `detwasm-fuzz-extra` appended (changes only the instructions ")
+            && text.contains("; the results are the same)"),
+        "{text}"
+    );
+    let mut with_json = args.to_vec();
+    with_json.insert(1, "--json");
+    let r = json(&with_json, t.path());
+    let by_args = &r["sensitivity"][2];
+    assert_eq!(by_args["sensitive"], true);
+    let changed = by_args["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{by_args}");
+    assert!(changed[0].as_str().unwrap().starts_with("instructions "));
+}

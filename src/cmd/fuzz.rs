@@ -124,12 +124,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         for s in &report.sensitivity {
             if s.sensitive {
-                let files = if s.files.is_empty() {
-                    String::new()
+                // What changed, precisely: the files, or (when the results are the same)
+                // only the instruction count or the exit.
+                let what = if s.files.is_empty() {
+                    let other: Vec<&str> = s
+                        .changed
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|c| *c != "results")
+                        .collect();
+                    format!(
+                        " (changes only the {}; the results are the same)",
+                        other.join(", ")
+                    )
                 } else {
                     format!(" (changes {})", s.files.join(", "))
                 };
-                println!("depends on {}: {}{files}", s.param.name(), s.change);
+                println!("depends on {}: {}{what}", s.param.name(), s.change);
                 print_divergence(s.diverged_at.as_ref());
             } else {
                 println!("does not depend on {}: {}", s.param.name(), s.change);
