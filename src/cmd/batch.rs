@@ -203,15 +203,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             // Every line is flushed as its job is delivered (a batch killed part-way has
             // printed every receipt it delivered), and appended to --receipts, synced.
             let written = line.map_err(std::io::Error::other).and_then(|l| {
-                let printed = if interactive {
+                // The receipts file first: it is the durable record, and a closed stdout
+                // must not cost it a line.
+                if let Some(log) = &mut log {
+                    log.append(&l).map_err(std::io::Error::other)?;
+                }
+                if interactive {
                     bar.suspend(|| writeln!(out, "{l}").and_then(|()| out.flush()))
                 } else {
                     writeln!(out, "{l}").and_then(|()| out.flush())
-                };
-                printed?;
-                match &mut log {
-                    Some(log) => log.append(&l).map_err(std::io::Error::other),
-                    None => Ok(()),
                 }
             });
             if let Err(e) = written {
