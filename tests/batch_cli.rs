@@ -361,3 +361,67 @@ fn a_killed_batch_keeps_every_delivered_receipt_and_resumes_where_it_stopped() {
     assert!(String::from_utf8_lossy(&twice.stderr)
         .contains("12 jobs found a results folder named after their job id already there"));
 }
+
+/// `--resume` keeps a line only if it is its job's (found by review: lines of
+/// `{"results_dir": "/"}` skipped every job, and a jobs file named as the receipts file
+/// was emptied): a forged or another batch's first line is refused and the file left as
+/// it was; a link is not followed; a receipt of another job at a job's place is run
+/// again from there.
+#[test]
+fn resume_keeps_only_lines_that_are_their_jobs() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = root("fixtures/probes/probe.wasm").display().to_string();
+    let line = |n: u32| serde_json::json!({"module": probe, "args": ["float", n.to_string()]});
+    let jobs = format!("{}\n{}\n", line(1000), line(2000));
+    std::fs::write(t.path().join("jobs.jsonl"), &jobs).unwrap();
+    let batch = |receipts: &str| {
+        detwasm()
+            .current_dir(t.path())
+            .args([
+                "batch",
+                "jobs.jsonl",
+                "--output-dir",
+                "out",
+                "--resume",
+                "--receipts",
+            ])
+            .arg(receipts)
+            .output()
+            .unwrap()
+    };
+    let forged = "{\"results_dir\": \"/\"}\n{\"results_dir\": \"/\"}\n";
+    std::fs::write(t.path().join("forged.jsonl"), forged).unwrap();
+    let out = batch("forged.jsonl");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(failed(&out).contains("is not a receipt or error line of this batch's first job"));
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("forged.jsonl")).unwrap(),
+        forged
+    );
+    let out = batch("jobs.jsonl");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("jobs.jsonl")).unwrap(),
+        jobs
+    );
+    std::os::unix::fs::symlink("jobs.jsonl", t.path().join("link.jsonl")).unwrap();
+    assert!(failed(&batch("link.jsonl")).contains("a symlink; not followed"));
+
+    // The receipts of the two jobs in the other order: the first is not job 1's.
+    let whole = batch("r.jsonl");
+    let printed = ok(&whole);
+    let swapped: Vec<&str> = printed.lines().rev().collect();
+    std::fs::write(t.path().join("swapped.jsonl"), swapped.join("\n") + "\n").unwrap();
+    let out = batch("swapped.jsonl");
+    assert!(failed(&out).contains("not touched"));
+    // Job 1's receipt, then job 1's again at job 2's place: job 2 runs again.
+    let first = printed.lines().next().unwrap();
+    std::fs::write(t.path().join("twice.jsonl"), format!("{first}\n{first}\n")).unwrap();
+    let out = batch("twice.jsonl");
+    let again = ok(&out);
+    let cid = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["cid"].clone();
+    let (a, b): (Vec<&str>, Vec<&str>) = (again.lines().collect(), printed.lines().collect());
+    assert_eq!(a[0], b[0], "kept as written");
+    assert_eq!(cid(a[1]), cid(b[1]), "run again");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 jobs already delivered"));
+}

@@ -324,6 +324,39 @@ pub struct ReceiptLog {
     path: PathBuf,
 }
 
+/// The longest line of a receipts file [`ReceiptLog::resume`] reads: 64 MiB, the most a
+/// receipt file may hold (`verify::MAX_RECEIPT_BYTES`).
+pub const MAX_RECEIPT_LINE: u64 = 64 << 20;
+
+/// Whether `v`, a line of a receipts file, is the line of the job at `number` in the
+/// jobs file (`line`: that job's request): its error line, or a receipt of a job with
+/// its arguments whose results folder, named after the receipt's job id, is there.
+fn is_line_of(v: &serde_json::Value, number: usize, line: Option<&Line>) -> bool {
+    if v.get("error").is_some() {
+        return v.get("line").and_then(|n| n.as_u64()) == Some(number as u64);
+    }
+    let Some(job_id) = v["job_id"]
+        .as_str()
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return false;
+    };
+    let named = v["results_dir"].as_str().map(Path::new).is_some_and(|d| {
+        d.is_dir()
+            && d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(job_id))
+    });
+    let args_match = match line {
+        Some(Ok(req)) => v["job"]["args"].as_array().is_some_and(|a| {
+            a.iter()
+                .map(|x| x.as_str())
+                .eq(req.args.iter().map(|s| Some(s.as_str())))
+        }),
+        _ => false,
+    };
+    named && v["cid"].is_string() && args_match
+}
+
 /// What [`ReceiptLog::resume`] kept of a receipts file: its lines (without their
 /// newlines, as they were printed), one per job from the first, each still true (an
 /// error line names its job's line; a receipt's results folder is there).
@@ -357,51 +390,94 @@ impl ReceiptLog {
     }
 
     /// Opens the receipts file of a batch that stopped part-way, for the same jobs
-    /// (`numbers`: the jobs' line numbers in the jobs file): keeps its lines from the
-    /// first while each is a complete line that is still true of the job at its place,
-    /// cuts the file after them (a line half-written when the batch was killed, or one
-    /// whose results folder is gone, is run again with every job after it), and returns
-    /// them. A missing file keeps nothing.
-    pub fn resume(path: &Path, numbers: &[usize]) -> Result<(ReceiptLog, Kept), String> {
+    /// (`lines`, whose line numbers in the jobs file are `numbers`): keeps its lines from
+    /// the first while each is a complete line that is still true of the job at its
+    /// place, cuts the file after them (a line half-written when the batch was killed, or
+    /// one whose results folder is gone, is run again with every job after it), and
+    /// returns them. A missing file keeps nothing.
+    ///
+    /// A line is kept only if it is this job's: an error line naming its line number, or
+    /// a receipt whose job has the job's arguments and whose results folder, named after
+    /// the receipt's job id, is there. A file that is not a regular file (a link is not
+    /// followed), or whose first line is not its first job's, is refused and not touched
+    /// (found by review: any JSON line with an existing `results_dir` was kept, so three
+    /// lines of `{"results_dir": "/"}` skipped every job, and naming the jobs file by
+    /// mistake emptied it). Lines are read one at a time, each at most
+    /// [`MAX_RECEIPT_LINE`] bytes.
+    pub fn resume(
+        path: &Path,
+        numbers: &[usize],
+        lines: &[Line],
+    ) -> Result<(ReceiptLog, Kept), String> {
+        use std::io::{BufRead, Read};
+        use std::os::unix::fs::OpenOptionsExt;
         let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((ReceiptLog::create(path)?, Kept { lines: Vec::new() }));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(format!("{}: a symlink; not followed", path.display()));
+            }
             Err(e) => return Err(fail(e)),
         };
-        let mut lines = Vec::new();
-        let mut end = 0;
-        for (i, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
-            let (Some(&number), Some(b'\n')) = (numbers.get(i), line.last()) else {
-                break;
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-                break;
-            };
-            let true_still = match (v.get("error"), v.get("results_dir")) {
-                (Some(_), _) => v.get("line").and_then(|n| n.as_u64()) == Some(number as u64),
-                (None, Some(dir)) => dir.as_str().is_some_and(|d| Path::new(d).is_dir()),
-                _ => false,
-            };
-            if !true_still {
+        if !file.metadata().map_err(fail)?.is_file() {
+            return Err(format!("{}: not a regular file", path.display()));
+        }
+        let mut reader = std::io::BufReader::new(&file);
+        let mut kept = Vec::new();
+        let mut end = 0u64;
+        for (i, &number) in numbers.iter().enumerate() {
+            let mut line = Vec::new();
+            (&mut reader)
+                .take(MAX_RECEIPT_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(fail)?;
+            if line.last() != Some(&b'\n') {
+                // A line half-written when the batch was killed begins as every line of
+                // ours does; anything else is not ours to cut.
+                let ours = line.starts_with(br#"{"cid":"#) || line.starts_with(br#"{"error":"#);
+                if i == 0 && !line.is_empty() && !ours {
+                    return Err(format!(
+                        "{}: it does not start with a receipt or error line: not touched \
+                         (is it these jobs' receipts file?)",
+                        path.display()
+                    ));
+                }
                 break;
             }
-            end += line.len();
-            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+            let ok = serde_json::from_slice::<serde_json::Value>(&line)
+                .is_ok_and(|v| is_line_of(&v, number, lines.get(i)));
+            if !ok {
+                if i == 0 && !line.is_empty() {
+                    return Err(format!(
+                        "{}: its first line is not a receipt or error line of this batch's \
+                         first job (line {number}): not touched (is it these jobs' receipts \
+                         file?)",
+                        path.display()
+                    ));
+                }
+                break;
+            }
+            end += line.len() as u64;
+            line.pop();
+            kept.push(String::from_utf8_lossy(&line).into_owned());
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(fail)?;
-        file.set_len(end as u64).map_err(fail)?;
+        drop(reader);
+        file.set_len(end).map_err(fail)?;
         file.sync_data().map_err(fail)?;
         Ok((
             ReceiptLog {
                 file,
                 path: path.to_path_buf(),
             },
-            Kept { lines },
+            Kept { lines: kept },
         ))
     }
 

@@ -295,7 +295,7 @@ impl ModuleCache {
         };
         entries
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter(|e| is_cache_file(&e.file_name().to_string_lossy()))
             .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()))
             .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
     }
@@ -329,7 +329,7 @@ impl ModuleCache {
                 }
                 continue;
             }
-            if !name.ends_with(".cwasm") {
+            if !is_cache_file(&name) {
                 continue;
             }
             total = total.saturating_add(m.len());
@@ -350,6 +350,14 @@ impl ModuleCache {
             }
         }
     }
+}
+
+/// Whether `name` is a compiled module as this cache names them: 64 hex digits (the
+/// key) and `.cwasm`. Nothing else in the folder is counted or removed (found by review:
+/// `cache gc` removed any `*.cwasm`).
+fn is_cache_file(name: &str) -> bool {
+    name.strip_suffix(".cwasm")
+        .is_some_and(|key| key.len() == 2 * KEY_LEN && key.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Why a cache folder or file with this metadata must not be trusted, if it must not:

@@ -167,7 +167,7 @@ impl<T> Staged<T> {
             value,
         } = self;
         if durability == Durability::PerFile {
-            sync_staged(staging.path(), &parent).map_err(|cause| RunError::WriteResults {
+            sync_staged(staging.path(), &_lock).map_err(|cause| RunError::WriteResults {
                 dest: named.clone(),
                 cause,
             })?;
@@ -436,10 +436,13 @@ fn process_alive(pid: u32) -> bool {
 /// small result on a busy host costs more than its few fsyncs).
 pub const PER_FILE_SYNC_MAX: usize = 256;
 
-/// Makes the staged folder `staging` (in `parent`) durable: [`sync_tree`], or one
-/// [`sync_filesystem`] when it holds more than [`PER_FILE_SYNC_MAX`] entries and the
-/// filesystem reports write-back failures to it.
-fn sync_staged(staging: &Path, parent: &Path) -> io::Result<()> {
+/// Makes the staged folder `staging` durable: [`sync_tree`], or one [`sync_filesystem`]
+/// when it holds more than [`PER_FILE_SYNC_MAX`] entries and the filesystem reports
+/// write-back failures to it. The `syncfs` is on `opened`, the staging folder's handle,
+/// opened when the folder was made and before any result was written into it: `syncfs`
+/// reports the write-back errors since its descriptor was opened (found by review: a
+/// handle opened only now could miss an error another process's `syncfs` had taken).
+fn sync_staged(staging: &Path, opened: &File) -> io::Result<()> {
     fn more_than(dir: &Path, left: &mut usize) -> bool {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return false;
@@ -456,11 +459,8 @@ fn sync_staged(staging: &Path, parent: &Path) -> io::Result<()> {
         false
     }
     let mut left = PER_FILE_SYNC_MAX;
-    if more_than(staging, &mut left) {
-        let dir = File::open(parent).map_err(|e| named(parent, e))?;
-        if group_sync_supported(&dir) {
-            return sync_filesystem(&dir, parent);
-        }
+    if more_than(staging, &mut left) && group_sync_supported(opened) {
+        return sync_filesystem(opened, staging);
     }
     sync_tree(staging)
 }

@@ -117,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         (Some(path), true) => {
             let (log, kept) =
-                batch::ReceiptLog::resume(path, &numbers).map_err(anyhow::Error::msg)?;
+                batch::ReceiptLog::resume(path, &numbers, &lines).map_err(anyhow::Error::msg)?;
             (Some(log), kept.lines)
         }
     };

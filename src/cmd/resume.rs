@@ -73,10 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snapshot = &opened.snapshot;
     let job = job_of_snapshot(snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
-    let runtime = args
-        .live
-        .apply(runtime(args.no_cache)?)
-        .with_checkpoints(snapshot.state.meter.every);
+    let (runtime, live) = args.live.apply(runtime(args.no_cache)?);
+    let runtime = runtime.with_checkpoints(snapshot.state.meter.every);
     let dest = match &args.output {
         Some(p) => Destination::At(p.clone()),
         None => Destination::Under(std::env::current_dir().context("current directory")?),
@@ -105,6 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for w in runtime.warnings() {
         eprintln!("detwasm: warning: {w}");
     }
+    drop(runtime);
+    live.wait();
     let receipt = result.with_context(|| format!("resuming {}", args.snapshot.display()))?;
     let code = report(
         &receipt,

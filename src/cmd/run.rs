@@ -71,16 +71,54 @@ impl LiveArgs {
         self.live || (!self.quiet && std::io::stderr().is_terminal())
     }
 
-    /// `runtime`, showing each guest's output live on stderr when [`Self::on`].
-    pub fn apply(&self, runtime: Runtime) -> Runtime {
+    /// `runtime`, showing each guest's output live on stderr when [`Self::on`], and what
+    /// to [`LiveDone::wait`] for once the run has ended and the runtime is dropped.
+    pub fn apply(&self, runtime: Runtime) -> (Runtime, LiveDone) {
         if !self.on() {
-            return runtime;
+            return (runtime, LiveDone(None));
         }
-        runtime.with_echo(std::sync::Arc::new(|_stderr: bool, bytes: &[u8]| {
-            use std::io::Write;
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(bytes).and_then(|()| err.flush());
-        }))
+        // The guest never waits for the terminal: its writes are queued for a thread
+        // that prints them, at most LIVE_QUEUE chunks of LIVE_CHUNK bytes, and what does
+        // not fit is dropped from the live view (the results have all of it). Found by
+        // review: printing inline, a stderr nobody read held the guest past its timeout,
+        // and a reader that went away killed detwasm by SIGPIPE, results lost.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LIVE_QUEUE);
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _ = std::thread::Builder::new()
+            .name("detwasm-live".into())
+            .spawn(move || {
+                use std::io::Write;
+                // A closed stderr is EPIPE here, not the end of detwasm.
+                // SAFETY: a signal mask of this thread only, from a set built here.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGPIPE);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                let mut err = std::io::stderr();
+                for chunk in rx {
+                    if err.write_all(&chunk).and_then(|()| err.flush()).is_err() {
+                        break;
+                    }
+                }
+                let _ = done.send(());
+            });
+        let runtime = runtime.with_echo(std::sync::Arc::new(move |_stderr: bool, bytes: &[u8]| {
+            for chunk in bytes.chunks(LIVE_CHUNK) {
+                if tx.try_send(chunk.to_vec()).is_err() {
+                    if !shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        let _ = tx.try_send(
+                            b"\n[detwasm: live output falling behind; the rest is in the results]\n"
+                                .to_vec(),
+                        );
+                    }
+                    return;
+                }
+            }
+        }));
+        (runtime, LiveDone(Some(finished)))
     }
 
     /// After a run that did not exit 0 and whose output was not shown live: the last
@@ -103,6 +141,24 @@ impl LiveArgs {
         }
     }
 }
+
+/// The end of the live output's printing thread ([`LiveArgs::apply`]).
+pub struct LiveDone(Option<std::sync::mpsc::Receiver<()>>);
+
+impl LiveDone {
+    /// Waits (at most a second: a stderr nobody reads must not hold detwasm) until the
+    /// live output queued so far is printed, so that it comes before the summary. Call
+    /// after the runtime that echoes is dropped.
+    pub fn wait(self) {
+        if let Some(finished) = self.0 {
+            let _ = finished.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+/// Chunks of live output queued for the terminal at most, and their size: 1 MiB.
+const LIVE_QUEUE: usize = 16;
+const LIVE_CHUNK: usize = 64 << 10;
 
 /// Where and how often a run saves snapshots (`detwasm run` and `detwasm resume`).
 #[derive(clap::Args, Debug)]
@@ -315,7 +371,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         job, staging: _s, ..
     } = build_job(&args.job)?;
     let module = &args.job.module;
-    let mut runtime = args.live.apply(runtime(args.job.opts.no_cache)?);
+    let (mut runtime, live) = args.live.apply(runtime(args.job.opts.no_cache)?);
     if args.checkpoints.checkpoints.is_some() {
         runtime = runtime.with_checkpoints(
             args.checkpoints
@@ -340,6 +396,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for w in runtime.warnings() {
         eprintln!("detwasm: warning: {w}");
     }
+    drop(runtime);
+    live.wait();
     let receipt = result.with_context(|| format!("running {}", module.display()))?;
     let code = report(
         &receipt,
