@@ -253,8 +253,25 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
         // Several values of the parameter, until one changes the output: one other seed
         // misses a dependence half the time (a two-key hash map's order), four miss it
         // one time in sixteen. Found by use: `--vary seed` tried one.
+        // What of the output a run changed against the baseline (empty: nothing).
+        let what_changed = |r: &Receipt| {
+            let mut changed = Vec::new();
+            if r.cid != baseline.cid {
+                changed.push("results".to_string());
+            }
+            if r.instructions != baseline.instructions {
+                changed.push(format!(
+                    "instructions {} -> {}",
+                    baseline.instructions, r.instructions
+                ));
+            }
+            if r.exit_code != baseline.exit_code {
+                changed.push(format!("exit {} -> {}", baseline.exit_code, r.exit_code));
+            }
+            changed
+        };
         let mut tried = Vec::new();
-        let (mut here, mut r, mut change);
+        let (mut here, mut r, mut change, mut changed);
         let mut k = 0;
         loop {
             here = work.path().join(format!("vary-{}-{k}", param.name()));
@@ -263,33 +280,16 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             change = what;
             r = run_at(runtime, &varied, &here.join("results"), &here)?;
             tried.push(change.clone());
-            let differs = r.cid != baseline.cid
-                || r.instructions != baseline.instructions
-                || r.exit_code != baseline.exit_code;
+            changed = what_changed(&r);
             k += 1;
-            if differs || k >= VARIANTS.min(param.variants()) {
+            if !changed.is_empty() || k >= VARIANTS.min(param.variants()) {
                 break;
             }
         }
         let results = here.join("results");
-        let sensitive = r.cid != baseline.cid
-            || r.instructions != baseline.instructions
-            || r.exit_code != baseline.exit_code;
+        let sensitive = !changed.is_empty();
         if !sensitive {
             change = tried.join("; ");
-        }
-        let mut changed = Vec::new();
-        if r.cid != baseline.cid {
-            changed.push("results".to_string());
-        }
-        if r.instructions != baseline.instructions {
-            changed.push(format!(
-                "instructions {} -> {}",
-                baseline.instructions, r.instructions
-            ));
-        }
-        if r.exit_code != baseline.exit_code {
-            changed.push(format!("exit {} -> {}", baseline.exit_code, r.exit_code));
         }
         let diverged_at = if sensitive {
             located(runtime, &base_dir, &base_receipt, &here, &r)?
