@@ -354,7 +354,7 @@ fn a_receipt_asking_more_than_the_verifiers_caps_is_refused() {
             "--cap-memory",
             "4GiB",
             "--cap-fuel",
-            "100000000000",
+            "3600000000000",
         ],
     );
     assert!(out.status.success(), "{report}");

@@ -39,9 +39,23 @@ pub const DEFAULT_INPUT_PATH: &str = "/inputs";
 /// Name (results folder) and guest path of the default output volume (Bacalhau layout).
 pub const DEFAULT_OUTPUT_NAME: &str = "outputs";
 pub const DEFAULT_OUTPUT_PATH: &str = "/outputs";
-/// Default instruction budget (fuel). About a minute of straight-line code; raise it with
-/// `--fuel` for long jobs. Fuel, not time, is the deterministic limit.
-pub const DEFAULT_FUEL: u64 = 100_000_000_000;
+/// Fuel per second of a job's timeout, for a job whose fuel nobody states: its budget is
+/// its timeout (the spec's or `--timeout`, else [`DEFAULT_TIMEOUT`]) times this
+/// ([`fuel_for`]). Fuel counts WebAssembly instructions; hosts we measured run 3.5 to 12
+/// billion a second (CPython's `while True: pass`: 1.25e10/s on an x86-64 server), so a
+/// job whose budget comes from its timeout ends by fuel, deterministically and
+/// verifiably, on any host at least a third as fast as that, well before the wall clock
+/// stops it unverifiable; the timeout stays a safety net.
+///
+/// Why a fixed rate, not the host's measured speed: the budget is part of the job (its
+/// id, its receipt), so it must be the same for the provider and every verifier.
+/// Rejected: a fixed default budget whatever the timeout (it was 1e11, which ended a
+/// CPython loop after 8 s of a job whose spec gave it 600), and a rate close to a fast
+/// host's (a slower verifier would hit the timeout first and could not verify).
+pub const FUEL_PER_SECOND: u64 = 1_000_000_000;
+/// The fuel of a job that states neither fuel nor timeout: [`fuel_for`] of
+/// [`DEFAULT_TIMEOUT`] (3.6e12 instructions).
+pub const DEFAULT_FUEL: u64 = FUEL_PER_SECOND * DEFAULT_TIMEOUT.as_secs();
 /// Default linear-memory limit (all memories of the instance together).
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 /// Default quota on bytes the guest may write to stdout, stderr and output volumes.
@@ -199,6 +213,123 @@ impl Limits {
     pub fn safety_timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT)
     }
+
+    /// The limits of a job from what its spec states and what the operator states
+    /// (flags, a batch line's keys), one rule for every limit: **the tighter of the two
+    /// wins**, the operator's being its flag or else the default. A spec describes the
+    /// job; the operator may lower what it asks for, never raise it past what the
+    /// operator allows: so a provider's flags are ceilings for every spec it runs, and a
+    /// spec that asks for less than a ceiling keeps its own value (and its job id).
+    /// Fuel is the same with no default ceiling (the timeout bounds a job's time): the
+    /// tighter of `--fuel` and the spec's fuel, and when neither states one,
+    /// [`fuel_for`] the job's timeout. A bare module has no spec: its limits are the
+    /// operator's.
+    ///
+    /// Returns the limits and a note for each spec value the operator lowered.
+    /// Rejected: the operator's value replacing the spec's (a provider's flags would
+    /// then raise a hostile spec's limits as well as lower them), and a spec raising a
+    /// default (a spec could then ask a provider who set no flag for a 30-day run or
+    /// 4 GiB of memory).
+    pub fn combine(operator: &StatedLimits, spec: &StatedLimits) -> (Limits, Vec<String>) {
+        let mut notes = Vec::new();
+        let mut tighter = |what: &str,
+                           flag: &str,
+                           ours: Option<u64>,
+                           default: u64,
+                           theirs: Option<u64>,
+                           show: &dyn Fn(u64) -> String| {
+            let ceiling = ours.unwrap_or(default);
+            match theirs {
+                Some(t) if t > ceiling => {
+                    notes.push(match ours {
+                        Some(_) => format!(
+                            "the spec asks for {what} {}; {flag} lowers it to {}",
+                            show(t),
+                            show(ceiling)
+                        ),
+                        None => format!(
+                            "the spec asks for {what} {}; the job gets {}, the default most \
+                             (give {flag} to allow more)",
+                            show(t),
+                            show(ceiling)
+                        ),
+                    });
+                    ceiling
+                }
+                Some(t) => t,
+                None => ceiling,
+            }
+        };
+        let bytes = |b: u64| {
+            if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
+                format!("{} MiB", b >> 20)
+            } else {
+                format!("{b} bytes")
+            }
+        };
+        let secs = |ns: u64| format!("{} s", Duration::from_nanos(ns).as_secs_f64());
+        let memory = tighter(
+            "memory of",
+            "--memory",
+            operator.memory,
+            DEFAULT_MEMORY,
+            spec.memory,
+            &bytes,
+        );
+        let max_output = tighter(
+            "an output quota of",
+            "--max-output",
+            operator.max_output,
+            DEFAULT_MAX_OUTPUT,
+            spec.max_output,
+            &bytes,
+        );
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let timeout = match (operator.timeout, spec.timeout) {
+            (None, None) => None,
+            (op, spec) => Some(Duration::from_nanos(tighter(
+                "a timeout of",
+                "--timeout",
+                op.map(nanos),
+                nanos(DEFAULT_TIMEOUT),
+                spec.map(nanos),
+                &secs,
+            ))),
+        };
+        let fuel = match (operator.fuel, spec.fuel) {
+            (Some(op), Some(sp)) => tighter("fuel of", "--fuel", Some(op), op, Some(sp), &|f| {
+                f.to_string()
+            }),
+            (Some(f), None) | (None, Some(f)) => f,
+            (None, None) => fuel_for(timeout.unwrap_or(DEFAULT_TIMEOUT)),
+        };
+        let limits = Limits {
+            fuel,
+            memory,
+            max_output,
+            timeout,
+        };
+        (limits, notes)
+    }
+}
+
+/// The fuel of a job whose fuel nobody states: [`FUEL_PER_SECOND`] for each second of
+/// its timeout (rounded up, at least 1).
+pub fn fuel_for(timeout: Duration) -> u64 {
+    let t = timeout.min(MAX_TIMEOUT);
+    let whole = t.as_secs().saturating_mul(FUEL_PER_SECOND);
+    let part = (u64::from(t.subsec_nanos()) * FUEL_PER_SECOND).div_ceil(1_000_000_000);
+    whole.saturating_add(part).max(1)
+}
+
+/// Limits as one party states them (a spec, or the operator's flags): each `None` where
+/// it states none. [`Limits::combine`] makes a job's limits of two of these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatedLimits {
+    pub fuel: Option<u64>,
+    pub memory: Option<u64>,
+    pub max_output: Option<u64>,
+    pub timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -646,6 +777,90 @@ mod tests {
     }
 
     #[test]
+    fn every_limit_is_the_tighter_of_the_operators_and_the_specs() {
+        let none = StatedLimits::default();
+        let secs = Duration::from_secs;
+        // A bare module: the operator's values, else the defaults; fuel from the timeout.
+        let (l, notes) = Limits::combine(&none, &none);
+        assert_eq!(l, Limits::default());
+        assert_eq!(l.fuel, 3_600_000_000_000);
+        assert!(notes.is_empty());
+        let op = StatedLimits {
+            timeout: Some(secs(60)),
+            ..none
+        };
+        assert_eq!(Limits::combine(&op, &none).0.fuel, 60_000_000_000);
+        // A spec that asks for less than the ceilings keeps its values, silently.
+        let spec = StatedLimits {
+            memory: Some(64 << 20),
+            max_output: Some(1 << 20),
+            timeout: Some(secs(600)),
+            fuel: None,
+        };
+        let (l, notes) = Limits::combine(&none, &spec);
+        assert_eq!(
+            (l.memory, l.max_output, l.timeout, l.fuel),
+            (64 << 20, 1 << 20, Some(secs(600)), 600_000_000_000)
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        // The same rule for every limit: a flag or a default lowers what the spec asks,
+        // and says so; a flag above the spec's value does not raise it.
+        let greedy = StatedLimits {
+            memory: Some(4 << 30),
+            max_output: Some(1 << 40),
+            timeout: Some(secs(7200)),
+            fuel: Some(1 << 50),
+        };
+        let (l, notes) = Limits::combine(&none, &greedy);
+        assert_eq!(
+            (l.memory, l.max_output, l.timeout, l.fuel),
+            (
+                DEFAULT_MEMORY,
+                DEFAULT_MAX_OUTPUT,
+                Some(DEFAULT_TIMEOUT),
+                1 << 50
+            )
+        );
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].contains("memory of 4096 MiB; the job gets 1024 MiB, the default most (give --memory to allow more)"),
+            "{notes:?}"
+        );
+        let op = StatedLimits {
+            memory: Some(8 << 30),
+            max_output: Some(1 << 20),
+            timeout: Some(secs(10_000)),
+            fuel: Some(1000),
+        };
+        let (l, notes) = Limits::combine(&op, &greedy);
+        assert_eq!(
+            (l.memory, l.max_output, l.timeout, l.fuel),
+            (4 << 30, 1 << 20, Some(secs(7200)), 1000)
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[1].contains("fuel of 1125899906842624; --fuel lowers it to 1000"));
+        // A spec's own fuel is not capped by its timeout.
+        let (l, _) = Limits::combine(
+            &none,
+            &StatedLimits {
+                fuel: Some(5),
+                timeout: Some(secs(600)),
+                ..none
+            },
+        );
+        assert_eq!(l.fuel, 5);
+    }
+
+    #[test]
+    fn fuel_for_a_timeout_is_rounded_up_and_capped() {
+        assert_eq!(fuel_for(Duration::from_millis(1500)), 1_500_000_000);
+        assert_eq!(fuel_for(Duration::from_nanos(1)), 1);
+        assert_eq!(fuel_for(Duration::ZERO), 1);
+        assert_eq!(fuel_for(Duration::MAX), fuel_for(MAX_TIMEOUT));
+        assert_eq!(fuel_for(MAX_TIMEOUT), 2_592_000_000_000_000);
+    }
+
+    #[test]
     fn epoch_parses_seconds_and_rfc3339() {
         assert_eq!(Epoch::parse("1640995200").unwrap(), Epoch::default());
         assert_eq!(
@@ -701,7 +916,7 @@ mod tests {
                 r#""inputs":[{"guest":"/inputs","cid":"QmInput"}],"#,
                 r#""outputs":[{"name":"outputs","guest":"/outputs"}],"seed":0,"#,
                 r#""epoch_unix_nanos":1640995200000000000,"#,
-                r#""limits":{"fuel":100000000000,"memory":1073741824,"max_output":268435456,"timeout":null},"#,
+                r#""limits":{"fuel":3600000000000,"memory":1073741824,"max_output":268435456,"timeout":null},"#,
                 r#""results":{"profile":"unixfs-v0-2015","skip_hidden":false},"engine":"blake3:engine"}"#
             )
         );

@@ -54,7 +54,7 @@ pub use resolve::{
     TEMPLATE_FILE,
 };
 
-use detwasm_job::job::{Job, Output, DEFAULT_INPUT_PATH};
+use detwasm_job::job::{Job, Limits, Output, StatedLimits, DEFAULT_INPUT_PATH};
 
 /// Why a module could not be loaded, rendered or turned into a job.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +357,48 @@ pub struct TaskParts {
     pub memory: Option<u64>,
     /// The wall-clock safety net.
     pub timeout: Option<std::time::Duration>,
+    /// The instruction budget ([`FUEL_KEY`]).
+    pub fuel: Option<u64>,
+}
+
+impl TaskParts {
+    /// The limits this spec states, for [`Limits::combine`] with the operator's.
+    pub fn stated(&self) -> StatedLimits {
+        StatedLimits {
+            fuel: self.fuel,
+            memory: self.memory,
+            max_output: None,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The key that carries a job's fuel (its instruction budget) in a spec, where Bacalhau
+/// keeps free-form metadata that it passes through and ignores: `"detwasm.fuel=N"` in a
+/// Lilypad template's `job.Spec.Annotations`, `detwasm.fuel: "N"` in a Bacalhau v1 job
+/// file's task `Meta`. So a spec carries its budget and stays a valid Bacalhau job.
+/// Rejected: a new field (`Resources.Fuel`; Bacalhau v1 refuses unknown task fields) and
+/// a flag only (provider and verifier would have to agree on it out of band).
+pub const FUEL_KEY: &str = "detwasm.fuel";
+
+/// Parses a spec's fuel: a whole number of instructions, at least 1, as digits
+/// (`600000000000`, `_` allowed between digits) or as `<digits>e<exponent>` (`6e11`).
+pub fn parse_fuel(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (mantissa, exp) = match t.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<u32>().ok()?),
+        None => (t, 0),
+    };
+    if mantissa.is_empty()
+        || mantissa.starts_with('_')
+        || mantissa.ends_with('_')
+        || !mantissa.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    let m: u64 = mantissa.replace('_', "").parse().ok()?;
+    let fuel = 10u64.checked_pow(exp)?.checked_mul(m)?;
+    (fuel > 0).then_some(fuel)
 }
 
 /// A host path a spec mounts in the guest, after [`InputPolicy`] confined it.
@@ -370,9 +412,10 @@ pub struct Mount {
     pub writable: bool,
 }
 
-/// The job a spec describes: its entry module, its parts and its mounts, in order. Seed,
-/// epoch, fuel and results options keep the job's defaults: the caller (the CLI) sets
-/// them.
+/// The job a spec describes: its entry module, its parts and its mounts, in order, with
+/// the limits the spec states ([`TaskParts::stated`]) within the defaults. Seed, epoch and
+/// results options keep the job's defaults: the caller (the CLI) sets them, and combines
+/// the limits with its flags.
 pub fn assemble(entry: &EntryModule, source: String, parts: &TaskParts, mounts: &[Mount]) -> Job {
     let mut job = Job::new(entry.bytes.clone())
         .with_source(source)
@@ -395,10 +438,9 @@ pub fn assemble(entry: &EntryModule, source: String, parts: &TaskParts, mounts: 
             })
             .collect();
     }
-    if let Some(memory) = parts.memory {
-        job.limits.memory = memory;
-    }
-    job.limits.timeout = parts.timeout;
+    // The spec's own limits within the defaults; the caller (the CLI) combines them with
+    // the operator's flags the same way.
+    job.limits = Limits::combine(&StatedLimits::default(), &parts.stated()).0;
     job
 }
 
@@ -456,9 +498,8 @@ impl ModuleDir {
 
     /// Builds the job: the entry module found and checked, args, env, inputs (relative
     /// `SourcePath`s resolved against `cwd`, as a CLI user expects, and each confined by
-    /// `policy`: see [`InputPolicy`]), outputs, memory limit and timeout from the spec.
-    /// Seed, epoch, fuel and results options keep the job's defaults: the caller (the
-    /// CLI) sets them.
+    /// `policy`: see [`InputPolicy`]), outputs and limits from the spec. Seed, epoch and
+    /// results options keep the job's defaults: the caller (the CLI) sets them.
     pub fn job(
         &self,
         inputs: &BTreeMap<String, String>,

@@ -342,6 +342,7 @@ fn run_at(runtime: &Runtime, job: &Job, results: &Path, here: &Path) -> Result<R
         save: save.as_deref(),
         resume: None,
         only_last: false,
+        on_saved: None,
     };
     runtime
         .run_staged_with(job, &Destination::At(results.to_path_buf()), &how)?

@@ -47,9 +47,10 @@ use detwasm_job::error::RunError;
 use detwasm_job::job::{Epoch, Input, Job, Limits, Module, Output, ResultsOptions};
 use detwasm_job::receipt::Receipt;
 use detwasm_job::results;
+use detwasm_runtime::checkpoint::Snapshot;
 use detwasm_runtime::deliver::{self, Durability};
 use detwasm_runtime::engine::Deadline;
-use detwasm_runtime::run::{Destination, Runtime};
+use detwasm_runtime::run::{Checkpointing, Destination, Runtime};
 
 /// Room for what a results folder holds beyond its output quota: the `exitCode` file and
 /// the line detwasm appends to `stderr` when a run does not exit (see
@@ -115,6 +116,28 @@ pub struct Packed {
 pub struct Ran {
     pub receipt: Receipt,
     pub car: Vec<u8>,
+    /// With [`Checkpoints::resume`]: the instructions the job had run at the snapshot it
+    /// went on from (work this run did not redo).
+    pub resumed_at: Option<u64>,
+}
+
+/// Checkpoints of a job run by a worker ([`run_portable`]), kept away from the worker so
+/// that a job whose node dies goes on from its last snapshot on another node instead of
+/// starting again. The runtime must take checkpoints
+/// ([`Runtime::with_checkpoints`]); the receipt is then the one `detwasm run
+/// --checkpoint-every N --checkpoints DIR` gives (its trace names every snapshot), with
+/// or without a resume on the way.
+///
+/// Rejected: a checkpoints folder shared by all nodes (Ray promises none, and a folder
+/// on the dead node is lost with it); Ray's object store (an object lives on the node
+/// that put it, so it dies with the node it should survive).
+pub struct Checkpoints<'a> {
+    /// The last snapshot of this job that a worker sent (a CAR rooted at its CID), to go
+    /// on from. It is the user's own worker's, and checked as any snapshot is: its job
+    /// id must be this job's and its state within the job's limits.
+    pub resume: Option<&'a [u8]>,
+    /// Receives each snapshot as a CAR rooted at its CID, in order, as it is saved.
+    pub send: &'a (dyn Fn(Vec<u8>) + Sync),
 }
 
 /// Why a job could not be run remotely or its results not delivered.
@@ -236,6 +259,7 @@ pub fn run_portable(
     module: Vec<u8>,
     stdin: Vec<u8>,
     inputs: &[&[u8]],
+    checkpoints: Option<&Checkpoints<'_>>,
 ) -> Result<Ran, RemoteError> {
     if job.engine != runtime.fingerprint() {
         return Err(RemoteError::Engine {
@@ -326,9 +350,39 @@ pub fn run_portable(
         results: job.results,
     };
     let dest = scratch.path().join("results");
+    let mut resumed_at = None;
+    let staged = match checkpoints {
+        None => runtime.run_staged(&local_job, &Destination::At(dest.clone())),
+        Some(cp) => {
+            let snapshot = match cp.resume {
+                Some(car) => Some(snapshot_of(car, &local_job, scratch.path())?),
+                None => None,
+            };
+            resumed_at = snapshot.as_ref().map(|s| s.state.instructions);
+            let profile = job.results.profile;
+            let send = |dir: &std::path::Path, cid: &str| {
+                // Best effort: a snapshot not sent costs only work redone if this
+                // worker is lost, never a result (the run goes on either way).
+                let mut car = Vec::new();
+                let packed = Hasher::new(Options::profile(profile).with_hidden(true))
+                    .car(&mut car)
+                    .hash_path(dir);
+                if packed.is_ok_and(|h| h.root.to_string() == cid) {
+                    (cp.send)(car);
+                }
+            };
+            let save = scratch.path().join("checkpoints");
+            let how = Checkpointing {
+                save: Some(&save),
+                resume: snapshot.as_ref(),
+                only_last: true,
+                on_saved: Some(&send),
+            };
+            runtime.run_staged_with(&local_job, &Destination::At(dest.clone()), &how)
+        }
+    };
     // The scratch copy needs no durability: the driver syncs what it delivers.
-    let receipt = runtime
-        .run_staged(&local_job, &Destination::At(dest.clone()))
+    let receipt = staged
         .and_then(|staged| staged.publish(Durability::Grouped))
         .map_err(run_err)?;
     if receipt.job_id != job.job_id {
@@ -350,7 +404,34 @@ pub fn run_portable(
                 reason: e.to_string(),
             })
         })?;
-    Ok(Ran { receipt, car })
+    Ok(Ran {
+        receipt,
+        car,
+        resumed_at,
+    })
+}
+
+/// A snapshot CAR a worker of this job sent ([`Checkpoints::resume`]), unpacked into
+/// `scratch` within the bounds of [`Snapshot::from_car`], and refused unless its job has
+/// this job's limits (its job id is checked against the run's before it is used).
+fn snapshot_of(car: &[u8], job: &Job, scratch: &std::path::Path) -> Result<Snapshot, RemoteError> {
+    let bad = |reason: String| RemoteError::Content {
+        what: "the snapshot to resume from".into(),
+        reason,
+    };
+    let file = scratch.join("resume.car");
+    std::fs::write(&file, car).map_err(|e| bad(e.to_string()))?;
+    let admit = |s: &detwasm_runtime::checkpoint::State| {
+        if s.job.limits == job.limits {
+            Ok(())
+        } else {
+            Err("it is a snapshot of a job with other limits".to_string())
+        }
+    };
+    let snapshot = Snapshot::from_car(&file, None, &scratch.join("resume"), &admit)
+        .map_err(|e| bad(e.to_string()))?;
+    let _ = std::fs::remove_file(&file);
+    Ok(snapshot)
 }
 
 /// Checks a worker's receipt and results CAR against the packed job and delivers the
@@ -504,6 +585,7 @@ mod tests {
                 packed.module.to_vec(),
                 packed.stdin.clone(),
                 &cars,
+                None,
             )
             .unwrap();
             assert_ne!(ran.receipt.results_dir, local.results_dir);
@@ -539,7 +621,7 @@ mod tests {
         let packed = pack(&rt, &job, "m.wat").unwrap();
         let cars: Vec<&[u8]> = packed.inputs.iter().map(|c| &c[..]).collect();
         let run = |module: Vec<u8>, stdin: Vec<u8>, cars: &[&[u8]]| {
-            run_portable(&rt, &packed.job, module, stdin, cars)
+            run_portable(&rt, &packed.job, module, stdin, cars, None)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -558,6 +640,7 @@ mod tests {
             packed.module.to_vec(),
             packed.stdin.clone(),
             &cars,
+            None,
         )
         .err()
         .unwrap()
@@ -570,6 +653,7 @@ mod tests {
             packed.module.to_vec(),
             packed.stdin.clone(),
             &cars,
+            None,
         )
         .unwrap();
         let out = t.path().join("delivered");
@@ -594,5 +678,85 @@ mod tests {
             "nothing delivered, no staging left: {left:?}"
         );
         deliver(&packed.job, &packed.local, ran.receipt, &ran.car, &dest).unwrap();
+    }
+
+    /// Counts to 300,000, then writes `hi`: several checkpoints at 100,000 instructions.
+    const LOOP: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 100) "hi\n")
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (i32.store (i32.const 200) (local.get $i))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 300000))))
+        (i32.store (i32.const 8) (i32.const 100))
+        (i32.store (i32.const 12) (i32.const 3))
+        (drop (call $w (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 0)))))"#;
+
+    #[test]
+    fn a_job_goes_on_from_a_snapshot_another_worker_sent_with_the_same_receipt() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, opts) = setup(t.path());
+        std::fs::write(t.path().join("loop.wat"), LOOP).unwrap();
+        // Refuels (and so checkpoints) every 10,000 instructions.
+        let rt = Runtime::new(EngineOptions::default())
+            .unwrap()
+            .with_fuel_slice(10_000)
+            .with_checkpoints(100_000);
+        let req = JobRequest {
+            inputs: vec![t.path().join("in").display().to_string()],
+            ..JobRequest::new(t.path().join("loop.wat"))
+        };
+        let job = job_of(&req, &opts).unwrap().job;
+        let packed = pack(&rt, &job, "loop.wat").unwrap();
+        let cars: Vec<&[u8]> = packed.inputs.iter().map(|c| &c[..]).collect();
+        let sent = std::sync::Mutex::new(Vec::new());
+        let send = |car: Vec<u8>| sent.lock().unwrap().push(car);
+        let run = |resume: Option<&[u8]>| {
+            let cp = Checkpoints {
+                resume,
+                send: &send,
+            };
+            let m = packed.module.to_vec();
+            run_portable(&rt, &packed.job, m, packed.stdin.clone(), &cars, Some(&cp))
+        };
+        let whole = run(None).unwrap();
+        assert_eq!(whole.resumed_at, None);
+        let trace = whole.receipt.trace.clone().unwrap();
+        let snapshots = std::mem::take(&mut *sent.lock().unwrap());
+        assert!(snapshots.len() >= 3, "{} snapshots", snapshots.len());
+        // Each sent snapshot is the CAR of the trace's snapshot of its number.
+        for (car, cid) in snapshots.iter().zip(&trace.snapshots) {
+            assert_eq!(Car::parse(car).unwrap().root().to_string(), *cid);
+        }
+        // A worker that died after sending the second: the next goes on from it.
+        let resumed = run(Some(&snapshots[1])).unwrap();
+        let at = resumed.resumed_at.unwrap();
+        assert!(at > 0 && at < whole.receipt.instructions, "{at}");
+        // The same receipt but for the worker's scratch paths (the driver replaces them).
+        let mut expected = whole.receipt.clone();
+        expected.results_dir = resumed.receipt.results_dir.clone();
+        expected.job.inputs = resumed.receipt.job.inputs.clone();
+        assert_eq!(resumed.receipt, expected);
+        assert_eq!(resumed.car, whole.car);
+        // Only the snapshots after the one resumed were sent again.
+        assert_eq!(sent.lock().unwrap().len(), snapshots.len() - 2);
+
+        // A snapshot of another job is refused, not resumed.
+        let mut other = job.clone();
+        other.seed += 1;
+        let other_packed = pack(&rt, &other, "loop.wat").unwrap();
+        let cp = Checkpoints {
+            resume: Some(&snapshots[1]),
+            send: &send,
+        };
+        let m = other_packed.module.to_vec();
+        let stdin = other_packed.stdin.clone();
+        let e = run_portable(&rt, &other_packed.job, m, stdin, &cars, Some(&cp))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("job"), "{e}");
     }
 }

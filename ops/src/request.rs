@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use detwasm_job::job::{
-    Epoch, Job, Limits, Output, ResultsOptions, DEFAULT_ENTRY, DEFAULT_INPUT_PATH,
+    Epoch, Job, Limits, Output, ResultsOptions, StatedLimits, DEFAULT_ENTRY, DEFAULT_INPUT_PATH,
     DEFAULT_OUTPUT_NAME, DEFAULT_OUTPUT_PATH, MAX_TIMEOUT,
 };
 use detwasm_job::results::Profile;
@@ -55,7 +55,9 @@ pub struct JobRequest {
     /// Seconds since 1970 or RFC 3339 (default 2022-01-01T00:00:00Z).
     #[serde(default)]
     pub epoch: Option<EpochValue>,
-    /// Instruction budget (default [`detwasm_job::job::DEFAULT_FUEL`]).
+    /// Instruction budget. Each limit is combined with what a spec states by
+    /// [`Limits::combine`] (the tighter wins); fuel that nobody states is
+    /// [`detwasm_job::job::FUEL_PER_SECOND`] per second of the timeout.
     #[serde(default)]
     pub fuel: Option<u64>,
     /// Linear memory limit: bytes, or a size such as `256MiB` (default 1GiB).
@@ -64,7 +66,7 @@ pub struct JobRequest {
     /// Output quota (default 256MiB).
     #[serde(default)]
     pub max_output: Option<Size>,
-    /// Wall-clock safety net in seconds.
+    /// Wall-clock safety net in seconds (default: the spec's, else an hour).
     #[serde(default)]
     pub timeout: Option<f64>,
     /// Exported function to call (default `_start`; a module folder's spec names its own).
@@ -202,12 +204,13 @@ impl JobRequest {
             let loaded = spec::bacalhau::v1::load(module, cwd, &policy)?;
             notes = loaded.notes;
             staging = loaded.staging;
-            Some(loaded.job)
+            Some((loaded.job, loaded.spec.parts.stated()))
         } else if spec::is_module_reference(module) {
             let dir = spec::ModuleDir::open(&module.to_string_lossy())?;
             let policy = InputPolicy::from_env_and(&self.allow_inputs);
             let values: BTreeMap<String, String> = self.input_values.iter().cloned().collect();
-            Some(dir.job(&values, cwd, &policy)?.job)
+            let prepared = dir.job(&values, cwd, &policy)?;
+            Some((prepared.job, prepared.spec.parts().stated()))
         } else if !self.input_values.is_empty() {
             return Err(RequestError::new(
                 "input_values",
@@ -222,8 +225,8 @@ impl JobRequest {
             None
         };
         let is_module = from_spec.is_some();
-        let mut job = match from_spec {
-            Some(job) => job,
+        let (mut job, spec_limits) = match from_spec {
+            Some(from_spec) => from_spec,
             None => {
                 let bytes = detwasm_jobspec::resolve::read_module_file(module).map_err(|e| {
                     RequestError {
@@ -231,9 +234,10 @@ impl JobRequest {
                         message: format!("reading module {}: {e}", module.display()),
                     }
                 })?;
-                Job::new(bytes)
+                let job = Job::new(bytes)
                     .with_source(module.display().to_string())
-                    .with_entry(self.entry.clone().unwrap_or_else(|| DEFAULT_ENTRY.into()))
+                    .with_entry(self.entry.clone().unwrap_or_else(|| DEFAULT_ENTRY.into()));
+                (job, StatedLimits::default())
             }
         };
         job = job.with_seed(self.seed).with_epoch(match &self.epoch {
@@ -285,32 +289,32 @@ impl JobRequest {
             .timeout
             .map(|t| parse_timeout(t).map_err(|m| RequestError::new("timeout", m)))
             .transpose()?;
-        let fuel = self.fuel.unwrap_or(detwasm_job::job::DEFAULT_FUEL);
-        if fuel == 0 {
+        if self.fuel == Some(0) {
             return Err(RequestError::new(
                 "fuel",
                 "must be at least 1 (the run would end before its first instruction)",
             ));
         }
-        let memory = size(&self.memory, "memory", detwasm_job::job::DEFAULT_MEMORY)?;
-        job.limits = Limits {
-            fuel,
-            memory: if is_module {
-                memory.min(job.limits.memory)
-            } else {
-                memory
-            },
-            max_output: size(
-                &self.max_output,
-                "max_output",
-                detwasm_job::job::DEFAULT_MAX_OUTPUT,
-            )?,
-            timeout: if is_module {
-                timeout.or(job.limits.timeout)
-            } else {
-                timeout
-            },
+        let memory = self
+            .memory
+            .as_ref()
+            .map(|m| size(m, "memory"))
+            .transpose()?;
+        let max_output = self
+            .max_output
+            .as_ref()
+            .map(|m| size(m, "max_output"))
+            .transpose()?;
+        let operator = StatedLimits {
+            fuel: self.fuel,
+            memory,
+            max_output,
+            timeout,
         };
+        // One rule for every limit, spec or not: see [`Limits::combine`].
+        let (limits, lowered) = Limits::combine(&operator, &spec_limits);
+        job.limits = limits;
+        notes.extend(lowered);
         let profile: Profile = match &self.profile {
             None => Profile::UnixfsV0_2015,
             Some(p) => p.parse().map_err(|e: detwasm_hasher::HashError| {
@@ -339,11 +343,10 @@ pub struct BuiltJob {
     pub staging: Option<spec::bacalhau::v1::Staging>,
 }
 
-fn size(v: &Option<Size>, key: &'static str, default: u64) -> Result<u64, RequestError> {
+fn size(v: &Size, key: &'static str) -> Result<u64, RequestError> {
     match v {
-        None => Ok(default),
-        Some(Size::Bytes(n)) => Ok(*n),
-        Some(Size::Text(t)) => parse_size(t).map_err(|m| RequestError::new(key, m)),
+        Size::Bytes(n) => Ok(*n),
+        Size::Text(t) => parse_size(t).map_err(|m| RequestError::new(key, m)),
     }
 }
 

@@ -5,7 +5,9 @@ A *job* is a dict with the keys of a ``detwasm batch`` line: ``module`` (require
 part of the job), ``inputs``, ``dirs``, ``input_values``, ``stdin``, ``seed``, ``epoch``,
 ``fuel``, ``memory``, ``max_output``, ``timeout``, ``entry``, ``profile``,
 ``skip_hidden``, ``no_outputs`` and ``output``. Unknown keys are an error. Relative
-paths are taken against the current folder, as the command line takes them.
+paths are taken against the current folder, as the command line takes them. Limits
+combine with a module spec's as the command line's flags do: the tighter wins, and fuel
+nobody states is 1e9 instructions per second of the job's timeout.
 
 A job dict is the caller's, as the flags of ``detwasm run`` are: its own paths
 (``inputs``, ``dirs``, ``stdin``, ``output``) are read and written with this process's

@@ -1,7 +1,7 @@
 """Types of detwasm's Rust extension. Conversion only: JSON text in and out, as the
 command line reads and prints it; the Python modules wrap these."""
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 __version__: str
 
@@ -43,4 +43,12 @@ class PackedJob:
 def pack(
     job: str, output_dir: Optional[str] = None, allow_inputs: List[str] = ..., line: Optional[int] = None
 ) -> PackedJob: ...
-def run_portable(spec: str, module: bytes, stdin: bytes, inputs: List[bytes]) -> Tuple[str, bytes]: ...
+def run_portable(
+    spec: str,
+    module: bytes,
+    stdin: bytes,
+    inputs: List[bytes],
+    checkpoint_every: Optional[int] = None,
+    resume: Optional[bytes] = None,
+    on_snapshot: Optional[Callable[[bytes], None]] = None,
+) -> Tuple[str, bytes, Optional[int]]: ...

@@ -282,26 +282,96 @@ fn pack(
     .map_err(Error::new_err)
 }
 
+/// Runtimes that take checkpoints, one per interval asked for (a process asks for one
+/// or a few: each is an engine of its own, kept for the process's life).
+static CHECKPOINTING: std::sync::Mutex<Vec<(u64, &'static Runtime)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn checkpointing_runtime(every: u64) -> PyResult<&'static Runtime> {
+    let mut all = CHECKPOINTING
+        .lock()
+        .map_err(|_| Error::new_err("a thread panicked while creating a runtime"))?;
+    if let Some((_, rt)) = all.iter().find(|(e, _)| *e == every) {
+        return Ok(rt);
+    }
+    let rt = Runtime::new(EngineOptions {
+        cache_dir: default_cache_dir(),
+        parallel_compilation: true,
+    })
+    .map_err(|e| Error::new_err(format!("{:#}", anyhow::Error::from(e))))?
+    .with_checkpoints(every);
+    let rt: &'static Runtime = Box::leak(Box::new(rt));
+    all.push((every, rt));
+    Ok(rt)
+}
+
 /// Runs a packed job on this machine (a Ray worker): `spec` is [`PackedJob::spec`],
-/// then the content. Returns the worker's receipt (JSON) and the results as a CAR.
+/// then the content. Returns the worker's receipt (JSON), the results as a CAR, and the
+/// instructions run at the snapshot it went on from (None without `resume`).
+///
+/// With `checkpoint_every` (instructions), the run takes checkpoints
+/// ([`remote::Checkpoints`]): `on_snapshot(car)` is called with each snapshot as a CAR
+/// as soon as it is saved (on the run's thread; what it raises is printed and ignored: a
+/// snapshot lost costs only work redone), and `resume` (a snapshot CAR of this job that
+/// an earlier worker sent) makes the run go on from it.
 #[pyfunction]
+#[pyo3(signature = (spec, module, stdin, inputs, checkpoint_every=None, resume=None, on_snapshot=None))]
+#[allow(clippy::too_many_arguments)]
 fn run_portable<'py>(
     py: Python<'py>,
     spec: &str,
     module: PyBackedBytes,
     stdin: PyBackedBytes,
     inputs: Vec<PyBackedBytes>,
-) -> PyResult<(String, Bound<'py, PyBytes>)> {
+    checkpoint_every: Option<u64>,
+    resume: Option<PyBackedBytes>,
+    on_snapshot: Option<Py<PyAny>>,
+) -> PyResult<(String, Bound<'py, PyBytes>, Option<u64>)> {
     let job: PortableJob =
         serde_json::from_str(spec).map_err(|e| Error::new_err(format!("not a packed job: {e}")))?;
-    let rt = runtime()?;
+    let rt = match checkpoint_every {
+        Some(0) => return Err(Error::new_err("checkpoint_every must be at least 1")),
+        Some(every) => checkpointing_runtime(every)?,
+        None => {
+            if resume.is_some() || on_snapshot.is_some() {
+                return Err(Error::new_err(
+                    "resume and on_snapshot need checkpoint_every",
+                ));
+            }
+            runtime()?
+        }
+    };
+    let send = |car: Vec<u8>| {
+        if let Some(f) = &on_snapshot {
+            Python::attach(|py| {
+                if let Err(e) = f.call1(py, (PyBytes::new(py, &car),)) {
+                    e.print(py);
+                }
+            })
+        }
+    };
     let ran = py
         .detach(|| {
             let cars: Vec<&[u8]> = inputs.iter().map(|c| &c[..]).collect();
-            remote::run_portable(rt, &job, module.to_vec(), stdin.to_vec(), &cars)
+            let cp = checkpoint_every.map(|_| remote::Checkpoints {
+                resume: resume.as_deref(),
+                send: &send,
+            });
+            remote::run_portable(
+                rt,
+                &job,
+                module.to_vec(),
+                stdin.to_vec(),
+                &cars,
+                cp.as_ref(),
+            )
         })
         .map_err(|e| Error::new_err(e.to_string()))?;
-    Ok((to_json(&ran.receipt)?, PyBytes::new(py, &ran.car)))
+    Ok((
+        to_json(&ran.receipt)?,
+        PyBytes::new(py, &ran.car),
+        ran.resumed_at,
+    ))
 }
 
 /// The non-blank lines of a jobs file (`-`: standard input) with their numbers

@@ -7,6 +7,9 @@ What this protects: jobs travel by content (the workers read no path of the driv
 inputs, stdin and module-folder inputs all arrive as bytes and CARs); a task lost with
 its node is retried elsewhere; each job ends exactly once, with the receipt and the
 results folder a serial run gives; a job that cannot run ends as the same error line.
+
+With checkpoints, a job whose node is killed half-way goes on from its last snapshot on
+the node left, and its receipt is still the one `detwasm run --checkpoint-every` gives.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class Node:
 
 
 @contextmanager
-def cluster(tmp: Path) -> Iterator[Tuple[str, Node, Node]]:
+def cluster(tmp: Path, worker_env: Dict[str, str] = {}) -> Iterator[Tuple[str, Node, Node]]:
     # Ray's socket paths must stay short: its temporary folder goes under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="dwray-", dir="/tmp")
     env = dict(os.environ, **FAST_FAILURE_DETECTION)
@@ -130,7 +133,7 @@ def cluster(tmp: Path) -> Iterator[Tuple[str, Node, Node]]:
                     tmp / "head.log", env)
         nodes.append(head)
         head.wait_started()
-        worker = Node("worker", ["--address", address], tmp / "worker.log", env)
+        worker = Node("worker", ["--address", address], tmp / "worker.log", dict(env, **worker_env))
         nodes.append(worker)
         worker.wait_started()
         yield address, head, worker
@@ -263,3 +266,76 @@ def test_a_lost_node_changes_nothing(ray_cluster: Tuple[str, Node, Node], tmp_pa
     ours = [json.loads(line) for line in out.splitlines()]
     check_against_serial(serial, ours, tmp_path / "serial", tmp_path / "ray")
     assert [s["line"] for s in serial if "error" in s] == [11, 21, 35]
+
+
+#: Instructions between checkpoints of the checkpointed test: a few per second.
+EVERY = 1_000_000_000
+
+
+def test_a_job_whose_node_dies_goes_on_from_its_last_checkpoint(tmp_path: Path, cli: str) -> None:
+    # The worker node's temporary folder is the test's: its job's snapshots (kept on
+    # disk only until the next one) show how far it got when the node is killed.
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    # Two long jobs, one per node (each node has one CPU).
+    jobs = [{"module": str(PROBE), "args": ["int", str(n)]} for n in (300_000_000, 300_000_001)]
+    lines = [json.dumps(j) for j in jobs]
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("".join(line + "\n" for line in lines))
+
+    # The reference: each job run alone, with the same checkpoints.
+    serial = []
+    for i, job in enumerate(jobs):
+        done = subprocess.run(
+            [cli, "run", job["module"], "--json", "--checkpoint-every", str(EVERY),
+             "--checkpoints", str(tmp_path / f"serial-cp{i}"), "-o", str(tmp_path / f"serial{i}"),
+             "--", *job["args"]],
+            capture_output=True, text=True, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        serial.append(json.loads(done.stdout))
+    assert len(serial[0]["trace"]["snapshots"]) >= 6, serial[0]["trace"]
+
+    (tmp_path / "cluster").mkdir()
+    with cluster(tmp_path / "cluster", {"TMPDIR": str(worker_tmp)}) as (address, _, worker):
+        env = dict(os.environ)
+        env.pop("RAY_ADDRESS", None)
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "detwasm.ray", str(jobs_file), "--address", address,
+             "--output-dir", str(tmp_path / "ray"), "--checkpoint-every", str(EVERY), "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        # Kill the worker node once its job has saved its third snapshot.
+        deadline = time.monotonic() + 180
+        seen = 0
+        while seen < 3:
+            assert driver.poll() is None, f"the run ended first: {driver.communicate()}"
+            assert time.monotonic() < deadline, "the worker node's job took no checkpoints"
+            snapshots = [p.name for p in worker_tmp.glob("detwasm-remote-*/checkpoints/[0-9]*")]
+            seen = max([int(n) for n in snapshots], default=0)
+            time.sleep(0.05)
+        worker.kill()
+        try:
+            out, err = driver.communicate(timeout=300)
+        finally:
+            driver.kill()
+    assert driver.returncode == 0, err
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["jobs"] == 2 and summary["exited_0"] == 2, summary
+    # The lost job went on from a snapshot: it redid at most the work since the last
+    # one its worker sent before the kill, not the whole job.
+    assert summary["resumed"] == 1, summary
+    total = serial[0]["instructions"]
+    # (A snapshot is taken at the first check at or after each multiple of EVERY; one
+    # more may have been taken between the last look and the kill.)
+    assert EVERY <= summary["instructions_not_redone"] < (seen + 2) * EVERY < total, (summary, seen)
+    print(f"lost at snapshot {seen} of {len(serial[0]['trace']['snapshots'])}; went on from instruction "
+          f"{summary['instructions_not_redone']} of about {total}")
+    ours = [json.loads(line) for line in out.splitlines()]
+    assert len(ours) == 2
+    for s, o in zip(serial, ours):
+        # The same receipt, trace of snapshots included, as the uninterrupted run's.
+        assert without(o, "results_dir", "job") == without(s, "results_dir", "job")
+        assert without(o["job"], "module") == without(s["job"], "module")
+        assert detwasm.hash(o["results_dir"], "unixfs-v0-2015", hidden=True) == \
+            detwasm.hash(s["results_dir"], "unixfs-v0-2015", hidden=True)

@@ -374,6 +374,7 @@ impl Runtime {
             save: Some(save),
             resume,
             only_last: false,
+            on_saved: None,
         };
         let ran = self.run_guest(job, Some(dest), &how, Some(1))?;
         if ran.stopped {
@@ -458,7 +459,12 @@ impl Runtime {
                         host,
                         deadline,
                         how.resume,
-                        sink.as_mut().map(|s| (s, &info, stop_after)),
+                        sink.as_mut().map(|sink| SaveTo {
+                            sink,
+                            info: &info,
+                            stop_after,
+                            on_saved: how.on_saved,
+                        }),
                     )
                 })
                 .map_err(|e| RunError::io("starting the guest thread", e))?
@@ -546,11 +552,7 @@ impl Runtime {
         host: wasi::host::WasiHost,
         deadline: Option<engine::Deadline>,
         resume: Option<&checkpoint::Snapshot>,
-        mut save: Option<(
-            &mut checkpoint::Sink,
-            &checkpoint::JobInfo<'_>,
-            Option<usize>,
-        )>,
+        mut save: Option<SaveTo<'_, '_>>,
     ) -> Result<(Outcome, u64, wasi::host::WasiHost, bool), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
         let limits = if self.unwind() {
@@ -652,11 +654,24 @@ impl Runtime {
                 if !meter::rewind_if_unwound(&mut store, &i)? {
                     return Ok(());
                 }
-                if let Some((sink, info, stop_after)) = save.as_mut() {
+                if let Some(SaveTo {
+                    sink,
+                    info,
+                    stop_after,
+                    on_saved,
+                }) = save.as_mut()
+                {
                     let before = sink.trace.len();
-                    if let Err(e) = checkpoint::save(&mut store, &i, info, sink) {
-                        not_guest = Some(e);
-                        return Ok(());
+                    match checkpoint::save(&mut store, &i, info, sink) {
+                        Ok(cid) => {
+                            if let (Some(f), Some(last)) = (on_saved, &sink.last) {
+                                f(&sink.dir.join(last), &cid);
+                            }
+                        }
+                        Err(e) => {
+                            not_guest = Some(e);
+                            return Ok(());
+                        }
                     }
                     // A spot check's segment ends at its next checkpoint.
                     if stop_after.is_some_and(|n| sink.trace.len() - before >= n) {
@@ -686,7 +701,7 @@ impl Runtime {
             });
         }
         if store.data().meter.rewind_timed_out() {
-            if let Some((sink, ..)) = save.as_mut() {
+            if let Some(SaveTo { sink, .. }) = save.as_mut() {
                 if sink.resume.is_none() {
                     sink.resume = sink.last.clone();
                 }
@@ -738,6 +753,26 @@ pub struct Checkpointing<'a> {
     /// without `--checkpoints`): found by review, such a resume kept every snapshot of
     /// the rest of the run in a scratch folder until it ended, 14.6 GB for a 256 MiB job.
     pub only_last: bool,
+    /// Called on the guest's thread with each snapshot's folder and CID as soon as it is
+    /// saved in `save`, before the guest goes on (so the folder is complete and still
+    /// there with [`Self::only_last`]). For a runner that keeps snapshots elsewhere than
+    /// this host (`detwasm.ray` sends each to its driver, so that a job whose node dies
+    /// goes on from its last one). It cannot change the run: it sees the snapshot only
+    /// after it is saved, and returns nothing.
+    pub on_saved: Option<OnSaved<'a>>,
+}
+
+/// What is called with each snapshot saved ([`Checkpointing::on_saved`]): its folder and
+/// its CID.
+pub type OnSaved<'a> = &'a (dyn Fn(&Path, &str) + Sync);
+
+/// Where a run that saves snapshots puts them ([`Runtime::execute`]).
+struct SaveTo<'s, 'i> {
+    sink: &'s mut checkpoint::Sink,
+    info: &'s checkpoint::JobInfo<'i>,
+    /// Stop after this many new snapshots (a spot check's segment).
+    stop_after: Option<usize>,
+    on_saved: Option<OnSaved<'s>>,
 }
 
 /// Where a segment of a spot check ended ([`Runtime::run_segment`]).

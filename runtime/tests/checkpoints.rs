@@ -220,6 +220,7 @@ fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
                 save: Some(&saved),
                 resume: None,
                 only_last: false,
+                on_saved: None,
             },
         )
         .and_then(|s| s.publish(Durability::PerFile))
@@ -252,6 +253,7 @@ fn resumes_everywhere(name: &str, job: &Job, slice: u64, every: u64) -> usize {
                     save: Some(&t.path().join(format!("checkpoints{i}"))),
                     resume: Some(&snapshot),
                     only_last: false,
+                    on_saved: None,
                 },
             )
             .and_then(|s| s.publish(Durability::PerFile))

@@ -23,7 +23,8 @@ use super::run::runtime;
 /// `seed`, `epoch` (seconds or RFC 3339), `fuel`, `memory` and `max_output` (bytes or
 /// `256MiB`), `timeout` (seconds), `entry`, `profile`, `skip_hidden`, `no_outputs`, and
 /// `output` (its results folder; default: a folder named after the job id under
-/// --output-dir). Unknown keys are an error naming the line. Relative paths are taken
+/// --output-dir). Limits combine with a module spec's as `detwasm run`'s flags do (the
+/// tighter wins; see `detwasm run --help`). Unknown keys are an error naming the line. Relative paths are taken
 /// against the current folder, as `detwasm run` takes them. Blank lines are skipped.
 ///
 /// A jobs file is the operator's, as the flags of `detwasm run` are: a line's own paths

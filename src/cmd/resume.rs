@@ -96,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         save: Some(&save),
         resume: Some(snapshot),
         only_last: args.checkpoints.is_none(),
+        on_saved: None,
     };
     let result = runtime
         .run_staged_with(&job, &dest, &how)

@@ -251,22 +251,33 @@ pub struct Options {
     )]
     pub epoch: String,
 
-    /// Instruction budget (fuel), at least 1. Running out ends the run, the same way every
-    /// time.
-    #[arg(long, value_name = "N", default_value_t = detwasm_runtime::job::DEFAULT_FUEL)]
-    pub fuel: u64,
+    /// Instruction budget (fuel), at least 1: WebAssembly instructions the module may
+    /// run. Running out ends the run the same way on every host (`out_of_fuel`, a
+    /// verifiable result). Default: the spec's `detwasm.fuel`, else 1e9 per second of
+    /// the job's timeout (3.6e12 for the default hour). Hosts run 3.5e9 to 1.2e10
+    /// instructions a second, so such a budget ends a job by fuel well before its
+    /// timeout.
+    ///
+    /// Each limit (--fuel, --memory, --max-output, --timeout) is combined with what a
+    /// module spec or job file states in one way: the tighter of the two wins. A flag
+    /// lowers what a spec asks for (with a note), never raises it; without the flag, the
+    /// default is the most a spec gets.
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
 
-    /// Linear memory limit, e.g. 256MiB. memory.grow beyond it fails.
-    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
-    pub memory: String,
+    /// Linear memory limit (all memories together), e.g. 256MiB [default: 1GiB].
+    /// memory.grow beyond it fails.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
 
-    /// Bytes the module may write to stdout, stderr and output volumes together.
-    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
-    pub max_output: String,
+    /// Bytes the module may write to stdout, stderr and output volumes together
+    /// [default: 256MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_output: Option<String>,
 
-    /// Wall-clock safety net in seconds (default 3600, at most 2592000 = 30 days; larger,
-    /// zero, negative or non-finite values are refused). A run it stops is marked
-    /// unverifiable.
+    /// Wall-clock safety net in seconds [default: the spec's, else 3600]: at most
+    /// 2592000 (30 days); larger, zero, negative or non-finite values are refused. A run
+    /// it stops is marked unverifiable (fuel, not time, is the deterministic limit).
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
 
@@ -318,9 +329,9 @@ impl JobArgs {
             stdin: o.stdin.clone(),
             seed: o.seed,
             epoch: Some(EpochValue::Text(o.epoch.clone())),
-            fuel: Some(o.fuel),
-            memory: Some(Size::Text(o.memory.clone())),
-            max_output: Some(Size::Text(o.max_output.clone())),
+            fuel: o.fuel,
+            memory: o.memory.clone().map(Size::Text),
+            max_output: o.max_output.clone().map(Size::Text),
             timeout: o.timeout,
             entry: Some(o.entry.clone()),
             profile: Some(o.profile.clone()),
@@ -387,6 +398,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         save: args.checkpoints.checkpoints.as_deref(),
         resume: None,
         only_last: false,
+        on_saved: None,
     };
     let result = runtime
         .run_staged_with(&job, &dest, &how)

@@ -4,7 +4,8 @@
 //!
 //! Honoured: `Engine: "Wasm"`; `Wasm.EntryModule` (`CID` and/or `Path`), `EntryPoint`,
 //! `Parameters`, `EnvironmentVariables`; `Inputs` from local directories; `Outputs`;
-//! `Resources.Memory`; `Timeout`; `Network.Type: "None"`.
+//! `Resources.Memory`; `Timeout`; `Network.Type: "None"`; the annotation
+//! `"detwasm.fuel=N"` in `Annotations` (the job's fuel, [`crate::FUEL_KEY`]).
 //!
 //! Refused, each with an error that says why: `Engine: "Docker"` (or any engine but
 //! Wasm), a network other than `None`, a GPU, `Wasm.ImportModules`, an entry module or
@@ -12,7 +13,7 @@
 //! wrong JSON type.
 //!
 //! Ignored, because they steer the network rather than the run: `Deal`, `Verifier`,
-//! `Publisher`/`PublisherSpec`, `Annotations`, `NodeSelectors`, `DoNotTrack`,
+//! `Publisher`/`PublisherSpec`, other `Annotations`, `NodeSelectors`, `DoNotTrack`,
 //! `Resources.CPU`/`Disk`, `machine.cpu`/`machine.ram`, `inputFiles`, `APIVersion`.
 
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub struct WasmSpec {
     pub memory: Option<u64>,
     /// `Timeout` (seconds in v1beta1): a wall-clock safety net for detwasm.
     pub timeout: Option<Duration>,
+    /// `"detwasm.fuel=N"` in `Annotations` ([`crate::FUEL_KEY`]).
+    pub fuel: Option<u64>,
 }
 
 impl WasmSpec {
@@ -72,6 +75,7 @@ impl WasmSpec {
             outputs: self.outputs.clone(),
             memory: self.memory,
             timeout: self.timeout,
+            fuel: self.fuel,
         }
     }
 }
@@ -244,6 +248,28 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
         }
     };
 
+    let mut fuel = None;
+    for a in spec.strings("Annotations").map_err(field_error)? {
+        let Some((key, value)) = a.split_once('=') else {
+            continue;
+        };
+        if key.trim() != crate::FUEL_KEY {
+            continue;
+        }
+        let bad = |hint: &str| SpecError::BadValue {
+            path: "job.Spec.Annotations".into(),
+            value: a.clone(),
+            hint: hint.into(),
+        };
+        let f = crate::parse_fuel(value).ok_or_else(|| {
+            bad("\"detwasm.fuel=N\": N a whole number of instructions, at least 1, such as 600000000000 or 6e11")
+        })?;
+        if fuel.is_some_and(|g| g != f) {
+            return Err(bad("the job's fuel is given twice, with two values"));
+        }
+        fuel = Some(f);
+    }
+
     let wasm = spec.obj("Wasm").map_err(field_error)?;
     if !spec.has("Wasm") {
         return Err(SpecError::Missing {
@@ -345,6 +371,7 @@ pub fn parse_rendered(text: &str) -> Result<WasmSpec, SpecError> {
         outputs,
         memory,
         timeout,
+        fuel,
     })
 }
 
@@ -480,6 +507,58 @@ mod tests {
         assert!(matches!(e, SpecError::Json { line: 1, .. }), "{e:?}");
         let e = parse_rendered(r#"{"job":{"Spec":{"Engine":"Wasm","Wasm":{}}}}"#).unwrap_err();
         assert!(e.to_string().contains("EntryModule"), "{e}");
+    }
+
+    #[test]
+    fn the_jobs_fuel_is_an_annotation() {
+        let with = |a: &str| {
+            COWSAY.replace(
+                r#""Timeout":1800"#,
+                &format!(r#""Timeout":1800,"Annotations":{a}"#),
+            )
+        };
+        assert_eq!(parse_rendered(COWSAY).unwrap().fuel, None);
+        let s = parse_rendered(&with(r#"["team=x","detwasm.fuel=6e11"]"#)).unwrap();
+        assert_eq!(s.fuel, Some(600_000_000_000));
+        assert_eq!(s.parts().stated().fuel, Some(600_000_000_000));
+        let s = parse_rendered(&with(r#"["detwasm.fuel=1_000","detwasm.fuel=1000"]"#)).unwrap();
+        assert_eq!(s.fuel, Some(1000));
+        for bad in [
+            r#"["detwasm.fuel=0"]"#,
+            r#"["detwasm.fuel=many"]"#,
+            r#"["detwasm.fuel=1e30"]"#,
+            r#"["detwasm.fuel=5","detwasm.fuel=6"]"#,
+        ] {
+            let e = parse_rendered(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains("job.Spec.Annotations"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fuel_parses_whole_numbers_only() {
+        assert_eq!(crate::parse_fuel("600000000000"), Some(600_000_000_000));
+        assert_eq!(crate::parse_fuel(" 6e11 "), Some(600_000_000_000));
+        assert_eq!(crate::parse_fuel("6E11"), Some(600_000_000_000));
+        assert_eq!(crate::parse_fuel("1_000"), Some(1000));
+        assert_eq!(crate::parse_fuel("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "0",
+            "0e5",
+            "-1",
+            "+1",
+            "1.5",
+            "1e",
+            "e5",
+            "_1",
+            "1_",
+            "1e-3",
+            "2e19",
+            "18446744073709551616",
+            "0x10",
+        ] {
+            assert_eq!(crate::parse_fuel(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -38,6 +38,16 @@ How it works, and why (the checks themselves are the runtime's: see
   retry them: they would fail the same way every time. Rejected: workers writing
   results to a shared folder (two runs of one task would race, and a dead worker could
   leave a half-written folder).
+* **With checkpoints, a lost job goes on where it was** (``checkpoint_every``). Each
+  worker sends every snapshot of its job, as a CAR, to a small actor on the driver's
+  node, which keeps the last one per job; a retried task asks it first and goes on
+  from that snapshot (checked as ``detwasm resume`` checks one: the same job id, the
+  job's limits). Only the work since the last snapshot is redone, and the receipt is
+  the one ``detwasm run --checkpoint-every N --checkpoints DIR`` gives, trace included,
+  with or without a loss on the way. Rejected: Ray's object store (an object lives on
+  the node that put it, and dies with the node it should survive); a shared folder
+  (Ray promises none). The cost: the actor holds one snapshot (about the guest's
+  memory) per running job, and runs with checkpoints are slower (see the README).
 """
 
 from __future__ import annotations
@@ -61,20 +71,59 @@ DEFAULT_MAX_RETRIES = 5
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: What a task returns: the worker's receipt (JSON) and results CAR, or a message.
-_TaskResult = Tuple[Optional[str], Optional[str], Optional[bytes]]
+#: What a task returns: the worker's receipt (JSON), results CAR and the instructions
+#: run at the snapshot it went on from (None: it started the job), or a message.
+_TaskResult = Tuple[Optional[str], Optional[str], Optional[bytes], Optional[int]]
+
+
+@ray.remote(num_cpus=0)
+class _Snapshots:
+    """The last snapshot (a CAR) each running job's worker sent, keyed by the job's
+    index in the run; on the driver's node, so that it outlives any worker node."""
+
+    def __init__(self) -> None:
+        self._last: Dict[int, bytes] = {}
+
+    def put(self, key: int, car: bytes) -> None:
+        # Any snapshot of the job is a correct place to go on from (the run is
+        # deterministic): the last one received is the furthest of a live worker.
+        self._last[key] = car
+
+    def last(self, key: int) -> Optional[bytes]:
+        return self._last.get(key)
+
+    def drop(self, key: int) -> None:
+        self._last.pop(key, None)
 
 
 @ray.remote(num_cpus=1, max_retries=DEFAULT_MAX_RETRIES, retry_exceptions=False)
-def _run_job(spec: str, module: bytes, stdin: bytes, *inputs: bytes) -> _TaskResult:
-    """One job on a worker: ``(receipt, None, car)``, or ``(None, message, None)`` when
-    the job cannot run (returned, not raised: Ray must not retry a deterministic error).
+def _run_job(spec: str, module: bytes, stdin: bytes, *inputs: bytes,
+             checkpoints: Optional[Tuple[Any, int, int]] = None) -> _TaskResult:
+    """One job on a worker: ``(receipt, None, car, resumed_at)``, or ``(None, message,
+    None, None)`` when the job cannot run (returned, not raised: Ray must not retry a
+    deterministic error). ``checkpoints``: ``(snapshots actor, job key, interval)``.
     """
     try:
-        receipt, car = _native.run_portable(spec, module, stdin, list(inputs))
+        if checkpoints is None:
+            receipt, car, _ = _native.run_portable(spec, module, stdin, list(inputs))
+            return receipt, None, car, None
+        store, key, every = checkpoints
+        resume = ray.get(store.last.remote(key))
+
+        def send(car: bytes) -> None:
+            store.put.remote(key, car)
+
+        try:
+            receipt, car, at = _native.run_portable(spec, module, stdin, list(inputs), every, resume, send)
+        except Error:
+            if resume is None:
+                raise
+            # A snapshot this run could not go on from costs the work it saved, never
+            # the job: start again (an error of the job itself recurs below).
+            receipt, car, at = _native.run_portable(spec, module, stdin, list(inputs), every, None, send)
+        return receipt, None, car, at
     except Error as e:
-        return None, str(e), None
-    return receipt, None, car
+        return None, str(e), None, None
 
 
 def _connect(address: Optional[str], quiet: bool) -> None:
@@ -91,12 +140,26 @@ def run_ordered(
     allow_inputs: Sequence[PathLike] = (),
     max_retries: int = DEFAULT_MAX_RETRIES,
     quiet: bool = False,
-) -> Iterator[Tuple[int, Union[str, Error]]]:
+    checkpoint_every: Optional[int] = None,
+) -> Iterator[Tuple[int, Union[str, Error], Optional[int]]]:
     """Runs jobs given as ``(line number or None, batch-line JSON)`` on the cluster and
-    yields ``(index, receipt JSON or Error)`` in input order, each as soon as it and every
-    job before it have ended. The receipt JSON is the text ``detwasm batch`` prints.
+    yields ``(index, receipt JSON or Error, resumed_at)`` in input order, each as soon as
+    it and every job before it have ended. The receipt JSON is the text ``detwasm
+    batch`` prints (with ``checkpoint_every``: ``detwasm run --checkpoint-every``'s, with
+    its trace); ``resumed_at`` is the instruction count of the snapshot a retried job
+    went on from (None when it ran from its start).
     """
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError("checkpoint_every must be at least 1")
     _connect(address, quiet)
+    store = None
+    if checkpoint_every is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        store = _Snapshots.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        ).remote()
     out = None if output_dir is None else os.fspath(output_dir)
     allowed = [os.fspath(p) for p in allow_inputs]
     task = _run_job.options(max_retries=max_retries)
@@ -107,7 +170,7 @@ def run_ordered(
             shipped[key] = ray.put(data)
         return shipped[key]
 
-    ended: Dict[int, Union[str, Error]] = {}
+    ended: Dict[int, Tuple[Union[str, Error], Optional[int]]] = {}
     packed: Dict[int, Any] = {}
     running: Dict[ray.ObjectRef, int] = {}
     count = 0
@@ -116,18 +179,21 @@ def run_ordered(
         try:
             job = _native.pack(text, out, allowed, line)
         except Error as e:
-            ended[index] = e
+            ended[index] = (e, None)
             continue
         module, stdin, inputs = job.take_content()
         refs = [put_once(("tree", cid), car) for cid, car in zip(job.input_cids, inputs)]
-        ref = task.remote(job.spec, put_once(("module", job.module_cid), module), stdin, *refs)
+        checkpoints = None if store is None else (store, index, checkpoint_every)
+        ref = task.remote(job.spec, put_once(("module", job.module_cid), module), stdin, *refs,
+                          checkpoints=checkpoints)
         packed[index] = job
         running[ref] = index
 
     emitted = 0
     while emitted < count:
         while emitted in ended:
-            yield emitted, ended.pop(emitted)
+            result, resumed_at = ended.pop(emitted)
+            yield emitted, result, resumed_at
             emitted += 1
         if not running:
             continue
@@ -135,18 +201,20 @@ def run_ordered(
         for ref in ready:
             index = running.pop(ref)
             job = packed.pop(index)
+            if store is not None:
+                store.drop.remote(index)
             try:
-                receipt, message, car = ray.get(ref)
+                receipt, message, car, resumed_at = ray.get(ref)
             except ray.exceptions.RayError as e:
-                ended[index] = Error(f"running {job.label}: the task failed on the cluster: {e}")
+                ended[index] = (Error(f"running {job.label}: the task failed on the cluster: {e}"), None)
                 continue
             if message is not None:
-                ended[index] = Error(message)
+                ended[index] = (Error(message), None)
                 continue
             try:
-                ended[index] = job.deliver(receipt, car)
+                ended[index] = (job.deliver(receipt, car), resumed_at)
             except Error as e:
-                ended[index] = e
+                ended[index] = (e, None)
 
 
 def run_many(
@@ -156,6 +224,7 @@ def run_many(
     address: Optional[str] = None,
     allow_inputs: Sequence[PathLike] = (),
     max_retries: int = DEFAULT_MAX_RETRIES,
+    checkpoint_every: Optional[int] = None,
 ) -> List[Union[Receipt, Error]]:
     """Run jobs on a Ray cluster; return one receipt per job, in input order.
 
@@ -171,11 +240,18 @@ def run_many(
     paths (``inputs``, ``dirs``, ``stdin``, ``output``) are read and written on this
     machine unconfined; ``allow_inputs`` confines only what a module spec or job file
     names. Never pass jobs built from what someone you do not trust sent.
+
+    ``checkpoint_every`` (instructions): each job takes a checkpoint that often and
+    sends its snapshots to the driver's node, so that a job whose node dies goes on
+    from its last snapshot on another node instead of starting again. The receipts are
+    then those of ``detwasm run --checkpoint-every N --checkpoints DIR`` (with the trace
+    of snapshots), the same whether or not a node was lost.
     """
     lines = ((None, job_json(job)) for job in jobs)
     out: List[Union[Receipt, Error]] = []
-    for _, result in run_ordered(
-        lines, output_dir, address=address, allow_inputs=allow_inputs, max_retries=max_retries
+    for _, result, _ in run_ordered(
+        lines, output_dir, address=address, allow_inputs=allow_inputs, max_retries=max_retries,
+        checkpoint_every=checkpoint_every,
     ):
         out.append(json.loads(result) if isinstance(result, str) else result)
     return out

@@ -21,6 +21,16 @@ from detwasm import Error, _native
 from detwasm.ray import DEFAULT_MAX_RETRIES, run_ordered
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of instructions, at least 1")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m detwasm.ray",
@@ -39,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                    "a jobs file is the operator's")
     p.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES, metavar="N",
                    help=f"times Ray re-runs a task whose worker or node died (default {DEFAULT_MAX_RETRIES})")
+    p.add_argument("--checkpoint-every", type=_positive, metavar="N", default=None,
+                   help="take a checkpoint every N instructions and keep each job's last snapshot "
+                   "on the driver's node: a job whose node dies goes on from it elsewhere instead "
+                   "of starting again; receipts are those of `detwasm run --checkpoint-every N "
+                   "--checkpoints DIR` (with their trace)")
     p.add_argument("--json", action="store_true", help="print the closing summary (stderr) as one JSON object")
     return p
 
@@ -67,12 +82,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         import ray  # noqa: F401 - after the cheap checks: importing Ray takes a second
 
         started = time.monotonic()
-        ok = nonzero = failed = 0
+        ok = nonzero = failed = resumed = saved = 0
         numbers = [n for n, _ in lines]
-        for index, result in run_ordered(
+        for index, result, resumed_at in run_ordered(
             lines, args.output_dir, address=args.address, allow_inputs=args.allow_inputs,
-            max_retries=args.max_retries, quiet=True,
+            max_retries=args.max_retries, quiet=True, checkpoint_every=args.checkpoint_every,
         ):
+            if resumed_at is not None:
+                resumed += 1
+                saved += resumed_at
             if isinstance(result, Error):
                 failed += 1
                 line = _native.error_line(numbers[index], str(result))
@@ -94,10 +112,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     total = ok + nonzero + failed
     if args.json:
         print(json.dumps({"jobs": total, "exited_0": ok, "exited_non_zero": nonzero, "failed": failed,
-                          "seconds": secs, "nodes": nodes, "cpus": cpus}), file=sys.stderr)
+                          "seconds": secs, "nodes": nodes, "cpus": cpus, "resumed": resumed,
+                          "instructions_not_redone": saved}), file=sys.stderr)
     else:
         print(f"{total} jobs in {secs:.2f} s ({total / max(secs, 1e-9):.0f} jobs/s, {cpus} CPUs on {nodes} "
               f"nodes): {ok} exited 0, {nonzero} exited non-zero, {failed} could not run", file=sys.stderr)
+        if resumed:
+            print(f"{resumed} {'job' if resumed == 1 else 'jobs'} went on from a checkpoint after "
+                  f"losing a worker ({saved} instructions not redone)", file=sys.stderr)
     return 2 if failed else 1 if nonzero else 0
 
 

@@ -17,9 +17,10 @@
 //! | `ResultPaths` | one output volume each, mounted at `/Name` as Bacalhau's wasm executor mounts it |
 //! | `Resources.Memory` | the memory limit, rounded up to whole 64 KiB pages as Bacalhau rounds it |
 //! | `Timeouts.ExecutionTimeout` (else `TotalTimeout`) | the wall-clock safety net |
+//! | `Meta` of the job or its task: `detwasm.fuel` | the job's fuel ([`crate::FUEL_KEY`]) |
 //! | `Network.Type: None` | (required) |
 //!
-//! Scheduling fields (`Count`, `Priority`, `Constraints`, `Labels`, `Meta`, `Namespace`,
+//! Scheduling fields (`Count`, `Priority`, `Constraints`, `Labels`, other `Meta` keys, `Namespace`,
 //! `Publisher`, `Resources.CPU`/`Disk`, `Timeouts.QueueTimeout`) are accepted and
 //! reported as not applicable; keys Bacalhau does not know are reported with their line
 //! and ignored, as Bacalhau's decoder ignores them (unknown keys at the top of the job
@@ -384,6 +385,50 @@ fn note_unknown(notes: &mut Vec<Note>, obj: &Obj, known: &[&str]) {
     }
 }
 
+/// The job's fuel from `obj`'s `Meta` ([`crate::FUEL_KEY`]), with the line it is on;
+/// the other keys of `Meta` are noted as not applicable.
+fn meta_fuel(obj: &Obj, notes: &mut Vec<Note>) -> Result<Option<(u64, Option<usize>)>, Located> {
+    if !obj.has("Meta") {
+        return Ok(None);
+    }
+    let meta = obj.obj("Meta").map_err(fe(obj, "Meta"))?;
+    let pairs = obj.string_map("Meta").map_err(|e| {
+        let key = e.path.rsplit('.').next().unwrap_or_default().to_string();
+        (meta.line(&key), type_error(e))
+    })?;
+    let mut fuel = None;
+    let mut others = false;
+    for (key, value) in &pairs {
+        if key != crate::FUEL_KEY {
+            others = true;
+            continue;
+        }
+        let line = meta.line(key);
+        let f = crate::parse_fuel(value).ok_or_else(|| {
+            (
+                line,
+                SpecError::BadValue {
+                    path: format!("{}.{key}", meta.path()),
+                    value: value.clone(),
+                    hint: "a whole number of instructions, at least 1, as a string: \"600000000000\" or \"6e11\"".into(),
+                },
+            )
+        })?;
+        fuel = Some((f, line));
+    }
+    if others {
+        note(
+            notes,
+            obj.line("Meta"),
+            format!(
+                "Meta: only {} applies to a local run (the job's fuel); the other keys are ignored",
+                crate::FUEL_KEY
+            ),
+        );
+    }
+    Ok(fuel)
+}
+
 /// Parses a job file's text (see the module docs). Nothing is read from the host.
 pub fn parse(text: &str) -> Result<JobSpec, Located> {
     let doc = yaml::parse(text).map_err(|e| (Some(e.line), SpecError::Syntax(e.to_string())))?;
@@ -466,7 +511,8 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
             note(&mut notes, root.line("Count"), format!("Count = {count}: detwasm runs the job once; every run of it gives the same results CID"));
         }
     }
-    for field in ["Namespace", "Priority", "Constraints", "Labels", "Meta"] {
+    let job_fuel = meta_fuel(&root, &mut notes)?;
+    for field in ["Namespace", "Priority", "Constraints", "Labels"] {
         if root.has(field) {
             note(
                 &mut notes,
@@ -612,13 +658,7 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
             note(&mut notes, task.line("Publisher"), "Publisher: detwasm delivers the results directory locally and prints its CID; publish it yourself (e.g. `ipfs dag import` of `detwasm hash --car`)");
         }
     }
-    if task.has("Meta") {
-        note(
-            &mut notes,
-            task.line("Meta"),
-            "Meta: not applicable to a local run, ignored",
-        );
-    }
+    let task_fuel = meta_fuel(task, &mut notes)?;
 
     // Env.
     let env_obj = task.obj("Env").map_err(fe(task, "Env"))?;
@@ -868,6 +908,23 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
         );
     }
 
+    // The task's Meta or the job's: both are Bacalhau's free-form metadata.
+    let fuel = match (job_fuel, task_fuel) {
+        (Some((a, _)), Some((b, line))) if a != b => {
+            return Err((
+                line,
+                SpecError::BadValue {
+                    path: format!("{}.Meta.{}", task.path(), crate::FUEL_KEY),
+                    value: b.to_string(),
+                    hint: format!(
+                        "the job's Meta gives another fuel ({a}): give it once, in one of them"
+                    ),
+                },
+            ))
+        }
+        (job, task) => task.or(job).map(|(f, _)| f),
+    };
+
     Ok(JobSpec {
         name,
         parts: TaskParts {
@@ -877,6 +934,7 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
             outputs: Some(outputs),
             memory,
             timeout,
+            fuel,
         },
         entry_module,
         entry_line,
@@ -1298,6 +1356,41 @@ mod tests {
         assert!(e.contains("inside the input mounted at /app"), "{e}");
         let (_, e) = refused(&job("", &nested.replace("/app", "/app/m.wasm"), ""));
         assert!(e.contains("this target already"), "{e}");
+    }
+
+    #[test]
+    fn the_jobs_fuel_is_read_from_meta_of_the_task_or_the_job() {
+        let task = |meta: &str| job("", "", &format!("    Meta:\n{meta}"));
+        let spec = parse(&task("      detwasm.fuel: \"6e11\"\n      owner: me\n")).unwrap();
+        assert_eq!(spec.parts.fuel, Some(600_000_000_000));
+        assert!(
+            spec.notes
+                .iter()
+                .any(|n| n.text.contains("only detwasm.fuel applies")),
+            "{:?}",
+            spec.notes
+        );
+        assert_eq!(parse(&base()).unwrap().parts.fuel, None);
+        let top = format!("Meta:\n  detwasm.fuel: \"123\"\n{}", base());
+        assert_eq!(parse(&top).unwrap().parts.fuel, Some(123));
+        // Both, the same value: fine; two values: which one would be the job's?
+        let both = format!(
+            "Meta:\n  detwasm.fuel: \"123\"\n{}",
+            task("      detwasm.fuel: \"123\"\n")
+        );
+        assert_eq!(parse(&both).unwrap().parts.fuel, Some(123));
+        let two = format!(
+            "Meta:\n  detwasm.fuel: \"123\"\n{}",
+            task("      detwasm.fuel: \"124\"\n")
+        );
+        let (line, e) = refused(&two);
+        assert!(e.contains("another fuel"), "{e}");
+        assert!(line.is_some());
+        for bad in ["0", "-1", "1.5", "lots", "1e20", "99999999999999999999", ""] {
+            let (line, e) = refused(&task(&format!("      detwasm.fuel: \"{bad}\"\n")));
+            assert!(e.contains("Meta.detwasm.fuel"), "{bad}: {e}");
+            assert_eq!(line, Some(19), "{bad}");
+        }
     }
 
     #[test]
