@@ -425,3 +425,57 @@ fn resume_keeps_only_lines_that_are_their_jobs() {
     assert_eq!(cid(a[1]), cid(b[1]), "run again");
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 jobs already delivered"));
 }
+
+/// Found by review: a receipts file's lines were parsed whole into JSON values before
+/// being judged (1.12 GB for one 64 MiB line) and every kept line was held; a receipt
+/// line whose `cid` is not a CID was kept; `--receipts` without `--resume` followed a
+/// link planted at FILE. Now: lines are judged on a few fields (`cid` must parse), kept
+/// lines are copied from the file when printed, and a link or FIFO at FILE is refused.
+#[test]
+fn receipts_files_are_judged_on_their_fields_and_never_followed() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = root("fixtures/probes/probe.wasm").display().to_string();
+    let jobs = format!(
+        "{}\n",
+        serde_json::json!({"module": probe, "args": ["float", "1000"]})
+    );
+    std::fs::write(t.path().join("jobs.jsonl"), &jobs).unwrap();
+    let batch = |receipts: &str, resume: bool| {
+        let mut c = detwasm();
+        c.current_dir(t.path())
+            .args(["batch", "jobs.jsonl", "--output-dir", "out", "--receipts"])
+            .arg(receipts);
+        if resume {
+            c.arg("--resume");
+        }
+        c.output().unwrap()
+    };
+    let printed = ok(&batch("r.jsonl", false));
+    // Its receipt with a forged results CID is not this job's delivery.
+    let mut forged: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    forged["cid"] = "x".into();
+    std::fs::write(t.path().join("forged.jsonl"), format!("{forged}\n")).unwrap();
+    assert!(failed(&batch("forged.jsonl", true)).contains("not touched"));
+    // A first line that is no receipt is refused unparsed, however long.
+    let mut big = Vec::from(&b"[0"[..]);
+    big.extend(std::iter::repeat_n(&b",0"[..], 4 << 20).flatten());
+    big.extend(b"]\n");
+    std::fs::write(t.path().join("big.jsonl"), &big).unwrap();
+    assert!(failed(&batch("big.jsonl", true)).contains("not touched"));
+    // The kept line is printed as it was written, from the file.
+    let again = ok(&batch("r.jsonl", true));
+    assert_eq!(again, printed);
+    // A link at FILE is not followed, to a file or nowhere; a FIFO does not block.
+    std::os::unix::fs::symlink("elsewhere.txt", t.path().join("link.jsonl")).unwrap();
+    assert!(failed(&batch("link.jsonl", false)).contains("a symlink; not followed"));
+    assert!(!t.path().join("elsewhere.txt").exists());
+    let fifo = std::ffi::CString::new(
+        t.path()
+            .join("fifo.jsonl")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(failed(&batch("fifo.jsonl", false)).contains("not a regular file"));
+}

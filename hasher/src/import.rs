@@ -15,7 +15,6 @@ use rayon::prelude::*;
 /// the import's step 1).
 const SMALL_TREE_FILES: usize = 16;
 const SMALL_TREE_BYTES: u64 = 1 << 20;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,8 +261,27 @@ impl<'a> Hasher<'a> {
                 path: arena.path(i),
                 cause,
             };
-            let disk = |path: &Path| {
-                let f = File::open(path).map_err(read_err)?;
+            // Opened without blocking and checked on the handle to be a regular file: a
+            // file swapped for a FIFO after the walk listed it would otherwise block the
+            // open for good, past every deadline (found by review: `run`, `verify` and
+            // `verify --results` hung on an input file replaced by `mkfifo`). A walked
+            // entry is opened without following a link (one swapped in after the walk
+            // would be hashed as the file it names). Rejected: checking the type by path
+            // before opening (the swap can fall between the check and the open).
+            let disk = |path: &Path, follow: bool| {
+                use std::os::unix::fs::OpenOptionsExt;
+                let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags)
+                    .open(path)
+                    .map_err(read_err)?;
+                if !f.metadata().map_err(read_err)?.is_file() {
+                    return Err(read_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file (it was replaced while it was being hashed)",
+                    )));
+                }
                 // The size seen by the walk: a file that changed since then fails
                 // (import_disk_file checks it ends exactly there).
                 Ok(if *size > 0 {
@@ -274,8 +292,8 @@ impl<'a> Hasher<'a> {
                 })
             };
             let sub = match source {
-                Source::Walked => disk(&arena.path(i))?,
-                Source::Path(p) => disk(p)?,
+                Source::Walked => disk(&arena.path(i), false)?,
+                Source::Path(p) => disk(p, true)?,
                 Source::Bytes(b) => import_bytes(b, &opts, sink, &report),
                 Source::Open(open) => {
                     let r = open().map_err(read_err)?;
@@ -415,6 +433,35 @@ mod tests {
         assert!(std::mem::size_of::<Option<Built>>() <= 72);
     }
     use std::time::Duration;
+
+    /// Found by review: a file swapped for a FIFO after the walk listed it blocked the
+    /// hash's open for good, past every deadline (`run`, `verify`, `verify --results`).
+    #[test]
+    fn a_file_swapped_for_a_fifo_after_the_walk_is_an_error_not_a_hang() {
+        let t = tempfile::tempdir().unwrap();
+        for f in ["a", "b"] {
+            std::fs::write(t.path().join(f), f).unwrap();
+        }
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |_: Progress| {
+            if !swapped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // The file being hashed is open already; the other becomes a FIFO.
+                for f in ["a", "b"] {
+                    let p = t.path().join(f);
+                    std::fs::remove_file(&p).unwrap();
+                    let c =
+                        std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                }
+            }
+        };
+        let e = Hasher::new(Options::default())
+            .progress(&swap)
+            .hash_path(t.path())
+            .unwrap_err();
+        assert!(swapped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
 
     fn folder() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();

@@ -94,7 +94,9 @@ pub struct JobRecord {
     pub env: Vec<(String, String)>,
     pub stdin_blake3: String,
     pub stdin_bytes: u64,
+    #[serde(deserialize_with = "bounded::inputs")]
     pub inputs: Vec<InputRecord>,
+    #[serde(deserialize_with = "bounded::outputs")]
     pub outputs: Vec<Output>,
     pub seed: u64,
     /// Nanoseconds since 1970-01-01T00:00:00Z.
@@ -145,6 +147,7 @@ pub struct Receipt {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Trace {
     pub every: u64,
+    #[serde(deserialize_with = "bounded::trace")]
     pub snapshots: Vec<String>,
     /// When the wall-clock deadline stopped the run: the snapshot (a folder of the
     /// checkpoints folder) to finish it from with `detwasm resume`.
@@ -162,11 +165,16 @@ pub struct Trace {
 mod bounded {
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-    use crate::job::MAX_ARGS_ENV_BYTES;
+    use crate::job::{MAX_ARGS_ENV_BYTES, MAX_INPUTS, MAX_OUTPUTS};
 
     struct Bounded<T> {
         what: &'static str,
+        /// What an element costs, and the most all may cost (`limit`, named `name`).
         cost: fn(&T) -> u64,
+        limit: u64,
+        name: &'static str,
+        /// `Err(why)` for an element that cannot be one.
+        check: fn(&T) -> Result<(), &'static str>,
     }
 
     impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
@@ -175,13 +183,16 @@ mod bounded {
             write!(f, "a list of {}", self.what)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let (mut out, mut bytes) = (Vec::new(), 0u64);
+            let (mut out, mut total) = (Vec::new(), 0u64);
             while let Some(x) = seq.next_element::<T>()? {
-                bytes = bytes.saturating_add((self.cost)(&x));
-                if bytes > MAX_ARGS_ENV_BYTES {
+                (self.check)(&x).map_err(|why| {
+                    A::Error::custom(format!("{} entry {}: {why}", self.what, out.len() + 1))
+                })?;
+                total = total.saturating_add((self.cost)(&x));
+                if total > self.limit {
                     return Err(A::Error::custom(format!(
-                        "{} of more than {MAX_ARGS_ENV_BYTES} bytes (MAX_ARGS_ENV_BYTES)",
-                        self.what
+                        "{} of more than {} {}",
+                        self.what, self.limit, self.name
                     )));
                 }
                 out.push(x);
@@ -190,10 +201,17 @@ mod bounded {
         }
     }
 
+    fn any<T>(_: &T) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     pub fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         d.deserialize_seq(Bounded {
             what: "arguments",
             cost: |a: &String| a.len() as u64 + 1,
+            limit: MAX_ARGS_ENV_BYTES,
+            name: "bytes (MAX_ARGS_ENV_BYTES)",
+            check: any,
         })
     }
 
@@ -201,9 +219,71 @@ mod bounded {
         d.deserialize_seq(Bounded {
             what: "environment variables",
             cost: |(k, v): &(String, String)| (k.len() + v.len()) as u64 + 2,
+            limit: MAX_ARGS_ENV_BYTES,
+            name: "bytes (MAX_ARGS_ENV_BYTES)",
+            check: any,
+        })
+    }
+
+    pub fn inputs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::InputRecord>, D::Error> {
+        d.deserialize_seq(Bounded {
+            what: "inputs",
+            cost: |_| 1,
+            limit: MAX_INPUTS as u64,
+            name: "(MAX_INPUTS)",
+            check: any,
+        })
+    }
+
+    pub fn outputs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<crate::job::Output>, D::Error> {
+        d.deserialize_seq(Bounded {
+            what: "outputs",
+            cost: |_| 1,
+            limit: MAX_OUTPUTS as u64,
+            name: "(MAX_OUTPUTS)",
+            check: any,
+        })
+    }
+
+    /// A trace's snapshot CIDs: each 1 to [`super::MAX_CID_CHARS`] ASCII letters and
+    /// digits, at most [`super::MAX_TRACE_SNAPSHOTS`] of them.
+    pub fn trace<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(Bounded {
+            what: "trace",
+            cost: |_| 1,
+            limit: super::MAX_TRACE_SNAPSHOTS,
+            name: "snapshots (MAX_TRACE_SNAPSHOTS)",
+            check: |c: &String| {
+                if c.is_empty()
+                    || c.len() > super::MAX_CID_CHARS
+                    || !c.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    Err("not a CID")
+                } else {
+                    Ok(())
+                }
+            },
         })
     }
 }
+
+/// A trace's snapshot CIDs as a receipt or a snapshot's state lists them
+/// ([`Trace::snapshots`]), each checked and counted while parsed.
+pub use bounded::trace as trace_cids;
+
+/// Most characters of a CID in a trace (a CIDv0 has 46, a base32 CIDv1 of a blake3 or
+/// sha2-256 hash 59).
+pub const MAX_CID_CHARS: usize = 100;
+
+/// The most snapshots a trace lists: a run stops with an error at its next checkpoint
+/// past it, and a receipt or state listing more is refused while parsed. Found by
+/// review: 22 million empty entries in a 64 MiB receipt took 0.6 GB in `verify`. A
+/// million is 11 days of a job at the default interval (1e9 instructions, about a
+/// second of guest work); the trace of a million takes about 100 MB to hold.
+/// Rejected: no bound (a receipt's size was its only limit) and a bound from the job's
+/// fuel over the interval (tests and short jobs checkpoint every few instructions on
+/// budgets far larger than they use).
+pub const MAX_TRACE_SNAPSHOTS: u64 = 1_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -225,6 +305,43 @@ mod tests {
             epoch_unix_nanos: 0,
             limits: Limits::default(),
         }
+    }
+
+    /// Found by review: a 64 MiB receipt of 22 million empty trace entries took 0.6 GB
+    /// in `verify`. Entries are checked and counted while parsed, as inputs and outputs.
+    #[test]
+    fn traces_inputs_and_outputs_past_their_bounds_are_refused_while_parsing() {
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["inputs"] = serde_json::json!(vec![
+            serde_json::json!({"host": "", "guest": "/x", "cid": "Qm", "writable": false});
+            257
+        ]);
+        let e = serde_json::from_value::<JobRecord>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inputs of more than 256"), "{e}");
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["outputs"] =
+            serde_json::json!(vec![serde_json::json!({"name": "o", "guest": "/o"}); 257]);
+        let e = serde_json::from_value::<JobRecord>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outputs of more than 256"), "{e}");
+        let trace = |entries: serde_json::Value| {
+            serde_json::from_value::<Trace>(serde_json::json!({"every": 1, "snapshots": entries}))
+        };
+        assert!(trace(serde_json::json!(["QmA", "bafyB"])).is_ok());
+        let e = trace(serde_json::json!(["QmA", ""]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trace entry 2: not a CID"), "{e}");
+        let e = trace(serde_json::json!(["Qm/../x"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a CID"), "{e}");
+        let many = serde_json::Value::from(vec!["Q"; MAX_TRACE_SNAPSHOTS as usize + 1]);
+        let e = trace(many).unwrap_err().to_string();
+        assert!(e.contains("trace of more than 1000000 snapshots"), "{e}");
     }
 
     /// Arguments and variables past what a job may pass are refused while parsing (3

@@ -1,6 +1,7 @@
 //! Scratch folders in the temporary directory that a killed detwasm does not leave
-//! behind for good: snapshots unpacked from a CAR (gigabytes each) and the snapshots a
-//! `resume` makes of the rest of a run only to name them in its trace.
+//! behind for good: snapshots unpacked from a CAR (gigabytes each), the snapshots a
+//! `resume` makes of the rest of a run only to name them in its trace, and a `fuzz`
+//! campaign's runs (and their input copies in `/dev/shm`, which is RAM).
 //!
 //! Each folder holds a lock file, `flock`ed from creation until the [`Scratch`] is
 //! dropped (or its process dies: a kill releases the lock). Making a scratch folder of a
@@ -28,11 +29,15 @@ impl Scratch {
     /// Makes a new scratch folder named `prefix`… in the temporary directory, after
     /// removing the stale ones of that prefix. `what` says what it is for, in errors.
     pub fn new(prefix: &str, what: &str) -> Result<Scratch, RunError> {
-        let tmp = std::env::temp_dir();
-        remove_stale(&tmp, prefix);
+        Self::new_in(&std::env::temp_dir(), prefix, what)
+    }
+
+    /// [`Self::new`] in the folder `tmp` (e.g. `/dev/shm`).
+    pub fn new_in(tmp: &Path, prefix: &str, what: &str) -> Result<Scratch, RunError> {
+        remove_stale(tmp, prefix);
         let dir = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(&tmp)
+            .tempdir_in(tmp)
             .map_err(|e| RunError::io(format!("creating a folder for {what}"), e))?;
         let lock = std::fs::File::create(dir.path().join(LOCK))
             .map_err(|e| RunError::io(format!("creating the lock of {what}"), e))?;
@@ -141,5 +146,11 @@ mod tests {
         assert!(!held.exists());
         remove_stale(t.path(), "detwasm-resume-");
         assert!(!other.exists());
+        // A fuzz campaign's folders (in /dev/shm too, hence `new_in`) are made the same
+        // way: a killed campaign's is removed by the next.
+        let (killed, _) = make("detwasm-fuzz-killed", true);
+        let ours = Scratch::new_in(t.path(), "detwasm-fuzz-", "a campaign").unwrap();
+        assert!(!killed.exists());
+        assert!(ours.path().join(LOCK).exists());
     }
 }

@@ -185,14 +185,38 @@ fn features() -> WasmFeatures {
 /// The module, rewritten to unwind and rewind (see the module docs), or why not. `binary`
 /// is a module after the fuel, NaN and stack passes. A module without the fuel pass's
 /// import (it defines no function) is returned as it is.
-pub fn instrument(binary: &[u8]) -> Result<Vec<u8>, String> {
-    let m = analyse(binary)?;
+pub fn instrument(binary: &[u8]) -> Result<Vec<u8>, Error> {
+    let m = analyse(binary).map_err(Error::Cannot)?;
     if m.refuel.is_none() {
         return Ok(binary.to_vec());
     }
-    let plans = plan(binary, &m)?;
-    rewrite(binary, &m, &plans)
+    let plans = plan(binary, &m).map_err(Error::Cannot)?;
+    rewrite(binary, &m, &plans).map_err(|e| match e.strip_prefix(TOO_LARGE) {
+        Some(why) => Error::TooLarge(why.to_string()),
+        None => Error::Cannot(e),
+    })
 }
+
+/// Why [`instrument`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The module cannot take checkpoints (a construct the pass does not handle).
+    Cannot(String),
+    /// The rewritten module would be larger than a module that takes checkpoints may
+    /// be ([`crate::shape::UNWIND_LIMITS`]): stopped as soon as it grew past it.
+    TooLarge(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Cannot(why) | Error::TooLarge(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Marks the pass's own growth errors on their way out of the rewrite.
+const TOO_LARGE: &str = "too large: ";
 
 /// What the pass knows of the module.
 #[derive(Default)]
@@ -1108,6 +1132,12 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     fuel_locals.dedup();
     let mut at = 0;
     while at < ops.len() {
+        // Refused as soon as the body outgrows what the module's scan would refuse
+        // after the pass (`shape::UNWIND_LIMITS`): each site saves every value below
+        // its call, so a small module of many values left across many calls grows as
+        // their product. Found by review: 200 KB took 80 s and 4.3 GB before the scan
+        // refused it. Rejected: checking only after the whole module is rewritten.
+        check_growth(e.out.len())?;
         let (op, offset) = (ops[at].0.clone(), ops[at].1);
         let raw = &binary[ops[at].2.clone()];
         at += 1;
@@ -1658,25 +1688,42 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     Ok(f)
 }
 
+/// The most one rewritten body may grow to before the pass gives up: what the scan of
+/// the rewritten module refuses anyway ([`crate::shape::UNWIND_LIMITS`]).
+fn check_growth(body_bytes: usize) -> Result<(), String> {
+    let limit = crate::shape::UNWIND_LIMITS.function_bytes;
+    if body_bytes as u64 > limit {
+        return Err(format!(
+            "{TOO_LARGE}a function grows past {limit} bytes with checkpoints (each call \
+             saves every value left on the stack below it), more than a module that takes \
+             checkpoints may have"
+        ));
+    }
+    Ok(())
+}
+
 fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>, String> {
     let state = m.globals;
     let ptr = m.globals + 1;
     let memory = m.memories;
-    // Every body, rewritten or copied.
+    // Every body, rewritten or copied, within the code section's limit as it grows.
+    let code_limit = crate::shape::UNWIND_LIMITS.code_bytes;
+    let mut code = 0u64;
     let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
     walk(binary, |i, body, v| {
         let range = body.range();
-        match &plans[i as usize] {
-            None => bodies.push(binary[range].to_vec()),
-            Some(p) => bodies.push(rewrite_body(
-                m,
-                binary,
-                (i, body),
-                v,
-                p,
-                (state, ptr, memory),
-            )?),
+        let b = match &plans[i as usize] {
+            None => binary[range].to_vec(),
+            Some(p) => rewrite_body(m, binary, (i, body), v, p, (state, ptr, memory))?,
+        };
+        code += b.len() as u64;
+        if code > code_limit {
+            return Err(format!(
+                "{TOO_LARGE}the code grows past {code_limit} bytes with checkpoints, more \
+                 than a module that takes checkpoints may have"
+            ));
         }
+        bodies.push(b);
         Ok(())
     })?;
     let add_memory = |s: &mut wasm_encoder::MemorySection| {

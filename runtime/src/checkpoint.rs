@@ -81,7 +81,7 @@ pub struct State {
     pub instructions: u64,
     /// The CIDs of the snapshots before this one, in order: as many as the checkpoints
     /// before it (checked on open), each CID-shaped (checked while parsing).
-    #[serde(deserialize_with = "cid_list")]
+    #[serde(deserialize_with = "detwasm_job::receipt::trace_cids")]
     pub trace: Vec<String>,
     pub meter: MeterState,
     pub globals: Vec<SavedGlobal>,
@@ -94,44 +94,6 @@ pub struct State {
     /// the run never stopped would.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub off_trace: bool,
-}
-
-/// Most characters of a CID in a trace (a CIDv0 has 46, a base32 CIDv1 of a blake3 or
-/// sha2-256 hash 59).
-const MAX_CID_CHARS: usize = 100;
-
-/// A trace as `state.json` has it, each entry checked as it is parsed: 1 to
-/// [`MAX_CID_CHARS`] ASCII letters and digits. Found by review: 22 million empty strings
-/// (3 bytes each in the file, 24 parsed) took 1.5 GiB and were carried into the resumed
-/// run's receipt. Rejected: checking after parsing (the memory is spent by then).
-fn cid_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    struct Cids;
-    impl<'de> serde::de::Visitor<'de> for Cids {
-        type Value = Vec<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of CIDs")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(c) = seq.next_element::<String>()? {
-                if c.is_empty()
-                    || c.len() > MAX_CID_CHARS
-                    || !c.bytes().all(|b| b.is_ascii_alphanumeric())
-                {
-                    return Err(serde::de::Error::custom(format!(
-                        "trace entry {} is not a CID",
-                        out.len() + 1
-                    )));
-                }
-                out.push(c);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(Cids)
 }
 
 /// A mutable global of the module: its index, type and bits (hexadecimal, little end
@@ -265,6 +227,13 @@ pub fn save(
     job: &JobInfo<'_>,
     sink: &mut Sink,
 ) -> Result<String, RunError> {
+    if sink.trace.len() as u64 >= detwasm_job::receipt::MAX_TRACE_SNAPSHOTS {
+        return Err(RunError::HostFailure(format!(
+            "the run reached {} checkpoints, the most a trace may list: take them less \
+             often (--checkpoint-every)",
+            detwasm_job::receipt::MAX_TRACE_SNAPSHOTS
+        )));
+    }
     let (memories, globals) = exported(&mut store, instance);
     let (frames_memory, ptr, _) = unwind_parts(&mut store, instance).ok_or_else(|| {
         RunError::HostFailure("saving a snapshot: the module has no unwind memory".into())

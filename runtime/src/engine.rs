@@ -545,12 +545,13 @@ fn compile_rewritten_as(
         )
     })?;
     let metered = if unwind {
-        passes::unwind::instrument(&metered).map_err(|e| {
-            refused(
+        passes::unwind::instrument(&metered).map_err(|e| match e {
+            passes::unwind::Error::TooLarge(why) => RunError::TooComplex(why),
+            passes::unwind::Error::Cannot(why) => refused(
                 engine,
                 original,
-                format!("the module cannot take checkpoints: {e}"),
-            )
+                format!("the module cannot take checkpoints: {why}"),
+            ),
         })?
     } else {
         metered
@@ -581,9 +582,13 @@ fn compile_rewritten_as(
         &passes::shape::REWRITTEN_LIMITS
     };
     passes::shape::check(&metered, limits).map_err(|r| {
-        RunError::TooComplex(format!(
-            "after fuel metering, relaxed SIMD lowering, NaN canonicalization and stack metering: {r}"
-        ))
+        let passes = if unwind {
+            "fuel metering, relaxed SIMD lowering, NaN canonicalization, stack metering and \
+             the unwind pass (checkpoints)"
+        } else {
+            "fuel metering, relaxed SIMD lowering, NaN canonicalization and stack metering"
+        };
+        RunError::TooComplex(format!("after {passes}: {r}"))
     })?;
     Module::from_binary(engine, &metered).map_err(|e| refused(engine, original, format!("{e:#}")))
 }

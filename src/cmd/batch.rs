@@ -111,19 +111,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let numbers: Vec<usize> = parsed.iter().map(|(n, _)| *n).collect();
     let mut lines = parsed.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
     let (mut log, kept) = match (&args.receipts, args.resume) {
-        (None, _) => (None, Vec::new()),
+        (None, _) => (None, batch::Kept::default()),
         (Some(path), false) => (
             Some(batch::ReceiptLog::create(path).map_err(anyhow::Error::msg)?),
-            Vec::new(),
+            batch::Kept::default(),
         ),
         (Some(path), true) => {
             let (log, kept) =
                 batch::ReceiptLog::resume(path, &numbers, &lines).map_err(anyhow::Error::msg)?;
-            (Some(log), kept.lines)
+            (Some(log), kept)
         }
     };
     let total_jobs = lines.len();
-    let skipped = kept.len();
+    let skipped = kept.lines;
     lines.drain(..skipped);
     let runtime = runtime(args.no_cache)?;
     let opts = BatchOptions {
@@ -146,15 +146,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut write_error = None;
     let mut renamed = 0usize;
     // The kept lines first, as they were written.
-    for line in &kept {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        counts.tally(
-            v.get("error").is_some(),
-            v["exit_code"] == 0 && v["verifiable"] == true,
-        );
-        writeln!(out, "{line}").context("writing receipts")?;
-        bar.inc(1);
+    if let Some(log) = &log {
+        log.copy_kept(&kept, &mut out)
+            .map_err(anyhow::Error::msg)
+            .context("writing receipts")?;
     }
+    counts.add_kept(&kept);
+    bar.inc(kept.lines as u64);
     out.flush().context("writing receipts")?;
     if skipped > 0 {
         eprintln!(
@@ -281,6 +279,14 @@ impl Counts {
             (false, false) => &self.nonzero,
         };
         which.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lines a resumed batch kept, as if they had just been delivered.
+    fn add_kept(&self, kept: &batch::Kept) {
+        self.failed.fetch_add(kept.errors, Ordering::Relaxed);
+        self.ok.fetch_add(kept.exited_0, Ordering::Relaxed);
+        self.nonzero
+            .fetch_add(kept.lines - kept.errors - kept.exited_0, Ordering::Relaxed);
     }
 
     fn get(&self) -> (usize, usize, usize) {

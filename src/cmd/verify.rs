@@ -150,6 +150,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(p) = &report.cid_provider {
             println!("the provider's results folder hashes to {p}, file for file the re-run's");
         }
+        // The re-run takes no checkpoints: "verified" says nothing of the trace, which
+        // spot checks, bisect and resume rely on (found by review: a receipt listing 22
+        // million made-up snapshots was "verified").
+        if let Some(t) = &receipt.trace {
+            println!(
+                "(its trace of {} snapshots was not checked: `detwasm verify {} --sample K \
+                 --snapshots DIR` checks it)",
+                t.snapshots.len(),
+                args.receipt.display()
+            );
+        }
     } else {
         println!("NOT VERIFIED");
         for r in &report.reasons {

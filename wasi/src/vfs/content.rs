@@ -93,17 +93,25 @@ impl Vfs {
             let (Some((rel, stamp)), Some((dir, _))) = (&n.host, &self.mounts[n.mount].host) else {
                 return Err(Errno::BADF.into());
             };
-            let f = dir
-                .open(rel)
-                .map_err(|e| {
-                    ReadError::Host(format!(
-                        "opening input {}: {e}",
-                        self.host_path(id).display()
-                    ))
-                })?
-                .into_std();
+            // Without blocking: a file swapped for a FIFO after the scan would otherwise
+            // block the open for good, past the job's deadline (found by review); the
+            // handle is then checked to be the very file scanned, which a FIFO is not.
+            // (O_NONBLOCK changes nothing for a regular file's reads.)
+            let f = {
+                use cap_std::fs::OpenOptionsExt;
+                let mut o = cap_std::fs::OpenOptions::new();
+                o.read(true).custom_flags(libc::O_NONBLOCK);
+                dir.open_with(rel, &o)
+            }
+            .map_err(|e| {
+                ReadError::Host(format!(
+                    "opening input {}: {e}",
+                    self.host_path(id).display()
+                ))
+            })?
+            .into_std();
             let meta = f.metadata().map_err(|e| ReadError::Host(e.to_string()))?;
-            if (meta.dev(), meta.ino()) != (stamp.dev, stamp.ino) {
+            if !meta.is_file() || (meta.dev(), meta.ino()) != (stamp.dev, stamp.ino) {
                 return Err(ReadError::Host(format!(
                     "input {} was replaced while the job ran",
                     self.host_path(id).display()

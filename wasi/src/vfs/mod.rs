@@ -738,6 +738,27 @@ mod tests {
         ));
     }
 
+    /// Found by review: an input file swapped for a FIFO after the scan blocked the
+    /// open for good, past every deadline. It is now refused at once.
+    #[test]
+    fn an_input_file_swapped_for_a_fifo_is_refused_not_waited_on() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"alpha").unwrap();
+        let mut vfs = Vfs::new();
+        vfs.mount_input(t.path(), "/in", 7).unwrap();
+        let a = vfs.lookup(vfs.mounts[0].root, b"a").unwrap();
+        std::fs::remove_file(t.path().join("a")).unwrap();
+        let fifo = std::ffi::CString::new(t.path().join("a").into_os_string().into_encoded_bytes())
+            .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let mut buf = [0u8; 8];
+        match vfs.read_at(a, 0, &mut buf) {
+            Err(ReadError::Host(m)) => assert!(m.contains("replaced"), "{m}"),
+            Ok(n) => panic!("read {n} bytes of a FIFO"),
+            Err(_) => panic!("expected a host error"),
+        }
+    }
+
     #[test]
     fn an_input_scan_gives_up_at_its_deadline() {
         let t = flat_folder(3);

@@ -347,8 +347,20 @@ pub fn load(file: &Path, cwd: &Path, policy: &InputPolicy) -> Result<V1Job, Spec
 /// own, and they are made before its inputs are scanned and removed after the run.
 pub(super) fn copy_charged(from: &Path, to: &Path, size: u64) -> std::io::Result<()> {
     use std::io::Read;
-    let src = std::fs::File::open(from)?;
-    let permissions = src.metadata()?.permissions();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without blocking, and checked on the handle: a file swapped for a FIFO since it
+    // was charged would otherwise block the job before its deadline exists.
+    let src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(from)?;
+    let meta = src.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (it was replaced since it was listed)",
+        ));
+    }
+    let permissions = meta.permissions();
     let mut dst = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
