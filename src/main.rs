@@ -34,6 +34,8 @@ enum Command {
     Batch(cmd::batch::Args),
     /// The module cache: what it holds, and trimming it.
     Cache(cmd::cache::Args),
+    // The help text is `cmd::unpack::Args`'s.
+    Unpack(cmd::unpack::Args),
 }
 
 /// The hidden first argument that makes this program a compile worker
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Resume(a) => a.json,
         Command::Verify(a) => a.json,
         Command::Fuzz(a) => a.json,
+        Command::Unpack(a) => a.json,
         Command::Module(_) | Command::Batch(_) | Command::Cache(_) => false,
     };
     let result = match cli.command {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => cmd::fuzz::run(args),
         Command::Batch(args) => cmd::batch::run(args),
         Command::Cache(args) => cmd::cache::run(args),
+        Command::Unpack(args) => cmd::unpack::run(args),
     };
     match result {
         Ok(code) => code,

@@ -296,3 +296,45 @@ fn help_explains_every_option() {
         assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
     }
 }
+
+/// `detwasm unpack` writes back the tree a CAR holds: the rich tree through
+/// `hash --car` and back hashes to the same CID under both profiles, hidden files,
+/// symlinks, empty files and folders and a HAMT-sharded folder included; a second unpack
+/// at the same place is refused and changes nothing.
+#[test]
+fn unpack_writes_back_the_tree_a_car_holds() {
+    let t = TempDir::new().unwrap();
+    let root = t.path().join("tree");
+    rich_tree(&root);
+    for profile in ["unixfs-v0-2015", "unixfs-v1-2025"] {
+        let car = t.path().join(format!("{profile}.car"));
+        let args: Vec<&std::ffi::OsStr> = vec![
+            "--profile".as_ref(),
+            profile.as_ref(),
+            "--hidden".as_ref(),
+            "--car".as_ref(),
+            car.as_os_str(),
+            root.as_os_str(),
+        ];
+        let cid = ok_stdout(&args);
+        let out = t.path().join(format!("out-{profile}"));
+        let unpack = || {
+            cli_support::detwasm()
+                .arg("unpack")
+                .arg(&car)
+                .arg(&out)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(cli_support::ok(&unpack()), cid);
+        let again: Vec<&std::ffi::OsStr> = vec![
+            "--profile".as_ref(),
+            profile.as_ref(),
+            "--hidden".as_ref(),
+            out.as_os_str(),
+        ];
+        assert_eq!(ok_stdout(&again), cid, "{profile}");
+        assert!(cli_support::failed(&unpack()).contains("already there"));
+        assert_eq!(ok_stdout(&again), cid, "{profile}: untouched");
+    }
+}

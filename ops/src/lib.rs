@@ -23,6 +23,7 @@ pub mod remote;
 pub mod request;
 pub mod scaffold;
 pub mod scratch;
+pub mod unpack;
 pub mod verify;
 
 pub use request::JobRequest;

@@ -5,4 +5,5 @@ pub mod hash;
 pub mod module;
 pub mod resume;
 pub mod run;
+pub mod unpack;
 pub mod verify;

@@ -1,0 +1,64 @@
+//! `detwasm unpack`: argument parsing and output only; the work is
+//! `detwasm_ops::unpack`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use detwasm_ops::unpack::{self, Limits, DEFAULT_LIMITS};
+
+/// Write out the content of a CAR file: the results of a run (`detwasm hash --car`), a
+/// module packed by `module pack`, a snapshot, or what `ipfs dag export` wrote.
+///
+/// Every block is checked against its CID, and the size the tree would have is checked
+/// against --max-size and --max-entries before anything is written (a small CAR can
+/// describe a huge tree). The tree is written beside DEST and renamed into place when
+/// complete; DEST must not exist. Prints the CID written (stdout) and what it holds.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The CAR file (CARv1 with one root).
+    pub car: PathBuf,
+
+    /// Where to write the tree: a new file or folder [default: its CID, in the current
+    /// folder, as `ipfs get` names it].
+    pub dest: Option<PathBuf>,
+
+    /// Write the block CID of the CAR (a file or folder inside it) instead of its root.
+    #[arg(long, value_name = "CID")]
+    pub cid: Option<String>,
+
+    /// The most bytes of files to write [default: 16GiB].
+    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// The most files, folders and symlinks to write [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+
+    /// Print what was written as one JSON object (`cid`, `kind`, `bytes`, `entries`,
+    /// `dest`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        max_bytes: args.max_size.unwrap_or(DEFAULT_LIMITS.max_bytes),
+        max_entries: args.max_entries.unwrap_or(DEFAULT_LIMITS.max_entries),
+    };
+    let u = unpack::unpack(&args.car, args.cid.as_deref(), args.dest.as_deref(), limits)
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&u)?);
+    } else {
+        println!("{}", u.cid);
+        eprintln!(
+            "unpacked: a {} of {} bytes in {} {} at {}",
+            u.kind,
+            u.bytes,
+            u.entries,
+            if u.entries == 1 { "entry" } else { "entries" },
+            u.dest.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
