@@ -851,3 +851,59 @@ fn stdin_dash_is_detwasms_own_stdin() {
     assert_eq!((&a["cid"], &a["job_id"]), (&b["cid"], &b["job_id"]));
     assert_eq!(b["job"]["stdin_bytes"], 12);
 }
+
+/// An input may be a CAR file of a folder (`hash --car`, `ipfs dag export`): `run`
+/// mounts the folder it holds, with the CID and results of the folder itself, and
+/// `verify --input x.car:GUEST` re-runs from the same CAR; a CAR of a file is refused
+/// with the reason, and a corrupt one names the block.
+#[test]
+fn an_input_may_be_a_car_of_a_folder() {
+    let t = tempfile::tempdir().unwrap();
+    make_inputs(&t.path().join("data"), false);
+    let car = t.path().join("data.car");
+    ok(&detwasm()
+        .args(["hash", "--hidden", "--car"])
+        .arg(&car)
+        .arg(t.path().join("data"))
+        .output()
+        .unwrap());
+    let run = |input: &str, out: &str| {
+        detwasm()
+            .current_dir(t.path())
+            .args(["run", "--json", "--input", input, "-o", out, "--receipt"])
+            .arg(format!("{out}.json"))
+            .arg(fixture("probe.wasm"))
+            .args(["--", "report"])
+            .output()
+            .unwrap()
+    };
+    let folder = json(&run("data:/data", "a"));
+    let from_car = json(&run("data.car:/data", "b"));
+    assert_eq!(from_car["cid"], folder["cid"]);
+    assert_eq!(from_car["job_id"], folder["job_id"]);
+    assert_eq!(
+        from_car["job"]["inputs"][0]["cid"],
+        folder["job"]["inputs"][0]["cid"]
+    );
+    let verified = detwasm()
+        .current_dir(t.path())
+        .args(["verify", "b.json", "--input", "data.car:/data"])
+        .output()
+        .unwrap();
+    assert!(ok(&verified).starts_with("verified"));
+
+    ok(&detwasm()
+        .args(["hash", "--car"])
+        .arg(t.path().join("file.car"))
+        .arg(t.path().join("data/a.txt"))
+        .output()
+        .unwrap());
+    let e = failed(&run("file.car:/data", "c"));
+    assert!(e.contains("the CAR holds a file"), "{e}");
+    let mut bytes = std::fs::read(&car).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(t.path().join("bad.car"), bytes).unwrap();
+    let e = failed(&run("bad.car:/data", "d"));
+    assert!(e.contains("corrupt CAR"), "{e}");
+}

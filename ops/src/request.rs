@@ -254,7 +254,13 @@ impl JobRequest {
                 Some((h, g)) if g.starts_with('/') => (h, g),
                 _ => (spec.as_str(), DEFAULT_INPUT_PATH),
             };
-            job = job.push_input(host, guest);
+            match unpack_car_input(Path::new(host))? {
+                Some(dir) => {
+                    job = job.push_input(dir.path().join(CAR_TREE), guest);
+                    staging.get_or_insert_with(Default::default).keep(dir);
+                }
+                None => job = job.push_input(host, guest),
+            }
         }
         for spec in &self.dirs {
             let (host, guest) = spec
@@ -341,6 +347,50 @@ pub struct BuiltJob {
     pub notes: Vec<String>,
     /// Keep alive until the run has ended.
     pub staging: Option<spec::bacalhau::v1::Staging>,
+}
+
+/// The name of the folder a CAR input is unpacked to, in its staging folder.
+pub const CAR_TREE: &str = "tree";
+
+/// A `--input` that is a CAR file (a regular file named `*.car`): its folder unpacked into
+/// a staging folder of its own, within a job file's CAR budgets
+/// (`detwasm_jobspec::car::MAX_JOB_CAR_BYTES`, `MAX_JOB_CAR_ENTRIES`), every block
+/// checked against its CID, the size checked before anything is written. The job
+/// mounts the unpacked folder (the CAR's root must be a folder) and names it by the CID
+/// of what the guest sees, as any input. `None` for anything else (a folder).
+pub fn unpack_car_input(host: &Path) -> Result<Option<tempfile::TempDir>, RequestError> {
+    let is_car = host
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
+        && std::fs::metadata(host).is_ok_and(|m| m.is_file());
+    if !is_car {
+        return Ok(None);
+    }
+    let err = |message: String| RequestError {
+        key: Some("inputs"),
+        message: format!("input {}: {message}", host.display()),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("detwasm-car-input-")
+        .tempdir()
+        .map_err(|e| err(format!("creating a folder to unpack it: {e}")))?;
+    let limits = crate::unpack::Limits {
+        max_bytes: detwasm_jobspec::car::MAX_JOB_CAR_BYTES,
+        max_entries: detwasm_jobspec::car::MAX_JOB_CAR_ENTRIES,
+    };
+    let tree = dir.path().join(CAR_TREE);
+    let u =
+        crate::unpack::unpack(host, None, Some(&tree), limits).map_err(|message| RequestError {
+            key: Some("inputs"),
+            message: format!("input {message}"),
+        })?;
+    if u.kind != "folder" {
+        return Err(err(format!(
+            "the CAR holds a {} ({}); an input is a folder",
+            u.kind, u.cid
+        )));
+    }
+    Ok(Some(dir))
 }
 
 fn size(v: &Size, key: &'static str) -> Result<u64, RequestError> {

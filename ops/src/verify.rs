@@ -94,6 +94,21 @@ impl JobCaps {
 }
 
 impl Sources {
+    /// Replaces each input given as a CAR file (`--input x.car[:GUEST]`, as `run` takes
+    /// it) by the folder it holds, unpacked as `run` unpacks it
+    /// ([`crate::request::unpack_car_input`]); keep the returned folders until the job
+    /// has run.
+    pub fn unpack_cars(&mut self) -> Result<Vec<tempfile::TempDir>, String> {
+        let mut kept = Vec::new();
+        for (_, host) in &mut self.inputs {
+            if let Some(dir) = crate::request::unpack_car_input(host).map_err(|e| e.message)? {
+                *host = dir.path().join(crate::request::CAR_TREE);
+                kept.push(dir);
+            }
+        }
+        Ok(kept)
+    }
+
     /// One input replacement as `--input` spells it: `HOST:GUEST` replaces the input
     /// mounted at GUEST (an absolute path), a plain `HOST` the next input in the
     /// receipt's order.

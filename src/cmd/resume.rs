@@ -68,7 +68,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let sources = args.sources.sources();
+    let mut sources = args.sources.sources();
+    // Inputs given as CAR files, unpacked for as long as the job runs.
+    let _unpacked = sources.unpack_cars().map_err(anyhow::Error::msg)?;
     let opened = open_snapshot(&args.snapshot, args.cid.as_deref(), &sources.caps)?;
     let snapshot = &opened.snapshot;
     let job = job_of_snapshot(snapshot, &sources)

@@ -219,7 +219,9 @@ pub struct JobArgs {
 /// other commands').
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Mount host directory HOST read-only at GUEST (default /inputs). Repeatable.
+    /// Mount host directory HOST read-only at GUEST (default /inputs). HOST may be a CAR
+    /// file (`*.car`) of a folder: it is checked block by block and unpacked (at most
+    /// 1 GiB of files, 100,000 entries) into a temporary folder for the run. Repeatable.
     #[arg(long = "input", value_name = "HOST[:GUEST]")]
     pub inputs: Vec<String>,
 

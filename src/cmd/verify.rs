@@ -84,7 +84,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let receipt = verify::read_receipt(&args.receipt)?;
-    let sources = args.sources.sources();
+    let mut sources = args.sources.sources();
+    // Inputs given as CAR files, unpacked for as long as the job runs.
+    let _unpacked = sources.unpack_cars().map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new(EngineOptions {
         cache_dir: if args.no_cache {
             None
@@ -213,9 +215,9 @@ pub struct SourceArgs {
     #[arg(long, value_name = "FILE")]
     pub module: Option<PathBuf>,
 
-    /// An input folder, when not at the path the receipt (or job.json) names: HOST:GUEST
-    /// replaces the input mounted at GUEST, a plain HOST the job's inputs in order.
-    /// Repeatable.
+    /// An input folder (or a CAR file of one), when not at the path the receipt (or
+    /// job.json) names: HOST:GUEST replaces the input mounted at GUEST, a plain HOST the
+    /// job's inputs in order. Repeatable.
     #[arg(long = "input", value_name = "HOST[:GUEST]")]
     pub inputs: Vec<String>,
 

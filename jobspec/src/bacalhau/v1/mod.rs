@@ -189,9 +189,17 @@ pub struct JobSpec {
 /// Rejected alternative: mounting the host file's own folder, which would show the guest
 /// every file beside it. The copies are not kept: to `detwasm verify` a receipt of such a
 /// job, run the job file again, or pass `--input` for the copied folders.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Staging {
     _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Staging {
+    /// Keeps `dir` (removed when this is dropped) with the others: for a caller that
+    /// stages content of its own (a CAR named as a `--input` folder).
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self._dirs.push(dir);
+    }
 }
 
 /// A job file turned into a job.
