@@ -382,3 +382,56 @@ fn a_job_that_cannot_be_rerun_prints_a_json_error_with_json() {
     );
     assert!(out.status.success(), "{report}");
 }
+
+/// Content may come as CAR files: the provider's results (`--results r.car`, compared
+/// file by file as a folder), the module (`--module m.car`, a CAR of the file) and an
+/// input (`--input in.car`). A results CAR that does not check is evidence about the
+/// provider: not verified (exit 1), the CAR named.
+#[test]
+fn results_module_and_inputs_may_be_cars() {
+    let (t, receipt, _) = provider_run();
+    let r = receipt.to_str().unwrap();
+    let car = |what: &str, out: &str, hidden: bool| {
+        let mut c = detwasm();
+        c.current_dir(t.path()).arg("hash");
+        if hidden {
+            c.arg("--hidden");
+        }
+        assert!(c
+            .args(["--car", out, what])
+            .output()
+            .unwrap()
+            .status
+            .success());
+    };
+    car("results", "results.car", true);
+    car("probe.wasm", "probe.car", false);
+    car("in", "in.car", true);
+    let (out, report) = verify(
+        t.path(),
+        &[
+            r,
+            "--results",
+            "results.car",
+            "--module",
+            "probe.car",
+            "--input",
+            "in.car",
+        ],
+    );
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["cid_provider"], report["cid_actual"]);
+
+    let mut bytes = std::fs::read(t.path().join("results.car")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(t.path().join("bad.car"), bytes).unwrap();
+    let (out, report) = verify(t.path(), &[r, "--results", "bad.car"]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let reasons = report["reasons"].to_string();
+    assert!(
+        reasons.contains("bad.car") && reasons.contains("corrupt CAR"),
+        "{reasons}"
+    );
+}

@@ -215,6 +215,35 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
     Ok(Some(out))
 }
 
+/// The file at the root of a CAR (a module packed as a CAR: `detwasm hash --car m.wasm`,
+/// `ipfs dag export` of its CID), every block verified, read into memory; an error when
+/// the root is not a file or is larger than [`MAX_FILE`] (from its expanded size, before
+/// reading).
+pub fn root_file(car: &[u8]) -> Result<Vec<u8>, String> {
+    let car = parse(car)?;
+    let root = car.root();
+    match car.kind(root).map_err(|e| e.to_string())? {
+        detwasm_hasher::unixfs::TYPE_FILE | detwasm_hasher::unixfs::TYPE_RAW => {}
+        _ => {
+            return Err(format!(
+                "its root {root} is not a file (a module folder's CAR is run from the folder, \
+                 its template beside the CAR)"
+            ))
+        }
+    }
+    let size = car.expanded(root).map_err(|e| e.to_string())?;
+    if size.bytes > MAX_FILE as u64 || size.work > 2 * MAX_FILE as u64 {
+        return Err(format!(
+            "the file is larger than {} MiB (or its blocks are linked over and over), detwasm's limit for a module",
+            MAX_FILE >> 20
+        ));
+    }
+    let mut out = Vec::new();
+    car.write_file(root, &mut out, size.work)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

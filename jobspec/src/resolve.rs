@@ -316,7 +316,22 @@ fn read(path: &Path) -> Result<Vec<u8>, SpecError> {
 /// `verify`): at most [`MAX_MODULE_FILE`] bytes, as from a module folder, so a module
 /// file costs at most that much memory before the shape scan refuses it (a 1 GiB file
 /// peaked at 2 GB: found by review).
+///
+/// A path ending in `.car` is a CAR whose root is the module file (`detwasm hash --car
+/// m.wasm`, `ipfs dag export`): every block is checked against its CID and the file
+/// read out of it ([`crate::car::root_file`]), the CAR itself read within the module's
+/// limit plus room for its block headers.
 pub fn read_module_file(path: &Path) -> Result<Vec<u8>, SpecError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
+    {
+        let car = read_bounded(path, MAX_MODULE_FILE + MAX_MODULE_FILE / 16)?;
+        return crate::car::root_file(&car).map_err(|message| SpecError::Io {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
     read_bounded(path, MAX_MODULE_FILE)
 }
 

@@ -535,13 +535,19 @@ pub fn verify(
     let (cid_provider, differences, differences_unlisted) = match provider_results {
         None => (None, Vec::new(), 0),
         Some(p) => {
-            let diff = match diff_folders(
-                &dest,
-                p,
-                receipt.profile,
-                !receipt.skip_hidden,
-                receipt.job.limits.safety_timeout(),
-            ) {
+            // A CAR of the provider's results (`hash --car`): unpacked, within what a
+            // results folder of this job can hold, for the comparison only.
+            let compared = results_car(p, receipt).and_then(|unpacked| {
+                let p = unpacked.as_ref().map_or(p, |(_, folder)| folder.as_path());
+                diff_folders(
+                    &dest,
+                    p,
+                    receipt.profile,
+                    !receipt.skip_hidden,
+                    receipt.job.limits.safety_timeout(),
+                )
+            });
+            let diff = match compared {
                 Ok(diff) => diff,
                 Err(e @ VerifyError::NotResults { .. }) => {
                     reasons.push(e.to_string());
@@ -587,6 +593,50 @@ pub fn verify(
         differences_unlisted,
         rerun_results: keep.map(|p| p.display().to_string()),
     })
+}
+
+/// When `path` is a CAR file (`*.car`) of a provider's results: the folder it holds,
+/// unpacked into a locked scratch folder ([`crate::scratch::Scratch`]) within what a
+/// results folder of the receipt's job can hold (its output quota twice over, for the
+/// writable folders' files also within it, plus the `exitCode` and stderr slack;
+/// [`MAX_RESULTS_ENTRIES`] entries), every block checked against its CID. A CAR that is
+/// corrupt, too large or not of a folder is evidence about the provider's results:
+/// [`VerifyError::NotResults`]. `None` for anything else (a folder).
+fn results_car(
+    path: &Path,
+    receipt: &Receipt,
+) -> Result<Option<(crate::scratch::Scratch, PathBuf)>, VerifyError> {
+    let is_car = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if !is_car {
+        return Ok(None);
+    }
+    let scratch = crate::scratch::Scratch::new("detwasm-results-car-", "unpacked results")
+        .map_err(VerifyError::from)?;
+    let folder = scratch.path().join("results");
+    let limits = crate::unpack::Limits {
+        max_bytes: receipt
+            .job
+            .limits
+            .max_output
+            .saturating_mul(2)
+            .saturating_add(1 << 20),
+        max_entries: MAX_RESULTS_ENTRIES as u64,
+    };
+    let not = |cause: String| VerifyError::NotResults {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let u = crate::unpack::unpack(path, None, Some(&folder), limits).map_err(not)?;
+    if u.kind != "folder" {
+        return Err(not(format!(
+            "the CAR holds a {}, not a results folder",
+            u.kind
+        )));
+    }
+    Ok(Some((scratch, folder)))
 }
 
 /// The most entries `verify --results` walks in a provider's results folder: what a
