@@ -50,6 +50,51 @@ fn the_probe_agrees_under_every_perturbation_and_depends_on_what_it_reads() {
         r["sensitive_to"],
         serde_json::json!(["seed", "epoch", "env", "args", "inputs"])
     );
+    // The host calls behind the dependences, counted in the baseline run (the probe's
+    // `report` reads 32 random bytes in 2 calls, the clocks, and lists its inputs).
+    let asked = &r["asked"];
+    assert_eq!(
+        (
+            asked["random_calls"].as_u64(),
+            asked["random_bytes"].as_u64()
+        ),
+        (Some(2), Some(32))
+    );
+    assert!(asked["wall_clock"].as_u64().unwrap() > 0, "{asked}");
+    assert!(asked["dir_listings"].as_u64().unwrap() > 0, "{asked}");
+}
+
+/// The text report names the calls behind each dependence, and says even without
+/// `--vary` that the module reads the clock and random bytes (so its results depend on
+/// the job's epoch and seed), with the `--vary` that would show it.
+#[test]
+fn the_report_names_the_host_calls_behind_a_dependence() {
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probes/probe.wasm");
+    let fuzz = |vary: &[&str]| {
+        let out = detwasm()
+            .args(["fuzz", probe.to_str().unwrap(), "--runs", "1"])
+            .args(vary)
+            .args(["--", "report"])
+            .output()
+            .unwrap();
+        ok(&out)
+    };
+    let text = fuzz(&["--vary", "seed"]);
+    assert!(
+        text.contains("depends on seed: seed 0 -> 1")
+            && text.contains("\n    the module read 32 random bytes (2 calls)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(its results may depend on the job's epoch: try --vary epoch)"),
+        "{text}"
+    );
+    let text = fuzz(&[]);
+    assert!(
+        text.contains("note: the module read the wall clock")
+            && text.contains("try --vary seed,epoch)"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ use detwasm_job::receipt::Receipt;
 use detwasm_runtime::deliver::Durability;
 use detwasm_runtime::engine::EngineOptions;
 use detwasm_runtime::run::{Checkpointing, Destination, Runtime};
+use detwasm_runtime::wasi::host::Asked;
 
 /// A job parameter the campaign can vary on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -76,6 +77,31 @@ impl Param {
             Param::Args => "args",
             Param::Inputs => "inputs",
         }
+    }
+
+    /// The host calls through which the output can depend on this parameter, from what
+    /// a run `asked` (empty when none did, or none lead to it): random bytes for the
+    /// seed, the clocks for the epoch, directory listings for the inputs.
+    pub fn calls(self, asked: &Asked) -> Vec<String> {
+        let only = match self {
+            Param::Seed => Asked {
+                random_calls: asked.random_calls,
+                random_bytes: asked.random_bytes,
+                ..Asked::default()
+            },
+            Param::Epoch => Asked {
+                wall_clock: asked.wall_clock,
+                monotonic_clock: asked.monotonic_clock,
+                clock_waits: asked.clock_waits,
+                ..Asked::default()
+            },
+            Param::Inputs => Asked {
+                dir_listings: asked.dir_listings,
+                ..Asked::default()
+            },
+            Param::Env | Param::Args => Asked::default(),
+        };
+        only.describe()
     }
 
     /// How many values of it a campaign tries, until one changes the output: four seeds,
@@ -173,6 +199,9 @@ pub struct Report {
     /// Names of the varied parameters the output depends on.
     pub sensitive_to: Vec<Param>,
     pub sensitivity: Vec<Sensitivity>,
+    /// What the baseline run asked the host for that results may depend on: the clocks
+    /// (the job's epoch), random bytes (its seed), directory listings.
+    pub asked: Asked,
 }
 
 /// The host perturbations, in the order runs take them.
@@ -197,6 +226,7 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
     let total = runs + c.vary.len();
     let mut records: Vec<(RunRecord, PathBuf)> = Vec::new();
     let mut base_receipt: Option<Receipt> = None;
+    let mut asked = Asked::default();
     let mut done = 0;
     for i in 0..runs {
         let mut kind = i % PERTURBATIONS.len();
@@ -205,7 +235,8 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
         }
         let here = work.path().join(format!("run-{i}"));
         std::fs::create_dir_all(&here).map_err(|e| RunError::io("creating a run folder", e))?;
-        let (receipt, results) = perturbed_run(runtime, job, kind, &here, c, records.first())?;
+        let (receipt, results) =
+            perturbed_run(runtime, job, kind, &here, c, records.first(), &mut asked)?;
         // Kept beside the results: the other-process perturbation re-runs the baseline's
         // receipt.
         let json = serde_json::to_vec_pretty(&receipt).expect("a receipt serializes");
@@ -330,12 +361,23 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             .map(|s| s.param)
             .collect(),
         sensitivity,
+        asked,
     })
 }
 
 /// Runs `job` into `results`, saving its snapshots into `here/checkpoints` when
 /// `runtime` takes checkpoints.
 fn run_at(runtime: &Runtime, job: &Job, results: &Path, here: &Path) -> Result<Receipt, RunError> {
+    run_asked(runtime, job, results, here).map(|(r, _)| r)
+}
+
+/// [`run_at`], with what the guest asked the host for ([`Asked`]).
+fn run_asked(
+    runtime: &Runtime,
+    job: &Job,
+    results: &Path,
+    here: &Path,
+) -> Result<(Receipt, Asked), RunError> {
     let save = runtime.checkpoint_every().map(|_| here.join(CHECKPOINTS));
     let how = Checkpointing {
         save: save.as_deref(),
@@ -343,9 +385,9 @@ fn run_at(runtime: &Runtime, job: &Job, results: &Path, here: &Path) -> Result<R
         only_last: false,
         on_saved: None,
     };
-    runtime
-        .run_staged_with(job, &Destination::At(results.to_path_buf()), &how)?
-        .publish(Durability::PerFile)
+    let staged = runtime.run_staged_with(job, &Destination::At(results.to_path_buf()), &how)?;
+    let asked = staged.asked();
+    Ok((staged.publish(Durability::PerFile)?, asked))
 }
 
 /// The folder of a run's snapshots, beside its results.
@@ -399,6 +441,7 @@ fn perturbed_run(
     here: &Path,
     c: &Campaign,
     baseline: Option<&(RunRecord, PathBuf)>,
+    asked: &mut Asked,
 ) -> Result<(Receipt, PathBuf), RunError> {
     let results = here.join("results");
     // A runtime of another engine configuration takes the same checkpoints.
@@ -414,7 +457,11 @@ fn perturbed_run(
         })
     };
     let receipt = match kind {
-        0 => run_at(runtime, job, &results, here)?,
+        0 => {
+            let (r, a) = run_asked(runtime, job, &results, here)?;
+            *asked = a;
+            r
+        }
         1 => {
             let moved = with_copied_inputs(job, &here.join("inputs"))?;
             run_at(runtime, &moved, &results, here)?

@@ -69,9 +69,16 @@ pub struct Runtime {
 pub struct StagedRun {
     receipt: Receipt,
     staged: deliver::Staged<String>,
+    asked: wasi::host::Asked,
 }
 
 impl StagedRun {
+    /// What the guest asked the host for that its results may depend on (clocks, random
+    /// bytes, directory listings): for messages, never part of the result.
+    pub fn asked(&self) -> wasi::host::Asked {
+        self.asked
+    }
+
     /// The folder the results will be published in.
     pub fn parent(&self) -> &std::path::Path {
         self.staged.parent()
@@ -82,6 +89,7 @@ impl StagedRun {
         let StagedRun {
             mut receipt,
             staged,
+            ..
         } = self;
         let (dir, cid) = staged.publish(durability)?;
         receipt.cid = cid;
@@ -540,7 +548,11 @@ impl Runtime {
                 resume: resume_at,
             }),
         };
-        Ok(StagedRun { receipt, staged })
+        Ok(StagedRun {
+            receipt,
+            staged,
+            asked: host.asked,
+        })
     }
 
     /// Instantiates and calls the entry. Returns the outcome, the fuel consumed and the

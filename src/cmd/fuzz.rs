@@ -141,10 +141,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     format!(" (changes {})", s.files.join(", "))
                 };
                 println!("depends on {}: {}{what}", s.param.name(), s.change);
+                let calls = s.param.calls(&report.asked);
+                if !calls.is_empty() {
+                    println!("    the module {}", calls.join(", "));
+                }
                 print_divergence(s.diverged_at.as_ref());
             } else {
                 println!("does not depend on {}: {}", s.param.name(), s.change);
             }
+        }
+        // Said even without --vary: the job's seed and epoch reach the module through
+        // these calls (never the host's clock or entropy), so its results are a function
+        // of them.
+        let asked = report.asked.describe();
+        let varied: Vec<Param> = report.sensitivity.iter().map(|s| s.param).collect();
+        let untried: Vec<&str> = [Param::Seed, Param::Epoch]
+            .into_iter()
+            .filter(|p| !p.calls(&report.asked).is_empty() && !varied.contains(p))
+            .map(|p| p.name())
+            .collect();
+        // Each varied parameter's calls are under its line; the note is for the others.
+        if !asked.is_empty() && (varied.is_empty() || !untried.is_empty()) {
+            println!(
+                "note: the module {}{}",
+                asked.join(", "),
+                if untried.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (its results may depend on the job's {}: try --vary {})",
+                        untried.join(" and "),
+                        untried.join(",")
+                    )
+                }
+            );
         }
     }
     Ok(if report.divergent {

@@ -12,6 +12,11 @@ impl WasiHost {
     }
     pub fn clock_time_get(&mut self, m: &mut Mem, id: u32, _precision: u64, out: u32) -> R {
         let v = self.clock.read(id)?;
+        if id == CLOCK_REALTIME {
+            self.asked.wall_clock += 1;
+        } else {
+            self.asked.monotonic_clock += 1;
+        }
         m.write_u64(out, v)?;
         Ok(())
     }
@@ -20,6 +25,8 @@ impl WasiHost {
         self.charge_bytes(u64::from(len))?;
         let out = m.slice_mut(buf, len)?;
         self.rng.fill_bytes(out);
+        self.asked.random_calls += 1;
+        self.asked.random_bytes += u64::from(len);
         Ok(())
     }
     pub fn sched_yield(&mut self, _m: &mut Mem) -> R {
@@ -90,6 +97,7 @@ impl WasiHost {
             }
         }
         if events.is_empty() {
+            self.asked.clock_waits += 1;
             let min = clocks.iter().map(|c| c.1).min().unwrap_or(0);
             self.clock.advance(min);
             for (userdata, delta, err) in clocks {

@@ -458,6 +458,7 @@ impl WasiHost {
         cookie: u64,
         used: u32,
     ) -> R {
+        self.asked.dir_listings += 1;
         let (node, hint) = match self.fds.get_mut(&fd).ok_or(Errno::BADF)? {
             Fd::Dir { node, cursor, .. } => {
                 let hint = cursor.take().filter(|c| c.0 == cookie).map(|c| c.1);

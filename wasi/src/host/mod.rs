@@ -204,6 +204,72 @@ pub struct WasiHost {
     pub fuel: u64,
     /// Who is shown stdout and stderr live ([`WasiHost::echo_to`]).
     echo: Option<Echo>,
+    /// What the guest asked for that its results may depend on ([`Asked`]).
+    pub asked: Asked,
+}
+
+/// How often a guest asked the host for what its results may depend on besides its
+/// inputs: the clocks (the job's `--epoch`), random bytes (its `--seed`), and directory
+/// listings (their order). `detwasm fuzz` names these beside a dependence it finds, so an
+/// author knows which call to look for. A tally for people, never part of a result or of
+/// a snapshot (a resumed run counts from its snapshot on). Rejected: saving it in
+/// snapshots (their format, and so every snapshot CID, would change for a message).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Asked {
+    /// `clock_time_get` of the wall clock.
+    pub wall_clock: u64,
+    /// `clock_time_get` of the monotonic or a CPU-time clock.
+    pub monotonic_clock: u64,
+    /// `poll_oneoff` calls that waited on a clock.
+    pub clock_waits: u64,
+    /// `random_get` calls, and the bytes they asked for.
+    pub random_calls: u64,
+    pub random_bytes: u64,
+    /// `fd_readdir` calls.
+    pub dir_listings: u64,
+}
+
+impl Asked {
+    /// The calls in words, e.g. `the wall clock 3 times, 64 random bytes (2 calls)`;
+    /// empty when there were none.
+    pub fn describe(&self) -> Vec<String> {
+        let times = |n: u64| {
+            if n == 1 {
+                "once".to_string()
+            } else {
+                format!("{n} times")
+            }
+        };
+        let mut out = Vec::new();
+        if self.wall_clock > 0 {
+            out.push(format!("read the wall clock {}", times(self.wall_clock)));
+        }
+        if self.monotonic_clock > 0 {
+            out.push(format!(
+                "read the monotonic or CPU clock {}",
+                times(self.monotonic_clock)
+            ));
+        }
+        if self.clock_waits > 0 {
+            out.push(format!("waited on a clock {}", times(self.clock_waits)));
+        }
+        if self.random_calls > 0 {
+            out.push(format!(
+                "read {} random bytes ({} {})",
+                self.random_bytes,
+                self.random_calls,
+                if self.random_calls == 1 {
+                    "call"
+                } else {
+                    "calls"
+                }
+            ));
+        }
+        if self.dir_listings > 0 {
+            out.push(format!("listed a directory {}", times(self.dir_listings)));
+        }
+        out
+    }
 }
 
 /// The ChaCha20 key for seed `seed`: the seed's 8 little-endian bytes, then zeros.
@@ -263,6 +329,7 @@ impl WasiHost {
             max_output,
             fuel: u64::MAX,
             echo: None,
+            asked: Asked::default(),
         }
     }
 
