@@ -176,8 +176,12 @@ pub fn find_module(reference: &str, search: &[PathBuf]) -> Result<PathBuf, SpecE
                         return Ok(versioned);
                     }
                     if candidate.join(TEMPLATE_FILE).is_file() {
-                        let version = fs::read_to_string(candidate.join("VERSION"))
+                        // A version is a line: read within 4 KiB and without blocking
+                        // (found by review: a `VERSION` linked to /dev/zero took 2 GB, a
+                        // FIFO hung `run NAME:TAG` for good).
+                        let version = read_bounded(&candidate.join("VERSION"), MAX_VERSION_BYTES)
                             .ok()
+                            .and_then(|v| String::from_utf8(v).ok())
                             .map(|v| v.trim().to_string());
                         if version.as_deref() == Some(tag.as_str()) {
                             return Ok(candidate);
@@ -303,6 +307,16 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, SpecError> {
 /// review).
 pub const MAX_MODULE_FILE: u64 = 256 << 20;
 
+/// The most `.wasm` and `.car` files of a module folder searched for an entry module
+/// named by CID alone.
+pub const MAX_ENTRY_CANDIDATES: usize = 16;
+
+/// The most bytes of them read in that search (two modules at their limit).
+pub const MAX_ENTRY_BYTES_READ: u64 = 2 * MAX_MODULE_FILE;
+
+/// The most bytes of a module folder's `VERSION` file read (a version is one line).
+pub const MAX_VERSION_BYTES: u64 = 4 << 10;
+
 /// Reads a module file. A module folder comes from whoever published the module, and
 /// its files may be symlinks (the examples link their builds): following them is fine
 /// for bytes that are only hashed and compiled, but a link to `/dev/zero` or a FIFO
@@ -420,14 +434,52 @@ pub fn entry_module(dir: &Path, cid_text: &str, path: &str) -> Result<EntryModul
         };
     }
     let want = want.expect("the spec parser requires a CID or a Path");
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| SpecError::Io {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let io = |e: std::io::Error| SpecError::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    // The candidates, `.wasm` and `.car` files, are counted while the folder is listed
+    // and their reads summed: a module is found among a few, before any job deadline
+    // exists. Found by review: a folder of 101 `.wasm` links to a 256 MiB file took 53 s
+    // with `--timeout 1`, every one read and hashed. Rejected: a deadline here (none
+    // exists until the job is built, and the limit is the same for every host).
+    let mut entries: Vec<PathBuf> = Vec::new();
+    for e in fs::read_dir(dir).map_err(io)? {
+        let path = e.map_err(io)?.path();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ext == "wasm" || ext == "car" {
+            if entries.len() >= MAX_ENTRY_CANDIDATES {
+                return Err(SpecError::Io {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "more than {MAX_ENTRY_CANDIDATES} .wasm and .car files to search for \
+                         the entry module {want}: name it by Path in the template"
+                    ),
+                });
+            }
+            entries.push(path);
+        }
+    }
     entries.sort();
+    let mut read_so_far = 0u64;
+    let mut read = |file: &Path| -> Result<Vec<u8>, SpecError> {
+        let bytes = read(file)?;
+        read_so_far += bytes.len() as u64;
+        if read_so_far > MAX_ENTRY_BYTES_READ {
+            return Err(SpecError::Io {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "more than {MAX_ENTRY_BYTES_READ} bytes of .wasm and .car files read to \
+                     find the entry module {want}: name it by Path in the template"
+                ),
+            });
+        }
+        Ok(bytes)
+    };
     let mut tried = BTreeMap::new();
     for file in &entries {
         let ext = file
@@ -611,6 +663,34 @@ mod tests {
         fs::create_dir_all(tmp.path().join("empty")).unwrap();
         let e = find_module(tmp.path().join("empty").to_str().unwrap(), &search).unwrap_err();
         assert!(matches!(e, SpecError::NoTemplate { .. }), "{e}");
+    }
+
+    /// Found by review: every `.wasm` of a folder was read and hashed to find a module by
+    /// CID, with no cap (101 links to a 256 MiB file: 53 s past a 1 s timeout), and a
+    /// `VERSION` linked to /dev/zero was read whole. Both are bounded now.
+    #[test]
+    fn the_search_for_an_entry_module_and_its_version_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..=MAX_ENTRY_CANDIDATES {
+            fs::write(tmp.path().join(format!("m{i:02}.wasm")), b"x").unwrap();
+        }
+        let e = entry_module(
+            tmp.path(),
+            "QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("more than 16 .wasm and .car files"), "{e}");
+        let m = tempfile::tempdir().unwrap();
+        let dir = m.path().join("mod");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(TEMPLATE_FILE), "{}").unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("VERSION")).unwrap();
+        let e = find_module("mod:v1", &[m.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v1"), "{e}");
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub fn check(
         return steps;
     }
     let runs = (|| -> Result<String, String> {
-        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let tmp = crate::scratch::Scratch::new("detwasm-check-", "the check's runs")
+            .map_err(|e| e.to_string())?;
         let first = runtime
             .run(&prepared.job, &Destination::At(tmp.path().join("first")))
             .map_err(|e| e.to_string())?;

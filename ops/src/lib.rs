@@ -22,7 +22,7 @@ pub mod divergence;
 pub mod remote;
 pub mod request;
 pub mod scaffold;
-pub mod scratch;
+pub use detwasm_job::scratch;
 pub mod unpack;
 pub mod verify;
 

@@ -358,7 +358,7 @@ pub const CAR_TREE: &str = "tree";
 /// checked against its CID, the size checked before anything is written. The job
 /// mounts the unpacked folder (the CAR's root must be a folder) and names it by the CID
 /// of what the guest sees, as any input. `None` for anything else (a folder).
-pub fn unpack_car_input(host: &Path) -> Result<Option<tempfile::TempDir>, RequestError> {
+pub fn unpack_car_input(host: &Path) -> Result<Option<crate::scratch::Scratch>, RequestError> {
     let is_car = host
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("car"))
@@ -370,10 +370,8 @@ pub fn unpack_car_input(host: &Path) -> Result<Option<tempfile::TempDir>, Reques
         key: Some("inputs"),
         message: format!("input {}: {message}", host.display()),
     };
-    let dir = tempfile::Builder::new()
-        .prefix("detwasm-car-input-")
-        .tempdir()
-        .map_err(|e| err(format!("creating a folder to unpack it: {e}")))?;
+    let dir = crate::scratch::Scratch::new("detwasm-car-input-", "an unpacked CAR input")
+        .map_err(|e| err(e.to_string()))?;
     let limits = crate::unpack::Limits {
         max_bytes: detwasm_jobspec::car::MAX_JOB_CAR_BYTES,
         max_entries: detwasm_jobspec::car::MAX_JOB_CAR_ENTRIES,

@@ -102,10 +102,9 @@ pub fn unpack(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let staging = tempfile::Builder::new()
-        .prefix(".detwasm-unpack-")
-        .tempdir_in(parent)
-        .map_err(|e| format!("{}: creating a staging folder: {e}", parent.display()))?;
+    // Locked: a staging folder a killed unpack left here is removed by the next.
+    let staging = crate::scratch::Scratch::new_in(parent, ".detwasm-unpack-", "unpacking")
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
     let at = staging.path().join("content");
     let done = blocks
         .unpack_cid(root, &at, size.work)

@@ -98,7 +98,7 @@ impl Sources {
     /// it) by the folder it holds, unpacked as `run` unpacks it
     /// ([`crate::request::unpack_car_input`]); keep the returned folders until the job
     /// has run.
-    pub fn unpack_cars(&mut self) -> Result<Vec<tempfile::TempDir>, String> {
+    pub fn unpack_cars(&mut self) -> Result<Vec<crate::scratch::Scratch>, String> {
         let mut kept = Vec::new();
         for (_, host) in &mut self.inputs {
             if let Some(dir) = crate::request::unpack_car_input(host).map_err(|e| e.message)? {
@@ -489,10 +489,7 @@ pub fn verify(
     let dest = match keep {
         Some(p) => p.to_path_buf(),
         None => {
-            tmp = tempfile::Builder::new()
-                .prefix("detwasm-verify-")
-                .tempdir()
-                .map_err(|e| RunError::io("creating a temporary folder for the re-run", e))?;
+            tmp = crate::scratch::Scratch::new("detwasm-verify-", "the re-run's results")?;
             tmp.path().join("results")
         }
     };
@@ -1480,7 +1477,8 @@ fn run_segment(
         hashed(&opened.snapshot.dir)?;
         Some(opened)
     };
-    let tmp = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+    let tmp = crate::scratch::Scratch::new("detwasm-segment-", "a spot check's segment")
+        .map_err(|e| e.to_string())?;
     runtime
         .run_segment(
             job,

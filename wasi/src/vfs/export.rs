@@ -44,21 +44,50 @@ impl Vfs {
                         .map_err(exists)?;
                     f.write_all(data)?;
                 }
-                Kind::File(Content::Host { .. }) => {
+                Kind::File(Content::Host { size }) => {
                     // A writable folder's file the guest left unchanged: copied from the
-                    // host, through the mount's handle.
+                    // host, through the mount's handle, only if it is still the file
+                    // scanned, and no more than its scanned size. Found by review: a
+                    // file swapped after the end-of-run check for a FIFO blocked the
+                    // delivery for good, and for a 4 GiB sparse file was delivered past
+                    // the output quota as a verifiable result. Opened without blocking;
+                    // its identity checked on the handle before and after the copy.
                     let n = self.node(child);
-                    let (Some((rel, _)), Some((dir, _))) = (&n.host, &self.mounts[n.mount].host)
+                    let (Some((rel, stamp)), Some((dir, _))) =
+                        (&n.host, &self.mounts[n.mount].host)
                     else {
                         continue;
                     };
-                    let mut from = dir.open(rel)?.into_std();
+                    let changed = || {
+                        io::Error::other(format!(
+                            "{}: the writable folder's file changed before it was delivered \
+                             (inputs must not change during a run)",
+                            path.display()
+                        ))
+                    };
+                    let from = {
+                        use cap_std::fs::OpenOptionsExt;
+                        let mut o = cap_std::fs::OpenOptions::new();
+                        o.read(true).custom_flags(libc::O_NONBLOCK);
+                        dir.open_with(rel, &o)?.into_std()
+                    };
+                    let same = |f: &std::fs::File| {
+                        f.metadata()
+                            .is_ok_and(|m| m.is_file() && HostStamp::of(&m) == *stamp)
+                    };
+                    if !same(&from) {
+                        return Err(changed());
+                    }
                     let mut to = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&path)
                         .map_err(exists)?;
-                    std::io::copy(&mut from, &mut to)?;
+                    use std::io::Read;
+                    let copied = std::io::copy(&mut (&from).take(*size), &mut to)?;
+                    if copied != *size || !same(&from) {
+                        return Err(changed());
+                    }
                 }
                 Kind::Symlink(target) => {
                     // Checked when created (or scanned) and when moved: it leads nowhere

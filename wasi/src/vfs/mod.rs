@@ -759,6 +759,34 @@ mod tests {
         }
     }
 
+    /// Found by review: a writable folder's unchanged file swapped after the end-of-run
+    /// check was copied into the results with no check: a FIFO blocked delivery for
+    /// good, a larger file was delivered past the quota. Now it is refused.
+    #[test]
+    fn a_writable_folders_file_swapped_before_delivery_is_refused() {
+        for swap in ["fifo", "bigger"] {
+            let t = tempfile::tempdir().unwrap();
+            let host = t.path().join("rw");
+            std::fs::create_dir(&host).unwrap();
+            std::fs::write(host.join("a"), b"alpha").unwrap();
+            let mut vfs = Vfs::new();
+            vfs.mount_writable(&host, "/rw", 7).unwrap();
+            std::fs::remove_file(host.join("a")).unwrap();
+            if swap == "fifo" {
+                let c =
+                    std::ffi::CString::new(host.join("a").into_os_string().into_encoded_bytes())
+                        .unwrap();
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            } else {
+                std::fs::write(host.join("a"), vec![1u8; 1 << 20]).unwrap();
+            }
+            let out = t.path().join("out");
+            std::fs::create_dir(&out).unwrap();
+            let e = vfs.export(0, &out).unwrap_err().to_string();
+            assert!(e.contains("changed before it was delivered"), "{swap}: {e}");
+        }
+    }
+
     #[test]
     fn an_input_scan_gives_up_at_its_deadline() {
         let t = flat_folder(3);

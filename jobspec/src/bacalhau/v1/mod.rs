@@ -189,15 +189,23 @@ pub struct JobSpec {
 /// Rejected alternative: mounting the host file's own folder, which would show the guest
 /// every file beside it. The copies are not kept: to `detwasm verify` a receipt of such a
 /// job, run the job file again, or pass `--input` for the copied folders.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Staging {
-    _dirs: Vec<tempfile::TempDir>,
+    pub(super) _dirs: Vec<detwasm_job::scratch::Scratch>,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self._dirs.iter().map(|d| d.path()))
+            .finish()
+    }
 }
 
 impl Staging {
     /// Keeps `dir` (removed when this is dropped) with the others: for a caller that
     /// stages content of its own (a CAR named as a `--input` folder).
-    pub fn keep(&mut self, dir: tempfile::TempDir) {
+    pub fn keep(&mut self, dir: detwasm_job::scratch::Scratch) {
         self._dirs.push(dir);
     }
 }

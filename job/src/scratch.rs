@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use detwasm_runtime::RunError;
+use crate::error::RunError;
 
 /// The lock file in each scratch folder, held while its detwasm runs.
 const LOCK: &str = ".lock";
