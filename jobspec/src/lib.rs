@@ -71,7 +71,7 @@ pub enum SpecError {
     #[error("module `{reference}` is a git repository: detwasm has no network and does not clone; clone it first, then run the folder: {hint}")]
     NeedsClone { reference: String, hint: String },
 
-    #[error("module `{reference}`: the folder {} is version {}, not the tag asked for (use a folder NAME/TAG, or the matching VERSION)", dir.display(), found.as_deref().unwrap_or("unknown (no VERSION file)"))]
+    #[error("module `{reference}`: the folder {} is version {}, not the tag asked for (use a folder NAME/TAG, or the matching VERSION)", dir.display(), found.as_deref().unwrap_or("unknown (no readable VERSION file of at most 4 KiB)"))]
     WrongVersion {
         reference: String,
         dir: PathBuf,
