@@ -119,6 +119,29 @@ pub struct Unpacked {
     pub entries: u64,
 }
 
+/// A CAR file mapped into memory, for [`Car::parse`]: opened without blocking (a FIFO
+/// is refused, not waited on) and checked to be a regular, non-empty file. The mapping
+/// is read-only and private; another process truncating the file while it is mapped
+/// raises SIGBUS, as for any reader that maps (the importer maps large files the same
+/// way). Rejected: reading the whole file (a CAR can be gigabytes; mapped, only the
+/// blocks used are paged in).
+pub fn map_car_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular, non-empty file",
+        ));
+    }
+    // SAFETY: see above: read-only, private, not modified by this process.
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
 impl<'a> Car<'a> {
     /// Parses a CARv1 whose header names exactly one root, byte for byte as this crate and
     /// `ipfs dag export` write it (`{roots: [root], version: 1}` in canonical DAG-CBOR),

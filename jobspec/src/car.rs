@@ -202,7 +202,13 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
     if !car.contains(&want_h) {
         return Ok(None);
     }
-    let size = car.expanded(want_h).map_err(|e| e.to_string())?;
+    module_file(&car, want_h).map(Some)
+}
+
+/// The file `cid` of `car` read into memory, refused past [`MAX_FILE`] from its expanded
+/// size before reading.
+fn module_file(car: &Car<'_>, cid: detwasm_hasher::Cid) -> Result<Vec<u8>, String> {
+    let size = car.expanded(cid).map_err(|e| e.to_string())?;
     if size.bytes > MAX_FILE as u64 || size.work > 2 * MAX_FILE as u64 {
         return Err(format!(
             "the file is larger than {} MiB (or its blocks are linked over and over), detwasm's limit for a module",
@@ -210,9 +216,9 @@ pub fn extract_file(car: &[u8], want: &cid::Cid) -> Result<Option<Vec<u8>>, Stri
         ));
     }
     let mut out = Vec::new();
-    car.write_file(want_h, &mut out, size.work)
+    car.write_file(cid, &mut out, size.work)
         .map_err(|e| e.to_string())?;
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The file at the root of a CAR (a module packed as a CAR: `detwasm hash --car m.wasm`,
@@ -231,17 +237,7 @@ pub fn root_file(car: &[u8]) -> Result<Vec<u8>, String> {
             ))
         }
     }
-    let size = car.expanded(root).map_err(|e| e.to_string())?;
-    if size.bytes > MAX_FILE as u64 || size.work > 2 * MAX_FILE as u64 {
-        return Err(format!(
-            "the file is larger than {} MiB (or its blocks are linked over and over), detwasm's limit for a module",
-            MAX_FILE >> 20
-        ));
-    }
-    let mut out = Vec::new();
-    car.write_file(root, &mut out, size.work)
-        .map_err(|e| e.to_string())?;
-    Ok(out)
+    module_file(&car, root)
 }
 
 #[cfg(test)]

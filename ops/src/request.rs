@@ -354,16 +354,12 @@ pub const CAR_TREE: &str = "tree";
 
 /// A `--input` that is a CAR file (a regular file named `*.car`): its folder unpacked into
 /// a staging folder of its own, within a job file's CAR budgets
-/// (`detwasm_jobspec::car::MAX_JOB_CAR_BYTES`, `MAX_JOB_CAR_ENTRIES`), every block
+/// (`detwasm_jobspec::car::MAX_JOB_CAR_READ`, `_BYTES`, `_ENTRIES`, `_WORK`), every block
 /// checked against its CID, the size checked before anything is written. The job
 /// mounts the unpacked folder (the CAR's root must be a folder) and names it by the CID
 /// of what the guest sees, as any input. `None` for anything else (a folder).
 pub fn unpack_car_input(host: &Path) -> Result<Option<crate::scratch::Scratch>, RequestError> {
-    let is_car = host
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
-        && std::fs::metadata(host).is_ok_and(|m| m.is_file());
-    if !is_car {
+    if !crate::unpack::is_car_file(host) {
         return Ok(None);
     }
     let err = |message: String| RequestError {
@@ -372,22 +368,21 @@ pub fn unpack_car_input(host: &Path) -> Result<Option<crate::scratch::Scratch>, 
     };
     let dir = crate::scratch::Scratch::new("detwasm-car-input-", "an unpacked CAR input")
         .map_err(|e| err(e.to_string()))?;
+    // A job file's CAR budgets, the same for a CAR named on the command line.
     let limits = crate::unpack::Limits {
+        max_car_bytes: detwasm_jobspec::car::MAX_JOB_CAR_READ,
         max_bytes: detwasm_jobspec::car::MAX_JOB_CAR_BYTES,
         max_entries: detwasm_jobspec::car::MAX_JOB_CAR_ENTRIES,
+        max_work: detwasm_jobspec::car::MAX_JOB_CAR_WORK,
     };
     let tree = dir.path().join(CAR_TREE);
-    let u =
-        crate::unpack::unpack(host, None, Some(&tree), limits).map_err(|message| RequestError {
+    // An input is a folder: a CAR of anything else is refused before it is written.
+    crate::unpack::unpack_as(host, None, Some(&tree), limits, Some("folder")).map_err(
+        |message| RequestError {
             key: Some("inputs"),
             message: format!("input {message}"),
-        })?;
-    if u.kind != "folder" {
-        return Err(err(format!(
-            "the CAR holds a {} ({}); an input is a folder",
-            u.kind, u.cid
-        )));
-    }
+        },
+    )?;
     Ok(Some(dir))
 }
 

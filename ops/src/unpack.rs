@@ -15,18 +15,45 @@ use detwasm_hasher::unixfs;
 use detwasm_hasher::unpack::Car;
 use detwasm_hasher::Cid;
 
-/// What may be written: bytes of file content and entries (files, folders, symlinks).
+/// What may be read and written: the CAR file's size (its blocks are indexed in memory,
+/// about four times its size at worst: many tiny blocks), bytes of file content,
+/// entries (files, folders, symlinks) and block visits (the work of writing the tree:
+/// every block counted each time the tree reaches it, plus
+/// [`detwasm_hasher::unpack::VISIT_CHARGE`] per visit). Each is checked before a byte
+/// is written. Found by review: without the visit limit, a 120 KB CAR of an empty file
+/// whose chain of blocks is reached 10^9 times passed the byte and entry checks and ran
+/// for minutes past every timeout; without the size limit, a 1 GB CAR of unused tiny
+/// blocks took 3.8 GB to index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    pub max_car_bytes: u64,
     pub max_bytes: u64,
     pub max_entries: u64,
+    pub max_work: u64,
 }
 
-/// The default limits: 16 GiB of files, 1,000,000 entries.
-pub const DEFAULT_LIMITS: Limits = Limits {
-    max_bytes: 16 << 30,
-    max_entries: 1_000_000,
-};
+impl Limits {
+    /// Limits of `max_bytes` of content and `max_entries` entries: a CAR of at most that
+    /// content plus 1/16 and 16 MiB (block headers and links), and twice the content in
+    /// block visits plus the visits of the entries.
+    pub fn of(max_bytes: u64, max_entries: u64) -> Limits {
+        let visit = detwasm_hasher::unpack::VISIT_CHARGE;
+        Limits {
+            max_car_bytes: max_bytes
+                .saturating_add(max_bytes / 16)
+                .saturating_add(16 << 20),
+            max_bytes,
+            max_entries,
+            max_work: max_bytes
+                .saturating_mul(2)
+                .saturating_add(max_entries.saturating_mul(4 * visit)),
+        }
+    }
+}
+
+/// The default limits of `detwasm unpack`: 16 GiB of files, 1,000,000 entries.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 
 /// What [`unpack`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +69,13 @@ pub struct Unpacked {
     pub dest: std::path::PathBuf,
 }
 
+/// Whether `path` names a CAR file: a regular file whose name ends in `.car` (any case).
+pub fn is_car_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
 /// Writes the tree of the CAR file `car` (its root, or the block `cid` of it) at `dest`,
 /// which must not exist (default: the tree's CID, in the current folder, as `ipfs get`
 /// names what it writes).
@@ -51,24 +85,28 @@ pub fn unpack(
     dest: Option<&Path>,
     limits: Limits,
 ) -> Result<Unpacked, String> {
+    unpack_as(car, cid, dest, limits, None)
+}
+
+/// [`unpack`], refused before anything is written unless the tree is a `kind` (`file`,
+/// `folder` or `symlink`) when given: a caller that needs a folder does not write a
+/// gigabyte file first (found by review).
+pub fn unpack_as(
+    car: &Path,
+    cid: Option<&str>,
+    dest: Option<&Path>,
+    limits: Limits,
+    kind_wanted: Option<&'static str>,
+) -> Result<Unpacked, String> {
     let bad = |why: String| format!("{}: {why}", car.display());
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Without blocking: a FIFO is refused, not waited on.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(car)
-            .map_err(|e| bad(e.to_string()))?
-    };
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() || meta.len() == 0 {
-        return Err(bad("not a regular, non-empty file".into()));
+    let map = detwasm_hasher::unpack::map_car_file(car).map_err(|e| bad(e.to_string()))?;
+    if map.len() as u64 > limits.max_car_bytes {
+        return Err(bad(format!(
+            "a CAR of {} bytes, more than the {} read here",
+            map.len(),
+            limits.max_car_bytes
+        )));
     }
-    // SAFETY: a read-only private mapping of a file this process does not modify;
-    // another process truncating it meanwhile raises SIGBUS, as for any reader that maps
-    // (the hasher maps large files the same way).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
     let blocks = Car::parse(&map).map_err(|e| bad(e.to_string()))?;
     let root = match cid {
         Some(text) => Cid::parse(text).ok_or_else(|| bad(format!("{text} is not a CID")))?,
@@ -82,12 +120,23 @@ pub fn unpack(
         unixfs::TYPE_SYMLINK => "symlink",
         _ => "file",
     };
+    if let Some(want) = kind_wanted.filter(|w| *w != kind) {
+        return Err(bad(format!("it holds a {kind} ({root}), not a {want}")));
+    }
     let size = blocks.expanded(root).map_err(|e| bad(e.to_string()))?;
-    if size.bytes > limits.max_bytes || size.entries > limits.max_entries {
+    if size.bytes > limits.max_bytes
+        || size.entries > limits.max_entries
+        || size.work > limits.max_work
+    {
         return Err(bad(format!(
-            "{root} would unpack to {} bytes in {} entries, more than the {} bytes and {} \
-             entries allowed (--max-size, --max-entries)",
-            size.bytes, size.entries, limits.max_bytes, limits.max_entries
+            "{root} would unpack to {} bytes in {} entries with {} bytes of block visits, \
+             more than the {} bytes, {} entries and {} visits allowed",
+            size.bytes,
+            size.entries,
+            size.work,
+            limits.max_bytes,
+            limits.max_entries,
+            limits.max_work
         )));
     }
     let named = std::path::PathBuf::from(root.to_string());
@@ -109,10 +158,7 @@ pub fn unpack(
     let done = blocks
         .unpack_cid(root, &at, size.work)
         .map_err(|e| bad(e.to_string()))?;
-    // A hard link does not replace what appeared at `dest` meanwhile, nor does a
-    // rename of a file; a folder's rename fails unless `dest` is an empty folder, which
-    // the check above saw missing (a race then leaves the other's folder as it was).
-    std::fs::rename(&at, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    rename_new(&at, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     Ok(Unpacked {
         cid: root.to_string(),
         kind,
@@ -120,6 +166,44 @@ pub fn unpack(
         entries: done.entries,
         dest: dest.to_path_buf(),
     })
+}
+
+/// Renames `from` to `to` only if nothing is at `to` (`renameat2` with
+/// `RENAME_NOREPLACE`): what appeared there while the tree was written is never
+/// replaced (found by review: a file written at DEST during a 3 GiB unpack was
+/// replaced). Where the filesystem cannot (`EINVAL`), a hard link for a file (which
+/// fails if `to` exists) and a plain rename for a folder (which fails unless `to` is an
+/// empty folder).
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in the path"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths; the result is checked.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(e);
+    }
+    if std::fs::symlink_metadata(from)?.is_dir() {
+        std::fs::rename(from, to)
+    } else {
+        std::fs::hard_link(from, to)?;
+        std::fs::remove_file(from)
+    }
 }
 
 #[cfg(test)]
@@ -147,7 +231,13 @@ mod tests {
         let (cid, car) = car_of(&src);
         std::fs::write(t.path().join("x.car"), &car).unwrap();
         let out = t.path().join("out");
-        let u = unpack(&t.path().join("x.car"), None, Some(&out), DEFAULT_LIMITS).unwrap();
+        let u = unpack(
+            &t.path().join("x.car"),
+            None,
+            Some(&out),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap();
         assert_eq!((u.cid.as_str(), u.kind), (cid.as_str(), "folder"));
         assert_eq!(car_of(&out).0, cid, "the same tree");
         assert_eq!(
@@ -155,7 +245,13 @@ mod tests {
             Path::new("a.txt")
         );
         // Never over what is there; nothing left beside it.
-        let e = unpack(&t.path().join("x.car"), None, Some(&out), DEFAULT_LIMITS).unwrap_err();
+        let e = unpack(
+            &t.path().join("x.car"),
+            None,
+            Some(&out),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap_err();
         assert!(e.contains("already there"), "{e}");
         // One file of it, by CID.
         let a = Hasher::new(Options::default())
@@ -164,7 +260,13 @@ mod tests {
             .root
             .to_string();
         let f = t.path().join("a-copy");
-        let u = unpack(&t.path().join("x.car"), Some(&a), Some(&f), DEFAULT_LIMITS).unwrap();
+        let u = unpack(
+            &t.path().join("x.car"),
+            Some(&a),
+            Some(&f),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap();
         assert_eq!(u.kind, "file");
         assert_eq!(std::fs::read(&f).unwrap(), b"ay");
         let left: Vec<_> = std::fs::read_dir(t.path())
@@ -173,6 +275,69 @@ mod tests {
             .filter(|n| n.starts_with(".detwasm-unpack-"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Found by review: an empty file whose chain of blocks is reached 10^9 times sized
+    /// to 0 bytes in 2 entries and ran for minutes; the visits are bounded now.
+    #[test]
+    fn a_tree_reaching_its_blocks_over_and_over_is_refused_by_its_visits() {
+        use detwasm_hasher::cid::{DAG_PB, RAW};
+        use detwasm_hasher::dagpb::{self, PbLink};
+        use detwasm_hasher::{unixfs, CidVersion};
+        let leaf = Vec::new();
+        let mut below = Cid::of_block(CidVersion::V1, RAW, &leaf);
+        let mut blocks = vec![(below, leaf)];
+        for _ in 0..3 {
+            let links: Vec<PbLink> = (0..1000)
+                .map(|_| PbLink {
+                    cid: below,
+                    name: String::new(),
+                    tsize: 0,
+                })
+                .collect();
+            let node = dagpb::encode_node(&links, &unixfs::file_node(0, &[0; 1000]));
+            below = Cid::of_block(CidVersion::V1, DAG_PB, &node);
+            blocks.push((below, node));
+        }
+        let dir = dagpb::encode_node(
+            &[PbLink {
+                cid: below,
+                name: "f".into(),
+                tsize: 0,
+            }],
+            &unixfs::directory(),
+        );
+        let root = Cid::of_block(CidVersion::V1, DAG_PB, &dir);
+        blocks.push((root, dir));
+        blocks.reverse();
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("v.car");
+        std::fs::write(&p, detwasm_hasher::car::assemble_unchecked(&root, &blocks)).unwrap();
+        let e = unpack(
+            &p,
+            None,
+            Some(&t.path().join("out")),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap_err();
+        assert!(e.contains("bytes of block visits, more than"), "{e}");
+        assert!(!t.path().join("out").exists());
+    }
+
+    /// Found by review: a file written at DEST while a large file unpacked was
+    /// replaced by it. The rename never replaces.
+    #[test]
+    fn the_tree_is_never_renamed_over_what_appeared_at_its_destination() {
+        let t = tempfile::tempdir().unwrap();
+        let (from, to) = (t.path().join("from"), t.path().join("to"));
+        std::fs::write(&from, b"unpacked").unwrap();
+        std::fs::write(&to, b"precious").unwrap();
+        let e = rename_new(&from, &to).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+        std::fs::remove_file(&to).unwrap();
+        rename_new(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"unpacked");
     }
 
     #[test]
@@ -185,22 +350,31 @@ mod tests {
         let p = t.path().join("x.car");
         std::fs::write(&p, &car).unwrap();
         let out = t.path().join("out");
-        let small = Limits {
-            max_bytes: 1000,
-            max_entries: 10,
-        };
+        let small = Limits::of(1000, 10);
         let e = unpack(&p, None, Some(&out), small).unwrap_err();
         assert!(e.contains("would unpack to 1048576 bytes"), "{e}");
         let last = car.len() - 1;
         car[last] ^= 1;
         std::fs::write(&p, &car).unwrap();
-        let e = unpack(&p, None, Some(&out), DEFAULT_LIMITS).unwrap_err();
+        let e = unpack(
+            &p,
+            None,
+            Some(&out),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap_err();
         assert!(e.contains("corrupt CAR"), "{e}");
         let fifo =
             std::ffi::CString::new(t.path().join("f.car").into_os_string().into_encoded_bytes())
                 .unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let e = unpack(&t.path().join("f.car"), None, Some(&out), DEFAULT_LIMITS).unwrap_err();
+        let e = unpack(
+            &t.path().join("f.car"),
+            None,
+            Some(&out),
+            Limits::of(DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES),
+        )
+        .unwrap_err();
         assert!(e.contains("not a regular"), "{e}");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 3);
     }

@@ -603,36 +603,26 @@ fn results_car(
     path: &Path,
     receipt: &Receipt,
 ) -> Result<Option<(crate::scratch::Scratch, PathBuf)>, VerifyError> {
-    let is_car = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("car"))
-        && std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    if !is_car {
+    if !crate::unpack::is_car_file(path) {
         return Ok(None);
     }
     let scratch = crate::scratch::Scratch::new("detwasm-results-car-", "unpacked results")
         .map_err(VerifyError::from)?;
     let folder = scratch.path().join("results");
-    let limits = crate::unpack::Limits {
-        max_bytes: receipt
+    let limits = crate::unpack::Limits::of(
+        receipt
             .job
             .limits
             .max_output
             .saturating_mul(2)
             .saturating_add(1 << 20),
-        max_entries: MAX_RESULTS_ENTRIES as u64,
-    };
+        MAX_RESULTS_ENTRIES as u64,
+    );
     let not = |cause: String| VerifyError::NotResults {
         path: path.to_path_buf(),
         cause,
     };
-    let u = crate::unpack::unpack(path, None, Some(&folder), limits).map_err(not)?;
-    if u.kind != "folder" {
-        return Err(not(format!(
-            "the CAR holds a {}, not a results folder",
-            u.kind
-        )));
-    }
+    crate::unpack::unpack_as(path, None, Some(&folder), limits, Some("folder")).map_err(not)?;
     Ok(Some((scratch, folder)))
 }
 

@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use detwasm_ops::unpack::{self, Limits, DEFAULT_LIMITS};
+use detwasm_ops::unpack::{self, Limits};
 
 /// Write out the content of a CAR file: the results of a run (`detwasm hash --car`), a
 /// module packed by `module pack`, a snapshot, or what `ipfs dag export` wrote.
 ///
 /// Every block is checked against its CID, and the size the tree would have is checked
 /// against --max-size and --max-entries before anything is written (a small CAR can
-/// describe a huge tree). The tree is written beside DEST and renamed into place when
+/// describe a huge tree), as are the CAR's own size (at most --max-size plus 1/16 and
+/// 16 MiB; its blocks are indexed in memory, up to about four times its size) and the
+/// work of writing it (block visits: twice --max-size plus 1 KiB per entry). The tree is written beside DEST and renamed into place when
 /// complete; DEST must not exist. Prints the CID written (stdout) and what it holds.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -41,10 +43,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let limits = Limits {
-        max_bytes: args.max_size.unwrap_or(DEFAULT_LIMITS.max_bytes),
-        max_entries: args.max_entries.unwrap_or(DEFAULT_LIMITS.max_entries),
-    };
+    let limits = Limits::of(
+        args.max_size.unwrap_or(unpack::DEFAULT_MAX_BYTES),
+        args.max_entries.unwrap_or(unpack::DEFAULT_MAX_ENTRIES),
+    );
     let u = unpack::unpack(&args.car, args.cid.as_deref(), args.dest.as_deref(), limits)
         .map_err(anyhow::Error::msg)?;
     if args.json {

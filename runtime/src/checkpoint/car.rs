@@ -79,22 +79,7 @@ impl Snapshot {
         admit: &dyn Fn(&State) -> Result<(), String>,
     ) -> Result<Snapshot, RunError> {
         let bad = |why: String| refused(car, why);
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(car)
-                .map_err(|e| bad(e.to_string()))?
-        };
-        let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-        if !meta.is_file() || meta.len() == 0 {
-            return Err(bad("not a regular, non-empty file".into()));
-        }
-        // SAFETY: the mapping is read-only and private; the file is not modified by
-        // this process. Another process truncating it while mapped raises SIGBUS, as
-        // for any reader that maps (the hasher maps large files the same way).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
+        let map = detwasm_hasher::unpack::map_car_file(car).map_err(|e| bad(e.to_string()))?;
         let blocks = Car::parse(&map).map_err(|e| bad(e.to_string()))?;
         let root = match want {
             Some(text) => Cid::parse(text).ok_or_else(|| bad(format!("{text} is not a CID")))?,
