@@ -6,8 +6,10 @@
 //! re-running its job ([`verify`]); the perturbation campaign that tells an author what a
 //! module's output depends on ([`campaign`], `detwasm fuzz`) and where two runs first
 //! parted ([`divergence`]); starting and packing a module folder ([`scaffold`]) and
-//! checking one before it is published ([`check`]); scratch folders a killed run does
-//! not leave behind ([`scratch`]).
+//! checking one before it is published ([`check`]); CAR files read as content, sized
+//! before they are written out ([`unpack`]). [`scratch`] is `detwasm-job`'s (scratch
+//! folders a killed run does not leave behind), re-exported here where most are made.
+//!
 //! What it does not: grant a guest anything or run one itself — every run goes through
 //! `detwasm-runtime`'s `Runtime`, and every job file is read by `detwasm-jobspec`.
 //!
