@@ -130,6 +130,7 @@ fn template(wasm: &str) -> String {
         "Parameters": [{{{{if .Message}}}}{{{{.Message}}}}{{{{else}}}}"hello"{{{{end}}}}],
         "EnvironmentVariables": {{}}
       }},
+      "Inputs": [{{{{if .Input}}}}{{"StorageSource": "localDirectory", "SourcePath": {{{{.Input}}}}, "Path": "/inputs"}}{{{{end}}}}],
       "Network": {{"Type": "None"}},
       "Outputs": [{{"Name": "outputs", "Path": "/outputs"}}],
       "PublisherSpec": {{"Type": "IPFS"}},
@@ -304,6 +305,8 @@ A detwasm module: {source}, built for WebAssembly (WASI preview 1) by `./build.s
 ```sh
 ./build.sh                                   # builds {name}.wasm, writes its CID into the template
 detwasm run . -i Message=hi                  # runs the module as its template describes
+mkdir -p data && echo x > data/a.txt
+detwasm run . -i Message=hi -i Input=data    # with a folder of the module's at /inputs
 detwasm fuzz . -i Message=hi --vary seed,epoch,env,args,inputs   # is it deterministic? what does it read?
 detwasm module check . -i Message=hi         # everything a publisher checks
 detwasm module pack .                        # {name}.car: the wasm as a CAR, to pin on IPFS
@@ -311,7 +314,11 @@ detwasm module pack .                        # {name}.car: the wasm as a CAR, to
 
 `lilypad_module.json.tmpl` is the module's spec (a Go template, as Lilypad renders it): it
 names the entry module by path and by CID, so a runner can fetch it by CID and check what
-it runs. `build.sh` keeps the CID up to date; commit the template with the wasm.
+it runs. `build.sh` keeps the CID up to date; commit the template with the wasm. Its
+`Inputs` mount the folder `-i Input=DIR` names at `/inputs` (none without it): a spec may
+mount folders inside the module folder only, unless the runner allows more
+(`--allow-input DIR`). Its `Timeout` gives the job's fuel (1e9 instructions a second);
+to state the fuel itself, add `"Annotations": ["detwasm.fuel=N"]` beside it.
 "#
     )
 }
@@ -425,6 +432,17 @@ mod tests {
         let (_, spec) = dir.spec(&inputs).unwrap();
         assert_eq!(spec.parameters, ["hi"]);
         assert_eq!(spec.entry_module.path, "m.wasm");
+        assert!(spec.inputs.is_empty());
+        // The template's example of an input: a folder mounted at /inputs when named.
+        let inputs = detwasm_jobspec::parse_inputs(&["Message=hi", "Input=data"]).unwrap();
+        let (_, spec) = dir.spec(&inputs).unwrap();
+        assert_eq!(
+            (
+                spec.inputs[0].source_path.as_str(),
+                spec.inputs[0].path.as_str()
+            ),
+            ("data", "/inputs")
+        );
     }
 
     #[test]
