@@ -435,3 +435,36 @@ fn results_module_and_inputs_may_be_cars() {
         "{reasons}"
     );
 }
+
+/// A receipt that travels: on another machine, without the provider's paths, `verify
+/// --find` finds the module and the input by their CIDs in a folder (the module as a
+/// .wasm file, the input as a folder named by its CID, as `ipfs get` writes it) or in a
+/// CAR holding both.
+#[test]
+fn a_receipt_finds_its_content_by_cid_with_find() {
+    let (t, receipt, _) = provider_run();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    let input_cid = r["job"]["inputs"][0]["cid"].as_str().unwrap().to_string();
+    // Elsewhere: the content under other names, the provider's paths gone.
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::rename(t.path().join("probe.wasm"), store.join("renamed.wasm")).unwrap();
+    std::fs::rename(t.path().join("in"), store.join(&input_cid)).unwrap();
+    let r = receipt.to_str().unwrap();
+    let (out, _) = verify(t.path(), &[r]);
+    assert_eq!(out.status.code(), Some(2), "nothing at the receipt's paths");
+    let (out, report) = verify(t.path(), &[r, "--find", "store"]);
+    assert!(out.status.success(), "{report}");
+    // The same content in one CAR of the store folder.
+    assert!(detwasm()
+        .current_dir(t.path())
+        .args(["hash", "--hidden", "--car", "store.car", "store"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    std::fs::rename(store, t.path().join("gone")).unwrap();
+    let (out, report) = verify(t.path(), &[r, "--find", "store.car"]);
+    assert!(out.status.success(), "{report}");
+}

@@ -369,12 +369,7 @@ pub fn unpack_car_input(host: &Path) -> Result<Option<crate::scratch::Scratch>, 
     let dir = crate::scratch::Scratch::new("detwasm-car-input-", "an unpacked CAR input")
         .map_err(|e| err(e.to_string()))?;
     // A job file's CAR budgets, the same for a CAR named on the command line.
-    let limits = crate::unpack::Limits {
-        max_car_bytes: detwasm_jobspec::car::MAX_JOB_CAR_READ,
-        max_bytes: detwasm_jobspec::car::MAX_JOB_CAR_BYTES,
-        max_entries: detwasm_jobspec::car::MAX_JOB_CAR_ENTRIES,
-        max_work: detwasm_jobspec::car::MAX_JOB_CAR_WORK,
-    };
+    let limits = crate::unpack::JOB_CAR;
     let tree = dir.path().join(CAR_TREE);
     // An input is a folder: a CAR of anything else is refused before it is written.
     crate::unpack::unpack_as(host, None, Some(&tree), limits, Some("folder")).map_err(

@@ -51,6 +51,15 @@ impl Limits {
     }
 }
 
+/// A job file's CAR budgets (`detwasm_jobspec::car::MAX_JOB_CAR_READ`, `_BYTES`,
+/// `_ENTRIES`, `_WORK`), for every CAR a job's input comes from.
+pub const JOB_CAR: Limits = Limits {
+    max_car_bytes: detwasm_jobspec::car::MAX_JOB_CAR_READ,
+    max_bytes: detwasm_jobspec::car::MAX_JOB_CAR_BYTES,
+    max_entries: detwasm_jobspec::car::MAX_JOB_CAR_ENTRIES,
+    max_work: detwasm_jobspec::car::MAX_JOB_CAR_WORK,
+};
+
 /// The default limits of `detwasm unpack`: 16 GiB of files, 1,000,000 entries.
 pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;

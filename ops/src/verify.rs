@@ -98,6 +98,100 @@ impl Sources {
     /// it) by the folder it holds, unpacked as `run` unpacks it
     /// ([`crate::request::unpack_car_input`]); keep the returned folders until the job
     /// has run.
+    /// Finds by CID what the job `record` names and is not where it says (its module
+    /// file unreadable or another module, an input folder missing) in `places`: folders
+    /// (the module as a `.wasm` or `.car` file in them, found as a module folder's
+    /// entry module is; an input as a folder named by its CID, as `ipfs get CID`
+    /// writes it) and CAR files (the module or input block of that CID, unpacked within
+    /// the bounds of [`crate::unpack`]). What is found becomes `--module` and `--input`;
+    /// what was given explicitly is kept. Keep the returned folders until the job has
+    /// run. Receipts name content by CID, with paths as hints: a receipt that travels
+    /// finds its content wherever the verifier keeps it. Found by use: a receipt checked
+    /// on another machine failed with "No such file".
+    pub fn find_by_cid(
+        &mut self,
+        record: &detwasm_job::receipt::JobRecord,
+        profile: detwasm_job::results::Profile,
+        places: &[PathBuf],
+    ) -> Result<Vec<crate::scratch::Scratch>, String> {
+        let mut kept: Vec<crate::scratch::Scratch> = Vec::new();
+        if places.is_empty() {
+            return Ok(kept);
+        }
+        let scratch = |kept: &mut Vec<crate::scratch::Scratch>| -> Result<PathBuf, String> {
+            let s = crate::scratch::Scratch::new("detwasm-found-", "content found by CID")
+                .map_err(|e| e.to_string())?;
+            let p = s.path().to_path_buf();
+            kept.push(s);
+            Ok(p)
+        };
+        // The module, unless given or where the record says.
+        let here = record.module.as_ref().map(PathBuf::from);
+        let module_ok = here.as_ref().is_some_and(|p| {
+            detwasm_jobspec::resolve::read_module_file(p).is_ok_and(|b| {
+                results::cid_of_bytes(&b, profile).is_ok_and(|c| c == record.module_cid)
+            })
+        });
+        if self.module.is_none() && !module_ok {
+            for place in places {
+                if place.is_dir() {
+                    let Ok(found) =
+                        detwasm_jobspec::resolve::entry_module(place, &record.module_cid, "")
+                    else {
+                        continue;
+                    };
+                    let file = scratch(&mut kept)?.join("module.wasm");
+                    std::fs::write(&file, &found.bytes).map_err(|e| e.to_string())?;
+                    self.module = Some(file);
+                    break;
+                }
+                if crate::unpack::is_car_file(place) {
+                    let file = scratch(&mut kept)?.join("module.wasm");
+                    let limits =
+                        crate::unpack::Limits::of(detwasm_jobspec::resolve::MAX_MODULE_FILE, 1);
+                    let cid = Some(record.module_cid.as_str());
+                    if crate::unpack::unpack_as(place, cid, Some(&file), limits, Some("file"))
+                        .is_ok()
+                    {
+                        self.module = Some(file);
+                        break;
+                    }
+                }
+            }
+        }
+        // Each input not given and not where the record says.
+        for input in &record.inputs {
+            let given = self
+                .inputs
+                .iter()
+                .any(|(g, _)| g.as_deref() == Some(&input.guest))
+                || self.inputs.iter().any(|(g, _)| g.is_none());
+            if given || Path::new(&input.host).is_dir() {
+                continue;
+            }
+            for place in places {
+                if place.join(&input.cid).is_dir() {
+                    self.inputs
+                        .push((Some(input.guest.clone()), place.join(&input.cid)));
+                    break;
+                }
+                if crate::unpack::is_car_file(place) {
+                    let limits = crate::unpack::JOB_CAR;
+                    let dir = scratch(&mut kept)?.join("input");
+                    let cid = Some(input.cid.as_str());
+                    if crate::unpack::unpack_as(place, cid, Some(&dir), limits, Some("folder"))
+                        .is_ok()
+                    {
+                        self.inputs.push((Some(input.guest.clone()), dir));
+                        break;
+                    }
+                    kept.pop();
+                }
+            }
+        }
+        Ok(kept)
+    }
+
     pub fn unpack_cars(&mut self) -> Result<Vec<crate::scratch::Scratch>, String> {
         let mut kept = Vec::new();
         for (_, host) in &mut self.inputs {
@@ -127,9 +221,9 @@ pub enum VerifyError {
     ReceiptUnreadable { path: PathBuf, cause: String },
     #[error("{} is not a detwasm receipt: {cause}", path.display())]
     NotAReceipt { path: PathBuf, cause: String },
-    #[error("the receipt (or snapshot) names no module file here: pass --module FILE")]
+    #[error("the receipt (or snapshot) names no module file here: pass --module FILE, or --find DIR|CAR to find it by CID")]
     NoModule,
-    #[error("module {}: {cause} (pass --module FILE: the module whose CID the receipt names)", path.display())]
+    #[error("module {}: {cause} (pass --module FILE: the module whose CID the receipt names, or --find DIR|CAR to find it by CID)", path.display())]
     ModuleUnreadable {
         path: PathBuf,
         cause: std::io::Error,
@@ -140,7 +234,7 @@ pub enum VerifyError {
         expected: String,
         got: String,
     },
-    #[error("input {guest}: {} does not exist or cannot be read (pass --input HOST:{guest})", host.display())]
+    #[error("input {guest}: {} does not exist or cannot be read (pass --input HOST:{guest}, or --find DIR|CAR to find it by CID)", host.display())]
     InputMissing { guest: String, host: PathBuf },
     #[error("input {guest}: {} hashes to {got}, the receipt's input is {expected}: not the input the job read", host.display())]
     InputMismatch {

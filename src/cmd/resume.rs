@@ -73,6 +73,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _unpacked = sources.unpack_cars().map_err(anyhow::Error::msg)?;
     let opened = open_snapshot(&args.snapshot, args.cid.as_deref(), &sources.caps)?;
     let snapshot = &opened.snapshot;
+    let _found = sources
+        .find_by_cid(
+            &snapshot.state.job,
+            snapshot.state.profile,
+            &args.sources.find,
+        )
+        .map_err(anyhow::Error::msg)?;
     let job = job_of_snapshot(snapshot, &sources)
         .with_context(|| format!("resuming {}", args.snapshot.display()))?;
     let (runtime, live) = args.live.apply(runtime(args.no_cache)?);

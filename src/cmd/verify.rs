@@ -85,8 +85,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let receipt = verify::read_receipt(&args.receipt)?;
     let mut sources = args.sources.sources();
-    // Inputs given as CAR files, unpacked for as long as the job runs.
+    // Inputs given as CAR files, and content found by CID, kept for as long as the job
+    // runs.
     let _unpacked = sources.unpack_cars().map_err(anyhow::Error::msg)?;
+    let _found = sources
+        .find_by_cid(&receipt.job, receipt.profile, &args.sources.find)
+        .map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new(EngineOptions {
         cache_dir: if args.no_cache {
             None
@@ -224,6 +228,13 @@ pub struct SourceArgs {
     /// The file that was the job's stdin (needed when it was not empty).
     #[arg(long, value_name = "FILE")]
     pub stdin: Option<PathBuf>,
+
+    /// Where to look for the module and inputs by CID when they are not where the
+    /// receipt (or job.json) says: a folder (the module as a .wasm or .car in it, an
+    /// input as a folder named by its CID, as `ipfs get CID` writes it) or a CAR file
+    /// holding them. Repeatable; --module and --input win.
+    #[arg(long, value_name = "DIR|CAR")]
+    pub find: Vec<PathBuf>,
 
     /// Refuse a job whose fuel budget is above N (the receipt's limits are the
     /// provider's choice, and a re-run spends what they allow). Default: no cap.
