@@ -668,3 +668,23 @@ fn a_spec_cannot_mount_host_folders_outside_the_module_unless_allowed() {
         .unwrap();
     ok(&out);
 }
+
+/// One meaning per flag: a template value is `-i`/`--input-value` in `module` as in
+/// `run` (where `--input` is a host folder); `module ... --input` still works, with a
+/// deprecation note.
+#[test]
+fn template_values_are_input_values_everywhere_and_the_old_spelling_warns() {
+    let render = |flag: &str| {
+        detwasm()
+            .args(["module", "render", "cowsay", flag, "Message=moo"])
+            .output()
+            .unwrap()
+    };
+    let short = render("-i");
+    let long = render("--input-value");
+    let old = render("--input");
+    assert_eq!(ok(&short), ok(&long));
+    assert_eq!(ok(&old), ok(&short));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("--input KEY=VALUE` is deprecated"));
+    assert!(short.stderr.is_empty() && long.stderr.is_empty());
+}

@@ -28,7 +28,12 @@ enum Command {
         /// Module folder or name.
         module: String,
         /// Template input, Lilypad style (`-i Message=moo`). Repeatable.
-        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        #[arg(
+            short = 'i',
+            long = "input-value",
+            alias = "input",
+            value_name = "KEY=VALUE"
+        )]
         inputs: Vec<String>,
     },
     /// Validate a module: template renders, spec can be honoured, entry module matches
@@ -38,7 +43,12 @@ enum Command {
         /// Module folder or name.
         module: String,
         /// Template input for the test run. Repeatable.
-        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        #[arg(
+            short = 'i',
+            long = "input-value",
+            alias = "input",
+            value_name = "KEY=VALUE"
+        )]
         inputs: Vec<String>,
         /// Also allow inputs (a spec's `SourcePath`) from DIR; by default only the module
         /// folder is allowed. Repeatable; adds to $DETWASM_ALLOW_INPUTS (`:`-separated).
@@ -71,7 +81,12 @@ enum Command {
         /// Module folder or name.
         module: String,
         /// Template input, if the template needs one to render. Repeatable.
-        #[arg(short = 'i', long = "input", value_name = "KEY=VALUE")]
+        #[arg(
+            short = 'i',
+            long = "input-value",
+            alias = "input",
+            value_name = "KEY=VALUE"
+        )]
         inputs: Vec<String>,
         /// CID profile (the template's CID was made with it; `ipfs add` uses v0).
         #[arg(long, default_value = "unixfs-v0-2015", value_parser = ["unixfs-v0-2015", "unixfs-v1-2025"])]
@@ -80,6 +95,16 @@ enum Command {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // One meaning per flag: `--input` is a host folder everywhere else (`run --input`),
+    // so a template value is `-i`/`--input-value`, as in `run`. The old spelling still
+    // works here, with a note. Found by use: `module check --input` and `run --input`
+    // meant different things.
+    if std::env::args().any(|a| a == "--input" || a.starts_with("--input=")) {
+        eprintln!(
+            "detwasm: note: `module ... --input KEY=VALUE` is deprecated: use -i/--input-value \
+             (as `detwasm run -i`); `--input` names a host folder in `run`"
+        );
+    }
     match args.command {
         Command::New {
             name,
