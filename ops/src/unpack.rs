@@ -167,7 +167,10 @@ pub fn unpack_as(
     let done = blocks
         .unpack_cid(root, &at, size.work)
         .map_err(|e| bad(e.to_string()))?;
-    rename_new(&at, dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    // Never over what appeared at `dest` meanwhile (found by review: a file written there
+    // during a 3 GiB unpack was replaced).
+    detwasm_runtime::deliver::rename_noreplace(&at, dest)
+        .map_err(|e| format!("{}: {e}", dest.display()))?;
     Ok(Unpacked {
         cid: root.to_string(),
         kind,
@@ -175,44 +178,6 @@ pub fn unpack_as(
         entries: done.entries,
         dest: dest.to_path_buf(),
     })
-}
-
-/// Renames `from` to `to` only if nothing is at `to` (`renameat2` with
-/// `RENAME_NOREPLACE`): what appeared there while the tree was written is never
-/// replaced (found by review: a file written at DEST during a 3 GiB unpack was
-/// replaced). Where the filesystem cannot (`EINVAL`), a hard link for a file (which
-/// fails if `to` exists) and a plain rename for a folder (which fails unless `to` is an
-/// empty folder).
-fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in the path"))
-    };
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths; the result is checked.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-        return Err(e);
-    }
-    if std::fs::symlink_metadata(from)?.is_dir() {
-        std::fs::rename(from, to)
-    } else {
-        std::fs::hard_link(from, to)?;
-        std::fs::remove_file(from)
-    }
 }
 
 #[cfg(test)]
@@ -341,11 +306,11 @@ mod tests {
         let (from, to) = (t.path().join("from"), t.path().join("to"));
         std::fs::write(&from, b"unpacked").unwrap();
         std::fs::write(&to, b"precious").unwrap();
-        let e = rename_new(&from, &to).unwrap_err();
+        let e = detwasm_runtime::deliver::rename_noreplace(&from, &to).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(std::fs::read(&to).unwrap(), b"precious");
         std::fs::remove_file(&to).unwrap();
-        rename_new(&from, &to).unwrap();
+        detwasm_runtime::deliver::rename_noreplace(&from, &to).unwrap();
         assert_eq!(std::fs::read(&to).unwrap(), b"unpacked");
     }
 

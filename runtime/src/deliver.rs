@@ -549,7 +549,8 @@ fn taken(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(libc::ENOTEMPTY)
 }
 
-/// Renames `from` to `to` unless `to` exists (then `EEXIST`), atomically.
+/// Renames `from` (a folder or a file) to `to` unless `to` exists (then `EEXIST`),
+/// atomically. Results delivery and `detwasm unpack` use it.
 ///
 /// On Linux this is `renameat2(RENAME_NOREPLACE)`, called as a raw system call so that
 /// it works with any C library (glibc gained the wrapper only in 2.28). When the
@@ -559,7 +560,7 @@ fn taken(e: &io::Error) -> bool {
 /// the staging folder then renamed over that empty folder. The fallback has a window in
 /// which the name is an empty folder, and a writer that is not detwasm could fill it
 /// first (the rename then fails with `ENOTEMPTY`, reported, never an overwrite).
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         let c = |p: &Path| {
@@ -591,6 +592,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 
 /// The fallback of [`rename_noreplace`]: claim `to` with `mkdir`, then rename over it.
 fn claim_then_rename(from: &Path, to: &Path) -> io::Result<()> {
+    if !std::fs::symlink_metadata(from)?.is_dir() {
+        // A file: a hard link fails if `to` exists, on every filesystem.
+        std::fs::hard_link(from, to)?;
+        return std::fs::remove_file(from);
+    }
     std::fs::create_dir(to)?;
     std::fs::rename(from, to).inspect_err(|_| {
         let _ = std::fs::remove_dir(to);
