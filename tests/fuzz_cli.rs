@@ -85,6 +85,11 @@ fn the_report_names_the_host_calls_behind_a_dependence() {
             && text.contains("\n    the module read 32 random bytes (2 calls)\n"),
         "{text}"
     );
+    // The first line that changed, as `verify` shows a file that differs.
+    assert!(
+        text.contains("\n    stdout: line 8: -random.errno=0 random.bytes="),
+        "{text}"
+    );
     assert!(
         text.contains("(its results may depend on the job's epoch: try --vary epoch)"),
         "{text}"

@@ -180,6 +180,9 @@ pub struct Sensitivity {
     pub changed: Vec<String>,
     /// Files whose content changed.
     pub files: Vec<String>,
+    /// For the text files among them: the first line that changed, as `PATH: line N:
+    /// -baseline / +varied` (what `verify` shows for a file that differs).
+    pub lines: Vec<String>,
     /// Where the output first depends on it, when the runs took checkpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diverged_at: Option<Divergence>,
@@ -326,13 +329,15 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
         } else {
             None
         };
-        let files = if r.cid != baseline.cid {
-            differing(&base_dir, &results, job)?
-                .into_iter()
-                .map(|d| d.path)
-                .collect()
+        let (files, lines) = if r.cid != baseline.cid {
+            let diffs = differing(&base_dir, &results, job)?;
+            let lines = diffs
+                .iter()
+                .filter_map(|d| d.text.as_ref().map(|t| format!("{}: {t}", d.path)))
+                .collect();
+            (diffs.into_iter().map(|d| d.path).collect(), lines)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         done += 1;
         if let Some(p) = c.progress {
@@ -344,6 +349,7 @@ pub fn run_campaign(runtime: &Runtime, job: &Job, c: &Campaign) -> Result<Report
             change,
             changed,
             files,
+            lines,
             diverged_at,
         });
     }

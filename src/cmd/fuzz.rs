@@ -141,6 +141,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     format!(" (changes {})", s.files.join(", "))
                 };
                 println!("depends on {}: {}{what}", s.param.name(), s.change);
+                for l in &s.lines {
+                    println!("    {l}");
+                }
                 let calls = s.param.calls(&report.asked);
                 if !calls.is_empty() {
                     println!("    the module {}", calls.join(", "));
