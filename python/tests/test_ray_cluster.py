@@ -320,7 +320,8 @@ def test_a_job_whose_node_dies_goes_on_from_its_last_checkpoint(tmp_path: Path, 
         finally:
             driver.kill()
     assert driver.returncode == 0, err
-    summary = json.loads(err.strip().splitlines()[-1])
+    # The summary line (Ray may log to stderr after it, from its own processes).
+    summary = json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"jobs"')))
     assert summary["jobs"] == 2 and summary["exited_0"] == 2, summary
     # The lost job went on from a snapshot: it redid at most the work since the last
     # one its worker sent before the kill, not the whole job.
