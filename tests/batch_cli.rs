@@ -100,11 +100,12 @@ fn jobs(t: &Path) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// The receipt without where its results went (the one field two runs into different
-/// folders may not share), and without the host paths of a job file's staged file
+/// The receipt without where its results went and its host statistics (the fields two
+/// runs into different folders may not share), and without the host paths of a job file's staged file
 /// inputs (a fresh temporary folder per run; their CIDs stay).
 fn comparable(mut r: serde_json::Value) -> serde_json::Value {
     r.as_object_mut().unwrap().remove("results_dir");
+    r.as_object_mut().unwrap().remove("host");
     for input in r["job"]["inputs"].as_array_mut().unwrap() {
         if input["host"]
             .as_str()

@@ -138,6 +138,47 @@ pub struct Receipt {
     /// were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
+    /// How the run went on the host that made this receipt ([`HostStats`]): never part
+    /// of what is verified. Absent from receipts made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStats>,
+}
+
+impl Receipt {
+    /// The receipt without what only describes the host that made it (`results_dir`,
+    /// [`Self::host`]): two runs of the same job give equal `verified()` receipts.
+    pub fn verified(&self) -> Receipt {
+        Receipt {
+            results_dir: String::new(),
+            host: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// What an operator watches of a run: its times, its memory, whether the compiled module
+/// was reused. It varies with the machine, its load and its cache, so none of it is part
+/// of the job id, the results CID or what `verify` compares; it sits in a field of its
+/// own so that a verifier's receipt differs from the provider's only here and in
+/// `results_dir`. Rejected: a separate file of statistics (one more thing to keep beside
+/// each receipt, and `batch` writes receipts as lines of one log).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStats {
+    /// Milliseconds from the job's start (checks, hashing of the module and inputs) to
+    /// its results written, before they are moved into place.
+    pub wall_ms: u64,
+    /// Of which: loading the module (reading it from the cache, or compiling it).
+    pub load_ms: u64,
+    /// Of which: running the guest (snapshots included).
+    pub run_ms: u64,
+    /// Where the compiled module came from: `memory` (this process had loaded it),
+    /// `cache` (the module cache) or `compiled`.
+    pub module: String,
+    /// The most bytes of linear memory and tables the guest held at once.
+    pub guest_memory_peak_bytes: u64,
+    /// The detwasm process's peak resident memory so far (`getrusage`): in `batch`, in
+    /// Python and in Ray workers, of every job the process ran until this one ended.
+    pub process_peak_rss_bytes: u64,
 }
 
 /// The snapshots a run saved, in order: the CID of each (a UnixFS folder, see

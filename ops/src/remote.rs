@@ -592,6 +592,7 @@ mod tests {
             let remote = deliver(&portable, &packed.local, ran.receipt, &ran.car, &dest).unwrap();
             let mut expected = local.clone();
             expected.results_dir = remote.results_dir.clone();
+            expected.host = remote.host.clone();
             assert_eq!(remote, expected, "skip_hidden {skip_hidden}");
             assert!(remote.results_dir.ends_with(&format!("{}-2", local.job_id)));
             // Hidden files are delivered even when the CID leaves them out.
@@ -737,6 +738,7 @@ mod tests {
         // The same receipt but for the worker's scratch paths (the driver replaces them).
         let mut expected = whole.receipt.clone();
         expected.results_dir = resumed.receipt.results_dir.clone();
+        expected.host = resumed.receipt.host.clone();
         expected.job.inputs = resumed.receipt.job.inputs.clone();
         assert_eq!(resumed.receipt, expected);
         assert_eq!(resumed.car, whole.car);

@@ -67,5 +67,7 @@ def data_tree(root: Path) -> Path:
 
 
 def without(receipt: Dict[str, Any], *keys: str) -> Dict[str, Any]:
-    return {k: v for k, v in receipt.items() if k not in keys}
+    """The receipt without `keys` and without its host statistics ("host": times and
+    memory, which differ between any two runs)."""
+    return {k: v for k, v in receipt.items() if k not in keys and k != "host"}
 

@@ -27,6 +27,8 @@ pub struct JobLimiter {
     limit: u64,
     /// Bytes of memories and tables currently allowed.
     used: u64,
+    /// The most of `used` so far (for the receipt's host statistics).
+    pub peak: u64,
     /// Set when the host failed to provide a growth the limit allowed.
     pub host_failure: Option<String>,
     /// Set when the limit refused a growth (a deterministic event: the same job is refused
@@ -51,6 +53,7 @@ impl JobLimiter {
         JobLimiter {
             limit,
             used: 0,
+            peak: 0,
             host_failure: None,
             denied: false,
             unwinding: false,
@@ -88,6 +91,7 @@ impl JobLimiter {
             return false;
         }
         self.used = total;
+        self.peak = self.peak.max(total);
         true
     }
 }

@@ -32,7 +32,7 @@ use crate::error::RunError;
 use crate::job::{InputIdentity, Job, JobIdentity};
 use crate::limiter::JobLimiter;
 use crate::meter::{self, Meter, Stop};
-use crate::receipt::{InputRecord, JobRecord, Outcome, Receipt};
+use crate::receipt::{HostStats, InputRecord, JobRecord, Outcome, Receipt};
 use crate::results;
 use crate::wasi::{self, host::Fatal, Ctx};
 
@@ -263,6 +263,17 @@ impl Runtime {
         entry: &str,
         deadline: Option<engine::Deadline>,
     ) -> Result<wasmtime::Module, RunError> {
+        Ok(self.load_from(bytes, entry, deadline)?.0)
+    }
+
+    /// [`Self::load_by`], and where the module came from: `memory`, `cache` or
+    /// `compiled` (for the receipt's host statistics).
+    fn load_from(
+        &self,
+        bytes: &[u8],
+        entry: &str,
+        deadline: Option<engine::Deadline>,
+    ) -> Result<(wasmtime::Module, &'static str), RunError> {
         let key = *blake3::hash(bytes).as_bytes();
         let binary = engine::to_binary(bytes)?;
         // The shape scan before the interface is read: reading it keeps every type's
@@ -274,17 +285,19 @@ impl Runtime {
             .map_err(|r| RunError::TooComplex(r.to_string()))?;
         self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
-        let module = match (known, &self.cache) {
-            (Some(m), _) => m,
+        let (module, from) = match (known, &self.cache) {
+            (Some(m), _) => (m, "memory"),
             // The binary, not `bytes`: text is translated once, above.
             (None, Some(cache)) => {
-                cache
-                    .load_or_compile_by(&self.engine, &binary, deadline, self.unwind())?
-                    .0
+                match cache.load_or_compile_by(&self.engine, &binary, deadline, self.unwind())? {
+                    (m, true) => (m, "cache"),
+                    (m, false) => (m, "compiled"),
+                }
             }
-            (None, None) => {
-                crate::compile::compile_by(&self.engine, &binary, deadline, self.unwind())?
-            }
+            (None, None) => (
+                crate::compile::compile_by(&self.engine, &binary, deadline, self.unwind())?,
+                "compiled",
+            ),
         };
         if let Ok(mut m) = self.loaded.lock() {
             if m.len() >= MAX_LOADED_MODULES {
@@ -292,7 +305,7 @@ impl Runtime {
             }
             m.insert(key, module.clone());
         }
-        Ok(module)
+        Ok((module, from))
     }
 
     fn check_interface(&self, interface: &engine::Interface, entry: &str) -> Result<(), RunError> {
@@ -409,6 +422,7 @@ impl Runtime {
         // compiling the module (a compile that overruns it is an error, see
         // [`crate::compile::compile_by`]), and running the guest.
         let deadline = engine::Deadline::after(job.limits.safety_timeout());
+        let started = std::time::Instant::now();
         job.validate()?;
         if (how.save.is_some() || how.resume.is_some()) && !self.unwind() {
             return Err(RunError::Engine(
@@ -441,7 +455,9 @@ impl Runtime {
             Some(dir) => Some(checkpoint_sink(dir, &record, trace.clone(), how.only_last)?),
             None => None,
         };
-        let module = self.load_by(&job.module.bytes, &job.entry, deadline)?;
+        let loading = std::time::Instant::now();
+        let (module, module_from) = self.load_from(&job.module.bytes, &job.entry, deadline)?;
+        let load_ms = millis(loading.elapsed());
         if let Some(dest) = dest {
             deliver::check(dest)?;
         }
@@ -456,7 +472,8 @@ impl Runtime {
         // deepest metered stack ([`crate::passes::stack`]) and the host frames above it;
         // the fiber is driven from a thread of its own of the same size, so nothing of the
         // run depends on the caller's thread.
-        let (outcome, instructions, host, stopped) = std::thread::scope(|s| {
+        let running = std::time::Instant::now();
+        let (outcome, instructions, host, stopped, guest_peak) = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("detwasm-guest".into())
                 .stack_size(GUEST_THREAD_STACK)
@@ -485,6 +502,14 @@ impl Runtime {
             resume_at = s.resume;
         }
 
+        let stats = HostStats {
+            wall_ms: 0,
+            load_ms,
+            run_ms: millis(running.elapsed()),
+            module: module_from.to_string(),
+            guest_memory_peak_bytes: guest_peak,
+            process_peak_rss_bytes: 0,
+        };
         Ok(Ran {
             outcome,
             instructions,
@@ -494,6 +519,8 @@ impl Runtime {
             resume_at,
             prepared,
             record,
+            stats,
+            started,
         })
     }
 
@@ -513,6 +540,8 @@ impl Runtime {
             resume_at,
             prepared,
             record,
+            mut stats,
+            started,
             ..
         } = ran;
         // Staged, then synced and renamed into place by `publish` (see [`crate::deliver`]).
@@ -525,6 +554,8 @@ impl Runtime {
             write_results(staging, &named, job, &host, &outcome, trap.as_deref())?;
             results::cid_of_dir(staging, job.results.profile, !job.results.skip_hidden)
         })?;
+        stats.wall_ms = millis(started.elapsed());
+        stats.process_peak_rss_bytes = process_peak_rss();
 
         let id = &prepared.identity;
         let receipt = Receipt {
@@ -547,6 +578,7 @@ impl Runtime {
                 snapshots: trace,
                 resume: resume_at,
             }),
+            host: Some(stats),
         };
         Ok(StagedRun {
             receipt,
@@ -565,7 +597,7 @@ impl Runtime {
         deadline: Option<engine::Deadline>,
         resume: Option<&checkpoint::Snapshot>,
         mut save: Option<SaveTo<'_, '_>>,
-    ) -> Result<(Outcome, u64, wasi::host::WasiHost, bool), RunError> {
+    ) -> Result<(Outcome, u64, wasi::host::WasiHost, bool, u64), RunError> {
         let limits = JobLimiter::new(job.limits.memory);
         let limits = if self.unwind() {
             // The unwind pass's memory and forwarding table are not the job's.
@@ -747,7 +779,7 @@ impl Runtime {
             .vfs
             .inputs_unchanged()
             .map_err(RunError::HostFailure)?;
-        Ok((outcome, instructions, ctx.host, stopped))
+        Ok((outcome, instructions, ctx.host, stopped, ctx.limits.peak))
     }
 }
 
@@ -807,6 +839,28 @@ struct Ran {
     resume_at: Option<String>,
     prepared: Prepared,
     record: JobRecord,
+    /// The host statistics so far (the wall time and process memory are taken when the
+    /// results are staged).
+    stats: HostStats,
+    /// When the job started (its checks).
+    started: std::time::Instant,
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The process's peak resident set in bytes (`getrusage`: Linux reports kibibytes), or 0
+/// when it cannot be read.
+fn process_peak_rss() -> u64 {
+    // SAFETY: getrusage writes into the struct it is given and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    u64::try_from(usage.ru_maxrss)
+        .unwrap_or(0)
+        .saturating_mul(1024)
 }
 
 /// A folder to save snapshots in, prepared: created if new (refused if it holds

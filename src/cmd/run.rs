@@ -452,6 +452,20 @@ pub fn report(
         eprintln!("instructions: {}", receipt.instructions);
         eprintln!("results:      {}", receipt.results_dir);
         eprintln!("job id:       {}", receipt.job_id);
+        if let Some(h) = &receipt.host {
+            eprintln!(
+                "took:         {:.2} s (module {} in {:.2} s, guest {:.2} s), guest memory {} MiB at most",
+                h.wall_ms as f64 / 1000.0,
+                match h.module.as_str() {
+                    "cache" => "from the cache",
+                    "memory" => "already loaded",
+                    _ => "compiled",
+                },
+                h.load_ms as f64 / 1000.0,
+                h.run_ms as f64 / 1000.0,
+                h.guest_memory_peak_bytes.div_ceil(1 << 20),
+            );
+        }
         if let (Some(trace), Some(dir)) = (&receipt.trace, checkpoints) {
             eprintln!(
                 "checkpoints:  {} snapshots (every {} instructions) in {}",
