@@ -126,10 +126,10 @@ fn job_with_ipfs_inputs(dir: &Path, inputs: &[(&str, String)]) -> PathBuf {
 #[test]
 fn aliases_of_a_large_scalar_are_refused_by_the_bytes_they_copy() {
     let t = tempfile::tempdir().unwrap();
-    let aliases = vec!["*s"; 100].join(", ");
+    let aliases = vec!["*s"; 200].join(", ");
     let text = format!(
         "Name: &s {}\nMeta: {{copies: [{aliases}]}}\n",
-        "x".repeat(4 << 20)
+        "x".repeat(1000 << 10)
     );
     std::fs::write(t.path().join("job.yaml"), text).unwrap();
     let ran = run_in(t.path(), &["job.yaml", "-o", "never"]);
@@ -147,6 +147,38 @@ fn aliases_of_a_large_scalar_are_refused_by_the_bytes_they_copy() {
         ran.peak_rss >> 20
     );
     assert!(ran.took < Duration::from_secs(30));
+}
+
+/// Flow collections of implicit pairs, the costliest YAML to parse per byte (the
+/// parser's tokens, then a value per node): 9 MiB of `[a: b, …]` took 1.6 GB of memory
+/// when job files could be 10 MiB (found by review). A file over 1 MiB is refused before
+/// it is parsed; one at the limit parses within a few hundred MiB.
+#[test]
+fn job_files_of_flow_pairs_are_bounded_by_the_file_size() {
+    let t = tempfile::tempdir().unwrap();
+    let pairs = |bytes: usize| format!("[{}]", "a: b, ".repeat(bytes / 6));
+    std::fs::write(t.path().join("big.yaml"), pairs(9 << 20)).unwrap();
+    let ran = run_in(t.path(), &["big.yaml", "-o", "never"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("big.yaml") && ran.stderr.contains("1048576"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.peak_rss < 64 << 20,
+        "peak RSS {} MiB",
+        ran.peak_rss >> 20
+    );
+    std::fs::write(t.path().join("job.yaml"), pairs((1 << 20) - 8)).unwrap();
+    let ran = run_in(t.path(), &["job.yaml", "-o", "never"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("job.yaml"), "{}", ran.stderr);
+    assert!(
+        ran.peak_rss < 320 << 20,
+        "peak RSS {} MiB",
+        ran.peak_rss >> 20
+    );
 }
 
 /// Eight inputs naming one CID of 32 MiB of zeros (a 1 MiB CAR): unpacked once to disk,

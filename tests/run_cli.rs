@@ -286,6 +286,76 @@ fn rerunning_a_job_in_the_same_folder_keeps_both_results() {
     assert!(second_dir.join("exitCode").is_file());
 }
 
+/// The receipt's host statistics: times, memory and where the module came from (compiled
+/// on the first run, from the cache on the second), shown on stderr; they change
+/// nothing that is verified, and `verify` of a receipt passes whatever they say.
+#[test]
+fn a_receipt_tells_the_operator_how_the_run_went_outside_what_is_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let run = |out: &str| {
+        detwasm()
+            .env("DETWASM_CACHE_DIR", &cache)
+            .args(["run", "--json", "--receipt"])
+            .arg(t.path().join(format!("{out}.json")))
+            .arg("-o")
+            .arg(t.path().join(out))
+            .arg(fixture("probe.wasm"))
+            .args(["--", "report"])
+            .output()
+            .unwrap()
+    };
+    let (first, second) = (json(&run("a")), json(&run("b")));
+    assert_eq!(first["host"]["module"], "compiled", "{first}");
+    assert_eq!(second["host"]["module"], "cache", "{second}");
+    for r in [&first, &second] {
+        let h = &r["host"];
+        let ms = |k: &str| h[k].as_u64().unwrap();
+        assert!(ms("wall_ms") >= ms("load_ms") + ms("run_ms") - 1, "{h}");
+        assert!(ms("guest_memory_peak_bytes") >= 65536, "{h}");
+        assert!(
+            ms("process_peak_rss_bytes") > ms("guest_memory_peak_bytes"),
+            "{h}"
+        );
+    }
+    let strip = |r: &serde_json::Value| {
+        let mut r = r.clone();
+        let o = r.as_object_mut().unwrap();
+        o.remove("host");
+        o.remove("results_dir");
+        r
+    };
+    assert_eq!(strip(&first), strip(&second));
+    // A line on stderr says the same.
+    let out = detwasm()
+        .env("DETWASM_CACHE_DIR", &cache)
+        .arg("run")
+        .arg("-o")
+        .arg(t.path().join("c"))
+        .arg(fixture("probe.wasm"))
+        .args(["--", "report"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(module from the cache in "), "{err}");
+    // A receipt whose host statistics were changed still verifies.
+    let path = t.path().join("a.json");
+    let mut edited = first.clone();
+    edited["host"]["wall_ms"] = 1.into();
+    std::fs::write(&path, edited.to_string()).unwrap();
+    let out = detwasm()
+        .env("DETWASM_CACHE_DIR", &cache)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_module_cache_other_users_can_write_is_ignored_with_a_warning() {
     use std::os::unix::fs::PermissionsExt;

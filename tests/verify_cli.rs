@@ -467,4 +467,17 @@ fn a_receipt_finds_its_content_by_cid_with_find() {
     std::fs::rename(store, t.path().join("gone")).unwrap();
     let (out, report) = verify(t.path(), &[r, "--find", "store.car"]);
     assert!(out.status.success(), "{report}");
+    // A job over the verifier's caps is refused before anything is found or unpacked
+    // (found by review: 8 GB were unpacked before the caps refused the job).
+    // (TMPDIR names no folder: a verify that unpacked first would fail on that.)
+    let scratch = t.path().join("no-tmp");
+    let out = detwasm()
+        .current_dir(t.path())
+        .env("TMPDIR", &scratch)
+        .args(["verify", r, "--find", "store.car", "--cap-memory", "64KiB"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("more than the 65536 allowed here"), "{err}");
 }

@@ -37,9 +37,11 @@ use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use super::json::{Json, Member, MAX_DEPTH};
 
-/// The most nodes a document may expand to, aliases included: one million. A few lines of
-/// YAML can alias an alias an alias ("billion laughs"); a job file has hundreds of nodes.
-pub const MAX_NODES: usize = 1_000_000;
+/// The most nodes a document may expand to, aliases included: 500,000, as many as a
+/// job file of [`crate::bacalhau::v1::MAX_JOB_FILE`] can hold without aliases
+/// (`[1,1,…]`). A few lines of YAML can alias an alias an alias ("billion laughs"); a
+/// job file has hundreds of nodes.
+pub const MAX_NODES: usize = 500_000;
 
 /// The most bytes a document may expand to, aliases included: 64 MiB, counting every
 /// scalar's and key's text plus [`NODE_BYTES`] per node, each time an alias or an anchor
@@ -49,8 +51,8 @@ pub const MAX_NODES: usize = 1_000_000;
 /// 1,001 nodes and 4 GB of memory (100,000 aliases ended the process). Nor are aliases the
 /// only copies: each anchor keeps a copy of its value, so 128 nested anchors around one
 /// large value copy it 128 times without a single alias; those copies are counted too.
-/// A job file without aliases is at most 10 MiB of text and [`MAX_NODES`] nodes, which
-/// fits (10 MiB + 32 MiB). Rejected: sharing aliased values (reference-counted nodes),
+/// A job file without aliases is at most 1 MiB of text and [`MAX_NODES`] nodes, which
+/// fits (1 MiB + 16 MiB). Rejected: sharing aliased values (reference-counted nodes),
 /// which bounds the parse but not the consumers that copy strings out of the document
 /// (parameters, environment), and would change every reader of [`Json`].
 pub const MAX_EXPANDED_BYTES: usize = 64 << 20;

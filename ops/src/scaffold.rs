@@ -350,6 +350,12 @@ pub enum PackError {
     },
     #[error("hashing {}: {cause}", path.display())]
     Hash { path: PathBuf, cause: String },
+    #[error("{}: the CAR would be written in {}, outside the module folder {} (a folder on the entry module's Path is a link leading out of it); name a file whose folder is inside the module folder", car.display(), leads_to.display(), module_dir.display())]
+    Outside {
+        car: PathBuf,
+        leads_to: PathBuf,
+        module_dir: PathBuf,
+    },
 }
 
 /// Writes the module's entry wasm (the template's `EntryModule.Path`, rendered with
@@ -383,12 +389,39 @@ pub fn pack(
             cause: e.to_string(),
         })?;
     let car_path = entry.file.with_extension("car");
-    // Readable by all, as the template and the wasm beside it are: the CAR is what gets
-    // published (a temporary file's 0600 was kept before).
+    // Written only into the module folder: the entry file may be a link leading anywhere
+    // (it is only read), but a folder on its Path that leads out of the module folder
+    // would have the CAR written (or a file of that name replaced) wherever it leads.
+    // Found by review: `Path: "sub/id_rsa"`, `sub` a link to another folder, wrote a
+    // readable `id_rsa.car` there. Rejected: checking `Path` for `..` alone (it was).
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| PackError::Io { path, cause }
+    };
+    let module_dir = module.dir.canonicalize().map_err(io(&module.dir))?;
+    let folder = car_path.parent().unwrap_or(Path::new("."));
+    let leads_to = folder.canonicalize().map_err(io(folder))?;
+    if !leads_to.starts_with(&module_dir) {
+        return Err(PackError::Outside {
+            car: car_path,
+            leads_to,
+            module_dir,
+        });
+    }
+    // As readable as the module it holds (readable by all when the wasm is, as the
+    // template and the wasm beside it are: the CAR is what gets published; a temporary
+    // file's 0600 was kept before). Found by review: a 0600 file packed as 0644.
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(&entry.file) {
+            Ok(m) if m.permissions().mode() & 0o004 != 0 => 0o644,
+            _ => 0o600,
+        }
+    };
     detwasm_runtime::deliver::write_file_atomically(&car_path, &car)
         .and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&car_path, std::fs::Permissions::from_mode(0o644))
+            std::fs::set_permissions(&car_path, std::fs::Permissions::from_mode(mode))
         })
         .map_err(|cause| PackError::Io {
             path: car_path.clone(),
@@ -475,5 +508,44 @@ mod tests {
         let found =
             detwasm_jobspec::resolve::entry_module(&dir, &packed.cid, "cowsay.wasm").unwrap();
         assert_eq!(found.file, dir.join("cowsay.car"));
+    }
+
+    /// A folder on the entry's Path that leads out of the module folder: nothing is
+    /// written where it leads (found by review: `sub/id_rsa`, `sub` a link to another
+    /// folder, wrote `id_rsa.car` there, readable by all).
+    #[test]
+    fn pack_never_writes_outside_the_module_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/cowsay");
+        let (dir, victim) = (t.path().join("m"), t.path().join("victim"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::copy(src.join("cowsay.wasm"), victim.join("secret")).unwrap();
+        std::fs::write(victim.join("other.car"), "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("sub")).unwrap();
+        let template = std::fs::read_to_string(src.join("lilypad_module.json.tmpl")).unwrap();
+        for (path, car) in [("sub/secret", "secret.car"), ("sub/other.x", "other.car")] {
+            std::fs::copy(victim.join("secret"), victim.join("other.x")).unwrap();
+            let named = template.replace(
+                r#""CID": "Qmf4QYeAyxmai1ksbWp4D7opTa6hVSosjbubMwiv4yax7c""#,
+                &format!(r#""Path": "{path}""#),
+            );
+            assert_ne!(named, template);
+            std::fs::write(dir.join("lilypad_module.json.tmpl"), named).unwrap();
+            let module = detwasm_jobspec::ModuleDir::open_in(dir.to_str().unwrap(), &[]).unwrap();
+            let e = pack(
+                &module,
+                &Default::default(),
+                detwasm_job::Profile::UnixfsV0_2015,
+            )
+            .unwrap_err();
+            assert!(matches!(e, PackError::Outside { .. }), "{e}");
+            assert!(e.to_string().contains("outside the module folder"), "{e}");
+            if car == "secret.car" {
+                assert!(!victim.join(car).exists());
+            } else {
+                assert_eq!(std::fs::read(victim.join(car)).unwrap(), b"keep");
+            }
+        }
     }
 }

@@ -94,10 +94,6 @@ impl JobCaps {
 }
 
 impl Sources {
-    /// Replaces each input given as a CAR file (`--input x.car[:GUEST]`, as `run` takes
-    /// it) by the folder it holds, unpacked as `run` unpacks it
-    /// ([`crate::request::unpack_car_input`]); keep the returned folders until the job
-    /// has run.
     /// Finds by CID what the job `record` names and is not where it says (its module
     /// file unreadable or another module, an input folder missing) in `places`: folders
     /// (the module as a `.wasm` or `.car` file in them, found as a module folder's
@@ -118,6 +114,11 @@ impl Sources {
         if places.is_empty() {
             return Ok(kept);
         }
+        // The verifier's caps first, before anything is read or written for the job
+        // (found by review: a receipt over them had unpacked 8 GB before it was refused).
+        detwasm_job::job::check_counts(record.inputs.len(), record.outputs.len())
+            .map_err(|e| e.to_string())?;
+        self.caps.check(&record.limits).map_err(|e| e.to_string())?;
         let scratch = |kept: &mut Vec<crate::scratch::Scratch>| -> Result<PathBuf, String> {
             let s = crate::scratch::Scratch::new("detwasm-found-", "content found by CID")
                 .map_err(|e| e.to_string())?;
@@ -159,7 +160,12 @@ impl Sources {
                 }
             }
         }
-        // Each input not given and not where the record says.
+        // Each input not given and not where the record says: from a folder named by
+        // its CID, else from the CARs, each read once, with one budget for all of the
+        // job's inputs (a job file's, [`crate::unpack::JOB_CAR`]), and an input whose
+        // CID another input has already found sharing its folder. Found by review: each
+        // of a hostile receipt's inputs unpacked its own gigabyte from one small CAR.
+        let mut missing: Vec<&detwasm_job::receipt::InputRecord> = Vec::new();
         for input in &record.inputs {
             let given = self
                 .inputs
@@ -169,29 +175,57 @@ impl Sources {
             if given || Path::new(&input.host).is_dir() {
                 continue;
             }
-            for place in places {
-                if place.join(&input.cid).is_dir() {
-                    self.inputs
-                        .push((Some(input.guest.clone()), place.join(&input.cid)));
-                    break;
+            match places.iter().find(|p| p.join(&input.cid).is_dir()) {
+                Some(place) => self
+                    .inputs
+                    .push((Some(input.guest.clone()), place.join(&input.cid))),
+                None => missing.push(input),
+            }
+        }
+        let mut found: std::collections::HashMap<&str, PathBuf> = Default::default();
+        let mut budget = crate::unpack::JOB_CAR;
+        for place in places.iter().filter(|p| crate::unpack::is_car_file(p)) {
+            let mut cids: Vec<&str> = missing
+                .iter()
+                .map(|i| i.cid.as_str())
+                .filter(|c| !found.contains_key(c))
+                .collect();
+            cids.sort_unstable();
+            cids.dedup();
+            if cids.is_empty() {
+                break;
+            }
+            let base = scratch(&mut kept)?;
+            let dests: Vec<PathBuf> = (0..cids.len())
+                .map(|i| base.join(format!("input-{i}")))
+                .collect();
+            let wanted: Vec<(&str, &Path, &'static str)> = cids
+                .iter()
+                .zip(&dests)
+                .map(|(c, d)| (*c, d.as_path(), "folder"))
+                .collect();
+            // A CAR that cannot be read is one place less, as a folder without the CID is.
+            let Ok(got) = crate::unpack::unpack_each(place, &wanted, &mut budget) else {
+                continue;
+            };
+            for ((cid, dest), got) in cids.iter().zip(dests).zip(got) {
+                if got.is_some() {
+                    found.insert(cid, dest);
                 }
-                if crate::unpack::is_car_file(place) {
-                    let limits = crate::unpack::JOB_CAR;
-                    let dir = scratch(&mut kept)?.join("input");
-                    let cid = Some(input.cid.as_str());
-                    if crate::unpack::unpack_as(place, cid, Some(&dir), limits, Some("folder"))
-                        .is_ok()
-                    {
-                        self.inputs.push((Some(input.guest.clone()), dir));
-                        break;
-                    }
-                    kept.pop();
-                }
+            }
+        }
+        for input in missing {
+            if let Some(dir) = found.get(input.cid.as_str()) {
+                self.inputs.push((Some(input.guest.clone()), dir.clone()));
             }
         }
         Ok(kept)
     }
 
+    /// Replaces each input given as a CAR file (`--input x.car[:GUEST]`, as `run` takes
+    /// it) by the folder it holds, unpacked as `run` unpacks it
+    /// ([`crate::request::unpack_car_input`]); keep the returned folders until the job
+    /// has run.
     pub fn unpack_cars(&mut self) -> Result<Vec<crate::scratch::Scratch>, String> {
         let mut kept = Vec::new();
         for (_, host) in &mut self.inputs {

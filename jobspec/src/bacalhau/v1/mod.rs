@@ -60,9 +60,13 @@ use detwasm_job::job::{Job, MAX_INPUTS, MAX_OUTPUTS, MAX_TIMEOUT};
 /// File name endings that make a `detwasm run` argument a job file.
 pub const JOB_FILE_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
 
-/// The largest job file read: 10 MiB, the limit of Bacalhau's own reader
-/// (`MaxSerializedStringInput`).
-pub const MAX_JOB_FILE: u64 = 10 << 20;
+/// The largest job file read: 1 MiB, some 30,000 lines of YAML. A job file describes a
+/// job; its data travels as inputs. Parsing holds up to about 190 times a file's size
+/// (the YAML parser's tokens of flow collections, then one value per node: 1 MiB of
+/// `[a: b, a: b, …]` peaks at 200 MB). Found by review: at Bacalhau's own limit of
+/// 10 MiB (`MaxSerializedStringInput`), rejected here, one job file took 1.8 GB to
+/// parse, and `batch -j N` parses N at once.
+pub const MAX_JOB_FILE: u64 = 1 << 20;
 
 /// Where the legacy form's entry module is mounted when it names no `Target` (Bacalhau's
 /// legacy transformer's default).

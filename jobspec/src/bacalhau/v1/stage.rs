@@ -55,35 +55,55 @@ pub(super) struct CarFiles {
     data: Vec<OnceCell<Vec<u8>>>,
     /// Bytes read so far, all CARs together.
     read: Cell<u64>,
+    /// The folder in which listing stopped at [`MAX_JOB_CAR_FILES`] `.car` files: a
+    /// lookup among them is then refused.
+    overflow: Option<PathBuf>,
 }
+
+/// The most `.car` files listed for a job, all allowed folders together. Found by
+/// review: 100,000 empty `.car` files beside a job file took more than 275 s of CPU to
+/// list (before the job's deadline exists) and an 8 MB error. Rejected: no limit (the
+/// listing and the message grow with whatever the folder holds).
+pub const MAX_JOB_CAR_FILES: usize = 1024;
 
 impl CarFiles {
     /// Lists the `.car` regular files directly in `roots` (canonical allowed folders).
     pub(super) fn list(roots: &[PathBuf]) -> CarFiles {
         let mut listed = Vec::new();
         let mut canonical: Vec<PathBuf> = Vec::new();
+        let mut places: std::collections::HashMap<PathBuf, usize> = Default::default();
+        let mut overflow = None;
         for root in roots {
             let Ok(entries) = std::fs::read_dir(root) else {
                 continue;
             };
-            let mut cars: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("car") && p.is_file())
-                .collect();
+            let mut cars: Vec<PathBuf> = Vec::new();
+            for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if p.extension().and_then(|e| e.to_str()) != Some("car") || !p.is_file() {
+                    continue;
+                }
+                if listed.len() + cars.len() >= MAX_JOB_CAR_FILES {
+                    overflow = Some(root.clone());
+                    break;
+                }
+                cars.push(p);
+            }
             cars.sort();
             for named in cars {
                 let place = named
                     .canonicalize()
                     .ok()
                     .filter(|c| roots.iter().any(|r| c.starts_with(r)))
-                    .map(|c| match canonical.iter().position(|k| *k == c) {
-                        Some(i) => i,
-                        None => {
+                    .map(|c| {
+                        *places.entry(c.clone()).or_insert_with(|| {
                             canonical.push(c);
                             canonical.len() - 1
-                        }
+                        })
                     });
                 listed.push((named, place));
+            }
+            if overflow.is_some() {
+                break;
             }
         }
         let data = canonical.iter().map(|_| OnceCell::new()).collect();
@@ -92,6 +112,7 @@ impl CarFiles {
             canonical,
             data,
             read: Cell::new(0),
+            overflow,
         }
     }
 
@@ -182,6 +203,15 @@ pub(super) fn find_cid(
         }
         Ok(canonical)
     };
+    if let Some(folder) = &cars.files.overflow {
+        return Err(refuse(
+            format!("ipfs CID {cid_text}"),
+            format!(
+                "{} holds more than {MAX_JOB_CAR_FILES} .car files (MAX_JOB_CAR_FILES), more than detwasm looks through for a job; keep the job's CARs in a folder of their own, or name the content by a folder (`ipfs get {cid_text} -o {cid_text}`)",
+                folder.display()
+            ),
+        ));
+    }
     // The listed CARs in the order they are tried: those named `CID.car` first.
     let listed = &cars.files.listed;
     let mut first: Vec<usize> = Vec::new();
@@ -829,6 +859,36 @@ pub(super) fn entry_module(
 mod tests {
     use super::*;
     use detwasm_hasher::cid::{Cid as HCid, CidVersion, RAW};
+
+    /// A folder of more `.car` files than [`MAX_JOB_CAR_FILES`] is listed up to the limit
+    /// and a lookup among them refused, naming the folder (found by review: 100,000
+    /// empty `.car` files took more than 275 s of CPU to list, before any deadline).
+    #[test]
+    fn a_folder_of_too_many_cars_is_refused_after_listing_the_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        for i in 0..=MAX_JOB_CAR_FILES {
+            std::fs::write(root.join(format!("c{i:05}.car")), b"").unwrap();
+        }
+        let roots = vec![root.clone()];
+        let files = CarFiles::list(&roots);
+        assert_eq!(files.listed.len(), MAX_JOB_CAR_FILES);
+        let cars = Cars::new(&files);
+        let cid = HCid::of_block(CidVersion::V1, RAW, b"x").to_string();
+        let Err(e) = find_cid(&roots, &cars, &cid) else {
+            panic!("found")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("more than 1024 .car files") && e.contains(&*root.to_string_lossy()),
+            "{e}"
+        );
+        // One fewer: listed whole, and looked through.
+        std::fs::remove_file(root.join("c00000.car")).unwrap();
+        let files = CarFiles::list(&roots);
+        assert!(files.overflow.is_none());
+        assert_eq!(files.listed.len(), MAX_JOB_CAR_FILES);
+    }
 
     /// Looking up many CIDs in a folder's CARs reads each CAR once (every lookup read and
     /// hashed every CAR again: CIDs times CAR bytes), and the CARs a job reads together are
