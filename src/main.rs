@@ -36,6 +36,8 @@ enum Command {
     Cache(cmd::cache::Args),
     // The help text is `cmd::unpack::Args`'s.
     Unpack(cmd::unpack::Args),
+    // The help text is `cmd::fetch::Args`'s.
+    Fetch(cmd::fetch::Args),
 }
 
 /// The hidden first argument that makes this program a compile worker
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.json,
         Command::Fuzz(a) => a.json,
         Command::Unpack(a) => a.json,
+        Command::Fetch(a) => a.json,
         Command::Module(_) | Command::Batch(_) | Command::Cache(_) => false,
     };
     let result = match cli.command {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => cmd::batch::run(args),
         Command::Cache(args) => cmd::cache::run(args),
         Command::Unpack(args) => cmd::unpack::run(args),
+        Command::Fetch(args) => cmd::fetch::run(args),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,7 @@ use crate::error::RunError;
 const LOCK: &str = ".lock";
 
 /// A locked scratch folder, removed when dropped.
+#[derive(Debug)]
 pub struct Scratch {
     _lock: std::fs::File,
     dir: tempfile::TempDir,

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod campaign;
 pub mod check;
 pub mod divergence;
+pub mod ipfs;
 pub mod remote;
 pub mod request;
 pub mod scaffold;

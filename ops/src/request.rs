@@ -88,6 +88,11 @@ pub struct JobRequest {
     /// the jobs grants it (`--allow-input`), not whoever wrote them.
     #[serde(skip)]
     pub allow_inputs: Vec<PathBuf>,
+    /// The IPFS node or gateway a job file's `ipfs` inputs missing here are fetched from
+    /// ([`crate::ipfs`]). Not a JSON key: the operator names it, not whoever wrote the
+    /// jobs.
+    #[serde(skip)]
+    pub ipfs: crate::ipfs::Remote,
 }
 
 /// An epoch as JSON: seconds (a number) or text.
@@ -191,6 +196,7 @@ impl JobRequest {
         let module = &self.module;
         let mut notes = Vec::new();
         let mut staging = None;
+        let mut fetched = None;
         // A module folder or name, or a Bacalhau v1 job file: the job comes from its
         // spec; the options add to it (args, env, inputs) or tighten it (memory, timeout).
         let from_spec = if spec::bacalhau::v1::is_job_file(module) {
@@ -200,7 +206,19 @@ impl JobRequest {
                     "template inputs are for module templates; a job file has no template inputs",
                 ));
             }
-            let policy = InputPolicy::from_env_and(&self.allow_inputs);
+            let mut policy = InputPolicy::from_env_and(&self.allow_inputs);
+            // `ipfs` inputs found nowhere here are fetched as `CID.car` into a scratch
+            // folder, allowed as the folders the policy names are.
+            fetched =
+                crate::ipfs::prefetch_job_file(module, cwd, &policy, &self.ipfs).map_err(|e| {
+                    RequestError {
+                        key: None,
+                        message: e.to_string(),
+                    }
+                })?;
+            if let Some(f) = &fetched {
+                policy.roots.push(f.path().to_path_buf());
+            }
             let loaded = spec::bacalhau::v1::load(module, cwd, &policy)?;
             notes = loaded.notes;
             staging = loaded.staging;
@@ -335,6 +353,7 @@ impl JobRequest {
             job,
             notes,
             staging,
+            fetched,
         })
     }
 }
@@ -347,6 +366,9 @@ pub struct BuiltJob {
     pub notes: Vec<String>,
     /// Keep alive until the run has ended.
     pub staging: Option<spec::bacalhau::v1::Staging>,
+    /// CARs fetched for the job's `ipfs` inputs ([`crate::ipfs::prefetch_job_file`]):
+    /// keep alive until the run has ended.
+    pub fetched: Option<crate::scratch::Scratch>,
 }
 
 /// The name of the folder a CAR input is unpacked to, in its staging folder.

@@ -93,6 +93,17 @@ impl JobCaps {
     }
 }
 
+/// Whether the module is at the path the job `record` names, with the record's CID.
+fn module_at_record(
+    record: &detwasm_job::receipt::JobRecord,
+    profile: detwasm_job::results::Profile,
+) -> bool {
+    record.module.as_ref().is_some_and(|p| {
+        detwasm_jobspec::resolve::read_module_file(Path::new(p))
+            .is_ok_and(|b| results::cid_of_bytes(&b, profile).is_ok_and(|c| c == record.module_cid))
+    })
+}
+
 impl Sources {
     /// Finds by CID what the job `record` names and is not where it says (its module
     /// file unreadable or another module, an input folder missing) in `places`: folders
@@ -104,21 +115,86 @@ impl Sources {
     /// run. Receipts name content by CID, with paths as hints: a receipt that travels
     /// finds its content wherever the verifier keeps it. Found by use: a receipt checked
     /// on another machine failed with "No such file".
+    ///
+    /// What is still missing then is fetched from `remote` when it names an IPFS node or
+    /// gateway ([`crate::ipfs`]): the module and each input's CAR into a scratch folder
+    /// (the inputs' CARs within one job's CAR read budget together), then found in those
+    /// CARs as in any other, every block checked against its CID.
     pub fn find_by_cid(
+        &mut self,
+        record: &detwasm_job::receipt::JobRecord,
+        profile: detwasm_job::results::Profile,
+        places: &[PathBuf],
+        remote: &crate::ipfs::Remote,
+    ) -> Result<Vec<crate::scratch::Scratch>, String> {
+        if places.is_empty() && !remote.is_set() {
+            return Ok(Vec::new());
+        }
+        // The verifier's caps first, before anything is read, fetched or written for the
+        // job (found by review: a receipt over them had unpacked 8 GB before it was
+        // refused).
+        detwasm_job::job::check_counts(record.inputs.len(), record.outputs.len())
+            .map_err(|e| e.to_string())?;
+        self.caps.check(&record.limits).map_err(|e| e.to_string())?;
+        let mut kept = self.find_in(record, profile, places)?;
+        if !remote.is_set() {
+            return Ok(kept);
+        }
+        let module_missing = self.module.is_none() && !module_at_record(record, profile);
+        let mut cids: Vec<&str> = record
+            .inputs
+            .iter()
+            .filter(|i| self.input_missing(i))
+            .map(|i| i.cid.as_str())
+            .collect();
+        cids.sort_unstable();
+        cids.dedup();
+        if !module_missing && cids.is_empty() {
+            return Ok(kept);
+        }
+        let fetched = crate::scratch::Scratch::new("detwasm-fetched-", "content fetched by CID")
+            .map_err(|e| e.to_string())?;
+        let mut cars = Vec::new();
+        if module_missing {
+            let to = fetched.path().join("module.car");
+            let limits = crate::unpack::Limits::of(detwasm_jobspec::resolve::MAX_MODULE_FILE, 1);
+            remote
+                .fetch_car(&record.module_cid, &to, limits.max_car_bytes)
+                .map_err(|e| format!("the module: {e}"))?;
+            cars.push(to);
+        }
+        let mut left = crate::unpack::JOB_CAR.max_car_bytes;
+        for (i, cid) in cids.iter().enumerate() {
+            let to = fetched.path().join(format!("input-{i}.car"));
+            remote
+                .fetch_car(cid, &to, left)
+                .map_err(|e| format!("an input: {e}"))?;
+            left = left.saturating_sub(std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left));
+        }
+        cars.extend((0..cids.len()).map(|i| fetched.path().join(format!("input-{i}.car"))));
+        kept.push(fetched);
+        kept.extend(self.find_in(record, profile, &cars)?);
+        Ok(kept)
+    }
+
+    /// Whether `input` of the job is neither given (`--input`) nor where the record says.
+    fn input_missing(&self, input: &detwasm_job::receipt::InputRecord) -> bool {
+        let given = self
+            .inputs
+            .iter()
+            .any(|(g, _)| g.as_deref() == Some(&input.guest))
+            || self.inputs.iter().any(|(g, _)| g.is_none());
+        !given && !Path::new(&input.host).is_dir()
+    }
+
+    /// [`Self::find_by_cid`] in `places` alone.
+    fn find_in(
         &mut self,
         record: &detwasm_job::receipt::JobRecord,
         profile: detwasm_job::results::Profile,
         places: &[PathBuf],
     ) -> Result<Vec<crate::scratch::Scratch>, String> {
         let mut kept: Vec<crate::scratch::Scratch> = Vec::new();
-        if places.is_empty() {
-            return Ok(kept);
-        }
-        // The verifier's caps first, before anything is read or written for the job
-        // (found by review: a receipt over them had unpacked 8 GB before it was refused).
-        detwasm_job::job::check_counts(record.inputs.len(), record.outputs.len())
-            .map_err(|e| e.to_string())?;
-        self.caps.check(&record.limits).map_err(|e| e.to_string())?;
         let scratch = |kept: &mut Vec<crate::scratch::Scratch>| -> Result<PathBuf, String> {
             let s = crate::scratch::Scratch::new("detwasm-found-", "content found by CID")
                 .map_err(|e| e.to_string())?;
@@ -127,13 +203,7 @@ impl Sources {
             Ok(p)
         };
         // The module, unless given or where the record says.
-        let here = record.module.as_ref().map(PathBuf::from);
-        let module_ok = here.as_ref().is_some_and(|p| {
-            detwasm_jobspec::resolve::read_module_file(p).is_ok_and(|b| {
-                results::cid_of_bytes(&b, profile).is_ok_and(|c| c == record.module_cid)
-            })
-        });
-        if self.module.is_none() && !module_ok {
+        if self.module.is_none() && !module_at_record(record, profile) {
             for place in places {
                 if place.is_dir() {
                     let Ok(found) =
@@ -167,12 +237,7 @@ impl Sources {
         // of a hostile receipt's inputs unpacked its own gigabyte from one small CAR.
         let mut missing: Vec<&detwasm_job::receipt::InputRecord> = Vec::new();
         for input in &record.inputs {
-            let given = self
-                .inputs
-                .iter()
-                .any(|(g, _)| g.as_deref() == Some(&input.guest))
-                || self.inputs.iter().any(|(g, _)| g.is_none());
-            if given || Path::new(&input.host).is_dir() {
+            if !self.input_missing(input) {
                 continue;
             }
             match places.iter().find(|p| p.join(&input.cid).is_dir()) {

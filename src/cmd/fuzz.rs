@@ -54,7 +54,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let BuiltJob {
-        job, staging: _s, ..
+        job,
+        staging: _s,
+        fetched: _f,
+        ..
     } = build_job(&args.job)?;
     let vary = match &args.vary {
         Some(v) => Param::parse_list(v).map_err(|e| anyhow::anyhow!("--vary: {e}"))?,

@@ -68,6 +68,14 @@ pub struct Args {
     /// With --json: list the CID of every file, folder and symlink under "entries".
     #[arg(long, requires = "json")]
     pub entries: bool,
+
+    /// Also publish the DAG to the IPFS node of --ipfs-api (or $DETWASM_IPFS_API), as
+    /// `ipfs dag import` of its CAR (roots pinned); the node must report the same CID.
+    #[arg(long)]
+    pub publish: bool,
+
+    #[command(flatten)]
+    pub ipfs: super::fetch::IpfsArgs,
 }
 
 impl Args {
@@ -162,7 +170,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut hasher = Hasher::new(opts.clone())
         .entries(args.entries)
         .progress(&progress);
-    let mut car_file = match &args.car {
+    // Publishing without --car: the CAR is written to a scratch folder first.
+    let scratch = match (args.publish, &args.car) {
+        (true, None) => Some(detwasm_ops::scratch::Scratch::new(
+            "detwasm-publish-",
+            "a CAR being published",
+        )?),
+        _ => None,
+    };
+    let car_path = args
+        .car
+        .clone()
+        .or_else(|| scratch.as_ref().map(|s| s.path().join("publish.car")));
+    let mut car_file = match &car_path {
         Some(path) => {
             Some(BufWriter::new(File::create(path).with_context(|| {
                 format!("cannot create {}", path.display())
@@ -176,10 +196,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hashed = hasher.hash_path(&args.path);
     bar.finish();
     let hashed = hashed?;
-    if let (Some(mut w), Some(path)) = (car_file, &args.car) {
+    if let (Some(mut w), Some(path)) = (car_file, &car_path) {
         w.flush()
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    let published = match (&car_path, args.publish) {
+        (Some(car), true) => Some(
+            args.ipfs
+                .remote()
+                .publish_car(car, &hashed.root.to_string())?,
+        ),
+        _ => None,
+    };
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let mut out = serde_json::json!({
@@ -208,9 +236,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
         }
+        if let Some(url) = &published {
+            out["published"] = url.as_str().into();
+        }
         writeln!(stdout, "{out}")?;
     } else {
         writeln!(stdout, "{}", hashed.root)?;
+        if let Some(url) = &published {
+            eprintln!("published to {url}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

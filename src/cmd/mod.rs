@@ -1,5 +1,6 @@
 pub mod batch;
 pub mod cache;
+pub mod fetch;
 pub mod fuzz;
 pub mod hash;
 pub mod module;

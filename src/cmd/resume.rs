@@ -78,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &snapshot.state.job,
             snapshot.state.profile,
             &args.sources.find,
+            &args.sources.ipfs.remote(),
         )
         .map_err(anyhow::Error::msg)?;
     let job = job_of_snapshot(snapshot, &sources)

@@ -43,6 +43,14 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub receipt: Option<PathBuf>,
 
+    /// Publish the results to the IPFS node of --ipfs-api (or $DETWASM_IPFS_API) once
+    /// they are delivered, as `ipfs dag import` of their CAR (pinned), and check that the
+    /// node holds them under the receipt's CID. Results of a run that is not verifiable
+    /// are not published. If publishing fails, a warning says so and the exit code is 1;
+    /// the results stay delivered.
+    #[arg(long)]
+    pub publish: bool,
+
     #[command(flatten)]
     pub checkpoints: CheckpointArgs,
 
@@ -207,6 +215,9 @@ pub struct JobArgs {
     #[arg(long = "allow-input", value_name = "DIR")]
     pub allow_inputs: Vec<PathBuf>,
 
+    #[command(flatten)]
+    pub ipfs: super::fetch::IpfsArgs,
+
     /// Arguments passed to the module (argv[1..]); argv[0] is always `module.wasm`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -341,6 +352,7 @@ impl JobArgs {
             no_outputs: o.no_outputs,
             output: None,
             allow_inputs: self.allow_inputs.clone(),
+            ipfs: self.ipfs.remote(),
         })
     }
 }
@@ -381,7 +393,10 @@ pub fn runtime(no_cache: bool) -> anyhow::Result<Runtime> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let BuiltJob {
-        job, staging: _s, ..
+        job,
+        staging: _s,
+        fetched: _f,
+        ..
     } = build_job(&args.job)?;
     let module = &args.job.module;
     let (mut runtime, live) = args.live.apply(runtime(args.job.opts.no_cache)?);
@@ -420,7 +435,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.checkpoints.checkpoints.as_deref(),
     );
     args.live.show_stderr_tail(&receipt);
+    if args.publish && !publish(&receipt, &args.job.ipfs) {
+        return Ok(ExitCode::from(1));
+    }
     Ok(code)
+}
+
+/// Publishes a run's delivered results (`--publish`); false, with a warning, when they
+/// were not published.
+fn publish(receipt: &Receipt, ipfs: &super::fetch::IpfsArgs) -> bool {
+    if !receipt.verifiable {
+        eprintln!("detwasm: warning: not published: this run is not verifiable");
+        return false;
+    }
+    let options =
+        detwasm_hasher::Options::profile(receipt.profile).with_hidden(!receipt.skip_hidden);
+    let dir = Path::new(&receipt.results_dir);
+    match detwasm_ops::ipfs::publish_path(&ipfs.remote(), dir, options) {
+        Ok((cid, url)) if cid == receipt.cid => {
+            eprintln!("published:    {cid} to {url}");
+            true
+        }
+        Ok((cid, _)) => {
+            eprintln!(
+                "detwasm: warning: {} hashes to {cid} now, not the receipt's {}: changed since the run; published, but not as the receipt's results",
+                dir.display(),
+                receipt.cid
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "detwasm: warning: the results are at {}, but were not published: {e}",
+                dir.display()
+            );
+            false
+        }
+    }
 }
 
 /// Prints a receipt (the CID on stdout and a summary on stderr, or the JSON) and writes

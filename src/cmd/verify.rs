@@ -89,7 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // runs.
     let _unpacked = sources.unpack_cars().map_err(anyhow::Error::msg)?;
     let _found = sources
-        .find_by_cid(&receipt.job, receipt.profile, &args.sources.find)
+        .find_by_cid(
+            &receipt.job,
+            receipt.profile,
+            &args.sources.find,
+            &args.sources.ipfs.remote(),
+        )
         .map_err(anyhow::Error::msg)?;
     let runtime = Runtime::new(EngineOptions {
         cache_dir: if args.no_cache {
@@ -235,6 +240,11 @@ pub struct SourceArgs {
     /// holding them. Repeatable; --module and --input win.
     #[arg(long, value_name = "DIR|CAR")]
     pub find: Vec<PathBuf>,
+
+    /// Where to fetch the module and inputs by CID when they are not here at all (not
+    /// where the receipt says, nor in --find): an IPFS node or trustless gateway.
+    #[command(flatten)]
+    pub ipfs: super::fetch::IpfsArgs,
 
     /// Refuse a job whose fuel budget is above N (the receipt's limits are the
     /// provider's choice, and a re-run spends what they allow). Default: no cap.
