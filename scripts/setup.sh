@@ -27,6 +27,8 @@ fi
 bash scripts/fetch-workloads.sh
 echo "==> npm ci (conformance peer: ipfs-unixfs-importer 17, @ipld/car, ipfs-unixfs-exporter)"
 npm ci --prefix conformance --no-audit --no-fund
+echo "==> npm ci (a real IPFS node for the IPFS tests: Helia, conformance/ipfs-node)"
+npm ci --prefix conformance/ipfs-node --no-audit --no-fund
 echo "==> pip install maturin pytest ray (the Python package, its tests and its Ray cluster test)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   "maturin==1.16.0" "pytest==9.2.0" "ray==2.60.0"

@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 
 /// The `detwasm` binary under test, with a module cache of the test build's own (never
 /// the user's) and none of the user's settings that change what a run may read: the
-/// module search path and the folders a module spec may mount.
+/// module search path, the folders a module spec may mount and the IPFS node or gateway
+/// content is fetched from.
 pub fn detwasm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_detwasm"));
     c.env(
@@ -17,7 +18,9 @@ pub fn detwasm() -> Command {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("detwasm-cli-cache"),
     )
     .env_remove("DETWASM_ALLOW_INPUTS")
-    .env_remove("DETWASM_MODULE_PATH");
+    .env_remove("DETWASM_MODULE_PATH")
+    .env_remove("DETWASM_IPFS_API")
+    .env_remove("DETWASM_IPFS_GATEWAY");
     c
 }
 
