@@ -9,7 +9,8 @@
 //   by Helia before it is stored), answered as Kubo answers.
 //
 // Usage (REPO is a folder holding the node's blocks):
-//   node node.mjs serve REPO        prints "listening PORT" once it listens on 127.0.0.1
+//   node node.mjs serve REPO [PORT] prints "listening PORT" once it listens on 127.0.0.1
+//                                   (PORT: any free port when not given)
 //   node node.mjs add REPO PATH     adds a file or folder (hidden files included) with
 //                                   Helia's importer and prints its CID
 //   node node.mjs cat REPO CID      prints the bytes of a file (CID or CID/path)
@@ -118,7 +119,7 @@ function serve () {
       send(res, 500, `${e.message}\n`)
     }
   })
-  server.listen(0, '127.0.0.1', () => console.log(`listening ${server.address().port}`))
+  server.listen(Number(arg ?? 0), '127.0.0.1', () => console.log(`listening ${server.address().port}`))
 }
 
 function send (res, status, text) {

@@ -36,6 +36,9 @@ pub struct BatchOptions {
     pub cwd: PathBuf,
     /// Folders module specs may take inputs from (`--allow-input`), for every job.
     pub allow_inputs: Vec<PathBuf>,
+    /// The IPFS node or gateway job files' missing `ipfs` inputs are fetched from
+    /// (`--gateway`, `--ipfs-api`), for every job.
+    pub ipfs: crate::ipfs::Remote,
 }
 
 /// The end of one job: its receipt, or the error that stopped it (nothing delivered).
@@ -266,6 +269,7 @@ pub fn job_of(req: &JobRequest, opts: &BatchOptions) -> Result<Planned, String> 
         || detwasm_jobspec::bacalhau::v1::is_job_file(&req.module)
     {
         req.allow_inputs.extend(opts.allow_inputs.iter().cloned());
+        req.ipfs = opts.ipfs.clone();
     }
     let BuiltJob { job, staging, .. } = req.build(&opts.cwd).map_err(|e| e.to_string())?;
     let dest = match &req.output {
@@ -612,6 +616,7 @@ mod tests {
             output_dir: t.path().join("out"),
             cwd: t.path().to_path_buf(),
             allow_inputs: Vec::new(),
+            ipfs: Default::default(),
         };
         std::fs::create_dir(&opts.output_dir).unwrap();
         let mut seen = Vec::new();

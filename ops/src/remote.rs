@@ -550,6 +550,7 @@ mod tests {
             output_dir: t.join("out"),
             cwd: t.to_path_buf(),
             allow_inputs: Vec::new(),
+            ipfs: Default::default(),
         };
         (Runtime::new(EngineOptions::default()).unwrap(), opts)
     }

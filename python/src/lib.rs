@@ -74,6 +74,8 @@ fn batch_options(
         output_dir: output_dir.map_or_else(|| cwd.clone(), |d| cwd.join(d)),
         cwd,
         allow_inputs,
+        // $DETWASM_IPFS_GATEWAY and $DETWASM_IPFS_API, as for `detwasm batch`.
+        ipfs: detwasm_ops::ipfs::Remote::from_flags_or_env(None, None),
     })
 }
 

@@ -59,6 +59,11 @@ pub struct Args {
     #[arg(long = "allow-input", value_name = "DIR")]
     pub allow_inputs: Vec<PathBuf>,
 
+    /// Where job files' `ipfs` inputs missing here are fetched from (see `detwasm run
+    /// --gateway`), for every job.
+    #[command(flatten)]
+    pub ipfs: super::fetch::IpfsArgs,
+
     /// Compile without reading or writing the module cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -131,6 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output_dir,
         cwd,
         allow_inputs: args.allow_inputs.clone(),
+        ipfs: args.ipfs.remote(),
     };
 
     // A bar on a terminal only (indicatif hides it otherwise); receipts go to stdout.

@@ -675,7 +675,7 @@ pub fn parse(text: &str) -> Result<JobSpec, Located> {
 
     if let Ok(publisher) = task.obj("Publisher") {
         if task.has("Publisher") && !publisher.string("Type").unwrap_or_default().is_empty() {
-            note(&mut notes, task.line("Publisher"), "Publisher: detwasm delivers the results directory locally and prints its CID; publish it yourself (e.g. `ipfs dag import` of `detwasm hash --car`)");
+            note(&mut notes, task.line("Publisher"), "Publisher: detwasm delivers the results directory locally and prints its CID; publish it with `--publish --ipfs-api URL` (an IPFS node), or `ipfs dag import` of `detwasm hash --car`");
         }
     }
     let task_fuel = meta_fuel(task, &mut notes)?;
