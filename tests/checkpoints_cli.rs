@@ -287,6 +287,9 @@ fn a_timeout_before_the_first_checkpoint_is_resumed() {
     let out = detwasm()
         .current_dir(t.path())
         .args(["run", "--timeout", "1", "--checkpoints", "cp", "--json"])
+        // Fuel far above what a second runs (the default, 1e9 per second of the
+        // timeout, can run out first on a fast machine).
+        .args(["--fuel", "1000000000000000"])
         .args([
             "--checkpoint-every",
             "1000000000000000",

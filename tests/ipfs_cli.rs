@@ -186,8 +186,8 @@ fn fetch_writes_what_a_real_ipfs_node_holds() {
     assert!(e.contains("--ipfs-api") && e.contains("--gateway"), "{e}");
 }
 
-/// A gateway that lies (a block changed, a block left out) gives an error, never
-/// content: every block is checked against its CID and the DAG must be whole.
+/// A gateway that lies (a block changed, a block left out, a redirect) gives an error,
+/// never content: every block is checked against its CID and the DAG must be whole.
 #[test]
 fn a_lying_gateway_gives_an_error_and_nothing_is_written() {
     let t = tempfile::tempdir().unwrap();
@@ -206,19 +206,30 @@ fn a_lying_gateway_gives_an_error_and_nothing_is_written() {
     changed[at] ^= 1;
     // The CAR cut short by its last 1,000 bytes: blocks of the DAG missing.
     let cut = good[..good.len() - 1000].to_vec();
-    for (body, want) in [(changed, "not a valid CAR"), (cut, "not a valid CAR")] {
+    let car = |body: Vec<u8>| {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.ipld.car; version=1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend(body);
+        answer
+    };
+    // A redirect is not followed (it could point anywhere, the provider's own network
+    // included): the good CAR waits at the other end, unused.
+    let redirect = b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/ipfs/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
+    for (answer, want) in [
+        (car(changed), "not a valid CAR"),
+        (car(cut), "not a valid CAR"),
+        (redirect, "HTTP 302"),
+    ] {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.ipld.car; version=1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
+            let _ = s.write_all(&answer);
         });
         let e = failed(
             &detwasm()

@@ -21,7 +21,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use detwasm_hasher::cid::Cid;
 use detwasm_hasher::unpack::Car;
@@ -31,8 +31,10 @@ pub const GATEWAY_ENV: &str = "DETWASM_IPFS_GATEWAY";
 /// The environment variable naming a node's Kubo RPC (`--ipfs-api`).
 pub const API_ENV: &str = "DETWASM_IPFS_API";
 
-/// How long one request may take, answer included: 10 minutes (a gigabyte at under
-/// 2 MB/s). Past it the fetch fails; nothing half-fetched is used.
+/// How long fetching may take, answers included: 10 minutes (a gigabyte at under 2 MB/s),
+/// for one `fetch`, and for all the CIDs of one job together (a hostile job file or
+/// receipt names up to 256, each of which a slow server could drip for the whole time).
+/// Past it the fetch fails; nothing half-fetched is used.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,17 +71,37 @@ impl Remote {
     /// every block against its CID, and the DAG under `cid` complete. Returns the URL it
     /// came from. `to` is removed again when anything fails.
     pub fn fetch_car(&self, cid: &str, to: &Path, max_car_bytes: u64) -> Result<String, IpfsError> {
+        self.fetch_car_by(cid, to, max_car_bytes, Instant::now() + REQUEST_TIMEOUT)
+    }
+
+    /// [`Self::fetch_car`], ended at `deadline`.
+    pub fn fetch_car_by(
+        &self,
+        cid: &str,
+        to: &Path,
+        max_car_bytes: u64,
+        deadline: Instant,
+    ) -> Result<String, IpfsError> {
         let root = Cid::parse(cid).ok_or_else(|| IpfsError(format!("{cid} is not a CID")))?;
+        // The CID as it parsed, never the text it came in: a receipt's or job file's
+        // string goes into no URL.
+        let cid = &root.to_string();
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Err(IpfsError(format!(
+                "fetching {cid}: out of time ({} s for all of the job's fetches)",
+                REQUEST_TIMEOUT.as_secs()
+            )));
+        };
         let (url, request) = match (&self.api, &self.gateway) {
             (Some(api), _) => {
                 let url = format!("{}/api/v0/dag/export?arg={cid}", trim(api));
-                (url.clone(), agent().post(&url).send_empty())
+                (url.clone(), agent(left).post(&url).send_empty())
             }
             (None, Some(gateway)) => {
                 let url = format!("{}/ipfs/{cid}?format=car&dag-scope=all", trim(gateway));
                 (
                     url.clone(),
-                    agent()
+                    agent(left)
                         .get(&url)
                         .header("Accept", "application/vnd.ipld.car; version=1")
                         .call(),
@@ -151,7 +173,7 @@ impl Remote {
         let body = std::io::Cursor::new(head.into_bytes())
             .chain(std::io::BufReader::new(file))
             .chain(std::io::Cursor::new(tail.into_bytes()));
-        let mut response = agent()
+        let mut response = agent(REQUEST_TIMEOUT)
             .post(&url)
             .header(
                 "Content-Type",
@@ -283,13 +305,14 @@ pub fn prefetch_job_file(
     let scratch = crate::scratch::Scratch::new("detwasm-fetched-", "CARs fetched for a job")
         .map_err(|e| IpfsError(e.to_string()))?;
     let mut left = detwasm_jobspec::car::MAX_JOB_CAR_READ;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
     for cid in cids {
         if Cid::parse(cid).is_none() {
             continue; // the job's own reading names the input and its line
         }
         let to = scratch.path().join(format!("{cid}.car"));
         remote
-            .fetch_car(cid, &to, left)
+            .fetch_car_by(cid, &to, left, deadline)
             .map_err(|e| IpfsError(format!("{}: {e}", file.display())))?;
         let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left);
         left = left.saturating_sub(size);
@@ -311,11 +334,16 @@ fn trim(url: &str) -> &str {
     url.trim().trim_end_matches('/')
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client whose requests end after `timeout`, and that follows no redirect: a
+/// gateway's answer is the CAR or an error. Rejected: following redirects (an untrusted
+/// gateway could point requests at hosts the operator never named, such as services
+/// on the provider's own network).
+fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(CONNECT_TIMEOUT.min(timeout)))
         .http_status_as_error(false)
+        .max_redirects(0)
         .build()
         .into()
 }

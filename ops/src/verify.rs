@@ -155,11 +155,12 @@ impl Sources {
         let fetched = crate::scratch::Scratch::new("detwasm-fetched-", "content fetched by CID")
             .map_err(|e| e.to_string())?;
         let mut cars = Vec::new();
+        let deadline = std::time::Instant::now() + crate::ipfs::REQUEST_TIMEOUT;
         if module_missing {
             let to = fetched.path().join("module.car");
             let limits = crate::unpack::Limits::of(detwasm_jobspec::resolve::MAX_MODULE_FILE, 1);
             remote
-                .fetch_car(&record.module_cid, &to, limits.max_car_bytes)
+                .fetch_car_by(&record.module_cid, &to, limits.max_car_bytes, deadline)
                 .map_err(|e| format!("the module: {e}"))?;
             cars.push(to);
         }
@@ -167,7 +168,7 @@ impl Sources {
         for (i, cid) in cids.iter().enumerate() {
             let to = fetched.path().join(format!("input-{i}.car"));
             remote
-                .fetch_car(cid, &to, left)
+                .fetch_car_by(cid, &to, left, deadline)
                 .map_err(|e| format!("an input: {e}"))?;
             left = left.saturating_sub(std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left));
         }
