@@ -383,3 +383,52 @@ fn a_job_fetches_its_inputs_publishes_its_results_and_verifies_from_ipfs() {
     let report: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(report["verified"], true, "{report}");
 }
+
+/// A module folder that ships only its template (the entry module named by CID) runs with
+/// the module fetched from the node, as the same job as with the module beside it.
+#[test]
+fn a_module_folder_without_its_wasm_fetches_it_by_cid() {
+    let t = tempfile::tempdir().unwrap();
+    let node = Node::start(&t.path().join("repo"));
+    let src = root().join("modules/cowsay");
+    let bare = t.path().join("cowsay");
+    std::fs::create_dir(&bare).unwrap();
+    std::fs::copy(
+        src.join("lilypad_module.json.tmpl"),
+        bare.join("lilypad_module.json.tmpl"),
+    )
+    .unwrap();
+    let run = |dir: &Path, out: &str, extra: &[&str]| {
+        detwasm()
+            .current_dir(t.path())
+            .arg("run")
+            .arg(dir)
+            .args(["-i", "Message=moo", "--json", "-o", out])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let e = failed(&run(&bare, "never", &[]));
+    assert!(
+        e.contains("Qmf4QYeAyxmai1ksbWp4D7opTa6hVSosjbubMwiv4yax7c"),
+        "{e}"
+    );
+    // The module's bytes (modules/cowsay/cowsay.wasm is a link to its build).
+    std::fs::copy(src.join("cowsay.wasm"), t.path().join("cowsay.wasm")).unwrap();
+    let cid = ok(&detwasm()
+        .args(["hash", "--publish", "--ipfs-api", &node.url])
+        .arg(t.path().join("cowsay.wasm"))
+        .output()
+        .unwrap());
+    assert_eq!(cid.trim(), "Qmf4QYeAyxmai1ksbWp4D7opTa6hVSosjbubMwiv4yax7c");
+    let fetched = receipt(&run(&bare, "a", &["--gateway", &node.url]));
+    let beside = receipt(&run(&src, "b", &[]));
+    assert_eq!(
+        (
+            &fetched["cid"],
+            &fetched["job_id"],
+            &fetched["instructions"]
+        ),
+        (&beside["cid"], &beside["job_id"], &beside["instructions"])
+    );
+}

@@ -450,6 +450,10 @@ pub struct ModuleDir {
     pub dir: PathBuf,
     pub template_path: PathBuf,
     pub template: String,
+    /// A folder holding the entry module fetched by its CID (a CAR), looked in when the
+    /// module folder has no entry module of the template's CID: set by whoever fetched
+    /// it (`detwasm run --gateway`), never by the template.
+    pub fetched: Option<PathBuf>,
 }
 
 /// A job built from a module, with what it was built from.
@@ -480,6 +484,7 @@ impl ModuleDir {
             dir,
             template_path,
             template,
+            fetched: None,
         })
     }
 
@@ -509,8 +514,16 @@ impl ModuleDir {
         let (rendered, spec) = self.spec(inputs)?;
         // Inputs first: a refused SourcePath is reported before any module is hashed.
         let mounts = policy.resolve_inputs(&self.dir, cwd, &spec)?;
-        let entry =
-            resolve::entry_module(&self.dir, &spec.entry_module.cid, &spec.entry_module.path)?;
+        let cid = &spec.entry_module.cid;
+        let entry = match resolve::entry_module(&self.dir, cid, &spec.entry_module.path) {
+            Err(e) => match &self.fetched {
+                Some(fetched) if !cid.trim().is_empty() => {
+                    resolve::entry_module(fetched, cid, "").map_err(|_| e)?
+                }
+                _ => return Err(e),
+            },
+            found => found?,
+        };
         let mounts: Vec<Mount> = mounts
             .into_iter()
             .map(|(host, guest)| Mount {

@@ -320,6 +320,47 @@ pub fn prefetch_job_file(
     Ok(Some(scratch))
 }
 
+/// For a module folder whose template names its entry module by a CID that the folder
+/// does not hold (neither at its `Path` nor as a `.wasm` or `.car` of that CID): fetches
+/// it from `remote` as a CAR into a scratch folder for [`detwasm_jobspec::ModuleDir::fetched`],
+/// within what a module file may be. `None` when nothing was fetched (or no endpoint is
+/// named, or the template does not render: the job's own reading reports that).
+pub fn prefetch_entry_module(
+    dir: &detwasm_jobspec::ModuleDir,
+    values: &std::collections::BTreeMap<String, String>,
+    remote: &Remote,
+) -> Result<Option<crate::scratch::Scratch>, IpfsError> {
+    if !remote.is_set() {
+        return Ok(None);
+    }
+    let Ok((_, spec)) = dir.spec(values) else {
+        return Ok(None);
+    };
+    let cid = spec.entry_module.cid.trim();
+    if cid.is_empty()
+        || Cid::parse(cid).is_none()
+        || detwasm_jobspec::resolve::entry_module(&dir.dir, cid, &spec.entry_module.path).is_ok()
+    {
+        return Ok(None);
+    }
+    let scratch = crate::scratch::Scratch::new("detwasm-fetched-", "a module fetched by CID")
+        .map_err(|e| IpfsError(e.to_string()))?;
+    let limits = crate::unpack::Limits::of(detwasm_jobspec::resolve::MAX_MODULE_FILE, 1);
+    remote
+        .fetch_car(
+            cid,
+            &scratch.path().join("module.car"),
+            limits.max_car_bytes,
+        )
+        .map_err(|e| {
+            IpfsError(format!(
+                "{}: the entry module: {e}",
+                dir.template_path.display()
+            ))
+        })?;
+    Ok(Some(scratch))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

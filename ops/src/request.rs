@@ -224,9 +224,18 @@ impl JobRequest {
             staging = loaded.staging;
             Some((loaded.job, loaded.spec.parts.stated()))
         } else if spec::is_module_reference(module) {
-            let dir = spec::ModuleDir::open(&module.to_string_lossy())?;
+            let mut dir = spec::ModuleDir::open(&module.to_string_lossy())?;
             let policy = InputPolicy::from_env_and(&self.allow_inputs);
             let values: BTreeMap<String, String> = self.input_values.iter().cloned().collect();
+            // An entry module named by a CID the folder does not hold: fetched.
+            fetched =
+                crate::ipfs::prefetch_entry_module(&dir, &values, &self.ipfs).map_err(|e| {
+                    RequestError {
+                        key: None,
+                        message: e.to_string(),
+                    }
+                })?;
+            dir.fetched = fetched.as_ref().map(|f| f.path().to_path_buf());
             let prepared = dir.job(&values, cwd, &policy)?;
             Some((prepared.job, prepared.spec.parts().stated()))
         } else if !self.input_values.is_empty() {
