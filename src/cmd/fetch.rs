@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use detwasm_ops::ipfs::{self, Remote};
-use detwasm_ops::unpack::{self, Limits};
 
 /// The IPFS node or gateway content is fetched from (and results published to), as the
 /// operator names them. Nothing is ever fetched unless one is named.
@@ -55,13 +54,8 @@ pub struct Args {
     #[command(flatten)]
     pub ipfs: IpfsArgs,
 
-    /// The most bytes of files to write [default: 16GiB].
-    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
-    pub max_size: Option<u64>,
-
-    /// The most files, folders and symlinks to write [default: 1000000].
-    #[arg(long, value_name = "N")]
-    pub max_entries: Option<u64>,
+    #[command(flatten)]
+    pub limits: super::unpack::LimitArgs,
 
     /// Print what was done as one JSON object (`cid`, `from`, `unpacked` or `car`).
     #[arg(long)]
@@ -78,10 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.cid
         );
     }
-    let limits = Limits::of(
-        args.max_size.unwrap_or(unpack::DEFAULT_MAX_BYTES),
-        args.max_entries.unwrap_or(unpack::DEFAULT_MAX_ENTRIES),
-    );
+    let limits = args.limits.limits();
     let fetched = ipfs::fetch(
         &remote,
         &args.cid,

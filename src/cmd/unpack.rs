@@ -28,13 +28,8 @@ pub struct Args {
     #[arg(long, value_name = "CID")]
     pub cid: Option<String>,
 
-    /// The most bytes of files to write [default: 16GiB].
-    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
-    pub max_size: Option<u64>,
-
-    /// The most files, folders and symlinks to write [default: 1000000].
-    #[arg(long, value_name = "N")]
-    pub max_entries: Option<u64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Print what was written as one JSON object (`cid`, `kind`, `bytes`, `entries`,
     /// `dest`).
@@ -42,11 +37,30 @@ pub struct Args {
     pub json: bool,
 }
 
+/// How much a CAR's tree may write (`unpack`, `fetch`).
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// The most bytes of files to write [default: 16GiB].
+    #[arg(long, value_name = "SIZE", value_parser = detwasm_ops::request::parse_size)]
+    pub max_size: Option<u64>,
+
+    /// The most files, folders and symlinks to write [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The limits the flags give (see [`Limits::of`]).
+    pub fn limits(&self) -> Limits {
+        Limits::of(
+            self.max_size.unwrap_or(unpack::DEFAULT_MAX_BYTES),
+            self.max_entries.unwrap_or(unpack::DEFAULT_MAX_ENTRIES),
+        )
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let limits = Limits::of(
-        args.max_size.unwrap_or(unpack::DEFAULT_MAX_BYTES),
-        args.max_entries.unwrap_or(unpack::DEFAULT_MAX_ENTRIES),
-    );
+    let limits = args.limits.limits();
     let u = unpack::unpack(&args.car, args.cid.as_deref(), args.dest.as_deref(), limits)
         .map_err(anyhow::Error::msg)?;
     if args.json {
