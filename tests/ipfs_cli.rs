@@ -217,11 +217,16 @@ fn a_lying_gateway_gives_an_error_and_nothing_is_written() {
     };
     // A redirect is not followed (it could point anywhere, the provider's own network
     // included): the good CAR waits at the other end, unused.
+    // A server's words are shown without their control characters (a terminal's escape
+    // sequences), and at most 512 bytes of them.
+    let mut said = b"HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\n\x1b[2J\x1b[31mPWNED ".to_vec();
+    said.extend(vec![b'x'; 100_000]);
     let redirect = b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/ipfs/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
     for (answer, want) in [
         (car(changed), "not a valid CAR"),
         (car(cut), "not a valid CAR"),
         (redirect, "HTTP 302"),
+        (said, "HTTP 500 Internal Server Error: ?[2J?[31mPWNED xxx"),
     ] {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -240,6 +245,7 @@ fn a_lying_gateway_gives_an_error_and_nothing_is_written() {
         );
         server.join().unwrap();
         assert!(e.contains(want) && e.contains(&cid), "{e}");
+        assert!(!e.contains('\x1b') && e.len() < 2000, "{e}");
         assert!(!t.path().join("out").exists());
     }
 }
@@ -431,4 +437,66 @@ fn a_module_folder_without_its_wasm_fetches_it_by_cid() {
         ),
         (&beside["cid"], &beside["job_id"], &beside["instructions"])
     );
+}
+
+/// A job file's CID text never names a file outside the scratch folder the CARs are
+/// fetched into: the CID parser skips what comes before `/ipfs/`, so
+/// `../../victim/ipfs/CID` parsed, and its CAR was written there, or a file there
+/// removed (found by review). Such a text is not fetched; the job is refused naming it,
+/// and the operator's file stays as it was.
+#[test]
+fn a_job_files_cid_text_names_no_file_outside_the_scratch_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let node = Node::start(&t.path().join("repo"));
+    let src = t.path().join("src");
+    sample(&src);
+    let cid = node.add(&src);
+    // A file of the operator's in a folder named `ipfs` (to be removed), and an empty one
+    // (to be written in).
+    let victim = t.path().join("victim/ipfs");
+    let empty = t.path().join("empty/ipfs");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(victim.join(format!("{cid}.car")), "the operator's own").unwrap();
+    let job = t.path().join("a/b/job");
+    std::fs::create_dir_all(&job).unwrap();
+    std::fs::copy(fixture("probes/probe.wasm"), job.join("probe.wasm")).unwrap();
+    // From the scratch folder (a folder of the temporary folder) up to the root, then
+    // down to the victim: from the job file's folder, deeper, it names nothing.
+    let up = "../".repeat(std::env::temp_dir().components().count());
+    let below_root = |p: &Path| p.strip_prefix("/").unwrap().display().to_string();
+    for text in [
+        format!("{up}{}/{cid}", below_root(&victim)),
+        format!("{}/{cid}", empty.display()),
+    ] {
+        std::fs::write(
+            job.join("job.yaml"),
+            format!(
+                "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params: {{EntryModule: /probe.wasm, Entrypoint: _start}}\n    InputSources:\n      - Target: /probe.wasm\n        Source: {{Type: local, Params: {{SourcePath: probe.wasm}}}}\n      - Target: /inputs\n        Source: {{Type: ipfs, Params: {{CID: \"{text}\"}}}}\n    Network: {{Type: None}}\n"
+            ),
+        )
+        .unwrap();
+        let e = failed(
+            &detwasm()
+                .current_dir(t.path())
+                .args([
+                    "run",
+                    "a/b/job/job.yaml",
+                    "-o",
+                    "never",
+                    "--gateway",
+                    &node.url,
+                ])
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains("job.yaml"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(victim.join(format!("{cid}.car"))).unwrap(),
+            "the operator's own",
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1, "{e}");
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{e}");
+    }
 }

@@ -467,6 +467,27 @@ fn a_receipt_finds_its_content_by_cid_with_find() {
     std::fs::rename(store, t.path().join("gone")).unwrap();
     let (out, report) = verify(t.path(), &[r, "--find", "store.car"]);
     assert!(out.status.success(), "{report}");
+    // A receipt whose input CID is a path (`../gone`, a folder beside the store) finds
+    // nothing there: only a CID written as one names a folder.
+    let mut forged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    forged["job"]["inputs"][0]["cid"] = "../gone".into();
+    std::fs::create_dir(t.path().join("store2")).unwrap();
+    let forged_path = t.path().join("forged.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let (out, report) = verify(
+        t.path(),
+        &[
+            forged_path.to_str().unwrap(),
+            "--find",
+            "store2",
+            "--module",
+            "gone/renamed.wasm",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist or cannot be read"), "{err}");
     // A job over the verifier's caps is refused before anything is found or unpacked
     // (found by review: 8 GB were unpacked before the caps refused the job).
     // (TMPDIR names no folder: a verify that unpacked first would fail on that.)

@@ -117,20 +117,19 @@ impl Remote {
         let mut response = request.map_err(|e| bad(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            let mut text = String::new();
-            let _ = response
-                .body_mut()
-                .as_reader()
-                .take(512)
-                .read_to_string(&mut text);
-            return Err(bad(format!("HTTP {status}: {}", text.trim())));
+            return Err(bad(format!(
+                "HTTP {status}: {}",
+                server_text(response.body_mut().as_reader())
+            )));
         }
+        // Only a file this call created is removed on failure (found by review: a file
+        // already there was removed when creating it failed).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(to)
+            .map_err(|e| bad(format!("{}: {e}", to.display())))?;
         let written = (|| -> Result<(), IpfsError> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(to)
-                .map_err(|e| bad(format!("{}: {e}", to.display())))?;
             let mut body = response.body_mut().as_reader().take(max_car_bytes + 1);
             let n = std::io::copy(&mut body, &mut file).map_err(|e| bad(e.to_string()))?;
             if n > max_car_bytes {
@@ -182,6 +181,12 @@ impl Remote {
             .send(ureq::SendBody::from_owned_reader(body))
             .map_err(|e| bad(e.to_string()))?;
         let status = response.status();
+        if !status.is_success() {
+            return Err(bad(format!(
+                "HTTP {status}: {}",
+                server_text(response.body_mut().as_reader())
+            )));
+        }
         let mut text = String::new();
         response
             .body_mut()
@@ -189,9 +194,6 @@ impl Remote {
             .take(1 << 20)
             .read_to_string(&mut text)
             .map_err(|e| bad(e.to_string()))?;
-        if !status.is_success() {
-            return Err(bad(format!("HTTP {status}: {}", text.trim())));
-        }
         let want = Cid::parse(root).ok_or_else(|| bad(format!("{root} is not a CID")))?;
         // One JSON object per root: {"Root": {"Cid": {"/": CID}, "PinErrorMsg": ""}}.
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -209,7 +211,7 @@ impl Remote {
         }
         Err(bad(format!(
             "the node did not report {root} among the roots it imported: {}",
-            text.trim()
+            server_text(text.as_bytes())
         )))
     }
 }
@@ -307,8 +309,14 @@ pub fn prefetch_job_file(
     let mut left = detwasm_jobspec::car::MAX_JOB_CAR_READ;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     for cid in cids {
-        if Cid::parse(cid).is_none() {
-            continue; // the job's own reading names the input and its line
+        // Only a CID written as one (letters and digits, as every multibase CID is):
+        // the text names the file the job then finds. Found by review: the CID parser
+        // skips whatever comes before `/ipfs/`, so `../../x/ipfs/Qm…` parsed, and its
+        // CAR was written (or a file there removed) outside the scratch folder.
+        // Anything else is left to the job's own reading, which names the input and
+        // its line.
+        if !is_plain_cid(cid) {
+            continue;
         }
         let to = scratch.path().join(format!("{cid}.car"));
         remote
@@ -361,6 +369,16 @@ pub fn prefetch_entry_module(
     Ok(Some(scratch))
 }
 
+/// Whether `text` is a CID written as one: letters and digits only (every multibase CID
+/// is), and a CID. Such a text can name a file or folder (`CID.car`, `CID`) without
+/// naming another place: the CID parser accepts `../../x/ipfs/CID` too (it skips what
+/// comes before `/ipfs/`), which as a path leads anywhere.
+pub fn is_plain_cid(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_alphanumeric())
+        && Cid::parse(text).is_some()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -369,6 +387,19 @@ fn hex(bytes: &[u8]) -> String {
 fn getrandom(buf: &mut [u8]) {
     // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
     let _ = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+}
+
+/// At most 512 bytes of what a server said, for a message: control characters (a
+/// terminal's escape sequences among them) shown as `?`. Found by review: an error body
+/// was printed raw, escapes and a megabyte included.
+fn server_text(r: impl Read) -> String {
+    let mut bytes = Vec::new();
+    let _ = r.take(512).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes)
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn trim(url: &str) -> &str {
@@ -406,12 +437,11 @@ pub fn fetch(
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let part = tempfile::Builder::new()
-            .prefix(".detwasm-fetch-")
-            .tempfile_in(parent)
-            .map_err(|e| IpfsError(format!("{}: {e}", parent.display())))?
-            .into_temp_path();
-        std::fs::remove_file(&part).map_err(|e| IpfsError(format!("{}: {e}", part.display())))?;
+        // In a locked scratch folder beside it, which a later fetch removes if this one
+        // is killed (found by review: a killed fetch left its partial file for good).
+        let staging = crate::scratch::Scratch::new_in(parent, ".detwasm-fetch-", "fetching")
+            .map_err(|e| IpfsError(format!("{}: {e}", parent.display())))?;
+        let part = staging.path().join("fetched.car");
         let from = remote.fetch_car(cid, &part, limits.max_car_bytes)?;
         detwasm_runtime::deliver::rename_noreplace(&part, car)
             .map_err(|e| IpfsError(format!("{}: {e}", car.display())))?;

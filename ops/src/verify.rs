@@ -241,7 +241,11 @@ impl Sources {
             if !self.input_missing(input) {
                 continue;
             }
-            match places.iter().find(|p| p.join(&input.cid).is_dir()) {
+            // A folder named by the CID only for a CID written as one: a receipt's
+            // `../../etc` would name another folder (found by review of the same lookup
+            // in job files).
+            let plain = crate::ipfs::is_plain_cid(&input.cid);
+            match places.iter().find(|p| plain && p.join(&input.cid).is_dir()) {
                 Some(place) => self
                     .inputs
                     .push((Some(input.guest.clone()), place.join(&input.cid))),
