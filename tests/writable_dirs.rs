@@ -188,3 +188,72 @@ fn the_readme_dir_example_reproduces_its_cid() {
         }
     }
 }
+
+/// A module that writes `hello\n` to /outputs/a.txt, hard-links it as b.txt, and appends
+/// `more\n` through the fd it opened first.
+const LINKER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_link" (func $link (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "a.txt")
+  (data (i32.const 110) "b.txt")
+  (data (i32.const 120) "hello\n")
+  (data (i32.const 130) "more\n")
+  (func $write (param $fd i32) (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (local.get $len))
+    (if (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 64))
+      (then (call $exit (i32.const 9)))))
+  (func (export "_start") (local $e i32) (local $fd i32)
+    (local.set $e (call $path_open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 5)
+      (i32.const 1) (i64.const 0x40) (i64.const 0) (i32.const 0) (i32.const 60)))
+    (if (local.get $e) (then (call $exit (local.get $e))))
+    (local.set $fd (i32.load (i32.const 60)))
+    (call $write (local.get $fd) (i32.const 120) (i32.const 6))
+    (local.set $e (call $link (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 5)
+      (i32.const 3) (i32.const 110) (i32.const 5)))
+    (if (local.get $e) (then (call $exit (i32.add (i32.const 100) (local.get $e)))))
+    (call $write (local.get $fd) (i32.const 130) (i32.const 5))
+    (call $exit (i32.const 0))))"#;
+
+/// Hard links: both names delivered as full copies of the one file (a write after the
+/// link is in both), the same results CID on every run, and each name charged to the
+/// output quota as the copy it is delivered as.
+#[test]
+fn a_hard_linked_file_is_delivered_under_each_name() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("link.wat"), LINKER).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        detwasm()
+            .current_dir(t.path())
+            .args(["run", "link.wat", "--json", "-o", out])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = receipt(&run("r1", &[]));
+    assert_eq!(first["exit_code"], 0, "{first}");
+    for name in ["a.txt", "b.txt"] {
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("r1/outputs").join(name)).unwrap(),
+            "hello\nmore\n"
+        );
+    }
+    let again = receipt(&run("r2", &[]));
+    assert_eq!(first["cid"], again["cid"]);
+    // The link's copy does not fit (an entry is charged 256 bytes and its name, a.txt
+    // takes 267 of 400): the run ends at the quota there, as at any write past it.
+    let out = run("r3", &["--max-output", "400"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "output_quota", "{r}");
+    let outputs = t.path().join("r3/outputs");
+    assert_eq!(
+        std::fs::read_to_string(outputs.join("a.txt")).unwrap(),
+        "hello
+"
+    );
+    assert!(!outputs.join("b.txt").exists());
+}

@@ -235,11 +235,41 @@ pub fn fuzz_wasi_calls(data: &[u8]) {
             "the output volumes hold {} bytes, over the quota",
             h.vfs.used
         );
+        // The quota's account is what the nodes hold (every name of a hard-linked file
+        // a copy), however it got there.
+        assert_eq!(
+            h.vfs.used,
+            h.vfs.used_recounted(),
+            "the quota's account drifted"
+        );
         if let Err(HostError::Fatal(_)) = r {
             // The run would end here (quota, fuel, a host failure).
             return;
         }
     }
+    // Every state the calls reach can be a checkpoint's: saved, it is restored into a
+    // fresh host of the same job as it was (hard links, removed files still open or
+    // linked, and all).
+    let (saved, bytes) = h.save();
+    let files: std::collections::HashMap<_, _> =
+        bytes.files.iter().map(|(n, b)| (*n, b.to_vec())).collect();
+    let mut fresh = host();
+    fresh
+        .restore(
+            &saved,
+            bytes.stdout.to_vec(),
+            bytes.stderr.to_vec(),
+            |n, len| {
+                files
+                    .get(&n)
+                    .filter(|b| b.len() as u64 == len)
+                    .cloned()
+                    .ok_or_else(|| format!("no bytes of node {n}"))
+            },
+        )
+        .unwrap_or_else(|e| panic!("a state the guest reached is refused: {e}"));
+    assert!(fresh.save().0 == saved, "restored otherwise than saved");
+    assert_eq!(fresh.vfs.used, h.vfs.used);
 }
 
 #[cfg(test)]

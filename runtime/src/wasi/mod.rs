@@ -14,8 +14,7 @@
 //! model) out of the build.
 //!
 //! Unsupported functions answer with an errno, the same on every host: sockets
-//! (`sock_*`) `ENOTSOCK` (no fd is a socket) or `EBADF`, `proc_raise` `ENOSYS`, hard links
-//! `ENOTSUP` (see `WasiHost::path_link` for why).
+//! (`sock_*`) `ENOTSOCK` (no fd is a socket) or `EBADF`, `proc_raise` `ENOSYS`.
 
 // The host's state and calls are detwasm-wasi's (no engine there); this module links
 // them into wasmtime and charges their work as fuel.

@@ -130,12 +130,76 @@ impl Vfs {
         let p = self.node_mut(parent);
         p.mtim = now;
         p.ctim = now;
-        if self.node(child).open == 0 {
+        let c = self.node(child);
+        if c.open == 0 && c.links == 0 {
             self.release(child);
         } else {
-            self.node_mut(child).orphan = true;
+            // An open file, or one that hard links still name: kept, without this name.
+            let c = self.node_mut(child);
+            c.orphan = true;
+            c.ctim = now;
         }
         Ok(())
+    }
+
+    /// Makes `name` in writable directory `parent` a hard link to file `file` (of the
+    /// same writable mount: `EXDEV` otherwise, as across host filesystems). A writable
+    /// folder's file still read from the host is first copied into memory. The new name
+    /// is charged as an entry and as a full copy of the file's bytes, and every later
+    /// growth of the file once more per link ([`Kind::Link`]).
+    pub fn link(
+        &mut self,
+        file: NodeId,
+        parent: NodeId,
+        name: Vec<u8>,
+        now: u64,
+        quota_left: u64,
+    ) -> Result<u64, HostOrWrite> {
+        let file = self.inode(file);
+        match &self.node(file).kind {
+            Kind::File(_) => {}
+            // A symlink linked elsewhere must still lead nowhere outside its volume.
+            Kind::Symlink(target) => {
+                if escapes(target, self.node(parent).depth) {
+                    return Err(HostOrWrite::Write(Errno::PERM.into()));
+                }
+            }
+            _ => return Err(HostOrWrite::Write(Errno::PERM.into())),
+        }
+        if self.node(file).mount != self.node(parent).mount {
+            return Err(HostOrWrite::Write(Errno::XDEV.into()));
+        }
+        if !self.writable(parent) {
+            return Err(HostOrWrite::Write(Errno::ROFS.into()));
+        }
+        let copied = self.materialize(file, quota_left)?;
+        let quota_left = quota_left.saturating_sub(copied);
+        let size = self.size(file);
+        if size > quota_left {
+            return Err(HostOrWrite::Write(WriteError::Quota(QuotaExceeded)));
+        }
+        let entry_charge = self
+            .admit_entry(parent, &name, quota_left - size)
+            .map_err(HostOrWrite::Write)?;
+        self.used += size;
+        let mount = self.node(parent).mount;
+        let (depth, path_len) = self.child_place(parent, name.len());
+        let ino = self.node(file).ino;
+        let id = self.alloc(Kind::Link(file), Some(parent), mount, now);
+        let n = self.node_mut(id);
+        n.entry_charge = entry_charge;
+        n.name_len = name.len() as u32;
+        n.depth = depth;
+        n.path_len = path_len;
+        n.ino = ino;
+        self.insert(parent, name, id);
+        let f = self.node_mut(file);
+        f.links += 1;
+        f.ctim = now;
+        let p = self.node_mut(parent);
+        p.mtim = now;
+        p.ctim = now;
+        Ok(copied)
     }
 
     /// The deepest depth and longest path below `id`, relative to it, walking its subtree
@@ -170,6 +234,14 @@ impl Vfs {
                     let parent_depth = (i64::from(n.depth) + shift - 1).max(0) as u32;
                     if escapes(target, parent_depth) {
                         return true;
+                    }
+                }
+                Kind::Link(primary) => {
+                    if let Kind::Symlink(target) = &self.node(*primary).kind {
+                        let parent_depth = (i64::from(n.depth) + shift - 1).max(0) as u32;
+                        if escapes(target, parent_depth) {
+                            return true;
+                        }
                     }
                 }
                 Kind::File(_) => {}
@@ -277,7 +349,8 @@ impl Vfs {
             p = self.node(p).parent;
         }
         if let Some(existing) = self.lookup(to_dir, &to) {
-            if existing == child {
+            // Two names of one file: nothing to do (POSIX).
+            if self.inode(existing) == self.inode(child) {
                 return Ok(());
             }
             match (self.is_dir(child), &self.node(existing).kind) {
@@ -314,7 +387,8 @@ impl Vfs {
         }
         n.name_len = to.len() as u32;
         n.parent = to_dir;
-        n.ctim = now;
+        let file = self.inode(child);
+        self.node_mut(file).ctim = now;
         self.insert(to_dir, to, child);
         self.place_subtree(child, to_dir);
         for d in [from_dir, to_dir] {

@@ -73,6 +73,8 @@ impl Vfs {
             }
             Kind::Dir(_) => Err(Errno::ISDIR.into()),
             Kind::Symlink(_) => Err(Errno::INVAL.into()),
+            // No fd refers to a hard link: paths resolve to its file ([`Vfs::inode`]).
+            Kind::Link(_) => Err(Errno::BADF.into()),
         }
     }
 
@@ -160,7 +162,9 @@ impl Vfs {
         }
         let old = self.size(id);
         if end > old {
-            self.charge(i128::from(end - old), quota_left)
+            // Every name of the file is delivered as a copy (see [`Kind::Link`]).
+            let copies = i128::from(self.copies(id));
+            self.charge(i128::from(end - old) * copies, quota_left)
                 .map_err(WriteError::Quota)?;
         }
         let n = self.node_mut(id);
@@ -208,7 +212,8 @@ impl Vfs {
             return Err(Errno::BADF.into());
         }
         let old = self.size(id);
-        self.charge(i128::from(size) - i128::from(old), quota_left)
+        let copies = i128::from(self.copies(id));
+        self.charge((i128::from(size) - i128::from(old)) * copies, quota_left)
             .map_err(WriteError::Quota)?;
         let n = self.node_mut(id);
         let Kind::File(Content::Mem(buf)) = &mut n.kind else {

@@ -3,6 +3,16 @@
 use super::*;
 
 impl Vfs {
+    /// Writes `data` as the new file `path` (never over an existing one).
+    fn export_bytes(&self, data: &[u8], path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?
+            .write_all(data)
+    }
+
     /// Writes mount `mount`'s tree under host directory `dest` (which exists and is
     /// empty). Entries are created with `create_new`/`create_dir`, never over an existing
     /// one: two names that one host filesystem takes for the same (`A` and `a` on a
@@ -36,14 +46,19 @@ impl Vfs {
                     self.export_dir(child, &path)?;
                 }
                 Kind::File(Content::Mem(data)) => {
-                    use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(exists)?;
-                    f.write_all(data)?;
+                    self.export_bytes(data, &path).map_err(exists)?;
                 }
+                // Another name of a file: a full copy of it (results have no hard links).
+                Kind::Link(primary) => match &self.node(*primary).kind {
+                    Kind::File(Content::Mem(data)) => {
+                        self.export_bytes(data, &path).map_err(exists)?
+                    }
+                    Kind::Symlink(target) => {
+                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                            .map_err(exists)?
+                    }
+                    _ => {}
+                },
                 Kind::File(Content::Host { size }) => {
                     // A writable folder's file the guest left unchanged: copied from the
                     // host, through the mount's handle, only if it is still the file

@@ -50,7 +50,8 @@ impl Vfs {
             let Kind::Dir(entries) = &self.node(cur).kind else {
                 return Err(Errno::NOTDIR);
             };
-            let child = *entries.get(c).ok_or(Errno::NOENT)?;
+            // A hard link is the file or symlink it names.
+            let child = self.inode(*entries.get(c).ok_or(Errno::NOENT)?);
             if let Kind::Symlink(target) = &self.node(child).kind {
                 if !pending.is_empty() || follow_last || must_dir {
                     hops += 1;
@@ -74,7 +75,8 @@ impl Vfs {
         if must_dir && !self.is_dir(cur) {
             return Err(Errno::NOTDIR);
         }
-        Ok(cur)
+        // A hard link resolves to its file: every fd and operation refers to the one.
+        Ok(self.inode(cur))
     }
 
     /// Resolves all but the last component; returns the parent directory and the last
@@ -129,6 +131,7 @@ impl Vfs {
             Kind::Dir(_) => FILETYPE_DIRECTORY,
             Kind::File(_) => FILETYPE_REGULAR_FILE,
             Kind::Symlink(_) => FILETYPE_SYMBOLIC_LINK,
+            Kind::Link(primary) => self.filetype(primary),
         }
     }
 
@@ -138,16 +141,23 @@ impl Vfs {
             Kind::File(Content::Host { size }) => *size,
             Kind::File(Content::Mem(data)) => data.len() as u64,
             Kind::Symlink(t) => t.len() as u64,
+            Kind::Link(primary) => self.size(*primary),
         }
     }
 
     pub fn filestat(&self, id: NodeId) -> Filestat {
+        let id = self.inode(id);
         let n = self.node(id);
         Filestat {
             dev: n.mount as u64 + 1,
             ino: n.ino,
             filetype: self.filetype(id),
-            nlink: NLINK,
+            // Its names, once it has hard links (the constant otherwise, as before).
+            nlink: if n.links == 0 {
+                NLINK
+            } else {
+                u64::from(n.links) + u64::from(!n.orphan)
+            },
             size: self.size(id),
             atim: n.atim,
             mtim: n.mtim,

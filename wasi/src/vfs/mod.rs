@@ -39,8 +39,8 @@ pub const MAX_SYMLINKS: u32 = 40;
 /// `st_size` of every directory: a constant (hosts report 4096, or an entry count on
 /// tmpfs and btrfs).
 pub const DIR_SIZE: u64 = 4096;
-/// `st_nlink` of every node: a constant (hosts count subdirectories, or not; guests
-/// cannot make hard links).
+/// `st_nlink` of every node that has no hard link (`path_link`): a constant (hosts
+/// count subdirectories, or not). A file with hard links reports its names.
 pub const NLINK: u64 = 1;
 /// Longest name of one entry, in bytes (`ENAMETOOLONG` beyond): every host filesystem
 /// the results are written to accepts it.
@@ -95,6 +95,18 @@ pub enum Kind {
     Dir(BTreeMap<Vec<u8>, NodeId>),
     File(Content),
     Symlink(Vec<u8>),
+    /// A hard link: another name of the file (or symlink) at this node (its *primary*: a
+    /// file in memory or a symlink, never a link), made by `path_link` in an output
+    /// volume or writable folder. Resolving a path that ends at a link gives the primary, so every guest fd
+    /// and every read, write, stat and time refers to the one file; removing or renaming
+    /// the name moves only the link. Each name is delivered as a full copy (results are
+    /// UnixFS trees, which have no hard links), so each is charged to the output quota
+    /// as a copy: the file's bytes count once per link besides its own. Rejected: a node
+    /// per inode with a list of names (every node's place in the tree, its depth and
+    /// path, would become one per name, throughout the filesystem and its snapshots);
+    /// refusing `path_link` (`ENOTSUP`: the one test of the official WASI suite detwasm
+    /// failed).
+    Link(NodeId),
 }
 
 pub enum Content {
@@ -155,6 +167,9 @@ pub struct Node {
     name_len: u32,
     /// For input nodes: the path below the mount's host root and the stamp seen at scan.
     host: Option<(PathBuf, HostStamp)>,
+    /// For a file: the hard links to it ([`Kind::Link`] nodes naming it). A file with
+    /// links whose own name is removed stays ([`Node::orphan`]) while any is left.
+    links: u32,
 }
 
 pub struct Mount {
@@ -317,6 +332,7 @@ impl Vfs {
             entry_charge: 0,
             name_len: 0,
             host: None,
+            links: 0,
         };
         if id == self.nodes.len() {
             self.nodes.push(Some(node));
@@ -327,11 +343,14 @@ impl Vfs {
     }
 
     /// Frees a node nothing refers to any more: its content's memory is released and its
-    /// charge returned to the quota.
+    /// charge returned to the quota. A hard link returns its name and its copy of the
+    /// file's bytes, and frees the file too when that was its last name and no fd refers
+    /// to it.
     fn release(&mut self, id: NodeId) {
         if let Some(n) = self.nodes[id].take() {
             let content = match &n.kind {
                 Kind::File(Content::Mem(d)) => d.len() as u64,
+                Kind::Link(primary) => self.size(*primary),
                 _ => 0,
             };
             self.used -= n.entry_charge + content;
@@ -339,7 +358,49 @@ impl Vfs {
                 self.entries -= 1;
             }
             self.free.push(id);
+            if let Kind::Link(primary) = n.kind {
+                let p = self.node_mut(primary);
+                p.links -= 1;
+                if p.links == 0 && p.open == 0 && p.orphan {
+                    self.release(primary);
+                }
+            }
         }
+    }
+
+    /// The output quota used, counted again from every node (each entry's charge, each
+    /// file in memory once per name): what [`Vfs::used`] must equal after every call.
+    /// For the fuzz target (`detwasm_runtime::wasi_fuzz`), which checks it.
+    pub fn used_recounted(&self) -> u64 {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| match &n.kind {
+                Kind::File(Content::Mem(d)) => {
+                    n.entry_charge + d.len() as u64 * (1 + u64::from(n.links))
+                }
+                // A symlink's target is in its own entry's charge, and in each link's.
+                Kind::Link(p) => match self.nodes[*p].as_ref().map(|p| &p.kind) {
+                    Some(Kind::Symlink(t)) => n.entry_charge + t.len() as u64,
+                    _ => n.entry_charge,
+                },
+                _ => n.entry_charge,
+            })
+            .sum()
+    }
+
+    /// The file a node names: itself, or the primary of a hard link.
+    pub fn inode(&self, id: NodeId) -> NodeId {
+        match self.node(id).kind {
+            Kind::Link(primary) => primary,
+            _ => id,
+        }
+    }
+
+    /// How many copies of a file's bytes its names are charged (its own and one per
+    /// hard link).
+    fn copies(&self, id: NodeId) -> u64 {
+        1 + u64::from(self.node(id).links)
     }
 
     /// Whether `id` is a node now (not a free slot, not past the table).
@@ -373,7 +434,7 @@ impl Vfs {
     pub fn closed(&mut self, id: NodeId) {
         let n = self.node_mut(id);
         n.open = n.open.saturating_sub(1);
-        if n.open == 0 && n.orphan {
+        if n.open == 0 && n.orphan && n.links == 0 {
             self.release(id);
         }
     }
@@ -522,6 +583,102 @@ mod tests {
             Kind::File(Content::Mem(d)) => assert!(d.capacity() < 4096),
             _ => unreachable!(),
         }
+    }
+
+    /// Hard links: one file under two names (one inode, `nlink` 2, a write through one
+    /// seen through the other), each name charged a copy of the file's bytes and every
+    /// growth once per name, the file kept while any name (or fd) is left, and both names
+    /// delivered as full copies.
+    #[test]
+    fn hard_links_name_one_file_each_charged_as_a_copy() {
+        let (_t, mut vfs) = input_tree();
+        let (input, out) = (vfs.mounts[0].root, vfs.mounts[1].root);
+        let f = create(&mut vfs, out, b"f", false);
+        assert!(write(&mut vfs, f, 0, &[1; 100], u64::MAX).is_ok());
+        let sub = create(&mut vfs, out, b"sub", true);
+        let charged = vfs.used;
+        // Over the quota: refused, nothing changed.
+        assert!(matches!(
+            vfs.link(f, sub, b"g".to_vec(), 20, 100),
+            Err(HostOrWrite::Write(WriteError::Quota(_)))
+        ));
+        assert_eq!(vfs.used, charged);
+        vfs.link(f, sub, b"g".to_vec(), 20, u64::MAX).ok().unwrap();
+        assert_eq!(vfs.used, charged + ENTRY_OVERHEAD + 1 + 100);
+        let g = vfs.resolve(out, b"sub/g", true).unwrap();
+        assert_eq!(g, f, "a path through the link reaches the file");
+        let (a, b) = (
+            vfs.filestat(f),
+            vfs.filestat(vfs.lookup(sub, b"g").unwrap()),
+        );
+        assert_eq!((a.ino, a.nlink, a.ctim), (b.ino, 2, 20));
+        // Growth is charged once per name; a write through one name is the other's.
+        assert!(write(&mut vfs, g, 100, &[2; 10], u64::MAX).is_ok());
+        assert_eq!(vfs.used, charged + ENTRY_OVERHEAD + 1 + 100 + 20);
+        // Not across mounts, not to a directory, never over a name.
+        let input_file = vfs.resolve(input, b"d/e/f", true).unwrap();
+        assert!(matches!(
+            vfs.link(input_file, out, b"x".to_vec(), 20, u64::MAX),
+            Err(HostOrWrite::Write(WriteError::Errno(Errno::XDEV)))
+        ));
+        assert!(matches!(
+            vfs.link(sub, out, b"x".to_vec(), 20, u64::MAX),
+            Err(HostOrWrite::Write(WriteError::Errno(Errno::PERM)))
+        ));
+        assert!(matches!(
+            vfs.link(f, out, b"sub".to_vec(), 20, u64::MAX),
+            Err(HostOrWrite::Write(WriteError::Errno(Errno::EXIST)))
+        ));
+        // Both delivered, as full copies.
+        let dest = tempfile::tempdir().unwrap();
+        vfs.export(1, dest.path()).unwrap();
+        assert_eq!(std::fs::read(dest.path().join("f")).unwrap().len(), 110);
+        assert_eq!(
+            std::fs::read(dest.path().join("f")).unwrap(),
+            std::fs::read(dest.path().join("sub/g")).unwrap()
+        );
+        // The first name removed: the file stays under the other, charged once.
+        vfs.remove(out, b"f", false, 30).unwrap();
+        assert_eq!(vfs.resolve(out, b"sub/g", true), Ok(f));
+        assert_eq!(vfs.filestat(f).nlink, 1);
+        let mut back = [0u8; 110];
+        assert!(matches!(vfs.read_at(f, 0, &mut back), Ok(110)));
+        // A rename onto another name of the same file changes nothing.
+        vfs.link(f, out, b"h".to_vec(), 40, u64::MAX).ok().unwrap();
+        vfs.rename(out, b"h", sub, b"g".to_vec(), 41, u64::MAX)
+            .ok()
+            .unwrap();
+        assert!(vfs.lookup(out, b"h").is_some());
+        // The last names removed: everything returned.
+        vfs.remove(out, b"h", false, 50).unwrap();
+        vfs.remove(sub, b"g", false, 50).unwrap();
+        // A symlink is linked as it is (a dangling one too), and followed through its
+        // link; never where it would lead out of the volume.
+        vfs.symlink(sub, b"s".to_vec(), b"../t".to_vec(), 60, u64::MAX)
+            .ok()
+            .unwrap();
+        let s = vfs.lookup(sub, b"s").unwrap();
+        vfs.link(s, sub, b"s2".to_vec(), 61, u64::MAX).ok().unwrap();
+        assert_eq!(vfs.resolve(sub, b"s2", false), Ok(s));
+        assert_eq!(vfs.resolve(out, b"sub/s2", true), Err(Errno::NOENT));
+        let t = create(&mut vfs, out, b"t", false);
+        assert_eq!(vfs.resolve(out, b"sub/s2", true), Ok(t));
+        assert!(matches!(
+            vfs.link(s, out, b"s3".to_vec(), 62, u64::MAX),
+            Err(HostOrWrite::Write(WriteError::Errno(Errno::PERM)))
+        ));
+        let dest = tempfile::tempdir().unwrap();
+        vfs.export(1, dest.path()).unwrap();
+        assert_eq!(
+            std::fs::read_link(dest.path().join("sub/s2")).unwrap(),
+            Path::new("../t")
+        );
+        for (dir, name) in [(sub, &b"s"[..]), (sub, b"s2"), (out, b"t")] {
+            vfs.remove(dir, name, false, 70).unwrap();
+        }
+        vfs.remove(out, b"sub", true, 70).unwrap();
+        assert_eq!(vfs.used, 0);
+        assert!(!vfs.live(f));
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub enum SavedKind {
     /// A file in memory, of this length (its bytes are kept beside the state).
     MemFile(u64),
     Symlink(Vec<u8>),
+    /// A hard link to the file at this node (see [`Kind::Link`]).
+    Link(NodeId),
 }
 
 impl Vfs {
@@ -90,6 +92,7 @@ impl Vfs {
                             SavedKind::MemFile(d.len() as u64)
                         }
                         Kind::Symlink(t) => SavedKind::Symlink(t.clone()),
+                        Kind::Link(primary) => SavedKind::Link(*primary),
                     };
                     Box::new(SavedNode {
                         kind,
@@ -178,6 +181,27 @@ impl Vfs {
             ));
         }
         let live = |id: NodeId| saved.nodes.get(id).and_then(|n| n.as_deref());
+        // Hard links: each names a file in memory of its own mount, with its inode number;
+        // the links of each file are counted here, never read.
+        let mut links: HashMap<NodeId, u32> = HashMap::new();
+        for (id, n) in saved.nodes.iter().enumerate() {
+            let Some(SavedNode {
+                kind: SavedKind::Link(primary),
+                ..
+            }) = n.as_deref()
+            else {
+                continue;
+            };
+            let n = n.as_deref().expect("matched");
+            let ok = live(*primary).is_some_and(|p| {
+                let file = matches!(p.kind, SavedKind::MemFile(_) | SavedKind::Symlink(_));
+                file && p.mount == n.mount && p.ino == n.ino && !n.orphan
+            });
+            if !ok {
+                return Err(format!("node {id}: a hard link to no file of its volume"));
+            }
+            *links.entry(*primary).or_insert(0) += 1;
+        }
         // The nodes the fresh scan found, by mount and host path.
         let mut scanned: HashMap<(usize, &[u8]), NodeId> = HashMap::new();
         for (id, n) in self.nodes.iter().enumerate() {
@@ -259,6 +283,15 @@ impl Vfs {
                 (SavedKind::Symlink(t), Some(Kind::Symlink(fresh))) if t == fresh => {
                     Kind::Symlink(t.clone())
                 }
+                // Another name of a file: charged a copy of its bytes (`Vfs::link`).
+                (SavedKind::Link(primary), None) => {
+                    match live(*primary).map(|p| &p.kind) {
+                        Some(SavedKind::MemFile(len)) => used = used.saturating_add(*len),
+                        Some(SavedKind::Symlink(t)) => used = used.saturating_add(t.len() as u64),
+                        _ => {}
+                    }
+                    Kind::Link(*primary)
+                }
                 _ => return Err(bad("its kind is not what the input or its mount allows")),
             };
             if let Kind::Dir(map) = &kind {
@@ -289,8 +322,9 @@ impl Vfs {
             }
             used = used.saturating_add(charge);
             let opened = open.get(&id).copied().unwrap_or(0);
-            if s.orphan && opened == 0 {
-                return Err(bad("removed, and no fd refers to it"));
+            let linked = links.get(&id).copied().unwrap_or(0);
+            if s.orphan && opened == 0 && linked == 0 {
+                return Err(bad("removed, and no fd or hard link refers to it"));
             }
             nodes.push(Some(Node {
                 kind,
@@ -307,6 +341,7 @@ impl Vfs {
                 entry_charge: s.entry_charge,
                 name_len: s.name_len,
                 host: from_host.and_then(|f| f.host.clone()),
+                links: linked,
             }));
         }
         if used > quota {
@@ -382,7 +417,15 @@ impl Vfs {
                     {
                         return Err(bad("deeper or longer than a volume allows"));
                     }
-                    if let SavedKind::Symlink(t) = &c.kind {
+                    let target = match &c.kind {
+                        SavedKind::Symlink(t) => Some(t),
+                        SavedKind::Link(p) => match live(*p).map(|p| &p.kind) {
+                            Some(SavedKind::Symlink(t)) => Some(t),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if let Some(t) = target {
                         if mount.writable && escapes(t, *depth) {
                             return Err(bad("a link leading out of its volume"));
                         }
@@ -509,6 +552,56 @@ mod tests {
         assert_eq!((back.used, back.entries), (v.used, v.entries));
         // Inputs are the fresh scan's nodes, with the host stamps of this host.
         back.inputs_unchanged().unwrap();
+    }
+
+    /// Hard links are saved and restored as they were, links counted again, each name's
+    /// copy charged, a file whose own name was removed kept for its link; a link to
+    /// anything but a file of its volume is refused.
+    #[test]
+    fn hard_links_are_restored_and_forged_ones_refused() {
+        let t = input();
+        let mut v = fresh(t.path());
+        let out = v.mounts[1].root;
+        let f = v
+            .create(out, b"f".to_vec(), false, 7, u64::MAX)
+            .ok()
+            .unwrap();
+        v.write_at(f, 0, 5, [b"hello".as_slice()].into_iter(), 8, u64::MAX)
+            .ok()
+            .unwrap();
+        v.link(f, out, b"g".to_vec(), 9, u64::MAX).ok().unwrap();
+        v.link(f, out, b"h".to_vec(), 9, u64::MAX).ok().unwrap();
+        v.remove(out, b"f", false, 10).unwrap();
+        let (saved, contents) = v.save();
+        let contents: HashMap<NodeId, Vec<u8>> =
+            contents.into_iter().map(|(n, c)| (n, c.to_vec())).collect();
+        let load = |s: &SavedVfs| {
+            let mut back = fresh(t.path());
+            back.restore(
+                s,
+                &HashMap::new(),
+                |n, _| contents.get(&n).cloned().ok_or_else(|| "none".to_string()),
+                1 << 20,
+            )
+            .map(|()| back)
+        };
+        let back = load(&saved).unwrap();
+        assert_eq!(back.save().0, saved);
+        assert_eq!((back.used, back.entries), (v.used, v.entries));
+        assert_eq!(back.filestat(f).nlink, 2);
+        // A link to a directory, and one whose inode number is not its file's.
+        for forge in [0usize, 1] {
+            let mut s = saved.clone();
+            let g = v.lookup(out, b"g").unwrap();
+            let n = s.nodes[g].as_mut().unwrap();
+            if forge == 0 {
+                n.kind = SavedKind::Link(out);
+            } else {
+                n.ino += 1;
+            }
+            let e = load(&s).err().unwrap();
+            assert!(e.contains("a hard link to no file of its volume"), "{e}");
+        }
     }
 
     /// Found by review: every file was read before the total was compared with the
