@@ -88,6 +88,14 @@ impl Drop for Node {
     }
 }
 
+/// A Bacalhau job file running the probe (`report`) beside it, with `/inputs` named by
+/// the CID text `cid` (as written in YAML) and the default output volume.
+fn probe_job(cid: &str) -> String {
+    format!(
+        "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params: {{EntryModule: /probe.wasm, Entrypoint: _start, Parameters: [report]}}\n    InputSources:\n      - Target: /probe.wasm\n        Source: {{Type: local, Params: {{SourcePath: probe.wasm}}}}\n      - Target: /inputs\n        Source: {{Type: ipfs, Params: {{CID: {cid}}}}}\n    ResultPaths: [{{Name: outputs, Path: /outputs}}]\n    Network: {{Type: None}}\n"
+    )
+}
+
 fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -264,13 +272,7 @@ fn a_job_fetches_its_inputs_publishes_its_results_and_verifies_from_ipfs() {
     let job = t.path().join("job");
     std::fs::create_dir(&job).unwrap();
     std::fs::copy(fixture("probes/probe.wasm"), job.join("probe.wasm")).unwrap();
-    std::fs::write(
-        job.join("job.yaml"),
-        format!(
-            "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params: {{EntryModule: /probe.wasm, Entrypoint: _start, Parameters: [report]}}\n    InputSources:\n      - Target: /probe.wasm\n        Source: {{Type: local, Params: {{SourcePath: probe.wasm}}}}\n      - Target: /inputs\n        Source: {{Type: ipfs, Params: {{CID: {cid}}}}}\n    ResultPaths: [{{Name: outputs, Path: /outputs}}]\n    Network: {{Type: None}}\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(job.join("job.yaml"), probe_job(&cid)).unwrap();
     // Not here, no node named: refused, saying where it looked.
     let e = failed(
         &detwasm()
@@ -469,13 +471,7 @@ fn a_job_files_cid_text_names_no_file_outside_the_scratch_folder() {
         format!("{up}{}/{cid}", below_root(&victim)),
         format!("{}/{cid}", empty.display()),
     ] {
-        std::fs::write(
-            job.join("job.yaml"),
-            format!(
-                "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: wasm\n      Params: {{EntryModule: /probe.wasm, Entrypoint: _start}}\n    InputSources:\n      - Target: /probe.wasm\n        Source: {{Type: local, Params: {{SourcePath: probe.wasm}}}}\n      - Target: /inputs\n        Source: {{Type: ipfs, Params: {{CID: \"{text}\"}}}}\n    Network: {{Type: None}}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(job.join("job.yaml"), probe_job(&format!("\"{text}\""))).unwrap();
         let e = failed(
             &detwasm()
                 .current_dir(t.path())
