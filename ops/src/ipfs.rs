@@ -420,16 +420,18 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-/// Fetches `cid` (see [`Remote::fetch_car`]) and writes its tree at `dest` (default: the
-/// CID, in the current folder, as `ipfs get` names it) within `limits`, or keeps the
-/// checked CAR at `car` when given instead.
+/// Fetches `cid` (see [`Remote::fetch_car`], within `timeout`) and writes its tree at
+/// `dest` (default: the CID, in the current folder, as `ipfs get` names it) within
+/// `limits`, or keeps the checked CAR at `car` when given instead.
 pub fn fetch(
     remote: &Remote,
     cid: &str,
     dest: Option<&Path>,
     car: Option<&Path>,
     limits: crate::unpack::Limits,
+    timeout: Duration,
 ) -> Result<Fetched, IpfsError> {
+    let deadline = Instant::now() + timeout;
     if let Some(car) = car {
         // Fetched beside the destination and renamed into place once checked, never over
         // a file: a CAR file is never half-written.
@@ -442,7 +444,7 @@ pub fn fetch(
         let staging = crate::scratch::Scratch::new_in(parent, ".detwasm-fetch-", "fetching")
             .map_err(|e| IpfsError(format!("{}: {e}", parent.display())))?;
         let part = staging.path().join("fetched.car");
-        let from = remote.fetch_car(cid, &part, limits.max_car_bytes)?;
+        let from = remote.fetch_car_by(cid, &part, limits.max_car_bytes, deadline)?;
         detwasm_runtime::deliver::rename_noreplace(&part, car)
             .map_err(|e| IpfsError(format!("{}: {e}", car.display())))?;
         return Ok(Fetched {
@@ -455,7 +457,7 @@ pub fn fetch(
     let scratch = crate::scratch::Scratch::new("detwasm-fetch-", "a fetched CAR")
         .map_err(|e| IpfsError(e.to_string()))?;
     let file = scratch.path().join("fetched.car");
-    let from = remote.fetch_car(cid, &file, limits.max_car_bytes)?;
+    let from = remote.fetch_car_by(cid, &file, limits.max_car_bytes, deadline)?;
     let unpacked =
         crate::unpack::unpack_as(&file, Some(cid), dest, limits, None).map_err(IpfsError)?;
     Ok(Fetched {

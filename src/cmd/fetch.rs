@@ -57,6 +57,10 @@ pub struct Args {
     #[command(flatten)]
     pub limits: super::unpack::LimitArgs,
 
+    /// Give up after SECS seconds, answer included [default: 600].
+    #[arg(long, value_name = "SECS", value_parser = super::verify::parse_secs)]
+    pub timeout: Option<std::time::Duration>,
+
     /// Print what was done as one JSON object (`cid`, `from`, `unpacked` or `car`).
     #[arg(long)]
     pub json: bool,
@@ -79,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.dest.as_deref(),
         args.car.as_deref(),
         limits,
+        args.timeout.unwrap_or(ipfs::REQUEST_TIMEOUT),
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&fetched)?);

@@ -265,7 +265,7 @@ pub struct SourceArgs {
     pub cap_timeout: Option<std::time::Duration>,
 }
 
-fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
     s.parse::<f64>()
         .ok()
         .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
