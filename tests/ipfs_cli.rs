@@ -496,3 +496,56 @@ fn a_job_files_cid_text_names_no_file_outside_the_scratch_folder() {
         assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{e}");
     }
 }
+
+/// A node whose `dag/import` answer says the import was not pinned, in 200 KB of text
+/// with escape sequences: publishing fails, showing at most 512 bytes of it, control
+/// characters replaced (found by review: the text was printed whole, escapes and all).
+#[test]
+fn a_nodes_pin_error_is_shown_short_and_without_control_characters() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("f.txt"), "published\n").unwrap();
+    let cid = ok(&detwasm()
+        .current_dir(t.path())
+        .args(["hash", "f.txt"])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = format!(
+        "{{\"Root\":{{\"Cid\":{{\"/\":\"{cid}\"}},\"PinErrorMsg\":\"\\u001b[2J\\u001b]0;PWNED\\u0007{}\"}}}}\n",
+        "A".repeat(200_000)
+    );
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // The whole upload first (chunked: it ends with an empty chunk).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !got.ends_with(b"0\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            answer.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(answer.as_bytes());
+    });
+    let e = failed(
+        &detwasm()
+            .current_dir(t.path())
+            .args(["hash", "f.txt", "--publish", "--ipfs-api", &url])
+            .output()
+            .unwrap(),
+    );
+    server.join().unwrap();
+    assert!(
+        e.contains("imported but not pinned: ?[2J?]0;PWNED?AAA"),
+        "{e}"
+    );
+    assert!(!e.contains('\x1b') && e.len() < 2000, "{} bytes", e.len());
+}

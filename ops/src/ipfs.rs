@@ -205,7 +205,10 @@ impl Remote {
             if Cid::parse(got) == Some(want) {
                 return match v["Root"]["PinErrorMsg"].as_str().unwrap_or("") {
                     "" => Ok(url),
-                    pin => Err(bad(format!("imported but not pinned: {pin}"))),
+                    pin => Err(bad(format!(
+                        "imported but not pinned: {}",
+                        server_text(pin.as_bytes())
+                    ))),
                 };
             }
         }
