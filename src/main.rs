@@ -83,12 +83,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("detwasm: error: {err:#}");
+            // A message may quote a job file, a CAR's names or a server's answer.
+            let message = cmd::shown(&format!("{err:#}"));
+            eprintln!("detwasm: error: {message}");
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"error": format!("{err:#}"), "exit_code": 2})
-                );
+                println!("{}", serde_json::json!({"error": message, "exit_code": 2}));
             }
             ExitCode::from(2)
         }

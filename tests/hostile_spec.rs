@@ -481,3 +481,28 @@ fn a_template_copying_a_large_dot_many_times_is_refused_by_the_bytes_it_copies()
     );
     assert!(ran.took < Duration::from_secs(30));
 }
+
+/// A job file field of escape sequences and half a megabyte, quoted by the refusal: the
+/// message reaches the terminal without control characters and cut to 4 KiB (found by
+/// review: 500 KB of raw escapes were printed, setting the terminal's title and clearing
+/// its screen). The same holds for every error message, which may quote a CAR's names
+/// or a server's answer too.
+#[test]
+fn a_hostile_job_files_text_is_shown_short_and_without_control_characters() {
+    let t = tempfile::tempdir().unwrap();
+    let text = format!(
+        "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: \"\\e]0;TITLE\\a\\e[2J{}\"\n",
+        "J".repeat(500_000)
+    );
+    std::fs::write(t.path().join("job.yaml"), text).unwrap();
+    let ran = run_in(t.path(), &["job.yaml", "-o", "never"]);
+    assert_eq!(ran.code, 2, "{}", &ran.stderr[..200.min(ran.stderr.len())]);
+    assert!(
+        ran.stderr.contains("?]0;TITLE??[2JJJJ"),
+        "{}",
+        &ran.stderr[..300]
+    );
+    assert!(!ran.stderr.contains('\x1b'));
+    assert!(ran.stderr.len() < 5000, "{} bytes", ran.stderr.len());
+    assert!(ran.stderr.contains("more bytes not shown"));
+}

@@ -111,13 +111,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "  {}: CID {}, {} instructions, exit code {}",
                     d.perturbation, d.cid, d.instructions, d.exit_code
                 );
+                // Names and lines of the module's results: shown as untrusted text.
                 for f in &d.files {
+                    let path = super::shown(&f.path);
                     match f.first_difference {
-                        Some(at) => println!("      {} ({}, from byte {at})", f.path, f.what),
-                        None => println!("      {} ({})", f.path, f.what),
+                        Some(at) => println!("      {path} ({}, from byte {at})", f.what),
+                        None => println!("      {path} ({})", f.what),
                     }
                     if let Some(t) = &f.text {
-                        println!("        {t}");
+                        println!("        {}", super::shown(t));
                     }
                 }
                 print_divergence(d.diverged_at.as_ref());
@@ -141,11 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         other.join(", ")
                     )
                 } else {
-                    format!(" (changes {})", s.files.join(", "))
+                    format!(" (changes {})", super::shown(&s.files.join(", ")))
                 };
                 println!("depends on {}: {}{what}", s.param.name(), s.change);
                 for l in &s.lines {
-                    println!("    {l}");
+                    println!("    {}", super::shown(l));
                 }
                 let calls = s.param.calls(&report.asked);
                 if !calls.is_empty() {
@@ -206,6 +208,6 @@ fn print_divergence(d: Option<&detwasm_ops::divergence::Divergence>) {
         ),
     }
     for s in &d.state {
-        println!("      {}: {}", s.part, s.detail);
+        println!("      {}: {}", s.part, super::shown(&s.detail));
     }
 }

@@ -378,7 +378,7 @@ pub fn build_job(j: &JobArgs) -> anyhow::Result<BuiltJob> {
             .context("reading the job's stdin from detwasm's stdin (--stdin -)")?;
     }
     for n in &built.notes {
-        eprintln!("detwasm: note: {n}");
+        eprintln!("detwasm: note: {}", super::shown(n));
     }
     Ok(built)
 }

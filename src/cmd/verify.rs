@@ -185,20 +185,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     d.cid_rerun.as_deref().unwrap_or("-"),
                     d.cid_provider.as_deref().unwrap_or("-")
                 );
+                // Names and lines of the provider's results: shown as untrusted text.
+                let path = super::shown(&d.path);
                 match d.what {
                     "content" => match d.first_difference {
-                        Some(at) => println!("  {}: differs from byte {at} ({cids})", d.path),
-                        None => println!("  {}: differs ({cids})", d.path),
+                        Some(at) => println!("  {path}: differs from byte {at} ({cids})"),
+                        None => println!("  {path}: differs ({cids})"),
                     },
-                    "missing" => println!("  {}: missing from the provider's results", d.path),
-                    "extra" => println!("  {}: only in the provider's results", d.path),
-                    _ => println!(
-                        "  {}: a file in one, a folder in the other ({cids})",
-                        d.path
-                    ),
+                    "missing" => println!("  {path}: missing from the provider's results"),
+                    "extra" => println!("  {path}: only in the provider's results"),
+                    _ => println!("  {path}: a file in one, a folder in the other ({cids})"),
                 }
                 if let Some(t) = &d.text {
-                    println!("      {t}");
+                    println!("      {}", super::shown(t));
                 }
             }
             if report.differences_unlisted > 0 {
