@@ -504,5 +504,29 @@ fn a_hostile_job_files_text_is_shown_short_and_without_control_characters() {
     );
     assert!(!ran.stderr.contains('\x1b'));
     assert!(ran.stderr.len() < 5000, "{} bytes", ran.stderr.len());
-    assert!(ran.stderr.contains("more bytes not shown"));
+    assert!(ran.stderr.contains("bytes not shown"));
+    // Its end, where the cause is, is shown too.
+    assert!(
+        ran.stderr
+            .trim_end()
+            .ends_with("detwasm runs only jobs whose engine is wasm"),
+        "{}",
+        &ran.stderr[ran.stderr.len() - 300..]
+    );
+    // The same job in a batch: its error line, JSON, also without C1 controls (U+009B
+    // is a terminal's one-byte CSI), and short.
+    let c1 =
+        "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: \"A\\u009b2J\\u007fB\"\n";
+    std::fs::write(t.path().join("c1.yaml"), c1).unwrap();
+    std::fs::write(
+        t.path().join("jobs.jsonl"),
+        "{\"module\": \"job.yaml\"}\n{\"module\": \"c1.yaml\"}\n",
+    )
+    .unwrap();
+    let ran = run_command(t.path(), "batch", &["jobs.jsonl", "-j", "1"]);
+    assert_eq!(ran.stdout.lines().count(), 2, "{}", ran.stdout);
+    for line in ran.stdout.lines() {
+        assert!(line.len() < 5000, "{} bytes", line.len());
+        assert!(!line.chars().any(|c| c.is_control()), "{line}");
+    }
 }

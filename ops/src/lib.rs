@@ -25,6 +25,7 @@ pub mod ipfs;
 pub mod remote;
 pub mod request;
 pub mod scaffold;
+pub mod text;
 pub use detwasm_job::scratch;
 pub mod unpack;
 pub mod verify;

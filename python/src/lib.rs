@@ -49,17 +49,23 @@ fn runtime() -> PyResult<&'static Runtime> {
         cache_dir: default_cache_dir(),
         parallel_compilation: true,
     })
-    .map_err(|e| Error::new_err(format!("{:#}", anyhow::Error::from(e))))?;
+    .map_err(|e| err(format!("{:#}", anyhow::Error::from(e))))?;
     Ok(RUNTIME.get_or_init(|| rt))
 }
 
 /// A message as the CLI prints it (`{err:#}` of anyhow: the error and its causes).
 fn cli_message(e: impl std::error::Error + Send + Sync + 'static) -> PyErr {
-    Error::new_err(format!("{:#}", anyhow::Error::from(e)))
+    err(format!("{:#}", anyhow::Error::from(e)))
+}
+
+/// A `detwasm.Error` whose message, which may quote a job file, a CAR's names or a
+/// server's answer, is fit for a terminal ([`detwasm_ops::text::shown`]), as the CLI's.
+fn err(message: impl std::fmt::Display) -> PyErr {
+    Error::new_err(detwasm_ops::text::shown(&message.to_string()))
 }
 
 fn cwd() -> PyResult<PathBuf> {
-    std::env::current_dir().map_err(|e| Error::new_err(format!("current directory: {e}")))
+    std::env::current_dir().map_err(|e| err(format!("current directory: {e}")))
 }
 
 /// Batch options for jobs run from Python: relative paths against the current folder,
@@ -83,7 +89,7 @@ fn batch_options(
 /// does for a line that is not a job.
 fn request(job: &str, line: Option<usize>) -> PyResult<JobRequest> {
     JobRequest::from_json(job).map_err(|e| {
-        Error::new_err(match line {
+        err(match line {
             Some(n) => format!("line {n}: {e}"),
             None => e,
         })
@@ -122,7 +128,7 @@ fn run(
 }
 
 fn to_json(v: &impl serde::Serialize) -> PyResult<String> {
-    serde_json::to_string(v).map_err(|e| Error::new_err(e.to_string()))
+    serde_json::to_string(v).map_err(|e| err(e.to_string()))
 }
 
 /// The CID of a file or folder, as `detwasm hash PATH --profile PROFILE [--hidden]`.
@@ -154,12 +160,12 @@ fn verify(
 ) -> PyResult<String> {
     let receipt: Receipt = match (receipt, path) {
         (Some(text), _) => serde_json::from_str(&text)
-            .map_err(|e| Error::new_err(format!("the receipt is not a detwasm receipt: {e}")))?,
+            .map_err(|e| err(format!("the receipt is not a detwasm receipt: {e}")))?,
         // Read as the CLI reads it: at most MAX_RECEIPT_BYTES, a FIFO refused.
         (None, Some(p)) => py
             .detach(|| detwasm_ops::verify::read_receipt(&p))
             .map_err(cli_message)?,
-        (None, None) => return Err(Error::new_err("no receipt given")),
+        (None, None) => return Err(err("no receipt given")),
     };
     let sources = Sources {
         module,
@@ -233,7 +239,7 @@ impl PackedJob {
         let (module, stdin, inputs) = self
             .content
             .take()
-            .ok_or_else(|| Error::new_err("the content of this job was already taken"))?;
+            .ok_or_else(|| err("the content of this job was already taken"))?;
         Ok((
             PyBytes::new(py, &module),
             PyBytes::new(py, &stdin),
@@ -245,10 +251,10 @@ impl PackedJob {
     /// the receipt `detwasm batch` prints for the job.
     fn deliver(&self, py: Python<'_>, receipt: &str, car: PyBackedBytes) -> PyResult<String> {
         let receipt: Receipt = serde_json::from_str(receipt)
-            .map_err(|e| Error::new_err(format!("the worker's receipt does not parse: {e}")))?;
+            .map_err(|e| err(format!("the worker's receipt does not parse: {e}")))?;
         let receipt = py
             .detach(|| remote::deliver(&self.job, &self.local, receipt, &car, &self.dest))
-            .map_err(|e| Error::new_err(e.to_string()))?;
+            .map_err(|e| err(e.to_string()))?;
         to_json(&receipt)
     }
 }
@@ -292,7 +298,7 @@ static CHECKPOINTING: std::sync::Mutex<Vec<(u64, &'static Runtime)>> =
 fn checkpointing_runtime(every: u64) -> PyResult<&'static Runtime> {
     let mut all = CHECKPOINTING
         .lock()
-        .map_err(|_| Error::new_err("a thread panicked while creating a runtime"))?;
+        .map_err(|_| err("a thread panicked while creating a runtime"))?;
     if let Some((_, rt)) = all.iter().find(|(e, _)| *e == every) {
         return Ok(rt);
     }
@@ -300,7 +306,7 @@ fn checkpointing_runtime(every: u64) -> PyResult<&'static Runtime> {
         cache_dir: default_cache_dir(),
         parallel_compilation: true,
     })
-    .map_err(|e| Error::new_err(format!("{:#}", anyhow::Error::from(e))))?
+    .map_err(|e| err(format!("{:#}", anyhow::Error::from(e))))?
     .with_checkpoints(every);
     let rt: &'static Runtime = Box::leak(Box::new(rt));
     all.push((every, rt));
@@ -330,15 +336,13 @@ fn run_portable<'py>(
     on_snapshot: Option<Py<PyAny>>,
 ) -> PyResult<(String, Bound<'py, PyBytes>, Option<u64>)> {
     let job: PortableJob =
-        serde_json::from_str(spec).map_err(|e| Error::new_err(format!("not a packed job: {e}")))?;
+        serde_json::from_str(spec).map_err(|e| err(format!("not a packed job: {e}")))?;
     let rt = match checkpoint_every {
-        Some(0) => return Err(Error::new_err("checkpoint_every must be at least 1")),
+        Some(0) => return Err(err("checkpoint_every must be at least 1")),
         Some(every) => checkpointing_runtime(every)?,
         None => {
             if resume.is_some() || on_snapshot.is_some() {
-                return Err(Error::new_err(
-                    "resume and on_snapshot need checkpoint_every",
-                ));
+                return Err(err("resume and on_snapshot need checkpoint_every"));
             }
             runtime()?
         }
@@ -368,7 +372,7 @@ fn run_portable<'py>(
                 cp.as_ref(),
             )
         })
-        .map_err(|e| Error::new_err(e.to_string()))?;
+        .map_err(|e| err(e.to_string()))?;
     Ok((
         to_json(&ran.receipt)?,
         PyBytes::new(py, &ran.car),
@@ -382,10 +386,10 @@ fn run_portable<'py>(
 fn read_jobs(path: PathBuf) -> PyResult<Vec<(usize, String)>> {
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
-            .map_err(|e| Error::new_err(format!("reading jobs from stdin: {e}")))?
+            .map_err(|e| err(format!("reading jobs from stdin: {e}")))?
     } else {
         std::fs::read_to_string(&path)
-            .map_err(|e| Error::new_err(format!("reading jobs {}: {e}", path.display())))?
+            .map_err(|e| err(format!("reading jobs {}: {e}", path.display())))?
     };
     Ok(batch::job_lines(&text)
         .map(|(n, l)| (n, l.to_string()))

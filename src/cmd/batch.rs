@@ -195,12 +195,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }) {
                         renamed += 1;
                     }
-                    serde_json::to_string(&receipt)
+                    super::json(&receipt, false)
                 }
                 Err(error) => {
                     counts.tally(true, false);
-                    serde_json::to_string(
-                        &serde_json::json!({"line": numbers[skipped + i], "error": error}),
+                    // The error may quote the job's spec, a CAR's names or a server.
+                    super::json(
+                        &serde_json::json!({"line": numbers[skipped + i], "error": super::shown(&error)}),
+                        false,
                     )
                 }
             };

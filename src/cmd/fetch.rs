@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.timeout.unwrap_or(ipfs::REQUEST_TIMEOUT),
     )?;
     if args.json {
-        println!("{}", serde_json::to_string(&fetched)?);
+        println!("{}", super::json(&fetched, false)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", fetched.cid);

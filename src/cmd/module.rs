@@ -188,11 +188,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "module": dir.dir.display().to_string(),
-                        "ok": ok,
-                        "steps": steps,
-                    }))?
+                    super::json(
+                        &serde_json::json!({
+                            "module": dir.dir.display().to_string(),
+                            "ok": ok,
+                            "steps": steps,
+                        }),
+                        true
+                    )?
                 );
             } else {
                 println!("module {}", dir.dir.display());
@@ -201,7 +204,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "  {} {}: {}",
                         if s.ok { "ok  " } else { "FAIL" },
                         s.step,
-                        s.detail
+                        // It may quote the template, the module's imports or its output.
+                        super::shown(&s.detail)
                     );
                 }
                 println!(

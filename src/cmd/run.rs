@@ -483,7 +483,7 @@ pub fn report(
     receipt_file: Option<&Path>,
     checkpoints: Option<&Path>,
 ) -> ExitCode {
-    let text = serde_json::to_string_pretty(receipt).expect("a receipt is JSON");
+    let text = super::json(receipt, true).expect("a receipt is JSON");
     // The results are delivered: from here on a failure is reported, but does not turn
     // the run into a failed one. The receipt is written before anything is printed, so a
     // closed stdout cannot prevent it.

@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let u = unpack::unpack(&args.car, args.cid.as_deref(), args.dest.as_deref(), limits)
         .map_err(anyhow::Error::msg)?;
     if args.json {
-        println!("{}", serde_json::to_string(&u)?);
+        println!("{}", super::json(&u, false)?);
     } else {
         println!("{}", u.cid);
         eprintln!(

@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let runtime = runtime.with_checkpoints(every);
         let report = verify::bisect(&runtime, &receipt, &b, snapshots, &sources)?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("{}", super::json(&report, true)?);
         } else {
             println!(
                 "first disagreement at the end of segment {}: re-run from {} reaches {}",
@@ -128,8 +128,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 },
                 report.actual
             );
-            println!("  {}: {}", args.receipt.display(), report.claim_a);
-            println!("  {}: {}", other.display(), report.claim_b);
+            // The claims are the receipts' (untrusted) words.
+            println!(
+                "  {}: {}",
+                args.receipt.display(),
+                super::shown(&report.claim_a)
+            );
+            println!("  {}: {}", other.display(), super::shown(&report.claim_b));
             println!(
                 "{}",
                 match report.right {
@@ -152,7 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.keep.as_deref(),
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", super::json(&report, true)?);
     } else if report.verified {
         println!(
             "verified: results CID {} and {} instructions reproduced (exit code {})",
@@ -175,7 +180,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("NOT VERIFIED");
         for r in &report.reasons {
-            println!("  - {r}");
+            // Reasons quote the receipt (its CID, outcome, job id).
+            println!("  - {}", super::shown(r));
         }
         if !report.differences.is_empty() {
             println!("differences (re-run vs provider):");
@@ -318,7 +324,7 @@ fn spot_check(
     let segments = verify::choose_segments(trace.snapshots.len() + 1, k, seed);
     let report = verify::spot_check(&runtime, receipt, snapshots, sources, &segments)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", super::json(&report, true)?);
     } else {
         for c in &report.checked {
             let what = if c.segment + 1 == report.segments {
@@ -338,7 +344,7 @@ fn spot_check(
             };
             match &c.reason {
                 None => println!("{what}: ok, {} ({:.2} s)", c.actual, c.seconds),
-                Some(r) => println!("{what}: MISMATCH: {r}"),
+                Some(r) => println!("{what}: MISMATCH: {}", super::shown(r)),
             }
         }
         if report.verified {
