@@ -522,7 +522,7 @@ fn a_nodes_pin_error_is_shown_short_and_without_control_characters() {
         // The whole upload first (chunked: it ends with an empty chunk).
         let mut got = Vec::new();
         let mut buf = [0u8; 65536];
-        while !got.ends_with(b"0\r\n\r\n") {
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -534,6 +534,10 @@ fn a_nodes_pin_error_is_shown_short_and_without_control_characters() {
         );
         let _ = s.write_all(head.as_bytes());
         let _ = s.write_all(answer.as_bytes());
+        // Closed only once the client has read it all and closed its side (closing
+        // with unread bytes would reset the connection under the answer).
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
     });
     let e = failed(
         &detwasm()
