@@ -274,6 +274,29 @@ fn fifos_and_bad_options_give_clear_errors() {
     }
 }
 
+/// Names of a tree are anyone's: `--json --entries` escapes DEL and C1 controls too, not
+/// only what JSON must (found by review: U+009B, a terminal's one-byte CSI, was printed
+/// raw).
+#[test]
+fn json_entries_escape_every_control_character() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("d")).unwrap();
+    std::fs::write(t.path().join("d").join("a\u{9b}2J\u{7f}b"), "x").unwrap();
+    let out = cli_support::detwasm()
+        .current_dir(t.path())
+        .args(["hash", "--json", "--entries", "--hidden", "d"])
+        .output()
+        .unwrap();
+    let text = cli_support::ok(&out);
+    assert!(!text.trim_end().chars().any(|c| c.is_control()), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(text.contains("a\\u009b2J\\u007fb"), "{text}");
+    assert!(
+        v["entries"].to_string().contains("2J"),
+        "the same names: {v}"
+    );
+}
+
 #[test]
 fn help_explains_every_option() {
     let out = detwasm(&["--help".as_ref()]);

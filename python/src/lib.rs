@@ -123,12 +123,14 @@ fn run(
             rt.run(&planned.job, &planned.dest)
                 .map_err(|e| batch::run_error(&req, e))
         })
-        .map_err(Error::new_err)?;
+        .map_err(err)?;
     to_json(&receipt)
 }
 
 fn to_json(v: &impl serde::Serialize) -> PyResult<String> {
-    serde_json::to_string(v).map_err(|e| err(e.to_string()))
+    serde_json::to_string(v)
+        .map(detwasm_ops::text::json_safe)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The CID of a file or folder, as `detwasm hash PATH --profile PROFILE [--hidden]`.
@@ -287,7 +289,7 @@ fn pack(
             content: Some((packed.module.to_vec(), packed.stdin, packed.inputs)),
         })
     })
-    .map_err(Error::new_err)
+    .map_err(err)
 }
 
 /// Runtimes that take checkpoints, one per interval asked for (a process asks for one
@@ -399,6 +401,8 @@ fn read_jobs(path: PathBuf) -> PyResult<Vec<(usize, String)>> {
 /// The line `detwasm batch` prints for a job that could not run.
 #[pyfunction]
 fn error_line(line: usize, error: &str) -> PyResult<String> {
+    // As `detwasm batch` prints it: the error may quote a job's spec or a worker's words.
+    let error = detwasm_ops::text::shown(error);
     to_json(&serde_json::json!({"line": line, "error": error}))
 }
 

@@ -76,6 +76,29 @@ def test_errors_carry_the_messages_detwasm_batch_reports(tmp_path: Path, cli: st
         detwasm.run({"module": str(PROBE), "args": [object()]})
 
 
+def test_an_error_quoting_a_hostile_job_file_is_fit_for_a_terminal(tmp_path: Path) -> None:
+    """A job file's field of escape sequences and half a megabyte, quoted by the refusal:
+    the error has no control characters and is cut (keeping its end, the cause), as the
+    CLI shows it; the error line of a batch is JSON with DEL and C1 escaped too."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "Type: batch\nTasks:\n  - Name: main\n    Engine:\n      Type: \"\\e]0;T\\a\\u009b2J"
+        + "J" * 500_000
+        + "\"\n"
+    )
+    with pytest.raises(detwasm.Error) as e:
+        detwasm.run({"module": str(job)})
+    message = str(e.value)
+    assert len(message) < 5000, len(message)
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in message), message[:200]
+    assert message.endswith("detwasm runs only jobs whose engine is wasm"), message[-200:]
+    from detwasm import _native
+
+    line = _native.error_line(1, "a\x9bb\x7fc\x1b")
+    assert all(ord(c) < 0x7F for c in line), line
+    assert json.loads(line)["error"] == "a?b?c?"
+
+
 def test_hash_is_ipfs_exact_and_fails_as_the_cli_does(tmp_path: Path, cli: str) -> None:
     (tmp_path / "hello").write_bytes(b"hello\n")
     (tmp_path / "empty").mkdir()

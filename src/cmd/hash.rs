@@ -239,7 +239,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(url) = &published {
             out["published"] = url.as_str().into();
         }
-        writeln!(stdout, "{out}")?;
+        // Names of the tree (`--entries`) are anyone's: DEL and C1 escaped too.
+        writeln!(stdout, "{}", super::json(&out, false)?)?;
     } else {
         writeln!(stdout, "{}", hashed.root)?;
         if let Some(url) = &published {

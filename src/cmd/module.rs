@@ -148,10 +148,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--profile: {e}"))?;
             let packed = scaffold::pack(&dir, &spec::parse_inputs(&inputs)?, profile)?;
             println!("{}", packed.cid);
-            eprintln!("wrote {} ({})", packed.car.display(), packed.wasm.display());
+            // The paths and the CID come from the template.
+            eprintln!(
+                "wrote {} ({})",
+                super::shown(&packed.car.display().to_string()),
+                super::shown(&packed.wasm.display().to_string())
+            );
             match &packed.template_cid {
                 Some(c) if *c != packed.cid => eprintln!(
-                    "detwasm: warning: the template names {c}, not {}: rebuild (build.sh) or update its CID",
+                    "detwasm: warning: the template names {}, not {}: rebuild (build.sh) or update its CID",
+                    super::shown(c),
                     packed.cid
                 ),
                 Some(_) => {}
