@@ -136,11 +136,13 @@ impl Sources {
         detwasm_job::job::check_counts(record.inputs.len(), record.outputs.len())
             .map_err(|e| e.to_string())?;
         self.caps.check(&record.limits).map_err(|e| e.to_string())?;
-        let mut kept = self.find_in(record, profile, places)?;
+        // Whether the module is where the record says: read and hashed once.
+        let module_here = self.module.is_some() || module_at_record(record, profile);
+        let mut kept = self.find_in(record, places, module_here)?;
         if !remote.is_set() {
             return Ok(kept);
         }
-        let module_missing = self.module.is_none() && !module_at_record(record, profile);
+        let module_missing = self.module.is_none() && !module_here;
         let mut cids: Vec<&str> = record
             .inputs
             .iter()
@@ -174,7 +176,7 @@ impl Sources {
         }
         cars.extend((0..cids.len()).map(|i| fetched.path().join(format!("input-{i}.car"))));
         kept.push(fetched);
-        kept.extend(self.find_in(record, profile, &cars)?);
+        kept.extend(self.find_in(record, &cars, module_here)?);
         Ok(kept)
     }
 
@@ -192,8 +194,8 @@ impl Sources {
     fn find_in(
         &mut self,
         record: &detwasm_job::receipt::JobRecord,
-        profile: detwasm_job::results::Profile,
         places: &[PathBuf],
+        module_here: bool,
     ) -> Result<Vec<crate::scratch::Scratch>, String> {
         let mut kept: Vec<crate::scratch::Scratch> = Vec::new();
         let scratch = |kept: &mut Vec<crate::scratch::Scratch>| -> Result<PathBuf, String> {
@@ -204,7 +206,7 @@ impl Sources {
             Ok(p)
         };
         // The module, unless given or where the record says.
-        if self.module.is_none() && !module_at_record(record, profile) {
+        if self.module.is_none() && !module_here {
             for place in places {
                 if place.is_dir() {
                     let Ok(found) =
