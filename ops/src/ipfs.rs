@@ -392,17 +392,13 @@ fn getrandom(buf: &mut [u8]) {
     let _ = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
 }
 
-/// At most 512 bytes of what a server said, for a message: control characters (a
-/// terminal's escape sequences among them) shown as `?`. Found by review: an error body
-/// was printed raw, escapes and a megabyte included.
+/// At most 512 bytes of what a server said, for a message, made fit for a terminal
+/// ([`crate::text::shown`]). Found by review: an error body was printed raw, escapes and
+/// a megabyte included.
 fn server_text(r: impl Read) -> String {
     let mut bytes = Vec::new();
     let _ = r.take(512).read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes)
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::text::shown(String::from_utf8_lossy(&bytes).trim())
 }
 
 fn trim(url: &str) -> &str {
