@@ -398,6 +398,13 @@ fn read_jobs(path: PathBuf) -> PyResult<Vec<(usize, String)>> {
         .collect())
 }
 
+/// Text that may quote untrusted parties, fit for a terminal, as the CLI shows it
+/// ([`detwasm_ops::text::shown`]): for the messages the Python side makes itself.
+#[pyfunction]
+fn shown(text: &str) -> String {
+    detwasm_ops::text::shown(text)
+}
+
 /// The line `detwasm batch` prints for a job that could not run.
 #[pyfunction]
 fn error_line(line: usize, error: &str) -> PyResult<String> {
@@ -454,5 +461,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_portable, m)?)?;
     m.add_function(wrap_pyfunction!(read_jobs, m)?)?;
     m.add_function(wrap_pyfunction!(error_line, m)?)?;
+    m.add_function(wrap_pyfunction!(shown, m)?)?;
     Ok(())
 }

@@ -466,8 +466,9 @@ fn publish(receipt: &Receipt, ipfs: &super::fetch::IpfsArgs) -> bool {
         }
         Err(e) => {
             eprintln!(
-                "detwasm: warning: the results are at {}, but were not published: {e}",
-                dir.display()
+                "detwasm: warning: the results are at {}, but were not published: {}",
+                dir.display(),
+                super::shown(&e.to_string())
             );
             false
         }

@@ -220,7 +220,8 @@ def run_ordered(
             try:
                 receipt, message, car, resumed_at = ray.get(ref)
             except ray.exceptions.RayError as e:
-                ended[index] = (Error(f"running {job.label}: the task failed on the cluster: {e}"), None)
+                # Ray's text may carry a worker's traceback of a hostile job's words.
+                ended[index] = (Error(_native.shown(f"running {job.label}: the task failed on the cluster: {e}")), None)
                 continue
             if message is not None:
                 ended[index] = (Error(message), None)
