@@ -147,6 +147,29 @@ impl Remote {
         Ok(url)
     }
 
+    /// Fetches the CAR of each of `cids` into `dir` (named by `name` from its place and
+    /// CID), within `max_total` bytes of CAR for all of them and one `deadline` for all
+    /// (a job's: a hostile job file or receipt names up to 256 CIDs). Returns the files,
+    /// in the order of `cids`.
+    pub fn fetch_each(
+        &self,
+        cids: &[&str],
+        dir: &Path,
+        name: impl Fn(usize, &str) -> String,
+        max_total: u64,
+        deadline: Instant,
+    ) -> Result<Vec<PathBuf>, IpfsError> {
+        let mut left = max_total;
+        let mut files = Vec::with_capacity(cids.len());
+        for (i, cid) in cids.iter().enumerate() {
+            let to = dir.join(name(i, cid));
+            self.fetch_car_by(cid, &to, left, deadline)?;
+            left = left.saturating_sub(std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left));
+            files.push(to);
+        }
+        Ok(files)
+    }
+
     /// Publishes the CAR file `car` (whose root is `root`) to the node's RPC
     /// (`dag/import`, roots pinned), and checks that the node took `root`. Returns the
     /// URL it went to.
@@ -288,6 +311,11 @@ pub fn prefetch_job_file(
         .unwrap_or(Path::new("."));
     let mut folders = vec![here.to_path_buf()];
     folders.extend(policy.roots.iter().map(|r| cwd.join(r)));
+    // Only a CID written as one (letters and digits, as every multibase CID is): the text
+    // names the file the job then finds. Found by review: the CID parser skips whatever
+    // comes before `/ipfs/`, so `../../x/ipfs/Qm…` parsed, and its CAR was written (or a
+    // file there removed) outside the scratch folder. Anything else is left to the job's
+    // own reading, which names the input and its line.
     let mut cids: Vec<&str> = spec
         .inputs
         .iter()
@@ -295,6 +323,7 @@ pub fn prefetch_job_file(
             v1::Source::Ipfs { cid } => Some(cid.as_str()),
             _ => None,
         })
+        .filter(|cid| is_plain_cid(cid))
         .filter(|cid| {
             !folders.iter().any(|f| {
                 std::fs::symlink_metadata(f.join(cid)).is_ok()
@@ -309,25 +338,15 @@ pub fn prefetch_job_file(
     }
     let scratch = crate::scratch::Scratch::new("detwasm-fetched-", "CARs fetched for a job")
         .map_err(|e| IpfsError(e.to_string()))?;
-    let mut left = detwasm_jobspec::car::MAX_JOB_CAR_READ;
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    for cid in cids {
-        // Only a CID written as one (letters and digits, as every multibase CID is):
-        // the text names the file the job then finds. Found by review: the CID parser
-        // skips whatever comes before `/ipfs/`, so `../../x/ipfs/Qm…` parsed, and its
-        // CAR was written (or a file there removed) outside the scratch folder.
-        // Anything else is left to the job's own reading, which names the input and
-        // its line.
-        if !is_plain_cid(cid) {
-            continue;
-        }
-        let to = scratch.path().join(format!("{cid}.car"));
-        remote
-            .fetch_car_by(cid, &to, left, deadline)
-            .map_err(|e| IpfsError(format!("{}: {e}", file.display())))?;
-        let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left);
-        left = left.saturating_sub(size);
-    }
+    remote
+        .fetch_each(
+            &cids,
+            scratch.path(),
+            |_, cid| format!("{cid}.car"),
+            detwasm_jobspec::car::MAX_JOB_CAR_READ,
+            Instant::now() + REQUEST_TIMEOUT,
+        )
+        .map_err(|e| IpfsError(format!("{}: {e}", file.display())))?;
     Ok(Some(scratch))
 }
 

@@ -157,6 +157,7 @@ impl Sources {
         let fetched = crate::scratch::Scratch::new("detwasm-fetched-", "content fetched by CID")
             .map_err(|e| e.to_string())?;
         let mut cars = Vec::new();
+        // One deadline for all of the job's fetches.
         let deadline = std::time::Instant::now() + crate::ipfs::REQUEST_TIMEOUT;
         if module_missing {
             let to = fetched.path().join("module.car");
@@ -166,15 +167,19 @@ impl Sources {
                 .map_err(|e| format!("the module: {e}"))?;
             cars.push(to);
         }
-        let mut left = crate::unpack::JOB_CAR.max_car_bytes;
-        for (i, cid) in cids.iter().enumerate() {
-            let to = fetched.path().join(format!("input-{i}.car"));
+        // The inputs within one job's CAR read budget (a receipt's CIDs name the files
+        // nothing: fixed names).
+        cars.extend(
             remote
-                .fetch_car_by(cid, &to, left, deadline)
-                .map_err(|e| format!("an input: {e}"))?;
-            left = left.saturating_sub(std::fs::metadata(&to).map(|m| m.len()).unwrap_or(left));
-        }
-        cars.extend((0..cids.len()).map(|i| fetched.path().join(format!("input-{i}.car"))));
+                .fetch_each(
+                    &cids,
+                    fetched.path(),
+                    |i, _| format!("input-{i}.car"),
+                    crate::unpack::JOB_CAR.max_car_bytes,
+                    deadline,
+                )
+                .map_err(|e| format!("an input: {e}"))?,
+        );
         kept.push(fetched);
         kept.extend(self.find_in(record, &cars, module_here)?);
         Ok(kept)
