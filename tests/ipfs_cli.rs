@@ -54,6 +54,16 @@ impl Node {
         }
     }
 
+    /// A node in `t/repo` serving [`sample`] (made in `t/src`, added with Helia's
+    /// importer): the node, the folder and its CID.
+    fn serving_sample(t: &Path) -> (Node, PathBuf, String) {
+        let node = Node::start(&t.join("repo"));
+        let src = t.join("src");
+        sample(&src);
+        let cid = node.add(&src);
+        (node, src, cid)
+    }
+
     /// Adds a file or folder with Helia's importer; its CID.
     fn add(&self, path: &Path) -> String {
         let out = node_cmd(&["add", self.repo.to_str().unwrap(), path.to_str().unwrap()])
@@ -86,6 +96,13 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A new folder `dir` (parents too) holding the probe module, for a job file beside it.
+fn probe_folder(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(fixture("probes/probe.wasm"), dir.join("probe.wasm")).unwrap();
+    dir.to_path_buf()
 }
 
 /// A Bacalhau job file running the probe (`report`) beside it, with `/inputs` named by
@@ -130,10 +147,7 @@ fn sample(dir: &Path) {
 #[test]
 fn fetch_writes_what_a_real_ipfs_node_holds() {
     let t = tempfile::tempdir().unwrap();
-    let node = Node::start(&t.path().join("repo"));
-    let src = t.path().join("src");
-    sample(&src);
-    let cid = node.add(&src);
+    let (node, src, cid) = Node::serving_sample(t.path());
     for (flag, dest) in [("--gateway", "by-gateway"), ("--ipfs-api", "by-api")] {
         let out = detwasm()
             .current_dir(t.path())
@@ -265,13 +279,8 @@ fn a_lying_gateway_gives_an_error_and_nothing_is_written() {
 #[test]
 fn a_job_fetches_its_inputs_publishes_its_results_and_verifies_from_ipfs() {
     let t = tempfile::tempdir().unwrap();
-    let node = Node::start(&t.path().join("repo"));
-    let src = t.path().join("src");
-    sample(&src);
-    let cid = node.add(&src);
-    let job = t.path().join("job");
-    std::fs::create_dir(&job).unwrap();
-    std::fs::copy(fixture("probes/probe.wasm"), job.join("probe.wasm")).unwrap();
+    let (node, src, cid) = Node::serving_sample(t.path());
+    let job = probe_folder(&t.path().join("job"));
     std::fs::write(job.join("job.yaml"), probe_job(&cid)).unwrap();
     // Not here, no node named: refused, saying where it looked.
     let e = failed(
@@ -449,10 +458,7 @@ fn a_module_folder_without_its_wasm_fetches_it_by_cid() {
 #[test]
 fn a_job_files_cid_text_names_no_file_outside_the_scratch_folder() {
     let t = tempfile::tempdir().unwrap();
-    let node = Node::start(&t.path().join("repo"));
-    let src = t.path().join("src");
-    sample(&src);
-    let cid = node.add(&src);
+    let (node, _, cid) = Node::serving_sample(t.path());
     // A file of the operator's in a folder named `ipfs` (to be removed), and an empty one
     // (to be written in).
     let victim = t.path().join("victim/ipfs");
@@ -460,9 +466,7 @@ fn a_job_files_cid_text_names_no_file_outside_the_scratch_folder() {
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(victim.join(format!("{cid}.car")), "the operator's own").unwrap();
-    let job = t.path().join("a/b/job");
-    std::fs::create_dir_all(&job).unwrap();
-    std::fs::copy(fixture("probes/probe.wasm"), job.join("probe.wasm")).unwrap();
+    let job = probe_folder(&t.path().join("a/b/job"));
     // From the scratch folder (a folder of the temporary folder) up to the root, then
     // down to the victim: from the job file's folder, deeper, it names nothing.
     let up = "../".repeat(std::env::temp_dir().components().count());
