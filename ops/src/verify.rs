@@ -1524,8 +1524,8 @@ pub fn choose_segments(segments: usize, k: usize, seed: u64) -> Vec<usize> {
 ///
 /// What it proves: a provider that fabricated a result or skipped work has at least one
 /// segment whose end does not follow from its start; each segment re-run finds it when it
-/// is that one. Re-running k of n segments costs about k/n of the job (plus k compiles,
-/// which the module cache makes loads).
+/// is that one. Re-running k of n segments costs about k/n of the job (plus a compile,
+/// which the module cache makes a load), spread over the machine's cores.
 pub fn spot_check(
     runtime: &Runtime,
     receipt: &Receipt,
@@ -1537,75 +1537,124 @@ pub fn spot_check(
     let trace = receipt.trace.as_ref().ok_or(VerifyError::NoTrace)?;
     let n = trace.snapshots.len();
     let job = job_of(receipt, sources)?;
-    let mut checked = Vec::new();
-    for &i in segments.iter().filter(|&&i| i <= n) {
-        let started = std::time::Instant::now();
-        let expected = if i < n {
-            trace.snapshots[i].clone()
-        } else {
-            format!(
-                "results {}, {} instructions, exit {}",
-                receipt.cid, receipt.instructions, receipt.exit_code
-            )
-        };
-        let (actual, reason) = match run_segment(runtime, &job, trace, snapshots, i) {
-            Err(why) => (String::new(), Some(why)),
-            Ok(Segment::Checkpoint { cid }) if i < n => {
-                let ok = cid == trace.snapshots[i];
-                let why = (!ok).then(|| {
-                    format!(
-                        "from {}, the job reaches snapshot {cid}, not the trace's {}",
-                        start_name(i),
-                        trace.snapshots[i]
-                    )
-                });
-                (cid, why)
-            }
-            Ok(Segment::Checkpoint { cid }) => (
-                cid.clone(),
-                Some(format!(
-                    "from {}, the job takes another checkpoint ({cid}), which the trace does not name",
-                    start_name(i)
-                )),
-            ),
-            // This machine's wall clock is no evidence against the provider.
-            Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(i)),
-            Ok(Segment::End(r)) => {
-                let actual = format!(
-                    "results {}, {} instructions, exit {}",
-                    r.cid, r.instructions, r.exit_code
-                );
-                let why = if i < n {
-                    Some(format!(
-                        "from {}, the job ends ({actual}) before the trace's next snapshot",
-                        start_name(i)
-                    ))
-                } else if (r.cid.as_str(), r.instructions, r.exit_code)
-                    != (receipt.cid.as_str(), receipt.instructions, receipt.exit_code)
-                {
-                    Some(format!(
-                        "from {}, the job ends with {actual}; the receipt claims {expected}",
-                        start_name(i)
-                    ))
-                } else {
-                    None
-                };
-                (actual, why)
-            }
-        };
-        checked.push(SegmentCheck {
-            segment: i,
-            ok: reason.is_none(),
-            expected,
-            actual,
-            reason,
-            seconds: started.elapsed().as_secs_f64(),
-        });
+    let wanted: Vec<usize> = segments.iter().copied().filter(|&i| i <= n).collect();
+    // The module is loaded once (within the job's timeout, as each segment's run loads
+    // it), before the segments share it. A failure here is each segment's own error when
+    // it runs, so it is reported there.
+    if wanted.len() > 1 {
+        let deadline = detwasm_runtime::engine::Deadline::after(job.limits.safety_timeout());
+        let _ = runtime.load_by(&job.module.bytes, &job.entry, deadline);
+    }
+    // Segments are independent runs: they go on as many threads as the machine has cores
+    // (each holds its own guest memory at once). What each reaches does not depend on
+    // it. Rejected: one after another (a verifier with cores waited for them in turn).
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .min(wanted.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<Result<SegmentCheck, VerifyError>>>> =
+        std::sync::Mutex::new((0..wanted.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = wanted.get(j) else { break };
+                let r = check_segment(runtime, receipt, trace, &job, snapshots, i);
+                done.lock().expect("no segment panics holding the lock")[j] = Some(r);
+            });
+        }
+    });
+    let mut checked = Vec::with_capacity(wanted.len());
+    for r in done
+        .into_inner()
+        .expect("no segment panics holding the lock")
+    {
+        checked.push(r.expect("every segment was run")?);
     }
     Ok(SampleReport {
         verified: !checked.is_empty() && checked.iter().all(|c| c.ok),
         segments: n + 1,
         checked,
+    })
+}
+
+/// Re-runs segment `i` of the receipt's job ([`spot_check`]) and compares where it ends
+/// with the trace (or, for the last, with the receipt).
+fn check_segment(
+    runtime: &Runtime,
+    receipt: &Receipt,
+    trace: &detwasm_job::receipt::Trace,
+    job: &Job,
+    snapshots: &Path,
+    i: usize,
+) -> Result<SegmentCheck, VerifyError> {
+    let n = trace.snapshots.len();
+    let started = std::time::Instant::now();
+    let expected = if i < n {
+        trace.snapshots[i].clone()
+    } else {
+        format!(
+            "results {}, {} instructions, exit {}",
+            receipt.cid, receipt.instructions, receipt.exit_code
+        )
+    };
+    let (actual, reason) = match run_segment(runtime, job, trace, snapshots, i) {
+        Err(why) => (String::new(), Some(why)),
+        Ok(Segment::Checkpoint { cid }) if i < n => {
+            let ok = cid == trace.snapshots[i];
+            let why = (!ok).then(|| {
+                format!(
+                    "from {}, the job reaches snapshot {cid}, not the trace's {}",
+                    start_name(i),
+                    trace.snapshots[i]
+                )
+            });
+            (cid, why)
+        }
+        Ok(Segment::Checkpoint { cid }) => (
+            cid.clone(),
+            Some(format!(
+                "from {}, the job takes another checkpoint ({cid}), which the trace does not name",
+                start_name(i)
+            )),
+        ),
+        // This machine's wall clock is no evidence against the provider.
+        Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(i)),
+        Ok(Segment::End(r)) => {
+            let actual = format!(
+                "results {}, {} instructions, exit {}",
+                r.cid, r.instructions, r.exit_code
+            );
+            let why = if i < n {
+                Some(format!(
+                    "from {}, the job ends ({actual}) before the trace's next snapshot",
+                    start_name(i)
+                ))
+            } else if (r.cid.as_str(), r.instructions, r.exit_code)
+                != (
+                    receipt.cid.as_str(),
+                    receipt.instructions,
+                    receipt.exit_code,
+                )
+            {
+                Some(format!(
+                    "from {}, the job ends with {actual}; the receipt claims {expected}",
+                    start_name(i)
+                ))
+            } else {
+                None
+            };
+            (actual, why)
+        }
+    };
+    Ok(SegmentCheck {
+        segment: i,
+        ok: reason.is_none(),
+        expected,
+        actual,
+        reason,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

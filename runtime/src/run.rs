@@ -276,15 +276,19 @@ impl Runtime {
     ) -> Result<(wasmtime::Module, &'static str), RunError> {
         let key = *blake3::hash(bytes).as_bytes();
         let binary = engine::to_binary(bytes)?;
+        let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
         // The shape scan before the interface is read: reading it keeps every type's
         // signature and text, 240 MB for a 2 MB type section the scan refuses. The scan
         // is linear and cheap; `engine::compile` runs it again on a cache miss (and on the
         // rewritten module). Rejected: limits of its own in `read_interface` (a second
-        // list of limits to keep in step with `passes::shape`).
-        crate::passes::shape::check(&binary, &crate::passes::shape::LIMITS)
-            .map_err(|r| RunError::TooComplex(r.to_string()))?;
+        // list of limits to keep in step with `passes::shape`). A module this runtime
+        // already loaded passed it (it depends on the bytes alone), so it is not scanned
+        // again: for CPython that was a sixth of a spot check's host time per segment.
+        if known.is_none() {
+            crate::passes::shape::check(&binary, &crate::passes::shape::LIMITS)
+                .map_err(|r| RunError::TooComplex(r.to_string()))?;
+        }
         self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
-        let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
         let (module, from) = match (known, &self.cache) {
             (Some(m), _) => (m, "memory"),
             // The binary, not `bytes`: text is translated once, above.
