@@ -44,6 +44,10 @@
 //!   `canonicalize_nans` as the reference: it leaves out `promote`/`demote` and relaxed
 //!   `madd`, which Cranelift canonicalizes (so it would report false disagreements), and it
 //!   changes the generated module when it reaches `max_instructions`.
+//! - [`Setup::Interpreter`]: wasmi, an interpreter nobody here wrote, running the module
+//!   after every pass of a job, with the same meter and memory limit ([`interpreter`]).
+//!   Everything must match, fuel and the depth of a stack exhaustion included: what a
+//!   module computes is decided by detwasm's passes, not by the engine (issue 20).
 //! - [`Setup::Uncanonicalized`] is the engine without NaN canonicalization on the module
 //!   as it is. It is never part of [`check_module`]: it exists so tests can show that
 //!   [`compare`] reports a real divergence.
@@ -55,6 +59,8 @@
 
 use std::fmt;
 use std::sync::OnceLock;
+
+pub mod interpreter;
 
 use wasmtime::{Config, Engine, Extern, Instance, Module, OptLevel, Store, Trap, Val, ValType};
 
@@ -115,6 +121,10 @@ pub enum Setup {
     /// included. A module the pass refuses (tail calls that can unwind, references kept
     /// across a call) is counted in [`Agreement::not_checkpointable`].
     Checkpointed,
+    /// wasmi, an interpreter, running the module after every pass of a job
+    /// ([`detwasm_runtime::engine::rewrite`]) with the same meter: everything must match
+    /// the baseline, fuel included (see [`interpreter`]).
+    Interpreter,
 }
 
 /// The slice of [`Setup::Sliced`] and [`Setup::Checkpointed`]: a checkpoint every 997
@@ -123,12 +133,13 @@ pub const CHECKPOINT_SLICE: u64 = 997;
 
 impl Setup {
     /// The setups [`check_module`] compares with the baseline ([`Setup::Serial`]).
-    pub const CHECKED: [Setup; 5] = [
+    pub const CHECKED: [Setup; 6] = [
         Setup::Parallel,
         Setup::CacheHit,
         Setup::OptNone,
         Setup::Reference,
         Setup::Eager,
+        Setup::Interpreter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +153,7 @@ impl Setup {
             Setup::Uncanonicalized => "uncanonicalized",
             Setup::Sliced => "sliced",
             Setup::Checkpointed => "checkpointed",
+            Setup::Interpreter => "interpreter (wasmi)",
         }
     }
 
@@ -161,7 +173,8 @@ impl Setup {
             | Setup::Parallel
             | Setup::CacheHit
             | Setup::Sliced
-            | Setup::Checkpointed => {}
+            | Setup::Checkpointed
+            | Setup::Interpreter => {}
         }
         c
     }
@@ -169,7 +182,7 @@ impl Setup {
     /// One engine per setup for the whole process (creating one per module would cost more
     /// than running most modules).
     fn engine(self) -> Result<&'static Engine, String> {
-        static ENGINES: [OnceLock<Result<Engine, String>>; 9] = [const { OnceLock::new() }; 9];
+        static ENGINES: [OnceLock<Result<Engine, String>>; 10] = [const { OnceLock::new() }; 10];
         ENGINES[self as usize]
             .get_or_init(|| Engine::new(&self.config()).map_err(|e| format!("{e:#}")))
             .as_ref()
@@ -578,6 +591,9 @@ enum Failure {
 
 /// Loads `binary` the way `setup` does and runs it on a thread with the guest stack.
 fn observe(binary: &[u8], setup: Setup) -> Result<Observation, Failure> {
+    if setup == Setup::Interpreter {
+        return interpreter::observe(binary, FUEL_PER_CALL);
+    }
     let engine = setup.engine().map_err(Failure::Setup)?;
     let module = load(engine, binary, setup)?;
     let fuel = match setup {

@@ -300,6 +300,10 @@ fn the_engine_canonicalizes_and_agrees_with_the_reference() {
     let a = check_module(&binary).unwrap();
     assert_eq!((a.calls, a.returned, a.reference_calls), (4, 4, 4));
     assert_eq!((a.nans, a.noncanonical_nans), (5, 0), "{a:?}");
+    // The interpreter's own float operations carry the payload through; the passes are
+    // what make its NaN canonical, so it disagrees with an engine without them.
+    let d = compare(&binary, Setup::Uncanonicalized, Setup::Interpreter).unwrap_err();
+    assert!(d.what.contains("export `payload`"), "{d}");
 }
 
 /// The check can fail: an engine without NaN canonicalization disagrees with the baseline,
@@ -574,5 +578,77 @@ fn generated_modules_agree_with_checkpoints_at_every_refuel() {
             refused * 2 < modules,
             "most modules refused: {refused} of {modules}"
         );
+    }
+}
+
+/// The interpreter meets the same metered stack limit at the same call and count (the
+/// passes meter it, not the engine: wasmi's own limits lie beyond), and the same NaN bits
+/// in vector lanes, through calls and out of memory.
+#[test]
+fn recursion_simd_and_nans_agree_under_another_engine() {
+    let wat = r#"(module
+        (memory (export "m") 1)
+        (func $fib (param i32) (result i32)
+            local.get 0 i32.const 2 i32.lt_u
+            if (result i32) local.get 0
+            else local.get 0 i32.const 1 i32.sub call $fib
+                 local.get 0 i32.const 2 i32.sub call $fib i32.add end)
+        (func (export "fib15") (result i32) i32.const 15 call $fib)
+        (func (export "lanes") (param v128) (result v128)
+            local.get 0 local.get 0 f32x4.div
+            v128.const f32x4 0 -0 1 -1 f32x4.sqrt f32x4.add)
+        (func (export "stored") (result f64)
+            i32.const 8 f64.const 0 f64.const 0 f64.div f64.store
+            i32.const 8 f64.load f64.const 1 f64.mul)
+        (func $down (export "down") (param i64) (result i64)
+            local.get 0 i64.const 1 i64.add call $down))"#;
+    let binary = wat::parse_str(wat).unwrap();
+    let a = compare(&binary, Setup::Serial, Setup::Interpreter).unwrap();
+    // Each export twice ([`detwasm_fuzzing::ROUNDS`]). `down` ends on the metered stack
+    // limit (before the fuel: none runs out); the counter then stays at the limit (a trap
+    // skips the epilogues), so in the second round `fib15` and `down` trap on entry, in
+    // both engines alike.
+    assert_eq!(
+        (a.calls, a.returned, a.trapped, a.out_of_fuel, a.nans),
+        (8, 5, 3, 0, 2),
+        "{a:?}"
+    );
+    assert!(a.fuel > 20_000, "{a:?}");
+}
+
+/// What a job computes is the passes', not the engine's: generated modules rewritten by
+/// every pass of a job run under wasmi, an interpreter nobody here wrote, exactly as under
+/// wasmtime ([`Setup::Interpreter`] vs [`Setup::Serial`]): results (NaN bits included),
+/// traps, instruction counts, stack exhaustion, memories and globals.
+/// `DETWASM_SELFFUZZ_ENGINE_MODULES` of them (default 200) from the ChaCha stream of
+/// `DETWASM_SELFFUZZ_SEED` (default 0, then 3000 added).
+#[test]
+fn generated_modules_agree_under_another_engine() {
+    let count = env_u64("DETWASM_SELFFUZZ_ENGINE_MODULES", 200);
+    let seed = env_u64("DETWASM_SELFFUZZ_SEED", 0) + 3000;
+    let started = std::time::Instant::now();
+    let (mut modules, mut calls, mut trapped, mut fuel, mut nans) = (0, 0, 0, 0, 0);
+    for (i, data) in seeded_inputs(seed, count) {
+        let Some(binary) = generate(&data) else {
+            continue;
+        };
+        match compare(&binary, Setup::Serial, Setup::Interpreter) {
+            Ok(a) => {
+                modules += 1;
+                calls += a.calls;
+                trapped += a.trapped;
+                fuel += a.fuel;
+                nans += a.nans;
+            }
+            Err(d) => disagreed(i, seed, &d, &binary),
+        }
+    }
+    eprintln!(
+        "wasmi: seed {seed}: {modules} modules, {calls} calls ({trapped} trapped), {nans} \
+         NaNs, {fuel} instructions, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if count >= 100 {
+        assert!(calls > 0 && trapped > 0 && nans > 0 && fuel > 1_000_000);
     }
 }

@@ -458,30 +458,52 @@ fn compile_as(
     export_depth: bool,
 ) -> Result<Module, RunError> {
     let binary = to_binary(bytes)?;
-    passes::shape::check(&binary, &passes::shape::LIMITS)
-        .map_err(|r| RunError::TooComplex(r.to_string()))?;
-    let fueled = passes::fuel::meter(&binary).map_err(|e| {
-        refused(
-            engine,
-            &binary,
-            format!("fuel metering could not rewrite the module: {e}"),
-        )
-    })?;
-    let lowered = passes::relaxed::lower(&fueled).map_err(|e| {
-        refused(
-            engine,
-            &binary,
-            format!("relaxed SIMD lowering could not rewrite the module: {e}"),
-        )
-    })?;
-    let canonical = passes::nan::canonicalize(&lowered).map_err(|e| {
-        refused(
-            engine,
-            &binary,
-            format!("NaN canonicalization could not rewrite the module: {e}"),
-        )
-    })?;
+    let canonical = before_stack(&binary, |why| refused(engine, &binary, why))?;
     compile_rewritten_as(engine, &binary, &canonical, unwind, export_depth)
+}
+
+/// The scan and the passes before stack metering, in a job's order: fuel metering first
+/// (so that only the module's own operators are counted), the relaxed SIMD lowering, NaN
+/// canonicalization. `refuse` makes a pass's complaint the error.
+fn before_stack(binary: &[u8], refuse: impl Fn(String) -> RunError) -> Result<Vec<u8>, RunError> {
+    passes::shape::check(binary, &passes::shape::LIMITS)
+        .map_err(|r| RunError::TooComplex(r.to_string()))?;
+    let fueled = passes::fuel::meter(binary)
+        .map_err(|e| refuse(format!("fuel metering could not rewrite the module: {e}")))?;
+    let lowered = passes::relaxed::lower(&fueled).map_err(|e| {
+        refuse(format!(
+            "relaxed SIMD lowering could not rewrite the module: {e}"
+        ))
+    })?;
+    passes::nan::canonicalize(&lowered).map_err(|e| {
+        refuse(format!(
+            "NaN canonicalization could not rewrite the module: {e}"
+        ))
+    })
+}
+
+/// The module as [`compile_reentrant`] hands it to the engine: through every pass of a
+/// job (the scan, fuel metering, the relaxed SIMD lowering, NaN canonicalization, stack
+/// metering), with the stack pass's counter exported as [`EXPORT_STACK_DEPTH`]. What a
+/// job computes is decided here, not by the engine: another engine that runs these bytes
+/// must compute the same, count for count and bit for bit (`detwasm_fuzzing`'s
+/// interpreter setup checks it with wasmi). Errors carry the pass's own message (no engine
+/// validates the original to word them).
+pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, RunError> {
+    let binary = to_binary(bytes)?;
+    let canonical = before_stack(&binary, RunError::InvalidModule)?;
+    let metered = stack_metered(&canonical, RunError::InvalidModule)?;
+    passes::stack::export_counter(&metered, EXPORT_STACK_DEPTH).map_err(|e| {
+        RunError::InvalidModule(format!("the stack counter could not be exported: {e}"))
+    })
+}
+
+fn stack_metered(
+    rewritten: &[u8],
+    refuse: impl Fn(String) -> RunError,
+) -> Result<Vec<u8>, RunError> {
+    passes::stack::meter(rewritten)
+        .map_err(|e| refuse(format!("stack metering could not rewrite the module: {e}")))
 }
 
 /// A wall-clock deadline and the timeout it was set from (for the message).
@@ -537,13 +559,7 @@ fn compile_rewritten_as(
     unwind: bool,
     export_depth: bool,
 ) -> Result<Module, RunError> {
-    let metered = passes::stack::meter(rewritten).map_err(|e| {
-        refused(
-            engine,
-            original,
-            format!("stack metering could not rewrite the module: {e}"),
-        )
-    })?;
+    let metered = stack_metered(rewritten, |why| refused(engine, original, why))?;
     let metered = if unwind {
         passes::unwind::instrument(&metered).map_err(|e| match e {
             passes::unwind::Error::TooLarge(why) => RunError::TooComplex(why),
