@@ -42,4 +42,7 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
   --no-build-isolation ./python
 # The aarch64 build of detwasm and qemu-user for tests/cross_arch.rs.
 bash scripts/cross-aarch64.sh
+# detwasm built against another wasmtime (50.0.2, Rust 1.97) for tests/protocol.rs.
+echo "==> scripts/engine-diff.sh (detwasm built against wasmtime 50.0.2)"
+bash scripts/engine-diff.sh
 echo "set-up done"

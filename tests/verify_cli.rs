@@ -502,3 +502,44 @@ fn a_receipt_finds_its_content_by_cid_with_find() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("more than the 65536 allowed here"), "{err}");
 }
+
+/// A receipt made under another protocol, or before protocols, is not re-run: the error
+/// names the protocol it needs and the detwasm that made it (exit 2).
+#[test]
+fn a_receipt_of_another_protocol_names_the_one_it_needs() {
+    let (t, receipt, _) = provider_run();
+    let ours = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&receipt).unwrap())
+        .unwrap()["engine"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ours.starts_with("detwasm-protocol-1:blake3:"), "{ours}");
+    for (engine, says) in [
+        (
+            "detwasm-protocol-2:blake3:00ff",
+            "the receipt was made under detwasm-protocol-2 (by detwasm 0.0.9); this detwasm \
+             follows detwasm-protocol-1: verify it with a detwasm that follows \
+             detwasm-protocol-2, such as 0.0.9",
+        ),
+        (
+            "blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba",
+            "the receipt was made before protocol versions, by detwasm 0.0.9 (its fingerprint \
+             blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba named \
+             that build's engine); this detwasm follows detwasm-protocol-1: verify it with \
+             detwasm 0.0.9",
+        ),
+    ] {
+        edit_receipt(&receipt, |r| {
+            r["engine"] = serde_json::json!(engine);
+            r["detwasm_version"] = serde_json::json!("0.0.9");
+        });
+        let out = detwasm()
+            .current_dir(t.path())
+            .args(["verify", "receipt.json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -364,7 +364,7 @@ pub enum VerifyError {
         expected: String,
         got: String,
     },
-    #[error("the receipt was made by an engine with fingerprint {receipt} (detwasm {version}); this detwasm's is {ours}: re-run it with that detwasm version")]
+    #[error("{}", engine_mismatch(receipt, ours, version))]
     Engine {
         receipt: String,
         ours: String,
@@ -1444,6 +1444,29 @@ mod tests {
             (1 << 20) + (1 << 20) + 256 + 256 + 4,
             "the derivation in its doc"
         );
+    }
+}
+
+/// What [`VerifyError::Engine`] says: which protocol the receipt needs, and which
+/// detwasm made it.
+fn engine_mismatch(receipt: &str, ours: &str, version: &str) -> String {
+    use detwasm_runtime::engine::protocol_of;
+    let mine = protocol_of(ours).unwrap_or(ours);
+    match protocol_of(receipt) {
+        Some(theirs) if theirs != mine => format!(
+            "the receipt was made under {theirs} (by detwasm {version}); this detwasm follows \
+             {mine}: verify it with a detwasm that follows {theirs}, such as {version}"
+        ),
+        Some(_) => format!(
+            "the receipt's fingerprint is {receipt} (detwasm {version}) and this detwasm's is \
+             {ours}, under the same protocol: one of the two builds changed its rules \
+             without a new protocol version; verify it with detwasm {version}"
+        ),
+        None => format!(
+            "the receipt was made before protocol versions, by detwasm {version} (its \
+             fingerprint {receipt} named that build's engine); this detwasm follows {mine}: \
+             verify it with detwasm {version}"
+        ),
     }
 }
 

@@ -3,10 +3,21 @@
 //! with a deadline, in the compile worker or on a thread, is [`crate::compile`]'s.
 //!
 //! Every setting that can change what a module computes, how far it recurses or how
-//! much fuel an instruction costs is set explicitly in [`deterministic_config`] and
-//! listed in [`ENGINE_SETTINGS`]; the fingerprint is a hash of that list and of the
-//! wasmtime version, so two hosts running the same job agree on it, and a job id changes
-//! when the configuration does.
+//! much fuel an instruction costs is listed in [`ENGINE_SETTINGS`], under a protocol
+//! version ([`PROTOCOL`]); the fingerprint is a hash of that list, so two hosts running
+//! the same job agree on it, and a job id changes when the rules do.
+//!
+//! What decides a result is detwasm's own: the passes rewrite the module (fuel, relaxed
+//! SIMD, NaNs, stack depth), the WASI host is detwasm's, and the engine only runs
+//! standard WebAssembly. So the engine is not named: not wasmtime's version, nor its
+//! compiler's settings. The proofs: wasmi, an interpreter, computes what wasmtime does
+//! on generated modules after the passes, counts and stack depths included
+//! (`detwasm_fuzzing`'s interpreter setup); Cranelift unoptimised agrees with optimised
+//! (the `opt-none` setup); `tests/protocol.rs` pins the receipts of a corpus of jobs, so
+//! any change to a pass, the host or the engine that would change one fails there
+//! unless [`PROTOCOL`] is bumped. wasmtime is still pinned exactly (Cargo.toml) and
+//! configured explicitly in [`deterministic_config`]: a build is one engine, tested as
+//! one.
 //!
 //! Settings that cannot change a result are left out of the fingerprint on purpose: the
 //! module cache, parallel compilation. The tests run jobs both ways and compare.
@@ -19,8 +30,14 @@ use wasmtime::{Config, Engine, Module, OptLevel, Strategy, WasmFeatures};
 use crate::error::RunError;
 use crate::passes;
 
-/// wasmtime's version, pinned exactly in Cargo.toml.
-pub const WASMTIME_VERSION: &str = "48.0.8";
+/// The version of detwasm's rules for a result: what [`ENGINE_SETTINGS`] lists (the
+/// passes' versions, the host's rules, the limits, the WebAssembly features). It leads
+/// every fingerprint (`detwasm-protocol-1:blake3:…`), so that a verifier holding a
+/// receipt of another version says which. Bumped whenever a change would change any
+/// receipt: `tests/protocol.rs` fails until it is (and its pins are renewed).
+/// Receipts made before there was a protocol (fingerprints `blake3:…` without it) named
+/// wasmtime's build; they are verified with the detwasm that made them.
+pub const PROTOCOL: &str = "detwasm-protocol-1";
 
 /// Maximum native stack for wasm frames: [`passes::stack::NATIVE_BYTES_PER_UNIT`] bytes
 /// for each unit of the metered limit ([`passes::stack::STACK_LIMIT`]), so that the
@@ -46,8 +63,12 @@ pub const GUEST_THREAD_STACK: usize = MAX_WASM_STACK + (8 << 20);
 /// that reading depends on it.
 pub const WASM_BACKTRACE_FRAMES: usize = 20;
 
-/// The settings that define the engine, as `key=value` lines. The fingerprint hashes
-/// exactly this text.
+/// The rules that decide a result ([`PROTOCOL`]), as `key=value` lines. The fingerprint
+/// hashes exactly this text. The engine's own settings ([`deterministic_config`]) are
+/// not in it: they cannot change a result (see the module docs), and a wasmtime upgrade
+/// that did would fail `tests/protocol.rs`. Rejected: naming wasmtime's version and its
+/// settings here, as detwasm did before protocols (every wasmtime upgrade, a security
+/// fix included, orphaned every receipt ever made).
 ///
 /// Decisions, each closing a row of the determinism contract:
 /// - `nan_pass`: every NaN a float operation produces is the canonical quiet NaN
@@ -55,15 +76,15 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   NaN payloads differ (x86 produces a negative "default NaN", ARM a positive one). The
 ///   [`passes::nan`] pass canonicalizes, in the module, exactly the results that can reach
 ///   a store, a call, a global, a `reinterpret`, ...; the observable behaviour is that of
-///   canonicalizing after every operation. `nan_canonicalization=false` is Cranelift's own
-///   pass, which canonicalized after every operation and made float-heavy code about 3.5
-///   times slower. Rejected: keeping Cranelift's pass (same behaviour, the cost above).
+///   canonicalizing after every operation. Cranelift's own pass (off in
+///   [`deterministic_config`]) canonicalized after every operation and made float-heavy
+///   code about 3.5 times slower. Rejected: keeping Cranelift's pass (same behaviour, the cost above).
 /// - `relaxed_pass`: every relaxed SIMD operator gives the result of the WebAssembly 3.0
 ///   specification's deterministic profile, computed by plain SIMD that the
 ///   [`passes::relaxed`] pass writes in its place, so no engine setting decides it (the
 ///   profile's `relaxed_madd` is unfused and its relaxed dot products saturate, where
 ///   wasmtime's `relaxed_simd_deterministic` fuses and wraps). No relaxed operator
-///   reaches the engine; `relaxed_simd_deterministic=true` stays set so that one that
+///   reaches the engine; wasmtime's `relaxed_simd_deterministic` stays set so that one that
 ///   did would still not take the host's fastest lowering. Rejected: relying on that
 ///   setting alone (what detwasm did before `detwasm-relaxed-1`: wasmtime's choices, not
 ///   the standard's, and they could change with a wasmtime release); disabling relaxed
@@ -75,14 +96,14 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 /// - `fuel_pass`: fuel is the only deterministic limit on work and its consumption is the
 ///   instruction count a verifier compares. It is counted by code the
 ///   [`passes::fuel`] pass writes into the module, which carries the count from call to
-///   call in a register; `wasmtime_fuel=false` is wasmtime's own fuel, which kept it in
+///   call in a register; wasmtime's own fuel (off), which kept it in
 ///   memory and gave every function a full frame. The counts are the same (tested on
 ///   generated modules). Rejected: wasmtime's fuel (what detwasm used before: CPython
 ///   running an integer loop executed 1.66 times the instructions it does without fuel,
 ///   against 1.37 times with the pass; callgrind, see [`passes::fuel`]). `fuel_slice` is
 ///   the fuel the host hands out at a time ([`crate::meter::SLICE`]): the host writes the
 ///   guest's fuel back at each refuel, so the count a trap reports can depend on it.
-/// - `epoch_interruption=false`: the wall-clock safety net (which never decides a
+/// - wasmtime's epoch interruption is off: the wall-clock safety net (which never decides a
 ///   verifiable result) costs nothing in the guest's code: the host reads the clock
 ///   each time the guest asks for the next slice of its fuel ([`crate::meter::SLICE`]),
 ///   at the fuel checks the module already has (see [`crate::meter`]). Rejected: epoch
@@ -95,8 +116,9 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   the module by the [`passes::stack`] pass (version, units a frame costs beyond its
 ///   values, limit in units, the costliest chain of frames left unmetered), so it is the same on
 ///   every CPU. Instruction counts include
-///   the metering code. `max_wasm_stack` (native bytes, see [`MAX_WASM_STACK`]) is large
-///   enough never to be reached first; `wasm_backtrace_max_frames` is pinned because the
+///   the metering code. wasmtime's `max_wasm_stack` (native bytes, see
+///   [`MAX_WASM_STACK`]) is large enough never to be reached first; its
+///   `wasm_backtrace_max_frames` is pinned because the
 ///   metered trap is recognised by its innermost frame.
 /// - The architecture is not named: the cross-architecture test (`tests/cross_arch.rs`,
 ///   x86-64 against aarch64 under qemu) shows that jobs give the same results, instruction
@@ -112,14 +134,9 @@ pub const WASM_BACKTRACE_FRAMES: usize = 20;
 ///   ([`crate::wasi::vfs::ENTRY_OVERHEAD`]). Two detwasm builds that disagree on any of
 ///   them disagree on the job id, never silently on the instruction count.
 pub const ENGINE_SETTINGS: &str = "\
-format=detwasm-engine-1
-wasmtime=48.0.8
-strategy=cranelift
-cranelift_opt_level=speed
-nan_canonicalization=false
+protocol=detwasm-protocol-1
 nan_pass=detwasm-nan-2
 relaxed_pass=detwasm-relaxed-1
-relaxed_simd_deterministic=true
 threads=false
 simd=true
 relaxed_simd=true
@@ -136,16 +153,12 @@ exceptions=false
 wide_arithmetic=false
 custom_page_sizes=false
 component_model=false
-wasmtime_fuel=false
 fuel_pass=detwasm-fuel-2
 fuel_slice=10000000
-epoch_interruption=false
 stack_metering=detwasm-stack-3
 stack_frame_base=8
 stack_limit=262144
 stack_unmetered_max_cost=65536
-max_wasm_stack=8388608
-wasm_backtrace_max_frames=20
 wasi_host=detwasm-preview1-3
 host_fuel_bytes=64
 table_element_bytes=8
@@ -221,12 +234,19 @@ pub fn deterministic_config(parallel_compilation: bool) -> Config {
     c
 }
 
-/// `blake3:<hex>` of [`ENGINE_SETTINGS`].
+/// `<protocol>:blake3:<hex>` of [`ENGINE_SETTINGS`].
 pub fn fingerprint() -> String {
     format!(
-        "blake3:{}",
+        "{PROTOCOL}:blake3:{}",
         blake3::hash(ENGINE_SETTINGS.as_bytes()).to_hex()
     )
+}
+
+/// The protocol a fingerprint names ([`PROTOCOL`]), or `None` for one made before
+/// protocols (a bare `blake3:…`, which named a wasmtime build).
+pub fn protocol_of(fingerprint: &str) -> Option<&str> {
+    let (protocol, rest) = fingerprint.split_once(':')?;
+    (protocol.starts_with("detwasm-protocol-") && rest.starts_with("blake3:")).then_some(protocol)
 }
 
 pub fn new_engine(opts: &EngineOptions) -> Result<Engine, RunError> {
@@ -662,10 +682,24 @@ mod tests {
     fn fingerprint_is_pinned() {
         assert_eq!(
             fingerprint(),
-            "blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba"
+            "detwasm-protocol-1:blake3:1a489e2f10bdf263d011ddbc307143971d81604a6279d2c6cbf474dcf9b00e4e"
         );
-        assert!(ENGINE_SETTINGS.contains(&format!("wasmtime={WASMTIME_VERSION}\n")));
-        assert!(ENGINE_SETTINGS.contains(&format!("max_wasm_stack={MAX_WASM_STACK}\n")));
+        assert_eq!(protocol_of(&fingerprint()), Some(PROTOCOL));
+        assert_eq!(
+            protocol_of("blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba"),
+            None
+        );
+        assert!(ENGINE_SETTINGS.starts_with(&format!("protocol={PROTOCOL}\n")));
+        // The engine is not named: neither its version nor its compiler's settings.
+        for engine in [
+            "wasmtime",
+            "cranelift",
+            "epoch",
+            "max_wasm_stack",
+            "backtrace",
+        ] {
+            assert!(!ENGINE_SETTINGS.contains(engine), "{engine}");
+        }
         use crate::passes::stack;
         assert!(ENGINE_SETTINGS.contains(&format!("stack_metering={}\n", stack::PASS_VERSION)));
         let fuel = crate::passes::fuel::PASS_VERSION;
@@ -681,13 +715,28 @@ mod tests {
         assert!(ENGINE_SETTINGS.contains(&format!("stack_limit={}\n", stack::STACK_LIMIT)));
         let unmetered = stack::UNMETERED_MAX_COST;
         assert!(ENGINE_SETTINGS.contains(&format!("stack_unmetered_max_cost={unmetered}\n")));
-        let frames = WASM_BACKTRACE_FRAMES;
-        assert!(ENGINE_SETTINGS.contains(&format!("wasm_backtrace_max_frames={frames}\n")));
         use crate::{limiter::TABLE_ELEMENT_BYTES, wasi::host::HOST_BYTES_PER_FUEL};
         assert!(ENGINE_SETTINGS.contains(&format!("host_fuel_bytes={HOST_BYTES_PER_FUEL}\n")));
         assert!(ENGINE_SETTINGS.contains(&format!("table_element_bytes={TABLE_ELEMENT_BYTES}\n")));
         let overhead = crate::wasi::vfs::ENTRY_OVERHEAD;
         assert!(ENGINE_SETTINGS.contains(&format!("output_entry_overhead={overhead}\n")));
+    }
+
+    /// The engine's own settings that the fingerprint no longer names are still pinned,
+    /// one by one, in the configuration (a wasmtime default changing cannot change them).
+    #[test]
+    fn the_engine_is_pinned_in_its_configuration() {
+        let c = format!("{:?}", deterministic_config(false));
+        for setting in [
+            "strategy: Some(Cranelift)",
+            "\"opt_level\": (\"speed\"",
+            "\"enable_nan_canonicalization\": (\"false\"",
+            "relaxed_simd_deterministic: true",
+            "consume_fuel: false",
+            "epoch_interruption: false",
+        ] {
+            assert!(c.contains(setting), "{setting} in {c}");
+        }
     }
 
     fn interface(text: &str, entry: &str) -> Result<Interface, RunError> {

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod corpus;
+
 /// The `detwasm` binary under test, with a module cache of the test build's own (never
 /// the user's) and none of the user's settings that change what a run may read: the
 /// module search path, the folders a module spec may mount and the IPFS node or gateway

@@ -1,0 +1,186 @@
+//! The protocol's receipts, pinned. A job id names detwasm's rules by their protocol
+//! version (`runtime/src/engine.rs`, `PROTOCOL`), not the engine's build; so whatever
+//! could change a result without changing the protocol must be caught here. This test
+//! runs the corpus of `tests/cli_support/corpus.rs` (every example module, the probe,
+//! NaNs, relaxed SIMD, the metered stack limit, memory growth, out of fuel) and requires
+//! the receipts pinned below: results CID, instruction count, outcome, exit code and
+//! trap. A change to a pass, to the WASI host, to a limit or to wasmtime (an upgrade)
+//! that changes any of them fails until `PROTOCOL` is bumped and the pins renewed (the
+//! failure prints the new table); a new protocol with the old pins fails too.
+//!
+//! The corpus also runs under detwasm built against another wasmtime release
+//! (`scripts/engine-diff.sh`, run by `scripts/setup.sh`; or `DETWASM_OTHER_ENGINE`), and
+//! every receipt must be the same, job id and fingerprint included.
+
+use std::path::Path;
+
+mod cli_support;
+use cli_support::corpus::{jobs, Job};
+use cli_support::detwasm;
+
+/// The protocol the pins are of.
+const PINNED_PROTOCOL: &str = "detwasm-protocol-1";
+
+/// (job, results CID, instructions, outcome, exit code, trap).
+type Pin = (&'static str, &'static str, u64, &'static str, Option<i64>, &'static str);
+
+#[rustfmt::skip]
+const PINS: &[Pin] = &[
+    ("cowsay", "QmV6Z6fNowvJPuuiJ5yiG7wNW9M9vbSNrRkmkdatT7PmhT", 15151, "exited", Some(0), ""),
+    ("artgen", "QmXaEmBx7g4KpNVyQskoU5xP9ZGTbQRtyyv5ZaxBwqy54i", 8531984320, "exited", Some(0), ""),
+    ("wordstats", "QmeXW8Chf8s8LyePyySiaqTFrk21vZRnmpeoZQMU6M3T1a", 304382, "exited", Some(0), ""),
+    ("digits", "QmULMgxqhN1RafdxprpCiygw6g6xJRygPpuTJcvwCFkeYM", 1526326, "exited", Some(0), ""),
+    ("probe report", "QmWhUweF2TjgazMnJVqz182HNWMnXj7c8cwS4NeKpkpyy8", 154343, "exited", Some(0), ""),
+    ("probe int", "QmfLUeG8jrASAQAsztLCbN4eSfMQfw4CKBna31F7GAosfW", 645931, "exited", Some(0), ""),
+    ("probe float", "QmXGwRhUXgLQJM9tVKRwF4ydpBUh6WoawtRcpPR8oab62d", 2392145, "exited", Some(0), ""),
+    ("nan", "QmPUynpbWXVWPcpDyYB9yjSeVq7BPExBd7sBMQ8kr4vquJ", 131, "exited", Some(0), ""),
+    ("nans", "Qmdhj5sC9hTx6vwq5DVeBDhSYjmCWexGwga8mmt7BWvfdy", 4273, "exited", Some(0), ""),
+    ("relaxed", "QmR5FqAniZieZuLd7Ev8Si9y2fT6iCxHrreiuVSSgNfm72", 52, "exited", Some(0), ""),
+    ("stack", "QmeisHB3yfmf3ysYf9X4eioYCjrs7zLUnF3AtLhdbU1Qau", 93618, "trap", Some(134), "wasm trap: call stack exhausted"),
+    ("stack small frames", "QmeisHB3yfmf3ysYf9X4eioYCjrs7zLUnF3AtLhdbU1Qau", 43688, "trap", Some(134), "wasm trap: call stack exhausted"),
+    ("stack v128 frames", "QmeisHB3yfmf3ysYf9X4eioYCjrs7zLUnF3AtLhdbU1Qau", 251186, "trap", Some(134), "wasm trap: call stack exhausted"),
+    ("stack v128 parameters", "QmeisHB3yfmf3ysYf9X4eioYCjrs7zLUnF3AtLhdbU1Qau", 119660, "trap", Some(134), "wasm trap: call stack exhausted"),
+    ("memory growth", "QmcPuggnm5PWNyqDqYBsJVbrqo6w3xj5ZmNYJuvNbLfNMH", 784, "exited", Some(0), ""),
+    ("out of fuel", "QmbrFzeS9AJi7h9gYebd8gZDwPtBheNQxWt87Z6htXdyku", 123457, "out_of_fuel", Some(134), "out of fuel: the instruction budget of 123457 was used up"),
+];
+
+fn pin_line(name: &str, r: &serde_json::Value) -> String {
+    format!(
+        "    ({name:?}, {}, {}, {}, {}, {}),",
+        r["cid"],
+        r["instructions"],
+        r["outcome"],
+        match r["exit_code"].as_i64() {
+            Some(c) => format!("Some({c})"),
+            None => "None".into(),
+        },
+        match r["trap"].as_str() {
+            Some(t) => format!("{t:?}"),
+            None => "\"\"".into(),
+        }
+    )
+}
+
+/// The receipt of `job` run by `program` (a `detwasm` command) into `out`.
+fn receipt(mut program: std::process::Command, job: &Job, out: &Path) -> serde_json::Value {
+    let out = program
+        .current_dir(cli_support::root())
+        .arg("run")
+        .arg("--json")
+        .arg("-o")
+        .arg(out)
+        .args(&job.args)
+        .output()
+        .unwrap();
+    // A trap or running out of fuel exits non-zero with a receipt all the same.
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{}: no receipt ({e}): {}",
+            job.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The wasmtime release `scripts/engine-diff.sh` builds detwasm against by default.
+const OTHER_WASMTIME: &str = "50.0.2";
+
+/// The same receipts from a detwasm built against another wasmtime: `DETWASM_OTHER_ENGINE`,
+/// else the one `scripts/engine-diff.sh` builds (`scripts/setup.sh` runs it).
+#[test]
+fn another_engine_build_gives_the_same_receipts() {
+    let other = std::env::var_os("DETWASM_OTHER_ENGINE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            cli_support::root().join(format!(
+                "target/engine-diff/{OTHER_WASMTIME}/target/debug/detwasm"
+            ))
+        });
+    assert!(
+        other.is_file(),
+        "{} is missing: run scripts/engine-diff.sh (scripts/setup.sh runs it)",
+        other.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mut differences = Vec::new();
+    for (i, job) in jobs().iter().enumerate() {
+        let ours = receipt(detwasm(), job, &tmp.path().join(format!("ours-{i}")));
+        let mut theirs = std::process::Command::new(&other);
+        theirs.env(
+            "DETWASM_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("other-engine-cache"),
+        );
+        let theirs = receipt(theirs, job, &tmp.path().join(format!("theirs-{i}")));
+        for key in [
+            "cid",
+            "instructions",
+            "outcome",
+            "exit_code",
+            "trap",
+            "verifiable",
+            "job_id",
+            "engine",
+        ] {
+            if ours[key] != theirs[key] {
+                differences.push(format!(
+                    "{}: {key} {} (this build) vs {} ({})",
+                    job.name,
+                    ours[key],
+                    theirs[key],
+                    other.to_string_lossy()
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the builds disagree (if only `engine` or `job_id` differ, the other build is stale: \
+         run scripts/engine-diff.sh):\n{}",
+        differences.join("\n")
+    );
+    eprintln!(
+        "{} jobs: the same receipts from {}",
+        jobs().len(),
+        other.to_string_lossy()
+    );
+}
+
+#[test]
+fn the_corpus_gives_the_pinned_receipts_under_this_protocol() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    let mut differences = Vec::new();
+    let mut protocols = std::collections::BTreeSet::new();
+    for (i, job) in jobs().iter().enumerate() {
+        let r = receipt(detwasm(), job, &tmp.path().join(i.to_string()));
+        let engine = r["engine"].as_str().unwrap_or_default();
+        protocols.insert(engine.split(':').next().unwrap_or_default().to_string());
+        lines.push(pin_line(job.name, &r));
+        let pinned = PINS.iter().find(|p| p.0 == job.name);
+        let actual = (
+            r["cid"].as_str().unwrap_or_default(),
+            r["instructions"].as_u64().unwrap_or_default(),
+            r["outcome"].as_str().unwrap_or_default(),
+            r["exit_code"].as_i64(),
+            r["trap"].as_str().unwrap_or_default(),
+        );
+        match pinned {
+            Some(&(_, cid, n, outcome, exit, trap)) if (cid, n, outcome, exit, trap) == actual => {}
+            Some(p) => differences.push(format!("{}: pinned {p:?}, now {actual:?}", job.name)),
+            None => differences.push(format!("{}: not pinned", job.name)),
+        }
+    }
+    let table = lines.join("\n");
+    assert_eq!(
+        protocols.into_iter().collect::<Vec<_>>(),
+        vec![PINNED_PROTOCOL.to_string()],
+        "the receipts name another protocol than the pins: renew the pins for it:\n{table}"
+    );
+    assert!(
+        differences.is_empty(),
+        "receipts of the pinned corpus changed under {PINNED_PROTOCOL}:\n{}\nA change that \
+         changes a result needs a new protocol: bump PROTOCOL in runtime/src/engine.rs (and \
+         say what changed in the README), then pin these here:\n{table}",
+        differences.join("\n")
+    );
+}
