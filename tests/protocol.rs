@@ -22,7 +22,14 @@ use cli_support::detwasm;
 const PINNED_PROTOCOL: &str = "detwasm-protocol-1";
 
 /// (job, results CID, instructions, outcome, exit code, trap).
-type Pin = (&'static str, &'static str, u64, &'static str, Option<i64>, &'static str);
+type Pin = (
+    &'static str,
+    &'static str,
+    u64,
+    &'static str,
+    Option<i64>,
+    &'static str,
+);
 
 #[rustfmt::skip]
 const PINS: &[Pin] = &[

@@ -33,7 +33,9 @@ use detwasm_runtime::engine::EXPORT_STACK_DEPTH;
 use detwasm_runtime::limiter::JobLimiter;
 use detwasm_runtime::meter::{self, Meter, Stop};
 
-use crate::{argument, Call, End, Failure, Observation, Value, LOOP_FUEL_EXPORT, ROUNDS};
+use crate::{
+    argument, memory_seen, Call, End, Failure, Observation, Value, LOOP_FUEL_EXPORT, ROUNDS,
+};
 
 /// What the store holds: the job's memory limit and its meter.
 struct Data {
@@ -385,14 +387,7 @@ fn execute(
     }
     for (name, ext) in &exports {
         match ext {
-            Extern::Memory(m) => {
-                let data = m.data(&store);
-                obs.memories.push((
-                    name.clone(),
-                    data.len(),
-                    blake3::hash(data).to_hex().to_string(),
-                ));
-            }
+            Extern::Memory(m) => obs.memories.push(memory_seen(name, m.data(&store))),
             Extern::Global(g) => obs.globals.push((name.clone(), value(&g.get(&store)))),
             Extern::Table(t) => obs.tables.push((name.clone(), t.size(&store))),
             _ => {}

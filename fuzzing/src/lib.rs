@@ -863,14 +863,7 @@ fn execute(
     }
     for (name, ext) in &exports {
         match ext {
-            Extern::Memory(m) => {
-                let data = m.data(&store);
-                obs.memories.push((
-                    name.clone(),
-                    data.len(),
-                    blake3::hash(data).to_hex().to_string(),
-                ));
-            }
+            Extern::Memory(m) => obs.memories.push(memory_seen(name, m.data(&store))),
             Extern::Global(g) => {
                 let v = g.get(&mut store);
                 obs.globals.push((name.clone(), Value::of(&v)));
@@ -880,6 +873,15 @@ fn execute(
         }
     }
     Ok(obs)
+}
+
+/// What [`Observation::memories`] keeps of an exported memory: its size and blake3.
+fn memory_seen(name: &str, data: &[u8]) -> (String, usize, String) {
+    (
+        name.to_string(),
+        data.len(),
+        blake3::hash(data).to_hex().to_string(),
+    )
 }
 
 /// The wasm-to-wasm NaN canonicalization pass the reference runs: after every operation
