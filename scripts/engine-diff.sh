@@ -38,4 +38,15 @@ rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$tool
 echo "engine-diff: building detwasm against wasmtime $version with Rust $toolchain in $work" >&2
 CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" build --quiet --bin detwasm \
     --manifest-path "$work/src/Cargo.toml"
-echo "engine-diff: $work/target/debug/detwasm (run the comparison: cargo nextest run --test protocol)" >&2
+# The self-fuzz test of the same copy: its generated modules, run by this wasmtime, must
+# agree with wasmi as they do under the pinned one (tests/protocol.rs runs it).
+CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" test --quiet --no-run \
+    --manifest-path "$work/src/Cargo.toml" -p detwasm-fuzzing --test self_fuzz \
+    --message-format=json \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "self_fuzz":
+        print(m["executable"])' > "$work/self_fuzz"
+test -s "$work/self_fuzz" || { echo "engine-diff: the self-fuzz test was not built" >&2; exit 2; }
+echo "engine-diff: $work/target/debug/detwasm and $(cat "$work/self_fuzz") (compared by: cargo nextest run --test protocol)" >&2

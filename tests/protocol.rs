@@ -173,6 +173,42 @@ fn another_engine_build_gives_the_same_receipts() {
     );
 }
 
+/// Generated modules (the self-fuzz corpus of `fuzzing/tests/self_fuzz.rs`) after the
+/// passes: under the other wasmtime they compute what wasmi computes, fuel and stack
+/// depths included, as under this build's wasmtime (`self_fuzz` runs that here). The
+/// other build's test binary is named by `target/engine-diff/<version>/self_fuzz`
+/// (`scripts/engine-diff.sh` writes it).
+#[test]
+fn another_engine_build_agrees_with_the_interpreter_on_generated_modules() {
+    let named = cli_support::root().join(format!("target/engine-diff/{OTHER_WASMTIME}/self_fuzz"));
+    let binary = std::fs::read_to_string(&named).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/engine-diff.sh (scripts/setup.sh runs it)",
+            named.display()
+        )
+    });
+    let out = std::process::Command::new(binary.trim())
+        .args([
+            "--exact",
+            "generated_modules_agree_under_another_engine",
+            "--nocapture",
+        ])
+        .env("DETWASM_SELFFUZZ_ENGINE_MODULES", "200")
+        .env_remove("DETWASM_SELFFUZZ_SEED")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("wasmi: seed 3000: 200 modules") && text.contains("1 passed"),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_corpus_gives_the_pinned_receipts_under_this_protocol() {
     let tmp = tempfile::tempdir().unwrap();
