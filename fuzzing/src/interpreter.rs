@@ -33,6 +33,8 @@ use detwasm_runtime::engine::EXPORT_STACK_DEPTH;
 use detwasm_runtime::limiter::JobLimiter;
 use detwasm_runtime::meter::{self, Meter, Stop};
 
+pub mod job;
+
 use crate::{
     argument, memory_seen, Call, End, Failure, Observation, Value, LOOP_FUEL_EXPORT, ROUNDS,
 };
@@ -157,26 +159,36 @@ fn end_of(r: &Result<(), wasmi::Error>, depth_before: i32, depth_after: i32) -> 
     if e.downcast_ref::<Stopped>().is_some() {
         return End::OutOfFuel;
     }
-    let trap = match e.as_trap_code() {
-        Some(TrapCode::UnreachableCodeReached)
+    match trap_of(e, depth_before, depth_after) {
+        Some(Ok(trap)) => End::Trap(trap.to_string()),
+        Some(Err(m)) => End::Trap(m),
+        None => End::Trap(format!("wasmi: {e}")),
+    }
+}
+
+/// The trap `e` is, as wasmtime names it (`Err`: wasmi's own stack limit, which the
+/// metered one should always come before; `None`: not a trap). A metered stack
+/// exhaustion is told by the stack pass's counter (see the module docs).
+fn trap_of(e: &wasmi::Error, depth_before: i32, depth_after: i32) -> Option<Result<Trap, String>> {
+    Some(Ok(match e.as_trap_code()? {
+        TrapCode::UnreachableCodeReached
             if depth_after > STACK_LIMIT as i32 && depth_after > depth_before =>
         {
             Trap::StackOverflow
         }
-        Some(TrapCode::UnreachableCodeReached) => Trap::UnreachableCodeReached,
-        Some(TrapCode::MemoryOutOfBounds) => Trap::MemoryOutOfBounds,
-        Some(TrapCode::TableOutOfBounds) => Trap::TableOutOfBounds,
-        Some(TrapCode::IndirectCallToNull) => Trap::IndirectCallToNull,
-        Some(TrapCode::IntegerDivisionByZero) => Trap::IntegerDivisionByZero,
-        Some(TrapCode::IntegerOverflow) => Trap::IntegerOverflow,
-        Some(TrapCode::BadConversionToInteger) => Trap::BadConversionToInteger,
-        Some(TrapCode::BadSignature) => Trap::BadSignature,
-        Some(TrapCode::StackOverflow) => {
-            return End::Trap("wasmi's own stack limit (never the metered one)".into())
+        TrapCode::UnreachableCodeReached => Trap::UnreachableCodeReached,
+        TrapCode::MemoryOutOfBounds => Trap::MemoryOutOfBounds,
+        TrapCode::TableOutOfBounds => Trap::TableOutOfBounds,
+        TrapCode::IndirectCallToNull => Trap::IndirectCallToNull,
+        TrapCode::IntegerDivisionByZero => Trap::IntegerDivisionByZero,
+        TrapCode::IntegerOverflow => Trap::IntegerOverflow,
+        TrapCode::BadConversionToInteger => Trap::BadConversionToInteger,
+        TrapCode::BadSignature => Trap::BadSignature,
+        TrapCode::StackOverflow => {
+            return Some(Err("wasmi's own stack limit (never the metered one)".into()))
         }
-        _ => return End::Trap(format!("wasmi: {e}")),
-    };
-    End::Trap(trap.to_string())
+        other => return Some(Err(format!("wasmi: {other:?}"))),
+    }))
 }
 
 fn value(v: &Val) -> Value {
