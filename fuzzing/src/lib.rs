@@ -6,9 +6,11 @@
 //! and `fuzz/fuzz_targets/runtime.rs`), that the choices detwasm leaves out of the engine
 //! fingerprint ([`detwasm_runtime::engine`]: parallel compilation, the module cache) cannot change
 //! what a module computes, and that NaN bits are exactly those of a module that
-//! canonicalizes after every operation (the NaN row of the determinism contract). What
-//! it is not: a test of WASI or of a job's results directory (`detwasm fuzz` perturbs
-//! those), nor a conformance test of wasmtime against the spec.
+//! canonicalizes after every operation (the NaN row of the determinism contract); and
+//! that another engine, wasmi, computes what wasmtime does after the passes, for
+//! generated modules and for whole jobs through detwasm's WASI host
+//! ([`interpreter::job`]). What it is not: a perturbation of a job's host (`detwasm fuzz`
+//! does that), nor a conformance test of wasmtime against the spec.
 //!
 //! Observed for every setup, with the same fuel budget: the end of instantiation (a start
 //! function may run), then each exported function whose parameters are all numbers, called
