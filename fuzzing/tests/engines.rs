@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use detwasm_fuzzing::interpreter::job::{run, Ran};
-use detwasm_runtime::{Destination, EngineOptions, Job, Limits, Runtime};
+use detwasm_runtime::{Destination, EngineOptions, Job, Limits, Output, Runtime};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +50,14 @@ fn agree(runtime: &Runtime, name: &str, job: &Job) -> Ran {
     theirs
 }
 
+/// The output volume the example modules' templates name.
+fn outputs() -> Vec<Output> {
+    vec![Output {
+        name: "outputs".into(),
+        guest: "/outputs".into(),
+    }]
+}
+
 #[test]
 fn jobs_give_the_same_results_under_wasmi() {
     let runtime = runtime();
@@ -84,6 +92,18 @@ fn jobs_give_the_same_results_under_wasmi() {
                 fuel: 123_457,
                 ..Limits::default()
             }),
+        ),
+        (
+            "cowsay",
+            with_args(&module("modules/cowsay/cowsay.wasm"), &["moo"]).with_outputs(outputs()),
+        ),
+        (
+            "artgen",
+            with_args(
+                &module("modules/artgen/artgen.wasm"),
+                &["--seed=7", "--width=96", "--height=64", "a quiet lake"],
+            )
+            .with_outputs(outputs()),
         ),
         (
             "wordstats",
