@@ -10,12 +10,15 @@
 //! What decides a result is detwasm's own: the passes rewrite the module (fuel, relaxed
 //! SIMD, NaNs, stack depth), the WASI host is detwasm's, and the engine only runs
 //! standard WebAssembly. So the engine is not named: not wasmtime's version, nor its
-//! compiler's settings. The proofs: wasmi, an interpreter, computes what wasmtime does
-//! on generated modules after the passes, counts and stack depths included
-//! (`detwasm_fuzzing`'s interpreter setup); Cranelift unoptimised agrees with optimised
-//! (the `opt-none` setup); `tests/protocol.rs` pins the receipts of a corpus of jobs, so
-//! any change to a pass, the host or the engine that would change one fails there
-//! unless [`PROTOCOL`] is bumped. wasmtime is still pinned exactly (Cargo.toml) and
+//! compiler's settings. The proofs: wasmi, an interpreter, runs whole jobs through the
+//! same passes and WASI host to the same receipts (`detwasm_fuzzing/tests/engines.rs`:
+//! the examples, the probe, the fixtures, CPython) and generated modules to the same
+//! values, counts and stack depths (`detwasm_fuzzing`'s interpreter setup); Cranelift
+//! unoptimised agrees with optimised (the `opt-none` setup); a build against another
+//! wasmtime release gives the same receipts (`scripts/engine-diff.sh`);
+//! `tests/protocol.rs` pins the receipts of a corpus of jobs, so any change to a pass,
+//! the host or the engine that would change one fails there unless [`PROTOCOL`] is
+//! bumped. wasmtime is still pinned exactly (Cargo.toml) and
 //! configured explicitly in [`deterministic_config`]: a build is one engine, tested as
 //! one.
 //!
