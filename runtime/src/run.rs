@@ -981,21 +981,10 @@ fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
         return Err(NATIVE_STACK_EXHAUSTED.to_string());
     }
     if let Some(f) = e.downcast_ref::<Fatal>() {
-        return match f {
-            Fatal::Exit(c) => Ok(Outcome::Exited(*c)),
-            Fatal::OutputQuota => Ok(Outcome::OutputQuota),
-            Fatal::OutOfFuel => Ok(Outcome::OutOfFuel),
-            Fatal::Guest(m) => Ok(Outcome::Trap(m.clone())),
-            Fatal::Host(m) => Err(m.clone()),
-            Fatal::Timeout => Ok(Outcome::Timeout),
-        };
+        return ended_by_host(f);
     }
     if let Some(stop) = e.downcast_ref::<Stop>() {
-        return Ok(match stop {
-            Stop::OutOfFuel => Outcome::OutOfFuel,
-            // Raised at a refuel once the deadline has passed (see [`crate::meter`]).
-            Stop::Timeout => Outcome::Timeout,
-        });
+        return Ok(stopped(stop));
     }
     if let Some(t) = e.downcast_ref::<Trap>() {
         return Ok(match t {
@@ -1009,6 +998,28 @@ fn classify(e: &wasmtime::Error, denied: bool) -> Result<Outcome, String> {
         return Ok(Outcome::Trap(format!("{e}")));
     }
     Err(format!("{e:#}"))
+}
+
+/// How a run that a host call ended ends (`Err`: a host failure, never a result). The
+/// one mapping for every engine that links the host (the self-fuzzer's wasmi too).
+pub fn ended_by_host(f: &Fatal) -> Result<Outcome, String> {
+    match f {
+        Fatal::Exit(c) => Ok(Outcome::Exited(*c)),
+        Fatal::OutputQuota => Ok(Outcome::OutputQuota),
+        Fatal::OutOfFuel => Ok(Outcome::OutOfFuel),
+        Fatal::Guest(m) => Ok(Outcome::Trap(m.clone())),
+        Fatal::Host(m) => Err(m.clone()),
+        Fatal::Timeout => Ok(Outcome::Timeout),
+    }
+}
+
+/// How a run the meter stopped at a refuel ends.
+pub fn stopped(stop: &Stop) -> Outcome {
+    match stop {
+        Stop::OutOfFuel => Outcome::OutOfFuel,
+        // Raised at a refuel once the deadline has passed (see [`crate::meter`]).
+        Stop::Timeout => Outcome::Timeout,
+    }
 }
 
 fn same_func_type(params: &[ValType], results: &[ValType], have: &FuncType) -> bool {

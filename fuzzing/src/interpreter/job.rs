@@ -17,9 +17,11 @@ use wasmi::{Caller, Engine, Extern, Linker, Module, Store, Val};
 use detwasm_passes::fuel::{EXPORT_FUEL, EXPORT_START, IMPORT_MODULE, IMPORT_REFUEL};
 use detwasm_runtime::engine::EXPORT_STACK_DEPTH;
 use detwasm_runtime::limiter::JobLimiter;
-use detwasm_runtime::meter::{Meter, Stop};
+use detwasm_runtime::meter::Meter;
+use detwasm_runtime::run::{ended_by_host, stopped};
 use detwasm_runtime::wasi::abi::{Errno, Mem};
 use detwasm_runtime::wasi::host::{Fatal, HostError, WasiHost};
+use detwasm_runtime::wasi::host_call;
 use detwasm_runtime::{results, Job, Outcome};
 
 use super::{Limits, Stopped};
@@ -85,25 +87,11 @@ fn dispatch(
     };
     let fuel = fuel_global(caller);
     let (data, ctx) = memory.data_and_store_mut(&mut *caller);
-    ctx.host.fuel = match fuel {
-        Some((_, f)) => ctx.meter.remaining(f),
-        None => u64::MAX,
-    };
-    let mut result = f(&mut ctx.host, &mut Mem(data));
-    if let Err(out_of_fuel) = ctx.host.settle_work() {
-        if !matches!(result, Err(HostError::Fatal(_))) {
-            result = Err(out_of_fuel);
-        }
-    }
-    let left = ctx.meter.fuel_for(ctx.host.fuel);
-    if let Some((global, _)) = fuel {
+    let (result, left) = host_call(&mut ctx.host, &ctx.meter, data, fuel.map(|(_, f)| f), f);
+    if let Some(((global, _), left)) = fuel.zip(left) {
         global.set(&mut *caller, Val::I64(left))?;
     }
-    match result {
-        Ok(()) => Ok(0),
-        Err(HostError::Errno(Errno(e))) => Ok(e as i32),
-        Err(HostError::Fatal(fatal)) => Err(wasmi::Error::host(Ended(fatal))),
-    }
+    result.map_err(|fatal| wasmi::Error::host(Ended(fatal)))
 }
 
 macro_rules! wasi {
@@ -160,20 +148,10 @@ fn linker(engine: &Engine) -> Result<Linker<Ctx>, String> {
 /// How the run ended, as `detwasm_runtime::run` classifies it (`Err`: a host failure).
 fn outcome(e: &wasmi::Error, depth_after: i32, denied: bool) -> Result<Outcome, String> {
     if let Some(Ended(f)) = e.downcast_ref::<Ended>() {
-        return match f {
-            Fatal::Exit(c) => Ok(Outcome::Exited(*c)),
-            Fatal::OutputQuota => Ok(Outcome::OutputQuota),
-            Fatal::OutOfFuel => Ok(Outcome::OutOfFuel),
-            Fatal::Guest(m) => Ok(Outcome::Trap(m.clone())),
-            Fatal::Host(m) => Err(m.clone()),
-            Fatal::Timeout => Ok(Outcome::Timeout),
-        };
+        return ended_by_host(f);
     }
     if let Some(Stopped(s)) = e.downcast_ref::<Stopped>() {
-        return Ok(match s {
-            Stop::OutOfFuel => Outcome::OutOfFuel,
-            Stop::Timeout => Outcome::Timeout,
-        });
+        return Ok(stopped(s));
     }
     match super::trap_of(e, 0, depth_after) {
         Some(Ok(t)) => Ok(Outcome::Trap(t.to_string())),

@@ -66,31 +66,46 @@ fn dispatch(
             }
         },
     };
-    // Host work is charged against the guest's fuel (see `host::HOST_BYTES_PER_FUEL`),
-    // which the module stored in its fuel global before calling ([`crate::meter`]). A
-    // module without one (not metered: the benchmarks' baseline) is charged nothing.
     let fuel = crate::meter::caller_fuel(caller);
     let (data, ctx) = memory.data_and_store_mut(&mut *caller);
-    ctx.host.fuel = match fuel {
-        Some((_, f)) => ctx.meter.remaining(f),
+    let (result, left) = host_call(&mut ctx.host, &ctx.meter, data, fuel.map(|(_, f)| f), f);
+    if let Some(((global, _), left)) = fuel.zip(left) {
+        global.set(&mut *caller, wasmtime::Val::I64(left))?;
+    }
+    result.map_err(wasmtime::Error::new)
+}
+
+/// The engine-independent part of a host call: `f` over the guest's memory `data`, its
+/// work charged against the guest's fuel (`fuel`, read from its fuel global; see
+/// `host::HOST_BYTES_PER_FUEL`), which the module stored there before calling
+/// ([`crate::meter`]). A module without one (not metered: the benchmarks' baseline) is
+/// charged nothing. Returns the errno (or what ends the run) and the fuel to write back.
+/// Every engine that links this host calls it (the runtime's wasmtime, the self-fuzzer's
+/// wasmi), so they charge alike.
+pub fn host_call(
+    host: &mut WasiHost,
+    meter: &crate::meter::Meter,
+    data: &mut [u8],
+    fuel: Option<i64>,
+    f: impl FnOnce(&mut WasiHost, &mut Mem) -> Result<(), HostError>,
+) -> (Result<i32, host::Fatal>, Option<i64>) {
+    host.fuel = match fuel {
+        Some(f) => meter.remaining(f),
         None => u64::MAX,
     };
-    let mut result = f(&mut ctx.host, &mut Mem(data));
-    if let Err(out_of_fuel) = ctx.host.settle_work() {
+    let mut result = f(host, &mut Mem(data));
+    if let Err(out_of_fuel) = host.settle_work() {
         if !matches!(result, Err(HostError::Fatal(_))) {
             result = Err(out_of_fuel);
         }
     }
-    let left = ctx.host.fuel;
-    if let Some((global, _)) = fuel {
-        let f = ctx.meter.fuel_for(left);
-        global.set(&mut *caller, wasmtime::Val::I64(f))?;
-    }
-    match result {
+    let left = fuel.map(|_| meter.fuel_for(host.fuel));
+    let result = match result {
         Ok(()) => Ok(0),
         Err(HostError::Errno(Errno(e))) => Ok(e as i32),
-        Err(HostError::Fatal(fatal)) => Err(wasmtime::Error::new(fatal)),
-    }
+        Err(HostError::Fatal(fatal)) => Err(fatal),
+    };
+    (result, left)
 }
 
 macro_rules! wasi {
