@@ -519,7 +519,7 @@ fn a_receipt_of_another_protocol_names_the_one_it_needs() {
             "detwasm-protocol-2:blake3:00ff",
             "the receipt was made under detwasm-protocol-2 (by detwasm 0.0.9); this detwasm \
              follows detwasm-protocol-1: verify it with a detwasm that follows \
-             detwasm-protocol-2, such as 0.0.9",
+             detwasm-protocol-2, such as detwasm 0.0.9",
         ),
         (
             "blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba",
@@ -541,5 +541,23 @@ fn a_receipt_of_another_protocol_names_the_one_it_needs() {
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{err}");
+        // Made by another build of this very version number: named as such, not as the
+        // version the verifier runs.
+        let version = env!("CARGO_PKG_VERSION");
+        edit_receipt(&receipt, |r| {
+            r["detwasm_version"] = serde_json::json!(version)
+        });
+        let out = detwasm()
+            .current_dir(t.path())
+            .args(["verify", "receipt.json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let says = says.replace(
+            "detwasm 0.0.9",
+            &format!("another build of detwasm {version}"),
+        );
+        assert!(err.contains(&says), "{err}");
     }
 }

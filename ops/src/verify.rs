@@ -1452,20 +1452,27 @@ mod tests {
 fn engine_mismatch(receipt: &str, ours: &str, version: &str) -> String {
     use detwasm_runtime::engine::protocol_of;
     let mine = protocol_of(ours).unwrap_or(ours);
+    // The same version number is another build of it (the number names a release, not
+    // the rules): say so rather than send the verifier to the version it runs.
+    let maker = if version == env!("CARGO_PKG_VERSION") {
+        format!("another build of detwasm {version}")
+    } else {
+        format!("detwasm {version}")
+    };
     match protocol_of(receipt) {
         Some(theirs) if theirs != mine => format!(
-            "the receipt was made under {theirs} (by detwasm {version}); this detwasm follows \
-             {mine}: verify it with a detwasm that follows {theirs}, such as {version}"
+            "the receipt was made under {theirs} (by {maker}); this detwasm follows {mine}: \
+             verify it with a detwasm that follows {theirs}, such as {maker}"
         ),
         Some(_) => format!(
-            "the receipt's fingerprint is {receipt} (detwasm {version}) and this detwasm's is \
-             {ours}, under the same protocol: one of the two builds changed its rules \
-             without a new protocol version; verify it with detwasm {version}"
+            "the receipt's fingerprint is {receipt} ({maker}) and this detwasm's is {ours}, \
+             under the same protocol: one of the two builds changed its rules without a new \
+             protocol version; verify it with {maker}"
         ),
         None => format!(
-            "the receipt was made before protocol versions, by detwasm {version} (its \
-             fingerprint {receipt} named that build's engine); this detwasm follows {mine}: \
-             verify it with detwasm {version}"
+            "the receipt was made before protocol versions, by {maker} (its fingerprint \
+             {receipt} named that build's engine); this detwasm follows {mine}: verify it \
+             with {maker}"
         ),
     }
 }
