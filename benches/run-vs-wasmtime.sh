@@ -9,11 +9,19 @@
 # note when clang or wasi-libc is missing; scripts/setup.sh installs both):
 #   nbody  the Benchmarks Game n-body (5 bodies, float-heavy, a call per pair and step);
 #   fib    naive recursive Fibonacci (integer, nearly all calls: per-call costs show).
+# On a Rust program built here with cargo for wasm32-wasip1 (benches/workloads/nbody-rs,
+# skipped with a note when the target is missing; scripts/setup.sh adds it):
+#   nbodyrs  n-body with the bodies in a fixed-size array in linear memory, --release:
+#          the float-loop shape whose stores reach the NaN pass's observation points.
 # On CPython 3.12 built for WASI (target/workloads/python-3.12.0.wasm, fetched by
 # scripts/fetch-workloads.sh; skipped with a note when missing), both sides with warm
 # module caches (wasmtime -C cache=y), the scripts of benches/workloads/py/:
 #   pyint  a million iterations of integer arithmetic and bit operations;
-#   pyfloat  a million iterations of float arithmetic, sqrt and abs.
+#   pyfloat  a million iterations of float arithmetic, sqrt and abs;
+#   pynbody  n-body on floats in lists (PYNBODY_N steps);
+#   cold   the first run of CPython (`-c pass`) with no module cache on either side
+#          (detwasm: a new empty cache folder per run; wasmtime: -C cache=n): the passes
+#          and the compile, every time.
 # Prints the median milliseconds of a run on each side (runs interleaved), the ratio of
 # the medians detwasm / wasmtime and the ratio of the fastest runs (lower is better; a
 # verifiable job may not run faster than its instruction-counted, NaN-canonical form).
@@ -55,6 +63,8 @@ INT_N=${INT_N:-300000000}
 FLOAT_N=${FLOAT_N:-20000000}
 NBODY_N=${NBODY_N:-5000000}
 FIB_N=${FIB_N:-36}
+NBODYRS_N=${NBODYRS_N:-5000000}
+PYNBODY_N=${PYNBODY_N:-20000}
 PROBE=fixtures/probes/probe.wasm
 
 [[ -x $DETWASM ]] || { echo "no detwasm binary at $DETWASM (cargo build first)" >&2; exit 1; }
@@ -76,6 +86,15 @@ if command -v clang >/dev/null 2>&1 && [[ -e /usr/lib/wasm32-wasi/libc.a ]]; the
   C_WORKLOADS=1
 else
   echo "note: clang or wasi-libc missing: nbody and fib skipped (scripts/setup.sh installs them)" >&2
+fi
+RUST_WORKLOAD=
+if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  cargo build --quiet --release --target wasm32-wasip1 \
+    --manifest-path benches/workloads/nbody-rs/Cargo.toml --target-dir "$work/nbody-rs"
+  cp "$work/nbody-rs/wasm32-wasip1/release/nbody-rs.wasm" "$work/nbodyrs.wasm"
+  RUST_WORKLOAD=1
+else
+  echo "note: the wasm32-wasip1 target is missing: nbodyrs skipped (scripts/setup.sh adds it)" >&2
 fi
 
 # `detwasm_run [MODULE] -- args...` / `wasmtime_run [flags...] [MODULE] -- args...`: the
@@ -99,6 +118,14 @@ wasmtime_run() {
   "$WASMTIME" run "${flags[@]}" "$module" "$@" >"$work/wasmtime-stdout" \
     || { echo "wasmtime run $* failed" >&2; exit 1; }
 }
+# No module cache: detwasm in a new empty cache folder, wasmtime with its cache off.
+detwasm_cold() {
+  local cache
+  cache=$(mktemp -d -p "$work")
+  DETWASM_CACHE_DIR=$cache detwasm_run "$@"
+  rm -rf "$cache"
+}
+wasmtime_cold() { wasmtime_run -C cache=n "$@"; }
 # ms of one run of "$@".
 one_run_ms() {
   local start end
@@ -115,6 +142,7 @@ ratio() { echo "scale=2; $1 / $2" | bc; }
 echo "detwasm:  $DETWASM ($("$DETWASM" --version))"
 echo "wasmtime: $WASMTIME ($wt_version)"
 echo "machine:  $(nproc) cores, $(uname -sm)"
+echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) before"
 echo
 
 # Warm both caches, and check both see the same computation.
@@ -137,6 +165,11 @@ if [[ -n $C_WORKLOADS ]]; then
   wasmtime_run "$work/fib.wasm" -- 20
   same fib
 fi
+if [[ -n $RUST_WORKLOAD ]]; then
+  detwasm_run "$work/nbodyrs.wasm" -- 1000
+  wasmtime_run "$work/nbodyrs.wasm" -- 1000
+  same nbodyrs
+fi
 PYTHON=target/workloads/python-3.12.0.wasm
 PY_D=(--input benches/workloads/py "$PYTHON")
 PY_W=(-C cache=y --dir benches/workloads/py::/inputs "$PYTHON")
@@ -146,6 +179,9 @@ if [[ -e $PYTHON ]]; then
     wasmtime_run "${PY_W[@]}" -- "/inputs/$w.py"
     same "$w"
   done
+  detwasm_run "${PY_D[@]}" -- /inputs/nbody.py 100
+  wasmtime_run "${PY_W[@]}" -- /inputs/nbody.py 100
+  same pynbody
 else
   echo "note: $PYTHON missing: pyint and pyfloat skipped (scripts/fetch-workloads.sh fetches it)" >&2
 fi
@@ -160,8 +196,8 @@ row() { # case runs detwasm-args... ::: wasmtime-args...
   # or clock during the row weighs on both sides alike.
   local ds=() ws=()
   for _ in $(seq "$runs"); do
-    ds+=("$(one_run_ms detwasm_run "${d_args[@]}")")
-    ws+=("$(one_run_ms wasmtime_run "${w_args[@]}")")
+    ds+=("$(one_run_ms "${D_RUN:-detwasm_run}" "${d_args[@]}")")
+    ws+=("$(one_run_ms "${W_RUN:-wasmtime_run}" "${w_args[@]}")")
   done
   local d w dmin wmin
   d=$(printf '%s\n' "${ds[@]}" | median)
@@ -178,7 +214,14 @@ if [[ -n $C_WORKLOADS ]]; then
   row nbody "$HEAVY_RUNS" "$work/nbody.wasm" -- "$NBODY_N" ::: "$work/nbody.wasm" -- "$NBODY_N"
   row fib "$HEAVY_RUNS" "$work/fib.wasm" -- "$FIB_N" ::: "$work/fib.wasm" -- "$FIB_N"
 fi
+if [[ -n $RUST_WORKLOAD ]]; then
+  row nbodyrs "$HEAVY_RUNS" "$work/nbodyrs.wasm" -- "$NBODYRS_N" ::: "$work/nbodyrs.wasm" -- "$NBODYRS_N"
+fi
 if [[ -e $PYTHON ]]; then
   row pyint "$HEAVY_RUNS" "${PY_D[@]}" -- /inputs/intloop.py ::: "${PY_W[@]}" -- /inputs/intloop.py
   row pyfloat "$HEAVY_RUNS" "${PY_D[@]}" -- /inputs/floatloop.py ::: "${PY_W[@]}" -- /inputs/floatloop.py
+  row pynbody "$HEAVY_RUNS" "${PY_D[@]}" -- /inputs/nbody.py "$PYNBODY_N" ::: "${PY_W[@]}" -- /inputs/nbody.py "$PYNBODY_N"
+  D_RUN=detwasm_cold W_RUN=wasmtime_cold \
+    row cold "$HEAVY_RUNS" "$PYTHON" -- -c pass ::: --dir benches/workloads/py::/inputs "$PYTHON" -- -c pass
 fi
+echo "load:     $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) after"

@@ -184,8 +184,9 @@ pub struct CheckpointArgs {
 
     /// Instructions between checkpoints: one is taken at the first fuel check at or after
     /// each multiple of N (so they are at least 10,000,000 apart). Default
-    /// 1,000,000,000, about a second of guest work. Part of what a trace means: a
-    /// verifier compares traces of the same N.
+    /// 1,000,000,000: a tenth to a seventh of a second of guest work on a 2-core x86-64
+    /// machine (CPython and the probe run 7 to 11 billion a second there). Part of what
+    /// a trace means: a verifier compares traces of the same N.
     #[arg(long, value_name = "N", requires = "checkpoints")]
     pub checkpoint_every: Option<u64>,
 }
