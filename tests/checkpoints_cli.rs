@@ -390,6 +390,140 @@ fn a_spot_check_verifies_an_honest_trace_and_catches_fabrications() {
     assert!(reason.contains("not the trace's"), "{reason}");
 }
 
+/// Found by review: a spot check compared only the trace, so a receipt relabelled with
+/// another job's id (or saying its run was not verifiable) was verified; and every
+/// failure of the verifier's own machine was reported as a MISMATCH against the provider.
+#[test]
+fn a_spot_check_holds_the_receipt_to_its_job_and_leaves_this_machines_failures_open() {
+    let (t, full) = provider_run();
+    let n = snapshots(&full).len();
+    let write = |name: &str, r: &serde_json::Value| {
+        std::fs::write(t.path().join(name), r.to_string()).unwrap();
+    };
+    // The receipt's own claims about its job, each caught before any segment runs.
+    for (field, value, says) in [
+        ("job_id", serde_json::json!("0".repeat(64)), "job id"),
+        ("verifiable", serde_json::json!(false), "not verifiable"),
+        (
+            "module_cid",
+            serde_json::json!("QmWUXBndMuq2G6B6ndQCmkRHjZ6CvyJ8qLxXBG3YsSFzQG"),
+            "module CID",
+        ),
+    ] {
+        let mut forged = full.clone();
+        forged[field] = value;
+        write("forged.json", &forged);
+        let (code, report) = spot_check(t.path(), "forged.json", "3", "7");
+        assert_eq!(code, 1, "{field}: {report}");
+        assert_eq!(report["verified"], false);
+        assert_eq!(report["job_id"], full["job_id"], "{report}");
+        let reasons = report["reasons"].as_array().unwrap();
+        assert!(
+            reasons.iter().any(|r| r.as_str().unwrap().contains(says)),
+            "{field}: {report}"
+        );
+        assert!(report["checked"].as_array().unwrap().is_empty());
+    }
+    // How the run ended is part of what the last segment checks.
+    let mut forged = full.clone();
+    forged["outcome"] = serde_json::json!("trap");
+    write("forged.json", &forged);
+    let (code, report) = spot_check(t.path(), "forged.json", "1", "7");
+    assert_eq!(code, 1, "{report}");
+    let reason = report["checked"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the receipt claims it ended trap"),
+        "{reason}"
+    );
+
+    // This machine's failure (no usable temporary folder): no verdict, exit 2, never a
+    // mismatch.
+    let out = detwasm()
+        .current_dir(t.path())
+        .env("TMPDIR", t.path().join("no-such-folder"))
+        .args([
+            "verify",
+            "receipt.json",
+            "--sample",
+            "2",
+            "--snapshots",
+            "cp",
+        ])
+        .args(["--seed", "7"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("no verdict"), "{stderr}");
+    assert!(!stdout.contains("MISMATCH"), "{stdout}");
+
+    // A snapshot missing from the folder is the provider's: a mismatch that says so.
+    let gone = t.path().join("gone");
+    copy_dir(&t.path().join("cp"), &gone);
+    std::fs::remove_dir_all(gone.join("000003")).unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "verify",
+            "receipt.json",
+            "--sample",
+            "1000",
+            "--snapshots",
+            "gone",
+        ])
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checked"].as_array().unwrap().len(), n + 1);
+    let reason = report["checked"][3]["reason"].as_str().unwrap();
+    assert!(reason.contains("has no entry 000003"), "{reason}");
+
+    // Zero segments is refused, not read as one.
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "verify",
+            "receipt.json",
+            "--sample",
+            "0",
+            "--snapshots",
+            "cp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least one segment"));
+
+    // A receipt whose printed fields carry line breaks is not a receipt (it forged a
+    // "verified" line before).
+    let mut forged = full.clone();
+    forged["cid"] = serde_json::json!(format!(
+        "{}\nverified: 12 of 12 segments re-run",
+        full["cid"].as_str().unwrap()
+    ));
+    write("forged.json", &forged);
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "verify",
+            "forged.json",
+            "--sample",
+            "1",
+            "--snapshots",
+            "cp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("verified:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("printable ASCII"));
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

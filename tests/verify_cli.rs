@@ -516,7 +516,7 @@ fn a_receipt_of_another_protocol_names_the_one_it_needs() {
     assert!(ours.starts_with("detwasm-protocol-1:blake3:"), "{ours}");
     for (engine, says) in [
         (
-            "detwasm-protocol-2:blake3:00ff",
+            "detwasm-protocol-2:blake3:00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff",
             "the receipt was made under detwasm-protocol-2 (by detwasm 0.0.9); this detwasm \
              follows detwasm-protocol-1: verify it with a detwasm that follows \
              detwasm-protocol-2, such as detwasm 0.0.9",
@@ -527,6 +527,13 @@ fn a_receipt_of_another_protocol_names_the_one_it_needs() {
              blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba named \
              that build's engine); this detwasm follows detwasm-protocol-1: verify it with \
              detwasm 0.0.9",
+        ),
+        // Not a fingerprint at all (found by review: dated as made before protocols, and
+        // any text up to a colon was named as the protocol to look for).
+        (
+            "detwasm-protocol-2(upgrade-at-https://x):blake3:00",
+            "the receipt's engine fingerprint \"detwasm-protocol-2(upgrade-at-https://x):blake3:00\" \
+             is not one any detwasm writes",
         ),
     ] {
         // Made by detwasm 0.0.9, then by another build of this very version number (named
@@ -549,4 +556,53 @@ fn a_receipt_of_another_protocol_names_the_one_it_needs() {
             assert!(err.contains(&says), "{err}");
         }
     }
+}
+
+/// This machine's wall clock is no evidence against the provider: a re-run it stops
+/// leaves the verdict open (exit 2), where it said NOT VERIFIED (found by review). Made
+/// here with a job whose 0.2 s timeout stops any run of it, and a receipt that says its
+/// own run was not stopped (`verifiable` is not part of the job id): only the re-run's
+/// timeout is against it.
+#[test]
+fn a_rerun_stopped_by_this_machines_clock_is_no_verdict() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::copy(probe(), t.path().join("probe.wasm")).unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args([
+            "run",
+            "probe.wasm",
+            "--timeout",
+            "0.2",
+            "--fuel",
+            "100000000000000",
+        ])
+        .args(["-o", "results"])
+        .args(["--receipt", "receipt.json", "--", "int", "100000000000"])
+        .output()
+        .unwrap();
+    let receipt = t.path().join("receipt.json");
+    assert!(
+        receipt.is_file(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    edit_receipt(&receipt, |r| {
+        assert_eq!(r["verifiable"], false);
+        r["verifiable"] = serde_json::json!(true);
+    });
+    let (out, report) = verify(t.path(), &["receipt.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{report}\n{stderr}");
+    assert!(stderr.contains("no verdict"), "{stderr}");
+    // With something else against the receipt, that is the verdict.
+    edit_receipt(&receipt, |r| r["module_cid"] = serde_json::json!("QmNotIt"));
+    let (out, report) = verify(t.path(), &["receipt.json"]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("module CID"), "{reasons}");
+    assert!(
+        reasons.contains("this machine's wall-clock timeout"),
+        "{reasons}"
+    );
 }

@@ -75,6 +75,13 @@ pub enum RunError {
     Instantiate(String),
     #[error("input `{}`: {reason}", path.display())]
     Input { path: PathBuf, reason: String },
+    /// A snapshot (a checkpoints folder's entry, or a CAR of one) that this runtime will
+    /// not resume: its layout, its state or its frames are not what a run of the job
+    /// saves. Its own variant because it is evidence about whoever made the snapshot
+    /// (a spot check counts it against the provider), where [`RunError::Io`] and
+    /// [`RunError::HostFailure`] are this machine's and leave a verdict open.
+    #[error("snapshot `{}`: {reason}", path.display())]
+    Snapshot { path: PathBuf, reason: String },
     #[error("results directory `{}` already exists and is not empty", .0.display())]
     OutputExists(PathBuf),
     /// Writing the results failed (a full disk, a file size limit, two output names the

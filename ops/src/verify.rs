@@ -395,6 +395,16 @@ pub enum VerifyError {
     NotComparable(String),
     #[error("re-running segment {0} hit the job's wall-clock timeout on this machine: no verdict (nothing is known of the provider's claim)")]
     SegmentTimeout(usize),
+    #[error("the re-run hit the job's wall-clock timeout on this machine: no verdict (nothing is known of the provider's claim; a faster or less loaded machine may finish it)")]
+    ReRunTimeout,
+    #[error("{0}")]
+    BadSegments(String),
+    /// This machine could not re-run a segment: its disk, its memory, its temporary
+    /// folder, a compile or an input hash past the job's timeout. No verdict, and never
+    /// evidence against the provider (found by review: each of these was reported as a
+    /// MISMATCH, exit 1, blaming an honest provider for the verifier's own failure).
+    #[error("segment {segment} could not be re-run on this machine: {cause} (no verdict: nothing is known of the provider's claim)")]
+    SegmentHere { segment: usize, cause: String },
 }
 
 /// One path whose content differs between the provider's results and the re-run.
@@ -466,10 +476,31 @@ pub fn read_receipt(path: &Path) -> Result<Receipt, VerifyError> {
             },
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| VerifyError::NotAReceipt {
-        path: path.to_path_buf(),
-        cause: e.to_string(),
-    })
+    let receipt: Receipt =
+        serde_json::from_slice(&bytes).map_err(|e| VerifyError::NotAReceipt {
+            path: path.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+    // Fields a verifier prints are single words of printable ASCII, as every receipt of
+    // detwasm writes them (CIDs, hex ids, the fingerprint, a version number): found by
+    // review, a `cid` carrying a newline printed a forged "verified: 12 of 12" line.
+    for (name, value) in [
+        ("cid", &receipt.cid),
+        ("job_id", &receipt.job_id),
+        ("module_cid", &receipt.module_cid),
+        ("engine", &receipt.engine),
+        ("detwasm_version", &receipt.detwasm_version),
+    ] {
+        if value.len() > 256 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(VerifyError::NotAReceipt {
+                path: path.to_path_buf(),
+                cause: format!(
+                    "its `{name}` is not a word of at most 256 printable ASCII characters"
+                ),
+            });
+        }
+    }
+    Ok(receipt)
 }
 
 /// Rebuilds the job a receipt describes, checking the module, inputs and stdin against
@@ -518,7 +549,7 @@ pub fn open_snapshot(
             });
         }
         let snapshot = Snapshot::open(path)?;
-        admit(&snapshot.state).map_err(|why| RunError::Input {
+        admit(&snapshot.state).map_err(|why| RunError::Snapshot {
             path: path.to_path_buf(),
             reason: format!("not a snapshot detwasm can resume: {why}"),
         })?;
@@ -700,21 +731,15 @@ pub fn verify(
     };
     let rerun = runtime.run(&job, &Destination::At(dest.clone()))?;
 
-    let mut reasons = Vec::new();
-    if rerun.job_id != receipt.job_id {
-        reasons.push(format!(
-            "the receipt's job id {} is not the id of the job it describes ({})",
-            receipt.job_id, rerun.job_id
-        ));
-    }
-    if !receipt.verifiable {
-        reasons.push(
-            "the receipt says its run was stopped by the wall-clock timeout: such a run is not verifiable"
-                .into(),
-        );
-    }
+    let mut reasons = receipt_claims(receipt, &rerun.job_id);
+    // This machine's wall clock is no evidence against the provider: with nothing else
+    // against the receipt, a re-run stopped by it leaves the verdict open (found by
+    // review: it said NOT VERIFIED, exit 1, of an honest receipt on a slow verifier).
     if !rerun.verifiable {
-        reasons.push("the re-run was stopped by the wall-clock timeout".into());
+        if reasons.is_empty() {
+            return Err(VerifyError::ReRunTimeout);
+        }
+        reasons.push("the re-run was stopped by this machine's wall-clock timeout".into());
     }
     if rerun.cid != receipt.cid {
         reasons.push(format!(
@@ -1447,6 +1472,35 @@ mod tests {
     }
 }
 
+/// What is wrong with a receipt's own claims about its job, whatever the re-run gives:
+/// its job id is not the id of the job its record describes (`job_id`, computed here),
+/// it says its run was not verifiable, or its module CID is not its record's. One line
+/// each; empty when none. Both [`verify`] and [`spot_check`] count these against the
+/// receipt (found by review: a spot check compared only the trace, so a receipt of a
+/// cheaper job relabelled with the requested job's id was verified).
+fn receipt_claims(receipt: &Receipt, job_id: &str) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if receipt.job_id != job_id {
+        reasons.push(format!(
+            "the receipt's job id {} is not the id of the job it describes ({job_id})",
+            receipt.job_id
+        ));
+    }
+    if !receipt.verifiable {
+        reasons.push(
+            "the receipt says its run was stopped by the wall-clock timeout: such a run is not verifiable"
+                .into(),
+        );
+    }
+    if receipt.module_cid != receipt.job.module_cid {
+        reasons.push(format!(
+            "the receipt's module CID {} is not its job's ({})",
+            receipt.module_cid, receipt.job.module_cid
+        ));
+    }
+    reasons
+}
+
 /// What [`VerifyError::Engine`] says: which protocol the receipt needs, and which
 /// detwasm made it.
 fn engine_mismatch(receipt: &str, ours: &str, version: &str) -> String {
@@ -1459,7 +1513,14 @@ fn engine_mismatch(receipt: &str, ours: &str, version: &str) -> String {
     } else {
         format!("detwasm {version}")
     };
+    let legacy = receipt
+        .strip_prefix("blake3:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     match protocol_of(receipt) {
+        None if !legacy => format!(
+            "the receipt's engine fingerprint {receipt:?} is not one any detwasm writes \
+             (`detwasm-protocol-N:blake3:` and 64 hex digits); this detwasm follows {mine}"
+        ),
         Some(theirs) if theirs != mine => format!(
             "the receipt was made under {theirs} (by {maker}); this detwasm follows {mine}: \
              verify it with a detwasm that follows {theirs}, such as {maker}"
@@ -1511,6 +1572,12 @@ pub struct SegmentCheck {
 #[derive(Clone, Debug, Serialize)]
 pub struct SampleReport {
     pub verified: bool,
+    /// The id of the job the receipt's record describes, computed here (what the
+    /// receipt's `job_id` must be).
+    pub job_id: String,
+    /// What is wrong with the receipt's own claims (its job id, its module, a run it says
+    /// was not verifiable), one line each: any of them and no segment is re-run.
+    pub reasons: Vec<String>,
     /// Segments of the job (snapshots + 1).
     pub segments: usize,
     pub checked: Vec<SegmentCheck>,
@@ -1556,6 +1623,12 @@ pub fn choose_segments(segments: usize, k: usize, seed: u64) -> Vec<usize> {
 /// segment whose end does not follow from its start; each segment re-run finds it when it
 /// is that one. Re-running k of n segments costs about k/n of the job (plus a compile,
 /// which the module cache makes a load), spread over the machine's cores.
+///
+/// Evidence and no verdict are kept apart, as [`verify`] keeps them: a segment that
+/// reaches another end than the trace's, or a snapshot that is missing, forged or not
+/// the trace's, is a mismatch (not verified); a failure of this machine (its disk,
+/// memory or clock) is an error, no verdict. A mismatch found in one segment is reported
+/// even when another segment had no verdict.
 pub fn spot_check(
     runtime: &Runtime,
     receipt: &Receipt,
@@ -1566,44 +1639,76 @@ pub fn spot_check(
     same_engine(runtime, receipt)?;
     let trace = receipt.trace.as_ref().ok_or(VerifyError::NoTrace)?;
     let n = trace.snapshots.len();
-    let job = job_of(receipt, sources)?;
-    let wanted: Vec<usize> = segments.iter().copied().filter(|&i| i <= n).collect();
-    // The module is loaded once (within the job's timeout, as each segment's run loads
-    // it), before the segments share it. A failure here is each segment's own error when
-    // it runs, so it is reported there.
-    if wanted.len() > 1 {
-        let deadline = detwasm_runtime::engine::Deadline::after(job.limits.safety_timeout());
-        let _ = runtime.load_by(&job.module.bytes, &job.entry, deadline);
+    if segments.is_empty()
+        || segments.windows(2).any(|w| w[0] >= w[1])
+        || segments.iter().any(|&i| i > n)
+    {
+        return Err(VerifyError::BadSegments(format!(
+            "{} segments asked for, of {}: they must be at least one, in increasing order, each below {}",
+            segments.len(),
+            n + 1,
+            n + 1
+        )));
     }
+    let job = job_of(receipt, sources)?;
+    let deadline = detwasm_runtime::engine::Deadline::after(job.limits.safety_timeout());
+    let prepared = runtime.prepare_by(&job, deadline)?;
+    let reasons = receipt_claims(receipt, &prepared.job_id);
+    if !reasons.is_empty() {
+        return Ok(SampleReport {
+            verified: false,
+            job_id: prepared.job_id,
+            reasons,
+            segments: n + 1,
+            checked: Vec::new(),
+        });
+    }
+    // The module is loaded once (within the job's timeout, as each segment's run loads
+    // it), before the segments share it. A failure here ends the check with it (no
+    // verdict): found by review, each segment compiled it again, a core's worth at a
+    // time, and reported its failure as a mismatch.
+    runtime.load_by(&job.module.bytes, &job.entry, deadline)?;
     // Segments are independent runs: they go on as many threads as the machine has cores
     // (each holds its own guest memory at once). What each reaches does not depend on
     // it. Rejected: one after another (a verifier with cores waited for them in turn).
     let threads = std::thread::available_parallelism()
         .map_or(1, |c| c.get())
-        .min(wanted.len())
+        .min(segments.len())
         .max(1);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done: std::sync::Mutex<Vec<Option<Result<SegmentCheck, VerifyError>>>> =
-        std::sync::Mutex::new((0..wanted.len()).map(|_| None).collect());
+        std::sync::Mutex::new((0..segments.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = wanted.get(j) else { break };
+                let Some(&i) = segments.get(j) else { break };
                 let r = check_segment(runtime, receipt, trace, &job, snapshots, i);
                 done.lock().expect("no segment panics holding the lock")[j] = Some(r);
             });
         }
     });
-    let mut checked = Vec::with_capacity(wanted.len());
-    for r in done
+    let results: Vec<Result<SegmentCheck, VerifyError>> = done
         .into_inner()
         .expect("no segment panics holding the lock")
-    {
-        checked.push(r.expect("every segment was run")?);
+        .into_iter()
+        .map(|r| r.expect("every segment was run"))
+        .collect();
+    // Evidence wins over no verdict (found by review: a segment's timeout on this
+    // machine hid another segment's mismatch).
+    let mismatched = results.iter().any(|r| matches!(r, Ok(c) if !c.ok));
+    let mut checked = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(c) => checked.push(c),
+            Err(e) if !mismatched => return Err(e),
+            Err(_) => {}
+        }
     }
     Ok(SampleReport {
         verified: !checked.is_empty() && checked.iter().all(|c| c.ok),
+        job_id: prepared.job_id,
+        reasons,
         segments: n + 1,
         checked,
     })
@@ -1630,7 +1735,8 @@ fn check_segment(
         )
     };
     let (actual, reason) = match run_segment(runtime, job, trace, snapshots, i) {
-        Err(why) => (String::new(), Some(why)),
+        Err(SegmentFailure::Evidence(why)) => (String::new(), Some(why)),
+        Err(SegmentFailure::Here(e)) => return Err(e),
         Ok(Segment::Checkpoint { cid }) if i < n => {
             let ok = cid == trace.snapshots[i];
             let why = (!ok).then(|| {
@@ -1672,6 +1778,13 @@ fn check_segment(
                     "from {}, the job ends with {actual}; the receipt claims {expected}",
                     start_name(i)
                 ))
+            } else if r.outcome != receipt.outcome {
+                Some(format!(
+                    "from {}, the job ends {}; the receipt claims it ended {}",
+                    start_name(i),
+                    r.outcome,
+                    receipt.outcome
+                ))
             } else {
                 None
             };
@@ -1696,18 +1809,39 @@ fn start_name(i: usize) -> String {
     }
 }
 
+/// Why a segment was not run to its end: evidence about the provider's snapshots (a
+/// mismatch), or this machine's failure (no verdict).
+enum SegmentFailure {
+    Evidence(String),
+    Here(VerifyError),
+}
+
+impl SegmentFailure {
+    /// A refused snapshot ([`RunError::Snapshot`]) is evidence; anything else a run can
+    /// fail with (I/O, the host's memory, a compile or hash past the deadline, a module
+    /// this runtime will not run) is this machine's.
+    fn of(i: usize, e: RunError) -> Self {
+        match e {
+            RunError::Snapshot { .. } => SegmentFailure::Evidence(format!("snapshot {i}: {e}")),
+            e => SegmentFailure::Here(VerifyError::SegmentHere {
+                segment: i,
+                cause: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// Runs segment `i`: from the job's start or from the provider's snapshot `i` (which must
 /// hash to the trace's CID), in temporary folders. `snapshots` is the provider's
 /// checkpoints folder, or a CAR of it (`detwasm hash --car`), from which the snapshot
-/// the trace names is unpacked ([`open_snapshot`]). `Err` is why it could not be run (a
-/// missing or forged snapshot counts against the provider).
+/// the trace names is unpacked ([`open_snapshot`]).
 fn run_segment(
     runtime: &Runtime,
     job: &Job,
     trace: &detwasm_job::receipt::Trace,
     snapshots: &Path,
     i: usize,
-) -> Result<Segment, String> {
+) -> Result<Segment, SegmentFailure> {
     let opened = if i == 0 {
         None
     } else {
@@ -1718,14 +1852,25 @@ fn run_segment(
         let deadline = std::time::Instant::now()
             .checked_add(timeout)
             .map(|at| (at, timeout));
-        let hashed = |dir: &Path| -> Result<(), String> {
-            let cid = results::cid_of_dir_by(dir, job.results.profile, true, deadline)
-                .map_err(|e| format!("snapshot {i} ({}): {e}", dir.display()))?;
+        let hashed = |dir: &Path| -> Result<(), SegmentFailure> {
+            let cid = match results::cid_of_dir_by(dir, job.results.profile, true, deadline) {
+                Ok(cid) => cid,
+                // This machine's disk or clock.
+                Err(e @ (RunError::Io { .. } | RunError::InputTimeout { .. })) => {
+                    return Err(SegmentFailure::of(i, e))
+                }
+                Err(e) => {
+                    return Err(SegmentFailure::Evidence(format!(
+                        "snapshot {i} ({}): {e}",
+                        dir.display()
+                    )))
+                }
+            };
             if cid != *want {
-                return Err(format!(
+                return Err(SegmentFailure::Evidence(format!(
                     "snapshot {i} ({}) hashes to {cid}, not the trace's {want}",
                     dir.display()
-                ));
+                )));
             }
             Ok(())
         };
@@ -1743,16 +1888,30 @@ fn run_segment(
             timeout: Some(l.safety_timeout()),
         };
         let opened = if snapshots.is_dir() {
-            open_snapshot(&snapshots.join(format!("{i:06}")), None, &caps)
+            let entry = snapshots.join(format!("{i:06}"));
+            if std::fs::symlink_metadata(&entry).is_err() {
+                return Err(SegmentFailure::Evidence(format!(
+                    "snapshot {i}: the trace names it, and the snapshots folder {} has no \
+                     entry {i:06}",
+                    snapshots.display()
+                )));
+            }
+            open_snapshot(&entry, None, &caps)
         } else {
             open_snapshot(snapshots, Some(want), &caps)
         }
-        .map_err(|e| format!("snapshot {i}: {e}"))?;
+        .map_err(|e| SegmentFailure::of(i, e))?;
         hashed(&opened.snapshot.dir)?;
         Some(opened)
     };
-    let tmp = crate::scratch::Scratch::new("detwasm-segment-", "a spot check's segment")
-        .map_err(|e| e.to_string())?;
+    let tmp = crate::scratch::Scratch::new("detwasm-segment-", "a spot check's segment").map_err(
+        |e| {
+            SegmentFailure::Here(VerifyError::SegmentHere {
+                segment: i,
+                cause: e.to_string(),
+            })
+        },
+    )?;
     runtime
         .run_segment(
             job,
@@ -1760,7 +1919,7 @@ fn run_segment(
             &tmp.path().join("checkpoints"),
             &Destination::At(tmp.path().join("results")),
         )
-        .map_err(|e| format!("segment {i}: {e}"))
+        .map_err(|e| SegmentFailure::of(i, e))
 }
 
 /// What [`bisect`] found.
@@ -1846,7 +2005,8 @@ pub fn bisect(
             "results {}, {} instructions, exit {}",
             r.cid, r.instructions, r.exit_code
         ),
-        Err(why) => return Err(VerifyError::NotComparable(why)),
+        Err(SegmentFailure::Evidence(why)) => return Err(VerifyError::NotComparable(why)),
+        Err(SegmentFailure::Here(e)) => return Err(e),
     };
     let right = match (actual == claim_a, actual == claim_b) {
         (true, true) => "both",

@@ -365,7 +365,7 @@ fn listed(v: &[u32]) -> String {
 }
 
 fn refused(dir: &Path, why: impl std::fmt::Display) -> RunError {
-    RunError::Input {
+    RunError::Snapshot {
         path: dir.to_path_buf(),
         reason: format!("not a snapshot detwasm can resume: {why}"),
     }

@@ -245,11 +245,18 @@ pub fn fingerprint() -> String {
     )
 }
 
-/// The protocol a fingerprint names ([`PROTOCOL`]), or `None` for one made before
-/// protocols (a bare `blake3:…`, which named a wasmtime build).
+/// The protocol a fingerprint names ([`PROTOCOL`]), or `None` for anything that is not
+/// `detwasm-protocol-N:blake3:` and 64 hex digits (one made before protocols, a bare
+/// `blake3:…` that named a wasmtime build, or not a fingerprint at all). Strict, because
+/// the name is shown to a verifier as the protocol to look for (found by review: any
+/// text up to the first colon was taken as a protocol's name).
 pub fn protocol_of(fingerprint: &str) -> Option<&str> {
     let (protocol, rest) = fingerprint.split_once(':')?;
-    (protocol.starts_with("detwasm-protocol-") && rest.starts_with("blake3:")).then_some(protocol)
+    let n = protocol.strip_prefix("detwasm-protocol-")?;
+    let hex = rest.strip_prefix("blake3:")?;
+    let number = !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
+    let hash = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (number && hash).then_some(protocol)
 }
 
 pub fn new_engine(opts: &EngineOptions) -> Result<Engine, RunError> {
@@ -692,6 +699,24 @@ mod tests {
             protocol_of("blake3:042147de930ef663fd24acb0d00547754ecda938569308bdbfc4efebbc57fdba"),
             None
         );
+        // Only the exact shape names a protocol: not a name with words in it, a short or
+        // non-hex hash, or a missing number.
+        let hash = "1a489e2f10bdf263d011ddbc307143971d81604a6279d2c6cbf474dcf9b00e4e";
+        assert_eq!(
+            protocol_of(&format!("detwasm-protocol-27:blake3:{hash}")),
+            Some("detwasm-protocol-27")
+        );
+        for forged in [
+            format!("detwasm-protocol-2 (upgrade at https://x):blake3:{hash}"),
+            format!("detwasm-protocol-1 :blake3:{hash}"),
+            format!("detwasm-protocol-:blake3:{hash}"),
+            "detwasm-protocol-1:blake3:00".to_string(),
+            format!("detwasm-protocol-1:blake3:{}", hash.replace('a', "z")),
+            "hello".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(protocol_of(&forged), None, "{forged}");
+        }
         assert!(ENGINE_SETTINGS.starts_with(&format!("protocol={PROTOCOL}\n")));
         // The engine is not named: neither its version nor its compiler's settings.
         for engine in [

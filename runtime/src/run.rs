@@ -645,7 +645,7 @@ impl Runtime {
                     }
                     if let Some(snapshot) = resume {
                         m.restore(&snapshot.state.meter, snapshot.state.instructions)
-                            .map_err(|why| RunError::Input {
+                            .map_err(|why| RunError::Snapshot {
                                 path: snapshot.dir.clone(),
                                 reason: format!("not a snapshot this run can resume: {why}"),
                             })?;
@@ -677,7 +677,7 @@ impl Runtime {
                 // pass): it must be the checkpoint's.
                 let fuel = meter::fuel(&mut store, &i).unwrap_or(0);
                 if let Err(why) = store.data().meter.check_rewind_fuel(fuel) {
-                    not_guest = Some(RunError::Input {
+                    not_guest = Some(RunError::Snapshot {
                         path: snapshot.dir.clone(),
                         reason: format!("not a snapshot this run can resume: {why}"),
                     });
@@ -741,7 +741,7 @@ impl Runtime {
         // without one, a fault of this host's).
         if let Some(why) = store.data().meter.rewind_refused() {
             return Err(match resume {
-                Some(snapshot) => RunError::Input {
+                Some(snapshot) => RunError::Snapshot {
                     path: snapshot.dir.clone(),
                     reason: format!("not a snapshot this run can resume: {why}"),
                 },

@@ -54,7 +54,7 @@ pub struct Args {
 
     /// Spot-check: re-run only K segments of the job (all when K is at least their
     /// number), from the provider's snapshots in --snapshots.
-    #[arg(long, value_name = "K", requires = "snapshots")]
+    #[arg(long, value_name = "K", requires = "snapshots", value_parser = at_least_one)]
     pub sample: Option<usize>,
 
     /// The provider's checkpoints folder (`detwasm run --checkpoints DIR`), or a CAR of
@@ -297,6 +297,18 @@ impl SourceArgs {
     }
 }
 
+/// `--sample K`: a count of segments, at least one (0 re-ran one segment and said so as
+/// if asked: found by review).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(
+            "at least one segment is re-run (the last, which ties the trace to the results)".into(),
+        ),
+        Ok(k) => Ok(k),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Eight bytes of the system's entropy.
 fn entropy() -> anyhow::Result<u64> {
     use std::io::Read;
@@ -326,6 +338,9 @@ fn spot_check(
     if args.json {
         println!("{}", super::json(&report, true)?);
     } else {
+        for r in &report.reasons {
+            println!("the receipt: {}", super::shown(r));
+        }
         for c in &report.checked {
             let what = if c.segment + 1 == report.segments {
                 format!(

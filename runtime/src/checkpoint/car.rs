@@ -70,7 +70,7 @@ pub const MAX_FILES: u64 = 65_536;
 pub const MAX_BLOCKS: usize = 1_000_000;
 
 fn refused(car: &Path, why: impl std::fmt::Display) -> RunError {
-    RunError::Input {
+    RunError::Snapshot {
         path: car.to_path_buf(),
         reason: format!("not a snapshot CAR detwasm can resume: {why}"),
     }
