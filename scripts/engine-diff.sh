@@ -7,21 +7,37 @@
 # builds disagree).
 #
 #   bash scripts/engine-diff.sh [WASMTIME_VERSION] [TOOLCHAIN]
+#   bash scripts/engine-diff.sh --stamp     (prints the stamp of the tracked files)
 #
 # Defaults: wasmtime 50.0.2, the newest release whose dependencies the registry here
 # holds in full (51.0.0 and 50.0.3 need a wasmtime-internal-wit-bindgen it lacks), built
-# with Rust 1.97.0, its rust-version (installed with rustup if missing). The copy of the
-# tracked sources (what a fresh clone has) is built in target/engine-diff/<version>,
-# with its own lockfile (scripts/engine-diff/Cargo-<version>.lock when there is one, so
-# the build is the one measured).
+# with Rust 1.97.0, its rust-version (installed with rustup if missing). A copy of the
+# tracked files as they are in the working tree (in a fresh clone, what was committed;
+# in a developer's tree, with their edits) is built in target/engine-diff/<version>,
+# with its own lockfile (scripts/engine-diff/Cargo-<version>.lock when there is one,
+# used --locked, so the build is the one measured). The copy's stamp (a hash of the
+# tracked files' names and contents) is written beside the build: tests/protocol.rs
+# refuses a build whose stamp is not the tree's (fingerprints name only the protocol,
+# so a stale build of the same protocol cannot be told apart by its receipts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+stamp() { git ls-files -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1; }
+if [[ ${1:-} == --stamp ]]; then
+    stamp
+    exit 0
+fi
 version=${1:-50.0.2}
 toolchain=${2:-1.97.0}
+semver='^[0-9]+\.[0-9]+\.[0-9]+$'
+[[ $version =~ $semver ]] || { echo "engine-diff: $version is not a wasmtime version (N.N.N)" >&2; exit 2; }
+[[ $toolchain =~ $semver ]] || { echo "engine-diff: $toolchain is not a Rust version (N.N.N)" >&2; exit 2; }
 work=target/engine-diff/$version
-rm -rf "$work/src"
+rm -rf "$work/src" "$work/stamp"
 mkdir -p "$work/src"
-git ls-files -z | xargs -0 tar -cf - | tar -xf - -C "$work/src"
+# One tar of every tracked file (xargs could split a long list into several archives,
+# of which the reading tar takes the first).
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/src"
+copied=$(stamp)
 sed -i "s/^wasmtime = { version = \"=[^\"]*\"/wasmtime = { version = \"=$version\"/" \
     "$work/src/Cargo.toml"
 grep -q "^wasmtime = { version = \"=$version\"" "$work/src/Cargo.toml" || {
@@ -29,18 +45,20 @@ grep -q "^wasmtime = { version = \"=$version\"" "$work/src/Cargo.toml" || {
     exit 2
 }
 lock=scripts/engine-diff/Cargo-$version.lock
+locked=()
 if [ -f "$lock" ]; then
     cp "$lock" "$work/src/Cargo.lock"
+    locked=(--locked)
 else
     rm -f "$work/src/Cargo.lock"
 fi
 rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
 echo "engine-diff: building detwasm against wasmtime $version with Rust $toolchain in $work" >&2
-CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" build --quiet --bin detwasm \
+CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" build --quiet "${locked[@]}" --bin detwasm \
     --manifest-path "$work/src/Cargo.toml"
 # The self-fuzz test of the same copy: its generated modules, run by this wasmtime, must
 # agree with wasmi as they do under the pinned one (tests/protocol.rs runs it).
-CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" test --quiet --no-run \
+CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" test --quiet "${locked[@]}" --no-run \
     --manifest-path "$work/src/Cargo.toml" -p detwasm-fuzzing --test self_fuzz \
     --message-format=json \
     | python3 -c 'import json,sys
@@ -49,4 +67,5 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "self_fuzz":
         print(m["executable"])' > "$work/self_fuzz"
 test -s "$work/self_fuzz" || { echo "engine-diff: the self-fuzz test was not built" >&2; exit 2; }
+echo "$copied" > "$work/stamp"
 echo "engine-diff: $work/target/debug/detwasm and $(cat "$work/self_fuzz") (compared by: cargo nextest run --test protocol)" >&2

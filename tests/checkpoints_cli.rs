@@ -721,6 +721,34 @@ fn a_snapshot_is_resumed_from_a_car() {
         trace.len() + 1,
         "{report:#}"
     );
+    // A CAR with a block that is not its CID's is parsed once and refused as a whole:
+    // the provider's, so not verified (exit 1), with no segment re-run.
+    let mut bytes = std::fs::read(t.path().join("all.car")).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    std::fs::write(t.path().join("bad.car"), bytes).unwrap();
+    let out = run(&[
+        "verify",
+        "receipt.json",
+        "--sample",
+        "100",
+        "--snapshots",
+        "bad.car",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["checked"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a snapshot CAR detwasm can resume"),
+        "{report:#}"
+    );
 
     let out = run(&["resume", "cp/000002", "--cid", &trace[1], "-o", "r4"]);
     assert_eq!(out.status.code(), Some(2));

@@ -120,6 +120,9 @@ pub struct Unpacked {
     pub entries: u64,
 }
 
+/// A mapped CAR file ([`map_car_file`]).
+pub use memmap2::Mmap;
+
 /// A CAR file mapped into memory, for [`Car::parse`]: opened without blocking (a FIFO
 /// is refused, not waited on) and checked to be a regular, non-empty file. The mapping
 /// is read-only and private; another process truncating the file while it is mapped

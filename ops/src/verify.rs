@@ -566,6 +566,56 @@ pub fn open_snapshot(
     })
 }
 
+/// Where a spot check finds the provider's snapshots: its checkpoints folder, or a CAR of
+/// it, parsed once for every segment.
+enum Snapshots<'a> {
+    Folder(&'a Path),
+    Car {
+        path: &'a Path,
+        blocks: &'a detwasm_runtime::checkpoint::Car<'a>,
+    },
+}
+
+impl Snapshots<'_> {
+    /// Snapshot `want` of them (the entry `i` of a folder), within `caps`
+    /// ([`open_snapshot`]'s).
+    fn open(&self, i: usize, want: &str, caps: &JobCaps) -> Result<OpenedSnapshot, SegmentFailure> {
+        match *self {
+            Snapshots::Folder(folder) => {
+                let entry = folder.join(format!("{i:06}"));
+                if std::fs::symlink_metadata(&entry).is_err() {
+                    return Err(SegmentFailure::Evidence(format!(
+                        "snapshot {i}: the trace names it, and the snapshots folder {} has \
+                         no entry {i:06}",
+                        folder.display()
+                    )));
+                }
+                open_snapshot(&entry, None, caps).map_err(|e| SegmentFailure::of(i, e))
+            }
+            Snapshots::Car { path, blocks } => {
+                let admit = |s: &detwasm_runtime::checkpoint::State| {
+                    caps.check(&s.job.limits).map_err(|e| e.to_string())
+                };
+                let unpacked =
+                    crate::scratch::Scratch::new("detwasm-snapshot-", "an unpacked snapshot")
+                        .map_err(|e| SegmentFailure::of(i, e))?;
+                let snapshot = detwasm_runtime::checkpoint::Snapshot::from_parsed_car(
+                    path,
+                    blocks,
+                    Some(want),
+                    &unpacked.path().join("car"),
+                    &admit,
+                )
+                .map_err(|e| SegmentFailure::of(i, e))?;
+                Ok(OpenedSnapshot {
+                    snapshot,
+                    _unpacked: Some(unpacked),
+                })
+            }
+        }
+    }
+}
+
 /// Rebuilds the job a snapshot belongs to (`detwasm resume`): its record without host
 /// paths, completed by the host details saved beside it (`job.json` in the checkpoints
 /// folder, when it is the same job) and then by `sources`, and checked against the
@@ -1668,6 +1718,30 @@ pub fn spot_check(
     // verdict): found by review, each segment compiled it again, a core's worth at a
     // time, and reported its failure as a mismatch.
     runtime.load_by(&job.module.bytes, &job.entry, deadline)?;
+    // A CAR of the snapshots is mapped and parsed (every block checked) once.
+    let map;
+    let blocks;
+    let source = if snapshots.is_dir() {
+        Snapshots::Folder(snapshots)
+    } else {
+        map = detwasm_runtime::checkpoint::map_snapshot_car(snapshots)?;
+        blocks = match detwasm_runtime::checkpoint::parse_snapshot_car(snapshots, &map) {
+            Ok(blocks) => blocks,
+            Err(e) => {
+                return Ok(SampleReport {
+                    verified: false,
+                    job_id: prepared.job_id,
+                    reasons: vec![e.to_string()],
+                    segments: n + 1,
+                    checked: Vec::new(),
+                })
+            }
+        };
+        Snapshots::Car {
+            path: snapshots,
+            blocks: &blocks,
+        }
+    };
     // Segments are independent runs: they go on as many threads as the machine has cores
     // (each holds its own guest memory at once). What each reaches does not depend on
     // it. Rejected: one after another (a verifier with cores waited for them in turn).
@@ -1683,7 +1757,7 @@ pub fn spot_check(
             s.spawn(|| loop {
                 let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&i) = segments.get(j) else { break };
-                let r = check_segment(runtime, receipt, trace, &job, snapshots, i);
+                let r = check_segment(runtime, receipt, trace, &job, &source, i);
                 done.lock().expect("no segment panics holding the lock")[j] = Some(r);
             });
         }
@@ -1721,7 +1795,7 @@ fn check_segment(
     receipt: &Receipt,
     trace: &detwasm_job::receipt::Trace,
     job: &Job,
-    snapshots: &Path,
+    snapshots: &Snapshots,
     i: usize,
 ) -> Result<SegmentCheck, VerifyError> {
     let n = trace.snapshots.len();
@@ -1834,46 +1908,18 @@ impl SegmentFailure {
 /// Runs segment `i`: from the job's start or from the provider's snapshot `i` (which must
 /// hash to the trace's CID), in temporary folders. `snapshots` is the provider's
 /// checkpoints folder, or a CAR of it (`detwasm hash --car`), from which the snapshot
-/// the trace names is unpacked ([`open_snapshot`]).
+/// the trace names is unpacked.
 fn run_segment(
     runtime: &Runtime,
     job: &Job,
     trace: &detwasm_job::receipt::Trace,
-    snapshots: &Path,
+    snapshots: &Snapshots,
     i: usize,
 ) -> Result<Segment, SegmentFailure> {
     let opened = if i == 0 {
         None
     } else {
         let want = &trace.snapshots[i - 1];
-        // Hashed within the job's timeout, as its re-run is run: found by review, a forged
-        // folder within the caps of its own claims took 73 s to hash for `--sample 8`.
-        let timeout = job.limits.safety_timeout();
-        let deadline = std::time::Instant::now()
-            .checked_add(timeout)
-            .map(|at| (at, timeout));
-        let hashed = |dir: &Path| -> Result<(), SegmentFailure> {
-            let cid = match results::cid_of_dir_by(dir, job.results.profile, true, deadline) {
-                Ok(cid) => cid,
-                // This machine's disk or clock.
-                Err(e @ (RunError::Io { .. } | RunError::InputTimeout { .. })) => {
-                    return Err(SegmentFailure::of(i, e))
-                }
-                Err(e) => {
-                    return Err(SegmentFailure::Evidence(format!(
-                        "snapshot {i} ({}): {e}",
-                        dir.display()
-                    )))
-                }
-            };
-            if cid != *want {
-                return Err(SegmentFailure::Evidence(format!(
-                    "snapshot {i} ({}) hashes to {cid}, not the trace's {want}",
-                    dir.display()
-                )));
-            }
-            Ok(())
-        };
         // Opened (its layout checked against its state, within the caps of
         // `Snapshot::open`) before it is hashed: hashing first cost a folder's every byte,
         // whatever it held (found by review: a 16 GiB sparse file beside a snapshot took
@@ -1887,22 +1933,38 @@ fn run_segment(
             max_output: Some(l.max_output),
             timeout: Some(l.safety_timeout()),
         };
-        let opened = if snapshots.is_dir() {
-            let entry = snapshots.join(format!("{i:06}"));
-            if std::fs::symlink_metadata(&entry).is_err() {
-                return Err(SegmentFailure::Evidence(format!(
-                    "snapshot {i}: the trace names it, and the snapshots folder {} has no \
-                     entry {i:06}",
-                    snapshots.display()
-                )));
+        let opened = snapshots.open(i, want, &caps)?;
+        // Hashed within the job's timeout, as its re-run is run, counted from here (found
+        // by review: counted from before a CAR was parsed, the parse used it up): a forged
+        // folder within the caps of its own claims took 73 s to hash for `--sample 8`.
+        let timeout = job.limits.safety_timeout();
+        let deadline = std::time::Instant::now()
+            .checked_add(timeout)
+            .map(|at| (at, timeout));
+        let dir = &opened.snapshot.dir;
+        let cid = match results::cid_of_dir_by(dir, job.results.profile, true, deadline) {
+            Ok(cid) => cid,
+            // This machine's disk or clock.
+            Err(e @ (RunError::Io { .. } | RunError::InputTimeout { .. })) => {
+                return Err(SegmentFailure::of(i, e))
             }
-            open_snapshot(&entry, None, &caps)
-        } else {
-            open_snapshot(snapshots, Some(want), &caps)
+            Err(e) => {
+                return Err(SegmentFailure::Evidence(format!(
+                    "snapshot {i} ({}): {e}",
+                    dir.display()
+                )))
+            }
+        };
+        if cid != *want {
+            return Err(SegmentFailure::Evidence(format!(
+                "snapshot {i} ({}) hashes to {cid}, not the trace's {want}",
+                dir.display()
+            )));
         }
-        .map_err(|e| SegmentFailure::of(i, e))?;
-        hashed(&opened.snapshot.dir)?;
-        Some(opened)
+        Some(OpenedSnapshot {
+            snapshot: opened.snapshot.hashed_to(cid),
+            _unpacked: opened._unpacked,
+        })
     };
     let tmp = crate::scratch::Scratch::new("detwasm-segment-", "a spot check's segment").map_err(
         |e| {
@@ -1998,7 +2060,20 @@ pub fn bisect(
     }
     let job = job_of(a, sources)?;
     let started = std::time::Instant::now();
-    let actual = match run_segment(runtime, &job, ta, snapshots, segment) {
+    let map;
+    let blocks;
+    let source = if snapshots.is_dir() {
+        Snapshots::Folder(snapshots)
+    } else {
+        map = detwasm_runtime::checkpoint::map_snapshot_car(snapshots)?;
+        blocks = detwasm_runtime::checkpoint::parse_snapshot_car(snapshots, &map)
+            .map_err(|e| VerifyError::NotComparable(e.to_string()))?;
+        Snapshots::Car {
+            path: snapshots,
+            blocks: &blocks,
+        }
+    };
+    let actual = match run_segment(runtime, &job, ta, &source, segment) {
         Ok(Segment::Checkpoint { cid }) => cid,
         Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(segment)),
         Ok(Segment::End(r)) => format!(

@@ -36,6 +36,8 @@
 //! depend on where the inputs are).
 
 mod car;
+pub use car::{map_snapshot_car, parse_snapshot_car};
+pub use detwasm_hasher::unpack::Car;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -344,6 +346,10 @@ pub fn host_free(record: &JobRecord) -> JobRecord {
 pub struct Snapshot {
     pub dir: PathBuf,
     pub state: State,
+    /// The CID its folder was hashed to by whoever opened it ([`Self::hashed_to`]), so
+    /// that resuming it does not hash it again (found by review: a spot check hashed
+    /// every snapshot twice, the second time without a deadline).
+    pub cid: Option<String>,
 }
 
 /// Most bytes of a `state.json` read (64 MiB): its size grows with the guest's files and
@@ -594,6 +600,13 @@ fn read_exactly(dir: &Path, rel: &str, dst: &mut [u8]) -> Result<(), RunError> {
 }
 
 impl Snapshot {
+    /// The snapshot, known to hash to `cid` (its caller hashed its folder): resuming it
+    /// takes that CID for the trace.
+    pub fn hashed_to(mut self, cid: String) -> Snapshot {
+        self.cid = Some(cid);
+        self
+    }
+
     /// Opens the snapshot folder `dir`.
     pub fn open(dir: &Path) -> Result<Snapshot, RunError> {
         let text = read_bounded(dir, STATE_FILE, MAX_STATE_BYTES)?;
@@ -635,6 +648,7 @@ impl Snapshot {
         Ok(Snapshot {
             dir: dir.to_path_buf(),
             state,
+            cid: None,
         })
     }
 

@@ -448,11 +448,10 @@ impl Runtime {
             snapshot.restore_host(&mut host, job.limits.max_output)?;
             trace = snapshot.state.trace.clone();
             if !snapshot.state.off_trace {
-                trace.push(results::cid_of_dir(
-                    &snapshot.dir,
-                    job.results.profile,
-                    true,
-                )?);
+                trace.push(match &snapshot.cid {
+                    Some(cid) => cid.clone(),
+                    None => results::cid_of_dir(&snapshot.dir, job.results.profile, true)?,
+                });
             }
         }
         let mut sink = match how.save {

@@ -88,9 +88,23 @@ impl Snapshot {
         into: &Path,
         admit: &dyn Fn(&State) -> Result<(), String>,
     ) -> Result<Snapshot, RunError> {
+        let map = map_snapshot_car(car)?;
+        let blocks = parse_snapshot_car(car, &map)?;
+        Snapshot::from_parsed_car(car, &blocks, want, into, admit)
+    }
+
+    /// [`Self::from_car`] from a CAR already parsed ([`parse_snapshot_car`]): several
+    /// snapshots of one CAR (a spot check's segments) unpacked from one parse. Found by
+    /// review: each segment mapped the CAR and checked every block of it again, so a
+    /// large CAR cost the verifier its size times the segments.
+    pub fn from_parsed_car(
+        car: &Path,
+        blocks: &Car<'_>,
+        want: Option<&str>,
+        into: &Path,
+        admit: &dyn Fn(&State) -> Result<(), String>,
+    ) -> Result<Snapshot, RunError> {
         let bad = |why: String| refused(car, why);
-        let map = detwasm_hasher::unpack::map_car_file(car).map_err(|e| bad(e.to_string()))?;
-        let blocks = Car::parse_within(&map, MAX_BLOCKS).map_err(|e| bad(e.to_string()))?;
         let root = match want {
             Some(text) => Cid::parse(text).ok_or_else(|| bad(format!("{text} is not a CID")))?,
             None => blocks.root(),
@@ -98,7 +112,7 @@ impl Snapshot {
         if !blocks.contains(&root) {
             return Err(bad(format!("it holds no block {}", show(root))));
         }
-        let layout = Layout::of(&blocks, root).map_err(&bad)?;
+        let layout = Layout::of(blocks, root).map_err(&bad)?;
         let size = blocks
             .expanded(layout.state)
             .map_err(|e| bad(e.to_string()))?;
@@ -161,6 +175,20 @@ impl Snapshot {
         }
         Snapshot::checked(&dir, state)
     }
+}
+
+/// The CAR file `car`, mapped (not read) for [`parse_snapshot_car`].
+/// An error here is this machine's reading of the file (not there, not a regular file),
+/// not evidence about its content.
+pub fn map_snapshot_car(car: &Path) -> Result<detwasm_hasher::unpack::Mmap, RunError> {
+    detwasm_hasher::unpack::map_car_file(car)
+        .map_err(|e| RunError::io(format!("snapshot CAR {}", car.display()), e))
+}
+
+/// The blocks of a mapped snapshot CAR, each checked against its CID, at most
+/// [`MAX_BLOCKS`] of them.
+pub fn parse_snapshot_car<'a>(car: &Path, map: &'a [u8]) -> Result<Car<'a>, RunError> {
+    Car::parse_within(map, MAX_BLOCKS).map_err(|e| refused(car, e))
 }
 
 /// The entries of a snapshot's root, checked before anything is unpacked: a plain
