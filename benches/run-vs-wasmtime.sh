@@ -125,7 +125,14 @@ detwasm_cold() {
   DETWASM_CACHE_DIR=$cache detwasm_run "$@"
   rm -rf "$cache"
 }
-wasmtime_cold() { wasmtime_run -C cache=n "$@"; }
+# Uncached, wasmtime 48 sometimes fails to instantiate CPython here ("cannot add seals
+# to the memfd: Device or resource busy", once in a run of the script; never when run
+# alone): such a run is made once more, with a note.
+wasmtime_cold() {
+  (wasmtime_run -C cache=n "$@") 2>"$work/wasmtime-stderr" && return
+  echo "note: wasmtime run -C cache=n failed ($(grep -m1 -o 'cannot add seals[^)]*' "$work/wasmtime-stderr" || echo see below)); made again" >&2
+  wasmtime_run -C cache=n "$@"
+}
 # ms of one run of "$@".
 one_run_ms() {
   local start end

@@ -35,8 +35,10 @@ work=target/engine-diff/$version
 rm -rf "$work/src" "$work/stamp"
 mkdir -p "$work/src"
 # One tar of every tracked file (xargs could split a long list into several archives,
-# of which the reading tar takes the first).
-git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/src"
+# of which the reading tar takes the first), extracted with the time of extraction (-m):
+# with their own times, a file edited before the last build of the copy looked older
+# than that build's artifacts, and cargo reused them (found: a stale build of a crate).
+git ls-files -z | tar --null -T - -cf - | tar -xmf - -C "$work/src"
 copied=$(stamp)
 sed -i "s/^wasmtime = { version = \"=[^\"]*\"/wasmtime = { version = \"=$version\"/" \
     "$work/src/Cargo.toml"
