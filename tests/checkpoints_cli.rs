@@ -524,6 +524,49 @@ fn a_spot_check_holds_the_receipt_to_its_job_and_leaves_this_machines_failures_o
     assert!(String::from_utf8_lossy(&out.stderr).contains("printable ASCII"));
 }
 
+/// A snapshot whose frames are of another unwind pass version is another build's (the
+/// version is not in the fingerprint), not a forgery: a spot check of the segment it
+/// starts leaves the verdict open (exit 2) and says which version it needs.
+#[test]
+fn a_snapshot_of_another_unwind_pass_is_no_verdict() {
+    let (t, full) = provider_run();
+    let n = snapshots(&full).len();
+    let state = t.path().join("cp/000002/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    let ours = detwasm_runtime::passes::unwind::PASS_VERSION;
+    assert!(text.contains(ours));
+    std::fs::write(&state, text.replace(ours, "detwasm-unwind-0")).unwrap();
+    let cid = detwasm()
+        .args(["hash"])
+        .arg(t.path().join("cp/000002"))
+        .output()
+        .unwrap();
+    let cid = String::from_utf8_lossy(&cid.stdout).trim().to_string();
+    let mut other = full.clone();
+    other["trace"]["snapshots"][1] = serde_json::json!(cid);
+    std::fs::write(t.path().join("other.json"), other.to_string()).unwrap();
+    // A seed that draws segment 2 (from snapshot 2) and the last only.
+    let seed = (0..1000u64)
+        .find(|&s| detwasm_ops::verify::choose_segments(n + 1, 2, s) == vec![2, n])
+        .unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .args(["verify", "other.json", "--sample", "2", "--snapshots", "cp"])
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("its frames are of detwasm-unwind-0"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("MISMATCH"), "{stdout}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -283,3 +283,46 @@ fn the_corpus_gives_the_pinned_receipts_under_this_protocol() {
         differences.join("\n")
     );
 }
+
+/// A checkpointed job's snapshots, pinned: a snapshot holds the frames the unwind pass
+/// saves (every local of every instrumented function on the stack), so a change of any
+/// pass's emitted code can change them without changing any other part of a receipt, and
+/// a verifier of one build would find an honest trace of another not reproduced. Such a
+/// change must come with a new unwind pass version (a snapshot names it, and a verifier
+/// leaves the verdict open on another's) or a new protocol. The job is the README's.
+#[test]
+fn snapshots_are_pinned_with_the_unwind_pass_version() {
+    assert_eq!(
+        detwasm_runtime::passes::unwind::PASS_VERSION,
+        "detwasm-unwind-4",
+        "a new unwind pass version: renew the pins below"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let out = detwasm()
+        .current_dir(t.path())
+        .arg("run")
+        .arg(cli_support::root().join("fixtures/probes/probe.wasm"))
+        .args([
+            "--checkpoints",
+            "cp",
+            "--checkpoint-every",
+            "50000000",
+            "--json",
+        ])
+        .args(["-o", "results", "--", "float", "200000"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        r["trace"]["snapshots"],
+        serde_json::json!([
+            "QmYmMWP7mgBssnBJV1g5y15yyL3mTjcCtBA1xZJnR3nsEv",
+            "QmWVuJ3virbTaZpEVooWaJpRbKyE2DQQvYjvJnoaQoPjeJ",
+            "QmczcymaKU1WwwqZWeJNiFmUQVhhWQuyK5qFiWwZ2Tjz28",
+            "QmawvqxtwvTaJeiThrDSoZwc8PA43KXrdBnryJwogTNart"
+        ]),
+        "the snapshots changed under {}: a new unwind pass version (or protocol) is needed",
+        detwasm_runtime::passes::unwind::PASS_VERSION
+    );
+}

@@ -159,10 +159,6 @@ pub const PASS_VERSION: &str = "detwasm-fuel-2";
 pub const IMPORT_MODULE: &str = "detwasm";
 /// See [`IMPORT_MODULE`].
 pub const IMPORT_REFUEL: &str = "refuel";
-/// The exported function every check calls when the fuel is negative: a function of the
-/// module that calls the `refuel` import ("Refuelling through a function of the module"
-/// above). The unwind pass ([`crate::unwind`]) finds the checks by it.
-pub const EXPORT_REFUEL: &str = "detwasm:refuel";
 /// The exported `(mut i64)` global that holds the fuel between the module and the host.
 pub const EXPORT_FUEL: &str = "detwasm:fuel";
 /// The module's start function, exported under this name instead of being the start
@@ -280,7 +276,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 m.has_export_section = true;
                 for e in r {
                     let e = e.map_err(err)?;
-                    if [EXPORT_FUEL, EXPORT_START, EXPORT_REFUEL].contains(&e.name) {
+                    if e.name == EXPORT_FUEL || e.name == EXPORT_START {
                         return Err(format!(
                             "the module exports `{}`, a name detwasm reserves",
                             e.name
@@ -362,8 +358,6 @@ struct Rewriter {
     fuel_global: u32,
     /// Index of the refuel import.
     refuel: u32,
-    /// Index of the function the checks call, which calls the import (appended last).
-    refuel_call: u32,
     /// Wrapper index of each host-called defined function (by old index).
     host_wrapper: HashMap<u32, u32>,
     /// Wrapper index of each import used as a value.
@@ -400,7 +394,6 @@ impl Rewriter {
             value_wrapper.insert(f, next);
             next += 1;
         }
-        let refuel_call = next;
         let mut multi: Vec<Vec<ValType>> = Vec::new();
         for &t in &m.defined {
             let results = &m.types[t as usize].1;
@@ -411,7 +404,6 @@ impl Rewriter {
         Rewriter {
             fuel_global: m.globals,
             refuel,
-            refuel_call,
             host_wrapper,
             value_wrapper,
             multi,
@@ -535,7 +527,6 @@ impl Rewriter {
                     for &f in &self.m.imports_as_values {
                         s.function(self.fueled_type(self.m.imported[f as usize]));
                     }
-                    s.function(self.refuel_type());
                     s.append_to(&mut out);
                 }
                 Payload::TableSection(r) => {
@@ -590,8 +581,7 @@ impl Rewriter {
                         self.wrappers(&mut bytes);
                         let total = count
                             + self.m.host_called.len() as u32
-                            + self.m.imports_as_values.len() as u32
-                            + 1;
+                            + self.m.imports_as_values.len() as u32;
                         out.push(10);
                         let mut section = Vec::with_capacity(bytes.len() + 5);
                         total.encode(&mut section);
@@ -646,7 +636,6 @@ impl Rewriter {
 
     fn add_exports(&self, s: &mut wasm_encoder::ExportSection) {
         s.export(EXPORT_FUEL, ExportKind::Global, self.fuel_global);
-        s.export(EXPORT_REFUEL, ExportKind::Func, self.refuel_call);
         if let Some(f) = self.m.start {
             let f = self.host_wrapper.get(&f).copied().unwrap_or(f);
             s.export(EXPORT_START, ExportKind::Func, f);
@@ -685,13 +674,6 @@ impl Rewriter {
             (b.len() as u32).encode(bytes);
             bytes.extend_from_slice(&b);
         }
-        // The function the checks call: the import, with the fuel.
-        let mut b = vec![0u8];
-        Instruction::LocalGet(0).encode(&mut b);
-        Instruction::Call(self.refuel).encode(&mut b);
-        Instruction::End.encode(&mut b);
-        (b.len() as u32).encode(bytes);
-        bytes.extend_from_slice(&b);
     }
 
     /// One function body, metered.
@@ -732,7 +714,7 @@ impl Rewriter {
         }
         let local = |l: u32| if l >= nparams { l + 1 } else { l };
         let g = self.fuel_global;
-        let refuel = self.refuel_call;
+        let refuel = self.refuel;
         let flush = |out: &mut Vec<u8>, pending: &mut i64| {
             if *pending != 0 {
                 Instruction::LocalGet(fuel).encode(out);

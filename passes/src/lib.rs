@@ -18,17 +18,6 @@
 //! (`runtime/tests/pass_*.rs`, `fuzzing/tests/pass_nan_eager.rs`), so that not even a
 //! dev-dependency of this crate is an engine.
 
-/// The code the passes emit, where it changes without changing what any module computes
-/// (its counts, results, traps, stack depths, snapshots): it names compiled modules in the
-/// module cache (`detwasm_runtime::cache`), and is not in the engine fingerprint, so job
-/// ids do not change with it, as they do not with wasmtime's version. Proven the same in
-/// results by the tests that compare builds (`tests/protocol.rs`) and engines
-/// (`fuzzing/tests/engines.rs`). `-1`: the fuel checks call a function of the module that
-/// calls `detwasm.refuel` ([`fuel::EXPORT_REFUEL`]) rather than the import itself.
-/// Rejected: a new pass version for such a change (every job id would change with it, and
-/// receipts made before could no longer be verified, for no change of any result).
-pub const CODEGEN: &str = "detwasm-codegen-1";
-
 pub mod fuel;
 pub mod nan;
 pub mod relaxed;

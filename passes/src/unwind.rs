@@ -127,7 +127,7 @@ use wasmparser::{
     WasmFeatures,
 };
 
-use crate::fuel::{EXPORT_FUEL, EXPORT_REFUEL, IMPORT_MODULE, IMPORT_REFUEL};
+use crate::fuel::{EXPORT_FUEL, IMPORT_MODULE, IMPORT_REFUEL};
 
 /// The version of this pass. A snapshot names it: frames written by one version are read
 /// only by the same.
@@ -278,9 +278,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
         tail_indirect: bool,
     }
     let mut bodies: Vec<Calls> = Vec::new();
-    // The function the fuel pass's checks call (it calls the import): what a check's
-    // call is, for this pass.
-    let mut refuel_call = None;
     for payload in Parser::new(0).parse_all(binary) {
         match payload.map_err(err)? {
             Payload::TypeSection(r) => {
@@ -354,9 +351,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                     if e.name == EXPORT_FUEL && e.kind == wasmparser::ExternalKind::Global {
                         m.fuel_global = Some(e.index);
                     }
-                    if e.name == EXPORT_REFUEL && e.kind == wasmparser::ExternalKind::Func {
-                        refuel_call = Some(e.index);
-                    }
                     if [EXPORT_STATE, EXPORT_PTR, EXPORT_MEMORY, EXPORT_TABLE].contains(&e.name)
                         || e.name.starts_with(EXPORT_MEMORY_PREFIX)
                         || e.name.starts_with(EXPORT_GLOBAL_PREFIX)
@@ -396,9 +390,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
             }
             _ => {}
         }
-    }
-    if m.refuel.is_some() && refuel_call.is_some() {
-        m.refuel = refuel_call;
     }
     let Some(refuel) = m.refuel else {
         return Ok(m);

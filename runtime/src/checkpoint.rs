@@ -669,15 +669,19 @@ impl Snapshot {
                 format!("it was taken by engine {}, this is {engine}", s.engine),
             ));
         }
+        // Another build's frames, not a forgery: the unwind pass is not part of the
+        // fingerprint (it changes no result), so a snapshot of the same job can hold
+        // frames this build does not read. Not evidence about whoever made it: a spot
+        // check leaves the verdict open (as a refused snapshot, it would call an honest
+        // provider of another build a forger).
         if s.unwind_pass != unwind::PASS_VERSION {
-            return Err(refused(
-                &self.dir,
-                format!(
-                    "its frames are of {}, this detwasm reads {}",
-                    s.unwind_pass,
-                    unwind::PASS_VERSION
-                ),
-            ));
+            return Err(RunError::Engine(format!(
+                "snapshot {}: its frames are of {}, this detwasm reads {}: resume or \
+                 verify it with a detwasm of that unwind pass",
+                self.dir.display(),
+                s.unwind_pass,
+                unwind::PASS_VERSION
+            )));
         }
         if s.job_id != job_id {
             return Err(refused(

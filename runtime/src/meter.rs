@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use wasmtime::{AsContextMut, Caller, Extern, Instance, Linker, Trap};
 
-use crate::passes::fuel::{EXPORT_FUEL, EXPORT_REFUEL, EXPORT_START, IMPORT_MODULE, IMPORT_REFUEL};
+use crate::passes::fuel::{EXPORT_FUEL, EXPORT_START, IMPORT_MODULE, IMPORT_REFUEL};
 use crate::passes::unwind;
 
 /// Fuel handed to the guest at a time. A refuel costs about 100 ns (a call into the
@@ -474,7 +474,6 @@ pub fn is_pass_import(module: &str, name: &str) -> bool {
 pub fn is_pass_export(name: &str) -> bool {
     name == EXPORT_FUEL
         || name == EXPORT_START
-        || name == EXPORT_REFUEL
         || name == crate::engine::EXPORT_STACK_DEPTH
         || name == unwind::EXPORT_STATE
         || name == unwind::EXPORT_PTR

@@ -3,7 +3,7 @@
 //! were in `passes/src/fuel.rs`; they live here so that detwasm-passes depends on no
 //! engine, not even for its tests (its pure rewriting checks stay there).
 
-use detwasm_passes::fuel::{meter, EXPORT_FUEL, EXPORT_REFUEL, EXPORT_START};
+use detwasm_passes::fuel::{meter, EXPORT_FUEL, EXPORT_START};
 use detwasm_runtime::meter::{self, Stop};
 
 fn engine() -> wasmtime::Engine {
@@ -148,7 +148,7 @@ fn imports_as_values_start_and_exports() {
     let engine = engine();
     let module = wasmtime::Module::new(&engine, &metered).unwrap();
     let names: Vec<String> = module.exports().map(|e| e.name().to_string()).collect();
-    assert_eq!(names, ["f", EXPORT_FUEL, EXPORT_REFUEL, EXPORT_START]);
+    assert_eq!(names, ["f", EXPORT_FUEL, EXPORT_START]);
     let f = module.get_export("f").unwrap();
     assert_eq!(f.func().unwrap().params().len(), 1);
     // The host function charges 100 units through the global.
