@@ -294,7 +294,7 @@ fn the_corpus_gives_the_pinned_receipts_under_this_protocol() {
 fn snapshots_are_pinned_with_the_unwind_pass_version() {
     assert_eq!(
         detwasm_runtime::passes::unwind::PASS_VERSION,
-        "detwasm-unwind-4",
+        "detwasm-unwind-5",
         "a new unwind pass version: renew the pins below"
     );
     let t = tempfile::tempdir().unwrap();
@@ -317,10 +317,10 @@ fn snapshots_are_pinned_with_the_unwind_pass_version() {
     assert_eq!(
         r["trace"]["snapshots"],
         serde_json::json!([
-            "QmYmMWP7mgBssnBJV1g5y15yyL3mTjcCtBA1xZJnR3nsEv",
-            "QmWVuJ3virbTaZpEVooWaJpRbKyE2DQQvYjvJnoaQoPjeJ",
-            "QmczcymaKU1WwwqZWeJNiFmUQVhhWQuyK5qFiWwZ2Tjz28",
-            "QmawvqxtwvTaJeiThrDSoZwc8PA43KXrdBnryJwogTNart"
+            "Qmbz1BcKM7MWujJar3zQqCpJ5bYRPwqGoG9uG1mwt1D1dd",
+            "QmSSrg8dx56qmDBPyRGnudT3DE8NgKYVJXxQoMvsUYS8yb",
+            "QmRR8ymkYjBhccz4YVStbZFpY9uz3xfkqeNcArDanu2aPV",
+            "QmdZyE3upsUSvTn8cp8Pkt1vP2YaE2jWF6LSZKDVE7CWdD"
         ]),
         "the snapshots changed under {}: a new unwind pass version (or protocol) is needed",
         detwasm_runtime::passes::unwind::PASS_VERSION

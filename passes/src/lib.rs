@@ -18,6 +18,17 @@
 //! (`runtime/tests/pass_*.rs`, `fuzzing/tests/pass_nan_eager.rs`), so that not even a
 //! dev-dependency of this crate is an engine.
 
+/// The code the passes emit where it changes and nothing a module computes does (its
+/// counts, results, traps and the depth at which its stack is exhausted): it names
+/// compiled modules in the module cache (`detwasm_runtime::cache`), so that no module
+/// compiled from the older code is used, and is not in the engine fingerprint, so job ids
+/// do not change with it (as they do not with wasmtime's version). `tests/protocol.rs`
+/// pins the receipts such a change must leave as they are. `-1`: the stack pass keeps
+/// the counter's value on entry in a local and restores it on return ([`stack`]).
+/// Rejected: a new pass version for such a change (every job id would change, and
+/// receipts made before could no longer be verified, for no change of any result).
+pub const CODEGEN: &str = "detwasm-codegen-1";
+
 pub mod fuel;
 pub mod nan;
 pub mod relaxed;

@@ -130,8 +130,10 @@ use wasmparser::{
 use crate::fuel::{EXPORT_FUEL, IMPORT_MODULE, IMPORT_REFUEL};
 
 /// The version of this pass. A snapshot names it: frames written by one version are read
-/// only by the same.
-pub const PASS_VERSION: &str = "detwasm-unwind-4";
+/// only by the same. Bumped too when the passes before it change the locals a frame holds
+/// (`tests/protocol.rs` pins a job's snapshots with it): `-5`, the stack pass's local of
+/// the counter on entry ([`crate::stack`]).
+pub const PASS_VERSION: &str = "detwasm-unwind-5";
 /// The exported `(mut i32)` global that holds the state: [`NORMAL`], [`UNWINDING`] or
 /// [`REWINDING`].
 pub const EXPORT_STATE: &str = "detwasm:unwind_state";

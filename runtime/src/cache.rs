@@ -182,6 +182,9 @@ impl ModuleCache {
         // modules again.
         h.0.update(passes::shape::VERSION.as_bytes());
         h.0.update(b"\0");
+        // So does the code the passes emit for the same results (`passes::CODEGEN`).
+        h.0.update(passes::CODEGEN.as_bytes());
+        h.0.update(b"\0");
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         *h.0.finalize().as_bytes()
     }
