@@ -576,6 +576,22 @@ enum Snapshots<'a> {
     },
 }
 
+/// Calls `f` with the snapshots at `path`: a checkpoints folder, or a CAR of one, mapped
+/// and parsed (every block checked) once for all the segments `f` runs. `Err` is a CAR
+/// this machine could not read ([`RunError::Io`]) or one that is not a snapshot CAR
+/// ([`RunError::Snapshot`]: its maker's).
+fn with_snapshots<R>(path: &Path, f: impl FnOnce(&Snapshots) -> R) -> Result<R, RunError> {
+    if path.is_dir() {
+        return Ok(f(&Snapshots::Folder(path)));
+    }
+    let map = detwasm_runtime::checkpoint::map_snapshot_car(path)?;
+    let blocks = detwasm_runtime::checkpoint::parse_snapshot_car(path, &map)?;
+    Ok(f(&Snapshots::Car {
+        path,
+        blocks: &blocks,
+    }))
+}
+
 impl Snapshots<'_> {
     /// Snapshot `want` of them (the entry `i` of a folder), within `caps`
     /// ([`open_snapshot`]'s).
@@ -1718,56 +1734,47 @@ pub fn spot_check(
     // verdict): found by review, each segment compiled it again, a core's worth at a
     // time, and reported its failure as a mismatch.
     runtime.load_by(&job.module.bytes, &job.entry, deadline)?;
-    // A CAR of the snapshots is mapped and parsed (every block checked) once.
-    let map;
-    let blocks;
-    let source = if snapshots.is_dir() {
-        Snapshots::Folder(snapshots)
-    } else {
-        map = detwasm_runtime::checkpoint::map_snapshot_car(snapshots)?;
-        blocks = match detwasm_runtime::checkpoint::parse_snapshot_car(snapshots, &map) {
-            Ok(blocks) => blocks,
-            Err(e) => {
-                return Ok(SampleReport {
-                    verified: false,
-                    job_id: prepared.job_id,
-                    reasons: vec![e.to_string()],
-                    segments: n + 1,
-                    checked: Vec::new(),
-                })
-            }
-        };
-        Snapshots::Car {
-            path: snapshots,
-            blocks: &blocks,
-        }
-    };
     // Segments are independent runs: they go on as many threads as the machine has cores
     // (each holds its own guest memory at once). What each reaches does not depend on
     // it. Rejected: one after another (a verifier with cores waited for them in turn).
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |c| c.get())
-        .min(segments.len())
-        .max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: std::sync::Mutex<Vec<Option<Result<SegmentCheck, VerifyError>>>> =
-        std::sync::Mutex::new((0..segments.len()).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = segments.get(j) else { break };
-                let r = check_segment(runtime, receipt, trace, &job, &source, i);
-                done.lock().expect("no segment panics holding the lock")[j] = Some(r);
-            });
+    let run_all = |source: &Snapshots| {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |c| c.get())
+            .min(segments.len())
+            .max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: std::sync::Mutex<Vec<Option<Result<SegmentCheck, VerifyError>>>> =
+            std::sync::Mutex::new((0..segments.len()).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = segments.get(j) else { break };
+                    let r = check_segment(runtime, receipt, trace, &job, source, i);
+                    done.lock().expect("no segment panics holding the lock")[j] = Some(r);
+                });
+            }
+        });
+        done.into_inner()
+            .expect("no segment panics holding the lock")
+            .into_iter()
+            .map(|r| r.expect("every segment was run"))
+            .collect::<Vec<Result<SegmentCheck, VerifyError>>>()
+    };
+    let results = match with_snapshots(snapshots, run_all) {
+        Ok(results) => results,
+        // A CAR that is no snapshot CAR is its maker's: not verified, no segment run.
+        Err(e @ RunError::Snapshot { .. }) => {
+            return Ok(SampleReport {
+                verified: false,
+                job_id: prepared.job_id,
+                reasons: vec![e.to_string()],
+                segments: n + 1,
+                checked: Vec::new(),
+            })
         }
-    });
-    let results: Vec<Result<SegmentCheck, VerifyError>> = done
-        .into_inner()
-        .expect("no segment panics holding the lock")
-        .into_iter()
-        .map(|r| r.expect("every segment was run"))
-        .collect();
+        Err(e) => return Err(e.into()),
+    };
     // Evidence wins over no verdict (found by review: a segment's timeout on this
     // machine hid another segment's mismatch).
     let mismatched = results.iter().any(|r| matches!(r, Ok(c) if !c.ok));
@@ -2060,20 +2067,14 @@ pub fn bisect(
     }
     let job = job_of(a, sources)?;
     let started = std::time::Instant::now();
-    let map;
-    let blocks;
-    let source = if snapshots.is_dir() {
-        Snapshots::Folder(snapshots)
-    } else {
-        map = detwasm_runtime::checkpoint::map_snapshot_car(snapshots)?;
-        blocks = detwasm_runtime::checkpoint::parse_snapshot_car(snapshots, &map)
-            .map_err(|e| VerifyError::NotComparable(e.to_string()))?;
-        Snapshots::Car {
-            path: snapshots,
-            blocks: &blocks,
-        }
-    };
-    let actual = match run_segment(runtime, &job, ta, &source, segment) {
+    let ran = with_snapshots(snapshots, |source| {
+        run_segment(runtime, &job, ta, source, segment)
+    })
+    .map_err(|e| match e {
+        e @ RunError::Snapshot { .. } => VerifyError::NotComparable(e.to_string()),
+        e => e.into(),
+    })?;
+    let actual = match ran {
         Ok(Segment::Checkpoint { cid }) => cid,
         Ok(Segment::End(r)) if !r.verifiable => return Err(VerifyError::SegmentTimeout(segment)),
         Ok(Segment::End(r)) => format!(
