@@ -194,6 +194,15 @@ pub struct Trace {
     /// checkpoints folder) to finish it from with `detwasm resume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<String>,
+    /// The unwind pass whose frames the snapshots hold (`detwasm-unwind-N`): a verifier
+    /// re-runs segments only with the same (snapshots of the same job differ between
+    /// versions, which the job id does not name), and counts a snapshot of another
+    /// against the trace. Absent in receipts made before traces named it
+    /// (`detwasm-unwind-4` or older). Found by review: a snapshot claiming another
+    /// version was taken for another build's and left the verdict open, so a provider
+    /// could turn a fabricated result into no verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<String>,
 }
 
 /// A job record's arguments and environment, refused while they are parsed once they

@@ -399,6 +399,10 @@ pub enum VerifyError {
     ReRunTimeout,
     #[error("{0}")]
     BadSegments(String),
+    /// The trace's snapshots hold frames of another unwind pass than this detwasm's: its
+    /// segments cannot be re-run here (no verdict).
+    #[error("the trace's snapshots hold frames of {theirs}; this detwasm reads {ours}: check it with a detwasm of that unwind pass (no verdict)")]
+    TraceFrames { theirs: String, ours: String },
     /// This machine could not re-run a segment: its disk, its memory, its temporary
     /// folder, a compile or an input hash past the job's timeout. No verdict, and never
     /// evidence against the provider (found by review: each of these was reported as a
@@ -484,12 +488,14 @@ pub fn read_receipt(path: &Path) -> Result<Receipt, VerifyError> {
     // Fields a verifier prints are single words of printable ASCII, as every receipt of
     // detwasm writes them (CIDs, hex ids, the fingerprint, a version number): found by
     // review, a `cid` carrying a newline printed a forged "verified: 12 of 12" line.
+    let unwind = receipt.trace.as_ref().and_then(|t| t.unwind.clone());
     for (name, value) in [
         ("cid", &receipt.cid),
         ("job_id", &receipt.job_id),
         ("module_cid", &receipt.module_cid),
         ("engine", &receipt.engine),
         ("detwasm_version", &receipt.detwasm_version),
+        ("trace.unwind", unwind.as_ref().unwrap_or(&String::new())),
     ] {
         if value.len() > 256 || !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(VerifyError::NotAReceipt {
@@ -1567,6 +1573,22 @@ fn receipt_claims(receipt: &Receipt, job_id: &str) -> Vec<String> {
     reasons
 }
 
+/// The trace's snapshots are of this detwasm's unwind pass ([`Trace::unwind`]), or the
+/// error that says which they are of.
+fn same_frames(trace: &detwasm_job::receipt::Trace) -> Result<(), VerifyError> {
+    let ours = detwasm_runtime::passes::unwind::PASS_VERSION;
+    match trace.unwind.as_deref() {
+        Some(v) if v == ours => Ok(()),
+        theirs => Err(VerifyError::TraceFrames {
+            theirs: theirs.map_or_else(
+                || "detwasm-unwind-4 or older (the trace does not name its unwind pass)".into(),
+                |v| v.to_string(),
+            ),
+            ours: ours.into(),
+        }),
+    }
+}
+
 /// What [`VerifyError::Engine`] says: which protocol the receipt needs, and which
 /// detwasm made it.
 fn engine_mismatch(receipt: &str, ours: &str, version: &str) -> String {
@@ -1704,6 +1726,7 @@ pub fn spot_check(
 ) -> Result<SampleReport, VerifyError> {
     same_engine(runtime, receipt)?;
     let trace = receipt.trace.as_ref().ok_or(VerifyError::NoTrace)?;
+    same_frames(trace)?;
     let n = trace.snapshots.len();
     if segments.is_empty()
         || segments.windows(2).any(|w| w[0] >= w[1])
@@ -2046,6 +2069,8 @@ pub fn bisect(
         (Some(ta), Some(tb)) => (ta, tb),
         _ => return Err(VerifyError::NoTrace),
     };
+    same_frames(ta)?;
+    same_frames(tb)?;
     if ta.every != tb.every {
         return Err(VerifyError::NotComparable(format!(
             "their checkpoints are every {} and every {} instructions",

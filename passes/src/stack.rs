@@ -666,30 +666,38 @@ fn rewrite_body(
         declared += u64::from(n);
         decls.push((n, t));
     }
+    // A function with no room for one more local (WebAssembly's limit) releases its frame
+    // by subtracting the cost from the counter, as before the local: the same value
+    // (found by review: refusing such a function refused modules that ran before).
     let saved = u64::from(params) + declared;
-    if saved + 1 > MAX_LOCALS {
-        return Err(format!(
-            "a function of {saved} locals and parameters: stack metering needs one more \
-             than WebAssembly's limit of {MAX_LOCALS}"
-        ));
-    }
+    let room = saved < MAX_LOCALS;
     let saved = saved as u32;
     let mut out = Vec::new();
-    ((decls.len() + 1) as u32).encode(&mut out);
+    ((decls.len() + usize::from(room)) as u32).encode(&mut out);
     for (n, t) in decls {
         n.encode(&mut out);
         val_type(t)?.encode(&mut out);
     }
-    1u32.encode(&mut out);
-    ValType::I32.encode(&mut out);
+    if room {
+        1u32.encode(&mut out);
+        ValType::I32.encode(&mut out);
+    }
     let cost = i32::try_from(cost).map_err(|_| "a frame too large to meter")?;
     let release = |out: &mut Vec<u8>| {
-        Instruction::LocalGet(saved).encode(out);
+        if room {
+            Instruction::LocalGet(saved).encode(out);
+        } else {
+            Instruction::GlobalGet(counter).encode(out);
+            Instruction::I32Const(cost).encode(out);
+            Instruction::I32Sub.encode(out);
+        }
         Instruction::GlobalSet(counter).encode(out);
     };
+    Instruction::GlobalGet(counter).encode(&mut out);
+    if room {
+        Instruction::LocalTee(saved).encode(&mut out);
+    }
     for i in [
-        Instruction::GlobalGet(counter),
-        Instruction::LocalTee(saved),
         Instruction::I32Const(cost),
         Instruction::I32Add,
         Instruction::GlobalSet(counter),
@@ -742,6 +750,45 @@ mod tests {
             .validate_all(&metered)
             .unwrap();
         metered
+    }
+
+    /// The locals each defined function declares (parameters not counted).
+    fn declared_locals(binary: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for p in Parser::new(0).parse_all(binary) {
+            if let Payload::CodeSectionEntry(body) = p.unwrap() {
+                let mut r = body.get_locals_reader().unwrap();
+                let mut n = 0;
+                for _ in 0..r.get_count() {
+                    n += r.read().unwrap().0;
+                }
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// A metered function keeps the counter's entry value in one more local; one with no
+    /// room for it under WebAssembly's limit of 50,000 releases its frame by
+    /// subtraction instead, and is still accepted (found by review: it was refused).
+    #[test]
+    fn the_entry_depth_takes_a_local_where_there_is_room_for_one() {
+        let recursive = |locals: usize| {
+            format!(
+                "(module (func $f (param i32) (local {}) (call $f (local.get 0))))",
+                "i32 ".repeat(locals)
+            )
+        };
+        let roomy = meter_wat(&recursive(10));
+        assert_eq!(declared_locals(&roomy)[0], 11);
+        for full in [49_998, 49_999] {
+            let metered = meter_wat(&recursive(full));
+            let n = declared_locals(&metered)[0] as usize;
+            // One parameter: room while parameter, locals and the new one fit.
+            let room = 1 + full < 50_000;
+            assert_eq!(n, full + usize::from(room), "{full}");
+            assert!(1 + n <= 50_000);
+        }
     }
 
     /// The exported global of `binary` named `name`, and the module's number of globals.

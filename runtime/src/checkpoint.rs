@@ -581,8 +581,18 @@ fn read_bounded(dir: &Path, rel: &str, most: u64) -> Result<Vec<u8>, RunError> {
     let mut buf = Vec::with_capacity(len as usize);
     f.take(most)
         .read_to_end(&mut buf)
-        .map_err(|e| refused(dir, format!("{rel}: {e}")))?;
+        .map_err(|e| read_error(dir, rel, e))?;
     Ok(buf)
+}
+
+/// A read of a snapshot's file that failed: this machine's (an I/O error), unless the
+/// file ended before the length it had when opened (its maker's).
+fn read_error(dir: &Path, rel: &str, e: std::io::Error) -> RunError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        refused(dir, format!("{rel}: {e}"))
+    } else {
+        RunError::io(format!("reading snapshot {}: {rel}", dir.display()), e)
+    }
 }
 
 /// Reads `rel` into `dst`, which it must fill exactly (its size checked on the open file
@@ -595,8 +605,7 @@ fn read_exactly(dir: &Path, rel: &str, dst: &mut [u8]) -> Result<(), RunError> {
             format!("{rel} has {len} bytes, not the {} saved", dst.len()),
         ));
     }
-    f.read_exact(dst)
-        .map_err(|e| refused(dir, format!("{rel}: {e}")))
+    f.read_exact(dst).map_err(|e| read_error(dir, rel, e))
 }
 
 impl Snapshot {
@@ -669,19 +678,18 @@ impl Snapshot {
                 format!("it was taken by engine {}, this is {engine}", s.engine),
             ));
         }
-        // Another build's frames, not a forgery: the unwind pass is not part of the
-        // fingerprint (it changes no result), so a snapshot of the same job can hold
-        // frames this build does not read. Not evidence about whoever made it: a spot
-        // check leaves the verdict open (as a refused snapshot, it would call an honest
-        // provider of another build a forger).
+        // A verifier has checked that the receipt's trace names this pass's frames
+        // (`Trace::unwind`, `ops::verify`) before it opens a snapshot of it, so a
+        // snapshot of another version is not one of the trace's: refused as such.
         if s.unwind_pass != unwind::PASS_VERSION {
-            return Err(RunError::Engine(format!(
-                "snapshot {}: its frames are of {}, this detwasm reads {}: resume or \
-                 verify it with a detwasm of that unwind pass",
-                self.dir.display(),
-                s.unwind_pass,
-                unwind::PASS_VERSION
-            )));
+            return Err(refused(
+                &self.dir,
+                format!(
+                    "its frames are of {}, this detwasm reads {}",
+                    s.unwind_pass,
+                    unwind::PASS_VERSION
+                ),
+            ));
         }
         if s.job_id != job_id {
             return Err(refused(

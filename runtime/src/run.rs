@@ -580,6 +580,7 @@ impl Runtime {
                 every: self.checkpoint_every.unwrap_or(0),
                 snapshots: trace,
                 resume: resume_at,
+                unwind: Some(crate::passes::unwind::PASS_VERSION.into()),
             }),
             host: Some(stats),
         };

@@ -160,11 +160,22 @@ impl Snapshot {
                 tree.bytes, tree.entries, tree.work
             )));
         }
-        std::fs::create_dir(into).map_err(|e| bad(format!("{}: {e}", into.display())))?;
+        // Writing is this machine's (its disk, its file size limit), not evidence about
+        // the CAR (found by review: a verifier under `ulimit -f` called an honest
+        // provider's CAR forged).
+        std::fs::create_dir(into).map_err(|e| {
+            RunError::io(format!("unpacking a snapshot into {}", into.display()), e)
+        })?;
         let dir = into.join("snapshot");
         blocks
             .unpack_cid(root, &dir, tree.work)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| match e {
+                detwasm_hasher::unpack::UnpackError::Write { path, cause } => RunError::io(
+                    format!("unpacking a snapshot into {}", path.display()),
+                    cause,
+                ),
+                e => bad(e.to_string()),
+            })?;
         // The state checked above is the one resumed: the file unpacked must be its
         // bytes (then it need not be parsed again).
         let unpacked = super::read_bounded(&dir, STATE_FILE, MAX_STATE_BYTES)?;
