@@ -834,6 +834,29 @@ fn a_snapshot_is_resumed_from_a_car() {
         "{report:#}"
     );
 
+    // An empty file is no snapshot CAR (the provider's: not verified); a path that is
+    // not there is this machine's (no verdict).
+    std::fs::write(t.path().join("empty.car"), b"").unwrap();
+    let out = run(&[
+        "verify",
+        "receipt.json",
+        "--sample",
+        "2",
+        "--snapshots",
+        "empty.car",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&[
+        "verify",
+        "receipt.json",
+        "--sample",
+        "2",
+        "--snapshots",
+        "gone.car",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--snapshots gone.car"));
+
     let out = run(&["resume", "cp/000002", "--cid", &trace[1], "-o", "r4"]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&["resume", "all.car", "--cid", "QmNotACid", "-o", "r4"]);

@@ -606,3 +606,32 @@ fn a_rerun_stopped_by_this_machines_clock_is_no_verdict() {
         "{reasons}"
     );
 }
+
+/// How a run trapped is part of its result: a receipt naming another trap than the
+/// re-run's is not verified (found by review: only the outcome was compared).
+#[test]
+fn a_receipt_naming_another_trap_is_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::copy(probe(), t.path().join("probe.wasm")).unwrap();
+    detwasm()
+        .current_dir(t.path())
+        .args(["run", "probe.wasm", "--fuel", "100000", "-o", "results"])
+        .args(["--receipt", "receipt.json", "--", "float", "200000"])
+        .output()
+        .unwrap();
+    let receipt = t.path().join("receipt.json");
+    let (out, report) = verify(t.path(), &["receipt.json"]);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    edit_receipt(&receipt, |r| {
+        assert_eq!(r["outcome"], "out_of_fuel");
+        r["trap"] = serde_json::json!("wasm trap: unreachable");
+    });
+    let (out, report) = verify(t.path(), &["receipt.json"]);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report["reasons"]
+            .to_string()
+            .contains("trap: the receipt claims"),
+        "{report}"
+    );
+}

@@ -399,6 +399,9 @@ pub enum VerifyError {
     ReRunTimeout,
     #[error("{0}")]
     BadSegments(String),
+    /// The snapshots given could not be read here (no verdict).
+    #[error("--snapshots {}: {cause}", path.display())]
+    SnapshotsUnreadable { path: PathBuf, cause: String },
     /// The trace's snapshots hold frames of another unwind pass than this detwasm's: its
     /// segments cannot be re-run here (no verdict).
     #[error("the trace's snapshots hold frames of {theirs}; this detwasm reads {ours}: check it with a detwasm of that unwind pass (no verdict)")]
@@ -829,6 +832,13 @@ pub fn verify(
         reasons.push(format!(
             "end: the receipt claims {} (exit code {}), the re-run ends {} (exit code {})",
             receipt.outcome, receipt.exit_code, rerun.outcome, rerun.exit_code
+        ));
+    } else if rerun.trap != receipt.trap {
+        // The trap's message is part of the result (found by review: only the outcome
+        // was compared, so a receipt could name another trap).
+        reasons.push(format!(
+            "trap: the receipt claims {:?}, the re-run traps with {:?}",
+            receipt.trap, rerun.trap
         ));
     }
     let (cid_provider, differences, differences_unlisted) = match provider_results {
@@ -1796,7 +1806,12 @@ pub fn spot_check(
                 checked: Vec::new(),
             })
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            return Err(VerifyError::SnapshotsUnreadable {
+                path: snapshots.to_path_buf(),
+                cause: e.to_string(),
+            })
+        }
     };
     // Evidence wins over no verdict (found by review: a segment's timeout on this
     // machine hid another segment's mismatch).
@@ -1882,12 +1897,14 @@ fn check_segment(
                     "from {}, the job ends with {actual}; the receipt claims {expected}",
                     start_name(i)
                 ))
-            } else if r.outcome != receipt.outcome {
+            } else if r.outcome != receipt.outcome || r.trap != receipt.trap {
                 Some(format!(
-                    "from {}, the job ends {}; the receipt claims it ended {}",
+                    "from {}, the job ends {} ({:?}); the receipt claims it ended {} ({:?})",
                     start_name(i),
                     r.outcome,
-                    receipt.outcome
+                    r.trap,
+                    receipt.outcome,
+                    receipt.trap
                 ))
             } else {
                 None
@@ -2097,7 +2114,10 @@ pub fn bisect(
     })
     .map_err(|e| match e {
         e @ RunError::Snapshot { .. } => VerifyError::NotComparable(e.to_string()),
-        e => e.into(),
+        e => VerifyError::SnapshotsUnreadable {
+            path: snapshots.to_path_buf(),
+            cause: e.to_string(),
+        },
     })?;
     let actual = match ran {
         Ok(Segment::Checkpoint { cid }) => cid,

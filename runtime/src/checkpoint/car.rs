@@ -189,11 +189,16 @@ impl Snapshot {
 }
 
 /// The CAR file `car`, mapped (not read) for [`parse_snapshot_car`].
-/// An error here is this machine's reading of the file (not there, not a regular file),
-/// not evidence about its content.
+/// A file that is empty or not a regular file is no snapshot CAR (its maker's); any
+/// other error is this machine's reading of it (not there, unreadable), not evidence.
 pub fn map_snapshot_car(car: &Path) -> Result<detwasm_hasher::unpack::Mmap, RunError> {
-    detwasm_hasher::unpack::map_car_file(car)
-        .map_err(|e| RunError::io(format!("snapshot CAR {}", car.display()), e))
+    detwasm_hasher::unpack::map_car_file(car).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            refused(car, e)
+        } else {
+            RunError::io(format!("snapshot CAR {}", car.display()), e)
+        }
+    })
 }
 
 /// The blocks of a mapped snapshot CAR, each checked against its CID, at most
