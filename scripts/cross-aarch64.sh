@@ -10,6 +10,10 @@
 # instruction (NaN bits and SIMD lanes as an aarch64 CPU computes them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+prune=false
+if [[ ${1:-} == --prune ]]; then
+  prune=true
+fi
 TARGET=aarch64-unknown-linux-gnu
 if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
    || [ ! -e /usr/aarch64-linux-gnu/lib/libc.so.6 ]; then
@@ -27,3 +31,8 @@ cargo build --target "$TARGET" --bin detwasm
 bin=target/$TARGET/debug/detwasm
 echo "==> qemu-aarch64 $bin --version"
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" --version
+if $prune; then
+  # The binary is a hard link of its copy under deps/: removing that keeps it.
+  rm -rf "target/$TARGET/debug/deps" "target/$TARGET/debug/build" \
+    "target/$TARGET/debug/incremental" "target/$TARGET/debug/.fingerprint"
+fi

@@ -6,8 +6,14 @@
 # before the tests; rerun it after changing the code (the test names it when the two
 # builds disagree).
 #
-#   bash scripts/engine-diff.sh [WASMTIME_VERSION] [TOOLCHAIN]
+#   bash scripts/engine-diff.sh [--prune] [WASMTIME_VERSION] [TOOLCHAIN]
 #   bash scripts/engine-diff.sh --stamp     (prints the stamp of the tracked files)
+#
+# The tests use two files of the build, copied to target/engine-diff/<version>/bin:
+# detwasm and the self-fuzz test binary. --prune (scripts/setup.sh passes it) then
+# removes the build's own target folder, about 1.5 GiB that only a rebuild reads (CI
+# once ran out of disk here); without it, a rerun after an edit rebuilds only what
+# changed.
 #
 # Defaults: wasmtime 50.0.2, the newest release whose dependencies the registry here
 # holds in full (51.0.0 and 50.0.3 need a wasmtime-internal-wit-bindgen it lacks), built
@@ -26,13 +32,18 @@ if [[ ${1:-} == --stamp ]]; then
     stamp
     exit 0
 fi
+prune=false
+if [[ ${1:-} == --prune ]]; then
+    prune=true
+    shift
+fi
 version=${1:-50.0.2}
 toolchain=${2:-1.97.0}
 semver='^[0-9]+\.[0-9]+\.[0-9]+$'
 [[ $version =~ $semver ]] || { echo "engine-diff: $version is not a wasmtime version (N.N.N)" >&2; exit 2; }
 [[ $toolchain =~ $semver ]] || { echo "engine-diff: $toolchain is not a Rust version (N.N.N)" >&2; exit 2; }
 work=target/engine-diff/$version
-rm -rf "$work/src" "$work/stamp"
+rm -rf "$work/src" "$work/stamp" "$work/bin" "$work/self_fuzz"
 mkdir -p "$work/src"
 # One tar of every tracked file (xargs could split a long list into several archives,
 # of which the reading tar takes the first), extracted with the time of extraction (-m):
@@ -67,7 +78,15 @@ CARGO_TARGET_DIR="$PWD/$work/target" cargo +"$toolchain" test --quiet "${locked[
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "self_fuzz":
-        print(m["executable"])' > "$work/self_fuzz"
-test -s "$work/self_fuzz" || { echo "engine-diff: the self-fuzz test was not built" >&2; exit 2; }
+        print(m["executable"])' > "$work/self_fuzz.path"
+self_fuzz=$(cat "$work/self_fuzz.path")
+rm -f "$work/self_fuzz.path"
+test -n "$self_fuzz" -a -f "$self_fuzz" || { echo "engine-diff: the self-fuzz test was not built" >&2; exit 2; }
+mkdir -p "$work/bin"
+cp "$work/target/debug/detwasm" "$work/bin/detwasm"
+cp "$self_fuzz" "$work/bin/self_fuzz"
+if $prune; then
+    rm -rf "$work/target"
+fi
 echo "$copied" > "$work/stamp"
-echo "engine-diff: $work/target/debug/detwasm and $(cat "$work/self_fuzz") (compared by: cargo nextest run --test protocol)" >&2
+echo "engine-diff: $work/bin/detwasm and $work/bin/self_fuzz (compared by: cargo nextest run --test protocol)" >&2

@@ -2,6 +2,13 @@
 # One-time set-up on a fresh machine: everything the tests and example modules need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Three builds of detwasm (host, aarch64, another wasmtime), a second Rust toolchain,
+# Ray and the workloads: about 7 GiB in all (measured on a fresh clone). Said up front,
+# since a build that runs out of disk fails deep in a compiler's output.
+avail_kib=$(df -k --output=avail . | tail -1 | tr -d ' ')
+if [ "$avail_kib" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: $((avail_kib / 1024)) MiB free on the disk of $PWD; the set-up needs about 7 GiB" >&2
+fi
 echo "==> rustup target add wasm32-wasip1"
 rustup target add wasm32-wasip1
 if ! command -v cargo-nextest >/dev/null 2>&1; then
@@ -41,8 +48,8 @@ echo "==> pip install ./python (maturin, dev profile, the workspace's target/)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   --no-build-isolation ./python
 # The aarch64 build of detwasm and qemu-user for tests/cross_arch.rs.
-bash scripts/cross-aarch64.sh
+bash scripts/cross-aarch64.sh --prune
 # detwasm built against another wasmtime (50.0.2, Rust 1.97) for tests/protocol.rs.
 echo "==> scripts/engine-diff.sh (detwasm built against wasmtime 50.0.2)"
-bash scripts/engine-diff.sh
-echo "set-up done"
+bash scripts/engine-diff.sh --prune
+echo "set-up done ($(df -h --output=avail . | tail -1 | tr -d ' ') left on the disk of $PWD)"

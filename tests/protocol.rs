@@ -154,9 +154,7 @@ fn another_engine_build_gives_the_same_receipts() {
         Some(other) => std::path::PathBuf::from(other),
         None => {
             other_build_is_current();
-            cli_support::root().join(format!(
-                "target/engine-diff/{OTHER_WASMTIME}/target/debug/detwasm"
-            ))
+            cli_support::root().join(format!("target/engine-diff/{OTHER_WASMTIME}/bin/detwasm"))
         }
     };
     assert!(
@@ -210,19 +208,19 @@ fn another_engine_build_gives_the_same_receipts() {
 /// Generated modules (the self-fuzz corpus of `fuzzing/tests/self_fuzz.rs`) after the
 /// passes: under the other wasmtime they compute what wasmi computes, fuel and stack
 /// depths included, as under this build's wasmtime (`self_fuzz` runs that here). The
-/// other build's test binary is named by `target/engine-diff/<version>/self_fuzz`
-/// (`scripts/engine-diff.sh` writes it).
+/// other build's test binary is `target/engine-diff/<version>/bin/self_fuzz`
+/// (`scripts/engine-diff.sh` puts it there).
 #[test]
 fn another_engine_build_agrees_with_the_interpreter_on_generated_modules() {
     other_build_is_current();
-    let named = cli_support::root().join(format!("target/engine-diff/{OTHER_WASMTIME}/self_fuzz"));
-    let binary = std::fs::read_to_string(&named).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: run scripts/engine-diff.sh (scripts/setup.sh runs it)",
-            named.display()
-        )
-    });
-    let out = std::process::Command::new(binary.trim())
+    let binary =
+        cli_support::root().join(format!("target/engine-diff/{OTHER_WASMTIME}/bin/self_fuzz"));
+    assert!(
+        binary.is_file(),
+        "{} is missing: run scripts/engine-diff.sh (scripts/setup.sh runs it)",
+        binary.display()
+    );
+    let out = std::process::Command::new(&binary)
         .args([
             "--exact",
             "generated_modules_agree_under_another_engine",
