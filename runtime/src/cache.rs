@@ -167,9 +167,9 @@ impl ModuleCache {
         }
     }
 
-    fn key(engine: &Engine, bytes: &[u8], unwind: bool) -> [u8; KEY_LEN] {
+    fn key(engine: &Engine, module_hash: &[u8; 32], unwind: bool) -> [u8; KEY_LEN] {
         let mut h = Blake3Hasher(blake3::Hasher::new());
-        h.0.update(blake3::hash(bytes).as_bytes());
+        h.0.update(module_hash);
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");
         // The same module compiled to take checkpoints is another artifact.
@@ -187,6 +187,11 @@ impl ModuleCache {
         h.0.update(b"\0");
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         *h.0.finalize().as_bytes()
+    }
+
+    fn path(&self, key: &[u8; KEY_LEN]) -> PathBuf {
+        self.dir
+            .join(format!("{}.cwasm", blake3::Hash::from(*key).to_hex()))
     }
 
     /// The module, from the cache or compiled (and then stored). Returns whether it was
@@ -208,38 +213,67 @@ impl ModuleCache {
         deadline: Option<Deadline>,
         unwind: bool,
     ) -> Result<(Module, bool), RunError> {
-        if !self.dir_is_trusted() {
-            return Ok((compile_by(engine, bytes, deadline, unwind)?, false));
+        let hash = module_hash(bytes);
+        if let Some(m) = self.load(engine, &hash, unwind) {
+            return Ok((m, true));
         }
-        let key = Self::key(engine, bytes, unwind);
-        let path = self
-            .dir
-            .join(format!("{}.cwasm", blake3::Hash::from(key).to_hex()));
-        if let Some(file) = self.read_trusted(&path) {
-            if let Some(payload) = verify(&file, &key) {
-                // SAFETY: the payload was written by `store` below for exactly this key
-                // (module bytes and engine), in a folder and file only this user can
-                // write, and its checksum over key and payload matches: it is the output
-                // of `Module::serialize` for this module and this engine configuration.
-                if let Ok(m) = unsafe { Module::deserialize(engine, payload) } {
-                    return Ok((m, true));
-                }
+        Ok((
+            self.compile_and_store(engine, bytes, &hash, deadline, unwind)?,
+            false,
+        ))
+    }
+
+    /// The compiled module whose binary hashes to `module_hash` ([`module_hash`]), if this
+    /// cache holds it. A hit also says the binary passed the shape scan
+    /// ([`passes::shape::check`], whose [`passes::shape::VERSION`] is in the key): it
+    /// was compiled, and compiling scans first.
+    pub fn load(&self, engine: &Engine, module_hash: &[u8; 32], unwind: bool) -> Option<Module> {
+        if !self.dir_is_trusted() {
+            return None;
+        }
+        let key = Self::key(engine, module_hash, unwind);
+        let file = self.read_trusted(&self.path(&key))?;
+        let payload = verify(&file, &key)?;
+        // SAFETY: the payload was written by `compile_and_store` for exactly this key
+        // (module bytes and engine), in a folder and file only this user can write, and
+        // its checksum over key and payload matches: it is the output of
+        // `Module::serialize` for this module and this engine configuration.
+        unsafe { Module::deserialize(engine, payload) }.ok()
+    }
+
+    /// `bytes` compiled ([`compile_by`]) and stored under its hash, `module_hash`.
+    pub fn compile_and_store(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        module_hash: &[u8; 32],
+        deadline: Option<Deadline>,
+        unwind: bool,
+    ) -> Result<Module, RunError> {
+        let module = compile_by(engine, bytes, deadline, unwind)?;
+        if self.dir_is_trusted() {
+            if let Ok(ser) = module.serialize() {
+                let key = Self::key(engine, module_hash, unwind);
+                let _ = self.store(&self.path(&key), &key, &ser);
             }
         }
-        let module = compile_by(engine, bytes, deadline, unwind)?;
-        if let Ok(ser) = module.serialize() {
-            let _ = self.store(&path, &key, &ser);
-        }
-        Ok((module, false))
+        Ok(module)
     }
 
     /// The file's bytes if it is a regular file of ours that nobody else can write (opened
     /// without following a symlink, and checked on the open handle, so it cannot be
     /// swapped between the check and the read).
-    fn read_trusted(&self, path: &Path) -> Option<Vec<u8>> {
-        use std::io::Read;
+    ///
+    /// Mapped, not read: a module compiled with the unwind pass is large (CPython's, 112
+    /// MB), and reading it copied every byte into fresh pages before `Module::deserialize`
+    /// copied them again; the read was a sixth of a spot check's segment. Mapping is
+    /// safe for the same reason the file is trusted at all: only this user can write it,
+    /// and `store` never writes a file in place (it renames a new one over it, and
+    /// eviction unlinks: a mapping keeps the bytes it had). Truncating a cache file by
+    /// hand while a run maps it would end that run with SIGBUS.
+    fn read_trusted(&self, path: &Path) -> Option<memmap2::Mmap> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
@@ -255,12 +289,13 @@ impl ModuleCache {
             ));
             return None;
         }
-        let mut buf = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
-        f.read_to_end(&mut buf).ok()?;
+        // SAFETY: see above: a regular file of this user's, in a folder only this user
+        // can write, which this program replaces by rename and never modifies in place.
+        let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
         // Used now: the last file eviction removes (our own file, so futimens is allowed
         // on the read-only handle).
         let _ = f.set_modified(std::time::SystemTime::now());
-        Some(buf)
+        Some(map)
     }
 
     fn store(&self, path: &Path, key: &[u8; KEY_LEN], payload: &[u8]) -> std::io::Result<()> {
@@ -390,11 +425,20 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// A module's hash for the cache key: blake3 of its binary, on all cores (CPython's
+/// 26 MB were a tenth of a warm start on one).
+pub fn module_hash(binary: &[u8]) -> [u8; 32] {
+    *blake3::Hasher::new()
+        .update_rayon(binary)
+        .finalize()
+        .as_bytes()
+}
+
 /// `MAGIC ‖ key ‖ blake3(key ‖ payload)`: what precedes the payload in a cache file.
 fn encode_header(key: &[u8; KEY_LEN], payload: &[u8]) -> Vec<u8> {
     let mut h = blake3::Hasher::new();
     h.update(key);
-    h.update(payload);
+    h.update_rayon(payload);
     let mut out = CACHE_MAGIC.to_vec();
     out.extend_from_slice(key);
     out.extend_from_slice(h.finalize().as_bytes());
@@ -412,7 +456,7 @@ fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
     let (sum, payload) = rest.split_at(32);
     let mut h = blake3::Hasher::new();
     h.update(key);
-    h.update(payload);
+    h.update_rayon(payload);
     (h.finalize().as_bytes() == sum).then_some(payload)
 }
 

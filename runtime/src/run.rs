@@ -274,31 +274,36 @@ impl Runtime {
         entry: &str,
         deadline: Option<engine::Deadline>,
     ) -> Result<(wasmtime::Module, &'static str), RunError> {
-        let key = *blake3::hash(bytes).as_bytes();
         let binary = engine::to_binary(bytes)?;
+        let key = crate::cache::module_hash(&binary);
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
+        let cached = match (&known, &self.cache) {
+            (None, Some(cache)) => cache.load(&self.engine, &key, self.unwind()),
+            _ => None,
+        };
         // The shape scan before the interface is read: reading it keeps every type's
         // signature and text, 240 MB for a 2 MB type section the scan refuses. The scan
         // is linear and cheap; `engine::compile` runs it again on a cache miss (and on the
         // rewritten module). Rejected: limits of its own in `read_interface` (a second
         // list of limits to keep in step with `passes::shape`). A module this runtime
-        // already loaded passed it (it depends on the bytes alone), so it is not scanned
-        // again: for CPython that was a sixth of a spot check's host time per segment.
-        if known.is_none() {
+        // already loaded, or one the cache holds compiled, passed it (it depends on the
+        // bytes alone, and the cache key names the scan's version), so it is not scanned
+        // again: for CPython that was a sixth of a spot check's host time per segment,
+        // and a quarter of a warm start.
+        if known.is_none() && cached.is_none() {
             crate::passes::shape::check(&binary, &crate::passes::shape::LIMITS)
                 .map_err(|r| RunError::TooComplex(r.to_string()))?;
         }
         self.check_interface(&engine::read_interface(&binary, entry)?, entry)?;
-        let (module, from) = match (known, &self.cache) {
-            (Some(m), _) => (m, "memory"),
+        let (module, from) = match (known, cached, &self.cache) {
+            (Some(m), _, _) => (m, "memory"),
+            (None, Some(m), _) => (m, "cache"),
             // The binary, not `bytes`: text is translated once, above.
-            (None, Some(cache)) => {
-                match cache.load_or_compile_by(&self.engine, &binary, deadline, self.unwind())? {
-                    (m, true) => (m, "cache"),
-                    (m, false) => (m, "compiled"),
-                }
-            }
-            (None, None) => (
+            (None, None, Some(cache)) => (
+                cache.compile_and_store(&self.engine, &binary, &key, deadline, self.unwind())?,
+                "compiled",
+            ),
+            (None, None, None) => (
                 crate::compile::compile_by(&self.engine, &binary, deadline, self.unwind())?,
                 "compiled",
             ),
