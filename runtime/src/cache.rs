@@ -24,8 +24,9 @@ impl Hasher for Blake3Hasher {
     }
 }
 
-/// Magic at the start of every cache file (version 2: the key is inside the file).
-const CACHE_MAGIC: &[u8; 8] = b"DTWCACH2";
+/// Magic at the end of every cache file (version 3: the key and checksum follow the
+/// payload, so that wasmtime can map the file itself).
+const CACHE_MAGIC: &[u8; 8] = b"DTWCACH3";
 
 /// Bytes of a cache key (a blake3 hash).
 const KEY_LEN: usize = 32;
@@ -43,7 +44,7 @@ const KEY_LEN: usize = 32;
 ///
 /// `Module::deserialize` is unsafe on untrusted bytes (it maps them as executable code),
 /// so a cache file is only handed to it when all of these hold:
-/// - the file is `MAGIC ‖ key ‖ blake3(key ‖ payload) ‖ payload` and `key` is the key of
+/// - the file is `payload ‖ key ‖ blake3(key ‖ payload) ‖ MAGIC` and `key` is the key of
 ///   the module being loaded. The key is inside the checked content, not only in the file
 ///   name: a cache file of module A copied (or renamed) under module B's name is not
 ///   B's, and is ignored (B is compiled again and the file replaced). Rejected: trusting
@@ -232,13 +233,25 @@ impl ModuleCache {
             return None;
         }
         let key = Self::key(engine, module_hash, unwind);
-        let file = self.read_trusted(&self.path(&key))?;
-        let payload = verify(&file, &key)?;
-        // SAFETY: the payload was written by `compile_and_store` for exactly this key
-        // (module bytes and engine), in a folder and file only this user can write, and
-        // its checksum over key and payload matches: it is the output of
-        // `Module::serialize` for this module and this engine configuration.
-        unsafe { Module::deserialize(engine, payload) }.ok()
+        let (file, map) = self.open_trusted(&self.path(&key))?;
+        let payload = verify(&map, &key)?;
+        // SAFETY (both calls): the file was written by `compile_and_store` for exactly
+        // this key (module bytes and engine), in a folder and file only this user can
+        // write, and its checksum over key and payload matches: it is the output of
+        // `Module::serialize` for this module and this engine configuration, followed by
+        // the trailer (wasmtime reads the ELF image by its own headers, which end before
+        // it). The handle checked is the one handed over, so the file cannot be swapped
+        // between.
+        //
+        // Handed to wasmtime as a file, which maps it, rather than as bytes, which it
+        // copies into fresh memory (and a memfd for the memory images): CPython with the
+        // unwind pass is 112 MB. The same holds as for mapping it here: the file is never
+        // written in place. A folder on a `noexec` mount cannot be mapped executable:
+        // then the bytes are copied as before.
+        match unsafe { Module::deserialize_open_file(engine, file) } {
+            Ok(m) => Some(m),
+            Err(_) => unsafe { Module::deserialize(engine, payload) }.ok(),
+        }
     }
 
     /// `bytes` compiled ([`compile_by`]) and stored under its hash, `module_hash`.
@@ -260,18 +273,18 @@ impl ModuleCache {
         Ok(module)
     }
 
-    /// The file's bytes if it is a regular file of ours that nobody else can write (opened
-    /// without following a symlink, and checked on the open handle, so it cannot be
-    /// swapped between the check and the read).
+    /// The file and its bytes if it is a regular file of ours that nobody else can write
+    /// (opened without following a symlink, and checked on the open handle, so it cannot
+    /// be swapped between the check and the read).
     ///
     /// Mapped, not read: a module compiled with the unwind pass is large (CPython's, 112
-    /// MB), and reading it copied every byte into fresh pages before `Module::deserialize`
-    /// copied them again; the read was a sixth of a spot check's segment. Mapping is
-    /// safe for the same reason the file is trusted at all: only this user can write it,
-    /// and `store` never writes a file in place (it renames a new one over it, and
-    /// eviction unlinks: a mapping keeps the bytes it had). Truncating a cache file by
-    /// hand while a run maps it would end that run with SIGBUS.
-    fn read_trusted(&self, path: &Path) -> Option<memmap2::Mmap> {
+    /// MB), and reading it copied every byte into fresh pages; the read was a sixth of a
+    /// spot check's segment. Mapping is safe for the same reason the file is trusted at
+    /// all: only this user can write it, and `store` never writes a file in place (it
+    /// renames a new one over it, and eviction unlinks: a mapping keeps the bytes it
+    /// had). Truncating a cache file by hand while a run maps it would end that run with
+    /// SIGBUS.
+    fn open_trusted(&self, path: &Path) -> Option<(std::fs::File, memmap2::Mmap)> {
         use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -295,7 +308,7 @@ impl ModuleCache {
         // Used now: the last file eviction removes (our own file, so futimens is allowed
         // on the read-only handle).
         let _ = f.set_modified(std::time::SystemTime::now());
-        Some(map)
+        Some((f, map))
     }
 
     fn store(&self, path: &Path, key: &[u8; KEY_LEN], payload: &[u8]) -> std::io::Result<()> {
@@ -310,8 +323,8 @@ impl ModuleCache {
         // NamedTempFile creates the file with mode 0600, and persist renames it into place.
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         use std::io::Write;
-        tmp.write_all(&encode_header(key, payload))?;
         tmp.write_all(payload)?;
+        tmp.write_all(&encode_trailer(key, payload))?;
         tmp.persist(path).map_err(|e| e.error)?;
         self.evict(path);
         Ok(())
@@ -434,26 +447,23 @@ pub fn module_hash(binary: &[u8]) -> [u8; 32] {
         .as_bytes()
 }
 
-/// `MAGIC ‖ key ‖ blake3(key ‖ payload)`: what precedes the payload in a cache file.
-fn encode_header(key: &[u8; KEY_LEN], payload: &[u8]) -> Vec<u8> {
+/// `key ‖ blake3(key ‖ payload) ‖ MAGIC`: what follows the payload in a cache file.
+fn encode_trailer(key: &[u8; KEY_LEN], payload: &[u8]) -> Vec<u8> {
     let mut h = blake3::Hasher::new();
     h.update(key);
     h.update_rayon(payload);
-    let mut out = CACHE_MAGIC.to_vec();
-    out.extend_from_slice(key);
+    let mut out = key.to_vec();
     out.extend_from_slice(h.finalize().as_bytes());
+    out.extend_from_slice(CACHE_MAGIC);
     out
 }
 
 /// The payload of a cache file, if the file has our magic, carries `key` and its
 /// checksum over key and payload matches.
 fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
-    let rest = file.strip_prefix(CACHE_MAGIC.as_slice())?;
-    let rest = rest.strip_prefix(key.as_slice())?;
-    if rest.len() < 32 {
-        return None;
-    }
-    let (sum, payload) = rest.split_at(32);
+    let rest = file.strip_suffix(CACHE_MAGIC.as_slice())?;
+    let (rest, sum) = rest.split_at_checked(rest.len().checked_sub(32)?)?;
+    let payload = rest.strip_suffix(key.as_slice())?;
     let mut h = blake3::Hasher::new();
     h.update(key);
     h.update_rayon(payload);
@@ -469,21 +479,23 @@ mod tests {
     fn the_cache_only_loads_files_with_our_magic_key_and_checksum() {
         let payload = b"compiled";
         let key = [7u8; KEY_LEN];
-        let mut file = encode_header(&key, payload);
-        file.extend_from_slice(payload);
+        let mut file = payload.to_vec();
+        file.extend_from_slice(&encode_trailer(&key, payload));
         assert_eq!(verify(&file, &key), Some(&payload[..]));
         assert_eq!(verify(&file, &[8u8; KEY_LEN]), None, "another module's key");
         let mut tampered = file.clone();
-        *tampered.last_mut().unwrap() ^= 1;
+        tampered[0] ^= 1;
         assert_eq!(verify(&tampered, &key), None);
         let mut rekeyed = file.clone();
-        rekeyed[CACHE_MAGIC.len()] ^= 1;
+        rekeyed[payload.len()] ^= 1;
         assert_eq!(
             verify(&rekeyed, &[6u8; KEY_LEN]),
             None,
             "key edited in place"
         );
         assert_eq!(verify(b"\x7fELF...", &key), None);
+        assert_eq!(verify(CACHE_MAGIC, &key), None, "too short for a trailer");
+        assert_eq!(verify(b"", &key), None);
     }
 
     fn engine() -> Engine {
