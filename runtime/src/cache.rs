@@ -170,6 +170,9 @@ impl ModuleCache {
 
     fn key(engine: &Engine, module_hash: &[u8; 32], unwind: bool) -> [u8; KEY_LEN] {
         let mut h = Blake3Hasher(blake3::Hasher::new());
+        // The file format too: a detwasm of another format sharing the folder then keeps
+        // files of its own instead of replacing ours on every run (and we its).
+        h.0.update(CACHE_MAGIC);
         h.0.update(module_hash);
         h.0.update(fingerprint().as_bytes());
         h.0.update(b"\0");
