@@ -11,9 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prune=false
-if [[ ${1:-} == --prune ]]; then
-  prune=true
-fi
+case "${1:-}" in
+  "") ;;
+  --prune) prune=true ;;
+  *) echo "cross-aarch64: unknown argument $1 (usage: bash scripts/cross-aarch64.sh [--prune])" >&2; exit 2 ;;
+esac
 TARGET=aarch64-unknown-linux-gnu
 if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
    || [ ! -e /usr/aarch64-linux-gnu/lib/libc.so.6 ]; then

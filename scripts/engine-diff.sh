@@ -11,7 +11,7 @@
 #
 # The tests use two files of the build, copied to target/engine-diff/<version>/bin:
 # detwasm and the self-fuzz test binary. --prune (scripts/setup.sh passes it) then
-# removes the build's own target folder, about 1.5 GiB that only a rebuild reads (CI
+# removes the build's own target folder, about 2 GiB that only a rebuild reads (CI
 # once ran out of disk here); without it, a rerun after an edit rebuilds only what
 # changed.
 #

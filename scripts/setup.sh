@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 # Three builds of detwasm (host, aarch64, another wasmtime), a second Rust toolchain,
 # Ray and the workloads: about 7 GiB in all (measured on a fresh clone). Said up front,
 # since a build that runs out of disk fails deep in a compiler's output.
-avail_kib=$(df -k --output=avail . | tail -1 | tr -d ' ')
-if [ "$avail_kib" -lt $((8 * 1024 * 1024)) ]; then
+avail_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$avail_kib" ] && [ "$avail_kib" -lt $((8 * 1024 * 1024)) ]; then
   echo "warning: $((avail_kib / 1024)) MiB free on the disk of $PWD; the set-up needs about 7 GiB" >&2
 fi
 echo "==> rustup target add wasm32-wasip1"
@@ -52,4 +52,4 @@ bash scripts/cross-aarch64.sh --prune
 # detwasm built against another wasmtime (50.0.2, Rust 1.97) for tests/protocol.rs.
 echo "==> scripts/engine-diff.sh (detwasm built against wasmtime 50.0.2)"
 bash scripts/engine-diff.sh --prune
-echo "set-up done ($(df -h --output=avail . | tail -1 | tr -d ' ') left on the disk of $PWD)"
+echo "set-up done ($(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }') GiB left on the disk of $PWD)"

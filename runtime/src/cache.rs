@@ -25,15 +25,16 @@ impl Hasher for Blake3Hasher {
 }
 
 /// Magic at the end of every cache file (version 3: the key and checksum follow the
-/// payload, so that wasmtime can map the file itself).
+/// payload, wasmtime's image first).
 const CACHE_MAGIC: &[u8; 8] = b"DTWCACH3";
 
 /// Bytes of a cache key (a blake3 hash).
 const KEY_LEN: usize = 32;
 
 /// Compiled modules, serialized by wasmtime, keyed by
-/// blake3(module bytes ‖ engine fingerprint ‖ wasmtime's compatibility hash of this
-/// host's engine).
+/// blake3(the cache file format ‖ blake3 of the module's binary ‖ engine fingerprint ‖
+/// the unwind pass's version when compiled with it ‖ the shape scan's version and limits
+/// ‖ [`passes::CODEGEN`] ‖ wasmtime's compatibility hash of this host's engine).
 ///
 /// The key hashes the module's own bytes (for WebAssembly text, the binary it translates
 /// to: `Runtime::load_by` translates once and hands the binary here), not the metered
@@ -183,8 +184,10 @@ impl ModuleCache {
         }
         // The shape limits decide which modules compile without changing what they
         // compute (so they are not in the fingerprint); a change of them scans cached
-        // modules again.
-        h.0.update(passes::shape::VERSION.as_bytes());
+        // modules again (a hit skips the scan: `Runtime::load_from`). The limits' values
+        // themselves, not only the version's name, which changes of limits did not
+        // always bump (found by review).
+        h.0.update(shape_identity().as_bytes());
         h.0.update(b"\0");
         // So does the code the passes emit for the same results (`passes::CODEGEN`).
         h.0.update(passes::CODEGEN.as_bytes());
@@ -229,36 +232,37 @@ impl ModuleCache {
 
     /// The compiled module whose binary hashes to `module_hash` ([`module_hash`]), if this
     /// cache holds it. A hit also says the binary passed the shape scan
-    /// ([`passes::shape::check`], whose [`passes::shape::VERSION`] is in the key): it
-    /// was compiled, and compiling scans first.
-    pub fn load(&self, engine: &Engine, module_hash: &[u8; 32], unwind: bool) -> Option<Module> {
+    /// ([`passes::shape::check`], whose version and limits are in the key): it was
+    /// compiled, and compiling scans first.
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        module_hash: &[u8; 32],
+        unwind: bool,
+    ) -> Option<Module> {
         if !self.dir_is_trusted() {
             return None;
         }
         let key = Self::key(engine, module_hash, unwind);
-        let (file, map) = self.open_trusted(&self.path(&key))?;
-        let payload = verify(&map, &key)?;
-        // SAFETY (both calls): the file was written by `compile_and_store` for exactly
-        // this key (module bytes and engine), in a folder and file only this user can
-        // write, and its checksum over key and payload matches: it is the output of
-        // `Module::serialize` for this module and this engine configuration, followed by
-        // the trailer (wasmtime reads the ELF image by its own headers, which end before
-        // it). The handle checked is the one handed over, so the file cannot be swapped
-        // between.
+        let bytes = self.read_trusted(&self.path(&key))?;
+        let payload = verify(&bytes, &key)?;
+        // SAFETY: the file was written by `compile_and_store` for exactly this key (module
+        // bytes and engine), in a folder and file only this user can write, and its
+        // checksum over key and payload matches: it is the output of `Module::serialize`
+        // for this module and this engine configuration.
         //
-        // Handed to wasmtime as a file, which maps it, rather than as bytes, which it
-        // copies into fresh memory (and a memfd for the memory images): CPython with the
-        // unwind pass is 112 MB. The same holds as for mapping it here: the file is never
-        // written in place. A folder on a `noexec` mount cannot be mapped executable:
-        // then the bytes are copied as before.
-        match unsafe { Module::deserialize_open_file(engine, file) } {
-            Ok(m) => Some(m),
-            Err(_) => unsafe { Module::deserialize(engine, payload) }.ok(),
-        }
+        // Copied by wasmtime, not mapped from the file (`Module::deserialize_open_file`
+        // was tried: 0.07 s less of a CPython spot check): wasmtime maps the file's pages
+        // lazily, into the code and into every instance's memory images, for the
+        // module's whole life, so a write to the file after the check (`cp` or `rsync
+        // --inplace` over the cache, say) changed a running job's data, and a file on NFS
+        // removed by another host ended the process with SIGBUS (found by review). The
+        // checked bytes are private to this process once copied.
+        unsafe { Module::deserialize(engine, payload) }.ok()
     }
 
     /// `bytes` compiled ([`compile_by`]) and stored under its hash, `module_hash`.
-    pub fn compile_and_store(
+    pub(crate) fn compile_and_store(
         &self,
         engine: &Engine,
         bytes: &[u8],
@@ -276,20 +280,21 @@ impl ModuleCache {
         Ok(module)
     }
 
-    /// The file and its bytes if it is a regular file of ours that nobody else can write
-    /// (opened without following a symlink, and checked on the open handle, so it cannot
-    /// be swapped between the check and the read).
+    /// The file's bytes if it is a regular file of ours that nobody else can write (opened
+    /// without following a symlink, and checked on the open handle, so it cannot be
+    /// swapped between the check and the read).
     ///
-    /// Mapped, not read: a module compiled with the unwind pass is large (CPython's, 112
-    /// MB), and reading it copied every byte into fresh pages; the read was a sixth of a
-    /// spot check's segment. Mapping is safe for the same reason the file is trusted at
-    /// all: only this user can write it, and `store` never writes a file in place (it
-    /// renames a new one over it, and eviction unlinks: a mapping keeps the bytes it
-    /// had). Truncating a cache file by hand while a run maps it would end that run with
-    /// SIGBUS.
-    fn open_trusted(&self, path: &Path) -> Option<(std::fs::File, memmap2::Mmap)> {
+    /// Mapped, not read: a module compiled with the
+    /// unwind pass is large (CPython's, 112 MB), and reading it copied every byte into
+    /// fresh pages before `Module::deserialize` copied them again. A file that cannot be
+    /// mapped (some FUSE file systems) is read. The mapping lives only until wasmtime's
+    /// copy is made (milliseconds): a write to the file in place within them would be
+    /// copied unchecked, a truncation would end the process with SIGBUS. Only this user
+    /// can do either, and `store` never writes a file in place.
+    fn read_trusted(&self, path: &Path) -> Option<Bytes> {
+        use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
@@ -307,11 +312,18 @@ impl ModuleCache {
         }
         // SAFETY: see above: a regular file of this user's, in a folder only this user
         // can write, which this program replaces by rename and never modifies in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+        let bytes = match unsafe { memmap2::MmapOptions::new().map_copy_read_only(&f) } {
+            Ok(map) => Bytes::Mapped(map),
+            Err(_) => {
+                let mut buf = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0));
+                f.read_to_end(&mut buf).ok()?;
+                Bytes::Read(buf)
+            }
+        };
         // Used now: the last file eviction removes (our own file, so futimens is allowed
         // on the read-only handle).
         let _ = f.set_modified(std::time::SystemTime::now());
-        Some((f, map))
+        Some(bytes)
     }
 
     fn store(&self, path: &Path, key: &[u8; KEY_LEN], payload: &[u8]) -> std::io::Result<()> {
@@ -441,20 +453,41 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// A module's hash for the cache key: blake3 of its binary, on all cores (CPython's
-/// 26 MB were a tenth of a warm start on one).
+/// The shape scan as the cache key names it: its version and every limit's value.
+fn shape_identity() -> String {
+    use passes::shape::{LIMITS, REWRITTEN_LIMITS, UNWIND_LIMITS, VERSION};
+    format!("{VERSION} {LIMITS:?} {REWRITTEN_LIMITS:?} {UNWIND_LIMITS:?}")
+}
+
+/// A cache file's bytes: mapped, or read where the file cannot be mapped.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Read(v) => v,
+        }
+    }
+}
+
+/// A module's hash for the cache key and the runtime's loaded modules: blake3 of its
+/// binary, computed once per load. On one thread: rayon's global pool is where
+/// wasmtime compiles, so a hash there could wait behind another job's compile in a
+/// batch (rejected for that: `update_rayon`).
 pub fn module_hash(binary: &[u8]) -> [u8; 32] {
-    *blake3::Hasher::new()
-        .update_rayon(binary)
-        .finalize()
-        .as_bytes()
+    *blake3::hash(binary).as_bytes()
 }
 
 /// `key ‖ blake3(key ‖ payload) ‖ MAGIC`: what follows the payload in a cache file.
 fn encode_trailer(key: &[u8; KEY_LEN], payload: &[u8]) -> Vec<u8> {
     let mut h = blake3::Hasher::new();
     h.update(key);
-    h.update_rayon(payload);
+    h.update(payload);
     let mut out = key.to_vec();
     out.extend_from_slice(h.finalize().as_bytes());
     out.extend_from_slice(CACHE_MAGIC);
@@ -469,7 +502,7 @@ fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
     let payload = rest.strip_suffix(key.as_slice())?;
     let mut h = blake3::Hasher::new();
     h.update(key);
-    h.update_rayon(payload);
+    h.update(payload);
     (h.finalize().as_bytes() == sum).then_some(payload)
 }
 
@@ -499,6 +532,21 @@ mod tests {
         assert_eq!(verify(b"\x7fELF...", &key), None);
         assert_eq!(verify(CACHE_MAGIC, &key), None, "too short for a trailer");
         assert_eq!(verify(b"", &key), None);
+    }
+
+    #[test]
+    fn the_key_names_the_shape_limits() {
+        use passes::shape::{LIMITS, REWRITTEN_LIMITS, UNWIND_LIMITS, VERSION};
+        let named = shape_identity();
+        assert!(named.starts_with(VERSION), "{named}");
+        for limits in [LIMITS, REWRITTEN_LIMITS, UNWIND_LIMITS] {
+            let other = passes::shape::Limits {
+                depth: limits.depth + 1,
+                ..limits
+            };
+            assert!(named.contains(&format!("{limits:?}")), "{named}");
+            assert!(!named.contains(&format!("{other:?}")), "{named}");
+        }
     }
 
     fn engine() -> Engine {

@@ -287,9 +287,9 @@ impl Runtime {
         // rewritten module). Rejected: limits of its own in `read_interface` (a second
         // list of limits to keep in step with `passes::shape`). A module this runtime
         // already loaded, or one the cache holds compiled, passed it (it depends on the
-        // bytes alone, and the cache key names the scan's version), so it is not scanned
-        // again: for CPython that was a sixth of a spot check's host time per segment,
-        // and a quarter of a warm start.
+        // bytes alone, and the cache key names the scan's version and limits), so it is
+        // not scanned again: for CPython that was a sixth of a spot check's host time per
+        // segment, and a quarter of a warm start.
         if known.is_none() && cached.is_none() {
             crate::passes::shape::check(&binary, &crate::passes::shape::LIMITS)
                 .map_err(|r| RunError::TooComplex(r.to_string()))?;
