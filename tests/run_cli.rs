@@ -311,7 +311,8 @@ fn a_receipt_tells_the_operator_how_the_run_went_outside_what_is_verified() {
     for r in [&first, &second] {
         let h = &r["host"];
         let ms = |k: &str| h[k].as_u64().unwrap();
-        assert!(ms("wall_ms") >= ms("load_ms") + ms("run_ms") - 1, "{h}");
+        // Each rounded down to whole milliseconds (a load from the cache can take 0).
+        assert!(ms("wall_ms") + 1 >= ms("load_ms") + ms("run_ms"), "{h}");
         assert!(ms("guest_memory_peak_bytes") >= 65536, "{h}");
         assert!(
             ms("process_peak_rss_bytes") > ms("guest_memory_peak_bytes"),
