@@ -284,10 +284,9 @@ impl ModuleCache {
     /// without following a symlink, and checked on the open handle, so it cannot be
     /// swapped between the check and the read).
     ///
-    /// Mapped, not read: a module compiled with the
-    /// unwind pass is large (CPython's, 112 MB), and reading it copied every byte into
-    /// fresh pages before `Module::deserialize` copied them again. A file that cannot be
-    /// mapped (some FUSE file systems) is read. The mapping lives only until wasmtime's
+    /// Mapped, not read: a module compiled with the unwind pass is large (CPython's, 112
+    /// MB), and reading it copied every byte into fresh pages before `Module::deserialize`
+    /// copied them again. A file that cannot be mapped (some FUSE file systems) is read. The mapping lives only until wasmtime's
     /// copy is made (milliseconds): a write to the file in place within them would be
     /// copied unchecked, a truncation would end the process with SIGBUS. Only this user
     /// can do either, and `store` never writes a file in place.
