@@ -202,30 +202,20 @@ impl ModuleCache {
     }
 
     /// The module, from the cache or compiled (and then stored). Returns whether it was
-    /// a cache hit. Cache failures never fail a run: they fall back to compiling.
+    /// a cache hit. Cache failures never fail a run: they fall back to compiling. (Runs
+    /// go through `Runtime::load_from`, which also keeps loaded modules, skips the shape
+    /// scan on a hit, and compiles with a deadline or the unwind pass.)
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         bytes: &[u8],
     ) -> Result<(Module, bool), RunError> {
-        self.load_or_compile_by(engine, bytes, None, false)
-    }
-
-    /// [`Self::load_or_compile`], a compile ended at `deadline` ([`compile_by`]), with
-    /// the unwind pass when `unwind`.
-    pub fn load_or_compile_by(
-        &self,
-        engine: &Engine,
-        bytes: &[u8],
-        deadline: Option<Deadline>,
-        unwind: bool,
-    ) -> Result<(Module, bool), RunError> {
         let hash = module_hash(bytes);
-        if let Some(m) = self.load(engine, &hash, unwind) {
+        if let Some(m) = self.load(engine, &hash, false) {
             return Ok((m, true));
         }
         Ok((
-            self.compile_and_store(engine, bytes, &hash, deadline, unwind)?,
+            self.compile_and_store(engine, bytes, &hash, None, false)?,
             false,
         ))
     }
