@@ -746,10 +746,17 @@ fn execute(
             .with_checkpoints(1),
         _ => Meter::new(fuel, None),
     };
+    let limits = match setup {
+        // The unwind pass's memory and forwarding table are not the guest's, as in a job
+        // (found by this test: a module that grew its memory to the limit was refused
+        // the last growth with checkpoints, for the 96 bytes of the table).
+        Setup::Checkpointed => JobLimiter::new(MEMORY_LIMIT).with_pass_resources_of(module),
+        _ => JobLimiter::new(MEMORY_LIMIT),
+    };
     let mut store = Store::new(
         engine,
         Data {
-            limits: JobLimiter::new(MEMORY_LIMIT),
+            limits,
             meter: new_meter(),
         },
     );

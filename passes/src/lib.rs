@@ -24,10 +24,12 @@
 /// compiled from the older code is used, and is not in the engine fingerprint, so job ids
 /// do not change with it (as they do not with wasmtime's version). `tests/protocol.rs`
 /// pins the receipts such a change must leave as they are. `-1`: the stack pass keeps
-/// the counter's value on entry in a local and restores it on return ([`stack`]).
+/// the counter's value on entry in a local and restores it on return ([`stack`]). `-2`:
+/// the unwind pass gives loops plain copies ("Loops run plain" in [`unwind`]; its frames
+/// are the same, so snapshots taken before resume).
 /// Rejected: a new pass version for such a change (every job id would change, and
 /// receipts made before could no longer be verified, for no change of any result).
-pub const CODEGEN: &str = "detwasm-codegen-1";
+pub const CODEGEN: &str = "detwasm-codegen-2";
 
 pub mod fuel;
 pub mod nan;

@@ -678,34 +678,7 @@ impl Scan<'_> {
             let offset = reader.original_position();
             let op = reader.read()?;
             operators += 1;
-            // A `br_table` starts a Cranelift block per distinct label: each edge out of
-            // it is a critical edge, split into a block of its own (a review's function of
-            // 100 tables of 2,001 labels, counted as 100 blocks, took 47 s of regalloc).
-            let starts = match &op {
-                Operator::BrTable { targets } => {
-                    labels.clear();
-                    labels.push(targets.default());
-                    for t in targets.targets() {
-                        labels.push(t?);
-                    }
-                    labels.sort_unstable();
-                    labels.dedup();
-                    1 + labels.len() as u64
-                }
-                Operator::Block { .. }
-                | Operator::Loop { .. }
-                | Operator::If { .. }
-                | Operator::Else
-                | Operator::End
-                | Operator::Try { .. }
-                | Operator::TryTable { .. }
-                | Operator::BrIf { .. }
-                | Operator::BrOnNull { .. }
-                | Operator::BrOnNonNull { .. }
-                | Operator::BrOnCast { .. }
-                | Operator::BrOnCastFail { .. } => 1,
-                _ => 0,
-            };
+            let starts = block_starts(&op, &mut labels)?;
             if starts > 0 {
                 blocks = blocks.saturating_add(starts);
                 if blocks > limits.blocks {
@@ -902,6 +875,43 @@ impl Scan<'_> {
 }
 
 /// Records `value` of function `index` in `max` if it is the largest so far.
+/// How many Cranelift blocks `op` starts, as [`Shape::blocks`] counts them (`labels` is
+/// room to count a `br_table`'s distinct labels in). The unwind pass counts its own
+/// output with it, to keep what it adds within [`UNWIND_LIMITS`].
+pub(crate) fn block_starts(
+    op: &Operator,
+    labels: &mut Vec<u32>,
+) -> Result<u64, wasmparser::BinaryReaderError> {
+    // A `br_table` starts a Cranelift block per distinct label: each edge out of it is a
+    // critical edge, split into a block of its own (a review's function of 100 tables of
+    // 2,001 labels, counted as 100 blocks, took 47 s of regalloc).
+    Ok(match op {
+        Operator::BrTable { targets } => {
+            labels.clear();
+            labels.push(targets.default());
+            for t in targets.targets() {
+                labels.push(t?);
+            }
+            labels.sort_unstable();
+            labels.dedup();
+            1 + labels.len() as u64
+        }
+        Operator::Block { .. }
+        | Operator::Loop { .. }
+        | Operator::If { .. }
+        | Operator::Else
+        | Operator::End
+        | Operator::Try { .. }
+        | Operator::TryTable { .. }
+        | Operator::BrIf { .. }
+        | Operator::BrOnNull { .. }
+        | Operator::BrOnNonNull { .. }
+        | Operator::BrOnCast { .. }
+        | Operator::BrOnCastFail { .. } => 1,
+        _ => 0,
+    })
+}
+
 fn note(max: &mut (u64, u32), value: u64, index: u32) {
     if value > max.0 {
         *max = (value, index);

@@ -77,9 +77,35 @@
 //!
 //! Costs when no checkpoint is taken: a load of the state global and a branch after
 //! every site's call and on entry to every instrumented function, a branch on a local at
-//! the top of each block that holds a site (each iteration, for a loop), and the moves
-//! into and out of slots, which Cranelift mostly turns into register renames. The pass
-//! is only applied to jobs that take checkpoints.
+//! the top of each block that holds a site (outside the plain copies of loops, below),
+//! and the moves into and out of slots, which Cranelift mostly turns into register
+//! renames. The pass is only applied to jobs that take checkpoints.
+//!
+//! # Loops run plain
+//!
+//! A dispatch in a loop ran at every iteration, and its branches into the middle of the
+//! loop's blocks joined every local at every place a rewind can land, which Cranelift
+//! compiles to worse code for the whole loop (folding the dispatch away made CPython's
+//! guest time 22 % shorter). But a rewind enters a loop once, and the loop's next
+//! iteration need not be entered in the middle. So a loop that holds sites is emitted
+//! twice, inside `block $after`: first a *rewinding copy*, a `block` entered only while
+//! rewinding into the loop (otherwise a branch to its end), with the dispatch, in
+//! which every branch back to the loop goes to the end of that block, where the *plain
+//! copy* starts: the loop as a `loop`, without dispatch or tests of rewinding, which runs
+//! every iteration after the first. The rewinding copy's own end leaves `$after`. The
+//! slots, sites and save code are the same in both (an unwind from either saves the same
+//! frame), so a rewind into a plain copy's site lands in the rewinding copy and is back
+//! in the plain one at the next iteration. Loops inside a rewinding copy get both
+//! copies again, loops inside a plain copy only the plain one.
+//!
+//! Copies cost code: a loop nested in copied loops is emitted once more per level. So a
+//! loop is copied only when no loop inside it is more than half its size (CPython's eval
+//! loop is three loops that wrap the same code: only the innermost is copied), and only
+//! where the function and the module stay within the limits the rewritten module is
+//! scanned against ([`rewrite`]). Rejected: one copy of the whole function chosen on
+//! entry (a rewound frame of a loop that runs for the rest of the job, the interpreter's,
+//! would run its rewinding copy until it returns); leaving the rewinding copy at the
+//! first site reached (a branch cannot enter the plain copy in the middle either).
 //!
 //! # Dispatch down a chain
 //!
@@ -503,6 +529,12 @@ struct Block {
     /// It holds the dispatch of the blocks around it that deferred theirs: sites from
     /// its `hi` up to this one belong to them, and are reached by leaving it.
     exit_hi: Option<u32>,
+    /// Where it opens, in operators of the body.
+    start: usize,
+    /// The most operators of a loop inside it.
+    inner_loop: usize,
+    /// A loop that holds sites and gets a plain copy ("Loops run plain").
+    copy: bool,
 }
 
 impl Block {
@@ -685,6 +717,7 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
                     mid: p.sites,
                     is_block: matches!(op, Operator::Block { .. }),
                     is_if: matches!(op, Operator::If { .. }),
+                    start: at - 1,
                     ..Block::default()
                 });
                 let (parent, in_else) = *open.last().expect("a block");
@@ -711,8 +744,13 @@ fn plan(binary: &[u8], m: &Module) -> Result<Vec<Option<Plan>>, String> {
                 }
                 b.hi = p.sites;
                 let hot = b.hot();
+                let size = at - b.start;
+                let is_loop = !b.is_block && !b.is_if && id != 0;
+                b.copy = is_loop && hot && 2 * b.inner_loop <= size;
+                let inner = if is_loop { size } else { b.inner_loop };
                 if let Some(&(parent, in_else)) = open.last() {
                     let b = &mut p.blocks[parent as usize];
+                    b.inner_loop = b.inner_loop.max(inner);
                     let list = if in_else {
                         &mut b.otherwise
                     } else {
@@ -818,6 +856,7 @@ enum Kind {
 }
 
 /// An open block of the original code, while its function is rewritten.
+#[derive(Clone)]
 struct Frame {
     kind: Kind,
     /// Its number in the plan (`None`: a block that holds no site and is not planned,
@@ -837,9 +876,57 @@ struct Frame {
     /// Targets of the part being emitted that are still ahead (their dispatch blocks
     /// are open).
     ahead: std::collections::VecDeque<Target>,
+    /// A loop's rewinding copy: a `block` whose back edges go to the plain copy, which
+    /// the last stream is emitting ("Loops run plain" in the module docs).
+    copy: bool,
+    /// The loop a plain stream was started for: its end is the stream's end.
+    root: bool,
+}
+
+impl Frame {
+    fn new(kind: Kind, id: u32, base: u32, label: usize) -> Frame {
+        Frame {
+            kind,
+            id,
+            base,
+            params: vec![],
+            results: vec![],
+            label,
+            spilled: vec![],
+            if_params: vec![],
+            ahead: Default::default(),
+            copy: false,
+            root: false,
+        }
+    }
+}
+
+/// One copy of the code being emitted, while it is not the emitter's own: the code,
+/// labels and blocks the emitter swaps in to emit an operator into it.
+struct Stream {
+    out: Vec<u8>,
+    labels: Vec<Option<usize>>,
+    frames: Vec<Frame>,
+    plain: bool,
+}
+
+/// What emitting an operator into a stream asks of the driver.
+enum Step {
+    Go,
+    /// A rewinding copy of a loop was opened: here is the stream of its plain copy.
+    Fork(Stream),
+    /// The plain stream's loop has ended: its code goes into the stream it came from.
+    Done,
 }
 
 struct Emitter {
+    /// Whether loops get plain copies (see [`rewrite`]).
+    copies: bool,
+    /// Whether the code being emitted is a plain copy: no dispatch (it is never entered
+    /// in the middle), no test of `rw`.
+    plain: bool,
+    /// The code of the plain copy of the loop whose end is being emitted.
+    merge: Vec<u8>,
     out: Vec<u8>,
     /// Emitted labels: `Some(i)` for the block `frames[i]`, `None` for one the pass added.
     labels: Vec<Option<usize>>,
@@ -847,6 +934,8 @@ struct Emitter {
     /// Every local's type: the function's, then the pass's.
     locals: Vec<wasmparser::ValType>,
     slots: HashMap<(u32, wasmparser::ValType), u32>,
+    /// The locals of each `if`'s parameters (by block number), in the order they are set.
+    if_locals: HashMap<u32, Vec<u32>>,
     rw: u32,
     site: u32,
     base: u32,
@@ -856,6 +945,14 @@ struct Emitter {
 impl Emitter {
     fn i(&mut self, ins: Instruction) {
         ins.encode(&mut self.out);
+    }
+
+    /// Makes `s` the stream being emitted (and the one that was, `s`).
+    fn swap(&mut self, s: &mut Stream) {
+        std::mem::swap(&mut self.out, &mut s.out);
+        std::mem::swap(&mut self.labels, &mut s.labels);
+        std::mem::swap(&mut self.frames, &mut s.frames);
+        std::mem::swap(&mut self.plain, &mut s.plain);
     }
 
     fn new_local(&mut self, t: wasmparser::ValType) -> Result<u32, String> {
@@ -923,6 +1020,9 @@ impl Emitter {
     /// dispatch here, and is reached by branching to the end of the block whose label is
     /// `label` (an index into the emitted labels).
     fn dispatch(&mut self, targets: &[Target], exit: Option<(u32, usize)>) -> Result<(), String> {
+        if self.plain {
+            return Ok(());
+        }
         let leave = |e: &mut Emitter, from: u32, label: usize| {
             e.i(Instruction::LocalGet(e.site));
             e.i(Instruction::I32Const(from as i32));
@@ -1013,8 +1113,12 @@ impl Emitter {
         Ok(())
     }
 
-    /// Closes the dispatch block of the next target (the stack is empty here).
-    fn reach_target(&mut self) -> Result<Target, String> {
+    /// Closes the dispatch block of the next target (the stack is empty here), which must
+    /// be the site `Ok(k)` or the block `Err(id)`. A plain copy has none.
+    fn reach(&mut self, want: Result<u32, u32>) -> Result<(), String> {
+        if self.plain {
+            return Ok(());
+        }
         let f = self.frames.last_mut().expect("a frame");
         let t = f
             .ahead
@@ -1024,7 +1128,11 @@ impl Emitter {
         if self.labels.pop() != Some(None) {
             return Err("a dispatch block out of place".into());
         }
-        Ok(t)
+        match (t, want) {
+            (Target::Site(s), Ok(k)) if s == k => Ok(()),
+            (Target::Block(b, _, _), Err(id)) if b == id => Ok(()),
+            _ => Err("the plan and the code disagree".into()),
+        }
     }
 }
 
@@ -1069,7 +1177,8 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     v: &mut wasmparser::FuncValidator<R>,
     p: &Plan,
     (state, ptr, memory): (u32, u32, u32),
-) -> Result<Vec<u8>, String> {
+    copies: bool,
+) -> Result<(Vec<u8>, Cost), String> {
     let func = index + m.imported;
     let id = m.ids[index as usize].ok_or("an instrumented function without an id")?;
     let forward_table = m.forwards[index as usize].then_some(m.tables);
@@ -1083,11 +1192,15 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         }
     }
     let mut e = Emitter {
+        copies,
+        plain: false,
+        merge: Vec::new(),
         out: Vec::new(),
         labels: Vec::new(),
         frames: Vec::new(),
         locals,
         slots: HashMap::new(),
+        if_locals: HashMap::new(),
         rw: 0,
         site: 0,
         base: 0,
@@ -1102,25 +1215,14 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     e.i(Instruction::Block(BlockType::Result(ValType::I32)));
     e.push_label(None);
     e.i(Instruction::Block(BlockType::Empty));
-    e.frames.push(Frame {
-        kind: Kind::Func,
-        id: 0,
-        base: 0,
-        params: vec![],
-        results: results.clone(),
-        label: e.labels.len(),
-        spilled: vec![],
-        if_params: vec![],
-        ahead: Default::default(),
-    });
+    let mut whole = Frame::new(Kind::Func, 0, 0, e.labels.len());
+    whole.results = results.clone();
+    e.frames.push(whole);
     e.push_label(Some(0));
     if !p.blocks[0].defers {
         e.dispatch(&p.blocks[0].then, None)?;
     }
 
-    let mut next_block = 1u32;
-    let mut next_site = 0u32;
-    let mut dead = 0u32;
     let ops = read_ops(body)?;
     // The locals the fuel checks test (the fuel pass's parameter: one per function).
     let mut fuel_locals: Vec<u32> = (0..ops.len())
@@ -1132,6 +1234,19 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         .collect();
     fuel_locals.sort_unstable();
     fuel_locals.dedup();
+    // The copies being emitted: the function's own code first, then the plain copy of
+    // every loop whose rewinding copy is open, innermost last ("Loops run plain" in the
+    // module docs). Each operator is emitted into each of them, innermost first, so that
+    // a plain copy is complete when its loop's end is emitted in the stream it came from.
+    let mut streams = vec![Stream {
+        out: std::mem::take(&mut e.out),
+        labels: std::mem::take(&mut e.labels),
+        frames: std::mem::take(&mut e.frames),
+        plain: false,
+    }];
+    let mut next_block = 1u32;
+    let mut next_site = 0u32;
+    let mut dead = 0u32;
     let mut at = 0;
     while at < ops.len() {
         // Refused as soon as the body outgrows what the module's scan would refuse
@@ -1139,386 +1254,74 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         // its call, so a small module of many values left across many calls grows as
         // their product. Found by review: 200 KB took 80 s and 4.3 GB before the scan
         // refused it. Rejected: checking only after the whole module is rewritten.
-        check_growth(e.out.len())?;
+        check_growth(streams.iter().map(|s| s.out.len()).sum())?;
         let (op, offset) = (ops[at].0.clone(), ops[at].1);
-        let raw = &binary[ops[at].2.clone()];
-        at += 1;
         let fr = v.get_control_frame(0).ok_or("no frame")?;
         let unreachable = fr.unreachable;
         let fh = fr.height as u32;
-        if dead == 0 && !unreachable && is_fuel_check(m, &ops, at - 1) {
-            let k = next_site;
+        let fuel_check = dead == 0 && !unreachable && is_fuel_check(m, &ops, at);
+        if !fuel_check {
+            if dead > 0 {
+                if opens(&op) {
+                    dead += 1;
+                } else if matches!(op, Operator::End) {
+                    dead -= 1;
+                }
+                v.op(offset, &op).map_err(err)?;
+                at += 1;
+                continue;
+            }
+            if unreachable && !matches!(op, Operator::End | Operator::Else) {
+                if opens(&op) {
+                    dead = 1;
+                }
+                v.op(offset, &op).map_err(err)?;
+                at += 1;
+                continue;
+            }
+        }
+        let here = At {
+            ops: &ops,
+            at,
+            binary,
+            h: v.operand_stack_height(),
+            fh,
+            fuel_check,
+            block: next_block,
+            site: next_site,
+        };
+        if opens(&op) {
+            next_block += 1;
+        }
+        if fuel_check || is_site(m, &op) {
             next_site += 1;
-            let below = stack_types(v, fh)?;
-            e.pop_to_slots(&below)?;
-            match e.reach_target()? {
-                Target::Site(s) if s == k => {}
-                _ => return Err("the plan and the code disagree".into()),
-            }
-            let window = &ops[at - 1..at - 1 + FUEL_CHECK_LEN];
-            for (i, (op, offset, range)) in window.iter().enumerate() {
-                e.out.extend_from_slice(&binary[range.clone()]);
-                match i {
-                    3 => e.push_label(None),
-                    5 => {
-                        // After `refuel`: unwinding, save the frame with this site.
-                        e.i(Instruction::I32Const(k as i32));
-                        e.i(Instruction::GlobalGet(e.state));
-                        e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
-                        e.i(Instruction::Drop);
-                    }
-                    7 => {
-                        e.labels.pop();
-                    }
-                    _ => {}
-                }
-                v.op(*offset, op).map_err(err)?;
-            }
-            e.push_from_slots(&below)?;
-            at += FUEL_CHECK_LEN - 1;
-            continue;
         }
-        if dead > 0 {
-            if opens(&op) {
-                dead += 1;
-            } else if matches!(op, Operator::End) {
-                dead -= 1;
+        for s in (0..streams.len()).rev() {
+            e.swap(&mut streams[s]);
+            let step = emit(&mut e, m, p, v, &here);
+            e.swap(&mut streams[s]);
+            match step? {
+                Step::Go => {}
+                Step::Fork(plain) => streams.push(plain),
+                Step::Done => {
+                    if s + 1 != streams.len() {
+                        return Err("a plain copy ended out of order".into());
+                    }
+                    e.merge = streams.pop().expect("a stream").out;
+                }
             }
-            v.op(offset, &op).map_err(err)?;
-            continue;
         }
-        if unreachable && !matches!(op, Operator::End | Operator::Else) {
-            if opens(&op) {
-                dead = 1;
-            }
-            v.op(offset, &op).map_err(err)?;
-            continue;
+        let n = if fuel_check { FUEL_CHECK_LEN } else { 1 };
+        for (op, offset, _) in &ops[at..at + n] {
+            v.op(*offset, op).map_err(err)?;
         }
-        let h = v.operand_stack_height();
-        match op {
-            Operator::Block { blockty } | Operator::Loop { blockty } => {
-                let (ps, rs) = block_sig(m, blockty);
-                let id = next_block;
-                next_block += 1;
-                let block = &p.blocks[id as usize];
-                // Its parent left its dispatch to it: no dispatch block of the parent's
-                // ends here, and the parent's values go to slots as for a hot block (the
-                // parent's dispatch is made again after this block's end).
-                let received = e.frames.last().is_some_and(|f| {
-                    let parent = &p.blocks[f.id as usize];
-                    parent.defers && parent.first_child == Some(id)
-                });
-                let hot = block.hot() || received;
-                let base = h - ps.len() as u32;
-                let spilled;
-                if hot {
-                    let all = stack_types(v, fh)?;
-                    e.pop_to_slots(&all)?;
-                    spilled = all[..(base - fh) as usize].to_vec();
-                    if !received {
-                        match e.reach_target()? {
-                            Target::Block(b, _, _) if b == id => {}
-                            _ => return Err("the plan and the code disagree".into()),
-                        }
-                    }
-                } else {
-                    spilled = vec![];
-                    e.pop_to_slots(&with_pos(base, &ps))?;
-                }
-                let kind = if matches!(op, Operator::Loop { .. }) {
-                    e.i(Instruction::Loop(BlockType::Empty));
-                    Kind::Loop
-                } else {
-                    e.i(Instruction::Block(BlockType::Empty));
-                    Kind::Block
-                };
-                e.frames.push(Frame {
-                    kind,
-                    id,
-                    base,
-                    params: ps.clone(),
-                    results: rs,
-                    label: e.labels.len(),
-                    spilled,
-                    if_params: vec![],
-                    ahead: Default::default(),
-                });
-                e.push_label(Some(e.frames.len() - 1));
-                let block = &p.blocks[id as usize];
-                if !block.defers {
-                    let label = e.labels.len() - 1;
-                    let exit = block.exit_hi.map(|_| (block.hi, label));
-                    e.dispatch(&block.then, exit)?;
-                }
-                e.push_from_slots(&with_pos(base, &ps))?;
-            }
-            Operator::If { blockty } => {
-                let (ps, rs) = block_sig(m, blockty);
-                let id = next_block;
-                next_block += 1;
-                let b = &p.blocks[id as usize];
-                let hot = b.hot();
-                let cond = e.slot(h - 1, wasmparser::ValType::I32)?;
-                e.i(Instruction::LocalSet(cond));
-                let base = h - 1 - ps.len() as u32;
-                let mut if_params = Vec::new();
-                for &t in ps.iter().rev() {
-                    let l = e.new_local(t)?;
-                    bytes_of(t)?;
-                    e.i(Instruction::LocalSet(l));
-                    if_params.push(l);
-                }
-                if_params.reverse();
-                let mut spilled = vec![];
-                if hot {
-                    let below: Vec<_> = stack_types(v, fh)?
-                        .into_iter()
-                        .filter(|(q, _)| *q < base)
-                        .collect();
-                    e.pop_to_slots(&below)?;
-                    spilled = below;
-                    match e.reach_target()? {
-                        Target::Block(b, _, _) if b == id => {}
-                        _ => return Err("the plan and the code disagree".into()),
-                    }
-                }
-                if hot {
-                    // Rewinding, the part that holds the site, whatever the condition:
-                    // `rw ? site < mid : cond`.
-                    e.i(Instruction::LocalGet(e.site));
-                    e.i(Instruction::I32Const(b.mid as i32));
-                    e.i(Instruction::I32LtU);
-                    e.i(Instruction::LocalGet(cond));
-                    e.i(Instruction::LocalGet(e.rw));
-                    e.i(Instruction::Select);
-                } else {
-                    e.i(Instruction::LocalGet(cond));
-                }
-                e.i(Instruction::If(BlockType::Empty));
-                e.frames.push(Frame {
-                    kind: Kind::If,
-                    id,
-                    base,
-                    params: ps.clone(),
-                    results: rs,
-                    label: e.labels.len(),
-                    spilled,
-                    if_params: if_params.clone(),
-                    ahead: Default::default(),
-                });
-                e.push_label(Some(e.frames.len() - 1));
-                e.dispatch(&p.blocks[id as usize].then, None)?;
-                for l in if_params {
-                    e.i(Instruction::LocalGet(l));
-                }
-            }
-            Operator::Else => {
-                let f = e.frames.last().ok_or("else outside a block")?;
-                if !f.ahead.is_empty() {
-                    return Err("a target left behind".into());
-                }
-                let res = with_pos(f.base, &f.results);
-                let id = f.id;
-                e.pop_to_slots(&res)?;
-                e.i(Instruction::Else);
-                e.dispatch(&p.blocks[id as usize].otherwise, None)?;
-                let f = e.frames.last().expect("a frame");
-                for l in f.if_params.clone() {
-                    e.i(Instruction::LocalGet(l));
-                }
-            }
-            Operator::End => {
-                let f = e.frames.last().ok_or("end outside a block")?;
-                if !f.ahead.is_empty() {
-                    return Err("a target left behind".into());
-                }
-                let res = with_pos(f.base, &f.results);
-                e.pop_to_slots(&res)?;
-                let f = e.frames.pop().expect("a frame");
-                if f.kind == Kind::If && !p.blocks[f.id as usize].has_else {
-                    // The implicit `else` passes the parameters on as results.
-                    e.i(Instruction::Else);
-                    for (&l, q) in f.if_params.iter().zip(&res) {
-                        e.i(Instruction::LocalGet(l));
-                        let s = e.slot(q.0, q.1)?;
-                        e.i(Instruction::LocalSet(s));
-                    }
-                }
-                e.i(Instruction::End);
-                e.labels.pop();
-                // The parent left its dispatch to this block: it is made now, for the
-                // parent's targets after this block (and those of the blocks around it
-                // that left theirs to the parent).
-                if let Some(parent) = e.frames.last() {
-                    let pb = &p.blocks[parent.id as usize];
-                    if pb.defers && pb.first_child == Some(f.id) {
-                        let rest: Vec<Target> = pb
-                            .then
-                            .iter()
-                            .copied()
-                            .filter(|t| !matches!(t, Target::Block(b, _, _) if *b == f.id))
-                            .collect();
-                        let exit = pb.exit_hi.map(|_| (pb.hi, parent.label));
-                        e.dispatch(&rest, exit)?;
-                    }
-                }
-                if f.kind == Kind::Func {
-                    e.push_from_slots(&res)?;
-                    e.i(Instruction::Return);
-                    e.i(Instruction::End); // $save
-                    e.labels.pop();
-                } else {
-                    e.push_from_slots(&f.spilled)?;
-                    e.push_from_slots(&res)?;
-                }
-            }
-            Operator::Br { relative_depth } => {
-                let (base, ts) = e.label_of(relative_depth);
-                e.pop_to_slots(&with_pos(base, &ts))?;
-                let d = e.depth(relative_depth)?;
-                e.i(Instruction::Br(d));
-            }
-            Operator::BrIf { relative_depth } => {
-                let (base, ts) = e.label_of(relative_depth);
-                if ts.is_empty() {
-                    let d = e.depth(relative_depth)?;
-                    e.i(Instruction::BrIf(d));
-                } else {
-                    let c = e.slot(h - 1, wasmparser::ValType::I32)?;
-                    e.i(Instruction::LocalSet(c));
-                    let own = with_pos(h - 1 - ts.len() as u32, &ts);
-                    e.pop_to_slots(&own)?;
-                    e.push_from_slots(&own)?;
-                    e.i(Instruction::LocalGet(c));
-                    e.i(Instruction::If(BlockType::Empty));
-                    e.push_label(None);
-                    for (q, (i, t)) in own.iter().zip(with_pos(base, &ts)) {
-                        if q.0 != i {
-                            let from = e.slot(q.0, q.1)?;
-                            let to = e.slot(i, t)?;
-                            e.i(Instruction::LocalGet(from));
-                            e.i(Instruction::LocalSet(to));
-                        }
-                    }
-                    let d = e.depth(relative_depth)?;
-                    e.i(Instruction::Br(d));
-                    e.i(Instruction::End);
-                    e.labels.pop();
-                }
-            }
-            Operator::BrTable { ref targets } => {
-                let default = targets.default();
-                let all: Vec<u32> = targets.targets().collect::<Result<_, _>>().map_err(err)?;
-                let (_, ts) = e.label_of(default);
-                if ts.is_empty() {
-                    let t: Vec<u32> = all.iter().map(|&d| e.depth(d)).collect::<Result<_, _>>()?;
-                    let d = e.depth(default)?;
-                    e.i(Instruction::BrTable(t.into(), d));
-                } else {
-                    let c = e.slot(h - 1, wasmparser::ValType::I32)?;
-                    e.i(Instruction::LocalSet(c));
-                    let own = with_pos(h - 1 - ts.len() as u32, &ts);
-                    e.pop_to_slots(&own)?;
-                    // One trampoline per distinct base among the targets: it moves the
-                    // values to where that base's labels expect them, then branches.
-                    let mut bases: Vec<u32> = Vec::new();
-                    for &d in all.iter().chain([&default]) {
-                        let b = e.label_of(d).0;
-                        if !bases.contains(&b) {
-                            bases.push(b);
-                        }
-                    }
-                    let g_base = e.labels.len();
-                    for _ in &bases {
-                        e.i(Instruction::Block(BlockType::Empty));
-                        e.push_label(None);
-                    }
-                    let g_label = |i: usize| g_base + bases.len() - 1 - i;
-                    let top = e.labels.len() - 1;
-                    let to_group = |d: u32, e: &Emitter| -> u32 {
-                        let b = e.label_of(d).0;
-                        let i = bases.iter().position(|&x| x == b).expect("a base");
-                        (top - g_label(i)) as u32
-                    };
-                    let t: Vec<u32> = all.iter().map(|&d| to_group(d, &e)).collect();
-                    let dd = to_group(default, &e);
-                    e.i(Instruction::LocalGet(c));
-                    e.i(Instruction::BrTable(t.into(), dd));
-                    for (i, &b) in bases.iter().enumerate() {
-                        e.i(Instruction::End);
-                        e.labels.pop();
-                        debug_assert_eq!(e.labels.len(), g_label(i));
-                        for (q, (to_pos, t)) in own.iter().zip(with_pos(b, &ts)) {
-                            if q.0 != to_pos {
-                                let from = e.slot(q.0, q.1)?;
-                                let to = e.slot(to_pos, t)?;
-                                e.i(Instruction::LocalGet(from));
-                                e.i(Instruction::LocalSet(to));
-                            }
-                        }
-                        // Targets of other bases never come here: any label of the
-                        // right type does for them (the default's).
-                        let fallback = if e.label_of(default).0 == b {
-                            default
-                        } else {
-                            *all.iter()
-                                .find(|&&d| e.label_of(d).0 == b)
-                                .expect("a target of this base")
-                        };
-                        let t: Vec<u32> = all
-                            .iter()
-                            .map(|&d| e.depth(if e.label_of(d).0 == b { d } else { fallback }))
-                            .collect::<Result<_, _>>()?;
-                        let dd = e.depth(if e.label_of(default).0 == b {
-                            default
-                        } else {
-                            fallback
-                        })?;
-                        e.i(Instruction::LocalGet(c));
-                        e.i(Instruction::BrTable(t.into(), dd));
-                    }
-                }
-            }
-            Operator::Call { .. } | Operator::CallIndirect { .. } if is_site(m, &op) => {
-                let (ps, rs) = match op {
-                    Operator::Call { function_index } => m.func_type(function_index).clone(),
-                    Operator::CallIndirect { type_index, .. } => {
-                        let (mut p, r) = m.types[type_index as usize].clone();
-                        p.push(wasmparser::ValType::I32);
-                        (p, r)
-                    }
-                    _ => unreachable!(),
-                };
-                let k = next_site;
-                next_site += 1;
-                let all = stack_types(v, fh)?;
-                e.pop_to_slots(&all)?;
-                match e.reach_target()? {
-                    Target::Site(s) if s == k => {}
-                    _ => return Err("the plan and the code disagree".into()),
-                }
-                let args_at = h - ps.len() as u32;
-                let (below, args) = all.split_at((args_at - fh) as usize);
-                let below = below.to_vec();
-                e.push_from_slots(args)?;
-                e.out.extend_from_slice(raw);
-                // Unwinding: save the frame, with the site's number (what `$save`
-                // carries); else drop the number.
-                e.i(Instruction::I32Const(k as i32));
-                e.i(Instruction::GlobalGet(e.state));
-                e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
-                e.i(Instruction::Drop);
-                if !below.is_empty() {
-                    let res = with_pos(args_at, &rs);
-                    e.pop_to_slots(&res)?;
-                    e.push_from_slots(&below)?;
-                    e.push_from_slots(&res)?;
-                }
-            }
-            _ => e.out.extend_from_slice(raw),
-        }
-        v.op(offset, &op).map_err(err)?;
+        at += n;
     }
+    let mut own = streams.pop().ok_or("no stream")?;
+    if !streams.is_empty() {
+        return Err("a plain copy left open".into());
+    }
+    e.swap(&mut own);
     if next_site != p.sites || next_block as usize != p.blocks.len() {
         return Err("the plan and the code disagree".into());
     }
@@ -1687,7 +1490,456 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     f.extend_from_slice(&head);
     f.append(&mut code);
     f.extend_from_slice(&tail);
-    Ok(f)
+    let cost = Cost::of(&f, params.len()).map_err(err)?;
+    Ok((f, cost))
+}
+
+/// What a rewritten body adds to the measures of [`crate::shape::UNWIND_LIMITS`] that
+/// plain copies of loops make grow (the scan measures the same after the pass).
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    bytes: u64,
+    blocks: u64,
+    /// Variables × blocks ([`crate::shape::Shape::ssa`]).
+    ssa: u64,
+    /// Blocks squared ([`crate::shape::Shape::module_block_pairs`]).
+    pairs: u64,
+}
+
+impl Cost {
+    fn of(body: &[u8], params: usize) -> Result<Cost, wasmparser::BinaryReaderError> {
+        let body = wasmparser::FunctionBody::new(wasmparser::BinaryReader::new(body, 0));
+        let mut variables = params as u64;
+        for group in body.get_locals_reader()? {
+            variables += u64::from(group?.0);
+        }
+        let mut blocks = 0u64;
+        let mut labels = Vec::new();
+        let mut ops = body.get_operators_reader()?;
+        while !ops.eof() {
+            blocks += crate::shape::block_starts(&ops.read()?, &mut labels)?;
+        }
+        Ok(Cost {
+            bytes: body.range().len() as u64,
+            blocks,
+            ssa: variables.saturating_mul(blocks),
+            pairs: blocks.saturating_mul(blocks),
+        })
+    }
+}
+
+/// Where the rewrite of a body is: the operator `ops[at]` (the first of a fuel check's
+/// when `fuel_check`), the stack's height `h` and its block's `fh`, and the numbers the
+/// next block and site would take.
+struct At<'a, 'b> {
+    ops: &'b Ops<'a>,
+    at: usize,
+    binary: &'b [u8],
+    h: u32,
+    fh: u32,
+    fuel_check: bool,
+    block: u32,
+    site: u32,
+}
+
+/// Emits the operator `here` names into the stream the emitter holds (see
+/// [`rewrite_body`]); `v` has not seen it yet.
+fn emit<R: wasmparser::WasmModuleResources>(
+    e: &mut Emitter,
+    m: &Module,
+    p: &Plan,
+    v: &wasmparser::FuncValidator<R>,
+    here: &At,
+) -> Result<Step, String> {
+    let (h, fh) = (here.h, here.fh);
+    if here.fuel_check {
+        let k = here.site;
+        let below = stack_types(v, fh)?;
+        e.pop_to_slots(&below)?;
+        e.reach(Ok(k))?;
+        let window = &here.ops[here.at..here.at + FUEL_CHECK_LEN];
+        for (i, (_, _, range)) in window.iter().enumerate() {
+            e.out.extend_from_slice(&here.binary[range.clone()]);
+            match i {
+                3 => e.push_label(None),
+                5 => {
+                    // After `refuel`: unwinding, save the frame with this site.
+                    e.i(Instruction::I32Const(k as i32));
+                    e.i(Instruction::GlobalGet(e.state));
+                    e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
+                    e.i(Instruction::Drop);
+                }
+                7 => {
+                    e.labels.pop();
+                }
+                _ => {}
+            }
+        }
+        e.push_from_slots(&below)?;
+        return Ok(Step::Go);
+    }
+    let op = &here.ops[here.at].0;
+    let raw = &here.binary[here.ops[here.at].2.clone()];
+    match *op {
+        Operator::Block { blockty } | Operator::Loop { blockty } => {
+            let (ps, rs) = block_sig(m, blockty);
+            let id = here.block;
+            let block = &p.blocks[id as usize];
+            // Its parent left its dispatch to it: no dispatch block of the parent's
+            // ends here, and the parent's values go to slots as for a hot block (the
+            // parent's dispatch is made again after this block's end).
+            let received = e.frames.last().is_some_and(|f| {
+                let parent = &p.blocks[f.id as usize];
+                parent.defers && parent.first_child == Some(id)
+            });
+            let hot = block.hot() || received;
+            let base = h - ps.len() as u32;
+            let mut frame = Frame::new(Kind::Block, id, base, 0);
+            if hot {
+                let all = stack_types(v, fh)?;
+                e.pop_to_slots(&all)?;
+                frame.spilled = all[..(base - fh) as usize].to_vec();
+                if !received {
+                    e.reach(Err(id))?;
+                }
+            } else {
+                e.pop_to_slots(&with_pos(base, &ps))?;
+            }
+            frame.params = ps.clone();
+            frame.results = rs;
+            let is_loop = matches!(op, Operator::Loop { .. });
+            if is_loop && block.copy && e.copies && !e.plain {
+                // `block $after`, around the two copies.
+                e.i(Instruction::Block(BlockType::Empty));
+                e.push_label(None);
+                // The plain copy, emitted into a stream of its own until the loop's end.
+                let mut plain = Stream {
+                    out: Vec::new(),
+                    labels: e.labels.clone(),
+                    frames: e.frames.clone(),
+                    plain: true,
+                };
+                e.swap(&mut plain);
+                e.i(Instruction::Loop(BlockType::Empty));
+                let mut f = frame.clone();
+                f.kind = Kind::Loop;
+                f.label = e.labels.len();
+                f.root = true;
+                e.frames.push(f);
+                e.push_label(Some(e.frames.len() - 1));
+                e.push_from_slots(&with_pos(base, &ps))?;
+                e.swap(&mut plain);
+                // The rewinding copy, `block $plain`: entered only while rewinding
+                // into the loop (else straight to the plain copy); a back edge is a
+                // branch to its end, where the plain copy starts.
+                e.i(Instruction::Block(BlockType::Empty));
+                frame.kind = Kind::Loop;
+                frame.label = e.labels.len();
+                frame.copy = true;
+                e.frames.push(frame);
+                e.push_label(Some(e.frames.len() - 1));
+                e.i(Instruction::LocalGet(e.rw));
+                e.i(Instruction::I32Eqz);
+                e.i(Instruction::BrIf(0));
+                if !block.defers {
+                    // A loop is never a deferring block's child: no exit.
+                    e.dispatch(&block.then, None)?;
+                }
+                e.push_from_slots(&with_pos(base, &ps))?;
+                return Ok(Step::Fork(plain));
+            }
+            if is_loop {
+                e.i(Instruction::Loop(BlockType::Empty));
+                frame.kind = Kind::Loop;
+            } else {
+                e.i(Instruction::Block(BlockType::Empty));
+            }
+            frame.label = e.labels.len();
+            e.frames.push(frame);
+            e.push_label(Some(e.frames.len() - 1));
+            if !block.defers {
+                let label = e.labels.len() - 1;
+                let exit = block.exit_hi.map(|_| (block.hi, label));
+                e.dispatch(&block.then, exit)?;
+            }
+            e.push_from_slots(&with_pos(base, &ps))?;
+        }
+        Operator::If { blockty } => {
+            let (ps, rs) = block_sig(m, blockty);
+            let id = here.block;
+            let b = &p.blocks[id as usize];
+            let hot = b.hot();
+            let cond = e.slot(h - 1, wasmparser::ValType::I32)?;
+            e.i(Instruction::LocalSet(cond));
+            let base = h - 1 - ps.len() as u32;
+            // The same locals in every copy of the code (a frame saves them once).
+            let mut if_params = match e.if_locals.get(&id) {
+                Some(ls) => ls.clone(),
+                None => {
+                    let mut ls = Vec::new();
+                    for &t in ps.iter().rev() {
+                        bytes_of(t)?;
+                        ls.push(e.new_local(t)?);
+                    }
+                    e.if_locals.insert(id, ls.clone());
+                    ls
+                }
+            };
+            for &l in &if_params {
+                e.i(Instruction::LocalSet(l));
+            }
+            if_params.reverse();
+            let mut frame = Frame::new(Kind::If, id, base, 0);
+            if hot {
+                let below: Vec<_> = stack_types(v, fh)?
+                    .into_iter()
+                    .filter(|(q, _)| *q < base)
+                    .collect();
+                e.pop_to_slots(&below)?;
+                frame.spilled = below;
+                e.reach(Err(id))?;
+            }
+            if hot && !e.plain {
+                // Rewinding, the part that holds the site, whatever the condition:
+                // `rw ? site < mid : cond`.
+                e.i(Instruction::LocalGet(e.site));
+                e.i(Instruction::I32Const(b.mid as i32));
+                e.i(Instruction::I32LtU);
+                e.i(Instruction::LocalGet(cond));
+                e.i(Instruction::LocalGet(e.rw));
+                e.i(Instruction::Select);
+            } else {
+                e.i(Instruction::LocalGet(cond));
+            }
+            e.i(Instruction::If(BlockType::Empty));
+            frame.params = ps;
+            frame.results = rs;
+            frame.label = e.labels.len();
+            frame.if_params = if_params.clone();
+            e.frames.push(frame);
+            e.push_label(Some(e.frames.len() - 1));
+            e.dispatch(&b.then, None)?;
+            for l in if_params {
+                e.i(Instruction::LocalGet(l));
+            }
+        }
+        Operator::Else => {
+            let f = e.frames.last().ok_or("else outside a block")?;
+            if !f.ahead.is_empty() {
+                return Err("a target left behind".into());
+            }
+            let res = with_pos(f.base, &f.results);
+            let id = f.id;
+            e.pop_to_slots(&res)?;
+            e.i(Instruction::Else);
+            e.dispatch(&p.blocks[id as usize].otherwise, None)?;
+            let f = e.frames.last().expect("a frame");
+            for l in f.if_params.clone() {
+                e.i(Instruction::LocalGet(l));
+            }
+        }
+        Operator::End => {
+            let f = e.frames.last().ok_or("end outside a block")?;
+            if !f.ahead.is_empty() {
+                return Err("a target left behind".into());
+            }
+            let res = with_pos(f.base, &f.results);
+            e.pop_to_slots(&res)?;
+            let f = e.frames.pop().expect("a frame");
+            if f.kind == Kind::If && !p.blocks[f.id as usize].has_else {
+                // The implicit `else` passes the parameters on as results.
+                e.i(Instruction::Else);
+                for (&l, q) in f.if_params.iter().zip(&res) {
+                    e.i(Instruction::LocalGet(l));
+                    let s = e.slot(q.0, q.1)?;
+                    e.i(Instruction::LocalSet(s));
+                }
+            }
+            if f.copy {
+                // The end of a loop's rewinding copy: past the plain copy (`br $after`),
+                // which follows.
+                e.i(Instruction::Br(1));
+                e.i(Instruction::End);
+                e.labels.pop();
+                let plain = std::mem::take(&mut e.merge);
+                if plain.is_empty() {
+                    return Err("a loop without its plain copy".into());
+                }
+                e.out.extend_from_slice(&plain);
+            }
+            e.i(Instruction::End);
+            e.labels.pop();
+            if f.root {
+                return Ok(Step::Done);
+            }
+            // The parent left its dispatch to this block: it is made now, for the
+            // parent's targets after this block (and those of the blocks around it
+            // that left theirs to the parent).
+            if let Some(parent) = e.frames.last() {
+                let pb = &p.blocks[parent.id as usize];
+                if pb.defers && pb.first_child == Some(f.id) {
+                    let rest: Vec<Target> = pb
+                        .then
+                        .iter()
+                        .copied()
+                        .filter(|t| !matches!(t, Target::Block(b, _, _) if *b == f.id))
+                        .collect();
+                    let exit = pb.exit_hi.map(|_| (pb.hi, parent.label));
+                    e.dispatch(&rest, exit)?;
+                }
+            }
+            if f.kind == Kind::Func {
+                e.push_from_slots(&res)?;
+                e.i(Instruction::Return);
+                e.i(Instruction::End); // $save
+                e.labels.pop();
+            } else {
+                e.push_from_slots(&f.spilled)?;
+                e.push_from_slots(&res)?;
+            }
+        }
+        Operator::Br { relative_depth } => {
+            let (base, ts) = e.label_of(relative_depth);
+            e.pop_to_slots(&with_pos(base, &ts))?;
+            let d = e.depth(relative_depth)?;
+            e.i(Instruction::Br(d));
+        }
+        Operator::BrIf { relative_depth } => {
+            let (base, ts) = e.label_of(relative_depth);
+            if ts.is_empty() {
+                let d = e.depth(relative_depth)?;
+                e.i(Instruction::BrIf(d));
+            } else {
+                let c = e.slot(h - 1, wasmparser::ValType::I32)?;
+                e.i(Instruction::LocalSet(c));
+                let own = with_pos(h - 1 - ts.len() as u32, &ts);
+                e.pop_to_slots(&own)?;
+                e.push_from_slots(&own)?;
+                e.i(Instruction::LocalGet(c));
+                e.i(Instruction::If(BlockType::Empty));
+                e.push_label(None);
+                for (q, (i, t)) in own.iter().zip(with_pos(base, &ts)) {
+                    if q.0 != i {
+                        let from = e.slot(q.0, q.1)?;
+                        let to = e.slot(i, t)?;
+                        e.i(Instruction::LocalGet(from));
+                        e.i(Instruction::LocalSet(to));
+                    }
+                }
+                let d = e.depth(relative_depth)?;
+                e.i(Instruction::Br(d));
+                e.i(Instruction::End);
+                e.labels.pop();
+            }
+        }
+        Operator::BrTable { ref targets } => {
+            let default = targets.default();
+            let all: Vec<u32> = targets.targets().collect::<Result<_, _>>().map_err(err)?;
+            let (_, ts) = e.label_of(default);
+            if ts.is_empty() {
+                let t: Vec<u32> = all.iter().map(|&d| e.depth(d)).collect::<Result<_, _>>()?;
+                let d = e.depth(default)?;
+                e.i(Instruction::BrTable(t.into(), d));
+            } else {
+                let c = e.slot(h - 1, wasmparser::ValType::I32)?;
+                e.i(Instruction::LocalSet(c));
+                let own = with_pos(h - 1 - ts.len() as u32, &ts);
+                e.pop_to_slots(&own)?;
+                // One trampoline per distinct base among the targets: it moves the
+                // values to where that base's labels expect them, then branches.
+                let mut bases: Vec<u32> = Vec::new();
+                for &d in all.iter().chain([&default]) {
+                    let b = e.label_of(d).0;
+                    if !bases.contains(&b) {
+                        bases.push(b);
+                    }
+                }
+                let g_base = e.labels.len();
+                for _ in &bases {
+                    e.i(Instruction::Block(BlockType::Empty));
+                    e.push_label(None);
+                }
+                let g_label = |i: usize| g_base + bases.len() - 1 - i;
+                let top = e.labels.len() - 1;
+                let to_group = |d: u32, e: &Emitter| -> u32 {
+                    let b = e.label_of(d).0;
+                    let i = bases.iter().position(|&x| x == b).expect("a base");
+                    (top - g_label(i)) as u32
+                };
+                let t: Vec<u32> = all.iter().map(|&d| to_group(d, e)).collect();
+                let dd = to_group(default, e);
+                e.i(Instruction::LocalGet(c));
+                e.i(Instruction::BrTable(t.into(), dd));
+                for (i, &b) in bases.iter().enumerate() {
+                    e.i(Instruction::End);
+                    e.labels.pop();
+                    debug_assert_eq!(e.labels.len(), g_label(i));
+                    for (q, (to_pos, t)) in own.iter().zip(with_pos(b, &ts)) {
+                        if q.0 != to_pos {
+                            let from = e.slot(q.0, q.1)?;
+                            let to = e.slot(to_pos, t)?;
+                            e.i(Instruction::LocalGet(from));
+                            e.i(Instruction::LocalSet(to));
+                        }
+                    }
+                    // Targets of other bases never come here: any label of the
+                    // right type does for them (the default's).
+                    let fallback = if e.label_of(default).0 == b {
+                        default
+                    } else {
+                        *all.iter()
+                            .find(|&&d| e.label_of(d).0 == b)
+                            .expect("a target of this base")
+                    };
+                    let t: Vec<u32> = all
+                        .iter()
+                        .map(|&d| e.depth(if e.label_of(d).0 == b { d } else { fallback }))
+                        .collect::<Result<_, _>>()?;
+                    let dd = e.depth(if e.label_of(default).0 == b {
+                        default
+                    } else {
+                        fallback
+                    })?;
+                    e.i(Instruction::LocalGet(c));
+                    e.i(Instruction::BrTable(t.into(), dd));
+                }
+            }
+        }
+        Operator::Call { .. } | Operator::CallIndirect { .. } if is_site(m, op) => {
+            let (ps, rs) = match *op {
+                Operator::Call { function_index } => m.func_type(function_index).clone(),
+                Operator::CallIndirect { type_index, .. } => {
+                    let (mut p, r) = m.types[type_index as usize].clone();
+                    p.push(wasmparser::ValType::I32);
+                    (p, r)
+                }
+                _ => unreachable!(),
+            };
+            let k = here.site;
+            let all = stack_types(v, fh)?;
+            e.pop_to_slots(&all)?;
+            e.reach(Ok(k))?;
+            let args_at = h - ps.len() as u32;
+            let (below, args) = all.split_at((args_at - fh) as usize);
+            let below = below.to_vec();
+            e.push_from_slots(args)?;
+            e.out.extend_from_slice(raw);
+            // Unwinding: save the frame, with the site's number (what `$save`
+            // carries); else drop the number.
+            e.i(Instruction::I32Const(k as i32));
+            e.i(Instruction::GlobalGet(e.state));
+            e.i(Instruction::BrIf((e.labels.len() - 1) as u32));
+            e.i(Instruction::Drop);
+            if !below.is_empty() {
+                let res = with_pos(args_at, &rs);
+                e.pop_to_slots(&res)?;
+                e.push_from_slots(&below)?;
+                e.push_from_slots(&res)?;
+            }
+        }
+        _ => e.out.extend_from_slice(raw),
+    }
+    Ok(Step::Go)
 }
 
 /// The most one rewritten body may grow to before the pass gives up: what the scan of
@@ -1709,25 +1961,78 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
     let ptr = m.globals + 1;
     let memory = m.memories;
     // Every body, rewritten or copied, within the code section's limit as it grows.
-    let code_limit = crate::shape::UNWIND_LIMITS.code_bytes;
+    let limits = crate::shape::UNWIND_LIMITS;
     let mut code = 0u64;
     let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
+    let mut costs: Vec<Cost> = Vec::with_capacity(plans.len());
+    let at = (state, ptr, memory);
     walk(binary, |i, body, v| {
         let range = body.range();
-        let b = match &plans[i as usize] {
-            None => binary[range].to_vec(),
-            Some(p) => rewrite_body(m, binary, (i, body), v, p, (state, ptr, memory))?,
+        let (b, cost) = match &plans[i as usize] {
+            None => {
+                // Measured too: the limits of the module are on its totals.
+                let params = m.func_type(i + m.imported).0.len();
+                let cost = Cost::of(&binary[range.clone()], params).map_err(err)?;
+                (binary[range].to_vec(), cost)
+            }
+            Some(p) => rewrite_body(m, binary, (i, body), v, p, at, false)?,
         };
         code += b.len() as u64;
-        if code > code_limit {
+        if code > limits.code_bytes {
             return Err(format!(
-                "{TOO_LARGE}the code grows past {code_limit} bytes with checkpoints, more \
-                 than a module that takes checkpoints may have"
+                "{TOO_LARGE}the code grows past {} bytes with checkpoints, more than a \
+                 module that takes checkpoints may have",
+                limits.code_bytes
             ));
         }
         bodies.push(b);
+        costs.push(cost);
         Ok(())
     })?;
+    // Then, function by function in order, the plain copies of loops ("Loops run plain"
+    // in the module docs), where the function and the module with them stay within the
+    // limits the module is scanned against after the pass: the copies make the code
+    // faster, never a module refused. Rejected: raising the limits for them (the
+    // compile work a module that takes checkpoints may cost would grow for an
+    // optimisation); copies without a budget (CPython's eval loop, three loops deep,
+    // grew three times, past the limits).
+    if plans
+        .iter()
+        .flatten()
+        .any(|p| p.blocks.iter().any(|b| b.copy))
+    {
+        let sum = |f: fn(&Cost) -> u64| costs.iter().map(f).fold(0u64, u64::saturating_add);
+        let (mut ssa, mut pairs) = (sum(|c| c.ssa), sum(|c| c.pairs));
+        walk(binary, |i, body, v| {
+            let Some(p) = &plans[i as usize] else {
+                return Ok(());
+            };
+            if !p.blocks.iter().any(|b| b.copy) {
+                return Ok(());
+            }
+            let (b, cost) = match rewrite_body(m, binary, (i, body), v, p, at, true) {
+                Ok(rewritten) => rewritten,
+                Err(e) if e.starts_with(TOO_LARGE) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let was = costs[i as usize];
+            let grown = |total: u64, old: u64, new: u64| total - old + new;
+            let fits = cost.bytes <= limits.function_bytes
+                && cost.blocks <= limits.blocks
+                && cost.ssa <= limits.ssa
+                && grown(ssa, was.ssa, cost.ssa) <= limits.module_ssa
+                && grown(pairs, was.pairs, cost.pairs) <= limits.module_block_pairs
+                && grown(code, was.bytes, cost.bytes) <= limits.code_bytes;
+            if fits {
+                ssa = grown(ssa, was.ssa, cost.ssa);
+                pairs = grown(pairs, was.pairs, cost.pairs);
+                code = grown(code, was.bytes, cost.bytes);
+                costs[i as usize] = cost;
+                bodies[i as usize] = b;
+            }
+            Ok(())
+        })?;
+    }
     let add_memory = |s: &mut wasm_encoder::MemorySection| {
         s.memory(wasm_encoder::MemoryType {
             minimum: 0,

@@ -75,6 +75,25 @@ impl JobLimiter {
         self
     }
 
+    /// [`Self::with_pass_resources`] for what the unwind pass added to `module` (its
+    /// memory and forwarding table, found by their export names). Only for a module
+    /// compiled with the pass: another module may export those names itself.
+    pub fn with_pass_resources_of(self, module: &wasmtime::Module) -> Self {
+        let mut table_bytes = 0;
+        let (mut tables, mut memories) = (0, 0);
+        for e in module.exports() {
+            match (e.name(), e.ty()) {
+                (crate::passes::unwind::EXPORT_MEMORY, _) => memories += 1,
+                (crate::passes::unwind::EXPORT_TABLE, wasmtime::ExternType::Table(t)) => {
+                    tables += 1;
+                    table_bytes = t.minimum().saturating_mul(TABLE_ELEMENT_BYTES);
+                }
+                _ => {}
+            }
+        }
+        self.with_pass_resources(table_bytes, tables, memories)
+    }
+
     /// Allows growing a resource from `current` to `desired` bytes if the total stays
     /// within the limit (and within the resource's own `maximum`).
     fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {

@@ -610,21 +610,7 @@ impl Runtime {
         let limits = JobLimiter::new(job.limits.memory);
         let limits = if self.unwind() {
             // The unwind pass's memory and forwarding table are not the job's.
-            let mut table_bytes = 0;
-            let (mut tables, mut memories) = (0, 0);
-            for e in module.exports() {
-                match (e.name(), e.ty()) {
-                    (crate::passes::unwind::EXPORT_MEMORY, _) => memories += 1,
-                    (crate::passes::unwind::EXPORT_TABLE, wasmtime::ExternType::Table(t)) => {
-                        tables += 1;
-                        table_bytes = t
-                            .minimum()
-                            .saturating_mul(crate::limiter::TABLE_ELEMENT_BYTES);
-                    }
-                    _ => {}
-                }
-            }
-            limits.with_pass_resources(table_bytes, tables, memories)
+            limits.with_pass_resources_of(module)
         } else {
             limits
         };

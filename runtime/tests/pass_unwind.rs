@@ -263,6 +263,61 @@ fn functions_that_cannot_reach_a_checkpoint_are_left_as_they_are() {
     same(wat, SLICES);
 }
 
+/// How many times `i64.const value` appears in the defined functions' code.
+fn consts(binary: &[u8], value: i64) -> usize {
+    let mut n = 0;
+    for p in wasmparser::Parser::new(0).parse_all(binary) {
+        if let wasmparser::Payload::CodeSectionEntry(body) = p.unwrap() {
+            let mut ops = body.get_operators_reader().unwrap();
+            while !ops.eof() {
+                if matches!(ops.read().unwrap(), wasmparser::Operator::I64Const { value: v } if v == value)
+                {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// A loop that holds a site gets a plain copy beside its rewinding one ("Loops run
+/// plain" in the pass's docs), and a loop that mostly wraps another does not: rewinds at
+/// every refuel land in both copies and end as the run without them.
+#[test]
+fn loops_get_a_plain_copy_unless_they_wrap_a_larger_loop() {
+    let wat = r#"(module
+        (global $g (mut i64) (i64.const 0))
+        (func $bump (param i64) (result i64) local.get 0 i64.const 1 i64.add)
+        (func (export "f") (result i64)
+          (local $i i32) (local $j i32) (local $acc i64)
+          loop $outer
+            i64.const 555555 global.set $g
+            i32.const 0 local.set $j
+            loop $inner
+              local.get $acc i64.const 777777 i64.xor call $bump
+              i64.const 3 i64.mul i64.const 777777 i64.xor local.set $acc
+              local.get $acc i64.const 7 i64.rotl local.set $acc
+              local.get $j i32.const 1 i32.add local.tee $j
+              i32.const 20 i32.lt_u br_if $inner
+            end
+            local.get $i i32.const 1 i32.add local.tee $i
+            i32.const 10 i32.lt_u br_if $outer
+          end
+          local.get $acc))"#;
+    let binary = wat::parse_str(wat).unwrap();
+    let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
+    let stacked = detwasm_passes::stack::meter(&fueled).unwrap();
+    let after = instrument(&stacked).unwrap();
+    assert_eq!(consts(&stacked, 777_777), 2);
+    assert_eq!(
+        consts(&after, 777_777),
+        4,
+        "the inner loop is emitted twice"
+    );
+    assert_eq!(consts(&after, 555_555), 1, "the outer loop is emitted once");
+    assert!(same(wat, SLICES) > 100);
+}
+
 /// A function that tail-calls one that can unwind is gone from the stack when that
 /// one unwinds: on rewind it forwards to the function whose frame comes next.
 #[test]
