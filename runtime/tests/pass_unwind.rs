@@ -318,6 +318,53 @@ fn loops_get_a_plain_copy_unless_they_wrap_a_larger_loop() {
     assert!(same(wat, SLICES) > 100);
 }
 
+/// A loop of many branches in a function of `locals` locals, with a marker constant in
+/// the loop.
+fn wide_loop(locals: usize) -> String {
+    let branches = "local.get $i i32.const 7 i32.eq br_if $b\n".repeat(300);
+    format!(
+        r#"(module
+        (func $g (param i64) (result i64) local.get 0 i64.const 1 i64.add)
+        (func (export "f") (result i64)
+          (local $i i32) (local $acc i64) (local {} i64)
+          loop $l
+            block $b
+              {branches}
+            end
+            local.get $acc i64.const 424242 i64.xor call $g local.set $acc
+            local.get $i i32.const 1 i32.add local.tee $i
+            i32.const 3 i32.lt_u br_if $l
+          end
+          local.get $acc))"#,
+        "i64 ".repeat(locals)
+    )
+}
+
+/// Plain copies are made only where the rewritten module stays within the limits it is
+/// scanned against: the same loop is copied in a function of few locals, and not in one
+/// of so many that its variables × blocks would pass the limit with the copy (the
+/// module is then accepted as without copies, never refused for them).
+#[test]
+fn copies_are_made_only_within_the_limits() {
+    let prepare = |wat: &str| {
+        let binary = wat::parse_str(wat).unwrap();
+        let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
+        detwasm_passes::stack::meter(&fueled).unwrap()
+    };
+    let few = instrument(&prepare(&wide_loop(10))).unwrap();
+    assert_eq!(consts(&few, 424_242), 2, "copied");
+    let many = instrument(&prepare(&wide_loop(4_000))).unwrap();
+    assert_eq!(consts(&many, 424_242), 1, "not copied");
+    let shape = detwasm_passes::shape::check(&many, &detwasm_passes::shape::UNWIND_LIMITS)
+        .expect("within the limits");
+    // Near the limit, so that the copy would have passed it.
+    assert!(
+        2 * shape.ssa.0 > detwasm_passes::shape::UNWIND_LIMITS.ssa,
+        "{shape:?}"
+    );
+    same(&wide_loop(4_000), &[50, 1000]);
+}
+
 /// A function that tail-calls one that can unwind is gone from the stack when that
 /// one unwinds: on rewind it forwards to the function whose frame comes next.
 #[test]
