@@ -228,6 +228,13 @@ fn traps_and_running_out_are_the_same() {
     same(wat, SLICES);
 }
 
+/// `wat` after the fuel and stack passes, as the unwind pass takes it.
+fn metered(wat: &str) -> Vec<u8> {
+    let binary = wat::parse_str(wat).unwrap();
+    let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
+    detwasm_passes::stack::meter(&fueled).unwrap()
+}
+
 /// The bodies of a module's defined functions, in order.
 fn bodies(binary: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -250,9 +257,7 @@ fn functions_that_cannot_reach_a_checkpoint_are_left_as_they_are() {
             i32.const 10 i32.lt_u br_if $l
           end
           local.get $i))"#;
-    let binary = wat::parse_str(wat).unwrap();
-    let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
-    let stacked = detwasm_passes::stack::meter(&fueled).unwrap();
+    let stacked = metered(wat);
     // Seen in the pass's output (its analysis is private): $leaf is not instrumented, its
     // body copied byte for byte; `f`, which loops, is (so is the fuel pass's wrapper of
     // `f`).
@@ -304,9 +309,7 @@ fn loops_get_a_plain_copy_unless_they_wrap_a_larger_loop() {
             i32.const 10 i32.lt_u br_if $outer
           end
           local.get $acc))"#;
-    let binary = wat::parse_str(wat).unwrap();
-    let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
-    let stacked = detwasm_passes::stack::meter(&fueled).unwrap();
+    let stacked = metered(wat);
     let after = instrument(&stacked).unwrap();
     assert_eq!(consts(&stacked, 777_777), 2);
     assert_eq!(
@@ -346,14 +349,9 @@ fn wide_loop(locals: usize) -> String {
 /// module is then accepted as without copies, never refused for them).
 #[test]
 fn copies_are_made_only_within_the_limits() {
-    let prepare = |wat: &str| {
-        let binary = wat::parse_str(wat).unwrap();
-        let fueled = detwasm_passes::fuel::meter(&binary).unwrap();
-        detwasm_passes::stack::meter(&fueled).unwrap()
-    };
-    let few = instrument(&prepare(&wide_loop(10))).unwrap();
+    let few = instrument(&metered(&wide_loop(10))).unwrap();
     assert_eq!(consts(&few, 424_242), 2, "copied");
-    let many = instrument(&prepare(&wide_loop(4_000))).unwrap();
+    let many = instrument(&metered(&wide_loop(4_000))).unwrap();
     assert_eq!(consts(&many, 424_242), 1, "not copied");
     let shape = detwasm_passes::shape::check(&many, &detwasm_passes::shape::UNWIND_LIMITS)
         .expect("within the limits");
