@@ -876,7 +876,6 @@ impl Scan<'_> {
     }
 }
 
-/// Records `value` of function `index` in `max` if it is the largest so far.
 /// How many Cranelift blocks `op` starts, as [`Shape::blocks`] counts them (`labels` is
 /// room to count a `br_table`'s distinct labels in). The unwind pass counts its own
 /// output with it, to keep what it adds within [`UNWIND_LIMITS`].
@@ -914,6 +913,7 @@ pub(crate) fn block_starts(
     })
 }
 
+/// Records `value` of function `index` in `max` if it is the largest so far.
 fn note(max: &mut (u64, u32), value: u64, index: u32) {
     if value > max.0 {
         *max = (value, index);

@@ -77,9 +77,10 @@
 //!
 //! Costs when no checkpoint is taken: a load of the state global and a branch after
 //! every site's call and on entry to every instrumented function, a branch on a local at
-//! the top of each block that holds a site (outside the plain copies of loops, below),
-//! and the moves into and out of slots, which Cranelift mostly turns into register
-//! renames. The pass is only applied to jobs that take checkpoints.
+//! the top of each block that holds a site (outside the plain copies of loops, below)
+//! and on entry to each copied loop, and the moves into and out of slots, which
+//! Cranelift mostly turns into register renames. The pass is only applied to jobs that
+//! take checkpoints.
 //!
 //! # Loops run plain
 //!
@@ -92,7 +93,8 @@
 //! rewinding into the loop (otherwise a branch to its end), with the dispatch, in
 //! which every branch back to the loop goes to the end of that block, where the *plain
 //! copy* starts: the loop as a `loop`, without dispatch or tests of rewinding, which runs
-//! every iteration after the first. The rewinding copy's own end leaves `$after`. The
+//! every iteration but the first after a rewind into the loop (and all of them when the
+//! loop is entered normally). The rewinding copy's own end leaves `$after`. The
 //! slots, sites and save code are the same in both (an unwind from either saves the same
 //! frame), so a rewind into a plain copy's site lands in the rewinding copy and is back
 //! in the plain one at the next iteration. Loops inside a rewinding copy get both
@@ -102,10 +104,10 @@
 //! loop is copied only when no loop inside it is more than half its size (CPython's eval
 //! loop is three loops that wrap the same code: only the innermost is copied), and only
 //! where the function and the module stay within the limits the rewritten module is
-//! scanned against ([`rewrite`]). Rejected: one copy of the whole function chosen on
-//! entry (a rewound frame of a loop that runs for the rest of the job, the interpreter's,
-//! would run its rewinding copy until it returns); leaving the rewinding copy at the
-//! first site reached (a branch cannot enter the plain copy in the middle either).
+//! scanned against ([`rewrite`]). Rejected: a copy of the whole body, plain or
+//! rewinding, chosen on entry (built and measured: CPython no faster, its compile 12 to
+//! 44 % longer; the calls' cost is not in their dispatch); leaving the rewinding copy at
+//! the first site reached (a branch cannot enter the plain copy in the middle either).
 //!
 //! # Dispatch down a chain
 //!
@@ -214,12 +216,17 @@ fn features() -> WasmFeatures {
 /// is a module after the fuel, NaN and stack passes. A module without the fuel pass's
 /// import (it defines no function) is returned as it is.
 pub fn instrument(binary: &[u8]) -> Result<Vec<u8>, Error> {
+    instrument_within(binary, &crate::shape::UNWIND_LIMITS)
+}
+
+/// [`instrument`], with the plain copies of loops within `limits` ([`rewrite`]).
+fn instrument_within(binary: &[u8], limits: &crate::shape::Limits) -> Result<Vec<u8>, Error> {
     let m = analyse(binary).map_err(Error::Cannot)?;
     if m.refuel.is_none() {
         return Ok(binary.to_vec());
     }
     let plans = plan(binary, &m).map_err(Error::Cannot)?;
-    rewrite(binary, &m, &plans).map_err(|e| match e.strip_prefix(TOO_LARGE) {
+    rewrite(binary, &m, &plans, limits).map_err(|e| match e.strip_prefix(TOO_LARGE) {
         Some(why) => Error::TooLarge(why.to_string()),
         None => Error::Cannot(e),
     })
@@ -876,14 +883,23 @@ struct Frame {
     /// Targets of the part being emitted that are still ahead (their dispatch blocks
     /// are open).
     ahead: std::collections::VecDeque<Target>,
-    /// A loop's rewinding copy: a `block` whose back edges go to the plain copy, which
-    /// the last stream is emitting ("Loops run plain" in the module docs).
+    /// A loop's rewinding copy: a `block` whose back edges go to the plain copy, which a
+    /// stream of its own is emitting ("Loops run plain" in the module docs).
     copy: bool,
     /// The loop a plain stream was started for: its end is the stream's end.
     root: bool,
 }
 
 impl Frame {
+    /// The frame as a plain copy of a loop inside it sees it: what branches to it need.
+    fn outer(&self) -> Frame {
+        Frame {
+            params: self.params.clone(),
+            results: self.results.clone(),
+            ..Frame::new(self.kind, self.id, self.base, self.label)
+        }
+    }
+
     fn new(kind: Kind, id: u32, base: u32, label: usize) -> Frame {
         Frame {
             kind,
@@ -908,6 +924,14 @@ struct Stream {
     labels: Vec<Option<usize>>,
     frames: Vec<Frame>,
     plain: bool,
+}
+
+/// Whether a body is emitted with the plain copies of its loops, and the most bytes it
+/// may grow to ([`check_growth`]).
+#[derive(Clone, Copy)]
+struct Copies {
+    on: bool,
+    grow_to: u64,
 }
 
 /// What emitting an operator into a stream asks of the driver.
@@ -1177,7 +1201,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     v: &mut wasmparser::FuncValidator<R>,
     p: &Plan,
     (state, ptr, memory): (u32, u32, u32),
-    copies: bool,
+    copies: Copies,
 ) -> Result<(Vec<u8>, Cost), String> {
     let func = index + m.imported;
     let id = m.ids[index as usize].ok_or("an instrumented function without an id")?;
@@ -1192,7 +1216,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         }
     }
     let mut e = Emitter {
-        copies,
+        copies: copies.on,
         plain: false,
         merge: Vec::new(),
         out: Vec::new(),
@@ -1254,7 +1278,7 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
         // its call, so a small module of many values left across many calls grows as
         // their product. Found by review: 200 KB took 80 s and 4.3 GB before the scan
         // refused it. Rejected: checking only after the whole module is rewritten.
-        check_growth(streams.iter().map(|s| s.out.len()).sum())?;
+        check_growth(streams.iter().map(|s| s.out.len()).sum(), copies.grow_to)?;
         let (op, offset) = (ops[at].0.clone(), ops[at].1);
         let fr = v.get_control_frame(0).ok_or("no frame")?;
         let unreachable = fr.unreachable;
@@ -1504,6 +1528,8 @@ struct Cost {
     ssa: u64,
     /// Blocks squared ([`crate::shape::Shape::module_block_pairs`]).
     pairs: u64,
+    /// The deepest nesting of blocks ([`crate::shape::Shape::depth`]).
+    depth: u64,
 }
 
 impl Cost {
@@ -1513,17 +1539,27 @@ impl Cost {
         for group in body.get_locals_reader()? {
             variables += u64::from(group?.0);
         }
-        let mut blocks = 0u64;
+        let (mut blocks, mut open, mut depth) = (0u64, 1u64, 1u64);
         let mut labels = Vec::new();
         let mut ops = body.get_operators_reader()?;
         while !ops.eof() {
-            blocks += crate::shape::block_starts(&ops.read()?, &mut labels)?;
+            let op = ops.read()?;
+            blocks += crate::shape::block_starts(&op, &mut labels)?;
+            match op {
+                Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                    open += 1;
+                    depth = depth.max(open);
+                }
+                Operator::End => open = open.saturating_sub(1),
+                _ => {}
+            }
         }
         Ok(Cost {
             bytes: body.range().len() as u64,
             blocks,
             ssa: variables.saturating_mul(blocks),
             pairs: blocks.saturating_mul(blocks),
+            depth,
         })
     }
 }
@@ -1613,10 +1649,14 @@ fn emit<R: wasmparser::WasmModuleResources>(
                 e.i(Instruction::Block(BlockType::Empty));
                 e.push_label(None);
                 // The plain copy, emitted into a stream of its own until the loop's end.
+                // The blocks around the loop as far as branches out of it need them
+                // (the plain copy never reaches their ends or targets): cloned whole,
+                // the values each holds in slots made forking cost their number per
+                // loop (found by review).
                 let mut plain = Stream {
                     out: Vec::new(),
                     labels: e.labels.clone(),
-                    frames: e.frames.clone(),
+                    frames: e.frames.iter().map(Frame::outer).collect(),
                     plain: true,
                 };
                 e.swap(&mut plain);
@@ -1629,9 +1669,9 @@ fn emit<R: wasmparser::WasmModuleResources>(
                 e.push_label(Some(e.frames.len() - 1));
                 e.push_from_slots(&with_pos(base, &ps))?;
                 e.swap(&mut plain);
-                // The rewinding copy, `block $plain`: entered only while rewinding
-                // into the loop (else straight to the plain copy); a back edge is a
-                // branch to its end, where the plain copy starts.
+                // The rewinding copy, a `block`: entered only while rewinding into the
+                // loop (else straight to the plain copy); a back edge is a branch to its
+                // end, where the plain copy starts.
                 e.i(Instruction::Block(BlockType::Empty));
                 frame.kind = Kind::Loop;
                 frame.label = e.labels.len();
@@ -1942,10 +1982,11 @@ fn emit<R: wasmparser::WasmModuleResources>(
     Ok(Step::Go)
 }
 
-/// The most one rewritten body may grow to before the pass gives up: what the scan of
-/// the rewritten module refuses anyway ([`crate::shape::UNWIND_LIMITS`]).
-fn check_growth(body_bytes: usize) -> Result<(), String> {
-    let limit = crate::shape::UNWIND_LIMITS.function_bytes;
+/// Whether a rewritten body has grown past `limit` bytes, the most it may be before the
+/// pass gives up: what the scan of the rewritten module refuses anyway
+/// ([`crate::shape::UNWIND_LIMITS`]), or, with plain copies, what the module's budget has
+/// left for the body ([`rewrite`]).
+fn check_growth(body_bytes: usize, limit: u64) -> Result<(), String> {
     if body_bytes as u64 > limit {
         return Err(format!(
             "{TOO_LARGE}a function grows past {limit} bytes with checkpoints (each call \
@@ -1956,16 +1997,34 @@ fn check_growth(body_bytes: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>, String> {
-    let state = m.globals;
-    let ptr = m.globals + 1;
-    let memory = m.memories;
-    // Every body, rewritten or copied, within the code section's limit as it grows.
-    let limits = crate::shape::UNWIND_LIMITS;
+/// The module rewritten: every body through [`rewrite_body`], with the plain copies of
+/// loops where they fit ("Loops run plain" in the module docs), assembled with what the
+/// pass adds to the module.
+///
+/// Every body is emitted without copies first, and measured ([`Cost`]); then, function
+/// by function in order, with them, kept where the function's and the module's measures
+/// stay within the limits the module is scanned against after the pass
+/// ([`crate::shape::UNWIND_LIMITS`]); and the module with the copies is scanned here:
+/// if it is refused (for a measure the budget does not follow, such as the values of
+/// calls), the module without them is returned. So the copies make code faster and
+/// never a module refused. Rejected: raising the limits for them (the compile work a
+/// module that takes checkpoints may cost would grow for an optimisation); copies
+/// without a budget (CPython's eval loop, three loops deep, grew three times, past the
+/// limits).
+fn rewrite(
+    binary: &[u8],
+    m: &Module,
+    plans: &[Option<Plan>],
+    limits: &crate::shape::Limits,
+) -> Result<Vec<u8>, String> {
+    let at = (m.globals, m.globals + 1, m.memories);
+    let none = Copies {
+        on: false,
+        grow_to: limits.function_bytes,
+    };
     let mut code = 0u64;
     let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(plans.len());
     let mut costs: Vec<Cost> = Vec::with_capacity(plans.len());
-    let at = (state, ptr, memory);
     walk(binary, |i, body, v| {
         let range = body.range();
         let (b, cost) = match &plans[i as usize] {
@@ -1975,8 +2034,9 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
                 let cost = Cost::of(&binary[range.clone()], params).map_err(err)?;
                 (binary[range].to_vec(), cost)
             }
-            Some(p) => rewrite_body(m, binary, (i, body), v, p, at, false)?,
+            Some(p) => rewrite_body(m, binary, (i, body), v, p, at, none)?,
         };
+        // Every body within the code section's limit as it grows.
         code += b.len() as u64;
         if code > limits.code_bytes {
             return Err(format!(
@@ -1989,50 +2049,78 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
         costs.push(cost);
         Ok(())
     })?;
-    // Then, function by function in order, the plain copies of loops ("Loops run plain"
-    // in the module docs), where the function and the module with them stay within the
-    // limits the module is scanned against after the pass: the copies make the code
-    // faster, never a module refused. Rejected: raising the limits for them (the
-    // compile work a module that takes checkpoints may cost would grow for an
-    // optimisation); copies without a budget (CPython's eval loop, three loops deep,
-    // grew three times, past the limits).
-    if plans
+    if !plans
         .iter()
         .flatten()
         .any(|p| p.blocks.iter().any(|b| b.copy))
     {
-        let sum = |f: fn(&Cost) -> u64| costs.iter().map(f).fold(0u64, u64::saturating_add);
-        let (mut ssa, mut pairs) = (sum(|c| c.ssa), sum(|c| c.pairs));
-        walk(binary, |i, body, v| {
-            let Some(p) = &plans[i as usize] else {
-                return Ok(());
-            };
-            if !p.blocks.iter().any(|b| b.copy) {
-                return Ok(());
-            }
-            let (b, cost) = match rewrite_body(m, binary, (i, body), v, p, at, true) {
-                Ok(rewritten) => rewritten,
-                Err(e) if e.starts_with(TOO_LARGE) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let was = costs[i as usize];
-            let grown = |total: u64, old: u64, new: u64| total - old + new;
-            let fits = cost.bytes <= limits.function_bytes
-                && cost.blocks <= limits.blocks
-                && cost.ssa <= limits.ssa
-                && grown(ssa, was.ssa, cost.ssa) <= limits.module_ssa
-                && grown(pairs, was.pairs, cost.pairs) <= limits.module_block_pairs
-                && grown(code, was.bytes, cost.bytes) <= limits.code_bytes;
-            if fits {
-                ssa = grown(ssa, was.ssa, cost.ssa);
-                pairs = grown(pairs, was.pairs, cost.pairs);
-                code = grown(code, was.bytes, cost.bytes);
-                costs[i as usize] = cost;
-                bodies[i as usize] = b;
-            }
-            Ok(())
-        })?;
+        return assemble(binary, m, &bodies);
     }
+    // The code section also holds each body's size and their count: at most five bytes
+    // each.
+    let code_limit = limits
+        .code_bytes
+        .saturating_sub(5 * (bodies.len() as u64 + 1));
+    let sum = |f: fn(&Cost) -> u64| costs.iter().map(f).fold(0u64, u64::saturating_add);
+    let (mut ssa, mut pairs) = (sum(|c| c.ssa), sum(|c| c.pairs));
+    let mut copied = bodies.clone();
+    let mut any = false;
+    walk(binary, |i, body, v| {
+        let Some(p) = &plans[i as usize] else {
+            return Ok(());
+        };
+        if !p.blocks.iter().any(|b| b.copy) {
+            return Ok(());
+        }
+        let was = costs[i as usize];
+        let grow_to = limits
+            .function_bytes
+            .min((code_limit + was.bytes).saturating_sub(code));
+        let copies = Copies { on: true, grow_to };
+        let (b, cost) = match rewrite_body(m, binary, (i, body), v, p, at, copies) {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                // Grown past its budget; any other error is a defect of the copies
+                // (the body without them was emitted): the body stays without.
+                debug_assert!(e.starts_with(TOO_LARGE), "{e}");
+                return Ok(());
+            }
+        };
+        let grown = |total: u64, old: u64, new: u64| total - old + new;
+        let next = (
+            grown(ssa, was.ssa, cost.ssa),
+            grown(pairs, was.pairs, cost.pairs),
+            grown(code, was.bytes, cost.bytes),
+        );
+        let fits = cost.bytes <= limits.function_bytes
+            && cost.blocks <= limits.blocks
+            && cost.ssa <= limits.ssa
+            && cost.depth <= limits.depth
+            && next.0 <= limits.module_ssa
+            && next.1 <= limits.module_block_pairs
+            && next.2 <= code_limit;
+        if fits {
+            (ssa, pairs, code) = next;
+            costs[i as usize] = cost;
+            copied[i as usize] = b;
+            any = true;
+        }
+        Ok(())
+    })?;
+    if any {
+        let module = assemble(binary, m, &copied)?;
+        if crate::shape::check(&module, limits).is_ok() {
+            return Ok(module);
+        }
+    }
+    assemble(binary, m, &bodies)
+}
+
+/// The module with `bodies` for its functions' code and what the pass adds to it.
+fn assemble(binary: &[u8], m: &Module, bodies: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+    let state = m.globals;
+    let ptr = m.globals + 1;
+    let memory = m.memories;
     let add_memory = |s: &mut wasm_encoder::MemorySection| {
         s.memory(wasm_encoder::MemoryType {
             minimum: 0,
@@ -2178,7 +2266,7 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
             Payload::CodeSectionStart { count, .. } => {
                 let mut section = Vec::new();
                 count.encode(&mut section);
-                for b in &bodies {
+                for b in bodies {
                     (b.len() as u32).encode(&mut section);
                     section.extend_from_slice(b);
                 }
@@ -2198,6 +2286,68 @@ fn rewrite(binary: &[u8], m: &Module, plans: &[Option<Plan>]) -> Result<Vec<u8>,
     Ok(out)
 }
 
-// Tests: `runtime/tests/pass_unwind.rs`. Every one runs instrumented modules on the
-// runtime's engine, with and without checkpoints, and this crate has no engine, not even
-// for its tests.
+// Tests: `runtime/tests/pass_unwind.rs`. Every one there runs instrumented modules on
+// the runtime's engine, with and without checkpoints, and this crate has no engine, not
+// even for its tests. The one here checks the output's shape alone.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop of `pairs` calls that name 256 values each (128 results passed on as 128
+    /// parameters), after the fuel and stack passes.
+    fn wide_calls(pairs: usize) -> Vec<u8> {
+        let values = "i32 ".repeat(128);
+        let zeros = "i32.const 0 ".repeat(128);
+        let calls = "call $f call $g\n".repeat(pairs);
+        let wat = format!(
+            r#"(module
+            (func $f (result {values}) {zeros})
+            (func $g (param {values}))
+            (func (export "f") (result i64)
+              (local $i i32) (local $acc i64)
+              loop $l
+                {calls}
+                local.get $acc i64.const 515151 i64.add local.set $acc
+                local.get $i i32.const 1 i32.add local.tee $i
+                i32.const 3 i32.lt_u br_if $l
+              end
+              local.get $acc))"#
+        );
+        let fueled = crate::fuel::meter(&wat::parse_str(wat).unwrap()).unwrap();
+        crate::stack::meter(&fueled).unwrap()
+    }
+
+    fn markers(binary: &[u8]) -> usize {
+        let mut n = 0;
+        for p in Parser::new(0).parse_all(binary) {
+            if let Payload::CodeSectionEntry(body) = p.unwrap() {
+                let mut ops = body.get_operators_reader().unwrap();
+                while !ops.eof() {
+                    if matches!(ops.read().unwrap(), Operator::I64Const { value: 515_151 }) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// A measure the budget of copies does not follow (the values calls name) is still
+    /// held: the module with copies is scanned, and when the scan refuses it, the module
+    /// is returned without them, within the limits.
+    #[test]
+    fn a_module_its_copies_would_get_refused_is_returned_without_them() {
+        let module = wide_calls(100);
+        let copied = instrument(&module).unwrap();
+        assert_eq!(markers(&copied), 2, "copied");
+        let with = crate::shape::check(&copied, &crate::shape::UNWIND_LIMITS).unwrap();
+        let limits = crate::shape::Limits {
+            function_values: with.values.0 - 1,
+            ..crate::shape::UNWIND_LIMITS
+        };
+        let within = instrument_within(&module, &limits).unwrap();
+        assert_eq!(markers(&within), 1, "not copied");
+        crate::shape::check(&within, &limits).expect("within the limits");
+    }
+}
