@@ -2079,12 +2079,11 @@ fn rewrite(
         let copies = Copies { on: true, grow_to };
         let (b, cost) = match rewrite_body(m, binary, (i, body), v, p, at, copies) {
             Ok(rewritten) => rewritten,
-            Err(e) => {
-                // Grown past its budget; any other error is a defect of the copies
-                // (the body without them was emitted): the body stays without.
-                debug_assert!(e.starts_with(TOO_LARGE), "{e}");
-                return Ok(());
-            }
+            // Grown past its budget, or (a defect of the copies: the body without them
+            // was emitted) any other error: the body stays without. Rejected: a panic
+            // in debug builds (the binary the README's set-up builds is one, and a
+            // module that runs without copies would end its job).
+            Err(_) => return Ok(()),
         };
         let grown = |total: u64, old: u64, new: u64| total - old + new;
         let next = (
