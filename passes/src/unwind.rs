@@ -1274,7 +1274,8 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
     let mut at = 0;
     while at < ops.len() {
         // Refused as soon as the body outgrows what the module's scan would refuse
-        // after the pass (`shape::UNWIND_LIMITS`): each site saves every value below
+        // after the pass (`shape::UNWIND_LIMITS`), or, emitted with copies, what the
+        // module's code budget has left for it ([`rewrite`]): each site saves every value below
         // its call, so a small module of many values left across many calls grows as
         // their product. Found by review: 200 KB took 80 s and 4.3 GB before the scan
         // refused it. Rejected: checking only after the whole module is rewritten.
@@ -1519,7 +1520,9 @@ fn rewrite_body<R: wasmparser::WasmModuleResources>(
 }
 
 /// What a rewritten body adds to the measures of [`crate::shape::UNWIND_LIMITS`] that
-/// plain copies of loops make grow (the scan measures the same after the pass).
+/// plain copies of loops make grow, measured as the scan after the pass measures them
+/// (depth counting the function's own frame, one more than the scan reports: the budget
+/// is the stricter by one). The scan of the whole module checks the rest ([`rewrite`]).
 #[derive(Clone, Copy, Default)]
 struct Cost {
     bytes: u64,
@@ -2004,9 +2007,9 @@ fn check_growth(body_bytes: usize, limit: u64) -> Result<(), String> {
 /// Every body is emitted without copies first, and measured ([`Cost`]); then, function
 /// by function in order, with them, kept where the function's and the module's measures
 /// stay within the limits the module is scanned against after the pass
-/// ([`crate::shape::UNWIND_LIMITS`]); and the module with the copies is scanned here:
-/// if it is refused (for a measure the budget does not follow, such as the values of
-/// calls), the module without them is returned. So the copies make code faster and
+/// ([`crate::shape::UNWIND_LIMITS`]); and the module with the copies is validated and
+/// scanned here: if it is refused (for a measure the budget does not follow, such as the
+/// values of calls), the module without them is returned. So the copies make code faster and
 /// never a module refused. Rejected: raising the limits for them (the compile work a
 /// module that takes checkpoints may cost would grow for an optimisation); copies
 /// without a budget (CPython's eval loop, three loops deep, grew three times, past the
@@ -2107,8 +2110,13 @@ fn rewrite(
         Ok(())
     })?;
     if any {
+        // Validated too: a defect of the copies that made invalid code without an error
+        // would otherwise end the job at the engine.
         let module = assemble(binary, m, &copied)?;
-        if crate::shape::check(&module, limits).is_ok() {
+        let valid = Validator::new_with_features(features())
+            .validate_all(&module)
+            .is_ok();
+        if valid && crate::shape::check(&module, limits).is_ok() {
             return Ok(module);
         }
     }
