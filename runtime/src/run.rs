@@ -55,6 +55,10 @@ pub struct Runtime {
     /// process that runs many jobs of one module loads it once. Results never depend on
     /// it (compiled code is a function of the bytes and the engine).
     loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
+    /// The CID of the module a job of this runtime ran last ([`Self::prepare_by`]), by
+    /// the very bytes it was hashed from: the runs of one job (a spot check's segments, a
+    /// batch of one module's jobs, every job of a Ray worker) hash the module once.
+    last_module_cid: Mutex<Option<ModuleCid>>,
     /// Take a checkpoint every this many instructions ([`Self::with_checkpoints`]).
     checkpoint_every: Option<u64>,
     /// Fuel handed to the guest at a time ([`Self::with_fuel_slice`]).
@@ -63,6 +67,19 @@ pub struct Runtime {
     checkpoints_taken: std::sync::atomic::AtomicU64,
     /// Shown every guest's stdout and stderr live ([`Self::with_echo`]).
     echo: Option<crate::wasi::host::Echo>,
+}
+
+/// A module's CID, and the bytes it is of ([`Runtime::last_module_cid`]).
+///
+/// Known by the allocation of the bytes, not by a hash of them: the clone of the `Arc`
+/// kept here holds the allocation, so no other module's bytes can be at that address,
+/// and nobody can change bytes an `Arc` shares. One entry only: a runtime that runs many
+/// modules keeps no more than one of them alive. Rejected: a map by blake3 of the bytes
+/// (each run would still hash CPython's 26 MB to find its entry).
+struct ModuleCid {
+    bytes: std::sync::Arc<Vec<u8>>,
+    profile: results::Profile,
+    cid: String,
 }
 
 /// A run whose results are written but not yet published (see [`Runtime::run_staged`]).
@@ -116,6 +133,7 @@ impl Runtime {
             cache: opts.cache_dir.map(ModuleCache::new),
             fingerprint: engine::fingerprint(),
             loaded: Mutex::new(HashMap::new()),
+            last_module_cid: Mutex::new(None),
             checkpoint_every: None,
             fuel_slice: meter::SLICE,
             checkpoints_taken: Default::default(),
@@ -198,6 +216,36 @@ impl Runtime {
         self.prepare_by(job, None)
     }
 
+    /// The CID of `bytes` as a file, hashed once for every run of the same bytes in a row
+    /// ([`ModuleCid`]).
+    fn module_cid(
+        &self,
+        bytes: &std::sync::Arc<Vec<u8>>,
+        profile: results::Profile,
+    ) -> Result<String, RunError> {
+        let known = |m: &ModuleCid| std::sync::Arc::ptr_eq(&m.bytes, bytes) && m.profile == profile;
+        if let Some(m) = self
+            .last_module_cid
+            .lock()
+            .ok()
+            .as_deref()
+            .and_then(Option::as_ref)
+        {
+            if known(m) {
+                return Ok(m.cid.clone());
+            }
+        }
+        let cid = results::cid_of_bytes(bytes, profile)?;
+        if let Ok(mut last) = self.last_module_cid.lock() {
+            *last = Some(ModuleCid {
+                bytes: bytes.clone(),
+                profile,
+                cid: cid.clone(),
+            });
+        }
+        Ok(cid)
+    }
+
     /// [`Self::prepare`], the hashing given up at `deadline` ([`RunError::InputTimeout`],
     /// see [`results::cid_of_dir_by`]); each distinct input folder is hashed once
     /// ([`results::InputCids`]).
@@ -208,7 +256,7 @@ impl Runtime {
     ) -> Result<Prepared, RunError> {
         job.validate()?;
         let profile = job.results.profile;
-        let module_cid = results::cid_of_bytes(&job.module.bytes, profile)?;
+        let module_cid = self.module_cid(&job.module.bytes, profile)?;
         let mut inputs = Vec::new();
         let mut cids = results::InputCids::default();
         for input in &job.inputs {
@@ -266,6 +314,19 @@ impl Runtime {
         Ok(self.load_from(bytes, entry, deadline)?.0)
     }
 
+    /// [`Self::load_by`] when no compile is needed (this runtime holds the module, or its
+    /// cache does), `None` otherwise: for loading a module while another thread hashes
+    /// it, without compiling one a check may not need.
+    pub fn load_compiled(
+        &self,
+        bytes: &[u8],
+        entry: &str,
+    ) -> Result<Option<wasmtime::Module>, RunError> {
+        Ok(self
+            .load_or_compile(bytes, entry, None, false)?
+            .map(|m| m.0))
+    }
+
     /// [`Self::load_by`], and where the module came from: `memory`, `cache` or
     /// `compiled` (for the receipt's host statistics).
     fn load_from(
@@ -274,6 +335,18 @@ impl Runtime {
         entry: &str,
         deadline: Option<engine::Deadline>,
     ) -> Result<(wasmtime::Module, &'static str), RunError> {
+        self.load_or_compile(bytes, entry, deadline, true)?
+            .ok_or_else(|| RunError::Engine("the module was neither loaded nor compiled".into()))
+    }
+
+    /// [`Self::load_from`], `None` instead of a compile unless `compile`.
+    fn load_or_compile(
+        &self,
+        bytes: &[u8],
+        entry: &str,
+        deadline: Option<engine::Deadline>,
+        compile: bool,
+    ) -> Result<Option<(wasmtime::Module, &'static str)>, RunError> {
         let binary = engine::to_binary(bytes)?;
         let key = crate::cache::module_hash(&binary);
         let known = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned());
@@ -281,6 +354,9 @@ impl Runtime {
             (None, Some(cache)) => cache.load(&self.engine, &key, self.unwind()),
             _ => None,
         };
+        if !compile && known.is_none() && cached.is_none() {
+            return Ok(None);
+        }
         // The shape scan before the interface is read: reading it keeps every type's
         // signature and text, 240 MB for a 2 MB type section the scan refuses. The scan
         // is linear and cheap; `engine::compile` runs it again on a cache miss (and on the
@@ -314,7 +390,7 @@ impl Runtime {
             }
             m.insert(key, module.clone());
         }
-        Ok((module, from))
+        Ok(Some((module, from)))
     }
 
     fn check_interface(&self, interface: &engine::Interface, entry: &str) -> Result<(), RunError> {
@@ -1101,5 +1177,33 @@ mod tests {
             assert!(msg.contains("nothing was delivered"), "{msg}");
             assert_eq!(std::fs::read(dir.join(taken)).unwrap(), b"earlier");
         }
+    }
+
+    /// The module's CID is kept for the bytes it was hashed from, by their allocation:
+    /// the same bytes again are not hashed again, and other bytes (even at an address
+    /// the first ones were freed from) get their own CID, whatever the order.
+    #[test]
+    fn a_modules_cid_is_kept_for_its_own_bytes_only() {
+        let rt = Runtime::new(EngineOptions::default()).unwrap();
+        let a = Job::new(b"(module (func (export \"_start\")))".to_vec());
+        let b = Job::new(b"(module (func (export \"_start\") nop))".to_vec());
+        let profile = a.results.profile;
+        let cid = |j: &Job| results::cid_of_bytes(&j.module.bytes, profile).unwrap();
+        let id = |j: &Job| rt.prepare(j).unwrap().identity.module_cid;
+        assert_ne!(cid(&a), cid(&b));
+        for _ in 0..2 {
+            assert_eq!(id(&a), cid(&a));
+            assert_eq!(id(&a), cid(&a), "again, from what was kept");
+            assert_eq!(id(&b), cid(&b));
+        }
+        // Bytes freed and others allocated in their place: never the kept CID.
+        for i in 0..50u8 {
+            let j = Job::new(
+                format!("(module (func (export \"_start\")) (global i32 (i32.const {i})))")
+                    .into_bytes(),
+            );
+            assert_eq!(id(&j), cid(&j));
+        }
+        assert_eq!(id(&a), cid(&a));
     }
 }
