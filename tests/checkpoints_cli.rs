@@ -205,7 +205,17 @@ fn a_forged_fuel_in_a_snapshot_neither_escapes_the_timeout_nor_makes_a_result() 
     .unwrap();
     let out = detwasm()
         .current_dir(t.path())
-        .args(["run", "--timeout", "2", "--checkpoints", "cp"])
+        // A budget no host runs in 2 s: the timeout ends the run, never the fuel (with
+        // the default of 1e9 a second, a fast host ran out of fuel first: flaky).
+        .args([
+            "run",
+            "--timeout",
+            "2",
+            "--fuel",
+            "1000000000000",
+            "--checkpoints",
+            "cp",
+        ])
         .args(["--checkpoint-every", "20000000", "-o", "r", "loop.wat"])
         .output()
         .unwrap();
