@@ -475,7 +475,10 @@ impl std::ops::Deref for Bytes {
 /// of each compile's own (`compile::compile_by`), so a hash there never waits behind
 /// another job's compile in a batch.
 pub fn module_hash(binary: &[u8]) -> [u8; 32] {
-    *blake3::Hasher::new().update_rayon(binary).finalize().as_bytes()
+    *blake3::Hasher::new()
+        .update_rayon(binary)
+        .finalize()
+        .as_bytes()
 }
 
 /// `key ‖ blake3(key ‖ payload) ‖ MAGIC`: what follows the payload in a cache file.
