@@ -289,7 +289,8 @@ impl ModuleCache {
             .open(path)
             .ok()?;
         let m = f.metadata().ok()?;
-        if !m.is_file() {
+        // No larger than `store` ever writes: the mapping below reads it whole.
+        if !m.is_file() || m.len() > self.max_bytes {
             return None;
         }
         if let Some(why) = untrusted_because(&m) {
@@ -471,14 +472,27 @@ impl std::ops::Deref for Bytes {
 }
 
 /// A module's hash for the cache key and the runtime's loaded modules: blake3 of its
-/// binary, computed once per load, on rayon's global pool: wasmtime compiles on pools
-/// of each compile's own (`compile::compile_by`), so a hash there never waits behind
-/// another job's compile in a batch.
+/// binary, computed once per load ([`hash_into`]).
 pub fn module_hash(binary: &[u8]) -> [u8; 32] {
-    *blake3::Hasher::new()
-        .update_rayon(binary)
-        .finalize()
-        .as_bytes()
+    let mut h = blake3::Hasher::new();
+    hash_into(&mut h, binary);
+    *h.finalize().as_bytes()
+}
+
+/// Bytes below which blake3 hashes on the calling thread: starting rayon's pool costs a
+/// small job more than it saves (the hasher's CIDs keep the same rule).
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+
+/// Feeds `bytes` to `h`: on rayon's global pool when they are many (as the hasher's CIDs
+/// of inputs and results are), where a job's compile never runs (it has a pool of its
+/// own, `compile::compile_by`). CPython's 138 MB compiled with the unwind pass took 35 ms
+/// on one thread, on the path of every load of a spot check.
+fn hash_into(h: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() < PARALLEL_MIN_BYTES {
+        h.update(bytes);
+    } else {
+        h.update_rayon(bytes);
+    }
 }
 
 /// `key ‖ blake3(key ‖ payload) ‖ MAGIC`: what follows the payload in a cache file.
@@ -500,9 +514,7 @@ fn verify<'a>(file: &'a [u8], key: &[u8; KEY_LEN]) -> Option<&'a [u8]> {
     let payload = rest.strip_suffix(key.as_slice())?;
     let mut h = blake3::Hasher::new();
     h.update(key);
-    // On rayon's global pool, as [`module_hash`]: CPython's 138 MB took 35 ms on one
-    // thread, on the path of every load of a spot check.
-    h.update_rayon(payload);
+    hash_into(&mut h, payload);
     (h.finalize().as_bytes() == sum).then_some(payload)
 }
 

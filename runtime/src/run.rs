@@ -56,8 +56,9 @@ pub struct Runtime {
     /// it (compiled code is a function of the bytes and the engine).
     loaded: Mutex<HashMap<[u8; 32], wasmtime::Module>>,
     /// The CID of the module a job of this runtime ran last ([`Self::prepare_by`]), by
-    /// the very bytes it was hashed from: the runs of one job (a spot check's segments, a
-    /// batch of one module's jobs, every job of a Ray worker) hash the module once.
+    /// the very bytes it was hashed from: the runs of one job (a spot check's segments,
+    /// which share its `Job`) hash the module once. Jobs that read their module anew (a
+    /// batch's lines, the Python bindings' calls) hash it each time.
     last_module_cid: Mutex<Option<ModuleCid>>,
     /// Take a checkpoint every this many instructions ([`Self::with_checkpoints`]).
     checkpoint_every: Option<u64>,
