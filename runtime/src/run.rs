@@ -1180,9 +1180,9 @@ mod tests {
         }
     }
 
-    /// The module's CID is kept for the bytes it was hashed from, by their allocation:
-    /// the same bytes again are not hashed again, and other bytes (even at an address
-    /// the first ones were freed from) get their own CID, whatever the order.
+    /// The CID kept for the bytes it was hashed from ([`Runtime::module_cid`]) is only
+    /// ever given for those bytes: the same bytes again get it, other bytes (even at an
+    /// address the first ones were freed from) their own, whatever the order.
     #[test]
     fn a_modules_cid_is_kept_for_its_own_bytes_only() {
         let rt = Runtime::new(EngineOptions::default()).unwrap();
