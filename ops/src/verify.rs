@@ -1755,10 +1755,13 @@ pub fn spot_check(
     // core: CPython's take 26 and 100 ms, before any segment can start. Only a module
     // compiled already is loaded this early: a compile waits for the receipt's claims.
     let (prepared, early) = std::thread::scope(|s| {
-        let early = s.spawn(|| runtime.load_compiled(&job.module.bytes, &job.entry));
+        // A thread the system refuses only means no early load (`s.spawn` would panic).
+        let early = std::thread::Builder::new()
+            .spawn_scoped(s, || runtime.load_compiled(&job.module.bytes, &job.entry));
         let prepared = runtime.prepare_by(&job, deadline);
         // A failure is met again, and reported, by the load below.
-        (prepared, early.join().ok().and_then(Result::ok).flatten())
+        let early = early.ok().and_then(|t| t.join().ok()).and_then(Result::ok);
+        (prepared, early.flatten())
     });
     let prepared = prepared?;
     let reasons = receipt_claims(receipt, &prepared.job_id);
