@@ -216,15 +216,20 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
     // original (a label, a global, a function) would name, after the rewrite, what the
     // pass added (the function's own label, the fuel global, a wrapper) and hand the
     // guest its own fuel. The engine validates the result again with its own features.
-    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
-        .validate_all(binary)
-        .map_err(err)?;
+    // Sections are validated in order; function bodies after, in parallel
+    // ([`crate::par_map`]), each with what the walk below needs of it.
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    let mut bodies = Vec::new();
     let mut m = Module::default();
     let mut values: Vec<u32> = Vec::new();
     let mut host: Vec<u32> = Vec::new();
     let mut rt = RoundtripReencoder;
     for payload in Parser::new(0).parse_all(binary) {
-        match payload.map_err(err)? {
+        let payload = payload.map_err(err)?;
+        if let wasmparser::ValidPayload::Func(f, body) = validator.payload(&payload).map_err(err)? {
+            bodies.push((f, body));
+        }
+        match payload {
             Payload::TypeSection(r) => {
                 for group in r {
                     for sub in group.map_err(err)?.into_types() {
@@ -295,33 +300,21 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
                 m.has_element_section = true;
                 crate::ref_funcs_in_elements(r, &mut values).map_err(err)?;
             }
-            Payload::CodeSectionEntry(body) => {
-                let mut r = body.get_operators_reader().map_err(err)?;
-                let imported = m.imported.len() as u32;
-                let mut bounded = true;
-                while !r.eof() {
-                    match r.read().map_err(err)? {
-                        Operator::RefFunc { function_index } => {
-                            values.push(function_index);
-                            m.code_refs.push(function_index);
-                        }
-                        Operator::Call { function_index } if function_index >= imported => {
-                            bounded = false
-                        }
-                        Operator::Loop { .. }
-                        | Operator::CallIndirect { .. }
-                        | Operator::ReturnCall { .. }
-                        | Operator::ReturnCallIndirect { .. } => bounded = false,
-                        Operator::CallRef { .. } | Operator::ReturnCallRef { .. } => {
-                            return Err("typed function references are not supported".into())
-                        }
-                        _ => {}
-                    }
-                }
-                m.bounded.push(bounded);
-            }
             _ => {}
         }
+    }
+    let imported = m.imported.len() as u32;
+    let walked = crate::par_map(bodies, |allocs, (f, body)| {
+        let mut v = f.into_validator(std::mem::take(allocs));
+        let walked = walk_body(&mut v, &body, imported);
+        *allocs = v.into_allocations();
+        walked
+    });
+    for w in walked {
+        let (bounded, refs) = w?;
+        values.extend_from_slice(&refs);
+        m.code_refs.extend(refs);
+        m.bounded.push(bounded);
     }
     m.code_refs.sort_unstable();
     m.code_refs.dedup();
@@ -349,6 +342,34 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
         }
     }
     Ok(m)
+}
+
+/// Validates one body and walks it: whether it runs a bounded number of operators (see
+/// [`Module::bounded`]), and the functions its `ref.func`s name.
+fn walk_body(
+    v: &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+    body: &wasmparser::FunctionBody,
+    imported: u32,
+) -> Result<(bool, Vec<u32>), String> {
+    v.validate(body).map_err(err)?;
+    let mut r = body.get_operators_reader().map_err(err)?;
+    let mut bounded = true;
+    let mut refs = Vec::new();
+    while !r.eof() {
+        match r.read().map_err(err)? {
+            Operator::RefFunc { function_index } => refs.push(function_index),
+            Operator::Call { function_index } if function_index >= imported => bounded = false,
+            Operator::Loop { .. }
+            | Operator::CallIndirect { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. } => bounded = false,
+            Operator::CallRef { .. } | Operator::ReturnCallRef { .. } => {
+                return Err("typed function references are not supported".into())
+            }
+            _ => {}
+        }
+    }
+    Ok((bounded, refs))
 }
 
 /// Rewrites the module: index maps (a [`Reencode`]) and the sections.
@@ -460,7 +481,7 @@ impl Rewriter {
         let mut globals_written = self.m.has_global_section;
         let mut exports_written = self.m.has_export_section;
         let mut elements_written = self.m.has_element_section || self.m.code_refs.is_empty();
-        let mut code: Option<(u32, Vec<u8>)> = None;
+        let mut code: Option<(u32, Vec<_>)> = None;
         let mut bodies = 0u32;
         for payload in Parser::new(0).parse_all(binary) {
             let payload = payload.map_err(err)?;
@@ -565,19 +586,29 @@ impl Rewriter {
                 }
                 Payload::CodeSectionStart { count, .. } => code = Some((count, Vec::new())),
                 Payload::CodeSectionEntry(body) => {
-                    let (count, bytes) = code.as_mut().ok_or("a body outside the code section")?;
+                    let (count, pending) =
+                        code.as_mut().ok_or("a body outside the code section")?;
                     let count = *count;
                     let t = *self
                         .m
                         .defined
                         .get(bodies as usize)
                         .ok_or("more bodies than functions")?;
-                    let f = self.body(binary, &body, bodies as usize, t)?;
-                    (f.len() as u32).encode(bytes);
-                    bytes.extend_from_slice(&f);
+                    pending.push((body, bodies as usize, t));
                     bodies += 1;
                     if bodies == count {
-                        let mut bytes = std::mem::take(bytes);
+                        // Every body at once, in parallel, written in order.
+                        let this = &self;
+                        let rewritten =
+                            crate::par_map(std::mem::take(pending), |_, (body, i, t)| {
+                                this.body(binary, &body, i, t)
+                            });
+                        let mut bytes = Vec::new();
+                        for f in rewritten {
+                            let f = f?;
+                            (f.len() as u32).encode(&mut bytes);
+                            bytes.extend_from_slice(&f);
+                        }
                         self.wrappers(&mut bytes);
                         let total = count
                             + self.m.host_called.len() as u32
@@ -678,7 +709,7 @@ impl Rewriter {
 
     /// One function body, metered.
     fn body(
-        &mut self,
+        &self,
         binary: &[u8],
         body: &wasmparser::FunctionBody,
         body_index: usize,

@@ -78,8 +78,8 @@
 use std::collections::HashMap;
 
 use wasmparser::{
-    BlockType, FuncValidatorAllocations, ModuleArity, Operator, Parser, Payload, ValidPayload,
-    Validator, WasmFeatures, WasmModuleResources,
+    BlockType, ModuleArity, Operator, Parser, Payload, ValidPayload, Validator, WasmFeatures,
+    WasmModuleResources,
 };
 
 /// The version of this pass, named in `detwasm_runtime::engine::ENGINE_SETTINGS`: bumped whenever
@@ -112,18 +112,19 @@ pub fn canonicalize(binary: &[u8]) -> Result<Vec<u8>, String> {
             &[]
         }
     };
-    let mut next = vec![0usize; marked.len()];
-    rewrite_code(binary, &locals, &mut |site, op, _, out, scratch| {
-        if let Some(m) = marked.get(site.body) {
-            let i = &mut next[site.body];
-            if m.get(*i) == Some(&site.op) {
-                *i += 1;
+    let edit_of = |body: usize| -> Box<Edit<'_>> {
+        let m = marked.get(body).map_or(&[][..], Vec::as_slice);
+        let mut next = 0;
+        Box::new(move |site, op, _, out, scratch| {
+            if m.get(next) == Some(&site.op) {
+                next += 1;
                 let kind = canon_kind(op).expect("only producers are marked");
                 emit_canonicalization(out, kind, scratch);
             }
-        }
-        false
-    })
+            false
+        })
+    };
+    rewrite_code_par(binary, &locals, &edit_of)
 }
 
 /// Lane widths of float values: bit 0, 32-bit lanes (`f32`, `f32x4`); bit 1, 64-bit.
@@ -501,17 +502,21 @@ fn analyse(binary: &[u8]) -> Result<Vec<Plan>, String> {
         - WasmFeatures::FUNCTION_REFERENCES
         - WasmFeatures::STACK_SWITCHING;
     let mut validator = Validator::new_with_features(features);
-    let mut allocs = FuncValidatorAllocations::default();
-    let mut marked = Vec::new();
+    let mut bodies = Vec::new();
     for payload in Parser::new(0).parse_all(binary) {
         let payload = payload.map_err(err)?;
         if let ValidPayload::Func(to_validate, body) = validator.payload(&payload).map_err(err)? {
-            let mut v = to_validate.into_validator(std::mem::take(&mut allocs));
-            marked.push(analyse_body(&mut v, &body)?);
-            allocs = v.into_allocations();
+            bodies.push((to_validate, body));
         }
     }
-    Ok(marked)
+    crate::par_map(bodies, |allocs, (to_validate, body)| {
+        let mut v = to_validate.into_validator(std::mem::take(allocs));
+        let plan = analyse_body(&mut v, &body);
+        *allocs = v.into_allocations();
+        plan
+    })
+    .into_iter()
+    .collect()
 }
 
 fn analyse_body<R: WasmModuleResources>(
@@ -770,6 +775,37 @@ pub fn rewrite_code(
     locals: &dyn Fn(usize) -> &'static [u8],
     edit: &mut Edit,
 ) -> Result<Vec<u8>, String> {
+    rewrite_code_as(binary, &mut |bodies| {
+        bodies
+            .into_iter()
+            .map(|(body, i, params)| rewrite_body(binary, &body, i, params, locals(i), edit))
+            .collect()
+    })
+}
+
+/// [`rewrite_code`] with the bodies rewritten in parallel ([`crate::par_map`]), each
+/// through an edit of its own, `edit_of(body)`: the same output.
+pub fn rewrite_code_par<'e>(
+    binary: &[u8],
+    locals: &(dyn Fn(usize) -> &'static [u8] + Sync),
+    edit_of: &(dyn Fn(usize) -> Box<Edit<'e>> + Sync),
+) -> Result<Vec<u8>, String> {
+    rewrite_code_as(binary, &mut |bodies| {
+        crate::par_map(bodies, |_, (body, i, params)| {
+            rewrite_body(binary, &body, i, params, locals(i), &mut *edit_of(i))
+        })
+    })
+}
+
+/// A function body, its index among the module's own and its number of parameters.
+type Body<'a> = (wasmparser::FunctionBody<'a>, usize, u32);
+
+/// [`rewrite_code`]'s sections, with `rewrite` given every body of the code section at
+/// once and answering with each one's bytes, in order.
+fn rewrite_code_as<'a>(
+    binary: &'a [u8],
+    rewrite: &mut dyn FnMut(Vec<Body<'a>>) -> Vec<Result<Vec<u8>, String>>,
+) -> Result<Vec<u8>, String> {
     use wasmparser::{CompositeInnerType, TypeRef};
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     // Parameter count per type index (`None`: not a function type).
@@ -778,7 +814,7 @@ pub fn rewrite_code(
     let mut func_types: Vec<u32> = Vec::new();
     let mut imported_funcs = 0usize;
     let mut out = Vec::with_capacity(binary.len() + binary.len() / 2);
-    let mut code: Option<(u32, Vec<u8>)> = None;
+    let mut code: Option<(u32, Vec<Body>)> = None;
     let mut bodies = 0usize;
     for payload in Parser::new(0).parse_all(binary) {
         let payload = payload.map_err(err)?;
@@ -813,7 +849,7 @@ pub fn rewrite_code(
             Payload::CodeSectionStart { count, .. } => {
                 code = Some((count, Vec::new()));
                 if count == 0 {
-                    finish_code(&mut out, &mut code);
+                    finish_code(&mut out, &mut code, rewrite)?;
                 }
             }
             Payload::CodeSectionEntry(body) => {
@@ -821,13 +857,11 @@ pub fn rewrite_code(
                     .get(imported_funcs + bodies)
                     .and_then(|t| type_params.get(*t as usize).copied().flatten())
                     .ok_or("a function body without a function type")?;
-                let (count, section) = code.as_mut().ok_or("a body outside the code section")?;
-                let new = rewrite_body(binary, &body, bodies, t, locals(bodies), edit)?;
-                write_u32(section, new.len() as u32);
-                section.extend_from_slice(&new);
+                let (count, pending) = code.as_mut().ok_or("a body outside the code section")?;
+                pending.push((body, bodies, t));
                 bodies += 1;
                 if bodies == *count as usize {
-                    finish_code(&mut out, &mut code);
+                    finish_code(&mut out, &mut code, rewrite)?;
                 }
             }
             other => {
@@ -849,15 +883,24 @@ pub fn copy_section(out: &mut Vec<u8>, binary: &[u8], id: u8, range: std::ops::R
     out.extend_from_slice(&binary[range]);
 }
 
-fn finish_code(out: &mut Vec<u8>, code: &mut Option<(u32, Vec<u8>)>) {
+fn finish_code<'a>(
+    out: &mut Vec<u8>,
+    code: &mut Option<(u32, Vec<Body<'a>>)>,
+    rewrite: &mut dyn FnMut(Vec<Body<'a>>) -> Vec<Result<Vec<u8>, String>>,
+) -> Result<(), String> {
     if let Some((count, bodies)) = code.take() {
         let mut section = Vec::new();
         write_u32(&mut section, count);
-        section.extend_from_slice(&bodies);
+        for new in rewrite(bodies) {
+            let new = new?;
+            write_u32(&mut section, new.len() as u32);
+            section.extend_from_slice(&new);
+        }
         out.push(10);
         write_u32(out, section.len() as u32);
         out.extend_from_slice(&section);
     }
+    Ok(())
 }
 
 fn rewrite_body(

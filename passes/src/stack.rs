@@ -92,8 +92,7 @@ use std::collections::HashMap;
 
 use wasm_encoder::{BlockType, Encode, Instruction, RefType, ValType};
 use wasmparser::{
-    FuncValidatorAllocations, Operator, Parser, Payload, ValidPayload, Validator, WasmFeatures,
-    WasmModuleResources,
+    Operator, Parser, Payload, ValidPayload, Validator, WasmFeatures, WasmModuleResources,
 };
 
 /// The version of this pass, named in `detwasm_runtime::engine::ENGINE_SETTINGS`: bumped whenever
@@ -191,7 +190,7 @@ pub fn frames(binary: &[u8]) -> Result<Vec<Frame>, String> {
 fn analyse(binary: &[u8]) -> Result<Analysis, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     let mut validator = Validator::new_with_features(WasmFeatures::all());
-    let mut allocs = FuncValidatorAllocations::default();
+    let mut bodies = Vec::new();
     // Each defined function's defined callees, or `None` if it calls through a table or
     // a reference, or tail-calls.
     let mut calls: Vec<Option<Vec<u32>>> = Vec::new();
@@ -218,62 +217,7 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
             _ => {}
         }
         match validator.payload(&payload).map_err(err)? {
-            ValidPayload::Func(to_validate, body) => {
-                let mut v = to_validate.into_validator(std::mem::take(&mut allocs));
-                let r = v.resources();
-                let ty = match r
-                    .type_id_of_function(v.index())
-                    .map(|id| r.sub_type_at_id(id))
-                {
-                    Some(sub) => match &sub.composite_type.inner {
-                        wasmparser::CompositeInnerType::Func(f) => f.clone(),
-                        _ => return Err("a function without a function type".into()),
-                    },
-                    None => return Err("a function without a function type".into()),
-                };
-                let mut values = u64::try_from(ty.params().len()).unwrap_or(u64::MAX);
-                let mut locals = body.get_locals_reader().map_err(err)?;
-                for _ in 0..locals.get_count() {
-                    let offset = locals.original_position();
-                    let (count, t) = locals.read().map_err(err)?;
-                    v.define_locals(offset, count, t).map_err(err)?;
-                    values += u64::from(count);
-                }
-                let mut ops = body.get_operators_reader().map_err(err)?;
-                let mut height = 0u32;
-                let mut callees = Vec::new();
-                let mut open = false;
-                while !ops.eof() {
-                    let (op, offset) = ops.read_with_offset().map_err(err)?;
-                    v.op(offset, &op).map_err(err)?;
-                    height = height.max(v.operand_stack_height());
-                    match op {
-                        Operator::Call { function_index } if function_index >= a.imported_funcs => {
-                            callees.push(function_index - a.imported_funcs)
-                        }
-                        Operator::CallIndirect { .. }
-                        | Operator::CallRef { .. }
-                        | Operator::ReturnCall { .. }
-                        | Operator::ReturnCallIndirect { .. }
-                        | Operator::ReturnCallRef { .. } => open = true,
-                        _ => {}
-                    }
-                }
-                callees.sort_unstable();
-                callees.dedup();
-                ops.finish().map_err(err)?;
-                // At most 50,000 locals, 1,000 parameters and an operand stack no higher
-                // than the body has bytes (wasmparser's limits): far below u32::MAX.
-                let cost = u64::from(FRAME_BASE) + values + u64::from(height);
-                a.funcs.push(Frame {
-                    cost: u32::try_from(cost).map_err(|_| "a frame too large to meter")?,
-                    unmetered: false,
-                    results: ty.results().to_vec(),
-                    params: ty.params().len() as u32,
-                });
-                calls.push(if open { None } else { Some(callees) });
-                allocs = v.into_allocations();
-            }
+            ValidPayload::Func(to_validate, body) => bodies.push((to_validate, body)),
             ValidPayload::End(types) => {
                 a.types = types.as_ref().core_type_count_in_module();
                 a.globals = types.as_ref().global_count();
@@ -281,10 +225,85 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
             _ => {}
         }
     }
+    // The bodies, validated and measured in parallel ([`crate::par_map`]).
+    let imported = a.imported_funcs;
+    let framed = crate::par_map(bodies, |allocs, (to_validate, body)| {
+        let mut v = to_validate.into_validator(std::mem::take(allocs));
+        let framed = frame_of(&mut v, &body, imported);
+        *allocs = v.into_allocations();
+        framed
+    });
+    for f in framed {
+        let (frame, callees) = f?;
+        a.funcs.push(frame);
+        calls.push(callees);
+    }
     for (f, chain) in top_chains(&a.funcs, &calls).into_iter().enumerate() {
         a.funcs[f].unmetered = chain.is_some();
     }
     Ok(a)
+}
+
+/// Validates one body and measures its frame: the frame, and its defined callees, or
+/// `None` if it calls through a table or a reference, or tail-calls.
+fn frame_of(
+    v: &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+    body: &wasmparser::FunctionBody,
+    imported_funcs: u32,
+) -> Result<(Frame, Option<Vec<u32>>), String> {
+    let err = |e: wasmparser::BinaryReaderError| e.to_string();
+    let r = v.resources();
+    let ty = match r
+        .type_id_of_function(v.index())
+        .map(|id| r.sub_type_at_id(id))
+    {
+        Some(sub) => match &sub.composite_type.inner {
+            wasmparser::CompositeInnerType::Func(f) => f.clone(),
+            _ => return Err("a function without a function type".into()),
+        },
+        None => return Err("a function without a function type".into()),
+    };
+    let mut values = u64::try_from(ty.params().len()).unwrap_or(u64::MAX);
+    let mut locals = body.get_locals_reader().map_err(err)?;
+    for _ in 0..locals.get_count() {
+        let offset = locals.original_position();
+        let (count, t) = locals.read().map_err(err)?;
+        v.define_locals(offset, count, t).map_err(err)?;
+        values += u64::from(count);
+    }
+    let mut ops = body.get_operators_reader().map_err(err)?;
+    let mut height = 0u32;
+    let mut callees = Vec::new();
+    let mut open = false;
+    while !ops.eof() {
+        let (op, offset) = ops.read_with_offset().map_err(err)?;
+        v.op(offset, &op).map_err(err)?;
+        height = height.max(v.operand_stack_height());
+        match op {
+            Operator::Call { function_index } if function_index >= imported_funcs => {
+                callees.push(function_index - imported_funcs)
+            }
+            Operator::CallIndirect { .. }
+            | Operator::CallRef { .. }
+            | Operator::ReturnCall { .. }
+            | Operator::ReturnCallIndirect { .. }
+            | Operator::ReturnCallRef { .. } => open = true,
+            _ => {}
+        }
+    }
+    callees.sort_unstable();
+    callees.dedup();
+    ops.finish().map_err(err)?;
+    // At most 50,000 locals, 1,000 parameters and an operand stack no higher
+    // than the body has bytes (wasmparser's limits): far below u32::MAX.
+    let cost = u64::from(FRAME_BASE) + values + u64::from(height);
+    let frame = Frame {
+        cost: u32::try_from(cost).map_err(|_| "a frame too large to meter")?,
+        unmetered: false,
+        results: ty.results().to_vec(),
+        params: ty.params().len() as u32,
+    };
+    Ok((frame, if open { None } else { Some(callees) }))
 }
 
 /// For each function, the units of the costliest chain of frames it can start (itself
@@ -388,7 +407,7 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(binary.len() + binary.len() / 8 + 64);
     let mut global_section_written = a.has_global_section;
-    let mut code: Option<(u32, Vec<u8>)> = None;
+    let mut code: Option<(u32, Vec<_>)> = None;
     let mut bodies = 0usize;
     for payload in Parser::new(0).parse_all(binary) {
         let payload = payload.map_err(err)?;
@@ -435,37 +454,45 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
             }
             Payload::CodeSectionStart { count, .. } => code = Some((count, Vec::new())),
             Payload::CodeSectionEntry(body) => {
-                let (count, section_bytes) = code
+                let (count, pending) = code
                     .as_mut()
                     .ok_or("a function body outside the code section")?;
                 let frame = a.funcs.get(bodies).ok_or("more bodies than functions")?;
-                let wrapper = match frame.results.as_slice() {
-                    [] => BlockType::Empty,
-                    [t] => BlockType::Result(val_type(*t)?),
-                    many => BlockType::FunctionType(multi_index[many]),
-                };
-                let new = if frame.unmetered {
-                    binary[body.range()].to_vec()
-                } else {
-                    rewrite_body(
-                        binary,
-                        &body,
-                        frame.cost,
-                        wrapper,
-                        counter,
-                        exhausted,
-                        frame.params,
-                    )?
-                };
-                (new.len() as u32).encode(section_bytes);
-                section_bytes.extend_from_slice(&new);
+                pending.push((body, frame));
                 bodies += 1;
                 if bodies == *count as usize {
+                    // Every body at once, in parallel ([`crate::par_map`]), in order.
+                    let rewritten = crate::par_map(std::mem::take(pending), |_, (body, frame)| {
+                        let wrapper = match frame.results.as_slice() {
+                            [] => BlockType::Empty,
+                            [t] => BlockType::Result(val_type(*t)?),
+                            many => BlockType::FunctionType(multi_index[many]),
+                        };
+                        if frame.unmetered {
+                            Ok(binary[body.range()].to_vec())
+                        } else {
+                            rewrite_body(
+                                binary,
+                                &body,
+                                frame.cost,
+                                wrapper,
+                                counter,
+                                exhausted,
+                                frame.params,
+                            )
+                        }
+                    });
+                    let mut section_bytes = Vec::new();
+                    for new in rewritten {
+                        let new = new?;
+                        (new.len() as u32).encode(&mut section_bytes);
+                        section_bytes.extend_from_slice(&new);
+                    }
                     // The appended function: `unreachable`, no locals.
                     let trap = [0u8, 0x00, 0x0b];
-                    (trap.len() as u32).encode(section_bytes);
+                    (trap.len() as u32).encode(&mut section_bytes);
                     section_bytes.extend_from_slice(&trap);
-                    section(&mut out, 10, *count + 1, &[], section_bytes);
+                    section(&mut out, 10, *count + 1, &[], &section_bytes);
                     code = None;
                 }
             }
