@@ -27,10 +27,13 @@
 /// pins the receipts such a change must leave as they are. `-1`: the stack pass keeps
 /// the counter's value on entry in a local and restores it on return ([`stack`]). `-2`:
 /// the unwind pass gives loops plain copies ("Loops run plain" in [`unwind`]; its frames
-/// are the same, so snapshots taken before resume).
+/// are the same, so snapshots taken before resume). `-3`: a direct call of a function
+/// the fuel pass checks on entry stores no fuel before it, and that function's store on
+/// entry comes before the stack pass's prologue ([`fuel`], [`stack`]; the frames the
+/// unwind pass saves are the same).
 /// Rejected: a new pass version for such a change (every job id would change, and
 /// receipts made before could no longer be verified, for no change of any result).
-pub const CODEGEN: &str = "detwasm-codegen-2";
+pub const CODEGEN: &str = "detwasm-codegen-3";
 
 pub mod fuel;
 pub mod nan;
@@ -154,7 +157,11 @@ mod tests {
             let fueled = super::fuel::meter(m).unwrap();
             let lowered = super::relaxed::lower(&fueled).unwrap();
             let canonical = super::nan::canonicalize(&lowered).unwrap();
-            (fueled.clone(), canonical.clone(), super::stack::meter(&canonical).unwrap())
+            (
+                fueled.clone(),
+                canonical.clone(),
+                super::stack::meter(&canonical).unwrap(),
+            )
         };
         let on = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
@@ -166,7 +173,10 @@ mod tests {
         let one = on(1);
         assert_ne!(one.1, one.0, "the NaN pass had something to canonicalize");
         for threads in [2, 4, 7] {
-            assert!(on(threads) == one, "{threads} threads wrote other bytes than one");
+            assert!(
+                on(threads) == one,
+                "{threads} threads wrote other bytes than one"
+            );
         }
     }
 }

@@ -80,10 +80,8 @@ pub fn lower(binary: &[u8]) -> Result<Vec<u8>, String> {
     let locals = |body: usize| -> &'static [u8] {
         SCRATCH[usize::from(needs.get(body).copied().flatten().unwrap_or(0))]
     };
-    super::nan::rewrite_code(
-        binary,
-        &locals,
-        &mut |_, op, _, out, scratch| match lowering(op, scratch) {
+    super::nan::rewrite_code_par(binary, &locals, &|_| {
+        Box::new(|_, op, _, out, scratch| match lowering(op, scratch) {
             Some(code) => {
                 for i in &code {
                     i.encode(out);
@@ -91,29 +89,35 @@ pub fn lower(binary: &[u8]) -> Result<Vec<u8>, String> {
                 true
             }
             None => false,
-        },
-    )
+        })
+    })
 }
 
 /// For each function body: `None` if it has no relaxed operator, else how many scratch
 /// locals its lowerings need at most.
 fn scratch_needs(binary: &[u8]) -> Result<Vec<Option<u8>>, String> {
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
-    let mut needs = Vec::new();
+    let mut bodies = Vec::new();
     for payload in Parser::new(0).parse_all(binary) {
         if let Payload::CodeSectionEntry(body) = payload.map_err(err)? {
-            let mut need = None;
-            let mut ops = body.get_operators_reader().map_err(err)?;
-            while !ops.eof() {
-                let op = ops.read().map_err(err)?;
-                if let Some(n) = scratch_need(&op) {
-                    need = Some(need.unwrap_or(0).max(n));
-                }
-            }
-            needs.push(need);
+            bodies.push(body);
         }
     }
-    Ok(needs)
+    // Body by body in parallel ([`crate::par_map`]): a module without relaxed operators
+    // is only scanned, and the scan is most of this pass's time.
+    crate::par_map(bodies, |_, body| {
+        let mut need = None;
+        let mut ops = body.get_operators_reader().map_err(err)?;
+        while !ops.eof() {
+            let op = ops.read().map_err(err)?;
+            if let Some(n) = scratch_need(&op) {
+                need = Some(need.unwrap_or(0).max(n));
+            }
+        }
+        Ok(need)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// How many scratch locals the lowering of `op` needs, if `op` is a relaxed operator.
