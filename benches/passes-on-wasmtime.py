@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each pass's code costs a workload, under `wasmtime run` 48.0.8 alone.
 
-    python3 benches/passes-on-wasmtime.py [--workload fib] [--runs 11] [--callgrind]
+    python3 benches/passes-on-wasmtime.py [--workload fib] [--runs 11] [--callgrind | --compile]
 
 Builds the workload (`--workload`, default fib; `all` for each in turn):
 
@@ -21,6 +21,10 @@ with `wasmtime compile`, and runs each `--runs` times interleaved, with a stub
 `detwasm.refuel` preloaded where the fuel pass ran (it hands out all the fuel at once).
 Prints the fastest and the median run of each and the ratio of the fastest to the plain
 module's. The wasmtime is the one `benches/run-vs-wasmtime.sh` installs.
+
+With `--compile`, instead: the instructions `wasmtime compile` executes to compile each
+module on one thread (callgrind), what a cold start pays for the passes' code (pass
+`--workload pyint` for CPython's module; the script does not matter).
 
 With `--callgrind`, instead: the instructions the CPU executes for each module
 (`valgrind --tool=callgrind`, which does not depend on the machine's load), as the
@@ -141,11 +145,31 @@ def callgrind(name: str, w: Path) -> None:
         print(f"  {v:6s} {c:>15,}  {c / counts['plain']:.2f}x")
 
 
+def compile_cost(name: str, w: Path) -> None:
+    module = build(name, w)
+    subprocess.run(["cargo", "run", "--quiet", "-p", "detwasm-runtime", "--example",
+                    "pass_variants", "--", module, w / name], check=True, cwd=ROOT)
+    paths = {"plain": module} | {v: w / f"{name}-{v}.wasm" for v in VARIANTS[1:]}
+    counts = {}
+    for v, m in paths.items():
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={w / 'cg.out'}",
+               WASMTIME, "compile", "-C", "parallel-compilation=n", "-C", "cache=n",
+               m, "-o", w / "out.cwasm"]
+        p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        line = next(l for l in p.stderr.splitlines() if "Collected" in l)
+        counts[v] = (int(line.split()[-1]), m.stat().st_size)
+    print(f"{name}: wasmtime compile on one thread, instructions executed (callgrind), "
+          "wasmtime 48.0.8")
+    for v, (c, size) in counts.items():
+        print(f"  {v:6s} {c:>15,}  {c / counts['plain'][0]:.2f}x  ({size:,} bytes of wasm)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", default="fib", choices=[*WORKLOADS, "all"])
     ap.add_argument("--runs", type=int, default=11)
     ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
     if not WASMTIME.is_file():
         sys.exit(f"{WASMTIME} is missing: run benches/run-vs-wasmtime.sh once (it installs it)")
@@ -155,7 +179,9 @@ def main() -> None:
         (w / "stub.wat").write_text(STUB)
         subprocess.run(["wat2wasm", w / "stub.wat", "-o", w / "stub.wasm"], check=True)
         for name in names:
-            if a.callgrind:
+            if a.compile:
+                compile_cost(name, w)
+            elif a.callgrind:
                 callgrind(name, w)
             else:
                 timed(name, w, a.runs)
