@@ -52,17 +52,17 @@
 //!   ends the run out of fuel (`detwasm_runtime::run`). Every other call of an import stores the
 //!   fuel in the exported global `detwasm:fuel` first and loads it again after (the WASI
 //!   host charges its own work there, `detwasm_runtime::wasi::host::HOST_BYTES_PER_FUEL`).
-//! - The fuel is also stored in that global on entry to a checked function (first of
-//!   all, before the stack pass's prologue too, [`crate::stack`]), before every other
-//!   call and before `unreachable`: a run that traps reports the count of the last of
-//!   these, a point in the module's own code and so the same on every host. A direct
-//!   call of a function checked on entry stores nothing before it: the callee stores the
-//!   same value before anything of it can trap, so the count any trap reports is the
-//!   same as with a store before the call (`detwasm_passes::CODEGEN` `-3`; one store
-//!   fewer per such call: callgrind, `wasmtime run` of `fib(30) - fib(20)` after all the
-//!   passes, 88.9 M instructions to 87.5 M). Rejected: storing before every operator
-//!   that can trap (a store for most loads); storing at every loop header too (a store
-//!   per iteration: the probe's integer loop 1.17x wasmtime's time with it).
+//! - The fuel is also stored in that global on entry to a checked function, before
+//!   every call and before `unreachable`: a run that traps reports the count of the last
+//!   of these, a point in the module's own code and so the same on every host. Rejected:
+//!   storing before every operator that can trap (a store for most loads); storing at
+//!   every loop header too (a store per iteration: the probe's integer loop 1.17x
+//!   wasmtime's time with it); no store before a direct call of a function checked on
+//!   entry, whose own store on entry (moved before the stack pass's prologue) gives every
+//!   trap the same count (built and measured: `fib(30) - fib(20)` after all the passes
+//!   1.5% fewer instructions, callgrind, but `fib(36)` 3% slower, 87 ms against 84 ms,
+//!   medians of 15 interleaved `wasmtime run`s; CPython's integer loop 1.8% fewer
+//!   instructions).
 //! - Exported functions and the start function are called by the host with their
 //!   original types: each gets a wrapper that reads the fuel from the global, calls the
 //!   function and stores what is left. A function of the module reached through a table
@@ -778,7 +778,7 @@ impl Rewriter {
         let imported = self.imported();
         let bounded = self.m.bounded[body_index];
         // The fuel is stored for the host (the count a trap reports) on entry to a
-        // checked function, before every call of another kind and before `unreachable`.
+        // checked function, before every call and before `unreachable`.
         let store = |out: &mut Vec<u8>| {
             Instruction::LocalGet(fuel).encode(out);
             Instruction::GlobalSet(g).encode(out);
@@ -864,8 +864,8 @@ impl Rewriter {
                     let bounded = self.m.bounded[(function_index - imported) as usize];
                     if bounded {
                         pay(&mut out, &mut owed);
-                        store(&mut out);
                     }
+                    store(&mut out);
                     Instruction::LocalGet(fuel).encode(&mut out);
                     Instruction::Call(self.defined_index(function_index)).encode(&mut out);
                     Instruction::LocalSet(fuel).encode(&mut out);

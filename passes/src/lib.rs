@@ -27,13 +27,10 @@
 /// pins the receipts such a change must leave as they are. `-1`: the stack pass keeps
 /// the counter's value on entry in a local and restores it on return ([`stack`]). `-2`:
 /// the unwind pass gives loops plain copies ("Loops run plain" in [`unwind`]; its frames
-/// are the same, so snapshots taken before resume). `-3`: a direct call of a function
-/// the fuel pass checks on entry stores no fuel before it, and that function's store on
-/// entry comes before the stack pass's prologue ([`fuel`], [`stack`]; the frames the
-/// unwind pass saves are the same).
+/// are the same, so snapshots taken before resume).
 /// Rejected: a new pass version for such a change (every job id would change, and
 /// receipts made before could no longer be verified, for no change of any result).
-pub const CODEGEN: &str = "detwasm-codegen-3";
+pub const CODEGEN: &str = "detwasm-codegen-2";
 
 pub mod fuel;
 pub mod nan;

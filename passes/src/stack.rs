@@ -154,8 +154,6 @@ struct Analysis {
     globals: u32,
     /// Whether there is a global section to append to.
     has_global_section: bool,
-    /// The fuel pass's global ([`crate::fuel::EXPORT_FUEL`]), if the module has one.
-    fuel_global: Option<u32>,
     /// Each defined function, in order.
     funcs: Vec<Frame>,
 }
@@ -201,7 +199,6 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
         imported_funcs: 0,
         globals: 0,
         has_global_section: false,
-        fuel_global: None,
         funcs: Vec::new(),
     };
     for payload in Parser::new(0).parse_all(binary) {
@@ -217,16 +214,6 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
                 }
             }
             Payload::GlobalSection(_) => a.has_global_section = true,
-            Payload::ExportSection(r) => {
-                for e in r.clone() {
-                    let e = e.map_err(err)?;
-                    if e.name == crate::fuel::EXPORT_FUEL
-                        && e.kind == wasmparser::ExternalKind::Global
-                    {
-                        a.fuel_global = Some(e.index);
-                    }
-                }
-            }
             _ => {}
         }
         match validator.payload(&payload).map_err(err)? {
@@ -487,10 +474,11 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
                             rewrite_body(
                                 binary,
                                 &body,
-                                frame,
+                                frame.cost,
                                 wrapper,
-                                (counter, exhausted),
-                                a.fuel_global,
+                                counter,
+                                exhausted,
+                                frame.params,
                             )
                         }
                     });
@@ -688,33 +676,14 @@ fn val_type(t: wasmparser::ValType) -> Result<ValType, String> {
 fn rewrite_body(
     binary: &[u8],
     body: &wasmparser::FunctionBody,
-    frame: &Frame,
+    cost: u32,
     wrapper: BlockType,
-    (counter, exhausted): (u32, u32),
-    fuel_global: Option<u32>,
+    counter: u32,
+    exhausted: u32,
+    params: u32,
 ) -> Result<Vec<u8>, String> {
-    let (cost, params) = (frame.cost, frame.params);
     let err = |e: wasmparser::BinaryReaderError| e.to_string();
     let mut ops = body.get_operators_reader().map_err(err)?;
-    // The fuel pass stores the fuel on entry to a function it checks there, first
-    // (`local.get F; global.set G`): that store stays first, before the prologue, so
-    // that a call that exhausts the stack reports the count the callee was called with
-    // whether or not its caller stored it before the call (the fuel pass leaves that
-    // store out before calls of such functions, [`crate::fuel`]). A store of a global
-    // cannot trap and the prologue does not read it, so nothing else changes.
-    let mut first = Vec::new();
-    if let Some(g) = fuel_global {
-        let mut peek = ops.clone();
-        let start = peek.original_position();
-        if let (Ok(Operator::LocalGet { .. }), Ok(Operator::GlobalSet { global_index })) =
-            (peek.read(), peek.read())
-        {
-            if global_index == g {
-                first.extend_from_slice(&binary[start..peek.original_position()]);
-                ops = peek;
-            }
-        }
-    }
     // The local declarations, and one more `i32`: the counter as it was on entry.
     let mut lr = body.get_locals_reader().map_err(err)?;
     let mut decls = Vec::new();
@@ -741,7 +710,6 @@ fn rewrite_body(
         ValType::I32.encode(&mut out);
     }
     let cost = i32::try_from(cost).map_err(|_| "a frame too large to meter")?;
-    out.extend_from_slice(&first);
     let release = |out: &mut Vec<u8>| {
         if room {
             Instruction::LocalGet(saved).encode(out);
