@@ -98,13 +98,17 @@ def command(name: str, variant: str, compiled: Path, w: Path, args: list[str]) -
 NO_AVX512 = [f"-Ccranelift-has_avx512{f}=false" for f in ("bitalg", "dq", "f", "vbmi", "vl", "vnni")]
 
 
-def variants(name: str, w: Path, flags: list[str]) -> dict[str, Path]:
+def pass_outputs(name: str, w: Path) -> dict[str, Path]:
+    """The workload as built and after each pass (`pass_variants`), by variant."""
     module = build(name, w)
     subprocess.run(["cargo", "run", "--quiet", "-p", "detwasm-runtime", "--example",
                     "pass_variants", "--", module, w / name], check=True, cwd=ROOT)
-    paths = {"plain": module} | {v: w / f"{name}-{v}.wasm" for v in VARIANTS[1:]}
+    return {"plain": module} | {v: w / f"{name}-{v}.wasm" for v in VARIANTS[1:]}
+
+
+def variants(name: str, w: Path, flags: list[str]) -> dict[str, Path]:
     compiled = {}
-    for v, m in paths.items():
+    for v, m in pass_outputs(name, w).items():
         compiled[v] = w / f"{name}-{v}.cwasm"
         subprocess.run([WASMTIME, "compile", *flags, m, "-o", compiled[v]], check=True)
     return compiled
@@ -146,12 +150,8 @@ def callgrind(name: str, w: Path) -> None:
 
 
 def compile_cost(name: str, w: Path) -> None:
-    module = build(name, w)
-    subprocess.run(["cargo", "run", "--quiet", "-p", "detwasm-runtime", "--example",
-                    "pass_variants", "--", module, w / name], check=True, cwd=ROOT)
-    paths = {"plain": module} | {v: w / f"{name}-{v}.wasm" for v in VARIANTS[1:]}
     counts = {}
-    for v, m in paths.items():
+    for v, m in pass_outputs(name, w).items():
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={w / 'cg.out'}",
                WASMTIME, "compile", "-C", "parallel-compilation=n", "-C", "cache=n",
                m, "-o", w / "out.cwasm"]

@@ -222,7 +222,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
     // pass added (the function's own label, the fuel global, a wrapper) and hand the
     // guest its own fuel. The engine validates the result again with its own features.
     // Sections are validated in order; function bodies after, in parallel
-    // ([`crate::par_map`]), each with what the walk below needs of it.
+    // ([`crate::par_validate`]), each with what the walk below needs of it.
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     let mut bodies = Vec::new();
     let mut m = Module::default();
@@ -309,12 +309,7 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
         }
     }
     let imported = m.imported.len() as u32;
-    let walked = crate::par_map(bodies, |allocs, (f, body)| {
-        let mut v = f.into_validator(std::mem::take(allocs));
-        let walked = walk_body(&mut v, &body, imported);
-        *allocs = v.into_allocations();
-        walked
-    });
+    let walked = crate::par_validate(bodies, |v, body| walk_body(v, body, imported));
     for w in walked {
         let (bounded, refs) = w?;
         values.extend_from_slice(&refs);
@@ -604,10 +599,9 @@ impl Rewriter {
                     if bodies == count {
                         // Every body at once, in parallel, written in order.
                         let this = &self;
-                        let rewritten =
-                            crate::par_map(std::mem::take(pending), |_, (body, i, t)| {
-                                this.body(binary, &body, i, t)
-                            });
+                        let rewritten = crate::par_map(std::mem::take(pending), |(body, i, t)| {
+                            this.body(binary, &body, i, t)
+                        });
                         let mut bytes = Vec::new();
                         for f in rewritten {
                             let f = f?;

@@ -41,21 +41,45 @@ pub mod unwind;
 
 /// `f` applied to each item on the current rayon pool (the compile's own, see
 /// `detwasm_runtime::compile`), the results in the items' order, so the output is the
-/// same as one thread's. `f` gets validator allocations it may reuse. Why: a pass's work
-/// is nearly all per function body (validation, analysis, rewriting), and a cold start
-/// waits for the passes before Cranelift can start: on two cores, CPython's passes took
-/// 1.5 s on one thread. Rejected: threads of the pass's own (outside the compile's pool,
-/// so outside the bound on a compile's threads).
-pub(crate) fn par_map<T: Send, R: Send>(
-    items: Vec<T>,
-    f: impl Fn(&mut wasmparser::FuncValidatorAllocations, T) -> R + Sync + Send,
+/// same as one thread's. Why: a pass's work is nearly all per function body (validation,
+/// analysis, rewriting), and a cold start waits for the passes before Cranelift can
+/// start: on two cores, CPython's passes took 1.47 s on one thread, about 1.0 s this way
+/// (`cargo run -p detwasm-runtime --example cold_start`). Rejected: threads of the
+/// pass's own (outside the compile's pool, so outside the bound on a compile's threads).
+pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    items.into_par_iter().map(f).collect()
+}
+
+/// A function body the module's validator handed out, not yet validated.
+pub(crate) type ToValidate<'a> = (
+    wasmparser::FuncToValidate<wasmparser::ValidatorResources>,
+    wasmparser::FunctionBody<'a>,
+);
+
+/// `f` applied to each body with a validator of its own ([`par_map`]'s way, each thread
+/// reusing its validator's allocations), the results in the bodies' order.
+pub(crate) fn par_validate<R: Send>(
+    bodies: Vec<ToValidate>,
+    f: impl Fn(
+            &mut wasmparser::FuncValidator<wasmparser::ValidatorResources>,
+            &wasmparser::FunctionBody,
+        ) -> R
+        + Sync
+        + Send,
 ) -> Vec<R> {
     use rayon::prelude::*;
-    items
+    bodies
         .into_par_iter()
-        .map_init(wasmparser::FuncValidatorAllocations::default, |a, item| {
-            f(a, item)
-        })
+        .map_init(
+            wasmparser::FuncValidatorAllocations::default,
+            |allocs, (to_validate, body)| {
+                let mut v = to_validate.into_validator(std::mem::take(allocs));
+                let r = f(&mut v, &body);
+                *allocs = v.into_allocations();
+                r
+            },
+        )
         .collect()
 }
 

@@ -509,14 +509,9 @@ fn analyse(binary: &[u8]) -> Result<Vec<Plan>, String> {
             bodies.push((to_validate, body));
         }
     }
-    crate::par_map(bodies, |allocs, (to_validate, body)| {
-        let mut v = to_validate.into_validator(std::mem::take(allocs));
-        let plan = analyse_body(&mut v, &body);
-        *allocs = v.into_allocations();
-        plan
-    })
-    .into_iter()
-    .collect()
+    crate::par_validate(bodies, analyse_body)
+        .into_iter()
+        .collect()
 }
 
 fn analyse_body<R: WasmModuleResources>(
@@ -791,7 +786,7 @@ pub fn rewrite_code_par<'e>(
     edit_of: &(dyn Fn(usize) -> Box<Edit<'e>> + Sync),
 ) -> Result<Vec<u8>, String> {
     rewrite_code_as(binary, &mut |bodies| {
-        crate::par_map(bodies, |_, (body, i, params)| {
+        crate::par_map(bodies, |(body, i, params)| {
             rewrite_body(binary, &body, i, params, locals(i), &mut *edit_of(i))
         })
     })

@@ -105,7 +105,7 @@ fn scratch_needs(binary: &[u8]) -> Result<Vec<Option<u8>>, String> {
     }
     // Body by body in parallel ([`crate::par_map`]): a module without relaxed operators
     // is only scanned, and the scan is most of this pass's time.
-    crate::par_map(bodies, |_, body| {
+    crate::par_map(bodies, |body| {
         let mut need = None;
         let mut ops = body.get_operators_reader().map_err(err)?;
         while !ops.eof() {

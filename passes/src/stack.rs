@@ -225,14 +225,9 @@ fn analyse(binary: &[u8]) -> Result<Analysis, String> {
             _ => {}
         }
     }
-    // The bodies, validated and measured in parallel ([`crate::par_map`]).
+    // The bodies, validated and measured in parallel ([`crate::par_validate`]).
     let imported = a.imported_funcs;
-    let framed = crate::par_map(bodies, |allocs, (to_validate, body)| {
-        let mut v = to_validate.into_validator(std::mem::take(allocs));
-        let framed = frame_of(&mut v, &body, imported);
-        *allocs = v.into_allocations();
-        framed
-    });
+    let framed = crate::par_validate(bodies, |v, body| frame_of(v, body, imported));
     for f in framed {
         let (frame, callees) = f?;
         a.funcs.push(frame);
@@ -462,7 +457,7 @@ pub fn meter(binary: &[u8]) -> Result<Vec<u8>, String> {
                 bodies += 1;
                 if bodies == *count as usize {
                     // Every body at once, in parallel ([`crate::par_map`]), in order.
-                    let rewritten = crate::par_map(std::mem::take(pending), |_, (body, frame)| {
+                    let rewritten = crate::par_map(std::mem::take(pending), |(body, frame)| {
                         let wrapper = match frame.results.as_slice() {
                             [] => BlockType::Empty,
                             [t] => BlockType::Result(val_type(*t)?),
