@@ -318,7 +318,6 @@ fn analyse(binary: &[u8]) -> Result<Module, String> {
     }
     m.code_refs.sort_unstable();
     m.code_refs.dedup();
-    let imported = m.imported.len() as u32;
     values.retain(|&f| f < imported);
     values.sort_unstable();
     values.dedup();
